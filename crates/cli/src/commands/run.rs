@@ -1,0 +1,244 @@
+//! `virtkit run`: boot a machine described by flags or a configuration file, with its serial
+//! console on this terminal, and exit with a code that says how the guest ended.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Sender};
+
+use clap::Args;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use virtkit::{
+    parse_size, BootLoader, SerialAttachment, StopReason, VirtualMachine, VirtualMachineConfiguration, VmState,
+    CONFIG_FORMAT_VERSION,
+};
+
+use crate::commands::validate::load_config;
+use crate::exit::{exit_code_for, CliError};
+use crate::terminal::{forward_stdin_with_escape, stdin_is_terminal, RawMode};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// A JSON configuration file (the same format `virtkit validate` checks).
+    #[arg(long, conflicts_with_all = ["kernel", "firmware"])]
+    pub config: Option<PathBuf>,
+    /// Linux kernel: a bzImage, or an ELF vmlinux with a PVH note.
+    #[arg(long, conflicts_with = "firmware")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk for the kernel.
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, requires = "kernel", default_value = "console=ttyS0")]
+    pub cmdline: String,
+    /// Firmware image (BIOS) to boot from the reset vector.
+    #[arg(long)]
+    pub firmware: Option<PathBuf>,
+    /// Number of vCPUs [default: 1, or the configuration's].
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Guest memory, like 512M or 2G [default: 512M, or the configuration's].
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// Where COM1 goes: stdio, none, file:PATH or unix:PATH [default: stdio, or the configuration's].
+    #[arg(long, value_parser = parse_serial)]
+    pub serial: Option<SerialChoice>,
+}
+
+#[derive(Clone, Debug)]
+pub enum SerialChoice {
+    None,
+    Stdio,
+    File(PathBuf),
+    Unix(PathBuf),
+}
+
+fn parse_serial(text: &str) -> Result<SerialChoice, String> {
+    match text {
+        "none" => Ok(SerialChoice::None),
+        "stdio" => Ok(SerialChoice::Stdio),
+        _ => match text.split_once(':') {
+            Some(("file", path)) if !path.is_empty() => Ok(SerialChoice::File(path.into())),
+            Some(("unix", path)) if !path.is_empty() => Ok(SerialChoice::Unix(path.into())),
+            _ => Err(format!("`{text}` is not a serial attachment; use stdio, none, file:PATH or unix:PATH")),
+        },
+    }
+}
+
+const DEFAULT_MEMORY: u64 = 512 << 20;
+
+fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError> {
+    let mut config = if let Some(path) = &args.config {
+        load_config(path)?
+    } else {
+        let boot_loader = match (&args.kernel, &args.firmware) {
+            (Some(kernel), None) => BootLoader::Linux {
+                kernel: kernel.clone(),
+                initrd: args.initrd.clone(),
+                command_line: args.cmdline.clone(),
+            },
+            (None, Some(path)) => BootLoader::Firmware {
+                path: path.clone(),
+                variable_store: None,
+            },
+            _ => {
+                return Err(CliError::new(
+                    "nothing to boot: give --kernel (with --initrd and --cmdline), --firmware, or --config FILE",
+                ))
+            }
+        };
+        VirtualMachineConfiguration {
+            version: CONFIG_FORMAT_VERSION,
+            cpu_count: 1,
+            memory_size: DEFAULT_MEMORY,
+            boot_loader,
+            serial_ports: Vec::new(),
+        }
+        .with_serial(SerialAttachment::Stdio)
+    };
+    if let Some(cpus) = args.cpus {
+        config.cpu_count = cpus;
+    }
+    if let Some(memory) = args.memory {
+        config.memory_size = memory;
+    }
+    if let Some(choice) = &args.serial {
+        config.serial_ports.clear();
+        let attachment = match choice {
+            SerialChoice::None => None,
+            SerialChoice::Stdio => Some(SerialAttachment::Stdio),
+            SerialChoice::File(path) => Some(SerialAttachment::File {
+                path: path.clone(),
+                append: false,
+            }),
+            SerialChoice::Unix(path) => Some(SerialAttachment::UnixSocket { path: path.clone() }),
+        };
+        if let Some(a) = attachment {
+            config = config.with_serial(a);
+        }
+    }
+    Ok(config)
+}
+
+enum Event {
+    State(VmState),
+    Signal(i32),
+    Quit,
+}
+
+fn forward_signals(events: Sender<Event>) -> Result<(), CliError> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| CliError::with_chain("cannot install signal handlers", &e))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if events.send(Event::Signal(sig)).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| CliError::with_chain("cannot start the signal thread", &e))?;
+    Ok(())
+}
+
+pub fn run(args: RunArgs) -> Result<u8, CliError> {
+    let mut config = build_config(&args)?;
+    let (events, received) = channel::<Event>();
+
+    // On a terminal the guest gets raw keystrokes (Ctrl-C included); Ctrl-A x leaves.
+    let interactive = stdin_is_terminal()
+        && matches!(config.serial_ports.first().map(|p| &p.attachment), Some(SerialAttachment::Stdio));
+    let mut raw_mode = None;
+    if interactive {
+        let (quit_tx, quit_rx) = channel();
+        let input = forward_stdin_with_escape(quit_tx)
+            .map_err(|e| CliError::with_chain("cannot read the terminal", &e))?;
+        let output = std::io::stdout()
+            .lock()
+            .try_clone_fd()
+            .map_err(|e| CliError::with_chain("cannot use standard output", &e))?;
+        config.serial_ports[0].attachment = SerialAttachment::FileHandles {
+            read: Some(input),
+            write: Some(output),
+        };
+        let quit_events = events.clone();
+        std::thread::spawn(move || {
+            if quit_rx.recv().is_ok() {
+                let _ = quit_events.send(Event::Quit);
+            }
+        });
+    }
+
+    let mut vm = VirtualMachine::new(config).map_err(|e| CliError::new(e.to_string()))?;
+    forward_signals(events.clone())?;
+    let states = vm.state_changes();
+    let state_events = events.clone();
+    std::thread::spawn(move || {
+        for state in states {
+            if state_events.send(Event::State(state)).is_err() {
+                return;
+            }
+        }
+    });
+    if interactive {
+        raw_mode = Some(RawMode::enter().map_err(|e| CliError::with_chain("cannot put the terminal in raw mode", &e))?);
+        eprint!("virtkit: console attached; Ctrl-A x stops the VM\r\n");
+    }
+    vm.start().map_err(|e| {
+        drop(raw_mode.take());
+        CliError::with_chain("cannot start the virtual machine", &e)
+    })?;
+
+    let mut stop_requests = 0;
+    for event in received {
+        match event {
+            Event::State(VmState::Stopped | VmState::Error) => break,
+            Event::State(_) => {}
+            Event::Quit => {
+                let _ = vm.stop();
+            }
+            Event::Signal(sig) => {
+                stop_requests += 1;
+                if stop_requests == 1 && sig != SIGHUP {
+                    eprint!("virtkit: asking the guest to shut down (signal again to stop it at once)\r\n");
+                    if vm.request_stop().is_err() {
+                        let _ = vm.stop();
+                    }
+                } else {
+                    let _ = vm.stop();
+                }
+            }
+        }
+    }
+    let reason = vm.wait();
+    drop(raw_mode);
+    match &reason {
+        StopReason::GuestPoweredOff => {}
+        StopReason::StoppedByHost => eprintln!("virtkit: stopped"),
+        other => eprintln!("virtkit: {other}"),
+    }
+    Ok(exit_code_for(&reason))
+}
+
+trait TryCloneFd {
+    fn try_clone_fd(&self) -> std::io::Result<std::os::fd::OwnedFd>;
+}
+
+impl<T: std::os::fd::AsFd> TryCloneFd for T {
+    fn try_clone_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.as_fd().try_clone_to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_choices_parse_and_bad_ones_say_what_is_allowed() {
+        assert!(matches!(parse_serial("stdio"), Ok(SerialChoice::Stdio)));
+        assert!(matches!(parse_serial("file:/tmp/x"), Ok(SerialChoice::File(p)) if p == PathBuf::from("/tmp/x")));
+        assert!(matches!(parse_serial("unix:/run/s"), Ok(SerialChoice::Unix(_))));
+        let err = parse_serial("tcp:1234").unwrap_err();
+        assert!(err.contains("stdio, none, file:PATH or unix:PATH"), "{err}");
+    }
+}

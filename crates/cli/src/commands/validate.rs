@@ -1,0 +1,41 @@
+//! `virtkit validate FILE`: parse and check a configuration without running it.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use virtkit::{ByteSize, VirtualMachineConfiguration};
+
+use crate::exit::{CliError, EXIT_OK};
+
+#[derive(Args)]
+pub struct ValidateArgs {
+    /// The JSON configuration file.
+    pub config: PathBuf,
+}
+
+/// Reads and parses a configuration file, with the file name in every error.
+pub fn load_config(path: &std::path::Path) -> Result<VirtualMachineConfiguration, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::with_chain(format!("cannot read the configuration {}", path.display()), &e))?;
+    VirtualMachineConfiguration::from_json(&text).map_err(|e| {
+        CliError::new(format!(
+            "{} is not a valid configuration: {e}; see `virtkit run --help` and the README for the format",
+            path.display()
+        ))
+    })
+}
+
+pub fn run(args: &ValidateArgs) -> Result<u8, CliError> {
+    let config = load_config(&args.config)?;
+    config
+        .validate()
+        .map_err(|e| CliError::new(format!("{}: {e}", args.config.display())))?;
+    println!(
+        "{} is valid: {} vCPU{}, {} of memory",
+        args.config.display(),
+        config.cpu_count,
+        if config.cpu_count == 1 { "" } else { "s" },
+        ByteSize(config.memory_size)
+    );
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,30 @@
+use std::io;
+
+/// Errors from KVM.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm (is the kvm module loaded and are you allowed to use it?)")]
+    OpenKvm(#[source] io::Error),
+    /// The KVM API version is not the stable one.
+    #[error("unsupported KVM API version {0} (expected 12)")]
+    ApiVersion(i32),
+    /// A capability the machine needs is missing.
+    #[error("this host's KVM lacks the {0} capability")]
+    MissingCapability(&'static str),
+    /// An ioctl failed.
+    #[error("KVM {op} failed")]
+    Ioctl {
+        /// What we asked KVM to do.
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+pub(crate) fn ioctl(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> HypervisorError {
+    move |e| HypervisorError::Ioctl {
+        op,
+        source: io::Error::from_raw_os_error(e.errno()),
+    }
+}

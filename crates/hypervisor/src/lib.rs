@@ -1,0 +1,20 @@
+//! KVM access for virtkit.
+//!
+//! This is the only crate that issues KVM ioctls. Everything above it talks to [`Kvm`], [`Vm`]
+//! and [`Vcpu`] in terms of the plain types defined here, so `kvm_bindings` types never leave
+//! the crate.
+
+mod error;
+mod host;
+mod vcpu;
+mod vm;
+mod x86;
+
+pub use error::HypervisorError;
+pub use host::{HostKvmInfo, KvmFlavor, Kvm};
+pub use vcpu::{Vcpu, VcpuExit};
+pub use vm::{IoEventAddress, Vm};
+pub use x86::{CpuidEntry, CPUID_FLAG_SIGNIFICANT_INDEX, DescriptorTable, FpuState, Segment, SpecialRegisters, StandardRegisters};
+
+/// Result type of this crate.
+pub type Result<T> = std::result::Result<T, HypervisorError>;

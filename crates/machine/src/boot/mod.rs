@@ -1,0 +1,61 @@
+//! Getting a guest's first instruction to run: the memory map the guest is told about, the
+//! Linux boot protocols (64-bit bzImage and PVH ELF), and the firmware reset vector.
+
+mod e820;
+mod firmware;
+mod linux;
+mod regs;
+
+use std::path::PathBuf;
+
+pub use e820::{e820_map, E820Entry, E820_RAM, E820_RESERVED};
+pub use firmware::{load_firmware, FirmwareImage, FIRMWARE_MAX_SIZE};
+pub use linux::{check_kernel, load_linux, LinuxBoot, LinuxEntry};
+pub use regs::{configure_boot_vcpu, BootEntry};
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub enum BootSource {
+    /// A Linux kernel: a bzImage (64-bit boot protocol) or an ELF vmlinux with a PVH entry note.
+    Linux {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        command_line: String,
+    },
+    /// A firmware image (BIOS) that starts at the reset vector.
+    Firmware { path: PathBuf },
+}
+
+/// Why a guest could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("cannot read {what} {path}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is neither a bzImage nor an ELF kernel with a PVH entry note")]
+    NotAKernel { path: PathBuf },
+    #[error("{path} is an ELF kernel without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); build it with CONFIG_PVH=y or boot its bzImage")]
+    NoPvhNote { path: PathBuf },
+    #[error("cannot load the kernel {path} into guest memory")]
+    LoadKernel {
+        path: PathBuf,
+        #[source]
+        source: linux_loader::loader::Error,
+    },
+    #[error("the initrd {path} ({size} bytes) does not fit in guest memory below {limit:#x} after the kernel; give the guest more memory")]
+    InitrdTooLarge { path: PathBuf, size: u64, limit: u64 },
+    #[error("the kernel command line is {len} bytes; the limit is {max}")]
+    CommandLineTooLong { len: usize, max: usize },
+    #[error("the kernel command line is invalid: {0}")]
+    CommandLine(String),
+    #[error("the firmware image {path} is {size} bytes; it must be a multiple of 64 KiB and at most {max} bytes")]
+    FirmwareSize { path: PathBuf, size: u64, max: u64 },
+    #[error("writing boot data to guest memory failed")]
+    GuestMemory(#[source] vm_memory::GuestMemoryError),
+    #[error("setting up the boot vCPU failed")]
+    Vcpu(#[source] virtkit_hypervisor::HypervisorError),
+}

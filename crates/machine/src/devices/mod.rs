@@ -1,0 +1,34 @@
+//! Legacy PC devices on the port I/O bus.
+
+mod cmos;
+mod i8042;
+mod pm;
+mod pvpanic;
+mod serial;
+
+use std::sync::Arc;
+
+pub use cmos::Cmos;
+pub use i8042::I8042;
+pub use pm::{AcpiPm, IrqLevel, PM_IO_LEN};
+
+/// Length of the PM register range on the port bus.
+pub fn pm_io_len() -> u64 {
+    PM_IO_LEN
+}
+pub use pvpanic::{PvPanic, PVPANIC_PORT};
+pub use serial::{spawn_serial_input, IrqTrigger, SerialDevice, SerialInputError};
+
+/// Something the guest asked the machine for through a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestRequest {
+    /// ACPI S5 through PM1_CNT.
+    PowerOff,
+    /// The i8042 reset line.
+    Reset,
+    /// The guest kernel said it panicked (pvpanic).
+    Panic,
+}
+
+/// Where devices send guest requests.
+pub type RequestSink = Arc<dyn Fn(GuestRequest) + Send + Sync>;

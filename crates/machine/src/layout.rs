@@ -1,0 +1,104 @@
+//! The x86_64 platform layout: where things live in guest physical memory and port space.
+//!
+//! One place for every fixed address, so the boot loaders, the ACPI tables, the devices and the
+//! test guests agree. Test guests in `crates/test-guests/asm` hard-code the same numbers.
+
+/// Global descriptor table for the 64-bit Linux boot.
+pub const BOOT_GDT_START: u64 = 0x500;
+/// Interrupt descriptor table (empty) for the 64-bit Linux boot.
+pub const BOOT_IDT_START: u64 = 0x520;
+/// PVH `hvm_start_info` structure.
+pub const PVH_INFO_START: u64 = 0x6000;
+/// PVH module list (the initrd), right after the start info.
+pub const PVH_MODLIST_START: u64 = 0x6040;
+/// PVH memory map, after the module list.
+pub const PVH_MEMMAP_START: u64 = 0x6080;
+/// Linux `boot_params` ("zero page").
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Initial stack pointer for the 64-bit Linux boot.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Identity-mapping page tables for the 64-bit Linux boot: PML4, PDPT, then four PDs.
+pub const PML4_START: u64 = 0x9000;
+pub const PDPTE_START: u64 = 0xa000;
+pub const PDE_START: u64 = 0xb000;
+/// Kernel command line.
+pub const CMDLINE_START: u64 = 0x20000;
+/// Largest command line we accept (Linux's COMMAND_LINE_SIZE on x86 is 2048).
+pub const CMDLINE_MAX_SIZE: usize = 2048;
+/// End of the low RAM that the e820 map reports usable (the EBDA/VGA/BIOS area follows).
+pub const LOW_RAM_END: u64 = 0x9fc00;
+/// Start of the BIOS area; the ACPI RSDP sits here, where Linux scans for it.
+pub const BIOS_AREA_START: u64 = 0xe0000;
+/// ACPI RSDP.
+pub const RSDP_START: u64 = 0xe0000;
+/// ACPI tables (XSDT, FADT, MADT, DSDT, ...), after the RSDP.
+pub const ACPI_TABLES_START: u64 = 0xe0100;
+/// End of the ACPI tables area.
+pub const ACPI_TABLES_END: u64 = 0xf0000;
+/// Where the kernel and everything above live (1 MiB).
+pub const HIGH_RAM_START: u64 = 0x10_0000;
+/// Start of the 32-bit MMIO hole below 4 GiB. RAM above this goes above 4 GiB.
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// First address above 4 GiB.
+pub const HIGH_MEMORY_START: u64 = 0x1_0000_0000;
+/// I/O APIC base (in-kernel irqchip).
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// Local APIC base (in-kernel irqchip).
+pub const APIC_START: u64 = 0xfee0_0000;
+/// Top of the 32-bit address space: firmware images end here.
+pub const FIRMWARE_END: u64 = 0x1_0000_0000;
+/// Legacy BIOS window at the top of the first MiB that mirrors the end of the firmware.
+pub const LEGACY_BIOS_START: u64 = 0xe0000;
+pub const LEGACY_BIOS_SIZE: u64 = 0x20000;
+
+/// KVM needs three pages for the TSS and one for the identity map, in the hole below 4 GiB.
+pub const KVM_TSS_ADDRESS: u64 = 0xfffb_c000;
+pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_b000;
+
+/// Port I/O addresses of the legacy devices.
+pub mod ports {
+    /// i8042 keyboard controller data port.
+    pub const I8042_DATA: u16 = 0x60;
+    /// i8042 command/status port; writing 0xfe pulses the CPU reset line.
+    pub const I8042_COMMAND: u16 = 0x64;
+    /// CMOS RTC index and data ports.
+    pub const CMOS_INDEX: u16 = 0x70;
+    pub const CMOS_DATA: u16 = 0x71;
+    /// ACPI PM1a event block: PM1_STS (2 bytes) then PM1_EN (2 bytes).
+    pub const PM1A_EVT_BLK: u16 = 0x600;
+    pub const PM1A_EVT_LEN: u8 = 4;
+    /// ACPI PM1a control block (2 bytes).
+    pub const PM1A_CNT_BLK: u16 = 0x604;
+    pub const PM1A_CNT_LEN: u8 = 2;
+    /// ACPI PM timer (4 bytes, 3.579545 MHz, 24 bits).
+    pub const PM_TMR_BLK: u16 = 0x608;
+    pub const PM_TMR_LEN: u8 = 4;
+    /// COM1 16550 UART.
+    pub const COM1: u16 = 0x3f8;
+    pub const COM1_LEN: u16 = 8;
+}
+
+/// Legacy interrupt lines (ISA IRQs, identity-mapped to GSIs except IRQ 0 -> GSI 2).
+pub mod irqs {
+    pub const COM1: u32 = 4;
+    /// ACPI System Control Interrupt: level-triggered, active high.
+    pub const SCI: u32 = 9;
+    pub const RTC: u32 = 8;
+}
+
+/// ACPI PM register bits.
+pub mod pm {
+    /// PM1_STS / PM1_EN: power button.
+    pub const PWRBTN: u16 = 1 << 8;
+    /// PM1_STS / PM1_EN: timer overflow.
+    pub const TMR: u16 = 1 << 0;
+    /// PM1_CNT: SCI_EN (ACPI mode is on; we have no SMI, so always set).
+    pub const SCI_EN: u16 = 1 << 0;
+    /// PM1_CNT: SLP_EN.
+    pub const SLP_EN: u16 = 1 << 13;
+    /// PM1_CNT: SLP_TYP field shift and mask.
+    pub const SLP_TYP_SHIFT: u16 = 10;
+    pub const SLP_TYP_MASK: u16 = 0x7;
+    /// The SLP_TYP value of S5 (soft off), as the DSDT's `\_S5` package says.
+    pub const S5_SLP_TYP: u16 = 5;
+}

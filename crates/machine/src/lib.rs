@@ -1,0 +1,17 @@
+//! The virtkit x86_64 machine: guest memory, vCPUs, boot setup, ACPI, buses and legacy devices.
+//!
+//! A [`Machine`] is built from a [`MachineConfig`], started, and waited on; a [`MachineHandle`]
+//! pauses, resumes, presses the power button or stops it from other threads.
+
+pub mod acpi;
+pub mod boot;
+pub mod bus;
+pub mod cpuid;
+pub mod devices;
+pub mod layout;
+mod machine;
+pub mod memory;
+mod vcpu;
+
+pub use boot::BootSource;
+pub use machine::{ExitReason, Machine, MachineConfig, MachineError, MachineHandle};

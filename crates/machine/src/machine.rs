@@ -1,0 +1,348 @@
+//! Assembling a machine from its parts and running it.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use virtkit_hypervisor::{HypervisorError, Kvm, Vcpu, Vm};
+
+use crate::acpi::{write_acpi_tables, AcpiConfig, AcpiError};
+use crate::boot::{configure_boot_vcpu, load_firmware, load_linux, BootEntry, BootError, BootSource, FirmwareImage};
+use crate::bus::{Bus, BusError, SharedDevice};
+use crate::cpuid::vcpu_cpuid;
+use crate::devices::{
+    spawn_serial_input, AcpiPm, Cmos, GuestRequest, PvPanic, RequestSink, SerialDevice, SerialInputError, I8042,
+    PVPANIC_PORT,
+};
+use crate::layout::{irqs, ports, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::memory::{create_guest_memory, low_ram_end, ram_ranges};
+use crate::vcpu::{run_vcpu, Control, VcpuContext};
+
+/// Why a machine stopped running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest powered off (ACPI S5).
+    PowerOff,
+    /// The guest reset the machine (i8042 reset line or a KVM reset event).
+    Reset,
+    /// The guest kernel reported a panic (pvpanic).
+    Panic,
+    /// A vCPU triple-faulted.
+    TripleFault { vcpu: u32 },
+    /// KVM could not go on running a vCPU.
+    InternalError { vcpu: u32, suberror: u32, rip: u64 },
+    /// KVM could not enter the guest.
+    FailEntry { vcpu: u32, reason: u64 },
+    /// The host stopped the machine.
+    Stopped,
+    /// Something failed in the VMM.
+    HostError { vcpu: Option<u32>, message: String },
+}
+
+/// Everything the machine needs to know to be built.
+pub struct MachineConfig {
+    pub vcpus: u8,
+    pub memory_size: u64,
+    pub boot: BootSource,
+    /// Where COM1's output goes.
+    pub serial_output: Box<dyn Write + Send>,
+    /// Where COM1's input comes from, if anywhere.
+    pub serial_input: Option<OwnedFd>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error("KVM refused to set up the machine")]
+    Hypervisor(#[from] HypervisorError),
+    #[error("cannot allocate {size} bytes of guest memory")]
+    Memory {
+        size: u64,
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    #[error("cannot load the guest")]
+    Boot(#[from] BootError),
+    #[error("cannot build the ACPI tables")]
+    Acpi(#[from] AcpiError),
+    #[error("device layout is inconsistent")]
+    Bus(#[from] BusError),
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("cannot start a vCPU thread")]
+    Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    SerialInput(#[from] SerialInputError),
+    #[error("the machine was already started")]
+    AlreadyStarted,
+    #[error("the firmware image {0} cannot be read")]
+    Firmware(PathBuf),
+}
+
+/// A built machine: memory loaded, devices in place, vCPUs created but not yet running.
+pub struct Machine {
+    // vCPU threads must end before the memory they run on goes away: `Drop` stops them first.
+    threads: Vec<JoinHandle<()>>,
+    vcpus: Vec<Vcpu>,
+    control: Arc<Control>,
+    pm: Arc<Mutex<AcpiPm>>,
+    serial: Arc<Mutex<SerialDevice>>,
+    serial_input: Option<OwnedFd>,
+    serial_input_thread: Option<(JoinHandle<()>, EventFd)>,
+    pio: Bus,
+    mmio: Bus,
+    vm: Arc<Vm>,
+    memory: GuestMemoryMmap,
+}
+
+/// A cheap handle to control a running machine from other threads.
+#[derive(Clone)]
+pub struct MachineHandle {
+    control: Arc<Control>,
+    pm: Arc<Mutex<AcpiPm>>,
+}
+
+impl MachineHandle {
+    /// Parks every vCPU; returns when none is running guest code.
+    pub fn pause(&self) {
+        self.control.pause();
+    }
+
+    pub fn resume(&self) {
+        self.control.resume();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.control.is_paused()
+    }
+
+    /// Presses the ACPI power button, asking the guest to shut down.
+    pub fn press_power_button(&self) {
+        self.pm.lock().unwrap_or_else(|p| p.into_inner()).press_power_button();
+    }
+
+    /// Whether the guest has enabled the power button event (its ACPI driver is up).
+    pub fn power_button_enabled(&self) -> bool {
+        self.pm.lock().unwrap_or_else(|p| p.into_inner()).power_button_enabled()
+    }
+
+    /// Stops the machine at once.
+    pub fn stop(&self) {
+        self.control.request_exit(ExitReason::Stopped);
+    }
+
+    /// Why the machine stopped, once it has.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.control.exit_reason()
+    }
+}
+
+fn request_sink(control: &Arc<Control>) -> RequestSink {
+    let control = control.clone();
+    Arc::new(move |request| {
+        control.request_exit(match request {
+            GuestRequest::PowerOff => ExitReason::PowerOff,
+            GuestRequest::Reset => ExitReason::Reset,
+            GuestRequest::Panic => ExitReason::Panic,
+        })
+    })
+}
+
+impl Machine {
+    /// Builds the machine: memory, in-kernel irqchip and PIT, devices, ACPI, the guest image,
+    /// and the vCPUs with their CPUID.
+    pub fn new(kvm: &Kvm, config: MachineConfig) -> Result<Machine, MachineError> {
+        let MachineConfig {
+            vcpus,
+            memory_size,
+            boot,
+            serial_output,
+            serial_input,
+        } = config;
+        let mut vm = kvm.create_vm()?;
+        vm.create_platform(KVM_TSS_ADDRESS, KVM_IDENTITY_MAP_ADDRESS)?;
+
+        let firmware = match &boot {
+            BootSource::Firmware { path } => Some(FirmwareImage::read(path)?),
+            BootSource::Linux { .. } => None,
+        };
+        let extra: Vec<_> = firmware.iter().map(|f| f.range()).collect();
+        let memory = create_guest_memory(&ram_ranges(memory_size), &extra).map_err(|source| MachineError::Memory {
+            size: memory_size,
+            source,
+        })?;
+        for region in memory.iter() {
+            let host = region.as_ptr() as u64;
+            // SAFETY: the region belongs to `memory`, which the Machine owns and drops only
+            // after every vCPU thread has stopped (see `Drop`), so the mapping outlives guest use.
+            unsafe { vm.map_memory(region.start_addr().0, region.len(), host, false) }?;
+        }
+        let vm = Arc::new(vm);
+
+        let control = Control::new();
+        let requests = request_sink(&control);
+        let mut pio = Bus::new();
+        let mmio = Bus::new();
+
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?;
+        vm.register_irqfd(&serial_irq, irqs::COM1)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_output)));
+        pio.insert(ports::COM1 as u64, ports::COM1_LEN as u64, serial.clone() as SharedDevice)?;
+
+        let sci_vm = vm.clone();
+        let pm = Arc::new(Mutex::new(AcpiPm::new(
+            Box::new(move |level| {
+                if let Err(e) = sci_vm.set_irq_line(irqs::SCI, level) {
+                    tracing::warn!("cannot set the SCI line: {e}");
+                }
+            }),
+            requests.clone(),
+        )));
+        pio.insert(ports::PM1A_EVT_BLK as u64, crate::devices::pm_io_len(), pm.clone() as SharedDevice)?;
+        pio.insert(ports::I8042_DATA as u64, 5, Arc::new(Mutex::new(I8042::new(requests.clone()))))?;
+        pio.insert(
+            ports::CMOS_INDEX as u64,
+            2,
+            Arc::new(Mutex::new(Cmos::new(memory_size, low_ram_end(memory_size)))),
+        )?;
+        pio.insert(PVPANIC_PORT as u64, 1, Arc::new(Mutex::new(PvPanic::new(requests))))?;
+
+        write_acpi_tables(&memory, &AcpiConfig { num_cpus: vcpus })?;
+        let entry = match &boot {
+            BootSource::Linux {
+                kernel,
+                initrd,
+                command_line,
+            } => BootEntry::Linux(
+                load_linux(&memory, memory_size, kernel, initrd.as_deref(), command_line, true)?.entry,
+            ),
+            BootSource::Firmware { .. } => {
+                if let Some(image) = &firmware {
+                    load_firmware(&memory, image)?;
+                }
+                BootEntry::ResetVector
+            }
+        };
+
+        let supported = kvm.supported_cpuid()?;
+        let mut created = Vec::with_capacity(vcpus as usize);
+        for index in 0..vcpus as u32 {
+            let vcpu = vm.create_vcpu(index as u64)?;
+            vcpu.set_cpuid(&vcpu_cpuid(&supported, index, vcpus as u32))?;
+            vcpu.set_boot_msrs()?;
+            vcpu.configure_lapic_lints()?;
+            if index == 0 {
+                configure_boot_vcpu(&vcpu, &memory, entry)?;
+            }
+            created.push(vcpu);
+        }
+
+        Ok(Machine {
+            threads: Vec::new(),
+            vcpus: created,
+            control,
+            pm,
+            serial,
+            serial_input,
+            serial_input_thread: None,
+            pio,
+            mmio,
+            vm,
+            memory,
+        })
+    }
+
+    /// The port I/O bus, to add devices before `start`.
+    pub fn pio_bus_mut(&mut self) -> &mut Bus {
+        &mut self.pio
+    }
+
+    /// The MMIO bus, to add devices before `start`.
+    pub fn mmio_bus_mut(&mut self) -> &mut Bus {
+        &mut self.mmio
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The KVM VM, for devices that need irqfds or ioeventfds.
+    pub fn vm(&self) -> &Arc<Vm> {
+        &self.vm
+    }
+
+    pub fn handle(&self) -> MachineHandle {
+        MachineHandle {
+            control: self.control.clone(),
+            pm: self.pm.clone(),
+        }
+    }
+
+    /// Starts the vCPU threads (`vcpu-N`) and the serial input thread.
+    pub fn start(&mut self) -> Result<(), MachineError> {
+        if self.vcpus.is_empty() {
+            return Err(MachineError::AlreadyStarted);
+        }
+        if let Some(input) = self.serial_input.take() {
+            let stop = EventFd::new(0).map_err(MachineError::EventFd)?;
+            let stop_clone = stop.try_clone().map_err(MachineError::EventFd)?;
+            let thread = spawn_serial_input(self.serial.clone(), input, stop_clone)?;
+            self.serial_input_thread = Some((thread, stop));
+        }
+        let ctx = Arc::new(VcpuContext {
+            control: self.control.clone(),
+            pio: self.pio.clone(),
+            mmio: self.mmio.clone(),
+        });
+        for (index, vcpu) in self.vcpus.drain(..).enumerate() {
+            let ctx = ctx.clone();
+            self.control.thread_starting();
+            let spawned = std::thread::Builder::new()
+                .name(format!("vcpu-{index}"))
+                .spawn(move || run_vcpu(vcpu, index as u32, &ctx));
+            match spawned {
+                Ok(t) => self.threads.push(t),
+                Err(e) => {
+                    self.control.thread_exiting_without_start();
+                    self.control.request_exit(ExitReason::HostError {
+                        vcpu: Some(index as u32),
+                        message: format!("cannot start the vCPU thread: {e}"),
+                    });
+                    return Err(MachineError::Thread(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocks until the machine stops, then joins its threads and says why it stopped.
+    pub fn wait(&mut self) -> ExitReason {
+        let reason = self.control.wait_exit();
+        self.join_threads();
+        reason
+    }
+
+    fn join_threads(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some((thread, stop)) = self.serial_input_thread.take() {
+            let _ = stop.write(1);
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.control.request_exit(ExitReason::Stopped);
+            self.control.wait_exit();
+        }
+        self.join_threads();
+    }
+}

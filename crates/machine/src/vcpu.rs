@@ -1,0 +1,259 @@
+//! vCPU threads and the control that pauses, resumes and stops them.
+//!
+//! A vCPU thread runs `KVM_RUN` in a loop and dispatches port and MMIO exits to the buses. To
+//! get a thread out of `KVM_RUN` we send it a signal (the "kick"); a kick can race with the
+//! thread entering `KVM_RUN`, so whoever waits for the threads keeps kicking until they answer.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::time::Duration;
+
+use virtkit_hypervisor::{Vcpu, VcpuExit};
+
+use crate::bus::Bus;
+use crate::ExitReason;
+
+/// What the vCPU threads should be doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunRequest {
+    Run,
+    Pause,
+    Stop,
+}
+
+#[derive(Debug)]
+struct ControlState {
+    request: RunRequest,
+    /// vCPU threads parked in a pause.
+    paused: usize,
+    /// vCPU threads that have not exited.
+    running: usize,
+    exit: Option<ExitReason>,
+    /// Threads to kick. A thread removes itself before it exits, so we never signal a thread
+    /// that is gone.
+    threads: Vec<libc::pthread_t>,
+}
+
+/// Shared between the machine, its handles and the vCPU threads.
+#[derive(Debug)]
+pub(crate) struct Control {
+    state: Mutex<ControlState>,
+    changed: Condvar,
+}
+
+const KICK_INTERVAL: Duration = Duration::from_millis(5);
+
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the no-op handler for the kick signal once per process, so the signal interrupts
+/// `KVM_RUN` with EINTR instead of killing the process.
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick) {
+            tracing::error!("cannot install the vCPU kick signal handler: {e}");
+        }
+    });
+}
+
+impl Control {
+    pub(crate) fn new() -> Arc<Control> {
+        install_kick_handler();
+        Arc::new(Control {
+            state: Mutex::new(ControlState {
+                request: RunRequest::Run,
+                paused: 0,
+                running: 0,
+                exit: None,
+                threads: Vec::new(),
+            }),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ControlState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn kick_all(state: &ControlState) {
+        for t in &state.threads {
+            // SAFETY: every thread in the list is alive: threads remove themselves under this
+            // lock before exiting. The signal has a no-op handler installed.
+            unsafe { libc::pthread_kill(*t, kick_signal()) };
+        }
+    }
+
+    /// Records why the machine ends (the first reason wins) and tells every vCPU to stop.
+    pub(crate) fn request_exit(&self, reason: ExitReason) {
+        let mut state = self.lock();
+        if state.exit.is_none() {
+            tracing::debug!(?reason, "machine exit requested");
+            state.exit = Some(reason);
+        }
+        state.request = RunRequest::Stop;
+        Self::kick_all(&state);
+        self.changed.notify_all();
+    }
+
+    pub(crate) fn exit_reason(&self) -> Option<ExitReason> {
+        self.lock().exit.clone()
+    }
+
+    /// Parks every vCPU; returns once all are parked (or the machine is stopping).
+    pub(crate) fn pause(&self) {
+        let mut state = self.lock();
+        if state.request != RunRequest::Run {
+            return;
+        }
+        state.request = RunRequest::Pause;
+        while state.request == RunRequest::Pause && state.paused < state.running {
+            Self::kick_all(&state);
+            state = self
+                .changed
+                .wait_timeout(state, KICK_INTERVAL)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    pub(crate) fn resume(&self) {
+        let mut state = self.lock();
+        if state.request == RunRequest::Pause {
+            state.request = RunRequest::Run;
+            self.changed.notify_all();
+        }
+    }
+
+    pub(crate) fn is_paused(&self) -> bool {
+        self.lock().request == RunRequest::Pause
+    }
+
+    /// Waits for an exit reason, then until every vCPU thread has left `KVM_RUN`.
+    pub(crate) fn wait_exit(&self) -> ExitReason {
+        let mut state = self.lock();
+        while state.exit.is_none() {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        while state.running > 0 {
+            Self::kick_all(&state);
+            state = self
+                .changed
+                .wait_timeout(state, KICK_INTERVAL)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        state.exit.clone().unwrap_or(ExitReason::Stopped)
+    }
+
+    pub(crate) fn thread_starting(&self) {
+        self.lock().running += 1;
+    }
+
+    /// Undoes `thread_starting` for a thread that could not be spawned.
+    pub(crate) fn thread_exiting_without_start(&self) {
+        let mut state = self.lock();
+        state.running -= 1;
+        self.changed.notify_all();
+    }
+
+    fn register_current_thread(&self) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        self.lock().threads.push(me);
+    }
+
+    fn thread_exiting(&self) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let mut state = self.lock();
+        state.threads.retain(|t| *t != me);
+        state.running -= 1;
+        self.changed.notify_all();
+    }
+
+    /// Called by a vCPU thread before each `KVM_RUN`: parks while paused; false means stop.
+    fn may_run(&self) -> bool {
+        let mut state = self.lock();
+        loop {
+            match state.request {
+                RunRequest::Run => return true,
+                RunRequest::Stop => return false,
+                RunRequest::Pause => {
+                    state.paused += 1;
+                    self.changed.notify_all();
+                    while state.request == RunRequest::Pause {
+                        state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                    }
+                    state.paused -= 1;
+                }
+            }
+        }
+    }
+}
+
+/// What a vCPU thread needs besides its vCPU.
+pub(crate) struct VcpuContext {
+    pub control: Arc<Control>,
+    pub pio: Bus,
+    pub mmio: Bus,
+}
+
+/// Runs vCPU `index` until the machine stops.
+pub(crate) fn run_vcpu(mut vcpu: Vcpu, index: u32, ctx: &VcpuContext) {
+    ctx.control.register_current_thread();
+    while ctx.control.may_run() {
+        let exit = match vcpu.run() {
+            Ok(exit) => exit,
+            Err(e) => {
+                ctx.control.request_exit(ExitReason::HostError {
+                    vcpu: Some(index),
+                    message: format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()),
+                });
+                break;
+            }
+        };
+        match exit {
+            VcpuExit::IoOut { port, data } => {
+                if !ctx.pio.write(port as u64, data) {
+                    tracing::trace!(port, ?data, "write to a port with no device");
+                }
+            }
+            VcpuExit::IoIn { port, data } => {
+                if !ctx.pio.read(port as u64, data) {
+                    data.fill(0xff);
+                }
+            }
+            VcpuExit::MmioWrite { address, data } => {
+                if !ctx.mmio.write(address, data) {
+                    tracing::trace!(address, "MMIO write with no device");
+                }
+            }
+            VcpuExit::MmioRead { address, data } => {
+                if !ctx.mmio.read(address, data) {
+                    data.fill(0xff);
+                }
+            }
+            VcpuExit::Interrupted => {}
+            // Without a userspace irqchip KVM only reports HLT when the guest halted for good.
+            VcpuExit::Hlt => {}
+            VcpuExit::Shutdown => ctx.control.request_exit(ExitReason::TripleFault { vcpu: index }),
+            VcpuExit::SystemReset => ctx.control.request_exit(ExitReason::Reset),
+            VcpuExit::SystemShutdown => ctx.control.request_exit(ExitReason::PowerOff),
+            VcpuExit::InternalError { suberror } => {
+                let rip = vcpu.registers().map(|r| r.rip).unwrap_or(0);
+                ctx.control.request_exit(ExitReason::InternalError { vcpu: index, suberror, rip });
+            }
+            VcpuExit::FailEntry { reason } => {
+                ctx.control.request_exit(ExitReason::FailEntry { vcpu: index, reason });
+            }
+            VcpuExit::Unhandled(what) => ctx.control.request_exit(ExitReason::HostError {
+                vcpu: Some(index),
+                message: format!("unexpected vCPU exit: {what}"),
+            }),
+        }
+    }
+    ctx.control.thread_exiting();
+}

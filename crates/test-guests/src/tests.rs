@@ -1,0 +1,293 @@
+//! Checks that every built artifact is well-formed, by reading its bytes (no ELF library).
+
+use super::*;
+
+const PT_LOAD: u32 = 1;
+const PT_NOTE: u32 = 4;
+const PF_X: u32 = 1;
+const EM_386: u16 = 3;
+const EM_X86_64: u16 = 62;
+const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+
+fn u16_at(b: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes(b[off..off + 2].try_into().unwrap())
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+#[derive(Debug)]
+struct Phdr {
+    p_type: u32,
+    flags: u32,
+    offset: u64,
+    paddr: u64,
+    filesz: u64,
+    memsz: u64,
+}
+
+struct Elf {
+    class64: bool,
+    machine: u16,
+    entry: u64,
+    phdrs: Vec<Phdr>,
+}
+
+fn parse_elf(b: &[u8]) -> Elf {
+    assert!(b.len() >= 52, "too short for an ELF header");
+    assert_eq!(&b[..4], b"\x7fELF", "ELF magic");
+    let class64 = match b[4] {
+        1 => false,
+        2 => true,
+        c => panic!("bad EI_CLASS {c}"),
+    };
+    assert_eq!(b[5], 1, "little-endian");
+    assert_eq!(u16_at(b, 16), 2, "e_type ET_EXEC");
+    let machine = u16_at(b, 18);
+    let (entry, phoff, phentsize, phnum) = if class64 {
+        (
+            u64_at(b, 24),
+            u64_at(b, 32) as usize,
+            u16_at(b, 54) as usize,
+            u16_at(b, 56) as usize,
+        )
+    } else {
+        (
+            u64::from(u32_at(b, 24)),
+            u32_at(b, 28) as usize,
+            u16_at(b, 42) as usize,
+            u16_at(b, 44) as usize,
+        )
+    };
+    assert_eq!(phentsize, if class64 { 56 } else { 32 }, "e_phentsize");
+    assert!(
+        phoff + phnum * phentsize <= b.len(),
+        "program headers in file"
+    );
+    let phdrs = (0..phnum)
+        .map(|i| {
+            let p = &b[phoff + i * phentsize..][..phentsize];
+            if class64 {
+                Phdr {
+                    p_type: u32_at(p, 0),
+                    flags: u32_at(p, 4),
+                    offset: u64_at(p, 8),
+                    paddr: u64_at(p, 24),
+                    filesz: u64_at(p, 32),
+                    memsz: u64_at(p, 40),
+                }
+            } else {
+                Phdr {
+                    p_type: u32_at(p, 0),
+                    offset: u64::from(u32_at(p, 4)),
+                    paddr: u64::from(u32_at(p, 12)),
+                    filesz: u64::from(u32_at(p, 16)),
+                    memsz: u64::from(u32_at(p, 20)),
+                    flags: u32_at(p, 24),
+                }
+            }
+        })
+        .collect();
+    Elf {
+        class64,
+        machine,
+        entry,
+        phdrs,
+    }
+}
+
+/// The (name, type, desc) of every note in the PT_NOTE segments.
+fn notes<'a>(b: &'a [u8], elf: &Elf) -> Vec<(&'a [u8], u32, &'a [u8])> {
+    let align4 = |n: usize| (n + 3) & !3;
+    let mut found = Vec::new();
+    for ph in elf.phdrs.iter().filter(|p| p.p_type == PT_NOTE) {
+        let start = ph.offset as usize;
+        let end = start + ph.filesz as usize;
+        assert!(end <= b.len(), "PT_NOTE inside the file");
+        let mut off = start;
+        while off + 12 <= end {
+            let namesz = u32_at(b, off) as usize;
+            let descsz = u32_at(b, off + 4) as usize;
+            let ntype = u32_at(b, off + 8);
+            let name_off = off + 12;
+            let desc_off = name_off + align4(namesz);
+            let next = desc_off + align4(descsz);
+            assert!(next <= end, "note overruns its PT_NOTE segment");
+            found.push((
+                &b[name_off..name_off + namesz],
+                ntype,
+                &b[desc_off..desc_off + descsz],
+            ));
+            off = next;
+        }
+    }
+    found
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn pvh_guests() -> impl Iterator<Item = Guest> {
+    Guest::ALL.into_iter().filter(|g| g.boot() == Boot::Pvh)
+}
+
+#[test]
+fn all_lists_every_guest_once_with_distinct_artifacts() {
+    let mut names: Vec<_> = Guest::ALL.iter().map(|g| g.name()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), Guest::ALL.len());
+    for guest in Guest::ALL {
+        let path = guest.path();
+        assert!(path.is_absolute(), "{guest:?}: {}", path.display());
+        let on_disk = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            on_disk,
+            guest.bytes(),
+            "{guest:?}: path() and bytes() agree"
+        );
+        let file_name = path.file_name().unwrap().to_str().unwrap();
+        assert!(file_name.starts_with(guest.name()), "{file_name}");
+    }
+}
+
+#[test]
+fn pvh_guests_have_a_phys32_entry_note_inside_an_executable_load_segment() {
+    for guest in pvh_guests() {
+        let b = guest.bytes();
+        let elf = parse_elf(b);
+        assert!(!elf.class64, "{guest:?}: ELFCLASS32");
+        assert!(
+            elf.machine == EM_386 || elf.machine == EM_X86_64,
+            "{guest:?}: e_machine {}",
+            elf.machine
+        );
+
+        let xen: Vec<_> = notes(b, &elf)
+            .into_iter()
+            .filter(|(name, ntype, _)| *name == b"Xen\0" && *ntype == XEN_ELFNOTE_PHYS32_ENTRY)
+            .collect();
+        assert_eq!(xen.len(), 1, "{guest:?}: one Xen PHYS32_ENTRY note");
+        let desc = xen[0].2;
+        let entry = match desc.len() {
+            4 => u64::from(u32_at(desc, 0)),
+            8 => u64_at(desc, 0),
+            n => panic!("{guest:?}: PHYS32_ENTRY desc of {n} bytes"),
+        };
+        assert!(entry < 1 << 32, "{guest:?}: 32-bit entry");
+        assert_eq!(entry, elf.entry, "{guest:?}: note agrees with e_entry");
+
+        let loads: Vec<_> = elf.phdrs.iter().filter(|p| p.p_type == PT_LOAD).collect();
+        assert!(!loads.is_empty(), "{guest:?}: has PT_LOAD segments");
+        for ph in &loads {
+            assert!(
+                ph.paddr >= 0x10_0000,
+                "{guest:?}: loads at or above 1 MiB: {ph:?}"
+            );
+            assert!(
+                ph.paddr + ph.memsz <= 0xc000_0000,
+                "{guest:?}: below the MMIO hole"
+            );
+            assert!(ph.filesz <= ph.memsz, "{guest:?}: {ph:?}");
+            assert!(ph.offset + ph.filesz <= b.len() as u64, "{guest:?}: {ph:?}");
+        }
+        let seg = loads
+            .iter()
+            .find(|p| p.paddr <= entry && entry < p.paddr + p.filesz)
+            .unwrap_or_else(|| panic!("{guest:?}: entry {entry:#x} outside every PT_LOAD"));
+        assert_ne!(
+            seg.flags & PF_X,
+            0,
+            "{guest:?}: entry segment is executable"
+        );
+        // The shared entry code (asm/pvh.inc) starts with `cli; cld`.
+        let file_off = (seg.offset + entry - seg.paddr) as usize;
+        assert_eq!(
+            &b[file_off..file_off + 2],
+            [0xfa, 0xfc],
+            "{guest:?}: cli; cld"
+        );
+    }
+}
+
+#[test]
+fn reset_vector_image_is_64k_and_jumps_into_itself() {
+    let guest = Guest::ResetVector;
+    assert_eq!(guest.boot(), Boot::Firmware);
+    let b = guest.bytes();
+    assert_eq!(b.len(), FIRMWARE_SIZE);
+    assert_eq!(b.len(), 65536);
+    let vector = &b[FIRMWARE_SIZE - 16..];
+    // Near jmp rel16 (0xe9), short jmp (0xeb) or far jmp ptr16:16 (0xea).
+    assert!(
+        [0xe9, 0xeb, 0xea].contains(&vector[0]),
+        "reset vector starts with a jmp, not {:#04x}",
+        vector[0]
+    );
+    // Ours is a near jmp; follow it (IP wraps within the 64 KiB segment).
+    assert_eq!(vector[0], 0xe9);
+    let rel = u16::from_le_bytes([vector[1], vector[2]]);
+    let target = 0xfff3u16.wrapping_add(rel) as usize;
+    assert!(
+        target < FIRMWARE_SIZE - 16,
+        "jump target {target:#x} before the vector"
+    );
+    assert_eq!(b[target], 0xfa, "target starts with cli");
+}
+
+#[test]
+fn artifacts_carry_the_documented_lines() {
+    let expect: &[(Guest, &[&str])] = &[
+        (Guest::Hello, &[output::HELLO]),
+        (Guest::Smoke, &[output::SMOKE_READY]),
+        (
+            Guest::Echo,
+            &[output::ECHO_READY, &format!("\n{}", output::ECHO_DONE)],
+        ),
+        (
+            Guest::IoProbe,
+            &["pio-read=", "mmio-read=", output::IO_PROBE_DONE],
+        ),
+        (
+            Guest::Smp,
+            &["cpu apic=", " bsp", " ap", "cpus-up=", output::SMP_TIMEOUT],
+        ),
+        (Guest::Counter, &["tick "]),
+        (
+            Guest::PowerButton,
+            &[output::POWER_BUTTON_WAITING, output::POWER_BUTTON_PRESSED],
+        ),
+        (Guest::Reset, &[output::RESETTING]),
+        (Guest::TripleFault, &[output::TRIPLE_FAULT_NEXT]),
+        (Guest::ResetVector, &[output::RESET_VECTOR]),
+    ];
+    assert_eq!(expect.len(), Guest::ALL.len());
+    for (guest, lines) in expect {
+        for line in *lines {
+            // Full lines end with "\n"; the prefixes ("pio-read=") are followed by a NUL.
+            let full = format!("{line}\n");
+            let prefix = format!("{line}\0");
+            assert!(
+                contains(guest.bytes(), full.as_bytes())
+                    || contains(guest.bytes(), prefix.as_bytes()),
+                "{guest:?} prints {line:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn output_helpers_format_like_the_guests() {
+    assert_eq!(output::pio_read(0x1234_5678), "pio-read=12345678");
+    assert_eq!(output::mmio_read(0xff), "mmio-read=000000ff");
+    assert_eq!(output::smp_cpu(0, true), "cpu apic=0 bsp");
+    assert_eq!(output::smp_cpu(12, false), "cpu apic=12 ap");
+    assert_eq!(output::smp_cpus_up(4), "cpus-up=4");
+    assert_eq!(output::tick(7), "tick 7");
+}

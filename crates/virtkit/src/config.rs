@@ -1,0 +1,173 @@
+//! The machine description: one serde type for the bundle, the control API and the CLI.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The configuration format this build writes and reads. Files from newer formats are refused
+/// with a clear error; older ones are read with defaults for what they lack.
+pub const CONFIG_FORMAT_VERSION: u32 = 1;
+
+fn default_version() -> u32 {
+    CONFIG_FORMAT_VERSION
+}
+
+/// What a virtual machine is.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct VirtualMachineConfiguration {
+    /// Format version of this description.
+    #[serde(default = "default_version")]
+    pub version: u32,
+    /// Number of vCPUs, 1..=255.
+    pub cpu_count: u32,
+    /// Guest RAM in bytes; at least 64 MiB, a multiple of 4 KiB.
+    pub memory_size: u64,
+    /// How the machine boots.
+    pub boot_loader: BootLoader,
+    /// Serial ports; the first is COM1.
+    #[serde(default)]
+    pub serial_ports: Vec<SerialPortConfiguration>,
+}
+
+/// How the machine boots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "type")]
+pub enum BootLoader {
+    /// Direct kernel boot: a bzImage, or an ELF vmlinux with a PVH entry note.
+    Linux {
+        kernel: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        initrd: Option<PathBuf>,
+        #[serde(default)]
+        command_line: String,
+    },
+    /// Firmware (BIOS) boot from the reset vector.
+    Firmware {
+        path: PathBuf,
+        /// Where the firmware keeps its variables (EFI); unused by BIOS.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        variable_store: Option<PathBuf>,
+    },
+}
+
+/// A serial port and where its bytes go.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct SerialPortConfiguration {
+    pub attachment: SerialAttachment,
+}
+
+/// The host side of a serial port.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "type")]
+pub enum SerialAttachment {
+    /// The VMM process's standard input and output.
+    Stdio,
+    /// Output appended to (or replacing) a file; no input.
+    File {
+        path: PathBuf,
+        #[serde(default)]
+        append: bool,
+    },
+    /// A Unix socket the VMM listens on; one client at a time reads and writes the console.
+    UnixSocket { path: PathBuf },
+    /// Open file descriptors the caller hands over (API only; not in configuration files).
+    #[serde(skip)]
+    FileHandles {
+        read: Option<OwnedFd>,
+        write: Option<OwnedFd>,
+    },
+}
+
+impl VirtualMachineConfiguration {
+    /// A Linux direct-boot machine with no serial port.
+    pub fn linux(cpu_count: u32, memory_size: u64, kernel: PathBuf, initrd: Option<PathBuf>, command_line: &str) -> Self {
+        VirtualMachineConfiguration {
+            version: CONFIG_FORMAT_VERSION,
+            cpu_count,
+            memory_size,
+            boot_loader: BootLoader::Linux {
+                kernel,
+                initrd,
+                command_line: command_line.to_owned(),
+            },
+            serial_ports: Vec::new(),
+        }
+    }
+
+    /// A firmware-boot machine with no serial port.
+    pub fn firmware(cpu_count: u32, memory_size: u64, path: PathBuf) -> Self {
+        VirtualMachineConfiguration {
+            version: CONFIG_FORMAT_VERSION,
+            cpu_count,
+            memory_size,
+            boot_loader: BootLoader::Firmware {
+                path,
+                variable_store: None,
+            },
+            serial_ports: Vec::new(),
+        }
+    }
+
+    /// Adds a serial port.
+    pub fn with_serial(mut self, attachment: SerialAttachment) -> Self {
+        self.serial_ports.push(SerialPortConfiguration { attachment });
+        self
+    }
+
+    /// Reads a configuration from JSON text; the error names the line, column and field.
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// The configuration as pretty JSON.
+    pub fn to_json(&self) -> String {
+        // Serialising plain data with string keys cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"{
+        "version": 1,
+        "cpu_count": 2,
+        "memory_size": 536870912,
+        "boot_loader": {"type": "linux", "kernel": "/k", "initrd": "/i", "command_line": "console=ttyS0"},
+        "serial_ports": [{"attachment": {"type": "stdio"}}]
+    }"#;
+
+    #[test]
+    fn reads_the_documented_example() {
+        let c = VirtualMachineConfiguration::from_json(EXAMPLE).unwrap();
+        assert_eq!(c.cpu_count, 2);
+        assert_eq!(c.memory_size, 512 << 20);
+        assert!(matches!(c.boot_loader, BootLoader::Linux { ref command_line, .. } if command_line == "console=ttyS0"));
+        assert!(matches!(c.serial_ports[0].attachment, SerialAttachment::Stdio));
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_naming_it() {
+        let text = EXAMPLE.replace("\"cpu_count\"", "\"cpus\": 1, \"cpu_count\"");
+        let err = VirtualMachineConfiguration::from_json(&text).unwrap_err().to_string();
+        assert!(err.contains("unknown field `cpus`"), "{err}");
+    }
+
+    #[test]
+    fn missing_version_defaults_to_current() {
+        let text = EXAMPLE.replace("\"version\": 1,", "");
+        assert_eq!(VirtualMachineConfiguration::from_json(&text).unwrap().version, CONFIG_FORMAT_VERSION);
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let c = VirtualMachineConfiguration::linux(1, 64 << 20, "/k".into(), None, "quiet")
+            .with_serial(SerialAttachment::File { path: "/tmp/log".into(), append: true });
+        let back = VirtualMachineConfiguration::from_json(&c.to_json()).unwrap();
+        assert_eq!(back.to_json(), c.to_json());
+    }
+}

@@ -1,0 +1,93 @@
+//! What this host can run: its KVM flavour and limits, and its memory.
+
+use virtkit_hypervisor::{HostKvmInfo, Kvm, KvmFlavor};
+
+/// The kind of KVM this host has, as far as guests are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// Hardware virtualization: any x86_64 guest runs.
+    HardwareKvm,
+    /// PVM: only PVM-enlightened kernels (and small guests, firmware) run.
+    Pvm,
+    /// A KVM we do not recognise.
+    OtherKvm,
+    /// `/dev/kvm` cannot be used.
+    NoKvm,
+}
+
+/// The host's virtualization capabilities and limits.
+#[derive(Debug, Clone)]
+pub struct HostCapabilities {
+    pub kind: HostKind,
+    /// KVM's limits when `/dev/kvm` opened.
+    pub kvm: Option<HostKvmInfo>,
+    /// Why `/dev/kvm` could not be used, when it could not.
+    pub kvm_error: Option<String>,
+    /// Host RAM in bytes (MemTotal).
+    pub memory: u64,
+    /// Online host CPUs.
+    pub cpus: usize,
+}
+
+fn host_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or(u64::MAX)
+}
+
+impl HostCapabilities {
+    /// Looks at `/dev/kvm`, the KVM modules and `/proc/meminfo`.
+    pub fn detect() -> HostCapabilities {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let (kvm, kvm_error) = match Kvm::open() {
+            Ok(kvm) => (Some(kvm.info()), None),
+            Err(e) => (
+                None,
+                Some(match std::error::Error::source(&e) {
+                    Some(s) => format!("{e}: {s}"),
+                    None => e.to_string(),
+                }),
+            ),
+        };
+        let kind = match &kvm {
+            None => HostKind::NoKvm,
+            Some(info) => match info.flavor {
+                KvmFlavor::Hardware => HostKind::HardwareKvm,
+                KvmFlavor::Pvm => HostKind::Pvm,
+                KvmFlavor::Unknown => HostKind::OtherKvm,
+            },
+        };
+        HostCapabilities {
+            kind,
+            kvm,
+            kvm_error,
+            memory: host_memory(),
+            cpus,
+        }
+    }
+
+    /// Most vCPUs one VM may have here.
+    pub fn max_vcpus(&self) -> Option<usize> {
+        self.kvm.as_ref().map(|k| k.max_vcpus)
+    }
+
+    /// One sentence on which guests run here.
+    pub fn guest_support(&self) -> &'static str {
+        match self.kind {
+            HostKind::HardwareKvm => "hardware virtualization: stock Linux kernels and firmware boot run at full speed",
+            HostKind::Pvm => {
+                "PVM (no VT-x/AMD-V): small guests and firmware run; stock Linux kernels stop in early boot \
+                 at an instruction PVM cannot emulate, so use a PVM-enabled guest kernel (CONFIG_PVM_GUEST)"
+            }
+            HostKind::OtherKvm => "an unrecognised KVM module: guests may or may not run",
+            HostKind::NoKvm => "no usable /dev/kvm: no guest can run",
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! virtkit: describe a virtual machine, validate it, run it and watch it.
+//!
+//! The shape follows Apple's Virtualization framework: a [`VirtualMachineConfiguration`] says
+//! what the machine is; [`VirtualMachineConfiguration::validate`] reports every problem at once;
+//! a [`VirtualMachine`] built from a valid configuration starts, pauses, resumes, asks its guest
+//! to stop, stops, and reports its [`VmState`] and why it stopped.
+#![forbid(unsafe_code)]
+
+mod config;
+mod host;
+mod serial;
+mod size;
+mod state;
+mod validate;
+mod vm;
+
+pub use config::{
+    BootLoader, SerialAttachment, SerialPortConfiguration, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION,
+};
+pub use host::{HostCapabilities, HostKind};
+pub use size::{parse_size, ByteSize};
+pub use state::{StopReason, VmState};
+pub use validate::{ValidationError, ValidationIssue};
+pub use vm::{StartError, VirtualMachine, VmError};

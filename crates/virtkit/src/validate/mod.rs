@@ -1,0 +1,238 @@
+//! Checking a configuration before anything is built: every problem at once, each naming the
+//! field and how to fix it.
+
+use std::fmt;
+use std::path::Path;
+
+use virtkit_machine::boot::{check_kernel, FirmwareImage};
+use virtkit_machine::layout::CMDLINE_MAX_SIZE;
+
+use crate::config::{BootLoader, SerialAttachment, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
+use crate::host::HostCapabilities;
+use crate::size::ByteSize;
+
+/// The least RAM a guest may have.
+pub const MIN_MEMORY_SIZE: u64 = 64 << 20;
+/// The most vCPUs our xAPIC-based machine describes.
+pub const MAX_CPU_COUNT: u32 = 255;
+const PAGE_SIZE: u64 = 4096;
+/// Longest path a Unix socket address can hold (sun_path less the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// One problem in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationIssue {
+    /// The field, as it is spelled in the JSON configuration (`boot_loader.kernel`).
+    pub field: String,
+    /// What is wrong and how to fix it, as a sentence.
+    pub message: String,
+}
+
+impl fmt::Display for ValidationIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem `validate` found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationError {
+    pub issues: Vec<ValidationIssue>,
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.issues.len();
+        write!(f, "the configuration has {n} problem{}:", if n == 1 { "" } else { "s" })?;
+        for issue in &self.issues {
+            write!(f, "\n  - {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+struct Issues(Vec<ValidationIssue>);
+
+impl Issues {
+    fn add(&mut self, field: &str, message: String) {
+        self.0.push(ValidationIssue {
+            field: field.to_owned(),
+            message,
+        });
+    }
+}
+
+fn check_file(issues: &mut Issues, field: &str, what: &str, path: &Path) -> bool {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            issues.add(field, format!("the {what} {} does not exist; give the path of an existing file", path.display()));
+            false
+        }
+        Err(e) => {
+            issues.add(field, format!("the {what} {} cannot be read ({e}); check its permissions", path.display()));
+            false
+        }
+        Ok(m) if !m.is_file() => {
+            issues.add(field, format!("the {what} {} is not a regular file", path.display()));
+            false
+        }
+        Ok(_) => match std::fs::File::open(path) {
+            Ok(_) => true,
+            Err(e) => {
+                issues.add(field, format!("the {what} {} cannot be opened ({e}); check its permissions", path.display()));
+                false
+            }
+        },
+    }
+}
+
+fn error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl VirtualMachineConfiguration {
+    /// Checks the configuration against the rules and this host's limits.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.validate_for(&HostCapabilities::detect())
+    }
+
+    /// Checks the configuration against the rules and the given host's limits.
+    pub fn validate_for(&self, host: &HostCapabilities) -> Result<(), ValidationError> {
+        let mut issues = Issues(Vec::new());
+        if self.version > CONFIG_FORMAT_VERSION {
+            issues.add(
+                "version",
+                format!(
+                    "format version {} is newer than this virtkit understands ({CONFIG_FORMAT_VERSION}); upgrade virtkit",
+                    self.version
+                ),
+            );
+        }
+        if self.version == 0 {
+            issues.add("version", "format version 0 does not exist; use 1".into());
+        }
+
+        let kvm_max = host.max_vcpus().map(|m| m.min(MAX_CPU_COUNT as usize) as u32).unwrap_or(MAX_CPU_COUNT);
+        if self.cpu_count == 0 || self.cpu_count > MAX_CPU_COUNT {
+            issues.add(
+                "cpu_count",
+                format!("{} vCPUs is not possible; use 1 to {MAX_CPU_COUNT}", self.cpu_count),
+            );
+        } else if self.cpu_count > kvm_max {
+            issues.add(
+                "cpu_count",
+                format!("{} vCPUs is more than this host's KVM allows; use at most {kvm_max}", self.cpu_count),
+            );
+        }
+
+        if self.memory_size < MIN_MEMORY_SIZE {
+            issues.add(
+                "memory_size",
+                format!("{} is too little; give the guest at least 64 MiB", ByteSize(self.memory_size)),
+            );
+        } else if self.memory_size % PAGE_SIZE != 0 {
+            issues.add(
+                "memory_size",
+                format!(
+                    "{} bytes is not a multiple of the 4 KiB page size; round it to {}",
+                    self.memory_size,
+                    ByteSize(self.memory_size / PAGE_SIZE * PAGE_SIZE)
+                ),
+            );
+        }
+        if self.memory_size > host.memory {
+            issues.add(
+                "memory_size",
+                format!(
+                    "{} is more than this host's {} of RAM; give the guest less",
+                    ByteSize(self.memory_size),
+                    ByteSize(host.memory)
+                ),
+            );
+        }
+
+        match &self.boot_loader {
+            BootLoader::Linux {
+                kernel,
+                initrd,
+                command_line,
+            } => {
+                if check_file(&mut issues, "boot_loader.kernel", "kernel", kernel) {
+                    if let Err(e) = check_kernel(kernel) {
+                        issues.add("boot_loader.kernel", format!("{}; give a bzImage or an ELF vmlinux with a PVH note", error_text(&e)));
+                    }
+                }
+                if let Some(initrd) = initrd {
+                    check_file(&mut issues, "boot_loader.initrd", "initrd", initrd);
+                }
+                if command_line.len() >= CMDLINE_MAX_SIZE {
+                    issues.add(
+                        "boot_loader.command_line",
+                        format!("{} bytes is too long; Linux takes at most {}", command_line.len(), CMDLINE_MAX_SIZE - 1),
+                    );
+                }
+                if !command_line.is_ascii() {
+                    issues.add("boot_loader.command_line", "use only ASCII characters".into());
+                }
+            }
+            BootLoader::Firmware { path, variable_store } => {
+                if check_file(&mut issues, "boot_loader.path", "firmware image", path) {
+                    if let Err(e) = FirmwareImage::read(path) {
+                        issues.add("boot_loader.path", format!("{}; give a BIOS image such as /usr/share/seabios/bios.bin", error_text(&e)));
+                    }
+                }
+                if let Some(store) = variable_store {
+                    if let Some(parent) = store.parent().filter(|p| !p.as_os_str().is_empty()) {
+                        if !parent.is_dir() {
+                            issues.add(
+                                "boot_loader.variable_store",
+                                format!("the directory {} does not exist; create it or choose another path", parent.display()),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
+        if self.serial_ports.len() > 1 {
+            issues.add(
+                "serial_ports",
+                format!("{} serial ports given; this machine has one (COM1)", self.serial_ports.len()),
+            );
+        }
+        for (i, port) in self.serial_ports.iter().enumerate() {
+            let field = format!("serial_ports[{i}].attachment.path");
+            match &port.attachment {
+                SerialAttachment::File { path, .. } | SerialAttachment::UnixSocket { path } => {
+                    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                        if !parent.is_dir() {
+                            issues.add(&field, format!("the directory {} does not exist; create it or choose another path", parent.display()));
+                        }
+                    }
+                    if matches!(port.attachment, SerialAttachment::UnixSocket { .. })
+                        && path.as_os_str().len() > MAX_SOCKET_PATH
+                    {
+                        issues.add(&field, format!("a Unix socket path may be at most {MAX_SOCKET_PATH} bytes; use a shorter path"));
+                    }
+                }
+                SerialAttachment::Stdio | SerialAttachment::FileHandles { .. } => {}
+            }
+        }
+
+        if issues.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationError { issues: issues.0 })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,225 @@
+use std::path::PathBuf;
+
+use super::*;
+use crate::host::HostKind;
+
+fn host() -> HostCapabilities {
+    HostCapabilities {
+        kind: HostKind::HardwareKvm,
+        kvm: None,
+        kvm_error: None,
+        memory: 8 << 30,
+        cpus: 2,
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("virtkit-validate-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// A file with a bzImage header: enough for the loader's format check.
+    fn bzimage(&self) -> PathBuf {
+        let mut bytes = vec![0u8; 0x400];
+        bytes[0x202..0x206].copy_from_slice(b"HdrS");
+        let path = self.0.join("bzImage");
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn issues(config: &VirtualMachineConfiguration) -> Vec<ValidationIssue> {
+    match config.validate_for(&host()) {
+        Ok(()) => Vec::new(),
+        Err(e) => e.issues,
+    }
+}
+
+fn only_issue(config: &VirtualMachineConfiguration) -> ValidationIssue {
+    let mut found = issues(config);
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.remove(0)
+}
+
+#[test]
+fn a_good_linux_configuration_passes() {
+    let dir = TempDir::new("good");
+    let initrd = dir.file("initrd", b"070701");
+    let c = VirtualMachineConfiguration::linux(2, 512 << 20, dir.bzimage(), Some(initrd), "console=ttyS0");
+    assert_eq!(issues(&c), vec![]);
+}
+
+#[test]
+fn the_pvh_test_guest_is_accepted_as_a_kernel() {
+    let c = VirtualMachineConfiguration::linux(1, 64 << 20, virtkit_test_guests::Guest::Hello.path().into(), None, "");
+    assert_eq!(issues(&c), vec![]);
+}
+
+#[test]
+fn zero_cpus_names_the_field_and_the_range() {
+    let dir = TempDir::new("cpus0");
+    let c = VirtualMachineConfiguration::linux(0, 64 << 20, dir.bzimage(), None, "");
+    let issue = only_issue(&c);
+    assert_eq!(issue.field, "cpu_count");
+    assert!(issue.message.contains("use 1 to 255"), "{issue}");
+}
+
+#[test]
+fn too_many_cpus_for_the_host_kvm_says_its_limit() {
+    let dir = TempDir::new("cpusmax");
+    let c = VirtualMachineConfiguration::linux(200, 64 << 20, dir.bzimage(), None, "");
+    let mut h = host();
+    h.kvm = Some(virtkit_hypervisor::HostKvmInfo {
+        flavor: virtkit_hypervisor::KvmFlavor::Hardware,
+        api_version: 12,
+        max_vcpus: 128,
+        recommended_vcpus: 2,
+        max_memslots: 32,
+        irqchip: true,
+        ioeventfd: true,
+        irqfd: true,
+        immediate_exit: true,
+    });
+    let err = c.validate_for(&h).unwrap_err();
+    assert_eq!(err.issues.len(), 1);
+    assert!(err.issues[0].message.contains("at most 128"), "{err}");
+}
+
+#[test]
+fn memory_rules_each_give_the_fix() {
+    let dir = TempDir::new("mem");
+    let small = only_issue(&VirtualMachineConfiguration::linux(1, 32 << 20, dir.bzimage(), None, ""));
+    assert_eq!(small.field, "memory_size");
+    assert!(small.message.contains("at least 64 MiB"), "{small}");
+
+    let odd = only_issue(&VirtualMachineConfiguration::linux(1, (64 << 20) + 100, dir.bzimage(), None, ""));
+    assert!(odd.message.contains("not a multiple of the 4 KiB page size"), "{odd}");
+    assert!(odd.message.contains("64 MiB"), "suggests the rounded size: {odd}");
+
+    let huge = only_issue(&VirtualMachineConfiguration::linux(1, 16 << 30, dir.bzimage(), None, ""));
+    assert!(huge.message.contains("more than this host's 8 GiB"), "{huge}");
+}
+
+#[test]
+fn missing_kernel_and_initrd_are_both_reported() {
+    let c = VirtualMachineConfiguration::linux(
+        1,
+        64 << 20,
+        "/nonexistent/vmlinuz".into(),
+        Some("/nonexistent/initrd".into()),
+        "",
+    );
+    let found = issues(&c);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[0].field, "boot_loader.kernel");
+    assert!(found[0].message.contains("/nonexistent/vmlinuz does not exist"));
+    assert_eq!(found[1].field, "boot_loader.initrd");
+}
+
+#[test]
+fn a_file_that_is_not_a_kernel_is_refused() {
+    let dir = TempDir::new("notkernel");
+    let text = dir.file("notes.txt", b"just some text, not a kernel at all");
+    let issue = only_issue(&VirtualMachineConfiguration::linux(1, 64 << 20, text, None, ""));
+    assert_eq!(issue.field, "boot_loader.kernel");
+    assert!(issue.message.contains("neither a bzImage nor an ELF"), "{issue}");
+}
+
+#[test]
+fn an_elf_without_a_pvh_note_is_refused() {
+    let dir = TempDir::new("elfnopvh");
+    let mut elf = vec![0u8; 64];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2;
+    let path = dir.file("vmlinux", &elf);
+    let issue = only_issue(&VirtualMachineConfiguration::linux(1, 64 << 20, path, None, ""));
+    assert!(issue.message.contains("without a PVH entry note"), "{issue}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let c = VirtualMachineConfiguration::linux(0, 1, "/nonexistent".into(), None, "");
+    let err = c.validate_for(&host()).unwrap_err();
+    let fields: Vec<_> = err.issues.iter().map(|i| i.field.as_str()).collect();
+    assert_eq!(fields, ["cpu_count", "memory_size", "boot_loader.kernel"]);
+    assert!(err.to_string().starts_with("the configuration has 3 problems:"));
+}
+
+#[test]
+fn newer_format_version_says_to_upgrade() {
+    let dir = TempDir::new("version");
+    let mut c = VirtualMachineConfiguration::linux(1, 64 << 20, dir.bzimage(), None, "");
+    c.version = CONFIG_FORMAT_VERSION + 1;
+    let issue = only_issue(&c);
+    assert_eq!(issue.field, "version");
+    assert!(issue.message.contains("upgrade virtkit"));
+}
+
+#[test]
+fn over_long_command_line_is_refused() {
+    let dir = TempDir::new("cmdline");
+    let c = VirtualMachineConfiguration::linux(1, 64 << 20, dir.bzimage(), None, &"x".repeat(3000));
+    let issue = only_issue(&c);
+    assert_eq!(issue.field, "boot_loader.command_line");
+    assert!(issue.message.contains("at most 2047"), "{issue}");
+}
+
+#[test]
+fn firmware_of_the_wrong_size_or_missing_is_refused() {
+    let dir = TempDir::new("fw");
+    let odd = dir.file("bios.bin", &[0u8; 1000]);
+    let issue = only_issue(&VirtualMachineConfiguration::firmware(1, 64 << 20, odd));
+    assert_eq!(issue.field, "boot_loader.path");
+    assert!(issue.message.contains("multiple of 64 KiB"), "{issue}");
+    let missing = only_issue(&VirtualMachineConfiguration::firmware(1, 64 << 20, "/nonexistent/bios.bin".into()));
+    assert!(missing.message.contains("does not exist"));
+}
+
+#[test]
+fn serial_rules() {
+    let dir = TempDir::new("serial");
+    let c = VirtualMachineConfiguration::linux(1, 64 << 20, dir.bzimage(), None, "")
+        .with_serial(SerialAttachment::File { path: "/nonexistent-dir/console.log".into(), append: false })
+        .with_serial(SerialAttachment::Stdio);
+    let found = issues(&c);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[0].field, "serial_ports");
+    assert_eq!(found[1].field, "serial_ports[0].attachment.path");
+    let long = dir.0.join("s".repeat(120));
+    let c = VirtualMachineConfiguration::linux(1, 64 << 20, dir.bzimage(), None, "")
+        .with_serial(SerialAttachment::UnixSocket { path: long });
+    assert!(only_issue(&c).message.contains("at most 107 bytes"));
+}
+
+#[cfg(unix)]
+#[test]
+fn unreadable_kernel_is_reported_when_not_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("perm");
+    let k = dir.bzimage();
+    std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let can_read_anyway = std::fs::File::open(&k).is_ok(); // root reads everything
+    let found = issues(&VirtualMachineConfiguration::linux(1, 64 << 20, k, None, ""));
+    if can_read_anyway {
+        assert_eq!(found, vec![]);
+    } else {
+        assert_eq!(found.len(), 1);
+        assert!(found[0].message.contains("cannot be"), "{found:?}");
+    }
+}

@@ -1,0 +1,303 @@
+//! A running (or runnable) virtual machine and its lifecycle.
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use virtkit_hypervisor::{HypervisorError, Kvm, KvmFlavor};
+use virtkit_machine::{BootSource, Machine, MachineConfig, MachineError, MachineHandle};
+
+use crate::config::{BootLoader, VirtualMachineConfiguration};
+use crate::serial::{open_attachment, SerialError, SocketServer};
+use crate::state::{StopReason, VmState};
+use crate::validate::ValidationError;
+
+/// A lifecycle request that does not fit the machine's state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot {action} a virtual machine that is {state}")]
+    InvalidState { action: &'static str, state: VmState },
+}
+
+/// Why a virtual machine did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("cannot use KVM")]
+    Kvm(#[from] HypervisorError),
+    #[error("cannot build the machine")]
+    Machine(#[from] MachineError),
+    #[error("cannot attach the serial port")]
+    Serial(#[from] SerialError),
+    #[error(transparent)]
+    State(#[from] VmError),
+    #[error("cannot start the VMM thread")]
+    Thread(#[source] std::io::Error),
+}
+
+struct Status {
+    state: VmState,
+    reason: Option<StopReason>,
+    observers: Vec<Sender<VmState>>,
+}
+
+struct Shared {
+    status: Mutex<Status>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_state(&self, state: VmState) {
+        let mut s = self.lock();
+        Self::transition(&mut s, state);
+        self.changed.notify_all();
+    }
+
+    fn transition(s: &mut Status, state: VmState) {
+        if s.state != state {
+            tracing::info!(from = %s.state, to = %state, "virtual machine state");
+            s.state = state;
+            s.observers.retain(|o| o.send(state).is_ok());
+        }
+    }
+}
+
+/// A virtual machine built from a valid configuration.
+pub struct VirtualMachine {
+    config: VirtualMachineConfiguration,
+    shared: Arc<Shared>,
+    handle: Option<MachineHandle>,
+    monitor: Option<JoinHandle<()>>,
+}
+
+impl VirtualMachine {
+    /// Validates `config` and makes a stopped virtual machine from it.
+    pub fn new(config: VirtualMachineConfiguration) -> Result<VirtualMachine, ValidationError> {
+        config.validate()?;
+        Ok(VirtualMachine {
+            config,
+            shared: Arc::new(Shared {
+                status: Mutex::new(Status {
+                    state: VmState::Stopped,
+                    reason: None,
+                    observers: Vec::new(),
+                }),
+                changed: Condvar::new(),
+            }),
+            handle: None,
+            monitor: None,
+        })
+    }
+
+    pub fn configuration(&self) -> &VirtualMachineConfiguration {
+        &self.config
+    }
+
+    pub fn state(&self) -> VmState {
+        self.shared.lock().state
+    }
+
+    /// Why the machine last stopped, once it has.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.shared.lock().reason.clone()
+    }
+
+    /// Every state change from now on, in order.
+    pub fn state_changes(&self) -> Receiver<VmState> {
+        let (tx, rx) = channel();
+        self.shared.lock().observers.push(tx);
+        rx
+    }
+
+    fn machine_config(&mut self) -> Result<(MachineConfig, Option<SocketServer>), StartError> {
+        let boot = match &self.config.boot_loader {
+            BootLoader::Linux {
+                kernel,
+                initrd,
+                command_line,
+            } => BootSource::Linux {
+                kernel: kernel.clone(),
+                initrd: initrd.clone(),
+                command_line: command_line.clone(),
+            },
+            BootLoader::Firmware { path, .. } => BootSource::Firmware { path: path.clone() },
+        };
+        let ends = open_attachment(self.config.serial_ports.first_mut().map(|p| &mut p.attachment))?;
+        Ok((
+            MachineConfig {
+                vcpus: self.config.cpu_count as u8,
+                memory_size: self.config.memory_size,
+                boot,
+                serial_output: ends.output,
+                serial_input: ends.input,
+            },
+            ends.server,
+        ))
+    }
+
+    /// Builds the machine and starts its vCPUs. Returns once the guest is running; errors in
+    /// building it (a kernel that does not load, KVM refusing) come back here.
+    pub fn start(&mut self) -> Result<(), StartError> {
+        {
+            let mut s = self.shared.lock();
+            if !matches!(s.state, VmState::Stopped | VmState::Error) {
+                return Err(VmError::InvalidState {
+                    action: "start",
+                    state: s.state,
+                }
+                .into());
+            }
+            s.reason = None;
+            Shared::transition(&mut s, VmState::Starting);
+        }
+        // A previous run's monitor has finished (the state said so); reap it.
+        if let Some(t) = self.monitor.take() {
+            let _ = t.join();
+        }
+        match self.build_and_start() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let mut s = self.shared.lock();
+                s.reason = Some(StopReason::HostError {
+                    message: error_chain(&e),
+                });
+                Shared::transition(&mut s, VmState::Error);
+                self.shared.changed.notify_all();
+                Err(e)
+            }
+        }
+    }
+
+    fn build_and_start(&mut self) -> Result<(), StartError> {
+        self.config.validate()?;
+        let kvm = Kvm::open()?;
+        let pvm_host = kvm.info().flavor == KvmFlavor::Pvm;
+        let (machine_config, server) = self.machine_config()?;
+        let mut machine = Machine::new(&kvm, machine_config)?;
+        machine.start()?;
+        let handle = machine.handle();
+        self.handle = Some(handle);
+        self.shared.set_state(VmState::Running);
+        let shared = self.shared.clone();
+        let monitor = std::thread::Builder::new()
+            .name("vmm".into())
+            .spawn(move || {
+                let exit = machine.wait();
+                drop(machine);
+                drop(server);
+                let reason = StopReason::from_exit(exit, pvm_host);
+                tracing::info!(%reason, "virtual machine stopped");
+                let mut s = shared.lock();
+                let state = if reason.is_clean() { VmState::Stopped } else { VmState::Error };
+                s.reason = Some(reason);
+                Shared::transition(&mut s, state);
+                shared.changed.notify_all();
+            })
+            .map_err(StartError::Thread)?;
+        self.monitor = Some(monitor);
+        Ok(())
+    }
+
+    fn running_handle(&self, action: &'static str, allowed: &[VmState]) -> Result<&MachineHandle, VmError> {
+        let state = self.state();
+        match &self.handle {
+            Some(h) if allowed.contains(&state) => Ok(h),
+            _ => Err(VmError::InvalidState { action, state }),
+        }
+    }
+
+    /// Stops running guest code; memory and devices stay as they are.
+    pub fn pause(&self) -> Result<(), VmError> {
+        let handle = self.running_handle("pause", &[VmState::Running])?;
+        handle.pause();
+        self.shared.set_state(VmState::Paused);
+        Ok(())
+    }
+
+    /// Runs a paused machine again.
+    pub fn resume(&self) -> Result<(), VmError> {
+        let handle = self.running_handle("resume", &[VmState::Paused])?;
+        handle.resume();
+        self.shared.set_state(VmState::Running);
+        Ok(())
+    }
+
+    /// Asks the guest to shut down by pressing the ACPI power button. The guest decides; the
+    /// machine keeps running until it powers off.
+    pub fn request_stop(&self) -> Result<(), VmError> {
+        let handle = self.running_handle("request a stop of", &[VmState::Running])?;
+        handle.press_power_button();
+        Ok(())
+    }
+
+    /// Whether the guest listens to the power button yet (its ACPI driver enabled the event).
+    pub fn can_request_stop(&self) -> bool {
+        self.running_handle("request a stop of", &[VmState::Running])
+            .map(|h| h.power_button_enabled())
+            .unwrap_or(false)
+    }
+
+    /// Stops the machine at once, as pulling the plug would.
+    pub fn stop(&self) -> Result<(), VmError> {
+        let handle = self.running_handle("stop", &[VmState::Running, VmState::Paused, VmState::Stopping])?;
+        self.shared.set_state(VmState::Stopping);
+        handle.stop();
+        Ok(())
+    }
+
+    /// Blocks until the machine has stopped; returns why.
+    pub fn wait(&self) -> StopReason {
+        let mut s = self.shared.lock();
+        loop {
+            if matches!(s.state, VmState::Stopped | VmState::Error) {
+                if let Some(r) = &s.reason {
+                    return r.clone();
+                }
+            }
+            s = self.shared.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Like `wait`, giving up after `timeout`.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<StopReason> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.shared.lock();
+        loop {
+            if matches!(s.state, VmState::Stopped | VmState::Error) {
+                if let Some(r) = &s.reason {
+                    return Some(r.clone());
+                }
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            s = self.shared.changed.wait_timeout(s, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+}
+
+impl Drop for VirtualMachine {
+    fn drop(&mut self) {
+        if let Some(h) = &self.handle {
+            h.stop();
+        }
+        if let Some(t) = self.monitor.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

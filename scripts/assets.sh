@@ -1,0 +1,557 @@
+#!/usr/bin/env bash
+# Build the virtkit test-asset cache: $REPO/.cache/assets/<kernel-release>-v<RECIPE_VERSION>/
+#
+#   vmlinuz                  bzImage of the current Debian 12 cloud kernel (linux-image-cloud-amd64)
+#   vmlinux                  ELF vmlinux extracted from that bzImage (has the Xen PVH entry note)
+#   kernel-config            the kernel's config
+#   busybox                  static busybox from Debian's busybox-static package
+#   guest-initramfs.cpio.gz  busybox + virtio modules + /init (scripts/assets/guest-init.sh)
+#   host-modules/            kvm.ko, kvm-amd.ko, irqbypass.ko (+ deps); load order in host-modules/order
+#   manifest.json            kernel release, package versions, sha256 + relative path of every artifact
+#
+# .cache/assets/current is a symlink to the finished directory. A finished directory is never
+# modified: it is built in a temporary directory and renamed into place. Bump RECIPE_VERSION
+# whenever what this script (or guest-init.sh) produces changes.
+#
+# Usage: scripts/assets.sh [--verify] [--selftest] [--quiet]
+#   (no option)  make sure the cache is complete; print the asset directory on stdout
+#   --verify     also check every artifact against the sha256 in manifest.json
+#   --selftest   also boot the guest initramfs under QEMU TCG (q35) and check its markers
+# Environment: VIRTKIT_KERNEL_PACKAGE=linux-image-<release>  use that package instead of the
+#              one linux-image-cloud-amd64 depends on.
+set -euo pipefail
+shopt -s nullglob
+
+RECIPE_VERSION=1
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+HERE=$REPO/scripts/assets
+CACHE=$REPO/.cache/assets
+
+# Modules for the guest initramfs, loaded in this order (after their dependencies). Missing ones
+# (not in this kernel) are skipped; built-in ones need no file.
+GUEST_MODULES=(
+	virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mmio
+	failover net_failover virtio_net virtio_blk virtio_console virtio_rng
+	virtio_scsi virtio_balloon virtio_input vmw_vsock_virtio_transport
+	button evdev
+)
+# Modules the emulated KVM host needs; all are required.
+HOST_MODULES=(irqbypass kvm kvm_amd)
+
+VERIFY=0
+SELFTEST=0
+QUIET=0
+for arg in "$@"; do
+	case "$arg" in
+	--verify) VERIFY=1 ;;
+	--selftest) SELFTEST=1 ;;
+	--quiet) QUIET=1 ;;
+	-h | --help)
+		sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+		exit 0
+		;;
+	*)
+		echo "assets: unknown option '$arg' (try --help)" >&2
+		exit 2
+		;;
+	esac
+done
+
+log() { [ "$QUIET" = 1 ] || echo "assets: $*" >&2; }
+warn() { echo "assets: warning: $*" >&2; }
+die() {
+	echo "assets: ERROR: $*" >&2
+	exit 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Host tools
+
+ensure_packages() {
+	# Commands this script needs -> Debian package; plus packages the test suite needs.
+	local -A cmd_pkg=(
+		[apt-get]=apt [apt-cache]=apt [dpkg-deb]=dpkg [readelf]=binutils [cpio]=cpio
+		[gzip]=gzip [xz]=xz-utils [zstd]=zstd [lz4]=lz4 [bzip2]=bzip2 [sha256sum]=coreutils
+		[flock]=util-linux [timeout]=coreutils
+	)
+	local test_pkgs=(qemu-system-x86 busybox-static cpio seabios ovmf)
+	local missing=() c p
+	for c in "${!cmd_pkg[@]}"; do
+		command -v "$c" >/dev/null 2>&1 || missing+=("${cmd_pkg[$c]}")
+	done
+	for p in "${test_pkgs[@]}"; do
+		[ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" = installed ] ||
+			missing+=("$p")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+	[ "$(id -u)" = 0 ] ||
+		die "missing packages: ${missing[*]} (run this script as root, or: sudo apt-get install -y ${missing[*]})"
+	log "installing ${missing[*]}"
+	if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2; then
+		log "apt-get update"
+		apt-get update >&2 || die "apt-get update failed"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
+			die "apt-get install ${missing[*]} failed"
+	fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Kernel package resolution
+
+resolve_kernel_package() {
+	apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+		sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Manifest
+
+manifest_files() { # DIR: print "<sha256>  <relpath>" for each artifact listed in the manifest
+	sed -n 's/.*"path": *"\([^"]*\)", *"sha256": *"\([0-9a-f]\{64\}\)".*/\2  \1/p' "$1/manifest.json"
+}
+
+verify_dir() { # DIR
+	local dir=$1 n
+	n=$(manifest_files "$dir" | wc -l)
+	[ "$n" -ge 5 ] || die "$dir/manifest.json lists only $n artifacts"
+	(cd "$dir" && manifest_files "$dir" | sha256sum --check --quiet --strict) ||
+		die "checksum mismatch in $dir (delete it and run scripts/assets.sh again)"
+	log "verified $n artifacts in $dir"
+}
+
+set_current() { # NAME
+	local tmp=$CACHE/.current.$$
+	rm -f "$tmp"
+	ln -s "$1" "$tmp"
+	mv -Tf "$tmp" "$CACHE/current"
+}
+
+# ---------------------------------------------------------------------------------------------
+# vmlinux extraction, the way linux/scripts/extract-vmlinux does it: find each compression magic
+# in the bzImage, decompress from there, keep the first result that is an ELF file.
+
+is_elf() { readelf -h "$1" >/dev/null 2>&1; }
+
+try_decompress() { # IMAGE OUT MAGIC(printf fmt) DECOMPRESSOR...
+	local img=$1 out=$2 magic=$3
+	shift 3
+	command -v "$1" >/dev/null 2>&1 || return 1
+	local pos
+	# grep -abo prints byte offsets of each match; -P with \x escapes works on binary data.
+	for pos in $(LC_ALL=C grep -aboP "$magic" "$img" | cut -d: -f1); do
+		tail -c+$((pos + 1)) "$img" | "$@" >"$out" 2>/dev/null || true
+		if is_elf "$out"; then
+			log "vmlinux: payload at offset $pos, decompressed with '$*'"
+			return 0
+		fi
+	done
+	rm -f "$out"
+	return 1
+}
+
+extract_vmlinux() { # BZIMAGE OUT
+	local img=$1 out=$2
+	try_decompress "$img" "$out" '\x1f\x8b\x08' gzip -dc ||
+		try_decompress "$img" "$out" '\xfd\x37\x7a\x58\x5a\x00' xz -dc ||
+		try_decompress "$img" "$out" '\x42\x5a\x68' bzip2 -dc ||
+		try_decompress "$img" "$out" '\x5d\x00\x00\x00' xz -dc --format=lzma ||
+		try_decompress "$img" "$out" '\x89\x4c\x5a' lzop -dc ||
+		try_decompress "$img" "$out" '\x02\x21\x4c\x18' lz4 -dc ||
+		try_decompress "$img" "$out" '\x28\xb5\x2f\xfd' zstd -dc ||
+		die "no compressed ELF payload found in $img (tried gzip, xz, bzip2, lzma, lzo, lz4, zstd)"
+	# The PVH entry point: ELF note owned by "Xen", type XEN_ELFNOTE_PHYS32_ENTRY (0x12).
+	if ! readelf -nW "$out" | grep -Eq '^[[:space:]]*Xen[[:space:]]+0x[0-9a-f]+[[:space:]]+(Unknown note type: \(0x0*12\)|XEN_ELFNOTE_PHYS32_ENTRY)'; then
+		die "the vmlinux extracted from $img has no Xen PVH note (XEN_ELFNOTE_PHYS32_ENTRY, type 0x12)"
+	fi
+	log "vmlinux: ELF with the Xen PVH note (XEN_ELFNOTE_PHYS32_ENTRY)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Kernel modules
+
+declare -A MODPATH=() BUILTIN=() VISITED=()
+MODORDER=()
+MODSTAGE=
+
+modname() { # path -> module name (basename without .ko[.xz|.zst|.gz], '-' -> '_')
+	local b=${1##*/}
+	b=${b%.ko*}
+	echo "${b//-/_}"
+}
+
+index_modules() { # MODDIR
+	local moddir=$1 f line
+	while IFS= read -r f; do
+		MODPATH[$(modname "$f")]=$f
+	done < <(find "$moddir/kernel" -type f \( -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' -o -name '*.ko.gz' \))
+	if [ -f "$moddir/modules.builtin" ]; then
+		while IFS= read -r line; do
+			BUILTIN[$(modname "$line")]=1
+		done <"$moddir/modules.builtin"
+	fi
+	log "kernel: ${#MODPATH[@]} modules, ${#BUILTIN[@]} built in"
+}
+
+unpack_module() { # NAME -> $MODSTAGE/<basename>.ko (decompressed)
+	local src=${MODPATH[$1]} base
+	base=${src##*/}
+	base=${base%.ko*}.ko
+	case "$src" in
+	*.ko) cp "$src" "$MODSTAGE/$base" ;;
+	*.ko.xz) xz -dc "$src" >"$MODSTAGE/$base" ;;
+	*.ko.zst) zstd -qdc "$src" >"$MODSTAGE/$base" ;;
+	*.ko.gz) gzip -dc "$src" >"$MODSTAGE/$base" ;;
+	esac
+	echo "$base"
+}
+
+module_depends() { # KOFILE: the depends= field of .modinfo, space separated
+	readelf -p .modinfo "$1" 2>/dev/null | sed -n 's/.*\]  *depends=\(.*\)$/\1/p' | tr ',' ' '
+}
+
+# visit NAME: append NAME's dependencies, then NAME, to MODORDER (as .ko basenames).
+# Returns 1 if NAME is neither a module nor built in.
+visit() {
+	local n=${1//-/_} base dep
+	[ -z "${VISITED[$n]:-}" ] || return 0
+	VISITED[$n]=1
+	if [ -n "${BUILTIN[$n]:-}" ]; then
+		log "  $n: built in"
+		return 0
+	fi
+	[ -n "${MODPATH[$n]:-}" ] || return 1
+	base=$(unpack_module "$n")
+	for dep in $(module_depends "$MODSTAGE/$base"); do
+		visit "$dep" || die "module $n depends on $dep, which is neither a module nor built in"
+	done
+	MODORDER+=("$base")
+}
+
+resolve_modules() { # STAGEDIR NAME... (missing names are skipped unless REQUIRED=1)
+	MODSTAGE=$1
+	shift
+	VISITED=()
+	MODORDER=()
+	mkdir -p "$MODSTAGE"
+	local n
+	for n in "$@"; do
+		if ! visit "$n"; then
+			[ "${REQUIRED:-0}" = 1 ] && die "required module $n is not in kernel $RELEASE"
+			log "  $n: not in this kernel, skipped"
+		fi
+	done
+}
+
+# ---------------------------------------------------------------------------------------------
+# cpio (newc) entry for a device node, so that building needs no root and no mknod.
+
+cpio_dev_entry() { # NAME MODE(octal, with type bits) MAJOR MINOR
+	local name=$1 mode=$((8#$2)) namesize=$((${#1} + 1)) pad
+	CPIO_INO=$((${CPIO_INO:-0} + 1))
+	printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%s\0' \
+		$((0x7f000000 + CPIO_INO)) "$mode" 0 0 1 0 0 0 0 "$3" "$4" "$namesize" 0 "$name"
+	pad=$(((4 - (110 + namesize) % 4) % 4))
+	head -c "$pad" /dev/zero
+}
+
+cpio_dir_entry() { # NAME
+	cpio_dev_entry "$1" 040755 0 0
+}
+
+cpio_trailer() {
+	printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%s\0' \
+		0 0 0 0 1 0 0 0 0 0 0 11 0 'TRAILER!!!'
+	head -c 3 /dev/zero # 110 + 11 = 121 -> pad to 124
+}
+
+# ---------------------------------------------------------------------------------------------
+# Build
+
+build() { # PKG DEST
+	local pkg=$1 dest=$2 t0=$SECONDS
+	local tmp
+	tmp=$(mktemp -d "$CACHE/.build.XXXXXX")
+	# shellcheck disable=SC2064
+	trap "rm -rf '$tmp'" EXIT
+	local out=$tmp/out
+	mkdir -p "$out" "$tmp/debs"
+
+	log "downloading $pkg busybox-static"
+	local aptopt=()
+	[ "$(id -u)" = 0 ] && aptopt=(-o APT::Sandbox::User=root)
+	(cd "$tmp/debs" && apt-get download -q "${aptopt[@]}" "$pkg" busybox-static >/dev/null) ||
+		die "apt-get download $pkg busybox-static failed"
+	local kdeb=("$tmp/debs/${pkg}"_*.deb) bdeb=("$tmp/debs"/busybox-static_*.deb)
+	[ ${#kdeb[@]} = 1 ] && [ ${#bdeb[@]} = 1 ] || die "downloaded packages not found in $tmp/debs"
+	local kver bver
+	kver=$(dpkg-deb -f "${kdeb[0]}" Version)
+	bver=$(dpkg-deb -f "${bdeb[0]}" Version)
+	log "unpacking $pkg $kver, busybox-static $bver"
+	dpkg-deb -x "${kdeb[0]}" "$tmp/k"
+	dpkg-deb -x "${bdeb[0]}" "$tmp/bb"
+
+	# --- kernel
+	local moddir
+	for moddir in "$tmp/k/lib/modules/$RELEASE" "$tmp/k/usr/lib/modules/$RELEASE" ""; do
+		[ -z "$moddir" ] || [ -d "$moddir" ] && break
+	done
+	[ -n "$moddir" ] || die "no lib/modules/$RELEASE in $pkg"
+	local bz
+	for bz in "$tmp/k/boot/vmlinuz-$RELEASE" "$moddir/vmlinuz" ""; do
+		[ -z "$bz" ] || [ -f "$bz" ] && break
+	done
+	[ -n "$bz" ] || die "no vmlinuz in $pkg"
+	cp "$bz" "$out/vmlinuz"
+	local cfg
+	for cfg in "$tmp/k/boot/config-$RELEASE" "$moddir/config"; do
+		[ -f "$cfg" ] && cp "$cfg" "$out/kernel-config" && break
+	done
+	[ -f "$out/kernel-config" ] || die "no kernel config in $pkg"
+	extract_vmlinux "$out/vmlinuz" "$out/vmlinux"
+
+	# --- busybox
+	local bb
+	for bb in "$tmp/bb/bin/busybox" "$tmp/bb/usr/bin/busybox" ""; do
+		[ -z "$bb" ] || [ -f "$bb" ] && break
+	done
+	[ -n "$bb" ] || die "no busybox in busybox-static"
+	readelf -lW "$bb" | grep -q 'Requesting program interpreter' && die "busybox from busybox-static is not static"
+	cp "$bb" "$out/busybox"
+	chmod 755 "$out/busybox"
+	"$out/busybox" true || die "the busybox from busybox-static does not run on this machine"
+
+	# --- modules
+	index_modules "$moddir"
+	log "host modules: ${HOST_MODULES[*]}"
+	REQUIRED=1 resolve_modules "$out/host-modules" "${HOST_MODULES[@]}"
+	printf '%s\n' "${MODORDER[@]}" >"$out/host-modules/order"
+	log "host module load order: ${MODORDER[*]}"
+	local host_order=("${MODORDER[@]}")
+
+	log "guest modules: ${GUEST_MODULES[*]}"
+	local groot=$tmp/groot
+	mkdir -p "$groot"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,root,etc/virtkit,var/log}
+	REQUIRED=0 resolve_modules "$groot/lib/modules/$RELEASE" "${GUEST_MODULES[@]}"
+	printf '%s\n' "${MODORDER[@]}" >"$groot/etc/virtkit/modules"
+	log "guest module load order: ${MODORDER[*]}"
+	local guest_order=("${MODORDER[@]}")
+
+	# --- guest initramfs
+	cp "$out/busybox" "$groot/bin/busybox"
+	local applet
+	while IFS= read -r applet; do
+		[ "$applet" = bin/busybox ] || [ -e "$groot/$applet" ] || ln -s /bin/busybox "$groot/$applet"
+	done < <("$out/busybox" --list-full)
+	install -m 755 "$HERE/guest-init.sh" "$groot/init"
+	echo "$RELEASE" >"$groot/etc/virtkit/kernel-release"
+	find "$groot" -exec touch -h -d @0 {} + # reproducible archive
+	# Two concatenated newc archives (the kernel unpacks one after the other): first dev/ and
+	# dev/console, which must exist before /init runs (the kernel opens it for init's stdio) and
+	# which needs no root and no mknod this way; then the staged tree.
+	{
+		cpio_dir_entry dev
+		cpio_dev_entry dev/console 020600 5 1
+		cpio_trailer
+	} >"$tmp/console.cpio"
+	(cd "$groot" && find . -mindepth 1 | LC_ALL=C sort |
+		cpio -o -H newc -R 0:0 --reproducible --quiet) >"$tmp/root.cpio" || die "cpio failed"
+	[ "$(cpio -t --quiet <"$tmp/console.cpio" 2>/dev/null | tr '\n' ' ')" = "dev dev/console " ] ||
+		die "guest initramfs check failed: bad dev/console archive"
+	cpio -t --quiet <"$tmp/root.cpio" 2>/dev/null | grep -qx 'init' || die "guest initramfs check failed: no init"
+	cat "$tmp/console.cpio" "$tmp/root.cpio" | gzip -n -9 >"$out/guest-initramfs.cpio.gz"
+	log "guest-initramfs.cpio.gz: $(($(stat -c %s "$out/guest-initramfs.cpio.gz") / 1024)) KiB, ${#guest_order[@]} modules"
+
+	# --- manifest
+	write_manifest "$out" "$pkg" "$kver" "$bver" host_order guest_order
+	verify_dir "$out"
+
+	# --- publish atomically
+	chmod -R a+rX "$out"
+	mv -T "$out" "$dest" || die "could not rename $out to $dest"
+	rm -rf "$tmp"
+	trap - EXIT
+	log "built $dest in $((SECONDS - t0)) s"
+}
+
+json_entry() { # DIR RELPATH
+	printf '{"path": "%s", "sha256": "%s"}' "$2" "$(sha256sum "$1/$2" | cut -d' ' -f1)"
+}
+
+write_manifest() { # DIR PKG KVER BVER HOST_ORDER_ARRAY GUEST_ORDER_ARRAY
+	local dir=$1 pkg=$2 kver=$3 bver=$4
+	local -n horder=$5 gorder=$6
+	local m i sep
+	{
+		echo '{'
+		echo '  "format": 1,'
+		echo "  \"recipe_version\": $RECIPE_VERSION,"
+		echo "  \"kernel_release\": \"$RELEASE\","
+		echo "  \"kernel_package\": \"$pkg\","
+		echo "  \"kernel_package_version\": \"$kver\","
+		echo "  \"busybox_package_version\": \"$bver\","
+		echo "  \"created\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\","
+		echo '  "artifacts": {'
+		echo "    \"vmlinuz\": $(json_entry "$dir" vmlinuz),"
+		echo "    \"vmlinux\": $(json_entry "$dir" vmlinux),"
+		echo "    \"kernel_config\": $(json_entry "$dir" kernel-config),"
+		echo "    \"busybox\": $(json_entry "$dir" busybox),"
+		echo "    \"guest_initramfs\": $(json_entry "$dir" guest-initramfs.cpio.gz),"
+		echo "    \"host_modules_order\": $(json_entry "$dir" host-modules/order)"
+		echo '  },'
+		echo '  "host_modules": ['
+		for i in "${!horder[@]}"; do
+			m=${horder[$i]}
+			sep=,
+			[ "$i" = $((${#horder[@]} - 1)) ] && sep=
+			echo "    {\"name\": \"$(modname "$m")\", $(json_entry "$dir" "host-modules/$m" | sed 's/^{//')$sep"
+		done
+		echo '  ],'
+		printf '  "guest_modules": ['
+		sep=
+		for m in "${gorder[@]}"; do
+			printf '%s"%s"' "$sep" "$(modname "$m")"
+			sep=', '
+		done
+		echo ']'
+		echo '}'
+	} >"$dir/manifest.json"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Self test: boot the guest initramfs under QEMU TCG (q35) and check the markers.
+
+selftest() { # DIR
+	local dir=$1 work
+	work=$(mktemp -d)
+	# shellcheck disable=SC2064
+	trap "rm -rf '$work'" EXIT
+	command -v qemu-system-x86_64 >/dev/null || die "selftest needs qemu-system-x86_64"
+	local fails=0
+
+	# boot NAME KERNEL APPEND: start QEMU in the background; serial -> $work/NAME.log,
+	# serial input <- fifo $work/NAME.in, monitor <- $work/NAME.mon.in
+	boot() {
+		local name=$1 kernel=$2 append=$3
+		mkfifo "$work/$name.in" "$work/$name.mon.in" "$work/$name.mon.out"
+		timeout -k 5 180 qemu-system-x86_64 -M q35 -accel tcg -cpu max -m 512 -nographic -no-reboot \
+			-nodefaults -no-user-config -serial stdio \
+			-chardev pipe,id=mon,path="$work/$name.mon" -mon chardev=mon,mode=readline \
+			-kernel "$kernel" -initrd "$dir/guest-initramfs.cpio.gz" -append "$append" \
+			<"$work/$name.in" >"$work/$name.log" 2>&1 &
+		QPID=$!
+		exec 7>"$work/$name.in" 8<>"$work/$name.mon.in" 9<>"$work/$name.mon.out"
+		STARTED=$SECONDS
+	}
+	# expect NAME REGEX [TIMEOUT]
+	expect() {
+		local deadline=$((SECONDS + ${3:-120}))
+		until grep -Eq "$2" "$work/$1.log"; do
+			if [ $SECONDS -ge $deadline ] || ! kill -0 "$QPID" 2>/dev/null; then
+				grep -Eq "$2" "$work/$1.log" && return 0
+				warn "selftest $1: did not see /$2/; serial log:"
+				sed 's/^/    | /' "$work/$1.log" >&2
+				return 1
+			fi
+			sleep 0.2
+		done
+	}
+	finish_boot() { # NAME: wait for QEMU to exit on its own; returns its status
+		local rc=0
+		wait "$QPID" || rc=$?
+		exec 7>&- 8>&- 9>&-
+		return $rc
+	}
+	check() { # NAME DESCRIPTION COMMAND...
+		local name=$1 what=$2
+		shift 2
+		if "$@"; then
+			log "selftest $name: ok ($what, $((SECONDS - STARTED)) s)"
+		else
+			warn "selftest $name: FAILED ($what)"
+			kill "$QPID" 2>/dev/null || true
+			finish_boot "$name" || true
+			fails=$((fails + 1))
+		fi
+	}
+
+	log "selftest: booting the guest under QEMU TCG (-M q35 -cpu max)"
+	boot poweroff "$dir/vmlinuz" "console=ttyS0 virtkit.token=abc virtkit.action=poweroff"
+	check poweroff "bzImage, token, poweroff" eval \
+		'expect poweroff "^VIRTKIT-GUEST: token=abc" && expect poweroff "^VIRTKIT-GUEST: memtotal_kib=[0-9]+" &&
+		 expect poweroff "^VIRTKIT-GUEST: poweroff" && finish_boot poweroff'
+	grep -E '^VIRTKIT-GUEST: (uptime|cpus|memtotal|modules)' "$work/poweroff.log" | sed 's/^/    /' >&2 || true
+
+	boot pvh "$dir/vmlinux" "console=ttyS0 virtkit.token=pvh virtkit.run=\"uname -r\""
+	check pvh "ELF vmlinux through the PVH note, virtkit.run" eval \
+		'expect pvh "^VIRTKIT-GUEST: token=pvh" && expect pvh "^VIRTKIT-GUEST: run-exit=0" &&
+		 expect pvh "^VIRTKIT-GUEST: poweroff" && finish_boot pvh'
+
+	boot wait "$dir/vmlinuz" "console=ttyS0 virtkit.action=wait"
+	check wait "action wait, acpid powers off on system_powerdown" eval \
+		'expect wait "^VIRTKIT-GUEST: alive 2" && echo system_powerdown >&8 &&
+		 expect wait "^VIRTKIT-GUEST: acpi-power-button" 30 && expect wait "^VIRTKIT-GUEST: poweroff" 30 &&
+		 finish_boot wait'
+
+	boot shell "$dir/vmlinuz" "console=ttyS0"
+	check shell "default action shell, typed input" eval \
+		'expect shell "^VIRTKIT-GUEST: shell-ready" && sleep 1 && echo "echo \$((6*7))" >&7 &&
+		 expect shell "^42" 30 && echo "poweroff -f" >&7 && finish_boot shell'
+
+	boot panic "$dir/vmlinuz" "console=ttyS0 panic=-1 virtkit.action=panic"
+	check panic "action panic" eval \
+		'expect panic "^VIRTKIT-GUEST: panic" && expect panic "Kernel panic" 30 && finish_boot panic'
+
+	rm -rf "$work"
+	trap - EXIT
+	[ $fails = 0 ] || die "selftest: $fails boot(s) failed (logs above)"
+	log "selftest: all boots passed"
+}
+
+# ---------------------------------------------------------------------------------------------
+
+main() {
+	local t0=$SECONDS
+	ensure_packages
+	mkdir -p "$CACHE"
+	exec 3>"$CACHE/.lock"
+	flock 3
+
+	local pkg=${VIRTKIT_KERNEL_PACKAGE:-}
+	[ -n "$pkg" ] || pkg=$(resolve_kernel_package)
+	if [ -z "$pkg" ]; then
+		log "apt-cache does not know linux-image-cloud-amd64; running apt-get update"
+		apt-get update -q >&2 || warn "apt-get update failed"
+		pkg=$(resolve_kernel_package)
+	fi
+	if [ -z "$pkg" ]; then
+		if [ -f "$CACHE/current/manifest.json" ]; then
+			warn "cannot resolve linux-image-cloud-amd64; keeping $(readlink "$CACHE/current")"
+			pkg=$(sed -n 's/.*"kernel_package": *"\([^"]*\)".*/\1/p' "$CACHE/current/manifest.json")
+		else
+			die "cannot resolve the kernel package of linux-image-cloud-amd64 (apt-cache depends failed)"
+		fi
+	fi
+	RELEASE=${pkg#linux-image-}
+	local name=$RELEASE-v$RECIPE_VERSION
+	local dest=$CACHE/$name
+
+	if [ -f "$dest/manifest.json" ]; then
+		log "cache complete: $dest"
+	else
+		if [ -e "$dest" ]; then
+			warn "$dest exists without manifest.json (interrupted by hand?); moving it aside"
+			mv -T "$dest" "$CACHE/.broken.$name.$$"
+		fi
+		log "building $name (kernel package $pkg)"
+		build "$pkg" "$dest"
+	fi
+	[ "$(readlink "$CACHE/current" 2>/dev/null || true)" = "$name" ] || set_current "$name"
+	[ "$VERIFY" = 1 ] && verify_dir "$dest"
+	[ "$SELFTEST" = 1 ] && selftest "$dest"
+	log "done in $((SECONDS - t0)) s: $CACHE/current -> $name"
+	echo "$dest"
+}
+
+main
