@@ -13,10 +13,11 @@
 # modified: it is built in a temporary directory and renamed into place. Bump RECIPE_VERSION
 # whenever what this script (or guest-init.sh) produces changes.
 #
-# Usage: scripts/assets.sh [--verify] [--selftest] [--quiet]
+# Usage: scripts/assets.sh [--verify] [--selftest] [--prune] [--quiet]
 #   (no option)  make sure the cache is complete; print the asset directory on stdout
 #   --verify     also check every artifact against the sha256 in manifest.json
 #   --selftest   also boot the guest initramfs under QEMU TCG (q35) and check its markers
+#   --prune      delete asset directories other than the current one
 # Environment: VIRTKIT_KERNEL_PACKAGE=linux-image-<release>  use that package instead of the
 #              one linux-image-cloud-amd64 depends on.
 set -euo pipefail
@@ -41,11 +42,13 @@ HOST_MODULES=(irqbypass kvm kvm_amd)
 
 VERIFY=0
 SELFTEST=0
+PRUNE=0
 QUIET=0
 for arg in "$@"; do
 	case "$arg" in
 	--verify) VERIFY=1 ;;
 	--selftest) SELFTEST=1 ;;
+	--prune) PRUNE=1 ;;
 	--quiet) QUIET=1 ;;
 	-h | --help)
 		sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
@@ -140,6 +143,7 @@ try_decompress() { # IMAGE OUT MAGIC(printf fmt) DECOMPRESSOR...
 	command -v "$1" >/dev/null 2>&1 || return 1
 	local pos
 	# grep -abo prints byte offsets of each match; -P with \x escapes works on binary data.
+	# shellcheck disable=SC2013 # offsets are single words
 	for pos in $(LC_ALL=C grep -aboP "$magic" "$img" | cut -d: -f1); do
 		tail -c+$((pos + 1)) "$img" | "$@" >"$out" 2>/dev/null || true
 		if is_elf "$out"; then
@@ -284,7 +288,9 @@ build() { # PKG DEST
 	(cd "$tmp/debs" && apt-get download -q "${aptopt[@]}" "$pkg" busybox-static >/dev/null) ||
 		die "apt-get download $pkg busybox-static failed"
 	local kdeb=("$tmp/debs/${pkg}"_*.deb) bdeb=("$tmp/debs"/busybox-static_*.deb)
-	[ ${#kdeb[@]} = 1 ] && [ ${#bdeb[@]} = 1 ] || die "downloaded packages not found in $tmp/debs"
+	if [ ${#kdeb[@]} != 1 ] || [ ${#bdeb[@]} != 1 ]; then
+		die "downloaded packages not found in $tmp/debs"
+	fi
 	local kver bver
 	kver=$(dpkg-deb -f "${kdeb[0]}" Version)
 	bver=$(dpkg-deb -f "${bdeb[0]}" Version)
@@ -328,6 +334,7 @@ build() { # PKG DEST
 	REQUIRED=1 resolve_modules "$out/host-modules" "${HOST_MODULES[@]}"
 	printf '%s\n' "${MODORDER[@]}" >"$out/host-modules/order"
 	log "host module load order: ${MODORDER[*]}"
+	# shellcheck disable=SC2034 # used through a nameref in write_manifest
 	local host_order=("${MODORDER[@]}")
 
 	log "guest modules: ${GUEST_MODULES[*]}"
@@ -495,9 +502,11 @@ selftest() { # DIR
 		 finish_boot wait'
 
 	boot shell "$dir/vmlinuz" "console=ttyS0"
-	check shell "default action shell, typed input" eval \
+	# shellcheck disable=SC2016 # $((6*7)) is typed into the guest's shell
+	check shell "default action shell, typed input, plain poweroff" eval \
 		'expect shell "^VIRTKIT-GUEST: shell-ready" && sleep 1 && echo "echo \$((6*7))" >&7 &&
-		 expect shell "^42" 30 && echo "poweroff -f" >&7 && finish_boot shell'
+		 expect shell "^42" 30 && echo poweroff >&7 &&
+		 expect shell "^VIRTKIT-GUEST: poweroff" 30 && finish_boot shell'
 
 	boot panic "$dir/vmlinuz" "console=ttyS0 panic=-1 virtkit.action=panic"
 	check panic "action panic" eval \
@@ -517,6 +526,8 @@ main() {
 	mkdir -p "$CACHE"
 	exec 3>"$CACHE/.lock"
 	flock 3
+	# Leftovers of builds that were killed (we hold the lock: no build is running).
+	rm -rf "$CACHE"/.build.* "$CACHE"/.current.*
 
 	local pkg=${VIRTKIT_KERNEL_PACKAGE:-}
 	[ -n "$pkg" ] || pkg=$(resolve_kernel_package)
@@ -548,6 +559,14 @@ main() {
 		build "$pkg" "$dest"
 	fi
 	[ "$(readlink "$CACHE/current" 2>/dev/null || true)" = "$name" ] || set_current "$name"
+	if [ "$PRUNE" = 1 ]; then
+		local d
+		for d in "$CACHE"/*-v[0-9]* "$CACHE"/.broken.*; do
+			[ "$d" = "$dest" ] && continue
+			log "pruning $d"
+			rm -rf "$d"
+		done
+	fi
 	[ "$VERIFY" = 1 ] && verify_dir "$dest"
 	[ "$SELFTEST" = 1 ] && selftest "$dest"
 	log "done in $((SECONDS - t0)) s: $CACHE/current -> $name"

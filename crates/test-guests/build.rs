@@ -1,6 +1,7 @@
 //! Assembles and links the test guests in `asm/` with the machine's GNU binutils.
 //!
-//! PVH guests: `as --32` then `ld -m elf_i386 -T asm/pvh.ld` gives `$OUT_DIR/<name>.elf`.
+//! PVH guests: `as --32`, `ld -m elf_i386 -T asm/pvh.ld`, then `objcopy -O elf64-x86-64` gives
+//! `$OUT_DIR/<name>.elf` (32-bit code in a 64-bit ELF, like a vmlinux).
 //! The firmware image: `as --32`, `ld -T asm/firmware.ld`, `objcopy -O binary` gives
 //! `$OUT_DIR/reset_vector.bin` (exactly 64 KiB).
 //!
@@ -39,8 +40,7 @@ struct Tools {
 }
 
 fn main() {
-    let manifest_dir =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let asm_dir = manifest_dir.join("asm");
 
@@ -63,14 +63,21 @@ fn main() {
 
     for name in PVH_GUESTS {
         let object = assemble(&tools, &asm_dir, &out_dir, name);
+        let elf32 = out_dir.join(format!("{name}.elf32"));
         let elf = out_dir.join(format!("{name}.elf"));
         run(Command::new(&tools.linker)
             .args(["-m", "elf_i386", "-nostdlib", "-static", "--build-id=none"])
             .args(["-z", "max-page-size=0x1000", "-T"])
             .arg(asm_dir.join("pvh.ld"))
             .arg("-o")
-            .arg(&elf)
+            .arg(&elf32)
             .arg(&object));
+        // Kernels are 64-bit ELF files (vmlinux), and so is what VMM loaders such as
+        // linux-loader read: repackage the 32-bit code as ELF64, which changes no byte of it.
+        run(Command::new(&tools.objcopy)
+            .args(["-O", "elf64-x86-64"])
+            .arg(&elf32)
+            .arg(&elf));
     }
 
     for name in FIRMWARE_GUESTS {
@@ -78,14 +85,7 @@ fn main() {
         let elf = out_dir.join(format!("{name}.fw.elf"));
         let bin = out_dir.join(format!("{name}.bin"));
         run(Command::new(&tools.linker)
-            .args([
-                "-m",
-                "elf_i386",
-                "-nostdlib",
-                "-static",
-                "--build-id=none",
-                "-T",
-            ])
+            .args(["-m", "elf_i386", "-nostdlib", "-static", "--build-id=none", "-T"])
             .arg(asm_dir.join("firmware.ld"))
             .arg("-o")
             .arg(&elf)

@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the virtkit test guest initramfs (guest-initramfs.cpio.gz), built by scripts/assets.sh.
 #
 # Busybox applet symlinks are created at build time; the kernel modules listed (in load order) in
@@ -42,6 +43,7 @@ finish() {
 }
 
 say init
+say "uptime-at-init=$(cut -d' ' -f1 /proc/uptime)"
 
 # Load the modules in dependency order; a missing or failing one is reported and skipped.
 release=$(uname -r)
@@ -118,8 +120,10 @@ panic)
 shell)
 	say shell-ready
 	# cttyhack opens the real console device (ttyS0) as the controlling tty, so that job control
-	# and ^C work. When the shell exits the guest powers off.
-	setsid cttyhack sh
+	# and ^C work. The shell runs in the background so that `wait` returns to run the traps
+	# above when plain `poweroff` is typed. When the shell exits the guest powers off.
+	setsid cttyhack sh </dev/console >/dev/console 2>&1 &
+	wait $!
 	say "shell-exit=$?"
 	say poweroff
 	finish

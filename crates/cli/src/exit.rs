@@ -77,8 +77,18 @@ mod tests {
     fn each_stop_reason_has_its_documented_code() {
         assert_eq!(exit_code_for(&StopReason::GuestPoweredOff), 0);
         assert_eq!(exit_code_for(&StopReason::GuestReset), 3);
-        assert_eq!(exit_code_for(&StopReason::GuestCrashed { detail: String::new() }), 4);
-        let ie = StopReason::KvmInternalError { vcpu: 0, suberror: 1, rip: 0, pvm_host: true };
+        assert_eq!(
+            exit_code_for(&StopReason::GuestCrashed {
+                detail: String::new()
+            }),
+            4
+        );
+        let ie = StopReason::KvmInternalError {
+            vcpu: 0,
+            suberror: 1,
+            rip: 0,
+            pvm_host: true,
+        };
         assert_eq!(exit_code_for(&ie), 5);
         for code in ["0 ", "1 ", "2 ", "3 ", "4 ", "5 "] {
             assert!(EXIT_CODES_HELP.contains(code));

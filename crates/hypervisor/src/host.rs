@@ -25,8 +25,7 @@ impl KvmFlavor {
         if Path::new("/sys/module/kvm_pvm").exists() {
             return KvmFlavor::Pvm;
         }
-        if Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists()
-        {
+        if Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists() {
             return KvmFlavor::Hardware;
         }
         KvmFlavor::Unknown

@@ -11,10 +11,13 @@ mod vm;
 mod x86;
 
 pub use error::HypervisorError;
-pub use host::{HostKvmInfo, KvmFlavor, Kvm};
+pub use host::{HostKvmInfo, Kvm, KvmFlavor};
 pub use vcpu::{Vcpu, VcpuExit};
 pub use vm::{IoEventAddress, Vm};
-pub use x86::{CpuidEntry, CPUID_FLAG_SIGNIFICANT_INDEX, DescriptorTable, FpuState, Segment, SpecialRegisters, StandardRegisters};
+pub use x86::{
+    CpuidEntry, DescriptorTable, FpuState, Segment, SpecialRegisters, StandardRegisters,
+    CPUID_FLAG_SIGNIFICANT_INDEX,
+};
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, HypervisorError>;

@@ -108,9 +108,7 @@ impl Vcpu {
     }
 
     pub fn set_registers(&self, regs: &StandardRegisters) -> Result<()> {
-        self.fd
-            .set_regs(&(*regs).into())
-            .map_err(ioctl("KVM_SET_REGS"))
+        self.fd.set_regs(&(*regs).into()).map_err(ioctl("KVM_SET_REGS"))
     }
 
     pub fn special_registers(&self) -> Result<SpecialRegisters> {

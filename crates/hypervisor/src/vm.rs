@@ -39,9 +39,7 @@ impl Vm {
         self.fd
             .set_tss_address(tss_address as usize)
             .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
-        self.fd
-            .create_irq_chip()
-            .map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+        self.fd.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
         // A dummy speaker port keeps port 0x61 in the kernel, as guests poll it in calibration.
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
@@ -79,24 +77,19 @@ impl Vm {
         };
         // SAFETY: the caller guarantees the host range stays mapped for the VM's lifetime; the
         // region is a fresh slot so it replaces no other mapping.
-        unsafe { self.fd.set_user_memory_region(region) }
-            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         self.next_slot += 1;
         Ok(slot)
     }
 
     /// Sets the level of an interrupt line on the in-kernel PIC and IOAPIC.
     pub fn set_irq_line(&self, irq: u32, active: bool) -> Result<()> {
-        self.fd
-            .set_irq_line(irq, active)
-            .map_err(ioctl("KVM_IRQ_LINE"))
+        self.fd.set_irq_line(irq, active).map_err(ioctl("KVM_IRQ_LINE"))
     }
 
     /// Makes a write to `event` inject an edge on `gsi`.
     pub fn register_irqfd(&self, event: &EventFd, gsi: u32) -> Result<()> {
-        self.fd
-            .register_irqfd(event, gsi)
-            .map_err(ioctl("KVM_IRQFD"))
+        self.fd.register_irqfd(event, gsi).map_err(ioctl("KVM_IRQFD"))
     }
 
     /// Makes a guest write to `address` signal `event` without leaving the kernel.

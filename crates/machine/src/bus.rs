@@ -123,7 +123,8 @@ mod tests {
     #[test]
     fn access_outside_or_straddling_the_end_finds_nothing() {
         let mut bus = Bus::new();
-        bus.insert(0x100, 4, Arc::new(Mutex::new(Recorder::default()))).unwrap();
+        bus.insert(0x100, 4, Arc::new(Mutex::new(Recorder::default())))
+            .unwrap();
         assert!(!bus.write(0x104, &[1]));
         assert!(!bus.write(0xff, &[1]));
         assert!(!bus.write(0x102, &[1, 2, 3, 4]), "straddles the end");
@@ -133,14 +134,25 @@ mod tests {
     #[test]
     fn overlapping_and_empty_ranges_are_refused() {
         let mut bus = Bus::new();
-        bus.insert(0x100, 0x10, Arc::new(Mutex::new(Recorder::default()))).unwrap();
+        bus.insert(0x100, 0x10, Arc::new(Mutex::new(Recorder::default())))
+            .unwrap();
         let d = || Arc::new(Mutex::new(Recorder::default()));
         assert_eq!(
             bus.insert(0x108, 0x10, d()),
-            Err(BusError::Overlap { base: 0x108, len: 0x10, other: 0x100 })
+            Err(BusError::Overlap {
+                base: 0x108,
+                len: 0x10,
+                other: 0x100
+            })
         );
-        assert!(matches!(bus.insert(0xf8, 0x10, d()), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(0x200, 0, d()), Err(BusError::InvalidRange { .. })));
+        assert!(matches!(
+            bus.insert(0xf8, 0x10, d()),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(0x200, 0, d()),
+            Err(BusError::InvalidRange { .. })
+        ));
         bus.insert(0x110, 0x10, d()).unwrap();
     }
 }

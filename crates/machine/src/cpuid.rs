@@ -112,7 +112,11 @@ mod tests {
         let leaf = |function, index, eax, ebx, ecx, edx| CpuidEntry {
             function,
             index,
-            flags: if function == 0xb || function == 4 { CPUID_FLAG_SIGNIFICANT_INDEX } else { 0 },
+            flags: if function == 0xb || function == 4 {
+                CPUID_FLAG_SIGNIFICANT_INDEX
+            } else {
+                0
+            },
             eax,
             ebx,
             ecx,
@@ -132,7 +136,9 @@ mod tests {
     }
 
     fn find(t: &[CpuidEntry], function: u32, index: u32) -> CpuidEntry {
-        *t.iter().find(|e| e.function == function && e.index == index).unwrap()
+        *t.iter()
+            .find(|e| e.function == function && e.index == index)
+            .unwrap()
     }
 
     #[test]
@@ -155,7 +161,10 @@ mod tests {
         let core = find(&t, 0xb, 1);
         let end = find(&t, 0xb, 2);
         assert_eq!((smt.eax, smt.ebx, (smt.ecx >> 8) & 0xff, smt.edx), (0, 1, 1, 3));
-        assert_eq!((core.eax, core.ebx, (core.ecx >> 8) & 0xff, core.edx), (2, 4, 2, 3));
+        assert_eq!(
+            (core.eax, core.ebx, (core.ecx >> 8) & 0xff, core.edx),
+            (2, 4, 2, 3)
+        );
         assert_eq!((end.ecx >> 8) & 0xff, 0, "level type 0 ends the walk");
     }
 

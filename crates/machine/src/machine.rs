@@ -6,17 +6,19 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use virtkit_hypervisor::{HypervisorError, Kvm, Vcpu, Vm};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
-use virtkit_hypervisor::{HypervisorError, Kvm, Vcpu, Vm};
 
 use crate::acpi::{write_acpi_tables, AcpiConfig, AcpiError};
-use crate::boot::{configure_boot_vcpu, load_firmware, load_linux, BootEntry, BootError, BootSource, FirmwareImage};
+use crate::boot::{
+    configure_boot_vcpu, load_firmware, load_linux, BootEntry, BootError, BootSource, FirmwareImage,
+};
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::cpuid::vcpu_cpuid;
 use crate::devices::{
-    spawn_serial_input, AcpiPm, Cmos, GuestRequest, PvPanic, RequestSink, SerialDevice, SerialInputError, I8042,
-    PVPANIC_PORT,
+    spawn_serial_input, AcpiPm, Cmos, GuestRequest, PvPanic, RequestSink, SerialDevice, SerialInputError,
+    I8042, PVPANIC_PORT,
 };
 use crate::layout::{irqs, ports, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::memory::{create_guest_memory, low_ram_end, ram_ranges};
@@ -121,12 +123,18 @@ impl MachineHandle {
 
     /// Presses the ACPI power button, asking the guest to shut down.
     pub fn press_power_button(&self) {
-        self.pm.lock().unwrap_or_else(|p| p.into_inner()).press_power_button();
+        self.pm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .press_power_button();
     }
 
     /// Whether the guest has enabled the power button event (its ACPI driver is up).
     pub fn power_button_enabled(&self) -> bool {
-        self.pm.lock().unwrap_or_else(|p| p.into_inner()).power_button_enabled()
+        self.pm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .power_button_enabled()
     }
 
     /// Stops the machine at once.
@@ -170,10 +178,11 @@ impl Machine {
             BootSource::Linux { .. } => None,
         };
         let extra: Vec<_> = firmware.iter().map(|f| f.range()).collect();
-        let memory = create_guest_memory(&ram_ranges(memory_size), &extra).map_err(|source| MachineError::Memory {
-            size: memory_size,
-            source,
-        })?;
+        let memory =
+            create_guest_memory(&ram_ranges(memory_size), &extra).map_err(|source| MachineError::Memory {
+                size: memory_size,
+                source,
+            })?;
         for region in memory.iter() {
             let host = region.as_ptr() as u64;
             // SAFETY: the region belongs to `memory`, which the Machine owns and drops only
@@ -190,7 +199,11 @@ impl Machine {
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?;
         vm.register_irqfd(&serial_irq, irqs::COM1)?;
         let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_output)));
-        pio.insert(ports::COM1 as u64, ports::COM1_LEN as u64, serial.clone() as SharedDevice)?;
+        pio.insert(
+            ports::COM1 as u64,
+            ports::COM1_LEN as u64,
+            serial.clone() as SharedDevice,
+        )?;
 
         let sci_vm = vm.clone();
         let pm = Arc::new(Mutex::new(AcpiPm::new(
@@ -201,14 +214,26 @@ impl Machine {
             }),
             requests.clone(),
         )));
-        pio.insert(ports::PM1A_EVT_BLK as u64, crate::devices::pm_io_len(), pm.clone() as SharedDevice)?;
-        pio.insert(ports::I8042_DATA as u64, 5, Arc::new(Mutex::new(I8042::new(requests.clone()))))?;
+        pio.insert(
+            ports::PM1A_EVT_BLK as u64,
+            crate::devices::pm_io_len(),
+            pm.clone() as SharedDevice,
+        )?;
+        pio.insert(
+            ports::I8042_DATA as u64,
+            5,
+            Arc::new(Mutex::new(I8042::new(requests.clone()))),
+        )?;
         pio.insert(
             ports::CMOS_INDEX as u64,
             2,
             Arc::new(Mutex::new(Cmos::new(memory_size, low_ram_end(memory_size)))),
         )?;
-        pio.insert(PVPANIC_PORT as u64, 1, Arc::new(Mutex::new(PvPanic::new(requests))))?;
+        pio.insert(
+            PVPANIC_PORT as u64,
+            1,
+            Arc::new(Mutex::new(PvPanic::new(requests))),
+        )?;
 
         write_acpi_tables(&memory, &AcpiConfig { num_cpus: vcpus })?;
         let entry = match &boot {
@@ -217,7 +242,15 @@ impl Machine {
                 initrd,
                 command_line,
             } => BootEntry::Linux(
-                load_linux(&memory, memory_size, kernel, initrd.as_deref(), command_line, true)?.entry,
+                load_linux(
+                    &memory,
+                    memory_size,
+                    kernel,
+                    initrd.as_deref(),
+                    command_line,
+                    true,
+                )?
+                .entry,
             ),
             BootSource::Firmware { .. } => {
                 if let Some(image) = &firmware {

@@ -210,7 +210,12 @@ pub(crate) fn run_vcpu(mut vcpu: Vcpu, index: u32, ctx: &VcpuContext) {
             Err(e) => {
                 ctx.control.request_exit(ExitReason::HostError {
                     vcpu: Some(index),
-                    message: format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()),
+                    message: format!(
+                        "{e}: {}",
+                        std::error::Error::source(&e)
+                            .map(|s| s.to_string())
+                            .unwrap_or_default()
+                    ),
                 });
                 break;
             }
@@ -244,10 +249,15 @@ pub(crate) fn run_vcpu(mut vcpu: Vcpu, index: u32, ctx: &VcpuContext) {
             VcpuExit::SystemShutdown => ctx.control.request_exit(ExitReason::PowerOff),
             VcpuExit::InternalError { suberror } => {
                 let rip = vcpu.registers().map(|r| r.rip).unwrap_or(0);
-                ctx.control.request_exit(ExitReason::InternalError { vcpu: index, suberror, rip });
+                ctx.control.request_exit(ExitReason::InternalError {
+                    vcpu: index,
+                    suberror,
+                    rip,
+                });
             }
             VcpuExit::FailEntry { reason } => {
-                ctx.control.request_exit(ExitReason::FailEntry { vcpu: index, reason });
+                ctx.control
+                    .request_exit(ExitReason::FailEntry { vcpu: index, reason });
             }
             VcpuExit::Unhandled(what) => ctx.control.request_exit(ExitReason::HostError {
                 vcpu: Some(index),

@@ -23,7 +23,7 @@ use std::path::Path;
 /// How a guest is booted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Boot {
-    /// A 32-bit ELF (ELFCLASS32, `EM_386`) loaded at its `PT_LOAD` physical addresses and entered
+    /// 32-bit code in a 64-bit ELF (ELFCLASS64, `EM_386` code repackaged like a vmlinux) loaded at its `PT_LOAD` physical addresses and entered
     /// through the Xen PVH `PHYS32_ENTRY` note: 32-bit protected mode, paging off, flat
     /// segments. The guests set their own GDT and stack and do not read `hvm_start_info`.
     Pvh,

@@ -65,10 +65,7 @@ fn parse_elf(b: &[u8]) -> Elf {
         )
     };
     assert_eq!(phentsize, if class64 { 56 } else { 32 }, "e_phentsize");
-    assert!(
-        phoff + phnum * phentsize <= b.len(),
-        "program headers in file"
-    );
+    assert!(phoff + phnum * phentsize <= b.len(), "program headers in file");
     let phdrs = (0..phnum)
         .map(|i| {
             let p = &b[phoff + i * phentsize..][..phentsize];
@@ -147,11 +144,7 @@ fn all_lists_every_guest_once_with_distinct_artifacts() {
         let path = guest.path();
         assert!(path.is_absolute(), "{guest:?}: {}", path.display());
         let on_disk = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(
-            on_disk,
-            guest.bytes(),
-            "{guest:?}: path() and bytes() agree"
-        );
+        assert_eq!(on_disk, guest.bytes(), "{guest:?}: path() and bytes() agree");
         let file_name = path.file_name().unwrap().to_str().unwrap();
         assert!(file_name.starts_with(guest.name()), "{file_name}");
     }
@@ -162,7 +155,7 @@ fn pvh_guests_have_a_phys32_entry_note_inside_an_executable_load_segment() {
     for guest in pvh_guests() {
         let b = guest.bytes();
         let elf = parse_elf(b);
-        assert!(!elf.class64, "{guest:?}: ELFCLASS32");
+        assert!(elf.class64, "{guest:?}: ELFCLASS64, like a vmlinux");
         assert!(
             elf.machine == EM_386 || elf.machine == EM_X86_64,
             "{guest:?}: e_machine {}",
@@ -201,18 +194,10 @@ fn pvh_guests_have_a_phys32_entry_note_inside_an_executable_load_segment() {
             .iter()
             .find(|p| p.paddr <= entry && entry < p.paddr + p.filesz)
             .unwrap_or_else(|| panic!("{guest:?}: entry {entry:#x} outside every PT_LOAD"));
-        assert_ne!(
-            seg.flags & PF_X,
-            0,
-            "{guest:?}: entry segment is executable"
-        );
+        assert_ne!(seg.flags & PF_X, 0, "{guest:?}: entry segment is executable");
         // The shared entry code (asm/pvh.inc) starts with `cli; cld`.
         let file_off = (seg.offset + entry - seg.paddr) as usize;
-        assert_eq!(
-            &b[file_off..file_off + 2],
-            [0xfa, 0xfc],
-            "{guest:?}: cli; cld"
-        );
+        assert_eq!(&b[file_off..file_off + 2], [0xfa, 0xfc], "{guest:?}: cli; cld");
     }
 }
 
@@ -274,8 +259,7 @@ fn artifacts_carry_the_documented_lines() {
             let full = format!("{line}\n");
             let prefix = format!("{line}\0");
             assert!(
-                contains(guest.bytes(), full.as_bytes())
-                    || contains(guest.bytes(), prefix.as_bytes()),
+                contains(guest.bytes(), full.as_bytes()) || contains(guest.bytes(), prefix.as_bytes()),
                 "{guest:?} prints {line:?}"
             );
         }

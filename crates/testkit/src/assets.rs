@@ -128,8 +128,7 @@ impl Assets {
         }
         // Resolve the link once, so that a concurrent rebuild switching `current` cannot mix
         // files of two asset directories.
-        let dir = fs::canonicalize(&current)
-            .map_err(|e| format!("{}: {e}", current.display()))?;
+        let dir = fs::canonicalize(&current).map_err(|e| format!("{}: {e}", current.display()))?;
         Self::load_dir(&dir)
     }
 
@@ -142,8 +141,8 @@ impl Assets {
                 mpath.display()
             )
         })?;
-        let manifest: Manifest = serde_json::from_str(&text)
-            .map_err(|e| format!("{}: invalid manifest: {e}", mpath.display()))?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| format!("{}: invalid manifest: {e}", mpath.display()))?;
         let a = &manifest.artifacts;
         let host_modules = manifest
             .host_modules
@@ -279,19 +278,32 @@ impl Assets {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests_support {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
-    #[test]
-    fn finds_this_workspace() {
-        let root = repo_root().expect("repo root");
-        assert!(root.join("Cargo.lock").is_file() || root.join(".cache").is_dir());
-        assert!(root.join("crates/testkit").is_dir(), "{}", root.display());
-    }
-
-    #[test]
-    fn parses_a_manifest() {
-        let dir = std::env::temp_dir().join(format!("virtkit-assets-test-{}", std::process::id()));
+    /// A fake asset directory with small placeholder files and a valid manifest. Leftovers of
+    /// earlier test processes (whose pid is gone) are removed.
+    pub(crate) fn fake_asset_dir() -> PathBuf {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let tmp = std::env::temp_dir();
+        if let Ok(entries) = fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(rest) = name.strip_prefix("virtkit-fake-assets-") else {
+                    continue;
+                };
+                let pid = rest.split('-').next().unwrap_or("");
+                if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = tmp.join(format!(
+            "virtkit-fake-assets-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("host-modules")).unwrap();
         for f in [
@@ -300,13 +312,15 @@ mod tests {
             "kernel-config",
             "busybox",
             "guest-initramfs.cpio.gz",
+            "host-modules/order",
             "host-modules/irqbypass.ko",
             "host-modules/kvm.ko",
             "host-modules/kvm-amd.ko",
         ] {
             fs::write(dir.join(f), f).unwrap();
         }
-        let e = |p: &str| format!(r#"{{"path": "{p}", "sha256": "{}"}}"#, "0".repeat(64));
+        let z = "0".repeat(64);
+        let e = |p: &str| format!(r#"{{"path": "{p}", "sha256": "{z}"}}"#);
         let manifest = format!(
             r#"{{"format": 1, "recipe_version": 3, "kernel_release": "6.1.0-9-cloud-amd64",
             "kernel_package": "linux-image-6.1.0-9-cloud-amd64", "kernel_package_version": "6.1.1-1",
@@ -324,9 +338,31 @@ mod tests {
             e("busybox"),
             e("guest-initramfs.cpio.gz"),
             e("host-modules/order"),
-            z = "0".repeat(64)
         );
         fs::write(dir.join("manifest.json"), manifest).unwrap();
+        dir
+    }
+
+    /// [`Assets`] loaded from [`fake_asset_dir`].
+    pub(crate) fn fake_assets() -> Assets {
+        Assets::load_dir(&fake_asset_dir()).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_this_workspace() {
+        let root = repo_root().expect("repo root");
+        assert!(root.join("Cargo.lock").is_file() || root.join(".cache").is_dir());
+        assert!(root.join("crates/testkit").is_dir(), "{}", root.display());
+    }
+
+    #[test]
+    fn parses_a_manifest() {
+        let dir = super::tests_support::fake_asset_dir();
         let a = Assets::load_dir(&dir).unwrap();
         assert_eq!(a.kernel_release(), "6.1.0-9-cloud-amd64");
         assert_eq!(a.recipe_version(), 3);

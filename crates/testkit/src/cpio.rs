@@ -206,13 +206,15 @@ mod tests {
         w.finish().unwrap()
     }
 
-    /// Parses a newc archive back: (name, mode, rdev, data).
-    fn parse(mut a: &[u8]) -> Vec<(String, u32, (u32, u32), Vec<u8>)> {
+    /// One parsed entry: (name, mode, rdev, data).
+    type Parsed = (String, u32, (u32, u32), Vec<u8>);
+
+    /// Parses a newc archive back.
+    fn parse(mut a: &[u8]) -> Vec<Parsed> {
         let mut out = Vec::new();
         let mut off = 0usize;
         let field = |h: &[u8], i: usize| {
-            u32::from_str_radix(std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i]).unwrap(), 16)
-                .unwrap()
+            u32::from_str_radix(std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i]).unwrap(), 16).unwrap()
         };
         loop {
             assert_eq!(&a[..6], b"070701", "bad magic at offset {off}");
@@ -310,12 +312,7 @@ mod tests {
                 cmd.current_dir(d);
             }
             let mut child = cmd.spawn().unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(&archive)
-                .unwrap();
+            child.stdin.take().unwrap().write_all(&archive).unwrap();
             let out = child.wait_with_output().unwrap();
             assert!(
                 out.status.success(),
@@ -336,7 +333,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         // Extract everything but the device node (mknod may be refused).
         run(
-            &["-i", "-d", "--quiet", "--no-absolute-filenames", "-f", "dev/console"],
+            &[
+                "-i",
+                "-d",
+                "--quiet",
+                "--no-absolute-filenames",
+                "-f",
+                "dev/console",
+            ],
             Some(&dir),
         );
         assert_eq!(

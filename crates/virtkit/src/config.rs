@@ -83,7 +83,13 @@ pub enum SerialAttachment {
 
 impl VirtualMachineConfiguration {
     /// A Linux direct-boot machine with no serial port.
-    pub fn linux(cpu_count: u32, memory_size: u64, kernel: PathBuf, initrd: Option<PathBuf>, command_line: &str) -> Self {
+    pub fn linux(
+        cpu_count: u32,
+        memory_size: u64,
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        command_line: &str,
+    ) -> Self {
         VirtualMachineConfiguration {
             version: CONFIG_FORMAT_VERSION,
             cpu_count,
@@ -146,27 +152,38 @@ mod tests {
         let c = VirtualMachineConfiguration::from_json(EXAMPLE).unwrap();
         assert_eq!(c.cpu_count, 2);
         assert_eq!(c.memory_size, 512 << 20);
-        assert!(matches!(c.boot_loader, BootLoader::Linux { ref command_line, .. } if command_line == "console=ttyS0"));
+        assert!(
+            matches!(c.boot_loader, BootLoader::Linux { ref command_line, .. } if command_line == "console=ttyS0")
+        );
         assert!(matches!(c.serial_ports[0].attachment, SerialAttachment::Stdio));
     }
 
     #[test]
     fn unknown_field_is_an_error_naming_it() {
         let text = EXAMPLE.replace("\"cpu_count\"", "\"cpus\": 1, \"cpu_count\"");
-        let err = VirtualMachineConfiguration::from_json(&text).unwrap_err().to_string();
+        let err = VirtualMachineConfiguration::from_json(&text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `cpus`"), "{err}");
     }
 
     #[test]
     fn missing_version_defaults_to_current() {
         let text = EXAMPLE.replace("\"version\": 1,", "");
-        assert_eq!(VirtualMachineConfiguration::from_json(&text).unwrap().version, CONFIG_FORMAT_VERSION);
+        assert_eq!(
+            VirtualMachineConfiguration::from_json(&text).unwrap().version,
+            CONFIG_FORMAT_VERSION
+        );
     }
 
     #[test]
     fn round_trips_through_json() {
-        let c = VirtualMachineConfiguration::linux(1, 64 << 20, "/k".into(), None, "quiet")
-            .with_serial(SerialAttachment::File { path: "/tmp/log".into(), append: true });
+        let c = VirtualMachineConfiguration::linux(1, 64 << 20, "/k".into(), None, "quiet").with_serial(
+            SerialAttachment::File {
+                path: "/tmp/log".into(),
+                append: true,
+            },
+        );
         let back = VirtualMachineConfiguration::from_json(&c.to_json()).unwrap();
         assert_eq!(back.to_json(), c.to_json());
     }

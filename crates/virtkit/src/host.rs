@@ -81,7 +81,9 @@ impl HostCapabilities {
     /// One sentence on which guests run here.
     pub fn guest_support(&self) -> &'static str {
         match self.kind {
-            HostKind::HardwareKvm => "hardware virtualization: stock Linux kernels and firmware boot run at full speed",
+            HostKind::HardwareKvm => {
+                "hardware virtualization: stock Linux kernels and firmware boot run at full speed"
+            }
             HostKind::Pvm => {
                 "PVM (no VT-x/AMD-V): small guests and firmware run; stock Linux kernels stop in early boot \
                  at an instruction PVM cannot emulate, so use a PVM-enabled guest kernel (CONFIG_PVM_GUEST)"

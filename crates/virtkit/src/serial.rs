@@ -197,7 +197,9 @@ fn serve(listener: &UnixListener, client: &ClientWriter, mut to_guest: io::PipeW
             }
             Err(_) => return,
         };
-        let Ok(mut reading) = stream.try_clone() else { continue };
+        let Ok(mut reading) = stream.try_clone() else {
+            continue;
+        };
         let _ = reading.set_read_timeout(Some(Duration::from_millis(100)));
         *client.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream);
         let mut buf = [0u8; 1024];
@@ -255,11 +257,25 @@ mod tests {
     fn file_attachment_truncates_unless_appending() {
         let path = std::env::temp_dir().join(format!("virtkit-serial-{}.log", std::process::id()));
         std::fs::write(&path, b"old\n").unwrap();
-        let mut a = SerialAttachment::File { path: path.clone(), append: true };
-        open_attachment(Some(&mut a)).unwrap().output.write_all(b"new\n").unwrap();
+        let mut a = SerialAttachment::File {
+            path: path.clone(),
+            append: true,
+        };
+        open_attachment(Some(&mut a))
+            .unwrap()
+            .output
+            .write_all(b"new\n")
+            .unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"old\nnew\n");
-        let mut t = SerialAttachment::File { path: path.clone(), append: false };
-        open_attachment(Some(&mut t)).unwrap().output.write_all(b"only\n").unwrap();
+        let mut t = SerialAttachment::File {
+            path: path.clone(),
+            append: false,
+        };
+        open_attachment(Some(&mut t))
+            .unwrap()
+            .output
+            .write_all(b"only\n")
+            .unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"only\n");
         std::fs::remove_file(&path).ok();
     }
@@ -267,8 +283,14 @@ mod tests {
     #[test]
     fn file_handles_are_used_once() {
         let (_r, w) = io::pipe().unwrap();
-        let mut a = SerialAttachment::FileHandles { read: None, write: Some(w.into()) };
+        let mut a = SerialAttachment::FileHandles {
+            read: None,
+            write: Some(w.into()),
+        };
         assert!(open_attachment(Some(&mut a)).is_ok());
-        assert!(matches!(open_attachment(Some(&mut a)), Err(SerialError::HandlesUsed)));
+        assert!(matches!(
+            open_attachment(Some(&mut a)),
+            Err(SerialError::HandlesUsed)
+        ));
     }
 }

@@ -21,7 +21,9 @@ impl fmt::Display for ByteSize {
 /// Parses `512M`, `2G`, `1.5G`, `64MiB`, `4096` (bytes). Units are binary (K = 1024).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let shift = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 0,
@@ -69,7 +71,10 @@ mod tests {
     fn rejects_nonsense_with_a_hint() {
         for bad in ["", "M", "12Q", "lots", "1.2.3G", "99999999999T"] {
             let err = parse_size(bad).unwrap_err();
-            assert!(err.contains(bad.trim()) || err.contains("too large"), "{bad}: {err}");
+            assert!(
+                err.contains(bad.trim()) || err.contains("too large"),
+                "{bad}: {err}"
+            );
         }
     }
 

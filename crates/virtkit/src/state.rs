@@ -73,7 +73,9 @@ impl StopReason {
                 pvm_host,
             },
             ExitReason::FailEntry { vcpu, reason } => StopReason::HostError {
-                message: format!("KVM could not enter vCPU {vcpu} (hardware entry failure reason {reason:#x})"),
+                message: format!(
+                    "KVM could not enter vCPU {vcpu} (hardware entry failure reason {reason:#x})"
+                ),
             },
             ExitReason::Stopped => StopReason::StoppedByHost,
             ExitReason::HostError { vcpu, message } => StopReason::HostError {
@@ -87,7 +89,10 @@ impl StopReason {
 
     /// Whether this is a clean end (the state becomes `Stopped`, not `Error`).
     pub fn is_clean(&self) -> bool {
-        matches!(self, StopReason::GuestPoweredOff | StopReason::GuestReset | StopReason::StoppedByHost)
+        matches!(
+            self,
+            StopReason::GuestPoweredOff | StopReason::GuestReset | StopReason::StoppedByHost
+        )
     }
 }
 
@@ -97,7 +102,12 @@ impl fmt::Display for StopReason {
             StopReason::GuestPoweredOff => f.write_str("the guest powered off"),
             StopReason::GuestReset => f.write_str("the guest reset the machine"),
             StopReason::GuestCrashed { detail } => write!(f, "the guest crashed: {detail}"),
-            StopReason::KvmInternalError { vcpu, suberror, rip, pvm_host } => {
+            StopReason::KvmInternalError {
+                vcpu,
+                suberror,
+                rip,
+                pvm_host,
+            } => {
                 write!(f, "KVM stopped vCPU {vcpu} with an internal error (suberror {suberror}) at guest RIP {rip:#x}")?;
                 if *pvm_host {
                     write!(
@@ -121,12 +131,27 @@ mod tests {
 
     #[test]
     fn internal_error_on_pvm_names_the_cause_and_the_fix() {
-        let r = StopReason::from_exit(ExitReason::InternalError { vcpu: 0, suberror: 1, rip: 0xffff_ffff_8100_0000 }, true);
+        let r = StopReason::from_exit(
+            ExitReason::InternalError {
+                vcpu: 0,
+                suberror: 1,
+                rip: 0xffff_ffff_8100_0000,
+            },
+            true,
+        );
         let text = r.to_string();
         assert!(text.contains("RIP 0xffffffff81000000"), "{text}");
         assert!(text.contains("PVM-enabled guest kernel"), "{text}");
         assert!(!r.is_clean());
-        let plain = StopReason::from_exit(ExitReason::InternalError { vcpu: 0, suberror: 1, rip: 1 }, false).to_string();
+        let plain = StopReason::from_exit(
+            ExitReason::InternalError {
+                vcpu: 0,
+                suberror: 1,
+                rip: 1,
+            },
+            false,
+        )
+        .to_string();
         assert!(!plain.contains("PVM"), "{plain}");
     }
 

@@ -194,7 +194,11 @@ impl VirtualMachine {
                 let reason = StopReason::from_exit(exit, pvm_host);
                 tracing::info!(%reason, "virtual machine stopped");
                 let mut s = shared.lock();
-                let state = if reason.is_clean() { VmState::Stopped } else { VmState::Error };
+                let state = if reason.is_clean() {
+                    VmState::Stopped
+                } else {
+                    VmState::Error
+                };
                 s.reason = Some(reason);
                 Shared::transition(&mut s, state);
                 shared.changed.notify_all();
@@ -275,7 +279,12 @@ impl VirtualMachine {
                 }
             }
             let left = deadline.checked_duration_since(Instant::now())?;
-            s = self.shared.changed.wait_timeout(s, left).unwrap_or_else(|p| p.into_inner()).0;
+            s = self
+                .shared
+                .changed
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 }

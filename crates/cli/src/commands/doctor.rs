@@ -65,7 +65,10 @@ pub fn run(args: &DoctorArgs) -> Result<u8, CliError> {
         println!("hardware virtualization: {hw}");
         if let Some(k) = &host.kvm {
             println!("KVM API version:         {}", k.api_version);
-            println!("vCPUs per VM:            up to {} (recommended {})", k.max_vcpus, k.recommended_vcpus);
+            println!(
+                "vCPUs per VM:            up to {} (recommended {})",
+                k.max_vcpus, k.recommended_vcpus
+            );
             println!("memory slots per VM:     {}", k.max_memslots);
             println!(
                 "in-kernel irqchip:       {}; ioeventfd: {}; irqfd: {}",
@@ -77,10 +80,18 @@ pub fn run(args: &DoctorArgs) -> Result<u8, CliError> {
         if let Some(e) = &host.kvm_error {
             println!("problem:                 {e}");
         }
-        println!("host:                    {} CPUs, {} RAM", host.cpus, ByteSize(host.memory));
+        println!(
+            "host:                    {} CPUs, {} RAM",
+            host.cpus,
+            ByteSize(host.memory)
+        );
         println!("guests:                  {}", host.guest_support());
     }
-    Ok(if host.kind == HostKind::NoKvm { EXIT_ERROR } else { EXIT_OK })
+    Ok(if host.kind == HostKind::NoKvm {
+        EXIT_ERROR
+    } else {
+        EXIT_OK
+    })
 }
 
 fn yes(b: bool) -> &'static str {

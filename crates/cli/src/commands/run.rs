@@ -7,8 +7,8 @@ use std::sync::mpsc::{channel, Sender};
 use clap::Args;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use virtkit::{
-    parse_size, BootLoader, SerialAttachment, StopReason, VirtualMachine, VirtualMachineConfiguration, VmState,
-    CONFIG_FORMAT_VERSION,
+    parse_size, BootLoader, SerialAttachment, StopReason, VirtualMachine, VirtualMachineConfiguration,
+    VmState, CONFIG_FORMAT_VERSION,
 };
 
 use crate::commands::validate::load_config;
@@ -58,7 +58,9 @@ fn parse_serial(text: &str) -> Result<SerialChoice, String> {
         _ => match text.split_once(':') {
             Some(("file", path)) if !path.is_empty() => Ok(SerialChoice::File(path.into())),
             Some(("unix", path)) if !path.is_empty() => Ok(SerialChoice::Unix(path.into())),
-            _ => Err(format!("`{text}` is not a serial attachment; use stdio, none, file:PATH or unix:PATH")),
+            _ => Err(format!(
+                "`{text}` is not a serial attachment; use stdio, none, file:PATH or unix:PATH"
+            )),
         },
     }
 }
@@ -79,11 +81,9 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
                 path: path.clone(),
                 variable_store: None,
             },
-            _ => {
-                return Err(CliError::new(
-                    "nothing to boot: give --kernel (with --initrd and --cmdline), --firmware, or --config FILE",
-                ))
-            }
+            _ => return Err(CliError::new(
+                "nothing to boot: give --kernel (with --initrd and --cmdline), --firmware, or --config FILE",
+            )),
         };
         VirtualMachineConfiguration {
             version: CONFIG_FORMAT_VERSION,
@@ -146,7 +146,10 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
 
     // On a terminal the guest gets raw keystrokes (Ctrl-C included); Ctrl-A x leaves.
     let interactive = stdin_is_terminal()
-        && matches!(config.serial_ports.first().map(|p| &p.attachment), Some(SerialAttachment::Stdio));
+        && matches!(
+            config.serial_ports.first().map(|p| &p.attachment),
+            Some(SerialAttachment::Stdio)
+        );
     let mut raw_mode = None;
     if interactive {
         let (quit_tx, quit_rx) = channel();
@@ -180,7 +183,9 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
         }
     });
     if interactive {
-        raw_mode = Some(RawMode::enter().map_err(|e| CliError::with_chain("cannot put the terminal in raw mode", &e))?);
+        raw_mode = Some(
+            RawMode::enter().map_err(|e| CliError::with_chain("cannot put the terminal in raw mode", &e))?,
+        );
         eprint!("virtkit: console attached; Ctrl-A x stops the VM\r\n");
     }
     vm.start().map_err(|e| {
@@ -236,7 +241,9 @@ mod tests {
     #[test]
     fn serial_choices_parse_and_bad_ones_say_what_is_allowed() {
         assert!(matches!(parse_serial("stdio"), Ok(SerialChoice::Stdio)));
-        assert!(matches!(parse_serial("file:/tmp/x"), Ok(SerialChoice::File(p)) if p == PathBuf::from("/tmp/x")));
+        assert!(
+            matches!(parse_serial("file:/tmp/x"), Ok(SerialChoice::File(p)) if p == PathBuf::from("/tmp/x"))
+        );
         assert!(matches!(parse_serial("unix:/run/s"), Ok(SerialChoice::Unix(_))));
         let err = parse_serial("tcp:1234").unwrap_err();
         assert!(err.contains("stdio, none, file:PATH or unix:PATH"), "{err}");

@@ -104,10 +104,7 @@ pub enum AcpiError {
 /// both by scanning the BIOS area, which is why [`RSDP_START`] sits there. Not for firmware boots:
 /// with firmware loaded, the same area mirrors the firmware image, and the firmware gets the
 /// tables from [`build_tables`] through fw_cfg instead.
-pub fn write_acpi_tables<M: GuestMemory>(
-    mem: &M,
-    config: &AcpiConfig,
-) -> Result<GuestAddress, AcpiError> {
+pub fn write_acpi_tables<M: GuestMemory>(mem: &M, config: &AcpiConfig) -> Result<GuestAddress, AcpiError> {
     let tables = build_tables(config)?;
     check_fits(
         Blob::Rsdp,

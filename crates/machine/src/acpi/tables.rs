@@ -18,6 +18,7 @@ use acpi_tables::{Aml, AmlSink};
 
 use super::loader::{AcpiTables, Blob, LoaderCommand};
 use super::{AcpiConfig, AcpiError, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
+use crate::devices::PVPANIC_PORT;
 use crate::layout::{irqs, pm, ports, APIC_START, IOAPIC_START};
 
 /// Length of the header every table but the FACS starts with.
@@ -71,10 +72,6 @@ const ALL_PROCESSORS: u8 = 0xff;
 const NMI_LINT: u8 = 1;
 /// The ISA bus in an Interrupt Source Override.
 const ISA_BUS: u8 = 0;
-/// The PIT's ISA IRQ, wired to I/O APIC pin 2 on PCs. KVM's default GSI routing sends GSI 0 to
-/// pin 0 instead, so the VMM must route GSI 0 to pin 2 (as QEMU does) for this to hold.
-const PIT_IRQ: u8 = 0;
-const PIT_GSI: u32 = 2;
 
 const _: () = assert!(APIC_START <= u32::MAX as u64);
 const _: () = assert!(IOAPIC_START <= u32::MAX as u64);
@@ -213,21 +210,9 @@ fn fadt(facs: u32, dsdt: u32) -> Vec<u8> {
     fadt.pm_tmr_len = ports::PM_TMR_LEN;
     // The X_ copies must agree with the legacy fields, widths included, or ACPICA warns about a
     // 32/64X mismatch. PM1 status and enable are 16-bit registers, hence word access.
-    fadt.x_pm1a_evt_blk = io_gas(
-        ports::PM1A_EVT_BLK,
-        ports::PM1A_EVT_LEN,
-        AccessSize::WordAccess,
-    );
-    fadt.x_pm1a_cnt_blk = io_gas(
-        ports::PM1A_CNT_BLK,
-        ports::PM1A_CNT_LEN,
-        AccessSize::WordAccess,
-    );
-    fadt.x_pm_tmr_blk = io_gas(
-        ports::PM_TMR_BLK,
-        ports::PM_TMR_LEN,
-        AccessSize::DwordAccess,
-    );
+    fadt.x_pm1a_evt_blk = io_gas(ports::PM1A_EVT_BLK, ports::PM1A_EVT_LEN, AccessSize::WordAccess);
+    fadt.x_pm1a_cnt_blk = io_gas(ports::PM1A_CNT_BLK, ports::PM1A_CNT_LEN, AccessSize::WordAccess);
+    fadt.x_pm_tmr_blk = io_gas(ports::PM_TMR_BLK, ports::PM_TMR_LEN, AccessSize::DwordAccess);
     fadt.p_lvl2_lat = P_LVL2_LAT_UNSUPPORTED.into();
     fadt.p_lvl3_lat = P_LVL3_LAT_UNSUPPORTED.into();
     fadt.century = CMOS_CENTURY_REGISTER;
@@ -236,14 +221,7 @@ fn fadt(facs: u32, dsdt: u32) -> Vec<u8> {
 }
 
 fn madt(config: &AcpiConfig) -> Vec<u8> {
-    let mut madt = Sdt::new(
-        *b"APIC",
-        44,
-        MADT_REVISION,
-        OEM_ID,
-        OEM_TABLE_ID,
-        OEM_REVISION,
-    );
+    let mut madt = Sdt::new(*b"APIC", 44, MADT_REVISION, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     madt.write_u32(36, APIC_START as u32);
     madt.write_u32(40, MADT_PCAT_COMPAT);
     // UID = APIC ID = index: the DSDT's processor devices find their MADT entry through the UID.
@@ -255,11 +233,9 @@ fn madt(config: &AcpiConfig) -> Vec<u8> {
         )));
     }
     madt.append_slice(&aml_bytes(&IoApic::new(IOAPIC_ID, IOAPIC_START as u32, 0)));
-    madt.append_slice(&interrupt_source_override(
-        PIT_IRQ,
-        PIT_GSI,
-        INTI_CONFORMING,
-    ));
+    // No IRQ0 -> GSI 2 override: KVM's default GSI routing delivers the in-kernel PIT on I/O APIC
+    // pin 0, so the identity mapping is the truth here (as in Firecracker). Describing the PC's
+    // pin 2 would need our own GSI routing table first.
     // Our SCI line is level-triggered and active-high (as QEMU's). Without this override the OS
     // assumes the ACPI default for the SCI, level and active-low, and sees the idle line as
     // asserted.
@@ -331,6 +307,14 @@ fn dsdt(config: &AcpiConfig) -> Vec<u8> {
     let rtc_crs = Name::new(Path::new("_CRS"), &rtc_crs);
     let rtc = Device::new(Path::new("RTC_"), vec![&rtc_hid, &rtc_crs]);
 
+    // pvpanic, as QEMU describes it: Linux's pvpanic driver binds to QEMU0001 and writes to the
+    // port when the kernel panics, so a crash ends the VM with a reason instead of a hang.
+    let panic_io = IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1);
+    let panic_crs = ResourceTemplate::new(vec![&panic_io]);
+    let panic_hid = Name::new(Path::new("_HID"), &"QEMU0001");
+    let panic_crs = Name::new(Path::new("_CRS"), &panic_crs);
+    let pvpanic = Device::new(Path::new("PEVT"), vec![&panic_hid, &panic_crs]);
+
     // Processor devices, not needed for SMP (the MADT is enough) but present on real machines;
     // Linux binds its ACPI processor driver to them and matches each to its MADT entry by
     // _UID. Device(ACPI0007) rather than the Processor op, deprecated since ACPI 6.0.
@@ -349,7 +333,7 @@ fn dsdt(config: &AcpiConfig) -> Vec<u8> {
         })
         .collect();
 
-    let mut sb_children: Vec<&dyn Aml> = vec![&com1, &rtc];
+    let mut sb_children: Vec<&dyn Aml> = vec![&com1, &rtc, &pvpanic];
     sb_children.extend(cpus.iter().map(|cpu| cpu as &dyn Aml));
     let sb = Scope::new(Path::new("\\_SB_"), sb_children);
 

@@ -56,12 +56,7 @@ fn sdt(mem: &GuestMemoryMmap, address: u64, signature: &[u8; 4]) -> Vec<u8> {
     let table = read(mem, address, le32(&header, 4) as usize);
     assert!(address + table.len() as u64 <= ACPI_TABLES_END);
     assert_eq!(&table[0..4], signature);
-    assert_eq!(
-        sum(&table),
-        0,
-        "{} checksum",
-        String::from_utf8_lossy(signature)
-    );
+    assert_eq!(sum(&table), 0, "{} checksum", String::from_utf8_lossy(signature));
     assert_eq!(&table[10..16], b"VIRTKT");
     assert_eq!(&table[16..24], b"VIRTKIT ");
     assert_eq!(le32(&table, 24), OEM_REVISION);
@@ -167,27 +162,15 @@ fn acpi_fadt_describes_a_legacy_pc_with_a_fixed_power_button() {
     assert_eq!(le32(fadt, 72), 0, "PM2_CNT_BLK");
     assert_eq!(le32(fadt, 76), 0x608, "PM_TMR_BLK");
     assert_eq!((le32(fadt, 80), le32(fadt, 84)), (0, 0), "GPE blocks");
-    assert_eq!(
-        &fadt[88..94],
-        &[4, 2, 0, 4, 0, 0],
-        "PM1_EVT_LEN..GPE1_BLK_LEN"
-    );
+    assert_eq!(&fadt[88..94], &[4, 2, 0, 4, 0, 0], "PM1_EVT_LEN..GPE1_BLK_LEN");
     assert!(le16(fadt, 96) > 100 && le16(fadt, 98) > 1000, "no C2/C3");
     assert_eq!(fadt[108], 0x32, "CENTURY: the CMOS century register");
-    assert_eq!(
-        le16(fadt, 109),
-        0b11,
-        "IAPC_BOOT_ARCH: LEGACY_DEVICES | 8042"
-    );
+    assert_eq!(le16(fadt, 109), 0b11, "IAPC_BOOT_ARCH: LEGACY_DEVICES | 8042");
 
     let flags = le32(fadt, 112);
     assert_ne!(flags & 1 << 0, 0, "WBINVD");
     assert_ne!(flags & 1 << 2, 0, "PROC_C1");
-    assert_eq!(
-        flags & 1 << 4,
-        0,
-        "PWR_BUTTON clear: fixed-feature power button"
-    );
+    assert_eq!(flags & 1 << 4, 0, "PWR_BUTTON clear: fixed-feature power button");
     assert_ne!(flags & 1 << 5, 0, "SLP_BUTTON set: no sleep button");
     assert_eq!(flags & 1 << 8, 0, "TMR_VAL_EXT clear: 24-bit timer");
     assert_eq!(flags & 1 << 10, 0, "no RESET_REG");
@@ -250,13 +233,10 @@ fn acpi_madt_has_one_enabled_local_apic_per_cpu_an_ioapic_and_the_isa_overrides(
             assert_eq!((usize::from(uid), usize::from(apic_id)), (i, i));
             assert_eq!(flags, 1, "enabled");
         }
-        assert_eq!(
-            ioapics,
-            [(0, 0xfec0_0000, 0)],
-            "I/O APIC id, address, GSI base"
-        );
-        // (bus, IRQ, GSI, flags): IRQ0 -> GSI2 bus defaults; SCI active-high (01) level (11 << 2).
-        assert_eq!(overrides, [(0, 0, 2, 0x0000), (0, 9, 9, 0x000d)]);
+        assert_eq!(ioapics, [(0, 0xfec0_0000, 0)], "I/O APIC id, address, GSI base");
+        // (bus, IRQ, GSI, flags): only the SCI, active-high (01) level (11 << 2); IRQ0 stays on
+        // pin 0 where KVM's default routing puts the PIT.
+        assert_eq!(overrides, [(0, 9, 9, 0x000d)]);
         // (UID, flags, LINT): all processors, active-high edge, LINT1.
         assert_eq!(nmis, [(0xff, 0x0005, 1)]);
     }
@@ -333,15 +313,11 @@ fn acpi_dsdt_has_s5_and_the_legacy_devices() {
             1
         );
         // A Device (Cxxx) {Name (_HID, "ACPI0007") ...} per CPU.
-        assert_eq!(
-            find_all(dsdt, b"\x08_HID\x0dACPI0007\x00").len(),
-            usize::from(n)
-        );
-        assert_eq!(
-            find_all(dsdt, b"\x5b\x82").len(),
-            usize::from(n) + 2,
-            "devices"
-        );
+        assert_eq!(find_all(dsdt, b"\x08_HID\x0dACPI0007\x00").len(), usize::from(n));
+        // pvpanic: Name (_HID, "QEMU0001") with IO (Decode16, 0x505, 0x505, 1, 1).
+        assert_eq!(find_all(dsdt, b"\x08_HID\x0dQEMU0001\x00").len(), 1, "pvpanic");
+        assert_eq!(find_all(dsdt, b"\x47\x01\x05\x05\x05\x05\x01\x01").len(), 1);
+        assert_eq!(find_all(dsdt, b"\x5b\x82").len(), usize::from(n) + 3, "devices");
     }
 }
 
@@ -429,15 +405,9 @@ fn acpi_link_rejects_what_pointers_cannot_reach_or_misaligned_blobs() {
         "{err:?}"
     );
     let err = tables.link(RSDP_START, ACPI_TABLES_START + 8).unwrap_err();
-    assert!(
-        matches!(err, AcpiError::Misaligned { align: 64, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, AcpiError::Misaligned { align: 64, .. }), "{err:?}");
     let err = tables.link(RSDP_START + 4, ACPI_TABLES_START).unwrap_err();
-    assert!(
-        matches!(err, AcpiError::Misaligned { align: 16, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, AcpiError::Misaligned { align: 16, .. }), "{err:?}");
 }
 
 /// Disassembles every table with ACPICA's `iasl` and recompiles the DSDT, as the reference check
@@ -467,8 +437,8 @@ fn acpi_tables_pass_iasl() {
                 .arg(&path)
                 .output()
                 .expect("run iasl");
-            let text = String::from_utf8_lossy(&out.stdout).to_string()
-                + &String::from_utf8_lossy(&out.stderr);
+            let text =
+                String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
             assert!(out.status.success(), "iasl -d {name}:\n{text}");
             assert!(!text.contains("Error"), "iasl -d {name}:\n{text}");
         }
@@ -478,8 +448,7 @@ fn acpi_tables_pass_iasl() {
             .arg(dir.join("dsdt.dsl"))
             .output()
             .expect("run iasl");
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "iasl dsdt.dsl:\n{text}");
         assert!(
             text.contains(" 0 Errors, 0 Warnings, 0 Remarks"),

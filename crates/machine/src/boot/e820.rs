@@ -54,8 +54,22 @@ mod tests {
     fn usable_ram_is_memory_less_the_legacy_area_for_64_mib() {
         let map = e820_map(64 << 20);
         assert_eq!(map.len(), 2);
-        assert_eq!(map[0], E820Entry { address: 0, size: 0x9fc00, kind: E820_RAM });
-        assert_eq!(map[1], E820Entry { address: 0x10_0000, size: (64 << 20) - 0x10_0000, kind: E820_RAM });
+        assert_eq!(
+            map[0],
+            E820Entry {
+                address: 0,
+                size: 0x9fc00,
+                kind: E820_RAM
+            }
+        );
+        assert_eq!(
+            map[1],
+            E820Entry {
+                address: 0x10_0000,
+                size: (64 << 20) - 0x10_0000,
+                kind: E820_RAM
+            }
+        );
         assert_eq!(usable(&map), (64 << 20) - (HIGH_RAM_START - LOW_RAM_END));
     }
 
@@ -74,7 +88,10 @@ mod tests {
         for size in [64u64 << 20, 3 << 30, (3 << 30) + 4096, 8 << 30] {
             let map = e820_map(size);
             for pair in map.windows(2) {
-                assert!(pair[0].address + pair[0].size <= pair[1].address, "{size:#x}: {map:?}");
+                assert!(
+                    pair[0].address + pair[0].size <= pair[1].address,
+                    "{size:#x}: {map:?}"
+                );
             }
         }
     }

@@ -27,7 +27,7 @@ impl FirmwareImage {
             source,
         })?;
         let size = bytes.len() as u64;
-        if size == 0 || size % FIRMWARE_ALIGN != 0 || size > FIRMWARE_MAX_SIZE {
+        if size == 0 || !size.is_multiple_of(FIRMWARE_ALIGN) || size > FIRMWARE_MAX_SIZE {
             return Err(BootError::FirmwareSize {
                 path: path.to_owned(),
                 size,
@@ -47,7 +47,8 @@ impl FirmwareImage {
 /// Copies the image to the top of 4 GiB and its last 128 KiB to the legacy BIOS window.
 pub fn load_firmware(mem: &GuestMemoryMmap, image: &FirmwareImage) -> Result<(), BootError> {
     let (start, _) = image.range();
-    mem.write_slice(&image.bytes, start).map_err(BootError::GuestMemory)?;
+    mem.write_slice(&image.bytes, start)
+        .map_err(BootError::GuestMemory)?;
     let legacy_len = (image.bytes.len() as u64).min(LEGACY_BIOS_SIZE) as usize;
     let tail = &image.bytes[image.bytes.len() - legacy_len..];
     let legacy_start = LEGACY_BIOS_START + LEGACY_BIOS_SIZE - legacy_len as u64;

@@ -60,13 +60,20 @@ fn sniff(path: &Path, file: &mut File) -> Result<KernelFormat, BootError> {
     let mut head = [0u8; 0x206];
     let n = read_up_to(file, &mut head).map_err(read_err)?;
     file.seek(SeekFrom::Start(0)).map_err(read_err)?;
-    if n >= 4 && head[..4] == *b"\x7fELF" {
+    if n >= 5 && head[..4] == *b"\x7fELF" {
+        if head[4] != 2 {
+            return Err(BootError::Elf32 {
+                path: path.to_owned(),
+            });
+        }
         return Ok(KernelFormat::Elf);
     }
     if n >= 0x206 && u32::from_le_bytes([head[0x202], head[0x203], head[0x204], head[0x205]]) == HDRS_MAGIC {
         return Ok(KernelFormat::BzImage);
     }
-    Err(BootError::NotAKernel { path: path.to_owned() })
+    Err(BootError::NotAKernel {
+        path: path.to_owned(),
+    })
 }
 
 fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -94,10 +101,33 @@ pub fn check_kernel(path: &Path) -> Result<(), BootError> {
             if elf_has_pvh_note(&mut file).unwrap_or(false) {
                 Ok(())
             } else {
-                Err(BootError::NoPvhNote { path: path.to_owned() })
+                Err(BootError::NoPvhNote {
+                    path: path.to_owned(),
+                })
             }
         }
     }
+}
+
+/// For a bzImage, the end of the memory its decompressor uses (pref_address + init_size), read
+/// from the setup header; `None` for other formats. Validation checks it against the RAM size.
+pub fn bzimage_memory_needed(path: &Path) -> Result<Option<u64>, BootError> {
+    let read_err = |source| BootError::Read {
+        what: "kernel",
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = File::open(path).map_err(read_err)?;
+    if !matches!(sniff(path, &mut file)?, KernelFormat::BzImage) {
+        return Ok(None);
+    }
+    let mut hdr = [0u8; 0x264];
+    if read_up_to(&mut file, &mut hdr).map_err(read_err)? < hdr.len() {
+        return Ok(None);
+    }
+    let pref_address = u64::from_le_bytes(hdr[0x258..0x260].try_into().unwrap_or([0; 8]));
+    let init_size = u32::from_le_bytes(hdr[0x260..0x264].try_into().unwrap_or([0; 4]));
+    Ok(Some(pref_address.max(HIGH_RAM_START) + u64::from(init_size)))
 }
 
 /// Scans an ELF's PT_NOTE segments for the Xen PHYS32_ENTRY note without loading it.
@@ -107,8 +137,14 @@ fn elf_has_pvh_note(file: &mut File) -> std::io::Result<bool> {
     // Program headers and notes sit near the start; 64 KiB covers every kernel we know.
     file.take(64 << 10).read_to_end(&mut data)?;
     let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| data.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])));
-    let u64_at = |o: usize| data.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+    let u32_at = |o: usize| {
+        data.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
+    };
+    let u64_at = |o: usize| {
+        data.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    };
     let is64 = data.get(4) == Some(&2);
     let (phoff, phentsize, phnum) = if is64 {
         (u64_at(0x20), u16_at(0x36), u16_at(0x38))
@@ -128,7 +164,9 @@ fn elf_has_pvh_note(file: &mut File) -> std::io::Result<bool> {
         } else {
             (u32_at(ph + 4).map(u64::from), u32_at(ph + 16).map(u64::from))
         };
-        let (Some(off), Some(size)) = (off, size) else { continue };
+        let (Some(off), Some(size)) = (off, size) else {
+            continue;
+        };
         let mut pos = off as usize;
         let end = (off + size) as usize;
         // A note whose segment lies past what we read is searched in a fresh read.
@@ -177,12 +215,31 @@ pub fn load_linux(
         source,
     };
     let result: KernelLoaderResult = match format {
-        KernelFormat::BzImage => BzImage::load(mem, None, &mut file, Some(GuestAddress(HIGH_RAM_START))).map_err(load_err)?,
-        KernelFormat::Elf => Elf::load(mem, None, &mut file, Some(GuestAddress(HIGH_RAM_START))).map_err(load_err)?,
+        KernelFormat::BzImage => {
+            BzImage::load(mem, None, &mut file, Some(GuestAddress(HIGH_RAM_START))).map_err(load_err)?
+        }
+        KernelFormat::Elf => {
+            Elf::load(mem, None, &mut file, Some(GuestAddress(HIGH_RAM_START))).map_err(load_err)?
+        }
     };
 
+    if let Some(hdr) = &result.setup_header {
+        // The decompressor moves the kernel to pref_address (16 MiB for distribution kernels)
+        // and needs init_size bytes there; with less RAM it faults before printing anything.
+        let needed =
+            u64::from(hdr.pref_address.max(result.kernel_load.raw_value())) + u64::from(hdr.init_size);
+        if needed > low_ram_end(memory_size) {
+            return Err(BootError::KernelNeedsMoreMemory {
+                path: kernel.to_owned(),
+                needed,
+                available: low_ram_end(memory_size),
+            });
+        }
+    }
+
     let cmdline = build_cmdline(command_line)?;
-    load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline).map_err(|e| BootError::CommandLine(e.to_string()))?;
+    load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline)
+        .map_err(|e| BootError::CommandLine(e.to_string()))?;
     let cmdline_len = command_line.len() as u32 + 1;
 
     let initrd_max = match &result.setup_header {
@@ -191,7 +248,13 @@ pub fn load_linux(
         None => u32::MAX as u64,
     };
     let initrd = match initrd {
-        Some(path) => Some(load_initrd(mem, memory_size, path, result.kernel_end, initrd_max)?),
+        Some(path) => Some(load_initrd(
+            mem,
+            memory_size,
+            path,
+            result.kernel_end,
+            initrd_max,
+        )?),
         None => None,
     };
     let rsdp = if has_acpi { RSDP_START } else { 0 };
@@ -199,7 +262,9 @@ pub fn load_linux(
     let entry = match format {
         KernelFormat::BzImage => {
             let Some(mut hdr) = result.setup_header else {
-                return Err(BootError::NotAKernel { path: kernel.to_owned() });
+                return Err(BootError::NotAKernel {
+                    path: kernel.to_owned(),
+                });
             };
             hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
             hdr.boot_flag = BOOT_FLAG;
@@ -237,7 +302,9 @@ pub fn load_linux(
         }
         KernelFormat::Elf => {
             let PvhBootCapability::PvhEntryPresent(entry) = result.pvh_boot_cap else {
-                return Err(BootError::NoPvhNote { path: kernel.to_owned() });
+                return Err(BootError::NoPvhNote {
+                    path: kernel.to_owned(),
+                });
             };
             write_pvh_start_info(mem, memory_size, initrd, rsdp)?;
             LinuxEntry::Pvh {
@@ -361,7 +428,8 @@ fn write_pvh_start_info(
             reserved: 0,
         };
         let at = PVH_MEMMAP_START + (i * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
-        mem.write_obj(entry, GuestAddress(at)).map_err(BootError::GuestMemory)?;
+        mem.write_obj(entry, GuestAddress(at))
+            .map_err(BootError::GuestMemory)?;
     }
     mem.write_obj(info, GuestAddress(PVH_INFO_START))
         .map_err(BootError::GuestMemory)?;
@@ -379,6 +447,17 @@ mod tests {
             Err(BootError::CommandLineTooLong { len, .. }) => assert_eq!(len, CMDLINE_MAX_SIZE),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_32_bit_elf_is_refused_with_the_reason() {
+        let path = std::env::temp_dir().join(format!("virtkit-elf32-{}", std::process::id()));
+        let mut bytes = vec![0u8; 64];
+        bytes[..5].copy_from_slice(b"\x7fELF\x01");
+        std::fs::write(&path, bytes).unwrap();
+        let err = check_kernel(&path).unwrap_err();
+        std::fs::remove_file(&path).ok();
+        assert!(matches!(err, BootError::Elf32 { .. }), "{err}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 pub use e820::{e820_map, E820Entry, E820_RAM, E820_RESERVED};
 pub use firmware::{load_firmware, FirmwareImage, FIRMWARE_MAX_SIZE};
-pub use linux::{check_kernel, load_linux, LinuxBoot, LinuxEntry};
+pub use linux::{bzimage_memory_needed, check_kernel, load_linux, LinuxBoot, LinuxEntry};
 pub use regs::{configure_boot_vcpu, BootEntry};
 
 /// What to boot.
@@ -40,6 +40,10 @@ pub enum BootError {
     NotAKernel { path: PathBuf },
     #[error("{path} is an ELF kernel without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); build it with CONFIG_PVH=y or boot its bzImage")]
     NoPvhNote { path: PathBuf },
+    #[error(
+        "{path} is a 32-bit ELF; virtkit boots 64-bit ELF kernels (vmlinux) with a PVH note, or bzImages"
+    )]
+    Elf32 { path: PathBuf },
     #[error("cannot load the kernel {path} into guest memory")]
     LoadKernel {
         path: PathBuf,
@@ -48,11 +52,19 @@ pub enum BootError {
     },
     #[error("the initrd {path} ({size} bytes) does not fit in guest memory below {limit:#x} after the kernel; give the guest more memory")]
     InitrdTooLarge { path: PathBuf, size: u64, limit: u64 },
+    #[error("the kernel {path} decompresses into memory up to {needed:#x} ({} MiB), but the guest has RAM only up to {available:#x}; give the guest more than {} MiB", needed >> 20, needed >> 20)]
+    KernelNeedsMoreMemory {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
     #[error("the kernel command line is {len} bytes; the limit is {max}")]
     CommandLineTooLong { len: usize, max: usize },
     #[error("the kernel command line is invalid: {0}")]
     CommandLine(String),
-    #[error("the firmware image {path} is {size} bytes; it must be a multiple of 64 KiB and at most {max} bytes")]
+    #[error(
+        "the firmware image {path} is {size} bytes; it must be a multiple of 64 KiB and at most {max} bytes"
+    )]
     FirmwareSize { path: PathBuf, size: u64, max: u64 },
     #[error("writing boot data to guest memory failed")]
     GuestMemory(#[source] vm_memory::GuestMemoryError),

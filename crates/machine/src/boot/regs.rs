@@ -1,7 +1,7 @@
 //! Register state of the boot vCPU for each entry protocol.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use virtkit_hypervisor::{DescriptorTable, FpuState, Segment, StandardRegisters, Vcpu};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::linux::LinuxEntry;
 use super::BootError;
@@ -25,7 +25,11 @@ const EFER_LMA: u64 = 1 << 10;
 /// Flat GDT entries: null, code, data, TSS. Code is 64-bit for the Linux 64-bit entry and
 /// 32-bit for PVH.
 fn gdt(long_mode: bool) -> [u64; 4] {
-    let code = if long_mode { 0x00af_9b00_0000_ffff } else { 0x00cf_9b00_0000_ffff };
+    let code = if long_mode {
+        0x00af_9b00_0000_ffff
+    } else {
+        0x00cf_9b00_0000_ffff
+    };
     [0, code, 0x00cf_9300_0000_ffff, 0x008f_8b00_0000_ffff]
 }
 
@@ -41,7 +45,10 @@ fn write_gdt_idt(mem: &GuestMemoryMmap, table: &[u64; 4]) -> Result<(), BootErro
 /// Identity-maps the first 4 GiB with 2 MiB pages: the kernel, boot_params, command line and
 /// initrd all sit there.
 fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<(), BootError> {
-    let w = |value: u64, at: u64| mem.write_obj(value, GuestAddress(at)).map_err(BootError::GuestMemory);
+    let w = |value: u64, at: u64| {
+        mem.write_obj(value, GuestAddress(at))
+            .map_err(BootError::GuestMemory)
+    };
     w(PDPTE_START | 0x3, PML4_START)?;
     for gib in 0..4u64 {
         let pd = PDE_START + gib * 0x1000;

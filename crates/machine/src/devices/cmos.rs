@@ -166,7 +166,11 @@ mod tests {
         assert_eq!(read_reg(&mut cmos, REG_CENTURY), 0x20);
         assert_eq!(read_reg(&mut cmos, REG_WEEKDAY), 7);
         assert_eq!(read_reg(&mut cmos, REG_STATUS_B) & 0x6, STATUS_B_24H, "BCD, 24h");
-        assert_eq!(read_reg(&mut cmos, REG_STATUS_A) & 0x80, 0, "no update in progress");
+        assert_eq!(
+            read_reg(&mut cmos, REG_STATUS_A) & 0x80,
+            0,
+            "no update in progress"
+        );
     }
 
     #[test]

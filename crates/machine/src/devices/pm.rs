@@ -127,11 +127,19 @@ impl BusDevice for AcpiPm {
                 self.update_sci();
             }
             EN_OFFSET => {
-                self.enable = if offset == 3 { (self.enable & 0xff) | value } else { value };
+                self.enable = if offset == 3 {
+                    (self.enable & 0xff) | value
+                } else {
+                    value
+                };
                 self.update_sci();
             }
             CNT_OFFSET => {
-                let value = if offset == 5 { (self.control & 0xff) | value } else { value };
+                let value = if offset == 5 {
+                    (self.control & 0xff) | value
+                } else {
+                    value
+                };
                 self.write_control(value);
             }
             _ => {}

@@ -170,7 +170,10 @@ mod tests {
 
     #[test]
     fn input_thread_delivers_more_than_a_fifo_of_bytes_in_order() {
-        let dev = Arc::new(Mutex::new(SerialDevice::new(EventFd::new(0).unwrap(), Box::new(io::sink()))));
+        let dev = Arc::new(Mutex::new(SerialDevice::new(
+            EventFd::new(0).unwrap(),
+            Box::new(io::sink()),
+        )));
         let (reader, mut writer) = std::io::pipe().unwrap();
         let stop = EventFd::new(0).unwrap();
         let handle = spawn_serial_input(dev.clone(), reader.into(), stop.try_clone().unwrap()).unwrap();

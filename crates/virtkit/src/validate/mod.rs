@@ -4,8 +4,9 @@
 use std::fmt;
 use std::path::Path;
 
-use virtkit_machine::boot::{check_kernel, FirmwareImage};
+use virtkit_machine::boot::{bzimage_memory_needed, check_kernel, FirmwareImage};
 use virtkit_machine::layout::CMDLINE_MAX_SIZE;
+use virtkit_machine::memory::low_ram_end;
 
 use crate::config::{BootLoader, SerialAttachment, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
 use crate::host::HostCapabilities;
@@ -43,7 +44,11 @@ pub struct ValidationError {
 impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.issues.len();
-        write!(f, "the configuration has {n} problem{}:", if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "the configuration has {n} problem{}:",
+            if n == 1 { "" } else { "s" }
+        )?;
         for issue in &self.issues {
             write!(f, "\n  - {issue}")?;
         }
@@ -65,21 +70,42 @@ impl Issues {
 fn check_file(issues: &mut Issues, field: &str, what: &str, path: &Path) -> bool {
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            issues.add(field, format!("the {what} {} does not exist; give the path of an existing file", path.display()));
+            issues.add(
+                field,
+                format!(
+                    "the {what} {} does not exist; give the path of an existing file",
+                    path.display()
+                ),
+            );
             false
         }
         Err(e) => {
-            issues.add(field, format!("the {what} {} cannot be read ({e}); check its permissions", path.display()));
+            issues.add(
+                field,
+                format!(
+                    "the {what} {} cannot be read ({e}); check its permissions",
+                    path.display()
+                ),
+            );
             false
         }
         Ok(m) if !m.is_file() => {
-            issues.add(field, format!("the {what} {} is not a regular file", path.display()));
+            issues.add(
+                field,
+                format!("the {what} {} is not a regular file", path.display()),
+            );
             false
         }
         Ok(_) => match std::fs::File::open(path) {
             Ok(_) => true,
             Err(e) => {
-                issues.add(field, format!("the {what} {} cannot be opened ({e}); check its permissions", path.display()));
+                issues.add(
+                    field,
+                    format!(
+                        "the {what} {} cannot be opened ({e}); check its permissions",
+                        path.display()
+                    ),
+                );
                 false
             }
         },
@@ -119,23 +145,35 @@ impl VirtualMachineConfiguration {
             issues.add("version", "format version 0 does not exist; use 1".into());
         }
 
-        let kvm_max = host.max_vcpus().map(|m| m.min(MAX_CPU_COUNT as usize) as u32).unwrap_or(MAX_CPU_COUNT);
+        let kvm_max = host
+            .max_vcpus()
+            .map(|m| m.min(MAX_CPU_COUNT as usize) as u32)
+            .unwrap_or(MAX_CPU_COUNT);
         if self.cpu_count == 0 || self.cpu_count > MAX_CPU_COUNT {
             issues.add(
                 "cpu_count",
-                format!("{} vCPUs is not possible; use 1 to {MAX_CPU_COUNT}", self.cpu_count),
+                format!(
+                    "{} vCPUs is not possible; use 1 to {MAX_CPU_COUNT}",
+                    self.cpu_count
+                ),
             );
         } else if self.cpu_count > kvm_max {
             issues.add(
                 "cpu_count",
-                format!("{} vCPUs is more than this host's KVM allows; use at most {kvm_max}", self.cpu_count),
+                format!(
+                    "{} vCPUs is more than this host's KVM allows; use at most {kvm_max}",
+                    self.cpu_count
+                ),
             );
         }
 
         if self.memory_size < MIN_MEMORY_SIZE {
             issues.add(
                 "memory_size",
-                format!("{} is too little; give the guest at least 64 MiB", ByteSize(self.memory_size)),
+                format!(
+                    "{} is too little; give the guest at least 64 MiB",
+                    ByteSize(self.memory_size)
+                ),
             );
         } else if self.memory_size % PAGE_SIZE != 0 {
             issues.add(
@@ -166,7 +204,25 @@ impl VirtualMachineConfiguration {
             } => {
                 if check_file(&mut issues, "boot_loader.kernel", "kernel", kernel) {
                     if let Err(e) = check_kernel(kernel) {
-                        issues.add("boot_loader.kernel", format!("{}; give a bzImage or an ELF vmlinux with a PVH note", error_text(&e)));
+                        issues.add(
+                            "boot_loader.kernel",
+                            format!(
+                                "{}; give a bzImage or an ELF vmlinux with a PVH note",
+                                error_text(&e)
+                            ),
+                        );
+                    } else if let Ok(Some(needed)) = bzimage_memory_needed(kernel) {
+                        if self.memory_size >= MIN_MEMORY_SIZE && needed > low_ram_end(self.memory_size) {
+                            issues.add(
+                                "memory_size",
+                                format!(
+                                    "{} is too little for the kernel {}, which decompresses into memory up to {} MiB; give the guest more",
+                                    ByteSize(self.memory_size),
+                                    kernel.display(),
+                                    needed.div_ceil(1 << 20)
+                                ),
+                            );
+                        }
                     }
                 }
                 if let Some(initrd) = initrd {
@@ -175,7 +231,11 @@ impl VirtualMachineConfiguration {
                 if command_line.len() >= CMDLINE_MAX_SIZE {
                     issues.add(
                         "boot_loader.command_line",
-                        format!("{} bytes is too long; Linux takes at most {}", command_line.len(), CMDLINE_MAX_SIZE - 1),
+                        format!(
+                            "{} bytes is too long; Linux takes at most {}",
+                            command_line.len(),
+                            CMDLINE_MAX_SIZE - 1
+                        ),
                     );
                 }
                 if !command_line.is_ascii() {
@@ -185,7 +245,13 @@ impl VirtualMachineConfiguration {
             BootLoader::Firmware { path, variable_store } => {
                 if check_file(&mut issues, "boot_loader.path", "firmware image", path) {
                     if let Err(e) = FirmwareImage::read(path) {
-                        issues.add("boot_loader.path", format!("{}; give a BIOS image such as /usr/share/seabios/bios.bin", error_text(&e)));
+                        issues.add(
+                            "boot_loader.path",
+                            format!(
+                                "{}; give a BIOS image such as /usr/share/seabios/bios.bin",
+                                error_text(&e)
+                            ),
+                        );
                     }
                 }
                 if let Some(store) = variable_store {
@@ -193,7 +259,10 @@ impl VirtualMachineConfiguration {
                         if !parent.is_dir() {
                             issues.add(
                                 "boot_loader.variable_store",
-                                format!("the directory {} does not exist; create it or choose another path", parent.display()),
+                                format!(
+                                    "the directory {} does not exist; create it or choose another path",
+                                    parent.display()
+                                ),
                             );
                         }
                     }
@@ -204,7 +273,10 @@ impl VirtualMachineConfiguration {
         if self.serial_ports.len() > 1 {
             issues.add(
                 "serial_ports",
-                format!("{} serial ports given; this machine has one (COM1)", self.serial_ports.len()),
+                format!(
+                    "{} serial ports given; this machine has one (COM1)",
+                    self.serial_ports.len()
+                ),
             );
         }
         for (i, port) in self.serial_ports.iter().enumerate() {
@@ -213,7 +285,13 @@ impl VirtualMachineConfiguration {
                 SerialAttachment::File { path, .. } | SerialAttachment::UnixSocket { path } => {
                     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                         if !parent.is_dir() {
-                            issues.add(&field, format!("the directory {} does not exist; create it or choose another path", parent.display()));
+                            issues.add(
+                                &field,
+                                format!(
+                                    "the directory {} does not exist; create it or choose another path",
+                                    parent.display()
+                                ),
+                            );
                         }
                     }
                     if matches!(port.attachment, SerialAttachment::UnixSocket { .. })

@@ -67,7 +67,13 @@ fn a_good_linux_configuration_passes() {
 
 #[test]
 fn the_pvh_test_guest_is_accepted_as_a_kernel() {
-    let c = VirtualMachineConfiguration::linux(1, 64 << 20, virtkit_test_guests::Guest::Hello.path().into(), None, "");
+    let c = VirtualMachineConfiguration::linux(
+        1,
+        64 << 20,
+        virtkit_test_guests::Guest::Hello.path().into(),
+        None,
+        "",
+    );
     assert_eq!(issues(&c), vec![]);
 }
 
@@ -104,15 +110,36 @@ fn too_many_cpus_for_the_host_kvm_says_its_limit() {
 #[test]
 fn memory_rules_each_give_the_fix() {
     let dir = TempDir::new("mem");
-    let small = only_issue(&VirtualMachineConfiguration::linux(1, 32 << 20, dir.bzimage(), None, ""));
+    let small = only_issue(&VirtualMachineConfiguration::linux(
+        1,
+        32 << 20,
+        dir.bzimage(),
+        None,
+        "",
+    ));
     assert_eq!(small.field, "memory_size");
     assert!(small.message.contains("at least 64 MiB"), "{small}");
 
-    let odd = only_issue(&VirtualMachineConfiguration::linux(1, (64 << 20) + 100, dir.bzimage(), None, ""));
-    assert!(odd.message.contains("not a multiple of the 4 KiB page size"), "{odd}");
+    let odd = only_issue(&VirtualMachineConfiguration::linux(
+        1,
+        (64 << 20) + 100,
+        dir.bzimage(),
+        None,
+        "",
+    ));
+    assert!(
+        odd.message.contains("not a multiple of the 4 KiB page size"),
+        "{odd}"
+    );
     assert!(odd.message.contains("64 MiB"), "suggests the rounded size: {odd}");
 
-    let huge = only_issue(&VirtualMachineConfiguration::linux(1, 16 << 30, dir.bzimage(), None, ""));
+    let huge = only_issue(&VirtualMachineConfiguration::linux(
+        1,
+        16 << 30,
+        dir.bzimage(),
+        None,
+        "",
+    ));
     assert!(huge.message.contains("more than this host's 8 GiB"), "{huge}");
 }
 
@@ -187,7 +214,11 @@ fn firmware_of_the_wrong_size_or_missing_is_refused() {
     let issue = only_issue(&VirtualMachineConfiguration::firmware(1, 64 << 20, odd));
     assert_eq!(issue.field, "boot_loader.path");
     assert!(issue.message.contains("multiple of 64 KiB"), "{issue}");
-    let missing = only_issue(&VirtualMachineConfiguration::firmware(1, 64 << 20, "/nonexistent/bios.bin".into()));
+    let missing = only_issue(&VirtualMachineConfiguration::firmware(
+        1,
+        64 << 20,
+        "/nonexistent/bios.bin".into(),
+    ));
     assert!(missing.message.contains("does not exist"));
 }
 
@@ -195,7 +226,10 @@ fn firmware_of_the_wrong_size_or_missing_is_refused() {
 fn serial_rules() {
     let dir = TempDir::new("serial");
     let c = VirtualMachineConfiguration::linux(1, 64 << 20, dir.bzimage(), None, "")
-        .with_serial(SerialAttachment::File { path: "/nonexistent-dir/console.log".into(), append: false })
+        .with_serial(SerialAttachment::File {
+            path: "/nonexistent-dir/console.log".into(),
+            append: false,
+        })
         .with_serial(SerialAttachment::Stdio);
     let found = issues(&c);
     assert_eq!(found.len(), 2, "{found:?}");

@@ -1,0 +1,102 @@
+//! Port I/O and MMIO exits from a real guest reach the device registered at that address, with
+//! the right offset, size and data, and the device's answers reach the guest.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use virtkit_hypervisor::Kvm;
+use virtkit_machine::bus::BusDevice;
+use virtkit_machine::{BootSource, ExitReason, Machine, MachineConfig};
+use virtkit_test_guests::Guest;
+
+#[derive(Default)]
+struct Recorder {
+    writes: Vec<(u64, Vec<u8>)>,
+    reads: Vec<(u64, usize)>,
+    answer: u32,
+}
+
+impl BusDevice for Recorder {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.reads.push((offset, data.len()));
+        let bytes = self.answer.to_le_bytes();
+        data.copy_from_slice(&bytes[..data.len()]);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.writes.push((offset, data.to_vec()));
+    }
+}
+
+#[derive(Clone, Default)]
+struct Output(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Output {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn port_and_mmio_accesses_reach_the_right_device() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let kvm = Kvm::open().unwrap();
+    let output = Output::default();
+    let mut machine = Machine::new(
+        &kvm,
+        MachineConfig {
+            vcpus: 1,
+            memory_size: 64 << 20,
+            boot: BootSource::Linux {
+                kernel: Guest::IoProbe.path().to_owned(),
+                initrd: None,
+                command_line: String::new(),
+            },
+            serial_output: Box::new(output.clone()),
+            serial_input: None,
+        },
+    )
+    .unwrap();
+    let pio = Arc::new(Mutex::new(Recorder {
+        answer: 0x1357_9bdf,
+        ..Default::default()
+    }));
+    let mmio = Arc::new(Mutex::new(Recorder {
+        answer: 0x2468_ace0,
+        ..Default::default()
+    }));
+    machine.pio_bus_mut().insert(0x700, 0x10, pio.clone()).unwrap();
+    machine
+        .mmio_bus_mut()
+        .insert(0xd000_0000, 0x1000, mmio.clone())
+        .unwrap();
+    machine.start().unwrap();
+    assert_eq!(machine.wait(), ExitReason::PowerOff);
+
+    let text = String::from_utf8_lossy(&output.0.lock().unwrap()).into_owned();
+    assert!(text.contains("pio-read=13579bdf"), "{text}");
+    assert!(text.contains("mmio-read=2468ace0"), "{text}");
+    assert!(text.contains("io-probe done"), "{text}");
+
+    let pio = pio.lock().unwrap();
+    assert!(
+        pio.writes.contains(&(0, 0x1234_5678u32.to_le_bytes().to_vec())),
+        "{:?}",
+        pio.writes
+    );
+    assert!(pio.writes.contains(&(1, vec![0x5a])), "{:?}", pio.writes);
+    assert!(
+        pio.writes.contains(&(2, 0xbeefu16.to_le_bytes().to_vec())),
+        "{:?}",
+        pio.writes
+    );
+    assert_eq!(pio.reads, vec![(0, 4)]);
+    let mmio = mmio.lock().unwrap();
+    assert_eq!(mmio.writes, vec![(0, 0xcafe_babeu32.to_le_bytes().to_vec())]);
+    assert_eq!(mmio.reads, vec![(4, 4)]);
+}

@@ -1,0 +1,39 @@
+#!/bin/busybox sh
+# /init of the emulated KVM host (generated initramfs, virtkit-testkit). Loads the KVM modules,
+# reports "VIRTKIT-HOST: kvm-ready", runs the test's script, reports its exit code, powers off.
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run /root /bin /sbin /usr/bin /usr/sbin
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts 2>/dev/null
+exec </dev/console >/dev/console 2>&1
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+HOME=/root
+TERM=dumb
+export PATH HOME TERM
+
+echo "VIRTKIT-HOST: init uptime=$(cut -d' ' -f1 /proc/uptime)"
+while read -r m; do
+	[ -n "$m" ] || continue
+	insmod "/virtkit/host-modules/$m" || echo "VIRTKIT-HOST: insmod-failed $m"
+done </virtkit/host-modules/order
+if [ ! -c /dev/kvm ]; then
+	echo "VIRTKIT-HOST: kvm-missing"
+	dmesg | tail -n 40
+	sync
+	poweroff -f
+	exit 1
+fi
+echo "VIRTKIT-HOST: kvm-ready"
+echo "VIRTKIT-HOST: uptime=$(cut -d' ' -f1 /proc/uptime)"
+
+set -a
+. /virtkit/env
+set +a
+cd /
+sh -c '. /virtkit/lib.sh && . /virtkit/script.sh' </dev/null
+echo "VIRTKIT-HOST: script-exit=$?"
+sync
+poweroff -f

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test in the workspace and prints one closing line:
+#   tests: N passed, N failed, N skipped
+# A test whose prerequisite is missing (no /dev/kvm, no QEMU, no assets) prints
+# "SKIPPED: <name>: <reason>" and is counted as skipped, not passed. With VIRTKIT_REQUIRE_ALL=1
+# (CI) such a test fails instead.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+# Two test threads: the machine has two cores and the guest tests are CPU-bound.
+cargo test --workspace --all-targets --color never -- --test-threads "${VIRTKIT_TEST_THREADS:-2}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+
+passed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i) ~ /^passed;?$/) s += $(i-1) } END { print s + 0 }' "$log")
+failed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i) ~ /^failed;?$/) s += $(i-1) } END { print s + 0 }' "$log")
+skipped=$(grep -c '^SKIPPED: ' "$log" || true)
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
+    # A build error or a crashed test binary: nothing counted it, so count it here.
+    failed=1
+fi
+echo
+echo "tests: $((passed - skipped)) passed, $failed failed, $skipped skipped"
+exit "$status"
