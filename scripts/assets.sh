@@ -23,7 +23,7 @@
 set -euo pipefail
 shopt -s nullglob
 
-RECIPE_VERSION=1
+RECIPE_VERSION=2
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HERE=$REPO/scripts/assets
@@ -35,7 +35,7 @@ GUEST_MODULES=(
 	virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mmio
 	failover net_failover virtio_net virtio_blk virtio_console virtio_rng
 	virtio_scsi virtio_balloon virtio_input vmw_vsock_virtio_transport
-	button evdev
+	button evdev pvpanic pvpanic_mmio
 )
 # Modules the emulated KVM host needs; all are required.
 HOST_MODULES=(irqbypass kvm kvm_amd)

@@ -60,9 +60,7 @@ const MADT_INTERRUPT_SOURCE_OVERRIDE: u8 = 2;
 const MADT_INTERRUPT_SOURCE_OVERRIDE_LEN: u8 = 10;
 const MADT_LOCAL_APIC_NMI: u8 = 4;
 const MADT_LOCAL_APIC_NMI_LEN: u8 = 6;
-/// MPS INTI flags of the override and NMI entries. "Conforming" means the bus default:
-/// edge-triggered, active-high on ISA.
-const INTI_CONFORMING: u16 = 0;
+/// MPS INTI flags of the override and NMI entries.
 const INTI_ACTIVE_HIGH: u16 = 0b01;
 const INTI_EDGE: u16 = 0b01 << 2;
 const INTI_LEVEL: u16 = 0b11 << 2;

@@ -1,0 +1,240 @@
+//! Full guests: the stock Debian kernel boots to its init and the guest's own drivers run
+//! against our machine. On a host whose KVM can run stock kernels (hardware KVM) the scripts run
+//! directly; on a PVM host they run inside the emulated KVM host (QEMU TCG with AMD-V, kvm_amd
+//! loaded), which is how CI runs them here.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use virtkit_testkit::{require_assets, require_kvm, require_qemu, Assets, EmulatedHost, KvmKind};
+
+const VIRTKIT: &str = env!("CARGO_BIN_EXE_virtkit");
+/// The emulated host's `vk_*` helpers; plain sh, so they serve a direct run as well.
+const VK_LIB: &str = include_str!("../../testkit/src/sh/host-lib.sh");
+
+/// The `lifecycle` example (crates/cli/examples), built by `cargo test` next to this test.
+fn lifecycle_example() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = profile_dir.join("examples").join("lifecycle");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test -p virtkit-cli`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// Runs `script` where stock kernels boot: directly on hardware KVM, or in the emulated host.
+/// The script finds `$VIRTKIT`, `$LIFECYCLE` and the guest files in `$G`, and prints
+/// `CASE <name>: <line>` for what the test checks.
+fn run_full_guest_script(assets: &Assets, script: &str) -> Option<String> {
+    let lifecycle = lifecycle_example();
+    if virtkit_testkit::host_kvm_kind() == KvmKind::Hardware {
+        let dir = std::env::temp_dir().join(format!("virtkit-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (src, name) in [
+            (assets.vmlinuz(), "vmlinuz"),
+            (assets.vmlinux(), "vmlinux"),
+            (assets.guest_initramfs(), "initramfs.cpio.gz"),
+        ] {
+            let _ = std::fs::remove_file(dir.join(name));
+            std::os::unix::fs::symlink(src, dir.join(name)).unwrap();
+        }
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{VK_LIB}\nG={dir}; VIRTKIT={VIRTKIT}; LIFECYCLE={lc}\n{script}",
+                dir = dir.display(),
+                lc = lifecycle.display(),
+            ))
+            .output()
+            .unwrap();
+        return Some(
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        );
+    }
+    if !require_qemu() {
+        return None;
+    }
+    let run = EmulatedHost::new(assets)
+        .binary(Path::new(VIRTKIT), "/usr/bin/virtkit")
+        .binary(&lifecycle, "/usr/bin/lifecycle")
+        .file(assets.vmlinuz(), "/guest/vmlinuz")
+        .file(assets.vmlinux(), "/guest/vmlinux")
+        .file(assets.guest_initramfs(), "/guest/initramfs.cpio.gz")
+        .script(&format!(
+            "G=/guest; VIRTKIT=/usr/bin/virtkit; LIFECYCLE=/usr/bin/lifecycle\n{script}"
+        ))
+        .timeout(Duration::from_secs(900))
+        .run()
+        .unwrap_or_else(|e| panic!("emulated host run failed: {e}"));
+    if run.attempts > 1 {
+        eprintln!(
+            "note: the emulated host was started {} times (emulator hang before kvm-ready)",
+            run.attempts
+        );
+    }
+    Some(run.output)
+}
+
+fn prerequisites() -> Option<Assets> {
+    if !require_kvm() {
+        return None;
+    }
+    require_assets()
+}
+
+/// Lines the script tagged with `CASE name: `, without the tag.
+fn case_lines<'a>(output: &'a str, name: &str) -> Vec<&'a str> {
+    let tag = format!("CASE {name}: ");
+    output
+        .lines()
+        .filter_map(|l| l.find(&tag).map(|i| &l[i + tag.len()..]))
+        .collect()
+}
+
+fn case_value<'a>(output: &'a str, name: &str, key: &str) -> Option<&'a str> {
+    let prefix = format!("{key}=");
+    case_lines(output, name)
+        .into_iter()
+        .find_map(|l| l.find(&prefix).map(|i| l[i + prefix.len()..].trim()))
+}
+
+/// Boots each kernel to the init's `poweroff` with 1 and 2 vCPUs.
+const BOOT_CASES: &str = r#"
+boot_case() { # name kernel cpus
+    name=$1; kernel=$2; cpus=$3
+    $VIRTKIT run --kernel $G/$kernel --initrd $G/initramfs.cpio.gz --cpus $cpus --memory 256M \
+        --cmdline "console=ttyS0 quiet virtkit.token=tok-$name virtkit.action=poweroff" \
+        </dev/null >/tmp/$name.log 2>&1
+    code=$?
+    sed "s/^/CASE $name: /" /tmp/$name.log
+    echo "CASE $name: exit=$code"
+}
+boot_case bz1 vmlinuz 1
+boot_case bz2 vmlinuz 2
+boot_case elf1 vmlinux 1
+boot_case elf2 vmlinux 2
+"#;
+
+#[test]
+fn stock_kernel_boots_to_init_as_bzimage_and_pvh_elf_with_1_and_2_vcpus() {
+    let Some(assets) = prerequisites() else { return };
+    let Some(output) = run_full_guest_script(&assets, BOOT_CASES) else {
+        return;
+    };
+    for (name, cpus) in [("bz1", 1), ("bz2", 2), ("elf1", 1), ("elf2", 2)] {
+        let lines = case_lines(&output, name).join("\n");
+        assert_eq!(
+            case_value(&output, name, "exit"),
+            Some("0"),
+            "{name}: poweroff must exit 0:\n{lines}"
+        );
+        assert!(
+            lines.contains("VIRTKIT-GUEST: init"),
+            "{name} did not reach init:\n{lines}"
+        );
+        assert_eq!(
+            case_value(&output, name, "VIRTKIT-GUEST: cpus"),
+            Some(cpus.to_string().as_str()),
+            "{name}:\n{lines}"
+        );
+        assert_eq!(
+            case_value(&output, name, "VIRTKIT-GUEST: token"),
+            Some(format!("tok-{name}").as_str()),
+            "{name}:\n{lines}"
+        );
+        let mem: u64 = case_value(&output, name, "VIRTKIT-GUEST: memtotal_kib")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: no memtotal:\n{lines}"));
+        // MemTotal is RAM less what the kernel keeps for itself: below 256 MiB, above 180 MiB.
+        assert!(
+            (180 << 10..256 << 10).contains(&mem),
+            "{name}: MemTotal {mem} KiB for 256 MiB:\n{lines}"
+        );
+        assert!(lines.contains("VIRTKIT-GUEST: poweroff"), "{name}:\n{lines}");
+    }
+}
+
+const CONSOLE_AND_CRASH_CASES: &str = r#"
+vk_start shell $VIRTKIT run --kernel $G/vmlinuz --initrd $G/initramfs.cpio.gz --memory 256M \
+    --cmdline "console=ttyS0 quiet virtkit.action=shell"
+if vk_expect shell 'VIRTKIT-GUEST: shell-ready' 300; then
+    vk_send shell 'echo answer=$((6*7))'
+    vk_expect shell 'answer=42' 60 && echo "CASE shell: saw-answer"
+    vk_send shell 'poweroff -f'
+fi
+vk_wait shell 120; echo "CASE shell: exit=$?"
+
+$VIRTKIT run --kernel $G/vmlinuz --initrd $G/initramfs.cpio.gz --memory 256M \
+    --cmdline "console=ttyS0 quiet virtkit.action=panic" </dev/null >/tmp/panic.log 2>&1
+code=$?
+sed "s/^/CASE panic: /" /tmp/panic.log
+echo "CASE panic: exit=$code"
+"#;
+
+#[test]
+fn console_input_reaches_a_shell_and_a_panic_ends_the_run_as_a_crash() {
+    let Some(assets) = prerequisites() else { return };
+    let Some(output) = run_full_guest_script(&assets, CONSOLE_AND_CRASH_CASES) else {
+        return;
+    };
+    let shell = case_lines(&output, "shell").join("\n");
+    assert!(
+        shell.contains("saw-answer"),
+        "typed input did not reach the shell, or its answer did not come back:\n{output}"
+    );
+    assert_eq!(
+        case_value(&output, "shell", "exit"),
+        Some("0"),
+        "poweroff -f must end virtkit run with 0:\n{output}"
+    );
+    let panic = case_lines(&output, "panic").join("\n");
+    assert_eq!(
+        case_value(&output, "panic", "exit"),
+        Some("4"),
+        "a panic exits 4:\n{panic}"
+    );
+    assert!(
+        panic.contains("virtkit: the guest crashed: the guest kernel panicked"),
+        "{panic}"
+    );
+}
+
+const LIFECYCLE_CASES: &str = r#"
+$LIFECYCLE --kernel $G/vmlinux --initrd $G/initramfs.cpio.gz --cpus 2 --memory-mib 256 \
+    --cmdline "console=ttyS0 quiet virtkit.action=wait" \
+    --steps "wait=VIRTKIT-GUEST: waiting;wait-new=VIRTKIT-GUEST: alive;pause;silent=3000;resume;wait-new=VIRTKIT-GUEST: alive;wait-new=VIRTKIT-GUEST: alive;request-stop" \
+    >/tmp/lifecycle.log 2>&1
+code=$?
+sed "s/^/CASE lifecycle: /" /tmp/lifecycle.log
+echo "CASE lifecycle: exit=$code"
+"#;
+
+#[test]
+fn pause_resume_and_request_stop_drive_a_real_linux_guest() {
+    let Some(assets) = prerequisites() else { return };
+    let Some(output) = run_full_guest_script(&assets, LIFECYCLE_CASES) else {
+        return;
+    };
+    let lines = case_lines(&output, "lifecycle").join("\n");
+    for step in [
+        "step-ok pause state=paused",
+        "step-ok silent=3000",
+        "step-ok resume state=running",
+        "step-ok request-stop",
+    ] {
+        assert!(lines.contains(step), "missing `{step}`:\n{lines}");
+    }
+    assert!(
+        lines.contains("VIRTKIT-GUEST: acpi-power-button"),
+        "the guest saw no power button event:\n{lines}"
+    );
+    assert!(
+        lines.contains("LIFECYCLE: stopped reason=the guest powered off"),
+        "{lines}"
+    );
+    assert_eq!(case_value(&output, "lifecycle", "exit"), Some("0"), "{lines}");
+}
