@@ -14,6 +14,12 @@ impl fmt::Display for ByteSize {
                 return write!(f, "{} {name}", self.0 >> shift);
             }
         }
+        // Not a whole unit: one decimal of the largest unit it reaches (host RAM, disk use).
+        for (shift, name) in units {
+            if self.0 >= 1 << shift {
+                return write!(f, "{:.1} {name}", self.0 as f64 / (1u64 << shift) as f64);
+            }
+        }
         write!(f, "{} bytes", self.0)
     }
 }
@@ -83,5 +89,6 @@ mod tests {
         assert_eq!(ByteSize(512 << 20).to_string(), "512 MiB");
         assert_eq!(ByteSize(4 << 30).to_string(), "4 GiB");
         assert_eq!(ByteSize(1000).to_string(), "1000 bytes");
+        assert_eq!(ByteSize(24_730_032 * 1024).to_string(), "23.6 GiB");
     }
 }
