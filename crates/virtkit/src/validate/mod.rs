@@ -175,7 +175,7 @@ impl VirtualMachineConfiguration {
                     ByteSize(self.memory_size)
                 ),
             );
-        } else if self.memory_size % PAGE_SIZE != 0 {
+        } else if !self.memory_size.is_multiple_of(PAGE_SIZE) {
             issues.add(
                 "memory_size",
                 format!(
