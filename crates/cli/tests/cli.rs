@@ -56,7 +56,10 @@ fn missing_kernel_is_one_clear_error_with_exit_1() {
     let out = virtkit(&["run", "--kernel", "/nonexistent/vmlinuz"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("boot_loader.kernel: the kernel /nonexistent/vmlinuz does not exist"), "{err}");
+    assert!(
+        err.contains("boot_loader.kernel: the kernel /nonexistent/vmlinuz does not exist"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -66,17 +69,35 @@ fn a_file_that_is_not_a_kernel_is_refused() {
     let text = dir.write("notes.txt", "not a kernel");
     let out = virtkit(&["run", "--kernel", s(&text)]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("is neither a bzImage nor an ELF kernel"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is neither a bzImage nor an ELF kernel"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn zero_cpus_and_too_much_memory_are_reported_together() {
-    let out = virtkit(&["run", "--kernel", s(Guest::Hello.path()), "--cpus", "0", "--memory", "64T"]);
+    let out = virtkit(&[
+        "run",
+        "--kernel",
+        s(Guest::Hello.path()),
+        "--cpus",
+        "0",
+        "--memory",
+        "64T",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("2 problems"), "{err}");
-    assert!(err.contains("cpu_count: 0 vCPUs is not possible; use 1 to 255"), "{err}");
-    assert!(err.contains("memory_size: 64 TiB is more than this host's"), "{err}");
+    assert!(
+        err.contains("cpu_count: 0 vCPUs is not possible; use 1 to 255"),
+        "{err}"
+    );
+    assert!(
+        err.contains("memory_size: 64 TiB is more than this host's"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -107,7 +128,11 @@ fn validate_accepts_a_good_file_and_names_an_unknown_field() {
     );
     let out = virtkit(&["validate", s(&good)]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("is valid: 2 vCPUs, 128 MiB of memory"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("is valid: 2 vCPUs, 128 MiB of memory"),
+        "{}",
+        stdout(&out)
+    );
 
     let bad = dir.write("bad.json", r#"{"cpu_count": 1, "memory_size": 134217728, "cpus": 4, "boot_loader": {"type": "linux", "kernel": "/k"}}"#);
     let out = virtkit(&["validate", s(&bad)]);
@@ -125,7 +150,12 @@ fn validate_accepts_a_good_file_and_names_an_unknown_field() {
 fn help_documents_the_exit_codes() {
     let out = virtkit(&["--help"]);
     let text = stdout(&out);
-    for line in ["0  the guest powered off", "3  the guest reset", "4  the guest crashed", "5  KVM stopped"] {
+    for line in [
+        "0  the guest powered off",
+        "3  the guest reset",
+        "4  the guest crashed",
+        "5  KVM stopped",
+    ] {
         assert!(text.contains(line), "{text}");
     }
 }
@@ -168,7 +198,11 @@ fn guest_reset_exits_3_and_says_so() {
     }
     let out = virtkit(&["run", "--kernel", s(Guest::Reset.path()), "--memory", "64M"]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(stderr(&out).contains("virtkit: the guest reset the machine"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("virtkit: the guest reset the machine"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -178,7 +212,11 @@ fn triple_fault_exits_4_as_a_crash() {
     }
     let out = virtkit(&["run", "--kernel", s(Guest::TripleFault.path()), "--memory", "64M"]);
     assert_eq!(out.status.code(), Some(4));
-    assert!(stderr(&out).contains("virtkit: the guest crashed: vCPU 0 triple-faulted"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("virtkit: the guest crashed: vCPU 0 triple-faulted"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -193,7 +231,12 @@ fn piped_stdin_reaches_the_guest_console() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"typed through a pipe q").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"typed through a pipe q")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("typed through a pipe "), "{}", stdout(&out));
@@ -215,11 +258,18 @@ fn sigterm_presses_the_power_button_and_the_guest_powers_off() {
     let waiting = lines.next().unwrap().unwrap();
     assert!(waiting.contains("waiting for power button"), "{waiting}");
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
-    assert!(rest.iter().any(|l| l.contains("power button pressed")), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("power button pressed")),
+        "{rest:?}"
+    );
 }
 
 #[test]
@@ -230,7 +280,15 @@ fn serial_to_a_file_keeps_the_guest_output() {
     let dir = TempDir::new("serialfile");
     let log = dir.0.join("console.log");
     let arg = format!("file:{}", s(&log));
-    let out = virtkit(&["run", "--kernel", s(Guest::Hello.path()), "--memory", "64M", "--serial", &arg]);
+    let out = virtkit(&[
+        "run",
+        "--kernel",
+        s(Guest::Hello.path()),
+        "--memory",
+        "64M",
+        "--serial",
+        &arg,
+    ]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(stdout(&out), "");
     assert!(std::fs::read_to_string(&log).unwrap().contains("hello from pvh"));
@@ -246,9 +304,19 @@ fn stock_kernel_on_pvm_ends_with_the_cause_and_the_fix() {
         // On hardware KVM this kernel boots; the full-guest tests cover it there.
         return;
     }
-    let Some(assets) = virtkit_testkit::require_assets() else { return };
+    let Some(assets) = virtkit_testkit::require_assets() else {
+        return;
+    };
     let mut child = Command::new(VIRTKIT)
-        .args(["run", "--kernel", s(assets.vmlinux()), "--memory", "128M", "--cmdline", "console=ttyS0 earlyprintk=ttyS0"])
+        .args([
+            "run",
+            "--kernel",
+            s(assets.vmlinux()),
+            "--memory",
+            "128M",
+            "--cmdline",
+            "console=ttyS0 earlyprintk=ttyS0",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -259,7 +327,10 @@ fn stock_kernel_on_pvm_ends_with_the_cause_and_the_fix() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(std::time::Instant::now() < deadline, "the stock kernel neither stopped nor failed in 300 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stock kernel neither stopped nor failed in 300 s"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     let out = child.wait_with_output().unwrap();
@@ -267,6 +338,12 @@ fn stock_kernel_on_pvm_ends_with_the_cause_and_the_fix() {
     let err = stderr(&out);
     assert!(err.contains("KVM stopped vCPU 0 with an internal error"), "{err}");
     assert!(err.contains("at guest RIP 0xffffffff"), "{err}");
-    assert!(err.contains("PVM-enabled guest kernel (CONFIG_PVM_GUEST)"), "{err}");
-    assert!(stdout(&out).contains("Linux version"), "the kernel got as far as printing its banner");
+    assert!(
+        err.contains("PVM-enabled guest kernel (CONFIG_PVM_GUEST)"),
+        "{err}"
+    );
+    assert!(
+        stdout(&out).contains("Linux version"),
+        "the kernel got as far as printing its banner"
+    );
 }

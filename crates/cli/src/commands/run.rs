@@ -242,9 +242,7 @@ mod tests {
     #[test]
     fn serial_choices_parse_and_bad_ones_say_what_is_allowed() {
         assert!(matches!(parse_serial("stdio"), Ok(SerialChoice::Stdio)));
-        assert!(
-            matches!(parse_serial("file:/tmp/x"), Ok(SerialChoice::File(p)) if p == Path::new("/tmp/x"))
-        );
+        assert!(matches!(parse_serial("file:/tmp/x"), Ok(SerialChoice::File(p)) if p == Path::new("/tmp/x")));
         assert!(matches!(parse_serial("unix:/run/s"), Ok(SerialChoice::Unix(_))));
         let err = parse_serial("tcp:1234").unwrap_err();
         assert!(err.contains("stdio, none, file:PATH or unix:PATH"), "{err}");

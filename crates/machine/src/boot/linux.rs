@@ -226,8 +226,7 @@ pub fn load_linux(
     if let Some(hdr) = &result.setup_header {
         // The decompressor moves the kernel to pref_address (16 MiB for distribution kernels)
         // and needs init_size bytes there; with less RAM it faults before printing anything.
-        let needed =
-            hdr.pref_address.max(result.kernel_load.raw_value()) + u64::from(hdr.init_size);
+        let needed = hdr.pref_address.max(result.kernel_load.raw_value()) + u64::from(hdr.init_size);
         if needed > low_ram_end(memory_size) {
             return Err(BootError::KernelNeedsMoreMemory {
                 path: kernel.to_owned(),
