@@ -164,6 +164,9 @@ vk_start shell $VIRTKIT run --kernel $G/vmlinuz --initrd $G/initramfs.cpio.gz --
 if vk_expect shell 'VIRTKIT-GUEST: shell-ready' 300; then
     vk_send shell 'echo answer=$((6*7))'
     vk_expect shell 'answer=42' 60 && echo "CASE shell: saw-answer"
+    vk_send shell 'echo guest-epoch=$(date +%s)'
+    vk_expect shell 'guest-epoch=[0-9]+' 60 && echo "CASE clock: host-epoch=$(date +%s)"
+    grep -o 'guest-epoch=[0-9]*' "$(vk_log shell)" | tail -n 1 | sed 's/^/CASE clock: /'
     vk_send shell 'poweroff -f'
 fi
 vk_wait shell 120; echo "CASE shell: exit=$?"
@@ -191,6 +194,14 @@ fn console_input_reaches_a_shell_and_a_panic_ends_the_run_as_a_crash() {
         Some("0"),
         "poweroff -f must end virtkit run with 0:\n{output}"
     );
+    // The guest's wall clock comes from our CMOS RTC at boot: it must match the host's.
+    let epoch = |key| -> i64 {
+        case_value(&output, "clock", key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key}:\n{output}"))
+    };
+    let (guest, host) = (epoch("guest-epoch"), epoch("host-epoch"));
+    assert!((guest - host).abs() <= 5, "guest clock {guest} vs host {host}");
     let panic = case_lines(&output, "panic").join("\n");
     assert_eq!(
         case_value(&output, "panic", "exit"),
