@@ -11,7 +11,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
 # Two test threads: the machine has two cores and the guest tests are CPU-bound.
-cargo test --workspace --all-targets --color never -- --test-threads "${VIRTKIT_TEST_THREADS:-2}" 2>&1 | tee "$log"
+cargo test --workspace --all-targets --no-fail-fast --color never -- --test-threads "${VIRTKIT_TEST_THREADS:-2}" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 
 passed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i) ~ /^passed;?$/) s += $(i-1) } END { print s + 0 }' "$log")

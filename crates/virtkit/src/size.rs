@@ -9,15 +9,14 @@ pub struct ByteSize(pub u64);
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let units = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
-        for (shift, name) in units {
-            if self.0 >= 1 << shift && self.0.is_multiple_of(1 << shift) {
-                return write!(f, "{} {name}", self.0 >> shift);
-            }
-        }
-        // Not a whole unit: one decimal of the largest unit it reaches (host RAM, disk use).
+        // The largest unit the value reaches: whole when exact, one decimal otherwise.
         for (shift, name) in units {
             if self.0 >= 1 << shift {
-                return write!(f, "{:.1} {name}", self.0 as f64 / (1u64 << shift) as f64);
+                return if self.0.is_multiple_of(1 << shift) {
+                    write!(f, "{} {name}", self.0 >> shift)
+                } else {
+                    write!(f, "{:.1} {name}", self.0 as f64 / (1u64 << shift) as f64)
+                };
             }
         }
         write!(f, "{} bytes", self.0)
