@@ -323,7 +323,7 @@ build() { # PKG DEST
 		[ -z "$bb" ] || [ -f "$bb" ] && break
 	done
 	[ -n "$bb" ] || die "no busybox in busybox-static"
-	readelf -lW "$bb" | grep -q 'Requesting program interpreter' && die "busybox from busybox-static is not static"
+	readelf -lW "$bb" | grep 'Requesting program interpreter' >/dev/null && die "busybox from busybox-static is not static"
 	cp "$bb" "$out/busybox"
 	chmod 755 "$out/busybox"
 	"$out/busybox" true || die "the busybox from busybox-static does not run on this machine"
@@ -366,7 +366,7 @@ build() { # PKG DEST
 		cpio -o -H newc -R 0:0 --reproducible --quiet) >"$tmp/root.cpio" || die "cpio failed"
 	[ "$(cpio -t --quiet <"$tmp/console.cpio" 2>/dev/null | tr '\n' ' ')" = "dev dev/console " ] ||
 		die "guest initramfs check failed: bad dev/console archive"
-	cpio -t --quiet <"$tmp/root.cpio" 2>/dev/null | grep -qx 'init' || die "guest initramfs check failed: no init"
+	cpio -t --quiet <"$tmp/root.cpio" 2>/dev/null | grep -x 'init' >/dev/null || die "guest initramfs check failed: no init"
 	cat "$tmp/console.cpio" "$tmp/root.cpio" | gzip -n -9 >"$out/guest-initramfs.cpio.gz"
 	log "guest-initramfs.cpio.gz: $(($(stat -c %s "$out/guest-initramfs.cpio.gz") / 1024)) KiB, ${#guest_order[@]} modules"
 

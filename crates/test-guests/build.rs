@@ -4,6 +4,8 @@
 //! `$OUT_DIR/<name>.elf` (32-bit code in a 64-bit ELF, like a vmlinux).
 //! The firmware image: `as --32`, `ld -T asm/firmware.ld`, `objcopy -O binary` gives
 //! `$OUT_DIR/reset_vector.bin` (exactly 64 KiB).
+//! MBR programs: `as --32`, `ld -T asm/mbr.ld`, `objcopy -O binary` gives `$OUT_DIR/<name>.mbr`
+//! (exactly 512 bytes, ending in 0x55 0xaa).
 //!
 //! The tools are `as`, `ld` and `objcopy` from `PATH`; `VIRTKIT_AS`, `VIRTKIT_LD` and
 //! `VIRTKIT_OBJCOPY` override them (e.g. `x86_64-linux-gnu-as` on a non-x86 build host).
@@ -32,6 +34,11 @@ const PVH_GUESTS: &[&str] = &[
 const FIRMWARE_GUESTS: &[&str] = &["reset_vector"];
 
 const FIRMWARE_SIZE: u64 = 64 * 1024;
+
+/// MBR programs (boot sectors): each `asm/<name>.s` becomes `$OUT_DIR/<name>.mbr`.
+const MBR_GUESTS: &[&str] = &["mbr_read", "mbr_write", "mbr_drives", "mbr_bench", "mbr_id"];
+
+const MBR_SIZE: usize = 512;
 
 struct Tools {
     assembler: PathBuf,
@@ -101,6 +108,30 @@ fn main() {
             fail(&format!(
                 "{} is {size} bytes; a firmware image must be exactly {FIRMWARE_SIZE}",
                 bin.display()
+            ));
+        }
+    }
+
+    for name in MBR_GUESTS {
+        let object = assemble(&tools, &asm_dir, &out_dir, name);
+        let elf = out_dir.join(format!("{name}.mbr.elf"));
+        let mbr = out_dir.join(format!("{name}.mbr"));
+        run(Command::new(&tools.linker)
+            .args(["-m", "elf_i386", "-nostdlib", "-static", "--build-id=none", "-T"])
+            .arg(asm_dir.join("mbr.ld"))
+            .arg("-o")
+            .arg(&elf)
+            .arg(&object));
+        run(Command::new(&tools.objcopy)
+            .args(["-O", "binary"])
+            .arg(&elf)
+            .arg(&mbr));
+        let bytes = fs::read(&mbr).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", mbr.display())));
+        if bytes.len() != MBR_SIZE || bytes[MBR_SIZE - 2..] != [0x55, 0xaa] {
+            fail(&format!(
+                "{} is {} bytes; a boot sector must be exactly {MBR_SIZE} and end in 0x55 0xaa",
+                mbr.display(),
+                bytes.len()
             ));
         }
     }

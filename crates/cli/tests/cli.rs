@@ -347,3 +347,49 @@ fn stock_kernel_on_pvm_ends_with_the_cause_and_the_fix() {
         "the kernel got as far as printing its banner"
     );
 }
+
+/// Runs `shell` on a pseudo-terminal with `script(1)`, feeding it `keys` after a second.
+fn on_a_terminal(shell: &str, keys: &[u8]) -> String {
+    let mut child = Command::new("script")
+        .args(["-qec", shell, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    stdin.write_all(keys).unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn terminal_is_raw_while_running_and_restored_after_a_crash_and_after_ctrl_a_x() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("tty");
+    let d = s(&dir.0);
+    // A crash: the terminal settings after equal those before.
+    let crash = format!(
+        "stty -g > {d}/before; {VIRTKIT} run --kernel {} --memory 64M; echo rc=$?; stty -g > {d}/after",
+        s(Guest::TripleFault.path())
+    );
+    let text = on_a_terminal(&crash, b"");
+    assert!(text.contains("rc=4"), "{text}");
+    assert_eq!(std::fs::read(dir.0.join("before")).unwrap(), std::fs::read(dir.0.join("after")).unwrap());
+    // Ctrl-A x stops a guest that would run forever; while it ran, the terminal was raw.
+    let escape = format!(
+        "stty -g > {d}/before; (sleep 0.5; stty -a < /dev/tty > {d}/during) & {VIRTKIT} run --kernel {} --memory 64M; echo rc=$?; wait; stty -g > {d}/after",
+        s(Guest::Counter.path())
+    );
+    let text = on_a_terminal(&escape, b"\x01x");
+    assert!(text.contains("tick "), "{text}");
+    assert!(text.contains("virtkit: stopped"), "{text}");
+    assert!(text.contains("rc=0"), "{text}");
+    let during = std::fs::read_to_string(dir.0.join("during")).unwrap();
+    assert!(during.contains("-icanon") && during.contains("-echo "), "raw mode while running:\n{during}");
+    assert_eq!(std::fs::read(dir.0.join("before")).unwrap(), std::fs::read(dir.0.join("after")).unwrap());
+}

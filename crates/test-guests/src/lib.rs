@@ -5,7 +5,8 @@
 //! Every guest prints ASCII lines terminated by `"\n"` on COM1 (16550 at port 0x3f8, polled),
 //! using the fixed addresses of the platform layout (`virtkit_machine::layout`). Nine guests are
 //! 32-bit PVH ELF kernels (linked at 1 MiB, with a Xen `PHYS32_ENTRY` note); one is a raw 64 KiB
-//! firmware image that runs in real mode from the reset vector.
+//! firmware image that runs in real mode from the reset vector; five are MBR programs, 512-byte
+//! boot sectors that BIOS firmware (SeaBIOS) boots from a disk and that use BIOS int 13h.
 //!
 //! ```
 //! use virtkit_test_guests::{output, Guest};
@@ -16,7 +17,9 @@
 //!
 //! "ACPI power-off" below means: write 0x3400 (`SLP_TYP`=5, `SLP_EN`) to `PM1_CNT` (port 0x604);
 //! if execution continues (a VMM without ACPI power-off, or QEMU's q35, which only powers off for
-//! `SLP_TYP` 0), the guest does `cli; hlt` forever.
+//! `SLP_TYP` 0), the guest does `cli; hlt` forever. The MBR programs write 0x2000 (`SLP_TYP` 0,
+//! `SLP_EN`) to the same port before they halt, so that under QEMU and SeaBIOS (which puts the
+//! PM block at 0x600 on both pc and q35) they power off too; virtkit ignores `SLP_TYP` 0.
 
 use std::path::Path;
 
@@ -31,10 +34,18 @@ pub enum Boot {
     /// (0xffff0000..=0xffffffff) and mirrored at 0xf0000; the vCPU starts at the reset vector
     /// (CS=0xf000 with base 0xffff0000, IP=0xfff0) in real mode.
     Firmware,
+    /// A boot sector of exactly [`MBR_SIZE`] bytes ending in 0x55 0xaa: sector 0 of a disk,
+    /// which BIOS firmware loads at 0x7c00 and enters in real mode with DL = the boot drive.
+    /// The program uses BIOS int 13h on that drive, prints on COM1 directly (polled, never
+    /// through int 10h) and ends with ACPI power-off; see [`mbr`].
+    Mbr,
 }
 
 /// Size of a [`Boot::Firmware`] image: 64 KiB.
 pub const FIRMWARE_SIZE: usize = 64 * 1024;
+
+/// Size of a [`Boot::Mbr`] program: one 512-byte sector.
+pub const MBR_SIZE: usize = 512;
 
 /// The test guests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,6 +101,35 @@ pub enum Guest {
     /// `virtkit-guest: real mode at reset vector` and does ACPI power-off. It uses no RAM (no
     /// stack; data is read through CS, whose base is still 0xffff0000).
     ResetVector,
+    /// MBR ([`Boot::Mbr`]). For each LBA of [`mbr::READ_LBAS`] on the boot disk: an extended
+    /// read (int 13h AH=42h) prints `ext lba=<n> sum=<s>` ([`output::mbr_read_sum`]) or
+    /// `ext lba=<n> error=<AH>` ([`output::mbr_read_error`]); then, if the LBA lies inside the
+    /// CHS geometry AH=08h reports, a CHS read (AH=02h) of the same sector prints the same with
+    /// `chs`. `n` is decimal, `s` is [`mbr::sector_sum`] as 8 hex digits, AH 2 hex digits. Then
+    /// `mbr-read done` and ACPI power-off.
+    MbrRead,
+    /// MBR. For LBA 3, then 4 ([`mbr::WRITE_LBAS`]): writes [`mbr::write_pattern`] with int 13h
+    /// AH=43h, reads it back with AH=42h, compares, and prints `write lba=<n> ok`, or
+    /// `write lba=<n> error=<AH>` (the write failed: a read-only disk), `read-error=<AH>` or
+    /// `mismatch` in place of `ok` ([`output::mbr_write`]). Then `mbr-write done` and ACPI
+    /// power-off.
+    MbrWrite,
+    /// MBR. For DL = 0x80..=0x83, int 13h AH=48h (EDD drive parameters); for each drive that
+    /// answers, `drive <DL> sectors=<total sectors>` (2 and 16 hex digits,
+    /// [`output::mbr_drive`]). Then `drives=<how many answered>` and `bios-hd-count=<BIOS data
+    /// area byte 0x475>` (decimal), `mbr-drives done` and ACPI power-off.
+    MbrDrives,
+    /// MBR, for benchmarks. Reads [`mbr::BENCH_BYTES`] from LBA 1 onward with int 13h AH=42h in
+    /// [`mbr::BENCH_CHUNK_SECTORS`]-sector requests into a buffer at 0x10000, timed with rdtsc,
+    /// and prints `bench-read bytes=67108864 tsc=<cycles, 16 hex digits>`
+    /// ([`output::mbr_bench`]), or `bench-read error=<AH> lba=<first LBA of the failed request>`.
+    /// Then `mbr-bench done` and ACPI power-off. The disk needs [`mbr::BENCH_MIN_DISK_BYTES`].
+    MbrBench,
+    /// MBR, for boot-order tests. Prints `boot-drive=<DL, 2 hex digits>`, then
+    /// `boot-disk=<marker>`: the text at the start of LBA 1 of the boot disk, up to 64 bytes,
+    /// ending before the first byte outside 0x20..=0x7e ([`output::mbr_id`]); or
+    /// `boot-disk error=<AH>` if the read fails. Then `mbr-id done` and ACPI power-off.
+    MbrId,
 }
 
 macro_rules! artifact {
@@ -103,7 +143,7 @@ macro_rules! artifact {
 
 impl Guest {
     /// Every guest.
-    pub const ALL: [Guest; 10] = [
+    pub const ALL: [Guest; 15] = [
         Guest::Hello,
         Guest::Smoke,
         Guest::Echo,
@@ -114,6 +154,11 @@ impl Guest {
         Guest::Reset,
         Guest::TripleFault,
         Guest::ResetVector,
+        Guest::MbrRead,
+        Guest::MbrWrite,
+        Guest::MbrDrives,
+        Guest::MbrBench,
+        Guest::MbrId,
     ];
 
     /// Short name, also the source file name (`asm/<name>.s`).
@@ -129,6 +174,11 @@ impl Guest {
             Guest::Reset => "reset",
             Guest::TripleFault => "triple_fault",
             Guest::ResetVector => "reset_vector",
+            Guest::MbrRead => "mbr_read",
+            Guest::MbrWrite => "mbr_write",
+            Guest::MbrDrives => "mbr_drives",
+            Guest::MbrBench => "mbr_bench",
+            Guest::MbrId => "mbr_id",
         }
     }
 
@@ -136,12 +186,13 @@ impl Guest {
     pub fn boot(self) -> Boot {
         match self {
             Guest::ResetVector => Boot::Firmware,
+            Guest::MbrRead | Guest::MbrWrite | Guest::MbrDrives | Guest::MbrBench | Guest::MbrId => Boot::Mbr,
             _ => Boot::Pvh,
         }
     }
 
     /// Path of the built artifact in the build's `OUT_DIR`: `<name>.elf` for PVH guests,
-    /// `reset_vector.bin` for the firmware image.
+    /// `reset_vector.bin` for the firmware image, `<name>.mbr` for MBR programs.
     pub fn path(self) -> &'static Path {
         Path::new(self.artifact().0)
     }
@@ -164,6 +215,11 @@ impl Guest {
             Guest::Reset => artifact!("reset.elf"),
             Guest::TripleFault => artifact!("triple_fault.elf"),
             Guest::ResetVector => artifact!("reset_vector.bin"),
+            Guest::MbrRead => artifact!("mbr_read.mbr"),
+            Guest::MbrWrite => artifact!("mbr_write.mbr"),
+            Guest::MbrDrives => artifact!("mbr_drives.mbr"),
+            Guest::MbrBench => artifact!("mbr_bench.mbr"),
+            Guest::MbrId => artifact!("mbr_id.mbr"),
         }
     }
 }
@@ -218,6 +274,170 @@ pub mod output {
     /// `tick <n>`.
     pub fn tick(n: u32) -> String {
         format!("tick {n}")
+    }
+
+    /// [`Guest::MbrRead`](crate::Guest::MbrRead), last line.
+    pub const MBR_READ_DONE: &str = "mbr-read done";
+    /// [`Guest::MbrWrite`](crate::Guest::MbrWrite), last line.
+    pub const MBR_WRITE_DONE: &str = "mbr-write done";
+    /// [`Guest::MbrDrives`](crate::Guest::MbrDrives), last line.
+    pub const MBR_DRIVES_DONE: &str = "mbr-drives done";
+    /// [`Guest::MbrBench`](crate::Guest::MbrBench), last line.
+    pub const MBR_BENCH_DONE: &str = "mbr-bench done";
+    /// [`Guest::MbrId`](crate::Guest::MbrId), last line.
+    pub const MBR_ID_DONE: &str = "mbr-id done";
+
+    /// How [`Guest::MbrRead`](crate::Guest::MbrRead) read a sector.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum ReadKind {
+        /// int 13h AH=42h (prints `ext`).
+        Extended,
+        /// int 13h AH=02h (prints `chs`).
+        Chs,
+    }
+
+    impl ReadKind {
+        fn tag(self) -> &'static str {
+            match self {
+                ReadKind::Extended => "ext",
+                ReadKind::Chs => "chs",
+            }
+        }
+    }
+
+    /// `ext lba=<decimal> sum=<8 lowercase hex digits>` (or `chs ...`); `sum` is
+    /// [`crate::mbr::sector_sum`] of the sector.
+    pub fn mbr_read_sum(kind: ReadKind, lba: u32, sum: u32) -> String {
+        format!("{} lba={lba} sum={sum:08x}", kind.tag())
+    }
+
+    /// `ext lba=<decimal> error=<AH, 2 lowercase hex digits>` (or `chs ...`).
+    pub fn mbr_read_error(kind: ReadKind, lba: u32, ah: u8) -> String {
+        format!("{} lba={lba} error={ah:02x}", kind.tag())
+    }
+
+    /// What [`Guest::MbrWrite`](crate::Guest::MbrWrite) found for one LBA.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum WriteResult {
+        /// Written, read back and equal.
+        Ok,
+        /// The write (AH=43h) failed with this AH.
+        Error(u8),
+        /// The read back (AH=42h) failed with this AH.
+        ReadError(u8),
+        /// The read back differs from what was written.
+        Mismatch,
+    }
+
+    /// `write lba=<n> ok`, `... error=<AH>`, `... read-error=<AH>` or `... mismatch`.
+    pub fn mbr_write(lba: u32, result: WriteResult) -> String {
+        match result {
+            WriteResult::Ok => format!("write lba={lba} ok"),
+            WriteResult::Error(ah) => format!("write lba={lba} error={ah:02x}"),
+            WriteResult::ReadError(ah) => format!("write lba={lba} read-error={ah:02x}"),
+            WriteResult::Mismatch => format!("write lba={lba} mismatch"),
+        }
+    }
+
+    /// `drive <DL, 2 hex digits> sectors=<16 hex digits>`.
+    pub fn mbr_drive(drive: u8, sectors: u64) -> String {
+        format!("drive {drive:02x} sectors={sectors:016x}")
+    }
+
+    /// `drives=<n>`.
+    pub fn mbr_drives(n: u32) -> String {
+        format!("drives={n}")
+    }
+
+    /// `bios-hd-count=<n>`.
+    pub fn mbr_bios_hd_count(n: u8) -> String {
+        format!("bios-hd-count={n}")
+    }
+
+    /// The prefix of [`Guest::MbrBench`](crate::Guest::MbrBench)'s result line; 16 hex digits
+    /// of TSC cycles follow.
+    pub const MBR_BENCH_PREFIX: &str = "bench-read bytes=67108864 tsc=";
+
+    /// `bench-read bytes=67108864 tsc=<16 lowercase hex digits>`.
+    pub fn mbr_bench(tsc_cycles: u64) -> String {
+        format!("{MBR_BENCH_PREFIX}{tsc_cycles:016x}")
+    }
+
+    /// The TSC cycles of a [`mbr_bench`] line, or `None` if `line` is not one.
+    pub fn parse_mbr_bench(line: &str) -> Option<u64> {
+        let hex = line.trim_end().strip_prefix(MBR_BENCH_PREFIX)?;
+        (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok())?
+    }
+
+    /// `boot-drive=<DL, 2 hex digits>`.
+    pub fn mbr_boot_drive(drive: u8) -> String {
+        format!("boot-drive={drive:02x}")
+    }
+
+    /// `boot-disk=<marker>`.
+    pub fn mbr_id(marker: &str) -> String {
+        format!("boot-disk={marker}")
+    }
+}
+
+/// Numbers the MBR programs use, and the data tests put on (and expect from) their disks.
+pub mod mbr {
+    /// The LBAs [`Guest::MbrRead`](crate::Guest::MbrRead) reads, in order: the first sectors,
+    /// 1 GiB, beyond 8 GiB (out of CHS reach), and the last sector of a 16 GiB disk.
+    pub const READ_LBAS: [u32; 6] = [1, 2, 1000, 1 << 21, (1 << 24) + 5, (1 << 25) - 1];
+    /// A disk of this size has every one of [`READ_LBAS`] (create it sparse).
+    pub const READ_DISK_BYTES: u64 = 16 << 30;
+    /// The LBAs [`Guest::MbrWrite`](crate::Guest::MbrWrite) writes, in order.
+    pub const WRITE_LBAS: [u32; 2] = [3, 4];
+    /// What [`Guest::MbrWrite`](crate::Guest::MbrWrite) writes starts with this.
+    pub const WRITE_MAGIC: &[u8; 13] = b"VIRTKIT-WRITE";
+    /// The drives [`Guest::MbrDrives`](crate::Guest::MbrDrives) asks about.
+    pub const DRIVES: std::ops::RangeInclusive<u8> = 0x80..=0x83;
+    /// Bytes [`Guest::MbrBench`](crate::Guest::MbrBench) reads: 64 MiB.
+    pub const BENCH_BYTES: u64 = 64 << 20;
+    /// Sectors per int 13h request in [`Guest::MbrBench`](crate::Guest::MbrBench) (32 KiB).
+    pub const BENCH_CHUNK_SECTORS: u32 = 64;
+    /// The first LBA [`Guest::MbrBench`](crate::Guest::MbrBench) reads.
+    pub const BENCH_FIRST_LBA: u32 = 1;
+    /// The smallest disk [`Guest::MbrBench`](crate::Guest::MbrBench) reads without error.
+    pub const BENCH_MIN_DISK_BYTES: u64 = 512 + BENCH_BYTES;
+    /// The longest marker [`Guest::MbrId`](crate::Guest::MbrId) prints.
+    pub const ID_MARKER_MAX: usize = 64;
+    /// The LBA [`Guest::MbrId`](crate::Guest::MbrId) reads its marker from.
+    pub const ID_MARKER_LBA: u32 = 1;
+
+    /// The sum [`Guest::MbrRead`](crate::Guest::MbrRead) prints: the sector's 128 little-endian
+    /// dwords added with wrap-around.
+    pub fn sector_sum(sector: &[u8; 512]) -> u32 {
+        sector
+            .chunks_exact(4)
+            .map(|d| u32::from_le_bytes([d[0], d[1], d[2], d[3]]))
+            .fold(0, u32::wrapping_add)
+    }
+
+    /// The sector [`Guest::MbrWrite`](crate::Guest::MbrWrite) writes to `lba`: bytes 0..13
+    /// [`WRITE_MAGIC`], 13..16 zero, 16..20 `lba` (LE32), and from 20 on byte `i` is
+    /// `(i mod 256) xor (lba mod 256)`.
+    pub fn write_pattern(lba: u32) -> [u8; 512] {
+        let mut sector = [0u8; 512];
+        for (i, b) in sector.iter_mut().enumerate() {
+            *b = (i as u8) ^ (lba as u8);
+        }
+        sector[..13].copy_from_slice(WRITE_MAGIC);
+        sector[13..16].fill(0);
+        sector[16..20].copy_from_slice(&lba.to_le_bytes());
+        sector
+    }
+
+    /// The marker [`Guest::MbrId`](crate::Guest::MbrId) prints for a disk whose LBA 1 starts
+    /// with `sector`.
+    pub fn id_marker(sector: &[u8]) -> String {
+        sector
+            .iter()
+            .take(ID_MARKER_MAX)
+            .take_while(|b| (0x20..=0x7e).contains(*b))
+            .map(|b| char::from(*b))
+            .collect()
     }
 }
 

@@ -251,6 +251,44 @@ fn artifacts_carry_the_documented_lines() {
         (Guest::Reset, &[output::RESETTING]),
         (Guest::TripleFault, &[output::TRIPLE_FAULT_NEXT]),
         (Guest::ResetVector, &[output::RESET_VECTOR]),
+        (
+            Guest::MbrRead,
+            &["ext lba=", "chs lba=", " sum=", " error=", output::MBR_READ_DONE],
+        ),
+        (
+            Guest::MbrWrite,
+            &[
+                "write lba=",
+                " ok",
+                " error=",
+                " read-error=",
+                " mismatch",
+                output::MBR_WRITE_DONE,
+            ],
+        ),
+        (
+            Guest::MbrDrives,
+            &[
+                "drive ",
+                " sectors=",
+                "drives=",
+                "bios-hd-count=",
+                output::MBR_DRIVES_DONE,
+            ],
+        ),
+        (
+            Guest::MbrBench,
+            &[
+                output::MBR_BENCH_PREFIX,
+                "bench-read error=",
+                " lba=",
+                output::MBR_BENCH_DONE,
+            ],
+        ),
+        (
+            Guest::MbrId,
+            &["boot-drive=", "boot-disk", " error=", output::MBR_ID_DONE],
+        ),
     ];
     assert_eq!(expect.len(), Guest::ALL.len());
     for (guest, lines) in expect {
@@ -274,4 +312,99 @@ fn output_helpers_format_like_the_guests() {
     assert_eq!(output::smp_cpu(12, false), "cpu apic=12 ap");
     assert_eq!(output::smp_cpus_up(4), "cpus-up=4");
     assert_eq!(output::tick(7), "tick 7");
+}
+
+fn mbr_guests() -> impl Iterator<Item = Guest> {
+    Guest::ALL.into_iter().filter(|g| g.boot() == Boot::Mbr)
+}
+
+#[test]
+fn mbr_programs_are_512_byte_boot_sectors() {
+    assert_eq!(mbr_guests().count(), 5);
+    for guest in mbr_guests() {
+        let b = guest.bytes();
+        assert_eq!(b.len(), MBR_SIZE, "{guest:?}");
+        assert_eq!(b.len(), 512, "{guest:?}");
+        assert_eq!(&b[510..], [0x55, 0xaa], "{guest:?}: boot signature");
+        assert!(guest.path().to_str().unwrap().ends_with(".mbr"), "{guest:?}");
+        // The shared entry code (asm/mbr.inc) starts with `xor %ax, %ax; mov %ax, %ds`.
+        assert_eq!(&b[..4], [0x31, 0xc0, 0x8e, 0xd8], "{guest:?}: entry code");
+    }
+}
+
+#[test]
+fn mbr_programs_carry_the_numbers_the_crate_documents() {
+    let lbas: Vec<u8> = mbr::READ_LBAS.iter().flat_map(|l| l.to_le_bytes()).collect();
+    assert!(
+        contains(Guest::MbrRead.bytes(), &lbas),
+        "READ_LBAS table in mbr_read"
+    );
+    assert!(contains(Guest::MbrWrite.bytes(), mbr::WRITE_MAGIC));
+    assert_eq!(
+        mbr::BENCH_BYTES / 512 % u64::from(mbr::BENCH_CHUNK_SECTORS),
+        0,
+        "whole requests"
+    );
+    assert!(mbr::READ_DISK_BYTES >= (u64::from(*mbr::READ_LBAS.iter().max().unwrap()) + 1) * 512);
+    assert_eq!(mbr::READ_DISK_BYTES / 512 - 1, u64::from(mbr::READ_LBAS[5]));
+}
+
+#[test]
+fn mbr_helpers_format_like_the_programs() {
+    use output::{ReadKind, WriteResult};
+    assert_eq!(
+        output::mbr_read_sum(ReadKind::Extended, 16_777_221, 0x0e2d_29f0),
+        "ext lba=16777221 sum=0e2d29f0"
+    );
+    assert_eq!(output::mbr_read_error(ReadKind::Chs, 1, 1), "chs lba=1 error=01");
+    assert_eq!(output::mbr_write(3, WriteResult::Ok), "write lba=3 ok");
+    assert_eq!(
+        output::mbr_write(4, WriteResult::Error(0xc)),
+        "write lba=4 error=0c"
+    );
+    assert_eq!(
+        output::mbr_write(3, WriteResult::ReadError(0x20)),
+        "write lba=3 read-error=20"
+    );
+    assert_eq!(
+        output::mbr_write(3, WriteResult::Mismatch),
+        "write lba=3 mismatch"
+    );
+    assert_eq!(
+        output::mbr_drive(0x80, 0x200_0000),
+        "drive 80 sectors=0000000002000000"
+    );
+    assert_eq!(output::mbr_drives(3), "drives=3");
+    assert_eq!(output::mbr_bios_hd_count(3), "bios-hd-count=3");
+    let bench = output::mbr_bench(0x52ef_10ea);
+    assert_eq!(bench, "bench-read bytes=67108864 tsc=0000000052ef10ea");
+    assert_eq!(output::parse_mbr_bench(&bench), Some(0x52ef_10ea));
+    assert_eq!(output::parse_mbr_bench("bench-read error=0c lba=65473"), None);
+    assert_eq!(output::mbr_boot_drive(0x80), "boot-drive=80");
+    assert_eq!(output::mbr_id("disk-y"), "boot-disk=disk-y");
+}
+
+#[test]
+fn mbr_data_helpers() {
+    let mut sector = [0u8; 512];
+    assert_eq!(mbr::sector_sum(&sector), 0);
+    sector[0] = 1;
+    sector[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(mbr::sector_sum(&sector), 0, "wraps");
+    sector[511] = 0x80;
+    assert_eq!(mbr::sector_sum(&sector), 0x8000_0000);
+
+    // What QEMU + SeaBIOS left on the disk (checked with xxd).
+    let p = mbr::write_pattern(3);
+    assert_eq!(&p[..16], b"VIRTKIT-WRITE\0\0\0");
+    assert_eq!(&p[16..24], [3, 0, 0, 0, 0x17, 0x16, 0x15, 0x14]);
+    assert_eq!(p[511], 0xff ^ 3);
+    assert_eq!(
+        &mbr::write_pattern(4)[16..24],
+        [4, 0, 0, 0, 0x10, 0x11, 0x12, 0x13]
+    );
+
+    assert_eq!(mbr::id_marker(b"disk-x\nmore"), "disk-x");
+    assert_eq!(mbr::id_marker(b"abc\0def"), "abc");
+    assert_eq!(mbr::id_marker(&[b'a'; 100]).len(), mbr::ID_MARKER_MAX);
 }

@@ -1,6 +1,7 @@
 //! Legacy PC devices on the port I/O bus.
 
 mod cmos;
+pub mod fw_cfg;
 mod i8042;
 mod pm;
 mod pvpanic;
