@@ -379,7 +379,10 @@ fn terminal_is_raw_while_running_and_restored_after_a_crash_and_after_ctrl_a_x()
     );
     let text = on_a_terminal(&crash, b"");
     assert!(text.contains("rc=4"), "{text}");
-    assert_eq!(std::fs::read(dir.0.join("before")).unwrap(), std::fs::read(dir.0.join("after")).unwrap());
+    assert_eq!(
+        std::fs::read(dir.0.join("before")).unwrap(),
+        std::fs::read(dir.0.join("after")).unwrap()
+    );
     // Ctrl-A x stops a guest that would run forever; while it ran, the terminal was raw.
     let escape = format!(
         "stty -g > {d}/before; (sleep 0.5; stty -a < /dev/tty > {d}/during) & {VIRTKIT} run --kernel {} --memory 64M; echo rc=$?; wait; stty -g > {d}/after",
@@ -390,6 +393,12 @@ fn terminal_is_raw_while_running_and_restored_after_a_crash_and_after_ctrl_a_x()
     assert!(text.contains("virtkit: stopped"), "{text}");
     assert!(text.contains("rc=0"), "{text}");
     let during = std::fs::read_to_string(dir.0.join("during")).unwrap();
-    assert!(during.contains("-icanon") && during.contains("-echo "), "raw mode while running:\n{during}");
-    assert_eq!(std::fs::read(dir.0.join("before")).unwrap(), std::fs::read(dir.0.join("after")).unwrap());
+    assert!(
+        during.contains("-icanon") && during.contains("-echo "),
+        "raw mode while running:\n{during}"
+    );
+    assert_eq!(
+        std::fs::read(dir.0.join("before")).unwrap(),
+        std::fs::read(dir.0.join("after")).unwrap()
+    );
 }

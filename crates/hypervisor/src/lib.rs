@@ -6,12 +6,14 @@
 
 mod error;
 mod host;
+mod routing;
 mod vcpu;
 mod vm;
 mod x86;
 
 pub use error::HypervisorError;
 pub use host::{HostKvmInfo, Kvm, KvmFlavor};
+pub use routing::{GsiRoute, IrqChip};
 pub use vcpu::{Vcpu, VcpuExit};
 pub use vm::{IoEventAddress, Vm};
 pub use x86::{

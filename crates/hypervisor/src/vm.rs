@@ -1,8 +1,11 @@
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KvmIrqRouting, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{IoEventAddress as KvmIoEventAddress, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{ioctl, HypervisorError};
+use crate::routing::GsiRoute;
 use crate::vcpu::Vcpu;
 use crate::Result;
 
@@ -101,6 +104,35 @@ impl Vm {
         self.fd
             .register_ioevent(event, &address, kvm_ioctls::NoDatamatch)
             .map_err(ioctl("KVM_IOEVENTFD"))
+    }
+
+    /// Stops `event` from injecting on `gsi`.
+    pub fn unregister_irqfd(&self, event: &EventFd, gsi: u32) -> Result<()> {
+        self.fd
+            .unregister_irqfd(event, gsi)
+            .map_err(ioctl("KVM_IRQFD (deassign)"))
+    }
+
+    /// Stops guest writes to `address` from signalling `event`.
+    pub fn unregister_ioevent(&self, event: &EventFd, address: IoEventAddress) -> Result<()> {
+        let address = match address {
+            IoEventAddress::Pio(a) => KvmIoEventAddress::Pio(a),
+            IoEventAddress::Mmio(a) => KvmIoEventAddress::Mmio(a),
+        };
+        self.fd
+            .unregister_ioevent(event, &address, kvm_ioctls::NoDatamatch)
+            .map_err(ioctl("KVM_IOEVENTFD (deassign)"))
+    }
+
+    /// Replaces the whole GSI routing table with `routes`. Include
+    /// [`GsiRoute::default_irqchip_routes`] to keep the PIC and I/O APIC lines working.
+    pub fn set_gsi_routing(&self, routes: &[GsiRoute]) -> Result<()> {
+        let entries: Vec<_> = routes.iter().map(|r| r.to_kvm()).collect();
+        let routing = KvmIrqRouting::from_entries(&entries)
+            .map_err(|_| HypervisorError::MissingCapability("room for this many GSI routes"))?;
+        self.fd
+            .set_gsi_routing(&routing)
+            .map_err(ioctl("KVM_SET_GSI_ROUTING"))
     }
 
     /// Creates vCPU `id` (its initial APIC ID).

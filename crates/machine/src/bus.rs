@@ -1,7 +1,12 @@
 //! Port I/O and MMIO buses: which device answers an access the guest makes outside RAM.
+//!
+//! A [`Bus`] is a handle: clones share one map, so a device inserted, moved or removed after the
+//! vCPUs have started (a PCI BAR the firmware programs) is seen by every vCPU at its next access.
+//! An access looks the device up under a read lock and calls it after dropping that lock, so a
+//! device may change the bus from inside its own `write` (a PCI config write that moves a BAR).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// A device on a bus. Offsets are relative to where the device was inserted.
 pub trait BusDevice: Send {
@@ -18,18 +23,22 @@ pub enum BusError {
     Overlap { base: u64, len: u64, other: u64 },
     #[error("bus range {base:#x}+{len:#x} is empty or wraps around")]
     InvalidRange { base: u64, len: u64 },
+    #[error("no device is at bus range {base:#x}+{len:#x}")]
+    NotFound { base: u64, len: u64 },
 }
 
-/// A set of non-overlapping address ranges, each with its device.
+type DeviceMap = BTreeMap<u64, (u64, SharedDevice)>;
+
+/// A set of non-overlapping address ranges, each with its device. Clones share the set.
 #[derive(Default, Clone)]
 pub struct Bus {
-    devices: BTreeMap<u64, (u64, SharedDevice)>,
+    devices: Arc<RwLock<DeviceMap>>,
 }
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.devices.iter().map(|(b, (l, _))| (*b, *l)))
+            .entries(self.read_map().iter().map(|(b, (l, _))| (*b, *l)))
             .finish()
     }
 }
@@ -39,33 +48,68 @@ impl Bus {
         Bus::default()
     }
 
+    // A panic while holding the lock cannot leave the map half-changed (every change is one
+    // BTreeMap call), so a poisoned lock is still a good map.
+    fn read_map(&self) -> RwLockReadGuard<'_, DeviceMap> {
+        self.devices.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_map(&self) -> RwLockWriteGuard<'_, DeviceMap> {
+        self.devices.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Puts `device` at `base..base + len`.
-    pub fn insert(&mut self, base: u64, len: u64, device: SharedDevice) -> Result<(), BusError> {
+    pub fn insert(&self, base: u64, len: u64, device: SharedDevice) -> Result<(), BusError> {
         let end = base
             .checked_add(len)
             .filter(|_| len > 0)
             .ok_or(BusError::InvalidRange { base, len })?;
-        if let Some((&other, &(other_len, _))) = self.devices.range(..end).next_back() {
+        let mut devices = self.write_map();
+        if let Some((&other, &(other_len, _))) = devices.range(..end).next_back() {
             if other + other_len > base {
                 return Err(BusError::Overlap { base, len, other });
             }
         }
-        self.devices.insert(base, (len, device));
+        devices.insert(base, (len, device));
         Ok(())
     }
 
-    fn find(&self, address: u64, size: usize) -> Option<(u64, &SharedDevice)> {
-        let (&base, (len, device)) = self.devices.range(..=address).next_back()?;
+    /// Takes the device at exactly `base..base + len` off the bus and returns it.
+    pub fn remove(&self, base: u64, len: u64) -> Result<SharedDevice, BusError> {
+        let mut devices = self.write_map();
+        match devices.get(&base) {
+            Some((l, _)) if *l == len => Ok(devices
+                .remove(&base)
+                .map(|(_, device)| device)
+                .ok_or(BusError::NotFound { base, len })?),
+            _ => Err(BusError::NotFound { base, len }),
+        }
+    }
+
+    /// Whether any device overlaps `base..base + len`.
+    pub fn is_occupied(&self, base: u64, len: u64) -> bool {
+        let Some(end) = base.checked_add(len) else {
+            return true;
+        };
+        self.read_map()
+            .range(..end)
+            .next_back()
+            .is_some_and(|(&other, &(other_len, _))| other + other_len > base)
+    }
+
+    fn find(&self, address: u64, size: usize) -> Option<(u64, SharedDevice)> {
+        let devices = self.read_map();
+        let (&base, (len, device)) = devices.range(..=address).next_back()?;
         let offset = address - base;
         // The whole access must fall inside the device.
-        (offset + size as u64 <= *len).then_some((offset, device))
+        (offset.checked_add(size as u64)? <= *len).then(|| (offset, device.clone()))
     }
 
     /// Reads from the device at `address`; returns false when no device is there.
     pub fn read(&self, address: u64, data: &mut [u8]) -> bool {
         match self.find(address, data.len()) {
             Some((offset, device)) => {
-                lock(device).read(offset, data);
+                lock(&device).read(offset, data);
                 true
             }
             None => false,
@@ -76,7 +120,7 @@ impl Bus {
     pub fn write(&self, address: u64, data: &[u8]) -> bool {
         match self.find(address, data.len()) {
             Some((offset, device)) => {
-                lock(device).write(offset, data);
+                lock(&device).write(offset, data);
                 true
             }
             None => false,
@@ -110,7 +154,7 @@ mod tests {
 
     #[test]
     fn access_reaches_the_device_at_its_offset() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let dev = Arc::new(Mutex::new(Recorder::default()));
         bus.insert(0x3f8, 8, dev.clone()).unwrap();
         assert!(bus.write(0x3fb, &[0x80]));
@@ -122,7 +166,7 @@ mod tests {
 
     #[test]
     fn access_outside_or_straddling_the_end_finds_nothing() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(0x100, 4, Arc::new(Mutex::new(Recorder::default())))
             .unwrap();
         assert!(!bus.write(0x104, &[1]));
@@ -133,7 +177,7 @@ mod tests {
 
     #[test]
     fn overlapping_and_empty_ranges_are_refused() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(0x100, 0x10, Arc::new(Mutex::new(Recorder::default())))
             .unwrap();
         let d = || Arc::new(Mutex::new(Recorder::default()));
@@ -154,5 +198,51 @@ mod tests {
             Err(BusError::InvalidRange { .. })
         ));
         bus.insert(0x110, 0x10, d()).unwrap();
+    }
+
+    #[test]
+    fn removed_device_is_gone_from_every_clone_and_its_range_is_free_again() {
+        let bus = Bus::new();
+        let view = bus.clone();
+        bus.insert(0x1000, 0x100, Arc::new(Mutex::new(Recorder::default())))
+            .unwrap();
+        assert!(view.write(0x1010, &[1]));
+        assert!(bus.is_occupied(0x10ff, 1));
+        assert_eq!(
+            bus.remove(0x1000, 0x80).err(),
+            Some(BusError::NotFound {
+                base: 0x1000,
+                len: 0x80
+            })
+        );
+        bus.remove(0x1000, 0x100).unwrap();
+        assert!(!view.write(0x1010, &[1]));
+        assert!(!bus.is_occupied(0x1000, 0x100));
+        bus.insert(0x1080, 0x100, Arc::new(Mutex::new(Recorder::default())))
+            .unwrap();
+    }
+
+    /// A device that moves itself on the bus from inside an access, as a PCI config write that
+    /// reprograms a BAR does.
+    struct Mover {
+        bus: Bus,
+    }
+
+    impl BusDevice for Mover {
+        fn read(&mut self, _offset: u64, _data: &mut [u8]) {}
+        fn write(&mut self, _offset: u64, _data: &[u8]) {
+            let me = self.bus.remove(0x10, 1).unwrap();
+            self.bus.insert(0x20, 1, me).unwrap();
+        }
+    }
+
+    #[test]
+    fn device_can_move_itself_during_an_access() {
+        let bus = Bus::new();
+        bus.insert(0x10, 1, Arc::new(Mutex::new(Mover { bus: bus.clone() })))
+            .unwrap();
+        assert!(bus.write(0x10, &[0]));
+        assert!(!bus.is_occupied(0x10, 1));
+        assert!(bus.is_occupied(0x20, 1));
     }
 }

@@ -41,6 +41,23 @@ pub const HIGH_RAM_START: u64 = 0x10_0000;
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 /// First address above 4 GiB.
 pub const HIGH_MEMORY_START: u64 = 0x1_0000_0000;
+/// PCI Express enhanced configuration (ECAM, "MMCONFIG") window: 4 KiB per function, 1 MiB per
+/// bus, buses 0..=[`PCI_ECAM_LAST_BUS`]. The ACPI MCFG table and a motherboard-resource device in
+/// the DSDT describe it, so no OS or firmware puts anything else here.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+pub const PCI_ECAM_SIZE: u64 = 0x1000_0000;
+pub const PCI_ECAM_LAST_BUS: u8 = 0xff;
+/// 32-bit PCI memory window below the ECAM, where BARs go on a direct kernel boot.
+pub const PCI_MMIO32_START: u64 = MMIO_HOLE_START;
+pub const PCI_MMIO32_SIZE: u64 = PCI_ECAM_START - PCI_MMIO32_START;
+/// The 32-bit PCI memory above the ECAM and below the I/O APIC. Firmware (SeaBIOS) assigns BARs
+/// top-down from the I/O APIC, so on a firmware boot they usually land here; the host bridge's
+/// ACPI resources include it for that reason. The direct boot leaves it alone.
+pub const PCI_MMIO32_HIGH_START: u64 = PCI_ECAM_START + PCI_ECAM_SIZE;
+pub const PCI_MMIO32_HIGH_END: u64 = IOAPIC_START;
+/// PCI I/O port window for I/O BARs (what SeaBIOS uses too).
+pub const PCI_IO_START: u64 = 0xc000;
+pub const PCI_IO_SIZE: u64 = 0x4000;
 /// I/O APIC base (in-kernel irqchip).
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC base (in-kernel irqchip).
@@ -76,6 +93,11 @@ pub mod ports {
     /// COM1 16550 UART.
     pub const COM1: u16 = 0x3f8;
     pub const COM1_LEN: u16 = 8;
+    /// PCI configuration mechanism #1: CONFIG_ADDRESS (dword) and CONFIG_DATA (4 bytes).
+    pub const PCI_CONFIG_ADDRESS: u16 = 0xcf8;
+    pub const PCI_CONFIG_DATA: u16 = 0xcfc;
+    /// Both registers, as one range on the port bus.
+    pub const PCI_CONFIG_LEN: u16 = 8;
 }
 
 /// Legacy interrupt lines (ISA IRQs, identity-mapped to GSIs except IRQ 0 -> GSI 2).
@@ -84,6 +106,13 @@ pub mod irqs {
     /// ACPI System Control Interrupt: level-triggered, active high.
     pub const SCI: u32 = 9;
     pub const RTC: u32 = 8;
+    /// PCI INTx lines: I/O APIC pins 16..24, level-triggered; the DSDT's `_PRT` says which slot
+    /// and pin use which (see `pci::intx_gsi`).
+    pub const PCI_INTX_FIRST: u32 = 16;
+    pub const PCI_INTX_COUNT: u32 = 8;
+    /// GSIs above the I/O APIC pins, handed out for MSI routes.
+    pub const MSI_GSI_FIRST: u32 = 24;
+    pub const MSI_GSI_LAST: u32 = 1023;
 }
 
 /// ACPI PM register bits.

@@ -8,9 +8,12 @@ pub mod boot;
 pub mod bus;
 pub mod cpuid;
 pub mod devices;
+pub mod interrupt;
+pub mod ioevent;
 pub mod layout;
 mod machine;
 pub mod memory;
+pub mod pci;
 mod vcpu;
 
 pub use boot::BootSource;

@@ -20,8 +20,12 @@ use crate::devices::{
     spawn_serial_input, AcpiPm, Cmos, GuestRequest, PvPanic, RequestSink, SerialDevice, SerialInputError,
     I8042, PVPANIC_PORT,
 };
-use crate::layout::{irqs, ports, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::interrupt::GsiRouter;
+use crate::layout::{irqs, ports, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, PCI_ECAM_SIZE, PCI_ECAM_START};
 use crate::memory::{create_guest_memory, low_ram_end, ram_ranges};
+use crate::pci::{
+    BarAllocator, BarAllocatorError, HostBridge, PciConfigIo, PciConfigMmio, PciRoot, PciRootError,
+};
 use crate::vcpu::{run_vcpu, Control, VcpuContext};
 
 /// Why a machine stopped running.
@@ -80,6 +84,10 @@ pub enum MachineError {
     SerialInput(#[from] SerialInputError),
     #[error("the machine was already started")]
     AlreadyStarted,
+    #[error("cannot place a PCI device")]
+    Pci(#[from] PciRootError),
+    #[error("cannot assign PCI BARs for a direct kernel boot")]
+    PciBars(#[from] BarAllocatorError),
     #[error("the firmware image {0} cannot be read")]
     Firmware(PathBuf),
 }
@@ -96,6 +104,10 @@ pub struct Machine {
     serial_input_thread: Option<(JoinHandle<()>, EventFd)>,
     pio: Bus,
     mmio: Bus,
+    pci: Arc<Mutex<PciRoot>>,
+    /// No firmware will assign BARs (a direct kernel boot): `start` does.
+    assign_pci_bars: bool,
+    gsi_router: Arc<GsiRouter>,
     vm: Arc<Vm>,
     memory: GuestMemoryMmap,
 }
@@ -148,6 +160,10 @@ impl MachineHandle {
     }
 }
 
+fn lock_pci(pci: &Mutex<PciRoot>) -> std::sync::MutexGuard<'_, PciRoot> {
+    pci.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn request_sink(control: &Arc<Control>) -> RequestSink {
     let control = control.clone();
     Arc::new(move |request| {
@@ -193,7 +209,7 @@ impl Machine {
 
         let control = Control::new();
         let requests = request_sink(&control);
-        let mut pio = Bus::new();
+        let pio = Bus::new();
         let mmio = Bus::new();
 
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?;
@@ -234,6 +250,21 @@ impl Machine {
             1,
             Arc::new(Mutex::new(PvPanic::new(requests))),
         )?;
+
+        // PCI bus 0 with the host bridge at 00:00.0, reachable through 0xcf8/0xcfc and the ECAM.
+        let pci = Arc::new(Mutex::new(PciRoot::new(pio.clone(), mmio.clone())));
+        lock_pci(&pci).add_device(0, Arc::new(Mutex::new(HostBridge::new())))?;
+        pio.insert(
+            u64::from(ports::PCI_CONFIG_ADDRESS),
+            u64::from(ports::PCI_CONFIG_LEN),
+            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+        )?;
+        mmio.insert(
+            PCI_ECAM_START,
+            PCI_ECAM_SIZE,
+            Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
+        )?;
+        let gsi_router = GsiRouter::new(vm.clone());
 
         write_acpi_tables(&memory, &AcpiConfig { num_cpus: vcpus })?;
         let entry = match &boot {
@@ -283,6 +314,9 @@ impl Machine {
             serial_input_thread: None,
             pio,
             mmio,
+            pci,
+            assign_pci_bars: matches!(boot, BootSource::Linux { .. }),
+            gsi_router,
             vm,
             memory,
         })
@@ -296,6 +330,16 @@ impl Machine {
     /// The MMIO bus, to add devices before `start`.
     pub fn mmio_bus_mut(&mut self) -> &mut Bus {
         &mut self.mmio
+    }
+
+    /// PCI bus 0, to add devices before `start` (slot 0 is the host bridge's).
+    pub fn pci_root(&self) -> &Arc<Mutex<PciRoot>> {
+        &self.pci
+    }
+
+    /// The GSI routing table, for devices that need MSI vectors.
+    pub fn gsi_router(&self) -> &Arc<GsiRouter> {
+        &self.gsi_router
     }
 
     /// Guest memory.
@@ -319,6 +363,10 @@ impl Machine {
     pub fn start(&mut self) -> Result<(), MachineError> {
         if self.vcpus.is_empty() {
             return Err(MachineError::AlreadyStarted);
+        }
+        if self.assign_pci_bars {
+            lock_pci(&self.pci).assign_bars(&mut BarAllocator::new())?;
+            self.assign_pci_bars = false;
         }
         if let Some(input) = self.serial_input.take() {
             let stop = EventFd::new(0).map_err(MachineError::EventFd)?;

@@ -6,11 +6,15 @@
 
 use core::mem::offset_of;
 
-use acpi_tables::aml::{Device, EISAName, Name, Package, Path, ResourceTemplate, Scope, IO, ZERO};
+use acpi_tables::aml::{
+    AddressSpace as ResourceAddressSpace, AddressSpaceCacheable, Device, EISAName, Memory32Fixed, Name,
+    Package, Path, ResourceTemplate, Scope, IO, ZERO,
+};
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -19,7 +23,11 @@ use acpi_tables::{Aml, AmlSink};
 use super::loader::{AcpiTables, Blob, LoaderCommand};
 use super::{AcpiConfig, AcpiError, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::devices::PVPANIC_PORT;
-use crate::layout::{irqs, pm, ports, APIC_START, IOAPIC_START};
+use crate::layout::{
+    irqs, pm, ports, APIC_START, IOAPIC_START, PCI_ECAM_LAST_BUS, PCI_ECAM_SIZE, PCI_ECAM_START,
+    PCI_MMIO32_HIGH_END, PCI_MMIO32_HIGH_START, PCI_MMIO32_SIZE, PCI_MMIO32_START,
+};
+use crate::pci::{intx_gsi, SLOTS};
 
 /// Length of the header every table but the FACS starts with.
 const SDT_HEADER_LEN: usize = 36;
@@ -74,6 +82,8 @@ const ISA_BUS: u8 = 0;
 const _: () = assert!(APIC_START <= u32::MAX as u64);
 const _: () = assert!(IOAPIC_START <= u32::MAX as u64);
 const _: () = assert!(irqs::SCI <= u16::MAX as u32 && irqs::COM1 < 16 && irqs::RTC < 16);
+const _: () =
+    assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= PCI_MMIO32_HIGH_END && PCI_MMIO32_HIGH_END <= 1 << 32);
 
 /// Builds every table for `config` as relocatable blobs plus the loader commands that link them
 /// (see [`AcpiTables::link`]), without touching guest memory.
@@ -91,8 +101,9 @@ pub fn build_tables(config: &AcpiConfig) -> Result<AcpiTables, AcpiError> {
     blob.pointer(fadt + offset_of!(FADTBuilder, dsdt), 4);
     blob.pointer(fadt + offset_of!(FADTBuilder, x_dsdt), 8);
     let madt = blob.push_sdt(&madt(config));
-    // More tables (MCFG, ...): push them here and list them.
-    let listed = [fadt, madt];
+    let mcfg = blob.push_sdt(&mcfg());
+    // More tables: push them here and list them.
+    let listed = [fadt, madt, mcfg];
 
     let mut xsdt_table = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     for &table in &listed {
@@ -250,6 +261,13 @@ fn madt(config: &AcpiConfig) -> Vec<u8> {
     madt.as_slice().to_vec()
 }
 
+/// The ECAM window for PCI segment 0.
+fn mcfg() -> Vec<u8> {
+    let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    mcfg.add_ecam(PCI_ECAM_START, 0, 0, PCI_ECAM_LAST_BUS);
+    aml_bytes(&mcfg)
+}
+
 fn interrupt_source_override(irq: u8, gsi: u32, flags: u16) -> Vec<u8> {
     let mut entry = vec![
         MADT_INTERRUPT_SOURCE_OVERRIDE,
@@ -331,7 +349,18 @@ fn dsdt(config: &AcpiConfig) -> Vec<u8> {
         })
         .collect();
 
-    let mut sb_children: Vec<&dyn Aml> = vec![&com1, &rtc, &pvpanic];
+    let pci = PciHostBridge::new();
+    let pci = pci.device();
+    // The ECAM window as a motherboard resource: Linux uses the MCFG's window only when firmware
+    // reserved it, in the e820 map or here.
+    let ecam_mem = Memory32Fixed::new(true, PCI_ECAM_START as u32, PCI_ECAM_SIZE as u32);
+    let ecam_crs = ResourceTemplate::new(vec![&ecam_mem]);
+    let ecam_hid = Name::new(Path::new("_HID"), &EISAName::new("PNP0C02"));
+    let ecam_uid = Name::new(Path::new("_UID"), &1u8);
+    let ecam_crs = Name::new(Path::new("_CRS"), &ecam_crs);
+    let ecam = Device::new(Path::new("ECAM"), vec![&ecam_hid, &ecam_uid, &ecam_crs]);
+
+    let mut sb_children: Vec<&dyn Aml> = vec![&com1, &rtc, &pvpanic, &pci, &ecam];
     sb_children.extend(cpus.iter().map(|cpu| cpu as &dyn Aml));
     let sb = Scope::new(Path::new("\\_SB_"), sb_children);
 
@@ -339,4 +368,79 @@ fn dsdt(config: &AcpiConfig) -> Vec<u8> {
     dsdt.append_slice(&aml_bytes(&s5));
     dsdt.append_slice(&aml_bytes(&sb));
     dsdt.as_slice().to_vec()
+}
+
+/// The PCI host bridge `\_SB.PCI0`: bus 0 and the windows it forwards, and the `_PRT` that says
+/// which GSI each slot's INTx pins drive (no link devices: the GSIs are fixed, level-triggered).
+struct PciHostBridge {
+    hid: Name,
+    uid: Name,
+    bbn: Name,
+    crs: Name,
+    prt: Name,
+}
+
+impl PciHostBridge {
+    fn new() -> PciHostBridge {
+        let buses = ResourceAddressSpace::new_bus_number(0u16, u16::from(PCI_ECAM_LAST_BUS));
+        let config_ports = IO::new(
+            ports::PCI_CONFIG_ADDRESS,
+            ports::PCI_CONFIG_ADDRESS,
+            1,
+            ports::PCI_CONFIG_LEN as u8,
+        );
+        let io_low = ResourceAddressSpace::new_io(0u16, ports::PCI_CONFIG_ADDRESS - 1, None);
+        let io_high =
+            ResourceAddressSpace::new_io(ports::PCI_CONFIG_ADDRESS + ports::PCI_CONFIG_LEN, 0xffff, None);
+        let mem_low = ResourceAddressSpace::new_memory(
+            AddressSpaceCacheable::NotCacheable,
+            true,
+            PCI_MMIO32_START as u32,
+            (PCI_MMIO32_START + PCI_MMIO32_SIZE - 1) as u32,
+            None,
+        );
+        let mem_high = ResourceAddressSpace::new_memory(
+            AddressSpaceCacheable::NotCacheable,
+            true,
+            PCI_MMIO32_HIGH_START as u32,
+            (PCI_MMIO32_HIGH_END - 1) as u32,
+            None,
+        );
+        let crs = ResourceTemplate::new(vec![
+            &buses,
+            &config_ports,
+            &io_low,
+            &io_high,
+            &mem_low,
+            &mem_high,
+        ]);
+
+        // Package {Address (slot << 16 | 0xffff: any function), Pin (0 = INTA#), Source (0: a
+        // GSI, not a link device), Source Index (the GSI)}, for every slot and pin.
+        let entries: Vec<(u32, u8, u32)> = (0..SLOTS)
+            .flat_map(|slot| {
+                (1..=4u8).map(move |pin| (u32::from(slot) << 16 | 0xffff, pin - 1, intx_gsi(slot, pin)))
+            })
+            .collect();
+        let packages: Vec<Package> = entries
+            .iter()
+            .map(|(address, pin, gsi)| Package::new(vec![address, pin, &ZERO, gsi]))
+            .collect();
+        let prt = Package::new(packages.iter().map(|p| p as &dyn Aml).collect());
+
+        PciHostBridge {
+            hid: Name::new(Path::new("_HID"), &EISAName::new("PNP0A03")),
+            uid: Name::new(Path::new("_UID"), &0u8),
+            bbn: Name::new(Path::new("_BBN"), &0u8),
+            crs: Name::new(Path::new("_CRS"), &crs),
+            prt: Name::new(Path::new("_PRT"), &prt),
+        }
+    }
+
+    fn device(&self) -> Device<'_> {
+        Device::new(
+            Path::new("PCI0"),
+            vec![&self.hid, &self.uid, &self.bbn, &self.crs, &self.prt],
+        )
+    }
 }

@@ -129,7 +129,7 @@ fn acpi_rsdp_points_at_an_xsdt_listing_fadt_and_madt() {
         assert_eq!(le32(&found.rsdp, 16), 0, "no RSDT");
         assert_eq!(found.xsdt[8], 1, "XSDT revision");
         let signatures: Vec<&[u8; 4]> = found.listed.keys().collect();
-        assert_eq!(signatures, [b"APIC", b"FACP"]);
+        assert_eq!(signatures, [b"APIC", b"FACP", b"MCFG"]);
     }
 }
 
@@ -317,7 +317,7 @@ fn acpi_dsdt_has_s5_and_the_legacy_devices() {
         // pvpanic: Name (_HID, "QEMU0001") with IO (Decode16, 0x505, 0x505, 1, 1).
         assert_eq!(find_all(dsdt, b"\x08_HID\x0dQEMU0001\x00").len(), 1, "pvpanic");
         assert_eq!(find_all(dsdt, b"\x47\x01\x05\x05\x05\x05\x01\x01").len(), 1);
-        assert_eq!(find_all(dsdt, b"\x5b\x82").len(), usize::from(n) + 3, "devices");
+        assert_eq!(find_all(dsdt, b"\x5b\x82").len(), usize::from(n) + 5, "devices");
     }
 }
 
@@ -460,4 +460,41 @@ fn acpi_tables_pass_iasl() {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+#[test]
+fn acpi_mcfg_and_dsdt_describe_the_pci_host_bridge_and_its_ecam() {
+    use crate::layout::{PCI_ECAM_SIZE, PCI_ECAM_START};
+
+    let (_, found) = write(2);
+    let mcfg = found.table(b"MCFG");
+    assert_eq!(mcfg.len(), 44 + 16, "header, reserved, one allocation");
+    assert_eq!(le64(mcfg, 44), PCI_ECAM_START);
+    assert_eq!(le16(mcfg, 52), 0, "segment");
+    assert_eq!((mcfg[54], mcfg[55]), (0, 255), "buses");
+
+    let dsdt = &found.dsdt;
+    // Name (_HID, EisaId ("PNP0A03")) and the motherboard resource PNP0C02 holding the ECAM.
+    assert_eq!(
+        find_all(dsdt, b"\x08_HID\x0c\x41\xd0\x0a\x03").len(),
+        1,
+        "PNP0A03"
+    );
+    assert_eq!(
+        find_all(dsdt, b"\x08_HID\x0c\x41\xd0\x0c\x02").len(),
+        1,
+        "PNP0C02"
+    );
+    let mut memory32_fixed = vec![0x86, 0x09, 0x00, 0x01];
+    memory32_fixed.extend_from_slice(&(PCI_ECAM_START as u32).to_le_bytes());
+    memory32_fixed.extend_from_slice(&(PCI_ECAM_SIZE as u32).to_le_bytes());
+    assert_eq!(find_all(dsdt, &memory32_fixed).len(), 1);
+    // IO (Decode16, 0xCF8, 0xCF8, 1, 8) in the host bridge's _CRS.
+    assert_eq!(find_all(dsdt, b"\x47\x01\xf8\x0c\xf8\x0c\x01\x08").len(), 1);
+    // Name (_PRT, Package (128) {...}): 32 slots, 4 pins each.
+    let prt = find_all(dsdt, b"\x08_PRT\x12");
+    assert_eq!(prt.len(), 1);
+    let package = &dsdt[prt[0] + 6..];
+    let (_, len_bytes) = pkg_length(package);
+    assert_eq!(package[len_bytes], 128, "NumElements");
 }

@@ -1,0 +1,59 @@
+//! How a disk is attached: the image, read-only or not, caching and sync modes, its serial.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Whether the host page cache sits between the guest and the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    /// Through the host page cache (the default). Safe together with `sync = full`: a guest
+    /// flush becomes an `fdatasync`.
+    #[default]
+    Cached,
+    /// `O_DIRECT`: no host page cache; needs an image on a filesystem that supports it.
+    Uncached,
+}
+
+/// What a guest flush does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// A flush completes only once the data is on stable storage (`fdatasync`). The default:
+    /// a guest filesystem's journal depends on it.
+    #[default]
+    Full,
+    /// Flushes complete at once and nothing is synced: a host crash loses recent writes and can
+    /// corrupt the guest's filesystem. For scratch disks only.
+    None,
+}
+
+/// Longest serial a guest can read (`VIRTIO_BLK_ID_BYTES`).
+pub const SERIAL_MAX_LEN: usize = 20;
+
+/// A virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// A raw image file or a host block device.
+    pub path: PathBuf,
+    /// The guest sees a read-only disk and writes fail with an I/O error.
+    pub read_only: bool,
+    pub cache: CacheMode,
+    pub sync: SyncMode,
+    /// What the guest reads with `GET_ID` (at most 20 bytes; Linux shows it as the serial).
+    pub serial: Option<String>,
+}
+
+impl BlockConfig {
+    /// A writable disk with the safe defaults: cached, `sync = full`.
+    pub fn new(path: impl Into<PathBuf>) -> BlockConfig {
+        BlockConfig {
+            path: path.into(),
+            read_only: false,
+            cache: CacheMode::default(),
+            sync: SyncMode::default(),
+            serial: None,
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Transports: how a driver reaches a virtio device. Each wraps any [`crate::VirtioDevice`].
+
+pub mod pci;

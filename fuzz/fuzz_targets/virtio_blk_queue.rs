@@ -1,0 +1,13 @@
+//! virtio-blk's queue walker and request parser on arbitrary guest memory contents: the bytes
+//! become a descriptor table, an available ring and buffers (see
+//! `virtkit_devices::block::fuzz::fuzz_queue`), and the device must answer without panicking.
+//!
+//! Run: `cargo +nightly fuzz run virtio_blk_queue` from the repository root.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    virtkit_devices::block::fuzz::fuzz_queue(data);
+});
