@@ -10,18 +10,22 @@ use virtkit_hypervisor::{HypervisorError, Kvm, Vcpu, Vm};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::acpi::{write_acpi_tables, AcpiConfig, AcpiError};
+use crate::acpi::{build_tables, write_acpi_tables, AcpiConfig, AcpiError};
 use crate::boot::{
-    configure_boot_vcpu, load_firmware, load_linux, BootEntry, BootError, BootSource, FirmwareImage,
+    configure_boot_vcpu, load_firmware, load_linux, BootEntry, BootError, BootSource, E820Entry,
+    FirmwareImage, E820_RAM, E820_RESERVED,
 };
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::cpuid::vcpu_cpuid;
+use crate::devices::fw_cfg::{FwCfg, FwCfgError, FW_CFG_PORT_BASE, FW_CFG_PORT_LEN};
 use crate::devices::{
     spawn_serial_input, AcpiPm, Cmos, GuestRequest, PvPanic, RequestSink, SerialDevice, SerialInputError,
     I8042, PVPANIC_PORT,
 };
 use crate::interrupt::GsiRouter;
-use crate::layout::{irqs, ports, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, PCI_ECAM_SIZE, PCI_ECAM_START};
+use crate::layout::{
+    irqs, ports, HIGH_MEMORY_START, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, PCI_ECAM_SIZE, PCI_ECAM_START,
+};
 use crate::memory::{create_guest_memory, low_ram_end, ram_ranges};
 use crate::pci::{
     BarAllocator, BarAllocatorError, HostBridge, PciConfigIo, PciConfigMmio, PciRoot, PciRootError,
@@ -72,6 +76,10 @@ pub enum MachineError {
     },
     #[error("cannot load the guest")]
     Boot(#[from] BootError),
+    #[error("cannot describe the machine to the firmware (fw_cfg)")]
+    FwCfg(#[from] FwCfgError),
+    #[error("a boot order is only for firmware boots")]
+    NoFirmware,
     #[error("cannot build the ACPI tables")]
     Acpi(#[from] AcpiError),
     #[error("device layout is inconsistent")]
@@ -110,6 +118,7 @@ pub struct Machine {
     gsi_router: Arc<GsiRouter>,
     vm: Arc<Vm>,
     memory: GuestMemoryMmap,
+    fw_cfg: Option<Arc<Mutex<FwCfg>>>,
 }
 
 /// A cheap handle to control a running machine from other threads.
@@ -248,7 +257,7 @@ impl Machine {
         pio.insert(
             PVPANIC_PORT as u64,
             1,
-            Arc::new(Mutex::new(PvPanic::new(requests))),
+            Arc::new(Mutex::new(PvPanic::new(requests.clone()))),
         )?;
 
         // PCI bus 0 with the host bridge at 00:00.0, reachable through 0xcf8/0xcfc and the ECAM.
@@ -257,7 +266,10 @@ impl Machine {
         pio.insert(
             u64::from(ports::PCI_CONFIG_ADDRESS),
             u64::from(ports::PCI_CONFIG_LEN),
-            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()).with_reset({
+                let requests = requests.clone();
+                Box::new(move || requests(GuestRequest::Reset))
+            }))),
         )?;
         mmio.insert(
             PCI_ECAM_START,
@@ -266,7 +278,26 @@ impl Machine {
         )?;
         let gsi_router = GsiRouter::new(vm.clone());
 
-        write_acpi_tables(&memory, &AcpiConfig { num_cpus: vcpus })?;
+        let acpi_config = AcpiConfig { num_cpus: vcpus };
+        let mut fw_cfg = None;
+        match &boot {
+            // A direct kernel boot finds the tables where Linux scans for the RSDP.
+            BootSource::Linux { .. } => {
+                write_acpi_tables(&memory, &acpi_config)?;
+            }
+            // Firmware places them itself, from fw_cfg's table loader, with the rest of what
+            // it asks QEMU's fw_cfg for.
+            BootSource::Firmware { .. } => {
+                let device = Arc::new(Mutex::new(firmware_config(
+                    &memory,
+                    memory_size,
+                    vcpus,
+                    &acpi_config,
+                )?));
+                pio.insert(u64::from(FW_CFG_PORT_BASE), FW_CFG_PORT_LEN, device.clone())?;
+                fw_cfg = Some(device);
+            }
+        }
         let entry = match &boot {
             BootSource::Linux {
                 kernel,
@@ -319,6 +350,7 @@ impl Machine {
             gsi_router,
             vm,
             memory,
+            fw_cfg,
         })
     }
 
@@ -350,6 +382,19 @@ impl Machine {
     /// The KVM VM, for devices that need irqfds or ioeventfds.
     pub fn vm(&self) -> &Arc<Vm> {
         &self.vm
+    }
+
+    /// Tells the firmware which devices to boot from, first to last, as OpenFirmware device
+    /// paths (`/pci@i0cf8/*@1` is the device in PCI slot 1). Call once, before `start`.
+    pub fn set_boot_order(&self, paths: &[String]) -> Result<(), MachineError> {
+        let fw_cfg = self.fw_cfg.as_ref().ok_or(MachineError::NoFirmware)?;
+        let mut bytes = paths.join("\n").into_bytes();
+        bytes.push(0);
+        fw_cfg
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_file("bootorder", bytes)?;
+        Ok(())
     }
 
     pub fn handle(&self) -> MachineHandle {
@@ -426,4 +471,42 @@ impl Drop for Machine {
         }
         self.join_threads();
     }
+}
+
+/// What SeaBIOS reads from fw_cfg: RAM and its map, the CPU count it waits for, the ACPI tables
+/// through the table loader, its serial console on COM1, no boot menu, and no wait after
+/// "No bootable device" (it resets at once, which ends the run as a guest reset).
+fn firmware_config(
+    memory: &GuestMemoryMmap,
+    memory_size: u64,
+    vcpus: u8,
+    acpi: &AcpiConfig,
+) -> Result<FwCfg, MachineError> {
+    let mut map = vec![E820Entry {
+        address: 0,
+        size: low_ram_end(memory_size),
+        kind: E820_RAM,
+    }];
+    if memory_size > low_ram_end(memory_size) {
+        map.push(E820Entry {
+            address: HIGH_MEMORY_START,
+            size: memory_size - low_ram_end(memory_size),
+            kind: E820_RAM,
+        });
+    }
+    // KVM's TSS and identity-map pages sit in the hole; the firmware must not use them.
+    map.push(E820Entry {
+        address: KVM_IDENTITY_MAP_ADDRESS,
+        size: 0x4000,
+        kind: E820_RESERVED,
+    });
+    let mut fw_cfg = FwCfg::new(memory.clone())
+        .with_ram_size(memory_size)?
+        .with_cpus(u16::from(vcpus), u16::from(vcpus))?
+        .with_e820(&map)?
+        .with_acpi(&build_tables(acpi)?)?
+        .with_boot_menu(false)?
+        .with_boot_fail_wait_ms(0)?;
+    fw_cfg.add_file("etc/sercon-port", ports::COM1.to_le_bytes().to_vec())?;
+    Ok(fw_cfg)
 }

@@ -204,6 +204,10 @@ pub(crate) struct VcpuContext {
 /// Runs vCPU `index` until the machine stops.
 pub(crate) fn run_vcpu(mut vcpu: Vcpu, index: u32, ctx: &VcpuContext) {
     ctx.control.register_current_thread();
+    let _exit = ThreadExit {
+        control: &ctx.control,
+        index,
+    };
     while ctx.control.may_run() {
         let exit = match vcpu.run() {
             Ok(exit) => exit,
@@ -265,5 +269,23 @@ pub(crate) fn run_vcpu(mut vcpu: Vcpu, index: u32, ctx: &VcpuContext) {
             }),
         }
     }
-    ctx.control.thread_exiting();
+}
+
+/// Leaves the control's books straight however the vCPU thread ends: a bug that panics a vCPU
+/// thread stops the machine with a host error instead of leaving it waiting for that thread.
+struct ThreadExit<'a> {
+    control: &'a Control,
+    index: u32,
+}
+
+impl Drop for ThreadExit<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.control.request_exit(ExitReason::HostError {
+                vcpu: Some(self.index),
+                message: "the vCPU thread panicked (a virtkit bug; see the log)".into(),
+            });
+        }
+        self.control.thread_exiting();
+    }
 }

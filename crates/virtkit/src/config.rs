@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::storage::StorageDeviceConfiguration;
+
 /// The configuration format this build writes and reads. Files from newer formats are refused
 /// with a clear error; older ones are read with defaults for what they lack.
 pub const CONFIG_FORMAT_VERSION: u32 = 1;
@@ -29,6 +31,9 @@ pub struct VirtualMachineConfiguration {
     /// Serial ports; the first is COM1.
     #[serde(default)]
     pub serial_ports: Vec<SerialPortConfiguration>,
+    /// Disks, as virtio-blk devices on PCI, in boot order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storage_devices: Vec<StorageDeviceConfiguration>,
 }
 
 /// How the machine boots.
@@ -100,6 +105,7 @@ impl VirtualMachineConfiguration {
                 command_line: command_line.to_owned(),
             },
             serial_ports: Vec::new(),
+            storage_devices: Vec::new(),
         }
     }
 
@@ -114,7 +120,14 @@ impl VirtualMachineConfiguration {
                 variable_store: None,
             },
             serial_ports: Vec::new(),
+            storage_devices: Vec::new(),
         }
+    }
+
+    /// Adds a disk.
+    pub fn with_storage(mut self, disk: StorageDeviceConfiguration) -> Self {
+        self.storage_devices.push(disk);
+        self
     }
 
     /// Adds a serial port.

@@ -11,6 +11,7 @@ mod host;
 mod serial;
 mod size;
 mod state;
+mod storage;
 mod validate;
 mod vm;
 
@@ -20,5 +21,6 @@ pub use config::{
 pub use host::{HostCapabilities, HostKind};
 pub use size::{parse_size, ByteSize};
 pub use state::{StopReason, VmState};
+pub use storage::{CacheMode, StorageDeviceConfiguration, SyncMode};
 pub use validate::{ValidationError, ValidationIssue};
 pub use vm::{StartError, VirtualMachine, VmError};

@@ -5,8 +5,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use virtkit_devices::block::{Block, BlockConfig, BlockError, PCI_CLASS};
 use virtkit_hypervisor::{HypervisorError, Kvm, KvmFlavor};
 use virtkit_machine::{BootSource, Machine, MachineConfig, MachineError, MachineHandle};
+use virtkit_virtio::transport::pci::{attach, AttachError};
 
 use crate::config::{BootLoader, VirtualMachineConfiguration};
 use crate::serial::{open_attachment, SerialError, SocketServer};
@@ -33,6 +35,18 @@ pub enum StartError {
     Serial(#[from] SerialError),
     #[error(transparent)]
     State(#[from] VmError),
+    #[error("cannot open the disk {path}")]
+    Disk {
+        path: std::path::PathBuf,
+        #[source]
+        source: BlockError,
+    },
+    #[error("cannot attach the disk {path}")]
+    Attach {
+        path: std::path::PathBuf,
+        #[source]
+        source: AttachError,
+    },
     #[error("cannot start the VMM thread")]
     Thread(#[source] std::io::Error),
 }
@@ -180,6 +194,7 @@ impl VirtualMachine {
         let pvm_host = kvm.info().flavor == KvmFlavor::Pvm;
         let (machine_config, server) = self.machine_config()?;
         let mut machine = Machine::new(&kvm, machine_config)?;
+        self.attach_disks(&machine)?;
         machine.start()?;
         let handle = machine.handle();
         self.handle = Some(handle);
@@ -205,6 +220,34 @@ impl VirtualMachine {
             })
             .map_err(StartError::Thread)?;
         self.monitor = Some(monitor);
+        Ok(())
+    }
+
+    /// Plugs each disk into the PCI bus as virtio-blk, and on a firmware boot tells the firmware
+    /// to boot them in the order given.
+    fn attach_disks(&self, machine: &Machine) -> Result<(), StartError> {
+        let mut boot_order = Vec::new();
+        for disk in &self.config.storage_devices {
+            let block = Block::open(&BlockConfig {
+                path: disk.path.clone(),
+                read_only: disk.read_only,
+                cache: disk.caching,
+                sync: disk.synchronization,
+                serial: disk.identifier.clone(),
+            })
+            .map_err(|source| StartError::Disk {
+                path: disk.path.clone(),
+                source,
+            })?;
+            let slot = attach(machine, block, PCI_CLASS).map_err(|source| StartError::Attach {
+                path: disk.path.clone(),
+                source,
+            })?;
+            boot_order.push(format!("/pci@i0cf8/*@{slot:x}"));
+        }
+        if matches!(self.config.boot_loader, BootLoader::Firmware { .. }) && !boot_order.is_empty() {
+            machine.set_boot_order(&boot_order)?;
+        }
         Ok(())
     }
 

@@ -7,8 +7,8 @@ use std::sync::mpsc::{channel, Sender};
 use clap::Args;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use virtkit::{
-    parse_size, BootLoader, SerialAttachment, StopReason, VirtualMachine, VirtualMachineConfiguration,
-    VmState, CONFIG_FORMAT_VERSION,
+    parse_size, BootLoader, SerialAttachment, StopReason, StorageDeviceConfiguration, VirtualMachine,
+    VirtualMachineConfiguration, VmState, CONFIG_FORMAT_VERSION,
 };
 
 use crate::commands::validate::load_config;
@@ -38,6 +38,10 @@ pub struct RunArgs {
     /// Guest memory, like 512M or 2G [default: 512M, or the configuration's].
     #[arg(long, value_parser = parse_size)]
     pub memory: Option<u64>,
+    /// A disk: PATH[,ro][,cache=uncached][,sync=none][,serial=ID]; repeat for more. Firmware
+    /// boots them in the order given.
+    #[arg(long = "disk", value_parser = StorageDeviceConfiguration::parse_cli)]
+    pub disks: Vec<StorageDeviceConfiguration>,
     /// Where COM1 goes: stdio, none, file:PATH or unix:PATH [default: stdio, or the configuration's].
     #[arg(long, value_parser = parse_serial)]
     pub serial: Option<SerialChoice>,
@@ -91,9 +95,11 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
             memory_size: DEFAULT_MEMORY,
             boot_loader,
             serial_ports: Vec::new(),
+            storage_devices: Vec::new(),
         }
         .with_serial(SerialAttachment::Stdio)
     };
+    config.storage_devices.extend(args.disks.iter().cloned());
     if let Some(cpus) = args.cpus {
         config.cpu_count = cpus;
     }

@@ -44,7 +44,7 @@
 //!
 //! # What a firmware boot should register
 //!
-//! ```ignore
+//! ```text
 //! let mut fw_cfg = FwCfg::new(memory.clone())
 //!     .with_ram_size(memory_size)?                        // key 0x03
 //!     .with_cpus(vcpus, vcpus)?                           // keys 0x05, 0x0f, 0x0d (no NUMA)

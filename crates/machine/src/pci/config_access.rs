@@ -20,11 +20,27 @@ const DATA_OFFSET: u64 = 4;
 pub struct PciConfigIo {
     root: Arc<Mutex<PciRoot>>,
     address: u32,
+    reset: Option<Box<dyn Fn() + Send>>,
 }
+
+/// 0xcf9, the PC's reset control register, shares the config address's dword.
+const RESET_CONTROL_OFFSET: u64 = 1;
+/// Reset control: bit 2 starts the reset (bit 1 picks hard or soft, both reset us).
+const RESET_CPU: u8 = 1 << 2;
 
 impl PciConfigIo {
     pub fn new(root: Arc<Mutex<PciRoot>>) -> PciConfigIo {
-        PciConfigIo { root, address: 0 }
+        PciConfigIo {
+            root,
+            address: 0,
+            reset: None,
+        }
+    }
+
+    /// Also answers 0xcf9: a reset request there calls `reset`.
+    pub fn with_reset(mut self, reset: Box<dyn Fn() + Send>) -> PciConfigIo {
+        self.reset = Some(reset);
+        self
     }
 
     /// (bus, device, function, register offset) for a data access at `data_offset` (0..4), if
@@ -52,10 +68,11 @@ impl BusDevice for PciConfigIo {
             return;
         }
         let data_offset = offset.wrapping_sub(DATA_OFFSET);
-        match self.target(data_offset) {
-            Some((bus, device, function, register))
-                if offset >= DATA_OFFSET && fits_in_dword(data_offset, data.len()) =>
-            {
+        let target = (offset >= DATA_OFFSET)
+            .then(|| self.target(data_offset))
+            .flatten();
+        match target {
+            Some((bus, device, function, register)) if fits_in_dword(data_offset, data.len()) => {
                 lock(&self.root).read_config(bus, device, function, register, data)
             }
             _ => data.fill(0xff),
@@ -69,15 +86,25 @@ impl BusDevice for PciConfigIo {
             self.address = u32::from_le_bytes(b);
             return;
         }
+        if offset == RESET_CONTROL_OFFSET && data.len() == 1 {
+            if data[0] & RESET_CPU != 0 {
+                if let Some(reset) = &self.reset {
+                    reset();
+                }
+            }
+            return;
+        }
         let data_offset = offset.wrapping_sub(DATA_OFFSET);
-        if let Some((bus, device, function, register)) = self.target(data_offset) {
-            if offset >= DATA_OFFSET && fits_in_dword(data_offset, data.len()) {
+        let target = (offset >= DATA_OFFSET)
+            .then(|| self.target(data_offset))
+            .flatten();
+        if let Some((bus, device, function, register)) = target {
+            if fits_in_dword(data_offset, data.len()) {
                 lock(&self.root).write_config(bus, device, function, register, data);
                 return;
             }
         }
-        // Byte and word accesses to 0xcf8..0xcfb are other chipset registers on a real PC
-        // (0xcf9 is the reset control register); nothing here implements them.
+        // Other byte and word accesses to 0xcf8..0xcfb are chipset registers nothing here has.
         tracing::trace!(offset, len = data.len(), "PCI config port access ignored");
     }
 }

@@ -257,3 +257,32 @@ fn intx_swizzle_spreads_slots_over_the_pci_lines() {
     assert_eq!(intx_gsi(7, 2), 16);
     assert!((0..32).all(|s| (16..24).contains(&intx_gsi(s, 1))));
 }
+
+#[test]
+fn byte_and_word_accesses_below_the_data_port_never_panic() {
+    let mut p = platform();
+    p.io.write(0, &address(0, 0));
+    // 0xcf9..0xcfb: what SeaBIOS and Linux touch for reset and probing.
+    for offset in 1..4u64 {
+        p.io.write(offset, &[0x06]);
+        p.io.write(offset & !1, &[0x06, 0x00]);
+        let mut b = [0u8; 1];
+        p.io.read(offset, &mut b);
+        let mut w = [0u8; 2];
+        p.io.read(offset & !1, &mut w);
+    }
+}
+
+#[test]
+fn reset_control_register_resets_when_bit_2_is_set() {
+    let root = platform().root;
+    let resets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = resets.clone();
+    let mut io = PciConfigIo::new(root).with_reset(Box::new(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }));
+    io.write(1, &[0x02]); // select hard reset, not yet
+    assert_eq!(resets.load(std::sync::atomic::Ordering::SeqCst), 0);
+    io.write(1, &[0x06]);
+    assert_eq!(resets.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -11,6 +11,8 @@ use virtkit_machine::memory::low_ram_end;
 use crate::config::{BootLoader, SerialAttachment, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
 use crate::host::HostCapabilities;
 use crate::size::ByteSize;
+use crate::storage::StorageDeviceConfiguration;
+use virtkit_devices::block::SERIAL_MAX_LEN;
 
 /// The least RAM a guest may have.
 pub const MIN_MEMORY_SIZE: u64 = 64 << 20;
@@ -109,6 +111,67 @@ fn check_file(issues: &mut Issues, field: &str, what: &str, path: &Path) -> bool
                 false
             }
         },
+    }
+}
+
+/// PCI slots on bus 0 after the host bridge.
+const MAX_DISKS: usize = 31;
+
+/// A disk must exist, be a regular file or a block device, and be writable unless read-only.
+fn check_disk(issues: &mut Issues, field: &str, disk: &StorageDeviceConfiguration) {
+    use std::os::unix::fs::FileTypeExt;
+    let path = &disk.path;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            issues.add(
+                field,
+                format!(
+                    "the disk {} does not exist; create it (e.g. `truncate -s 8G {}`) or fix the path",
+                    path.display(),
+                    path.display()
+                ),
+            );
+            return;
+        }
+        Err(e) => {
+            issues.add(
+                field,
+                format!(
+                    "the disk {} cannot be read ({e}); check its permissions",
+                    path.display()
+                ),
+            );
+            return;
+        }
+    };
+    if !(meta.is_file() || meta.file_type().is_block_device()) {
+        issues.add(
+            field,
+            format!(
+                "the disk {} is neither a regular file nor a block device",
+                path.display()
+            ),
+        );
+        return;
+    }
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!disk.read_only)
+        .open(path);
+    if let Err(e) = opened {
+        let how = if disk.read_only {
+            "read"
+        } else {
+            "opened for writing"
+        };
+        issues.add(
+            field,
+            format!(
+                "the disk {} cannot be {how} ({e}); check its permissions, or attach it read-only",
+                path.display()
+            ),
+        );
     }
 }
 
@@ -268,6 +331,34 @@ impl VirtualMachineConfiguration {
                     }
                 }
             }
+        }
+
+        for (i, disk) in self.storage_devices.iter().enumerate() {
+            let field = format!("storage_devices[{i}].path");
+            check_disk(&mut issues, &field, disk);
+            if let Some(id) = &disk.identifier {
+                if id.len() > SERIAL_MAX_LEN || !id.is_ascii() {
+                    issues.add(
+                        &format!("storage_devices[{i}].identifier"),
+                        format!("`{id}` is not a disk serial; use at most {SERIAL_MAX_LEN} ASCII characters"),
+                    );
+                }
+            }
+            if self.storage_devices[..i].iter().any(|d| d.path == disk.path) {
+                issues.add(
+                    &field,
+                    format!("{} is attached twice; give each disk once", disk.path.display()),
+                );
+            }
+        }
+        if self.storage_devices.len() > MAX_DISKS {
+            issues.add(
+                "storage_devices",
+                format!(
+                    "{} disks given; this machine takes at most {MAX_DISKS}",
+                    self.storage_devices.len()
+                ),
+            );
         }
 
         if self.serial_ports.len() > 1 {
