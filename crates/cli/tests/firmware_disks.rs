@@ -1,0 +1,275 @@
+//! SeaBIOS, a real third-party firmware, boots on our PC platform and drives our virtio-blk
+//! disks with its own virtio driver; the project's MBR programs (crates/test-guests) read and
+//! write sectors through BIOS int 13h and print what they saw on COM1. Runs on any KVM.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use virtkit_test_guests::mbr::{
+    id_marker, sector_sum, write_pattern, READ_DISK_BYTES, READ_LBAS, WRITE_LBAS,
+};
+use virtkit_test_guests::output::{mbr_drive, mbr_read_sum, mbr_write, ReadKind, WriteResult};
+use virtkit_test_guests::Guest;
+
+const VIRTKIT: &str = env!("CARGO_BIN_EXE_virtkit");
+const SEABIOS: &str = "/usr/share/seabios/bios.bin";
+
+fn seabios_available() -> bool {
+    if !virtkit_testkit::require_kvm() {
+        return false;
+    }
+    if !Path::new(SEABIOS).exists() {
+        virtkit_testkit::skip("SeaBIOS is not installed (Debian package seabios)");
+        return false;
+    }
+    true
+}
+
+struct Disks(PathBuf);
+
+impl Disks {
+    fn new(name: &str) -> Disks {
+        let dir = std::env::temp_dir().join(format!("virtkit-fwdisk-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Disks(dir)
+    }
+
+    /// A sparse disk of `size` bytes with `mbr` in sector 0 and `sectors` written at their LBAs.
+    fn disk(&self, name: &str, size: u64, mbr: Option<Guest>, sectors: &[(u64, [u8; 512])]) -> PathBuf {
+        let path = self.0.join(name);
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.set_len(size).unwrap();
+        if let Some(guest) = mbr {
+            f.write_all(guest.bytes()).unwrap();
+        }
+        for (lba, data) in sectors {
+            f.seek(SeekFrom::Start(lba * 512)).unwrap();
+            f.write_all(data).unwrap();
+        }
+        path
+    }
+}
+
+impl Drop for Disks {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn known_sector(lba: u64) -> [u8; 512] {
+    let mut s = [0u8; 512];
+    for (i, b) in s.iter_mut().enumerate() {
+        *b = (lba.wrapping_mul(31) as u8) ^ (i as u8).wrapping_mul(7);
+    }
+    s
+}
+
+fn boot(disks: &[String]) -> Output {
+    let mut args = vec![
+        "run".to_owned(),
+        "--firmware".into(),
+        SEABIOS.into(),
+        "--memory".into(),
+        "128M".into(),
+    ];
+    for d in disks {
+        args.push("--disk".into());
+        args.push(d.clone());
+    }
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(VIRTKIT)
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "the boot did not finish in 120 s:\n{}",
+        text(&out)
+    );
+    out
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn contents(path: &Path) -> Vec<u8> {
+    let mut data = Vec::new();
+    std::fs::File::open(path).unwrap().read_to_end(&mut data).unwrap();
+    // The images are small or sparse; comparing whole contents is enough and needs no crate.
+    data
+}
+
+#[test]
+fn seabios_reads_known_sectors_anywhere_on_a_16_gib_sparse_disk() {
+    if !seabios_available() {
+        return;
+    }
+    let disks = Disks::new("read");
+    let sectors: Vec<(u64, [u8; 512])> = READ_LBAS
+        .iter()
+        .map(|&l| (u64::from(l), known_sector(u64::from(l))))
+        .collect();
+    let disk = disks.disk("read.img", READ_DISK_BYTES, Some(Guest::MbrRead), &sectors);
+    let out = boot(&[disk.display().to_string()]);
+    let console = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{console}");
+    assert!(
+        console.contains("SeaBIOS (version"),
+        "the BIOS console is on COM1:\n{console}"
+    );
+    for (lba, data) in &sectors {
+        let line = mbr_read_sum(ReadKind::Extended, *lba as u32, sector_sum(data));
+        assert!(console.contains(&line), "missing `{line}`:\n{console}");
+    }
+    // CHS reaches the sectors inside its 8 GiB geometry, extended int 13h the ones beyond.
+    for lba in [1u64, 2, 1000, 1 << 21] {
+        let line = mbr_read_sum(ReadKind::Chs, lba as u32, sector_sum(&known_sector(lba)));
+        assert!(console.contains(&line), "missing `{line}`:\n{console}");
+    }
+    assert!(console.contains("mbr-read done"));
+}
+
+#[test]
+fn sectors_the_guest_writes_are_in_the_image() {
+    if !seabios_available() {
+        return;
+    }
+    let disks = Disks::new("write");
+    let disk = disks.disk("write.img", 64 << 20, Some(Guest::MbrWrite), &[]);
+    let out = boot(&[disk.display().to_string()]);
+    let console = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{console}");
+    let image = contents(&disk);
+    for lba in WRITE_LBAS {
+        assert!(console.contains(&mbr_write(lba, WriteResult::Ok)), "{console}");
+        let at = lba as usize * 512;
+        assert_eq!(
+            &image[at..at + 512],
+            &write_pattern(lba)[..],
+            "LBA {lba} in the image"
+        );
+    }
+}
+
+#[test]
+fn a_read_only_disk_fails_the_guest_write_and_keeps_the_image() {
+    if !seabios_available() {
+        return;
+    }
+    let disks = Disks::new("ro");
+    let disk = disks.disk("ro.img", 64 << 20, Some(Guest::MbrWrite), &[]);
+    let before = contents(&disk);
+    let out = boot(&[format!("{},ro", disk.display())]);
+    let console = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{console}");
+    for lba in WRITE_LBAS {
+        let line = format!("write lba={lba} error=");
+        assert!(
+            console.contains(&line),
+            "the write must fail in the guest:\n{console}"
+        );
+    }
+    assert!(before == contents(&disk), "a read-only disk's image changed");
+}
+
+#[test]
+fn seabios_enumerates_three_disks() {
+    if !seabios_available() {
+        return;
+    }
+    let disks = Disks::new("three");
+    let a = disks.disk("a.img", 64 << 20, Some(Guest::MbrDrives), &[]);
+    let b = disks.disk("b.img", 1 << 30, None, &[]);
+    let c = disks.disk("c.img", 16 << 30, None, &[]);
+    let out = boot(&[a, b, c].map(|p| p.display().to_string()));
+    let console = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{console}");
+    for (drive, bytes) in [(0x80u8, 64u64 << 20), (0x81, 1 << 30), (0x82, 16 << 30)] {
+        let line = mbr_drive(drive, bytes / 512);
+        assert!(console.contains(&line), "missing `{line}`:\n{console}");
+    }
+    assert!(console.contains("drives=3"), "{console}");
+}
+
+#[test]
+fn boot_order_picks_the_disk_asked_for() {
+    if !seabios_available() {
+        return;
+    }
+    let disks = Disks::new("order");
+    let marker = |m: &str| {
+        let mut s = [0u8; 512];
+        s[..m.len()].copy_from_slice(m.as_bytes());
+        s
+    };
+    let x = disks.disk("x.img", 64 << 20, Some(Guest::MbrId), &[(1, marker("disk-x"))]);
+    let y = disks.disk("y.img", 64 << 20, Some(Guest::MbrId), &[(1, marker("disk-y"))]);
+    let (xs, ys) = (x.display().to_string(), y.display().to_string());
+    let first = text(&boot(&[xs.clone(), ys.clone()]));
+    assert!(
+        first.contains(&format!("boot-disk={}", id_marker(b"disk-x"))),
+        "{first}"
+    );
+    let second = text(&boot(&[ys, xs]));
+    assert!(second.contains("boot-disk=disk-y"), "{second}");
+}
+
+#[test]
+fn no_bootable_disk_ends_as_a_reset_after_seabios_says_so() {
+    if !seabios_available() {
+        return;
+    }
+    let disks = Disks::new("blank");
+    let blank = disks.disk("blank.img", 64 << 20, None, &[]);
+    let out = boot(&[blank.display().to_string()]);
+    let console = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{console}");
+    assert!(console.contains("No bootable device"), "{console}");
+}
+
+#[test]
+fn bad_firmware_and_disk_input_are_clear_errors() {
+    let disks = Disks::new("bad");
+    let run = |args: &[&str]| -> Output {
+        Command::new(VIRTKIT)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let missing_fw = run(&["run", "--firmware", "/nonexistent/bios.bin"]);
+    assert_eq!(missing_fw.status.code(), Some(1));
+    assert!(text(&missing_fw)
+        .contains("boot_loader.path: the firmware image /nonexistent/bios.bin does not exist"));
+
+    let odd = disks.disk("odd.bin", 1000, None, &[]);
+    let wrong_size = run(&["run", "--firmware", odd.to_str().unwrap()]);
+    assert_eq!(wrong_size.status.code(), Some(1));
+    assert!(
+        text(&wrong_size).contains("must be a multiple of 64 KiB"),
+        "{}",
+        text(&wrong_size)
+    );
+
+    let missing_disk = run(&["run", "--firmware", SEABIOS, "--disk", "/nonexistent/disk.img"]);
+    assert_eq!(missing_disk.status.code(), Some(1));
+    assert!(text(&missing_disk)
+        .contains("storage_devices[0].path: the disk /nonexistent/disk.img does not exist"));
+
+    let not_a_disk = run(&["run", "--firmware", SEABIOS, "--disk", disks.0.to_str().unwrap()]);
+    assert_eq!(not_a_disk.status.code(), Some(1));
+    assert!(
+        text(&not_a_disk).contains("is neither a regular file nor a block device"),
+        "{}",
+        text(&not_a_disk)
+    );
+
+    let bad_option = run(&["run", "--firmware", SEABIOS, "--disk", "x.img,turbo"]);
+    assert_eq!(bad_option.status.code(), Some(2));
+    assert!(text(&bad_option).contains("`turbo` is not a disk option"));
+}
