@@ -43,9 +43,6 @@ const SDT_ALIGN: usize = 8;
 /// FADT IAPC_BOOT_ARCH: there are user-visible ISA devices (the serial port), so the OS must not
 /// assume that everything can be enumerated.
 const IAPC_BOOT_ARCH_LEGACY_DEVICES: u16 = 1 << 0;
-/// FADT IAPC_BOOT_ARCH: there is an i8042. Without it, and with no PNP0303 device in the DSDT,
-/// Linux's i8042 driver gives up instead of probing ports 0x60/0x64 directly.
-const IAPC_BOOT_ARCH_8042: u16 = 1 << 1;
 /// FADT P_LVL2_LAT / P_LVL3_LAT: anything above 100 (C2) or 1000 (C3) microseconds says the state
 /// is not supported, so no OS tries the P_BLK-based C-states we do not have.
 const P_LVL2_LAT_UNSUPPORTED: u16 = 0x0fff;
@@ -225,7 +222,10 @@ fn fadt(facs: u32, dsdt: u32) -> Vec<u8> {
     fadt.p_lvl2_lat = P_LVL2_LAT_UNSUPPORTED.into();
     fadt.p_lvl3_lat = P_LVL3_LAT_UNSUPPORTED.into();
     fadt.century = CMOS_CENTURY_REGISTER;
-    fadt.iapc_boot_arch = (IAPC_BOOT_ARCH_LEGACY_DEVICES | IAPC_BOOT_ARCH_8042).into();
+    // The 8042 flag stays clear: our i8042 is only a reset line, with no keyboard controller
+    // behind it, and with the flag set Linux probes it for seconds of timeouts. Without it (and
+    // no PNP0303 in the DSDT) the i8042 driver does not probe; the reset through 0x64 still works.
+    fadt.iapc_boot_arch = IAPC_BOOT_ARCH_LEGACY_DEVICES.into();
     aml_bytes(&fadt.finalize())
 }
 
