@@ -13,7 +13,7 @@ use virtkit_virtio::transport::pci::{attach, AttachError};
 use crate::config::{BootLoader, VirtualMachineConfiguration};
 use crate::serial::{open_attachment, SerialError, SocketServer};
 use crate::state::{StopReason, VmState};
-use crate::validate::ValidationError;
+use crate::validate::{error_chain, ValidationError};
 
 /// A lifecycle request that does not fit the machine's state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -341,15 +341,4 @@ impl Drop for VirtualMachine {
             let _ = t.join();
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -175,7 +175,8 @@ fn check_disk(issues: &mut Issues, field: &str, disk: &StorageDeviceConfiguratio
     }
 }
 
-fn error_text(e: &dyn std::error::Error) -> String {
+/// An error and its causes as one line, `outer: inner: innermost`.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -271,7 +272,7 @@ impl VirtualMachineConfiguration {
                             "boot_loader.kernel",
                             format!(
                                 "{}; give a bzImage or an ELF vmlinux with a PVH note",
-                                error_text(&e)
+                                error_chain(&e)
                             ),
                         );
                     } else if let Ok(Some(needed)) = bzimage_memory_needed(kernel) {
@@ -312,7 +313,7 @@ impl VirtualMachineConfiguration {
                             "boot_loader.path",
                             format!(
                                 "{}; give a BIOS image such as /usr/share/seabios/bios.bin",
-                                error_text(&e)
+                                error_chain(&e)
                             ),
                         );
                     }
