@@ -5,7 +5,8 @@
 #   vmlinux                  ELF vmlinux extracted from that bzImage (has the Xen PVH entry note)
 #   kernel-config            the kernel's config
 #   busybox                  static busybox from Debian's busybox-static package
-#   guest-initramfs.cpio.gz  busybox + virtio modules + /init (scripts/assets/guest-init.sh)
+#   guest-initramfs.cpio.gz  busybox + virtio modules + e2fsprogs' mke2fs (mkfs.ext4) and e2fsck
+#                            with their shared libraries + /init (scripts/assets/guest-init.sh)
 #   host-modules/            kvm.ko, kvm-amd.ko, irqbypass.ko (+ deps); load order in host-modules/order
 #   manifest.json            kernel release, package versions, sha256 + relative path of every artifact
 #
@@ -16,14 +17,15 @@
 # Usage: scripts/assets.sh [--verify] [--selftest] [--prune] [--quiet]
 #   (no option)  make sure the cache is complete; print the asset directory on stdout
 #   --verify     also check every artifact against the sha256 in manifest.json
-#   --selftest   also boot the guest initramfs under QEMU TCG (q35) and check its markers
+#   --selftest   also boot the guest initramfs under QEMU TCG (q35) and check its markers and
+#                its mkfs.ext4 on a virtio disk
 #   --prune      delete asset directories other than the current one
 # Environment: VIRTKIT_KERNEL_PACKAGE=linux-image-<release>  use that package instead of the
 #              one linux-image-cloud-amd64 depends on.
 set -euo pipefail
 shopt -s nullglob
 
-RECIPE_VERSION=2
+RECIPE_VERSION=3
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HERE=$REPO/scripts/assets
@@ -271,6 +273,161 @@ cpio_trailer() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Dynamically linked tools for the guest (e2fsprogs), from Debian packages, never from this
+# machine's installed files: the tool's package and the library packages its libraries come
+# from are downloaded and unpacked; the shared libraries are found by the ELF NEEDED entries.
+
+# E2FS_TOOLS: programs of the e2fsprogs package copied into the guest (sbin/), plus symlinks.
+E2FS_TOOLS=(mke2fs e2fsck)
+E2FS_LINKS=(mkfs.ext4:mke2fs mkfs.ext3:mke2fs mkfs.ext2:mke2fs fsck.ext4:e2fsck fsck.ext2:e2fsck)
+
+pkg_depends() { # DEB: the package names in Depends and Pre-Depends (first alternative, no version)
+	local f
+	for f in Depends Pre-Depends; do
+		dpkg-deb -f "$1" "$f" 2>/dev/null | tr ',' '\n'
+	done | sed 's/|.*//; s/(.*)//; s/:any//; s/[[:space:]]//g' | grep -v '^$' || true
+}
+
+elf_needed() { # ELF: its NEEDED sonames
+	readelf -dW "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]$/\1/p'
+}
+
+elf_interp() { # ELF: its program interpreter, if any
+	readelf -lW "$1" | sed -n 's/.*Requesting program interpreter: \(.*\)\]$/\1/p'
+}
+
+find_lib() { # ROOT SONAME: the path of SONAME in the unpacked packages under ROOT
+	local d
+	for d in lib/x86_64-linux-gnu usr/lib/x86_64-linux-gnu lib64 lib usr/lib; do
+		if [ -e "$1/$d/$2" ]; then
+			echo "$1/$d/$2"
+			return 0
+		fi
+	done
+	return 1
+}
+
+# missing_libs ROOT ELF...: the sonames (NEEDED, transitively) not found under ROOT
+missing_libs() {
+	local root=$1 f so p
+	shift
+	local -A seen=()
+	local queue=("$@")
+	while [ ${#queue[@]} -gt 0 ]; do
+		f=${queue[0]}
+		queue=("${queue[@]:1}")
+		for so in $(elf_needed "$f"); do
+			[ -z "${seen[$so]:-}" ] || continue
+			seen[$so]=1
+			if p=$(find_lib "$root" "$so"); then
+				queue+=("$(readlink -f "$p")")
+			else
+				echo "$so"
+			fi
+		done
+	done
+}
+
+# stage_guest_tools DEBDIR ROOT GROOT: download e2fsprogs and the library packages it needs into
+# DEBDIR, unpack them into ROOT, and copy the tools, their libraries (NEEDED, transitively) and
+# the dynamic loader into the guest tree GROOT. Sets E2FS_VERSION.
+stage_guest_tools() {
+	local debdir=$1 root=$2 groot=$3 aptopt=()
+	[ "$(id -u)" = 0 ] && aptopt=(-o APT::Sandbox::User=root)
+	mkdir -p "$debdir" "$root"
+	(cd "$debdir" && apt-get download -q "${aptopt[@]}" e2fsprogs >/dev/null) ||
+		die "apt-get download e2fsprogs failed"
+	local edeb=("$debdir"/e2fsprogs_*.deb)
+	[ ${#edeb[@]} = 1 ] || die "downloaded e2fsprogs not found in $debdir"
+	E2FS_VERSION=$(dpkg-deb -f "${edeb[0]}" Version)
+	dpkg-deb -x "${edeb[0]}" "$root"
+	local t bins=() src
+	for t in "${E2FS_TOOLS[@]}"; do
+		src=
+		for src in "$root/sbin/$t" "$root/usr/sbin/$t" ""; do
+			[ -z "$src" ] || [ -f "$src" ] && break
+		done
+		[ -n "$src" ] || die "no $t in e2fsprogs $E2FS_VERSION"
+		bins+=("$src")
+	done
+	# Fetch library packages, a level of dependencies at a time, until every NEEDED soname of
+	# the tools (and of the libraries found so far) is there.
+	local -A fetched=([e2fsprogs]=1)
+	local frontier=("${edeb[0]}") missing d new deb
+	for _ in 1 2 3 4; do
+		mapfile -t missing < <(missing_libs "$root" "${bins[@]}")
+		[ ${#missing[@]} -gt 0 ] || break
+		new=()
+		for deb in "${frontier[@]}"; do
+			for d in $(pkg_depends "$deb"); do
+				case "$d" in lib*) ;; *) continue ;; esac
+				[ -z "${fetched[$d]:-}" ] || continue
+				fetched[$d]=1
+				new+=("$d")
+			done
+		done
+		[ ${#new[@]} -gt 0 ] || break
+		log "e2fsprogs: missing ${missing[*]}; downloading ${new[*]}"
+		(cd "$debdir" && apt-get download -q "${aptopt[@]}" "${new[@]}" >/dev/null) ||
+			die "apt-get download ${new[*]} failed"
+		frontier=()
+		for d in "${new[@]}"; do
+			deb=("$debdir/${d}"_*.deb)
+			[ ${#deb[@]} = 1 ] || die "downloaded $d not found in $debdir"
+			dpkg-deb -x "${deb[0]}" "$root"
+			frontier+=("${deb[0]}")
+		done
+	done
+	mapfile -t missing < <(missing_libs "$root" "${bins[@]}")
+	[ ${#missing[@]} = 0 ] ||
+		die "e2fsprogs: no package among its dependencies holds ${missing[*]}"
+
+	# Copy the tools, then each library under its soname in the same directory of the guest.
+	mkdir -p "$groot/sbin" "$groot/etc"
+	for src in "${bins[@]}"; do
+		rm -f "$groot/sbin/${src##*/}" # busybox's applet of the same name, if any
+		install -m 755 "$src" "$groot/sbin/${src##*/}"
+	done
+	local l
+	for l in "${E2FS_LINKS[@]}"; do
+		rm -f "$groot/sbin/${l%%:*}"
+		ln -s "${l#*:}" "$groot/sbin/${l%%:*}"
+	done
+	[ -f "$root/etc/mke2fs.conf" ] && install -m 644 "$root/etc/mke2fs.conf" "$groot/etc/mke2fs.conf"
+	ln -sfn /proc/self/mounts "$groot/etc/mtab" # where e2fsprogs looks for mounted filesystems
+	local -A copied=()
+	local queue=("${bins[@]}") f so p rel interp
+	while [ ${#queue[@]} -gt 0 ]; do
+		f=${queue[0]}
+		queue=("${queue[@]:1}")
+		for so in $(elf_needed "$f"); do
+			[ -z "${copied[$so]:-}" ] || continue
+			copied[$so]=1
+			p=$(find_lib "$root" "$so")
+			rel=${p#"$root"/}
+			mkdir -p "$groot/${rel%/*}"
+			cp -L "$p" "$groot/$rel"
+			chmod 755 "$groot/$rel"
+			queue+=("$groot/$rel")
+		done
+	done
+	interp=$(elf_interp "${bins[0]}")
+	[ -n "$interp" ] || die "e2fsprogs' ${bins[0]##*/} names no program interpreter"
+	[ -e "$root$interp" ] || die "the dynamic loader $interp is not in the downloaded packages"
+	mkdir -p "$groot${interp%/*}"
+	cp -L "$root$interp" "$groot$interp"
+	chmod 755 "$groot$interp"
+	# Each tool runs with the staged loader, the staged libraries first in its search path.
+	for t in "${E2FS_TOOLS[@]}"; do
+		"$groot$interp" --inhibit-cache \
+			--library-path "$groot/lib/x86_64-linux-gnu:$groot/usr/lib/x86_64-linux-gnu" \
+			"$groot/sbin/$t" -V >/dev/null 2>&1 ||
+			die "the staged $t does not run with the staged libraries"
+	done
+	log "guest tools: ${E2FS_TOOLS[*]} from e2fsprogs $E2FS_VERSION; libraries: ${!copied[*]}; loader $interp"
+}
+
+# ---------------------------------------------------------------------------------------------
 # Build
 
 build() { # PKG DEST
@@ -351,6 +508,7 @@ build() { # PKG DEST
 	while IFS= read -r applet; do
 		[ "$applet" = bin/busybox ] || [ -e "$groot/$applet" ] || ln -s /bin/busybox "$groot/$applet"
 	done < <("$out/busybox" --list-full)
+	stage_guest_tools "$tmp/debs/e2fs" "$tmp/e2fs" "$groot"
 	install -m 755 "$HERE/guest-init.sh" "$groot/init"
 	echo "$RELEASE" >"$groot/etc/virtkit/kernel-release"
 	find "$groot" -exec touch -h -d @0 {} + # reproducible archive
@@ -371,7 +529,7 @@ build() { # PKG DEST
 	log "guest-initramfs.cpio.gz: $(($(stat -c %s "$out/guest-initramfs.cpio.gz") / 1024)) KiB, ${#guest_order[@]} modules"
 
 	# --- manifest
-	write_manifest "$out" "$pkg" "$kver" "$bver" host_order guest_order
+	write_manifest "$out" "$pkg" "$kver" "$bver" "$E2FS_VERSION" host_order guest_order
 	verify_dir "$out"
 
 	# --- publish atomically
@@ -386,9 +544,9 @@ json_entry() { # DIR RELPATH
 	printf '{"path": "%s", "sha256": "%s"}' "$2" "$(sha256sum "$1/$2" | cut -d' ' -f1)"
 }
 
-write_manifest() { # DIR PKG KVER BVER HOST_ORDER_ARRAY GUEST_ORDER_ARRAY
-	local dir=$1 pkg=$2 kver=$3 bver=$4
-	local -n horder=$5 gorder=$6
+write_manifest() { # DIR PKG KVER BVER E2FSVER HOST_ORDER_ARRAY GUEST_ORDER_ARRAY
+	local dir=$1 pkg=$2 kver=$3 bver=$4 ever=$5
+	local -n horder=$6 gorder=$7
 	local m i sep
 	{
 		echo '{'
@@ -398,6 +556,8 @@ write_manifest() { # DIR PKG KVER BVER HOST_ORDER_ARRAY GUEST_ORDER_ARRAY
 		echo "  \"kernel_package\": \"$pkg\","
 		echo "  \"kernel_package_version\": \"$kver\","
 		echo "  \"busybox_package_version\": \"$bver\","
+		echo "  \"e2fsprogs_package_version\": \"$ever\","
+		printf '  "guest_tools": [%s],\n' "$(printf '"%s", ' "${E2FS_TOOLS[@]}" "${E2FS_LINKS[@]%%:*}" | sed 's/, $//')"
 		echo "  \"created\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\","
 		echo '  "artifacts": {'
 		echo "    \"vmlinuz\": $(json_entry "$dir" vmlinuz),"
@@ -437,15 +597,16 @@ selftest() { # DIR
 	command -v qemu-system-x86_64 >/dev/null || die "selftest needs qemu-system-x86_64"
 	local fails=0
 
-	# boot NAME KERNEL APPEND: start QEMU in the background; serial -> $work/NAME.log,
-	# serial input <- fifo $work/NAME.in, monitor <- $work/NAME.mon.in
+	# boot NAME KERNEL APPEND [QEMU-ARG...]: start QEMU in the background; serial ->
+	# $work/NAME.log, serial input <- fifo $work/NAME.in, monitor <- $work/NAME.mon.in
 	boot() {
 		local name=$1 kernel=$2 append=$3
+		shift 3
 		mkfifo "$work/$name.in" "$work/$name.mon.in" "$work/$name.mon.out"
 		timeout -k 5 180 qemu-system-x86_64 -M q35 -accel tcg -cpu max -m 512 -nographic -no-reboot \
 			-nodefaults -no-user-config -serial stdio \
 			-chardev pipe,id=mon,path="$work/$name.mon" -mon chardev=mon,mode=readline \
-			-kernel "$kernel" -initrd "$dir/guest-initramfs.cpio.gz" -append "$append" \
+			-kernel "$kernel" -initrd "$dir/guest-initramfs.cpio.gz" -append "$append" "$@" \
 			<"$work/$name.in" >"$work/$name.log" 2>&1 &
 		QPID=$!
 		exec 7>"$work/$name.in" 8<>"$work/$name.mon.in" 9<>"$work/$name.mon.out"
@@ -507,6 +668,13 @@ selftest() { # DIR
 		'expect shell "^VIRTKIT-GUEST: shell-ready" && sleep 1 && echo "echo \$((6*7))" >&7 &&
 		 expect shell "^42" 30 && echo poweroff >&7 &&
 		 expect shell "^VIRTKIT-GUEST: poweroff" 30 && finish_boot shell'
+
+	truncate -s 64M "$work/disk.img"
+	boot mkfs "$dir/vmlinuz" \
+		"console=ttyS0 virtkit.run=\"mkfs.ext4 -q -F /dev/vda && e2fsck -fn /dev/vda >/dev/null && echo mkfs-ok\"" \
+		-drive "file=$work/disk.img,if=virtio,format=raw"
+	check mkfs "e2fsprogs: mkfs.ext4 and e2fsck on a virtio disk" eval \
+		'expect mkfs "^mkfs-ok" && expect mkfs "^VIRTKIT-GUEST: poweroff" && finish_boot mkfs'
 
 	boot panic "$dir/vmlinuz" "console=ttyS0 panic=-1 virtkit.action=panic"
 	check panic "action panic" eval \

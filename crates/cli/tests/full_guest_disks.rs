@@ -1,0 +1,630 @@
+//! Full guests on our disks: the stock Debian kernel's own `virtio_blk` driver against our
+//! virtio-blk device, and SeaBIOS booting a Linux guest from a disk image. The scripts run where
+//! stock kernels boot: directly on hardware KVM, or inside the emulated KVM host (QEMU TCG with
+//! kvm_amd), which is how CI runs them on this PVM machine. Images live in the host's RAM
+//! (its initramfs), so they are small and sparse.
+//!
+//! The guest's part of each test is a shell script in `/vt/` of the guest, appended to the
+//! asset initramfs as a second cpio archive and started with `virtkit.run="sh /vt/<name>.sh"`.
+//! The guest scripts print `VT <what>` lines; the host scripts prefix every line they want
+//! checked with `CASE <name>: `.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use virtkit_testkit::cpio::CpioWriter;
+use virtkit_testkit::{require_assets, require_kvm, require_qemu, skip, Assets, EmulatedHost, KvmKind};
+
+const VIRTKIT: &str = env!("CARGO_BIN_EXE_virtkit");
+/// The emulated host's `vk_*` helpers; plain sh, so they serve a direct run as well.
+const VK_LIB: &str = include_str!("../../testkit/src/sh/host-lib.sh");
+const SEABIOS: &str = "/usr/share/seabios/bios.bin";
+/// The asset recipe that put e2fsprogs' mke2fs (mkfs.ext4) and e2fsck into the guest.
+const RECIPE_WITH_E2FSPROGS: u32 = 3;
+
+/// Helpers every guest script starts with.
+const GUEST_LIB: &str = r#"
+say() { echo "VT $*"; }
+# dev_by_serial ID: /dev/vdX of the disk whose virtio-blk serial (GET_ID) is ID
+dev_by_serial() {
+    for b in /sys/block/vd*; do
+        [ "$(cat "$b/serial" 2>/dev/null)" = "$1" ] && echo "/dev/${b##*/}" && return 0
+    done
+    return 1
+}
+sum() { sha256sum "$1" | cut -d' ' -f1; }
+mkdir -p /mnt
+"#;
+
+/// Test 1: mkfs.ext4, files with checksums, a remount after dropping the caches.
+const GUEST_EXT4: &str = r#"
+say serial-vda=$(cat /sys/block/vda/serial)
+d=$(dev_by_serial vt-ext4) || { say no-disk; exit 1; }
+say disk=$d size=$(cat /sys/block/${d#/dev/}/size)
+mkfs.ext4 -q -F -L vtdata "$d"; say mkfs=$?
+mount -t ext4 "$d" /mnt; say mount=$?
+mkdir -p /mnt/dir
+# 16 MiB: many requests, some of the largest the driver sends.
+dd if=/dev/urandom of=/mnt/big bs=1M count=16 2>/dev/null; say write-big=$?
+dd if=/dev/urandom of=/mnt/small bs=1000 count=3 2>/dev/null
+i=1
+while [ $i -le 50 ]; do echo "file number $i" >/mnt/dir/f$i; i=$((i + 1)); done
+for f in big small dir/f7 dir/f50; do say "sum $f $(sum /mnt/$f)"; done
+sync; say sync=$?
+umount /mnt; say umount=$?
+echo 3 >/proc/sys/vm/drop_caches
+mount -t ext4 -o ro "$d" /mnt; say remount=$?
+for f in big small dir/f7 dir/f50; do say "resum $f $(sum /mnt/$f)"; done
+umount /mnt
+"#;
+
+/// Test 2: a read-only disk next to a writable one.
+const GUEST_RO: &str = r#"
+rw=$(dev_by_serial vt-rw) || { say no-rw-disk; exit 1; }
+ro=$(dev_by_serial vt-ro) || { say no-ro-disk; exit 1; }
+say rw-flag=$(cat /sys/block/${rw#/dev/}/ro) ro-flag=$(cat /sys/block/${ro#/dev/}/ro)
+say ro-sum-before=$(dd if=$ro bs=64k count=32 2>/dev/null | sum -)
+msg=$(dd if=/dev/zero of=$ro bs=4096 count=1 conv=notrunc,fsync 2>&1); say ro-dd=$?
+say "ro-dd-message: $(echo "$msg" | grep -m1 'dd:')"
+echo overwritten | dd of=$ro bs=512 seek=100 conv=notrunc,fsync 2>/dev/null; say ro-dd-seek=$?
+blockdev --setrw $ro; say setrw=$?
+dd if=/dev/zero of=$ro bs=4096 count=1 conv=notrunc,fsync 2>/dev/null; say ro-dd-after-setrw=$?
+mkfs.ext4 -q -F $ro >/dev/null 2>&1; say ro-mkfs=$?
+# The control: the same write on the writable disk works and reaches its image.
+echo vt-rw-sector-ok | dd of=$rw bs=512 seek=8 conv=notrunc,fsync 2>/dev/null; say rw-dd=$?
+echo 3 >/proc/sys/vm/drop_caches
+say ro-sum-after=$(dd if=$ro bs=64k count=32 2>/dev/null | sum -)
+"#;
+
+/// Test 3: unload and reload virtio_blk (the device is reset and set up again), twice.
+const GUEST_RELOAD: &str = r#"
+ko=/lib/modules/$(uname -r)/virtio_blk.ko
+[ -f $ko ] || { say no-module; exit 1; }
+d=$(dev_by_serial vt-reload) || { say no-disk; exit 1; }
+mkfs.ext4 -q -F "$d"; say mkfs=$?
+mount -t ext4 "$d" /mnt; say mount=$?
+dd if=/dev/urandom of=/mnt/before bs=64k count=64 2>/dev/null
+say "sum before $(sum /mnt/before)"
+umount /mnt; say umount=$?
+for cycle in 1 2; do
+    rmmod virtio_blk; say rmmod-$cycle=$?
+    n=$(ls -d /sys/block/vd* 2>/dev/null | wc -l); say disks-unloaded-$cycle=$n
+    insmod $ko; say insmod-$cycle=$?
+    i=0
+    until d=$(dev_by_serial vt-reload) && [ -b "$d" ]; do
+        i=$((i + 1)); [ $i -le 100 ] || break; sleep 0.1
+    done
+    say dev-$cycle=$d
+    mount -t ext4 "$d" /mnt; say mount-$cycle=$?
+    say "sum before-$cycle $(sum /mnt/before)"
+    dd if=/dev/urandom of=/mnt/after$cycle bs=64k count=16 2>/dev/null
+    say "sum after$cycle $(sum /mnt/after$cycle)"
+    umount /mnt; say umount-$cycle=$?
+done
+e2fsck -fn "$d" >/dev/null 2>&1; say guest-fsck=$?
+"#;
+
+/// Test 4: numbered records, each written and fsynced to the raw disk before its `ack`.
+const GUEST_DURABLE: &str = r#"
+d=$(dev_by_serial vt-durable) || { say no-disk; exit 1; }
+say start
+n=1
+while [ $n -le 100000 ]; do
+    printf 'virtkit-record-%06d\n' $n | dd of=$d bs=512 seek=$n conv=notrunc,fsync 2>/dev/null ||
+        { say write-failed $n; break; }
+    echo "ack $n"
+    n=$((n + 1))
+done
+"#;
+
+const GUEST_SCRIPTS: [(&str, &str); 4] = [
+    ("ext4", GUEST_EXT4),
+    ("ro", GUEST_RO),
+    ("reload", GUEST_RELOAD),
+    ("durable", GUEST_DURABLE),
+];
+
+/// Runs a guest script on disks: `run_guest NAME DISK-ARGS...` (each DISK-ARG a `--disk` value);
+/// the guest's console goes to `$W/NAME.log` and, tagged, to the output; then `CASE NAME: exit=`.
+/// A guest that hangs is killed after `$GUEST_TIMEOUT` s (exit 137), so that a broken device
+/// fails the test in minutes, not at the emulated host's timeout.
+const HOST_LIB: &str = r#"
+GUEST_TIMEOUT=180
+run_guest() {
+    name=$1; shift
+    args=
+    for d in "$@"; do args="$args --disk $d"; done
+    timeout -s KILL $GUEST_TIMEOUT $VIRTKIT run --kernel $G/vmlinuz --initrd $G/initrd --memory 256M $args \
+        --cmdline "console=ttyS0 quiet virtkit.run=\"sh /vt/$name.sh\"" </dev/null >$W/$name.raw 2>&1
+    code=$?
+    tr -d '\r' <$W/$name.raw >$W/$name.log
+    sed "s/^/CASE $name: /" $W/$name.log
+    echo "CASE $name: exit=$code"
+}
+"#;
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("virtkit-fgdisk-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The asset initramfs, padded to 4 bytes, then a newc archive with the guest scripts in /vt/
+/// (the kernel unpacks concatenated archives one after the other).
+fn initrd_with_scripts(assets: &Assets, dest: &Path) {
+    let mut data = std::fs::read(assets.guest_initramfs()).unwrap();
+    data.resize(data.len().next_multiple_of(4), 0);
+    let mut w = CpioWriter::new(data);
+    for (name, body) in GUEST_SCRIPTS {
+        w.file(
+            &format!("vt/{name}.sh"),
+            0o755,
+            format!("{GUEST_LIB}{body}").as_bytes(),
+        )
+        .unwrap();
+    }
+    std::fs::write(dest, w.finish().unwrap()).unwrap();
+}
+
+/// A tool of this machine, looked up in PATH and the sbin directories.
+fn host_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found
+}
+
+fn prerequisites() -> Option<Assets> {
+    if !require_kvm() {
+        return None;
+    }
+    let assets = require_assets()?;
+    if assets.recipe_version() < RECIPE_WITH_E2FSPROGS {
+        skip(&format!(
+            "the test assets are recipe {}; these tests need recipe {RECIPE_WITH_E2FSPROGS} or \
+             later (mkfs.ext4 in the guest): run scripts/assets.sh",
+            assets.recipe_version()
+        ));
+        return None;
+    }
+    Some(assets)
+}
+
+/// Runs `script` where stock kernels boot, with `$VIRTKIT`, `$DEBUGFS`, `$E2FSCK`, the guest
+/// kernel and initrd (with the guest scripts) and `files` in `$G`, and a scratch directory `$W`.
+fn run_disk_script(assets: &Assets, test: &str, files: &[(&Path, &str)], script: &str) -> Option<String> {
+    let (Some(debugfs), Some(e2fsck)) = (host_tool("debugfs"), host_tool("e2fsck")) else {
+        skip("debugfs and e2fsck are not installed (Debian package e2fsprogs)");
+        return None;
+    };
+    let scratch = Scratch::new(test);
+    let initrd = scratch.0.join("initrd");
+    initrd_with_scripts(assets, &initrd);
+    let started = Instant::now();
+    let output = if virtkit_testkit::host_kvm_kind() == KvmKind::Hardware {
+        let g = scratch.0.join("g");
+        let w = scratch.0.join("w");
+        std::fs::create_dir_all(&g).unwrap();
+        std::fs::create_dir_all(&w).unwrap();
+        std::os::unix::fs::symlink(assets.vmlinuz(), g.join("vmlinuz")).unwrap();
+        std::os::unix::fs::symlink(&initrd, g.join("initrd")).unwrap();
+        for (src, name) in files {
+            std::os::unix::fs::symlink(src, g.join(name)).unwrap();
+        }
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{VK_LIB}\n{HOST_LIB}\nG={g}; W={w}; VIRTKIT={VIRTKIT}; DEBUGFS={d}; E2FSCK={e}\n{script}",
+                g = g.display(),
+                w = w.display(),
+                d = debugfs.display(),
+                e = e2fsck.display(),
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    } else {
+        if !require_qemu() {
+            return None;
+        }
+        let mut host = EmulatedHost::new(assets)
+            .binary(Path::new(VIRTKIT), "/usr/bin/virtkit")
+            .binary(&debugfs, "/usr/sbin/debugfs")
+            .binary(&e2fsck, "/usr/sbin/e2fsck")
+            .file(assets.vmlinuz(), "/guest/vmlinuz")
+            .file(&initrd, "/guest/initrd");
+        for (src, name) in files {
+            host = host.file(src, &format!("/guest/{name}"));
+        }
+        let run = host
+            .script(&format!(
+                "{HOST_LIB}\nG=/guest; W=/tmp/w; mkdir -p $W; VIRTKIT=/usr/bin/virtkit; \
+                 DEBUGFS=/usr/sbin/debugfs; E2FSCK=/usr/sbin/e2fsck\n{script}"
+            ))
+            .timeout(Duration::from_secs(600))
+            .run()
+            .unwrap_or_else(|e| panic!("emulated host run failed: {e}"));
+        if run.attempts > 1 {
+            eprintln!(
+                "note: the emulated host was started {} times (emulator hang before kvm-ready)",
+                run.attempts
+            );
+        }
+        run.output
+    };
+    eprintln!(
+        "{test}: the script ran in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Some(output)
+}
+
+/// Lines the script tagged with `CASE name: `, without the tag.
+fn case_lines<'a>(output: &'a str, name: &str) -> Vec<&'a str> {
+    let tag = format!("CASE {name}: ");
+    output
+        .lines()
+        .filter_map(|l| l.find(&tag).map(|i| l[i + tag.len()..].trim_end()))
+        .collect()
+}
+
+/// The value of `key=value` in the first CASE line of `name` holding it (a word of its own),
+/// the guest's echo of its command line left out.
+fn case_value<'a>(output: &'a str, name: &str, key: &str) -> Option<&'a str> {
+    let prefix = format!("{key}=");
+    case_lines(output, name)
+        .into_iter()
+        .filter(|l| !l.contains("VIRTKIT-GUEST: cmdline="))
+        .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix(prefix.as_str())))
+}
+
+/// `VT <kind> <file> <sha256>` lines of the guest (or `host <file> <sha256>` of the host) as
+/// (file, sum) pairs.
+fn sums<'a>(output: &'a str, name: &str, kind: &str) -> Vec<(&'a str, &'a str)> {
+    case_lines(output, name)
+        .into_iter()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (k, file, sum) = match w.next()? {
+                "VT" => (w.next()?, w.next()?, w.next()?),
+                k => (k, w.next()?, w.next()?),
+            };
+            (k == kind && sum.len() == 64 && sum.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then_some((file, sum))
+        })
+        .collect()
+}
+
+fn assert_value(output: &str, name: &str, key: &str, want: &str) {
+    let lines = case_lines(output, name).join("\n");
+    let got = case_value(output, name, key);
+    let hint = if key == "exit" && got == Some("137") {
+        " (137: killed by SIGKILL; a guest is killed after GUEST_TIMEOUT=180 s, so it hung)"
+    } else {
+        ""
+    };
+    assert_eq!(got, Some(want), "{name}: expected {key}={want}{hint}:\n{lines}");
+}
+
+const EXT4_SCRIPT: &str = r#"
+truncate -s 128M $W/ext4.img
+run_guest ext4 $W/ext4.img,serial=vt-ext4
+# The host reads the filesystem the guest left in the image, with its own ext4 code.
+for f in big small dir/f7 dir/f50; do
+    echo "CASE ext4: host $f $($DEBUGFS -R "cat /$f" $W/ext4.img 2>/dev/null | sha256sum | cut -d' ' -f1)"
+done
+echo "CASE ext4: host-dir-entries=$($DEBUGFS -R 'ls -p /dir' $W/ext4.img 2>/dev/null | grep -c '/f[0-9]*/')"
+$E2FSCK -fn $W/ext4.img >$W/fsck.log 2>&1
+echo "CASE ext4: host-fsck=$?"
+sed 's/^/CASE ext4: fsck| /' $W/fsck.log
+echo "CASE ext4: host-label=$($DEBUGFS -R stats $W/ext4.img 2>/dev/null | sed -n 's/^Filesystem volume name: *//p')"
+"#;
+
+/// The guest makes an ext4 filesystem on a blank disk, writes files and records their sums;
+/// the host then finds the same files with the same sums in the image with debugfs, and e2fsck
+/// finds the filesystem clean.
+#[test]
+fn ext4_made_and_written_by_the_guest_reads_back_on_the_host() {
+    let Some(assets) = prerequisites() else { return };
+    let Some(out) = run_disk_script(&assets, "ext4", &[], EXT4_SCRIPT) else {
+        return;
+    };
+    let lines = case_lines(&out, "ext4").join("\n");
+    assert_value(&out, "ext4", "exit", "0");
+    assert_value(&out, "ext4", "serial-vda", "vt-ext4");
+    assert_value(&out, "ext4", "size", &(128u64 << 20 >> 9).to_string());
+    for key in [
+        "mkfs",
+        "mount",
+        "write-big",
+        "sync",
+        "umount",
+        "remount",
+        "run-exit",
+    ] {
+        assert_value(&out, "ext4", key, "0");
+    }
+    let guest = sums(&out, "ext4", "sum");
+    let reread = sums(&out, "ext4", "resum");
+    let host = sums(&out, "ext4", "host");
+    assert_eq!(guest.len(), 4, "the guest's sums:\n{lines}");
+    assert_eq!(reread, guest, "read back after a remount:\n{lines}");
+    assert_eq!(host, guest, "debugfs on the host reads other contents:\n{lines}");
+    assert_value(&out, "ext4", "host-dir-entries", "50");
+    assert_value(&out, "ext4", "host-fsck", "0");
+    assert_value(&out, "ext4", "host-label", "vtdata");
+}
+
+const RO_SCRIPT: &str = r#"
+dd if=/dev/urandom of=$W/ro.img bs=64k count=32 2>/dev/null
+truncate -s 32M $W/ro.img
+truncate -s 16M $W/rw.img
+echo "CASE ro: host-ro-prefix=$(dd if=$W/ro.img bs=64k count=32 2>/dev/null | sha256sum | cut -d' ' -f1)"
+echo "CASE ro: host-image-before=$(sha256sum $W/ro.img | cut -d' ' -f1)"
+run_guest ro $W/rw.img,serial=vt-rw $W/ro.img,ro,serial=vt-ro
+echo "CASE ro: host-image-after=$(sha256sum $W/ro.img | cut -d' ' -f1)"
+echo "CASE ro: host-rw-sector=$(dd if=$W/rw.img bs=512 skip=8 count=1 2>/dev/null | tr -d '\0')"
+"#;
+
+/// A disk attached read-only is read-only to Linux (VIRTIO_BLK_F_RO): writes fail, even after
+/// `blockdev --setrw`; its image is unchanged while the same write to a writable disk lands.
+#[test]
+fn a_read_only_disk_refuses_guest_writes_and_keeps_its_image() {
+    let Some(assets) = prerequisites() else { return };
+    let Some(out) = run_disk_script(&assets, "ro", &[], RO_SCRIPT) else {
+        return;
+    };
+    let lines = case_lines(&out, "ro").join("\n");
+    assert_value(&out, "ro", "exit", "0");
+    assert_value(&out, "ro", "run-exit", "0");
+    assert_value(&out, "ro", "rw-flag", "0");
+    assert_value(&out, "ro", "ro-flag", "1");
+    for key in ["ro-dd", "ro-dd-seek", "ro-dd-after-setrw", "ro-mkfs"] {
+        let v = case_value(&out, "ro", key).unwrap_or_else(|| panic!("no {key}:\n{lines}"));
+        assert_ne!(v, "0", "{key}: a write to the read-only disk succeeded:\n{lines}");
+    }
+    assert_value(&out, "ro", "rw-dd", "0");
+    assert_value(&out, "ro", "host-rw-sector", "vt-rw-sector-ok");
+    // The guest reads the image's contents, before and after its write attempts.
+    let prefix = case_value(&out, "ro", "host-ro-prefix").expect("host sum");
+    assert_value(&out, "ro", "ro-sum-before", prefix);
+    assert_value(&out, "ro", "ro-sum-after", prefix);
+    let before = case_value(&out, "ro", "host-image-before").expect("image sum before");
+    assert_eq!(before.len(), 64, "{lines}");
+    assert_value(&out, "ro", "host-image-after", before);
+}
+
+const RELOAD_SCRIPT: &str = r#"
+truncate -s 64M $W/reload.img
+run_guest reload $W/reload.img,serial=vt-reload
+for f in before after1 after2; do
+    echo "CASE reload: host $f $($DEBUGFS -R "cat /$f" $W/reload.img 2>/dev/null | sha256sum | cut -d' ' -f1)"
+done
+$E2FSCK -fn $W/reload.img >/dev/null 2>&1
+echo "CASE reload: host-fsck=$?"
+"#;
+
+/// The guest unloads virtio_blk (the driver resets the device) and loads it again, twice; each
+/// time the disk comes back, a file written before reads back, new writes land.
+#[test]
+fn virtio_blk_unloads_and_reloads_and_the_disk_still_works() {
+    let Some(assets) = prerequisites() else { return };
+    let Some(out) = run_disk_script(&assets, "reload", &[], RELOAD_SCRIPT) else {
+        return;
+    };
+    let lines = case_lines(&out, "reload").join("\n");
+    assert_value(&out, "reload", "exit", "0");
+    for key in ["mkfs", "mount", "umount", "guest-fsck", "host-fsck", "run-exit"] {
+        assert_value(&out, "reload", key, "0");
+    }
+    let guest = sums(&out, "reload", "sum");
+    let before = guest
+        .iter()
+        .find(|(f, _)| *f == "before")
+        .unwrap_or_else(|| panic!("no sum of `before`:\n{lines}"))
+        .1;
+    for cycle in ["1", "2"] {
+        for key in ["rmmod", "insmod", "mount", "umount"] {
+            assert_value(&out, "reload", &format!("{key}-{cycle}"), "0");
+        }
+        assert_value(&out, "reload", &format!("disks-unloaded-{cycle}"), "0");
+        let dev = case_value(&out, "reload", &format!("dev-{cycle}")).unwrap_or("");
+        assert!(
+            dev.starts_with("/dev/vd"),
+            "cycle {cycle}: no disk after insmod:\n{lines}"
+        );
+        let key = format!("before-{cycle}");
+        assert!(
+            guest.iter().any(|&(f, s)| f == key && s == before),
+            "cycle {cycle}: the file written before the reload reads back differently:\n{lines}"
+        );
+    }
+    let host = sums(&out, "reload", "host");
+    let want: Vec<(&str, &str)> = guest
+        .iter()
+        .filter(|(f, _)| ["before", "after1", "after2"].contains(f))
+        .copied()
+        .collect();
+    assert_eq!(want.len(), 3, "{lines}");
+    assert_eq!(host, want, "the host reads other contents:\n{lines}");
+}
+
+/// How many acknowledged records the host waits for before it kills the VMM.
+const DURABLE_ACKS: u32 = 25;
+
+const DURABLE_SCRIPT: &str = r#"
+truncate -s 64M $W/durable.img
+vk_start dur $VIRTKIT run --kernel $G/vmlinuz --initrd $G/initrd --memory 256M \
+    --disk $W/durable.img,serial=vt-durable \
+    --cmdline "console=ttyS0 quiet virtkit.run=\"sh /vt/durable.sh\""
+if vk_expect dur "^ack $ACKS" $GUEST_TIMEOUT; then
+    kill -9 "$(cat /run/vk/dur.pid)"
+    echo "CASE durable: killed"
+fi
+vk_wait dur 60
+echo "CASE durable: exit=$?"
+tr -d '\r' <"$(vk_log dur)" >$W/dur.log
+sed 's/^/CASE durable: /' $W/dur.log
+# Every record the guest saw acknowledged must be in the image.
+acked=0; present=0; missing=
+for n in $(sed -n 's/^ack \([0-9][0-9]*\)$/\1/p' $W/dur.log); do
+    acked=$((acked + 1))
+    want=$(printf 'virtkit-record-%06d' $n)
+    if dd if=$W/durable.img bs=512 skip=$n count=1 2>/dev/null | grep -q "^$want\$"; then
+        present=$((present + 1))
+    else
+        missing="$missing $n"
+    fi
+done
+echo "CASE durable: acked=$acked present=$present"
+echo "CASE durable: missing=${missing# }"
+"#;
+
+/// The guest writes numbered records to the raw disk, each fsynced before it prints `ack N`;
+/// the host SIGKILLs the VMM after 25 acks: every acknowledged record is in the image.
+#[test]
+fn every_acknowledged_write_survives_a_sigkill_of_the_vmm() {
+    let Some(assets) = prerequisites() else { return };
+    let script = format!("ACKS={DURABLE_ACKS}\n{DURABLE_SCRIPT}");
+    let Some(out) = run_disk_script(&assets, "durable", &[], &script) else {
+        return;
+    };
+    let lines = case_lines(&out, "durable").join("\n");
+    assert!(
+        case_lines(&out, "durable").contains(&"VT start"),
+        "the guest did not start writing:\n{lines}"
+    );
+    assert!(
+        case_lines(&out, "durable").contains(&"killed"),
+        "the guest never acknowledged {DURABLE_ACKS} records:\n{lines}"
+    );
+    assert!(
+        !lines.contains("write-failed"),
+        "a write failed in the guest:\n{lines}"
+    );
+    // Killed by SIGKILL: the shell reports 128 + 9.
+    assert_value(&out, "durable", "exit", "137");
+    let acked: u32 = case_value(&out, "durable", "acked")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no count:\n{lines}"));
+    assert!(acked >= DURABLE_ACKS, "{acked} acks:\n{lines}");
+    assert_value(&out, "durable", "present", &acked.to_string());
+    assert_eq!(
+        case_lines(&out, "durable")
+            .into_iter()
+            .find_map(|l| l.strip_prefix("missing=")),
+        Some(""),
+        "acknowledged records missing from the image:\n{lines}"
+    );
+}
+
+/// A BIOS-bootable disk: a FAT filesystem on the whole disk with SYSLINUX in its boot sector,
+/// the asset kernel and guest initramfs, written without mounting anything (mtools).
+fn syslinux_boot_image(assets: &Assets, dir: &Path) -> Result<PathBuf, String> {
+    let tools = ["mkfs.fat", "syslinux", "mcopy"];
+    let mut paths = Vec::new();
+    for t in tools {
+        paths.push(host_tool(t).ok_or_else(|| {
+            format!("{t} is not installed (Debian packages dosfstools, syslinux, syslinux-common, mtools)")
+        })?);
+    }
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{cmd:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    };
+    let img = dir.join("boot.img");
+    let _ = std::fs::remove_file(&img);
+    // 24 MiB: the kernel (14 MiB) and the initramfs (3 MiB) with room to spare.
+    run(Command::new(&paths[0])
+        .args(["-C", "-n", "VTBOOT"])
+        .arg(&img)
+        .arg("24576"))?;
+    run(Command::new(&paths[1]).arg("--install").arg(&img))?;
+    let cfg = dir.join("syslinux.cfg");
+    std::fs::write(
+        &cfg,
+        "SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  LINUX /vmlinuz\n  \
+         INITRD /initrd\n  APPEND console=ttyS0 quiet virtkit.token=from-disk \
+         virtkit.run=\"echo VT vda-size=$(cat /sys/block/vda/size)\"\n",
+    )
+    .unwrap();
+    for (src, name) in [
+        (cfg.as_path(), "syslinux.cfg"),
+        (assets.vmlinuz(), "vmlinuz"),
+        (assets.guest_initramfs(), "initrd"),
+    ] {
+        run(Command::new(&paths[2])
+            .arg("-i")
+            .arg(&img)
+            .arg(src)
+            .arg(format!("::/{name}")))?;
+    }
+    Ok(img)
+}
+
+const FIRMWARE_BOOT_SCRIPT: &str = r#"
+timeout -s KILL $GUEST_TIMEOUT $VIRTKIT run --firmware $G/bios.bin --memory 256M --disk $G/boot.img </dev/null >$W/fw.raw 2>&1
+code=$?
+tr -d '\r' <$W/fw.raw >$W/fw.log
+sed 's/^/CASE fwboot: /' $W/fw.log
+echo "CASE fwboot: exit=$code"
+"#;
+
+/// SeaBIOS boots a disk holding SYSLINUX, which loads the stock kernel and the initramfs through
+/// int 13h from our virtio-blk; the kernel reaches the init, finds the same disk with its own
+/// driver, and the guest powers off.
+#[test]
+fn seabios_boots_linux_from_a_syslinux_disk_to_its_init() {
+    let Some(assets) = prerequisites() else { return };
+    if !Path::new(SEABIOS).exists() {
+        skip("SeaBIOS is not installed (Debian package seabios)");
+        return;
+    }
+    let scratch = Scratch::new("fwimage");
+    let img = match syslinux_boot_image(&assets, &scratch.0) {
+        Ok(img) => img,
+        Err(e) => {
+            skip(&e);
+            return;
+        }
+    };
+    let size = std::fs::metadata(&img).unwrap().len();
+    let files = [(Path::new(SEABIOS), "bios.bin"), (img.as_path(), "boot.img")];
+    let Some(out) = run_disk_script(&assets, "fwboot", &files, FIRMWARE_BOOT_SCRIPT) else {
+        return;
+    };
+    let lines = case_lines(&out, "fwboot").join("\n");
+    assert!(lines.contains("SeaBIOS (version"), "no SeaBIOS banner:\n{lines}");
+    assert!(lines.contains("SYSLINUX"), "SYSLINUX did not start:\n{lines}");
+    assert!(
+        lines.contains("VIRTKIT-GUEST: init"),
+        "the guest did not reach its init:\n{lines}"
+    );
+    assert_value(&out, "fwboot", "token", "from-disk");
+    assert_value(&out, "fwboot", "vda-size", &(size / 512).to_string());
+    assert!(lines.contains("VIRTKIT-GUEST: poweroff"), "{lines}");
+    assert_value(&out, "fwboot", "exit", "0");
+}
