@@ -1,18 +1,22 @@
 /*
  * spawntime: run one command and time it, for bench/run.py.
  *
- *   spawntime [-m MARKER] [-t SECS] [-l LABEL] [-v] -- CMD [ARG...]
+ *   spawntime [-m MARKER] [-f TEXT]... [-t SECS] [-l LABEL] [-v] -- CMD [ARG...]
  *
  * Takes a CLOCK_MONOTONIC timestamp right before posix_spawn(), gives the command /dev/null as
  * stdin and one pipe as stdout+stderr, reads that pipe unbuffered (read(2) straight from the
  * fd), and records:
  *   marker_ms  when the first output line containing MARKER was read (-1: never)
+ *   first_byte_ms  (with -f, up to 4 times) for each TEXT in the order given: when the first
+ *              byte of the first output line containing TEXT was read (-1: never); the bytes of
+ *              one line can come in several reads, and this is the time of the earliest
  *   exit_ms    when the process exited (its pidfd became readable; without pidfd support, when
  *              wait4() returned after EOF on the pipe)
  *   maxrss_kib ru_maxrss of the process from wait4() (peak RSS, KiB)
  *   utime_ms, stime_ms  its CPU time from the same rusage
  * and prints them as one line on stdout:
  *   SPAWNTIME label=L marker_ms=... exit_ms=... status=exit:N|signal:N|timeout maxrss_kib=...
+ *       utime_ms=... stime_ms=... out_bytes=... pidfd=0|1 [first_byte_ms=A,B,...]
  * After -t SECS (default 60) the command is killed (SIGKILL) and status is "timeout".
  * If the marker was not seen, or with -v, the last output bytes follow on stderr as
  * "SPAWNTIME-OUTPUT: ..." lines. Exit status: 0 if the marker was seen, 1 if not, 2 on a usage
@@ -43,6 +47,7 @@ extern char **environ;
 
 #define TAIL 4096
 #define LINE 4096
+#define MAX_FIRST 4
 
 static long long now_ns(void)
 {
@@ -59,7 +64,8 @@ static void die(const char *what)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: spawntime [-m MARKER] [-t SECS] [-l LABEL] [-v] -- CMD [ARG...]\n");
+	fprintf(stderr, "usage: spawntime [-m MARKER] [-f TEXT]... [-t SECS] [-l LABEL] [-v] -- CMD "
+			"[ARG...]\n");
 	exit(2);
 }
 
@@ -69,9 +75,15 @@ static size_t line_len;
 static char tail[TAIL];
 static size_t tail_len;
 static long long total_bytes;
+/* -f: the texts, when the first line holding each was first seen (its first byte), and when
+ * the current line's first byte was read. */
+static const char *first_text[MAX_FIRST];
+static long long first_at[MAX_FIRST];
+static int n_first;
+static long long line_start = -1;
 
 /* Feeds bytes read at time t; returns 1 if a line containing marker ended in them. */
-static int feed(const char *buf, size_t n, const char *marker)
+static int feed(const char *buf, size_t n, const char *marker, long long t)
 {
 	int found = 0;
 	total_bytes += (long long)n;
@@ -82,11 +94,17 @@ static int feed(const char *buf, size_t n, const char *marker)
 			tail_len = TAIL / 2;
 		}
 		tail[tail_len++] = c;
+		if (line_start < 0)
+			line_start = t;
 		if (c == '\n') {
 			line[line_len] = '\0';
 			if (marker && *marker && strstr(line, marker))
 				found = 1;
+			for (int k = 0; k < n_first; k++)
+				if (first_at[k] < 0 && strstr(line, first_text[k]))
+					first_at[k] = line_start;
 			line_len = 0;
+			line_start = -1;
 		} else if (c != '\r' && c != '\0' && line_len < LINE - 1) {
 			line[line_len++] = c;
 		}
@@ -119,6 +137,9 @@ int main(int argc, char **argv)
 			break;
 		} else if (!strcmp(argv[i], "-m") && i + 1 < argc) {
 			marker = argv[++i];
+		} else if (!strcmp(argv[i], "-f") && i + 1 < argc && n_first < MAX_FIRST) {
+			first_text[n_first] = argv[++i];
+			first_at[n_first++] = -1;
 		} else if (!strcmp(argv[i], "-t") && i + 1 < argc) {
 			timeout_s = atof(argv[++i]);
 		} else if (!strcmp(argv[i], "-l") && i + 1 < argc) {
@@ -186,7 +207,7 @@ int main(int argc, char **argv)
 			ssize_t n = read(out, buf, sizeof buf);
 			long long t = now_ns();
 			if (n > 0) {
-				if (feed(buf, (size_t)n, marker) && t_marker < 0)
+				if (feed(buf, (size_t)n, marker, t) && t_marker < 0)
 					t_marker = t;
 			} else if (n == 0 || errno != EINTR) {
 				close(out);
@@ -200,7 +221,7 @@ int main(int argc, char **argv)
 				fcntl(out, F_SETFL, O_NONBLOCK);
 				ssize_t n;
 				while ((n = read(out, buf, sizeof buf)) > 0)
-					if (feed(buf, (size_t)n, marker) && t_marker < 0)
+					if (feed(buf, (size_t)n, marker, t_exit) && t_marker < 0)
 						t_marker = t_exit;
 				close(out);
 				out = -1;
@@ -233,9 +254,20 @@ int main(int argc, char **argv)
 	double exit_ms = t_exit < 0 ? -1.0 : (double)(t_exit - t0) / 1e6;
 	double ut = (double)ru.ru_utime.tv_sec * 1e3 + (double)ru.ru_utime.tv_usec / 1e3;
 	double stt = (double)ru.ru_stime.tv_sec * 1e3 + (double)ru.ru_stime.tv_usec / 1e3;
+	/* A last line without a newline still counts for -f. */
+	if (line_len > 0) {
+		line[line_len] = '\0';
+		for (int k = 0; k < n_first; k++)
+			if (first_at[k] < 0 && strstr(line, first_text[k]))
+				first_at[k] = line_start;
+	}
 	printf("SPAWNTIME label=%s marker_ms=%.3f exit_ms=%.3f status=%s maxrss_kib=%ld utime_ms=%.1f "
-	       "stime_ms=%.1f out_bytes=%lld pidfd=%d\n",
+	       "stime_ms=%.1f out_bytes=%lld pidfd=%d",
 	       label, marker_ms, exit_ms, st, ru.ru_maxrss, ut, stt, total_bytes, pidfd >= 0);
+	for (int k = 0; k < n_first; k++)
+		printf("%s%.3f", k ? "," : " first_byte_ms=",
+		       first_at[k] < 0 ? -1.0 : (double)(first_at[k] - t0) / 1e6);
+	printf("\n");
 	fflush(stdout);
 	if (verbose || t_marker < 0)
 		print_tail();
