@@ -1,7 +1,9 @@
 #!/bin/sh
-# bench/run.sh: virtkit vs QEMU boot benchmark. Builds what it needs (release), runs both parts
-# side by side, prints the summary and writes bench/RESULTS.md. Options: see bench/run.py --help
-# (--runs N, --inner-runs N, --skip-emulated, --no-build). Not part of `cargo test`.
+# bench/run.sh: virtkit vs QEMU benchmark (boot, boot in the emulated KVM host, a disk read
+# through SeaBIOS) and the disk backend's throughput against the host's file I/O. Builds what it
+# needs (release), runs the parts, prints the summary and writes bench/RESULTS.md. Options: see
+# bench/run.py --help (--parts 1,2,3,4, --runs N, --inner-runs N, --disk-runs N, --blk-seconds S,
+# --blk-reps N, --skip-emulated, --no-build). Not part of `cargo test`.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 if ! command -v python3 >/dev/null 2>&1; then
