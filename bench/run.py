@@ -149,7 +149,8 @@ file: the device's ceiling at any depth. Workloads: sequential 64 KiB and random
 every request reaches the host's disk; **cached**: through the page cache, the file read once
 first so reads are page-cache hits (the page cache is not dropped: that would slow down everyone
 else on a shared host, and `O_DIRECT` already covers reads from the disk). Each figure is the
-median of the repetitions (each one a fixed time), the runs of one workload taking turns.
+median of 7 repetitions of 0.4 s, the five measurements of a workload taking turns (so a
+slow spell of the shared disk falls on all of them, not on one).
 Beyond the device's design, at queue depth 32: **host, 32 threads** (32 `pread`/`pwrite` always
 outstanding: what the file gives at depth 32, and roughly what io_uring could reach) and
 **device, thread pool** (a dispatcher pops the chains and 32 threads run them through the
@@ -163,7 +164,7 @@ the `emulated_host` example and the `blk_throughput` example in release mode fir
 1.2 GiB free in `bench/out/` on a filesystem with `O_DIRECT`). Options: `--parts 1,2,3,4` (which
 parts to run; default all), `--runs N` (part 1, default 30), `--inner-runs N` (part 2, per VMM,
 default 6), `--disk-runs N` (part 3, per VMM, default 12), `--blk-seconds S` and `--blk-reps N`
-(part 4: seconds per measurement, default 1, and repetitions, default 3), `--skip-emulated`
+(part 4: seconds per measurement, default 0.4, and repetitions, default 7), `--skip-emulated`
 (the same as leaving 2 out of `--parts`), `--no-build`. The file is rewritten from the parts
 that ran. Raw per-run data and the emulated host's log are left in `bench/out/`.
 """
@@ -1175,10 +1176,10 @@ def main():
                     help="part 2 boots per VMM inside the emulated host (default 6)")
     ap.add_argument("--disk-runs", type=int, default=12,
                     help="part 3 boots per VMM (at least 10; default 12)")
-    ap.add_argument("--blk-seconds", type=float, default=1.0,
-                    help="part 4 seconds per measurement (default 1)")
-    ap.add_argument("--blk-reps", type=int, default=3,
-                    help="part 4 repetitions of each measurement, median taken (default 3)")
+    ap.add_argument("--blk-seconds", type=float, default=0.4,
+                    help="part 4 seconds per measurement (default 0.4)")
+    ap.add_argument("--blk-reps", type=int, default=7,
+                    help="part 4 repetitions of each measurement, median taken (default 7)")
     ap.add_argument("--skip-emulated", action="store_true", help="skip part 2")
     ap.add_argument("--no-build", action="store_true", help="use the existing release build")
     args = ap.parse_args()

@@ -30,7 +30,7 @@
 //!
 //! ```text
 //! cargo run --release -p virtkit-devices --example blk_throughput -- \
-//!     --file bench/out/blk-throughput.img [--size-mib 1024] [--seconds 1] [--reps 3] \
+//!     --file bench/out/blk-throughput.img [--size-mib 1024] [--seconds 0.4] [--reps 7] \
 //!     [--pool-threads 32] [--keep]
 //! ```
 //!
@@ -681,8 +681,8 @@ fn args() -> Args {
     let mut a = Args {
         file: PathBuf::from("bench/out/blk-throughput.img"),
         size: 1 << 30,
-        seconds: 1.0,
-        reps: 3,
+        seconds: 0.4,
+        reps: 7,
         pool_threads: 32,
         keep: false,
         only: None,
