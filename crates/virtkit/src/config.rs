@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::MachineIdentifier;
 use crate::storage::StorageDeviceConfiguration;
 
 /// The configuration format this build writes and reads. Files from newer formats are refused
@@ -34,6 +35,24 @@ pub struct VirtualMachineConfiguration {
     /// Disks, as virtio-blk devices on PCI, in boot order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub storage_devices: Vec<StorageDeviceConfiguration>,
+    /// The platform's identity (SMBIOS UUID and serial, MAC addresses).
+    #[serde(default, skip_serializing_if = "PlatformConfiguration::is_default")]
+    pub platform: PlatformConfiguration,
+}
+
+/// What the guest sees of the machine it runs on, beyond CPUs and memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct PlatformConfiguration {
+    /// Stable identity of this machine; without one the guest sees a fixed all-zero identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_identifier: Option<MachineIdentifier>,
+}
+
+impl PlatformConfiguration {
+    fn is_default(&self) -> bool {
+        *self == PlatformConfiguration::default()
+    }
 }
 
 /// How the machine boots.
@@ -106,6 +125,7 @@ impl VirtualMachineConfiguration {
             },
             serial_ports: Vec::new(),
             storage_devices: Vec::new(),
+            platform: PlatformConfiguration::default(),
         }
     }
 
@@ -121,6 +141,7 @@ impl VirtualMachineConfiguration {
             },
             serial_ports: Vec::new(),
             storage_devices: Vec::new(),
+            platform: PlatformConfiguration::default(),
         }
     }
 

@@ -7,7 +7,9 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod home;
 mod host;
+mod identity;
 mod serial;
 mod size;
 mod state;
@@ -16,9 +18,12 @@ mod validate;
 mod vm;
 
 pub use config::{
-    BootLoader, SerialAttachment, SerialPortConfiguration, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION,
+    BootLoader, PlatformConfiguration, SerialAttachment, SerialPortConfiguration,
+    VirtualMachineConfiguration, CONFIG_FORMAT_VERSION,
 };
+pub use home::{NoHome, VirtkitHome, HOME_ENV};
 pub use host::{HostCapabilities, HostKind};
+pub use identity::{BadMachineIdentifier, MachineIdentifier};
 pub use size::{parse_size, ByteSize};
 pub use state::{StopReason, VmState};
 pub use storage::{CacheMode, StorageDeviceConfiguration, SyncMode};

@@ -96,6 +96,7 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
             boot_loader,
             serial_ports: Vec::new(),
             storage_devices: Vec::new(),
+            platform: virtkit::PlatformConfiguration::default(),
         }
         .with_serial(SerialAttachment::Stdio)
     };
