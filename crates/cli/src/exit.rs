@@ -58,6 +58,14 @@ impl CliError {
         CliError::new(message)
     }
 
+    /// The error and every cause in its chain, without a context of our own.
+    pub fn from_error(e: &dyn std::error::Error) -> CliError {
+        let mut error = CliError::with_chain(e.to_string(), e);
+        // `with_chain` repeats nothing already in the message, so this is the chain once.
+        error.message = error.message.trim_start_matches(": ").to_owned();
+        error
+    }
+
     pub fn exit_code(&self) -> u8 {
         self.code
     }

@@ -3,7 +3,9 @@
 
 mod commands;
 mod exit;
+mod progress;
 mod terminal;
+mod vm_process;
 
 use std::process::ExitCode;
 
@@ -26,6 +28,33 @@ enum Command {
     Validate(commands::validate::ValidateArgs),
     /// Report what this host's KVM is, its limits, and which guests it can run.
     Doctor(commands::doctor::DoctorArgs),
+    /// Make a new VM: a bundle with its disk (installed from a raw or qcow2 image) and settings.
+    Create(commands::create::CreateArgs),
+    /// List the VMs with their state, CPUs, memory and disk.
+    List(commands::list::ListArgs),
+    /// Show one VM's settings and identity.
+    Get(commands::get::GetArgs),
+    /// Change a stopped VM's CPUs, memory or disk size.
+    Set(commands::get::SetArgs),
+    /// Ask a running VM's guest to shut down; stop it at once after the timeout.
+    Stop(commands::control::StopArgs),
+    /// Pause a running VM.
+    Pause(commands::control::NameArg),
+    /// Resume a paused VM.
+    Resume(commands::control::NameArg),
+    /// Attach this terminal to a running VM's serial console.
+    Console(commands::console::ConsoleArgs),
+    /// Print a VM's console output (of the current or last run).
+    Logs(commands::logs::LogsArgs),
+    /// Copy a stopped VM, with a new machine identifier (reflinked where the file system can).
+    Clone(commands::clone::CloneArgs),
+    /// Delete a stopped VM.
+    Delete(commands::delete::DeleteArgs),
+    /// List the restore-image catalog, or pull (download and verify) an image from it.
+    Images(commands::images::ImagesArgs),
+    /// The process of a detached VM (started by `run --detach`).
+    #[command(hide = true)]
+    VmProcess(commands::detach::VmProcessArgs),
 }
 
 fn init_logging() {
@@ -34,6 +63,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -45,6 +75,19 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Validate(args) => commands::validate::run(&args),
         Command::Doctor(args) => commands::doctor::run(&args),
+        Command::Create(args) => commands::create::run(&args),
+        Command::List(args) => commands::list::run(&args),
+        Command::Get(args) => commands::get::get(&args),
+        Command::Set(args) => commands::get::set(&args),
+        Command::Stop(args) => commands::control::stop(&args),
+        Command::Pause(args) => commands::control::pause(&args),
+        Command::Resume(args) => commands::control::resume(&args),
+        Command::Console(args) => commands::console::run(&args),
+        Command::Logs(args) => commands::logs::run(&args),
+        Command::Clone(args) => commands::clone::run(&args),
+        Command::Delete(args) => commands::delete::run(&args),
+        Command::Images(args) => commands::images::run(&args),
+        Command::VmProcess(args) => commands::detach::vm_process(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,5 +1,16 @@
 //! One file per subcommand, each a thin `run()` over the framework.
 
+pub mod clone;
+pub mod console;
+pub mod control;
+pub mod create;
+pub mod delete;
+pub mod detach;
 pub mod doctor;
+pub mod get;
+pub mod images;
+pub mod list;
+pub mod logs;
 pub mod run;
 pub mod validate;
+pub mod vms;

@@ -17,6 +17,12 @@ use crate::terminal::{forward_stdin_with_escape, stdin_is_terminal, RawMode};
 
 #[derive(Args)]
 pub struct RunArgs {
+    /// A VM made with `virtkit create` (its bundle has the whole configuration).
+    #[arg(conflicts_with_all = ["config", "kernel", "firmware", "disks", "cpus", "memory", "serial"])]
+    pub name: Option<String>,
+    /// Run the named VM in the background; `virtkit console NAME` attaches to it.
+    #[arg(long, requires = "name")]
+    pub detach: bool,
     /// A JSON configuration file (the same format `virtkit validate` checks).
     #[arg(long, conflicts_with_all = ["kernel", "firmware"])]
     pub config: Option<PathBuf>,
@@ -148,6 +154,14 @@ fn forward_signals(events: Sender<Event>) -> Result<(), CliError> {
 }
 
 pub fn run(args: RunArgs) -> Result<u8, CliError> {
+    if let Some(name) = &args.name {
+        let home = crate::commands::vms::home()?;
+        return if args.detach {
+            crate::commands::detach::run(&home, name)
+        } else {
+            crate::vm_process::run(&home, name, crate::vm_process::Mode::Foreground)
+        };
+    }
     let mut config = build_config(&args)?;
     let (events, received) = channel::<Event>();
 

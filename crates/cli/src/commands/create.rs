@@ -1,0 +1,86 @@
+//! `virtkit create NAME`: a new VM bundle, from a restore image (raw or qcow2) or with an empty
+//! disk, booting firmware (default) or a Linux kernel.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use virtkit::bundle::{Bundle, NewBoot, NewBundle, DEFAULT_FIRMWARE};
+use virtkit::parse_size;
+
+use crate::commands::vms::{home, human_size};
+use crate::exit::CliError;
+use crate::progress::Progress;
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// The VM's name (letters, digits, `.`, `_`, `-`).
+    pub name: String,
+    /// A restore image to install on the boot disk: a raw or qcow2 disk image.
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    /// The boot disk's size, like 20G: at least the image's [default: the image's, or 20G].
+    #[arg(long, value_parser = parse_size)]
+    pub disk_size: Option<u64>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Guest memory, like 2G.
+    #[arg(long, value_parser = parse_size, default_value = "2G")]
+    pub memory: u64,
+    /// Boot this BIOS firmware from the disk [default: /usr/share/seabios/bios.bin].
+    #[arg(long, conflicts_with = "kernel")]
+    pub firmware: Option<PathBuf>,
+    /// Boot this Linux kernel directly (copied into the bundle).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// The kernel's initrd (copied into the bundle).
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// The kernel's command line.
+    #[arg(long, requires = "kernel", default_value = "console=ttyS0")]
+    pub cmdline: String,
+}
+
+pub fn run(args: &CreateArgs) -> Result<u8, CliError> {
+    let home = home()?;
+    let boot = match &args.kernel {
+        Some(kernel) => NewBoot::Linux {
+            kernel: kernel.clone(),
+            initrd: args.initrd.clone(),
+            command_line: args.cmdline.clone(),
+        },
+        None => NewBoot::Firmware {
+            path: args.firmware.clone().unwrap_or_else(|| DEFAULT_FIRMWARE.into()),
+        },
+    };
+    let spec = NewBundle {
+        cpu_count: args.cpus,
+        memory_size: args.memory,
+        boot,
+        restore_image: args.from.clone(),
+        disk_size: args.disk_size,
+    };
+    let mut progress: Option<Progress> = None;
+    let label = format!("create {}", args.name);
+    let mut report = |done: u64, total: u64| {
+        progress
+            .get_or_insert_with(|| Progress::new(&label, Some(total)))
+            .update(done);
+    };
+    let bundle = Bundle::create(&home, &args.name, &spec, &mut report)
+        .map_err(|e| CliError::with_chain(format!("cannot create the VM `{}`", args.name), &e))?;
+    if let Some(p) = progress.take() {
+        p.finish();
+    }
+    let disk = bundle.disk_size().unwrap_or(0);
+    println!(
+        "created `{}`: {} vCPUs, {} memory, {} disk ({} used) in {}",
+        bundle.name(),
+        args.cpus,
+        human_size(args.memory),
+        human_size(disk),
+        human_size(bundle.disk_usage()),
+        bundle.path().display()
+    );
+    Ok(0)
+}

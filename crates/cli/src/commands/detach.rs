@@ -1,0 +1,99 @@
+//! `virtkit run NAME --detach`: start the VM's own process in the background and return once
+//! the VM runs; and `virtkit vm-process NAME`, the hidden command that process runs.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use clap::Args;
+use virtkit::bundle::{CONTROL_SOCKET, VMM_LOG_FILE};
+use virtkit::{VirtkitHome, HOME_ENV};
+
+use crate::commands::vms::{home, open, socket_alive, state_of};
+use crate::exit::CliError;
+use crate::vm_process::{Mode, DETACH_START_TIMEOUT};
+
+#[derive(Args)]
+pub struct VmProcessArgs {
+    pub name: String,
+}
+
+/// The last lines of a log, to explain why a background process ended.
+fn tail(path: &std::path::Path, from: u64) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f
+            .seek(SeekFrom::Start(from))
+            .and_then(|_| f.read_to_string(&mut text));
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
+pub fn run(home: &VirtkitHome, name: &str) -> Result<u8, CliError> {
+    let b = open(home, name)?;
+    if b.is_running() {
+        return Err(CliError::new(format!(
+            "the VM `{name}` is already running{}; `virtkit console {name}` attaches to it, `virtkit stop {name}` stops it",
+            b.running_pid().map(|p| format!(" (process {p})")).unwrap_or_default()
+        )));
+    }
+    let log_path = b.file(VMM_LOG_FILE);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| CliError::with_chain(format!("cannot write {}", log_path.display()), &e))?;
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let exe =
+        std::env::current_exe().map_err(|e| CliError::with_chain("cannot find the virtkit program", &e))?;
+    let mut child = Command::new(exe)
+        .arg("vm-process")
+        .arg(name)
+        .env(HOME_ENV, home.root())
+        .env(
+            "VIRTKIT_LOG",
+            std::env::var("VIRTKIT_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| CliError::with_chain("cannot start the VM's process", &e))?;
+
+    let deadline = Instant::now() + DETACH_START_TIMEOUT;
+    let control = b.file(CONTROL_SOCKET);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(CliError::new(format!(
+                "the VM `{name}` did not start ({status}):\n{}",
+                tail(&log_path, log_start)
+            )));
+        }
+        if socket_alive(&control) {
+            let state = state_of(&b);
+            if state != "starting" {
+                println!(
+                    "`{name}`: {state} (process {}); `virtkit console {name}` attaches",
+                    child.id()
+                );
+                return Ok(0);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::new(format!(
+                "the VM `{name}` did not report running within {} s; see `virtkit logs {name} --vmm`",
+                DETACH_START_TIMEOUT.as_secs()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The background process: its own session, so the terminal that started it can close.
+pub fn vm_process(args: &VmProcessArgs) -> Result<u8, CliError> {
+    let _ = rustix::process::setsid();
+    let home = home()?;
+    crate::vm_process::run(&home, &args.name, Mode::Detached)
+}

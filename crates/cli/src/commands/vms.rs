@@ -1,0 +1,95 @@
+//! What the VM-manager commands share: finding virtkit's home, opening bundles, asking a running
+//! VM's process for its state, and the `--format` option.
+
+use std::path::Path;
+
+use clap::ValueEnum;
+use virtkit::bundle::{Bundle, CONTROL_SOCKET};
+use virtkit::control::{ControlClient, ControlCommand, ControlResponse};
+use virtkit::VirtkitHome;
+
+use crate::exit::CliError;
+
+/// How a command prints what it found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// For people.
+    #[default]
+    Text,
+    /// For scripts: one JSON document on standard output.
+    Json,
+}
+
+pub fn home() -> Result<VirtkitHome, CliError> {
+    VirtkitHome::from_env().map_err(|e| CliError::from_error(&e))
+}
+
+pub fn open(home: &VirtkitHome, name: &str) -> Result<Bundle, CliError> {
+    Bundle::open(home, name).map_err(|e| CliError::from_error(&e))
+}
+
+/// The state of a VM: `stopped` when no process holds its bundle, else what its process says.
+pub fn state_of(bundle: &Bundle) -> String {
+    if !bundle.is_running() {
+        return "stopped".into();
+    }
+    match ask(bundle, ControlCommand::State) {
+        Ok(ControlResponse { state: Some(s), .. }) => s,
+        // The process holds the lock but has no socket yet: it is building the machine.
+        _ => "starting".into(),
+    }
+}
+
+/// Sends one command to a running VM's process.
+pub fn ask(bundle: &Bundle, command: ControlCommand) -> Result<ControlResponse, CliError> {
+    let path = bundle.file(CONTROL_SOCKET);
+    if !bundle.is_running() {
+        return Err(CliError::new(format!(
+            "the VM `{}` is not running; start it with `virtkit run {} --detach`",
+            bundle.name(),
+            bundle.name()
+        )));
+    }
+    let mut client = ControlClient::connect(&path).map_err(|e| CliError::from_error(&e))?;
+    client.send(command).map_err(|e| CliError::from_error(&e))
+}
+
+/// Sizes for people: 512 MiB, 20 GiB, 1.5 GiB.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || value.fract() < 0.05 || value >= 100.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Prints a JSON value on standard output.
+pub fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+/// Whether a path exists and is a socket something listens on.
+pub fn socket_alive(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_people_write_them() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(512 << 20), "512 MiB");
+        assert_eq!(human_size(20 << 30), "20 GiB");
+        assert_eq!(human_size(3 << 29), "1.5 GiB");
+        assert_eq!(human_size(4096), "4 KiB");
+    }
+}

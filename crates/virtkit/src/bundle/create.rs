@@ -1,0 +1,300 @@
+//! Making bundles: `create` (from a restore image or an empty disk) and `clone`, both built in
+//! a hidden directory and renamed into place.
+
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{renameat_with, RenameFlags, CWD};
+
+use super::atomic::{sync_dir, write_atomic};
+use super::{
+    check_name, io_error, Bundle, BundleError, HardwareModel, AUX_FILE, CONFIG_FILE, DISK_FILE,
+    HARDWARE_MODEL_FILE, INITRD_FILE, KERNEL_FILE, MACHINE_ID_FILE,
+};
+use crate::config::{BootLoader, PlatformConfiguration, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
+use crate::disk_image::{clone_file, import, CloneMethod};
+use crate::home::VirtkitHome;
+use crate::identity::MachineIdentifier;
+use crate::storage::StorageDeviceConfiguration;
+
+/// The size of the empty disk a VM gets when it is created without a restore image.
+pub const DEFAULT_DISK_SIZE: u64 = 20 << 30;
+
+/// The firmware VMs boot with unless told otherwise (Debian's `seabios` package).
+pub const DEFAULT_FIRMWARE: &str = "/usr/share/seabios/bios.bin";
+
+/// Size of the auxiliary storage (the firmware variable store; BIOS firmware keeps none, so it
+/// stays empty — a sparse file — until an EFI firmware uses it).
+const AUX_SIZE: u64 = 128 << 10;
+
+/// What a new VM is.
+#[derive(Debug, Clone)]
+pub struct NewBundle {
+    pub cpu_count: u32,
+    pub memory_size: u64,
+    pub boot: NewBoot,
+    /// A raw or qcow2 image to install on the boot disk.
+    pub restore_image: Option<PathBuf>,
+    /// The boot disk's size: at least the image's; default the image's, or
+    /// [`DEFAULT_DISK_SIZE`] without one.
+    pub disk_size: Option<u64>,
+}
+
+/// How a new VM boots.
+#[derive(Debug, Clone)]
+pub enum NewBoot {
+    /// BIOS firmware from the boot disk.
+    Firmware { path: PathBuf },
+    /// A Linux kernel (copied into the bundle) with the boot disk attached.
+    Linux {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        command_line: String,
+    },
+}
+
+const CREATING: &str = "creating";
+
+/// The hidden name a bundle has while being made or deleted by this process.
+pub(crate) fn leftover_name(name: &str, what: &str) -> String {
+    format!(".{name}.{what}-{}", std::process::id())
+}
+
+/// Removes what killed creates, clones and deletes left behind (their process is gone).
+pub(crate) fn sweep_leftovers(vms: &Path) {
+    let Ok(entries) = std::fs::read_dir(vms) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once('-'))
+            .filter(|(head, _)| head.ends_with(".creating") || head.ends_with(".deleting"))
+            .and_then(|(_, pid)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !process_alive(pid) {
+            tracing::info!(leftover = %name, "removing what an interrupted create or delete left");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn process_alive(pid: i32) -> bool {
+    match rustix::process::Pid::from_raw(pid) {
+        Some(p) => !matches!(
+            rustix::process::test_kill_process(p),
+            Err(rustix::io::Errno::SRCH)
+        ),
+        None => false,
+    }
+}
+
+/// A directory being made into a bundle; removed unless `commit` renames it into place.
+struct Staging {
+    dir: PathBuf,
+    committed: bool,
+}
+
+impl Staging {
+    fn new(vms: &Path, name: &str) -> Result<Staging, BundleError> {
+        std::fs::create_dir_all(vms).map_err(io_error("create", vms))?;
+        sweep_leftovers(vms);
+        if vms.join(name).exists() {
+            return Err(BundleError::Exists {
+                name: name.to_owned(),
+            });
+        }
+        let dir = vms.join(leftover_name(name, CREATING));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).map_err(io_error("create", &dir))?;
+        Ok(Staging {
+            dir,
+            committed: false,
+        })
+    }
+
+    fn write(&self, file: &str, bytes: &[u8]) -> Result<(), BundleError> {
+        let path = self.dir.join(file);
+        write_atomic(&path, bytes).map_err(io_error("write", &path))
+    }
+
+    /// Renames the staging directory to `<vms>/<name>`, refusing to replace anything.
+    fn commit(mut self, vms: &Path, name: &str) -> Result<PathBuf, BundleError> {
+        sync_dir(&self.dir).map_err(io_error("flush", &self.dir))?;
+        let target = vms.join(name);
+        match renameat_with(CWD, &self.dir, CWD, &target, RenameFlags::NOREPLACE) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {
+                return Err(BundleError::Exists {
+                    name: name.to_owned(),
+                })
+            }
+            Err(e) => return Err(io_error("rename into place", &target)(e.into())),
+        }
+        self.committed = true;
+        sync_dir(vms).map_err(io_error("flush", vms))?;
+        Ok(target)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn copy_in(src: &Path, dst: &Path) -> Result<(), BundleError> {
+    std::fs::copy(src, dst).map_err(io_error("copy", src))?;
+    Ok(())
+}
+
+impl Bundle {
+    /// Creates the VM `name` under `home`: a new machine identifier, the host's hardware
+    /// model, the boot disk (installed from the restore image if there is one) and the
+    /// configuration. `progress(done, total)` follows the disk install.
+    pub fn create(
+        home: &VirtkitHome,
+        name: &str,
+        spec: &NewBundle,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Bundle, BundleError> {
+        check_name(name).map_err(BundleError::BadName)?;
+        let vms = home.vms_dir();
+        let staging = Staging::new(&vms, name)?;
+        let dir = staging.dir.clone();
+
+        let machine_id = MachineIdentifier::random().map_err(io_error("read", Path::new("/dev/urandom")))?;
+        staging.write(MACHINE_ID_FILE, format!("{machine_id}\n").as_bytes())?;
+        let hardware = HardwareModel::of_this_host();
+        staging.write(
+            HARDWARE_MODEL_FILE,
+            serde_json::to_string_pretty(&hardware)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+        let aux = dir.join(AUX_FILE);
+        std::fs::File::create(&aux)
+            .and_then(|f| f.set_len(AUX_SIZE))
+            .map_err(io_error("create", &aux))?;
+
+        let boot_loader = match &spec.boot {
+            NewBoot::Firmware { path } => BootLoader::Firmware {
+                path: std::path::absolute(path).map_err(io_error("find", path))?,
+                variable_store: None,
+            },
+            NewBoot::Linux {
+                kernel,
+                initrd,
+                command_line,
+            } => {
+                copy_in(kernel, &dir.join(KERNEL_FILE))?;
+                if let Some(i) = initrd {
+                    copy_in(i, &dir.join(INITRD_FILE))?;
+                }
+                BootLoader::Linux {
+                    kernel: KERNEL_FILE.into(),
+                    initrd: initrd.as_ref().map(|_| INITRD_FILE.into()),
+                    command_line: command_line.clone(),
+                }
+            }
+        };
+        let mut config = VirtualMachineConfiguration {
+            version: CONFIG_FORMAT_VERSION,
+            cpu_count: spec.cpu_count,
+            memory_size: spec.memory_size,
+            boot_loader,
+            serial_ports: Vec::new(),
+            storage_devices: Vec::new(),
+            platform: PlatformConfiguration::default(),
+        };
+
+        // Check everything but the disk before spending time on the disk.
+        let mut bundle = Bundle {
+            name: name.to_owned(),
+            path: dir.clone(),
+            config,
+            machine_id,
+            hardware,
+        };
+        bundle.runtime_configuration().validate()?;
+
+        let disk = dir.join(DISK_FILE);
+        match &spec.restore_image {
+            Some(image) => {
+                import(image, &disk, spec.disk_size, progress).map_err(|source| BundleError::Disk {
+                    path: image.clone(),
+                    source,
+                })?;
+            }
+            None => {
+                let size = spec.disk_size.unwrap_or(DEFAULT_DISK_SIZE);
+                std::fs::File::create(&disk)
+                    .and_then(|f| f.set_len(size))
+                    .map_err(io_error("create", &disk))?;
+                progress(size, size);
+            }
+        }
+        config = bundle.config;
+        config
+            .storage_devices
+            .push(StorageDeviceConfiguration::disk_image(DISK_FILE));
+        bundle.config = config;
+        bundle.runtime_configuration().validate()?;
+        staging.write(CONFIG_FILE, bundle.config.to_json().as_bytes())?;
+
+        bundle.path = staging.commit(&vms, name)?;
+        Ok(bundle)
+    }
+
+    /// Copies this stopped VM to a new one named `new_name` with a new machine identifier
+    /// (so new SMBIOS UUID, serial and MACs). Files are reflinked where the file system can,
+    /// otherwise copied sparsely; the method used for the disk is returned.
+    pub fn clone_to(
+        &self,
+        home: &VirtkitHome,
+        new_name: &str,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(Bundle, CloneMethod), BundleError> {
+        check_name(new_name).map_err(BundleError::BadName)?;
+        // Held while copying so the source cannot start and change its disk under the copy.
+        let _lock = self.lock()?;
+        let vms = home.vms_dir();
+        let staging = Staging::new(&vms, new_name)?;
+        let dir = staging.dir.clone();
+        let mut disk_method = CloneMethod::SparseCopy;
+        for file in [
+            CONFIG_FILE,
+            HARDWARE_MODEL_FILE,
+            AUX_FILE,
+            KERNEL_FILE,
+            INITRD_FILE,
+            DISK_FILE,
+        ] {
+            let src = self.file(file);
+            if !src.exists() {
+                continue;
+            }
+            let mut ignore = |_: u64, _: u64| {};
+            let report: &mut dyn FnMut(u64, u64) = if file == DISK_FILE {
+                &mut *progress
+            } else {
+                &mut ignore
+            };
+            let method = clone_file(&src, &dir.join(file), report).map_err(|source| BundleError::Disk {
+                path: src.clone(),
+                source,
+            })?;
+            if file == DISK_FILE {
+                disk_method = method;
+            }
+        }
+        let machine_id = MachineIdentifier::random().map_err(io_error("read", Path::new("/dev/urandom")))?;
+        staging.write(MACHINE_ID_FILE, format!("{machine_id}\n").as_bytes())?;
+        let path = staging.commit(&vms, new_name)?;
+        Ok((Bundle::open_path(new_name, path)?, disk_method))
+    }
+}

@@ -1,0 +1,369 @@
+//! The VM bundle: a directory per virtual machine that holds everything it is.
+//!
+//! ```text
+//! <home>/vms/<name>/
+//!   config.json          the VirtualMachineConfiguration (paths relative to the bundle)
+//!   disk.img             the boot disk: a sparse raw image
+//!   aux.img              auxiliary storage: the firmware's variable store
+//!   hardware-model.json  the machine model and host CPU the VM was created with
+//!   machine-id           the machine identifier (SMBIOS UUID and serial, MACs derive from it)
+//!   kernel, initrd       copies of the direct-boot kernel and initrd, when it has them
+//!   console.log          the serial console of the last run
+//!   vmm.log              the VM process's own log
+//!   lock, pid            held / written by the process running the VM
+//!   control.sock         that process's control socket (JSON lines, docs/CONTROL.md)
+//!   console.sock         that process's serial console
+//! ```
+//!
+//! Creating and cloning build the bundle in a hidden temporary directory beside it and rename
+//! it into place, so an interrupted create leaves nothing a user sees; leftovers of a killed
+//! create are removed by the next command that looks at the VMs. Every later write of a
+//! metadata file is atomic (temporary file, fsync, rename).
+
+mod atomic;
+mod create;
+mod hardware;
+mod lock;
+mod name;
+
+use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+pub use create::{NewBoot, NewBundle, DEFAULT_DISK_SIZE, DEFAULT_FIRMWARE};
+pub use hardware::{HardwareModel, HARDWARE_MODEL_VERSION, MACHINE_MODEL};
+pub use lock::BundleLock;
+pub use name::{check_name, MAX_NAME_LEN};
+
+use crate::config::{BootLoader, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
+use crate::disk_image::DiskImageError;
+use crate::home::VirtkitHome;
+use crate::identity::MachineIdentifier;
+use crate::validate::ValidationError;
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const DISK_FILE: &str = "disk.img";
+pub const AUX_FILE: &str = "aux.img";
+pub const HARDWARE_MODEL_FILE: &str = "hardware-model.json";
+pub const MACHINE_ID_FILE: &str = "machine-id";
+pub const KERNEL_FILE: &str = "kernel";
+pub const INITRD_FILE: &str = "initrd";
+pub const CONSOLE_LOG_FILE: &str = "console.log";
+pub const VMM_LOG_FILE: &str = "vmm.log";
+pub const LOCK_FILE: &str = "lock";
+pub const PID_FILE: &str = "pid";
+pub const CONTROL_SOCKET: &str = "control.sock";
+pub const CONSOLE_SOCKET: &str = "console.sock";
+
+/// Why a bundle operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{0}")]
+    BadName(String),
+    #[error("there is no VM named `{name}` in {dir}; `virtkit list` shows the VMs there")]
+    NotFound { name: String, dir: PathBuf },
+    #[error("a VM named `{name}` already exists; choose another name, or `virtkit delete {name}` first")]
+    Exists { name: String },
+    #[error("the VM `{name}` is damaged: {problem}")]
+    Damaged { name: String, problem: String },
+    #[error(
+        "the VM `{name}` was made by a newer virtkit (bundle format {found}); this virtkit reads \
+         formats up to {supported}: upgrade virtkit to use it"
+    )]
+    NewerFormat {
+        name: String,
+        found: u64,
+        supported: u32,
+    },
+    #[error("the VM `{name}` is running{}; stop it first with `virtkit stop {name}`", pid.map(|p| format!(" (process {p})")).unwrap_or_default())]
+    Running { name: String, pid: Option<u32> },
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make the disk from {}", path.display())]
+    Disk {
+        path: PathBuf,
+        #[source]
+        source: DiskImageError,
+    },
+    #[error("the VM's configuration is not valid")]
+    Invalid(#[from] ValidationError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+pub(crate) fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> BundleError + 'a {
+    move |source| BundleError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A VM found by [`Bundle::list`]: its name and the bundle, or why it cannot be read.
+pub type ListedBundle = (String, Result<Bundle, BundleError>);
+
+/// A VM bundle that was read and checked.
+#[derive(Debug)]
+pub struct Bundle {
+    name: String,
+    path: PathBuf,
+    config: VirtualMachineConfiguration,
+    machine_id: MachineIdentifier,
+    hardware: HardwareModel,
+}
+
+impl Bundle {
+    /// Opens the VM `name` under `home`.
+    pub fn open(home: &VirtkitHome, name: &str) -> Result<Bundle, BundleError> {
+        check_name(name).map_err(BundleError::BadName)?;
+        let path = home.vms_dir().join(name);
+        if !path.is_dir() {
+            return Err(BundleError::NotFound {
+                name: name.to_owned(),
+                dir: home.vms_dir(),
+            });
+        }
+        Bundle::open_path(name, path)
+    }
+
+    fn open_path(name: &str, path: PathBuf) -> Result<Bundle, BundleError> {
+        let damaged = |problem: String| BundleError::Damaged {
+            name: name.to_owned(),
+            problem,
+        };
+        let read = |file: &str| -> Result<String, BundleError> {
+            std::fs::read_to_string(path.join(file)).map_err(|e| match e.kind() {
+                ErrorKind::NotFound => damaged(format!("{file} is missing")),
+                _ => damaged(format!("{file} cannot be read ({e})")),
+            })
+        };
+        let config_text = read(CONFIG_FILE)?;
+        // The version decides how to read the rest, so look at it first: a newer format may
+        // have fields this build does not know.
+        let value: serde_json::Value = serde_json::from_str(&config_text)
+            .map_err(|e| damaged(format!("{CONFIG_FILE} is not JSON ({e})")))?;
+        let found = value.get("version").and_then(|v| v.as_u64()).unwrap_or(1);
+        if found > u64::from(CONFIG_FORMAT_VERSION) {
+            return Err(BundleError::NewerFormat {
+                name: name.to_owned(),
+                found,
+                supported: CONFIG_FORMAT_VERSION,
+            });
+        }
+        let config = VirtualMachineConfiguration::from_json(&config_text)
+            .map_err(|e| damaged(format!("{CONFIG_FILE}: {e}")))?;
+        let machine_id = read(MACHINE_ID_FILE)?
+            .parse()
+            .map_err(|e| damaged(format!("{MACHINE_ID_FILE}: {e}")))?;
+        let hardware: HardwareModel = serde_json::from_str(&read(HARDWARE_MODEL_FILE)?)
+            .map_err(|e| damaged(format!("{HARDWARE_MODEL_FILE}: {e}")))?;
+        if hardware.version > HARDWARE_MODEL_VERSION {
+            return Err(BundleError::NewerFormat {
+                name: name.to_owned(),
+                found: u64::from(hardware.version),
+                supported: HARDWARE_MODEL_VERSION,
+            });
+        }
+        if !path.join(DISK_FILE).is_file() {
+            return Err(damaged(format!("{DISK_FILE} is missing")));
+        }
+        Ok(Bundle {
+            name: name.to_owned(),
+            path,
+            config,
+            machine_id,
+            hardware,
+        })
+    }
+
+    /// Every VM under `home`, by name; a damaged one is listed with its error.
+    pub fn list(home: &VirtkitHome) -> Result<Vec<ListedBundle>, BundleError> {
+        let dir = home.vms_dir();
+        create::sweep_leftovers(&dir);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error("read", &dir)(e)),
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| check_name(n).is_ok())
+            .collect();
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|n| {
+                let b = Bundle::open_path(&n, dir.join(&n));
+                (n, b)
+            })
+            .collect())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The configuration as stored: paths relative to the bundle, no serial ports.
+    pub fn configuration(&self) -> &VirtualMachineConfiguration {
+        &self.config
+    }
+
+    pub fn machine_identifier(&self) -> MachineIdentifier {
+        self.machine_id
+    }
+
+    pub fn hardware_model(&self) -> &HardwareModel {
+        &self.hardware
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// The configuration to run: paths made absolute and the machine identifier set.
+    pub fn runtime_configuration(&self) -> VirtualMachineConfiguration {
+        // A JSON round trip is the deep copy (the serial attachments' file handles are not Clone,
+        // and a stored configuration never has them).
+        let mut c = VirtualMachineConfiguration::from_json(&self.config.to_json())
+            .expect("a configuration read from JSON reads back");
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = self.path.join(&*p);
+            }
+        };
+        match &mut c.boot_loader {
+            BootLoader::Linux { kernel, initrd, .. } => {
+                resolve(kernel);
+                if let Some(i) = initrd {
+                    resolve(i);
+                }
+            }
+            BootLoader::Firmware { path, variable_store } => {
+                resolve(path);
+                if let Some(v) = variable_store {
+                    resolve(v);
+                }
+            }
+        }
+        for d in &mut c.storage_devices {
+            resolve(&mut d.path);
+        }
+        c.platform.machine_identifier = Some(self.machine_id);
+        c
+    }
+
+    /// Replaces the stored configuration after checking it; the VM must not be running.
+    pub fn set_configuration(&mut self, config: VirtualMachineConfiguration) -> Result<(), BundleError> {
+        let _lock = self.lock()?;
+        let old = std::mem::replace(&mut self.config, config);
+        if let Err(e) = self.runtime_configuration().validate() {
+            self.config = old;
+            return Err(e.into());
+        }
+        let path = self.file(CONFIG_FILE);
+        atomic::write_atomic(&path, self.config.to_json().as_bytes()).map_err(io_error("write", &path))
+    }
+
+    /// The boot disk's size as the guest sees it.
+    pub fn disk_size(&self) -> Result<u64, BundleError> {
+        let path = self.file(DISK_FILE);
+        Ok(std::fs::metadata(&path).map_err(io_error("read", &path))?.len())
+    }
+
+    /// Grows the boot disk; the VM must not be running. Shrinking is refused: it would cut off
+    /// whatever the guest keeps at the end of its disk.
+    pub fn grow_disk(&self, new_size: u64) -> Result<(), BundleError> {
+        let _lock = self.lock()?;
+        let current = self.disk_size()?;
+        if new_size < current {
+            return Err(BundleError::Refused(format!(
+                "the disk of `{}` is {current} bytes; it can grow but not shrink (asked for {new_size})",
+                self.name
+            )));
+        }
+        let path = self.file(DISK_FILE);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_error("open", &path))?;
+        f.set_len(new_size).map_err(io_error("grow", &path))?;
+        f.sync_all().map_err(io_error("flush", &path))
+    }
+
+    /// Bytes the bundle's files take on the host's disk (sparse files count what is allocated).
+    pub fn disk_usage(&self) -> u64 {
+        std::fs::read_dir(&self.path)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.blocks() * 512)
+            .sum()
+    }
+
+    /// Takes the bundle's lock for running or changing the VM; refused while another process
+    /// has it.
+    pub fn lock(&self) -> Result<BundleLock, BundleError> {
+        let path = self.file(LOCK_FILE);
+        match lock::try_lock(&path).map_err(io_error("lock", &path))? {
+            Some(l) => Ok(l),
+            None => Err(BundleError::Running {
+                name: self.name.clone(),
+                pid: self.running_pid(),
+            }),
+        }
+    }
+
+    /// Whether a process runs this VM now.
+    pub fn is_running(&self) -> bool {
+        lock::is_locked(&self.file(LOCK_FILE)).unwrap_or(false)
+    }
+
+    /// The process that runs the VM, if one does.
+    pub fn running_pid(&self) -> Option<u32> {
+        if !self.is_running() {
+            return None;
+        }
+        std::fs::read_to_string(self.file(PID_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Records the running process's ID; call while holding the lock.
+    pub fn write_pid(&self, _lock: &BundleLock) -> Result<(), BundleError> {
+        let path = self.file(PID_FILE);
+        atomic::write_atomic(&path, format!("{}\n", std::process::id()).as_bytes())
+            .map_err(io_error("write", &path))
+    }
+
+    /// Deletes the bundle; refused while the VM runs. The directory is first renamed out of
+    /// sight, so a delete cut short leaves no half-deleted VM.
+    pub fn delete(self) -> Result<(), BundleError> {
+        let lock = self.lock()?;
+        let vms = self.path.parent().unwrap_or(Path::new("."));
+        let doomed = vms.join(create::leftover_name(&self.name, "deleting"));
+        std::fs::rename(&self.path, &doomed).map_err(io_error("move away", &self.path))?;
+        drop(lock);
+        let _ = atomic::sync_dir(vms);
+        std::fs::remove_dir_all(&doomed).map_err(io_error("remove", &doomed))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,237 @@
+use std::path::PathBuf;
+
+use super::*;
+
+struct Home(VirtkitHome);
+
+impl Home {
+    fn new(tag: &str) -> Home {
+        let root = std::env::temp_dir().join(format!("virtkit-bundle-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        Home(VirtkitHome::new(root))
+    }
+
+    fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.0.vms_dir())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0.root());
+    }
+}
+
+/// A file that passes for BIOS firmware (validation checks its size: a multiple of 64 KiB).
+fn firmware(home: &Home) -> PathBuf {
+    let path = home.0.root().join("bios.bin");
+    std::fs::create_dir_all(home.0.root()).unwrap();
+    std::fs::write(&path, vec![0u8; 128 << 10]).unwrap();
+    path
+}
+
+fn spec(firmware: PathBuf) -> NewBundle {
+    NewBundle {
+        cpu_count: 1,
+        memory_size: 128 << 20,
+        boot: NewBoot::Firmware { path: firmware },
+        restore_image: None,
+        disk_size: Some(64 << 20),
+    }
+}
+
+fn nothing(_: u64, _: u64) {}
+
+#[test]
+fn create_writes_every_file_and_open_reads_it_back() {
+    let home = Home::new("create");
+    let b = Bundle::create(&home.0, "web", &spec(firmware(&home)), &mut nothing).unwrap();
+    for f in [
+        CONFIG_FILE,
+        DISK_FILE,
+        AUX_FILE,
+        HARDWARE_MODEL_FILE,
+        MACHINE_ID_FILE,
+    ] {
+        assert!(b.file(f).is_file(), "{f} missing");
+    }
+    assert_eq!(b.disk_size().unwrap(), 64 << 20);
+    assert!(
+        b.disk_usage() < 1 << 20,
+        "the empty disk is sparse: {}",
+        b.disk_usage()
+    );
+    let stored = b.configuration();
+    assert_eq!(stored.storage_devices[0].path, PathBuf::from(DISK_FILE));
+    let run = b.runtime_configuration();
+    assert_eq!(run.storage_devices[0].path, b.file(DISK_FILE));
+    assert_eq!(run.platform.machine_identifier, Some(b.machine_identifier()));
+
+    let again = Bundle::open(&home.0, "web").unwrap();
+    assert_eq!(again.machine_identifier(), b.machine_identifier());
+    assert_eq!(again.configuration().to_json(), b.configuration().to_json());
+    assert_eq!(again.hardware_model(), b.hardware_model());
+    assert_eq!(home.leftovers(), vec!["web".to_owned()]);
+}
+
+#[test]
+fn a_name_clash_and_a_bad_name_are_refused_and_change_nothing() {
+    let home = Home::new("clash");
+    let fw = firmware(&home);
+    let first = Bundle::create(&home.0, "web", &spec(fw.clone()), &mut nothing).unwrap();
+    let e = Bundle::create(&home.0, "web", &spec(fw.clone()), &mut nothing).unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    assert_eq!(
+        Bundle::open(&home.0, "web").unwrap().machine_identifier(),
+        first.machine_identifier()
+    );
+    let e = Bundle::create(&home.0, "../evil", &spec(fw), &mut nothing).unwrap_err();
+    assert!(e.to_string().contains("not a valid VM name"), "{e}");
+    assert_eq!(home.leftovers(), vec!["web".to_owned()]);
+}
+
+#[test]
+fn an_invalid_machine_is_refused_before_anything_is_left() {
+    let home = Home::new("invalid");
+    let mut s = spec(firmware(&home));
+    s.memory_size = 1 << 20;
+    let e = Bundle::create(&home.0, "tiny", &s, &mut nothing).unwrap_err();
+    assert!(matches!(e, BundleError::Invalid(_)), "{e}");
+    assert!(home.leftovers().is_empty(), "{:?}", home.leftovers());
+}
+
+#[test]
+fn unknown_and_damaged_bundles_get_clear_errors() {
+    let home = Home::new("damaged");
+    let e = Bundle::open(&home.0, "ghost").unwrap_err();
+    assert!(e.to_string().contains("no VM named `ghost`"), "{e}");
+
+    let b = Bundle::create(&home.0, "web", &spec(firmware(&home)), &mut nothing).unwrap();
+    std::fs::write(b.file(MACHINE_ID_FILE), "not-an-id\n").unwrap();
+    let e = Bundle::open(&home.0, "web").unwrap_err();
+    assert!(e.to_string().contains("damaged: machine-id"), "{e}");
+
+    let config = std::fs::read_to_string(b.file(CONFIG_FILE)).unwrap();
+    std::fs::write(b.file(CONFIG_FILE), &config[..config.len() / 2]).unwrap();
+    let e = Bundle::open(&home.0, "web").unwrap_err();
+    assert!(e.to_string().contains("damaged: config.json is not JSON"), "{e}");
+
+    std::fs::write(
+        b.file(CONFIG_FILE),
+        config.replace("\"version\": 1", "\"version\": 7, \"gpu\": 1"),
+    )
+    .unwrap();
+    let e = Bundle::open(&home.0, "web").unwrap_err();
+    assert!(e.to_string().contains("newer virtkit (bundle format 7)"), "{e}");
+
+    std::fs::remove_file(b.file(CONFIG_FILE)).unwrap();
+    let e = Bundle::open(&home.0, "web").unwrap_err();
+    assert!(e.to_string().contains("config.json is missing"), "{e}");
+
+    let listed = Bundle::list(&home.0).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].1.is_err());
+}
+
+#[test]
+fn the_lock_refuses_a_second_holder_and_delete_of_a_running_vm() {
+    let home = Home::new("lock");
+    let b = Bundle::create(&home.0, "web", &spec(firmware(&home)), &mut nothing).unwrap();
+    assert!(!b.is_running());
+    let lock = b.lock().unwrap();
+    b.write_pid(&lock).unwrap();
+    assert!(b.is_running());
+    assert_eq!(b.running_pid(), Some(std::process::id()));
+    let e = b.lock().unwrap_err();
+    assert!(e.to_string().contains("is running (process"), "{e}");
+    let e = Bundle::open(&home.0, "web").unwrap().delete().unwrap_err();
+    assert!(e.to_string().contains("stop it first"), "{e}");
+    drop(lock);
+    assert!(!b.is_running());
+    b.delete().unwrap();
+    assert!(home.leftovers().is_empty(), "{:?}", home.leftovers());
+}
+
+#[test]
+fn leftovers_of_killed_creates_are_swept_and_never_listed() {
+    let home = Home::new("sweep");
+    let fw = firmware(&home);
+    Bundle::create(&home.0, "web", &spec(fw), &mut nothing).unwrap();
+    // PID 0x7fff_fff0 does not exist; a leftover of a live process is kept.
+    let dead = home.0.vms_dir().join(".half.creating-2147483632");
+    let live = home
+        .0
+        .vms_dir()
+        .join(format!(".busy.creating-{}", std::process::id()));
+    std::fs::create_dir_all(dead.join("x")).unwrap();
+    std::fs::create_dir_all(&live).unwrap();
+    let listed: Vec<String> = Bundle::list(&home.0)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(listed, vec!["web".to_owned()]);
+    assert!(!dead.exists());
+    assert!(live.exists());
+}
+
+#[test]
+fn clone_copies_the_disk_with_a_new_identity() {
+    let home = Home::new("clone");
+    let src = Bundle::create(&home.0, "web", &spec(firmware(&home)), &mut nothing).unwrap();
+    let data = b"written by the first VM";
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(src.file(DISK_FILE))
+            .unwrap();
+        f.seek(SeekFrom::Start(5 << 20)).unwrap();
+        f.write_all(data).unwrap();
+    }
+    let (copy, _method) = src.clone_to(&home.0, "web-2", &mut nothing).unwrap();
+    assert_ne!(copy.machine_identifier(), src.machine_identifier());
+    assert_ne!(
+        copy.machine_identifier().mac_address(0),
+        src.machine_identifier().mac_address(0)
+    );
+    assert_eq!(
+        std::fs::read(copy.file(DISK_FILE)).unwrap(),
+        std::fs::read(src.file(DISK_FILE)).unwrap()
+    );
+    assert_eq!(copy.configuration().to_json(), src.configuration().to_json());
+    let e = src.clone_to(&home.0, "web-2", &mut nothing).unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    let _running = src.lock().unwrap();
+    let e = src.clone_to(&home.0, "web-3", &mut nothing).unwrap_err();
+    assert!(e.to_string().contains("is running"), "{e}");
+    let mut names = home.leftovers();
+    names.sort();
+    assert_eq!(names, vec!["web".to_owned(), "web-2".to_owned()]);
+}
+
+#[test]
+fn the_disk_grows_but_never_shrinks_and_config_changes_are_checked() {
+    let home = Home::new("set");
+    let mut b = Bundle::create(&home.0, "web", &spec(firmware(&home)), &mut nothing).unwrap();
+    b.grow_disk(128 << 20).unwrap();
+    assert_eq!(b.disk_size().unwrap(), 128 << 20);
+    let e = b.grow_disk(64 << 20).unwrap_err();
+    assert!(e.to_string().contains("can grow but not shrink"), "{e}");
+    assert_eq!(b.disk_size().unwrap(), 128 << 20);
+
+    let mut c = VirtualMachineConfiguration::from_json(&b.configuration().to_json()).unwrap();
+    c.cpu_count = 0;
+    assert!(b.set_configuration(c).is_err());
+    assert_eq!(Bundle::open(&home.0, "web").unwrap().configuration().cpu_count, 1);
+    let mut c = VirtualMachineConfiguration::from_json(&b.configuration().to_json()).unwrap();
+    c.cpu_count = 2;
+    b.set_configuration(c).unwrap();
+    assert_eq!(Bundle::open(&home.0, "web").unwrap().configuration().cpu_count, 2);
+}
