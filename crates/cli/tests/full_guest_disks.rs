@@ -118,11 +118,30 @@ while [ $n -le 100000 ]; do
 done
 "#;
 
-const GUEST_SCRIPTS: [(&str, &str); 4] = [
+/// Test 6 (a VM bundle): what the guest sees of its identity, and a boot count kept in an
+/// ext4 file system on its disk (made on the first boot).
+const GUEST_BUNDLE: &str = r#"
+say uuid=$(cat /sys/class/dmi/id/product_uuid) serial=$(cat /sys/class/dmi/id/product_serial)
+if mount -t ext4 /dev/vda /mnt 2>/dev/null; then
+    say found=$(cat /mnt/marker)
+else
+    mkfs.ext4 -q -F /dev/vda && mount -t ext4 /dev/vda /mnt || { say no-fs; exit 1; }
+    echo 0 >/mnt/count
+fi
+n=$(( $(cat /mnt/count) + 1 ))
+echo $n >/mnt/count
+echo run-$n >/mnt/marker
+sync
+umount /mnt
+say boot=$n
+"#;
+
+const GUEST_SCRIPTS: [(&str, &str); 5] = [
     ("ext4", GUEST_EXT4),
     ("ro", GUEST_RO),
     ("reload", GUEST_RELOAD),
     ("durable", GUEST_DURABLE),
+    ("bundle", GUEST_BUNDLE),
 ];
 
 /// Runs a guest script on disks: `run_guest NAME DISK-ARGS...` (each DISK-ARG a `--disk` value);
@@ -627,4 +646,121 @@ fn seabios_boots_linux_from_a_syslinux_disk_to_its_init() {
     assert_value(&out, "fwboot", "vda-size", &(size / 512).to_string());
     assert!(lines.contains("VIRTKIT-GUEST: poweroff"), "{lines}");
     assert_value(&out, "fwboot", "exit", "0");
+}
+
+/// The VM manager with a stock Linux guest: `create --kernel --initrd --cmdline --from`, a
+/// detached run whose console is in `logs`, a clean `stop` through the ACPI power button
+/// (the guest's acpid powers off), a second run that finds what the first wrote, a clone with
+/// a new SMBIOS identity running next to the original, and delete.
+const BUNDLE_SCRIPT: &str = r#"
+export VIRTKIT_HOME=$W/home
+wait_log() { # NAME TEXT: wait up to 120 s for TEXT in the VM's console log
+    i=0
+    until $VIRTKIT logs $1 2>/dev/null | grep -F -- "$2" >/dev/null; do
+        i=$((i + 1)); [ $i -le 1200 ] || { echo "CASE bundle: timeout $1 $2"; return 1; }; sleep 0.1
+    done
+}
+show() { $VIRTKIT logs $1 | tr -d '\r' | grep '^VT ' | sed "s/^/CASE bundle: $1 /"; }
+truncate -s 48M $W/rootfs.img
+$VIRTKIT create k1 --kernel $G/vmlinuz --initrd $G/initrd --from $W/rootfs.img --disk-size 64M \
+    --cpus 1 --memory 256M \
+    --cmdline "console=ttyS0 quiet virtkit.run=\"sh /vt/bundle.sh\" virtkit.action=wait" 2>&1
+echo "CASE bundle: create=$?"
+$VIRTKIT run k1 --detach; echo "CASE bundle: run1=$?"
+wait_log k1 "VT boot="
+show k1
+echo "CASE bundle: get $($VIRTKIT get k1 --format json | tr -d ' \n')"
+$VIRTKIT stop k1 --timeout 60; echo "CASE bundle: stop1=$?"
+$VIRTKIT logs k1 | grep -c "VIRTKIT-GUEST: acpi-power-button" | sed 's/^/CASE bundle: power-button-lines=/'
+$VIRTKIT run k1 --detach; echo "CASE bundle: run2=$?"
+wait_log k1 "VT boot="
+show k1
+$VIRTKIT stop k1 --timeout 60; echo "CASE bundle: stop2=$?"
+$VIRTKIT clone k1 k2; echo "CASE bundle: clone=$?"
+$VIRTKIT run k1 --detach; $VIRTKIT run k2 --detach
+wait_log k1 "VT boot="; wait_log k2 "VT boot="
+show k1; show k2
+echo "CASE bundle: list $($VIRTKIT list --format json | tr -d ' \n')"
+echo "CASE bundle: get2 $($VIRTKIT get k2 --format json | tr -d ' \n')"
+$VIRTKIT stop k1 --timeout 60; $VIRTKIT stop k2 --timeout 60
+$VIRTKIT delete k2; echo "CASE bundle: delete=$?"
+echo "CASE bundle: left=$(ls $VIRTKIT_HOME/vms | tr '\n' ' ')"
+"#;
+
+#[test]
+fn a_linux_vm_bundle_is_created_run_detached_stopped_cleanly_cloned_and_deleted() {
+    let Some(assets) = prerequisites() else { return };
+    let Some(out) = run_disk_script(&assets, "bundle", &[], BUNDLE_SCRIPT) else {
+        return;
+    };
+    let lines = case_lines(&out, "bundle").join("\n");
+    for key in ["create", "run1", "stop1", "run2", "stop2", "clone", "delete"] {
+        assert_value(&out, "bundle", key, "0");
+    }
+    // The guest's identity is the bundle's machine id, the same on every run.
+    let get: serde_json::Value = serde_json::from_str(
+        case_lines(&out, "bundle")
+            .iter()
+            .find_map(|l| l.strip_prefix("get "))
+            .expect(&lines),
+    )
+    .unwrap();
+    let id = get["machine_id"].as_str().unwrap();
+    let k1_uuids: Vec<&str> = case_lines(&out, "bundle")
+        .into_iter()
+        .filter_map(|l| l.strip_prefix("k1 VT uuid="))
+        .collect();
+    assert_eq!(k1_uuids.len(), 3, "{lines}");
+    for l in &k1_uuids {
+        assert!(
+            l.starts_with(&format!("{id} serial={}", get["serial_number"].as_str().unwrap())),
+            "{l}\n{lines}"
+        );
+    }
+    // What the first run wrote, the second finds; the clone starts from the disk as it was.
+    assert!(lines.contains("k1 VT boot=1"), "{lines}");
+    assert!(lines.contains("k1 VT found=run-1"), "{lines}");
+    assert!(lines.contains("k1 VT boot=2"), "{lines}");
+    assert!(lines.contains("k1 VT boot=3"), "{lines}");
+    assert!(lines.contains("k2 VT found=run-2"), "{lines}");
+    assert!(lines.contains("k2 VT boot=3"), "{lines}");
+    // The stop was the guest's own shutdown, through acpid.
+    let presses: u32 = case_value(&out, "bundle", "power-button-lines")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(presses >= 1, "{lines}");
+    // Both ran at once with different identities.
+    let get2: serde_json::Value = serde_json::from_str(
+        case_lines(&out, "bundle")
+            .iter()
+            .find_map(|l| l.strip_prefix("get2 "))
+            .expect(&lines),
+    )
+    .unwrap();
+    assert_ne!(get2["machine_id"], get["machine_id"]);
+    assert_ne!(get2["mac_address"], get["mac_address"]);
+    let k2_uuid = case_lines(&out, "bundle")
+        .into_iter()
+        .find_map(|l| l.strip_prefix("k2 VT uuid="))
+        .expect(&lines);
+    assert!(
+        k2_uuid.starts_with(get2["machine_id"].as_str().unwrap()),
+        "{k2_uuid}"
+    );
+    let list: serde_json::Value = serde_json::from_str(
+        case_lines(&out, "bundle")
+            .iter()
+            .find_map(|l| l.strip_prefix("list "))
+            .expect(&lines),
+    )
+    .unwrap();
+    let states: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["running", "running"], "{lines}");
+    assert_eq!(case_value(&out, "bundle", "left"), Some("k1"), "{lines}");
 }
