@@ -5,7 +5,8 @@
 //! The firmware image: `as --32`, `ld -T asm/firmware.ld`, `objcopy -O binary` gives
 //! `$OUT_DIR/reset_vector.bin` (exactly 64 KiB).
 //! MBR programs: `as --32`, `ld -T asm/mbr.ld`, `objcopy -O binary` gives `$OUT_DIR/<name>.mbr`
-//! (exactly 512 bytes, ending in 0x55 0xaa).
+//! (exactly 512 bytes, ending in 0x55 0xaa). Multi-sector MBR programs are built the same way
+//! and are a whole number of sectors, more than one, whose first ends in 0x55 0xaa.
 //!
 //! The tools are `as`, `ld` and `objcopy` from `PATH`; `VIRTKIT_AS`, `VIRTKIT_LD` and
 //! `VIRTKIT_OBJCOPY` override them (e.g. `x86_64-linux-gnu-as` on a non-x86 build host).
@@ -37,6 +38,9 @@ const FIRMWARE_SIZE: u64 = 64 * 1024;
 
 /// MBR programs (boot sectors): each `asm/<name>.s` becomes `$OUT_DIR/<name>.mbr`.
 const MBR_GUESTS: &[&str] = &["mbr_read", "mbr_write", "mbr_drives", "mbr_bench", "mbr_id"];
+
+/// MBR programs longer than one sector (the boot sector loads the rest itself).
+const MULTI_SECTOR_MBR_GUESTS: &[&str] = &["mbr_session"];
 
 const MBR_SIZE: usize = 512;
 
@@ -112,7 +116,9 @@ fn main() {
         }
     }
 
-    for name in MBR_GUESTS {
+    let mbr_guests = MBR_GUESTS.iter().map(|name| (name, false));
+    let multi_sector_guests = MULTI_SECTOR_MBR_GUESTS.iter().map(|name| (name, true));
+    for (name, multi_sector) in mbr_guests.chain(multi_sector_guests) {
         let object = assemble(&tools, &asm_dir, &out_dir, name);
         let elf = out_dir.join(format!("{name}.mbr.elf"));
         let mbr = out_dir.join(format!("{name}.mbr"));
@@ -127,12 +133,21 @@ fn main() {
             .arg(&elf)
             .arg(&mbr));
         let bytes = fs::read(&mbr).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", mbr.display())));
-        if bytes.len() != MBR_SIZE || bytes[MBR_SIZE - 2..] != [0x55, 0xaa] {
-            fail(&format!(
-                "{} is {} bytes; a boot sector must be exactly {MBR_SIZE} and end in 0x55 0xaa",
-                mbr.display(),
-                bytes.len()
-            ));
+        let signed = bytes.len() >= MBR_SIZE && bytes[MBR_SIZE - 2..MBR_SIZE] == [0x55, 0xaa];
+        let (well_formed, rule) = if multi_sector {
+            (
+                signed && bytes.len() > MBR_SIZE && bytes.len() % MBR_SIZE == 0,
+                "a multi-sector MBR program must be a whole number of 512-byte sectors, more than \
+                 one, the first ending in 0x55 0xaa",
+            )
+        } else {
+            (
+                signed && bytes.len() == MBR_SIZE,
+                "a boot sector must be exactly 512 bytes and end in 0x55 0xaa",
+            )
+        };
+        if !well_formed {
+            fail(&format!("{} is {} bytes; {rule}", mbr.display(), bytes.len()));
         }
     }
 }

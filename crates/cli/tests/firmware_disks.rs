@@ -2,14 +2,21 @@
 //! disks with its own virtio driver; the project's MBR programs (crates/test-guests) read and
 //! write sectors through BIOS int 13h and print what they saw on COM1. Runs on any KVM.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use virtkit_test_guests::mbr::{
-    id_marker, sector_sum, write_pattern, READ_DISK_BYTES, READ_LBAS, WRITE_LBAS,
+    id_marker, sector_sum, session_boots, write_pattern, READ_DISK_BYTES, READ_LBAS, SESSION_MIN_DISK_BYTES,
+    SESSION_STATE_LBA, WRITE_LBAS,
 };
-use virtkit_test_guests::output::{mbr_drive, mbr_read_sum, mbr_write, ReadKind, WriteResult};
+use virtkit_test_guests::output::{
+    mbr_drive, mbr_read_sum, mbr_write, parse_session_boot, parse_session_serial, parse_session_tick,
+    parse_session_uuid, ReadKind, SessionSave, WriteResult, SESSION_POWER_BUTTON, SESSION_READY,
+    SESSION_SMBIOS_NONE,
+};
 use virtkit_test_guests::Guest;
 
 const VIRTKIT: &str = env!("CARGO_BIN_EXE_virtkit");
@@ -272,4 +279,159 @@ fn bad_firmware_and_disk_input_are_clear_errors() {
     let bad_option = run(&["run", "--firmware", SEABIOS, "--disk", "x.img,turbo"]);
     assert_eq!(bad_option.status.code(), Some(2));
     assert!(text(&bad_option).contains("`turbo` is not a disk option"));
+}
+
+/// What one boot of [`Guest::MbrSession`] showed.
+struct SessionRun {
+    code: Option<i32>,
+    /// The guest's `session: ...` lines, in order.
+    lines: Vec<String>,
+    /// Everything virtkit printed, for failure messages.
+    console: String,
+}
+
+/// Boots SeaBIOS with `disk` (a `--disk` argument), waits for `session: ready` and two ticks,
+/// sends SIGTERM (virtkit presses the ACPI power button) and waits for virtkit to end; kills it
+/// and fails if that all takes more than 120 s.
+fn session_until_power_button(disk: &str) -> SessionRun {
+    let mut child = Command::new(VIRTKIT)
+        .args(["run", "--firmware", SEABIOS, "--memory", "128M", "--disk", disk])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (line_tx, line_rx) = channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut console, mut lines) = (String::new(), Vec::new());
+    let (mut ready, mut ticks, mut signalled) = (false, 0, false);
+    loop {
+        match line_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                console += &line;
+                console.push('\n');
+                // SeaBIOS's text may share the line the program starts on.
+                if let Some(at) = line.find("session: ") {
+                    let session = line[at..].trim_end().to_owned();
+                    ready |= session == SESSION_READY;
+                    if ready && parse_session_tick(&session).is_some() {
+                        ticks += 1;
+                    }
+                    lines.push(session);
+                }
+                if ticks >= 2 && !signalled {
+                    let pid = child.id().to_string();
+                    assert!(Command::new("kill")
+                        .args(["-TERM", &pid])
+                        .status()
+                        .unwrap()
+                        .success());
+                    signalled = true;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the session did not end in 120 s (signalled: {signalled}):\n{console}");
+            }
+        }
+    }
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("virtkit closed its output but did not exit:\n{console}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    console += &stderr_reader.join().unwrap();
+    assert!(signalled, "the guest ended before two ticks:\n{console}");
+    SessionRun {
+        code: status.code(),
+        lines,
+        console,
+    }
+}
+
+/// Checks the order of a session's lines: boot count, identity, ready, ticks 1, 2, ... and
+/// the power button last. Returns how the boot count was saved.
+fn check_session(run: &SessionRun, boots: u32) -> SessionSave {
+    let console = &run.console;
+    assert_eq!(run.code, Some(0), "a clean power-off:\n{console}");
+    let mut lines = run.lines.iter().map(String::as_str);
+    let (count, save) = lines
+        .next()
+        .and_then(parse_session_boot)
+        .unwrap_or_else(|| panic!("the first line is the boot count:\n{console}"));
+    assert_eq!(count, boots, "boot number:\n{console}");
+    match lines.next() {
+        // SMBIOS tables may be missing; if there is a uuid, a serial line follows.
+        Some(SESSION_SMBIOS_NONE) => {}
+        Some(uuid) => {
+            assert!(parse_session_uuid(uuid).is_some(), "{uuid:?}:\n{console}");
+            let serial = lines.next().and_then(parse_session_serial);
+            assert!(serial.is_some(), "a serial line after the uuid:\n{console}");
+        }
+        None => panic!("no identity line:\n{console}"),
+    }
+    assert_eq!(lines.next(), Some(SESSION_READY), "{console}");
+    let rest: Vec<&str> = lines.collect();
+    let (last, ticks) = rest.split_last().expect("lines after ready");
+    assert_eq!(
+        *last, SESSION_POWER_BUTTON,
+        "the power button ends it:\n{console}"
+    );
+    assert!(ticks.len() >= 2, "{console}");
+    for (i, tick) in ticks.iter().enumerate() {
+        assert_eq!(parse_session_tick(tick), Some(i as u32 + 1), "{console}");
+    }
+    save
+}
+
+#[test]
+fn mbr_session_counts_boots_and_stops_on_the_power_button() {
+    if !seabios_available() {
+        return;
+    }
+    let disks = Disks::new("session");
+    let size = (64 << 20).max(SESSION_MIN_DISK_BYTES);
+    let disk = disks.disk("session.img", size, Some(Guest::MbrSession), &[]);
+    let state_at = SESSION_STATE_LBA as usize * 512;
+    for boots in [1, 2] {
+        let run = session_until_power_button(&disk.display().to_string());
+        assert_eq!(check_session(&run, boots), SessionSave::Saved, "{}", run.console);
+        assert_eq!(
+            session_boots(&contents(&disk)[state_at..]),
+            Some(boots),
+            "the state sector in the image after boot {boots}"
+        );
+    }
+
+    let before = contents(&disk);
+    let run = session_until_power_button(&format!("{},ro", disk.display()));
+    let save = check_session(&run, 3);
+    assert!(
+        matches!(save, SessionSave::WriteError(_)),
+        "a read-only disk fails the write: {save:?}\n{}",
+        run.console
+    );
+    assert!(before == contents(&disk), "a read-only disk's image changed");
 }

@@ -102,7 +102,12 @@ fn case_value<'a>(output: &'a str, name: &str, key: &str) -> Option<&'a str> {
         .find_map(|l| l.find(&prefix).map(|i| l[i + prefix.len()..].trim()))
 }
 
-/// Boots each kernel to the init's `poweroff` with 1 and 2 vCPUs.
+/// The machine identifier `elf1` gets through its configuration file.
+const MACHINE_ID: &str = "3f2b8a7e-1c4d-4e5f-9a6b-7c8d9e0f1a2b";
+
+/// Boots each kernel to the init's `poweroff` with 1 and 2 vCPUs. `elf1` is described by a
+/// configuration file with a machine identifier (`$MACHINE_ID`) and prints what the guest's
+/// `/sys/class/dmi/id` says of it.
 const BOOT_CASES: &str = r#"
 boot_case() { # name kernel cpus
     name=$1; kernel=$2; cpus=$3
@@ -113,16 +118,30 @@ boot_case() { # name kernel cpus
     sed "s/^/CASE $name: /" /tmp/$name.log
     echo "CASE $name: exit=$code"
 }
+config_case() { # name kernel cpus
+    name=$1; kernel=$2; cpus=$3
+    cat >/tmp/$name.json <<EOF
+{"cpu_count": $cpus, "memory_size": 268435456,
+ "boot_loader": {"type": "linux", "kernel": "$G/$kernel", "initrd": "$G/initramfs.cpio.gz",
+  "command_line": "console=ttyS0 quiet virtkit.token=tok-$name virtkit.action=poweroff virtkit.run=\"for f in sys_vendor product_uuid product_serial; do echo VIRTKIT-GUEST: dmi-\$f=\$(cat /sys/class/dmi/id/\$f); done\""},
+ "platform": {"machine_identifier": "$MACHINE_ID"}}
+EOF
+    $VIRTKIT run --config /tmp/$name.json --serial stdio </dev/null >/tmp/$name.log 2>&1
+    code=$?
+    sed "s/^/CASE $name: /" /tmp/$name.log
+    echo "CASE $name: exit=$code"
+}
 boot_case bz1 vmlinuz 1
 boot_case bz2 vmlinuz 2
-boot_case elf1 vmlinux 1
+config_case elf1 vmlinux 1
 boot_case elf2 vmlinux 2
 "#;
 
 #[test]
 fn stock_kernel_boots_to_init_as_bzimage_and_pvh_elf_with_1_and_2_vcpus() {
     let Some(assets) = prerequisites() else { return };
-    let Some(output) = run_full_guest_script(&assets, BOOT_CASES) else {
+    let script = format!("MACHINE_ID={MACHINE_ID}\n{BOOT_CASES}");
+    let Some(output) = run_full_guest_script(&assets, &script) else {
         return;
     };
     for (name, cpus) in [("bz1", 1), ("bz2", 2), ("elf1", 1), ("elf2", 2)] {
@@ -155,6 +174,20 @@ fn stock_kernel_boots_to_init_as_bzimage_and_pvh_elf_with_1_and_2_vcpus() {
             "{name}: MemTotal {mem} KiB for 256 MiB:\n{lines}"
         );
         assert!(lines.contains("VIRTKIT-GUEST: poweroff"), "{name}:\n{lines}");
+    }
+    // SMBIOS: the identifier in the configuration is the vendor, UUID and serial the guest reads.
+    let id: virtkit::MachineIdentifier = MACHINE_ID.parse().unwrap();
+    let elf1 = case_lines(&output, "elf1").join("\n");
+    for (file, expected) in [
+        ("sys_vendor", "virtkit".to_owned()),
+        ("product_uuid", MACHINE_ID.to_owned()),
+        ("product_serial", id.serial_number()),
+    ] {
+        assert_eq!(
+            case_value(&output, "elf1", &format!("VIRTKIT-GUEST: dmi-{file}")),
+            Some(expected.as_str()),
+            "/sys/class/dmi/id/{file}:\n{elf1}"
+        );
     }
 }
 

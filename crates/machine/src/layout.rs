@@ -35,6 +35,13 @@ pub const RSDP_START: u64 = 0xe0000;
 pub const ACPI_TABLES_START: u64 = 0xe0100;
 /// End of the ACPI tables area.
 pub const ACPI_TABLES_END: u64 = 0xf0000;
+/// SMBIOS entry point (`_SM_`) on a direct kernel boot, where Linux scans for it
+/// (0xF0000..0x100000, 16-byte aligned). The e820 map does not report this range as RAM.
+pub const SMBIOS_START: u64 = 0xf0000;
+/// SMBIOS structure table, right after the 31-byte entry point.
+pub const SMBIOS_TABLES_START: u64 = 0xf0020;
+/// End of the SMBIOS area.
+pub const SMBIOS_END: u64 = 0x10_0000;
 /// Where the kernel and everything above live (1 MiB).
 pub const HIGH_RAM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO hole below 4 GiB. RAM above this goes above 4 GiB.

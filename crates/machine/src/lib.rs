@@ -14,7 +14,9 @@ pub mod layout;
 mod machine;
 pub mod memory;
 pub mod pci;
+pub mod smbios;
 mod vcpu;
 
 pub use boot::BootSource;
 pub use machine::{ExitReason, Machine, MachineConfig, MachineError, MachineHandle};
+pub use smbios::SmbiosIdentity;

@@ -17,7 +17,7 @@ use crate::boot::{
 };
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::cpuid::vcpu_cpuid;
-use crate::devices::fw_cfg::{FwCfg, FwCfgError, FW_CFG_PORT_BASE, FW_CFG_PORT_LEN};
+use crate::devices::fw_cfg::{keys as fw_cfg_keys, FwCfg, FwCfgError, FW_CFG_PORT_BASE, FW_CFG_PORT_LEN};
 use crate::devices::{
     spawn_serial_input, AcpiPm, Cmos, GuestRequest, PvPanic, RequestSink, SerialDevice, SerialInputError,
     I8042, PVPANIC_PORT,
@@ -29,6 +29,10 @@ use crate::layout::{
 use crate::memory::{create_guest_memory, low_ram_end, ram_ranges};
 use crate::pci::{
     BarAllocator, BarAllocatorError, HostBridge, PciConfigIo, PciConfigMmio, PciRoot, PciRootError,
+};
+use crate::smbios::{
+    write_smbios_tables, BiosInformation, SmbiosError, SmbiosIdentity, SmbiosTables, FW_CFG_ANCHOR_FILE,
+    FW_CFG_TABLES_FILE,
 };
 use crate::vcpu::{run_vcpu, Control, VcpuContext};
 
@@ -62,6 +66,8 @@ pub struct MachineConfig {
     pub serial_output: Box<dyn Write + Send>,
     /// Where COM1's input comes from, if anywhere.
     pub serial_input: Option<OwnedFd>,
+    /// The SMBIOS system UUID and serial number; `None` gives the guest an all-zero UUID.
+    pub smbios_identity: Option<SmbiosIdentity>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +88,8 @@ pub enum MachineError {
     NoFirmware,
     #[error("cannot build the ACPI tables")]
     Acpi(#[from] AcpiError),
+    #[error("cannot build the SMBIOS tables")]
+    Smbios(#[from] SmbiosError),
     #[error("device layout is inconsistent")]
     Bus(#[from] BusError),
     #[error("cannot create an eventfd")]
@@ -194,7 +202,9 @@ impl Machine {
             boot,
             serial_output,
             serial_input,
+            smbios_identity,
         } = config;
+        let smbios_identity = smbios_identity.unwrap_or_default();
         let mut vm = kvm.create_vm()?;
         vm.create_platform(KVM_TSS_ADDRESS, KVM_IDENTITY_MAP_ADDRESS)?;
 
@@ -281,9 +291,10 @@ impl Machine {
         let acpi_config = AcpiConfig { num_cpus: vcpus };
         let mut fw_cfg = None;
         match &boot {
-            // A direct kernel boot finds the tables where Linux scans for the RSDP.
+            // A direct kernel boot finds the tables where Linux scans for the RSDP and SMBIOS.
             BootSource::Linux { .. } => {
                 write_acpi_tables(&memory, &acpi_config)?;
+                write_smbios_tables(&memory, &smbios_identity)?;
             }
             // Firmware places them itself, from fw_cfg's table loader, with the rest of what
             // it asks QEMU's fw_cfg for.
@@ -293,6 +304,7 @@ impl Machine {
                     memory_size,
                     vcpus,
                     &acpi_config,
+                    &smbios_identity,
                 )?));
                 pio.insert(u64::from(FW_CFG_PORT_BASE), FW_CFG_PORT_LEN, device.clone())?;
                 fw_cfg = Some(device);
@@ -474,13 +486,15 @@ impl Drop for Machine {
 }
 
 /// What SeaBIOS reads from fw_cfg: RAM and its map, the CPU count it waits for, the ACPI tables
-/// through the table loader, its serial console on COM1, no boot menu, and no wait after
-/// "No bootable device" (it resets at once, which ends the run as a guest reset).
-fn firmware_config(
+/// through the table loader, the SMBIOS tables (it places them and adds its own type 0), its
+/// serial console on COM1, no boot menu, and no wait after "No bootable device" (it resets at
+/// once, which ends the run as a guest reset).
+pub(crate) fn firmware_config(
     memory: &GuestMemoryMmap,
     memory_size: u64,
     vcpus: u8,
     acpi: &AcpiConfig,
+    identity: &SmbiosIdentity,
 ) -> Result<FwCfg, MachineError> {
     let mut map = vec![E820Entry {
         address: 0,
@@ -508,5 +522,10 @@ fn firmware_config(
         .with_boot_menu(false)?
         .with_boot_fail_wait_ms(0)?;
     fw_cfg.add_file("etc/sercon-port", ports::COM1.to_le_bytes().to_vec())?;
+    let smbios = SmbiosTables::build(identity, BiosInformation::FromFirmware, 0)?;
+    fw_cfg.add_file(FW_CFG_ANCHOR_FILE, smbios.entry_point().to_vec())?;
+    fw_cfg.add_file(FW_CFG_TABLES_FILE, smbios.structures().to_vec())?;
+    // QEMU's UUID item, in text order, for firmware that reads it rather than SMBIOS.
+    fw_cfg.add_item(fw_cfg_keys::UUID, identity.uuid.to_vec())?;
     Ok(fw_cfg)
 }

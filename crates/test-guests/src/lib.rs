@@ -5,8 +5,9 @@
 //! Every guest prints ASCII lines terminated by `"\n"` on COM1 (16550 at port 0x3f8, polled),
 //! using the fixed addresses of the platform layout (`virtkit_machine::layout`). Nine guests are
 //! 32-bit PVH ELF kernels (linked at 1 MiB, with a Xen `PHYS32_ENTRY` note); one is a raw 64 KiB
-//! firmware image that runs in real mode from the reset vector; five are MBR programs, 512-byte
-//! boot sectors that BIOS firmware (SeaBIOS) boots from a disk and that use BIOS int 13h.
+//! firmware image that runs in real mode from the reset vector; six are MBR programs that BIOS
+//! firmware (SeaBIOS) boots from a disk and that use BIOS int 13h: five 512-byte boot sectors and
+//! one longer program ([`Guest::MbrSession`]) whose boot sector loads the rest.
 //!
 //! ```
 //! use virtkit_test_guests::{output, Guest};
@@ -37,7 +38,9 @@ pub enum Boot {
     /// A boot sector of exactly [`MBR_SIZE`] bytes ending in 0x55 0xaa: sector 0 of a disk,
     /// which BIOS firmware loads at 0x7c00 and enters in real mode with DL = the boot drive.
     /// The program uses BIOS int 13h on that drive, prints on COM1 directly (polled, never
-    /// through int 10h) and ends with ACPI power-off; see [`mbr`].
+    /// through int 10h) and ends with ACPI power-off; see [`mbr`]. [`Guest::MbrSession`] is
+    /// longer: a whole number of sectors whose first is such a boot sector and loads the others
+    /// (LBA 1 on) itself; write all of [`Guest::bytes`] at the start of the disk.
     Mbr,
 }
 
@@ -130,6 +133,33 @@ pub enum Guest {
     /// ending before the first byte outside 0x20..=0x7e ([`output::mbr_id`]); or
     /// `boot-disk error=<AH>` if the read fails. Then `mbr-id done` and ACPI power-off.
     MbrId,
+    /// MBR, for VM-manager tests: persistence, identity, liveness and a clean shutdown. It is
+    /// [`mbr::SESSION_SECTORS`] sectors long: write all of [`Guest::bytes`] at the start of the
+    /// disk (its boot sector loads LBA 1 on to 0x7e00 with int 13h AH=42h; if that fails it
+    /// prints `session: load error=<AH>` and powers off). The disk needs
+    /// [`mbr::SESSION_MIN_DISK_BYTES`]. In this order:
+    ///
+    /// 1. Boot counter: reads the state sector at [`mbr::SESSION_STATE_LBA`] (unreadable, or
+    ///    not starting with [`mbr::SESSION_STATE_MAGIC`], counts as 0 boots), adds 1, writes
+    ///    [`mbr::session_state`] of the new count (AH=43h), reads it back (AH=42h), compares and
+    ///    prints `session: boot <n>` or, if that failed, `session: boot <n> (not saved: error
+    ///    <AH>)` (the write failed: a read-only disk), `(not saved: read-back error <AH>)` or
+    ///    `(not saved: read-back mismatch)` ([`output::session_boot`]).
+    /// 2. Identity: scans 0xf0000..=0xfffff on 16-byte boundaries for an SMBIOS entry point with
+    ///    a valid checksum (`_SM_`, or `_SM3_` with its table below 4 GiB), copies the structure
+    ///    table (up to 0xfff0 bytes) to 0x10000 with int 15h AH=87h and walks it to the first
+    ///    type 1 structure with a UUID. Prints `session: uuid=<8-4-4-4-12 lowercase hex>` (the
+    ///    first three fields little-endian, as SMBIOS 2.6+ stores them, whatever the table's
+    ///    version) and `session: serial=<Serial Number>` (empty if there is none; printable ASCII,
+    ///    at most [`mbr::SESSION_SERIAL_MAX`] bytes) ([`output::session_uuid`],
+    ///    [`output::session_serial`]), or `session: smbios none`.
+    /// 3. Clears a stale `PWRBTN_STS` and sets `PWRBTN_EN` (as [`Guest::PowerButton`]), prints
+    ///    `session: ready`, then idles with interrupts on (`hlt`): every
+    ///    [`mbr::SESSION_TICK_BIOS_TICKS`] ticks of the BIOS tick counter (0:0x46c, 18.2 Hz)
+    ///    it prints `session: tick <n>` (n = 1, 2, ...; [`output::session_tick`]); when
+    ///    `PM1_STS` bit 8 is set it clears it, prints `session: power button` and does ACPI
+    ///    power-off. Without the power button it never ends.
+    MbrSession,
 }
 
 macro_rules! artifact {
@@ -143,7 +173,7 @@ macro_rules! artifact {
 
 impl Guest {
     /// Every guest.
-    pub const ALL: [Guest; 15] = [
+    pub const ALL: [Guest; 16] = [
         Guest::Hello,
         Guest::Smoke,
         Guest::Echo,
@@ -159,6 +189,7 @@ impl Guest {
         Guest::MbrDrives,
         Guest::MbrBench,
         Guest::MbrId,
+        Guest::MbrSession,
     ];
 
     /// Short name, also the source file name (`asm/<name>.s`).
@@ -179,6 +210,7 @@ impl Guest {
             Guest::MbrDrives => "mbr_drives",
             Guest::MbrBench => "mbr_bench",
             Guest::MbrId => "mbr_id",
+            Guest::MbrSession => "mbr_session",
         }
     }
 
@@ -186,7 +218,12 @@ impl Guest {
     pub fn boot(self) -> Boot {
         match self {
             Guest::ResetVector => Boot::Firmware,
-            Guest::MbrRead | Guest::MbrWrite | Guest::MbrDrives | Guest::MbrBench | Guest::MbrId => Boot::Mbr,
+            Guest::MbrRead
+            | Guest::MbrWrite
+            | Guest::MbrDrives
+            | Guest::MbrBench
+            | Guest::MbrId
+            | Guest::MbrSession => Boot::Mbr,
             _ => Boot::Pvh,
         }
     }
@@ -198,7 +235,8 @@ impl Guest {
     }
 
     /// Contents of the built artifact (embedded at compile time; the same bytes as the file at
-    /// [`Guest::path`]).
+    /// [`Guest::path`]). For [`Guest::MbrSession`] that is the whole multi-sector program, to be
+    /// written at the start of the disk.
     pub fn bytes(self) -> &'static [u8] {
         self.artifact().1
     }
@@ -220,6 +258,7 @@ impl Guest {
             Guest::MbrDrives => artifact!("mbr_drives.mbr"),
             Guest::MbrBench => artifact!("mbr_bench.mbr"),
             Guest::MbrId => artifact!("mbr_id.mbr"),
+            Guest::MbrSession => artifact!("mbr_session.mbr"),
         }
     }
 }
@@ -378,6 +417,123 @@ pub mod output {
     pub fn mbr_id(marker: &str) -> String {
         format!("boot-disk={marker}")
     }
+
+    /// [`Guest::MbrSession`](crate::Guest::MbrSession), after the identity lines.
+    pub const SESSION_READY: &str = "session: ready";
+    /// [`Guest::MbrSession`](crate::Guest::MbrSession), when it saw the power button; it powers
+    /// off next.
+    pub const SESSION_POWER_BUTTON: &str = "session: power button";
+    /// [`Guest::MbrSession`](crate::Guest::MbrSession) without an SMBIOS type 1 structure, in
+    /// place of the uuid and serial lines.
+    pub const SESSION_SMBIOS_NONE: &str = "session: smbios none";
+    /// [`Guest::MbrSession`](crate::Guest::MbrSession) when its boot sector could not load the
+    /// rest of the program; AH (2 hex digits) follows.
+    pub const SESSION_LOAD_ERROR_PREFIX: &str = "session: load error=";
+
+    const SESSION_BOOT_PREFIX: &str = "session: boot ";
+    const SESSION_UUID_PREFIX: &str = "session: uuid=";
+    const SESSION_SERIAL_PREFIX: &str = "session: serial=";
+    const SESSION_TICK_PREFIX: &str = "session: tick ";
+
+    /// Whether [`Guest::MbrSession`](crate::Guest::MbrSession) saved its new boot count.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum SessionSave {
+        /// Written and read back equal.
+        Saved,
+        /// The write (AH=43h) failed with this AH (a read-only disk).
+        WriteError(u8),
+        /// The read back (AH=42h) failed with this AH.
+        ReadBackError(u8),
+        /// The read back differs from what was written.
+        ReadBackMismatch,
+    }
+
+    /// `session: boot <n>`, or with ` (not saved: error <AH>)`,
+    /// ` (not saved: read-back error <AH>)` or ` (not saved: read-back mismatch)` appended.
+    pub fn session_boot(boots: u32, save: SessionSave) -> String {
+        let line = format!("{SESSION_BOOT_PREFIX}{boots}");
+        match save {
+            SessionSave::Saved => line,
+            SessionSave::WriteError(ah) => format!("{line} (not saved: error {ah:02x})"),
+            SessionSave::ReadBackError(ah) => format!("{line} (not saved: read-back error {ah:02x})"),
+            SessionSave::ReadBackMismatch => format!("{line} (not saved: read-back mismatch)"),
+        }
+    }
+
+    /// The boot count and save result of a [`session_boot`] line, or `None` if `line` is not
+    /// one.
+    pub fn parse_session_boot(line: &str) -> Option<(u32, SessionSave)> {
+        let rest = line.trim_end().strip_prefix(SESSION_BOOT_PREFIX)?;
+        let (count, save) = match rest.split_once(' ') {
+            None => (rest, SessionSave::Saved),
+            Some((count, note)) => {
+                let note = note.strip_prefix("(not saved: ")?.strip_suffix(')')?;
+                let save = if note == "read-back mismatch" {
+                    SessionSave::ReadBackMismatch
+                } else if let Some(ah) = note.strip_prefix("read-back error ") {
+                    SessionSave::ReadBackError(parse_hex8(ah)?)
+                } else {
+                    SessionSave::WriteError(parse_hex8(note.strip_prefix("error ")?)?)
+                };
+                (count, save)
+            }
+        };
+        Some((parse_decimal(count)?, save))
+    }
+
+    /// `session: uuid=<uuid>`, with `uuid` in lowercase (give it in the 8-4-4-4-12 form).
+    pub fn session_uuid(uuid: &str) -> String {
+        format!("{SESSION_UUID_PREFIX}{}", uuid.to_ascii_lowercase())
+    }
+
+    /// The UUID of a [`session_uuid`] line (8-4-4-4-12 lowercase hex, as printed), or `None` if
+    /// `line` is not one.
+    pub fn parse_session_uuid(line: &str) -> Option<&str> {
+        let uuid = line.trim_end().strip_prefix(SESSION_UUID_PREFIX)?;
+        let groups: Vec<&str> = uuid.split('-').collect();
+        let well_formed = groups.len() == 5
+            && groups
+                .iter()
+                .zip([8, 4, 4, 4, 12])
+                .all(|(g, len)| g.len() == len && g.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+        well_formed.then_some(uuid)
+    }
+
+    /// `session: serial=<serial>`.
+    pub fn session_serial(serial: &str) -> String {
+        format!("{SESSION_SERIAL_PREFIX}{serial}")
+    }
+
+    /// The serial number of a [`session_serial`] line (possibly empty), or `None` if `line` is
+    /// not one.
+    pub fn parse_session_serial(line: &str) -> Option<&str> {
+        line.trim_end_matches(['\r', '\n'])
+            .strip_prefix(SESSION_SERIAL_PREFIX)
+    }
+
+    /// `session: tick <n>`.
+    pub fn session_tick(n: u32) -> String {
+        format!("{SESSION_TICK_PREFIX}{n}")
+    }
+
+    /// The number of a [`session_tick`] line, or `None` if `line` is not one.
+    pub fn parse_session_tick(line: &str) -> Option<u32> {
+        parse_decimal(line.trim_end().strip_prefix(SESSION_TICK_PREFIX)?)
+    }
+
+    /// A decimal number as the guests print it: digits only, no sign, no leading zeros.
+    fn parse_decimal(text: &str) -> Option<u32> {
+        let canonical = !text.is_empty()
+            && text.bytes().all(|b| b.is_ascii_digit())
+            && (text == "0" || !text.starts_with('0'));
+        canonical.then(|| text.parse().ok())?
+    }
+
+    /// Exactly 2 lowercase hex digits, as `put_hex8` prints them.
+    fn parse_hex8(text: &str) -> Option<u8> {
+        let canonical = text.len() == 2 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        canonical.then(|| u8::from_str_radix(text, 16).ok())?
+    }
 }
 
 /// Numbers the MBR programs use, and the data tests put on (and expect from) their disks.
@@ -405,6 +561,21 @@ pub mod mbr {
     pub const ID_MARKER_MAX: usize = 64;
     /// The LBA [`Guest::MbrId`](crate::Guest::MbrId) reads its marker from.
     pub const ID_MARKER_LBA: u32 = 1;
+    /// Sectors of [`Guest::MbrSession`](crate::Guest::MbrSession): the boot sector and the
+    /// three it loads.
+    pub const SESSION_SECTORS: usize = 4;
+    /// The LBA of [`Guest::MbrSession`](crate::Guest::MbrSession)'s state sector (1 MiB, well
+    /// beyond the program).
+    pub const SESSION_STATE_LBA: u32 = 2048;
+    /// The smallest disk that holds [`Guest::MbrSession`](crate::Guest::MbrSession) and its
+    /// state sector.
+    pub const SESSION_MIN_DISK_BYTES: u64 = (SESSION_STATE_LBA as u64 + 1) * 512;
+    /// A state sector starts with this (the boot count follows).
+    pub const SESSION_STATE_MAGIC: &[u8; 16] = b"VIRTKIT-SESSION\0";
+    /// BIOS timer ticks (18.2 Hz) between two `session: tick` lines: about 0.27 s.
+    pub const SESSION_TICK_BIOS_TICKS: u32 = 5;
+    /// The longest serial number [`Guest::MbrSession`](crate::Guest::MbrSession) prints.
+    pub const SESSION_SERIAL_MAX: usize = 64;
 
     /// The sum [`Guest::MbrRead`](crate::Guest::MbrRead) prints: the sector's 128 little-endian
     /// dwords added with wrap-around.
@@ -427,6 +598,23 @@ pub mod mbr {
         sector[13..16].fill(0);
         sector[16..20].copy_from_slice(&lba.to_le_bytes());
         sector
+    }
+
+    /// The state sector [`Guest::MbrSession`](crate::Guest::MbrSession) writes after boot
+    /// number `boots`: bytes 0..16 [`SESSION_STATE_MAGIC`], 16..20 `boots` (LE32), the rest
+    /// zero. Put it at [`SESSION_STATE_LBA`] to make the next boot number `boots + 1`.
+    pub fn session_state(boots: u32) -> [u8; 512] {
+        let mut sector = [0u8; 512];
+        sector[..16].copy_from_slice(SESSION_STATE_MAGIC);
+        sector[16..20].copy_from_slice(&boots.to_le_bytes());
+        sector
+    }
+
+    /// The boot count a state sector holds: `None` without [`SESSION_STATE_MAGIC`] (the program
+    /// then counts from 0).
+    pub fn session_boots(sector: &[u8]) -> Option<u32> {
+        let count = sector.strip_prefix(SESSION_STATE_MAGIC.as_slice())?.get(..4)?;
+        Some(u32::from_le_bytes(count.try_into().ok()?))
     }
 
     /// The marker [`Guest::MbrId`](crate::Guest::MbrId) prints for a disk whose LBA 1 starts

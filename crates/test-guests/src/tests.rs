@@ -289,6 +289,22 @@ fn artifacts_carry_the_documented_lines() {
             Guest::MbrId,
             &["boot-drive=", "boot-disk", " error=", output::MBR_ID_DONE],
         ),
+        (
+            Guest::MbrSession,
+            &[
+                output::SESSION_LOAD_ERROR_PREFIX,
+                "session: boot ",
+                " (not saved: error ",
+                " (not saved: read-back error ",
+                " (not saved: read-back mismatch)",
+                "session: uuid=",
+                "session: serial=",
+                output::SESSION_SMBIOS_NONE,
+                output::SESSION_READY,
+                "session: tick ",
+                output::SESSION_POWER_BUTTON,
+            ],
+        ),
     ];
     assert_eq!(expect.len(), Guest::ALL.len());
     for (guest, lines) in expect {
@@ -320,12 +336,16 @@ fn mbr_guests() -> impl Iterator<Item = Guest> {
 
 #[test]
 fn mbr_programs_are_512_byte_boot_sectors() {
-    assert_eq!(mbr_guests().count(), 5);
+    assert_eq!(mbr_guests().count(), 6);
     for guest in mbr_guests() {
         let b = guest.bytes();
-        assert_eq!(b.len(), MBR_SIZE, "{guest:?}");
-        assert_eq!(b.len(), 512, "{guest:?}");
-        assert_eq!(&b[510..], [0x55, 0xaa], "{guest:?}: boot signature");
+        if guest == Guest::MbrSession {
+            assert_eq!(b.len(), mbr::SESSION_SECTORS * MBR_SIZE, "{guest:?}");
+        } else {
+            assert_eq!(b.len(), MBR_SIZE, "{guest:?}");
+            assert_eq!(b.len(), 512, "{guest:?}");
+        }
+        assert_eq!(&b[510..512], [0x55, 0xaa], "{guest:?}: boot signature");
         assert!(guest.path().to_str().unwrap().ends_with(".mbr"), "{guest:?}");
         // The shared entry code (asm/mbr.inc) starts with `xor %ax, %ax; mov %ax, %ds`.
         assert_eq!(&b[..4], [0x31, 0xc0, 0x8e, 0xd8], "{guest:?}: entry code");
@@ -407,4 +427,129 @@ fn mbr_data_helpers() {
     assert_eq!(mbr::id_marker(b"disk-x\nmore"), "disk-x");
     assert_eq!(mbr::id_marker(b"abc\0def"), "abc");
     assert_eq!(mbr::id_marker(&[b'a'; 100]).len(), mbr::ID_MARKER_MAX);
+}
+
+#[test]
+fn mbr_session_is_a_multi_sector_program_below_its_state_sector() {
+    let b = Guest::MbrSession.bytes();
+    assert!(b.len() > MBR_SIZE, "longer than its boot sector");
+    assert_eq!(b.len() % MBR_SIZE, 0, "whole sectors");
+    assert_eq!(b.len(), mbr::SESSION_SECTORS * 512);
+    assert_eq!(&b[510..512], [0x55, 0xaa], "boot signature");
+    assert_eq!(&b[..4], [0x31, 0xc0, 0x8e, 0xd8], "shared entry code");
+    let program_sectors = (b.len() / MBR_SIZE) as u64;
+    assert!(
+        u64::from(mbr::SESSION_STATE_LBA) >= program_sectors,
+        "the state sector lies beyond the program"
+    );
+    assert_eq!(
+        mbr::SESSION_MIN_DISK_BYTES,
+        (u64::from(mbr::SESSION_STATE_LBA) + 1) * 512
+    );
+    // The boot sector loads the other sectors: a DAP count of SESSION_SECTORS - 1 is stored
+    // with `movw $imm16, dap_count` (c7 06 <addr> <imm16>).
+    let loaded = ((mbr::SESSION_SECTORS - 1) as u16).to_le_bytes();
+    assert!(
+        b[..510]
+            .windows(6)
+            .any(|w| w[..2] == [0xc7, 0x06] && w[4..] == loaded),
+        "the boot sector loads {} sectors",
+        mbr::SESSION_SECTORS - 1
+    );
+    assert!(contains(b, mbr::SESSION_STATE_MAGIC), "state magic");
+    assert!(
+        contains(b, &mbr::SESSION_STATE_LBA.to_le_bytes()),
+        "state LBA as an immediate"
+    );
+    // Strings printed after loading live beyond the boot sector; the load error text inside it.
+    assert!(contains(&b[..512], output::SESSION_LOAD_ERROR_PREFIX.as_bytes()));
+    assert!(!contains(&b[..512], output::SESSION_READY.as_bytes()));
+    assert!(contains(&b[512..], output::SESSION_READY.as_bytes()));
+}
+
+#[test]
+fn mbr_session_state_sector_round_trips() {
+    let state = mbr::session_state(0x0102_0304);
+    assert_eq!(&state[..16], b"VIRTKIT-SESSION\0");
+    assert_eq!(&state[16..20], [4, 3, 2, 1]);
+    assert!(state[20..].iter().all(|&b| b == 0));
+    assert_eq!(mbr::session_boots(&state), Some(0x0102_0304));
+    assert_eq!(mbr::session_boots(&mbr::session_state(1)), Some(1));
+    assert_eq!(mbr::session_boots(&[0u8; 512]), None, "blank disk");
+    let mut wrong = state;
+    wrong[0] = b'v';
+    assert_eq!(mbr::session_boots(&wrong), None, "magic is case-sensitive");
+    assert_eq!(mbr::session_boots(&state[..18]), None, "truncated");
+}
+
+#[test]
+fn mbr_session_helpers_format_and_parse_like_the_program() {
+    use output::SessionSave;
+    let cases = [
+        (1, SessionSave::Saved, "session: boot 1"),
+        (
+            2,
+            SessionSave::WriteError(0x0c),
+            "session: boot 2 (not saved: error 0c)",
+        ),
+        (
+            30,
+            SessionSave::ReadBackError(0xaa),
+            "session: boot 30 (not saved: read-back error aa)",
+        ),
+        (
+            4_000_000_000,
+            SessionSave::ReadBackMismatch,
+            "session: boot 4000000000 (not saved: read-back mismatch)",
+        ),
+    ];
+    for (boots, save, line) in cases {
+        assert_eq!(output::session_boot(boots, save), line);
+        assert_eq!(output::parse_session_boot(line), Some((boots, save)), "{line}");
+        assert_eq!(
+            output::parse_session_boot(&format!("{line}\r\n")),
+            Some((boots, save))
+        );
+    }
+    for bad in [
+        "session: boot",
+        "session: boot ",
+        "session: boot -1",
+        "session: boot 01",
+        "session: boot 1 (not saved: error 0C)",
+        "session: boot 1 (not saved: error c)",
+        "session: boot 1 (not saved: oops)",
+        "session: boot 1 extra",
+        "session: tick 1",
+        "session: boot 4294967296",
+    ] {
+        assert_eq!(output::parse_session_boot(bad), None, "{bad:?}");
+    }
+
+    let uuid = "3f2b8a7e-1c4d-4e5f-9a6b-7c8d9e0f1a2b";
+    let line = output::session_uuid("3F2B8A7E-1C4D-4E5F-9A6B-7C8D9E0F1A2B");
+    assert_eq!(line, format!("session: uuid={uuid}"));
+    assert_eq!(output::parse_session_uuid(&line), Some(uuid));
+    for bad in [
+        "session: uuid=3f2b8a7e1c4d4e5f9a6b7c8d9e0f1a2b",
+        "session: uuid=3f2b8a7e-1c4d-4e5f-9a6b-7c8d9e0f1a2",
+        "session: uuid=3F2B8A7E-1c4d-4e5f-9a6b-7c8d9e0f1a2b",
+        "session: uuid=3f2b8a7g-1c4d-4e5f-9a6b-7c8d9e0f1a2b",
+        "session: smbios none",
+    ] {
+        assert_eq!(output::parse_session_uuid(bad), None, "{bad:?}");
+    }
+
+    assert_eq!(output::session_serial("VK-TEST"), "session: serial=VK-TEST");
+    assert_eq!(
+        output::parse_session_serial("session: serial=VK TEST \r\n"),
+        Some("VK TEST ")
+    );
+    assert_eq!(output::parse_session_serial("session: serial="), Some(""));
+    assert_eq!(output::parse_session_serial("session: uuid=x"), None);
+
+    assert_eq!(output::session_tick(12), "session: tick 12");
+    assert_eq!(output::parse_session_tick("session: tick 12\n"), Some(12));
+    assert_eq!(output::parse_session_tick("session: tick x"), None);
+    assert_eq!(output::parse_session_tick("tick 12"), None);
 }

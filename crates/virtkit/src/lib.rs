@@ -6,10 +6,14 @@
 //! to stop, stops, and reports its [`VmState`] and why it stopped.
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 mod config;
+pub mod control;
+pub mod disk_image;
 mod home;
 mod host;
 mod identity;
+pub mod images;
 mod serial;
 mod size;
 mod state;

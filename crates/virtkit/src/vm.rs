@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use virtkit_devices::block::{Block, BlockConfig, BlockError, PCI_CLASS};
 use virtkit_hypervisor::{HypervisorError, Kvm, KvmFlavor};
-use virtkit_machine::{BootSource, Machine, MachineConfig, MachineError, MachineHandle};
+use virtkit_machine::{BootSource, Machine, MachineConfig, MachineError, MachineHandle, SmbiosIdentity};
 use virtkit_virtio::transport::pci::{attach, AttachError};
 
 use crate::config::{BootLoader, VirtualMachineConfiguration};
@@ -150,6 +150,10 @@ impl VirtualMachine {
                 boot,
                 serial_output: ends.output,
                 serial_input: ends.input,
+                smbios_identity: self.config.platform.machine_identifier.map(|id| SmbiosIdentity {
+                    uuid: *id.as_bytes(),
+                    serial_number: id.serial_number(),
+                }),
             },
             ends.server,
         ))

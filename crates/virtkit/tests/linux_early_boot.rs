@@ -137,3 +137,38 @@ fn pvh_elf_sees_4_cpus() {
         early_boot(a.vmlinux(), 4, 256 << 20);
     }
 }
+
+/// The machine identifier reaches the guest as SMBIOS: Linux's `dmi_setup`, early in
+/// `setup_arch` and before it looks for a hypervisor, finds our entry point at 0xF0000 and
+/// prints the system vendor and product with the BIOS version and date from type 0.
+#[test]
+fn pvh_elf_finds_smbios_with_the_machine_identity() {
+    let Some(a) = assets() else { return };
+    let command_line = "console=ttyS0 earlyprintk=ttyS0 virtkit.token=smbios loglevel=8";
+    let mut config =
+        VirtualMachineConfiguration::linux(1, 64 << 20, a.vmlinux().to_owned(), None, command_line);
+    config.platform.machine_identifier = Some(
+        "3f2b8a7e-1c4d-4e5f-9a6b-7c8d9e0f1a2b"
+            .parse()
+            .expect("a machine identifier"),
+    );
+    let run = start(config);
+    let console = run.console.wait_for("Hypervisor detected", EARLY_BOOT);
+    run.vm.stop().ok();
+    run.vm.wait_timeout(Duration::from_secs(30)).expect("stops");
+
+    assert!(console.contains("SMBIOS 2.8 present."), "{console}");
+    let expected = format!(
+        "DMI: virtkit virtkit Virtual Machine, BIOS {} {}",
+        env!("CARGO_PKG_VERSION"),
+        virtkit_machine::smbios::BIOS_RELEASE_DATE
+    );
+    let line = console
+        .lines()
+        .find(|l| l.contains("DMI:") || l.contains("DMI not present"))
+        .unwrap_or_else(|| panic!("no DMI line:\n{console}"));
+    assert!(
+        line.trim_end().ends_with(&expected),
+        "{line:?}, expected {expected:?}"
+    );
+}
