@@ -654,10 +654,16 @@ fn seabios_boots_linux_from_a_syslinux_disk_to_its_init() {
 /// a new SMBIOS identity that finds the same data, and delete.
 const BUNDLE_SCRIPT: &str = r#"
 export VIRTKIT_HOME=$W/home
-wait_log() { # NAME TEXT: wait up to 120 s for TEXT in the VM's console log
-    i=0
+wait_log() { # NAME TEXT: wait up to 150 s for TEXT in the VM's console log
+    end=$(($(date +%s) + 150))
     until $VIRTKIT logs $1 2>/dev/null | grep -F -- "$2" >/dev/null; do
-        i=$((i + 1)); [ $i -le 1200 ] || { echo "CASE bundle: timeout $1 $2"; return 1; }; sleep 0.1
+        if [ $(date +%s) -ge $end ]; then
+            echo "CASE bundle: timeout $1 $2"
+            $VIRTKIT logs $1 | tail -n 30 | sed "s/^/CASE bundle: $1 console: /"
+            $VIRTKIT logs $1 --vmm | tail -n 30 | sed "s/^/CASE bundle: $1 vmm: /"
+            return 1
+        fi
+        sleep 0.5
     done
 }
 show() { $VIRTKIT logs $1 | tr -d '\r' | grep '^VT ' | sed "s/^/CASE bundle: $1 /"; }

@@ -223,3 +223,45 @@ fn an_unknown_image_or_catalog_is_one_clear_error() {
     assert!(stderr.contains("cannot read the image catalog"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn create_from_a_catalog_name_downloads_verifies_and_installs_the_image() {
+    if !std::path::Path::new("/usr/share/seabios/bios.bin").exists() {
+        virtkit_testkit::skip("SeaBIOS is not installed (Debian package seabios)");
+        return;
+    }
+    let server = TestServer::start();
+    let bytes = image_bytes();
+    let fixture = Fixture::new("create", &server, &bytes);
+    let args = [
+        "create",
+        "vm",
+        "--from",
+        "test-image",
+        "--catalog",
+        fixture.catalog_arg(),
+        "--memory",
+        "128M",
+    ];
+    let out = fixture.run(&args);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("pull test-image: 100%"), "{stderr}");
+    let disk = std::fs::read(fixture.home().join("vms/vm/disk.img")).unwrap();
+    assert!(disk == bytes, "the VM's disk is not the catalog image");
+
+    // A corrupted download installs nothing.
+    server.corrupt("img/test.raw");
+    std::fs::remove_file(fixture.images_dir().join("test-image.raw")).unwrap();
+    let out = fixture.run(&[
+        "create",
+        "vm2",
+        "--from",
+        "test-image",
+        "--catalog",
+        fixture.catalog_arg(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("checksum"), "{}", text(&out.stderr));
+    assert!(!fixture.home().join("vms/vm2").exists());
+}

@@ -15,9 +15,15 @@ use crate::progress::Progress;
 pub struct CreateArgs {
     /// The VM's name (letters, digits, `.`, `_`, `-`).
     pub name: String,
-    /// A restore image to install on the boot disk: a raw or qcow2 disk image.
+    /// A restore image to install on the boot disk: a raw or qcow2 disk image file, or the name
+    /// of an image in the catalog (`virtkit images`), downloaded and verified first.
     #[arg(long)]
     pub from: Option<PathBuf>,
+    #[command(flatten)]
+    pub catalog: crate::commands::images::CatalogArg,
+    /// Keep a copy of the restore image in the bundle (a reflink where the file system can).
+    #[arg(long, requires = "from")]
+    pub keep_image: bool,
     /// The boot disk's size, like 20G: at least the image's [default: the image's, or 20G].
     #[arg(long, value_parser = parse_size)]
     pub disk_size: Option<u64>,
@@ -41,6 +47,11 @@ pub struct CreateArgs {
     pub cmdline: String,
 }
 
+/// `--from NAME` means a catalog image when NAME is no file here and looks like no path.
+fn is_catalog_name(from: &std::path::Path) -> bool {
+    !from.exists() && from.components().count() == 1 && from.extension().is_none()
+}
+
 pub fn run(args: &CreateArgs) -> Result<u8, CliError> {
     let home = home()?;
     let boot = match &args.kernel {
@@ -53,12 +64,21 @@ pub fn run(args: &CreateArgs) -> Result<u8, CliError> {
             path: args.firmware.clone().unwrap_or_else(|| DEFAULT_FIRMWARE.into()),
         },
     };
+    let restore_image = match &args.from {
+        Some(from) if is_catalog_name(from) => Some(crate::commands::images::pull_image(
+            &from.to_string_lossy(),
+            &args.catalog,
+            &home,
+        )?),
+        other => other.clone(),
+    };
     let spec = NewBundle {
         cpu_count: args.cpus,
         memory_size: args.memory,
         boot,
-        restore_image: args.from.clone(),
+        restore_image,
         disk_size: args.disk_size,
+        keep_restore_image: args.keep_image,
     };
     let mut progress: Option<Progress> = None;
     let label = format!("create {}", args.name);

@@ -191,10 +191,21 @@ fn table(source: &CatalogSource, rows: &[Row]) -> String {
 }
 
 fn pull(args: &PullArgs, home: &VirtkitHome) -> Result<u8, CliError> {
-    let (catalog, source) = load_catalog(&args.catalog, home)?;
-    let context = || format!("cannot pull `{}`", args.name);
+    let path = pull_image(&args.name, &args.catalog, home)?;
+    println!("{}", path.display());
+    Ok(EXIT_OK)
+}
+
+/// Downloads (or finds, verified, in the images directory) the catalog image `name`.
+pub fn pull_image(
+    name: &str,
+    catalog: &CatalogArg,
+    home: &VirtkitHome,
+) -> Result<std::path::PathBuf, CliError> {
+    let (catalog, source) = load_catalog(catalog, home)?;
+    let context = || format!("cannot pull `{name}`");
     let image = catalog
-        .find(&args.name, &source.to_string())
+        .find(name, &source.to_string())
         .map_err(|e| CliError::with_chain(context(), &e))?;
     eprintln!("pull {}: {}", image.name, image.url);
     let mut progress = Progress::new(format!("pull {}", image.name), image.size);
@@ -204,6 +215,5 @@ fn pull(args: &PullArgs, home: &VirtkitHome) -> Result<u8, CliError> {
     })
     .map_err(|e| CliError::with_chain(context(), &e))?;
     progress.finish();
-    println!("{}", path.display());
-    Ok(EXIT_OK)
+    Ok(path)
 }

@@ -8,7 +8,7 @@ use rustix::fs::{renameat_with, RenameFlags, CWD};
 use super::atomic::{sync_dir, write_atomic};
 use super::{
     check_name, io_error, Bundle, BundleError, HardwareModel, AUX_FILE, CONFIG_FILE, DISK_FILE,
-    HARDWARE_MODEL_FILE, INITRD_FILE, KERNEL_FILE, MACHINE_ID_FILE,
+    HARDWARE_MODEL_FILE, INITRD_FILE, KERNEL_FILE, MACHINE_ID_FILE, RESTORE_IMAGE_STEM,
 };
 use crate::config::{BootLoader, PlatformConfiguration, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
 use crate::disk_image::{clone_file, import, CloneMethod};
@@ -37,6 +37,9 @@ pub struct NewBundle {
     /// The boot disk's size: at least the image's; default the image's, or
     /// [`DEFAULT_DISK_SIZE`] without one.
     pub disk_size: Option<u64>,
+    /// Keep a copy of the restore image in the bundle (reflinked where the file system can),
+    /// so the VM can be reinstalled from what it came from.
+    pub keep_restore_image: bool,
 }
 
 /// How a new VM boots.
@@ -225,10 +228,18 @@ impl Bundle {
         let disk = dir.join(DISK_FILE);
         match &spec.restore_image {
             Some(image) => {
-                import(image, &disk, spec.disk_size, progress).map_err(|source| BundleError::Disk {
-                    path: image.clone(),
-                    source,
-                })?;
+                let report =
+                    import(image, &disk, spec.disk_size, progress).map_err(|source| BundleError::Disk {
+                        path: image.clone(),
+                        source,
+                    })?;
+                if spec.keep_restore_image {
+                    let kept = dir.join(format!("{RESTORE_IMAGE_STEM}.{}", report.format));
+                    clone_file(image, &kept, &mut |_, _| {}).map_err(|source| BundleError::Disk {
+                        path: image.clone(),
+                        source,
+                    })?;
+                }
             }
             None => {
                 let size = spec.disk_size.unwrap_or(DEFAULT_DISK_SIZE);

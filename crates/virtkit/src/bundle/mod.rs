@@ -8,6 +8,7 @@
 //!   hardware-model.json  the machine model and host CPU the VM was created with
 //!   machine-id           the machine identifier (SMBIOS UUID and serial, MACs derive from it)
 //!   kernel, initrd       copies of the direct-boot kernel and initrd, when it has them
+//!   restore-image.*      the image it was installed from (`create --keep-image`), if kept
 //!   console.log          the serial console of the last run
 //!   vmm.log              the VM process's own log
 //!   lock, pid            held / written by the process running the VM
@@ -47,6 +48,8 @@ pub const AUX_FILE: &str = "aux.img";
 pub const HARDWARE_MODEL_FILE: &str = "hardware-model.json";
 pub const MACHINE_ID_FILE: &str = "machine-id";
 pub const KERNEL_FILE: &str = "kernel";
+/// `restore-image.raw` or `restore-image.qcow2`: the image the VM was installed from, if kept.
+pub const RESTORE_IMAGE_STEM: &str = "restore-image";
 pub const INITRD_FILE: &str = "initrd";
 pub const CONSOLE_LOG_FILE: &str = "console.log";
 pub const VMM_LOG_FILE: &str = "vmm.log";

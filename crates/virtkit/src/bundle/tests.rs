@@ -43,6 +43,7 @@ fn spec(firmware: PathBuf) -> NewBundle {
         boot: NewBoot::Firmware { path: firmware },
         restore_image: None,
         disk_size: Some(64 << 20),
+        keep_restore_image: false,
     }
 }
 
@@ -234,4 +235,32 @@ fn the_disk_grows_but_never_shrinks_and_config_changes_are_checked() {
     c.cpu_count = 2;
     b.set_configuration(c).unwrap();
     assert_eq!(Bundle::open(&home.0, "web").unwrap().configuration().cpu_count, 2);
+}
+
+#[test]
+fn a_restore_image_is_installed_and_kept_when_asked() {
+    let home = Home::new("keep");
+    let image = home.0.root().join("image.raw");
+    std::fs::create_dir_all(home.0.root()).unwrap();
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..4].copy_from_slice(b"boot");
+    bytes[700_000..700_004].copy_from_slice(b"data");
+    std::fs::write(&image, &bytes).unwrap();
+    let mut s = spec(firmware(&home));
+    s.restore_image = Some(image.clone());
+    s.disk_size = Some(4 << 20);
+    s.keep_restore_image = true;
+    let mut calls = 0;
+    let b = Bundle::create(&home.0, "kept", &s, &mut |_, _| calls += 1).unwrap();
+    assert!(calls > 0, "progress was reported");
+    let disk = std::fs::read(b.file(DISK_FILE)).unwrap();
+    assert_eq!(disk.len(), 4 << 20);
+    assert_eq!(&disk[..1 << 20], &bytes[..]);
+    assert!(disk[1 << 20..].iter().all(|&b| b == 0));
+    assert_eq!(std::fs::read(b.file("restore-image.raw")).unwrap(), bytes);
+
+    s.disk_size = Some(512 << 10);
+    let e = Bundle::create(&home.0, "small", &s, &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("cannot make the disk from"), "{e}");
+    assert!(!home.0.vms_dir().join("small").exists());
 }
