@@ -302,6 +302,7 @@ def main():
         IMPORT_DISK, IMPORT_PIECE = IMPORT_DISK // 16, IMPORT_PIECE // 16
 
     OUT.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
     if not args.no_build:
         log("building disk_image_tool (release)")
         subprocess.run(["cargo", "build", "--release", "-p", "virtkit", "--example", "disk_image_tool"],
@@ -328,13 +329,15 @@ def main():
         remove(image)
 
     qemu_version = run(["qemu-img", "--version"]).stdout.splitlines()[0]
+    load_after = os.getloadavg()[0]
     lines = [
         "## Disk images: clone and import",
         "",
         f"Run {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} on Linux {platform.release()}, "
         f"{os.cpu_count()} CPUs, bench/out on {here}; {qemu_version}. Command: "
         f"`python3 bench/bundle_bench.py{' --runs ' + str(args.runs) if args.runs != 5 else ''}` "
-        f"(as root). Medians of {args.runs} runs.",
+        f"(as root). Medians of {args.runs} runs. Load average (1 min) {load_before:.1f} at the start, "
+        f"{load_after:.1f} at the end (other work on the machine).",
         "",
     ]
     if args.only in (None, "clone"):

@@ -40,7 +40,7 @@ const FIRMWARE_SIZE: u64 = 64 * 1024;
 const MBR_GUESTS: &[&str] = &["mbr_read", "mbr_write", "mbr_drives", "mbr_bench", "mbr_id"];
 
 /// MBR programs longer than one sector (the boot sector loads the rest itself).
-const MULTI_SECTOR_MBR_GUESTS: &[&str] = &["mbr_session"];
+const MULTI_SECTOR_MBR_GUESTS: &[&str] = &["mbr_session", "mbr_pam"];
 
 const MBR_SIZE: usize = 512;
 

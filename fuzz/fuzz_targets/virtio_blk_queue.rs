@@ -2,7 +2,8 @@
 //! become a descriptor table, an available ring and buffers (see
 //! `virtkit_devices::block::fuzz::fuzz_queue`), and the device must answer without panicking.
 //!
-//! Run: `cargo +nightly fuzz run virtio_blk_queue` from the repository root.
+//! Run: `scripts/fuzz.sh virtio_blk_queue [SECONDS]` from the repository root (stable toolchain,
+//! ASan; see docs/TESTING.md).
 
 #![no_main]
 

@@ -9,13 +9,13 @@ use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use virtkit_test_guests::mbr::{
-    id_marker, sector_sum, session_boots, write_pattern, READ_DISK_BYTES, READ_LBAS, SESSION_MIN_DISK_BYTES,
-    SESSION_STATE_LBA, WRITE_LBAS,
+    id_marker, sector_sum, session_boots, write_pattern, PAM_PROBE_ADDRESS, PAM_SEGMENT_STARTS,
+    READ_DISK_BYTES, READ_LBAS, SESSION_MIN_DISK_BYTES, SESSION_STATE_LBA, WRITE_LBAS,
 };
 use virtkit_test_guests::output::{
-    mbr_drive, mbr_read_sum, mbr_write, parse_session_boot, parse_session_serial, parse_session_tick,
-    parse_session_uuid, ReadKind, SessionSave, WriteResult, SESSION_POWER_BUTTON, SESSION_READY,
-    SESSION_SMBIOS_NONE,
+    mbr_drive, mbr_read_sum, mbr_write, parse_pam_registers, parse_pam_writes, parse_session_boot,
+    parse_session_serial, parse_session_tick, parse_session_uuid, IsaBridgeInfo, PamProbe, ReadKind,
+    SessionSave, WriteResult, MBR_PAM_DONE, SESSION_POWER_BUTTON, SESSION_READY, SESSION_SMBIOS_NONE,
 };
 use virtkit_test_guests::Guest;
 
@@ -434,4 +434,111 @@ fn mbr_session_counts_boots_and_stops_on_the_power_button() {
         run.console
     );
     assert!(before == contents(&disk), "a read-only disk's image changed");
+}
+
+/// The attribute nibble of segment `index` (in [`PAM_SEGMENT_STARTS`] order), as the i440FX
+/// datasheet lays the PAM registers out: the BIOS in PAM0's high nibble, then PAM1..PAM6 low
+/// nibble first.
+fn pam_attribute(registers: &[u8; 7], index: usize) -> u8 {
+    if index == 0 {
+        return registers[0] >> 4;
+    }
+    let piece = index - 1;
+    let register = registers[1 + piece / 2];
+    if piece % 2 == 1 {
+        register >> 4
+    } else {
+        register & 0xf
+    }
+}
+
+/// The rest of the first console line that contains `prefix`, from `prefix` on (SeaBIOS's
+/// text may share the line the program starts on).
+fn line_from<'a>(console: &'a str, prefix: &str) -> Option<&'a str> {
+    console
+        .lines()
+        .find_map(|line| line.find(prefix).map(|at| line[at..].trim_end()))
+}
+
+#[test]
+fn pam_shadow_ram_takes_effect_and_the_isa_bridge_answers() {
+    if !seabios_available() {
+        return;
+    }
+    let disks = Disks::new("pam");
+    let disk = disks.disk("pam.img", 64 << 20, Some(Guest::MbrPam), &[]);
+    let out = boot(&[disk.display().to_string()]);
+    let console = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{console}");
+    assert!(console.contains(MBR_PAM_DONE), "{console}");
+
+    // SeaBIOS write-protects its own segment before it boots (make_bios_readonly).
+    let registers = line_from(&console, "pam=")
+        .and_then(parse_pam_registers)
+        .unwrap_or_else(|| panic!("no pam= line:\n{console}"));
+    assert_eq!(
+        pam_attribute(&registers, 0),
+        0x1,
+        "0xF0000 read-only (RE, no WE):\n{console}"
+    );
+
+    // A write sticks exactly where the registers say RE and WE.
+    let writes = line_from(&console, "pam-writes=")
+        .and_then(parse_pam_writes)
+        .unwrap_or_else(|| panic!("no pam-writes= line:\n{console}"));
+    for (index, start) in PAM_SEGMENT_STARTS.iter().enumerate() {
+        let attribute = pam_attribute(&registers, index);
+        assert_eq!(
+            writes[index],
+            attribute & 0x3 == 0x3,
+            "segment {start:#x} with attribute {attribute:#x}:\n{console}"
+        );
+    }
+    assert!(
+        !writes[0],
+        "the write into 0xF0000's segment was dropped:\n{console}"
+    );
+    assert!(
+        (0..PAM_SEGMENT_STARTS.len()).any(|i| pam_attribute(&registers, i) == 0x3 && writes[i]),
+        "SeaBIOS leaves some segment writable, and a write there sticks:\n{console}"
+    );
+
+    // The guest's own PAM6 changes: ROM behind the segment without RE, RAM with it, writes
+    // dropped without WE.
+    let probe = line_from(&console, "pam-probe ")
+        .and_then(PamProbe::parse)
+        .unwrap_or_else(|| panic!("no pam-probe line:\n{console}"));
+    let firmware = std::fs::read(SEABIOS).unwrap();
+    let isa_bios = &firmware[firmware.len() - (128 << 10)..];
+    let rom_byte = isa_bios[(PAM_PROBE_ADDRESS - 0xe0000) as usize];
+    assert_ne!(
+        rom_byte, probe.wrote,
+        "the probe cannot tell ROM from RAM here: {probe:?}"
+    );
+    assert_eq!(
+        probe.rom, rom_byte,
+        "attribute 0 reads the firmware ROM: {probe:?}"
+    );
+    assert_eq!(
+        probe.write_only, rom_byte,
+        "attribute 2 writes RAM but still reads the ROM: {probe:?}"
+    );
+    assert_eq!(
+        probe.read_only, probe.wrote,
+        "attribute 1 reads the RAM the write-only write reached: {probe:?}"
+    );
+    assert_eq!(
+        probe.dropped, probe.read_only,
+        "attribute 1 drops writes: {probe:?}"
+    );
+
+    // The PIIX3 at 00:01.0, with the PIRQ routes SeaBIOS 1.16 programs (pciinit.c's
+    // piix_isa_bridge_setup: PIRQA#..PIRQD# to IRQ 10, 10, 11, 11).
+    let isa = line_from(&console, "isa-bridge ")
+        .and_then(IsaBridgeInfo::parse)
+        .unwrap_or_else(|| panic!("no isa-bridge line:\n{console}"));
+    assert_eq!(isa.id, 0x7000_8086, "Intel 82371SB PIIX3: {isa:?}");
+    assert_eq!(isa.class >> 8, 0x06_01_00, "ISA bridge: {isa:?}");
+    assert_eq!(isa.header, 0x80, "multi-function, type 0: {isa:?}");
+    assert_eq!(isa.pirq, 0x0b0b_0a0a, "{isa:?}");
 }

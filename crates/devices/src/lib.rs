@@ -2,6 +2,6 @@
 //! space, activate/reset), its worker (the queue loop on a thread of its own) and the pure
 //! request logic in between, testable without threads or KVM.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod block;

@@ -1,6 +1,7 @@
 //! A virtio-blk disk on a real machine's PCI bus (real `/dev/kvm`, vCPUs not started): it sits
-//! in slot 1 as 1af4:1042 behind the 0xcf8/0xcfc ports, with its MSI vectors allocated, and its
-//! BAR maps where the configuration space says once decoding is on.
+//! in slot 2 (after the host bridge and the ISA bridge) as 1af4:1042 behind the 0xcf8/0xcfc
+//! ports, with its MSI vectors allocated, and its BAR maps where the configuration space says
+//! once decoding is on.
 
 use std::path::PathBuf;
 
@@ -66,8 +67,9 @@ fn virtio_blk_appears_in_a_slot_and_its_bar_maps_when_programmed() {
     .unwrap();
     let block = Block::open(&BlockConfig::new(&image.0)).unwrap();
     let slot = attach(&machine, block, PCI_CLASS).unwrap();
-    assert_eq!(slot, 1);
+    assert_eq!(slot, 2);
     assert_eq!(config_read(&mut machine, 0, 0), 0x1237_8086, "host bridge");
+    assert_eq!(config_read(&mut machine, 1, 0), 0x7000_8086, "PIIX3 ISA bridge");
     assert_eq!(
         config_read(&mut machine, slot, 0),
         0x1042_1af4,

@@ -12,6 +12,9 @@ pub enum HypervisorError {
     /// A capability the machine needs is missing.
     #[error("this host's KVM lacks the {0} capability")]
     MissingCapability(&'static str),
+    /// A memory slot that this VM does not have was to be removed (a VMM bug).
+    #[error("memory slot {0} is not mapped; only slots map_memory returned can be removed")]
+    NoSuchSlot(u32),
     /// An ioctl failed.
     #[error("KVM {op} failed")]
     Ioctl {

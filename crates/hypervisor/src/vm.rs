@@ -1,7 +1,10 @@
+use std::collections::BTreeSet;
+use std::sync::{Mutex, MutexGuard};
+
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KvmIrqRouting, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{IoEventAddress as KvmIoEventAddress, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress as KvmIoEventAddress, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{ioctl, HypervisorError};
@@ -16,21 +19,51 @@ pub enum IoEventAddress {
     Mmio(u64),
 }
 
+/// The memory slot numbers a VM uses. Numbers of removed slots are handed out again, so a
+/// machine that remaps a range many times (PAM shadow RAM) never runs out.
+#[derive(Debug, Default)]
+struct SlotNumbers {
+    in_use: BTreeSet<u32>,
+}
+
+impl SlotNumbers {
+    /// The lowest free slot number below `max`.
+    fn take(&mut self, max: usize) -> Option<u32> {
+        let slot = (0..max as u32).find(|s| !self.in_use.contains(s))?;
+        self.in_use.insert(slot);
+        Some(slot)
+    }
+}
+
 /// A KVM virtual machine.
 #[derive(Debug)]
 pub struct Vm {
     fd: VmFd,
     max_memslots: usize,
-    next_slot: u32,
+    read_only_memory: bool,
+    slots: Mutex<SlotNumbers>,
 }
 
 impl Vm {
     pub(crate) fn new(fd: VmFd, max_memslots: usize) -> Vm {
+        let read_only_memory = fd.check_extension(Cap::ReadonlyMem);
         Vm {
             fd,
             max_memslots,
-            next_slot: 0,
+            read_only_memory,
+            slots: Mutex::new(SlotNumbers::default()),
         }
+    }
+
+    // Every change to the set is one call, so a panic elsewhere leaves it consistent.
+    fn slot_numbers(&self) -> MutexGuard<'_, SlotNumbers> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether memory slots can be read-only (`KVM_CAP_READONLY_MEM`): guest reads hit the
+    /// host memory, guest writes exit to the VMM as MMIO writes.
+    pub fn read_only_memory_supported(&self) -> bool {
+        self.read_only_memory
     }
 
     /// Sets up the x86 platform pieces KVM keeps in the kernel: the TSS and identity-map
@@ -52,25 +85,34 @@ impl Vm {
         Ok(())
     }
 
-    /// Maps `size` bytes of host memory at `host_address` into the guest at `guest_address`.
+    /// Maps `size` bytes of host memory at `host_address` into the guest at `guest_address`
+    /// and returns the slot. With `read_only` the guest reads the memory but its writes exit as
+    /// [`VcpuExit::MmioWrite`](crate::VcpuExit::MmioWrite) and leave it unchanged (that needs
+    /// [`Vm::read_only_memory_supported`]). The range must not overlap another slot's.
     ///
     /// # Safety
     ///
     /// `host_address..host_address + size` must be a mapping that stays valid, and is not
-    /// unmapped or remapped, for as long as this VM exists.
+    /// unmapped or remapped, until the slot is removed with [`Vm::unmap_memory`] or the VM is
+    /// dropped.
     pub unsafe fn map_memory(
-        &mut self,
+        &self,
         guest_address: u64,
         size: u64,
         host_address: u64,
         read_only: bool,
     ) -> Result<u32> {
-        if self.next_slot as usize >= self.max_memslots {
+        if read_only && !self.read_only_memory {
             return Err(HypervisorError::MissingCapability(
-                "enough memory slots for this memory layout",
+                "READONLY_MEM (read-only memory slots)",
             ));
         }
-        let slot = self.next_slot;
+        let slot = self
+            .slot_numbers()
+            .take(self.max_memslots)
+            .ok_or(HypervisorError::MissingCapability(
+                "enough memory slots for this memory layout",
+            ))?;
         let region = kvm_userspace_memory_region {
             slot,
             flags: if read_only { KVM_MEM_READONLY } else { 0 },
@@ -78,11 +120,33 @@ impl Vm {
             memory_size: size,
             userspace_addr: host_address,
         };
-        // SAFETY: the caller guarantees the host range stays mapped for the VM's lifetime; the
-        // region is a fresh slot so it replaces no other mapping.
-        unsafe { self.fd.set_user_memory_region(region) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
-        self.next_slot += 1;
+        // SAFETY: the caller guarantees the host range stays mapped while the slot exists; the
+        // slot number is free, so this creates a slot and replaces no other mapping.
+        let created = unsafe { self.fd.set_user_memory_region(region) };
+        if let Err(e) = created {
+            self.slot_numbers().in_use.remove(&slot);
+            return Err(ioctl("KVM_SET_USER_MEMORY_REGION")(e));
+        }
         Ok(slot)
+    }
+
+    /// Removes a slot [`Vm::map_memory`] made: its guest range has no memory behind it any more
+    /// (accesses exit as MMIO) and its number may be handed out again.
+    pub fn unmap_memory(&self, slot: u32) -> Result<()> {
+        if !self.slot_numbers().in_use.contains(&slot) {
+            return Err(HypervisorError::NoSuchSlot(slot));
+        }
+        // A size of zero deletes the slot; KVM ignores the other fields then.
+        let region = kvm_userspace_memory_region {
+            slot,
+            ..Default::default()
+        };
+        // SAFETY: deleting a slot maps nothing; the host memory it pointed to is no longer
+        // reachable by the guest afterwards.
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION (delete)"))?;
+        self.slot_numbers().in_use.remove(&slot);
+        Ok(())
     }
 
     /// Sets the level of an interrupt line on the in-kernel PIC and IOAPIC.
@@ -139,5 +203,21 @@ impl Vm {
     pub fn create_vcpu(&self, id: u64) -> Result<Vcpu> {
         let fd = self.fd.create_vcpu(id).map_err(ioctl("KVM_CREATE_VCPU"))?;
         Ok(Vcpu::new(fd))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SlotNumbers;
+
+    #[test]
+    fn slot_numbers_are_the_lowest_free_and_stop_at_the_limit() {
+        let mut slots = SlotNumbers::default();
+        assert_eq!(slots.take(3), Some(0));
+        assert_eq!(slots.take(3), Some(1));
+        assert_eq!(slots.take(3), Some(2));
+        assert_eq!(slots.take(3), None, "KVM's limit");
+        slots.in_use.remove(&1);
+        assert_eq!(slots.take(3), Some(1), "a removed slot's number comes back");
     }
 }

@@ -74,6 +74,10 @@ pub const FIRMWARE_END: u64 = 0x1_0000_0000;
 /// Legacy BIOS window at the top of the first MiB that mirrors the end of the firmware.
 pub const LEGACY_BIOS_START: u64 = 0xe0000;
 pub const LEGACY_BIOS_SIZE: u64 = 0x20000;
+/// The window below 1 MiB that the host bridge's PAM registers switch between RAM, read-only
+/// RAM and what lies behind it (option ROMs from 0xC0000, the BIOS from 0xE0000); see `pam`.
+pub const PAM_WINDOW_START: u64 = 0xc0000;
+pub const PAM_WINDOW_END: u64 = 0x10_0000;
 
 /// KVM needs three pages for the TSS and one for the identity map, in the hole below 4 GiB.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_c000;

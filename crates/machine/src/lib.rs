@@ -13,6 +13,7 @@ pub mod ioevent;
 pub mod layout;
 mod machine;
 pub mod memory;
+pub mod pam;
 pub mod pci;
 pub mod smbios;
 mod vcpu;

@@ -12,8 +12,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{build_tables, write_acpi_tables, AcpiConfig, AcpiError};
 use crate::boot::{
-    configure_boot_vcpu, load_firmware, load_linux, BootEntry, BootError, BootSource, E820Entry,
-    FirmwareImage, E820_RAM, E820_RESERVED,
+    configure_boot_vcpu, load_firmware, load_linux, mirror_isa_bios, BootEntry, BootError, BootSource,
+    E820Entry, FirmwareImage, E820_RAM, E820_RESERVED,
 };
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::cpuid::vcpu_cpuid;
@@ -24,11 +24,14 @@ use crate::devices::{
 };
 use crate::interrupt::GsiRouter;
 use crate::layout::{
-    irqs, ports, HIGH_MEMORY_START, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, PCI_ECAM_SIZE, PCI_ECAM_START,
+    irqs, ports, HIGH_MEMORY_START, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, PAM_WINDOW_END,
+    PAM_WINDOW_START, PCI_ECAM_SIZE, PCI_ECAM_START,
 };
-use crate::memory::{create_guest_memory, low_ram_end, ram_ranges};
+use crate::memory::{create_guest_memory, low_ram_end, ram_ranges, ranges_around};
+use crate::pam::{ShadowRam, ShadowRamError};
 use crate::pci::{
-    BarAllocator, BarAllocatorError, HostBridge, PciConfigIo, PciConfigMmio, PciRoot, PciRootError,
+    BarAllocator, BarAllocatorError, HostBridge, IsaBridge, PciConfigIo, PciConfigMmio, PciRoot,
+    PciRootError, ISA_BRIDGE_SLOT,
 };
 use crate::smbios::{
     write_smbios_tables, BiosInformation, SmbiosError, SmbiosIdentity, SmbiosTables, FW_CFG_ANCHOR_FILE,
@@ -106,6 +109,8 @@ pub enum MachineError {
     PciBars(#[from] BarAllocatorError),
     #[error("the firmware image {0} cannot be read")]
     Firmware(PathBuf),
+    #[error("cannot set up the BIOS area's shadow RAM (PAM)")]
+    ShadowRam(#[from] ShadowRamError),
 }
 
 /// A built machine: memory loaded, devices in place, vCPUs created but not yet running.
@@ -205,7 +210,7 @@ impl Machine {
             smbios_identity,
         } = config;
         let smbios_identity = smbios_identity.unwrap_or_default();
-        let mut vm = kvm.create_vm()?;
+        let vm = kvm.create_vm()?;
         vm.create_platform(KVM_TSS_ADDRESS, KVM_IDENTITY_MAP_ADDRESS)?;
 
         let firmware = match &boot {
@@ -218,11 +223,32 @@ impl Machine {
                 size: memory_size,
                 source,
             })?;
+        // PAM shadow RAM needs firmware (which programs it; a direct boot keeps plain RAM there
+        // for its ACPI and SMBIOS tables) and read-only slots; its window is mapped by
+        // `ShadowRam`, the rest of RAM here. The firmware at the top of 4 GiB is ROM too.
+        let read_only_slots = vm.read_only_memory_supported();
+        if firmware.is_some() && !read_only_slots {
+            tracing::warn!(
+                "this host's KVM has no read-only memory slots (KVM_CAP_READONLY_MEM): the BIOS \
+                 area below 1 MiB stays plain RAM and the PAM registers have no effect"
+            );
+        }
+        let pam = firmware.is_some() && read_only_slots;
         for region in memory.iter() {
+            let start = region.start_addr().0;
             let host = region.as_ptr() as u64;
-            // SAFETY: the region belongs to `memory`, which the Machine owns and drops only
-            // after every vCPU thread has stopped (see `Drop`), so the mapping outlives guest use.
-            unsafe { vm.map_memory(region.start_addr().0, region.len(), host, false) }?;
+            let rom = extra.iter().any(|(at, _)| at.0 == start) && read_only_slots;
+            let pieces = if pam {
+                ranges_around(start, region.len(), PAM_WINDOW_START..PAM_WINDOW_END)
+            } else {
+                vec![(start, region.len())]
+            };
+            for (piece, len) in pieces {
+                // SAFETY: the region belongs to `memory`, which the Machine owns and drops only
+                // after every vCPU thread has stopped (see `Drop`), so the mapping outlives
+                // guest use; `piece..piece + len` lies inside the region.
+                unsafe { vm.map_memory(piece, len, host + (piece - start), rom) }?;
+            }
         }
         let vm = Arc::new(vm);
 
@@ -270,9 +296,34 @@ impl Machine {
             Arc::new(Mutex::new(PvPanic::new(requests.clone()))),
         )?;
 
-        // PCI bus 0 with the host bridge at 00:00.0, reachable through 0xcf8/0xcfc and the ECAM.
+        // The PAM window: KVM slots that follow the host bridge's PAM registers, and a device
+        // for the accesses they send out (writes to read-only segments, an open bus).
+        let mut host_bridge = HostBridge::new();
+        if let (true, Some(image)) = (pam, &firmware) {
+            let shadow = Arc::new(Mutex::new(ShadowRam::new(
+                vm.clone(),
+                memory.clone(),
+                image.isa_bios(),
+            )?));
+            mmio.insert(
+                PAM_WINDOW_START,
+                PAM_WINDOW_END - PAM_WINDOW_START,
+                shadow.clone(),
+            )?;
+            host_bridge = host_bridge.with_pam_handler(Box::new(move |registers| {
+                shadow
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_registers(registers)
+            }));
+        }
+
+        // PCI bus 0 with the host bridge at 00:00.0 and the PIIX3 ISA bridge at 00:01.0 (as on
+        // a PC, for both boots: Linux knows the pair), reachable through 0xcf8/0xcfc and the
+        // ECAM.
         let pci = Arc::new(Mutex::new(PciRoot::new(pio.clone(), mmio.clone())));
-        lock_pci(&pci).add_device(0, Arc::new(Mutex::new(HostBridge::new())))?;
+        lock_pci(&pci).add_device(0, Arc::new(Mutex::new(host_bridge)))?;
+        lock_pci(&pci).add_device(ISA_BRIDGE_SLOT, Arc::new(Mutex::new(IsaBridge::new())))?;
         pio.insert(
             u64::from(ports::PCI_CONFIG_ADDRESS),
             u64::from(ports::PCI_CONFIG_LEN),
@@ -329,6 +380,9 @@ impl Machine {
             BootSource::Firmware { .. } => {
                 if let Some(image) = &firmware {
                     load_firmware(&memory, image)?;
+                    if !pam {
+                        mirror_isa_bios(&memory, image)?;
+                    }
                 }
                 BootEntry::ResetVector
             }
@@ -376,7 +430,8 @@ impl Machine {
         &mut self.mmio
     }
 
-    /// PCI bus 0, to add devices before `start` (slot 0 is the host bridge's).
+    /// PCI bus 0, to add devices before `start` (slot 0 is the host bridge's, slot 1 the ISA
+    /// bridge's).
     pub fn pci_root(&self) -> &Arc<Mutex<PciRoot>> {
         &self.pci
     }

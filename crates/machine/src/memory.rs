@@ -36,9 +36,42 @@ pub fn create_guest_memory(
     GuestMemoryMmap::from_ranges(&ranges)
 }
 
+/// The parts of `start..start + len` outside `hole`, as (start, length): how a RAM region is
+/// split into memory slots around a window that is mapped on its own (the PAM window).
+pub fn ranges_around(start: u64, len: u64, hole: std::ops::Range<u64>) -> Vec<(u64, u64)> {
+    let end = start + len;
+    if hole.end <= start || hole.start >= end {
+        return vec![(start, len)];
+    }
+    let mut ranges = Vec::with_capacity(2);
+    if hole.start > start {
+        ranges.push((start, hole.start - start));
+    }
+    if hole.end < end {
+        ranges.push((hole.end, end - hole.end));
+    }
+    ranges
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_around_a_hole_leave_out_exactly_the_hole() {
+        let hole = 0xc0000..0x10_0000;
+        assert_eq!(
+            ranges_around(0, 64 << 20, hole.clone()),
+            vec![(0, 0xc0000), (0x10_0000, (64 << 20) - 0x10_0000)]
+        );
+        assert_eq!(
+            ranges_around(1 << 32, 1 << 30, hole.clone()),
+            vec![(1 << 32, 1 << 30)],
+            "a region away from the hole stays whole"
+        );
+        assert_eq!(ranges_around(0, 0x10_0000, hole.clone()), vec![(0, 0xc0000)]);
+        assert_eq!(ranges_around(0xc0000, 0x40000, hole), vec![], "all hole");
+    }
 
     #[test]
     fn small_guest_is_one_range_from_zero() {

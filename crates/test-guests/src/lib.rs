@@ -5,9 +5,10 @@
 //! Every guest prints ASCII lines terminated by `"\n"` on COM1 (16550 at port 0x3f8, polled),
 //! using the fixed addresses of the platform layout (`virtkit_machine::layout`). Nine guests are
 //! 32-bit PVH ELF kernels (linked at 1 MiB, with a Xen `PHYS32_ENTRY` note); one is a raw 64 KiB
-//! firmware image that runs in real mode from the reset vector; six are MBR programs that BIOS
+//! firmware image that runs in real mode from the reset vector; seven are MBR programs that BIOS
 //! firmware (SeaBIOS) boots from a disk and that use BIOS int 13h: five 512-byte boot sectors and
-//! one longer program ([`Guest::MbrSession`]) whose boot sector loads the rest.
+//! two longer programs ([`Guest::MbrSession`], [`Guest::MbrPam`]) whose boot sector loads the
+//! rest.
 //!
 //! ```
 //! use virtkit_test_guests::{output, Guest};
@@ -38,9 +39,10 @@ pub enum Boot {
     /// A boot sector of exactly [`MBR_SIZE`] bytes ending in 0x55 0xaa: sector 0 of a disk,
     /// which BIOS firmware loads at 0x7c00 and enters in real mode with DL = the boot drive.
     /// The program uses BIOS int 13h on that drive, prints on COM1 directly (polled, never
-    /// through int 10h) and ends with ACPI power-off; see [`mbr`]. [`Guest::MbrSession`] is
-    /// longer: a whole number of sectors whose first is such a boot sector and loads the others
-    /// (LBA 1 on) itself; write all of [`Guest::bytes`] at the start of the disk.
+    /// through int 10h) and ends with ACPI power-off; see [`mbr`]. [`Guest::MbrSession`] and
+    /// [`Guest::MbrPam`] are longer: a whole number of sectors whose first is such a boot
+    /// sector and loads the others (LBA 1 on) itself; write all of [`Guest::bytes`] at the
+    /// start of the disk.
     Mbr,
 }
 
@@ -160,6 +162,28 @@ pub enum Guest {
     ///    `PM1_STS` bit 8 is set it clears it, prints `session: power button` and does ACPI
     ///    power-off. Without the power button it never ends.
     MbrSession,
+    /// MBR, for the chipset: what the i440FX's PAM (shadow RAM) registers do after the BIOS
+    /// booted, and the PCI-to-ISA bridge at 00:01.0, through configuration mechanism #1
+    /// (0xcf8/0xcfc). [`mbr::PAM_SECTORS`] sectors long: write all of [`Guest::bytes`] at the
+    /// start of the disk (if its boot sector cannot load the rest it prints
+    /// `pam: load error=<AH>` and powers off). Prints, in this order:
+    ///
+    /// 1. `pam=<PAM0..PAM6, 2 hex digits each>` ([`output::parse_pam_registers`]).
+    /// 2. `pam-writes=<13 characters>`, one per segment of [`mbr::PAM_SEGMENT_STARTS`]: at the
+    ///    segment's start + [`mbr::PAM_WRITE_PROBE_OFFSET`] it writes the inverse of the byte
+    ///    there, reads back and writes the original again (interrupts off); `w` if the inverse
+    ///    read back, `-` if not ([`output::parse_pam_writes`]).
+    /// 3. `pam-probe rom=<a> write-only=<b> read-only=<c> dropped=<d> wrote=<w>` (2 hex digits
+    ///    each; [`output::PamProbe`]), with interrupts off at [`mbr::PAM_PROBE_ADDRESS`], by
+    ///    rewriting only PAM6's high nibble: attribute 3 (RAM), read `r`; attribute 0, read
+    ///    `a`; attribute 2 (write-only), write `w = r ^` [`mbr::PAM_PROBE_XOR`], read `b`;
+    ///    attribute 1 (read-only), read `c`, write `!c`, read `d`; then attribute 3, write `r`
+    ///    back and restore PAM6.
+    /// 4. `isa-bridge id=<dword 0> class=<dword 8> header=<byte 0xe> pirq=<dword 0x60>` of
+    ///    00:01.0 (8, 8, 2, 8 hex digits; [`output::IsaBridgeInfo`]).
+    ///
+    /// Then `mbr-pam done` and ACPI power-off.
+    MbrPam,
 }
 
 macro_rules! artifact {
@@ -173,7 +197,7 @@ macro_rules! artifact {
 
 impl Guest {
     /// Every guest.
-    pub const ALL: [Guest; 16] = [
+    pub const ALL: [Guest; 17] = [
         Guest::Hello,
         Guest::Smoke,
         Guest::Echo,
@@ -190,6 +214,7 @@ impl Guest {
         Guest::MbrBench,
         Guest::MbrId,
         Guest::MbrSession,
+        Guest::MbrPam,
     ];
 
     /// Short name, also the source file name (`asm/<name>.s`).
@@ -211,6 +236,7 @@ impl Guest {
             Guest::MbrBench => "mbr_bench",
             Guest::MbrId => "mbr_id",
             Guest::MbrSession => "mbr_session",
+            Guest::MbrPam => "mbr_pam",
         }
     }
 
@@ -223,7 +249,8 @@ impl Guest {
             | Guest::MbrDrives
             | Guest::MbrBench
             | Guest::MbrId
-            | Guest::MbrSession => Boot::Mbr,
+            | Guest::MbrSession
+            | Guest::MbrPam => Boot::Mbr,
             _ => Boot::Pvh,
         }
     }
@@ -259,6 +286,7 @@ impl Guest {
             Guest::MbrBench => artifact!("mbr_bench.mbr"),
             Guest::MbrId => artifact!("mbr_id.mbr"),
             Guest::MbrSession => artifact!("mbr_session.mbr"),
+            Guest::MbrPam => artifact!("mbr_pam.mbr"),
         }
     }
 }
@@ -516,6 +544,118 @@ pub mod output {
         format!("{SESSION_TICK_PREFIX}{n}")
     }
 
+    /// [`Guest::MbrPam`](crate::Guest::MbrPam), last line.
+    pub const MBR_PAM_DONE: &str = "mbr-pam done";
+    /// [`Guest::MbrPam`](crate::Guest::MbrPam) when its boot sector could not load the rest;
+    /// AH (2 hex digits) follows.
+    pub const PAM_LOAD_ERROR_PREFIX: &str = "pam: load error=";
+
+    const PAM_REGISTERS_PREFIX: &str = "pam=";
+    const PAM_WRITES_PREFIX: &str = "pam-writes=";
+
+    /// PAM0..PAM6 of a `pam=<14 hex digits>` line, or `None` if `line` is not one.
+    pub fn parse_pam_registers(line: &str) -> Option<[u8; 7]> {
+        let hex = line.trim_end().strip_prefix(PAM_REGISTERS_PREFIX)?;
+        if hex.len() != 14 {
+            return None;
+        }
+        let mut registers = [0u8; 7];
+        for (i, register) in registers.iter_mut().enumerate() {
+            *register = parse_hex8(&hex[2 * i..2 * i + 2])?;
+        }
+        Some(registers)
+    }
+
+    /// Which segments (in [`crate::mbr::PAM_SEGMENT_STARTS`] order) kept a write, from a
+    /// `pam-writes=<13 of w or ->` line, or `None` if `line` is not one.
+    pub fn parse_pam_writes(line: &str) -> Option<[bool; 13]> {
+        let marks = line.trim_end().strip_prefix(PAM_WRITES_PREFIX)?.as_bytes();
+        if marks.len() != 13 || !marks.iter().all(|m| matches!(m, b'w' | b'-')) {
+            return None;
+        }
+        Some(std::array::from_fn(|i| marks[i] == b'w'))
+    }
+
+    /// What [`Guest::MbrPam`](crate::Guest::MbrPam)'s PAM6 probe read and wrote.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct PamProbe {
+        /// Read with attribute 0: the ROM (or open bus) behind the segment.
+        pub rom: u8,
+        /// Read with attribute 2 after writing `wrote`: the ROM again.
+        pub write_only: u8,
+        /// Read with attribute 1: the RAM `wrote` went to.
+        pub read_only: u8,
+        /// Read with attribute 1 after writing `!read_only`: unchanged if the write was dropped.
+        pub dropped: u8,
+        /// What it wrote with attribute 2: the RAM byte xor [`crate::mbr::PAM_PROBE_XOR`].
+        pub wrote: u8,
+    }
+
+    impl PamProbe {
+        /// `pam-probe rom=<hh> write-only=<hh> read-only=<hh> dropped=<hh> wrote=<hh>`.
+        pub fn line(&self) -> String {
+            format!(
+                "pam-probe rom={:02x} write-only={:02x} read-only={:02x} dropped={:02x} wrote={:02x}",
+                self.rom, self.write_only, self.read_only, self.dropped, self.wrote
+            )
+        }
+
+        /// The probe of a [`PamProbe::line`], or `None` if `line` is not one.
+        pub fn parse(line: &str) -> Option<PamProbe> {
+            let mut fields = line.trim_end().strip_prefix("pam-probe ")?.split(' ');
+            let mut field = |name: &str| parse_hex8(fields.next()?.strip_prefix(name)?.strip_prefix('=')?);
+            let probe = PamProbe {
+                rom: field("rom")?,
+                write_only: field("write-only")?,
+                read_only: field("read-only")?,
+                dropped: field("dropped")?,
+                wrote: field("wrote")?,
+            };
+            fields.next().is_none().then_some(probe)
+        }
+    }
+
+    /// The PCI-to-ISA bridge as [`Guest::MbrPam`](crate::Guest::MbrPam) read it at 00:01.0.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct IsaBridgeInfo {
+        /// Dword 0: device ID << 16 | vendor ID.
+        pub id: u32,
+        /// Dword 8: class code << 8 | revision.
+        pub class: u32,
+        /// Byte 0xe: the header type.
+        pub header: u8,
+        /// Dword 0x60: PIRQA#..PIRQD# route control, PIRQA# in the low byte.
+        pub pirq: u32,
+    }
+
+    impl IsaBridgeInfo {
+        /// `isa-bridge id=<8 hex> class=<8 hex> header=<2 hex> pirq=<8 hex>`.
+        pub fn line(&self) -> String {
+            format!(
+                "isa-bridge id={:08x} class={:08x} header={:02x} pirq={:08x}",
+                self.id, self.class, self.header, self.pirq
+            )
+        }
+
+        /// The values of an [`IsaBridgeInfo::line`], or `None` if `line` is not one.
+        pub fn parse(line: &str) -> Option<IsaBridgeInfo> {
+            let mut fields = line.trim_end().strip_prefix("isa-bridge ")?.split(' ');
+            let mut field = |name: &str, digits: usize| {
+                let hex = fields.next()?.strip_prefix(name)?.strip_prefix('=')?;
+                let canonical =
+                    hex.len() == digits && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                canonical.then(|| u32::from_str_radix(hex, 16).ok())?
+            };
+            let info = IsaBridgeInfo {
+                id: field("id", 8)?,
+                class: field("class", 8)?,
+                header: field("header", 2)? as u8,
+                pirq: field("pirq", 8)?,
+            };
+            fields.next().is_none().then_some(info)
+        }
+    }
+
     /// The number of a [`session_tick`] line, or `None` if `line` is not one.
     pub fn parse_session_tick(line: &str) -> Option<u32> {
         parse_decimal(line.trim_end().strip_prefix(SESSION_TICK_PREFIX)?)
@@ -576,6 +716,23 @@ pub mod mbr {
     pub const SESSION_TICK_BIOS_TICKS: u32 = 5;
     /// The longest serial number [`Guest::MbrSession`](crate::Guest::MbrSession) prints.
     pub const SESSION_SERIAL_MAX: usize = 64;
+    /// Sectors of [`Guest::MbrPam`](crate::Guest::MbrPam): the boot sector and the one it loads.
+    pub const PAM_SECTORS: usize = 2;
+    /// The PAM segments in the order [`Guest::MbrPam`](crate::Guest::MbrPam) reports them: the
+    /// BIOS at 0xF0000 (PAM0's high nibble), then 0xC0000..0xEC000 in 16 KiB pieces (PAM1's
+    /// low nibble, its high nibble, PAM2's low nibble, ...).
+    pub const PAM_SEGMENT_STARTS: [u64; 13] = [
+        0xf0000, 0xc0000, 0xc4000, 0xc8000, 0xcc000, 0xd0000, 0xd4000, 0xd8000, 0xdc000, 0xe0000, 0xe4000,
+        0xe8000, 0xec000,
+    ];
+    /// Where in each segment [`Guest::MbrPam`](crate::Guest::MbrPam) tries a write.
+    pub const PAM_WRITE_PROBE_OFFSET: u64 = 0x1000;
+    /// The address [`Guest::MbrPam`](crate::Guest::MbrPam) probes by rewriting PAM6's high
+    /// nibble (segment 0xEC000); Debian's SeaBIOS 1.16 has a non-zero byte there.
+    pub const PAM_PROBE_ADDRESS: u64 = 0xed001;
+    /// What [`Guest::MbrPam`](crate::Guest::MbrPam) xors the RAM byte with to get the byte it
+    /// writes.
+    pub const PAM_PROBE_XOR: u8 = 0x5a;
 
     /// The sum [`Guest::MbrRead`](crate::Guest::MbrRead) prints: the sector's 128 little-endian
     /// dwords added with wrap-around.

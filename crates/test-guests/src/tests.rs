@@ -305,6 +305,24 @@ fn artifacts_carry_the_documented_lines() {
                 output::SESSION_POWER_BUTTON,
             ],
         ),
+        (
+            Guest::MbrPam,
+            &[
+                output::PAM_LOAD_ERROR_PREFIX,
+                "pam=",
+                "\npam-writes=",
+                "\npam-probe rom=",
+                " write-only=",
+                " read-only=",
+                " dropped=",
+                " wrote=",
+                "\nisa-bridge id=",
+                " class=",
+                " header=",
+                " pirq=",
+                &format!("\n{}", output::MBR_PAM_DONE),
+            ],
+        ),
     ];
     assert_eq!(expect.len(), Guest::ALL.len());
     for (guest, lines) in expect {
@@ -336,11 +354,13 @@ fn mbr_guests() -> impl Iterator<Item = Guest> {
 
 #[test]
 fn mbr_programs_are_512_byte_boot_sectors() {
-    assert_eq!(mbr_guests().count(), 6);
+    assert_eq!(mbr_guests().count(), 7);
     for guest in mbr_guests() {
         let b = guest.bytes();
         if guest == Guest::MbrSession {
             assert_eq!(b.len(), mbr::SESSION_SECTORS * MBR_SIZE, "{guest:?}");
+        } else if guest == Guest::MbrPam {
+            assert_eq!(b.len(), mbr::PAM_SECTORS * MBR_SIZE, "{guest:?}");
         } else {
             assert_eq!(b.len(), MBR_SIZE, "{guest:?}");
             assert_eq!(b.len(), 512, "{guest:?}");
@@ -552,4 +572,77 @@ fn mbr_session_helpers_format_and_parse_like_the_program() {
     assert_eq!(output::parse_session_tick("session: tick 12\n"), Some(12));
     assert_eq!(output::parse_session_tick("session: tick x"), None);
     assert_eq!(output::parse_session_tick("tick 12"), None);
+}
+
+#[test]
+fn mbr_pam_loads_its_second_sector_and_probes_what_it_documents() {
+    let b = Guest::MbrPam.bytes();
+    assert_eq!(b.len(), mbr::PAM_SECTORS * MBR_SIZE);
+    // `movw $imm16, dap_count` (c7 06 <addr> <imm16>) with the sectors after the boot sector.
+    let loaded = ((mbr::PAM_SECTORS - 1) as u16).to_le_bytes();
+    assert!(b[..510]
+        .windows(6)
+        .any(|w| w[..2] == [0xc7, 0x06] && w[4..] == loaded));
+    assert!(contains(&b[..512], output::PAM_LOAD_ERROR_PREFIX.as_bytes()));
+    assert!(contains(&b[512..], output::MBR_PAM_DONE.as_bytes()));
+    // Real-mode segments: the probe (mov $imm16, %ax: b8 <imm16>), the first write probe of
+    // 0xF0000 and of 0xC0000, and the probe's xor (xor $imm8, %al: 34 <imm8>).
+    let segment = |address: u64| ((address >> 4) as u16).to_le_bytes();
+    for address in [
+        mbr::PAM_PROBE_ADDRESS,
+        mbr::PAM_SEGMENT_STARTS[0] + mbr::PAM_WRITE_PROBE_OFFSET,
+        mbr::PAM_SEGMENT_STARTS[1] + mbr::PAM_WRITE_PROBE_OFFSET,
+    ] {
+        let s = segment(address);
+        assert!(contains(b, &[0xb8, s[0], s[1]]), "{address:#x}");
+    }
+    assert!(contains(b, &[0x34, mbr::PAM_PROBE_XOR]));
+    let starts = mbr::PAM_SEGMENT_STARTS;
+    assert!(starts[1..].windows(2).all(|w| w[1] == w[0] + 0x4000));
+    assert_eq!(starts[12] + 0x4000, starts[0]);
+    assert_eq!(mbr::PAM_PROBE_ADDRESS & !0x3fff, starts[12], "PAM6's high nibble");
+}
+
+#[test]
+fn mbr_pam_helpers_read_what_the_program_prints() {
+    assert_eq!(
+        output::parse_pam_registers("pam=10313333333333"),
+        Some([0x10, 0x31, 0x33, 0x33, 0x33, 0x33, 0x33])
+    );
+    assert_eq!(output::parse_pam_registers("pam=1031333333333"), None);
+    assert_eq!(output::parse_pam_registers("pam=1031333333333G"), None);
+    let writes = output::parse_pam_writes("pam-writes=--wwwwwwwwwww").unwrap();
+    assert_eq!(writes.iter().filter(|w| **w).count(), 11);
+    assert!(!writes[0] && !writes[1] && writes[2]);
+    assert_eq!(output::parse_pam_writes("pam-writes=--www"), None);
+    assert_eq!(output::parse_pam_writes("pam-writes=--wwwwwwwwwwx"), None);
+
+    let probe = output::PamProbe {
+        rom: 0x0f,
+        write_only: 0x0f,
+        read_only: 0x55,
+        dropped: 0x55,
+        wrote: 0x55,
+    };
+    let line = probe.line();
+    assert_eq!(
+        line,
+        "pam-probe rom=0f write-only=0f read-only=55 dropped=55 wrote=55"
+    );
+    assert_eq!(output::PamProbe::parse(&line), Some(probe));
+    assert_eq!(output::PamProbe::parse("pam-probe rom=0f"), None);
+
+    let isa = output::IsaBridgeInfo {
+        id: 0x7000_8086,
+        class: 0x0601_0000,
+        header: 0x80,
+        pirq: 0x0b0b_0a0a,
+    };
+    let line = isa.line();
+    assert_eq!(
+        line,
+        "isa-bridge id=70008086 class=06010000 header=80 pirq=0b0b0a0a"
+    );
+    assert_eq!(output::IsaBridgeInfo::parse(&line), Some(isa));
+    assert_eq!(output::IsaBridgeInfo::parse("isa-bridge id=70008086"), None);
 }

@@ -238,6 +238,7 @@ impl VirtualMachine {
                 cache: disk.caching,
                 sync: disk.synchronization,
                 serial: disk.identifier.clone(),
+                engine: Default::default(),
             })
             .map_err(|source| StartError::Disk {
                 path: disk.path.clone(),

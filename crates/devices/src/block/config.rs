@@ -29,6 +29,21 @@ pub enum SyncMode {
     None,
 }
 
+/// What runs a disk's reads, writes and flushes. The default was chosen by measurement
+/// (docs/BLOCK.md, "The I/O backend, and why").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoEngine {
+    /// io_uring: many requests in flight per disk, completed in any order, on the disk's worker
+    /// thread with no hand-off between threads. The default; where the kernel refuses io_uring
+    /// (`kernel.io_uring_disabled`, a seccomp filter) the disk falls back to `Sync` with a
+    /// warning.
+    #[default]
+    IoUring,
+    /// `pread`/`pwrite`/`fdatasync` on the worker thread, one request at a time.
+    Sync,
+}
+
 /// Longest serial a guest can read (`VIRTIO_BLK_ID_BYTES`).
 pub const SERIAL_MAX_LEN: usize = 20;
 
@@ -43,6 +58,7 @@ pub struct BlockConfig {
     pub sync: SyncMode,
     /// What the guest reads with `GET_ID` (at most 20 bytes; Linux shows it as the serial).
     pub serial: Option<String>,
+    pub engine: IoEngine,
 }
 
 impl BlockConfig {
@@ -54,6 +70,7 @@ impl BlockConfig {
             cache: CacheMode::default(),
             sync: SyncMode::default(),
             serial: None,
+            engine: IoEngine::default(),
         }
     }
 }

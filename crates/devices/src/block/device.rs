@@ -85,7 +85,13 @@ impl<B: DiskBackend + 'static> std::fmt::Debug for Block<B> {
 impl Block<FileDisk> {
     /// Opens the disk `config` describes.
     pub fn open(config: &BlockConfig) -> Result<Block<FileDisk>, BlockError> {
-        let disk = FileDisk::open(&config.path, config.read_only, config.cache, config.sync)?;
+        let disk = FileDisk::open_with_engine(
+            &config.path,
+            config.read_only,
+            config.cache,
+            config.sync,
+            config.engine,
+        )?;
         Block::new(disk, config.read_only, config.serial.as_deref())
     }
 }

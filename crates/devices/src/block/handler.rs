@@ -1,21 +1,35 @@
 //! Running requests against the disk and guest memory, and the queue loop: pure logic over a
 //! queue, a backend and memory, with no thread and no KVM, so tests and the fuzzer drive it
 //! directly.
+//!
+//! A read or write takes a slot and moves through host buffers from the disk's [`BufferPool`]
+//! in pieces of at most [`CHUNK`] bytes; the backend may run each piece in the background
+//! ([`DiskBackend::start`]), so requests complete in any order, and each goes into the used ring
+//! with its own head and length when its last piece completes. Requests start in the order they
+//! were popped; a flush starts only once every write popped before it has completed. Guest
+//! memory is only ever touched through `vm-memory`'s bounds-checked copies.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use virtkit_virtio::warn_ratelimited;
-use vm_memory::{Address, Bytes, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::backend::DiskBackend;
+use super::backend::{DiskBackend, DiskCompletion, DiskOp, Started};
+use super::buffer::BufferPool;
 use super::metrics::BlockMetrics;
 use super::request::{
     parse_request, status, walk_chain, DiskLimits, Range, Request, Segment, ID_BYTES, SECTOR_SHIFT,
 };
 
-/// Largest piece of a request moved through the bounce buffer at once.
+/// Largest piece of a request moved through one buffer at once.
 const CHUNK: usize = 1 << 20;
+/// Buffer bytes the requests in flight may hold; past it, a request waits for others to complete
+/// before it starts (one always starts), so a guest cannot make the device allocate more.
+const BUFFER_BUDGET: usize = 8 << 20;
+/// Bytes of free buffers kept for reuse.
+const BUFFER_KEEP: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -25,13 +39,53 @@ pub enum QueueError {
     Stalled,
 }
 
+/// A read or write under way.
+struct Transfer {
+    write: bool,
+    /// Disk offset of the request's first byte.
+    offset: u64,
+    data: Vec<Segment>,
+    total: u64,
+    /// Bytes moved so far (pieces completed).
+    done: u64,
+    /// Its first piece went to the backend (a write then counts as in flight for flushes).
+    started: bool,
+}
+
+enum Job {
+    Transfer(Transfer),
+    Flush,
+}
+
+/// A request popped from the ring and not yet in the used ring.
+struct Slot {
+    head: u16,
+    status: GuestAddress,
+    job: Job,
+}
+
 /// Answers requests for one disk.
 pub struct RequestHandler<B> {
     pub disk: B,
     limits: DiskLimits,
     serial: [u8; ID_BYTES],
-    buffer: Vec<u8>,
     metrics: Arc<BlockMetrics>,
+    pool: BufferPool,
+    /// Requests under way, by tag (the index), with a free list.
+    slots: Vec<Option<Slot>>,
+    free_slots: Vec<usize>,
+    /// Slots waiting to start, in the order they were popped.
+    backlog: VecDeque<usize>,
+    /// Slots in use: popped, not yet in the used ring.
+    outstanding: usize,
+    /// Write requests started and not yet completed: a flush waits for them.
+    writes_in_flight: usize,
+    /// Completions to process (from the backend, or from ops that ran at once).
+    completions: Vec<DiskCompletion>,
+    /// Used-ring entries (head, length) of requests that completed, to publish.
+    finished: Vec<(u16, u32)>,
+    /// Entries were added to the used ring since the last interrupt decision.
+    used_any: bool,
 }
 
 impl<B: DiskBackend> RequestHandler<B> {
@@ -45,8 +99,16 @@ impl<B: DiskBackend> RequestHandler<B> {
             disk,
             limits,
             serial,
-            buffer: Vec::new(),
             metrics,
+            pool: BufferPool::new(BUFFER_KEEP),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            backlog: VecDeque::new(),
+            outstanding: 0,
+            writes_in_flight: 0,
+            completions: Vec::new(),
+            finished: Vec::new(),
+            used_any: false,
         }
     }
 
@@ -59,114 +121,322 @@ impl<B: DiskBackend> RequestHandler<B> {
         self.disk
     }
 
-    /// Answers one chain; returns the number of bytes written into it (the used length).
-    pub fn handle<M>(&mut self, chain: DescriptorChain<M>, mem: &GuestMemoryMmap) -> u32
+    /// Requests popped from the ring and not yet answered in the used ring.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// Pops what is available (if `pop`) and starts it, and completes what finished, waiting for
+    /// at least one completion first if `wait` and something is in flight. Returns whether the
+    /// driver must be interrupted.
+    fn step(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        pop: bool,
+        wait: bool,
+    ) -> Result<bool, QueueError> {
+        self.collect(mem, wait);
+        self.publish(queue, mem)?;
+        if pop {
+            self.pop_available(queue, mem)?;
+        }
+        self.pump(mem);
+        self.disk.submit();
+        // Ops that finished at once (page-cache hits under io_uring) are answered now.
+        self.collect(mem, false);
+        self.publish(queue, mem)?;
+        let used = std::mem::take(&mut self.used_any);
+        Ok(used && queue.needs_notification(mem).map_err(QueueError::Broken)?)
+    }
+
+    /// Pops available chains while fewer than a queue's worth are outstanding (a driver never
+    /// has more; a hostile one repeating heads is held to it).
+    fn pop_available(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<(), QueueError> {
+        let limit = usize::from(queue.size());
+        let mut idle_passes = 0;
+        loop {
+            queue.disable_notification(mem).map_err(QueueError::Broken)?;
+            let mut progress = false;
+            while self.outstanding < limit {
+                let chain = match queue.iter(mem) {
+                    Ok(mut available) => available.next(),
+                    Err(e) => return Err(QueueError::Broken(e)),
+                };
+                let Some(chain) = chain else { break };
+                progress = true;
+                if let Some((head, len)) = self.accept(chain, mem) {
+                    queue.add_used(mem, head, len).map_err(QueueError::Broken)?;
+                    self.used_any = true;
+                }
+            }
+            if self.outstanding >= limit {
+                // The rest stays in the ring until completions make room.
+                return Ok(());
+            }
+            if !queue.enable_notification(mem).map_err(QueueError::Broken)? {
+                return Ok(());
+            }
+            // More is available, yet a pass found nothing twice running: the ring cannot be read.
+            idle_passes = if progress { 0 } else { idle_passes + 1 };
+            if idle_passes >= 2 {
+                return Err(QueueError::Stalled);
+            }
+        }
+    }
+
+    /// Takes one chain: answers it at once (bad chains and requests, `GET_ID`, discard,
+    /// write-zeroes) with its used-ring entry, or queues it to start (`None`).
+    fn accept<M>(&mut self, chain: DescriptorChain<M>, mem: &GuestMemoryMmap) -> Option<(u16, u32)>
     where
         M: std::ops::Deref,
         M::Target: vm_memory::GuestMemory,
     {
         BlockMetrics::add(&self.metrics.requests, 1);
+        let head = chain.head_index();
         let chain = match walk_chain(chain, mem) {
             Ok(chain) => chain,
             Err(e) => {
                 BlockMetrics::add(&self.metrics.broken_chains, 1);
                 warn_ratelimited!("virtio-blk: request dropped: {e}");
-                return 0;
+                return Some((head, 0));
             }
         };
         let (code, written) = match parse_request(&chain, mem, &self.limits) {
-            Ok(request) => self.execute(request, mem),
+            Ok(Request::Read { sector, data }) => {
+                return self.queue(head, chain.status, transfer(false, sector, data))
+            }
+            Ok(Request::Write { sector, data }) => {
+                return self.queue(head, chain.status, transfer(true, sector, data))
+            }
+            Ok(Request::Flush) => {
+                BlockMetrics::add(&self.metrics.flushes, 1);
+                return self.queue(head, chain.status, Job::Flush);
+            }
+            Ok(Request::GetId { data }) => self.get_id(&data, mem),
+            Ok(Request::Discard(ranges)) => {
+                BlockMetrics::add(&self.metrics.discards, 1);
+                (self.ranges(&ranges, true), 0)
+            }
+            Ok(Request::WriteZeroes(ranges)) => {
+                BlockMetrics::add(&self.metrics.write_zeroes, 1);
+                (self.ranges(&ranges, false), 0)
+            }
             Err(e) => {
                 tracing::trace!("virtio-blk: request refused: {e}");
                 (e.status(), 0)
             }
         };
+        Some((head, self.answer(chain.status, code, written, mem)))
+    }
+
+    fn queue(&mut self, head: u16, status: GuestAddress, job: Job) -> Option<(u16, u32)> {
+        let slot = Slot { head, status, job };
+        let index = match self.free_slots.pop() {
+            Some(index) => {
+                self.slots[index] = Some(slot);
+                index
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        };
+        self.outstanding += 1;
+        self.backlog.push_back(index);
+        None
+    }
+
+    /// Writes the status byte; returns the used length (`written` data bytes and the status).
+    fn answer(&self, status_at: GuestAddress, code: u8, written: u32, mem: &GuestMemoryMmap) -> u32 {
         match code {
             status::IOERR => BlockMetrics::add(&self.metrics.io_errors, 1),
             status::UNSUPP => BlockMetrics::add(&self.metrics.unsupported, 1),
             _ => {}
         }
         // The status address was checked to be in guest memory.
-        if mem.write_obj(code, chain.status).is_err() {
+        if mem.write_obj(code, status_at).is_err() {
             return written;
         }
         written + 1
     }
 
-    fn execute(&mut self, request: Request, mem: &GuestMemoryMmap) -> (u8, u32) {
-        match request {
-            Request::Read { sector, data } => self.read(sector, &data, mem),
-            Request::Write { sector, data } => (self.write(sector, &data, mem), 0),
-            Request::Flush => {
-                BlockMetrics::add(&self.metrics.flushes, 1);
-                let result = self.disk.flush();
-                (io_status(result, "flush"), 0)
+    /// Starts queued requests in order while they may: a flush once no earlier write is in
+    /// flight, a transfer while the buffer budget allows (or nothing else is in flight).
+    fn pump(&mut self, mem: &GuestMemoryMmap) {
+        while let Some(&index) = self.backlog.front() {
+            let running = self.outstanding - self.backlog.len();
+            let ready = match self.slots.get(index).and_then(Option::as_ref).map(|s| &s.job) {
+                Some(Job::Flush) => true,
+                Some(Job::Transfer(t)) => running == 0 || self.pool.lent() + piece(t) <= BUFFER_BUDGET,
+                None => true,
+            };
+            if !ready {
+                break;
             }
-            Request::GetId { data } => self.get_id(&data, mem),
-            Request::Discard(ranges) => {
-                BlockMetrics::add(&self.metrics.discards, 1);
-                (self.ranges(&ranges, true), 0)
+            self.backlog.pop_front();
+            self.start(index, mem);
+        }
+    }
+
+    /// Hands slot `index`'s next piece to the backend.
+    fn start(&mut self, index: usize, mem: &GuestMemoryMmap) {
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        let op = match &mut slot.job {
+            Job::Flush => DiskOp::Flush,
+            Job::Transfer(t) => {
+                let n = piece(t);
+                let mut buffer = self.pool.take(n);
+                let offset = t.offset + t.done;
+                if t.write {
+                    if copy_from_guest(mem, &t.data, t.done, buffer.as_mut_slice()).is_err() {
+                        self.pool.give(buffer);
+                        self.finish(index, status::IOERR, mem);
+                        return;
+                    }
+                    if !t.started {
+                        self.writes_in_flight += 1;
+                    }
+                    t.started = true;
+                    DiskOp::Write { offset, buffer }
+                } else {
+                    t.started = true;
+                    DiskOp::Read { offset, buffer }
+                }
             }
-            Request::WriteZeroes(ranges) => {
-                BlockMetrics::add(&self.metrics.write_zeroes, 1);
-                (self.ranges(&ranges, false), 0)
+        };
+        match self.disk.start(index as u64, op) {
+            Started::InFlight => {}
+            Started::Done(completion) => self.completions.push(completion),
+        }
+    }
+
+    /// Processes completions until none is left, waiting first for one if `wait`.
+    fn collect(&mut self, mem: &GuestMemoryMmap, wait: bool) {
+        let mut wait = wait && self.disk.in_flight() > 0;
+        let mut batch = Vec::new();
+        loop {
+            if self.completions.is_empty() {
+                self.disk.reap(&mut self.completions, wait);
+                wait = false;
+            }
+            if self.completions.is_empty() {
+                break;
+            }
+            std::mem::swap(&mut batch, &mut self.completions);
+            for completion in batch.drain(..) {
+                self.complete(completion, mem);
+            }
+            self.pump(mem);
+            self.disk.submit();
+        }
+        // Keep the allocation.
+        if self.completions.capacity() == 0 {
+            self.completions = batch;
+        }
+    }
+
+    fn complete(&mut self, completion: DiskCompletion, mem: &GuestMemoryMmap) {
+        let index = completion.tag as usize;
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            tracing::warn!("virtio-blk: a completion for no request ({index})");
+            if let Some(buffer) = completion.buffer {
+                self.pool.give(buffer);
+            }
+            return;
+        };
+        match &mut slot.job {
+            Job::Flush => {
+                let code = io_status(completion.result, "flush");
+                self.finish(index, code, mem);
+            }
+            Job::Transfer(t) => {
+                let Some(buffer) = completion.buffer else {
+                    self.finish(index, status::IOERR, mem);
+                    return;
+                };
+                let code = match completion.result {
+                    Err(e) => {
+                        let what = if t.write { "write" } else { "read" };
+                        warn_ratelimited!("virtio-blk: {what} at {:#x} failed: {e}", t.offset + t.done);
+                        Some(status::IOERR)
+                    }
+                    Ok(()) if t.write => {
+                        BlockMetrics::add(&self.metrics.write_bytes, buffer.len() as u64);
+                        None
+                    }
+                    Ok(()) => match copy_to_guest(mem, &t.data, t.done, buffer.as_slice()) {
+                        Ok(()) => {
+                            BlockMetrics::add(&self.metrics.read_bytes, buffer.len() as u64);
+                            None
+                        }
+                        Err(()) => Some(status::IOERR),
+                    },
+                };
+                if code.is_none() {
+                    t.done += buffer.len() as u64;
+                }
+                let more = t.done < t.total;
+                self.pool.give(buffer);
+                match code {
+                    Some(code) => self.finish(index, code, mem),
+                    None if more => self.start(index, mem),
+                    None => self.finish(index, status::OK, mem),
+                }
             }
         }
     }
 
-    fn read(&mut self, sector: u64, data: &[Segment], mem: &GuestMemoryMmap) -> (u8, u32) {
-        let mut offset = sector << SECTOR_SHIFT;
-        let mut written = 0u32;
-        for segment in data {
-            let mut done = 0usize;
-            while done < segment.len as usize {
-                let n = CHUNK.min(segment.len as usize - done);
-                self.buffer.resize(n.max(self.buffer.len()), 0);
-                let buf = &mut self.buffer[..n];
-                if let Err(e) = self.disk.read_at(offset, buf) {
-                    warn_ratelimited!("virtio-blk: read at {offset:#x} failed: {e}");
-                    return (status::IOERR, written);
-                }
-                // In guest memory: checked when the request was parsed.
-                if mem
-                    .write_slice(buf, segment.addr.unchecked_add(done as u64))
-                    .is_err()
-                {
-                    return (status::IOERR, written);
-                }
-                offset += n as u64;
-                done += n;
-                written += n as u32;
-                BlockMetrics::add(&self.metrics.read_bytes, n as u64);
+    /// Answers slot `index` and frees it.
+    fn finish(&mut self, index: usize, code: u8, mem: &GuestMemoryMmap) {
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::take) else {
+            return;
+        };
+        self.free_slots.push(index);
+        self.outstanding -= 1;
+        let written = match &slot.job {
+            Job::Transfer(t) if t.write && t.started => {
+                self.writes_in_flight -= 1;
+                0
             }
-        }
-        (status::OK, written)
+            // Read data reaches the guest piece by piece: what arrived counts.
+            Job::Transfer(t) if !t.write => t.done as u32,
+            _ => 0,
+        };
+        let len = self.answer(slot.status, code, written, mem);
+        self.finished.push((slot.head, len));
     }
 
-    fn write(&mut self, sector: u64, data: &[Segment], mem: &GuestMemoryMmap) -> u8 {
-        let mut offset = sector << SECTOR_SHIFT;
-        for segment in data {
-            let mut done = 0usize;
-            while done < segment.len as usize {
-                let n = CHUNK.min(segment.len as usize - done);
-                self.buffer.resize(n.max(self.buffer.len()), 0);
-                let buf = &mut self.buffer[..n];
-                if mem
-                    .read_slice(buf, segment.addr.unchecked_add(done as u64))
-                    .is_err()
-                {
-                    return status::IOERR;
-                }
-                if let Err(e) = self.disk.write_at(offset, buf) {
-                    warn_ratelimited!("virtio-blk: write at {offset:#x} failed: {e}");
-                    return status::IOERR;
-                }
-                offset += n as u64;
-                done += n;
-                BlockMetrics::add(&self.metrics.write_bytes, n as u64);
-            }
+    fn publish(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<(), QueueError> {
+        for (head, len) in self.finished.drain(..) {
+            queue.add_used(mem, head, len).map_err(QueueError::Broken)?;
+            self.used_any = true;
         }
-        status::OK
+        Ok(())
+    }
+
+    /// Gives up on every request under way without answering it (the queue is broken or
+    /// gone): waits for the backend's ops in flight, so no buffer is freed under the kernel, and
+    /// forgets the rest.
+    pub fn abandon(&mut self) {
+        self.disk.reap(&mut self.completions, false);
+        while self.disk.in_flight() > 0 {
+            let before = self.disk.in_flight();
+            self.disk.reap(&mut self.completions, true);
+            if self.completions.is_empty() && self.disk.in_flight() == before {
+                break;
+            }
+            self.completions.clear();
+        }
+        self.completions.clear();
+        self.slots.clear();
+        self.free_slots.clear();
+        self.backlog.clear();
+        self.finished.clear();
+        self.outstanding = 0;
+        self.writes_in_flight = 0;
     }
 
     fn get_id(&mut self, data: &[Segment], mem: &GuestMemoryMmap) -> (u8, u32) {
@@ -201,6 +471,69 @@ impl<B: DiskBackend> RequestHandler<B> {
     }
 }
 
+fn transfer(write: bool, sector: u64, data: Vec<Segment>) -> Job {
+    let total = data.iter().map(|s| u64::from(s.len)).sum();
+    Job::Transfer(Transfer {
+        write,
+        offset: sector << SECTOR_SHIFT,
+        data,
+        total,
+        done: 0,
+        started: false,
+    })
+}
+
+/// Size of a transfer's next piece.
+fn piece(t: &Transfer) -> usize {
+    (t.total - t.done).min(CHUNK as u64) as usize
+}
+
+/// Calls `f` with each guest piece of `segments` from byte `skip` on, `len` bytes in all, and the
+/// range of those bytes counted from `skip`.
+fn for_each_piece(
+    segments: &[Segment],
+    mut skip: u64,
+    len: usize,
+    mut f: impl FnMut(GuestAddress, std::ops::Range<usize>) -> Result<(), ()>,
+) -> Result<(), ()> {
+    let mut at = 0usize;
+    for segment in segments {
+        if at == len {
+            break;
+        }
+        let seg_len = u64::from(segment.len);
+        if skip >= seg_len {
+            skip -= seg_len;
+            continue;
+        }
+        let n = ((seg_len - skip) as usize).min(len - at);
+        // The parser checked the segment is guest memory, so this cannot wrap; checked anyway.
+        let addr = segment.addr.checked_add(skip).ok_or(())?;
+        f(addr, at..at + n)?;
+        skip = 0;
+        at += n;
+    }
+    if at == len {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// Copies guest bytes `skip..` of `segments` into `buf` (bounds-checked by `vm-memory`).
+fn copy_from_guest(mem: &GuestMemoryMmap, segments: &[Segment], skip: u64, buf: &mut [u8]) -> Result<(), ()> {
+    for_each_piece(segments, skip, buf.len(), |addr, range| {
+        mem.read_slice(&mut buf[range], addr).map_err(|_| ())
+    })
+}
+
+/// Copies `buf` into guest bytes `skip..` of `segments` (bounds-checked by `vm-memory`).
+fn copy_to_guest(mem: &GuestMemoryMmap, segments: &[Segment], skip: u64, buf: &[u8]) -> Result<(), ()> {
+    for_each_piece(segments, skip, buf.len(), |addr, range| {
+        mem.write_slice(&buf[range], addr).map_err(|_| ())
+    })
+}
+
 fn io_status(result: std::io::Result<()>, what: &str) -> u8 {
     match result {
         Ok(()) => status::OK,
@@ -211,37 +544,44 @@ fn io_status(result: std::io::Result<()>, what: &str) -> u8 {
     }
 }
 
-/// Answers every available request; returns whether the driver must be interrupted.
+/// Pops every available request and starts it, and answers every request that has completed;
+/// returns whether the driver must be interrupted. With a synchronous backend every request is
+/// answered before it returns; with a background one, later calls (after its completion fd
+/// becomes readable) answer the rest.
 pub fn process_queue<B: DiskBackend>(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     handler: &mut RequestHandler<B>,
 ) -> Result<bool, QueueError> {
-    let mut used_any = false;
-    let mut idle_passes = 0;
-    loop {
-        queue.disable_notification(mem).map_err(QueueError::Broken)?;
-        let mut progress = false;
-        loop {
-            let chain = match queue.iter(mem) {
-                Ok(mut available) => available.next(),
-                Err(e) => return Err(QueueError::Broken(e)),
-            };
-            let Some(chain) = chain else { break };
-            let head = chain.head_index();
-            let used = handler.handle(chain, mem);
-            queue.add_used(mem, head, used).map_err(QueueError::Broken)?;
-            used_any = true;
-            progress = true;
-        }
-        if !queue.enable_notification(mem).map_err(QueueError::Broken)? {
-            break;
-        }
-        // More is available, yet a pass found nothing twice running: the ring cannot be read.
-        idle_passes = if progress { 0 } else { idle_passes + 1 };
-        if idle_passes >= 2 {
-            return Err(QueueError::Stalled);
+    handler.step(queue, mem, true, false)
+}
+
+/// Waits for at least one request in flight to complete (if any is), then does what
+/// [`process_queue`] does.
+pub fn complete_requests<B: DiskBackend>(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    handler: &mut RequestHandler<B>,
+) -> Result<bool, QueueError> {
+    handler.step(queue, mem, true, true)
+}
+
+/// Answers every request already popped, waiting for those in flight, and pops no more (a
+/// stop: reset, sleep, snapshot). Returns whether the driver must be interrupted.
+pub fn drain_queue<B: DiskBackend>(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    handler: &mut RequestHandler<B>,
+) -> Result<bool, QueueError> {
+    let mut interrupt = false;
+    while handler.outstanding > 0 {
+        let before = handler.outstanding;
+        interrupt |= handler.step(queue, mem, false, true)?;
+        if handler.outstanding == before && handler.disk.in_flight() == 0 && handler.completions.is_empty() {
+            // Nothing in flight can answer them: a backend lost its ops. Do not hang.
+            tracing::error!("virtio-blk: {before} requests lost by the disk backend are dropped");
+            handler.abandon();
         }
     }
-    Ok(used_any && queue.needs_notification(mem).map_err(QueueError::Broken)?)
+    Ok(interrupt)
 }

@@ -4,23 +4,34 @@
 //! - `backend`: where the bytes live ([`DiskBackend`]: [`FileDisk`], [`MemoryDisk`]).
 //! - `request`: chain walking and request checking, pure.
 //! - `handler`: running requests and the queue loop, pure.
+//! - `buffer`: the host buffers data passes through, and their per-disk pool.
+//! - `uring`: the io_uring engine of a `FileDisk` (the crate's only `unsafe`).
 //! - `worker`: the `v_blk` thread.
 //! - `device`: [`Block`], the [`virtkit_virtio::VirtioDevice`].
 
 mod backend;
+mod buffer;
 mod config;
 mod device;
 pub mod fuzz;
 mod handler;
 mod metrics;
 pub mod request;
+#[allow(unsafe_code)]
+mod uring;
 mod worker;
 
 #[cfg(test)]
+mod inflight_tests;
+#[cfg(test)]
 mod tests;
 
-pub use backend::{DiskBackend, DiskOpenError, FileDisk, MemoryDisk, DIRECT_IO_ALIGN};
-pub use config::{BlockConfig, CacheMode, SyncMode, SERIAL_MAX_LEN};
+pub use backend::{
+    run_now, DiskBackend, DiskCompletion, DiskOp, DiskOpenError, FileDisk, MemoryDisk, Started,
+    DIRECT_IO_ALIGN,
+};
+pub use buffer::IoBuffer;
+pub use config::{BlockConfig, CacheMode, IoEngine, SyncMode, SERIAL_MAX_LEN};
 pub use device::{features, Block, BlockError, BlockState, CONFIG_LEN, DEVICE_TYPE, PCI_CLASS, QUEUE_SIZE};
-pub use handler::{process_queue, QueueError, RequestHandler};
+pub use handler::{complete_requests, drain_queue, process_queue, QueueError, RequestHandler};
 pub use metrics::BlockMetrics;

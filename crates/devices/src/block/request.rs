@@ -215,8 +215,9 @@ fn total(segments: &[Segment]) -> u64 {
     segments.iter().map(|s| u64::from(s.len)).sum()
 }
 
-/// Splits `segments` after `at` bytes.
-fn split_at(segments: &[Segment], mut at: u64) -> (Vec<Segment>, Vec<Segment>) {
+/// Splits `segments` after `at` bytes. A segment split past the end of the address space cannot
+/// be guest memory: it is refused here rather than wrapping (found by `cargo fuzz`).
+fn split_at(segments: &[Segment], mut at: u64) -> Result<(Vec<Segment>, Vec<Segment>), RequestError> {
     let mut head = Vec::new();
     let mut tail = Vec::new();
     for s in segments {
@@ -229,18 +230,22 @@ fn split_at(segments: &[Segment], mut at: u64) -> (Vec<Segment>, Vec<Segment>) {
         } else {
             // `at` < `len` <= u32::MAX.
             let first = at as u32;
+            let rest = s.addr.checked_add(at).ok_or(RequestError::OutOfRange {
+                addr: s.addr.raw_value(),
+                len: s.len,
+            })?;
             head.push(Segment {
                 addr: s.addr,
                 len: first,
             });
             tail.push(Segment {
-                addr: s.addr.unchecked_add(at),
+                addr: rest,
                 len: s.len - first,
             });
             at = 0;
         }
     }
-    (head, tail)
+    Ok((head, tail))
 }
 
 /// Reads the bytes of `segments` (all of them) from guest memory.
@@ -334,7 +339,7 @@ pub fn parse_request(
     if readable_len < HEADER_LEN {
         return Err(RequestError::ShortHeader(readable_len));
     }
-    let (header, readable) = split_at(&chain.readable, HEADER_LEN);
+    let (header, readable) = split_at(&chain.readable, HEADER_LEN)?;
     let mut bytes = Vec::with_capacity(HEADER_LEN as usize);
     read_segments(mem, &header, &mut bytes)?;
     let kind = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));

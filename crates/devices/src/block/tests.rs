@@ -607,6 +607,38 @@ fn fuzz_entry_point_survives_pseudo_random_queues() {
     }
 }
 
+/// Found by `cargo fuzz` (scripts/fuzz.sh): a header split inside a descriptor at the top of the
+/// address space made the parser compute an address past `u64::MAX` (a panic with overflow
+/// checks, a wrapped address without). It must be an I/O error, as any buffer outside memory is.
+#[test]
+fn header_split_inside_a_descriptor_at_the_end_of_the_address_space_is_an_io_error() {
+    let mem = memory();
+    let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
+    header(&mem, types::IN, 0);
+    let out = run(&mem, &[(HEADER, 5, R), (u64::MAX, 32, R), (STATUS, 1, W)], &mut h);
+    assert!(out.result.is_ok());
+    assert_eq!(out.status, status::IOERR);
+    assert_eq!(out.used_len, 1);
+
+    // The fuzzer's input itself (fuzz/corpus/virtio_blk_queue/header_split_at_address_space_end):
+    // flags, then descriptors header 5 bytes / 32 bytes at u64::MAX / status, avail index 1.
+    let mut input = vec![0u8; 1 + 256 + 2 + 2];
+    let descs: [(u64, u32, u16, u16); 3] = [
+        (fuzz::DATA + 0x31, 5, VRING_DESC_F_NEXT as u16, 1),
+        (u64::MAX, 32, VRING_DESC_F_NEXT as u16, 2),
+        (fuzz::DATA + 0x400, 1, W, 0),
+    ];
+    for (i, (addr, len, flags, next)) in descs.into_iter().enumerate() {
+        let at = 1 + 16 * i;
+        input[at..at + 8].copy_from_slice(&addr.to_le_bytes());
+        input[at + 8..at + 12].copy_from_slice(&len.to_le_bytes());
+        input[at + 12..at + 14].copy_from_slice(&flags.to_le_bytes());
+        input[at + 14..at + 16].copy_from_slice(&next.to_le_bytes());
+    }
+    input[257] = 1;
+    fuzz::fuzz_queue(&input);
+}
+
 // The device with its worker thread.
 
 #[test]

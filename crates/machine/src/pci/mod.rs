@@ -1,6 +1,7 @@
 //! PCI: the devices' side ([`PciDevice`], [`PciConfiguration`], MSI-X) and the platform's side
 //! (the root bus on bus 0 with the configuration mechanism #1 ports and the ECAM window, the
-//! host bridge at 00:00.0, and BAR allocation for a direct kernel boot).
+//! host bridge at 00:00.0, the PIIX3 ISA bridge at 00:01.0, and BAR allocation for a direct
+//! kernel boot).
 //!
 //! How an access reaches a device:
 //! - configuration space: port 0xcf8/0xcfc ([`PciConfigIo`]) or the ECAM window
@@ -14,6 +15,7 @@ mod allocator;
 mod config_access;
 mod configuration;
 mod host_bridge;
+mod isa_bridge;
 pub mod msix;
 mod root;
 
@@ -23,7 +25,8 @@ pub use configuration::{
     PciConfiguration, PciHeader, COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, COMMAND_IO, COMMAND_MEMORY,
     CONFIG_SPACE_SIZE, NUM_BARS,
 };
-pub use host_bridge::HostBridge;
+pub use host_bridge::{HostBridge, PamHandler};
+pub use isa_bridge::{IsaBridge, DEVICE_PIIX3_ISA, ISA_BRIDGE_SLOT, PIRQ_COUNT, PIRQ_ROUTE_START};
 
 /// Offsets of the type-0 header's registers.
 pub mod header {
