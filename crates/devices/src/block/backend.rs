@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,7 @@ use rustix::io::ReadWriteFlags;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::buffer::IoBuffer;
+use super::guest_io::GuestIo;
 use super::config::{CacheMode, IoEngine, SyncMode};
 use super::uring::Uring;
 
@@ -23,6 +24,11 @@ pub enum DiskOp {
     Read { offset: u64, buffer: IoBuffer },
     /// Write all of `buffer` at `offset`.
     Write { offset: u64, buffer: IoBuffer },
+    /// Fill the guest memory `io` names from `offset`, with no host buffer (only for a backend
+    /// whose [`DiskBackend::guest_io_alignment`] is `Some`).
+    ReadGuest { offset: u64, io: GuestIo },
+    /// Write the guest memory `io` names at `offset`, likewise.
+    WriteGuest { offset: u64, io: GuestIo },
     /// Make every write completed so far durable, as the sync mode promises.
     Flush,
 }
@@ -45,9 +51,15 @@ pub enum Started {
     InFlight,
 }
 
-/// Runs `op` with the backend's synchronous methods.
+/// Runs `op` with the backend's synchronous methods (guest memory through a host copy).
 pub fn run_now<B: DiskBackend + ?Sized>(disk: &mut B, tag: u64, op: DiskOp) -> DiskCompletion {
     let (result, buffer) = match op {
+        DiskOp::ReadGuest { offset, io } => {
+            let mut data = vec![0u8; io.len()];
+            let result = disk.read_at(offset, &mut data).and_then(|()| io.fill_from(&data));
+            (result, None)
+        }
+        DiskOp::WriteGuest { offset, io } => (io.to_vec().and_then(|data| disk.write_at(offset, &data)), None),
         DiskOp::Read { offset, mut buffer } => (disk.read_at(offset, buffer.as_mut_slice()), Some(buffer)),
         DiskOp::Write { offset, buffer } => (disk.write_at(offset, buffer.as_slice()), Some(buffer)),
         DiskOp::Flush => (disk.flush(), None),
@@ -92,6 +104,13 @@ pub trait DiskBackend: Send {
     /// Background ops started and not yet handed back by `reap`.
     fn in_flight(&self) -> usize {
         0
+    }
+
+    /// `Some(align)` if the backend moves data straight between the disk and guest memory
+    /// ([`DiskOp::ReadGuest`], [`DiskOp::WriteGuest`]) when guest addresses, lengths and the
+    /// disk offset are multiples of `align`; `None` (the default) if it wants host buffers.
+    fn guest_io_alignment(&self) -> Option<usize> {
+        None
     }
 
     /// An eventfd the backend signals when a background op finishes: the worker sleeps on it in
@@ -440,6 +459,76 @@ impl DiskBackend for FileDisk {
                 }
                 Started::Done(run_now(self, tag, DiskOp::Write { offset, buffer }))
             }
+            // Guest memory straight to and from the file: through the page cache at once if
+            // that would not block, else (and always with `O_DIRECT`) in the background.
+            DiskOp::ReadGuest { offset, io } => {
+                let done = if self.direct {
+                    0
+                } else {
+                    match io.preadv2(self.file.as_fd(), offset, 0, libc::RWF_NOWAIT) {
+                        // End of file: zeros.
+                        Ok(0) => match io.zero_from(0) {
+                            Ok(()) => io.len(),
+                            Err(_) => 0,
+                        },
+                        Ok(n) => n,
+                        Err(_) => 0,
+                    }
+                };
+                if done == io.len() {
+                    return Started::Done(DiskCompletion {
+                        tag,
+                        result: Ok(()),
+                        buffer: None,
+                    });
+                }
+                uring.start(tag, DiskOp::ReadGuest { offset, io }, done);
+                Started::InFlight
+            }
+            DiskOp::WriteGuest { offset, io } => {
+                if self.direct {
+                    uring.start(tag, DiskOp::WriteGuest { offset, io }, 0);
+                    return Started::InFlight;
+                }
+                if self.nowait_writes {
+                    match io.pwritev2(self.file.as_fd(), offset, 0, libc::RWF_NOWAIT) {
+                        Ok(n) if n == io.len() => {
+                            return Started::Done(DiskCompletion {
+                                tag,
+                                result: Ok(()),
+                                buffer: None,
+                            })
+                        }
+                        Ok(n) => {
+                            uring.start(tag, DiskOp::WriteGuest { offset, io }, n);
+                            return Started::InFlight;
+                        }
+                        // No non-blocking buffered writes here: see the host-buffer case above.
+                        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => self.nowait_writes = false,
+                        Err(_) => {
+                            uring.start(tag, DiskOp::WriteGuest { offset, io }, 0);
+                            return Started::InFlight;
+                        }
+                    }
+                }
+                let mut done = 0;
+                let result = loop {
+                    if done >= io.len() {
+                        break Ok(());
+                    }
+                    match io.pwritev2(self.file.as_fd(), offset, done, 0) {
+                        Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => done += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                Started::Done(DiskCompletion {
+                    tag,
+                    result,
+                    buffer: None,
+                })
+            }
             // `O_DIRECT`, aligned: to the disk, in the background.
             DiskOp::Read { offset, buffer } if Self::direct_ready(offset, buffer.as_slice()) => {
                 uring.start(tag, DiskOp::Read { offset, buffer }, 0);
@@ -469,6 +558,11 @@ impl DiskBackend for FileDisk {
 
     fn in_flight(&self) -> usize {
         self.uring.as_ref().map_or(0, Uring::in_flight)
+    }
+
+    fn guest_io_alignment(&self) -> Option<usize> {
+        self.uring.as_ref()?;
+        Some(if self.direct { DIRECT_IO_ALIGN } else { 1 })
     }
 
     fn completion_event(&self) -> Option<&EventFd> {

@@ -267,7 +267,7 @@ impl<B: DiskBackend> RequestHandler<B> {
         while let Some(&index) = self.backlog.front() {
             let running = self.outstanding - self.backlog.len();
             let ready = match self.slots.get(index).and_then(Option::as_ref).map(|s| &s.job) {
-                Some(Job::Flush) => true,
+                Some(Job::Flush) => self.writes_in_flight == 0,
                 Some(Job::Transfer(t)) => running == 0 || self.pool.lent() + piece(t) <= BUFFER_BUDGET,
                 None => true,
             };

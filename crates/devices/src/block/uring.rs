@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::{DiskCompletion, DiskOp};
 use super::buffer::IoBuffer;
+use super::guest_io::GuestIo;
 
 /// Submission queue entries; the completion queue gets twice as many.
 const RING_ENTRIES: u32 = 256;
@@ -28,11 +29,40 @@ enum Kind {
     Sync,
 }
 
+/// Where an op's data is.
+enum Data {
+    None,
+    Buffer(IoBuffer),
+    Guest {
+        io: GuestIo,
+        /// The vectors handed to the kernel (what is left of `io` after `done`).
+        vectors: Vec<libc::iovec>,
+    },
+}
+
+impl Data {
+    /// The host buffer to hand back; guest memory needs nothing handed back.
+    fn into_buffer(self) -> Option<IoBuffer> {
+        match self {
+            Data::Buffer(buffer) => Some(buffer),
+            _ => None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Data::None => 0,
+            Data::Buffer(buffer) => buffer.len(),
+            Data::Guest { io, .. } => io.len(),
+        }
+    }
+}
+
 struct Op {
     tag: u64,
     kind: Kind,
     offset: u64,
-    buffer: Option<IoBuffer>,
+    data: Data,
     /// Bytes already transferred (a short read or write is continued from here).
     done: usize,
 }
@@ -98,10 +128,16 @@ impl Uring {
                 break;
             }
         }
-        let (kind, offset, buffer) = match op {
-            DiskOp::Read { offset, buffer } => (Kind::Read, offset, Some(buffer)),
-            DiskOp::Write { offset, buffer } => (Kind::Write, offset, Some(buffer)),
-            DiskOp::Flush => (Kind::Sync, 0, None),
+        let guest = |io| Data::Guest {
+            io,
+            vectors: Vec::new(),
+        };
+        let (kind, offset, data) = match op {
+            DiskOp::Read { offset, buffer } => (Kind::Read, offset, Data::Buffer(buffer)),
+            DiskOp::Write { offset, buffer } => (Kind::Write, offset, Data::Buffer(buffer)),
+            DiskOp::ReadGuest { offset, io } => (Kind::Read, offset, guest(io)),
+            DiskOp::WriteGuest { offset, io } => (Kind::Write, offset, guest(io)),
+            DiskOp::Flush => (Kind::Sync, 0, Data::None),
         };
         let slot = self.free.pop().unwrap_or_else(|| {
             self.ops.push(None);
@@ -111,7 +147,7 @@ impl Uring {
             tag,
             kind,
             offset,
-            buffer,
+            data,
             done,
         });
         self.in_flight += 1;
@@ -124,32 +160,38 @@ impl Uring {
             return;
         };
         let fd = types::Fd(self.fd);
-        let entry = match (op.kind, op.buffer.as_mut()) {
+        let at = op.offset + op.done as u64;
+        let entry = match (op.kind, &mut op.data) {
             (Kind::Sync, _) => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
-            (Kind::Read, Some(buffer)) => {
+            (Kind::Read, Data::Buffer(buffer)) => {
                 let rest = &mut buffer.as_mut_slice()[op.done..];
-                opcode::Read::new(fd, rest.as_mut_ptr(), rest.len() as u32)
-                    .offset(op.offset + op.done as u64)
-                    .build()
+                opcode::Read::new(fd, rest.as_mut_ptr(), rest.len() as u32).offset(at).build()
             }
-            (Kind::Write, Some(buffer)) => {
+            (Kind::Write, Data::Buffer(buffer)) => {
                 let rest = &buffer.as_slice()[op.done..];
-                opcode::Write::new(fd, rest.as_ptr(), rest.len() as u32)
-                    .offset(op.offset + op.done as u64)
-                    .build()
+                opcode::Write::new(fd, rest.as_ptr(), rest.len() as u32).offset(at).build()
             }
-            (Kind::Read | Kind::Write, None) => {
+            (Kind::Read, Data::Guest { io, vectors }) => {
+                io.vectors_from(op.done, vectors);
+                opcode::Readv::new(fd, vectors.as_ptr(), vectors.len() as u32).offset(at).build()
+            }
+            (Kind::Write, Data::Guest { io, vectors }) => {
+                io.vectors_from(op.done, vectors);
+                opcode::Writev::new(fd, vectors.as_ptr(), vectors.len() as u32).offset(at).build()
+            }
+            (Kind::Read | Kind::Write, Data::None) => {
                 self.fail(slot, io::Error::other("an io_uring op lost its buffer"));
                 return;
             }
         };
         let entry: squeue::Entry = entry.user_data(slot as u64);
         loop {
-            // SAFETY: the entry points at `rest`, inside the `IoBuffer` owned by `ops[slot]`. That
-            // buffer stays there, unmoved (its heap storage is fixed) and untouched by anything
-            // else, until this op's completion is taken off the ring in `harvest`; `Drop` waits
-            // for every op in flight, or leaks the buffers if it cannot. An fsync entry has no
-            // buffer.
+            // SAFETY: the entry points at `rest`, inside the `IoBuffer` owned by `ops[slot]`, or
+            // at `vectors` and the guest memory they name (kept mapped by the `GuestIo`, see
+            // `guest_io`), both owned by `ops[slot]`. They stay there, unmoved (heap storage
+            // that is not resized) and untouched by anything else, until this op's completion is
+            // taken off the ring in `harvest`; `Drop` waits for every op in flight, or leaks them
+            // if it cannot. An fsync entry has no buffer.
             let pushed = unsafe { self.ring.submission().push(&entry) };
             if pushed.is_ok() {
                 return;
@@ -170,7 +212,7 @@ impl Uring {
             self.ready.push(DiskCompletion {
                 tag: op.tag,
                 result: Err(error),
-                buffer: op.buffer,
+                buffer: op.data.into_buffer(),
             });
         }
     }
@@ -216,17 +258,21 @@ impl Uring {
                 tracing::warn!("virtio-blk: io_uring completion for no op ({slot})");
                 continue;
             };
-            let len = op.buffer.as_ref().map_or(0, IoBuffer::len);
+            let len = op.data.len();
             let outcome = match (op.kind, result) {
                 (_, r) if r == -libc::EINTR || r == -libc::EAGAIN => None,
                 (_, r) if r < 0 => Some(Err(io::Error::from_raw_os_error(-r))),
                 (Kind::Sync, _) => Some(Ok(())),
                 (Kind::Read, 0) => {
                     // End of file: the rest reads as zeros.
-                    if let Some(buffer) = op.buffer.as_mut() {
-                        buffer.as_mut_slice()[op.done..].fill(0);
+                    match &mut op.data {
+                        Data::Buffer(buffer) => {
+                            buffer.as_mut_slice()[op.done..].fill(0);
+                            Some(Ok(()))
+                        }
+                        Data::Guest { io, .. } => Some(io.zero_from(op.done)),
+                        Data::None => Some(Ok(())),
                     }
-                    Some(Ok(()))
                 }
                 (Kind::Write, 0) => Some(Err(io::ErrorKind::WriteZero.into())),
                 (_, n) => {
@@ -248,7 +294,7 @@ impl Uring {
                         self.ready.push(DiskCompletion {
                             tag: op.tag,
                             result,
-                            buffer: op.buffer,
+                            buffer: op.data.into_buffer(),
                         });
                     }
                 }
@@ -307,7 +353,7 @@ impl Drop for Uring {
                 self.in_flight
             );
             for op in self.ops.drain(..).flatten() {
-                std::mem::forget(op.buffer);
+                std::mem::forget(op.data);
             }
         }
     }

@@ -115,7 +115,7 @@ impl<B: DiskBackend> Worker<B> {
                 break;
             }
         }
-        // self.drain();
+        self.drain();
         (self.queue, self.handler)
     }
 
