@@ -19,6 +19,11 @@ Part 4, no VM: crates/devices/examples/blk_throughput drives the virtio-blk requ
 virtqueue in guest memory against a 1 GiB file with each I/O engine candidate (sync, io_uring, a
 thread pool), next to plain pread/pwrite of the same offsets.
 
+Part 5, inside the emulated KVM host again (one boot): the stock kernel's virtio_blk driver under
+virtkit and under QEMU -M q35 (virtio-blk-pci, O_DIRECT on the host side in both), on one image
+file on the emulated host's disk; the guest runs bench/odirect.c (sequential O_DIRECT writes,
+then reads) and prints MB/s; the VMMs alternate. The pieces are in bench/guest_disk.py.
+
 Every run is timed by bench/spawntime.c (compiled static into bench/out/), the same tool in both
 parts. Results go to stdout and to bench/RESULTS.md (the part below the results marker is
 replaced); raw per-run data to bench/out/. Use bench/run.sh; only the standard library is used.
@@ -39,6 +44,8 @@ import threading
 import time
 from pathlib import Path
 
+import guest_disk
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
@@ -57,7 +64,7 @@ MBR_IMAGE = OUT / "mbr-bench.img"
 MBR_IMAGE_BYTES = 128 << 20
 BLK_IMAGE = OUT / "blk-throughput.img"
 BLK_IMAGE_MIB = 1024
-ALL_PARTS = (1, 2, 3, 4)
+ALL_PARTS = (1, 2, 3, 4, 5)
 
 SMOKE_MARKER = "virtkit-smoke: ready"
 GUEST_MARKER = "VIRTKIT-GUEST: init"
@@ -70,6 +77,18 @@ MBR_BENCH_BYTES = 64 << 20
 MBR_RESULT_RE = re.compile(r"bench-read bytes=67108864 tsc=([0-9a-f]{16})")
 # Part 4: what the device must reach, as a fraction of the host file's throughput.
 BLK_TARGET = 0.9
+# Part 5: the guest program, the emulated host's disk, and what the guest does on each boot.
+ODIRECT_SRC = BENCH / "odirect.c"
+ODIRECT = OUT / "odirect"
+ODIRECT_HOST_DISK = OUT / "odirect-host-disk.img"
+ODIRECT_HOST_DISK_MIB = 512
+ODIRECT_IMAGE_MIB = 256  # the image; each pass writes and reads all of it
+ODIRECT_BLOCK_KIB = 1024
+ODIRECT_PASSES = 2  # write-then-read passes per guest boot
+ODIRECT_TIMEOUT = 240  # seconds per guest boot (a normal one takes 25-40 s)
+# What QEMU -M q35 loads when booting a kernel: SeaBIOS and two option ROMs.
+QEMU_Q35_FILES = ["/usr/share/seabios/bios-256k.bin", "/usr/share/qemu/linuxboot_dma.bin",
+                  "/usr/share/qemu/kvmvapic.bin"]
 
 # From the issue: the same smoke guest, measured by the issue's author (not on this host).
 # name: (first output ms, exit ms, peak RSS MiB)
@@ -161,15 +180,44 @@ them, not on one). The target ratio at QD 1 is against the host at QD 1; at QD 3
 better of the two host figures. **Device on memory** is the device with an in-memory disk: its
 own cost per request.
 
+**Part 5, the guest's O_DIRECT disk I/O inside the emulated KVM host.** One more boot of the
+emulated host (as in part 2), this time with a disk of its own: a `virtio-blk-device` of its QEMU
+backed by a sparse 512 MiB file in `bench/out/` with `cache=unsafe` (this machine's page cache,
+where the emulated host's flushes end: the shared machine's disk and its other users stay out of
+the figures), holding an ext4 file system that `mkfs.ext4` makes fresh each run. The emulated
+host loads `virtio_mmio` and `virtio_blk` (taken from the guest initramfs: the same kernel),
+mounts it and writes the image, `/mnt/bench/guest-disk.img` (256 MiB), in full with `O_DIRECT`
+(no holes). Then virtkit and QEMU `-M q35` take turns booting the stock kernel with 1 vCPU,
+256 MiB and that image as a virtio-blk-pci disk opened with `O_DIRECT` by both (virtkit
+`--disk IMG,cache=uncached`; QEMU `-drive file=IMG,format=raw,cache=none,aio=threads -device
+virtio-blk-pci`). The image is not in the emulated host's tmpfs because the 6.1 kernel's tmpfs
+refuses `O_DIRECT`, so neither VMM could open it there with these settings. The guest initramfs
+is the asset one with a second archive appended holding `bench/odirect.c` (compiled static); the
+guest's init runs it (`virtkit.run`) on `/dev/vda`: per pass, sequential 1 MiB `pwrite`s with
+`O_DIRECT` from an aligned buffer over the whole 256 MiB and an `fdatasync`, then sequential
+1 MiB `pread`s of the same, each block checked against what the pass wrote (a tag per 4 KiB);
+each phase timed by the guest's `CLOCK_MONOTONIC`; 2 passes per boot, then power-off. Figures are
+medians over all passes of all boots (default 4 boots per VMM, alternating which goes first).
+**Caveats:** the emulated host's CPU is QEMU's software emulator, so everything on a request's
+way (the guest's driver, the nested exits through the emulated host's `kvm_amd` into the VMM,
+the VMM's I/O, the emulated host's ext4 and `virtio_blk`, its QEMU's backend) runs tens of times
+slower than on hardware: the absolute MB/s say nothing about hardware, only the ratio between
+the two VMMs means something, and the cost below the VMMs' own `pread`/`pwrite`, the same for
+both, pulls that ratio toward 1. The guest's `O_DIRECT` does not depend on the host-side cache
+mode; the queue depth is what Linux's `virtio_blk` sends for 1 MiB requests from one thread.
+
 **Rerun:** `bench/run.sh` from the repository root (it builds `virtkit-cli`, `virtkit-test-guests`,
 the `emulated_host` example and the `blk_throughput` example in release mode first; it needs
-`scripts/assets.sh` to have been run, QEMU, SeaBIOS, gcc with the static glibc, Python 3, and
-1.2 GiB free in `bench/out/` on a filesystem with `O_DIRECT`). Options: `--parts 1,2,3,4` (which
-parts to run; default all), `--runs N` (part 1, default 30), `--inner-runs N` (part 2, per VMM,
+`scripts/assets.sh` to have been run, QEMU, SeaBIOS, gcc with the static glibc, Python 3,
+`mkfs.ext4` (e2fsprogs), and 1.7 GiB free in `bench/out/` on a filesystem with `O_DIRECT`).
+Options: `--parts 1,2,3,4,5` (which parts to run; default all), `--runs N` (part 1, default 30), `--inner-runs N` (part 2, per VMM,
 default 6), `--disk-runs N` (part 3, per VMM, default 12), `--blk-seconds S` and `--blk-reps N`
-(part 4: seconds per measurement, default 0.4, and repetitions, default 7), `--skip-emulated`
-(the same as leaving 2 out of `--parts`), `--no-build`. The file is rewritten from the parts
-that ran. Raw per-run data and the emulated host's log are left in `bench/out/`.
+(part 4: seconds per measurement, default 0.4, and repetitions, default 7), `--odirect-runs N`
+(part 5, guest boots per VMM, default 4), `--skip-emulated` (the same as leaving 2 out of
+`--parts`), `--no-build`. The sections of the parts that ran are rewritten; those of the parts
+that did not run are kept from this file, each marked with the run it comes from, and so are
+their lines in the list of where virtkit is slower. Raw per-run data and the emulated hosts'
+logs are left in `bench/out/`.
 """
 
 
@@ -298,7 +346,18 @@ def check_prerequisites(args):
         if free_mib < BLK_IMAGE_MIB + 200:
             missing.append(f"{rel(OUT)} has {free_mib} MiB free; part 4 needs "
                            f"{BLK_IMAGE_MIB + 200} MiB for its image")
-    if 2 in args.parts:
+    if 5 in args.parts:
+        for f in QEMU_Q35_FILES:
+            if not Path(f).is_file():
+                missing.append(f"{f} is missing (part 5): apt-get install qemu-system-data seabios")
+        if not sbin_tool("mkfs.ext4"):
+            missing.append("mkfs.ext4 is missing (part 5): apt-get install e2fsprogs")
+        OUT.mkdir(parents=True, exist_ok=True)
+        st = os.statvfs(OUT)
+        if st.f_bavail * st.f_frsize >> 20 < ODIRECT_HOST_DISK_MIB + 100:
+            missing.append(f"{rel(OUT)} has too little free space; part 5 needs "
+                           f"{ODIRECT_HOST_DISK_MIB + 100} MiB for the emulated host's disk")
+    if 2 in args.parts or 5 in args.parts:
         need = ["vmlinuz", "guest-initramfs.cpio.gz", "manifest.json", "busybox", "host-modules/order"]
         gone = [n for n in need if not (ASSETS / n).exists()]
         if gone:
@@ -311,10 +370,16 @@ def check_prerequisites(args):
         raise BenchError("prerequisites missing:\n  - " + "\n  - ".join(missing))
 
 
+def sbin_tool(name):
+    """A tool looked up in PATH and the sbin directories (mkfs.ext4 is in /usr/sbin)."""
+    return which(name) or next((Path(d) / name for d in ("/usr/sbin", "/sbin")
+                                if (Path(d) / name).is_file()), None)
+
+
 def build(args):
     steps = [["cargo", "build", "--release", "-p", "virtkit-cli", "-p", "virtkit-test-guests"]]
     needed = [VIRTKIT]
-    if 2 in args.parts:
+    if 2 in args.parts or 5 in args.parts:
         steps.append(["cargo", "build", "--release", "-p", "virtkit-testkit", "--example",
                       "emulated_host"])
         needed.append(EMULATED_HOST)
@@ -345,13 +410,13 @@ def mbr_candidates():
                   key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def build_helper():
+def build_helper(src=HELPER_SRC, dest=HELPER):
     OUT.mkdir(parents=True, exist_ok=True)
-    cmd = ["gcc", "-static", "-O2", "-Wall", "-Wextra", "-o", HELPER, HELPER_SRC]
+    cmd = ["gcc", "-static", "-O2", "-Wall", "-Wextra", "-o", dest, src]
     code, out = run(cmd, 120, "gcc")
     if code != 0:
         raise BenchError(
-            f"cannot build {HELPER_SRC.relative_to(ROOT)} statically:\n{out.strip()}\n"
+            f"cannot build {src.relative_to(ROOT)} statically:\n{out.strip()}\n"
             "(a static build needs /usr/lib/x86_64-linux-gnu/libc.a: apt-get install libc6-dev)")
 
 
@@ -767,6 +832,132 @@ def part4(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# Part 5: the guest's sequential O_DIRECT throughput inside the emulated KVM host
+
+def make_odirect_host_disk():
+    """A fresh ext4 file system on a sparse file of this machine: the emulated host's disk."""
+    ODIRECT_HOST_DISK.unlink(missing_ok=True)
+    with open(ODIRECT_HOST_DISK, "wb") as f:
+        f.truncate(ODIRECT_HOST_DISK_MIB << 20)
+    cmd = [sbin_tool("mkfs.ext4"), "-q", "-F", "-L", "bench5", ODIRECT_HOST_DISK]
+    code, out = run(cmd, 120, "mkfs.ext4")
+    if code != 0:
+        raise BenchError(f"mkfs.ext4 on {rel(ODIRECT_HOST_DISK)} failed:\n{out.strip()}")
+
+
+def part5(args):
+    build_helper(ODIRECT_SRC, ODIRECT)
+    base = (ASSETS / "guest-initramfs.cpio.gz").read_bytes()
+    try:
+        modules = guest_disk.extract_files(base, guest_disk.HOST_DISK_MODULES)
+    except (guest_disk.ArchiveError, OSError, EOFError) as e:
+        raise BenchError(f"cannot take the virtio modules from the guest initramfs: {e}; "
+                         "rerun scripts/assets.sh") from None
+    mod_dir = OUT / "odirect-host-modules"
+    mod_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in modules.items():
+        (mod_dir / name).write_bytes(data)
+    initrd = OUT / "odirect-initrd"
+    initrd.write_bytes(guest_disk.initrd_with_files(
+        base, [(guest_disk.GUEST_PROGRAM, 0o755, ODIRECT.read_bytes())]))
+    make_odirect_host_disk()
+
+    cmds = guest_disk.inner_commands(ODIRECT_IMAGE_MIB, ODIRECT_BLOCK_KIB, ODIRECT_PASSES)
+    script_path = OUT / "odirect-host-script.sh"
+    script_path.write_text(guest_disk.host_script(cmds, args.odirect_runs, ODIRECT_IMAGE_MIB,
+                                                  ODIRECT_TIMEOUT))
+    # After kvm-ready: writing the image, then the boots (30-40 s each), with slack.
+    after_ready = 2 * args.odirect_runs * 90 + 180
+    disk = (f"file={ODIRECT_HOST_DISK.resolve()},if=none,id=bench5,format=raw,cache=unsafe,"
+            "aio=threads")
+    cmd = [EMULATED_HOST,
+           "--binary", f"{VIRTKIT}:/usr/bin/virtkit",
+           "--binary", f"{QEMU}:/usr/bin/qemu-system-x86_64",
+           "--file", f"{ASSETS / 'vmlinuz'}:/guest/vmlinuz",
+           "--file", f"{initrd}:/guest/initrd",
+           "--file", f"{mod_dir}:{guest_disk.HOST_MODULE_DIR}"]
+    for f in QEMU_Q35_FILES:
+        cmd += ["--file", f"{f}:{f}"]
+    cmd += ["--qemu-arg", "-drive", "--qemu-arg", disk,
+            "--qemu-arg", "-device", "--qemu-arg", "virtio-blk-device,drive=bench5",
+            "--timeout", str(after_ready), script_path]
+    outer = 2 * 90 + after_ready + 60
+
+    boots = {name: {} for name in cmds}
+    info = {"attempts": None, "boot_to_ready_s": None, "host": None, "retry_notices": []}
+    failures, host_fail = [], []
+    log_path = OUT / "odirect-emulated-host.log"
+    logf = log_path.open("w")
+
+    def on_line(line):
+        logf.write(line + "\n")
+        logf.flush()
+        body = line[len("[host] "):] if line.startswith("[host] ") else line
+        r = guest_disk.parse_line(body)
+        if r:
+            b = boots.setdefault(r["vmm"], {}).setdefault(
+                r["boot"], {"boot": r["boot"], "write": [], "read": [], "exit": None})
+            if "exit" in r:
+                b["exit"] = r["exit"]
+                ok = (r["exit"] == "0" and len(b["write"]) == ODIRECT_PASSES
+                      and len(b["read"]) == ODIRECT_PASSES)
+                b["ok"] = ok
+                log(f"part 5: {r['vmm']} boot {r['boot']}: write "
+                    f"{', '.join(f'{x:.1f}' for x in b['write']) or '-'} MB/s, read "
+                    f"{', '.join(f'{x:.1f}' for x in b['read']) or '-'} MB/s, exit {r['exit']}")
+                if not ok:
+                    failures.append(f"{r['vmm']} boot {r['boot']}: exit {r['exit']}, "
+                                    f"{len(b['write'])} write and {len(b['read'])} read passes "
+                                    f"of {ODIRECT_PASSES}")
+            else:
+                b[r["op"]].append(r["mbps"])
+            return
+        if body.startswith("BENCH5-LOG "):
+            log(f"part 5: guest console: {body[len('BENCH5-LOG '):]}")
+        elif body.startswith("BENCH5-FAIL "):
+            host_fail.append(body[len("BENCH5-FAIL "):])
+            log(f"part 5: emulated host: {body}")
+        elif body.startswith("BENCH5-HOST "):
+            info["host"] = body[len("BENCH5-HOST "):]
+            log(f"part 5: emulated host ready, image written: {info['host']}")
+        elif "hung before /dev/kvm was ready" in line:
+            info["retry_notices"].append(line.strip())
+            log(line.strip())
+        m = re.search(r"boot to kvm-ready ([\d.]+) s, run ([\d.]+) s, attempts (\d+)", line)
+        if m:
+            info["boot_to_ready_s"] = float(m.group(1))
+            info["attempts"] = int(m.group(3))
+
+    log(f"part 5: booting the emulated KVM host; {args.odirect_runs} guest boots per VMM, "
+        f"alternating, each writing and reading {ODIRECT_IMAGE_MIB} MiB {ODIRECT_PASSES} times "
+        "(about 35 s per boot)")
+    t0 = time.monotonic()
+    try:
+        code = stream(cmd, outer, "the emulated host run (part 5)", on_line)
+    finally:
+        logf.close()
+        ODIRECT_HOST_DISK.unlink(missing_ok=True)
+    info["wall_s"] = time.monotonic() - t0
+    if code != 0 or host_fail:
+        tail = "\n".join(log_path.read_text().splitlines()[-30:])
+        hang = "HangBeforeReady" in tail or "before /dev/kvm was ready" in tail
+        raise BenchError(
+            f"the emulated host run of part 5 failed (exit {code}"
+            + (f": {'; '.join(host_fail)}" if host_fail else "") + ")"
+            + ("; it hung before /dev/kvm was ready twice (emulator hangs, not virtkit): "
+               "rerun bench/run.sh" if hang else "")
+            + f"; log: {rel(log_path)}; last lines:\n{tail}")
+    for name, bs in boots.items():
+        if len(bs) < args.odirect_runs:
+            failures.append(f"{name}: {len(bs)} of {args.odirect_runs} boots reported")
+    return {"boots": {n: [bs[k] for k in sorted(bs)] for n, bs in boots.items()},
+            "info": info, "failures": failures,
+            "commands": {n: " ".join(shlex.quote(c) for c in c_) + " </dev/null"
+                         for n, c_ in cmds.items()},
+            "harness": " ".join(shlex.quote(rel(c)) for c in cmd)}
+
+
+# ---------------------------------------------------------------------------------------------
 # Report
 
 def busy_processes():
@@ -984,6 +1175,33 @@ def disk_tables(p3):
     return t1, t2, slower
 
 
+def odirect_tables(p5):
+    ok = {n: [b for b in bs if b.get("ok")] for n, bs in p5["boots"].items()}
+    samples = lambda boots, op: [x for b in boots for x in b[op]]
+    spread = lambda xs: (f"**{med(xs):.1f}** ({min(xs):.1f}–{max(xs):.1f})" if xs else "n/a")
+    rows = []
+    for name, bs in p5["boots"].items():
+        good = ok[name]
+        rows.append([name, f"{len(good)}/{len(bs)}", spread(samples(good, "write")),
+                     spread(samples(good, "read")), str(len(samples(good, "write")))])
+    t1 = md_table(["VMM", "boots ok", "sequential write, MB/s: median (min–max)",
+                   "sequential read, MB/s: median (min–max)", "passes (each op)"], rows)
+    ratios, slower = [], []
+    vk, qm = ok.get("virtkit"), ok.get("QEMU q35")
+    if vk and qm:
+        cells = []
+        for op in ("write", "read"):
+            a, b = med(samples(vk, op)), med(samples(qm, op))
+            cells.append(fmt_ratio(a / b))
+            if a < b:
+                slower.append(f"guest O_DIRECT sequential {op} (emulated host): virtkit {a:.1f} MB/s "
+                              f"vs QEMU q35 {b:.1f} MB/s (×{a / b:.2f})")
+        ratios.append(["virtkit / QEMU q35"] + cells)
+    t2 = md_table(["throughput ratio (higher is better for virtkit)", "sequential write",
+                   "sequential read"], ratios)
+    return t1, t2, slower
+
+
 WORKLOADS = [("seq64k", "read", "sequential 64 KiB read"), ("seq64k", "write", "sequential 64 KiB write"),
              ("rand4k", "read", "random 4 KiB read"), ("rand4k", "write", "random 4 KiB write")]
 
@@ -1048,7 +1266,7 @@ def blk_tables(p4):
     return t1, t2, t3, below
 
 
-def report(args, env, started, p1, p2, p3, p4, elapsed):
+def report(args, env, started, p1, p2, p3, p4, p5, elapsed):
     out = []
     out.append("## Results\n")
     out.append(f"- **Command:** `{args.command_line}` (from the repository root)")
@@ -1064,7 +1282,7 @@ def report(args, env, started, p1, p2, p3, p4, elapsed):
     out.append(f"- **virtkit:** {env['virtkit']}, release build ({env['rustc']})")
     out.append(f"- **QEMU:** {env['qemu']}")
     out.append(f"- **Timing helper:** bench/spawntime.c, {env['gcc']}, static; Python {env['python']}")
-    out.append(f"- **Guest assets (part 2):** {env['assets']}")
+    out.append(f"- **Guest assets (parts 2 and 5):** {env['assets']}")
     out.append("")
     slower = []
     if p1 is None:
@@ -1158,33 +1376,140 @@ def report(args, env, started, p1, p2, p3, p4, elapsed):
         out.append(f"Command (whole part 4 took {p4['wall_s']:.0f} s, writing the image "
                    "included):\n")
         out += ["```", p4["command"], "```", ""]
+    if p5 is None:
+        out.append("### Part 5: the guest's O_DIRECT disk I/O inside the emulated KVM host\n\n"
+                   "Not run (`--parts`).\n")
+    else:
+        info = p5["info"]
+        out.append(f"### Part 5: the guest's O_DIRECT disk I/O inside the emulated KVM host, "
+                   f"{ODIRECT_IMAGE_MIB} MiB in {ODIRECT_BLOCK_KIB // 1024} MiB blocks, "
+                   f"{args.odirect_runs} boots each × {ODIRECT_PASSES} passes, alternating\n")
+        t1, t2, s5 = odirect_tables(p5)
+        slower += s5
+        out += [t1, "", t2, ""]
+        attempts = info.get("attempts")
+        notice = ("booted on the first attempt" if attempts == 1 else
+                  f"**hung before /dev/kvm was ready and was started again: {attempts} attempts** "
+                  "(an emulator hang, retried once by the harness)" if attempts else "attempts unknown")
+        out.append(f"MB/s = 10^6 bytes/s, timed by the guest (`CLOCK_MONOTONIC`), one figure per "
+                   "pass and operation; medians over all passes of the boots that completed. "
+                   f"Emulated host: {info.get('host') or 'unknown'}; QEMU TCG `-M microvm -cpu max "
+                   f"-smp 2 -m 2048` with `-drive {rel(ODIRECT_HOST_DISK)},cache=unsafe,aio=threads "
+                   "-device virtio-blk-device` as its disk (ext4, made fresh by `mkfs.ext4` each run), "
+                   f"the image `{guest_disk.HOST_IMAGE}` on it; boot to kvm-ready "
+                   f"{info.get('boot_to_ready_s')} s, {notice}; the whole emulated-host run "
+                   f"{info.get('wall_s', 0):.0f} s.\n")
+        out.append(f"In the guest (`virtkit.run`, then power-off): `{guest_disk.GUEST_PROGRAM} "
+                   f"/dev/vda {ODIRECT_IMAGE_MIB} {ODIRECT_BLOCK_KIB} {ODIRECT_PASSES}` "
+                   "(bench/odirect.c). Commands inside the emulated host (each under "
+                   f"`timeout -s KILL {ODIRECT_TIMEOUT}`), booted by:\n")
+        out.append("```")
+        out.append(p5["harness"])
+        out += [f"{n}: {c}" for n, c in p5["commands"].items()]
+        out.append("```")
+        if p5["failures"]:
+            out.append(f"\n**Failed boots in part 5: {len(p5['failures'])}:** "
+                       + "; ".join(p5["failures"]))
+        out.append("")
     out.append("### Where virtkit is slower or bigger, or short of its target\n")
     if slower:
         out += [f"- {x}" for x in slower]
     else:
-        out.append("- Nowhere in this run: virtkit's medians are at or below every other VMM's, "
-                   "and the disk backend reaches its target everywhere.")
+        out.append(f"- {NOWHERE}")
     out.append("")
     return "\n".join(out)
 
 
-def write_results(text):
+PART_HEADING = re.compile(r"^### Part (\d+)\b.*$", re.M)
+SLOWER_HEADING = "### Where virtkit is slower or bigger, or short of its target"
+KEPT_NOTE = "_Not rerun by the latest run (`--parts`): kept from"
+NOWHERE = ("Nowhere in this run: virtkit's medians are at or below every other VMM's, and the "
+           "disk backend reaches its target everywhere.")
+
+
+def split_results(text):
+    """(preamble, {part: section text}, [bullets of the slower list]) of a results text."""
+    i = text.find(SLOWER_HEADING)
+    body, tail = (text, "") if i < 0 else (text[:i], text[i + len(SLOWER_HEADING):])
+    marks = list(PART_HEADING.finditer(body))
+    pre = body[:marks[0].start()] if marks else body
+    sections = {}
+    for k, m in enumerate(marks):
+        end = marks[k + 1].start() if k + 1 < len(marks) else len(body)
+        sections[int(m.group(1))] = body[m.start():end].strip("\n") + "\n"
+    bullets = [l[2:] for l in tail.splitlines() if l.startswith("- ")]
+    return pre, sections, bullets
+
+
+def bullet_part(bullet):
+    """Which part a bullet of the slower list comes from, by the words each part's tables use."""
+    if "guest O_DIRECT" in bullet:
+        return 5
+    if "(emulated host)" in bullet:
+        return 2
+    if "(disk read through SeaBIOS)" in bullet:
+        return 3
+    if bullet.startswith("disk backend"):
+        return 4
+    return 1
+
+
+def merge_results(new, old, ran):
+    """`new` with the sections (and slower-list bullets) of the parts that did not run taken
+    from `old`, the previous results, each marked with the run it comes from."""
+    pre, sections, bullets = split_results(new)
+    old_pre, old_sections, old_bullets = split_results(old)
+    cmd = re.search(r"- \*\*Command:\*\* `([^`]*)`", old_pre)
+    date = re.search(r"- \*\*Date:\*\* (.*?) \(UTC\)", old_pre)
+    vk = re.search(r"- \*\*virtkit:\*\* (.*)", old_pre)
+    origin = (f"{KEPT_NOTE} the run of {date.group(1) if date else 'an unknown date'} UTC "
+              f"(`{cmd.group(1) if cmd else 'unknown command'}`"
+              + (f"; {vk.group(1).strip()}" if vk else "") + ")._")
+    kept = set()
+    for n, sec in old_sections.items():
+        body = sec.split("\n", 1)[1].strip() if "\n" in sec else ""
+        if n in ran or body.startswith(("Not run", "Skipped")):
+            continue
+        if KEPT_NOTE not in sec:
+            head, rest = sec.split("\n", 1)
+            sec = f"{head}\n\n{origin}\n{rest}"
+        sections[n] = sec
+        kept.add(n)
+    bullets = [b for b in bullets if not b.startswith("Nowhere")]
+    bullets += [b for b in old_bullets if not b.startswith("Nowhere") and bullet_part(b) in kept]
+    bullets.sort(key=bullet_part)
+    out = [pre.rstrip("\n") + "\n"]
+    out += [sections[n] for n in sorted(sections)]
+    out.append(SLOWER_HEADING + "\n")
+    out.append("\n".join(f"- {b}" for b in bullets or [NOWHERE]) + "\n")
+    return "\n".join(out)
+
+
+def write_results(text, ran):
+    """Writes RESULTS.md: its header as it is, then `text`, with the results of the parts that
+    did not run kept from the file. Returns the results text written."""
     header = HEADER
     if RESULTS.exists():
         old = RESULTS.read_text()
         if RESULTS_MARKER in old:
-            header = old.split(RESULTS_MARKER, 1)[0].rstrip("\n") + "\n"
+            header, previous = old.split(RESULTS_MARKER, 1)
+            header = header.rstrip("\n") + "\n"
+            if set(ran) != set(ALL_PARTS):
+                text = merge_results(text, previous, ran)
     RESULTS.write_text(header + "\n" + RESULTS_MARKER + "\n\n" + text)
+    return text
 
 
 def main():
     ap = argparse.ArgumentParser(
         description="virtkit vs QEMU benchmark and the disk backend's throughput "
                     "(writes bench/RESULTS.md)")
-    ap.add_argument("--parts", default="1,2,3,4",
+    ap.add_argument("--parts", default="1,2,3,4,5",
                     help="which parts to run, comma-separated: 1 boot on KVM, 2 boot in the "
                          "emulated KVM host, 3 disk read through SeaBIOS, 4 disk backend "
-                         "throughput (default: 1,2,3,4)")
+                         "throughput, 5 the guest's O_DIRECT disk I/O in the emulated KVM host "
+                         "(default: 1,2,3,4,5); the results of parts not run are kept from "
+                         "bench/RESULTS.md")
     ap.add_argument("--runs", type=int, default=30, help="part 1 runs per VMM (at least 20; default 30)")
     ap.add_argument("--inner-runs", type=int, default=6,
                     help="part 2 boots per VMM inside the emulated host (default 6)")
@@ -1194,6 +1519,9 @@ def main():
                     help="part 4 seconds per measurement (default 0.4)")
     ap.add_argument("--blk-reps", type=int, default=7,
                     help="part 4 repetitions of each measurement, median taken (default 7)")
+    ap.add_argument("--odirect-runs", type=int, default=4,
+                    help="part 5 guest boots per VMM inside the emulated host, each writing and "
+                         f"reading the image {ODIRECT_PASSES} times (at least 2; default 4)")
     ap.add_argument("--skip-emulated", action="store_true", help="skip part 2")
     ap.add_argument("--no-build", action="store_true", help="use the existing release build")
     args = ap.parse_args()
@@ -1213,6 +1541,8 @@ def main():
         ap.error("--inner-runs must be at least 1")
     if args.disk_runs < 10:
         ap.error("--disk-runs must be at least 10")
+    if args.odirect_runs < 2:
+        ap.error("--odirect-runs must be at least 2")
     if args.blk_seconds <= 0 or args.blk_reps < 1:
         ap.error("--blk-seconds must be positive and --blk-reps at least 1")
     args.command_line = " ".join(["bench/run.sh"] + [shlex.quote(a) for a in sys.argv[1:]])
@@ -1243,7 +1573,7 @@ def main():
         def load_now(part):
             args.part_load[part] = os.getloadavg()[0]
 
-        p1 = p2 = p3 = p4 = None
+        p1 = p2 = p3 = p4 = p5 = None
         if 1 in args.parts:
             load_now(1)
             p1 = part1(args, smoke)
@@ -1256,18 +1586,21 @@ def main():
         if 4 in args.parts:
             load_now(4)
             p4 = part4(args)
+        if 5 in args.parts:
+            load_now(5)
+            p5 = part5(args)
     except BenchError as e:
         print(f"\nbench: FAILED: {e}", file=sys.stderr)
         return 1
     elapsed = time.monotonic() - t0
-    text = report(args, env, started, p1, p2, p3, p4, elapsed)
+    text = report(args, env, started, p1, p2, p3, p4, p5, elapsed)
     raw = {"started_utc": started, "env": env, "part1": p1, "part2": p2, "part3": p3,
-           "part4": p4, "elapsed_s": elapsed}
+           "part4": p4, "part5": p5, "elapsed_s": elapsed}
     (OUT / "results.json").write_text(json.dumps(raw, indent=1, default=str))
-    write_results(text)
+    text = write_results(text, args.parts)
     print("\n" + text)
     log(f"wrote {rel(RESULTS)} and {rel(OUT / 'results.json')} in {elapsed / 60:.1f} min")
-    failed = [f for p in (p1, p2, p3) if p for f in p["failures"]]
+    failed = [f for p in (p1, p2, p3, p5) if p for f in p["failures"]]
     if failed:
         print(f"bench: {len(failed)} run(s) failed; see above", file=sys.stderr)
         return 1

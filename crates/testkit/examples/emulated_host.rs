@@ -4,6 +4,7 @@
 //! cargo run -p virtkit-testkit --example emulated_host -- [OPTIONS] SCRIPT_FILE
 //!   --file SRC:DEST     copy a file or directory into the host
 //!   --binary SRC:DEST   copy an executable and the shared libraries ldd lists
+//!   --qemu-arg ARG      an extra argument for the emulated host's QEMU (e.g. a -drive)
 //!   --cpus N --mem MIB --timeout SECS
 //! ```
 //! Exits with the script's exit code (or 100 on a harness error).
@@ -43,6 +44,7 @@ fn main() {
                 let (s, d) = split(&val());
                 host = host.binary(s, &d);
             }
+            "--qemu-arg" => host = host.qemu_arg(&val()),
             "--cpus" => host = host.cpus(val().parse().expect("--cpus N")),
             "--mem" => host = host.memory_mib(val().parse().expect("--mem MIB")),
             "--timeout" => host = host.timeout(Duration::from_secs(val().parse().expect("--timeout SECS"))),
@@ -54,7 +56,7 @@ fn main() {
         }
     }
     let path = script.unwrap_or_else(|| {
-        eprintln!("usage: emulated_host [--file SRC:DEST] [--binary SRC:DEST] [--cpus N] [--mem MIB] [--timeout SECS] SCRIPT_FILE");
+        eprintln!("usage: emulated_host [--file SRC:DEST] [--binary SRC:DEST] [--qemu-arg ARG] [--cpus N] [--mem MIB] [--timeout SECS] SCRIPT_FILE");
         std::process::exit(100)
     });
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {

@@ -1,18 +1,21 @@
 //! The thread-pool candidate: a `DiskBackend` whose reads, writes and flushes run on a pool of
 //! threads doing `pread`/`pwrite`/`fdatasync` on one shared descriptor (what QEMU calls
-//! `aio=threads`), completing out of order. The device's request layer and queue loop are the
+//! `aio=threads`), completing out of order, moving data straight to and from guest memory like
+//! the io_uring engine. The device's request layer and queue loop are the
 //! same as with io_uring; only the engine differs.
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
-use virtkit_devices::block::{DiskBackend, DiskCompletion, DiskOp, Started};
+use virtkit_devices::block::{DiskBackend, DiskCompletion, DiskOp, Started, DIRECT_IO_ALIGN};
 
 pub struct PoolDisk {
     file: Arc<File>,
+    direct: bool,
     capacity: u64,
     jobs: Option<mpsc::Sender<(u64, DiskOp)>>,
     done: mpsc::Receiver<DiskCompletion>,
@@ -23,6 +26,14 @@ pub struct PoolDisk {
 /// Runs one op on the shared file (aligned buffers and offsets, so `O_DIRECT` takes them).
 fn run(file: &File, tag: u64, op: DiskOp) -> DiskCompletion {
     let (result, buffer) = match op {
+        DiskOp::ReadGuest { offset, io } => (
+            all(io.len(), |done| io.preadv2(file.as_fd(), offset, done, 0)),
+            None,
+        ),
+        DiskOp::WriteGuest { offset, io } => (
+            all(io.len(), |done| io.pwritev2(file.as_fd(), offset, done, 0)),
+            None,
+        ),
         DiskOp::Read { offset, mut buffer } => {
             (file.read_exact_at(buffer.as_mut_slice(), offset), Some(buffer))
         }
@@ -32,8 +43,22 @@ fn run(file: &File, tag: u64, op: DiskOp) -> DiskCompletion {
     DiskCompletion { tag, result, buffer }
 }
 
+/// Repeats a transfer until `len` bytes moved.
+fn all(len: usize, mut once: impl FnMut(usize) -> io::Result<usize>) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        match once(done) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 impl PoolDisk {
-    pub fn new(file: File, capacity: u64, threads: usize) -> PoolDisk {
+    pub fn new(file: File, direct: bool, capacity: u64, threads: usize) -> PoolDisk {
         let file = Arc::new(file);
         let (jobs, queue) = mpsc::channel::<(u64, DiskOp)>();
         let queue = Arc::new(Mutex::new(queue));
@@ -52,6 +77,7 @@ impl PoolDisk {
             .collect();
         PoolDisk {
             file,
+            direct,
             capacity,
             jobs: Some(jobs),
             done,
@@ -123,5 +149,10 @@ impl DiskBackend for PoolDisk {
 
     fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// Guest memory straight to and from the file, as the io_uring engine does.
+    fn guest_io_alignment(&self) -> Option<usize> {
+        Some(if self.direct { DIRECT_IO_ALIGN } else { 1 })
     }
 }

@@ -87,10 +87,11 @@ pub fn device(
             device_run(setup.duration, disk, pattern, op, depth)
         }
         Engine::Pool(threads) => {
-            let file = open_raw(&setup.path, cache == CacheMode::Uncached).expect("open the image");
+            let direct = cache == CacheMode::Uncached;
+            let file = open_raw(&setup.path, direct).expect("open the image");
             device_run(
                 setup.duration,
-                PoolDisk::new(file, setup.size, threads),
+                PoolDisk::new(file, direct, setup.size, threads),
                 pattern,
                 op,
                 depth,

@@ -12,8 +12,8 @@ use rustix::io::ReadWriteFlags;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::buffer::IoBuffer;
-use super::guest_io::GuestIo;
 use super::config::{CacheMode, IoEngine, SyncMode};
+use super::guest_io::GuestIo;
 use super::uring::Uring;
 
 /// A read, write or flush the request layer hands a backend, which may run it in the background
@@ -59,7 +59,10 @@ pub fn run_now<B: DiskBackend + ?Sized>(disk: &mut B, tag: u64, op: DiskOp) -> D
             let result = disk.read_at(offset, &mut data).and_then(|()| io.fill_from(&data));
             (result, None)
         }
-        DiskOp::WriteGuest { offset, io } => (io.to_vec().and_then(|data| disk.write_at(offset, &data)), None),
+        DiskOp::WriteGuest { offset, io } => (
+            io.to_vec().and_then(|data: Vec<u8>| disk.write_at(offset, &data)),
+            None,
+        ),
         DiskOp::Read { offset, mut buffer } => (disk.read_at(offset, buffer.as_mut_slice()), Some(buffer)),
         DiskOp::Write { offset, buffer } => (disk.write_at(offset, buffer.as_slice()), Some(buffer)),
         DiskOp::Flush => (disk.flush(), None),

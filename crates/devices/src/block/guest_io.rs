@@ -24,6 +24,8 @@ use super::request::Segment;
 /// Guest memory for one read or write, as `iovec`s, with the guest memory kept mapped.
 pub struct GuestIo {
     iovecs: Vec<libc::iovec>,
+    /// What is left after a short transfer, as handed to the kernel by the io_uring engine.
+    rest: Vec<libc::iovec>,
     /// The same bytes as guest ranges, for copies through `vm-memory`.
     pieces: Vec<(GuestAddress, usize)>,
     len: usize,
@@ -91,6 +93,7 @@ impl GuestIo {
         }
         Some(GuestIo {
             iovecs,
+            rest: Vec::new(),
             pieces,
             len,
             memory: mem.clone(),
@@ -124,10 +127,24 @@ impl GuestIo {
         }
     }
 
+    /// The vectors from byte `done` on, kept in `self` for an asynchronous op: the pointer and
+    /// count stay valid until the next call or until `self` is dropped.
+    pub(crate) fn kernel_vectors(&mut self, done: usize) -> (*const libc::iovec, u32) {
+        let mut rest = std::mem::take(&mut self.rest);
+        self.vectors_from(done, &mut rest);
+        self.rest = rest;
+        (self.rest.as_ptr(), self.rest.len() as u32)
+    }
+
     /// Reads from `fd` at `offset` into the guest memory; `flags` are `preadv2` flags.
-    pub(crate) fn preadv2(&self, fd: BorrowedFd<'_>, offset: u64, done: usize, flags: i32) -> io::Result<usize> {
-        let mut vectors = Vec::new();
-        self.vectors_from(done, &mut vectors);
+    pub fn preadv2(&self, fd: BorrowedFd<'_>, offset: u64, done: usize, flags: i32) -> io::Result<usize> {
+        let mut rest = Vec::new();
+        let vectors = if done == 0 {
+            &self.iovecs
+        } else {
+            self.vectors_from(done, &mut rest);
+            &rest
+        };
         // SAFETY: the vectors are guest memory kept mapped by `self` for this call (see the
         // module comment); the kernel writes at most their lengths.
         #[allow(unsafe_code)]
@@ -147,9 +164,14 @@ impl GuestIo {
     }
 
     /// Writes the guest memory to `fd` at `offset`; `flags` are `pwritev2` flags.
-    pub(crate) fn pwritev2(&self, fd: BorrowedFd<'_>, offset: u64, done: usize, flags: i32) -> io::Result<usize> {
-        let mut vectors = Vec::new();
-        self.vectors_from(done, &mut vectors);
+    pub fn pwritev2(&self, fd: BorrowedFd<'_>, offset: u64, done: usize, flags: i32) -> io::Result<usize> {
+        let mut rest = Vec::new();
+        let vectors = if done == 0 {
+            &self.iovecs
+        } else {
+            self.vectors_from(done, &mut rest);
+            &rest
+        };
         // SAFETY: as in `preadv2`; the kernel only reads the vectors' memory.
         #[allow(unsafe_code)]
         let n = unsafe {

@@ -5,7 +5,8 @@
 //! - `request`: chain walking and request checking, pure.
 //! - `handler`: running requests and the queue loop, pure.
 //! - `buffer`: the host buffers data passes through, and their per-disk pool.
-//! - `uring`: the io_uring engine of a `FileDisk` (the crate's only `unsafe`).
+//! - `guest_io`: guest memory as the kernel's I/O vectors, for reads and writes with no copy.
+//! - `uring`: the io_uring engine of a `FileDisk`. These two hold the crate's only `unsafe`.
 //! - `worker`: the `v_blk` thread.
 //! - `device`: [`Block`], the [`virtkit_virtio::VirtioDevice`].
 
@@ -14,6 +15,7 @@ mod buffer;
 mod config;
 mod device;
 pub mod fuzz;
+mod guest_io;
 mod handler;
 mod metrics;
 pub mod request;
@@ -33,5 +35,6 @@ pub use backend::{
 pub use buffer::IoBuffer;
 pub use config::{BlockConfig, CacheMode, IoEngine, SyncMode, SERIAL_MAX_LEN};
 pub use device::{features, Block, BlockError, BlockState, CONFIG_LEN, DEVICE_TYPE, PCI_CLASS, QUEUE_SIZE};
+pub use guest_io::GuestIo;
 pub use handler::{complete_requests, drain_queue, process_queue, QueueError, RequestHandler};
 pub use metrics::BlockMetrics;

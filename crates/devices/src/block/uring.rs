@@ -33,11 +33,7 @@ enum Kind {
 enum Data {
     None,
     Buffer(IoBuffer),
-    Guest {
-        io: GuestIo,
-        /// The vectors handed to the kernel (what is left of `io` after `done`).
-        vectors: Vec<libc::iovec>,
-    },
+    Guest(GuestIo),
 }
 
 impl Data {
@@ -53,7 +49,7 @@ impl Data {
         match self {
             Data::None => 0,
             Data::Buffer(buffer) => buffer.len(),
-            Data::Guest { io, .. } => io.len(),
+            Data::Guest(io) => io.len(),
         }
     }
 }
@@ -128,15 +124,11 @@ impl Uring {
                 break;
             }
         }
-        let guest = |io| Data::Guest {
-            io,
-            vectors: Vec::new(),
-        };
         let (kind, offset, data) = match op {
             DiskOp::Read { offset, buffer } => (Kind::Read, offset, Data::Buffer(buffer)),
             DiskOp::Write { offset, buffer } => (Kind::Write, offset, Data::Buffer(buffer)),
-            DiskOp::ReadGuest { offset, io } => (Kind::Read, offset, guest(io)),
-            DiskOp::WriteGuest { offset, io } => (Kind::Write, offset, guest(io)),
+            DiskOp::ReadGuest { offset, io } => (Kind::Read, offset, Data::Guest(io)),
+            DiskOp::WriteGuest { offset, io } => (Kind::Write, offset, Data::Guest(io)),
             DiskOp::Flush => (Kind::Sync, 0, Data::None),
         };
         let slot = self.free.pop().unwrap_or_else(|| {
@@ -165,19 +157,23 @@ impl Uring {
             (Kind::Sync, _) => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
             (Kind::Read, Data::Buffer(buffer)) => {
                 let rest = &mut buffer.as_mut_slice()[op.done..];
-                opcode::Read::new(fd, rest.as_mut_ptr(), rest.len() as u32).offset(at).build()
+                opcode::Read::new(fd, rest.as_mut_ptr(), rest.len() as u32)
+                    .offset(at)
+                    .build()
             }
             (Kind::Write, Data::Buffer(buffer)) => {
                 let rest = &buffer.as_slice()[op.done..];
-                opcode::Write::new(fd, rest.as_ptr(), rest.len() as u32).offset(at).build()
+                opcode::Write::new(fd, rest.as_ptr(), rest.len() as u32)
+                    .offset(at)
+                    .build()
             }
-            (Kind::Read, Data::Guest { io, vectors }) => {
-                io.vectors_from(op.done, vectors);
-                opcode::Readv::new(fd, vectors.as_ptr(), vectors.len() as u32).offset(at).build()
+            (Kind::Read, Data::Guest(io)) => {
+                let (vectors, count) = io.kernel_vectors(op.done);
+                opcode::Readv::new(fd, vectors, count).offset(at).build()
             }
-            (Kind::Write, Data::Guest { io, vectors }) => {
-                io.vectors_from(op.done, vectors);
-                opcode::Writev::new(fd, vectors.as_ptr(), vectors.len() as u32).offset(at).build()
+            (Kind::Write, Data::Guest(io)) => {
+                let (vectors, count) = io.kernel_vectors(op.done);
+                opcode::Writev::new(fd, vectors, count).offset(at).build()
             }
             (Kind::Read | Kind::Write, Data::None) => {
                 self.fail(slot, io::Error::other("an io_uring op lost its buffer"));
@@ -187,8 +183,8 @@ impl Uring {
         let entry: squeue::Entry = entry.user_data(slot as u64);
         loop {
             // SAFETY: the entry points at `rest`, inside the `IoBuffer` owned by `ops[slot]`, or
-            // at `vectors` and the guest memory they name (kept mapped by the `GuestIo`, see
-            // `guest_io`), both owned by `ops[slot]`. They stay there, unmoved (heap storage
+            // at the vectors and the guest memory they name (the vectors held and the memory
+            // kept mapped by the `GuestIo`, see `guest_io`), owned by `ops[slot]`. They stay there, unmoved (heap storage
             // that is not resized) and untouched by anything else, until this op's completion is
             // taken off the ring in `harvest`; `Drop` waits for every op in flight, or leaks them
             // if it cannot. An fsync entry has no buffer.
@@ -270,7 +266,7 @@ impl Uring {
                             buffer.as_mut_slice()[op.done..].fill(0);
                             Some(Ok(()))
                         }
-                        Data::Guest { io, .. } => Some(io.zero_from(op.done)),
+                        Data::Guest(io) => Some(io.zero_from(op.done)),
                         Data::None => Some(Ok(())),
                     }
                 }
