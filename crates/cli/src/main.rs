@@ -5,6 +5,7 @@ mod commands;
 mod exit;
 mod progress;
 mod terminal;
+mod vm_events;
 mod vm_process;
 
 use std::process::ExitCode;

@@ -20,17 +20,10 @@ use virtkit_test_guests::output::{
 use virtkit_test_guests::Guest;
 
 const VIRTKIT: &str = env!("CARGO_BIN_EXE_virtkit");
-const SEABIOS: &str = "/usr/share/seabios/bios.bin";
+use virtkit_testkit::SEABIOS;
 
 fn seabios_available() -> bool {
-    if !virtkit_testkit::require_kvm() {
-        return false;
-    }
-    if !Path::new(SEABIOS).exists() {
-        virtkit_testkit::skip("SeaBIOS is not installed (Debian package seabios)");
-        return false;
-    }
-    true
+    virtkit_testkit::require_kvm_and_seabios()
 }
 
 struct Disks(PathBuf);

@@ -12,17 +12,8 @@ use std::time::{Duration, Instant};
 use virtkit_test_guests::Guest;
 
 const VIRTKIT: &str = env!("CARGO_BIN_EXE_virtkit");
-const SEABIOS: &str = "/usr/share/seabios/bios.bin";
-
 fn available() -> bool {
-    if !virtkit_testkit::require_kvm() {
-        return false;
-    }
-    if !Path::new(SEABIOS).exists() {
-        virtkit_testkit::skip("SeaBIOS is not installed (Debian package seabios)");
-        return false;
-    }
-    true
+    virtkit_testkit::require_kvm_and_seabios()
 }
 
 /// A private virtkit home (VIRTKIT_HOME) and scratch space, removed at the end.

@@ -61,6 +61,6 @@ pub use host::{
     HOST_PREFIX,
 };
 pub use skip::{
-    host_kvm_kind, kvm_available, qemu_available, require_all, require_assets, require_kvm, require_qemu,
-    skip, KvmKind,
+    host_kvm_kind, kvm_available, qemu_available, require_all, require_assets, require_kvm,
+    require_kvm_and_seabios, require_qemu, skip, KvmKind, SEABIOS,
 };

@@ -55,6 +55,21 @@ pub fn require_kvm() -> bool {
     false
 }
 
+/// Debian's SeaBIOS build, the firmware the firmware-boot tests run.
+pub const SEABIOS: &str = "/usr/share/seabios/bios.bin";
+
+/// KVM ([`require_kvm`]) and SeaBIOS at [`SEABIOS`], or [`skip`] and `false`.
+pub fn require_kvm_and_seabios() -> bool {
+    if !require_kvm() {
+        return false;
+    }
+    if !std::path::Path::new(SEABIOS).exists() {
+        skip("SeaBIOS is not installed (Debian package seabios)");
+        return false;
+    }
+    true
+}
+
 /// [`Assets::load`], or [`skip`] and `None`.
 pub fn require_assets() -> Option<Assets> {
     match Assets::load() {

@@ -2,18 +2,18 @@
 //! console on this terminal, and exit with a code that says how the guest ended.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::channel;
 
 use clap::Args;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use virtkit::{
     parse_size, BootLoader, SerialAttachment, StopReason, StorageDeviceConfiguration, VirtualMachine,
-    VirtualMachineConfiguration, VmState, CONFIG_FORMAT_VERSION,
+    VirtualMachineConfiguration, CONFIG_FORMAT_VERSION,
 };
 
 use crate::commands::validate::load_config;
 use crate::exit::{exit_code_for, CliError};
 use crate::terminal::{forward_stdin_with_escape, stdin_is_terminal, RawMode};
+use crate::vm_events::Events;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -131,28 +131,6 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
     Ok(config)
 }
 
-enum Event {
-    State(VmState),
-    Signal(i32),
-    Quit,
-}
-
-fn forward_signals(events: Sender<Event>) -> Result<(), CliError> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .map_err(|e| CliError::with_chain("cannot install signal handlers", &e))?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                if events.send(Event::Signal(sig)).is_err() {
-                    return;
-                }
-            }
-        })
-        .map_err(|e| CliError::with_chain("cannot start the signal thread", &e))?;
-    Ok(())
-}
-
 pub fn run(args: RunArgs) -> Result<u8, CliError> {
     if let Some(name) = &args.name {
         let home = crate::commands::vms::home()?;
@@ -163,7 +141,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
         };
     }
     let mut config = build_config(&args)?;
-    let (events, received) = channel::<Event>();
+    let events = Events::new();
 
     // On a terminal the guest gets raw keystrokes (Ctrl-C included); Ctrl-A x leaves.
     let interactive = stdin_is_terminal()
@@ -184,25 +162,12 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
             read: Some(input),
             write: Some(output),
         };
-        let quit_events = events.clone();
-        std::thread::spawn(move || {
-            if quit_rx.recv().is_ok() {
-                let _ = quit_events.send(Event::Quit);
-            }
-        });
+        events.forward_quit(quit_rx);
     }
 
     let mut vm = VirtualMachine::new(config).map_err(|e| CliError::new(e.to_string()))?;
-    forward_signals(events.clone())?;
-    let states = vm.state_changes();
-    let state_events = events.clone();
-    std::thread::spawn(move || {
-        for state in states {
-            if state_events.send(Event::State(state)).is_err() {
-                return;
-            }
-        }
-    });
+    events.forward_signals()?;
+    events.forward_states(&vm);
     if interactive {
         raw_mode = Some(
             RawMode::enter().map_err(|e| CliError::with_chain("cannot put the terminal in raw mode", &e))?,
@@ -214,27 +179,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
         CliError::with_chain("cannot start the virtual machine", &e)
     })?;
 
-    let mut stop_requests = 0;
-    for event in received {
-        match event {
-            Event::State(VmState::Stopped | VmState::Error) => break,
-            Event::State(_) => {}
-            Event::Quit => {
-                let _ = vm.stop();
-            }
-            Event::Signal(sig) => {
-                stop_requests += 1;
-                if stop_requests == 1 && sig != SIGHUP {
-                    eprint!("virtkit: asking the guest to shut down (signal again to stop it at once)\r\n");
-                    if vm.request_stop().is_err() {
-                        let _ = vm.stop();
-                    }
-                } else {
-                    let _ = vm.stop();
-                }
-            }
-        }
-    }
+    events.drive(&vm, true, true);
     let reason = vm.wait();
     drop(raw_mode);
     match &reason {

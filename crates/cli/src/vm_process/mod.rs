@@ -11,12 +11,12 @@ use std::sync::mpsc::channel;
 use std::sync::Arc;
 use std::time::Duration;
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use virtkit::bundle::{Bundle, HardwareModel, CONSOLE_LOG_FILE, CONSOLE_SOCKET, CONTROL_SOCKET, PID_FILE};
-use virtkit::{SerialAttachment, StopReason, VirtkitHome, VirtualMachine, VmState};
+use virtkit::{SerialAttachment, StopReason, VirtkitHome, VirtualMachine};
 
 use crate::exit::{exit_code_for, CliError};
 use crate::terminal::{forward_stdin_with_escape, stdin_is_terminal, RawMode};
+use crate::vm_events::Events;
 use console::ConsoleHub;
 
 /// Where the VM's console goes besides the log and the console socket.
@@ -26,12 +26,6 @@ pub enum Mode {
     Foreground,
     /// The detached process `virtkit run NAME --detach` starts: no terminal.
     Detached,
-}
-
-enum Event {
-    State(VmState),
-    Signal(i32),
-    Quit,
 }
 
 fn bundle_error(e: virtkit::bundle::BundleError) -> CliError {
@@ -84,7 +78,7 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode) -> Result<u8, CliError> {
     let (hub, pump) = ConsoleHub::start(guest_out_read.into(), guest_in_write.into(), log, echo)
         .map_err(|e| CliError::with_chain("cannot start the console", &e))?;
 
-    let (events, received) = channel::<Event>();
+    let events = Events::new();
     if mode == Mode::Foreground {
         if interactive {
             let (quit_tx, quit_rx) = channel();
@@ -92,12 +86,7 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode) -> Result<u8, CliError> {
                 .map_err(|e| CliError::with_chain("cannot read the terminal", &e))?;
             hub.feed_from(std::fs::File::from(input))
                 .map_err(|e| CliError::with_chain("cannot start the console", &e))?;
-            let quit_events = events.clone();
-            std::thread::spawn(move || {
-                if quit_rx.recv().is_ok() {
-                    let _ = quit_events.send(Event::Quit);
-                }
-            });
+            events.forward_quit(quit_rx);
         } else {
             hub.feed_from(std::io::stdin())
                 .map_err(|e| CliError::with_chain("cannot start the console", &e))?;
@@ -106,25 +95,8 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode) -> Result<u8, CliError> {
 
     let mut vm =
         VirtualMachine::new(config).map_err(|e| CliError::new(format!("the VM `{name}` cannot run: {e}")))?;
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .map_err(|e| CliError::with_chain("cannot install signal handlers", &e))?;
-    let signal_events = events.clone();
-    std::thread::spawn(move || {
-        for sig in signals.forever() {
-            if signal_events.send(Event::Signal(sig)).is_err() {
-                return;
-            }
-        }
-    });
-    let states = vm.state_changes();
-    let state_events = events.clone();
-    std::thread::spawn(move || {
-        for state in states {
-            if state_events.send(Event::State(state)).is_err() {
-                return;
-            }
-        }
-    });
+    events.forward_signals()?;
+    events.forward_states(&vm);
 
     let mut raw_mode = None;
     if interactive {
@@ -151,33 +123,8 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode) -> Result<u8, CliError> {
     }
     tracing::info!(vm = name, pid = std::process::id(), "running");
 
-    let mut stop_requests = 0;
-    for event in received {
-        match event {
-            Event::State(VmState::Stopped | VmState::Error) => break,
-            Event::State(_) => {}
-            Event::Quit => {
-                let _ = vm.stop();
-            }
-            // A detached VM has no terminal that could hang up.
-            Event::Signal(SIGHUP) if mode == Mode::Detached => {}
-            Event::Signal(sig) => {
-                stop_requests += 1;
-                if stop_requests == 1 && sig != SIGHUP {
-                    if interactive {
-                        eprint!(
-                            "virtkit: asking the guest to shut down (signal again to stop it at once)\r\n"
-                        );
-                    }
-                    if vm.request_stop().is_err() {
-                        let _ = vm.stop();
-                    }
-                } else {
-                    let _ = vm.stop();
-                }
-            }
-        }
-    }
+    // A detached VM has no terminal that could hang up.
+    events.drive(&vm, mode == Mode::Foreground, interactive);
     let reason = vm.wait();
     pump.finish();
     drop(raw_mode);

@@ -1,0 +1,101 @@
+//! What a process running a VM waits on — state changes, signals, the console's quit key — and
+//! how it reacts: the first SIGTERM/SIGINT asks the guest to shut down (the ACPI power button),
+//! a second one, or the quit key, stops the VM at once. Shared by `virtkit run` with flags and
+//! the VM process of a named VM.
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use virtkit::{VirtualMachine, VmState};
+
+use crate::exit::CliError;
+
+pub enum Event {
+    State(VmState),
+    Signal(i32),
+    Quit,
+}
+
+/// The channel every source sends its events to.
+pub struct Events {
+    sender: Sender<Event>,
+    receiver: Receiver<Event>,
+}
+
+impl Events {
+    pub fn new() -> Events {
+        let (sender, receiver) = channel();
+        Events { sender, receiver }
+    }
+
+    /// SIGTERM, SIGINT and SIGHUP become events.
+    pub fn forward_signals(&self) -> Result<(), CliError> {
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+            .map_err(|e| CliError::with_chain("cannot install signal handlers", &e))?;
+        let events = self.sender.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if events.send(Event::Signal(sig)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| CliError::with_chain("cannot start the signal thread", &e))?;
+        Ok(())
+    }
+
+    /// The VM's state changes become events.
+    pub fn forward_states(&self, vm: &VirtualMachine) {
+        let states = vm.state_changes();
+        let events = self.sender.clone();
+        std::thread::spawn(move || {
+            for state in states {
+                if events.send(Event::State(state)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// A message on `quit` (the console's Ctrl-A x) becomes [`Event::Quit`].
+    pub fn forward_quit(&self, quit: Receiver<()>) {
+        let events = self.sender.clone();
+        std::thread::spawn(move || {
+            if quit.recv().is_ok() {
+                let _ = events.send(Event::Quit);
+            }
+        });
+    }
+
+    /// Reacts to events until the VM has stopped. `hangup_stops`: whether SIGHUP (the terminal
+    /// went away) stops the VM; `announce`: say on the terminal what the first signal does.
+    pub fn drive(self, vm: &VirtualMachine, hangup_stops: bool, announce: bool) {
+        drop(self.sender);
+        let mut stop_requests = 0;
+        for event in self.receiver {
+            match event {
+                Event::State(VmState::Stopped | VmState::Error) => return,
+                Event::State(_) => {}
+                Event::Quit => {
+                    let _ = vm.stop();
+                }
+                Event::Signal(SIGHUP) if !hangup_stops => {}
+                Event::Signal(sig) => {
+                    stop_requests += 1;
+                    if stop_requests == 1 && sig != SIGHUP {
+                        if announce {
+                            eprint!("virtkit: asking the guest to shut down (signal again to stop it at once)\r\n");
+                        }
+                        if vm.request_stop().is_err() {
+                            let _ = vm.stop();
+                        }
+                    } else {
+                        let _ = vm.stop();
+                    }
+                }
+            }
+        }
+    }
+}
