@@ -247,6 +247,17 @@ fn main() {
         eprintln!("blk_throughput: cannot create {}: {e}", a.file.display());
         std::process::exit(1);
     }
+    match FileDisk::open(&a.file, true, CacheMode::Uncached, SyncMode::Full) {
+        Ok(disk) => eprintln!(
+            "blk_throughput: O_DIRECT alignment {} bytes, engine {:?}",
+            disk.direct_alignment(),
+            disk.engine()
+        ),
+        Err(e) => eprintln!(
+            "blk_throughput: cannot open {} with O_DIRECT: {e}",
+            a.file.display()
+        ),
+    }
     let depth_hi = 32;
     let engines = [Engine::Sync, Engine::IoUring, Engine::Pool(a.pool_threads)];
     for cache in [CacheMode::Uncached, CacheMode::Cached] {

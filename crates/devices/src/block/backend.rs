@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FallocateFlags, FlockOperation};
+use rustix::fs::{AtFlags, FallocateFlags, FlockOperation, StatxFlags};
 use rustix::io::ReadWriteFlags;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -145,9 +145,28 @@ pub enum DiskOpenError {
     Empty { path: PathBuf },
 }
 
-/// Alignment of buffers, offsets and lengths for `O_DIRECT`: 4 KiB covers every logical block
-/// size a host device has.
+/// Alignment of buffers, offsets and lengths for `O_DIRECT` where the kernel does not say what
+/// the file needs (`statx` `STATX_DIOALIGN`, Linux 6.1): 4 KiB covers every logical block size a
+/// host device has. Host buffers are always aligned to it.
 pub const DIRECT_IO_ALIGN: usize = 4096;
+
+/// What `O_DIRECT` on `file` needs offsets, lengths and buffers aligned to: the larger of the
+/// kernel's offset and memory alignments, at least 512, or [`DIRECT_IO_ALIGN`] if it does not
+/// say.
+fn direct_io_alignment(file: &File) -> usize {
+    let Ok(stat) = rustix::fs::statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN) else {
+        return DIRECT_IO_ALIGN;
+    };
+    if stat.stx_mask & StatxFlags::DIOALIGN.bits() == 0 || stat.stx_dio_offset_align == 0 {
+        return DIRECT_IO_ALIGN;
+    }
+    let align = stat.stx_dio_offset_align.max(stat.stx_dio_mem_align).max(512) as usize;
+    if align.is_power_of_two() && align <= DIRECT_IO_ALIGN {
+        align
+    } else {
+        DIRECT_IO_ALIGN
+    }
+}
 
 /// A raw disk image: a regular file (sparse where the guest discards) or a host block device.
 #[derive(Debug)]
@@ -164,6 +183,8 @@ pub struct FileDisk {
     bounce: Vec<u8>,
     /// The filesystem takes `RWF_NOWAIT` buffered writes (until it says it does not).
     nowait_writes: bool,
+    /// `O_DIRECT` alignment of offsets, lengths and buffers for this file.
+    align: usize,
 }
 
 impl FileDisk {
@@ -223,6 +244,7 @@ impl FileDisk {
                 path: path.to_owned(),
             });
         }
+        let align = direct_io_alignment(&file);
         let uring = match engine {
             IoEngine::Sync => None,
             IoEngine::IoUring => match Uring::new(file.as_raw_fd()) {
@@ -245,6 +267,7 @@ impl FileDisk {
             sync,
             bounce: Vec::new(),
             nowait_writes: true,
+            align,
         })
     }
 
@@ -257,12 +280,26 @@ impl FileDisk {
         }
     }
 
+    /// `O_DIRECT` alignment in use (512 or 4096 on most hosts).
+    pub fn direct_alignment(&self) -> usize {
+        self.align
+    }
+
+    /// Makes `O_DIRECT` use a coarser alignment than the file needs, so tests reach the
+    /// read-modify-write path on hosts with 512-byte blocks.
+    #[cfg(test)]
+    pub(crate) fn force_direct_alignment(&mut self, align: usize) {
+        assert!(align.is_power_of_two() && align >= self.align && align <= DIRECT_IO_ALIGN);
+        self.align = align;
+    }
+
     /// Whether `O_DIRECT` can take `offset` and `buf` as they are.
-    fn direct_ready(offset: u64, buf: &[u8]) -> bool {
-        let align = DIRECT_IO_ALIGN as u64;
+    fn direct_ready(align: usize, offset: u64, buf: &[u8]) -> bool {
+        let mem_align = align;
+        let align = align as u64;
         offset.is_multiple_of(align)
             && (buf.len() as u64).is_multiple_of(align)
-            && (buf.as_ptr() as usize).is_multiple_of(DIRECT_IO_ALIGN)
+            && (buf.as_ptr() as usize).is_multiple_of(mem_align)
     }
 
     /// Waits until no background op is in flight: a synchronous read-modify-write of partial
@@ -283,8 +320,8 @@ impl FileDisk {
         &mut bounce[start..start + len]
     }
 
-    fn direct_window(offset: u64, len: usize) -> (u64, usize) {
-        let align = DIRECT_IO_ALIGN as u64;
+    fn direct_window(&self, offset: u64, len: usize) -> (u64, usize) {
+        let align = self.align as u64;
         let start = offset - offset % align;
         let end = (offset + len as u64).next_multiple_of(align);
         (start, (end - start) as usize)
@@ -314,11 +351,11 @@ impl DiskBackend for FileDisk {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        if !self.direct || Self::direct_ready(offset, buf) {
+        if !self.direct || Self::direct_ready(self.align, offset, buf) {
             return read_full_at(&self.file, offset, buf);
         }
         self.quiesce()?;
-        let (start, len) = Self::direct_window(offset, buf.len());
+        let (start, len) = self.direct_window(offset, buf.len());
         let window = Self::aligned(&mut self.bounce, len);
         read_full_at(&self.file, start, window)?;
         let skip = (offset - start) as usize;
@@ -327,11 +364,11 @@ impl DiskBackend for FileDisk {
     }
 
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        if !self.direct || Self::direct_ready(offset, buf) {
+        if !self.direct || Self::direct_ready(self.align, offset, buf) {
             return self.file.write_all_at(buf, offset);
         }
         self.quiesce()?;
-        let (start, len) = Self::direct_window(offset, buf.len());
+        let (start, len) = self.direct_window(offset, buf.len());
         let window = Self::aligned(&mut self.bounce, len);
         let skip = (offset - start) as usize;
         if skip != 0 || len != buf.len() {
@@ -389,6 +426,7 @@ impl DiskBackend for FileDisk {
     }
 
     fn start(&mut self, tag: u64, op: DiskOp) -> Started {
+        let align = self.align;
         let Some(uring) = self.uring.as_mut() else {
             return Started::Done(run_now(self, tag, op));
         };
@@ -533,11 +571,11 @@ impl DiskBackend for FileDisk {
                 })
             }
             // `O_DIRECT`, aligned: to the disk, in the background.
-            DiskOp::Read { offset, buffer } if Self::direct_ready(offset, buffer.as_slice()) => {
+            DiskOp::Read { offset, buffer } if Self::direct_ready(align, offset, buffer.as_slice()) => {
                 uring.start(tag, DiskOp::Read { offset, buffer }, 0);
                 Started::InFlight
             }
-            DiskOp::Write { offset, buffer } if Self::direct_ready(offset, buffer.as_slice()) => {
+            DiskOp::Write { offset, buffer } if Self::direct_ready(align, offset, buffer.as_slice()) => {
                 uring.start(tag, DiskOp::Write { offset, buffer }, 0);
                 Started::InFlight
             }
@@ -565,7 +603,7 @@ impl DiskBackend for FileDisk {
 
     fn guest_io_alignment(&self) -> Option<usize> {
         self.uring.as_ref()?;
-        Some(if self.direct { DIRECT_IO_ALIGN } else { 1 })
+        Some(if self.direct { self.align } else { 1 })
     }
 
     fn completion_event(&self) -> Option<&EventFd> {

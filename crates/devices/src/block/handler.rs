@@ -95,6 +95,11 @@ pub struct RequestHandler<B> {
     finished: Vec<(u16, u32)>,
     /// Entries were added to the used ring since the last interrupt decision.
     used_any: bool,
+    /// Completions processed so far (how a drain sees progress).
+    completed: u64,
+    /// Bumped when requests are abandoned: a late completion of theirs carries an old
+    /// generation in its tag and is ignored, never matched to a new request in the same slot.
+    generation: u32,
 }
 
 impl<B: DiskBackend> RequestHandler<B> {
@@ -118,6 +123,8 @@ impl<B: DiskBackend> RequestHandler<B> {
             completions: Vec::new(),
             finished: Vec::new(),
             used_any: false,
+            completed: 0,
+            generation: 0,
         }
     }
 
@@ -290,6 +297,7 @@ impl<B: DiskBackend> RequestHandler<B> {
 
     /// Hands slot `index`'s next piece to the backend.
     fn start(&mut self, index: usize, mem: &GuestMemoryMmap) {
+        let tag = self.tag(index);
         let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
@@ -318,7 +326,7 @@ impl<B: DiskBackend> RequestHandler<B> {
                     } else {
                         DiskOp::ReadGuest { offset, io }
                     };
-                    match self.disk.start(index as u64, op) {
+                    match self.disk.start(tag, op) {
                         Started::InFlight => {}
                         Started::Done(completion) => self.completions.push(completion),
                     }
@@ -337,7 +345,7 @@ impl<B: DiskBackend> RequestHandler<B> {
                 }
             }
         };
-        match self.disk.start(index as u64, op) {
+        match self.disk.start(tag, op) {
             Started::InFlight => {}
             Started::Done(completion) => self.completions.push(completion),
         }
@@ -368,9 +376,21 @@ impl<B: DiskBackend> RequestHandler<B> {
         }
     }
 
+    /// The backend's tag for slot `index`.
+    fn tag(&self, index: usize) -> u64 {
+        (u64::from(self.generation) << 32) | index as u64
+    }
+
     fn complete(&mut self, completion: DiskCompletion, mem: &GuestMemoryMmap) {
-        let index = completion.tag as usize;
-        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+        self.completed += 1;
+        let index = (completion.tag & u64::from(u32::MAX)) as usize;
+        let current = completion.tag >> 32 == u64::from(self.generation);
+        let Some(slot) = self
+            .slots
+            .get_mut(index)
+            .and_then(Option::as_mut)
+            .filter(|_| current)
+        else {
             tracing::warn!("virtio-blk: a completion for no request ({index})");
             if let Some(buffer) = completion.buffer {
                 self.pool.give(buffer);
@@ -468,6 +488,7 @@ impl<B: DiskBackend> RequestHandler<B> {
         self.finished.clear();
         self.outstanding = 0;
         self.writes_in_flight = 0;
+        self.generation = self.generation.wrapping_add(1);
     }
 
     fn get_id(&mut self, data: &[Segment], mem: &GuestMemoryMmap) -> (u8, u32) {
@@ -607,11 +628,14 @@ pub fn drain_queue<B: DiskBackend>(
 ) -> Result<bool, QueueError> {
     let mut interrupt = false;
     while handler.outstanding > 0 {
-        let before = handler.outstanding;
+        let before = handler.completed;
         interrupt |= handler.step(queue, mem, false, true)?;
-        if handler.outstanding == before && handler.disk.in_flight() == 0 && handler.completions.is_empty() {
-            // Nothing in flight can answer them: a backend lost its ops. Do not hang.
-            tracing::error!("virtio-blk: {before} requests lost by the disk backend are dropped");
+        if handler.completed == before && handler.outstanding > 0 {
+            // Waiting gave nothing: the backend lost its ops or cannot wait. Do not hang.
+            tracing::error!(
+                "virtio-blk: {} requests the disk backend cannot complete are dropped",
+                handler.outstanding
+            );
             handler.abandon();
         }
     }

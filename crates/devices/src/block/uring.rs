@@ -183,11 +183,11 @@ impl Uring {
         let entry: squeue::Entry = entry.user_data(slot as u64);
         loop {
             // SAFETY: the entry points at `rest`, inside the `IoBuffer` owned by `ops[slot]`, or
-            // at the vectors and the guest memory they name (the vectors held and the memory
-            // kept mapped by the `GuestIo`, see `guest_io`), owned by `ops[slot]`. They stay there, unmoved (heap storage
-            // that is not resized) and untouched by anything else, until this op's completion is
-            // taken off the ring in `harvest`; `Drop` waits for every op in flight, or leaks them
-            // if it cannot. An fsync entry has no buffer.
+            // at the vectors and the guest memory they name (the vectors held, and the memory
+            // kept mapped, by the `GuestIo` owned by `ops[slot]`; see `guest_io`). They stay
+            // there, unmoved (heap storage that is not resized) and untouched by anything else,
+            // until this op's completion is taken off the ring in `harvest`; `Drop` waits for
+            // every op in flight, or leaks them if it cannot. An fsync entry has no buffer.
             let pushed = unsafe { self.ring.submission().push(&entry) };
             if pushed.is_ok() {
                 return;
