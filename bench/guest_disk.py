@@ -117,12 +117,15 @@ def inner_commands(mib, block_kib, passes):
     return {"virtkit": virtkit, "QEMU q35": qemu}
 
 
-def host_script(cmds, runs, image_mib, inner_timeout):
+def host_script(cmds, runs, image_mib, inner_timeout, touch_mib=768):
     """The emulated host's script: load the disk modules, mount the file system on its disk,
-    write the image in full (no holes), then boot the guest `runs` times with each VMM,
-    alternating which goes first. Every guest line `ODIRECT ...` comes back as
+    write the image in full (no holes), touch `touch_mib` MiB of its free memory once, boot the
+    guest once with each VMM as a warm-up (boot 0), then `runs` times with each, alternating
+    which goes first. Every guest line `ODIRECT ...` comes back as
     `BENCH5 vmm=NAME boot=N ODIRECT ...`, then `BENCH5 vmm=NAME boot=N exit=CODE`; a boot that
-    printed no `ODIRECT done` also sends the end of its console as `BENCH5-LOG ...` lines."""
+    printed no `ODIRECT done` also sends the end of its console as `BENCH5-LOG ...` lines. A VMM
+    still running after `inner_timeout` seconds is killed after its threads' kernel stacks are
+    printed (`BENCH5-LOG`); one that survives SIGKILL ends the script (`BENCH5-FAIL`)."""
     q = {name: " ".join(shlex.quote(c) for c in cmd) for name, cmd in cmds.items()}
     loads = "\n".join(f"insmod {HOST_MODULE_DIR}/{m} || fail 'insmod {m}'"
                       for m in HOST_DISK_MODULES)
@@ -147,9 +150,39 @@ disk=vda:$(cat /sys/block/vda/size)sectors,$(cat /sys/block/vda/queue/logical_bl
 fs=$(awk '$2 == "{HOST_MOUNT}" {{print $3}}' /proc/mounts) \\
 image_bytes=$(stat -c %s {HOST_IMAGE}) image_blocks=$(stat -c %b {HOST_IMAGE}) \\
 fill_s=$(awk -v a=$t0 '{{printf "%.1f", $1 - a}}' /proc/uptime)"
+# The emulated host's memory is allocated by its QEMU on first touch, which is slow under TCG:
+# touch it once (through tmpfs, then freed), so that the guests' memory does not pay for it
+# during the first boots only.
+dd if=/dev/zero of=/tmp/touch bs=1M count={touch_mib} 2>/dev/null
+rm -f /tmp/touch
+# state PID: what each thread of PID is doing (for a VMM that did not finish in time).
+state() {{
+    for t in /proc/$1/task/*; do
+        echo "BENCH5-LOG thread ${{t##*/}} $(cut -d' ' -f2,3 $t/stat) wchan=$(cat $t/wchan 2>/dev/null)"
+        sed 's/^/BENCH5-LOG     /' $t/stack 2>/dev/null
+    done
+    dmesg | tail -n 20 | sed 's/^/BENCH5-LOG dmesg: /'
+}}
 boot() {{
     name=$1; shift
-    timeout -s KILL {inner_timeout} "$@" </dev/null >/tmp/boot.raw 2>&1
+    "$@" </dev/null >/tmp/boot.raw 2>&1 &
+    pid=$!
+    left={inner_timeout}
+    while kill -0 $pid 2>/dev/null && [ $left -gt 0 ]; do sleep 1; left=$((left - 1)); done
+    if kill -0 $pid 2>/dev/null; then
+        echo "BENCH5-LOG $name boot $n: still running after {inner_timeout} s; its threads:"
+        state $pid
+        kill -9 $pid
+        sleep 5
+        if kill -0 $pid 2>/dev/null; then
+            echo "BENCH5-LOG $name boot $n: alive 5 s after SIGKILL; its threads:"
+            state $pid
+            echo "BENCH5 vmm=$name boot=$n exit=unkillable"
+            tr -d '\\r' </tmp/boot.raw | tail -n 40 | sed 's/^/BENCH5-LOG /'
+            fail "$name boot $n: the VMM did not finish in {inner_timeout} s and survived SIGKILL"
+        fi
+    fi
+    wait $pid
     code=$?
     tr -d '\\r' </tmp/boot.raw >/tmp/boot.log
     grep '^ODIRECT ' /tmp/boot.log | sed "s/^/BENCH5 vmm=$name boot=$n /"
@@ -160,6 +193,8 @@ boot() {{
     return 0
 }}
 {chr(10).join(boots)}
+n=0
+vk; qm
 n=1
 while [ $n -le {runs} ]; do
     if [ $((n % 2)) -eq 1 ]; then vk; qm; else qm; vk; fi
