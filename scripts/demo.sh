@@ -48,3 +48,26 @@ SCRIPT
         | grep -E "VIRTKIT-GUEST|virtkit exit code|virtkit:" || true
     rm -f "$script"
 fi
+
+echo; echo "== named VMs: create from a disk image, run in the background, control, clone, delete"
+# A private home so the demo never touches your VMs; the disk holds the mbr_session program,
+# which SeaBIOS boots: it counts its boots on the disk, prints its SMBIOS UUID and ticks.
+export VIRTKIT_HOME=$(mktemp -d)
+disk="$VIRTKIT_HOME/session.img"
+cp "$guests/mbr_session.mbr" "$disk"
+truncate -s 8M "$disk"
+demo() { echo "\$ virtkit $*"; $VK "$@"; }
+demo create web --from "$disk" --disk-size 64M --cpus 1 --memory 128M
+demo run web --detach
+for _ in $(seq 100); do $VK logs web | grep -q "session: ready" && break; sleep 0.1; done
+demo list
+echo "\$ virtkit logs web | grep session:"
+$VK logs web | tr -d '\r' | grep "session:" | head -n 5 || true
+demo pause web
+demo resume web
+demo stop web --timeout 10
+demo clone web web-2
+demo get web-2
+demo delete web-2
+demo delete web
+rm -rf "$VIRTKIT_HOME"
