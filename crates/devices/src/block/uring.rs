@@ -182,12 +182,12 @@ impl Uring {
         };
         let entry: squeue::Entry = entry.user_data(slot as u64);
         loop {
-            // SAFETY: the entry points at `rest`, inside the `IoBuffer` owned by `ops[slot]`, or
-            // at the vectors and the guest memory they name (the vectors held, and the memory
-            // kept mapped, by the `GuestIo` owned by `ops[slot]`; see `guest_io`). They stay
-            // there, unmoved (heap storage that is not resized) and untouched by anything else,
-            // until this op's completion is taken off the ring in `harvest`; `Drop` waits for
-            // every op in flight, or leaks them if it cannot. An fsync entry has no buffer.
+            // The entry points at `rest`, inside the `IoBuffer` owned by `ops[slot]`, or at the
+            // vectors and the guest memory they name (the vectors held, and the memory kept
+            // mapped, by the `GuestIo` owned by `ops[slot]`; see `guest_io`). An fsync entry
+            // has no buffer. `Drop` waits for every op in flight, or leaks them if it cannot.
+            // SAFETY: those buffers stay where they are (heap storage, never resized) and are
+            // touched by nothing else until `harvest` takes this op's completion off the ring.
             let pushed = unsafe { self.ring.submission().push(&entry) };
             if pushed.is_ok() {
                 return;
