@@ -11,14 +11,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use virtkit_testkit::cpio::CpioWriter;
-use virtkit_testkit::{require_assets, require_kvm, require_qemu, skip, Assets, EmulatedHost, KvmKind};
+use virtkit_testkit::{require_assets, require_kvm, skip, Assets, StockKernelScript};
 
 const VIRTKIT: &str = env!("CARGO_BIN_EXE_virtkit");
-/// The emulated host's `vk_*` helpers; plain sh, so they serve a direct run as well.
-const VK_LIB: &str = include_str!("../../testkit/src/sh/host-lib.sh");
 const SEABIOS: &str = "/usr/share/seabios/bios.bin";
 /// The asset recipe that put e2fsprogs' mke2fs (mkfs.ext4) and e2fsck into the guest.
 const RECIPE_WITH_E2FSPROGS: u32 = 3;
@@ -236,57 +234,16 @@ fn run_disk_script(assets: &Assets, test: &str, files: &[(&Path, &str)], script:
     let initrd = scratch.0.join("initrd");
     initrd_with_scripts(assets, &initrd);
     let started = Instant::now();
-    let output = if virtkit_testkit::host_kvm_kind() == KvmKind::Hardware {
-        let g = scratch.0.join("g");
-        let w = scratch.0.join("w");
-        std::fs::create_dir_all(&g).unwrap();
-        std::fs::create_dir_all(&w).unwrap();
-        std::os::unix::fs::symlink(assets.vmlinuz(), g.join("vmlinuz")).unwrap();
-        std::os::unix::fs::symlink(&initrd, g.join("initrd")).unwrap();
-        for (src, name) in files {
-            std::os::unix::fs::symlink(src, g.join(name)).unwrap();
-        }
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "{VK_LIB}\n{HOST_LIB}\nG={g}; W={w}; VIRTKIT={VIRTKIT}; DEBUGFS={d}; E2FSCK={e}\n{script}",
-                g = g.display(),
-                w = w.display(),
-                d = debugfs.display(),
-                e = e2fsck.display(),
-            ))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-    } else {
-        if !require_qemu() {
-            return None;
-        }
-        let mut host = EmulatedHost::new(assets)
-            .binary(Path::new(VIRTKIT), "/usr/bin/virtkit")
-            .binary(&debugfs, "/usr/sbin/debugfs")
-            .binary(&e2fsck, "/usr/sbin/e2fsck")
-            .file(assets.vmlinuz(), "/guest/vmlinuz")
-            .file(&initrd, "/guest/initrd");
-        for (src, name) in files {
-            host = host.file(src, &format!("/guest/{name}"));
-        }
-        let run = host
-            .script(&format!(
-                "{HOST_LIB}\nG=/guest; W=/tmp/w; mkdir -p $W; VIRTKIT=/usr/bin/virtkit; \
-                 DEBUGFS=/usr/sbin/debugfs; E2FSCK=/usr/sbin/e2fsck\n{script}"
-            ))
-            .timeout(Duration::from_secs(600))
-            .run()
-            .unwrap_or_else(|e| panic!("emulated host run failed: {e}"));
-        if run.attempts > 1 {
-            eprintln!(
-                "note: the emulated host was started {} times (emulator hang before kvm-ready)",
-                run.attempts
-            );
-        }
-        run.output
-    };
+    let mut run = StockKernelScript::new(test)
+        .file(assets.vmlinuz(), "vmlinuz")
+        .file(&initrd, "initrd")
+        .program("VIRTKIT", VIRTKIT)
+        .program("DEBUGFS", debugfs)
+        .program("E2FSCK", e2fsck);
+    for (src, name) in files {
+        run = run.file(src, name);
+    }
+    let output = run.run(assets, &format!("{HOST_LIB}\n{script}"))?;
     eprintln!(
         "{test}: the script ran in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -4,14 +4,11 @@
 //! loaded), which is how CI runs them here.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use virtkit_testkit::{require_assets, require_kvm, require_qemu, Assets, EmulatedHost, KvmKind};
+use virtkit_testkit::{require_assets, require_kvm, Assets, StockKernelScript};
 
 const VIRTKIT: &str = env!("CARGO_BIN_EXE_virtkit");
-/// The emulated host's `vk_*` helpers; plain sh, so they serve a direct run as well.
-const VK_LIB: &str = include_str!("../../testkit/src/sh/host-lib.sh");
 
 /// The `lifecycle` example (crates/cli/examples), built by `cargo test` next to this test.
 fn lifecycle_example() -> PathBuf {
@@ -30,53 +27,14 @@ fn lifecycle_example() -> PathBuf {
 /// The script finds `$VIRTKIT`, `$LIFECYCLE` and the guest files in `$G`, and prints
 /// `CASE <name>: <line>` for what the test checks.
 fn run_full_guest_script(assets: &Assets, script: &str) -> Option<String> {
-    let lifecycle = lifecycle_example();
-    if virtkit_testkit::host_kvm_kind() == KvmKind::Hardware {
-        let dir = std::env::temp_dir().join(format!("virtkit-full-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for (src, name) in [
-            (assets.vmlinuz(), "vmlinuz"),
-            (assets.vmlinux(), "vmlinux"),
-            (assets.guest_initramfs(), "initramfs.cpio.gz"),
-        ] {
-            let _ = std::fs::remove_file(dir.join(name));
-            std::os::unix::fs::symlink(src, dir.join(name)).unwrap();
-        }
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "{VK_LIB}\nG={dir}; VIRTKIT={VIRTKIT}; LIFECYCLE={lc}\n{script}",
-                dir = dir.display(),
-                lc = lifecycle.display(),
-            ))
-            .output()
-            .unwrap();
-        return Some(
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-        );
-    }
-    if !require_qemu() {
-        return None;
-    }
-    let run = EmulatedHost::new(assets)
-        .binary(Path::new(VIRTKIT), "/usr/bin/virtkit")
-        .binary(&lifecycle, "/usr/bin/lifecycle")
-        .file(assets.vmlinuz(), "/guest/vmlinuz")
-        .file(assets.vmlinux(), "/guest/vmlinux")
-        .file(assets.guest_initramfs(), "/guest/initramfs.cpio.gz")
-        .script(&format!(
-            "G=/guest; VIRTKIT=/usr/bin/virtkit; LIFECYCLE=/usr/bin/lifecycle\n{script}"
-        ))
+    StockKernelScript::new("full")
+        .file(assets.vmlinuz(), "vmlinuz")
+        .file(assets.vmlinux(), "vmlinux")
+        .file(assets.guest_initramfs(), "initramfs.cpio.gz")
+        .program("VIRTKIT", VIRTKIT)
+        .program("LIFECYCLE", lifecycle_example())
         .timeout(Duration::from_secs(900))
-        .run()
-        .unwrap_or_else(|e| panic!("emulated host run failed: {e}"));
-    if run.attempts > 1 {
-        eprintln!(
-            "note: the emulated host was started {} times (emulator hang before kvm-ready)",
-            run.attempts
-        );
-    }
-    Some(run.output)
+        .run(assets, script)
 }
 
 fn prerequisites() -> Option<Assets> {

@@ -54,6 +54,7 @@ pub mod assets;
 pub mod cpio;
 pub mod host;
 pub mod skip;
+pub mod stock_kernel;
 
 pub use assets::{repo_root, Assets};
 pub use host::{
@@ -64,3 +65,4 @@ pub use skip::{
     host_kvm_kind, kvm_available, qemu_available, require_all, require_assets, require_kvm,
     require_kvm_and_seabios, require_qemu, skip, KvmKind, SEABIOS,
 };
+pub use stock_kernel::StockKernelScript;

@@ -1,0 +1,108 @@
+//! Running a test's shell script where stock Linux kernels boot: directly on a host with
+//! hardware KVM, or inside the emulated KVM host ([`EmulatedHost`]) on a PVM host. The script
+//! finds its files in `$G`, a scratch directory in `$W`, each program in the shell variable it
+//! was given, and the `vk_*` helpers of `sh/host-lib.sh` in both places.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::assets::Assets;
+use crate::host::EmulatedHost;
+use crate::skip::{host_kvm_kind, require_qemu, KvmKind};
+
+const HOST_LIB: &str = include_str!("sh/host-lib.sh");
+
+/// A script and what it needs, run by [`StockKernelScript::run`].
+pub struct StockKernelScript {
+    name: String,
+    files: Vec<(PathBuf, String)>,
+    programs: Vec<(String, PathBuf)>,
+    timeout: Duration,
+}
+
+impl StockKernelScript {
+    /// `name` tags the scratch directory of a direct run.
+    pub fn new(name: &str) -> StockKernelScript {
+        StockKernelScript {
+            name: name.to_owned(),
+            files: Vec::new(),
+            programs: Vec::new(),
+            timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// `src` as `$G/name`.
+    pub fn file(mut self, src: impl AsRef<Path>, name: &str) -> Self {
+        self.files.push((src.as_ref().to_owned(), name.to_owned()));
+        self
+    }
+
+    /// The program `path` as `$VAR` (`variable` is the shell variable's name).
+    pub fn program(mut self, variable: &str, path: impl AsRef<Path>) -> Self {
+        self.programs
+            .push((variable.to_owned(), path.as_ref().to_owned()));
+        self
+    }
+
+    /// How long the emulated host may run the script (default 600 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs `script`; its standard output and error, or `None` after printing `SKIPPED:` when
+    /// neither hardware KVM nor QEMU for the emulated host is there.
+    pub fn run(self, assets: &Assets, script: &str) -> Option<String> {
+        if host_kvm_kind() == KvmKind::Hardware {
+            return Some(self.run_directly(script));
+        }
+        if !require_qemu() {
+            return None;
+        }
+        let mut host = EmulatedHost::new(assets);
+        let mut variables = String::from("G=/guest; W=/tmp/w; mkdir -p $W");
+        for (variable, path) in &self.programs {
+            let dest = format!("/usr/bin/{}", variable.to_lowercase());
+            host = host.binary(path, &dest);
+            variables.push_str(&format!("; {variable}={dest}"));
+        }
+        for (src, name) in &self.files {
+            host = host.file(src, &format!("/guest/{name}"));
+        }
+        let run = host
+            .script(&format!("{variables}\n{script}"))
+            .timeout(self.timeout)
+            .run()
+            .unwrap_or_else(|e| panic!("emulated host run failed: {e}"));
+        if run.attempts > 1 {
+            eprintln!(
+                "note: the emulated host was started {} times (emulator hang before kvm-ready)",
+                run.attempts
+            );
+        }
+        Some(run.output)
+    }
+
+    fn run_directly(&self, script: &str) -> String {
+        let dir = std::env::temp_dir().join(format!("virtkit-{}-{}", self.name, std::process::id()));
+        let (g, w) = (dir.join("g"), dir.join("w"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&g).unwrap();
+        std::fs::create_dir_all(&w).unwrap();
+        for (src, name) in &self.files {
+            std::os::unix::fs::symlink(src, g.join(name)).unwrap();
+        }
+        let mut variables = format!("G={}; W={}", g.display(), w.display());
+        for (variable, path) in &self.programs {
+            variables.push_str(&format!("; {variable}={}", path.display()));
+        }
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{HOST_LIB}\n{variables}\n{script}"))
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+}
