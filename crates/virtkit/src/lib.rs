@@ -10,6 +10,7 @@ pub mod bundle;
 mod config;
 pub mod control;
 pub mod disk_image;
+mod durable;
 mod home;
 mod host;
 mod identity;

@@ -4,9 +4,11 @@
 use std::io::Write;
 use std::path::Path;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use virtkit::images::{download, local_image, CatalogSource, ImageCatalog, LocalImage};
 use virtkit::{ByteSize, VirtkitHome};
+
+use crate::commands::vms::Format;
 
 use crate::exit::{CliError, EXIT_OK};
 use crate::progress::Progress;
@@ -31,8 +33,8 @@ pub enum ImagesCommand {
 #[derive(Args)]
 pub struct ListArgs {
     /// Output as text (a table) or JSON.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub format: OutputFormat,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
     #[command(flatten)]
     pub catalog: CatalogArg,
 }
@@ -53,15 +55,8 @@ pub struct CatalogArg {
     pub catalog: Option<String>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    Text,
-    Json,
-}
-
 pub fn run(args: &ImagesArgs) -> Result<u8, CliError> {
-    let home =
-        VirtkitHome::from_env().map_err(|e| CliError::with_chain("cannot find the images directory", &e))?;
+    let home = crate::commands::vms::home()?;
     match &args.command {
         None => list(&args.list, &home),
         Some(ImagesCommand::List(list_args)) => list(list_args, &home),
@@ -120,8 +115,8 @@ fn list(args: &ListArgs, home: &VirtkitHome) -> Result<u8, CliError> {
         })
         .collect();
     let output = match args.format {
-        OutputFormat::Json => json_listing(&catalog, &source, &dir, &rows),
-        OutputFormat::Text => table(&source, &rows),
+        Format::Json => json_listing(&catalog, &source, &dir, &rows),
+        Format::Text => table(&source, &rows),
     };
     write_stdout(&output)?;
     Ok(EXIT_OK)

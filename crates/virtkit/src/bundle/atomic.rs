@@ -1,7 +1,7 @@
 //! Writes that are all-or-nothing: a reader (or a crash) sees the old file or the new one,
 //! never a mix.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 
@@ -28,10 +28,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// Flushes a directory's entries (new names, renames) to disk.
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+pub(crate) use crate::durable::sync_dir;
 
 #[cfg(test)]
 mod tests {

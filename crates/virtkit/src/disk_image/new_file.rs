@@ -46,13 +46,7 @@ impl NewFile {
     /// Makes the file durable: its data and size, then its directory entry.
     pub(crate) fn finish(mut self) -> Result<(), DiskImageError> {
         self.file.sync_all().map_err(io_error("flush", &self.path))?;
-        let dir = match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_error("flush the directory", dir))?;
+        crate::durable::sync_parent(&self.path).map_err(io_error("flush the directory of", &self.path))?;
         self.finished = true;
         Ok(())
     }

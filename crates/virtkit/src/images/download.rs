@@ -203,12 +203,10 @@ pub fn download(
     file.sync_all().map_err(io_err)?;
     std::fs::rename(&part, &target).map_err(io_err)?;
     // The rename is durable once the directory is synced.
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| DownloadError::Io {
-            path: dir.to_owned(),
-            source: e,
-        })?;
+    crate::durable::sync_dir(dir).map_err(|e| DownloadError::Io {
+        path: dir.to_owned(),
+        source: e,
+    })?;
     tracing::info!(image = %image.name, path = %target.display(), "downloaded and verified");
     Ok(target)
 }
