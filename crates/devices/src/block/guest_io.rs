@@ -43,7 +43,6 @@ impl std::fmt::Debug for GuestIo {
 
 // SAFETY: the raw pointers in `iovecs` point into guest memory mappings that `memory` (which is
 // `Send`) keeps alive; nothing in this type dereferences them, only the kernel does.
-#[allow(unsafe_code)]
 unsafe impl Send for GuestIo {}
 
 /// Most vectors one op takes (`IOV_MAX`); a request with more is moved through a host buffer.
@@ -147,7 +146,6 @@ impl GuestIo {
         };
         // SAFETY: the vectors are guest memory kept mapped by `self` for this call (see the
         // module comment); the kernel writes at most their lengths.
-        #[allow(unsafe_code)]
         let n = unsafe {
             libc::preadv2(
                 fd.as_raw_fd(),
@@ -173,7 +171,6 @@ impl GuestIo {
             &rest
         };
         // SAFETY: as in `preadv2`; the kernel only reads the vectors' memory.
-        #[allow(unsafe_code)]
         let n = unsafe {
             libc::pwritev2(
                 fd.as_raw_fd(),

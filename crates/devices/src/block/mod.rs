@@ -15,6 +15,7 @@ mod buffer;
 mod config;
 mod device;
 pub mod fuzz;
+#[allow(unsafe_code)]
 mod guest_io;
 mod handler;
 mod metrics;
