@@ -13,8 +13,8 @@
 #       isa-bridge id=<00:01.0 dword 0x00> class=<dword 0x08> header=<byte 0x0e>
 #                   pirq=<dword 0x60> (8, 8, 2 and 8 hex digits)
 # then "mbr-pam done" and ACPI power-off. Two sectors: write the whole image at the start of
-# the disk; the boot sector loads sector 1 to 0x7e00 with int 13h AH=42h and jumps there (if
-# that fails it prints "pam: load error=<AH>" and powers off).
+# the disk; the boot sector (MBR_LOAD_STAGE2) loads sector 1 to 0x7e00 with int 13h AH=42h
+# and jumps there (if that fails it prints "pam: load error=<AH>" and powers off).
     .include "mbr.inc"
 
     .set CONFIG_ADDRESS,    0xcf8
@@ -24,33 +24,13 @@
     .set PAM6,              0x5f
     .set PROBE_SEGMENT,     0xed00          # the probe at 0xED001 (PAM6's high nibble),
     .set PROBE_OFFSET,      1               # where SeaBIOS's ROM byte is not zero
-    .set STAGE2_ADDR,       MBR_LOAD_ADDR + SECTOR_SIZE     # 0x7e00
-    .set STAGE2_SECTORS,    1               # mbr::PAM_SECTORS - 1 in lib.rs
     .set RESULTS,           SECTOR_BUF      # rom, write-only, read-only, dropped, wrote
     .set SAVED_PAM6,        SECTOR_BUF + 8
     .set SAVED_RAM,         SECTOR_BUF + 9
 
 # ---- sector 0: load the rest -------------------------------------------------------------
 main:
-    movw    $STAGE2_SECTORS, dap_count
-    movw    $STAGE2_ADDR, dap_off
-    movl    $1, dap_lba
-    movb    $0x42, %ah
-    call    int13_dap
-    jc      1f
-    ljmp    $0, $stage2                     # CS=0 from here on
-1:  movw    $s_load_error, %si
-    call    puts
-    movb    %ah, %al
-    call    put_hex8
-    movw    $s_newline, %si
-    call    puts
-    jmp     power_off
-
-s_load_error:   .asciz  "pam: load error="
-s_newline:      .asciz  "\n"
-
-    MBR_END
+    MBR_LOAD_STAGE2 1, pam                  # mbr::PAM_SECTORS - 1 in lib.rs
 
 # ---- sector 1, at 0x7e00 -----------------------------------------------------------------
 stage2:
@@ -221,4 +201,4 @@ s_header:   .asciz  " header="
 s_pirq:     .asciz  " pirq="
 s_done:     .asciz  "\nmbr-pam done\n"
 
-    .org    SECTOR_SIZE * (1 + STAGE2_SECTORS)     # pads; an error if the program is longer
+    MBR_STAGE2_END

@@ -1,7 +1,8 @@
 # mbr_session - MBR program for VM-manager tests: persistence, identity, liveness and a clean
 # shutdown of a firmware-booted guest. Longer than one sector: write the whole image at the
-# start of the disk. Sector 0 (the boot sector) loads sectors 1..STAGE2_SECTORS to 0x7e00 with
-# int 13h AH=42h and jumps there; if that fails it prints "session: load error=<AH>" and powers off.
+# start of the disk. Sector 0 (the boot sector, MBR_LOAD_STAGE2) loads sectors 1..3 to 0x7e00
+# with int 13h AH=42h and jumps there; if that fails it prints "session: load error=<AH>" and
+# powers off.
 #
 # 1. Boot counter, in the state sector at LBA STATE_LBA (2048): bytes 0..16 STATE_MAGIC, 16..20
 #    the boot count (LE32), the rest zero. It reads the sector (a failed read or no magic counts
@@ -25,8 +26,6 @@
 #    bit 8 (PWRBTN_STS) is set it clears it, prints "session: power button" and powers off.
     .include "mbr.inc"
 
-    .set STAGE2_ADDR,       MBR_LOAD_ADDR + SECTOR_SIZE     # 0x7e00
-    .set STAGE2_SECTORS,    3               # mbr::SESSION_SECTORS - 1 in lib.rs
     .set STATE_LBA,         2048
     .set STATE_MAGIC_LEN,   16
     .set STATE_BUF,         0x1000          # below the stack, above the BIOS data area
@@ -40,37 +39,13 @@
 
 # ---- sector 0: load the rest -------------------------------------------------------------
 main:
-    movw    $STAGE2_SECTORS, dap_count
-    movw    $STAGE2_ADDR, dap_off
-    movl    $1, dap_lba
-    movb    $0x42, %ah
-    call    int13_dap
-    jc      1f
-    ljmp    $0, $stage2                 # CS=0 from here on
-1:  movw    $s_load_error, %si
-    call    puts
-    movb    %ah, %al
-    call    put_hex8
-    movw    $s_newline, %si
-    call    puts
-    jmp     power_off
+    MBR_LOAD_STAGE2 3, session              # mbr::SESSION_SECTORS - 1 in lib.rs
 
-s_load_error:   .asciz  "session: load error="
-s_newline:      .asciz  "\n"
-
-    MBR_END
-
-# ---- sectors 1..STAGE2_SECTORS, at 0x7e00 ------------------------------------------------
+# ---- sectors 1..3, at 0x7e00 -------------------------------------------------------------
 stage2:
     call    boot_counter
     call    identity
-    movw    $PM1_STS, %dx
-    movw    $PM1_PWRBTN, %ax            # clear a stale status (write 1 to clear)
-    outw    %ax, %dx
-    movw    $PM1_EN, %dx
-    inw     %dx, %ax
-    orw     $PM1_PWRBTN, %ax
-    outw    %ax, %dx
+    ACPI_POWER_BUTTON_ENABLE
     movw    $s_ready, %si
     call    puts
 
@@ -393,5 +368,6 @@ s_smbios_none:      .asciz  "session: smbios none\n"
 s_ready:            .asciz  "session: ready\n"
 s_tick:             .asciz  "session: tick "
 s_power_button:     .asciz  "session: power button\n"
+s_newline:          .asciz  "\n"
 
-    .org    SECTOR_SIZE * (1 + STAGE2_SECTORS)     # pads; an error if the program is longer
+    MBR_STAGE2_END

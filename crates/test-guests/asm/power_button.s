@@ -7,13 +7,7 @@
 
     .text
 main:
-    movw    $PM1_STS, %dx
-    movw    $PM1_PWRBTN, %ax        # clear a stale status (write 1 to clear)
-    outw    %ax, %dx
-    movw    $PM1_EN, %dx
-    inw     %dx, %ax
-    orw     $PM1_PWRBTN, %ax
-    outw    %ax, %dx
+    ACPI_POWER_BUTTON_ENABLE
 
     movl    $waiting, %esi
     call    puts
