@@ -523,7 +523,7 @@ pub mod output {
             && groups
                 .iter()
                 .zip([8, 4, 4, 4, 12])
-                .all(|(g, len)| g.len() == len && g.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+                .all(|(g, len)| is_lower_hex(g, len));
         well_formed.then_some(uuid)
     }
 
@@ -642,9 +642,7 @@ pub mod output {
             let mut fields = line.trim_end().strip_prefix("isa-bridge ")?.split(' ');
             let mut field = |name: &str, digits: usize| {
                 let hex = fields.next()?.strip_prefix(name)?.strip_prefix('=')?;
-                let canonical =
-                    hex.len() == digits && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-                canonical.then(|| u32::from_str_radix(hex, 16).ok())?
+                is_lower_hex(hex, digits).then(|| u32::from_str_radix(hex, 16).ok())?
             };
             let info = IsaBridgeInfo {
                 id: field("id", 8)?,
@@ -671,8 +669,12 @@ pub mod output {
 
     /// Exactly 2 lowercase hex digits, as `put_hex8` prints them.
     fn parse_hex8(text: &str) -> Option<u8> {
-        let canonical = text.len() == 2 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        canonical.then(|| u8::from_str_radix(text, 16).ok())?
+        is_lower_hex(text, 2).then(|| u8::from_str_radix(text, 16).ok())?
+    }
+
+    /// Whether `text` is exactly `digits` lowercase hex digits, as the guests print numbers.
+    fn is_lower_hex(text: &str, digits: usize) -> bool {
+        text.len() == digits && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     }
 }
 
