@@ -16,11 +16,11 @@ use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use virtkit_virtio::warn_ratelimited;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::backend::{DiskBackend, DiskCompletion, DiskOp, Started};
 use super::buffer::BufferPool;
-use super::guest_io::GuestIo;
+use super::guest_io::{copy_from_guest, copy_to_guest, GuestIo};
 use super::metrics::BlockMetrics;
 use super::request::{
     parse_request, status, walk_chain, DiskLimits, Range, Request, Segment, ID_BYTES, SECTOR_SHIFT,
@@ -539,52 +539,6 @@ fn transfer(write: bool, sector: u64, data: Vec<Segment>) -> Job {
 /// Size of a transfer's next piece.
 fn piece(t: &Transfer) -> usize {
     (t.total - t.done).min(CHUNK as u64) as usize
-}
-
-/// Calls `f` with each guest piece of `segments` from byte `skip` on, `len` bytes in all, and the
-/// range of those bytes counted from `skip`.
-fn for_each_piece(
-    segments: &[Segment],
-    mut skip: u64,
-    len: usize,
-    mut f: impl FnMut(GuestAddress, std::ops::Range<usize>) -> Result<(), ()>,
-) -> Result<(), ()> {
-    let mut at = 0usize;
-    for segment in segments {
-        if at == len {
-            break;
-        }
-        let seg_len = u64::from(segment.len);
-        if skip >= seg_len {
-            skip -= seg_len;
-            continue;
-        }
-        let n = ((seg_len - skip) as usize).min(len - at);
-        // The parser checked the segment is guest memory, so this cannot wrap; checked anyway.
-        let addr = segment.addr.checked_add(skip).ok_or(())?;
-        f(addr, at..at + n)?;
-        skip = 0;
-        at += n;
-    }
-    if at == len {
-        Ok(())
-    } else {
-        Err(())
-    }
-}
-
-/// Copies guest bytes `skip..` of `segments` into `buf` (bounds-checked by `vm-memory`).
-fn copy_from_guest(mem: &GuestMemoryMmap, segments: &[Segment], skip: u64, buf: &mut [u8]) -> Result<(), ()> {
-    for_each_piece(segments, skip, buf.len(), |addr, range| {
-        mem.read_slice(&mut buf[range], addr).map_err(|_| ())
-    })
-}
-
-/// Copies `buf` into guest bytes `skip..` of `segments` (bounds-checked by `vm-memory`).
-fn copy_to_guest(mem: &GuestMemoryMmap, segments: &[Segment], skip: u64, buf: &[u8]) -> Result<(), ()> {
-    for_each_piece(segments, skip, buf.len(), |addr, range| {
-        mem.write_slice(&buf[range], addr).map_err(|_| ())
-    })
 }
 
 fn io_status(result: std::io::Result<()>, what: &str) -> u8 {

@@ -5,7 +5,8 @@
 //! - `request`: chain walking and request checking, pure.
 //! - `handler`: running requests and the queue loop, pure.
 //! - `buffer`: the host buffers data passes through, and their per-disk pool.
-//! - `guest_io`: guest memory as the kernel's I/O vectors, for reads and writes with no copy.
+//! - `guest_io`: guest memory as the kernel's I/O vectors, for reads and writes with no copy,
+//!   and the bounds-checked copies between guest memory and host buffers.
 //! - `uring`: the io_uring engine of a `FileDisk`. These two hold the crate's only `unsafe`.
 //! - `worker`: the `v_blk` thread.
 //! - `device`: [`Block`], the [`virtkit_virtio::VirtioDevice`].
