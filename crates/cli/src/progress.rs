@@ -121,3 +121,32 @@ fn line(label: &str, done: u64, total: Option<u64>) -> String {
         _ => format!("{label}: {}", ByteSize(done)),
     }
 }
+
+/// A `(done, total)` report for framework calls that learn the total only as they go: the
+/// display starts at the first report.
+pub struct LazyProgress {
+    label: String,
+    progress: Option<Progress>,
+}
+
+impl LazyProgress {
+    pub fn new(label: impl Into<String>) -> LazyProgress {
+        LazyProgress {
+            label: label.into(),
+            progress: None,
+        }
+    }
+
+    pub fn report(&mut self, done: u64, total: u64) {
+        let label = &self.label;
+        self.progress
+            .get_or_insert_with(|| Progress::new(label.clone(), Some(total)))
+            .update(done);
+    }
+
+    pub fn finish(self) {
+        if let Some(p) = self.progress {
+            p.finish();
+        }
+    }
+}

@@ -5,7 +5,7 @@ use virtkit::disk_image::CloneMethod;
 
 use crate::commands::vms::{home, human_size, open};
 use crate::exit::CliError;
-use crate::progress::Progress;
+use crate::progress::LazyProgress;
 
 #[derive(Args)]
 pub struct CloneArgs {
@@ -18,19 +18,13 @@ pub struct CloneArgs {
 pub fn run(args: &CloneArgs) -> Result<u8, CliError> {
     let home = home()?;
     let src = open(&home, &args.source)?;
-    let label = format!("clone {}", args.name);
-    let mut progress: Option<Progress> = None;
-    let mut report = |done: u64, total: u64| {
-        progress
-            .get_or_insert_with(|| Progress::new(&label, Some(total)))
-            .update(done);
-    };
-    let (copy, method) = src.clone_to(&home, &args.name, &mut report).map_err(|e| {
-        CliError::with_chain(format!("cannot clone `{}` to `{}`", args.source, args.name), &e)
-    })?;
-    if let Some(p) = progress.take() {
-        p.finish();
-    }
+    let mut progress = LazyProgress::new(format!("clone {}", args.name));
+    let (copy, method) = src
+        .clone_to(&home, &args.name, &mut |done, total| progress.report(done, total))
+        .map_err(|e| {
+            CliError::with_chain(format!("cannot clone `{}` to `{}`", args.source, args.name), &e)
+        })?;
+    progress.finish();
     println!(
         "cloned `{}` to `{}` ({}, {} used), machine id {}",
         args.source,

@@ -9,7 +9,7 @@ use virtkit::parse_size;
 
 use crate::commands::vms::{home, human_size};
 use crate::exit::CliError;
-use crate::progress::Progress;
+use crate::progress::LazyProgress;
 
 #[derive(Args)]
 pub struct CreateArgs {
@@ -80,18 +80,12 @@ pub fn run(args: &CreateArgs) -> Result<u8, CliError> {
         disk_size: args.disk_size,
         keep_restore_image: args.keep_image,
     };
-    let mut progress: Option<Progress> = None;
-    let label = format!("create {}", args.name);
-    let mut report = |done: u64, total: u64| {
-        progress
-            .get_or_insert_with(|| Progress::new(&label, Some(total)))
-            .update(done);
-    };
-    let bundle = Bundle::create(&home, &args.name, &spec, &mut report)
-        .map_err(|e| CliError::with_chain(format!("cannot create the VM `{}`", args.name), &e))?;
-    if let Some(p) = progress.take() {
-        p.finish();
-    }
+    let mut progress = LazyProgress::new(format!("create {}", args.name));
+    let bundle = Bundle::create(&home, &args.name, &spec, &mut |done, total| {
+        progress.report(done, total)
+    })
+    .map_err(|e| CliError::with_chain(format!("cannot create the VM `{}`", args.name), &e))?;
+    progress.finish();
     let disk = bundle.disk_size().unwrap_or(0);
     println!(
         "created `{}`: {} vCPUs, {} memory, {} disk ({} used) in {}",

@@ -10,7 +10,7 @@ use clap::Args;
 use virtkit::bundle::{CONTROL_SOCKET, VMM_LOG_FILE};
 use virtkit::{VirtkitHome, HOME_ENV};
 
-use crate::commands::vms::{home, open, socket_alive, state_of};
+use crate::commands::vms::{already_running, home, open, socket_alive, state_of};
 use crate::exit::CliError;
 use crate::vm_process::{Mode, DETACH_START_TIMEOUT};
 
@@ -34,10 +34,7 @@ fn tail(path: &std::path::Path, from: u64) -> String {
 pub fn run(home: &VirtkitHome, name: &str) -> Result<u8, CliError> {
     let b = open(home, name)?;
     if b.is_running() {
-        return Err(CliError::new(format!(
-            "the VM `{name}` is already running{}; `virtkit console {name}` attaches to it, `virtkit stop {name}` stops it",
-            b.running_pid().map(|p| format!(" (process {p})")).unwrap_or_default()
-        )));
+        return Err(already_running(name, b.running_pid()));
     }
     let log_path = b.file(VMM_LOG_FILE);
     let log = OpenOptions::new()

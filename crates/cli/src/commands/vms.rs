@@ -40,6 +40,14 @@ pub fn state_of(bundle: &Bundle) -> String {
     }
 }
 
+/// Why a VM cannot be run again: it runs already (in process `pid`, if known).
+pub fn already_running(name: &str, pid: Option<u32>) -> CliError {
+    CliError::new(format!(
+        "the VM `{name}` is already running{}; `virtkit console {name}` attaches to it, `virtkit stop {name}` stops it",
+        pid.map(|p| format!(" (process {p})")).unwrap_or_default()
+    ))
+}
+
 /// Sends one command to a running VM's process.
 pub fn ask(bundle: &Bundle, command: ControlCommand) -> Result<ControlResponse, CliError> {
     let path = bundle.file(CONTROL_SOCKET);

@@ -14,6 +14,7 @@ use std::time::Duration;
 use virtkit::bundle::{Bundle, HardwareModel, CONSOLE_LOG_FILE, CONSOLE_SOCKET, CONTROL_SOCKET, PID_FILE};
 use virtkit::{SerialAttachment, StopReason, VirtkitHome, VirtualMachine};
 
+use crate::commands::vms::already_running;
 use crate::exit::{exit_code_for, CliError};
 use crate::terminal::{forward_stdin_with_escape, stdin_is_terminal, RawMode};
 use crate::vm_events::Events;
@@ -36,10 +37,7 @@ fn bundle_error(e: virtkit::bundle::BundleError) -> CliError {
 pub fn run(home: &VirtkitHome, name: &str, mode: Mode) -> Result<u8, CliError> {
     let bundle = Bundle::open(home, name).map_err(bundle_error)?;
     let lock = bundle.lock().map_err(|e| match e {
-        virtkit::bundle::BundleError::Running { pid, .. } => CliError::new(format!(
-            "the VM `{name}` is already running{}; `virtkit console {name}` attaches to it, `virtkit stop {name}` stops it",
-            pid.map(|p| format!(" (process {p})")).unwrap_or_default()
-        )),
+        virtkit::bundle::BundleError::Running { pid, .. } => already_running(name, pid),
         other => bundle_error(other),
     })?;
     bundle.write_pid(&lock).map_err(bundle_error)?;
