@@ -7,9 +7,7 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
@@ -23,26 +21,35 @@ pub struct ConsoleHub {
 /// wrote before the machine stopped.
 pub struct OutputPump {
     thread: std::thread::JoinHandle<()>,
-    machine_stopped: Arc<AtomicBool>,
+    /// Closed by `finish`: the pump then drains the pipe and ends. It sleeps in `poll` on this
+    /// and the output pipe, so an idle console costs no wake-ups.
+    machine_stopped: std::io::PipeWriter,
 }
-
-/// How long the pipe must stay empty, after the machine stopped, to count as drained.
-const DRAIN_QUIET: Duration = Duration::from_millis(50);
 
 impl OutputPump {
     /// Call after the machine stopped: no more output can come, so once the pipe is empty the
     /// pump is done (the pipe's write end may outlive the machine, so EOF is not awaited).
     pub fn finish(self) {
-        self.machine_stopped.store(true, Ordering::SeqCst);
+        drop(self.machine_stopped);
         let _ = self.thread.join();
     }
 }
 
-/// Waits until `file` is readable; false if nothing came within `timeout`.
-fn readable(file: &File, timeout: Duration) -> bool {
-    let mut fds = [PollFd::new(file, PollFlags::IN)];
-    let timeout = Timespec::try_from(timeout).ok();
-    matches!(poll(&mut fds, timeout.as_ref()), Ok(n) if n > 0)
+/// Whether `output` has bytes (or its end) to read: waits for that or for `stop` to close;
+/// `wait` false only looks.
+fn output_ready(output: &File, stop: &impl std::os::fd::AsFd, wait: bool) -> bool {
+    let mut fds = [
+        PollFd::new(output, PollFlags::IN),
+        PollFd::new(stop, PollFlags::IN),
+    ];
+    let timeout = (!wait).then(Timespec::default);
+    loop {
+        match poll(&mut fds, timeout.as_ref()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return false,
+            Ok(_) => return !fds[0].revents().is_empty(),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -62,17 +69,19 @@ impl ConsoleHub {
         let clients: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
         let out_clients = clients.clone();
         let mut output = File::from(guest_output);
-        let machine_stopped = Arc::new(AtomicBool::new(false));
-        let stopped = machine_stopped.clone();
+        let (stop, machine_stopped) = std::io::pipe()?;
         let thread = std::thread::Builder::new()
             .name("console-out".into())
             .spawn(move || {
                 let mut buf = [0u8; 4096];
+                let mut stopping = false;
                 loop {
-                    if !readable(&output, DRAIN_QUIET) {
-                        if stopped.load(Ordering::SeqCst) {
+                    if !output_ready(&output, &stop, !stopping) {
+                        if stopping {
                             return;
                         }
+                        // Woken by `finish` with nothing to read: drain what is left, then end.
+                        stopping = true;
                         continue;
                     }
                     let n = match output.read(&mut buf) {
