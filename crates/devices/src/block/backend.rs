@@ -51,6 +51,42 @@ pub enum Started {
     InFlight,
 }
 
+impl DiskOp {
+    /// Bytes it moves.
+    fn len(&self) -> usize {
+        match self {
+            DiskOp::Read { buffer, .. } | DiskOp::Write { buffer, .. } => buffer.len(),
+            DiskOp::ReadGuest { io, .. } | DiskOp::WriteGuest { io, .. } => io.len(),
+            DiskOp::Flush => 0,
+        }
+    }
+
+    /// Zeroes what a read fills from byte `from` on (it met the end of the file).
+    fn zero_from(&mut self, from: usize) -> io::Result<()> {
+        match self {
+            DiskOp::Read { buffer, .. } => {
+                buffer.as_mut_slice()[from..].fill(0);
+                Ok(())
+            }
+            DiskOp::ReadGuest { io, .. } => io.zero_from(from),
+            _ => Ok(()),
+        }
+    }
+
+    /// Its completion, having succeeded, with its buffer handed back.
+    fn finished(self, tag: u64) -> DiskCompletion {
+        let buffer = match self {
+            DiskOp::Read { buffer, .. } | DiskOp::Write { buffer, .. } => Some(buffer),
+            _ => None,
+        };
+        DiskCompletion {
+            tag,
+            result: Ok(()),
+            buffer,
+        }
+    }
+}
+
 /// Runs `op` with the backend's synchronous methods (guest memory through a host copy).
 pub fn run_now<B: DiskBackend + ?Sized>(disk: &mut B, tag: u64, op: DiskOp) -> DiskCompletion {
     let (result, buffer) = match op {
@@ -181,7 +217,8 @@ pub struct FileDisk {
     sync: SyncMode,
     /// `O_DIRECT` bounce buffer, over-allocated so an aligned window fits.
     bounce: Vec<u8>,
-    /// The filesystem takes `RWF_NOWAIT` buffered writes (until it says it does not).
+    /// The file takes `RWF_NOWAIT` buffered reads, and writes (until it says it does not).
+    nowait_reads: bool,
     nowait_writes: bool,
     /// `O_DIRECT` alignment of offsets, lengths and buffers for this file.
     align: usize,
@@ -266,6 +303,7 @@ impl FileDisk {
             direct: cache == CacheMode::Uncached,
             sync,
             bounce: Vec::new(),
+            nowait_reads: true,
             nowait_writes: true,
             align,
         })
@@ -325,6 +363,78 @@ impl FileDisk {
         let start = offset - offset % align;
         let end = (offset + len as u64).next_multiple_of(align);
         (start, (end - start) as usize)
+    }
+
+    /// One non-blocking transfer of `op` through the page cache (`RWF_NOWAIT`): the bytes it
+    /// moved (none if it would block; all if a read met the end of the file, the rest reading as
+    /// zeros), or `None` for a write the filesystem cannot take without blocking.
+    fn transfer_nowait(&mut self, op: &mut DiskOp) -> Option<usize> {
+        let fd = self.file.as_fd();
+        let (write, result) = match op {
+            DiskOp::Read { offset, buffer } if self.nowait_reads => {
+                let slices = &mut [io::IoSliceMut::new(buffer.as_mut_slice())];
+                let result = rustix::io::preadv2(fd, slices, *offset, ReadWriteFlags::NOWAIT);
+                (false, result.map_err(io::Error::from))
+            }
+            DiskOp::ReadGuest { offset, io } if self.nowait_reads => {
+                (false, io.preadv2(fd, *offset, 0, libc::RWF_NOWAIT))
+            }
+            DiskOp::Write { offset, buffer } if self.nowait_writes => {
+                let slices = &[io::IoSlice::new(buffer.as_slice())];
+                let result = rustix::io::pwritev2(fd, slices, *offset, ReadWriteFlags::NOWAIT);
+                (true, result.map_err(io::Error::from))
+            }
+            DiskOp::WriteGuest { offset, io } if self.nowait_writes => {
+                (true, io.pwritev2(fd, *offset, 0, libc::RWF_NOWAIT))
+            }
+            DiskOp::Write { .. } | DiskOp::WriteGuest { .. } => return None,
+            DiskOp::Read { .. } | DiskOp::ReadGuest { .. } | DiskOp::Flush => return Some(0),
+        };
+        match result {
+            // End of file: zeros.
+            Ok(0) if !write => Some(if op.zero_from(0).is_ok() { op.len() } else { 0 }),
+            Ok(n) => Some(n),
+            // The file takes no `RWF_NOWAIT` this way: stop asking. Reads then go to io_uring.
+            // ext4, among others, has no non-blocking buffered writes: io_uring would hand each
+            // to a kernel thread, and buffered writes to one file take its inode lock one at a
+            // time anyway, so the hand-off costs and buys nothing (measured: docs/BLOCK.md).
+            // Writes are then done here (`write_now`).
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                if write {
+                    self.nowait_writes = false;
+                    None
+                } else {
+                    self.nowait_reads = false;
+                    Some(0)
+                }
+            }
+            // It would block (`EAGAIN`), or it fails: io_uring tries it and reports.
+            Err(_) => Some(0),
+        }
+    }
+
+    /// A write through the page cache, here and now; guest memory goes straight to the file.
+    fn write_now(&mut self, tag: u64, op: DiskOp) -> DiskCompletion {
+        let DiskOp::WriteGuest { offset, io } = op else {
+            return run_now(self, tag, op);
+        };
+        let mut done = 0;
+        let result = loop {
+            if done >= io.len() {
+                break Ok(());
+            }
+            match io.pwritev2(self.file.as_fd(), offset, done, 0) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        DiskCompletion {
+            tag,
+            result,
+            buffer: None,
+        }
     }
 }
 
@@ -425,164 +535,34 @@ impl DiskBackend for FileDisk {
         Ok(())
     }
 
-    fn start(&mut self, tag: u64, op: DiskOp) -> Started {
-        let align = self.align;
-        let Some(uring) = self.uring.as_mut() else {
+    fn start(&mut self, tag: u64, mut op: DiskOp) -> Started {
+        if self.uring.is_none() {
             return Started::Done(run_now(self, tag, op));
-        };
-        match op {
-            DiskOp::Flush if self.sync == SyncMode::None => Started::Done(DiskCompletion {
-                tag,
-                result: Ok(()),
-                buffer: None,
-            }),
-            DiskOp::Flush => {
-                uring.start(tag, op, 0);
-                Started::InFlight
-            }
-            // Through the page cache, a request that would not block is cheapest answered here;
-            // what would block (a read of pages not in the cache) goes to io_uring.
-            DiskOp::Read { offset, mut buffer } if !self.direct => {
-                let result = rustix::io::preadv2(
-                    &self.file,
-                    &mut [io::IoSliceMut::new(buffer.as_mut_slice())],
-                    offset,
-                    ReadWriteFlags::NOWAIT,
-                );
-                let done = match result {
-                    Ok(0) => {
-                        // End of file: zeros.
-                        buffer.as_mut_slice().fill(0);
-                        buffer.len()
-                    }
-                    Ok(n) => n,
-                    Err(_) => 0,
-                };
-                if done == buffer.len() {
-                    return Started::Done(DiskCompletion {
-                        tag,
-                        result: Ok(()),
-                        buffer: Some(buffer),
-                    });
-                }
-                uring.start(tag, DiskOp::Read { offset, buffer }, done);
-                Started::InFlight
-            }
-            DiskOp::Write { offset, buffer } if !self.direct => {
-                if self.nowait_writes {
-                    let result = rustix::io::pwritev2(
-                        &self.file,
-                        &[io::IoSlice::new(buffer.as_slice())],
-                        offset,
-                        ReadWriteFlags::NOWAIT,
-                    );
-                    let done = match result {
-                        Ok(n) => n,
-                        Err(rustix::io::Errno::OPNOTSUPP) => {
-                            // ext4, among others, has no non-blocking buffered writes: io_uring
-                            // would hand each to a kernel thread, and buffered writes to one file
-                            // take its inode lock one at a time anyway, so the hand-off costs
-                            // and buys nothing (measured: docs/BLOCK.md). Write here.
-                            self.nowait_writes = false;
-                            return Started::Done(run_now(self, tag, DiskOp::Write { offset, buffer }));
-                        }
-                        Err(_) => 0,
-                    };
-                    if done == buffer.len() {
-                        return Started::Done(DiskCompletion {
-                            tag,
-                            result: Ok(()),
-                            buffer: Some(buffer),
-                        });
-                    }
-                    uring.start(tag, DiskOp::Write { offset, buffer }, done);
-                    return Started::InFlight;
-                }
-                Started::Done(run_now(self, tag, DiskOp::Write { offset, buffer }))
-            }
-            // Guest memory straight to and from the file: through the page cache at once if
-            // that would not block, else (and always with `O_DIRECT`) in the background.
-            DiskOp::ReadGuest { offset, io } => {
-                let done = if self.direct {
-                    0
-                } else {
-                    match io.preadv2(self.file.as_fd(), offset, 0, libc::RWF_NOWAIT) {
-                        // End of file: zeros.
-                        Ok(0) => match io.zero_from(0) {
-                            Ok(()) => io.len(),
-                            Err(_) => 0,
-                        },
-                        Ok(n) => n,
-                        Err(_) => 0,
-                    }
-                };
-                if done == io.len() {
-                    return Started::Done(DiskCompletion {
-                        tag,
-                        result: Ok(()),
-                        buffer: None,
-                    });
-                }
-                uring.start(tag, DiskOp::ReadGuest { offset, io }, done);
-                Started::InFlight
-            }
-            DiskOp::WriteGuest { offset, io } => {
-                if self.direct {
-                    uring.start(tag, DiskOp::WriteGuest { offset, io }, 0);
-                    return Started::InFlight;
-                }
-                if self.nowait_writes {
-                    match io.pwritev2(self.file.as_fd(), offset, 0, libc::RWF_NOWAIT) {
-                        Ok(n) if n == io.len() => {
-                            return Started::Done(DiskCompletion {
-                                tag,
-                                result: Ok(()),
-                                buffer: None,
-                            })
-                        }
-                        Ok(n) => {
-                            uring.start(tag, DiskOp::WriteGuest { offset, io }, n);
-                            return Started::InFlight;
-                        }
-                        // No non-blocking buffered writes here: see the host-buffer case above.
-                        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => self.nowait_writes = false,
-                        Err(_) => {
-                            uring.start(tag, DiskOp::WriteGuest { offset, io }, 0);
-                            return Started::InFlight;
-                        }
-                    }
-                }
-                let mut done = 0;
-                let result = loop {
-                    if done >= io.len() {
-                        break Ok(());
-                    }
-                    match io.pwritev2(self.file.as_fd(), offset, done, 0) {
-                        Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => done += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => break Err(e),
-                    }
-                };
-                Started::Done(DiskCompletion {
-                    tag,
-                    result,
-                    buffer: None,
-                })
-            }
-            // `O_DIRECT`, aligned: to the disk, in the background.
-            DiskOp::Read { offset, buffer } if Self::direct_ready(align, offset, buffer.as_slice()) => {
-                uring.start(tag, DiskOp::Read { offset, buffer }, 0);
-                Started::InFlight
-            }
-            DiskOp::Write { offset, buffer } if Self::direct_ready(align, offset, buffer.as_slice()) => {
-                uring.start(tag, DiskOp::Write { offset, buffer }, 0);
-                Started::InFlight
-            }
+        }
+        let done = match &op {
+            DiskOp::Flush if self.sync == SyncMode::None => return Started::Done(op.finished(tag)),
+            DiskOp::Flush => 0,
             // Partial `O_DIRECT` blocks are a read-modify-write: done here, synchronously, with
             // nothing else in flight.
-            op => Started::Done(run_now(self, tag, op)),
+            DiskOp::Read { offset, buffer } | DiskOp::Write { offset, buffer }
+                if self.direct && !Self::direct_ready(self.align, *offset, buffer.as_slice()) =>
+            {
+                return Started::Done(run_now(self, tag, op));
+            }
+            // `O_DIRECT`, aligned: to the disk, in the background.
+            _ if self.direct => 0,
+            // Through the page cache, what does not block is cheapest done here; what would (a
+            // read of pages not in the cache) goes on in the background from where it stopped.
+            _ => match self.transfer_nowait(&mut op) {
+                Some(done) if done == op.len() => return Started::Done(op.finished(tag)),
+                Some(done) => done,
+                None => return Started::Done(self.write_now(tag, op)),
+            },
+        };
+        if let Some(uring) = self.uring.as_mut() {
+            uring.start(tag, op, done);
         }
+        Started::InFlight
     }
 
     fn submit(&mut self) {
