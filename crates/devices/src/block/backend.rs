@@ -215,8 +215,8 @@ pub struct FileDisk {
     block_device: bool,
     direct: bool,
     sync: SyncMode,
-    /// `O_DIRECT` bounce buffer, over-allocated so an aligned window fits.
-    bounce: Vec<u8>,
+    /// `O_DIRECT` bounce buffer for partial blocks (grown as needed).
+    bounce: IoBuffer,
     /// The file takes `RWF_NOWAIT` buffered reads, and writes (until it says it does not).
     nowait_reads: bool,
     nowait_writes: bool,
@@ -302,7 +302,7 @@ impl FileDisk {
             block_device,
             direct: cache == CacheMode::Uncached,
             sync,
-            bounce: Vec::new(),
+            bounce: IoBuffer::new(0),
             nowait_reads: true,
             nowait_writes: true,
             align,
@@ -349,13 +349,13 @@ impl FileDisk {
         }
     }
 
-    /// An aligned window of `len` bytes in the bounce buffer.
-    fn aligned(bounce: &mut Vec<u8>, len: usize) -> &mut [u8] {
-        if bounce.len() < len + DIRECT_IO_ALIGN {
-            bounce.resize(len + DIRECT_IO_ALIGN, 0);
+    /// `len` bytes of the bounce buffer (aligned, as every `IoBuffer` is).
+    fn aligned(bounce: &mut IoBuffer, len: usize) -> &mut [u8] {
+        if bounce.capacity() < len {
+            *bounce = IoBuffer::new(len);
         }
-        let start = bounce.as_ptr().align_offset(DIRECT_IO_ALIGN);
-        &mut bounce[start..start + len]
+        bounce.set_len(len);
+        bounce.as_mut_slice()
     }
 
     fn direct_window(&self, offset: u64, len: usize) -> (u64, usize) {
