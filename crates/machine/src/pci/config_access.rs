@@ -43,10 +43,11 @@ impl PciConfigIo {
         self
     }
 
-    /// (bus, device, function, register offset) for a data access at `data_offset` (0..4), if
-    /// the address latch is enabled.
-    fn target(&self, data_offset: u64) -> Option<(u8, u8, u8, usize)> {
-        if self.address & ADDRESS_ENABLE == 0 {
+    /// (bus, device, function, register offset) of a CONFIG_DATA access of `len` bytes at port
+    /// offset `offset`, if the address latch is enabled and the access fits in the dword.
+    fn data_target(&self, offset: u64, len: usize) -> Option<(u8, u8, u8, usize)> {
+        let data_offset = offset.checked_sub(DATA_OFFSET)?;
+        if self.address & ADDRESS_ENABLE == 0 || !fits_in_dword(data_offset, len) {
             return None;
         }
         let bus = (self.address >> 16) as u8;
@@ -67,15 +68,11 @@ impl BusDevice for PciConfigIo {
             data.copy_from_slice(&self.address.to_le_bytes());
             return;
         }
-        let data_offset = offset.wrapping_sub(DATA_OFFSET);
-        let target = (offset >= DATA_OFFSET)
-            .then(|| self.target(data_offset))
-            .flatten();
-        match target {
-            Some((bus, device, function, register)) if fits_in_dword(data_offset, data.len()) => {
+        match self.data_target(offset, data.len()) {
+            Some((bus, device, function, register)) => {
                 lock(&self.root).read_config(bus, device, function, register, data)
             }
-            _ => data.fill(0xff),
+            None => data.fill(0xff),
         }
     }
 
@@ -94,15 +91,9 @@ impl BusDevice for PciConfigIo {
             }
             return;
         }
-        let data_offset = offset.wrapping_sub(DATA_OFFSET);
-        let target = (offset >= DATA_OFFSET)
-            .then(|| self.target(data_offset))
-            .flatten();
-        if let Some((bus, device, function, register)) = target {
-            if fits_in_dword(data_offset, data.len()) {
-                lock(&self.root).write_config(bus, device, function, register, data);
-                return;
-            }
+        if let Some((bus, device, function, register)) = self.data_target(offset, data.len()) {
+            lock(&self.root).write_config(bus, device, function, register, data);
+            return;
         }
         // Other byte and word accesses to 0xcf8..0xcfb are chipset registers nothing here has.
         tracing::trace!(offset, len = data.len(), "PCI config port access ignored");

@@ -252,9 +252,15 @@ impl PciConfiguration {
     /// Makes `len` bytes at `offset` (outside the BARs) writable by the guest, for
     /// device-specific registers such as chipset bytes.
     pub fn set_writable(&mut self, offset: usize, len: usize) {
+        self.set_write_mask(offset, len, 0xff);
+    }
+
+    /// Makes the `mask` bits of each of the `len` bytes at `offset` (outside the BARs) writable
+    /// by the guest and its other bits read-only, for registers with reserved bits.
+    pub fn set_write_mask(&mut self, offset: usize, len: usize, mask: u8) {
         let end = (offset + len).min(CONFIG_SPACE_SIZE);
         for byte in &mut self.writable[offset.min(end)..end] {
-            *byte = 0xff;
+            *byte = mask;
         }
     }
 
@@ -263,6 +269,14 @@ impl PciConfiguration {
     pub fn bytes(&self, offset: usize, len: usize) -> &[u8] {
         let end = offset.saturating_add(len).min(CONFIG_SPACE_SIZE);
         &self.bytes[offset.min(end)..end]
+    }
+
+    /// The `N` bytes at `offset` as they are now (zeros beyond configuration space), for a
+    /// device reading back a block of its own registers.
+    pub fn register_bytes<const N: usize>(&self, offset: usize) -> [u8; N] {
+        let mut registers = [0; N];
+        self.read(offset, &mut registers);
+        registers
     }
 
     /// Overwrites bytes a device owns (a capability's state), ignoring the write mask.

@@ -65,9 +65,7 @@ impl HostBridge {
 
     /// PAM0..PAM6 as they are now.
     pub fn pam_registers(&self) -> [u8; PAM_COUNT] {
-        let mut registers = [0; PAM_COUNT];
-        registers.copy_from_slice(self.config.bytes(PAM_START, PAM_COUNT));
-        registers
+        self.config.register_bytes(PAM_START)
     }
 }
 

@@ -27,7 +27,8 @@ pub const PIRQ_ROUTE_START: usize = 0x60;
 pub const PIRQ_COUNT: usize = 4;
 /// A PIRQ route register: routing off (the reset value).
 pub const PIRQ_ROUTING_DISABLED: u8 = 0x80;
-/// The bits of a PIRQ route register that exist: IRQROUTEEN# and the IRQ number.
+/// The bits of a PIRQ route register that exist: IRQROUTEEN# and the IRQ number (bits 4..6 are
+/// reserved and read as zero).
 const PIRQ_WRITABLE: u8 = 0x8f;
 /// The device-specific registers, all plain storage here.
 const DEVICE_REGISTERS: usize = 0x40;
@@ -76,6 +77,7 @@ impl IsaBridge {
         config.enable(COMMAND_IO | COMMAND_MEMORY | COMMAND_BUS_MASTER);
         config.set_bytes(STATUS, &STATUS_DEVSEL_MEDIUM.to_le_bytes());
         config.set_writable(DEVICE_REGISTERS, super::CONFIG_SPACE_SIZE - DEVICE_REGISTERS);
+        config.set_write_mask(PIRQ_ROUTE_START, PIRQ_COUNT, PIRQ_WRITABLE);
         for &(offset, value) in RESET_VALUES {
             config.set_bytes(offset, &[value]);
         }
@@ -85,9 +87,7 @@ impl IsaBridge {
 
     /// PIRQA#..PIRQD# route control as programmed.
     pub fn pirq_routes(&self) -> [u8; PIRQ_COUNT] {
-        let mut routes = [0; PIRQ_COUNT];
-        routes.copy_from_slice(self.config.bytes(PIRQ_ROUTE_START, PIRQ_COUNT));
-        routes
+        self.config.register_bytes(PIRQ_ROUTE_START)
     }
 }
 
@@ -98,13 +98,6 @@ impl PciDevice for IsaBridge {
 
     fn configuration_mut(&mut self) -> &mut PciConfiguration {
         &mut self.config
-    }
-
-    fn write_config(&mut self, offset: usize, data: &[u8]) {
-        self.config.write(offset, data);
-        // Bits 4..7 of a PIRQ route register are reserved and read as zero.
-        let routes = self.pirq_routes().map(|r| r & PIRQ_WRITABLE);
-        self.config.set_bytes(PIRQ_ROUTE_START, &routes);
     }
 }
 
