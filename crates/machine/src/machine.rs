@@ -12,8 +12,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{build_tables, write_acpi_tables, AcpiConfig, AcpiError};
 use crate::boot::{
-    configure_boot_vcpu, load_firmware, load_linux, mirror_isa_bios, BootEntry, BootError, BootSource,
-    E820Entry, FirmwareImage, E820_RAM, E820_RESERVED,
+    configure_boot_vcpu, firmware_e820_map, load_firmware, load_linux, mirror_isa_bios, BootEntry, BootError,
+    BootSource, FirmwareImage,
 };
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::cpuid::vcpu_cpuid;
@@ -24,8 +24,8 @@ use crate::devices::{
 };
 use crate::interrupt::GsiRouter;
 use crate::layout::{
-    irqs, ports, HIGH_MEMORY_START, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, PAM_WINDOW_END,
-    PAM_WINDOW_START, PCI_ECAM_SIZE, PCI_ECAM_START,
+    irqs, ports, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, PAM_WINDOW_END, PAM_WINDOW_START, PCI_ECAM_SIZE,
+    PCI_ECAM_START,
 };
 use crate::memory::{create_guest_memory, low_ram_end, ram_ranges, ranges_around};
 use crate::pam::{ShadowRam, ShadowRamError};
@@ -455,12 +455,10 @@ impl Machine {
     /// paths (`/pci@i0cf8/*@1` is the device in PCI slot 1). Call once, before `start`.
     pub fn set_boot_order(&self, paths: &[String]) -> Result<(), MachineError> {
         let fw_cfg = self.fw_cfg.as_ref().ok_or(MachineError::NoFirmware)?;
-        let mut bytes = paths.join("\n").into_bytes();
-        bytes.push(0);
         fw_cfg
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .add_file("bootorder", bytes)?;
+            .add_bootorder(paths)?;
         Ok(())
     }
 
@@ -551,28 +549,10 @@ pub(crate) fn firmware_config(
     acpi: &AcpiConfig,
     identity: &SmbiosIdentity,
 ) -> Result<FwCfg, MachineError> {
-    let mut map = vec![E820Entry {
-        address: 0,
-        size: low_ram_end(memory_size),
-        kind: E820_RAM,
-    }];
-    if memory_size > low_ram_end(memory_size) {
-        map.push(E820Entry {
-            address: HIGH_MEMORY_START,
-            size: memory_size - low_ram_end(memory_size),
-            kind: E820_RAM,
-        });
-    }
-    // KVM's TSS and identity-map pages sit in the hole; the firmware must not use them.
-    map.push(E820Entry {
-        address: KVM_IDENTITY_MAP_ADDRESS,
-        size: 0x4000,
-        kind: E820_RESERVED,
-    });
     let mut fw_cfg = FwCfg::new(memory.clone())
         .with_ram_size(memory_size)?
         .with_cpus(u16::from(vcpus), u16::from(vcpus))?
-        .with_e820(&map)?
+        .with_e820(&firmware_e820_map(memory_size))?
         .with_acpi(&build_tables(acpi)?)?
         .with_boot_menu(false)?
         .with_boot_fail_wait_ms(0)?;

@@ -1,6 +1,6 @@
 //! The guest's physical memory map (e820), shared by every boot path.
 
-use crate::layout::{HIGH_RAM_START, LOW_RAM_END};
+use crate::layout::{HIGH_RAM_START, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, LOW_RAM_END};
 use crate::memory::ram_ranges;
 
 /// Usable RAM.
@@ -38,6 +38,30 @@ pub fn e820_map(memory_size: u64) -> Vec<E820Entry> {
             });
         }
     }
+    map
+}
+
+/// KVM's identity-map page and the three TSS pages after it.
+const KVM_PAGES_END: u64 = KVM_TSS_ADDRESS + 3 * 0x1000;
+
+/// The memory map a firmware boot hands SeaBIOS (`etc/e820`), as QEMU gives it: all of RAM,
+/// the legacy area included (SeaBIOS reserves its own pieces of it), split around the 32-bit
+/// MMIO hole, and KVM's identity-map and TSS pages in the hole reserved so that the firmware
+/// keeps off them.
+pub fn firmware_e820_map(memory_size: u64) -> Vec<E820Entry> {
+    let mut map: Vec<E820Entry> = ram_ranges(memory_size)
+        .into_iter()
+        .map(|(start, size)| E820Entry {
+            address: start.0,
+            size,
+            kind: E820_RAM,
+        })
+        .collect();
+    map.push(E820Entry {
+        address: KVM_IDENTITY_MAP_ADDRESS,
+        size: KVM_PAGES_END - KVM_IDENTITY_MAP_ADDRESS,
+        kind: E820_RESERVED,
+    });
     map
 }
 
@@ -81,6 +105,29 @@ mod tests {
         assert_eq!(map[2].address, HIGH_MEMORY_START);
         assert_eq!(map[2].size, (4 << 30) - MMIO_HOLE_START);
         assert_eq!(usable(&map), (4 << 30) - (HIGH_RAM_START - LOW_RAM_END));
+    }
+
+    #[test]
+    fn firmware_map_is_all_of_ram_and_reserves_the_kvm_pages() {
+        let reserved = E820Entry {
+            address: 0xfffb_b000,
+            size: 0x4000,
+            kind: E820_RESERVED,
+        };
+        let ram = |address, size| E820Entry {
+            address,
+            size,
+            kind: E820_RAM,
+        };
+        assert_eq!(firmware_e820_map(64 << 20), vec![ram(0, 64 << 20), reserved]);
+        assert_eq!(
+            firmware_e820_map(4 << 30),
+            vec![
+                ram(0, MMIO_HOLE_START),
+                ram(HIGH_MEMORY_START, (4 << 30) - MMIO_HOLE_START),
+                reserved
+            ]
+        );
     }
 
     #[test]

@@ -48,7 +48,7 @@
 //! let mut fw_cfg = FwCfg::new(memory.clone())
 //!     .with_ram_size(memory_size)?                        // key 0x03
 //!     .with_cpus(vcpus, vcpus)?                           // keys 0x05, 0x0f, 0x0d (no NUMA)
-//!     .with_e820(&firmware_e820)?                         // "etc/e820"
+//!     .with_e820(&firmware_e820_map(memory_size))?        // "etc/e820"
 //!     .with_acpi(&acpi::build_tables(&acpi_config)?)?     // "etc/acpi/rsdp", "etc/acpi/tables",
 //!                                                         // "etc/table-loader"
 //!     .with_bootorder(["/pci@i0cf8/*@4"])?                // "bootorder", the disk to boot first
@@ -63,9 +63,10 @@
 //! with nothing to boot stops with a reset instead of waiting SeaBIOS's default 60 s; `u32::MAX`
 //! waits forever.
 //!
-//! `firmware_e820` as QEMU gives it: RAM from 0 to the end of low RAM in one entry (SeaBIOS
-//! reserves its own EBDA and BIOS areas), RAM above 4 GiB, and reserved entries for anything
-//! else the guest must keep off (QEMU reserves KVM's identity-map and TSS pages). Without
+//! `crate::boot::firmware_e820_map` is the map as QEMU gives it: RAM from 0 to the end of low
+//! RAM in one entry (SeaBIOS reserves its own EBDA and BIOS areas), RAM above 4 GiB, and
+//! reserved entries for anything else the guest must keep off (KVM's identity-map and TSS
+//! pages). Without
 //! `etc/e820` SeaBIOS falls back to the CMOS memory bytes. The tables written by
 //! `write_acpi_tables` at 0xE0000 are for direct kernel boots only; a firmware boot hands the
 //! unplaced blobs over here instead.
@@ -396,6 +397,16 @@ impl<M: GuestMemoryBackend> FwCfg<M> {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        self.add_bootorder(entries)?;
+        Ok(self)
+    }
+
+    /// [`FwCfg::with_bootorder`] on a device already built (once, before the firmware runs).
+    pub fn add_bootorder<I, S>(&mut self, entries: I) -> Result<(), FwCfgError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
         let mut lines = Vec::new();
         for entry in entries {
             let entry = entry.as_ref();
@@ -407,7 +418,7 @@ impl<M: GuestMemoryBackend> FwCfg<M> {
         let mut data = lines.join("\n").into_bytes();
         data.push(0);
         self.add_file(files::BOOTORDER, data)?;
-        Ok(self)
+        Ok(())
     }
 
     /// `etc/boot-fail-wait` (LE32): how long SeaBIOS waits after finding nothing to boot
