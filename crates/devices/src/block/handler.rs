@@ -91,6 +91,8 @@ pub struct RequestHandler<B> {
     writes_in_flight: usize,
     /// Completions to process (from the backend, or from ops that ran at once).
     completions: Vec<DiskCompletion>,
+    /// Completions being processed (kept empty between calls, for its allocation).
+    batch: Vec<DiskCompletion>,
     /// Used-ring entries (head, length) of requests that completed, to publish.
     finished: Vec<(u16, u32)>,
     /// Entries were added to the used ring since the last interrupt decision.
@@ -121,6 +123,7 @@ impl<B: DiskBackend> RequestHandler<B> {
             outstanding: 0,
             writes_in_flight: 0,
             completions: Vec::new(),
+            batch: Vec::new(),
             finished: Vec::new(),
             used_any: false,
             completed: 0,
@@ -320,28 +323,22 @@ impl<B: DiskBackend> RequestHandler<B> {
                         n >= GUEST_IO_MIN && offset.is_multiple_of(align as u64) && n.is_multiple_of(align)
                     })
                     .and_then(|align| GuestIo::new(mem, &t.data, t.done, n, align));
-                if let Some(io) = guest {
-                    let op = if t.write {
-                        DiskOp::WriteGuest { offset, io }
-                    } else {
-                        DiskOp::ReadGuest { offset, io }
-                    };
-                    match self.disk.start(tag, op) {
-                        Started::InFlight => {}
-                        Started::Done(completion) => self.completions.push(completion),
+                match guest {
+                    Some(io) if t.write => DiskOp::WriteGuest { offset, io },
+                    Some(io) => DiskOp::ReadGuest { offset, io },
+                    None if t.write => {
+                        let mut buffer = self.pool.take(n);
+                        if copy_from_guest(mem, &t.data, t.done, buffer.as_mut_slice()).is_err() {
+                            self.pool.give(buffer);
+                            self.finish(index, status::IOERR, mem);
+                            return;
+                        }
+                        DiskOp::Write { offset, buffer }
                     }
-                    return;
-                }
-                let mut buffer = self.pool.take(n);
-                if t.write {
-                    if copy_from_guest(mem, &t.data, t.done, buffer.as_mut_slice()).is_err() {
-                        self.pool.give(buffer);
-                        self.finish(index, status::IOERR, mem);
-                        return;
-                    }
-                    DiskOp::Write { offset, buffer }
-                } else {
-                    DiskOp::Read { offset, buffer }
+                    None => DiskOp::Read {
+                        offset,
+                        buffer: self.pool.take(n),
+                    },
                 }
             }
         };
@@ -354,7 +351,7 @@ impl<B: DiskBackend> RequestHandler<B> {
     /// Processes completions until none is left, waiting first for one if `wait`.
     fn collect(&mut self, mem: &GuestMemoryMmap, wait: bool) {
         let mut wait = wait && self.disk.in_flight() > 0;
-        let mut batch = Vec::new();
+        let mut batch = std::mem::take(&mut self.batch);
         loop {
             if self.completions.is_empty() {
                 self.disk.reap(&mut self.completions, wait);
@@ -370,10 +367,7 @@ impl<B: DiskBackend> RequestHandler<B> {
             self.pump(mem);
             self.disk.submit();
         }
-        // Keep the allocation.
-        if self.completions.capacity() == 0 {
-            self.completions = batch;
-        }
+        self.batch = batch;
     }
 
     /// The backend's tag for slot `index`.
