@@ -55,7 +55,7 @@ impl Vm {
         }
     }
 
-    // Every change to the set is one call, so a panic elsewhere leaves it consistent.
+    // A poisoned lock is still consistent: nothing that can panic runs between two changes.
     fn slot_numbers(&self) -> MutexGuard<'_, SlotNumbers> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -107,8 +107,9 @@ impl Vm {
                 "READONLY_MEM (read-only memory slots)",
             ));
         }
-        let slot = self
-            .slot_numbers()
+        // Held until KVM has answered, so that the set always says what KVM has.
+        let mut slots = self.slot_numbers();
+        let slot = slots
             .take(self.max_memslots)
             .ok_or(HypervisorError::MissingCapability(
                 "enough memory slots for this memory layout",
@@ -122,9 +123,8 @@ impl Vm {
         };
         // SAFETY: the caller guarantees the host range stays mapped while the slot exists; the
         // slot number is free, so this creates a slot and replaces no other mapping.
-        let created = unsafe { self.fd.set_user_memory_region(region) };
-        if let Err(e) = created {
-            self.slot_numbers().in_use.remove(&slot);
+        if let Err(e) = unsafe { self.fd.set_user_memory_region(region) } {
+            slots.in_use.remove(&slot);
             return Err(ioctl("KVM_SET_USER_MEMORY_REGION")(e));
         }
         Ok(slot)
@@ -133,7 +133,8 @@ impl Vm {
     /// Removes a slot [`Vm::map_memory`] made: its guest range has no memory behind it any more
     /// (accesses exit as MMIO) and its number may be handed out again.
     pub fn unmap_memory(&self, slot: u32) -> Result<()> {
-        if !self.slot_numbers().in_use.contains(&slot) {
+        let mut slots = self.slot_numbers();
+        if !slots.in_use.contains(&slot) {
             return Err(HypervisorError::NoSuchSlot(slot));
         }
         // A size of zero deletes the slot; KVM ignores the other fields then.
@@ -145,7 +146,7 @@ impl Vm {
         // reachable by the guest afterwards.
         unsafe { self.fd.set_user_memory_region(region) }
             .map_err(ioctl("KVM_SET_USER_MEMORY_REGION (delete)"))?;
-        self.slot_numbers().in_use.remove(&slot);
+        slots.in_use.remove(&slot);
         Ok(())
     }
 
