@@ -53,7 +53,7 @@ pub enum Started {
 
 impl DiskOp {
     /// Bytes it moves.
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         match self {
             DiskOp::Read { buffer, .. } | DiskOp::Write { buffer, .. } => buffer.len(),
             DiskOp::ReadGuest { io, .. } | DiskOp::WriteGuest { io, .. } => io.len(),
@@ -62,7 +62,7 @@ impl DiskOp {
     }
 
     /// Zeroes what a read fills from byte `from` on (it met the end of the file).
-    fn zero_from(&mut self, from: usize) -> io::Result<()> {
+    pub(super) fn zero_from(&mut self, from: usize) -> io::Result<()> {
         match self {
             DiskOp::Read { buffer, .. } => {
                 buffer.as_mut_slice()[from..].fill(0);
@@ -73,17 +73,13 @@ impl DiskOp {
         }
     }
 
-    /// Its completion, having succeeded, with its buffer handed back.
-    fn finished(self, tag: u64) -> DiskCompletion {
+    /// Its completion, with its host buffer handed back (guest memory needs nothing back).
+    pub(super) fn completion(self, tag: u64, result: io::Result<()>) -> DiskCompletion {
         let buffer = match self {
             DiskOp::Read { buffer, .. } | DiskOp::Write { buffer, .. } => Some(buffer),
             _ => None,
         };
-        DiskCompletion {
-            tag,
-            result: Ok(()),
-            buffer,
-        }
+        DiskCompletion { tag, result, buffer }
     }
 }
 
@@ -540,7 +536,7 @@ impl DiskBackend for FileDisk {
             return Started::Done(run_now(self, tag, op));
         }
         let done = match &op {
-            DiskOp::Flush if self.sync == SyncMode::None => return Started::Done(op.finished(tag)),
+            DiskOp::Flush if self.sync == SyncMode::None => return Started::Done(op.completion(tag, Ok(()))),
             DiskOp::Flush => 0,
             // Partial `O_DIRECT` blocks are a read-modify-write: done here, synchronously, with
             // nothing else in flight.
@@ -554,7 +550,7 @@ impl DiskBackend for FileDisk {
             // Through the page cache, what does not block is cheapest done here; what would (a
             // read of pages not in the cache) goes on in the background from where it stopped.
             _ => match self.transfer_nowait(&mut op) {
-                Some(done) if done == op.len() => return Started::Done(op.finished(tag)),
+                Some(done) if done == op.len() => return Started::Done(op.completion(tag, Ok(()))),
                 Some(done) => done,
                 None => return Started::Done(self.write_now(tag, op)),
             },

@@ -1,13 +1,14 @@
 //! The io_uring engine of a [`super::FileDisk`]: reads, writes and `fdatasync`s of one file run in
 //! the kernel while the worker goes on taking requests, and complete in any order.
 //!
-//! Buffers handed to the kernel are the device's own [`IoBuffer`]s, never guest memory: the
-//! request layer copies between guest memory (bounds-checked, through `vm-memory`) and these
-//! buffers. An op's buffer lives in `ops[slot]` from the moment its address goes into a submission
-//! entry until its completion entry has been read from the ring; nothing else can reach it in
-//! between (the table is private), its heap storage never moves (an [`IoBuffer`] is a `Vec` that
-//! is never resized), and dropping the engine first waits for every op in flight — or, if the ring
-//! itself fails, leaks their buffers rather than free memory the kernel may still write.
+//! Memory handed to the kernel is the device's own [`super::IoBuffer`]s, or guest memory named by
+//! a [`super::GuestIo`] (which keeps it mapped; see `guest_io`). An op — its buffer or its
+//! `GuestIo` — lives in `ops[slot]` from the moment its address goes into a submission entry until
+//! its completion entry has been read from the ring; nothing else can reach it in between (the
+//! table is private), its heap storage never moves (an `IoBuffer` is a `Vec` that is never
+//! resized, and so are a `GuestIo`'s vectors), and dropping the engine first waits for every op in
+//! flight — or, if the ring itself fails, leaks their buffers rather than free memory the kernel
+//! may still write.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -16,49 +17,13 @@ use io_uring::{opcode, squeue, types, IoUring};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::{DiskCompletion, DiskOp};
-use super::buffer::IoBuffer;
-use super::guest_io::GuestIo;
 
 /// Submission queue entries; the completion queue gets twice as many.
 const RING_ENTRIES: u32 = 256;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Read,
-    Write,
-    Sync,
-}
-
-/// Where an op's data is.
-enum Data {
-    None,
-    Buffer(IoBuffer),
-    Guest(GuestIo),
-}
-
-impl Data {
-    /// The host buffer to hand back; guest memory needs nothing handed back.
-    fn into_buffer(self) -> Option<IoBuffer> {
-        match self {
-            Data::Buffer(buffer) => Some(buffer),
-            _ => None,
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Data::None => 0,
-            Data::Buffer(buffer) => buffer.len(),
-            Data::Guest(io) => io.len(),
-        }
-    }
-}
-
 struct Op {
     tag: u64,
-    kind: Kind,
-    offset: u64,
-    data: Data,
+    op: DiskOp,
     /// Bytes already transferred (a short read or write is continued from here).
     done: usize,
 }
@@ -124,24 +89,11 @@ impl Uring {
                 break;
             }
         }
-        let (kind, offset, data) = match op {
-            DiskOp::Read { offset, buffer } => (Kind::Read, offset, Data::Buffer(buffer)),
-            DiskOp::Write { offset, buffer } => (Kind::Write, offset, Data::Buffer(buffer)),
-            DiskOp::ReadGuest { offset, io } => (Kind::Read, offset, Data::Guest(io)),
-            DiskOp::WriteGuest { offset, io } => (Kind::Write, offset, Data::Guest(io)),
-            DiskOp::Flush => (Kind::Sync, 0, Data::None),
-        };
         let slot = self.free.pop().unwrap_or_else(|| {
             self.ops.push(None);
             self.ops.len() - 1
         });
-        self.ops[slot] = Some(Op {
-            tag,
-            kind,
-            offset,
-            data,
-            done,
-        });
+        self.ops[slot] = Some(Op { tag, op, done });
         self.in_flight += 1;
         self.push(slot);
     }
@@ -152,32 +104,32 @@ impl Uring {
             return;
         };
         let fd = types::Fd(self.fd);
-        let at = op.offset + op.done as u64;
-        let entry = match (op.kind, &mut op.data) {
-            (Kind::Sync, _) => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
-            (Kind::Read, Data::Buffer(buffer)) => {
-                let rest = &mut buffer.as_mut_slice()[op.done..];
+        let done = op.done;
+        let entry = match &mut op.op {
+            DiskOp::Flush => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
+            DiskOp::Read { offset, buffer } => {
+                let rest = &mut buffer.as_mut_slice()[done..];
                 opcode::Read::new(fd, rest.as_mut_ptr(), rest.len() as u32)
-                    .offset(at)
+                    .offset(*offset + done as u64)
                     .build()
             }
-            (Kind::Write, Data::Buffer(buffer)) => {
-                let rest = &buffer.as_slice()[op.done..];
+            DiskOp::Write { offset, buffer } => {
+                let rest = &buffer.as_slice()[done..];
                 opcode::Write::new(fd, rest.as_ptr(), rest.len() as u32)
-                    .offset(at)
+                    .offset(*offset + done as u64)
                     .build()
             }
-            (Kind::Read, Data::Guest(io)) => {
-                let (vectors, count) = io.kernel_vectors(op.done);
-                opcode::Readv::new(fd, vectors, count).offset(at).build()
+            DiskOp::ReadGuest { offset, io } => {
+                let (vectors, count) = io.kernel_vectors(done);
+                opcode::Readv::new(fd, vectors, count)
+                    .offset(*offset + done as u64)
+                    .build()
             }
-            (Kind::Write, Data::Guest(io)) => {
-                let (vectors, count) = io.kernel_vectors(op.done);
-                opcode::Writev::new(fd, vectors, count).offset(at).build()
-            }
-            (Kind::Read | Kind::Write, Data::None) => {
-                self.fail(slot, io::Error::other("an io_uring op lost its buffer"));
-                return;
+            DiskOp::WriteGuest { offset, io } => {
+                let (vectors, count) = io.kernel_vectors(done);
+                opcode::Writev::new(fd, vectors, count)
+                    .offset(*offset + done as u64)
+                    .build()
             }
         };
         let entry: squeue::Entry = entry.user_data(slot as u64);
@@ -194,23 +146,22 @@ impl Uring {
             }
             // The submission queue is full: hand it to the kernel and try again.
             if let Err(e) = self.enter(0) {
-                self.fail(slot, e);
+                // The kernel never got it: it completes with the error.
+                self.finish(slot, Err(e));
                 return;
             }
         }
     }
 
-    /// Completes slot's op with an error, without the kernel (it never got it).
-    fn fail(&mut self, slot: usize, error: io::Error) {
-        if let Some(op) = self.ops[slot].take() {
-            self.free.push(slot);
-            self.in_flight -= 1;
-            self.ready.push(DiskCompletion {
-                tag: op.tag,
-                result: Err(error),
-                buffer: op.data.into_buffer(),
-            });
-        }
+    /// Frees slot and hands its op's completion to `ready`; returns whether there was one.
+    fn finish(&mut self, slot: usize, result: io::Result<()>) -> bool {
+        let Some(op) = self.ops[slot].take() else {
+            return false;
+        };
+        self.free.push(slot);
+        self.in_flight -= 1;
+        self.ready.push(op.op.completion(op.tag, result));
+        true
     }
 
     /// `io_uring_enter`: submits what is queued and waits for `want` completions.
@@ -254,46 +205,21 @@ impl Uring {
                 tracing::warn!("virtio-blk: io_uring completion for no op ({slot})");
                 continue;
             };
-            let len = op.data.len();
-            let outcome = match (op.kind, result) {
+            let outcome = match (&mut op.op, result) {
                 (_, r) if r == -libc::EINTR || r == -libc::EAGAIN => None,
                 (_, r) if r < 0 => Some(Err(io::Error::from_raw_os_error(-r))),
-                (Kind::Sync, _) => Some(Ok(())),
-                (Kind::Read, 0) => {
-                    // End of file: the rest reads as zeros.
-                    match &mut op.data {
-                        Data::Buffer(buffer) => {
-                            buffer.as_mut_slice()[op.done..].fill(0);
-                            Some(Ok(()))
-                        }
-                        Data::Guest(io) => Some(io.zero_from(op.done)),
-                        Data::None => Some(Ok(())),
-                    }
-                }
-                (Kind::Write, 0) => Some(Err(io::ErrorKind::WriteZero.into())),
-                (_, n) => {
+                (DiskOp::Flush, _) => Some(Ok(())),
+                // End of file: the rest reads as zeros.
+                (read @ (DiskOp::Read { .. } | DiskOp::ReadGuest { .. }), 0) => Some(read.zero_from(op.done)),
+                (_, 0) => Some(Err(io::ErrorKind::WriteZero.into())),
+                (data, n) => {
                     op.done += n as usize;
-                    if op.done >= len {
-                        Some(Ok(()))
-                    } else {
-                        None
-                    }
+                    (op.done >= data.len()).then_some(Ok(()))
                 }
             };
             match outcome {
                 None => self.push(slot),
-                Some(result) => {
-                    if let Some(op) = self.ops[slot].take() {
-                        self.free.push(slot);
-                        self.in_flight -= 1;
-                        finished += 1;
-                        self.ready.push(DiskCompletion {
-                            tag: op.tag,
-                            result,
-                            buffer: op.data.into_buffer(),
-                        });
-                    }
-                }
+                Some(result) => finished += usize::from(self.finish(slot, result)),
             }
         }
         entries.clear();
@@ -349,7 +275,7 @@ impl Drop for Uring {
                 self.in_flight
             );
             for op in self.ops.drain(..).flatten() {
-                std::mem::forget(op.data);
+                std::mem::forget(op.op);
             }
         }
     }
