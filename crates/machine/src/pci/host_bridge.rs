@@ -7,8 +7,8 @@ use super::{PciConfiguration, PciDevice, PciHeader};
 
 pub const VENDOR_INTEL: u16 = 0x8086;
 pub const DEVICE_I440FX: u16 = 0x1237;
-/// Base class 06 (bridge), subclass 00 (host bridge).
-const CLASS_BRIDGE: u8 = 0x06;
+/// Base class 06 (bridge; the ISA bridge's too), subclass 00 (host bridge).
+pub(super) const CLASS_BRIDGE: u8 = 0x06;
 const SUBCLASS_HOST: u8 = 0x00;
 /// First PAM register and how many there are.
 pub const PAM_START: usize = 0x59;

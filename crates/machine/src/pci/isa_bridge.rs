@@ -13,14 +13,13 @@
 
 use super::header::STATUS;
 use super::{PciConfiguration, PciDevice, PciHeader, COMMAND_BUS_MASTER, COMMAND_IO, COMMAND_MEMORY};
-use crate::pci::host_bridge::VENDOR_INTEL;
+use crate::pci::host_bridge::{CLASS_BRIDGE, VENDOR_INTEL};
 
 /// 82371SB PIIX3, function 0 (PCI-to-ISA bridge).
 pub const DEVICE_PIIX3_ISA: u16 = 0x7000;
 /// Where the machine puts it, as on a PC.
 pub const ISA_BRIDGE_SLOT: u8 = 1;
-/// Base class 06 (bridge), subclass 01 (ISA bridge).
-const CLASS_BRIDGE: u8 = 0x06;
+/// Subclass 01 of the bridge class: ISA bridge.
 const SUBCLASS_ISA: u8 = 0x01;
 /// PIRQA# route control; PIRQB#..PIRQD# follow.
 pub const PIRQ_ROUTE_START: usize = 0x60;
