@@ -3,21 +3,22 @@
 //! io_uring engine against a model on real files.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use virtkit_virtio::testing::{RecordingInterrupt, Signal};
-use virtkit_virtio::{DeviceQueue, VirtioDevice};
+use virtkit_virtio::VirtioDevice;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::{status, types};
+use super::test_support::{activate, chain_at, limits, memory, pattern, TempImage, XorShift};
 use super::*;
 
 const MEM_SIZE: usize = 32 << 20;
@@ -33,29 +34,13 @@ const DISK_SIZE: usize = 8 << 20;
 const R: u16 = 0;
 const W: u16 = VRING_DESC_F_WRITE as u16;
 
-fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
-}
-
-fn limits() -> request::DiskLimits {
-    request::DiskLimits {
-        capacity_sectors: (DISK_SIZE / 512) as u64,
-        read_only: false,
-        max_discard_sectors: 1 << 20,
-        max_discard_segments: 4,
-        max_write_zeroes_sectors: 1 << 20,
-        max_write_zeroes_segments: 4,
-    }
-}
-
 fn handler<B: DiskBackend>(disk: B) -> RequestHandler<B> {
-    RequestHandler::new(disk, limits(), [0; 20], Arc::new(BlockMetrics::default()))
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
-        .collect()
+    RequestHandler::new(
+        disk,
+        limits(DISK_SIZE, false),
+        [0; 20],
+        Arc::new(BlockMetrics::default()),
+    )
 }
 
 /// A request: its kind, sector, and data length (split into `pieces` descriptors).
@@ -65,6 +50,48 @@ struct Req {
     sector: u64,
     len: u32,
     pieces: u32,
+}
+
+impl Req {
+    const FLUSH: Req = Req {
+        kind: types::FLUSH,
+        sector: 0,
+        len: 0,
+        pieces: 0,
+    };
+
+    fn read(sector: u64, len: u32, pieces: u32) -> Req {
+        Req {
+            kind: types::IN,
+            sector,
+            len,
+            pieces,
+        }
+    }
+
+    fn write(sector: u64, len: u32, pieces: u32) -> Req {
+        Req {
+            kind: types::OUT,
+            ..Req::read(sector, len, pieces)
+        }
+    }
+}
+
+/// Where the data of request `i` lies in guest memory, piece by piece, with each piece's range
+/// of the data: `req.pieces` pieces of equal length (the last takes the rest), each 4 KiB beyond
+/// the end of the one before, so they are not contiguous in guest memory.
+fn data_pieces(i: u64, req: Req) -> impl Iterator<Item = (GuestAddress, Range<usize>)> {
+    let piece = req.len / req.pieces.max(1);
+    (0..req.pieces).map(move |p| {
+        let len = if p + 1 == req.pieces {
+            req.len - piece * p
+        } else {
+            piece
+        };
+        let at = DATA + DATA_STRIDE * i + u64::from(p) * (u64::from(piece) + 4096);
+        let start = (piece * p) as usize;
+        (GuestAddress(at), start..start + len as usize)
+    })
 }
 
 /// Lays request `i` out (header, data, status) as a chain at descriptor `base` and makes it
@@ -77,66 +104,26 @@ fn post(vq: &MockSplitQueue<GuestMemoryMmap>, mem: &GuestMemoryMmap, i: u64, bas
     mem.write_obj(0xffu8, GuestAddress(STATUSES + i)).unwrap();
     let data_flags = if req.kind == types::IN { W } else { R };
     let mut descs = vec![(header, 16, R)];
-    let piece = req.len / req.pieces.max(1);
-    for p in 0..req.pieces {
-        let len = if p + 1 == req.pieces {
-            req.len - piece * p
-        } else {
-            piece
-        };
-        // Pieces 4 KiB apart beyond their length, so they are not contiguous in guest memory.
-        let at = DATA + DATA_STRIDE * i + u64::from(p) * (u64::from(piece) + 4096);
-        descs.push((at, len, data_flags));
+    for (at, range) in data_pieces(i, req) {
+        descs.push((at.raw_value(), range.len() as u32, data_flags));
     }
     descs.push((STATUSES + i, 1, W));
-    let raw: Vec<RawDescriptor> = descs
-        .iter()
-        .enumerate()
-        .map(|(k, &(addr, len, flags))| {
-            let last = k + 1 == descs.len();
-            let flags = if last {
-                flags
-            } else {
-                flags | VRING_DESC_F_NEXT as u16
-            };
-            let next = if last { 0 } else { base + k as u16 + 1 };
-            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-        })
-        .collect();
-    vq.add_desc_chains(&raw, base).unwrap();
+    vq.add_desc_chains(&chain_at(&descs, base), base).unwrap();
     base
 }
 
 /// The guest bytes of request `i`'s data.
 fn guest_data(mem: &GuestMemoryMmap, i: u64, req: Req) -> Vec<u8> {
     let mut out = vec![0u8; req.len as usize];
-    let piece = req.len / req.pieces.max(1);
-    for p in 0..req.pieces {
-        let len = if p + 1 == req.pieces {
-            req.len - piece * p
-        } else {
-            piece
-        };
-        let at = DATA + DATA_STRIDE * i + u64::from(p) * (u64::from(piece) + 4096);
-        let start = (piece * p) as usize;
-        mem.read_slice(&mut out[start..start + len as usize], GuestAddress(at))
-            .unwrap();
+    for (at, range) in data_pieces(i, req) {
+        mem.read_slice(&mut out[range], at).unwrap();
     }
     out
 }
 
 fn set_guest_data(mem: &GuestMemoryMmap, i: u64, req: Req, data: &[u8]) {
-    let piece = req.len / req.pieces.max(1);
-    for p in 0..req.pieces {
-        let len = if p + 1 == req.pieces {
-            req.len - piece * p
-        } else {
-            piece
-        };
-        let at = DATA + DATA_STRIDE * i + u64::from(p) * (u64::from(piece) + 4096);
-        let start = (piece * p) as usize;
-        mem.write_slice(&data[start..start + len as usize], GuestAddress(at))
-            .unwrap();
+    for (at, range) in data_pieces(i, req) {
+        mem.write_slice(&data[range], at).unwrap();
     }
 }
 
@@ -239,31 +226,16 @@ impl DiskBackend for HeldDisk {
 
 #[test]
 fn requests_complete_out_of_order_with_their_own_heads_and_lengths() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let vq = MockSplitQueue::new(&mem, 16);
     let mut queue = queue_of(&vq);
     let mut h = handler(HeldDisk::new());
     h.disk.inner.data[..512].copy_from_slice(&pattern(512, 1));
     h.disk.inner.data[8192..8192 + 1536].copy_from_slice(&pattern(1536, 2));
     let reqs = [
-        Req {
-            kind: types::IN,
-            sector: 0,
-            len: 512,
-            pieces: 1,
-        },
-        Req {
-            kind: types::OUT,
-            sector: 4,
-            len: 1024,
-            pieces: 2,
-        },
-        Req {
-            kind: types::IN,
-            sector: 16,
-            len: 1536,
-            pieces: 3,
-        },
+        Req::read(0, 512, 1),
+        Req::write(4, 1024, 2),
+        Req::read(16, 1536, 3),
     ];
     set_guest_data(&mem, 1, reqs[1], &pattern(1024, 3));
     let heads: Vec<u16> = reqs
@@ -301,25 +273,14 @@ fn requests_complete_out_of_order_with_their_own_heads_and_lengths() {
 
 #[test]
 fn a_flush_starts_only_after_every_earlier_write_completed() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let vq = MockSplitQueue::new(&mem, 16);
     let mut queue = queue_of(&vq);
     let mut h = handler(HeldDisk::new());
-    let write = |sector| Req {
-        kind: types::OUT,
-        sector,
-        len: 4096,
-        pieces: 1,
-    };
-    let flush = Req {
-        kind: types::FLUSH,
-        sector: 0,
-        len: 0,
-        pieces: 0,
-    };
+    let write = |sector| Req::write(sector, 4096, 1);
     post(&vq, &mem, 0, 0, write(0));
     post(&vq, &mem, 1, 4, write(8));
-    post(&vq, &mem, 2, 8, flush);
+    post(&vq, &mem, 2, 8, Req::FLUSH);
     post(&vq, &mem, 3, 12, write(16));
     process_queue(&mut queue, &mem, &mut h).unwrap();
     assert_eq!(
@@ -354,22 +315,11 @@ fn a_flush_starts_only_after_every_earlier_write_completed() {
 
 #[test]
 fn a_driver_repeating_heads_cannot_get_more_than_a_queue_of_requests_outstanding() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let vq = MockSplitQueue::new(&mem, 16);
     let mut queue = queue_of(&vq);
     let mut h = handler(HeldDisk::new());
-    post(
-        &vq,
-        &mem,
-        0,
-        0,
-        Req {
-            kind: types::IN,
-            sector: 0,
-            len: 512,
-            pieces: 1,
-        },
-    );
+    post(&vq, &mem, 0, 0, Req::read(0, 512, 1));
     // The same head 31 more times: 32 entries, twice the queue size, made available in two
     // steps (the ring holds 16 at a time).
     let ring = |k: u16| vq.avail_addr().unchecked_add(4 + 2 * u64::from(k % 16));
@@ -397,17 +347,12 @@ fn a_driver_repeating_heads_cannot_get_more_than_a_queue_of_requests_outstanding
 
 #[test]
 fn a_drain_does_not_hang_on_lost_io_and_a_late_completion_is_not_taken_for_a_new_request() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let vq = MockSplitQueue::new(&mem, 16);
     let mut queue = queue_of(&vq);
     let mut h = handler(HeldDisk::new());
     h.disk.inner.data[..512].copy_from_slice(&pattern(512, 5));
-    let read = Req {
-        kind: types::IN,
-        sector: 0,
-        len: 512,
-        pieces: 1,
-    };
+    let read = Req::read(0, 512, 1);
     post(&vq, &mem, 0, 0, read);
     process_queue(&mut queue, &mem, &mut h).unwrap();
     assert_eq!(h.disk.held().len(), 1);
@@ -417,18 +362,7 @@ fn a_drain_does_not_hang_on_lost_io_and_a_late_completion_is_not_taken_for_a_new
     assert!(used_entries(&mem, &vq, 0).is_empty(), "nothing answered for it");
 
     // A new request takes the same slot; then the old op completes late, then the new one.
-    post(
-        &vq,
-        &mem,
-        1,
-        4,
-        Req {
-            kind: types::IN,
-            sector: 8,
-            len: 512,
-            pieces: 1,
-        },
-    );
+    post(&vq, &mem, 1, 4, Req::read(8, 512, 1));
     process_queue(&mut queue, &mem, &mut h).unwrap();
     h.disk.release(0);
     complete_requests(&mut queue, &mem, &mut h).unwrap();
@@ -567,25 +501,7 @@ fn slow_block_with_requests(
     let started = disk.started.clone();
     disk.disk.lock().unwrap().data[..DISK_SIZE].copy_from_slice(&pattern(DISK_SIZE, 9));
     let mut block = Block::new(disk, false, None).unwrap();
-    let queue = queue_of(vq);
-    let event = EventFd::new(EFD_NONBLOCK).unwrap();
-    let kick = event.try_clone().unwrap();
-    let interrupt = Arc::new(RecordingInterrupt::default());
-    let features = block.features() & !virtkit_virtio::features::RING_EVENT_IDX;
-    let mut queue = queue;
-    queue.set_event_idx(false);
-    block
-        .activate(
-            mem.clone(),
-            interrupt.clone(),
-            vec![DeviceQueue {
-                index: 0,
-                queue,
-                event,
-            }],
-            features,
-        )
-        .unwrap();
+    let (kick, interrupt) = activate(&mut block, mem, queue_of(vq));
     for (i, &req) in reqs.iter().enumerate() {
         if req.kind == types::OUT {
             set_guest_data(mem, i as u64, req, &pattern(req.len as usize, 40 + i as u8));
@@ -606,30 +522,10 @@ fn slow_block_with_requests(
 
 fn slow_requests() -> Vec<Req> {
     vec![
-        Req {
-            kind: types::IN,
-            sector: 0,
-            len: 4096,
-            pieces: 1,
-        },
-        Req {
-            kind: types::OUT,
-            sector: 64,
-            len: 8192,
-            pieces: 2,
-        },
-        Req {
-            kind: types::IN,
-            sector: 128,
-            len: 512,
-            pieces: 1,
-        },
-        Req {
-            kind: types::OUT,
-            sector: 256,
-            len: 4096,
-            pieces: 1,
-        },
+        Req::read(0, 4096, 1),
+        Req::write(64, 8192, 2),
+        Req::read(128, 512, 1),
+        Req::write(256, 4096, 1),
     ]
 }
 
@@ -659,7 +555,7 @@ fn check_slow_requests_answered(mem: &GuestMemoryMmap, vq: &MockSplitQueue<Guest
 
 #[test]
 fn reset_waits_for_requests_in_flight_and_answers_them() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let vq = MockSplitQueue::new(&mem, 16);
     let reqs = slow_requests();
     let (mut block, _interrupt, _) = slow_block_with_requests(&mem, &vq, &reqs);
@@ -684,7 +580,7 @@ fn reset_waits_for_requests_in_flight_and_answers_them() {
 
 #[test]
 fn sleep_waits_for_requests_in_flight_so_a_snapshot_sees_none() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let vq = MockSplitQueue::new(&mem, 16);
     let reqs = slow_requests();
     let (mut block, interrupt, _) = slow_block_with_requests(&mem, &vq, &reqs);
@@ -702,7 +598,7 @@ fn sleep_waits_for_requests_in_flight_so_a_snapshot_sees_none() {
 
 #[test]
 fn the_worker_interrupts_once_per_batch_of_completions() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let vq = MockSplitQueue::new(&mem, 16);
     let reqs = slow_requests();
     let (mut block, interrupt, _) = slow_block_with_requests(&mem, &vq, &reqs);
@@ -720,37 +616,6 @@ fn the_worker_interrupts_once_per_batch_of_completions() {
 }
 
 // The io_uring engine on real files, against a model.
-
-struct TempImage(std::path::PathBuf);
-
-impl TempImage {
-    fn new(name: &str, size: u64) -> TempImage {
-        let dir = std::env::var_os("CARGO_TARGET_TMPDIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
-        let path = dir.join(format!("virtkit-blk-inflight-{}-{name}.img", std::process::id()));
-        let file = std::fs::File::create(&path).unwrap();
-        file.set_len(size).unwrap();
-        TempImage(path)
-    }
-}
-
-impl Drop for TempImage {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 /// Rounds of up to 12 requests in flight at once (reads, writes, flushes; aligned and not;
 /// several descriptors; some over 1 MiB), answered by `disk`; checks every status, used length

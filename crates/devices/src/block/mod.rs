@@ -28,6 +28,8 @@ mod worker;
 #[cfg(test)]
 mod inflight_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 
 pub use backend::{

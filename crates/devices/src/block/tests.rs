@@ -8,12 +8,12 @@ use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
-use virtkit_virtio::testing::{RecordingInterrupt, Signal};
-use virtkit_virtio::{DeviceQueue, VirtioDevice};
+use virtkit_virtio::testing::Signal;
+use virtkit_virtio::VirtioDevice;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::{status, types};
+use super::test_support::{activate, chain_at, limits, memory, pattern, TempImage, XorShift};
 use super::*;
 
 virtkit_virtio::virtio_device_conformance_tests!(
@@ -32,25 +32,15 @@ const R: u16 = 0;
 const W: u16 = VRING_DESC_F_WRITE as u16;
 const SERIAL: &str = "virtkit-disk-0001";
 
-fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
-}
-
-fn limits(read_only: bool) -> request::DiskLimits {
-    request::DiskLimits {
-        capacity_sectors: (DISK_SIZE / 512) as u64,
-        read_only,
-        max_discard_sectors: 1 << 20,
-        max_discard_segments: 4,
-        max_write_zeroes_sectors: 1 << 20,
-        max_write_zeroes_segments: 4,
-    }
-}
-
 fn handler(disk: MemoryDisk, read_only: bool) -> RequestHandler<MemoryDisk> {
     let mut id = [0u8; 20];
     id[..SERIAL.len()].copy_from_slice(SERIAL.as_bytes());
-    RequestHandler::new(disk, limits(read_only), id, Arc::new(BlockMetrics::default()))
+    RequestHandler::new(
+        disk,
+        limits(DISK_SIZE, read_only),
+        id,
+        Arc::new(BlockMetrics::default()),
+    )
 }
 
 fn header(mem: &GuestMemoryMmap, kind: u32, sector: u64) {
@@ -58,28 +48,6 @@ fn header(mem: &GuestMemoryMmap, kind: u32, sector: u64) {
     mem.write_obj(0u32, GuestAddress(HEADER + 4)).unwrap();
     mem.write_obj(sector, GuestAddress(HEADER + 8)).unwrap();
     mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
-}
-
-/// A chain of (address, length, flags), linked in order, as the only request in a queue of 16.
-fn chain(descs: &[(u64, u32, u16)]) -> Vec<RawDescriptor> {
-    descs
-        .iter()
-        .enumerate()
-        .map(|(i, &(addr, len, flags))| {
-            let last = i + 1 == descs.len();
-            let flags = if last {
-                flags
-            } else {
-                flags | VRING_DESC_F_NEXT as u16
-            };
-            RawDescriptor::from(SplitDescriptor::new(
-                addr,
-                len,
-                flags,
-                if last { 0 } else { i as u16 + 1 },
-            ))
-        })
-        .collect()
 }
 
 struct Outcome {
@@ -101,21 +69,17 @@ fn run_raw(mem: &GuestMemoryMmap, descs: &[RawDescriptor], h: &mut RequestHandle
     }
 }
 
+/// Answers a chain of (address, length, flags), linked in order, as the only request in a queue
+/// of 16.
 fn run(mem: &GuestMemoryMmap, descs: &[(u64, u32, u16)], h: &mut RequestHandler<MemoryDisk>) -> Outcome {
-    run_raw(mem, &chain(descs), h)
+    run_raw(mem, &chain_at(descs, 0), h)
 }
 
 use vm_memory::Address;
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
-        .collect()
-}
-
 #[test]
 fn read_round_trip_fills_guest_buffers_from_the_disk() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut disk = MemoryDisk::new(DISK_SIZE);
     disk.data[1024..1024 + 1536].copy_from_slice(&pattern(1536, 3));
     let mut h = handler(disk, false);
@@ -143,7 +107,7 @@ fn read_round_trip_fills_guest_buffers_from_the_disk() {
 
 #[test]
 fn write_round_trip_reaches_the_disk() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     mem.write_slice(&pattern(4096, 9), GuestAddress(DATA)).unwrap();
     header(&mem, types::OUT, 8);
@@ -155,7 +119,7 @@ fn write_round_trip_reaches_the_disk() {
 
 #[test]
 fn header_and_data_in_one_descriptor_and_status_in_the_data_one_work_too() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     // virtio 1.x: no framing assumptions. Header + data in one readable descriptor.
     header(&mem, types::OUT, 0);
@@ -173,7 +137,7 @@ fn header_and_data_in_one_descriptor_and_status_in_the_data_one_work_too() {
 
 #[test]
 fn flush_reaches_the_backend() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     header(&mem, types::FLUSH, 0);
     let out = run(&mem, &[(HEADER, 16, R), (STATUS, 1, W)], &mut h);
@@ -189,7 +153,7 @@ fn range(mem: &GuestMemoryMmap, at: u64, sector: u64, sectors: u32, flags: u32) 
 
 #[test]
 fn discard_and_write_zeroes_zero_their_ranges_only() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut disk = MemoryDisk::new(DISK_SIZE);
     disk.data.fill(0xab);
     let mut h = handler(disk, false);
@@ -211,7 +175,7 @@ fn discard_and_write_zeroes_zero_their_ranges_only() {
 
 #[test]
 fn discard_with_the_unmap_flag_or_unknown_flags_is_unsupported() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     header(&mem, types::DISCARD, 0);
     range(&mem, DATA, 1, 2, 1);
@@ -229,7 +193,7 @@ fn discard_with_the_unmap_flag_or_unknown_flags_is_unsupported() {
 
 #[test]
 fn too_many_or_partial_or_out_of_disk_ranges_are_io_errors() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     header(&mem, types::DISCARD, 0);
     for i in 0..5 {
@@ -252,7 +216,7 @@ fn too_many_or_partial_or_out_of_disk_ranges_are_io_errors() {
 
 #[test]
 fn get_id_writes_the_serial() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     header(&mem, types::GET_ID, 0);
     let out = run(&mem, &[(HEADER, 16, R), (DATA, 20, W), (STATUS, 1, W)], &mut h);
@@ -266,7 +230,7 @@ fn get_id_writes_the_serial() {
 
 #[test]
 fn read_only_disk_refuses_writes_discards_and_write_zeroes_but_reads_and_flushes() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut disk = MemoryDisk::new(DISK_SIZE);
     disk.data.fill(0x5a);
     let mut h = handler(disk.clone(), true);
@@ -320,7 +284,7 @@ fn config_space_reports_capacity_and_limits() {
 
 #[test]
 fn data_outside_guest_memory_is_an_io_error_and_writes_nothing() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     header(&mem, types::IN, 0);
     let out = run(
@@ -347,7 +311,7 @@ fn data_outside_guest_memory_is_an_io_error_and_writes_nothing() {
 
 #[test]
 fn header_outside_guest_memory_is_an_io_error() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     header(&mem, types::IN, 0);
     let out = run(&mem, &[(MEM_SIZE as u64 + 0x1000, 16, R), (STATUS, 1, W)], &mut h);
@@ -356,7 +320,7 @@ fn header_outside_guest_memory_is_an_io_error() {
 
 #[test]
 fn looping_chain_is_returned_unanswered() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     header(&mem, types::IN, 0);
     let descs = [
@@ -377,7 +341,7 @@ fn looping_chain_is_returned_unanswered() {
 
 #[test]
 fn next_index_beyond_the_table_is_returned_unanswered() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     header(&mem, types::IN, 0);
     let descs = [RawDescriptor::from(SplitDescriptor::new(
@@ -393,7 +357,7 @@ fn next_index_beyond_the_table_is_returned_unanswered() {
 
 #[test]
 fn data_in_the_wrong_direction_is_an_io_error() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut disk = MemoryDisk::new(DISK_SIZE);
     disk.data.fill(7);
     let mut h = handler(disk, false);
@@ -417,7 +381,7 @@ fn data_in_the_wrong_direction_is_an_io_error() {
 
 #[test]
 fn readable_after_writable_is_an_io_error() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     header(&mem, types::IN, 0);
     let out = run(&mem, &[(DATA, 512, W), (HEADER, 16, R), (STATUS, 1, W)], &mut h);
@@ -426,7 +390,7 @@ fn readable_after_writable_is_an_io_error() {
 
 #[test]
 fn requests_beyond_the_disk_or_overflowing_are_io_errors() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     for sector in [
         (DISK_SIZE / 512) as u64,
@@ -447,7 +411,7 @@ fn requests_beyond_the_disk_or_overflowing_are_io_errors() {
 
 #[test]
 fn partial_sectors_and_short_headers_are_io_errors() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     header(&mem, types::IN, 0);
     assert_eq!(
@@ -467,7 +431,7 @@ fn partial_sectors_and_short_headers_are_io_errors() {
 
 #[test]
 fn unknown_request_type_is_unsupported() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     for kind in [2, 10, 14, 0xdead] {
         header(&mem, kind, 0);
@@ -480,7 +444,7 @@ fn unknown_request_type_is_unsupported() {
 
 #[test]
 fn zero_length_or_read_only_status_is_returned_unanswered() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     header(&mem, types::FLUSH, 0);
     let out = run(&mem, &[(HEADER, 16, R), (STATUS, 0, W)], &mut h);
@@ -493,12 +457,12 @@ fn zero_length_or_read_only_status_is_returned_unanswered() {
 
 #[test]
 fn indirect_chains_work_and_bad_indirect_tables_are_refused() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut disk = MemoryDisk::new(DISK_SIZE);
     disk.data[..512].copy_from_slice(&pattern(512, 5));
     let mut h = handler(disk, false);
     header(&mem, types::IN, 0);
-    for (i, raw) in chain(&[(HEADER, 16, R), (DATA, 512, W), (STATUS, 1, W)])
+    for (i, raw) in chain_at(&[(HEADER, 16, R), (DATA, 512, W), (STATUS, 1, W)], 0)
         .into_iter()
         .enumerate()
     {
@@ -530,7 +494,7 @@ fn indirect_chains_work_and_bad_indirect_tables_are_refused() {
 
 #[test]
 fn head_index_beyond_the_queue_breaks_the_queue_without_panicking() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     let vq = MockSplitQueue::new(&mem, 16);
     // One available entry naming descriptor 99 of 16.
@@ -542,7 +506,7 @@ fn head_index_beyond_the_queue_breaks_the_queue_without_panicking() {
 
 #[test]
 fn available_index_far_ahead_is_an_error_not_a_hang() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     let vq = MockSplitQueue::new(&mem, 16);
     mem.write_obj(1000u16, vq.avail_addr().unchecked_add(2)).unwrap();
@@ -552,23 +516,11 @@ fn available_index_far_ahead_is_an_error_not_a_hang() {
 
 #[test]
 fn empty_queue_needs_no_interrupt() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     let vq = MockSplitQueue::new(&mem, 16);
     let mut queue: Queue = vq.create_queue().unwrap();
     assert!(!process_queue(&mut queue, &mem, &mut h).unwrap());
-}
-
-/// A small xorshift generator: fixed seed, same inputs every run.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 #[test]
@@ -612,7 +564,7 @@ fn fuzz_entry_point_survives_pseudo_random_queues() {
 /// checks, a wrapped address without). It must be an I/O error, as any buffer outside memory is.
 #[test]
 fn header_split_inside_a_descriptor_at_the_end_of_the_address_space_is_an_io_error() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut h = handler(MemoryDisk::new(DISK_SIZE), false);
     header(&mem, types::IN, 0);
     let out = run(&mem, &[(HEADER, 5, R), (u64::MAX, 32, R), (STATUS, 1, W)], &mut h);
@@ -643,32 +595,18 @@ fn header_split_inside_a_descriptor_at_the_end_of_the_address_space_is_an_io_err
 
 #[test]
 fn worker_answers_a_notified_request_and_interrupts() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut disk = MemoryDisk::new(DISK_SIZE);
     disk.data[..512].copy_from_slice(&pattern(512, 11));
     let mut block = Block::new(disk, false, None).unwrap();
     let vq = MockSplitQueue::new(&mem, 16);
-    let mut queue: Queue = vq.create_queue().unwrap();
-    queue.set_event_idx(false);
-    let event = EventFd::new(EFD_NONBLOCK).unwrap();
-    let kick = event.try_clone().unwrap();
-    let interrupt = Arc::new(RecordingInterrupt::default());
-    let features = block.features() & !virtkit_virtio::features::RING_EVENT_IDX;
-    block
-        .activate(
-            mem.clone(),
-            interrupt.clone(),
-            vec![DeviceQueue {
-                index: 0,
-                queue,
-                event,
-            }],
-            features,
-        )
-        .unwrap();
+    let (kick, interrupt) = activate(&mut block, &mem, vq.create_queue().unwrap());
     header(&mem, types::IN, 0);
-    vq.add_desc_chains(&chain(&[(HEADER, 16, R), (DATA, 512, W), (STATUS, 1, W)]), 0)
-        .unwrap();
+    vq.add_desc_chains(
+        &chain_at(&[(HEADER, 16, R), (DATA, 512, W), (STATUS, 1, W)], 0),
+        0,
+    )
+    .unwrap();
     kick.write(1).unwrap();
     assert!(interrupt.wait_for(Signal::UsedQueue(0), Duration::from_secs(10)));
     assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), status::OK);
@@ -682,51 +620,16 @@ fn worker_answers_a_notified_request_and_interrupts() {
 
 #[test]
 fn worker_reports_a_broken_queue_as_needs_reset() {
-    let mem = memory();
+    let mem = memory(MEM_SIZE);
     let mut block = Block::new(MemoryDisk::new(DISK_SIZE), false, None).unwrap();
     let vq = MockSplitQueue::new(&mem, 16);
     mem.write_obj(1000u16, vq.avail_addr().unchecked_add(2)).unwrap();
-    let queue: Queue = vq.create_queue().unwrap();
-    let event = EventFd::new(EFD_NONBLOCK).unwrap();
-    let interrupt = Arc::new(RecordingInterrupt::default());
-    let features = block.features();
-    block
-        .activate(
-            mem,
-            interrupt.clone(),
-            vec![DeviceQueue {
-                index: 0,
-                queue,
-                event,
-            }],
-            features,
-        )
-        .unwrap();
+    let (_kick, interrupt) = activate(&mut block, &mem, vq.create_queue().unwrap());
     assert!(interrupt.wait_for(Signal::NeedsReset, Duration::from_secs(10)));
     assert!(block.reset().is_some());
 }
 
 // Disks in files.
-
-struct TempImage(std::path::PathBuf);
-
-impl TempImage {
-    fn new(name: &str, size: u64) -> TempImage {
-        let dir = std::env::var_os("CARGO_TARGET_TMPDIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
-        let path = dir.join(format!("virtkit-blk-{}-{name}.img", std::process::id()));
-        let file = std::fs::File::create(&path).unwrap();
-        file.set_len(size).unwrap();
-        TempImage(path)
-    }
-}
-
-impl Drop for TempImage {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 #[test]
 fn file_disk_reads_writes_flushes_and_reads_holes_as_zeros() {
