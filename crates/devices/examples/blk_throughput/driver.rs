@@ -12,7 +12,7 @@ use std::sync::Arc;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
 use virtkit_devices::block::request::DiskLimits;
-use virtkit_devices::block::{BlockMetrics, DiskBackend, RequestHandler, DIRECT_IO_ALIGN};
+use virtkit_devices::block::{BlockMetrics, DiskBackend, RequestHandler};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Guest memory layout.
@@ -115,25 +115,6 @@ impl Offsets {
                 (r % (self.size / block)) * block
             }
         }
-    }
-}
-
-/// A buffer aligned for `O_DIRECT` (over-allocated, then a window at the aligned offset).
-pub struct Aligned {
-    storage: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl Aligned {
-    pub fn new(len: usize, fill: u8) -> Aligned {
-        let storage = vec![fill; len + DIRECT_IO_ALIGN];
-        let start = storage.as_ptr().align_offset(DIRECT_IO_ALIGN);
-        Aligned { storage, start, len }
-    }
-
-    pub fn get(&mut self) -> &mut [u8] {
-        &mut self.storage[self.start..self.start + self.len]
     }
 }
 

@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use virtkit_devices::block::{
-    complete_requests, process_queue, CacheMode, DiskBackend, FileDisk, IoEngine, MemoryDisk, SyncMode,
+    complete_requests, process_queue, CacheMode, DiskBackend, FileDisk, IoBuffer, IoEngine, MemoryDisk,
+    SyncMode,
 };
 
-use crate::driver::{handler, open_raw, Aligned, Driver, Offsets, Op, Pattern, MEMORY_DISK};
+use crate::driver::{handler, open_raw, Driver, Offsets, Op, Pattern, MEMORY_DISK};
 use crate::pool::PoolDisk;
 
 pub struct Rate {
@@ -72,20 +73,15 @@ pub fn device(
     op: Op,
     depth: usize,
 ) -> Rate {
-    let open = |engine| FileDisk::open_with_engine(&setup.path, false, cache, SyncMode::Full, engine);
+    let file_disk = |engine| {
+        let disk = FileDisk::open_with_engine(&setup.path, false, cache, SyncMode::Full, engine)
+            .expect("open the image");
+        assert_eq!(disk.engine(), engine, "the engine is available");
+        disk
+    };
     match engine {
-        Engine::Sync => device_run(
-            setup.duration,
-            open(IoEngine::Sync).expect("open the image"),
-            pattern,
-            op,
-            depth,
-        ),
-        Engine::IoUring => {
-            let disk = open(IoEngine::IoUring).expect("open the image");
-            assert_eq!(disk.engine(), IoEngine::IoUring, "io_uring is available");
-            device_run(setup.duration, disk, pattern, op, depth)
-        }
+        Engine::Sync => device_run(setup.duration, file_disk(IoEngine::Sync), pattern, op, depth),
+        Engine::IoUring => device_run(setup.duration, file_disk(IoEngine::IoUring), pattern, op, depth),
         Engine::Pool(threads) => {
             let direct = cache == CacheMode::Uncached;
             let file = open_raw(&setup.path, direct).expect("open the image");
@@ -173,8 +169,10 @@ pub fn host(setup: &Setup, cache: CacheMode, pattern: Pattern, op: Op, threads: 
             s.spawn(move || {
                 use std::os::unix::fs::FileExt;
                 let mut offsets = Offsets::new(pattern, setup.size, t as u64, threads as u64);
-                let mut buf = Aligned::new(block as usize, 0x5a);
-                let buf = buf.get();
+                // Aligned, so `O_DIRECT` takes it.
+                let mut buf = IoBuffer::new(block as usize);
+                let buf = buf.as_mut_slice();
+                buf.fill(0x5a);
                 let mut ops = 0u64;
                 loop {
                     for _ in 0..32 {
