@@ -1,14 +1,30 @@
 #!/usr/bin/env bash
 # Installs the Debian packages virtkit's build, tests and benchmarks use, when missing.
+#
+# Two passes: Debian 12 images may ship qemu-utils from backports (10.x), which Breaks bookworm's
+# qemu-system-common (7.2), so installing qemu-system-x86 removes it. The second pass puts back
+# whatever the first one removed (qemu-utils from bookworm then), and the check at the end
+# fails loudly if a command the tests need is still missing.
 set -euo pipefail
 packages=(qemu-system-x86 qemu-utils busybox-static seabios ovmf cpio binutils e2fsprogs xz-utils zstd lz4 acpica-tools
-    dosfstools mtools syslinux syslinux-common)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "installing: ${missing[*]}" >&2
-    apt-get update -q
+    dosfstools mtools syslinux syslinux-common btrfs-progs xfsprogs python3)
+updated=0
+for pass in 1 2; do
+    missing=()
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ "${#missing[@]}" -eq 0 ] && break
+    echo "installing (pass $pass): ${missing[*]}" >&2
+    if [ "$updated" = 0 ]; then
+        apt-get update -q
+        updated=1
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+done
+for cmd in qemu-system-x86_64 qemu-img qemu-io mkfs.btrfs mkfs.xfs busybox cpio; do
+    if ! command -v "$cmd" >/dev/null; then
+        echo "install-deps: '$cmd' is still missing after installing its package; install it by hand" >&2
+        exit 1
+    fi
+done

@@ -4,8 +4,21 @@
 # A test whose prerequisite is missing (no /dev/kvm, no QEMU, no assets) prints
 # "SKIPPED: <name>: <reason>" and is counted as skipped, not passed. With VIRTKIT_REQUIRE_ALL=1
 # (CI) such a test fails instead.
+#
+# Self-sufficient on a fresh Debian 12 machine (as root): it installs the packages the tests use,
+# builds the test assets and every binary and example the tests start, then runs the tests.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== packages"
+scripts/install-deps.sh || exit 1
+echo "== test assets"
+scripts/assets.sh --quiet >/dev/null || exit 1
+echo "== build (binaries and examples the tests start)"
+cargo build --workspace --bins --examples --quiet || exit 1
+echo "== KVM on this host"
+./target/debug/virtkit doctor || echo "KVM: not available on this host"
+echo "== tests"
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
