@@ -66,7 +66,7 @@ fn virtio_blk_appears_in_a_slot_and_its_bar_maps_when_programmed() {
     )
     .unwrap();
     let block = Block::open(&BlockConfig::new(&image.0)).unwrap();
-    let slot = attach(&machine, block, PCI_CLASS).unwrap();
+    let slot = attach(&machine, block, PCI_CLASS).unwrap().slot;
     assert_eq!(slot, 2);
     assert_eq!(config_read(&mut machine, 0, 0), 0x1237_8086, "host bridge");
     assert_eq!(config_read(&mut machine, 1, 0), 0x7000_8086, "PIIX3 ISA bridge");

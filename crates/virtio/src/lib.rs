@@ -10,12 +10,14 @@
 
 mod conformance;
 mod device;
+pub mod event_loop;
 pub mod ratelimit;
 pub mod testing;
 pub mod transport;
 mod worker;
 
 pub use device::{DeviceQueue, VirtioDevice, VirtioError, VirtioInterrupt};
+pub use event_loop::{EventHandler, EventLoop};
 pub use worker::WorkerThread;
 
 /// Re-exported for the macros.

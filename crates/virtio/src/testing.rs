@@ -93,3 +93,56 @@ impl VirtioInterrupt for RecordingInterrupt {
         self.push(Signal::NeedsReset);
     }
 }
+
+/// Queue layout of the fuzz targets: arbitrary bytes become the driver's side of one queue.
+pub mod fuzz {
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    /// Queue size used by the fuzz targets.
+    pub const QUEUE_SIZE: u16 = 16;
+    /// Where the targets put things in guest memory.
+    pub const DESC_TABLE: u64 = 0x0;
+    pub const AVAIL_RING: u64 = 0x1000;
+    pub const USED_RING: u64 = 0x2000;
+    pub const DATA: u64 = 0x3000;
+    /// Guest memory: two regions with a hole between them, so buffers can straddle a gap.
+    pub const LOW_REGION: (u64, usize) = (0, 0x1_0000);
+    pub const HIGH_REGION: (u64, usize) = (0x2_0000, 0x1_0000);
+
+    /// Lays `data` out as a queue: the first byte holds flags (bit 0: event index; the other
+    /// bits are the target's), then the descriptor table (16 bytes per descriptor), the
+    /// available ring's index, its 16 entries, and the rest as buffer contents at [`DATA`].
+    /// Returns the memory, the ready queue and the flags byte; `None` for empty input.
+    pub fn queue_from_bytes(data: &[u8]) -> Option<(GuestMemoryMmap, Queue, u8)> {
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(LOW_REGION.0), LOW_REGION.1),
+            (GuestAddress(HIGH_REGION.0), HIGH_REGION.1),
+        ])
+        .expect("fuzz memory");
+        let (&flags, rest) = data.split_first()?;
+        let table_len = usize::from(QUEUE_SIZE) * 16;
+        let (table, rest) = rest.split_at(rest.len().min(table_len));
+        let (avail_idx, rest) = rest.split_at(rest.len().min(2));
+        let (ring, rest) = rest.split_at(rest.len().min(usize::from(QUEUE_SIZE) * 2));
+        let buffers = &rest[..rest.len().min(LOW_REGION.1 - DATA as usize)];
+        let writes = [
+            (DESC_TABLE, table),
+            (AVAIL_RING + 2, avail_idx),
+            (AVAIL_RING + 4, ring),
+            (DATA, buffers),
+        ];
+        for (address, bytes) in writes {
+            mem.write_slice(bytes, GuestAddress(address))
+                .expect("inside the low region");
+        }
+        let mut queue = Queue::new(QUEUE_SIZE).ok()?;
+        queue.set_size(QUEUE_SIZE);
+        queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
+        queue.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
+        queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
+        queue.set_event_idx(flags & 1 != 0);
+        queue.set_ready(true);
+        Some((mem, queue, flags))
+    }
+}

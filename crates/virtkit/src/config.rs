@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::devices::EntropyDeviceConfiguration;
 use crate::identity::MachineIdentifier;
 use crate::storage::StorageDeviceConfiguration;
 
@@ -35,6 +36,9 @@ pub struct VirtualMachineConfiguration {
     /// Disks, as virtio-blk devices on PCI, in boot order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub storage_devices: Vec<StorageDeviceConfiguration>,
+    /// Entropy devices (virtio-rng), each fed by the host's `getrandom`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entropy_devices: Vec<EntropyDeviceConfiguration>,
     /// The platform's identity (SMBIOS UUID and serial, MAC addresses).
     #[serde(default, skip_serializing_if = "PlatformConfiguration::is_default")]
     pub platform: PlatformConfiguration,
@@ -125,6 +129,7 @@ impl VirtualMachineConfiguration {
             },
             serial_ports: Vec::new(),
             storage_devices: Vec::new(),
+            entropy_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         }
     }
@@ -141,6 +146,7 @@ impl VirtualMachineConfiguration {
             },
             serial_ports: Vec::new(),
             storage_devices: Vec::new(),
+            entropy_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         }
     }
@@ -148,6 +154,12 @@ impl VirtualMachineConfiguration {
     /// Adds a disk.
     pub fn with_storage(mut self, disk: StorageDeviceConfiguration) -> Self {
         self.storage_devices.push(disk);
+        self
+    }
+
+    /// Adds an entropy device.
+    pub fn with_entropy(mut self, device: EntropyDeviceConfiguration) -> Self {
+        self.entropy_devices.push(device);
         self
     }
 

@@ -9,6 +9,7 @@
 pub mod bundle;
 mod config;
 pub mod control;
+pub mod devices;
 pub mod disk_image;
 mod durable;
 mod home;
@@ -26,6 +27,7 @@ pub use config::{
     BootLoader, PlatformConfiguration, SerialAttachment, SerialPortConfiguration,
     VirtualMachineConfiguration, CONFIG_FORMAT_VERSION,
 };
+pub use devices::{DeviceError, DeviceManager, EntropyDeviceConfiguration};
 pub use home::{NoHome, VirtkitHome, HOME_ENV};
 pub use host::{HostCapabilities, HostKind};
 pub use identity::{BadMachineIdentifier, MachineIdentifier};
@@ -33,4 +35,5 @@ pub use size::{parse_size, ByteSize};
 pub use state::{StopReason, VmState};
 pub use storage::{CacheMode, StorageDeviceConfiguration, SyncMode};
 pub use validate::{ValidationError, ValidationIssue};
+pub use virtkit_devices::rng::RateLimit;
 pub use vm::{StartError, VirtualMachine, VmError};

@@ -5,12 +5,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use virtkit_devices::block::{Block, BlockConfig, BlockError, PCI_CLASS};
 use virtkit_hypervisor::{HypervisorError, Kvm, KvmFlavor};
 use virtkit_machine::{BootSource, Machine, MachineConfig, MachineError, MachineHandle, SmbiosIdentity};
-use virtkit_virtio::transport::pci::{attach, AttachError};
 
 use crate::config::{BootLoader, VirtualMachineConfiguration};
+use crate::devices::{DeviceError, DeviceManager};
 use crate::serial::{open_attachment, SerialError, SocketServer};
 use crate::state::{StopReason, VmState};
 use crate::validate::{error_chain, ValidationError};
@@ -20,6 +19,8 @@ use crate::validate::{error_chain, ValidationError};
 pub enum VmError {
     #[error("cannot {action} a virtual machine that is {state}")]
     InvalidState { action: &'static str, state: VmState },
+    #[error("{message}")]
+    Device { message: String },
 }
 
 /// Why a virtual machine did not start.
@@ -35,18 +36,8 @@ pub enum StartError {
     Serial(#[from] SerialError),
     #[error(transparent)]
     State(#[from] VmError),
-    #[error("cannot open the disk {path}")]
-    Disk {
-        path: std::path::PathBuf,
-        #[source]
-        source: BlockError,
-    },
-    #[error("cannot attach the disk {path}")]
-    Attach {
-        path: std::path::PathBuf,
-        #[source]
-        source: AttachError,
-    },
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error("cannot start the VMM thread")]
     Thread(#[source] std::io::Error),
 }
@@ -87,6 +78,7 @@ pub struct VirtualMachine {
     config: VirtualMachineConfiguration,
     shared: Arc<Shared>,
     handle: Option<MachineHandle>,
+    devices: Arc<DeviceManager>,
     monitor: Option<JoinHandle<()>>,
 }
 
@@ -105,6 +97,7 @@ impl VirtualMachine {
                 changed: Condvar::new(),
             }),
             handle: None,
+            devices: Arc::new(DeviceManager::default()),
             monitor: None,
         })
     }
@@ -198,7 +191,8 @@ impl VirtualMachine {
         let pvm_host = kvm.info().flavor == KvmFlavor::Pvm;
         let (machine_config, server) = self.machine_config()?;
         let mut machine = Machine::new(&kvm, machine_config)?;
-        self.attach_disks(&machine)?;
+        let devices = Arc::new(DeviceManager::attach_all(&machine, &self.config)?);
+        self.devices = devices.clone();
         machine.start()?;
         let handle = machine.handle();
         self.handle = Some(handle);
@@ -208,6 +202,7 @@ impl VirtualMachine {
             .name("vmm".into())
             .spawn(move || {
                 let exit = machine.wait();
+                devices.release();
                 drop(machine);
                 drop(server);
                 let reason = StopReason::from_exit(exit, pvm_host);
@@ -227,35 +222,6 @@ impl VirtualMachine {
         Ok(())
     }
 
-    /// Plugs each disk into the PCI bus as virtio-blk, and on a firmware boot tells the firmware
-    /// to boot them in the order given.
-    fn attach_disks(&self, machine: &Machine) -> Result<(), StartError> {
-        let mut boot_order = Vec::new();
-        for disk in &self.config.storage_devices {
-            let block = Block::open(&BlockConfig {
-                path: disk.path.clone(),
-                read_only: disk.read_only,
-                cache: disk.caching,
-                sync: disk.synchronization,
-                serial: disk.identifier.clone(),
-                engine: Default::default(),
-            })
-            .map_err(|source| StartError::Disk {
-                path: disk.path.clone(),
-                source,
-            })?;
-            let slot = attach(machine, block, PCI_CLASS).map_err(|source| StartError::Attach {
-                path: disk.path.clone(),
-                source,
-            })?;
-            boot_order.push(format!("/pci@i0cf8/*@{slot:x}"));
-        }
-        if matches!(self.config.boot_loader, BootLoader::Firmware { .. }) && !boot_order.is_empty() {
-            machine.set_boot_order(&boot_order)?;
-        }
-        Ok(())
-    }
-
     fn running_handle(&self, action: &'static str, allowed: &[VmState]) -> Result<&MachineHandle, VmError> {
         let state = self.state();
         match &self.handle {
@@ -264,20 +230,44 @@ impl VirtualMachine {
         }
     }
 
-    /// Stops running guest code; memory and devices stay as they are.
+    /// Stops running guest code, then puts every device to sleep: requests already in flight
+    /// are answered first, and no device does I/O until [`VirtualMachine::resume`].
     pub fn pause(&self) -> Result<(), VmError> {
         let handle = self.running_handle("pause", &[VmState::Running])?;
         handle.pause();
+        if let Err(e) = self.devices.sleep_all() {
+            // Back to running as before: the devices that slept wake, then the vCPUs.
+            let _ = self.devices.wake_all();
+            handle.resume();
+            return Err(VmError::Device {
+                message: error_chain(&e),
+            });
+        }
         self.shared.set_state(VmState::Paused);
         Ok(())
     }
 
-    /// Runs a paused machine again.
+    /// Wakes every device, then runs the paused vCPUs again.
     pub fn resume(&self) -> Result<(), VmError> {
         let handle = self.running_handle("resume", &[VmState::Paused])?;
+        if let Err(e) = self.devices.wake_all() {
+            return Err(VmError::Device {
+                message: error_chain(&e),
+            });
+        }
         handle.resume();
         self.shared.set_state(VmState::Running);
         Ok(())
+    }
+
+    /// The attached devices (`blk0`, `rng0`, ...) with their PCI slots, while it runs.
+    pub fn devices(&self) -> Vec<(String, u8)> {
+        self.devices.names()
+    }
+
+    /// The device manager of the current (or last) run.
+    pub fn device_manager(&self) -> &Arc<DeviceManager> {
+        &self.devices
     }
 
     /// Asks the guest to shut down by pressing the ACPI power button. The guest decides; the

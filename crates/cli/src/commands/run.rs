@@ -6,8 +6,8 @@ use std::sync::mpsc::channel;
 
 use clap::Args;
 use virtkit::{
-    parse_size, BootLoader, SerialAttachment, StopReason, StorageDeviceConfiguration, VirtualMachine,
-    VirtualMachineConfiguration, CONFIG_FORMAT_VERSION,
+    parse_size, BootLoader, EntropyDeviceConfiguration, SerialAttachment, StopReason,
+    StorageDeviceConfiguration, VirtualMachine, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION,
 };
 
 use crate::commands::validate::load_config;
@@ -18,7 +18,7 @@ use crate::vm_events::Events;
 #[derive(Args)]
 pub struct RunArgs {
     /// A VM made with `virtkit create` (its bundle has the whole configuration).
-    #[arg(conflicts_with_all = ["config", "kernel", "firmware", "disks", "cpus", "memory", "serial"])]
+    #[arg(conflicts_with_all = ["config", "kernel", "firmware", "disks", "entropy", "cpus", "memory", "serial"])]
     pub name: Option<String>,
     /// Run the named VM in the background; `virtkit console NAME` attaches to it.
     #[arg(long, requires = "name")]
@@ -48,6 +48,10 @@ pub struct RunArgs {
     /// boots them in the order given.
     #[arg(long = "disk", value_parser = StorageDeviceConfiguration::parse_cli)]
     pub disks: Vec<StorageDeviceConfiguration>,
+    /// An entropy device (virtio-rng, the guest's /dev/hwrng), optionally rate-limited:
+    /// `--entropy`, or `--entropy RATE[,burst=SIZE]` such as `8K,burst=1K` (bytes per second).
+    #[arg(long = "entropy", num_args = 0..=1, default_missing_value = "", value_parser = EntropyDeviceConfiguration::parse_cli)]
+    pub entropy: Vec<EntropyDeviceConfiguration>,
     /// Where COM1 goes: stdio, none, file:PATH or unix:PATH [default: stdio, or the configuration's].
     #[arg(long, value_parser = parse_serial)]
     pub serial: Option<SerialChoice>,
@@ -102,11 +106,13 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
             boot_loader,
             serial_ports: Vec::new(),
             storage_devices: Vec::new(),
+            entropy_devices: Vec::new(),
             platform: virtkit::PlatformConfiguration::default(),
         }
         .with_serial(SerialAttachment::Stdio)
     };
     config.storage_devices.extend(args.disks.iter().cloned());
+    config.entropy_devices.extend(args.entropy.iter().cloned());
     if let Some(cpus) = args.cpus {
         config.cpu_count = cpus;
     }

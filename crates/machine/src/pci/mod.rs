@@ -42,6 +42,8 @@ use crate::layout::irqs::{PCI_INTX_COUNT, PCI_INTX_FIRST};
 
 /// Number of device slots on a PCI bus.
 pub const SLOTS: u8 = 32;
+/// Slots left for devices on bus 0: slot 0 holds the host bridge and slot 1 the ISA bridge.
+pub const DEVICE_SLOTS: usize = SLOTS as usize - 2;
 
 /// The kind of address space a BAR claims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use super::{
     HARDWARE_MODEL_FILE, INITRD_FILE, KERNEL_FILE, MACHINE_ID_FILE, RESTORE_IMAGE_STEM,
 };
 use crate::config::{BootLoader, PlatformConfiguration, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
+use crate::devices::EntropyDeviceConfiguration;
 use crate::disk_image::{clone_file, import, CloneMethod};
 use crate::home::VirtkitHome;
 use crate::identity::MachineIdentifier;
@@ -212,6 +213,8 @@ impl Bundle {
             boot_loader,
             serial_ports: Vec::new(),
             storage_devices: Vec::new(),
+            // Every new VM gets the host's entropy, as lima and tart guests do.
+            entropy_devices: vec![EntropyDeviceConfiguration::default()],
             platform: PlatformConfiguration::default(),
         };
 

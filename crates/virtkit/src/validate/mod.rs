@@ -12,7 +12,6 @@ use crate::config::{BootLoader, SerialAttachment, VirtualMachineConfiguration, C
 use crate::host::HostCapabilities;
 use crate::size::ByteSize;
 use crate::storage::StorageDeviceConfiguration;
-use virtkit_devices::block::SERIAL_MAX_LEN;
 
 /// The least RAM a guest may have.
 pub const MIN_MEMORY_SIZE: u64 = 64 << 20;
@@ -58,10 +57,10 @@ impl fmt::Display for ValidationError {
     }
 }
 
-struct Issues(Vec<ValidationIssue>);
+pub(crate) struct Issues(pub(crate) Vec<ValidationIssue>);
 
 impl Issues {
-    fn add(&mut self, field: &str, message: String) {
+    pub(crate) fn add(&mut self, field: &str, message: String) {
         self.0.push(ValidationIssue {
             field: field.to_owned(),
             message,
@@ -114,11 +113,8 @@ fn check_file(issues: &mut Issues, field: &str, what: &str, path: &Path) -> bool
     }
 }
 
-/// PCI slots on bus 0 after the host bridge.
-const MAX_DISKS: usize = 31;
-
 /// A disk must exist, be a regular file or a block device, and be writable unless read-only.
-fn check_disk(issues: &mut Issues, field: &str, disk: &StorageDeviceConfiguration) {
+pub(crate) fn check_disk(issues: &mut Issues, field: &str, disk: &StorageDeviceConfiguration) {
     use std::os::unix::fs::FileTypeExt;
     let path = &disk.path;
     let meta = match std::fs::metadata(path) {
@@ -334,33 +330,7 @@ impl VirtualMachineConfiguration {
             }
         }
 
-        for (i, disk) in self.storage_devices.iter().enumerate() {
-            let field = format!("storage_devices[{i}].path");
-            check_disk(&mut issues, &field, disk);
-            if let Some(id) = &disk.identifier {
-                if id.len() > SERIAL_MAX_LEN || !id.is_ascii() {
-                    issues.add(
-                        &format!("storage_devices[{i}].identifier"),
-                        format!("`{id}` is not a disk serial; use at most {SERIAL_MAX_LEN} ASCII characters"),
-                    );
-                }
-            }
-            if self.storage_devices[..i].iter().any(|d| d.path == disk.path) {
-                issues.add(
-                    &field,
-                    format!("{} is attached twice; give each disk once", disk.path.display()),
-                );
-            }
-        }
-        if self.storage_devices.len() > MAX_DISKS {
-            issues.add(
-                "storage_devices",
-                format!(
-                    "{} disks given; this machine takes at most {MAX_DISKS}",
-                    self.storage_devices.len()
-                ),
-            );
-        }
+        crate::devices::validate_devices(self, &mut issues);
 
         if self.serial_ports.len() > 1 {
             issues.add(

@@ -8,8 +8,14 @@ use virtkit_machine::ioevent::IoEvents;
 use virtkit_machine::pci::{intx_gsi, PciRootError};
 use virtkit_machine::Machine;
 
-use super::{VirtioPciDevice, VirtioPciError, VirtioPciOptions};
+use super::{SharedManagedDevice, VirtioPciDevice, VirtioPciError, VirtioPciOptions};
 use crate::VirtioDevice;
+
+/// A device on the bus: where it is, and the handle the device manager keeps.
+pub struct AttachedDevice {
+    pub slot: u8,
+    pub device: SharedManagedDevice,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -25,12 +31,12 @@ pub enum AttachError {
 
 /// Wraps `device` in the virtio-pci transport and plugs it into the first free slot of
 /// `machine`'s bus 0, before the machine starts. `class` is the PCI class code (base class,
-/// subclass, programming interface). Returns the slot.
+/// subclass, programming interface). Returns the slot and a handle on the device.
 pub fn attach<D: VirtioDevice + 'static>(
     machine: &Machine,
     device: D,
     class: (u8, u8, u8),
-) -> Result<u8, AttachError> {
+) -> Result<AttachedDevice, AttachError> {
     let root = machine.pci_root();
     let mut root = root.lock().unwrap_or_else(|p| p.into_inner());
     let slot = root.free_slot().ok_or(AttachError::NoSlot)?;
@@ -54,6 +60,7 @@ pub fn attach<D: VirtioDevice + 'static>(
             intx: Some((intx, gsi as u8)),
         },
     )?;
-    root.add_device(slot, Arc::new(Mutex::new(pci)))?;
-    Ok(slot)
+    let pci = Arc::new(Mutex::new(pci));
+    root.add_device(slot, pci.clone())?;
+    Ok(AttachedDevice { slot, device: pci })
 }

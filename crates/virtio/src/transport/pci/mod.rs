@@ -12,6 +12,7 @@ mod attach;
 mod common_config;
 mod interrupt;
 pub mod layout;
+mod managed;
 #[cfg(test)]
 mod tests;
 
@@ -27,10 +28,11 @@ use virtkit_machine::pci::{
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-pub use attach::{attach, AttachError};
+pub use attach::{attach, AttachError, AttachedDevice};
 pub use common_config::{CommonConfig, CommonConfigEvent, QueueRegisters, NO_VECTOR};
 pub use interrupt::{PciInterrupt, ISR_CONFIG, ISR_QUEUE};
 use layout::*;
+pub use managed::{ManagedDevice, SharedManagedDevice};
 
 use crate::features::RING_EVENT_IDX;
 use crate::{warn_ratelimited, DeviceQueue, VirtioDevice};
@@ -79,6 +81,8 @@ pub struct VirtioPciDevice<D: VirtioDevice> {
     /// Where the notification ioeventfds are registered (the BAR's address).
     notify_bar: Option<u64>,
     active: bool,
+    /// While the device manager has the device asleep: the queues its worker handed back.
+    slept: Option<Option<Vec<DeviceQueue>>>,
 }
 
 impl<D: VirtioDevice> std::fmt::Debug for VirtioPciDevice<D> {
@@ -181,6 +185,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             memory,
             notify_bar: None,
             active: false,
+            slept: None,
         })
     }
 
@@ -299,6 +304,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
 
     fn reset_device(&mut self) {
         // The queues come back; the transport's registers were reset already.
+        self.slept = None;
         drop(self.device.reset());
         self.active = false;
         self.interrupt.reset();

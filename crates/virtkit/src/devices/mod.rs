@@ -1,0 +1,225 @@
+//! The device manager: every device the configuration names is built, validated and attached
+//! here, and once attached it is reached through one type-erased handle (sleep, wake, snapshot,
+//! restore, a name). The PCI slot budget and the firmware's boot order live here too.
+//!
+//! Adding a device type: a folder in `virtkit-devices`, a configuration type with its own
+//! `validate` and `attach` in a file here, and one line in [`validate_devices`] and
+//! [`DeviceManager::attach_all`] (docs/DEVICES.md).
+
+mod block;
+mod entropy;
+
+use std::sync::{Mutex, MutexGuard};
+
+use virtkit_machine::pci::DEVICE_SLOTS;
+use virtkit_machine::Machine;
+use virtkit_virtio::transport::pci::{AttachError, AttachedDevice, SharedManagedDevice};
+use virtkit_virtio::VirtioError;
+
+pub use entropy::EntropyDeviceConfiguration;
+
+use crate::config::{BootLoader, VirtualMachineConfiguration};
+use crate::validate::Issues;
+
+/// Why a device could not be built or attached.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("cannot open the disk {path}")]
+    Disk {
+        path: std::path::PathBuf,
+        #[source]
+        source: virtkit_devices::block::BlockError,
+    },
+    #[error("cannot attach the {what}")]
+    Attach {
+        what: String,
+        #[source]
+        source: AttachError,
+    },
+    #[error("cannot tell the firmware the boot order")]
+    BootOrder(#[source] virtkit_machine::MachineError),
+    #[error("the device {name} cannot {action}")]
+    Device {
+        name: String,
+        action: &'static str,
+        #[source]
+        source: VirtioError,
+    },
+}
+
+/// One attached device.
+struct Entry {
+    /// `blk0`, `rng0`, ...: the device's name and its index among devices of its kind.
+    name: String,
+    slot: u8,
+    device: SharedManagedDevice,
+}
+
+/// Owns every attached device of one running machine.
+#[derive(Default)]
+pub struct DeviceManager {
+    entries: Mutex<Vec<Entry>>,
+}
+
+impl std::fmt::Debug for DeviceManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+/// Checks every device section of `config`, and that they fit the PCI slots.
+pub(crate) fn validate_devices(config: &VirtualMachineConfiguration, issues: &mut Issues) {
+    block::validate(&config.storage_devices, issues);
+    entropy::validate(&config.entropy_devices, issues);
+    let used = config.storage_devices.len() + config.entropy_devices.len();
+    if used > DEVICE_SLOTS {
+        issues.add(
+            "storage_devices",
+            format!(
+                "{used} PCI devices given ({} disks, {} entropy devices); this machine has {DEVICE_SLOTS} PCI slots, so remove {}",
+                config.storage_devices.len(),
+                config.entropy_devices.len(),
+                used - DEVICE_SLOTS
+            ),
+        );
+    }
+}
+
+impl DeviceManager {
+    /// Builds and attaches every device of `config` to `machine` (before it starts), disks
+    /// first in the order given; on a firmware boot the disks become the boot order.
+    pub fn attach_all(
+        machine: &Machine,
+        config: &VirtualMachineConfiguration,
+    ) -> Result<DeviceManager, DeviceError> {
+        let manager = DeviceManager::default();
+        let disk_slots = block::attach(&manager, machine, &config.storage_devices)?;
+        entropy::attach(&manager, machine, &config.entropy_devices)?;
+        if matches!(config.boot_loader, BootLoader::Firmware { .. }) && !disk_slots.is_empty() {
+            let order: Vec<String> = disk_slots.iter().map(|s| format!("/pci@i0cf8/*@{s:x}")).collect();
+            machine.set_boot_order(&order).map_err(DeviceError::BootOrder)?;
+        }
+        Ok(manager)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an attached device under `kind` + its index among devices of that kind.
+    fn add(&self, kind: &str, attached: AttachedDevice) -> u8 {
+        let mut entries = self.lock();
+        let index = entries.iter().filter(|e| e.name.starts_with(kind)).count();
+        entries.push(Entry {
+            name: format!("{kind}{index}"),
+            slot: attached.slot,
+            device: attached.device,
+        });
+        attached.slot
+    }
+
+    /// The devices' names with their PCI slots, in the order they were attached.
+    pub fn names(&self) -> Vec<(String, u8)> {
+        self.lock().iter().map(|e| (e.name.clone(), e.slot)).collect()
+    }
+
+    /// Puts every device to sleep: each worker answers what it has in flight and stops. Called
+    /// with the vCPUs parked, so nothing new arrives. On an error the devices already asleep
+    /// stay asleep; [`DeviceManager::wake_all`] wakes them.
+    pub fn sleep_all(&self) -> Result<(), DeviceError> {
+        self.for_each("sleep", |d| d.sleep())
+    }
+
+    /// Wakes every sleeping device; tries them all, returns the first error.
+    pub fn wake_all(&self) -> Result<(), DeviceError> {
+        let mut first = Ok(());
+        for entry in self.lock().iter() {
+            let result = lock_device(&entry.device).wake();
+            if let (Err(source), Ok(())) = (result, &first) {
+                first = Err(DeviceError::Device {
+                    name: entry.name.clone(),
+                    action: "wake",
+                    source,
+                });
+            }
+        }
+        first
+    }
+
+    /// Whether every device is asleep or was never started by its driver.
+    pub fn all_asleep_or_idle(&self) -> bool {
+        self.lock().iter().all(|e| {
+            let d = lock_device(&e.device);
+            d.is_asleep() || d.snapshot().is_ok()
+        })
+    }
+
+    /// Each device's state (name, JSON bytes); every device must be asleep.
+    pub fn snapshot_all(&self) -> Result<Vec<(String, Vec<u8>)>, DeviceError> {
+        self.lock()
+            .iter()
+            .map(|e| {
+                lock_device(&e.device)
+                    .snapshot()
+                    .map(|bytes| (e.name.clone(), bytes))
+                    .map_err(|source| DeviceError::Device {
+                        name: e.name.clone(),
+                        action: "save its state",
+                        source,
+                    })
+            })
+            .collect()
+    }
+
+    /// Gives each named device its state back; every device must be asleep.
+    pub fn restore_all(&self, states: &[(String, Vec<u8>)]) -> Result<(), DeviceError> {
+        let entries = self.lock();
+        for (name, bytes) in states {
+            let entry = entries
+                .iter()
+                .find(|e| &e.name == name)
+                .ok_or_else(|| DeviceError::Device {
+                    name: name.clone(),
+                    action: "be found to restore",
+                    source: VirtioError::IncompatibleState("no such device in this machine"),
+                })?;
+            lock_device(&entry.device)
+                .restore(bytes)
+                .map_err(|source| DeviceError::Device {
+                    name: name.clone(),
+                    action: "restore its state",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Lets go of every device (the machine is gone; its workers stop as the last handle drops).
+    pub fn release(&self) {
+        self.lock().clear();
+    }
+
+    fn for_each(
+        &self,
+        action: &'static str,
+        mut f: impl FnMut(&mut dyn virtkit_virtio::transport::pci::ManagedDevice) -> Result<(), VirtioError>,
+    ) -> Result<(), DeviceError> {
+        for entry in self.lock().iter() {
+            f(&mut *lock_device(&entry.device)).map_err(|source| DeviceError::Device {
+                name: entry.name.clone(),
+                action,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn lock_device(
+    device: &SharedManagedDevice,
+) -> MutexGuard<'_, dyn virtkit_virtio::transport::pci::ManagedDevice + 'static> {
+    device.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,149 @@
+//! The device manager on a real machine (`/dev/kvm`, vCPUs never started): every configured
+//! device attached in its slot, the slot budget as validation says it, sleep and wake.
+
+use std::path::PathBuf;
+
+use virtkit_hypervisor::Kvm;
+use virtkit_machine::pci::DEVICE_SLOTS;
+use virtkit_machine::{BootSource, Machine, MachineConfig};
+
+use super::*;
+use crate::storage::StorageDeviceConfiguration;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("virtkit-devices-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn file(&self, name: &str, len: usize) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, vec![0u8; len]).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A firmware-boot configuration with `disks` 64 KiB disks and `rngs` entropy devices.
+fn config(dir: &TempDir, disks: usize, rngs: usize) -> VirtualMachineConfiguration {
+    // A firmware image that never runs: 64 KiB of HLT.
+    let firmware = dir.0.join("fw.bin");
+    std::fs::write(&firmware, vec![0xf4u8; 64 << 10]).unwrap();
+    let mut config = VirtualMachineConfiguration::firmware(1, 128 << 20, firmware);
+    for i in 0..disks {
+        config = config.with_storage(StorageDeviceConfiguration::disk_image(
+            dir.file(&format!("d{i}.img"), 64 << 10),
+        ));
+    }
+    for _ in 0..rngs {
+        config = config.with_entropy(EntropyDeviceConfiguration::default());
+    }
+    config
+}
+
+fn machine(kvm: &Kvm, config: &VirtualMachineConfiguration) -> Machine {
+    let BootLoader::Firmware { path, .. } = &config.boot_loader else {
+        unreachable!("the tests build firmware configurations")
+    };
+    Machine::new(
+        kvm,
+        MachineConfig {
+            vcpus: 1,
+            memory_size: config.memory_size,
+            boot: BootSource::Firmware { path: path.clone() },
+            serial_output: Box::new(std::io::sink()),
+            serial_input: None,
+            smbios_identity: None,
+        },
+    )
+    .unwrap()
+}
+
+fn slot_issue(config: &VirtualMachineConfiguration) -> Option<String> {
+    let mut issues = Issues(Vec::new());
+    validate_devices(config, &mut issues);
+    issues
+        .0
+        .into_iter()
+        .find(|i| i.message.contains("PCI slots"))
+        .map(|i| i.message)
+}
+
+#[test]
+fn validation_allows_exactly_the_slots_the_bus_has() {
+    let dir = TempDir::new("budget");
+    assert_eq!(
+        DEVICE_SLOTS, 30,
+        "32 slots less the host bridge and the ISA bridge"
+    );
+    assert_eq!(slot_issue(&config(&dir, 29, 1)), None);
+    let message = slot_issue(&config(&dir, 31, 0)).expect("31 disks do not fit");
+    assert!(
+        message.contains("31 PCI devices given (31 disks, 0 entropy devices)"),
+        "{message}"
+    );
+    assert!(message.contains("remove 1"), "{message}");
+    assert!(
+        slot_issue(&config(&dir, 30, 1)).is_some(),
+        "30 disks and an entropy device"
+    );
+}
+
+#[test]
+fn thirty_devices_attach_in_slots_two_to_thirty_one_and_no_more_fit() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("attach");
+    let config = config(&dir, 29, 1);
+    let kvm = Kvm::open().unwrap();
+    let machine = machine(&kvm, &config);
+    let manager = DeviceManager::attach_all(&machine, &config).unwrap();
+    let names = manager.names();
+    assert_eq!(names.len(), 30);
+    assert_eq!(names[0], ("blk0".to_owned(), 2));
+    assert_eq!(names[28], ("blk28".to_owned(), 30));
+    assert_eq!(names[29], ("rng0".to_owned(), 31));
+    // The bus is full: one more device has no slot, and says so.
+    let mut more = config;
+    more.storage_devices.truncate(0);
+    more.entropy_devices = vec![EntropyDeviceConfiguration::default()];
+    let err = DeviceManager::attach_all(&machine, &more).unwrap_err();
+    assert!(format!("{err:?}").contains("NoSlot"), "{err:?}");
+}
+
+#[test]
+fn sleep_and_wake_reach_every_device_and_state_round_trips() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("sleep");
+    let config = config(&dir, 2, 1);
+    let kvm = Kvm::open().unwrap();
+    let machine = machine(&kvm, &config);
+    let manager = DeviceManager::attach_all(&machine, &config).unwrap();
+    // No driver started them: sleep keeps them as they are, and their state is there to save.
+    manager.sleep_all().unwrap();
+    let states = manager.snapshot_all().unwrap();
+    let names: Vec<&str> = states.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["blk0", "blk1", "rng0"]);
+    manager.restore_all(&states).unwrap();
+    let bad = vec![("rng0".to_owned(), b"{\"nonsense\": 1}".to_vec())];
+    assert!(
+        manager.restore_all(&bad).is_err(),
+        "another device's bytes are refused"
+    );
+    let unknown = vec![("net0".to_owned(), Vec::new())];
+    assert!(manager.restore_all(&unknown).is_err());
+    manager.wake_all().unwrap();
+    manager.release();
+    assert!(manager.names().is_empty());
+}
