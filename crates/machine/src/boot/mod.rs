@@ -1,7 +1,9 @@
 //! Getting a guest's first instruction to run: the memory map the guest is told about, the
-//! Linux boot protocols (64-bit bzImage and PVH ELF), and the firmware reset vector.
+//! Linux boot protocols (64-bit bzImage and PVH ELF, 64- or 32-bit), and the firmware reset
+//! vector.
 
 mod e820;
+pub mod elf32;
 mod firmware;
 mod linux;
 mod regs;
@@ -16,7 +18,8 @@ pub use regs::{configure_boot_vcpu, BootEntry};
 /// What to boot.
 #[derive(Debug, Clone)]
 pub enum BootSource {
-    /// A Linux kernel: a bzImage (64-bit boot protocol) or an ELF vmlinux with a PVH entry note.
+    /// A Linux kernel: a bzImage (64-bit boot protocol) or an ELF (ELFCLASS64 vmlinux, or
+    /// ELFCLASS32) with a PVH entry note.
     Linux {
         kernel: PathBuf,
         initrd: Option<PathBuf>,
@@ -40,10 +43,12 @@ pub enum BootError {
     NotAKernel { path: PathBuf },
     #[error("{path} is an ELF kernel without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); build it with CONFIG_PVH=y or boot its bzImage")]
     NoPvhNote { path: PathBuf },
-    #[error(
-        "{path} is a 32-bit ELF; virtkit boots 64-bit ELF kernels (vmlinux) with a PVH note, or bzImages"
-    )]
-    Elf32 { path: PathBuf },
+    #[error("{path} is a 32-bit ELF kernel that cannot be booted")]
+    BadElf32 {
+        path: PathBuf,
+        #[source]
+        source: elf32::Elf32Error,
+    },
     #[error("cannot load the kernel {path} into guest memory")]
     LoadKernel {
         path: PathBuf,
