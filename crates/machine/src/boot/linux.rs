@@ -108,14 +108,9 @@ fn read_elf32(path: &Path, file: &mut File) -> Result<(Vec<u8>, Elf32Kernel), Bo
 }
 
 fn elf32_error(path: &Path, source: Elf32Error) -> BootError {
-    match source {
-        Elf32Error::NoPvhNote => BootError::NoPvhNote {
-            path: path.to_owned(),
-        },
-        source => BootError::BadElf32 {
-            path: path.to_owned(),
-            source,
-        },
+    BootError::BadElf32 {
+        path: path.to_owned(),
+        source,
     }
 }
 

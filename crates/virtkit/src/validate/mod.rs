@@ -271,7 +271,7 @@ impl VirtualMachineConfiguration {
                         issues.add(
                             "boot_loader.kernel",
                             format!(
-                                "{}; give a bzImage or an ELF vmlinux with a PVH note",
+                                "{}; give a bzImage, or a 64- or 32-bit ELF kernel with a Xen PVH entry note",
                                 error_chain(&e)
                             ),
                         );
