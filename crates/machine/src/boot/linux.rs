@@ -158,6 +158,20 @@ pub fn bzimage_memory_needed(path: &Path) -> Result<Option<u64>, BootError> {
     Ok(Some(pref_address.max(HIGH_RAM_START) + u64::from(init_size)))
 }
 
+/// For an ELF32 kernel, the end of the guest RAM its segments occupy; `None` for other formats.
+/// Validation checks it against the RAM size.
+pub fn elf32_memory_needed(path: &Path) -> Result<Option<u64>, BootError> {
+    let mut file = File::open(path).map_err(|source| BootError::Read {
+        what: "kernel",
+        path: path.to_owned(),
+        source,
+    })?;
+    if !matches!(sniff(path, &mut file)?, KernelFormat::Elf32) {
+        return Ok(None);
+    }
+    Ok(Some(read_elf32(path, &mut file)?.1.end()))
+}
+
 /// Scans an ELF's PT_NOTE segments for the Xen PHYS32_ENTRY note without loading it.
 fn elf_has_pvh_note(file: &mut File) -> std::io::Result<bool> {
     let mut data = Vec::new();

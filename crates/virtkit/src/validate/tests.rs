@@ -124,6 +124,39 @@ fn an_elf32_without_a_pvh_note_is_refused() {
 }
 
 #[test]
+fn an_elf32_whose_segments_end_past_the_ram_asks_for_more_memory() {
+    // The guest's second PT_LOAD (data and stack) moved to 128 MiB; the entry stays in the first.
+    let mut elf = virtkit_test_guests::Guest::HelloElf32.bytes().to_vec();
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    let phoff = u32_at(&elf, 28) as usize;
+    let phnum = u16::from_le_bytes([elf[44], elf[45]]) as usize;
+    let data = (0..phnum)
+        .map(|i| phoff + i * 32)
+        .filter(|at| u32_at(&elf, *at) == 1)
+        .nth(1)
+        .expect("a second PT_LOAD");
+    elf[data + 12..data + 16].copy_from_slice(&(128u32 << 20).to_le_bytes());
+    let dir = TempDir::new("elf32mem");
+    let path = dir.file("tiny.elf", &elf);
+    let issue = only_issue(&VirtualMachineConfiguration::linux(
+        1,
+        64 << 20,
+        path.clone(),
+        None,
+        "",
+    ));
+    assert_eq!(issue.field, "memory_size");
+    assert!(
+        issue.message.contains("too little for the 32-bit ELF kernel"),
+        "{issue}"
+    );
+    assert_eq!(
+        issues(&VirtualMachineConfiguration::linux(1, 256 << 20, path, None, "")),
+        vec![]
+    );
+}
+
+#[test]
 fn a_truncated_elf32_is_refused_with_the_reason() {
     let dir = TempDir::new("elf32short");
     let path = dir.file("tiny.elf", &virtkit_test_guests::Guest::HelloElf32.bytes()[..100]);
