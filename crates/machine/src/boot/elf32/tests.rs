@@ -60,9 +60,7 @@ fn image(phdrs: &[Ph], entry: u32) -> Vec<u8> {
     put_u16(&mut b, 42, PHDR_SIZE);
     put_u16(&mut b, 44, phdrs.len() as u16);
     for (i, ph) in phdrs.iter().enumerate() {
-        while b.len() % 4 != 0 {
-            b.push(0);
-        }
+        b.resize(b.len().next_multiple_of(4), 0);
         let offset = b.len() as u32;
         b.extend_from_slice(&ph.contents);
         let at = phoff + i * PHDR_SIZE as usize;
