@@ -2,6 +2,8 @@
 //!
 //! PVH guests: `as --32`, `ld -m elf_i386 -T asm/pvh.ld`, then `objcopy -O elf64-x86-64` gives
 //! `$OUT_DIR/<name>.elf` (32-bit code in a 64-bit ELF, like a vmlinux).
+//! ELF32 PVH guests: `as --32`, `ld -m elf_i386 -T asm/pvh.ld` gives `$OUT_DIR/<name>.elf`
+//! (ELFCLASS32, `EM_386`), kept as the linker wrote it.
 //! The firmware image: `as --32`, `ld -T asm/firmware.ld`, `objcopy -O binary` gives
 //! `$OUT_DIR/reset_vector.bin` (exactly 64 KiB).
 //! MBR programs: `as --32`, `ld -T asm/mbr.ld`, `objcopy -O binary` gives `$OUT_DIR/<name>.mbr`
@@ -30,6 +32,9 @@ const PVH_GUESTS: &[&str] = &[
     "reset",
     "triple_fault",
 ];
+
+/// PVH guests kept as ELF32: each `asm/<name>.s` becomes `$OUT_DIR/<name>.elf` (ELFCLASS32).
+const PVH_ELF32_GUESTS: &[&str] = &["hello_elf32"];
 
 /// Raw firmware images: each `asm/<name>.s` becomes `$OUT_DIR/<name>.bin`.
 const FIRMWARE_GUESTS: &[&str] = &["reset_vector"];
@@ -73,22 +78,25 @@ fn main() {
     };
 
     for name in PVH_GUESTS {
-        let object = assemble(&tools, &asm_dir, &out_dir, name);
         let elf32 = out_dir.join(format!("{name}.elf32"));
         let elf = out_dir.join(format!("{name}.elf"));
-        run(Command::new(&tools.linker)
-            .args(["-m", "elf_i386", "-nostdlib", "-static", "--build-id=none"])
-            .args(["-z", "max-page-size=0x1000", "-T"])
-            .arg(asm_dir.join("pvh.ld"))
-            .arg("-o")
-            .arg(&elf32)
-            .arg(&object));
+        link_pvh(&tools, &asm_dir, &out_dir, name, &elf32);
         // Kernels are 64-bit ELF files (vmlinux), and so is what VMM loaders such as
         // linux-loader read: repackage the 32-bit code as ELF64, which changes no byte of it.
         run(Command::new(&tools.objcopy)
             .args(["-O", "elf64-x86-64"])
             .arg(&elf32)
             .arg(&elf));
+    }
+
+    for name in PVH_ELF32_GUESTS {
+        link_pvh(
+            &tools,
+            &asm_dir,
+            &out_dir,
+            name,
+            &out_dir.join(format!("{name}.elf")),
+        );
     }
 
     for name in FIRMWARE_GUESTS {
@@ -150,6 +158,18 @@ fn main() {
             fail(&format!("{} is {} bytes; {rule}", mbr.display(), bytes.len()));
         }
     }
+}
+
+/// Assembles `asm/<name>.s` and links it with `asm/pvh.ld` into the ELF32 file `output`.
+fn link_pvh(tools: &Tools, asm_dir: &Path, out_dir: &Path, name: &str, output: &Path) {
+    let object = assemble(tools, asm_dir, out_dir, name);
+    run(Command::new(&tools.linker)
+        .args(["-m", "elf_i386", "-nostdlib", "-static", "--build-id=none"])
+        .args(["-z", "max-page-size=0x1000", "-T"])
+        .arg(asm_dir.join("pvh.ld"))
+        .arg("-o")
+        .arg(output)
+        .arg(&object));
 }
 
 /// `as --32 -I asm -o $OUT_DIR/<name>.o asm/<name>.s`

@@ -1,5 +1,6 @@
 //! What the loaders write for the stock Debian kernel, read back from guest memory the way the
-//! kernel reads it: `boot_params` for the bzImage, `hvm_start_info` for the PVH ELF. No KVM.
+//! kernel reads it: `boot_params` for the bzImage, `hvm_start_info` for the PVH ELF; and for an
+//! ELF32 PVH kernel (a test guest), compared with the ELF64 one. No KVM.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -125,4 +126,61 @@ fn pvh_start_info_carries_cmdline_module_memmap_and_rsdp() {
         (0x10_0000, MEMORY - 0x10_0000)
     );
     assert_eq!(read::<u32>(&mem, memmap + 24 + 16), 1, "RAM");
+}
+
+/// An ELF32 PVH kernel (the `hello_elf32` test guest) is loaded at its segments' `p_paddr` and
+/// gets exactly the `hvm_start_info`, module list and memory map the ELF64 one (`hello`) gets.
+#[test]
+fn an_elf32_pvh_kernel_gets_the_same_start_info_as_an_elf64_one() {
+    use virtkit_machine::boot::elf32;
+    use virtkit_test_guests::Guest;
+
+    let initrd = std::env::temp_dir().join(format!("virtkit-elf32-initrd-{}", std::process::id()));
+    std::fs::write(&initrd, vec![0x42; 5000]).unwrap();
+    let boot_it = |guest: Guest| {
+        let mem = memory();
+        let boot = load_linux(&mem, MEMORY, guest.path(), Some(&initrd), CMDLINE, true).unwrap();
+        (mem, boot)
+    };
+    let (mem32, boot32) = boot_it(Guest::HelloElf32);
+    let (mem64, boot64) = boot_it(Guest::Hello);
+    std::fs::remove_file(&initrd).ok();
+
+    let image = elf32::parse(Guest::HelloElf32.bytes()).unwrap();
+    assert_eq!(
+        boot32.entry,
+        LinuxEntry::Pvh {
+            entry: u64::from(image.entry),
+            start_info: PVH_INFO_START
+        }
+    );
+    assert_eq!(boot32.entry, boot64.entry, "both link pvh_entry at 1 MiB");
+    assert_eq!(boot32.kernel_end, image.end());
+    assert_eq!(boot32.initrd, boot64.initrd);
+    let area = |mem: &GuestMemoryMmap| {
+        let mut b = vec![0u8; 0x200];
+        mem.read_slice(&mut b, GuestAddress(PVH_INFO_START)).unwrap();
+        b
+    };
+    assert_eq!(
+        area(&mem32),
+        area(&mem64),
+        "hvm_start_info, module list and memory map"
+    );
+    assert_eq!(read::<u32>(&mem32, PVH_INFO_START), 0x336e_c578, "magic");
+    assert_eq!(cmdline_at(&mem32, CMDLINE_START), CMDLINE);
+
+    for seg in &image.segments {
+        let file = &Guest::HelloElf32.bytes()[seg.offset as usize..][..seg.filesz as usize];
+        let mut loaded = vec![0xffu8; seg.memsz as usize];
+        mem32
+            .read_slice(&mut loaded, GuestAddress(u64::from(seg.paddr)))
+            .unwrap();
+        assert_eq!(&loaded[..file.len()], file, "segment {} at p_paddr", seg.index);
+        assert!(
+            loaded[file.len()..].iter().all(|b| *b == 0),
+            "segment {} zero-filled",
+            seg.index
+        );
+    }
 }

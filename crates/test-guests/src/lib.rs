@@ -3,8 +3,9 @@
 //! binary.
 //!
 //! Every guest prints ASCII lines terminated by `"\n"` on COM1 (16550 at port 0x3f8, polled),
-//! using the fixed addresses of the platform layout (`virtkit_machine::layout`). Nine guests are
-//! 32-bit PVH ELF kernels (linked at 1 MiB, with a Xen `PHYS32_ENTRY` note); one is a raw 64 KiB
+//! using the fixed addresses of the platform layout (`virtkit_machine::layout`). Ten guests are
+//! 32-bit PVH ELF kernels (linked at 1 MiB, with a Xen `PHYS32_ENTRY` note): nine in ELF64 files
+//! like a vmlinux, [`Guest::HelloElf32`] in an ELF32 file; one is a raw 64 KiB
 //! firmware image that runs in real mode from the reset vector; seven are MBR programs that BIOS
 //! firmware (SeaBIOS) boots from a disk and that use BIOS int 13h: five 512-byte boot sectors and
 //! two longer programs ([`Guest::MbrSession`], [`Guest::MbrPam`]) whose boot sector loads the
@@ -32,6 +33,9 @@ pub enum Boot {
     /// through the Xen PVH `PHYS32_ENTRY` note: 32-bit protected mode, paging off, flat
     /// segments. The guests set their own GDT and stack and do not read `hvm_start_info`.
     Pvh,
+    /// The same as [`Boot::Pvh`], but the file is ELF32 (ELFCLASS32, `EM_386`), as
+    /// `ld -m elf_i386` writes it; QEMU and Xen boot such files with `-kernel` too.
+    PvhElf32,
     /// A raw image of exactly [`FIRMWARE_SIZE`] bytes placed to end at 4 GiB
     /// (0xffff0000..=0xffffffff) and mirrored at 0xf0000; the vCPU starts at the reset vector
     /// (CS=0xf000 with base 0xffff0000, IP=0xfff0) in real mode.
@@ -58,6 +62,9 @@ pub enum Guest {
     /// PVH. Prints `virtkit-guest: hello from pvh`, then ACPI power-off (`cli; hlt` forever if
     /// that returns).
     Hello,
+    /// PVH in an ELF32 file ([`Boot::PvhElf32`]). Prints `virtkit-guest: hello from pvh elf32`,
+    /// then ACPI power-off (`cli; hlt` forever if that returns).
+    HelloElf32,
     /// PVH, for benchmarks against QEMU. Prints `virtkit-smoke: ready`, then resets through the
     /// i8042 (0xfe to port 0x64). If still running (a machine without an i8042, such as QEMU's
     /// microvm), it loads an IDT with limit 0 and executes `ud2`: a triple fault, which ends a
@@ -197,8 +204,9 @@ macro_rules! artifact {
 
 impl Guest {
     /// Every guest.
-    pub const ALL: [Guest; 17] = [
+    pub const ALL: [Guest; 18] = [
         Guest::Hello,
+        Guest::HelloElf32,
         Guest::Smoke,
         Guest::Echo,
         Guest::IoProbe,
@@ -221,6 +229,7 @@ impl Guest {
     pub fn name(self) -> &'static str {
         match self {
             Guest::Hello => "hello",
+            Guest::HelloElf32 => "hello_elf32",
             Guest::Smoke => "smoke",
             Guest::Echo => "echo",
             Guest::IoProbe => "io_probe",
@@ -244,6 +253,7 @@ impl Guest {
     pub fn boot(self) -> Boot {
         match self {
             Guest::ResetVector => Boot::Firmware,
+            Guest::HelloElf32 => Boot::PvhElf32,
             Guest::MbrRead
             | Guest::MbrWrite
             | Guest::MbrDrives
@@ -255,7 +265,8 @@ impl Guest {
         }
     }
 
-    /// Path of the built artifact in the build's `OUT_DIR`: `<name>.elf` for PVH guests,
+    /// Path of the built artifact in the build's `OUT_DIR`: `<name>.elf` for PVH guests (ELF64 or
+    /// ELF32),
     /// `reset_vector.bin` for the firmware image, `<name>.mbr` for MBR programs.
     pub fn path(self) -> &'static Path {
         Path::new(self.artifact().0)
@@ -271,6 +282,7 @@ impl Guest {
     fn artifact(self) -> (&'static str, &'static [u8]) {
         match self {
             Guest::Hello => artifact!("hello.elf"),
+            Guest::HelloElf32 => artifact!("hello_elf32.elf"),
             Guest::Smoke => artifact!("smoke.elf"),
             Guest::Echo => artifact!("echo.elf"),
             Guest::IoProbe => artifact!("io_probe.elf"),
@@ -295,6 +307,8 @@ impl Guest {
 pub mod output {
     /// [`Guest::Hello`](crate::Guest::Hello).
     pub const HELLO: &str = "virtkit-guest: hello from pvh";
+    /// [`Guest::HelloElf32`](crate::Guest::HelloElf32).
+    pub const HELLO_ELF32: &str = "virtkit-guest: hello from pvh elf32";
     /// [`Guest::Smoke`](crate::Guest::Smoke).
     pub const SMOKE_READY: &str = "virtkit-smoke: ready";
     /// [`Guest::Echo`](crate::Guest::Echo), before it starts echoing.

@@ -131,7 +131,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 fn pvh_guests() -> impl Iterator<Item = Guest> {
-    Guest::ALL.into_iter().filter(|g| g.boot() == Boot::Pvh)
+    Guest::ALL
+        .into_iter()
+        .filter(|g| matches!(g.boot(), Boot::Pvh | Boot::PvhElf32))
 }
 
 #[test]
@@ -155,12 +157,17 @@ fn pvh_guests_have_a_phys32_entry_note_inside_an_executable_load_segment() {
     for guest in pvh_guests() {
         let b = guest.bytes();
         let elf = parse_elf(b);
-        assert!(elf.class64, "{guest:?}: ELFCLASS64, like a vmlinux");
-        assert!(
-            elf.machine == EM_386 || elf.machine == EM_X86_64,
-            "{guest:?}: e_machine {}",
-            elf.machine
-        );
+        if guest.boot() == Boot::PvhElf32 {
+            assert!(!elf.class64, "{guest:?}: ELFCLASS32");
+            assert_eq!(elf.machine, EM_386, "{guest:?}: e_machine");
+        } else {
+            assert!(elf.class64, "{guest:?}: ELFCLASS64, like a vmlinux");
+            assert!(
+                elf.machine == EM_386 || elf.machine == EM_X86_64,
+                "{guest:?}: e_machine {}",
+                elf.machine
+            );
+        }
 
         let xen: Vec<_> = notes(b, &elf)
             .into_iter()
@@ -230,6 +237,7 @@ fn reset_vector_image_is_64k_and_jumps_into_itself() {
 fn artifacts_carry_the_documented_lines() {
     let expect: &[(Guest, &[&str])] = &[
         (Guest::Hello, &[output::HELLO]),
+        (Guest::HelloElf32, &[output::HELLO_ELF32]),
         (Guest::Smoke, &[output::SMOKE_READY]),
         (
             Guest::Echo,

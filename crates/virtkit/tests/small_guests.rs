@@ -25,6 +25,27 @@ fn hello_prints_and_powers_off_through_acpi() {
 }
 
 #[test]
+fn an_elf32_pvh_kernel_prints_and_powers_off_through_acpi() {
+    if !kvm_available() {
+        return;
+    }
+    // The same boot as `hello`, from an ELFCLASS32 file (`ld -m elf_i386`, not repackaged).
+    assert_eq!(&Guest::HelloElf32.bytes()[..5], b"\x7fELF\x01");
+    let run = start(pvh(Guest::HelloElf32.path(), 1));
+    assert_eq!(
+        run.vm.wait_timeout(BOOT),
+        Some(StopReason::GuestPoweredOff),
+        "{}",
+        run.console.text()
+    );
+    let text = run
+        .console
+        .wait_for(virtkit_test_guests::output::HELLO_ELF32, BOOT);
+    assert_eq!(text, format!("{}\n", virtkit_test_guests::output::HELLO_ELF32));
+    assert_eq!(run.vm.state(), VmState::Stopped);
+}
+
+#[test]
 fn state_changes_are_reported_in_order() {
     if !kvm_available() {
         return;

@@ -26,7 +26,7 @@ pub struct RunArgs {
     /// A JSON configuration file (the same format `virtkit validate` checks).
     #[arg(long, conflicts_with_all = ["kernel", "firmware"])]
     pub config: Option<PathBuf>,
-    /// Linux kernel: a bzImage, or an ELF vmlinux with a PVH note.
+    /// Linux kernel: a bzImage, or a 64- or 32-bit ELF with a Xen PVH note.
     #[arg(long, conflicts_with = "firmware")]
     pub kernel: Option<PathBuf>,
     /// Initial ramdisk for the kernel.

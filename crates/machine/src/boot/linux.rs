@@ -1,5 +1,6 @@
 //! Loading a Linux kernel, its initrd and command line, and writing the boot information the
-//! kernel reads: `boot_params` for a bzImage, `hvm_start_info` for a PVH ELF.
+//! kernel reads: `boot_params` for a bzImage, `hvm_start_info` for a PVH ELF (ELF64 through
+//! linux-loader, ELF32 through our own [`super::elf32`] reader).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -14,6 +15,7 @@ use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader, KernelLoade
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile};
 
 use super::e820::e820_map;
+use super::elf32::{self, Elf32Error, Elf32Kernel, ELF32_MAX_FILE_SIZE};
 use super::BootError;
 use crate::layout::{
     CMDLINE_MAX_SIZE, CMDLINE_START, HIGH_RAM_START, PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START,
@@ -48,7 +50,10 @@ const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 
 enum KernelFormat {
     BzImage,
+    /// ELFCLASS64 (a vmlinux): linux-loader.
     Elf,
+    /// ELFCLASS32: [`elf32`].
+    Elf32,
 }
 
 fn sniff(path: &Path, file: &mut File) -> Result<KernelFormat, BootError> {
@@ -61,12 +66,13 @@ fn sniff(path: &Path, file: &mut File) -> Result<KernelFormat, BootError> {
     let n = read_up_to(file, &mut head).map_err(read_err)?;
     file.seek(SeekFrom::Start(0)).map_err(read_err)?;
     if n >= 5 && head[..4] == *b"\x7fELF" {
-        if head[4] != 2 {
-            return Err(BootError::Elf32 {
+        return match head[4] {
+            1 => Ok(KernelFormat::Elf32),
+            2 => Ok(KernelFormat::Elf),
+            _ => Err(BootError::NotAKernel {
                 path: path.to_owned(),
-            });
-        }
-        return Ok(KernelFormat::Elf);
+            }),
+        };
     }
     if n >= 0x206 && u32::from_le_bytes([head[0x202], head[0x203], head[0x204], head[0x205]]) == HDRS_MAGIC {
         return Ok(KernelFormat::BzImage);
@@ -87,8 +93,29 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
-/// Tells whether `path` is a kernel we can boot (bzImage, or ELF with a PVH note), reading only
-/// its headers. Configuration validation uses this.
+/// Reads a whole ELF32 kernel (at most [`ELF32_MAX_FILE_SIZE`] bytes) and parses it.
+fn read_elf32(path: &Path, file: &mut File) -> Result<(Vec<u8>, Elf32Kernel), BootError> {
+    let mut data = Vec::new();
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.take(ELF32_MAX_FILE_SIZE + 1).read_to_end(&mut data))
+        .map_err(|source| BootError::Read {
+            what: "kernel",
+            path: path.to_owned(),
+            source,
+        })?;
+    let kernel = elf32::parse(&data).map_err(|e| elf32_error(path, e))?;
+    Ok((data, kernel))
+}
+
+fn elf32_error(path: &Path, source: Elf32Error) -> BootError {
+    BootError::BadElf32 {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Tells whether `path` is a kernel we can boot (bzImage, or a 64- or 32-bit ELF with a PVH
+/// note), reading only its headers (all of an ELF32). Configuration validation uses this.
 pub fn check_kernel(path: &Path) -> Result<(), BootError> {
     let mut file = File::open(path).map_err(|source| BootError::Read {
         what: "kernel",
@@ -97,6 +124,7 @@ pub fn check_kernel(path: &Path) -> Result<(), BootError> {
     })?;
     match sniff(path, &mut file)? {
         KernelFormat::BzImage => Ok(()),
+        KernelFormat::Elf32 => read_elf32(path, &mut file).map(|_| ()),
         KernelFormat::Elf => {
             if elf_has_pvh_note(&mut file).unwrap_or(false) {
                 Ok(())
@@ -128,6 +156,20 @@ pub fn bzimage_memory_needed(path: &Path) -> Result<Option<u64>, BootError> {
     let pref_address = u64::from_le_bytes(hdr[0x258..0x260].try_into().unwrap_or([0; 8]));
     let init_size = u32::from_le_bytes(hdr[0x260..0x264].try_into().unwrap_or([0; 4]));
     Ok(Some(pref_address.max(HIGH_RAM_START) + u64::from(init_size)))
+}
+
+/// For an ELF32 kernel, the end of the guest RAM its segments occupy; `None` for other formats.
+/// Validation checks it against the RAM size.
+pub fn elf32_memory_needed(path: &Path) -> Result<Option<u64>, BootError> {
+    let mut file = File::open(path).map_err(|source| BootError::Read {
+        what: "kernel",
+        path: path.to_owned(),
+        source,
+    })?;
+    if !matches!(sniff(path, &mut file)?, KernelFormat::Elf32) {
+        return Ok(None);
+    }
+    Ok(Some(read_elf32(path, &mut file)?.1.end()))
 }
 
 /// Scans an ELF's PT_NOTE segments for the Xen PHYS32_ENTRY note without loading it.
@@ -221,6 +263,19 @@ pub fn load_linux(
         KernelFormat::Elf => {
             Elf::load(mem, None, &mut file, Some(GuestAddress(HIGH_RAM_START))).map_err(load_err)?
         }
+        KernelFormat::Elf32 => {
+            // Segments go at or above 1 MiB, where linux-loader puts ELF64 ones too: below lie
+            // the boot structures (GDT, hvm_start_info, memory map, command line, ACPI, SMBIOS).
+            let (data, image) = read_elf32(kernel, &mut file)?;
+            elf32::load(mem, &data, &image, HIGH_RAM_START, low_ram_end(memory_size))
+                .map_err(|e| elf32_error(kernel, e))?;
+            KernelLoaderResult {
+                kernel_load: GuestAddress(image.start()),
+                kernel_end: image.end(),
+                setup_header: None,
+                pvh_boot_cap: PvhBootCapability::PvhEntryPresent(GuestAddress(u64::from(image.entry))),
+            }
+        }
     };
 
     if let Some(hdr) = &result.setup_header {
@@ -299,7 +354,7 @@ pub fn load_linux(
                 boot_params: ZERO_PAGE_START,
             }
         }
-        KernelFormat::Elf => {
+        KernelFormat::Elf | KernelFormat::Elf32 => {
             let PvhBootCapability::PvhEntryPresent(entry) = result.pvh_boot_cap else {
                 return Err(BootError::NoPvhNote {
                     path: kernel.to_owned(),
@@ -449,14 +504,23 @@ mod tests {
     }
 
     #[test]
-    fn a_32_bit_elf_is_refused_with_the_reason() {
+    fn a_broken_32_bit_elf_is_refused_with_the_reason() {
         let path = std::env::temp_dir().join(format!("virtkit-elf32-{}", std::process::id()));
         let mut bytes = vec![0u8; 64];
         bytes[..5].copy_from_slice(b"\x7fELF\x01");
         std::fs::write(&path, bytes).unwrap();
         let err = check_kernel(&path).unwrap_err();
         std::fs::remove_file(&path).ok();
-        assert!(matches!(err, BootError::Elf32 { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                BootError::BadElf32 {
+                    source: Elf32Error::NotLittleEndian(0),
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

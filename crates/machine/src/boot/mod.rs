@@ -1,7 +1,9 @@
 //! Getting a guest's first instruction to run: the memory map the guest is told about, the
-//! Linux boot protocols (64-bit bzImage and PVH ELF), and the firmware reset vector.
+//! Linux boot protocols (64-bit bzImage and PVH ELF, 64- or 32-bit), and the firmware reset
+//! vector.
 
 mod e820;
+pub mod elf32;
 mod firmware;
 mod linux;
 mod regs;
@@ -10,13 +12,16 @@ use std::path::PathBuf;
 
 pub use e820::{e820_map, firmware_e820_map, E820Entry, E820_RAM, E820_RESERVED};
 pub use firmware::{load_firmware, mirror_isa_bios, FirmwareImage, FIRMWARE_MAX_SIZE};
-pub use linux::{bzimage_memory_needed, check_kernel, load_linux, LinuxBoot, LinuxEntry};
+pub use linux::{
+    bzimage_memory_needed, check_kernel, elf32_memory_needed, load_linux, LinuxBoot, LinuxEntry,
+};
 pub use regs::{configure_boot_vcpu, BootEntry};
 
 /// What to boot.
 #[derive(Debug, Clone)]
 pub enum BootSource {
-    /// A Linux kernel: a bzImage (64-bit boot protocol) or an ELF vmlinux with a PVH entry note.
+    /// A Linux kernel: a bzImage (64-bit boot protocol) or an ELF (ELFCLASS64 vmlinux, or
+    /// ELFCLASS32) with a PVH entry note.
     Linux {
         kernel: PathBuf,
         initrd: Option<PathBuf>,
@@ -40,10 +45,12 @@ pub enum BootError {
     NotAKernel { path: PathBuf },
     #[error("{path} is an ELF kernel without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); build it with CONFIG_PVH=y or boot its bzImage")]
     NoPvhNote { path: PathBuf },
-    #[error(
-        "{path} is a 32-bit ELF; virtkit boots 64-bit ELF kernels (vmlinux) with a PVH note, or bzImages"
-    )]
-    Elf32 { path: PathBuf },
+    #[error("{path} is a 32-bit ELF kernel that cannot be booted")]
+    BadElf32 {
+        path: PathBuf,
+        #[source]
+        source: elf32::Elf32Error,
+    },
     #[error("cannot load the kernel {path} into guest memory")]
     LoadKernel {
         path: PathBuf,

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::Path;
 
-use virtkit_machine::boot::{bzimage_memory_needed, check_kernel, FirmwareImage};
+use virtkit_machine::boot::{bzimage_memory_needed, check_kernel, elf32_memory_needed, FirmwareImage};
 use virtkit_machine::layout::CMDLINE_MAX_SIZE;
 use virtkit_machine::memory::low_ram_end;
 
@@ -267,7 +267,7 @@ impl VirtualMachineConfiguration {
                         issues.add(
                             "boot_loader.kernel",
                             format!(
-                                "{}; give a bzImage or an ELF vmlinux with a PVH note",
+                                "{}; give a bzImage, or a 64- or 32-bit ELF kernel with a Xen PVH entry note",
                                 error_chain(&e)
                             ),
                         );
@@ -280,6 +280,18 @@ impl VirtualMachineConfiguration {
                                     ByteSize(self.memory_size),
                                     kernel.display(),
                                     needed.div_ceil(1 << 20)
+                                ),
+                            );
+                        }
+                    } else if let Ok(Some(end)) = elf32_memory_needed(kernel) {
+                        if self.memory_size >= MIN_MEMORY_SIZE && end > low_ram_end(self.memory_size) {
+                            issues.add(
+                                "memory_size",
+                                format!(
+                                    "{} is too little for the 32-bit ELF kernel {}, whose segments end at {end:#x} ({} MiB); give the guest more",
+                                    ByteSize(self.memory_size),
+                                    kernel.display(),
+                                    end.div_ceil(1 << 20)
                                 ),
                             );
                         }

@@ -78,6 +78,100 @@ fn the_pvh_test_guest_is_accepted_as_a_kernel() {
 }
 
 #[test]
+fn the_elf32_pvh_test_guest_is_accepted_as_a_kernel() {
+    let c = VirtualMachineConfiguration::linux(
+        1,
+        64 << 20,
+        virtkit_test_guests::Guest::HelloElf32.path().into(),
+        None,
+        "",
+    );
+    assert_eq!(issues(&c), vec![]);
+}
+
+/// The ELF32 test guest with its PT_NOTE program header turned into PT_NULL.
+fn elf32_without_its_note() -> Vec<u8> {
+    let mut elf = virtkit_test_guests::Guest::HelloElf32.bytes().to_vec();
+    assert_eq!(elf[4], 1, "ELFCLASS32");
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    let phoff = u32_at(&elf, 28) as usize;
+    let phnum = u16::from_le_bytes([elf[44], elf[45]]) as usize;
+    let mut removed = 0;
+    for i in 0..phnum {
+        let at = phoff + i * 32;
+        if u32_at(&elf, at) == 4 {
+            elf[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, 1, "one PT_NOTE");
+    elf
+}
+
+#[test]
+fn an_elf32_without_a_pvh_note_is_refused() {
+    let dir = TempDir::new("elf32nopvh");
+    let path = dir.file("tiny.elf", &elf32_without_its_note());
+    let issue = only_issue(&VirtualMachineConfiguration::linux(1, 64 << 20, path, None, ""));
+    assert_eq!(issue.field, "boot_loader.kernel");
+    assert!(
+        issue
+            .message
+            .contains("is a 32-bit ELF kernel that cannot be booted"),
+        "{issue}"
+    );
+    assert!(issue.message.contains("no Xen PHYS32_ENTRY note"), "{issue}");
+}
+
+#[test]
+fn an_elf32_whose_segments_end_past_the_ram_asks_for_more_memory() {
+    // The guest's second PT_LOAD (data and stack) moved to 128 MiB; the entry stays in the first.
+    let mut elf = virtkit_test_guests::Guest::HelloElf32.bytes().to_vec();
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    let phoff = u32_at(&elf, 28) as usize;
+    let phnum = u16::from_le_bytes([elf[44], elf[45]]) as usize;
+    let data = (0..phnum)
+        .map(|i| phoff + i * 32)
+        .filter(|at| u32_at(&elf, *at) == 1)
+        .nth(1)
+        .expect("a second PT_LOAD");
+    elf[data + 12..data + 16].copy_from_slice(&(128u32 << 20).to_le_bytes());
+    let dir = TempDir::new("elf32mem");
+    let path = dir.file("tiny.elf", &elf);
+    let issue = only_issue(&VirtualMachineConfiguration::linux(
+        1,
+        64 << 20,
+        path.clone(),
+        None,
+        "",
+    ));
+    assert_eq!(issue.field, "memory_size");
+    assert!(
+        issue.message.contains("too little for the 32-bit ELF kernel"),
+        "{issue}"
+    );
+    assert_eq!(
+        issues(&VirtualMachineConfiguration::linux(1, 256 << 20, path, None, "")),
+        vec![]
+    );
+}
+
+#[test]
+fn a_truncated_elf32_is_refused_with_the_reason() {
+    let dir = TempDir::new("elf32short");
+    let path = dir.file("tiny.elf", &virtkit_test_guests::Guest::HelloElf32.bytes()[..100]);
+    let issue = only_issue(&VirtualMachineConfiguration::linux(1, 64 << 20, path, None, ""));
+    assert_eq!(issue.field, "boot_loader.kernel");
+    assert!(
+        issue
+            .message
+            .contains("is a 32-bit ELF kernel that cannot be booted"),
+        "{issue}"
+    );
+    assert!(issue.message.contains("too short"), "{issue}");
+}
+
+#[test]
 fn zero_cpus_names_the_field_and_the_range() {
     let dir = TempDir::new("cpus0");
     let c = VirtualMachineConfiguration::linux(0, 64 << 20, dir.bzimage(), None, "");
