@@ -141,10 +141,10 @@ impl GsiRouter {
 
     fn release(&self, gsi: u32, event: &EventFd) {
         if let Err(e) = self.vm.unregister_irqfd(event, gsi) {
-            tracing::warn!(gsi, "cannot unregister an MSI irqfd: {e}");
+            crate::warn_ratelimited!(gsi, "cannot unregister an MSI irqfd: {e}");
         }
         if let Err(e) = self.set_msi_route(gsi, None) {
-            tracing::warn!(gsi, "cannot remove an MSI route: {e}");
+            crate::warn_ratelimited!(gsi, "cannot remove an MSI route: {e}");
         }
         let _ = self.lock().gsis.free_id(gsi);
     }

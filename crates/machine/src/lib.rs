@@ -15,9 +15,14 @@ mod machine;
 pub mod memory;
 pub mod pam;
 pub mod pci;
+pub mod ratelimit;
 pub mod smbios;
 mod vcpu;
 
 pub use boot::BootSource;
 pub use machine::{ExitReason, Machine, MachineConfig, MachineError, MachineHandle};
 pub use smbios::SmbiosIdentity;
+
+/// Re-exported for [`warn_ratelimited`].
+#[doc(hidden)]
+pub use tracing;

@@ -199,7 +199,8 @@ fn request_sink(control: &Arc<Control>) -> RequestSink {
 
 impl Machine {
     /// Builds the machine: memory, in-kernel irqchip and PIT, devices, ACPI, the guest image,
-    /// and the vCPUs with their CPUID.
+    /// and the vCPUs with their CPUID — the boot's steps 2 to 7 (docs/ARCHITECTURE.md), each a
+    /// function below.
     pub fn new(kvm: &Kvm, config: MachineConfig) -> Result<Machine, MachineError> {
         let MachineConfig {
             vcpus,
@@ -217,189 +218,23 @@ impl Machine {
             BootSource::Firmware { path } => Some(FirmwareImage::read(path)?),
             BootSource::Linux { .. } => None,
         };
-        let extra: Vec<_> = firmware.iter().map(|f| f.range()).collect();
-        let memory =
-            create_guest_memory(&ram_ranges(memory_size), &extra).map_err(|source| MachineError::Memory {
-                size: memory_size,
-                source,
-            })?;
-        // PAM shadow RAM needs firmware (which programs it; a direct boot keeps plain RAM there
-        // for its ACPI and SMBIOS tables) and read-only slots; its window is mapped by
-        // `ShadowRam`, the rest of RAM here. The firmware at the top of 4 GiB is ROM too.
-        let read_only_slots = vm.read_only_memory_supported();
-        if firmware.is_some() && !read_only_slots {
-            tracing::warn!(
-                "this host's KVM has no read-only memory slots (KVM_CAP_READONLY_MEM): the BIOS \
-                 area below 1 MiB stays plain RAM and the PAM registers have no effect"
-            );
-        }
-        let pam = firmware.is_some() && read_only_slots;
-        for region in memory.iter() {
-            let start = region.start_addr().0;
-            let host = region.as_ptr() as u64;
-            let rom = extra.iter().any(|(at, _)| at.0 == start) && read_only_slots;
-            let pieces = if pam {
-                ranges_around(start, region.len(), PAM_WINDOW_START..PAM_WINDOW_END)
-            } else {
-                vec![(start, region.len())]
-            };
-            for (piece, len) in pieces {
-                // SAFETY: the region belongs to `memory`, which the Machine owns and drops only
-                // after every vCPU thread has stopped (see `Drop`), so the mapping outlives
-                // guest use; `piece..piece + len` lies inside the region.
-                unsafe { vm.map_memory(piece, len, host + (piece - start), rom) }?;
-            }
-        }
+        let (memory, pam) = map_guest_memory(&vm, memory_size, firmware.as_ref())?;
         let vm = Arc::new(vm);
 
         let control = Control::new();
         let requests = request_sink(&control);
         let pio = Bus::new();
         let mmio = Bus::new();
-
-        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?;
-        vm.register_irqfd(&serial_irq, irqs::COM1)?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_output)));
-        pio.insert(
-            ports::COM1 as u64,
-            ports::COM1_LEN as u64,
-            serial.clone() as SharedDevice,
-        )?;
-
-        let sci_vm = vm.clone();
-        let pm = Arc::new(Mutex::new(AcpiPm::new(
-            Box::new(move |level| {
-                if let Err(e) = sci_vm.set_irq_line(irqs::SCI, level) {
-                    tracing::warn!("cannot set the SCI line: {e}");
-                }
-            }),
-            requests.clone(),
-        )));
-        pio.insert(
-            ports::PM1A_EVT_BLK as u64,
-            crate::devices::pm_io_len(),
-            pm.clone() as SharedDevice,
-        )?;
-        pio.insert(
-            ports::I8042_DATA as u64,
-            5,
-            Arc::new(Mutex::new(I8042::new(requests.clone()))),
-        )?;
-        pio.insert(
-            ports::CMOS_INDEX as u64,
-            2,
-            Arc::new(Mutex::new(Cmos::new(memory_size, low_ram_end(memory_size)))),
-        )?;
-        pio.insert(
-            PVPANIC_PORT as u64,
-            1,
-            Arc::new(Mutex::new(PvPanic::new(requests.clone()))),
-        )?;
-
-        // The PAM window: KVM slots that follow the host bridge's PAM registers, and a device
-        // for the accesses they send out (writes to read-only segments, an open bus).
-        let mut host_bridge = HostBridge::new();
-        if let (true, Some(image)) = (pam, &firmware) {
-            let shadow = Arc::new(Mutex::new(ShadowRam::new(
-                vm.clone(),
-                memory.clone(),
-                image.isa_bios(),
-            )?));
-            mmio.insert(
-                PAM_WINDOW_START,
-                PAM_WINDOW_END - PAM_WINDOW_START,
-                shadow.clone(),
-            )?;
-            host_bridge = host_bridge.with_pam_handler(Box::new(move |registers| {
-                shadow
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .set_registers(registers)
-            }));
-        }
-
-        // PCI bus 0 with the host bridge at 00:00.0 and the PIIX3 ISA bridge at 00:01.0 (as on
-        // a PC, for both boots: Linux knows the pair), reachable through 0xcf8/0xcfc and the
-        // ECAM.
-        let pci = Arc::new(Mutex::new(PciRoot::new(pio.clone(), mmio.clone())));
-        lock_pci(&pci).add_device(0, Arc::new(Mutex::new(host_bridge)))?;
-        lock_pci(&pci).add_device(ISA_BRIDGE_SLOT, Arc::new(Mutex::new(IsaBridge::new())))?;
-        pio.insert(
-            u64::from(ports::PCI_CONFIG_ADDRESS),
-            u64::from(ports::PCI_CONFIG_LEN),
-            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()).with_reset({
-                let requests = requests.clone();
-                Box::new(move || requests(GuestRequest::Reset))
-            }))),
-        )?;
-        mmio.insert(
-            PCI_ECAM_START,
-            PCI_ECAM_SIZE,
-            Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
-        )?;
-        let gsi_router = GsiRouter::new(vm.clone());
-
-        let acpi_config = AcpiConfig { num_cpus: vcpus };
-        let mut fw_cfg = None;
-        match &boot {
-            // A direct kernel boot finds the tables where Linux scans for the RSDP and SMBIOS.
-            BootSource::Linux { .. } => {
-                write_acpi_tables(&memory, &acpi_config)?;
-                write_smbios_tables(&memory, &smbios_identity)?;
-            }
-            // Firmware places them itself, from fw_cfg's table loader, with the rest of what
-            // it asks QEMU's fw_cfg for.
-            BootSource::Firmware { .. } => {
-                let device = Arc::new(Mutex::new(firmware_config(
-                    &memory,
-                    memory_size,
-                    vcpus,
-                    &acpi_config,
-                    &smbios_identity,
-                )?));
-                pio.insert(u64::from(FW_CFG_PORT_BASE), FW_CFG_PORT_LEN, device.clone())?;
-                fw_cfg = Some(device);
-            }
-        }
-        let entry = match &boot {
-            BootSource::Linux {
-                kernel,
-                initrd,
-                command_line,
-            } => BootEntry::Linux(
-                load_linux(
-                    &memory,
-                    memory_size,
-                    kernel,
-                    initrd.as_deref(),
-                    command_line,
-                    true,
-                )?
-                .entry,
-            ),
-            BootSource::Firmware { .. } => {
-                if let Some(image) = &firmware {
-                    load_firmware(&memory, image)?;
-                    if !pam {
-                        mirror_isa_bios(&memory, image)?;
-                    }
-                }
-                BootEntry::ResetVector
-            }
+        let (serial, pm) = add_legacy_devices(&vm, &pio, serial_output, &requests, memory_size)?;
+        let host_bridge = match (pam, &firmware) {
+            (true, Some(image)) => host_bridge_with_shadow_ram(&vm, &memory, &mmio, image)?,
+            _ => HostBridge::new(),
         };
-
-        let supported = kvm.supported_cpuid()?;
-        let mut created = Vec::with_capacity(vcpus as usize);
-        for index in 0..vcpus as u32 {
-            let vcpu = vm.create_vcpu(index as u64)?;
-            vcpu.set_cpuid(&vcpu_cpuid(&supported, index, vcpus as u32))?;
-            vcpu.set_boot_msrs()?;
-            vcpu.configure_lapic_lints()?;
-            if index == 0 {
-                configure_boot_vcpu(&vcpu, &memory, entry)?;
-            }
-            created.push(vcpu);
-        }
+        let pci = add_pci_bus(&pio, &mmio, host_bridge, &requests)?;
+        let gsi_router = GsiRouter::new(vm.clone());
+        let fw_cfg = place_platform_tables(&boot, &memory, memory_size, vcpus, &smbios_identity, &pio)?;
+        let entry = load_guest(&boot, &memory, memory_size, firmware.as_ref(), pam)?;
+        let created = create_vcpus(kvm, &vm, vcpus, &memory, entry)?;
 
         Ok(Machine {
             threads: Vec::new(),
@@ -536,6 +371,235 @@ impl Drop for Machine {
         }
         self.join_threads();
     }
+}
+
+/// Step 3: guest memory, registered as KVM slots (the firmware's read-only). With firmware and
+/// read-only slots the PAM window is left to `ShadowRam` (the returned flag says so).
+fn map_guest_memory(
+    vm: &Vm,
+    memory_size: u64,
+    firmware: Option<&FirmwareImage>,
+) -> Result<(GuestMemoryMmap, bool), MachineError> {
+    let extra: Vec<_> = firmware.iter().map(|f| f.range()).collect();
+    let memory =
+        create_guest_memory(&ram_ranges(memory_size), &extra).map_err(|source| MachineError::Memory {
+            size: memory_size,
+            source,
+        })?;
+    // PAM shadow RAM needs firmware (which programs it; a direct boot keeps plain RAM there
+    // for its ACPI and SMBIOS tables) and read-only slots; its window is mapped by
+    // `ShadowRam`, the rest of RAM here. The firmware at the top of 4 GiB is ROM too.
+    let read_only_slots = vm.read_only_memory_supported();
+    if firmware.is_some() && !read_only_slots {
+        tracing::warn!(
+            "this host's KVM has no read-only memory slots (KVM_CAP_READONLY_MEM): the BIOS \
+             area below 1 MiB stays plain RAM and the PAM registers have no effect"
+        );
+    }
+    let pam = firmware.is_some() && read_only_slots;
+    for region in memory.iter() {
+        let start = region.start_addr().0;
+        let host = region.as_ptr() as u64;
+        let rom = extra.iter().any(|(at, _)| at.0 == start) && read_only_slots;
+        let pieces = if pam {
+            ranges_around(start, region.len(), PAM_WINDOW_START..PAM_WINDOW_END)
+        } else {
+            vec![(start, region.len())]
+        };
+        for (piece, len) in pieces {
+            // SAFETY: the region belongs to `memory`, which the Machine owns and drops only
+            // after every vCPU thread has stopped (see `Drop`), so the mapping outlives
+            // guest use; `piece..piece + len` lies inside the region.
+            unsafe { vm.map_memory(piece, len, host + (piece - start), rom) }?;
+        }
+    }
+    Ok((memory, pam))
+}
+
+/// Step 4, the legacy half: COM1, ACPI PM, i8042, CMOS RTC and pvpanic on the port bus.
+fn add_legacy_devices(
+    vm: &Arc<Vm>,
+    pio: &Bus,
+    serial_output: Box<dyn Write + Send>,
+    requests: &RequestSink,
+    memory_size: u64,
+) -> Result<(Arc<Mutex<SerialDevice>>, Arc<Mutex<AcpiPm>>), MachineError> {
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?;
+    vm.register_irqfd(&serial_irq, irqs::COM1)?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_output)));
+    pio.insert(
+        ports::COM1 as u64,
+        ports::COM1_LEN as u64,
+        serial.clone() as SharedDevice,
+    )?;
+
+    let sci_vm = vm.clone();
+    let pm = Arc::new(Mutex::new(AcpiPm::new(
+        Box::new(move |level| {
+            if let Err(e) = sci_vm.set_irq_line(irqs::SCI, level) {
+                crate::warn_ratelimited!("cannot set the SCI line: {e}");
+            }
+        }),
+        requests.clone(),
+    )));
+    pio.insert(
+        ports::PM1A_EVT_BLK as u64,
+        crate::devices::pm_io_len(),
+        pm.clone() as SharedDevice,
+    )?;
+    pio.insert(
+        ports::I8042_DATA as u64,
+        5,
+        Arc::new(Mutex::new(I8042::new(requests.clone()))),
+    )?;
+    pio.insert(
+        ports::CMOS_INDEX as u64,
+        2,
+        Arc::new(Mutex::new(Cmos::new(memory_size, low_ram_end(memory_size)))),
+    )?;
+    pio.insert(
+        PVPANIC_PORT as u64,
+        1,
+        Arc::new(Mutex::new(PvPanic::new(requests.clone()))),
+    )?;
+    Ok((serial, pm))
+}
+
+/// The PAM window: KVM slots that follow the host bridge's PAM registers, and a device for the
+/// accesses they send out (writes to read-only segments, an open bus).
+fn host_bridge_with_shadow_ram(
+    vm: &Arc<Vm>,
+    memory: &GuestMemoryMmap,
+    mmio: &Bus,
+    image: &FirmwareImage,
+) -> Result<HostBridge, MachineError> {
+    let shadow = Arc::new(Mutex::new(ShadowRam::new(
+        vm.clone(),
+        memory.clone(),
+        image.isa_bios(),
+    )?));
+    mmio.insert(
+        PAM_WINDOW_START,
+        PAM_WINDOW_END - PAM_WINDOW_START,
+        shadow.clone(),
+    )?;
+    Ok(HostBridge::new().with_pam_handler(Box::new(move |registers| {
+        shadow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_registers(registers)
+    })))
+}
+
+/// Step 4, PCI: bus 0 with the host bridge at 00:00.0 and the PIIX3 ISA bridge at 00:01.0 (as
+/// on a PC, for both boots: Linux knows the pair), reachable through 0xcf8/0xcfc and the ECAM.
+fn add_pci_bus(
+    pio: &Bus,
+    mmio: &Bus,
+    host_bridge: HostBridge,
+    requests: &RequestSink,
+) -> Result<Arc<Mutex<PciRoot>>, MachineError> {
+    let pci = Arc::new(Mutex::new(PciRoot::new(pio.clone(), mmio.clone())));
+    lock_pci(&pci).add_device(0, Arc::new(Mutex::new(host_bridge)))?;
+    lock_pci(&pci).add_device(ISA_BRIDGE_SLOT, Arc::new(Mutex::new(IsaBridge::new())))?;
+    pio.insert(
+        u64::from(ports::PCI_CONFIG_ADDRESS),
+        u64::from(ports::PCI_CONFIG_LEN),
+        Arc::new(Mutex::new(PciConfigIo::new(pci.clone()).with_reset({
+            let requests = requests.clone();
+            Box::new(move || requests(GuestRequest::Reset))
+        }))),
+    )?;
+    mmio.insert(
+        PCI_ECAM_START,
+        PCI_ECAM_SIZE,
+        Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
+    )?;
+    Ok(pci)
+}
+
+/// Step 5: ACPI and SMBIOS. A direct kernel boot finds the tables where Linux scans for the
+/// RSDP and SMBIOS; firmware places them itself, from fw_cfg's table loader, with the rest of
+/// what it asks QEMU's fw_cfg for (the device is returned).
+fn place_platform_tables(
+    boot: &BootSource,
+    memory: &GuestMemoryMmap,
+    memory_size: u64,
+    vcpus: u8,
+    smbios_identity: &SmbiosIdentity,
+    pio: &Bus,
+) -> Result<Option<Arc<Mutex<FwCfg>>>, MachineError> {
+    let acpi_config = AcpiConfig { num_cpus: vcpus };
+    match boot {
+        BootSource::Linux { .. } => {
+            write_acpi_tables(memory, &acpi_config)?;
+            write_smbios_tables(memory, smbios_identity)?;
+            Ok(None)
+        }
+        BootSource::Firmware { .. } => {
+            let device = Arc::new(Mutex::new(firmware_config(
+                memory,
+                memory_size,
+                vcpus,
+                &acpi_config,
+                smbios_identity,
+            )?));
+            pio.insert(u64::from(FW_CFG_PORT_BASE), FW_CFG_PORT_LEN, device.clone())?;
+            Ok(Some(device))
+        }
+    }
+}
+
+/// Step 6: the kernel (and initrd) or the firmware into guest memory; returns where vCPU 0
+/// starts.
+fn load_guest(
+    boot: &BootSource,
+    memory: &GuestMemoryMmap,
+    memory_size: u64,
+    firmware: Option<&FirmwareImage>,
+    pam: bool,
+) -> Result<BootEntry, MachineError> {
+    match boot {
+        BootSource::Linux {
+            kernel,
+            initrd,
+            command_line,
+        } => Ok(BootEntry::Linux(
+            load_linux(memory, memory_size, kernel, initrd.as_deref(), command_line, true)?.entry,
+        )),
+        BootSource::Firmware { .. } => {
+            if let Some(image) = firmware {
+                load_firmware(memory, image)?;
+                if !pam {
+                    mirror_isa_bios(memory, image)?;
+                }
+            }
+            Ok(BootEntry::ResetVector)
+        }
+    }
+}
+
+/// Step 7: the vCPUs with their CPUID, boot MSRs and LAPIC LINTs; vCPU 0 gets the entry state.
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &Vm,
+    vcpus: u8,
+    memory: &GuestMemoryMmap,
+    entry: BootEntry,
+) -> Result<Vec<Vcpu>, MachineError> {
+    let supported = kvm.supported_cpuid()?;
+    let mut created = Vec::with_capacity(usize::from(vcpus));
+    for index in 0..u32::from(vcpus) {
+        let vcpu = vm.create_vcpu(u64::from(index))?;
+        vcpu.set_cpuid(&vcpu_cpuid(&supported, index, u32::from(vcpus)))?;
+        vcpu.set_boot_msrs()?;
+        vcpu.configure_lapic_lints()?;
+        if index == 0 {
+            configure_boot_vcpu(&vcpu, memory, entry)?;
+        }
+        created.push(vcpu);
+    }
+    Ok(created)
 }
 
 /// What SeaBIOS reads from fw_cfg: RAM and its map, the CPU count it waits for, the ACPI tables

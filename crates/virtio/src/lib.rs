@@ -11,7 +11,6 @@
 mod conformance;
 mod device;
 pub mod event_loop;
-pub mod ratelimit;
 pub mod testing;
 pub mod transport;
 mod worker;
@@ -23,6 +22,9 @@ pub use worker::WorkerThread;
 /// Re-exported for the macros.
 #[doc(hidden)]
 pub use tracing;
+/// Rate-limited logging lives with the machine (its devices log guest-triggerable warnings
+/// too); devices reach it from here.
+pub use virtkit_machine::{ratelimit, warn_ratelimited};
 
 /// Device status bits (virtio 1.x, 2.1).
 pub mod status {

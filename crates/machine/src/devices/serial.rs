@@ -51,7 +51,7 @@ impl BusDevice for SerialDevice {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let Some(&b) = data.first() {
             if let Err(e) = self.uart.write(offset as u8, b) {
-                tracing::warn!("serial output failed: {e:?}");
+                crate::warn_ratelimited!("serial output failed: {e:?}");
             }
         }
     }

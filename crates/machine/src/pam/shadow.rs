@@ -276,7 +276,7 @@ impl Drop for ShadowRam {
     fn drop(&mut self) {
         for slot in self.kvm.iter().flatten().filter_map(|m| m.slot) {
             if let Err(e) = self.slots.unmap(slot) {
-                tracing::warn!(slot, "cannot remove a PAM slot: {e}");
+                crate::warn_ratelimited!(slot, "cannot remove a PAM slot: {e}");
             }
         }
     }

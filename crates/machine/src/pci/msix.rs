@@ -222,7 +222,7 @@ impl Msix {
 
     fn log_error(&self, result: Result<(), InterruptError>) {
         if let Err(e) = result {
-            tracing::warn!("MSI-X: {e}");
+            crate::warn_ratelimited!("MSI-X: {e}");
         }
     }
 

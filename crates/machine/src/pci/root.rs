@@ -173,7 +173,7 @@ impl PciRoot {
         for bar in &old {
             if !wanted.contains(bar) {
                 if let Err(e) = self.bus_for(bar).remove(bar.address, bar.size) {
-                    tracing::warn!(slot, bar = bar.index, "cannot unmap a BAR: {e}");
+                    crate::warn_ratelimited!(slot, bar = bar.index, "cannot unmap a BAR: {e}");
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! Rate-limited logging for paths a guest can trigger at will: at most one message per second
-//! per call site, with the count of the ones left out.
+//! per call site, with the count of the ones left out. Every layer above uses it (devices get it
+//! through `virtkit_virtio`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
