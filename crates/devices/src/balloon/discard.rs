@@ -160,8 +160,8 @@ mod tests {
             (0xf000, 0x2000),  // runs past the first region into the hole
             (0x10000, 0x1000), // in the hole
             (0x2f000, 0x2000), // past the end
-            (u64::MAX & !0xfff, 0x1000),
-            (0x1000, u64::MAX & !0xfff),
+            (!0xfffu64, 0x1000),
+            (0x1000, !0xfffu64),
         ];
         let recording = RecordingDiscard::default();
         for (addr, len) in bad {

@@ -22,6 +22,9 @@ use super::stats::{BalloonStatistics, MAX_STATS_LEN};
 pub const PFN_SHIFT: u32 = 12;
 /// Bytes of PFNs read from guest memory at a time.
 const PFN_CHUNK: usize = 1024;
+/// Most bytes of PFNs read from one chain: 256 Ki pages (1 GiB). Linux sends at most 256 PFNs
+/// a buffer; the cap keeps a chain of huge descriptors from holding the worker for long.
+pub const MAX_PFN_BYTES_PER_CHAIN: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -186,6 +189,7 @@ impl<D: MemoryDiscard> BalloonHandler<D> {
     {
         let mut run: Option<Run> = None;
         let mut buf = [0u8; PFN_CHUNK];
+        let mut budget = MAX_PFN_BYTES_PER_CHAIN;
         for desc in chain {
             if desc.is_write_only() {
                 BalloonMetrics::add(&self.metrics.skipped_descriptors, 1);
@@ -193,7 +197,15 @@ impl<D: MemoryDiscard> BalloonHandler<D> {
                 continue;
             }
             // A trailing partial PFN is ignored.
-            let len = u64::from(desc.len() & !3);
+            let mut len = u64::from(desc.len() & !3);
+            if len > budget {
+                BalloonMetrics::add(&self.metrics.skipped_descriptors, 1);
+                warn_ratelimited!(
+                    "virtio-balloon: PFN buffers longer than {MAX_PFN_BYTES_PER_CHAIN} bytes in one chain; the rest is ignored"
+                );
+                len = budget;
+            }
+            budget -= len;
             let mut offset = 0u64;
             while offset < len {
                 let n = (len - offset).min(PFN_CHUNK as u64) as usize;

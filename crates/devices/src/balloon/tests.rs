@@ -204,6 +204,30 @@ fn a_device_writable_descriptor_in_inflate_is_skipped() {
 }
 
 #[test]
+fn pfns_past_the_per_chain_cap_are_ignored() {
+    let mem = memory(MEM_SIZE);
+    let (mut h, discard) = handler();
+    let vq = MockSplitQueue::new(&mem, 16);
+    let cap = MAX_PFN_BYTES_PER_CHAIN as u32;
+    // PFNs 0x800.. at 0x40_0000, one more than the cap allows.
+    let pfns: Vec<u32> = (0..cap / 4 + 1).map(|i| 0x800 + (i % 0x100)).collect();
+    write_pfns(&mem, 0x40_0000, &pfns);
+    vq.add_desc_chains(
+        &chain_at(&[(0x40_0000, cap, R), (0x40_0000 + u64::from(cap), 4, R)], 0),
+        0,
+    )
+    .unwrap();
+    let mut queue: Queue = vq.create_queue().unwrap();
+    h.process_inflate(&mut queue, &mem).unwrap();
+    assert_eq!(
+        BalloonMetrics::get(&h.metrics().inflated_pages),
+        u64::from(cap / 4)
+    );
+    assert_eq!(BalloonMetrics::get(&h.metrics().skipped_descriptors), 1);
+    assert_eq!(discard.ranges().len(), (cap / 4 / 0x100) as usize);
+}
+
+#[test]
 fn deflate_counts_pages_and_discards_nothing() {
     let mem = memory(MEM_SIZE);
     let (mut h, discard) = handler();
