@@ -526,6 +526,17 @@ fn fuzz_entry_point_survives_pseudo_random_queues() {
     }
 }
 
+#[test]
+fn the_fuzz_seeds_run_clean() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/virtio_balloon_queue");
+    let mut seeds = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        fuzz::fuzz_queue(&std::fs::read(entry.unwrap().path()).unwrap());
+        seeds += 1;
+    }
+    assert!(seeds >= 5, "seeds in {}", dir.display());
+}
+
 // Configuration space and the handle.
 
 fn device() -> (Balloon<RecordingDiscard>, RecordingDiscard) {
