@@ -292,12 +292,14 @@ impl<D: MemoryDiscard> BalloonHandler<D> {
         for region in mem.iter() {
             let r_start = region.start_addr().0;
             let r_end = r_start.saturating_add(region.len());
-            let s = start.max(r_start);
             let e = end.min(r_end) & !(DISCARD_ALIGN - 1);
-            let s = s.next_multiple_of(DISCARD_ALIGN);
-            if s >= e {
+            let Some(s) = start
+                .max(r_start)
+                .checked_next_multiple_of(DISCARD_ALIGN)
+                .filter(|&s| s < e)
+            else {
                 continue;
-            }
+            };
             covered += e - s;
             match self.discard.discard(mem, GuestAddress(s), e - s) {
                 Ok(()) => BalloonMetrics::add(&self.metrics.reported_bytes, e - s),
