@@ -2,9 +2,11 @@
 //! space, activate/reset), its worker (the queue loop on a thread of its own) and the pure
 //! request logic in between, testable without threads or KVM.
 
-// `unsafe` is allowed in two modules only, `block::uring` and `block::guest_io`: the io_uring
-// engine hands buffer addresses to the kernel (see docs/BLOCK.md, "Guest memory and the kernel").
+// `unsafe` is allowed in three modules only: `block::uring` and `block::guest_io` (the io_uring
+// engine hands buffer addresses to the kernel, see docs/BLOCK.md, "Guest memory and the
+// kernel"), and `balloon::discard` (one `madvise(MADV_DONTNEED)` on guest memory).
 #![deny(unsafe_code)]
 
+pub mod balloon;
 pub mod block;
 pub mod rng;
