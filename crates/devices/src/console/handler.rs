@@ -316,6 +316,9 @@ impl ConsoleHandler {
             if !self.served(p) {
                 continue;
             }
+            // A client that left is announced before the next one is taken, so the guest sees
+            // the port close and open again.
+            self.announce(p);
             let port = &mut self.ports[p];
             if !port.backend.connected() && port.backend.listener_fd().is_some() {
                 match port.backend.accept() {
@@ -324,14 +327,20 @@ impl ConsoleHandler {
                     Err(e) => warn_ratelimited!("virtio-console: port {p}: accept failed: {e}"),
                 }
             }
-            let connected = port.backend.connected();
-            if self.multiport && self.device_ready && port.guest_ready && connected != port.host_open_sent {
-                port.host_open_sent = connected;
-                self.send(DeviceMessage::PortOpen {
-                    id: p as u32,
-                    open: connected,
-                });
-            }
+            self.announce(p);
+        }
+    }
+
+    /// Tells the guest (`PORT_OPEN`) if port `p`'s host side changed since it was last told.
+    fn announce(&mut self, p: usize) {
+        let Some(port) = self.ports.get_mut(p) else { return };
+        let connected = port.backend.connected();
+        if self.multiport && self.device_ready && port.guest_ready && connected != port.host_open_sent {
+            port.host_open_sent = connected;
+            self.send(DeviceMessage::PortOpen {
+                id: p as u32,
+                open: connected,
+            });
         }
     }
 
@@ -423,7 +432,9 @@ impl ConsoleHandler {
                 });
             }
             if self.ports[p].tx.is_some() {
-                match self.advance_tx(p, mem) {
+                let progress = self.advance_tx(p, mem);
+                self.announce(p);
+                match progress {
                     TxProgress::Blocked => {
                         self.ports[p].tx_blocked = true;
                         return Ok(used);
@@ -540,6 +551,7 @@ impl ConsoleHandler {
                     Ok(0) => {
                         port.backend.input_ended();
                         self.fds_changed = true;
+                        self.announce(p);
                         return Ok(used);
                     }
                     Ok(n) => port.rx_pending.extend_from_slice(&self.buf[..n]),
@@ -549,6 +561,7 @@ impl ConsoleHandler {
                         warn_ratelimited!("virtio-console: port {p}: host input failed: {e}");
                         port.backend.input_ended();
                         self.fds_changed = true;
+                        self.announce(p);
                         return Ok(used);
                     }
                 }
