@@ -753,3 +753,14 @@ fn fd_backend_restores_blocking_mode_on_drop() {
     let flags = rustix::fs::fcntl_getfl(&probe).unwrap();
     assert!(!flags.contains(rustix::fs::OFlags::NONBLOCK));
 }
+
+#[test]
+fn fuzz_seeds_run_clean() {
+    for seed in [
+        &include_bytes!("../../../../fuzz/corpus/virtio_console_queue/control_handshake")[..],
+        &include_bytes!("../../../../fuzz/corpus/virtio_console_queue/port_output_chained")[..],
+        &include_bytes!("../../../../fuzz/corpus/virtio_console_queue/hostile_chains")[..],
+    ] {
+        fuzz::fuzz_queue(seed);
+    }
+}
