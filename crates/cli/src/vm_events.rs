@@ -5,10 +5,19 @@
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
 use virtkit::{VirtualMachine, VmState};
 
 use crate::exit::CliError;
+
+/// Tells the guest's console drivers (`hvc0`) this terminal's size, if there is a terminal.
+pub fn resize_consoles(vm: &VirtualMachine) {
+    if let Ok(size) = rustix::termios::tcgetwinsize(std::io::stdout()) {
+        if size.ws_col > 0 && size.ws_row > 0 {
+            vm.resize_consoles(size.ws_col, size.ws_row);
+        }
+    }
+}
 
 pub enum Event {
     State(VmState),
@@ -28,9 +37,9 @@ impl Events {
         Events { sender, receiver }
     }
 
-    /// SIGTERM, SIGINT and SIGHUP become events.
+    /// SIGTERM, SIGINT, SIGHUP and SIGWINCH (the terminal's size changed) become events.
     pub fn forward_signals(&self) -> Result<(), CliError> {
-        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGWINCH])
             .map_err(|e| CliError::with_chain("cannot install signal handlers", &e))?;
         let events = self.sender.clone();
         std::thread::Builder::new()
@@ -82,6 +91,7 @@ impl Events {
                     let _ = vm.stop();
                 }
                 Event::Signal(SIGHUP) if !hangup_stops => {}
+                Event::Signal(SIGWINCH) => resize_consoles(vm),
                 Event::Signal(sig) => {
                     stop_requests += 1;
                     if stop_requests == 1 && sig != SIGHUP {

@@ -1,11 +1,16 @@
 //! Full guests with our virtio devices beyond disks: the stock Debian kernel's own drivers
-//! (`virtio_rng`, ...) against them, and pausing a VM with disk I/O in flight. Every case runs
+//! (`virtio_rng`, `virtio_balloon`, `virtio_console`) and Debian's `qemu-guest-agent` against
+//! them, through the CLI a user has (`--entropy`, `set --balloon`, `get`, `--console hvc`,
+//! `console --port`), and pausing a VM with disk I/O in flight. Every case runs
 //! in one boot of the emulated KVM host (or directly on hardware KVM); the scripts' helpers are
 //! in `support/`.
 
 mod support;
 
 use support::*;
+
+/// The asset recipe that put Debian's qemu-guest-agent (`qemu-ga`) into the guest.
+const RECIPE_WITH_QEMU_GA: u32 = 4;
 
 /// Entropy: the driver binds, becomes the current hwrng, and 64 KiB read from `/dev/hwrng`
 /// do not compress (gzip's output is no smaller than its input).
@@ -33,10 +38,34 @@ say pause-last-lines=$(dd if=/dev/vda bs=64k skip=2047 count=1 iflag=direct 2>/d
 say pause-done
 "#;
 
-const GUEST_SCRIPTS: [(&str, &str); 3] = [
+/// A named VM with a balloon and console ports: a shell on `hvc0` (the VM's console with
+/// `run --console hvc`), an echo service on the port `vt.echo`, and Debian's `qemu-ga` on
+/// `org.qemu.guest_agent.0` when the assets have it.
+const GUEST_DEVICES: &str = r#"
+port_dev() {
+    for p in /sys/class/virtio-ports/*; do
+        [ "$(cat $p/name 2>/dev/null)" = "$1" ] && echo /dev/${p##*/}
+    done
+}
+say hvc0=$(cat /sys/class/tty/hvc0/dev 2>/dev/null)
+setsid sh -c 'exec sh -i </dev/hvc0 >/dev/hvc0 2>&1' &
+e=$(port_dev vt.echo); say echo-port=$e
+# A read with no host client connected is an end of file: wait for one and read again.
+( exec 3<>$e; while :; do while read -r l <&3; do echo "echo:$l" >&3; done; sleep 0.2; done ) &
+q=$(port_dev org.qemu.guest_agent.0); say qga-port=$q
+if [ -x /usr/sbin/qemu-ga ]; then
+    mkdir -p /var/run /run /var/lib/qemu-ga
+    /usr/sbin/qemu-ga -m virtio-serial -p $q >/tmp/qga.log 2>&1 &
+    say qga-started
+fi
+say devices-ready
+"#;
+
+const GUEST_SCRIPTS: [(&str, &str); 4] = [
     ("rng", GUEST_RNG),
     ("rng_limited", GUEST_RNG_LIMITED),
     ("pauseio", GUEST_PAUSE_IO),
+    ("devices", GUEST_DEVICES),
 ];
 
 const DEVICES_SCRIPT: &str = r#"
@@ -67,6 +96,52 @@ until $VIRTKIT logs p1 | grep -q "VT pause-done" || [ $(date +%s) -ge $end ]; do
 $VIRTKIT logs p1 | tr -d '\r' | grep '^VT ' | sed "s/^/CASE pause: /"
 echo "CASE pause: final-blocks=$(blocks)"
 $VIRTKIT stop p1 --timeout 30 >/dev/null; echo "CASE pause: stop=$?"
+$VIRTKIT delete p1 >/dev/null
+
+# A named VM on the virtio console, with a balloon (every new VM has one) and two ports.
+$VIRTKIT create d1 --kernel $G/vmlinuz --initrd $G/initrd --from $W/p/root.img --disk-size 16M \
+    --cpus 1 --memory 512M --port vt.echo --port org.qemu.guest_agent.0 \
+    --cmdline "console=ttyS0 quiet virtkit.run=\"sh /vt/devices.sh\" virtkit.action=wait" >/dev/null 2>&1
+echo "CASE dev: create=$?"
+$VIRTKIT run d1 --detach --console hvc >/dev/null; echo "CASE dev: run=$?"
+serial=$VIRTKIT_HOME/vms/d1/serial.log
+end=$(($(date +%s) + 150))
+until grep -q "VT devices-ready" $serial 2>/dev/null || [ $(date +%s) -ge $end ]; do sleep 0.5; done
+tr -d '\r' <$serial | grep '^VT ' | sed "s/^/CASE dev: /"
+# type COMMAND into hvc0 through `virtkit console`; print what comes back
+typed() { (echo "$1"; sleep 3) | timeout 5 $VIRTKIT console d1 2>/dev/null | tr -d '\r'; }
+# a port: send LINE, print what comes back
+port() { (echo "$2"; sleep 3) | timeout 5 $VIRTKIT console d1 --port $1 2>/dev/null | tr -d '\r'; }
+typed 'echo HVC-$((6*7))' | grep -o 'HVC-[0-9][0-9]*' | sed "s/^/CASE dev: typed=/"
+memtotal() { typed "echo MEMTOTAL=\$(awk '/MemTotal/{print \$2}' /proc/meminfo)" | grep -o 'MEMTOTAL=[0-9][0-9]*' | tail -n1 | cut -d= -f2; }
+port vt.echo hello-port | grep -o 'echo:hello-port' | sed "s/^/CASE dev: port-answer=/"
+port org.qemu.guest_agent.0 '{"execute":"guest-ping"}' | tr -d ' ' | sed "s/^/CASE dev: qga-ping /"
+port org.qemu.guest_agent.0 '{"execute":"guest-network-get-interfaces"}' | tr -d ' ' | head -c 300 | sed "s/^/CASE dev: qga-ifaces /"
+echo
+
+# The balloon: take half of the memory, give it back.
+balloon_actual() { $VIRTKIT get d1 --format json | tr -d ' \n' | grep -o '"actual_bytes":[0-9]*' | cut -d: -f2; }
+wait_actual() { end=$(($(date +%s) + 90)); until [ "$(balloon_actual)" = "$1" ] || [ $(date +%s) -ge $end ]; do sleep 1; done; }
+echo "CASE dev: memtotal-before=$(memtotal)"
+$VIRTKIT set d1 --balloon 256M; echo "CASE dev: inflate=$?"
+wait_actual 268435456
+echo "CASE dev: actual-inflated=$(balloon_actual) memtotal-inflated=$(memtotal)"
+sleep 6
+echo "CASE dev: get $($VIRTKIT get d1 --format json | tr -d ' \n')"
+$VIRTKIT set d1 --balloon 0; echo "CASE dev: deflate=$?"
+wait_actual 0
+echo "CASE dev: actual-deflated=$(balloon_actual) memtotal-deflated=$(memtotal)"
+
+# Free page reporting: the VM process's RSS follows the guest's use of its memory.
+pid=$(cat $VIRTKIT_HOME/vms/d1/pid)
+rss() { awk '/VmRSS/{print $2}' /proc/$pid/status; }
+echo "CASE dev: rss-start=$(rss)"
+typed 'dd if=/dev/zero of=/tmp/big bs=1M count=200 2>/dev/null; echo FILLED=$?' | grep -o 'FILLED=[0-9]' | sed "s/^/CASE dev: /"
+echo "CASE dev: rss-filled=$(rss)"
+typed 'rm /tmp/big; echo REMOVED=$?' | grep -o 'REMOVED=[0-9]' | sed "s/^/CASE dev: /"
+sleep 12
+echo "CASE dev: rss-freed=$(rss)"
+$VIRTKIT stop d1 --timeout 30 >/dev/null; echo "CASE dev: stop=$?"
 "#;
 
 fn number(out: &str, name: &str, key: &str) -> f64 {
@@ -77,8 +152,16 @@ fn number(out: &str, name: &str, key: &str) -> f64 {
 }
 
 #[test]
-fn guest_drivers_use_entropy_and_a_paused_vm_does_no_disk_io() {
+fn guest_drivers_use_our_devices_and_a_paused_vm_does_no_disk_io() {
     let Some(assets) = prerequisites() else { return };
+    if assets.recipe_version() < RECIPE_WITH_QEMU_GA {
+        virtkit_testkit::skip(&format!(
+            "the test assets are recipe {}; this test needs recipe {RECIPE_WITH_QEMU_GA} or later \
+             (qemu-ga in the guest): run scripts/assets.sh",
+            assets.recipe_version()
+        ));
+        return;
+    }
     let Some(out) = run_guest_script(&assets, "devices", &GUEST_SCRIPTS, &[], DEVICES_SCRIPT) else {
         return;
     };
@@ -124,5 +207,69 @@ fn guest_drivers_use_entropy_and_a_paused_vm_does_no_disk_io() {
     assert!(
         end < f64::from(128 << 11),
         "the pause came after the guest had finished writing"
+    );
+
+    check_console_and_balloon(&out);
+}
+
+fn check_console_and_balloon(out: &str) {
+    let lines = case_lines(out, "dev").join("\n");
+    for key in ["create", "run", "inflate", "deflate", "stop"] {
+        assert_value(out, "dev", key, "0");
+    }
+    // A shell on hvc0 answers what is typed through `virtkit console`.
+    assert_value(out, "dev", "typed", "HVC-42");
+    // A named port's bytes reach its socket and come back.
+    assert_value(out, "dev", "port-answer", "echo:hello-port");
+    // Debian's qemu-guest-agent answers over org.qemu.guest_agent.0.
+    assert!(lines.contains("qga-ping {\"return\":{}}"), "guest-ping:\n{lines}");
+    assert!(
+        lines.contains("\"name\":\"lo\""),
+        "guest-network-get-interfaces:\n{lines}"
+    );
+    // The balloon takes 256 MiB from the guest's MemTotal and gives it back.
+    let before = number(out, "dev", "memtotal-before");
+    let inflated = number(out, "dev", "memtotal-inflated");
+    let deflated = number(out, "dev", "memtotal-deflated");
+    assert_value(out, "dev", "actual-inflated", "268435456");
+    assert!(
+        (before - inflated - 262144.0).abs() <= 1024.0,
+        "MemTotal went from {before} to {inflated} KiB, not 256 MiB less:\n{lines}"
+    );
+    assert_value(out, "dev", "actual-deflated", "0");
+    assert!(
+        (deflated - before).abs() <= 1024.0,
+        "MemTotal after deflate: {deflated}, before: {before}"
+    );
+    // The guest's statistics reach `virtkit get`.
+    let get: serde_json::Value = serde_json::from_str(
+        case_lines(out, "dev")
+            .iter()
+            .find_map(|l| l.strip_prefix("get "))
+            .expect(&lines),
+    )
+    .unwrap();
+    let stats = &get["balloon"]["statistics"];
+    let total = stats["total_memory"].as_u64().expect(&lines);
+    assert!(
+        (total as f64 / 1024.0 - inflated).abs() <= 8192.0,
+        "statistics total {total} B against MemTotal {inflated} KiB"
+    );
+    assert!(stats["free_memory"].as_u64().expect(&lines) > 0);
+    // Free page reporting: most of the 200 MiB the guest filled and freed leaves the VMM's RSS.
+    assert_value(out, "dev", "FILLED", "0");
+    assert_value(out, "dev", "REMOVED", "0");
+    let (start, filled, freed) = (
+        number(out, "dev", "rss-start"),
+        number(out, "dev", "rss-filled"),
+        number(out, "dev", "rss-freed"),
+    );
+    assert!(
+        filled - start > 150.0 * 1024.0,
+        "filling 200 MiB grew the RSS {start} -> {filled} KiB"
+    );
+    assert!(
+        filled - freed > 0.75 * (filled - start),
+        "the RSS fell only from {filled} to {freed} KiB after the guest freed 200 MiB (start {start})"
     );
 }

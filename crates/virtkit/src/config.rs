@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::devices::EntropyDeviceConfiguration;
+use crate::devices::{ConsoleDeviceConfiguration, EntropyDeviceConfiguration, MemoryBalloonConfiguration};
 use crate::identity::MachineIdentifier;
 use crate::storage::StorageDeviceConfiguration;
 
@@ -39,6 +39,12 @@ pub struct VirtualMachineConfiguration {
     /// Entropy devices (virtio-rng), each fed by the host's `getrandom`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub entropy_devices: Vec<EntropyDeviceConfiguration>,
+    /// A memory balloon (at most one): the host asks the guest to give memory back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_balloon_devices: Vec<MemoryBalloonConfiguration>,
+    /// Console devices (virtio-console): `hvc0` and named ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub console_devices: Vec<ConsoleDeviceConfiguration>,
     /// The platform's identity (SMBIOS UUID and serial, MAC addresses).
     #[serde(default, skip_serializing_if = "PlatformConfiguration::is_default")]
     pub platform: PlatformConfiguration,
@@ -130,6 +136,8 @@ impl VirtualMachineConfiguration {
             serial_ports: Vec::new(),
             storage_devices: Vec::new(),
             entropy_devices: Vec::new(),
+            memory_balloon_devices: Vec::new(),
+            console_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         }
     }
@@ -147,6 +155,8 @@ impl VirtualMachineConfiguration {
             serial_ports: Vec::new(),
             storage_devices: Vec::new(),
             entropy_devices: Vec::new(),
+            memory_balloon_devices: Vec::new(),
+            console_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         }
     }

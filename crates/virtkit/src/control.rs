@@ -6,7 +6,9 @@
 //! → {"command":"pause"}
 //! ← {"ok":true,"state":"paused","pid":4242}
 //! → {"command":"jump"}
-//! ← {"ok":false,"error":"unknown command `jump`: use state, pause, resume, request_stop or stop"}
+//! ← {"ok":false,"error":"unknown command `jump`: use state, pause, resume, request_stop, stop or balloon"}
+//! → {"command":"balloon","target_bytes":268435456}
+//! ← {"ok":true,"state":"running","pid":4242,"balloon":{"target_bytes":268435456,"actual_bytes":0}}
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
@@ -15,6 +17,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::devices::BalloonStatus;
 
 /// What a client asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +32,8 @@ pub enum ControlCommand {
     RequestStop,
     /// Stop at once, as pulling the plug.
     Stop,
+    /// Report the memory balloon, after setting its target if `target_bytes` is given.
+    Balloon,
 }
 
 /// One request line.
@@ -35,6 +41,18 @@ pub enum ControlCommand {
 #[serde(deny_unknown_fields)]
 pub struct ControlRequest {
     pub command: ControlCommand,
+    /// For `balloon`: the memory the balloon should take from the guest, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_bytes: Option<u64>,
+}
+
+impl ControlRequest {
+    pub fn new(command: ControlCommand) -> ControlRequest {
+        ControlRequest {
+            command,
+            target_bytes: None,
+        }
+    }
 }
 
 /// One response line: `ok` with the state after the command, or the error.
@@ -47,6 +65,9 @@ pub struct ControlResponse {
     pub pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For `balloon`: the balloon's target, what the guest gave and its statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonStatus>,
 }
 
 impl ControlResponse {
@@ -56,6 +77,7 @@ impl ControlResponse {
             state: Some(state.to_string()),
             pid: Some(std::process::id()),
             error: None,
+            balloon: None,
         }
     }
 
@@ -65,6 +87,7 @@ impl ControlResponse {
             state: None,
             pid: Some(std::process::id()),
             error: Some(error.to_string()),
+            balloon: None,
         }
     }
 }
@@ -76,7 +99,7 @@ pub fn parse_request(line: &str) -> Result<ControlRequest, ControlResponse> {
         if text.contains("unknown variant") {
             let name = text.split('`').nth(1).unwrap_or("?");
             ControlResponse::failure(format!(
-                "unknown command `{name}`: use state, pause, resume, request_stop or stop"
+                "unknown command `{name}`: use state, pause, resume, request_stop, stop or balloon"
             ))
         } else {
             ControlResponse::failure(format!(
@@ -122,7 +145,12 @@ impl ControlClient {
 
     /// Sends one command and returns the response.
     pub fn send(&mut self, command: ControlCommand) -> Result<ControlResponse, ControlError> {
-        let mut line = serde_json::to_string(&ControlRequest { command }).unwrap_or_default();
+        self.request(&ControlRequest::new(command))
+    }
+
+    /// Sends one request and returns the response.
+    pub fn request(&mut self, request: &ControlRequest) -> Result<ControlResponse, ControlError> {
+        let mut line = serde_json::to_string(request).unwrap_or_default();
         line.push('\n');
         self.writer.write_all(line.as_bytes())?;
         let mut answer = String::new();

@@ -27,7 +27,10 @@ pub use config::{
     BootLoader, PlatformConfiguration, SerialAttachment, SerialPortConfiguration,
     VirtualMachineConfiguration, CONFIG_FORMAT_VERSION,
 };
-pub use devices::{DeviceError, DeviceManager, EntropyDeviceConfiguration};
+pub use devices::{
+    BalloonStatus, ConsoleDeviceConfiguration, ConsolePortConfiguration, DeviceError, DeviceManager,
+    EntropyDeviceConfiguration, MemoryBalloonConfiguration,
+};
 pub use home::{NoHome, VirtkitHome, HOME_ENV};
 pub use host::{HostCapabilities, HostKind};
 pub use identity::{BadMachineIdentifier, MachineIdentifier};
@@ -35,5 +38,6 @@ pub use size::{parse_size, ByteSize};
 pub use state::{StopReason, VmState};
 pub use storage::{CacheMode, StorageDeviceConfiguration, SyncMode};
 pub use validate::{ValidationError, ValidationIssue};
+pub use virtkit_devices::balloon::BalloonStatistics;
 pub use virtkit_devices::rng::RateLimit;
 pub use vm::{StartError, VirtualMachine, VmError};

@@ -191,7 +191,7 @@ impl VirtualMachine {
         let pvm_host = kvm.info().flavor == KvmFlavor::Pvm;
         let (machine_config, server) = self.machine_config()?;
         let mut machine = Machine::new(&kvm, machine_config)?;
-        let devices = Arc::new(DeviceManager::attach_all(&machine, &self.config)?);
+        let devices = Arc::new(DeviceManager::attach_all(&machine, &mut self.config)?);
         self.devices = devices.clone();
         machine.start()?;
         let handle = machine.handle();
@@ -258,6 +258,31 @@ impl VirtualMachine {
         handle.resume();
         self.shared.set_state(VmState::Running);
         Ok(())
+    }
+
+    /// Asks the guest to give `bytes` of its memory back through the memory balloon (0: give it
+    /// all back to the guest). The guest's driver does it in its own time; `balloon` says how
+    /// far it got.
+    pub fn set_balloon_target(&self, bytes: u64) -> Result<(), VmError> {
+        self.running_handle("set the balloon of", &[VmState::Running, VmState::Paused])?;
+        self.devices
+            .set_balloon_target(bytes, self.config.memory_size)
+            .map_err(|e| VmError::Device {
+                message: error_chain(&e),
+            })
+    }
+
+    /// The memory balloon's target, what the guest gave back, and its last statistics.
+    pub fn balloon(&self) -> Result<crate::BalloonStatus, VmError> {
+        self.running_handle("read the balloon of", &[VmState::Running, VmState::Paused])?;
+        self.devices.balloon_status().map_err(|e| VmError::Device {
+            message: error_chain(&e),
+        })
+    }
+
+    /// Tells the guest's console drivers the terminal's size.
+    pub fn resize_consoles(&self, cols: u16, rows: u16) {
+        self.devices.resize_consoles(cols, rows);
     }
 
     /// The attached devices (`blk0`, `rng0`, ...) with their PCI slots, while it runs.

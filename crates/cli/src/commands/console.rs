@@ -1,11 +1,12 @@
-//! `virtkit console NAME`: attach this terminal to a running VM's serial console.
+//! `virtkit console NAME [--port PORT]`: attach this terminal to a running VM's console, or to
+//! one of its named virtio-console ports.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::channel;
 
 use clap::Args;
-use virtkit::bundle::CONSOLE_SOCKET;
+use virtkit::bundle::{Bundle, CONSOLE_SOCKET};
 
 use crate::commands::vms::{home, open};
 use crate::exit::CliError;
@@ -14,6 +15,9 @@ use crate::terminal::{forward_stdin_with_escape, stdin_is_terminal, RawMode};
 #[derive(Args)]
 pub struct ConsoleArgs {
     pub name: String,
+    /// A named virtio-console port of the VM (`create --port`) instead of its console.
+    #[arg(long)]
+    pub port: Option<String>,
 }
 
 pub fn run(args: &ConsoleArgs) -> Result<u8, CliError> {
@@ -25,9 +29,22 @@ pub fn run(args: &ConsoleArgs) -> Result<u8, CliError> {
             args.name
         )));
     }
-    let path = b.file(CONSOLE_SOCKET);
-    let stream = UnixStream::connect(&path)
-        .map_err(|e| CliError::with_chain(format!("cannot attach to the console of `{}`", args.name), &e))?;
+    let (path, what) = match &args.port {
+        None => (b.file(CONSOLE_SOCKET), "the console".to_owned()),
+        Some(port) => (
+            b.path().join(Bundle::port_socket(port)),
+            format!("the port `{port}`"),
+        ),
+    };
+    let stream = UnixStream::connect(&path).map_err(|e| {
+        CliError::with_chain(
+            format!(
+                "cannot attach to {what} of `{}` (ports are made with `virtkit create --port NAME`)",
+                args.name
+            ),
+            &e,
+        )
+    })?;
     let mut to_guest = stream
         .try_clone()
         .map_err(|e| CliError::with_chain("cannot use the console socket", &e))?;

@@ -45,6 +45,11 @@ pub struct CreateArgs {
     /// The kernel's command line.
     #[arg(long, requires = "kernel", default_value = "console=ttyS0")]
     pub cmdline: String,
+    /// A named virtio-console port (the guest's `/dev/virtio-ports/NAME`, such as
+    /// org.qemu.guest_agent.0), on a Unix socket in the bundle; `virtkit console NAME --port
+    /// PORT` attaches to it. Repeat for more.
+    #[arg(long = "port")]
+    pub ports: Vec<String>,
 }
 
 /// `--from NAME` means a catalog image when NAME is no file here and looks like no path.
@@ -79,6 +84,7 @@ pub fn run(args: &CreateArgs) -> Result<u8, CliError> {
         restore_image,
         disk_size: args.disk_size,
         keep_restore_image: args.keep_image,
+        ports: args.ports.clone(),
     };
     let mut progress = LazyProgress::new(format!("create {}", args.name));
     let bundle = Bundle::create(&home, &args.name, &spec, &mut |done, total| {

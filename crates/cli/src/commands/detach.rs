@@ -12,11 +12,13 @@ use virtkit::{VirtkitHome, HOME_ENV};
 
 use crate::commands::vms::{already_running, home, open, socket_alive, state_of};
 use crate::exit::CliError;
-use crate::vm_process::{Mode, DETACH_START_TIMEOUT};
+use crate::vm_process::{ConsoleChoice, Mode, DETACH_START_TIMEOUT};
 
 #[derive(Args)]
 pub struct VmProcessArgs {
     pub name: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub console: ConsoleChoice,
 }
 
 /// The last lines of a log, to explain why a background process ended.
@@ -31,7 +33,7 @@ fn tail(path: &std::path::Path, from: u64) -> String {
     lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
-pub fn run(home: &VirtkitHome, name: &str) -> Result<u8, CliError> {
+pub fn run(home: &VirtkitHome, name: &str, console: ConsoleChoice) -> Result<u8, CliError> {
     let b = open(home, name)?;
     if b.is_running() {
         return Err(already_running(name, b.running_pid()));
@@ -48,6 +50,8 @@ pub fn run(home: &VirtkitHome, name: &str) -> Result<u8, CliError> {
     let mut child = Command::new(exe)
         .arg("vm-process")
         .arg(name)
+        .arg("--console")
+        .arg(console.as_str())
         .env(HOME_ENV, home.root())
         .env(
             "VIRTKIT_LOG",
@@ -92,5 +96,5 @@ pub fn run(home: &VirtkitHome, name: &str) -> Result<u8, CliError> {
 pub fn vm_process(args: &VmProcessArgs) -> Result<u8, CliError> {
     let _ = rustix::process::setsid();
     let home = home()?;
-    crate::vm_process::run(&home, &args.name, Mode::Detached)
+    crate::vm_process::run(&home, &args.name, Mode::Detached, args.console)
 }

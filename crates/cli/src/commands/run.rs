@@ -6,19 +6,21 @@ use std::sync::mpsc::channel;
 
 use clap::Args;
 use virtkit::{
-    parse_size, BootLoader, EntropyDeviceConfiguration, SerialAttachment, StopReason,
-    StorageDeviceConfiguration, VirtualMachine, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION,
+    parse_size, BootLoader, ConsoleDeviceConfiguration, ConsolePortConfiguration, EntropyDeviceConfiguration,
+    MemoryBalloonConfiguration, SerialAttachment, StopReason, StorageDeviceConfiguration, VirtualMachine,
+    VirtualMachineConfiguration, CONFIG_FORMAT_VERSION,
 };
 
 use crate::commands::validate::load_config;
 use crate::exit::{exit_code_for, CliError};
 use crate::terminal::{forward_stdin_with_escape, stdin_is_terminal, RawMode};
 use crate::vm_events::Events;
+pub use crate::vm_process::ConsoleChoice;
 
 #[derive(Args)]
 pub struct RunArgs {
     /// A VM made with `virtkit create` (its bundle has the whole configuration).
-    #[arg(conflicts_with_all = ["config", "kernel", "firmware", "disks", "entropy", "cpus", "memory", "serial"])]
+    #[arg(conflicts_with_all = ["config", "kernel", "firmware", "disks", "entropy", "balloon", "ports", "cpus", "memory", "serial"])]
     pub name: Option<String>,
     /// Run the named VM in the background; `virtkit console NAME` attaches to it.
     #[arg(long, requires = "name")]
@@ -52,9 +54,30 @@ pub struct RunArgs {
     /// `--entropy`, or `--entropy RATE[,burst=SIZE]` such as `8K,burst=1K` (bytes per second).
     #[arg(long = "entropy", num_args = 0..=1, default_missing_value = "", value_parser = EntropyDeviceConfiguration::parse_cli)]
     pub entropy: Vec<EntropyDeviceConfiguration>,
+    /// A memory balloon (free memory goes back to the host; `virtkit set --balloon` on named VMs).
+    #[arg(long)]
+    pub balloon: bool,
+    /// Which console this terminal (and for a named VM, `virtkit console` and its log) attaches
+    /// to: the serial port COM1 (`ttyS0`), or the virtio console (`hvc0`; the guest's command
+    /// line needs `console=hvc0`). With `hvc`, COM1 goes to `serial.log` in a named VM's bundle.
+    #[arg(long, value_enum, default_value_t)]
+    pub console: ConsoleChoice,
+    /// A named virtio-console port on a Unix socket: NAME:PATH (the guest's
+    /// `/dev/virtio-ports/NAME`, e.g. org.qemu.guest_agent.0); repeat for more.
+    #[arg(long = "port", value_parser = parse_port)]
+    pub ports: Vec<(String, PathBuf)>,
     /// Where COM1 goes: stdio, none, file:PATH or unix:PATH [default: stdio, or the configuration's].
     #[arg(long, value_parser = parse_serial)]
     pub serial: Option<SerialChoice>,
+}
+
+fn parse_port(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once(':') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok((name.to_owned(), path.into())),
+        _ => Err(format!(
+            "`{text}` is not a port; write NAME:PATH, e.g. org.qemu.guest_agent.0:/run/vm/qga.sock"
+        )),
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -107,12 +130,37 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
             serial_ports: Vec::new(),
             storage_devices: Vec::new(),
             entropy_devices: Vec::new(),
+            memory_balloon_devices: Vec::new(),
+            console_devices: Vec::new(),
             platform: virtkit::PlatformConfiguration::default(),
         }
         .with_serial(SerialAttachment::Stdio)
     };
     config.storage_devices.extend(args.disks.iter().cloned());
     config.entropy_devices.extend(args.entropy.iter().cloned());
+    if args.balloon {
+        config
+            .memory_balloon_devices
+            .push(MemoryBalloonConfiguration::default());
+    }
+    let mut ports: Vec<ConsolePortConfiguration> = args
+        .ports
+        .iter()
+        .map(|(name, path)| ConsolePortConfiguration::named_socket(name, path))
+        .collect();
+    if args.console == ConsoleChoice::Hvc {
+        // The terminal moves from COM1 to hvc0 (unless --serial says where COM1 goes).
+        if args.serial.is_none() {
+            config.serial_ports.clear();
+        }
+        ports.insert(
+            0,
+            ConsolePortConfiguration::console(Some(SerialAttachment::Stdio)),
+        );
+    }
+    if !ports.is_empty() {
+        config.console_devices.push(ConsoleDeviceConfiguration { ports });
+    }
     if let Some(cpus) = args.cpus {
         config.cpu_count = cpus;
     }
@@ -141,20 +189,16 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     if let Some(name) = &args.name {
         let home = crate::commands::vms::home()?;
         return if args.detach {
-            crate::commands::detach::run(&home, name)
+            crate::commands::detach::run(&home, name, args.console)
         } else {
-            crate::vm_process::run(&home, name, crate::vm_process::Mode::Foreground)
+            crate::vm_process::run(&home, name, crate::vm_process::Mode::Foreground, args.console)
         };
     }
     let mut config = build_config(&args)?;
     let events = Events::new();
 
     // On a terminal the guest gets raw keystrokes (Ctrl-C included); Ctrl-A x leaves.
-    let interactive = stdin_is_terminal()
-        && matches!(
-            config.serial_ports.first().map(|p| &p.attachment),
-            Some(SerialAttachment::Stdio)
-        );
+    let interactive = stdin_is_terminal() && terminal_attachment(&mut config).is_some();
     let mut raw_mode = None;
     if interactive {
         let (quit_tx, quit_rx) = channel();
@@ -164,10 +208,12 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
             .lock()
             .try_clone_fd()
             .map_err(|e| CliError::with_chain("cannot use standard output", &e))?;
-        config.serial_ports[0].attachment = SerialAttachment::FileHandles {
-            read: Some(input),
-            write: Some(output),
-        };
+        if let Some(attachment) = terminal_attachment(&mut config) {
+            *attachment = SerialAttachment::FileHandles {
+                read: Some(input),
+                write: Some(output),
+            };
+        }
         events.forward_quit(quit_rx);
     }
 
@@ -185,6 +231,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
         CliError::with_chain("cannot start the virtual machine", &e)
     })?;
 
+    crate::vm_events::resize_consoles(&vm);
     events.drive(&vm, true, true);
     let reason = vm.wait();
     drop(raw_mode);
@@ -194,6 +241,25 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
         other => eprintln!("virtkit: {other}"),
     }
     Ok(exit_code_for(&reason))
+}
+
+/// The console on standard input and output: COM1's, or else the hvc console port's.
+fn terminal_attachment(config: &mut VirtualMachineConfiguration) -> Option<&mut SerialAttachment> {
+    if let Some(port) = config.serial_ports.first_mut() {
+        if matches!(port.attachment, SerialAttachment::Stdio) {
+            return Some(&mut port.attachment);
+        }
+    }
+    config
+        .console_devices
+        .iter_mut()
+        .flat_map(|d| d.ports.iter_mut())
+        .filter(|p| p.is_console)
+        .find_map(|p| {
+            p.attachment
+                .as_mut()
+                .filter(|a| matches!(a, SerialAttachment::Stdio))
+        })
 }
 
 trait TryCloneFd {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use clap::ValueEnum;
 use virtkit::bundle::{Bundle, CONTROL_SOCKET};
-use virtkit::control::{ControlClient, ControlCommand, ControlResponse};
+use virtkit::control::{ControlClient, ControlCommand, ControlRequest, ControlResponse};
 use virtkit::VirtkitHome;
 
 use crate::exit::CliError;
@@ -50,6 +50,11 @@ pub fn already_running(name: &str, pid: Option<u32>) -> CliError {
 
 /// Sends one command to a running VM's process.
 pub fn ask(bundle: &Bundle, command: ControlCommand) -> Result<ControlResponse, CliError> {
+    ask_request(bundle, &ControlRequest::new(command))
+}
+
+/// Sends `request` to the running VM's process.
+pub fn ask_request(bundle: &Bundle, request: &ControlRequest) -> Result<ControlResponse, CliError> {
     let path = bundle.file(CONTROL_SOCKET);
     if !bundle.is_running() {
         return Err(CliError::new(format!(
@@ -59,7 +64,7 @@ pub fn ask(bundle: &Bundle, command: ControlCommand) -> Result<ControlResponse, 
         )));
     }
     let mut client = ControlClient::connect(&path).map_err(|e| CliError::from_error(&e))?;
-    client.send(command).map_err(|e| CliError::from_error(&e))
+    client.request(request).map_err(|e| CliError::from_error(&e))
 }
 
 /// Sizes for people: 512 MiB, 20 GiB, 1.5 GiB.

@@ -5,7 +5,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
 
-use virtkit::control::{parse_request, ControlCommand, ControlResponse};
+use virtkit::control::{parse_request, ControlCommand, ControlRequest, ControlResponse};
 use virtkit::VirtualMachine;
 
 /// Serves `path` for as long as the process lives.
@@ -35,7 +35,7 @@ fn serve_client(stream: UnixStream, vm: &VirtualMachine) {
             continue;
         }
         let response = match parse_request(&line) {
-            Ok(request) => handle(request.command, vm),
+            Ok(request) => handle(&request, vm),
             Err(response) => response,
         };
         tracing::info!(request = %line.trim(), ok = response.ok, "control request");
@@ -47,9 +47,12 @@ fn serve_client(stream: UnixStream, vm: &VirtualMachine) {
     }
 }
 
-fn handle(command: ControlCommand, vm: &VirtualMachine) -> ControlResponse {
-    let result = match command {
-        ControlCommand::State => Ok(()),
+fn handle(request: &ControlRequest, vm: &VirtualMachine) -> ControlResponse {
+    if request.command == ControlCommand::Balloon {
+        return balloon(request.target_bytes, vm);
+    }
+    let result = match request.command {
+        ControlCommand::State | ControlCommand::Balloon => Ok(()),
         ControlCommand::Pause => vm.pause(),
         ControlCommand::Resume => vm.resume(),
         ControlCommand::RequestStop => vm.request_stop(),
@@ -57,6 +60,20 @@ fn handle(command: ControlCommand, vm: &VirtualMachine) -> ControlResponse {
     };
     match result {
         Ok(()) => ControlResponse::success(vm.state()),
+        Err(e) => ControlResponse::failure(e),
+    }
+}
+
+/// Sets the balloon's target if one is given, then reports it.
+fn balloon(target: Option<u64>, vm: &VirtualMachine) -> ControlResponse {
+    let result = target
+        .map_or(Ok(()), |bytes| vm.set_balloon_target(bytes))
+        .and_then(|()| vm.balloon());
+    match result {
+        Ok(status) => ControlResponse {
+            balloon: Some(status),
+            ..ControlResponse::success(vm.state())
+        },
         Err(e) => ControlResponse::failure(e),
     }
 }

@@ -11,8 +11,13 @@ use std::sync::mpsc::channel;
 use std::sync::Arc;
 use std::time::Duration;
 
-use virtkit::bundle::{Bundle, HardwareModel, CONSOLE_LOG_FILE, CONSOLE_SOCKET, CONTROL_SOCKET, PID_FILE};
-use virtkit::{SerialAttachment, StopReason, VirtkitHome, VirtualMachine};
+use virtkit::bundle::{
+    Bundle, HardwareModel, CONSOLE_LOG_FILE, CONSOLE_SOCKET, CONTROL_SOCKET, PID_FILE, SERIAL_LOG_FILE,
+};
+use virtkit::{
+    ConsoleDeviceConfiguration, ConsolePortConfiguration, SerialAttachment, SerialPortConfiguration,
+    StopReason, VirtkitHome, VirtualMachine,
+};
 
 use crate::commands::vms::already_running;
 use crate::exit::{exit_code_for, CliError};
@@ -29,12 +34,60 @@ pub enum Mode {
     Detached,
 }
 
+/// Which of the guest's consoles the VM's console (terminal, `console.log`, `console.sock`) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ConsoleChoice {
+    /// The serial port COM1 (`ttyS0` in Linux).
+    #[default]
+    Serial,
+    /// The virtio console's first port (`hvc0`); COM1 then goes to `serial.log`.
+    Hvc,
+}
+
+impl ConsoleChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsoleChoice::Serial => "serial",
+            ConsoleChoice::Hvc => "hvc",
+        }
+    }
+}
+
+/// Puts the console hub's pipe ends on COM1 or on an hvc console port.
+fn attach_console(
+    config: &mut virtkit::VirtualMachineConfiguration,
+    bundle: &Bundle,
+    choice: ConsoleChoice,
+    hub_end: SerialAttachment,
+) {
+    config.serial_ports.clear();
+    match choice {
+        ConsoleChoice::Serial => config
+            .serial_ports
+            .push(SerialPortConfiguration { attachment: hub_end }),
+        ConsoleChoice::Hvc => {
+            config.serial_ports.push(SerialPortConfiguration {
+                attachment: SerialAttachment::File {
+                    path: bundle.file(SERIAL_LOG_FILE),
+                    append: false,
+                },
+            });
+            if config.console_devices.is_empty() {
+                config.console_devices.push(ConsoleDeviceConfiguration::default());
+            }
+            config.console_devices[0]
+                .ports
+                .insert(0, ConsolePortConfiguration::console(Some(hub_end)));
+        }
+    }
+}
+
 fn bundle_error(e: virtkit::bundle::BundleError) -> CliError {
     CliError::from_error(&e)
 }
 
 /// Runs the VM `name` in this process until it stops; returns the exit code.
-pub fn run(home: &VirtkitHome, name: &str, mode: Mode) -> Result<u8, CliError> {
+pub fn run(home: &VirtkitHome, name: &str, mode: Mode, console: ConsoleChoice) -> Result<u8, CliError> {
     let bundle = Bundle::open(home, name).map_err(bundle_error)?;
     let lock = bundle.lock().map_err(|e| match e {
         virtkit::bundle::BundleError::Running { pid, .. } => already_running(name, pid),
@@ -55,11 +108,15 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode) -> Result<u8, CliError> {
     let (guest_out_read, guest_out_write) =
         std::io::pipe().map_err(|e| CliError::with_chain("cannot make the console pipe", &e))?;
     let mut config = bundle.runtime_configuration();
-    config.serial_ports.clear();
-    config = config.with_serial(SerialAttachment::FileHandles {
-        read: Some(guest_in_read.into()),
-        write: Some(guest_out_write.into()),
-    });
+    attach_console(
+        &mut config,
+        &bundle,
+        console,
+        SerialAttachment::FileHandles {
+            read: Some(guest_in_read.into()),
+            write: Some(guest_out_write.into()),
+        },
+    );
 
     let log_path = bundle.file(CONSOLE_LOG_FILE);
     let log = OpenOptions::new()
@@ -121,6 +178,9 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode) -> Result<u8, CliError> {
     }
     tracing::info!(vm = name, pid = std::process::id(), "running");
 
+    if interactive {
+        crate::vm_events::resize_consoles(&vm);
+    }
     // A detached VM has no terminal that could hang up.
     events.drive(&vm, mode == Mode::Foreground, interactive);
     let reason = vm.wait();

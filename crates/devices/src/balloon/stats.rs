@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Bytes of one `struct virtio_balloon_stat`.
 pub const STAT_ENTRY_LEN: usize = 10;
@@ -26,7 +26,7 @@ pub mod tags {
 
 /// The last statistics the guest reported; a field is `None` when the guest left it out.
 /// Memory amounts are in bytes, swap in/out in bytes too (Linux reports them in bytes).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalloonStatistics {
     /// When the device received the report.
     pub updated_at: SystemTime,

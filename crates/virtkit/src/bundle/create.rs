@@ -11,7 +11,10 @@ use super::{
     HARDWARE_MODEL_FILE, INITRD_FILE, KERNEL_FILE, MACHINE_ID_FILE, RESTORE_IMAGE_STEM,
 };
 use crate::config::{BootLoader, PlatformConfiguration, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
-use crate::devices::EntropyDeviceConfiguration;
+use crate::devices::{
+    ConsoleDeviceConfiguration, ConsolePortConfiguration, EntropyDeviceConfiguration,
+    MemoryBalloonConfiguration,
+};
 use crate::disk_image::{clone_file, import, CloneMethod};
 use crate::home::VirtkitHome;
 use crate::identity::MachineIdentifier;
@@ -41,6 +44,9 @@ pub struct NewBundle {
     /// Keep a copy of the restore image in the bundle (reflinked where the file system can),
     /// so the VM can be reinstalled from what it came from.
     pub keep_restore_image: bool,
+    /// Named virtio-console ports, each on a Unix socket in the bundle (`port-NAME.sock`), such
+    /// as `org.qemu.guest_agent.0` for Debian's `qemu-guest-agent`.
+    pub ports: Vec<String>,
 }
 
 /// How a new VM boots.
@@ -213,8 +219,21 @@ impl Bundle {
             boot_loader,
             serial_ports: Vec::new(),
             storage_devices: Vec::new(),
-            // Every new VM gets the host's entropy, as lima and tart guests do.
+            // Every new VM gets the host's entropy, as lima and tart guests do, and a memory
+            // balloon with free page reporting, so memory the guest frees goes back to the host.
             entropy_devices: vec![EntropyDeviceConfiguration::default()],
+            memory_balloon_devices: vec![MemoryBalloonConfiguration::default()],
+            console_devices: if spec.ports.is_empty() {
+                Vec::new()
+            } else {
+                vec![ConsoleDeviceConfiguration {
+                    ports: spec
+                        .ports
+                        .iter()
+                        .map(|name| ConsolePortConfiguration::named_socket(name, Bundle::port_socket(name)))
+                        .collect(),
+                }]
+            },
             platform: PlatformConfiguration::default(),
         };
 

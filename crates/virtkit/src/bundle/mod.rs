@@ -36,7 +36,7 @@ pub use hardware::{HardwareModel, HARDWARE_MODEL_VERSION, MACHINE_MODEL};
 pub use lock::BundleLock;
 pub use name::{check_name, MAX_NAME_LEN};
 
-use crate::config::{BootLoader, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
+use crate::config::{BootLoader, SerialAttachment, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
 use crate::disk_image::DiskImageError;
 use crate::home::VirtkitHome;
 use crate::identity::MachineIdentifier;
@@ -52,6 +52,8 @@ pub const KERNEL_FILE: &str = "kernel";
 pub const RESTORE_IMAGE_STEM: &str = "restore-image";
 pub const INITRD_FILE: &str = "initrd";
 pub const CONSOLE_LOG_FILE: &str = "console.log";
+/// COM1's output when the VM's console is the virtio console (`run --console hvc`).
+pub const SERIAL_LOG_FILE: &str = "serial.log";
 pub const VMM_LOG_FILE: &str = "vmm.log";
 pub const LOCK_FILE: &str = "lock";
 pub const PID_FILE: &str = "pid";
@@ -265,8 +267,21 @@ impl Bundle {
         for d in &mut c.storage_devices {
             resolve(&mut d.path);
         }
+        // Named console ports live in the bundle as `port-NAME.sock` (see `port_socket`).
+        for port in c.console_devices.iter_mut().flat_map(|d| d.ports.iter_mut()) {
+            if let Some(SerialAttachment::UnixSocket { path } | SerialAttachment::File { path, .. }) =
+                &mut port.attachment
+            {
+                resolve(path);
+            }
+        }
         c.platform.machine_identifier = Some(self.machine_id);
         c
+    }
+
+    /// The Unix socket of the named console port `port` (relative to the bundle, as stored).
+    pub fn port_socket(port: &str) -> PathBuf {
+        PathBuf::from(format!("port-{port}.sock"))
     }
 
     /// Replaces the stored configuration after checking it; the VM must not be running.

@@ -44,6 +44,7 @@ fn spec(firmware: PathBuf) -> NewBundle {
         restore_image: None,
         disk_size: Some(64 << 20),
         keep_restore_image: false,
+        ports: Vec::new(),
     }
 }
 

@@ -6,7 +6,9 @@
 //! `validate` and `attach` in a file here, and one line in [`validate_devices`] and
 //! [`DeviceManager::attach_all`] (docs/DEVICES.md).
 
+mod balloon;
 mod block;
+mod console;
 mod entropy;
 
 use std::sync::{Mutex, MutexGuard};
@@ -16,7 +18,11 @@ use virtkit_machine::Machine;
 use virtkit_virtio::transport::pci::{AttachError, AttachedDevice, SharedManagedDevice};
 use virtkit_virtio::VirtioError;
 
+pub use balloon::{BalloonStatus, MemoryBalloonConfiguration};
+pub use console::{ConsoleDeviceConfiguration, ConsolePortConfiguration};
 pub use entropy::EntropyDeviceConfiguration;
+use virtkit_devices::balloon::BalloonHandle;
+use virtkit_devices::console::ConsoleHandle;
 
 use crate::config::{BootLoader, VirtualMachineConfiguration};
 use crate::validate::Issues;
@@ -38,6 +44,21 @@ pub enum DeviceError {
     },
     #[error("cannot tell the firmware the boot order")]
     BootOrder(#[source] virtkit_machine::MachineError),
+    #[error("cannot create the memory balloon")]
+    Balloon {
+        #[source]
+        source: virtkit_devices::balloon::BalloonError,
+    },
+    #[error("cannot set up the console port {port}")]
+    ConsolePort {
+        port: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("this machine has no memory balloon; add one (`memory_balloon_devices`, or `--balloon` when it is created)")]
+    NoBalloon,
+    #[error("a balloon target of {target} bytes is more than the machine's {memory} bytes of memory")]
+    BalloonTooLarge { target: u64, memory: u64 },
     #[error("the device {name} cannot {action}")]
     Device {
         name: String,
@@ -59,6 +80,10 @@ struct Entry {
 #[derive(Default)]
 pub struct DeviceManager {
     entries: Mutex<Vec<Entry>>,
+    /// The memory balloon's runtime control, if the machine has one.
+    balloon: Mutex<Option<BalloonHandle>>,
+    /// Each console device's resize handle.
+    consoles: Mutex<Vec<ConsoleHandle>>,
 }
 
 impl std::fmt::Debug for DeviceManager {
@@ -71,14 +96,22 @@ impl std::fmt::Debug for DeviceManager {
 pub(crate) fn validate_devices(config: &VirtualMachineConfiguration, issues: &mut Issues) {
     block::validate(&config.storage_devices, issues);
     entropy::validate(&config.entropy_devices, issues);
-    let used = config.storage_devices.len() + config.entropy_devices.len();
+    balloon::validate(&config.memory_balloon_devices, issues);
+    console::validate(&config.console_devices, issues);
+    let counts = [
+        (config.storage_devices.len(), "disks"),
+        (config.entropy_devices.len(), "entropy devices"),
+        (config.memory_balloon_devices.len(), "memory balloons"),
+        (config.console_devices.len(), "console devices"),
+    ];
+    let used: usize = counts.iter().map(|(n, _)| n).sum();
     if used > DEVICE_SLOTS {
+        let kinds: Vec<String> = counts.iter().map(|(n, what)| format!("{n} {what}")).collect();
         issues.add(
             "storage_devices",
             format!(
-                "{used} PCI devices given ({} disks, {} entropy devices); this machine has {DEVICE_SLOTS} PCI slots, so remove {}",
-                config.storage_devices.len(),
-                config.entropy_devices.len(),
+                "{used} PCI devices given ({}); this machine has {DEVICE_SLOTS} PCI slots, so remove {}",
+                kinds.join(", "),
                 used - DEVICE_SLOTS
             ),
         );
@@ -90,11 +123,13 @@ impl DeviceManager {
     /// first in the order given; on a firmware boot the disks become the boot order.
     pub fn attach_all(
         machine: &Machine,
-        config: &VirtualMachineConfiguration,
+        config: &mut VirtualMachineConfiguration,
     ) -> Result<DeviceManager, DeviceError> {
         let manager = DeviceManager::default();
         let disk_slots = block::attach(&manager, machine, &config.storage_devices)?;
         entropy::attach(&manager, machine, &config.entropy_devices)?;
+        balloon::attach(&manager, machine, &config.memory_balloon_devices)?;
+        console::attach(&manager, machine, &mut config.console_devices)?;
         if matches!(config.boot_loader, BootLoader::Firmware { .. }) && !disk_slots.is_empty() {
             let order: Vec<String> = disk_slots.iter().map(|s| format!("/pci@i0cf8/*@{s:x}")).collect();
             machine.set_boot_order(&order).map_err(DeviceError::BootOrder)?;
@@ -116,6 +151,55 @@ impl DeviceManager {
             device: attached.device,
         });
         attached.slot
+    }
+
+    fn set_balloon(&self, handle: BalloonHandle) {
+        *self.balloon.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+    }
+
+    fn add_console(&self, handle: ConsoleHandle) {
+        self.consoles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
+    }
+
+    fn balloon(&self) -> Result<BalloonHandle, DeviceError> {
+        self.balloon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(DeviceError::NoBalloon)
+    }
+
+    /// Asks the guest to give `target` bytes of its `memory` back (0: all of it back to the
+    /// guest); the guest's driver does it in its own time.
+    pub fn set_balloon_target(&self, target: u64, memory: u64) -> Result<(), DeviceError> {
+        if target > memory {
+            return Err(DeviceError::BalloonTooLarge { target, memory });
+        }
+        self.balloon()?
+            .set_target_bytes(target)
+            .map_err(|source| DeviceError::Balloon { source })
+    }
+
+    /// The balloon's target, what the guest gave, and its last statistics (a fresh report is
+    /// requested for next time).
+    pub fn balloon_status(&self) -> Result<BalloonStatus, DeviceError> {
+        let handle = self.balloon()?;
+        handle.request_stats();
+        Ok(BalloonStatus {
+            target_bytes: handle.target_bytes(),
+            actual_bytes: handle.actual_bytes(),
+            statistics: handle.stats(),
+        })
+    }
+
+    /// Tells every console device's guest driver the terminal's new size.
+    pub fn resize_consoles(&self, cols: u16, rows: u16) {
+        for console in self.consoles.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            console.resize(cols, rows);
+        }
     }
 
     /// The devices' names with their PCI slots, in the order they were attached.
@@ -197,6 +281,8 @@ impl DeviceManager {
     /// Lets go of every device (the machine is gone; its workers stop as the last handle drops).
     pub fn release(&self) {
         self.lock().clear();
+        self.balloon.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.consoles.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     fn for_each(

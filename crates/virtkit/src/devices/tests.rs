@@ -103,10 +103,10 @@ fn thirty_devices_attach_in_slots_two_to_thirty_one_and_no_more_fit() {
         return;
     }
     let dir = TempDir::new("attach");
-    let config = config(&dir, 29, 1);
+    let mut config = config(&dir, 29, 1);
     let kvm = Kvm::open().unwrap();
     let machine = machine(&kvm, &config);
-    let manager = DeviceManager::attach_all(&machine, &config).unwrap();
+    let manager = DeviceManager::attach_all(&machine, &mut config).unwrap();
     let names = manager.names();
     assert_eq!(names.len(), 30);
     assert_eq!(names[0], ("blk0".to_owned(), 2));
@@ -116,7 +116,7 @@ fn thirty_devices_attach_in_slots_two_to_thirty_one_and_no_more_fit() {
     let mut more = config;
     more.storage_devices.truncate(0);
     more.entropy_devices = vec![EntropyDeviceConfiguration::default()];
-    let err = DeviceManager::attach_all(&machine, &more).unwrap_err();
+    let err = DeviceManager::attach_all(&machine, &mut more).unwrap_err();
     assert!(format!("{err:?}").contains("NoSlot"), "{err:?}");
 }
 
@@ -126,10 +126,10 @@ fn sleep_and_wake_reach_every_device_and_state_round_trips() {
         return;
     }
     let dir = TempDir::new("sleep");
-    let config = config(&dir, 2, 1);
+    let mut config = config(&dir, 2, 1);
     let kvm = Kvm::open().unwrap();
     let machine = machine(&kvm, &config);
-    let manager = DeviceManager::attach_all(&machine, &config).unwrap();
+    let manager = DeviceManager::attach_all(&machine, &mut config).unwrap();
     // No driver started them: sleep keeps them as they are, and their state is there to save.
     manager.sleep_all().unwrap();
     let states = manager.snapshot_all().unwrap();

@@ -114,6 +114,28 @@ fn check_file(issues: &mut Issues, field: &str, what: &str, path: &Path) -> bool
 }
 
 /// A disk must exist, be a regular file or a block device, and be writable unless read-only.
+/// A file or Unix socket the VMM creates: its directory must exist, and a socket path must fit
+/// a socket address.
+pub(crate) fn check_socket_path(issues: &mut Issues, field: &str, path: &Path, socket: bool) {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            issues.add(
+                field,
+                format!(
+                    "the directory {} does not exist; create it or choose another path",
+                    parent.display()
+                ),
+            );
+        }
+    }
+    if socket && path.as_os_str().len() > MAX_SOCKET_PATH {
+        issues.add(
+            field,
+            format!("a Unix socket path may be at most {MAX_SOCKET_PATH} bytes; use a shorter path"),
+        );
+    }
+}
+
 pub(crate) fn check_disk(issues: &mut Issues, field: &str, disk: &StorageDeviceConfiguration) {
     use std::os::unix::fs::FileTypeExt;
     let path = &disk.path;
@@ -355,26 +377,11 @@ impl VirtualMachineConfiguration {
         }
         for (i, port) in self.serial_ports.iter().enumerate() {
             let field = format!("serial_ports[{i}].attachment.path");
-            match &port.attachment {
-                SerialAttachment::File { path, .. } | SerialAttachment::UnixSocket { path } => {
-                    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                        if !parent.is_dir() {
-                            issues.add(
-                                &field,
-                                format!(
-                                    "the directory {} does not exist; create it or choose another path",
-                                    parent.display()
-                                ),
-                            );
-                        }
-                    }
-                    if matches!(port.attachment, SerialAttachment::UnixSocket { .. })
-                        && path.as_os_str().len() > MAX_SOCKET_PATH
-                    {
-                        issues.add(&field, format!("a Unix socket path may be at most {MAX_SOCKET_PATH} bytes; use a shorter path"));
-                    }
-                }
-                SerialAttachment::Stdio | SerialAttachment::FileHandles { .. } => {}
+            if let SerialAttachment::File { path, .. } | SerialAttachment::UnixSocket { path } =
+                &port.attachment
+            {
+                let socket = matches!(port.attachment, SerialAttachment::UnixSocket { .. });
+                check_socket_path(&mut issues, &field, path, socket);
             }
         }
 
