@@ -15,7 +15,7 @@ pub mod testing;
 pub mod transport;
 mod worker;
 
-pub use device::{DeviceQueue, VirtioDevice, VirtioError, VirtioInterrupt};
+pub use device::{DeviceQueue, QueueError, VirtioDevice, VirtioError, VirtioInterrupt};
 pub use event_loop::{EventHandler, EventLoop};
 pub use worker::WorkerThread;
 

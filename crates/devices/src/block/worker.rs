@@ -13,7 +13,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::DiskBackend;
-use super::handler::{drain_queue, process_queue, QueueError, RequestHandler};
+use super::handler::{drain_queue, process_queue, RequestHandler};
+use super::QueueError;
 
 const QUEUE_TOKEN: u64 = 0;
 const KILL_TOKEN: u64 = 1;

@@ -16,7 +16,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{port_queues, Shared};
-use super::handler::{ConsoleHandler, QueueError};
+use super::handler::ConsoleHandler;
+use super::QueueError;
 
 const KILL_TOKEN: u64 = 0;
 const WAKE_TOKEN: u64 = 1;
