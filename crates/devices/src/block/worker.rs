@@ -66,7 +66,7 @@ impl<B: DiskBackend> Worker<B> {
 
     /// Runs until `kill` is signalled; hands back the queue and the backend, with no request in
     /// flight.
-    pub fn run(mut self, kill: EventFd) -> (DeviceQueue, RequestHandler<B>) {
+    pub fn run(mut self, kill: EventFd) -> (Vec<DeviceQueue>, RequestHandler<B>) {
         let completion = self.handler.disk.completion_event().map(|e| e.as_raw_fd());
         let epoll = match Self::epoll(&self.queue.event, &kill, completion) {
             Ok(epoll) => epoll,
@@ -75,7 +75,7 @@ impl<B: DiskBackend> Worker<B> {
                 self.interrupt.signal_needs_reset();
                 // Nothing to wait with; wait for the stop by blocking on the kill eventfd.
                 let _ = kill.read();
-                return (self.queue, self.handler);
+                return (vec![self.queue], self.handler);
             }
         };
         // Requests that came while the worker was not running (before a wake).
@@ -117,7 +117,7 @@ impl<B: DiskBackend> Worker<B> {
             }
         }
         self.drain();
-        (self.queue, self.handler)
+        (vec![self.queue], self.handler)
     }
 
     fn epoll(queue: &EventFd, kill: &EventFd, completion: Option<RawFd>) -> std::io::Result<Epoll> {
