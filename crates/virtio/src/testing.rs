@@ -60,7 +60,8 @@ pub fn chain_at(descs: &[(u64, u32, u16)], base: u16) -> Vec<RawDescriptor> {
 
 /// The used ring's index, the ring at `used_ring` (`MockSplitQueue::used_addr`).
 pub fn used_idx(mem: &GuestMemoryMmap, used_ring: GuestAddress) -> u16 {
-    mem.read_obj(used_ring.unchecked_add(2)).expect("used ring in memory")
+    mem.read_obj(used_ring.unchecked_add(2))
+        .expect("used ring in memory")
 }
 
 /// `(id, len)` of used-ring entry `n`, the ring at `used_ring`.

@@ -248,7 +248,9 @@ mod tests {
             Err::<WorkerBody<u32>, _>(VirtioError::BadQueue { index: 0 })
         };
         let interrupt = Arc::new(RecordingInterrupt::default());
-        assert!(slot.activate(test_memory(), interrupt, test_queues(&[8]), refuse).is_err());
+        assert!(slot
+            .activate(test_memory(), interrupt, test_queues(&[8]), refuse)
+            .is_err());
         assert!(!slot.is_active());
         assert_eq!(slot.handler(), Some(&0));
         // Waking a device that is not asleep does nothing.

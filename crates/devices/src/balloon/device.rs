@@ -128,7 +128,8 @@ impl<D: MemoryDiscard + 'static> Balloon<D> {
     fn start(
         &self,
         acked_features: u64,
-    ) -> impl FnOnce(Vec<DeviceQueue>, &Activation) -> Result<WorkerBody<BalloonHandler<D>>, VirtioError> {
+    ) -> impl FnOnce(Vec<DeviceQueue>, &Activation) -> Result<WorkerBody<BalloonHandler<D>>, VirtioError>
+    {
         let queue_count = self.queue_sizes.len();
         let shared = self.shared.clone();
         let stats_interval = Duration::from_secs(self.config.stats_interval_secs);

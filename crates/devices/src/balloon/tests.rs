@@ -353,8 +353,7 @@ fn reported_ranges_are_discarded_inside_memory_and_whole_pages_only() {
 
 #[test]
 fn a_reported_range_over_a_hole_is_cut_at_the_regions() {
-    let mem =
-        memory_with_regions(&[(0, 0x10_0000), (0x20_0000, 0x10_0000)]);
+    let mem = memory_with_regions(&[(0, 0x10_0000), (0x20_0000, 0x10_0000)]);
     let (mut h, discard) = handler();
     let vq = MockSplitQueue::new(&mem, 16);
     vq.add_desc_chains(&chain_at(&[(0xf_0000, 0x12_0000, W)], 0), 0)

@@ -15,8 +15,8 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::discard::MemoryDiscard;
 use super::handle::Shared;
 use super::handler::BalloonHandler;
-use super::QueueError;
 use super::layout::{role_of, QueueRole};
+use super::QueueError;
 
 /// Epoll tokens past the queues' (a queue's token is its position in `queues`).
 const TIMER_TOKEN: u64 = 1 << 32;

@@ -624,8 +624,7 @@ fn random_requests_match_a_model(disk: FileDisk, seed: u64) {
     // Two regions, adjacent in guest addresses but separate mappings: buffers of later requests
     // straddle the boundary at 16 MiB (one I/O vector per region).
     let half = MEM_SIZE / 2;
-    let mem =
-        memory_with_regions(&[(0, half), (half as u64, half)]);
+    let mem = memory_with_regions(&[(0, half), (half as u64, half)]);
     let mut model = vec![0u8; DISK_SIZE];
     let mut rng = XorShift(seed);
     let mut h = handler(disk);
