@@ -416,6 +416,9 @@ fn map_guest_memory(
     Ok((memory, pam))
 }
 
+/// COM1 and the ACPI PM device: the two legacy devices the machine keeps handles on.
+type LegacyDevices = (Arc<Mutex<SerialDevice>>, Arc<Mutex<AcpiPm>>);
+
 /// Step 4, the legacy half: COM1, ACPI PM, i8042, CMOS RTC and pvpanic on the port bus.
 fn add_legacy_devices(
     vm: &Arc<Vm>,
@@ -423,7 +426,7 @@ fn add_legacy_devices(
     serial_output: Box<dyn Write + Send>,
     requests: &RequestSink,
     memory_size: u64,
-) -> Result<(Arc<Mutex<SerialDevice>>, Arc<Mutex<AcpiPm>>), MachineError> {
+) -> Result<LegacyDevices, MachineError> {
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?;
     vm.register_irqfd(&serial_irq, irqs::COM1)?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_output)));

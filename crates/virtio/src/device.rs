@@ -29,6 +29,19 @@ pub trait VirtioInterrupt: Send + Sync {
     fn signal_needs_reset(&self);
 }
 
+/// Why a device's queue loop cannot go on: the device needs a reset (it sets DEVICE_NEEDS_RESET
+/// through [`VirtioInterrupt::signal_needs_reset`] and answers nothing more until then).
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// virtio-queue refused the rings (an index or address outside what the queue allows).
+    #[error("the queue is broken")]
+    Broken(#[from] virtio_queue::Error),
+    /// More is available, yet passes over the ring find nothing: the driver's available index
+    /// runs ahead of what the ring holds (or the ring is outside guest memory).
+    #[error("the driver's available index runs ahead of what the ring holds")]
+    Stalled,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioError {
     #[error("the device is already active")]

@@ -12,6 +12,14 @@ pub const KILL_TOKEN: u64 = u64::MAX;
 
 /// What a worker does when one of its file descriptors is ready.
 pub trait EventHandler {
+    /// Before every wait, the first included: a place for work that decides what to wait for
+    /// (a worker that registers descriptors as its state changes does it here).
+    fn before_wait(&mut self, _event_loop: &EventLoop) {}
+    /// How long the next wait may last, in milliseconds; -1 (the default) waits for an event.
+    /// A wait that times out is a wake-up with no events.
+    fn wait_timeout_ms(&self) -> i32 {
+        -1
+    }
     /// `token` (as registered) is ready with `events`. Called once per ready descriptor per
     /// wake-up, before [`EventHandler::after_events`].
     fn handle_event(&mut self, event_loop: &EventLoop, token: u64, events: EventSet);
@@ -51,12 +59,15 @@ impl EventLoop {
     }
 
     /// Dispatches events to `handler` until `kill` is signalled (consuming it), then returns.
+    /// The wake-up that brings the kill still hands its other events to the handler and calls
+    /// [`EventHandler::after_events`]; [`EventHandler::before_wait`] is not called again.
     /// An epoll failure other than EINTR is logged and ends the loop too, after waiting for the
     /// kill, so a worker never spins.
     pub fn run(&self, kill: &EventFd, handler: &mut impl EventHandler) {
         let mut events = [EpollEvent::default(); 16];
         loop {
-            let n = match self.epoll.wait(-1, &mut events) {
+            handler.before_wait(self);
+            let n = match self.epoll.wait(handler.wait_timeout_ms(), &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -120,5 +131,44 @@ mod tests {
         assert_eq!(counter.seen, 3, "the ready event was handled before the stop");
         assert_eq!(counter.passes, 1);
         assert!(kill.read().is_err(), "the kill was consumed");
+    }
+
+    /// Counts the passes of a loop that never gets an event but its own kill.
+    struct Ticker<'a> {
+        kill: &'a EventFd,
+        before: u32,
+        after: u32,
+    }
+
+    impl EventHandler for Ticker<'_> {
+        fn before_wait(&mut self, _: &EventLoop) {
+            self.before += 1;
+            if self.before == 3 {
+                self.kill.write(1).unwrap();
+            }
+        }
+        fn wait_timeout_ms(&self) -> i32 {
+            1
+        }
+        fn handle_event(&mut self, _: &EventLoop, token: u64, _: EventSet) {
+            panic!("no descriptor but the kill is registered, got token {token}");
+        }
+        fn after_events(&mut self, _: &EventLoop) {
+            self.after += 1;
+        }
+    }
+
+    #[test]
+    fn before_wait_runs_before_every_wait_and_a_timeout_is_a_wake_up_without_events() {
+        let kill = EventFd::new(EFD_NONBLOCK).unwrap();
+        let event_loop = EventLoop::new(&kill).unwrap();
+        let mut ticker = Ticker {
+            kill: &kill,
+            before: 0,
+            after: 0,
+        };
+        event_loop.run(&kill, &mut ticker);
+        assert_eq!(ticker.before, 3, "not called again after the kill");
+        assert_eq!(ticker.after, 3, "two timeouts and the kill's wake-up");
     }
 }

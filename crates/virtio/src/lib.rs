@@ -14,10 +14,12 @@ pub mod event_loop;
 pub mod testing;
 pub mod transport;
 mod worker;
+pub mod worker_slot;
 
-pub use device::{DeviceQueue, VirtioDevice, VirtioError, VirtioInterrupt};
+pub use device::{DeviceQueue, QueueError, VirtioDevice, VirtioError, VirtioInterrupt};
 pub use event_loop::{EventHandler, EventLoop};
 pub use worker::WorkerThread;
+pub use worker_slot::{single_queue, Activation, DeviceWorker, WorkerBody};
 
 /// Re-exported for the macros.
 #[doc(hidden)]

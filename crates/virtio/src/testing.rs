@@ -5,8 +5,10 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT;
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::{DeviceQueue, VirtioInterrupt};
@@ -18,7 +20,57 @@ pub const QUEUE_AREA: u64 = 0x10_0000;
 
 /// 16 MiB of guest memory at address 0.
 pub fn test_memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), TEST_MEMORY_SIZE)]).expect("test memory")
+    memory(TEST_MEMORY_SIZE)
+}
+
+/// Guest memory of `size` bytes from address 0, in one region.
+pub fn memory(size: usize) -> GuestMemoryMmap {
+    memory_with_regions(&[(0, size)])
+}
+
+/// Guest memory with the given regions, each `(start address, size)`: adjacent, or with holes
+/// between them, for buffers that straddle a region boundary or a gap.
+pub fn memory_with_regions(regions: &[(u64, usize)]) -> GuestMemoryMmap {
+    let ranges: Vec<(GuestAddress, usize)> = regions
+        .iter()
+        .map(|&(start, size)| (GuestAddress(start), size))
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges).expect("test memory")
+}
+
+/// Descriptors `(address, length, flags)` linked in order (`NEXT` added to all but the last),
+/// the first at index `base` of the descriptor table: what `MockSplitQueue::add_desc_chains`
+/// takes.
+pub fn chain_at(descs: &[(u64, u32, u16)], base: u16) -> Vec<RawDescriptor> {
+    descs
+        .iter()
+        .enumerate()
+        .map(|(k, &(addr, len, flags))| {
+            let last = k + 1 == descs.len();
+            let flags = if last {
+                flags
+            } else {
+                flags | VRING_DESC_F_NEXT as u16
+            };
+            let next = if last { 0 } else { base + k as u16 + 1 };
+            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+        })
+        .collect()
+}
+
+/// The used ring's index, the ring at `used_ring` (`MockSplitQueue::used_addr`).
+pub fn used_idx(mem: &GuestMemoryMmap, used_ring: GuestAddress) -> u16 {
+    mem.read_obj(used_ring.unchecked_add(2))
+        .expect("used ring in memory")
+}
+
+/// `(id, len)` of used-ring entry `n`, the ring at `used_ring`.
+pub fn used_elem(mem: &GuestMemoryMmap, used_ring: GuestAddress, n: u64) -> (u32, u32) {
+    let at = used_ring.unchecked_add(4 + 8 * n);
+    (
+        mem.read_obj(at).expect("used ring in memory"),
+        mem.read_obj(at.unchecked_add(4)).expect("used ring in memory"),
+    )
 }
 
 /// Ready queues of the given sizes with their rings in [`test_memory`], each with a fresh eventfd.

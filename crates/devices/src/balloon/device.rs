@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use virtkit_virtio::features::VERSION_1;
-use virtkit_virtio::{DeviceQueue, VirtioDevice, VirtioError, VirtioInterrupt, WorkerThread};
+use virtkit_virtio::{
+    Activation, DeviceQueue, DeviceWorker, VirtioDevice, VirtioError, VirtioInterrupt, WorkerBody,
+};
 use vm_memory::GuestMemoryMmap;
 
 use super::config::BalloonConfig;
@@ -50,23 +52,14 @@ pub struct BalloonState {
     pub stats_head: Option<u16>,
 }
 
-enum Run<D> {
-    Inactive,
-    Running(WorkerThread<(Vec<DeviceQueue>, BalloonHandler<D>)>),
-    Asleep,
-}
-
 /// A virtio-balloon device; `D` gives guest pages back to the host.
 pub struct Balloon<D: MemoryDiscard + 'static = MadviseDiscard> {
     config: BalloonConfig,
-    /// The handler while no worker has it.
-    handler: Option<BalloonHandler<D>>,
     features: u64,
     acked_features: u64,
     queue_sizes: Vec<u16>,
-    run: Run<D>,
-    /// Memory and interrupt from activation, for waking.
-    activation: Option<(GuestMemoryMmap, Arc<dyn VirtioInterrupt>)>,
+    /// The handler, and the `v_balloon` thread that has it while the device runs.
+    worker: DeviceWorker<BalloonHandler<D>>,
     shared: Arc<Shared>,
 }
 
@@ -101,12 +94,10 @@ impl<D: MemoryDiscard + 'static> Balloon<D> {
         let shared = Arc::new(Shared::new(metrics.clone())?);
         Ok(Balloon {
             config,
-            handler: Some(BalloonHandler::new(discard, metrics)),
             features: offered,
             acked_features: 0,
             queue_sizes: vec![QUEUE_SIZE; queue_roles(offered).len()],
-            run: Run::Inactive,
-            activation: None,
+            worker: DeviceWorker::new("balloon", BalloonHandler::new(discard, metrics)),
             shared,
         })
     }
@@ -129,69 +120,36 @@ impl<D: MemoryDiscard + 'static> Balloon<D> {
 
     /// The discard, while no worker has it (for tests).
     pub fn discard(&self) -> Option<&D> {
-        self.handler.as_ref().map(|h| &h.discard)
+        self.worker.handler().map(|h| &h.discard)
     }
 
-    fn start_worker(&mut self, queues: Vec<DeviceQueue>) -> Result<(), VirtioError> {
-        let (memory, interrupt) = self.activation.clone().ok_or(VirtioError::NotActive)?;
-        let handler = self.handler.take().ok_or(VirtioError::IncompatibleState(
-            "the balloon's handler was lost when a worker failed",
-        ))?;
-        let worker = Worker {
-            queues,
-            acked_features: self.acked_features,
-            memory,
-            interrupt,
-            handler,
-            shared: self.shared.clone(),
-            stats_interval: Duration::from_secs(self.config.stats_interval_secs),
-            broken: false,
-        };
-        let thread = WorkerThread::start("balloon", move |kill| worker.run(kill))?;
-        self.run = Run::Running(thread);
-        Ok(())
-    }
-
-    fn stop_worker(&mut self) -> Option<Vec<DeviceQueue>> {
-        let Run::Running(thread) = std::mem::replace(&mut self.run, Run::Asleep) else {
-            return None;
-        };
-        match thread.stop() {
-            Ok((queues, handler)) => {
-                self.handler = Some(handler);
-                Some(queues)
-            }
-            Err(e) => {
-                tracing::error!("virtio-balloon: {e}");
-                None
-            }
+    /// A `start` for [`DeviceWorker`]: checks the queues handed over under `acked_features` and
+    /// builds the `v_balloon` worker's body.
+    fn start(
+        &self,
+        acked_features: u64,
+    ) -> impl FnOnce(Vec<DeviceQueue>, &Activation) -> Result<WorkerBody<BalloonHandler<D>>, VirtioError>
+    {
+        let queue_count = self.queue_sizes.len();
+        let shared = self.shared.clone();
+        let stats_interval = Duration::from_secs(self.config.stats_interval_secs);
+        move |queues, activation| {
+            check_queues(queue_count, &queues, acked_features)?;
+            let Activation { memory, interrupt } = activation.clone();
+            Ok(Box::new(move |handler, kill| {
+                let worker = Worker {
+                    queues,
+                    acked_features,
+                    memory,
+                    interrupt,
+                    handler,
+                    shared,
+                    stats_interval,
+                    broken: false,
+                };
+                worker.run(kill)
+            }))
         }
-    }
-
-    /// Checks the queues handed over: inflate and deflate must be there, indices unique and
-    /// within what was offered.
-    fn check_queues(&self, queues: &[DeviceQueue], acked_features: u64) -> Result<(), VirtioError> {
-        let mut seen = vec![false; self.queue_sizes.len()];
-        for queue in queues {
-            let slot = seen
-                .get_mut(usize::from(queue.index))
-                .filter(|s| !**s)
-                .ok_or(VirtioError::BadQueue { index: queue.index })?;
-            *slot = true;
-        }
-        for role in [QueueRole::Inflate, QueueRole::Deflate] {
-            let present = queues
-                .iter()
-                .any(|q| role_of(q.index, acked_features) == Some(role));
-            if !present {
-                let index = queue_roles(acked_features)
-                    .iter()
-                    .position(|r| *r == role)
-                    .unwrap_or(0);
-                return Err(VirtioError::BadQueue { index: index as u16 });
-            }
-        }
-        Ok(())
     }
 
     fn config_bytes(&self) -> [u8; CONFIG_LEN] {
@@ -201,6 +159,32 @@ impl<D: MemoryDiscard + 'static> Balloon<D> {
         // free_page_hint_cmd_id and poison_val: zero (their features are not offered).
         c
     }
+}
+
+/// Checks the queues handed over: inflate and deflate must be there, indices unique and
+/// within what was offered.
+fn check_queues(queue_count: usize, queues: &[DeviceQueue], acked_features: u64) -> Result<(), VirtioError> {
+    let mut seen = vec![false; queue_count];
+    for queue in queues {
+        let slot = seen
+            .get_mut(usize::from(queue.index))
+            .filter(|s| !**s)
+            .ok_or(VirtioError::BadQueue { index: queue.index })?;
+        *slot = true;
+    }
+    for role in [QueueRole::Inflate, QueueRole::Deflate] {
+        let present = queues
+            .iter()
+            .any(|q| role_of(q.index, acked_features) == Some(role));
+        if !present {
+            let index = queue_roles(acked_features)
+                .iter()
+                .position(|r| *r == role)
+                .unwrap_or(0);
+            return Err(VirtioError::BadQueue { index: index as u16 });
+        }
+    }
+    Ok(())
 }
 
 impl<D: MemoryDiscard + 'static> VirtioDevice for Balloon<D> {
@@ -259,69 +243,49 @@ impl<D: MemoryDiscard + 'static> VirtioDevice for Balloon<D> {
         queues: Vec<DeviceQueue>,
         acked_features: u64,
     ) -> Result<(), VirtioError> {
-        if !matches!(self.run, Run::Inactive) {
-            return Err(VirtioError::AlreadyActive);
-        }
         let acked_features = acked_features & self.features;
-        self.check_queues(&queues, acked_features)?;
+        let start = self.start(acked_features);
+        self.worker.activate(memory, interrupt.clone(), queues, start)?;
         self.acked_features = acked_features;
-        self.activation = Some((memory, interrupt.clone()));
-        if let Err(e) = self.start_worker(queues) {
-            self.activation = None;
-            self.acked_features = 0;
-            self.run = Run::Inactive;
-            return Err(e);
-        }
         // A target set before activation is announced now.
         self.shared.set_interrupt(Some(interrupt));
         Ok(())
     }
 
     fn reset(&mut self) -> Option<Vec<DeviceQueue>> {
-        let queues = self.stop_worker();
+        let queues = self.worker.reset();
         self.shared.set_interrupt(None);
-        self.run = Run::Inactive;
-        self.activation = None;
         self.acked_features = 0;
         // The guest starts over with an empty balloon; the host's target stays.
         self.shared.actual_pages.store(0, Ordering::Release);
-        if let Some(handler) = self.handler.as_mut() {
+        if let Some(handler) = self.worker.handler_mut() {
             handler.set_stats_head(None);
         }
         queues
     }
 
     fn sleep(&mut self) -> Result<Option<Vec<DeviceQueue>>, VirtioError> {
-        Ok(self.stop_worker())
+        Ok(self.worker.sleep())
     }
 
     fn wake(&mut self, queues: Option<Vec<DeviceQueue>>) -> Result<(), VirtioError> {
-        match (&self.run, queues) {
-            (Run::Asleep, Some(queues)) => {
-                self.check_queues(&queues, self.acked_features)?;
-                self.start_worker(queues)
-            }
-            _ => Ok(()),
-        }
+        let start = self.start(self.acked_features);
+        self.worker.wake(queues, start)
     }
 
     fn snapshot(&self) -> Result<BalloonState, VirtioError> {
-        if matches!(self.run, Run::Running(_)) {
-            return Err(VirtioError::Running);
-        }
+        self.worker.ensure_stopped()?;
         Ok(BalloonState {
             acked_features: self.acked_features,
             num_pages: self.shared.target_pages.load(Ordering::Acquire),
             actual: self.shared.actual_pages.load(Ordering::Acquire),
             config: self.config.clone(),
-            stats_head: self.handler.as_ref().and_then(|h| h.stats_head()),
+            stats_head: self.worker.handler().and_then(|h| h.stats_head()),
         })
     }
 
     fn restore(&mut self, state: BalloonState) -> Result<(), VirtioError> {
-        if matches!(self.run, Run::Running(_)) {
-            return Err(VirtioError::Running);
-        }
+        self.worker.ensure_stopped()?;
         if state.config.deflate_on_oom != self.config.deflate_on_oom
             || state.config.free_page_reporting != self.config.free_page_reporting
         {
@@ -337,7 +301,7 @@ impl<D: MemoryDiscard + 'static> VirtioDevice for Balloon<D> {
                 "a statistics buffer outside the queue",
             ));
         }
-        let handler = self.handler.as_mut().ok_or(VirtioError::IncompatibleState(
+        let handler = self.worker.handler_mut().ok_or(VirtioError::IncompatibleState(
             "the balloon's handler was lost when a worker failed",
         ))?;
         handler.set_stats_head(state.stats_head);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use virtkit_virtio::warn_ratelimited;
+use virtkit_virtio::{warn_ratelimited, QueueError};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::discard::{MemoryDiscard, DISCARD_ALIGN};
@@ -25,14 +25,6 @@ const PFN_CHUNK: usize = 1024;
 /// Most bytes of PFNs read from one chain: 256 Ki pages (1 GiB). Linux sends at most 256 PFNs
 /// a buffer; the cap keeps a chain of huge descriptors from holding the worker for long.
 pub const MAX_PFN_BYTES_PER_CHAIN: u64 = 1 << 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("the queue is broken")]
-    Broken(#[source] virtio_queue::Error),
-    #[error("the driver's available index runs ahead of what the ring holds")]
-    Stalled,
-}
 
 /// Contiguous valid pages waiting to be discarded together.
 #[derive(Debug, Clone, Copy)]

@@ -32,7 +32,9 @@ pub use discard::{
     check_discard, DiscardError, MadviseDiscard, MemoryDiscard, RecordingDiscard, DISCARD_ALIGN,
 };
 pub use handle::{BalloonError, BalloonHandle, BALLOON_PAGE_SIZE};
-pub use handler::{BalloonHandler, QueueError, MAX_PFN_BYTES_PER_CHAIN, PFN_SHIFT};
+pub use handler::{BalloonHandler, MAX_PFN_BYTES_PER_CHAIN, PFN_SHIFT};
 pub use layout::{queue_roles, role_of, QueueRole};
 pub use metrics::BalloonMetrics;
 pub use stats::{tags as stat_tags, BalloonStatistics, MAX_STATS_LEN, STAT_ENTRY_LEN};
+/// The queue loop's error, shared by every device.
+pub use virtkit_virtio::QueueError;

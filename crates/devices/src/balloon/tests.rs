@@ -9,7 +9,9 @@ use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use virtkit_virtio::testing::{RecordingInterrupt, Signal};
+use virtkit_virtio::testing::{
+    chain_at, memory, memory_with_regions, used_elem, used_idx, RecordingInterrupt, Signal,
+};
 use virtkit_virtio::{DeviceQueue, VirtioDevice};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -42,10 +44,6 @@ const R: u16 = 0;
 const W: u16 = VRING_DESC_F_WRITE as u16;
 const PAGE: u64 = 4096;
 
-fn memory(size: usize) -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap()
-}
-
 fn handler() -> (BalloonHandler<RecordingDiscard>, RecordingDiscard) {
     let discard = RecordingDiscard::default();
     (
@@ -54,41 +52,10 @@ fn handler() -> (BalloonHandler<RecordingDiscard>, RecordingDiscard) {
     )
 }
 
-/// Descriptors (address, length, flags) linked in order, the first at index `base`.
-fn chain_at(descs: &[(u64, u32, u16)], base: u16) -> Vec<RawDescriptor> {
-    descs
-        .iter()
-        .enumerate()
-        .map(|(k, &(addr, len, flags))| {
-            let last = k + 1 == descs.len();
-            let flags = if last {
-                flags
-            } else {
-                flags | VRING_DESC_F_NEXT as u16
-            };
-            let next = if last { 0 } else { base + k as u16 + 1 };
-            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-        })
-        .collect()
-}
-
 fn write_pfns(mem: &GuestMemoryMmap, at: u64, pfns: &[u32]) -> u32 {
     let bytes: Vec<u8> = pfns.iter().flat_map(|p| p.to_le_bytes()).collect();
     mem.write_slice(&bytes, GuestAddress(at)).unwrap();
     bytes.len() as u32
-}
-
-fn used_idx(mem: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
-    mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap()
-}
-
-/// (id, len) of used-ring entry `n`.
-fn used_elem(mem: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>, n: u64) -> (u32, u32) {
-    let at = vq.used_addr().unchecked_add(4 + 8 * n);
-    (
-        mem.read_obj(at).unwrap(),
-        mem.read_obj(at.unchecked_add(4)).unwrap(),
-    )
 }
 
 fn stat_entries(entries: &[(u16, u64)]) -> Vec<u8> {
@@ -118,8 +85,8 @@ fn inflate_discards_pages_with_contiguous_pfns_merged() {
         vec![(0x20_0000, 3 * PAGE), (0x30_0000, PAGE), (0x20_3000, 2 * PAGE)]
     );
     assert_eq!(BalloonMetrics::get(&h.metrics().inflated_pages), 6);
-    assert_eq!(used_idx(&mem, &vq), 1);
-    assert_eq!(used_elem(&mem, &vq, 0), (0, 0));
+    assert_eq!(used_idx(&mem, vq.used_addr()), 1);
+    assert_eq!(used_elem(&mem, vq.used_addr(), 0), (0, 0));
 }
 
 #[test]
@@ -149,18 +116,13 @@ fn pfns_outside_memory_are_skipped_and_the_rest_discarded() {
     assert_eq!(discard.ranges(), vec![(0x20_0000, 2 * PAGE)]);
     assert_eq!(BalloonMetrics::get(&h.metrics().invalid_ranges), 2);
     assert_eq!(BalloonMetrics::get(&h.metrics().inflated_pages), 2);
-    assert_eq!(used_idx(&mem, &vq), 1);
+    assert_eq!(used_idx(&mem, vq.used_addr()), 1);
 }
 
 #[test]
 fn runs_never_cross_regions_and_pages_in_a_hole_are_skipped() {
     // Two adjacent regions, then a hole, then a third.
-    let mem = GuestMemoryMmap::from_ranges(&[
-        (GuestAddress(0), 0x10_0000),
-        (GuestAddress(0x10_0000), 0x10_0000),
-        (GuestAddress(0x40_0000), 0x10_0000),
-    ])
-    .unwrap();
+    let mem = memory_with_regions(&[(0, 0x10_0000), (0x10_0000, 0x10_0000), (0x40_0000, 0x10_0000)]);
     let (mut h, discard) = handler();
     let vq = MockSplitQueue::new(&mem, 16);
     let data = 0x8_0000;
@@ -200,7 +162,7 @@ fn a_device_writable_descriptor_in_inflate_is_skipped() {
     h.process_inflate(&mut queue, &mem).unwrap();
     assert_eq!(discard.ranges(), vec![(0x20_0000, PAGE)]);
     assert_eq!(BalloonMetrics::get(&h.metrics().skipped_descriptors), 1);
-    assert_eq!(used_idx(&mem, &vq), 1);
+    assert_eq!(used_idx(&mem, vq.used_addr()), 1);
 }
 
 #[test]
@@ -242,7 +204,7 @@ fn deflate_counts_pages_and_discards_nothing() {
     assert!(discard.ranges().is_empty());
     assert_eq!(BalloonMetrics::get(&h.metrics().deflated_pages), 4);
     assert_eq!(BalloonMetrics::get(&h.metrics().inflated_pages), 0);
-    assert_eq!(used_idx(&mem, &vq), 2);
+    assert_eq!(used_idx(&mem, vq.used_addr()), 2);
 }
 
 // Statistics.
@@ -301,15 +263,15 @@ fn the_statistics_buffer_is_held_and_handed_back_on_request() {
     assert!(!notify, "the buffer is held, nothing used");
     let stats = stats.expect("stats");
     assert_eq!((stats.free_memory, stats.total_memory), (Some(123), Some(456)));
-    assert_eq!(used_idx(&mem, &vq), 0);
+    assert_eq!(used_idx(&mem, vq.used_addr()), 0);
     assert_eq!(h.stats_head(), Some(3));
 
     assert!(h.request_stats(&mut queue, &mem).unwrap());
-    assert_eq!(used_idx(&mem, &vq), 1);
-    assert_eq!(used_elem(&mem, &vq, 0), (3, 0));
+    assert_eq!(used_idx(&mem, vq.used_addr()), 1);
+    assert_eq!(used_elem(&mem, vq.used_addr(), 0), (3, 0));
     assert_eq!(h.stats_head(), None);
     assert!(!h.request_stats(&mut queue, &mem).unwrap(), "nothing held");
-    assert_eq!(used_idx(&mem, &vq), 1);
+    assert_eq!(used_idx(&mem, vq.used_addr()), 1);
 
     // The guest refills it: held again, with the new values.
     let bytes = stat_entries(&[(stat_tags::FREE_MEMORY, 999)]);
@@ -333,8 +295,8 @@ fn a_second_statistics_buffer_sends_the_first_back() {
     let mut queue: Queue = vq.create_queue().unwrap();
     let (notify, _) = h.process_stats(&mut queue, &mem).unwrap();
     assert!(notify);
-    assert_eq!(used_idx(&mem, &vq), 1);
-    assert_eq!(used_elem(&mem, &vq, 0), (0, 0));
+    assert_eq!(used_idx(&mem, vq.used_addr()), 1);
+    assert_eq!(used_elem(&mem, vq.used_addr(), 0), (0, 0));
     assert_eq!(h.stats_head(), Some(1));
 }
 
@@ -385,15 +347,13 @@ fn reported_ranges_are_discarded_inside_memory_and_whole_pages_only() {
         0x1_0000 + 2 * PAGE
     );
     assert_eq!(BalloonMetrics::get(&h.metrics().invalid_ranges), 1);
-    assert_eq!(used_idx(&mem, &vq), 3);
-    assert_eq!(used_elem(&mem, &vq, 1), (2, 0));
+    assert_eq!(used_idx(&mem, vq.used_addr()), 3);
+    assert_eq!(used_elem(&mem, vq.used_addr(), 1), (2, 0));
 }
 
 #[test]
 fn a_reported_range_over_a_hole_is_cut_at_the_regions() {
-    let mem =
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000), (GuestAddress(0x20_0000), 0x10_0000)])
-            .unwrap();
+    let mem = memory_with_regions(&[(0, 0x10_0000), (0x20_0000, 0x10_0000)]);
     let (mut h, discard) = handler();
     let vq = MockSplitQueue::new(&mem, 16);
     vq.add_desc_chains(&chain_at(&[(0xf_0000, 0x12_0000, W)], 0), 0)
@@ -775,7 +735,7 @@ fn worker_holds_the_statistics_buffer_and_returns_it_on_request() {
 
     handle.request_stats();
     assert!(interrupt.wait_for(Signal::UsedQueue(2), WAIT));
-    assert_eq!(used_idx(&mem, &mocks[2]), 1);
+    assert_eq!(used_idx(&mem, mocks[2].used_addr()), 1);
     assert_eq!(BalloonMetrics::get(&handle.metrics().stats_reports), 1);
     d.reset().unwrap();
 }
@@ -814,7 +774,7 @@ fn the_statistics_buffer_survives_sleep_and_snapshot() {
     d.wake(queues).unwrap();
     handle.request_stats();
     assert!(interrupt.wait_for(Signal::UsedQueue(2), WAIT));
-    assert_eq!(used_elem(&mem, &mocks[2], 0), (5, 0));
+    assert_eq!(used_elem(&mem, mocks[2].used_addr(), 0), (5, 0));
     d.reset().unwrap();
 }
 

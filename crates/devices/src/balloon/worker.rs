@@ -6,21 +6,21 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use virtkit_virtio::{warn_ratelimited, DeviceQueue, VirtioInterrupt};
+use virtkit_virtio::{warn_ratelimited, DeviceQueue, EventHandler, EventLoop, VirtioInterrupt};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::discard::MemoryDiscard;
 use super::handle::Shared;
-use super::handler::{BalloonHandler, QueueError};
+use super::handler::BalloonHandler;
 use super::layout::{role_of, QueueRole};
+use super::QueueError;
 
 /// Epoll tokens past the queues' (a queue's token is its position in `queues`).
-const KILL_TOKEN: u64 = 1 << 32;
-const TIMER_TOKEN: u64 = KILL_TOKEN + 1;
-const REQUEST_TOKEN: u64 = KILL_TOKEN + 2;
+const TIMER_TOKEN: u64 = 1 << 32;
+const REQUEST_TOKEN: u64 = TIMER_TOKEN + 1;
 
 pub(crate) struct Worker<D> {
     pub queues: Vec<DeviceQueue>,
@@ -95,9 +95,9 @@ impl<D: MemoryDiscard> Worker<D> {
 
     /// Runs until `kill` is signalled; hands back the queues and the handler.
     pub fn run(mut self, kill: EventFd) -> (Vec<DeviceQueue>, BalloonHandler<D>) {
-        let mut timer = self.timer();
-        let epoll = match self.epoll(&kill, timer.as_ref()) {
-            Ok(epoll) => epoll,
+        let timer = self.timer();
+        let event_loop = match self.event_loop(&kill, timer.as_ref()) {
+            Ok(event_loop) => event_loop,
             Err(e) => {
                 tracing::error!("virtio-balloon: cannot set up the worker's epoll: {e}");
                 self.interrupt.signal_needs_reset();
@@ -113,43 +113,13 @@ impl<D: MemoryDiscard> Worker<D> {
         for position in 0..self.queues.len() {
             self.process(position);
         }
-        let mut events = vec![EpollEvent::default(); self.queues.len() + 3];
-        'outer: loop {
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!("virtio-balloon: epoll failed: {e}");
-                    while kill.read().is_err() {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    break;
-                }
-            };
-            for event in &events[..n] {
-                match event.data() {
-                    KILL_TOKEN => break 'outer,
-                    TIMER_TOKEN => {
-                        // Readable: the read of the expiration count does not block.
-                        if let Some(timer) = timer.as_mut() {
-                            let _ = timer.wait();
-                        }
-                        self.request_stats();
-                    }
-                    REQUEST_TOKEN => {
-                        let _ = self.shared.stats_request.read();
-                        self.request_stats();
-                    }
-                    token => {
-                        let position = token as usize;
-                        if let Some(queue) = self.queues.get(position) {
-                            let _ = queue.event.read();
-                            self.process(position);
-                        }
-                    }
-                }
-            }
-        }
+        event_loop.run(
+            &kill,
+            &mut Running {
+                worker: &mut self,
+                timer,
+            },
+        );
         (self.queues, self.handler)
     }
 
@@ -172,18 +142,46 @@ impl<D: MemoryDiscard> Worker<D> {
         Some(timer)
     }
 
-    fn epoll(&self, kill: &EventFd, timer: Option<&TimerFd>) -> std::io::Result<Epoll> {
-        let epoll = Epoll::new()?;
-        let add =
-            |fd: i32, token: u64| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token));
+    fn event_loop(&self, kill: &EventFd, timer: Option<&TimerFd>) -> std::io::Result<EventLoop> {
+        let event_loop = EventLoop::new(kill)?;
         for (position, queue) in self.queues.iter().enumerate() {
-            add(queue.event.as_raw_fd(), position as u64)?;
+            event_loop.add(queue.event.as_raw_fd(), position as u64, EventSet::IN)?;
         }
-        add(kill.as_raw_fd(), KILL_TOKEN)?;
-        add(self.shared.stats_request.as_raw_fd(), REQUEST_TOKEN)?;
+        event_loop.add(self.shared.stats_request.as_raw_fd(), REQUEST_TOKEN, EventSet::IN)?;
         if let Some(timer) = timer {
-            add(timer.as_raw_fd(), TIMER_TOKEN)?;
+            event_loop.add(timer.as_raw_fd(), TIMER_TOKEN, EventSet::IN)?;
         }
-        Ok(epoll)
+        Ok(event_loop)
+    }
+}
+
+/// The worker on its [`EventLoop`], with the statistics timer.
+struct Running<'a, D> {
+    worker: &'a mut Worker<D>,
+    timer: Option<TimerFd>,
+}
+
+impl<D: MemoryDiscard> EventHandler for Running<'_, D> {
+    fn handle_event(&mut self, _: &EventLoop, token: u64, _: EventSet) {
+        match token {
+            TIMER_TOKEN => {
+                // Readable: the read of the expiration count does not block.
+                if let Some(timer) = self.timer.as_mut() {
+                    let _ = timer.wait();
+                }
+                self.worker.request_stats();
+            }
+            REQUEST_TOKEN => {
+                let _ = self.worker.shared.stats_request.read();
+                self.worker.request_stats();
+            }
+            token => {
+                let position = token as usize;
+                if let Some(queue) = self.worker.queues.get(position) {
+                    let _ = queue.event.read();
+                    self.worker.process(position);
+                }
+            }
+        }
     }
 }

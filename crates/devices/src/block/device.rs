@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use virtkit_virtio::features::{RING_EVENT_IDX, RING_INDIRECT_DESC, VERSION_1};
-use virtkit_virtio::{DeviceQueue, VirtioDevice, VirtioError, VirtioInterrupt, WorkerThread};
+use virtkit_virtio::{
+    single_queue, Activation, DeviceQueue, DeviceWorker, VirtioDevice, VirtioError, VirtioInterrupt,
+    WorkerBody,
+};
 use vm_memory::GuestMemoryMmap;
 
 use super::backend::{DiskBackend, DiskOpenError, FileDisk};
@@ -55,24 +58,15 @@ pub struct BlockState {
     pub read_only: bool,
 }
 
-enum Run<B> {
-    Inactive,
-    Running(WorkerThread<(DeviceQueue, RequestHandler<B>)>),
-    Asleep,
-}
-
 /// A virtio-blk device over a [`DiskBackend`].
 pub struct Block<B: DiskBackend + 'static = FileDisk> {
-    /// The handler (with the backend) while no worker has it.
-    handler: Option<RequestHandler<B>>,
     features: u64,
     acked_features: u64,
     limits: DiskLimits,
     config: [u8; CONFIG_LEN],
     queue_sizes: [u16; 1],
-    run: Run<B>,
-    /// Memory and interrupt from activation, for waking.
-    activation: Option<(GuestMemoryMmap, Arc<dyn VirtioInterrupt>)>,
+    /// The handler (with the backend), and the `v_blk` thread that has it while the device runs.
+    worker: DeviceWorker<RequestHandler<B>>,
     metrics: Arc<BlockMetrics>,
 }
 
@@ -127,14 +121,12 @@ impl<B: DiskBackend + 'static> Block<B> {
         }
         let metrics = Arc::new(BlockMetrics::default());
         Ok(Block {
-            handler: Some(RequestHandler::new(disk, limits, id, metrics.clone())),
             features,
             acked_features: 0,
             config: config_space(&limits),
             limits,
             queue_sizes: [QUEUE_SIZE],
-            run: Run::Inactive,
-            activation: None,
+            worker: DeviceWorker::new("blk", RequestHandler::new(disk, limits, id, metrics.clone())),
             metrics,
         })
     }
@@ -145,14 +137,18 @@ impl<B: DiskBackend + 'static> Block<B> {
 
     /// The backend, while no worker has it (for tests and inspection).
     pub fn disk(&self) -> Option<&B> {
-        self.handler.as_ref().map(|h| &h.disk)
+        self.worker.handler().map(|h| &h.disk)
     }
+}
 
-    fn start_worker(&mut self, queue: DeviceQueue) -> Result<(), VirtioError> {
-        let (memory, interrupt) = self.activation.clone().ok_or(VirtioError::NotActive)?;
-        let handler = self.handler.take().ok_or(VirtioError::IncompatibleState(
-            "the disk was lost when a worker failed",
-        ))?;
+/// The `v_blk` worker's body for the queue handed over.
+fn start<B: DiskBackend + 'static>(
+    queues: Vec<DeviceQueue>,
+    activation: &Activation,
+) -> Result<WorkerBody<RequestHandler<B>>, VirtioError> {
+    let queue = single_queue(queues)?;
+    let Activation { memory, interrupt } = activation.clone();
+    Ok(Box::new(move |handler, kill| {
         let worker = Worker {
             queue,
             memory,
@@ -160,35 +156,8 @@ impl<B: DiskBackend + 'static> Block<B> {
             handler,
             broken: false,
         };
-        let thread = WorkerThread::start("blk", move |kill| worker.run(kill))?;
-        self.run = Run::Running(thread);
-        Ok(())
-    }
-
-    /// Stops the worker, taking the handler back; returns the queue.
-    fn stop_worker(&mut self) -> Option<DeviceQueue> {
-        let Run::Running(thread) = std::mem::replace(&mut self.run, Run::Asleep) else {
-            return None;
-        };
-        match thread.stop() {
-            Ok((queue, handler)) => {
-                self.handler = Some(handler);
-                Some(queue)
-            }
-            Err(e) => {
-                tracing::error!("virtio-blk: {e}; the disk is gone");
-                None
-            }
-        }
-    }
-
-    fn single_queue(queues: Vec<DeviceQueue>) -> Result<DeviceQueue, VirtioError> {
-        let mut queues = queues.into_iter();
-        match (queues.next(), queues.next()) {
-            (Some(queue), None) if queue.index == 0 => Ok(queue),
-            _ => Err(VirtioError::BadQueue { index: 0 }),
-        }
-    }
+        worker.run(kill)
+    }))
 }
 
 /// `struct virtio_blk_config`, little-endian.
@@ -250,46 +219,26 @@ impl<B: DiskBackend + 'static> VirtioDevice for Block<B> {
         queues: Vec<DeviceQueue>,
         acked_features: u64,
     ) -> Result<(), VirtioError> {
-        if !matches!(self.run, Run::Inactive) {
-            return Err(VirtioError::AlreadyActive);
-        }
-        let queue = Self::single_queue(queues)?;
+        self.worker.activate(memory, interrupt, queues, start)?;
         self.acked_features = acked_features & self.features;
-        self.activation = Some((memory, interrupt));
-        if let Err(e) = self.start_worker(queue) {
-            self.activation = None;
-            self.run = Run::Inactive;
-            return Err(e);
-        }
         Ok(())
     }
 
     fn reset(&mut self) -> Option<Vec<DeviceQueue>> {
-        let queue = self.stop_worker();
-        self.run = Run::Inactive;
-        self.activation = None;
         self.acked_features = 0;
-        queue.map(|q| vec![q])
+        self.worker.reset()
     }
 
     fn sleep(&mut self) -> Result<Option<Vec<DeviceQueue>>, VirtioError> {
-        Ok(self.stop_worker().map(|q| vec![q]))
+        Ok(self.worker.sleep())
     }
 
     fn wake(&mut self, queues: Option<Vec<DeviceQueue>>) -> Result<(), VirtioError> {
-        match (&self.run, queues) {
-            (Run::Asleep, Some(queues)) => {
-                let queue = Self::single_queue(queues)?;
-                self.start_worker(queue)
-            }
-            _ => Ok(()),
-        }
+        self.worker.wake(queues, start)
     }
 
     fn snapshot(&self) -> Result<BlockState, VirtioError> {
-        if matches!(self.run, Run::Running(_)) {
-            return Err(VirtioError::Running);
-        }
+        self.worker.ensure_stopped()?;
         Ok(BlockState {
             acked_features: self.acked_features,
             capacity_sectors: self.limits.capacity_sectors,
@@ -298,9 +247,7 @@ impl<B: DiskBackend + 'static> VirtioDevice for Block<B> {
     }
 
     fn restore(&mut self, state: BlockState) -> Result<(), VirtioError> {
-        if matches!(self.run, Run::Running(_)) {
-            return Err(VirtioError::Running);
-        }
+        self.worker.ensure_stopped()?;
         if state.capacity_sectors != self.limits.capacity_sectors {
             return Err(VirtioError::IncompatibleState("the disk's size changed"));
         }

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use virtkit_virtio::warn_ratelimited;
+use virtkit_virtio::{warn_ratelimited, QueueError};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::backend::{DiskBackend, DiskCompletion, DiskOp, Started};
@@ -37,14 +37,6 @@ const BUFFER_BUDGET: usize = 8 << 20;
 const GUEST_IO_MIN: usize = 16 << 10;
 /// Bytes of free buffers kept for reuse.
 const BUFFER_KEEP: usize = 8 << 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("the queue is broken")]
-    Broken(#[source] virtio_queue::Error),
-    #[error("the driver's available index runs ahead of what the ring holds")]
-    Stalled,
-}
 
 /// A read or write under way.
 struct Transfer {

@@ -12,13 +12,13 @@ use std::time::Duration;
 use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
-use virtkit_virtio::testing::{RecordingInterrupt, Signal};
+use virtkit_virtio::testing::{chain_at, memory, memory_with_regions, RecordingInterrupt, Signal};
 use virtkit_virtio::VirtioDevice;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::{status, types};
-use super::test_support::{activate, chain_at, limits, memory, pattern, TempImage, XorShift};
+use super::test_support::{activate, limits, pattern, TempImage, XorShift};
 use super::*;
 
 const MEM_SIZE: usize = 32 << 20;
@@ -624,8 +624,7 @@ fn random_requests_match_a_model(disk: FileDisk, seed: u64) {
     // Two regions, adjacent in guest addresses but separate mappings: buffers of later requests
     // straddle the boundary at 16 MiB (one I/O vector per region).
     let half = MEM_SIZE / 2;
-    let mem =
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), half), (GuestAddress(half as u64), half)]).unwrap();
+    let mem = memory_with_regions(&[(0, half), (half as u64, half)]);
     let mut model = vec![0u8; DISK_SIZE];
     let mut rng = XorShift(seed);
     let mut h = handler(disk);

@@ -40,5 +40,7 @@ pub use buffer::IoBuffer;
 pub use config::{BlockConfig, CacheMode, IoEngine, SyncMode, SERIAL_MAX_LEN};
 pub use device::{features, Block, BlockError, BlockState, CONFIG_LEN, DEVICE_TYPE, PCI_CLASS, QUEUE_SIZE};
 pub use guest_io::GuestIo;
-pub use handler::{complete_requests, drain_queue, process_queue, QueueError, RequestHandler};
+pub use handler::{complete_requests, drain_queue, process_queue, RequestHandler};
 pub use metrics::BlockMetrics;
+/// The queue loop's error, shared by every device.
+pub use virtkit_virtio::QueueError;

@@ -1,25 +1,18 @@
-//! Set-up shared by the block tests (`tests`, `inflight_tests`): guest memory, disk limits,
-//! descriptor chains, a device started on one queue, data patterns, a pseudo-random generator
+//! Set-up shared by the block tests (`tests`, `inflight_tests`): disk limits, a device started
+//! on one queue, data patterns, a pseudo-random generator
 //! and temporary image files.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT;
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::{Queue, QueueT};
 use virtkit_virtio::testing::RecordingInterrupt;
 use virtkit_virtio::{DeviceQueue, VirtioDevice};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::DiskLimits;
 use super::{Block, DiskBackend};
-
-/// Guest memory of `size` bytes from address 0, in one region.
-pub fn memory(size: usize) -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap()
-}
 
 /// The limits of a disk of `disk_size` bytes, with room for 4 discard and write-zeroes ranges.
 pub fn limits(disk_size: usize, read_only: bool) -> DiskLimits {
@@ -51,24 +44,6 @@ impl XorShift {
         self.0 ^= self.0 << 17;
         self.0
     }
-}
-
-/// Descriptors (address, length, flags) linked in order, the first at index `base` of the table.
-pub fn chain_at(descs: &[(u64, u32, u16)], base: u16) -> Vec<RawDescriptor> {
-    descs
-        .iter()
-        .enumerate()
-        .map(|(k, &(addr, len, flags))| {
-            let last = k + 1 == descs.len();
-            let flags = if last {
-                flags
-            } else {
-                flags | VRING_DESC_F_NEXT as u16
-            };
-            let next = if last { 0 } else { base + k as u16 + 1 };
-            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-        })
-        .collect()
 }
 
 /// Activates `block` with `queue` as its only queue, with no `EVENT_IDX` (the device interrupts

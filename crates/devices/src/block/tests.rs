@@ -8,12 +8,12 @@ use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
-use virtkit_virtio::testing::Signal;
+use virtkit_virtio::testing::{chain_at, memory, Signal};
 use virtkit_virtio::VirtioDevice;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::request::{status, types};
-use super::test_support::{activate, chain_at, limits, memory, pattern, TempImage, XorShift};
+use super::test_support::{activate, limits, pattern, TempImage, XorShift};
 use super::*;
 
 virtkit_virtio::virtio_device_conformance_tests!(

@@ -4,20 +4,20 @@
 //! requests it answered. When told to stop it first answers every request it had taken from the
 //! ring, so a reset, sleep or snapshot never leaves one in flight.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use virtkit_virtio::{warn_ratelimited, DeviceQueue, VirtioInterrupt};
+use virtkit_virtio::{warn_ratelimited, DeviceQueue, EventHandler, EventLoop, VirtioInterrupt};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::DiskBackend;
-use super::handler::{drain_queue, process_queue, QueueError, RequestHandler};
+use super::handler::{drain_queue, process_queue, RequestHandler};
+use super::QueueError;
 
 const QUEUE_TOKEN: u64 = 0;
-const KILL_TOKEN: u64 = 1;
-const COMPLETION_TOKEN: u64 = 2;
+const COMPLETION_TOKEN: u64 = 1;
 
 pub(crate) struct Worker<B> {
     pub queue: DeviceQueue,
@@ -65,79 +65,63 @@ impl<B: DiskBackend> Worker<B> {
 
     /// Runs until `kill` is signalled; hands back the queue and the backend, with no request in
     /// flight.
-    pub fn run(mut self, kill: EventFd) -> (DeviceQueue, RequestHandler<B>) {
+    pub fn run(mut self, kill: EventFd) -> (Vec<DeviceQueue>, RequestHandler<B>) {
         let completion = self.handler.disk.completion_event().map(|e| e.as_raw_fd());
-        let epoll = match Self::epoll(&self.queue.event, &kill, completion) {
-            Ok(epoll) => epoll,
+        let setup = EventLoop::new(&kill).and_then(|event_loop| {
+            event_loop.add(self.queue.event.as_raw_fd(), QUEUE_TOKEN, EventSet::IN)?;
+            if let Some(fd) = completion {
+                event_loop.add(fd, COMPLETION_TOKEN, EventSet::IN)?;
+            }
+            Ok(event_loop)
+        });
+        let event_loop = match setup {
+            Ok(event_loop) => event_loop,
             Err(e) => {
                 tracing::error!("virtio-blk: cannot set up the worker's epoll: {e}");
                 self.interrupt.signal_needs_reset();
-                // Nothing to wait with; wait for the stop by blocking on the kill eventfd.
                 let _ = kill.read();
-                return (self.queue, self.handler);
+                return (vec![self.queue], self.handler);
             }
         };
         // Requests that came while the worker was not running (before a wake).
         self.process();
-        let mut events = [EpollEvent::default(); 3];
-        loop {
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!("virtio-blk: epoll failed: {e}");
-                    let _ = kill.read();
-                    break;
-                }
-            };
-            let mut stop = false;
-            let mut work = false;
-            for event in &events[..n] {
-                match event.data() {
-                    KILL_TOKEN => stop = true,
-                    QUEUE_TOKEN => {
-                        let _ = self.queue.event.read();
-                        work = true;
-                    }
-                    COMPLETION_TOKEN => {
-                        if let Some(event) = self.handler.disk.completion_event() {
-                            let _ = event.read();
-                        }
-                        work = true;
-                    }
-                    _ => {}
-                }
-            }
-            if work {
-                self.process();
-            }
-            if stop {
-                break;
-            }
-        }
+        event_loop.run(
+            &kill,
+            &mut Running {
+                worker: &mut self,
+                work: false,
+            },
+        );
         self.drain();
-        (self.queue, self.handler)
+        (vec![self.queue], self.handler)
+    }
+}
+
+/// The worker on its [`EventLoop`]: one pass over the queue per wake-up that asked for one.
+struct Running<'a, B> {
+    worker: &'a mut Worker<B>,
+    work: bool,
+}
+
+impl<B: DiskBackend> EventHandler for Running<'_, B> {
+    fn handle_event(&mut self, _: &EventLoop, token: u64, _: EventSet) {
+        match token {
+            QUEUE_TOKEN => {
+                let _ = self.worker.queue.event.read();
+            }
+            COMPLETION_TOKEN => {
+                if let Some(event) = self.worker.handler.disk.completion_event() {
+                    let _ = event.read();
+                }
+            }
+            _ => return,
+        }
+        self.work = true;
     }
 
-    fn epoll(queue: &EventFd, kill: &EventFd, completion: Option<RawFd>) -> std::io::Result<Epoll> {
-        let epoll = Epoll::new()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            queue.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, QUEUE_TOKEN),
-        )?;
-        epoll.ctl(
-            ControlOperation::Add,
-            kill.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, KILL_TOKEN),
-        )?;
-        if let Some(fd) = completion {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, COMPLETION_TOKEN),
-            )?;
+    fn after_events(&mut self, _: &EventLoop) {
+        if std::mem::take(&mut self.work) {
+            self.worker.process();
         }
-        Ok(epoll)
     }
 }

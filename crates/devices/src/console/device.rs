@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use virtkit_virtio::features::{RING_EVENT_IDX, VERSION_1};
-use virtkit_virtio::{DeviceQueue, VirtioDevice, VirtioError, VirtioInterrupt, WorkerThread};
+use virtkit_virtio::{
+    Activation, DeviceQueue, DeviceWorker, VirtioDevice, VirtioError, VirtioInterrupt, WorkerBody,
+};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -134,24 +136,15 @@ pub struct ConsoleState {
     pub control_out: Vec<Vec<u8>>,
 }
 
-type WorkerResult = (Vec<Option<DeviceQueue>>, ConsoleHandler);
-
-enum Run {
-    Inactive,
-    Running(WorkerThread<WorkerResult>),
-    Asleep,
-}
-
 /// A virtio-console device with one or more ports.
 pub struct Console {
-    /// The ports and protocol state while no worker has them.
-    handler: Option<ConsoleHandler>,
     features: u64,
     acked_features: u64,
     queue_sizes: Vec<u16>,
     config_tail: [u8; 4],
-    run: Run,
-    activation: Option<(GuestMemoryMmap, Arc<dyn VirtioInterrupt>)>,
+    /// The ports and protocol state, and the `v_console` thread that has them while the device
+    /// runs.
+    worker: DeviceWorker<ConsoleHandler>,
     shared: Arc<Shared>,
     metrics: Arc<ConsoleMetrics>,
 }
@@ -193,13 +186,11 @@ impl Console {
             wake: EventFd::new(EFD_NONBLOCK).map_err(ConsoleError::EventFd)?,
         });
         Ok(Console {
-            handler: Some(ConsoleHandler::new(ports, metrics.clone())),
             features: VERSION_1 | RING_EVENT_IDX | features::SIZE | features::MULTIPORT,
             acked_features: 0,
             queue_sizes: vec![QUEUE_SIZE; 2 * count + 2],
             config_tail: (count as u32).to_le_bytes(),
-            run: Run::Inactive,
-            activation: None,
+            worker: DeviceWorker::new("console", ConsoleHandler::new(ports, metrics.clone())),
             shared,
             metrics,
         })
@@ -219,65 +210,55 @@ impl Console {
     /// Whether a guest program has port `port` open, as the driver last said; `None` while a
     /// worker runs or for a port that does not exist.
     pub fn guest_open(&self, port: usize) -> Option<bool> {
-        self.handler.as_ref()?.ports.get(port).map(|p| p.guest_open)
+        self.worker.handler()?.ports.get(port).map(|p| p.guest_open)
     }
 
     fn multiport(&self) -> bool {
         self.acked_features & features::MULTIPORT != 0
     }
 
-    fn start_worker(&mut self, queues: Vec<Option<DeviceQueue>>) -> Result<(), VirtioError> {
-        let (memory, interrupt) = self.activation.clone().ok_or(VirtioError::NotActive)?;
-        let mut handler = self.handler.take().ok_or(VirtioError::IncompatibleState(
-            "the ports were lost when a worker failed",
-        ))?;
-        handler.multiport = self.multiport();
-        let worker = Worker::new(queues, memory, interrupt, handler, self.shared.clone());
-        let thread = WorkerThread::start("console", move |kill| worker.run(kill))?;
-        self.run = Run::Running(thread);
-        Ok(())
-    }
-
-    /// Stops the worker, taking the ports back; returns the queues.
-    fn stop_worker(&mut self) -> Option<Vec<DeviceQueue>> {
-        let Run::Running(thread) = std::mem::replace(&mut self.run, Run::Asleep) else {
-            return None;
-        };
-        match thread.stop() {
-            Ok((queues, handler)) => {
-                self.handler = Some(handler);
-                Some(queues.into_iter().flatten().collect())
-            }
-            Err(e) => {
-                tracing::error!("virtio-console: {e}; the ports are gone");
-                None
-            }
-        }
-    }
-
-    /// The queues by index, checked: each index once and in range, port 0's two always, the
-    /// control queues when multiport was taken. Queues the driver left disabled are `None`.
-    fn arrange(
+    /// A `start` for [`DeviceWorker`]: arranges the queues handed over (with or without
+    /// `multiport`) and builds the `v_console` worker's body.
+    fn start(
         &self,
-        queues: Vec<DeviceQueue>,
         multiport: bool,
-    ) -> Result<Vec<Option<DeviceQueue>>, VirtioError> {
-        let mut slots: Vec<Option<DeviceQueue>> = (0..self.queue_sizes.len()).map(|_| None).collect();
-        for queue in queues {
-            let index = queue.index;
-            match slots.get_mut(usize::from(index)) {
-                Some(slot @ None) => *slot = Some(queue),
-                _ => return Err(VirtioError::BadQueue { index }),
-            }
+    ) -> impl FnOnce(Vec<DeviceQueue>, &Activation) -> Result<WorkerBody<ConsoleHandler>, VirtioError> {
+        let queue_count = self.queue_sizes.len();
+        let shared = self.shared.clone();
+        move |queues, activation| {
+            let queues = arrange(queue_count, queues, multiport)?;
+            let Activation { memory, interrupt } = activation.clone();
+            Ok(Box::new(move |mut handler: ConsoleHandler, kill| {
+                handler.multiport = multiport;
+                let (queues, handler) = Worker::new(queues, memory, interrupt, handler, shared).run(kill);
+                (queues.into_iter().flatten().collect(), handler)
+            }))
         }
-        let required: &[u16] = if multiport { &[0, 1, 2, 3] } else { &[0, 1] };
-        for &index in required {
-            if slots[usize::from(index)].is_none() {
-                return Err(VirtioError::BadQueue { index });
-            }
-        }
-        Ok(slots)
     }
+}
+
+/// The queues by index, checked: each index once and in range, port 0's two always, the
+/// control queues when multiport was taken. Queues the driver left disabled are `None`.
+fn arrange(
+    queue_count: usize,
+    queues: Vec<DeviceQueue>,
+    multiport: bool,
+) -> Result<Vec<Option<DeviceQueue>>, VirtioError> {
+    let mut slots: Vec<Option<DeviceQueue>> = (0..queue_count).map(|_| None).collect();
+    for queue in queues {
+        let index = queue.index;
+        match slots.get_mut(usize::from(index)) {
+            Some(slot @ None) => *slot = Some(queue),
+            _ => return Err(VirtioError::BadQueue { index }),
+        }
+    }
+    let required: &[u16] = if multiport { &[0, 1, 2, 3] } else { &[0, 1] };
+    for &index in required {
+        if slots[usize::from(index)].is_none() {
+            return Err(VirtioError::BadQueue { index });
+        }
+    }
+    Ok(slots)
 }
 
 impl VirtioDevice for Console {
@@ -323,7 +304,7 @@ impl VirtioDevice for Console {
             return;
         }
         let byte = data[0];
-        match &mut self.handler {
+        match self.worker.handler_mut() {
             // No worker: write to port 0 now (dropped if it would block: never stall a vCPU).
             Some(handler) => {
                 let port = &mut handler.ports[0];
@@ -349,52 +330,34 @@ impl VirtioDevice for Console {
         queues: Vec<DeviceQueue>,
         acked_features: u64,
     ) -> Result<(), VirtioError> {
-        if !matches!(self.run, Run::Inactive) {
-            return Err(VirtioError::AlreadyActive);
-        }
         let acked = acked_features & self.features;
-        let queues = self.arrange(queues, acked & features::MULTIPORT != 0)?;
+        let start = self.start(acked & features::MULTIPORT != 0);
+        self.worker.activate(memory, interrupt, queues, start)?;
         self.acked_features = acked;
-        self.activation = Some((memory, interrupt));
-        if let Err(e) = self.start_worker(queues) {
-            self.activation = None;
-            self.acked_features = 0;
-            self.run = Run::Inactive;
-            return Err(e);
-        }
         Ok(())
     }
 
     fn reset(&mut self) -> Option<Vec<DeviceQueue>> {
-        let queues = self.stop_worker();
-        self.run = Run::Inactive;
-        self.activation = None;
+        let queues = self.worker.reset();
         self.acked_features = 0;
-        if let Some(handler) = &mut self.handler {
+        if let Some(handler) = self.worker.handler_mut() {
             handler.reset();
         }
         queues
     }
 
     fn sleep(&mut self) -> Result<Option<Vec<DeviceQueue>>, VirtioError> {
-        Ok(self.stop_worker())
+        Ok(self.worker.sleep())
     }
 
     fn wake(&mut self, queues: Option<Vec<DeviceQueue>>) -> Result<(), VirtioError> {
-        match (&self.run, queues) {
-            (Run::Asleep, Some(queues)) => {
-                let queues = self.arrange(queues, self.multiport())?;
-                self.start_worker(queues)
-            }
-            _ => Ok(()),
-        }
+        let start = self.start(self.multiport());
+        self.worker.wake(queues, start)
     }
 
     fn snapshot(&self) -> Result<ConsoleState, VirtioError> {
-        if matches!(self.run, Run::Running(_)) {
-            return Err(VirtioError::Running);
-        }
-        let handler = self.handler.as_ref().ok_or(VirtioError::IncompatibleState(
+        self.worker.ensure_stopped()?;
+        let handler = self.worker.handler().ok_or(VirtioError::IncompatibleState(
             "the ports were lost when a worker failed",
         ))?;
         let (cols, rows) = self.shared.size();
@@ -419,15 +382,13 @@ impl VirtioDevice for Console {
     }
 
     fn restore(&mut self, state: ConsoleState) -> Result<(), VirtioError> {
-        if matches!(self.run, Run::Running(_)) {
-            return Err(VirtioError::Running);
-        }
+        self.worker.ensure_stopped()?;
         if state.acked_features & !self.features != 0 {
             return Err(VirtioError::IncompatibleState(
                 "features this console does not offer",
             ));
         }
-        let handler = self.handler.as_mut().ok_or(VirtioError::IncompatibleState(
+        let handler = self.worker.handler_mut().ok_or(VirtioError::IncompatibleState(
             "the ports were lost when a worker failed",
         ))?;
         if state.ports.len() != handler.ports.len() {

@@ -11,7 +11,7 @@ use std::io;
 use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use virtkit_virtio::warn_ratelimited;
+use virtkit_virtio::{warn_ratelimited, QueueError};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::control::{self, DeviceMessage, DriverMessage};
@@ -28,14 +28,6 @@ const READ_BUDGET: usize = 64;
 const CONTROL_OUT_MAX: usize = 1024;
 /// Emergency-write bytes held while port 0's output is busy.
 const EMERGENCY_MAX: usize = 4096;
-
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("the queue is broken")]
-    Broken(#[from] virtio_queue::Error),
-    #[error("the driver's available ring cannot be read")]
-    Stalled,
-}
 
 /// A chain the device returns untouched (used length 0).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -30,7 +30,9 @@ pub use device::{
     features, port_queues, Console, ConsoleError, ConsoleHandle, ConsoleState, PortState, CONFIG_LEN,
     DEVICE_TYPE, MAX_PORTS, PCI_CLASS, QUEUE_SIZE,
 };
-pub use handler::{ChainError, ConsoleHandler, QueueError};
+pub use handler::{ChainError, ConsoleHandler};
 pub use metrics::ConsoleMetrics;
 pub use port::{ConsolePortConfig, PendingTx, Segment};
 pub use unix::{SocketError, UnixSocketPortBackend};
+/// The queue loop's error, shared by every device.
+pub use virtkit_virtio::QueueError;

@@ -1,13 +1,11 @@
-//! Set-up shared by the console tests: a scriptable backend, guest memory, queues and chains.
+//! Set-up shared by the console tests: a scriptable backend and control messages (guest memory
+//! and chains come from `virtkit_virtio::testing`).
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
-use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT;
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::PortBackend;
@@ -82,29 +80,6 @@ impl PortBackend for TestBackend {
     fn output_failed(&mut self) {
         self.peer.lock().unwrap().connected = false;
     }
-}
-
-/// Guest memory of `size` bytes from address 0.
-pub fn memory(size: usize) -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap()
-}
-
-/// Descriptors (address, length, flags) linked in order, the first at index `base`.
-pub fn chain_at(descs: &[(u64, u32, u16)], base: u16) -> Vec<RawDescriptor> {
-    descs
-        .iter()
-        .enumerate()
-        .map(|(k, &(addr, len, flags))| {
-            let last = k + 1 == descs.len();
-            let flags = if last {
-                flags
-            } else {
-                flags | VRING_DESC_F_NEXT as u16
-            };
-            let next = if last { 0 } else { base + k as u16 + 1 };
-            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-        })
-        .collect()
 }
 
 /// An 8-byte control message.

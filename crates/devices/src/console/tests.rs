@@ -11,13 +11,13 @@ use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
-use virtkit_virtio::testing::{RecordingInterrupt, Signal};
+use virtkit_virtio::testing::{chain_at, memory, used_elem, used_idx, RecordingInterrupt, Signal};
 use virtkit_virtio::{DeviceQueue, VirtioDevice};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::control::event;
-use super::test_support::{chain_at, control, memory, Peer, TestBackend};
+use super::test_support::{control, Peer, TestBackend};
 use super::*;
 
 virtkit_virtio::virtio_device_conformance_tests!(
@@ -43,18 +43,6 @@ fn mock(mem: &GuestMemoryMmap, n: u64) -> Mock<'_> {
     mem.write_slice(&[0u8; 0x1_0000], GuestAddress(0x1_0000 * n))
         .unwrap();
     MockSplitQueue::create(mem, GuestAddress(0x1_0000 * n), 16)
-}
-
-fn used(mem: &GuestMemoryMmap, vq: &Mock<'_>, i: u64) -> (u32, u32) {
-    let at = vq.used_addr().unchecked_add(4 + 8 * i);
-    (
-        mem.read_obj(at).unwrap(),
-        mem.read_obj(at.unchecked_add(4)).unwrap(),
-    )
-}
-
-fn used_idx(mem: &GuestMemoryMmap, vq: &Mock<'_>) -> u16 {
-    mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap()
 }
 
 /// A handler with a console port 0 and a port 1 named "agent", on test backends.
@@ -85,7 +73,7 @@ fn driver_says(h: &mut ConsoleHandler, mem: &GuestMemoryMmap, messages: &[Vec<u8
     let mut q: Queue = vq.create_queue().unwrap();
     assert!(h.process_control_tx(&mut q, mem).unwrap());
     assert_eq!(
-        used_idx(mem, &vq),
+        used_idx(mem, vq.used_addr()),
         messages.len() as u16,
         "every message answered"
     );
@@ -101,9 +89,9 @@ fn device_says(h: &mut ConsoleHandler, mem: &GuestMemoryMmap) -> Vec<Vec<u8>> {
     vq.add_desc_chains(&descs, 0).unwrap();
     let mut q: Queue = vq.create_queue().unwrap();
     h.fill_control_rx(&mut q, mem).unwrap();
-    (0..used_idx(mem, &vq) as u64)
+    (0..used_idx(mem, vq.used_addr()) as u64)
         .map(|i| {
-            let (id, len) = used(mem, &vq, i);
+            let (id, len) = used_elem(mem, vq.used_addr(), i);
             let mut b = vec![0u8; len as usize];
             mem.read_slice(&mut b, GuestAddress(DATA + 0x10_0000 + 0x1000 * u64::from(id)))
                 .unwrap();
@@ -124,7 +112,7 @@ fn guest_output_reaches_the_backend() {
     let mut q: Queue = vq.create_queue().unwrap();
     assert!(h.process_port_tx(0, &mut q, &mem).unwrap());
     assert_eq!(p0.lock().unwrap().output, b"hello, world\n");
-    assert_eq!(used(&mem, &vq, 0), (0, 0));
+    assert_eq!(used_elem(&mem, vq.used_addr(), 0), (0, 0));
     assert_eq!(ConsoleMetrics::get(&h.metrics().tx_bytes), 13);
 }
 
@@ -137,7 +125,7 @@ fn guest_output_with_no_host_side_is_dropped_and_counted() {
     vq.add_desc_chains(&chain_at(&[(DATA, 100, R)], 0), 0).unwrap();
     let mut q: Queue = vq.create_queue().unwrap();
     h.process_port_tx(0, &mut q, &mem).unwrap();
-    assert_eq!(used_idx(&mem, &vq), 1);
+    assert_eq!(used_idx(&mem, vq.used_addr()), 1);
     assert_eq!(ConsoleMetrics::get(&h.metrics().dropped_bytes), 100);
 }
 
@@ -159,8 +147,8 @@ fn host_input_fills_guest_buffers_and_waits_when_there_are_none() {
         .unwrap();
     h.ports[0].rx_starved = false;
     assert!(h.process_port_rx(0, &mut q, &mem).unwrap());
-    assert_eq!(used(&mem, &vq, 0), (0, 4));
-    assert_eq!(used(&mem, &vq, 1), (1, 6));
+    assert_eq!(used_elem(&mem, vq.used_addr(), 0), (0, 4));
+    assert_eq!(used_elem(&mem, vq.used_addr(), 1), (1, 6));
     let mut got = vec![0u8; 10];
     mem.read_slice(&mut got[..4], GuestAddress(DATA)).unwrap();
     mem.read_slice(&mut got[4..], GuestAddress(DATA + 0x1000))
@@ -185,7 +173,7 @@ fn multiport_input_waits_until_a_guest_program_opens_the_port() {
         .unwrap();
     let mut q: Queue = vq.create_queue().unwrap();
     h.process_port_rx(1, &mut q, &mem).unwrap();
-    assert_eq!(used(&mem, &vq, 0), (0, 5));
+    assert_eq!(used_elem(&mem, vq.used_addr(), 0), (0, 5));
     driver_says(&mut h, &mem, &[control(1, event::PORT_OPEN, 0)]);
     assert!(!h.ports[1].guest_open);
 }
@@ -334,9 +322,9 @@ fn hostile_tx_chains_are_returned_without_panic() {
     vq.add_desc_chains(&[bad_next], 6).unwrap();
     let mut q: Queue = vq.create_queue().unwrap();
     h.process_port_tx(0, &mut q, &mem).unwrap();
-    assert_eq!(used_idx(&mem, &vq), 6);
+    assert_eq!(used_idx(&mem, vq.used_addr()), 6);
     for i in 0..6 {
-        assert_eq!(used(&mem, &vq, i).1, 0);
+        assert_eq!(used_elem(&mem, vq.used_addr(), i).1, 0);
     }
     assert!(p0.lock().unwrap().output.is_empty());
     assert_eq!(ConsoleMetrics::get(&h.metrics().bad_chains), 5);
@@ -361,7 +349,7 @@ fn looping_indirect_chain_is_returned_without_panic() {
     vq.add_desc_chains(&descs, 0).unwrap();
     let mut q: Queue = vq.create_queue().unwrap();
     h.process_port_tx(0, &mut q, &mem).unwrap();
-    assert_eq!(used_idx(&mem, &vq), 2);
+    assert_eq!(used_idx(&mem, vq.used_addr()), 2);
     assert!(p0.lock().unwrap().output.is_empty());
 }
 
@@ -379,8 +367,8 @@ fn hostile_rx_chains_keep_the_input() {
     vq.add_desc_chains(&descs, 0).unwrap();
     let mut q: Queue = vq.create_queue().unwrap();
     h.process_port_rx(0, &mut q, &mem).unwrap();
-    assert_eq!(used_idx(&mem, &vq), 4);
-    assert_eq!(used(&mem, &vq, 3), (3, 7));
+    assert_eq!(used_idx(&mem, vq.used_addr()), 4);
+    assert_eq!(used_elem(&mem, vq.used_addr(), 3), (3, 7));
     let mut got = [0u8; 7];
     mem.read_slice(&mut got, GuestAddress(DATA + 0x1000)).unwrap();
     assert_eq!(&got, b"keep me");
@@ -409,7 +397,7 @@ fn bad_control_messages_are_ignored() {
     vq.add_desc_chains(&chain_at(&[(DATA, 8, W)], 0), 0).unwrap();
     let mut q: Queue = vq.create_queue().unwrap();
     h.process_control_tx(&mut q, &mem).unwrap();
-    assert_eq!(used(&mem, &vq, 0), (0, 0));
+    assert_eq!(used_elem(&mem, vq.used_addr(), 0), (0, 0));
 }
 
 #[test]
@@ -425,7 +413,7 @@ fn control_rx_buffers_too_small_or_wrong_drop_nothing_silently() {
     vq.add_desc_chains(&descs, 0).unwrap();
     let mut q: Queue = vq.create_queue().unwrap();
     h.fill_control_rx(&mut q, &mem).unwrap();
-    assert_eq!(used(&mem, &vq, 2), (2, 8));
+    assert_eq!(used_elem(&mem, vq.used_addr(), 2), (2, 8));
     assert!(h.control_out.is_empty());
     assert_eq!(ConsoleMetrics::get(&h.metrics().dropped_control), 1);
 }
@@ -472,7 +460,7 @@ fn a_slow_backend_holds_back_only_its_own_port() {
     p1.lock().unwrap().room = None;
     assert!(h.process_port_tx(1, &mut slow_q, &mem).unwrap());
     assert_eq!(p1.lock().unwrap().output, b"abcdefghabcdefgh");
-    assert_eq!(used_idx(&mem, &slow), 2);
+    assert_eq!(used_idx(&mem, slow.used_addr()), 2);
     assert!(!h.ports[1].tx_blocked);
 }
 
@@ -548,7 +536,7 @@ fn worker_moves_bytes_both_ways_over_a_socket_pair_without_multiport() {
         .unwrap();
     rx_kick.write(1).unwrap();
     assert!(interrupt.wait_for(Signal::UsedQueue(0), Duration::from_secs(10)));
-    assert_eq!(used(&mem, &rx, 0), (0, 5));
+    assert_eq!(used_elem(&mem, rx.used_addr(), 0), (0, 5));
     let mut got = [0u8; 5];
     mem.read_slice(&mut got, GuestAddress(DATA + 0x1000)).unwrap();
     assert_eq!(&got, b"root\n");
@@ -721,7 +709,7 @@ fn unix_socket_backend_round_trip_and_disconnect() {
         .unwrap();
     let mut rxq: Queue = rx.create_queue().unwrap();
     h.process_port_rx(1, &mut rxq, &mem).unwrap();
-    assert_eq!(used(&mem, &rx, 0), (0, 4));
+    assert_eq!(used_elem(&mem, rx.used_addr(), 0), (0, 4));
 
     // The client leaves: the guest hears PORT_OPEN 0, then the waiting second client is taken.
     drop(client);
@@ -736,7 +724,7 @@ fn unix_socket_backend_round_trip_and_disconnect() {
     );
     second.write_all(b"2").unwrap();
     h.process_port_rx(1, &mut rxq, &mem).unwrap();
-    assert_eq!(used(&mem, &rx, 1), (1, 1));
+    assert_eq!(used_elem(&mem, rx.used_addr(), 1), (1, 1));
     drop(h);
     assert!(!path.exists(), "the socket is removed with the backend");
     let _ = std::fs::remove_dir_all(&dir);

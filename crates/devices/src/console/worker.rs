@@ -10,15 +10,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use virtio_queue::QueueT;
-use virtkit_virtio::{warn_ratelimited, DeviceQueue, VirtioInterrupt};
+use virtkit_virtio::{warn_ratelimited, DeviceQueue, EventHandler, EventLoop, VirtioInterrupt};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{port_queues, Shared};
-use super::handler::{ConsoleHandler, QueueError};
+use super::handler::ConsoleHandler;
+use super::QueueError;
 
-const KILL_TOKEN: u64 = 0;
 const WAKE_TOKEN: u64 = 1;
 const QUEUE_TOKEN: u64 = 1 << 16;
 const PORT_TOKEN: u64 = 1 << 32;
@@ -59,8 +59,8 @@ impl Worker {
 
     /// Runs until `kill` is signalled; hands back the queues and the ports.
     pub fn run(mut self, kill: EventFd) -> (Vec<Option<DeviceQueue>>, ConsoleHandler) {
-        let epoll = match self.epoll(&kill) {
-            Ok(epoll) => epoll,
+        let event_loop = match self.event_loop(&kill) {
+            Ok(event_loop) => event_loop,
             Err(e) => {
                 tracing::error!("virtio-console: cannot set up the worker's epoll: {e}");
                 self.interrupt.signal_needs_reset();
@@ -74,39 +74,8 @@ impl Worker {
             port.rx_starved = false;
         }
         self.handler.fds_changed = true;
-        let mut events = [EpollEvent::default(); 64];
-        loop {
-            self.pass();
-            self.register(&epoll);
-            let timeout = if self.polls_input() { POLL_MS } else { -1 };
-            let n = match epoll.wait(timeout, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!("virtio-console: epoll failed: {e}");
-                    let _ = kill.read();
-                    break;
-                }
-            };
-            let mut stop = false;
-            for event in &events[..n] {
-                match event.data() {
-                    KILL_TOKEN => stop = true,
-                    WAKE_TOKEN => {
-                        let _ = self.shared.wake.read();
-                    }
-                    token if (QUEUE_TOKEN..PORT_TOKEN).contains(&token) => {
-                        self.queue_notified((token - QUEUE_TOKEN) as usize)
-                    }
-                    // Port descriptors: the pass looks at every port.
-                    _ => {}
-                }
-            }
-            if stop {
-                break;
-            }
-        }
-        self.unregister(&epoll);
+        event_loop.run(&kill, &mut self);
+        self.unregister(&event_loop);
         (self.queues, self.handler)
     }
 
@@ -228,25 +197,24 @@ impl Worker {
     /// Brings epoll's set of port descriptors in line with [`Worker::wanted`]. When a port's
     /// descriptors changed, everything is registered afresh: a closed descriptor's number may
     /// be reused by a new client, and epoll forgot the old one by itself.
-    fn register(&mut self, epoll: &Epoll) {
+    fn register(&mut self, event_loop: &EventLoop) {
         if std::mem::take(&mut self.handler.fds_changed) {
-            self.unregister(epoll);
+            self.unregister(event_loop);
         }
         let wanted = self.wanted();
         for &(fd, _) in &self.registered {
             if !wanted.iter().any(|(f, _, _)| *f == fd) {
-                let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                let _ = event_loop.remove(fd);
             }
         }
         let mut registered = Vec::with_capacity(wanted.len());
         for (fd, events, token) in wanted {
-            let event = EpollEvent::new(events, token);
             let result = match self.registered.iter().find(|(f, _)| *f == fd) {
                 Some((_, old)) if *old == events => Ok(()),
-                Some(_) => epoll.ctl(ControlOperation::Modify, fd, event),
-                None => epoll.ctl(ControlOperation::Add, fd, event).or_else(|e| {
+                Some(_) => event_loop.modify(fd, token, events),
+                None => event_loop.add(fd, token, events).or_else(|e| {
                     if e.raw_os_error() == Some(libc::EEXIST) {
-                        epoll.ctl(ControlOperation::Modify, fd, event)
+                        event_loop.modify(fd, token, events)
                     } else {
                         Err(e)
                     }
@@ -267,24 +235,50 @@ impl Worker {
         self.registered = registered;
     }
 
-    fn unregister(&mut self, epoll: &Epoll) {
+    fn unregister(&mut self, event_loop: &EventLoop) {
         for (fd, _) in self.registered.drain(..) {
-            let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            let _ = event_loop.remove(fd);
         }
     }
 
-    fn epoll(&self, kill: &EventFd) -> std::io::Result<Epoll> {
-        let epoll = Epoll::new()?;
-        let add = |fd: RawFd, token: u64| {
-            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))
-        };
-        add(kill.as_raw_fd(), KILL_TOKEN)?;
-        add(self.shared.wake.as_raw_fd(), WAKE_TOKEN)?;
+    fn event_loop(&self, kill: &EventFd) -> std::io::Result<EventLoop> {
+        let event_loop = EventLoop::new(kill)?;
+        event_loop.add(self.shared.wake.as_raw_fd(), WAKE_TOKEN, EventSet::IN)?;
         for (index, queue) in self.queues.iter().enumerate() {
             if let Some(queue) = queue {
-                add(queue.event.as_raw_fd(), QUEUE_TOKEN + index as u64)?;
+                event_loop.add(queue.event.as_raw_fd(), QUEUE_TOKEN + index as u64, EventSet::IN)?;
             }
         }
-        Ok(epoll)
+        Ok(event_loop)
+    }
+}
+
+/// Each wake-up: the events only say what to look at; the pass before the next wait does the
+/// work, and brings the watched port descriptors in line with it.
+impl EventHandler for Worker {
+    fn before_wait(&mut self, event_loop: &EventLoop) {
+        self.pass();
+        self.register(event_loop);
+    }
+
+    fn wait_timeout_ms(&self) -> i32 {
+        if self.polls_input() {
+            POLL_MS
+        } else {
+            -1
+        }
+    }
+
+    fn handle_event(&mut self, _: &EventLoop, token: u64, _: EventSet) {
+        match token {
+            WAKE_TOKEN => {
+                let _ = self.shared.wake.read();
+            }
+            token if (QUEUE_TOKEN..PORT_TOKEN).contains(&token) => {
+                self.queue_notified((token - QUEUE_TOKEN) as usize)
+            }
+            // Port descriptors: the pass looks at every port.
+            _ => {}
+        }
     }
 }

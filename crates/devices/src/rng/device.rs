@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use virtkit_virtio::features::{RING_EVENT_IDX, RING_INDIRECT_DESC, VERSION_1};
-use virtkit_virtio::{DeviceQueue, VirtioDevice, VirtioError, VirtioInterrupt, WorkerThread};
+use virtkit_virtio::{
+    single_queue, Activation, DeviceQueue, DeviceWorker, VirtioDevice, VirtioError, VirtioInterrupt,
+    WorkerBody,
+};
 use vm_memory::GuestMemoryMmap;
 
 use super::handler::EntropyHandler;
@@ -28,21 +31,13 @@ pub struct RngState {
     pub acked_features: u64,
 }
 
-enum Run<S> {
-    Inactive,
-    Running(WorkerThread<(DeviceQueue, EntropyHandler<S>)>),
-    Asleep,
-}
-
 /// A virtio-rng device over an [`EntropySource`].
 pub struct Rng<S: EntropySource + 'static = HostRandom> {
-    /// The handler (with the source and limiter) while no worker has it.
-    handler: Option<EntropyHandler<S>>,
     acked_features: u64,
     queue_sizes: [u16; 1],
-    run: Run<S>,
-    /// Memory and interrupt from activation, for waking.
-    activation: Option<(GuestMemoryMmap, Arc<dyn VirtioInterrupt>)>,
+    /// The handler (with the source and limiter), and the `v_rng` thread that has it while the
+    /// device runs.
+    worker: DeviceWorker<EntropyHandler<S>>,
     metrics: Arc<RngMetrics>,
 }
 
@@ -66,11 +61,9 @@ impl<S: EntropySource + 'static> Rng<S> {
         let metrics = Arc::new(RngMetrics::default());
         let limiter = limit.map(|l| TokenBucket::new(l, Instant::now()));
         Rng {
-            handler: Some(EntropyHandler::new(source, limiter, metrics.clone())),
             acked_features: 0,
             queue_sizes: [QUEUE_SIZE],
-            run: Run::Inactive,
-            activation: None,
+            worker: DeviceWorker::new("rng", EntropyHandler::new(source, limiter, metrics.clone())),
             metrics,
         }
     }
@@ -78,12 +71,16 @@ impl<S: EntropySource + 'static> Rng<S> {
     pub fn metrics(&self) -> &Arc<RngMetrics> {
         &self.metrics
     }
+}
 
-    fn start_worker(&mut self, queue: DeviceQueue) -> Result<(), VirtioError> {
-        let (memory, interrupt) = self.activation.clone().ok_or(VirtioError::NotActive)?;
-        let handler = self.handler.take().ok_or(VirtioError::IncompatibleState(
-            "the entropy source was lost when a worker failed",
-        ))?;
+/// The `v_rng` worker's body for the queue handed over.
+fn start<S: EntropySource + 'static>(
+    queues: Vec<DeviceQueue>,
+    activation: &Activation,
+) -> Result<WorkerBody<EntropyHandler<S>>, VirtioError> {
+    let queue = single_queue(queues)?;
+    let Activation { memory, interrupt } = activation.clone();
+    Ok(Box::new(move |handler, kill| {
         let worker = Worker {
             queue,
             memory,
@@ -91,35 +88,8 @@ impl<S: EntropySource + 'static> Rng<S> {
             handler,
             broken: false,
         };
-        let thread = WorkerThread::start("rng", move |kill| worker.run(kill))?;
-        self.run = Run::Running(thread);
-        Ok(())
-    }
-
-    /// Stops the worker, taking the handler back; returns the queue.
-    fn stop_worker(&mut self) -> Option<DeviceQueue> {
-        let Run::Running(thread) = std::mem::replace(&mut self.run, Run::Asleep) else {
-            return None;
-        };
-        match thread.stop() {
-            Ok((queue, handler)) => {
-                self.handler = Some(handler);
-                Some(queue)
-            }
-            Err(e) => {
-                tracing::error!("virtio-rng: {e}; the device is gone");
-                None
-            }
-        }
-    }
-
-    fn single_queue(queues: Vec<DeviceQueue>) -> Result<DeviceQueue, VirtioError> {
-        let mut queues = queues.into_iter();
-        match (queues.next(), queues.next()) {
-            (Some(queue), None) if queue.index == 0 => Ok(queue),
-            _ => Err(VirtioError::BadQueue { index: 0 }),
-        }
-    }
+        worker.run(kill)
+    }))
 }
 
 impl<S: EntropySource + 'static> VirtioDevice for Rng<S> {
@@ -157,55 +127,33 @@ impl<S: EntropySource + 'static> VirtioDevice for Rng<S> {
         queues: Vec<DeviceQueue>,
         acked_features: u64,
     ) -> Result<(), VirtioError> {
-        if !matches!(self.run, Run::Inactive) {
-            return Err(VirtioError::AlreadyActive);
-        }
-        let queue = Self::single_queue(queues)?;
+        self.worker.activate(memory, interrupt, queues, start)?;
         self.acked_features = acked_features & FEATURES;
-        self.activation = Some((memory, interrupt));
-        if let Err(e) = self.start_worker(queue) {
-            self.activation = None;
-            self.run = Run::Inactive;
-            return Err(e);
-        }
         Ok(())
     }
 
     fn reset(&mut self) -> Option<Vec<DeviceQueue>> {
-        let queue = self.stop_worker();
-        self.run = Run::Inactive;
-        self.activation = None;
         self.acked_features = 0;
-        queue.map(|q| vec![q])
+        self.worker.reset()
     }
 
     fn sleep(&mut self) -> Result<Option<Vec<DeviceQueue>>, VirtioError> {
-        Ok(self.stop_worker().map(|q| vec![q]))
+        Ok(self.worker.sleep())
     }
 
     fn wake(&mut self, queues: Option<Vec<DeviceQueue>>) -> Result<(), VirtioError> {
-        match (&self.run, queues) {
-            (Run::Asleep, Some(queues)) => {
-                let queue = Self::single_queue(queues)?;
-                self.start_worker(queue)
-            }
-            _ => Ok(()),
-        }
+        self.worker.wake(queues, start)
     }
 
     fn snapshot(&self) -> Result<RngState, VirtioError> {
-        if matches!(self.run, Run::Running(_)) {
-            return Err(VirtioError::Running);
-        }
+        self.worker.ensure_stopped()?;
         Ok(RngState {
             acked_features: self.acked_features,
         })
     }
 
     fn restore(&mut self, state: RngState) -> Result<(), VirtioError> {
-        if matches!(self.run, Run::Running(_)) {
-            return Err(VirtioError::Running);
-        }
+        self.worker.ensure_stopped()?;
         if state.acked_features & !FEATURES != 0 {
             return Err(VirtioError::IncompatibleState(
                 "features this entropy device does not offer",

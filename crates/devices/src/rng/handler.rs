@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use virtkit_virtio::warn_ratelimited;
+use virtkit_virtio::{warn_ratelimited, QueueError};
 use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap, Permissions};
 
 use super::limiter::TokenBucket;
@@ -17,14 +17,6 @@ use super::source::EntropySource;
 /// Most bytes one buffer gets: bounds the host buffer a guest can make the device fill at once.
 /// Linux's driver asks for at most a few hundred bytes at a time.
 pub const MAX_REQUEST_BYTES: usize = 64 << 10;
-
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("the queue is broken")]
-    Broken(#[source] virtio_queue::Error),
-    #[error("the driver's available index runs ahead of what the ring holds")]
-    Stalled,
-}
 
 /// What a pass over the queue did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,3 +24,5 @@ pub use handler::{process_queue, EntropyHandler, Fill, MAX_REQUEST_BYTES};
 pub use limiter::{RateLimit, TokenBucket};
 pub use metrics::RngMetrics;
 pub use source::{EntropySource, HostRandom};
+/// The queue loop's error, shared by every device.
+pub use virtkit_virtio::QueueError;

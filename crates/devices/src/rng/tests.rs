@@ -8,7 +8,7 @@ use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use virtkit_virtio::testing::{test_memory, test_queues, RecordingInterrupt, Signal};
+use virtkit_virtio::testing::{test_memory, test_queues, used_elem, used_idx, RecordingInterrupt, Signal};
 use virtkit_virtio::VirtioDevice;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -40,10 +40,6 @@ impl EntropySource for Counting {
     }
 }
 
-fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap()
-}
-
 fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
     RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
 }
@@ -69,23 +65,13 @@ fn handler(limit: Option<RateLimit>, now: Instant) -> (EntropyHandler<Counting>,
 /// Used-ring entries (head, len) from index `from`.
 fn used(mem: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>, from: u16, to: u16) -> Vec<(u32, u32)> {
     (from..to)
-        .map(|i| {
-            let at = vq.used_addr().0 + 4 + 8 * u64::from(i);
-            (
-                mem.read_obj(GuestAddress(at)).unwrap(),
-                mem.read_obj(GuestAddress(at + 4)).unwrap(),
-            )
-        })
+        .map(|i| used_elem(mem, vq.used_addr(), u64::from(i)))
         .collect()
-}
-
-fn used_idx(mem: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
-    mem.read_obj(GuestAddress(vq.used_addr().0 + 2)).unwrap()
 }
 
 #[test]
 fn each_buffer_is_filled_with_fresh_bytes() {
-    let mem = memory();
+    let mem = test_memory();
     let vq = MockSplitQueue::new(&mem, 16);
     vq.add_desc_chains(&single_buffers(&[16, 512]), 0).unwrap();
     let mut queue: Queue = vq.create_queue().unwrap();
@@ -105,7 +91,7 @@ fn each_buffer_is_filled_with_fresh_bytes() {
 
 #[test]
 fn a_chain_of_several_buffers_is_filled_across_them() {
-    let mem = memory();
+    let mem = test_memory();
     let vq = MockSplitQueue::new(&mem, 16);
     let chain = [
         desc(DATA, 3, W | VRING_DESC_F_NEXT as u16, 1),
@@ -123,7 +109,7 @@ fn a_chain_of_several_buffers_is_filled_across_them() {
 
 #[test]
 fn rate_limit_fills_within_the_burst_then_waits_with_buffers_left_in_the_ring() {
-    let mem = memory();
+    let mem = test_memory();
     let vq = MockSplitQueue::new(&mem, 16);
     vq.add_desc_chains(&single_buffers(&[100, 100, 100]), 0).unwrap();
     let mut queue: Queue = vq.create_queue().unwrap();
@@ -137,7 +123,7 @@ fn rate_limit_fills_within_the_burst_then_waits_with_buffers_left_in_the_ring() 
     let fill = process_queue(&mut queue, &mem, &mut h, t0).unwrap();
     assert_eq!(used(&mem, &vq, 0, 1), vec![(0, 100)]);
     assert_eq!(
-        used_idx(&mem, &vq),
+        used_idx(&mem, vq.used_addr()),
         1,
         "50 bytes left is less than a grant: the rest wait"
     );
@@ -150,17 +136,17 @@ fn rate_limit_fills_within_the_burst_then_waits_with_buffers_left_in_the_ring() 
     // 5 ms later: 75 bytes, still less than a grant.
     let fill = process_queue(&mut queue, &mem, &mut h, t0 + Duration::from_millis(5)).unwrap();
     assert!(fill.again_after.is_some());
-    assert_eq!(used_idx(&mem, &vq), 1);
+    assert_eq!(used_idx(&mem, vq.used_addr()), 1);
     // 10 ms after the start: 100 bytes, the second buffer is filled; the third waits again.
     process_queue(&mut queue, &mem, &mut h, t0 + Duration::from_millis(10)).unwrap();
     assert_eq!(used(&mem, &vq, 1, 2), vec![(1, 100)]);
-    assert_eq!(used_idx(&mem, &vq), 2);
+    assert_eq!(used_idx(&mem, vq.used_addr()), 2);
     assert_eq!(RngMetrics::get(&metrics.bytes), 200);
 }
 
 #[test]
 fn a_buffer_the_device_may_only_read_is_answered_empty() {
-    let mem = memory();
+    let mem = test_memory();
     let vq = MockSplitQueue::new(&mem, 16);
     let chains = [desc(DATA, 64, 0, 0), desc(DATA + 0x1000, 8, W, 0)];
     vq.add_desc_chains(&chains, 0).unwrap();
@@ -181,7 +167,7 @@ fn a_buffer_the_device_may_only_read_is_answered_empty() {
 
 #[test]
 fn buffers_outside_guest_memory_are_answered_empty() {
-    let mem = memory();
+    let mem = test_memory();
     let vq = MockSplitQueue::new(&mem, 16);
     let end = 16u64 << 20;
     let chains = [
@@ -201,7 +187,7 @@ fn buffers_outside_guest_memory_are_answered_empty() {
 
 #[test]
 fn a_huge_buffer_gets_at_most_the_request_limit() {
-    let mem = memory();
+    let mem = test_memory();
     let vq = MockSplitQueue::new(&mem, 16);
     vq.add_desc_chains(&[desc(DATA, 8 << 20, W, 0)], 0).unwrap();
     let mut queue: Queue = vq.create_queue().unwrap();
@@ -213,7 +199,7 @@ fn a_huge_buffer_gets_at_most_the_request_limit() {
 
 #[test]
 fn an_indirect_table_pointing_at_itself_ends_without_a_panic() {
-    let mem = memory();
+    let mem = test_memory();
     let vq = MockSplitQueue::new(&mem, 16);
     let table = 0x30_0000u64;
     // The indirect table's one entry says "next" to itself.
@@ -232,7 +218,7 @@ fn an_indirect_table_pointing_at_itself_ends_without_a_panic() {
 
 #[test]
 fn a_driver_repeating_heads_gets_a_queue_worth_and_a_runaway_index_is_an_error() {
-    let mem = memory();
+    let mem = test_memory();
     let vq = MockSplitQueue::new(&mem, 16);
     vq.add_desc_chains(&single_buffers(&[4]), 0).unwrap();
     let mut queue: Queue = vq.create_queue().unwrap();
@@ -243,7 +229,7 @@ fn a_driver_repeating_heads_gets_a_queue_worth_and_a_runaway_index_is_an_error()
     let fill = process_queue(&mut queue, &mem, &mut h, now).unwrap();
     assert_eq!(fill.again_after, None);
     assert_eq!(RngMetrics::get(&metrics.requests), 16);
-    assert_eq!(used_idx(&mem, &vq), 16);
+    assert_eq!(used_idx(&mem, vq.used_addr()), 16);
     // An index further ahead than the ring holds breaks the queue: an error, not a loop.
     mem.write_obj(60000u16, GuestAddress(vq.avail_addr().0 + 2))
         .unwrap();

@@ -83,7 +83,7 @@ impl<S: EntropySource> EventHandler for Running<'_, S> {
 
 impl<S: EntropySource> Worker<S> {
     /// Runs until `kill` is signalled; hands back the queue and the handler.
-    pub fn run(mut self, kill: EventFd) -> (DeviceQueue, EntropyHandler<S>) {
+    pub fn run(mut self, kill: EventFd) -> (Vec<DeviceQueue>, EntropyHandler<S>) {
         let setup = TimerFd::new().and_then(|timer| {
             let event_loop = EventLoop::new(&kill)?;
             event_loop.add(self.queue.event.as_raw_fd(), QUEUE_TOKEN, EventSet::IN)?;
@@ -107,6 +107,6 @@ impl<S: EntropySource> Worker<S> {
                 let _ = kill.read();
             }
         }
-        (self.queue, self.handler)
+        (vec![self.queue], self.handler)
     }
 }
