@@ -67,7 +67,7 @@ pub struct ControlResponse {
     pub error: Option<String>,
     /// For `balloon`: the balloon's target, what the guest gave and its statistics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub balloon: Option<BalloonStatus>,
+    pub balloon: Option<Box<BalloonStatus>>,
 }
 
 impl ControlResponse {

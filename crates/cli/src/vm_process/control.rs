@@ -71,7 +71,7 @@ fn balloon(target: Option<u64>, vm: &VirtualMachine) -> ControlResponse {
         .and_then(|()| vm.balloon());
     match result {
         Ok(status) => ControlResponse {
-            balloon: Some(status),
+            balloon: Some(Box::new(status)),
             ..ControlResponse::success(vm.state())
         },
         Err(e) => ControlResponse::failure(e),
