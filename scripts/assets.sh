@@ -6,26 +6,32 @@
 #   kernel-config            the kernel's config
 #   busybox                  static busybox from Debian's busybox-static package
 #   guest-initramfs.cpio.gz  busybox + virtio modules + e2fsprogs' mke2fs (mkfs.ext4) and e2fsck
-#                            with their shared libraries + /init (scripts/assets/guest-init.sh)
+#                            + qemu-guest-agent's /usr/sbin/qemu-ga, with their shared libraries
+#                            + /init (scripts/assets/guest-init.sh)
 #   host-modules/            kvm.ko, kvm-amd.ko, irqbypass.ko (+ deps); load order in host-modules/order
 #   manifest.json            kernel release, package versions, sha256 + relative path of every artifact
 #
 # .cache/assets/current is a symlink to the finished directory. A finished directory is never
 # modified: it is built in a temporary directory and renamed into place. Bump RECIPE_VERSION
-# whenever what this script (or guest-init.sh) produces changes.
+# whenever what this script (or guest-init.sh) produces changes:
+#   1  kernel, vmlinux, busybox, host modules, guest initramfs with busybox and virtio modules
+#   2  guest modules pvpanic, pvpanic_mmio
+#   3  e2fsprogs' mke2fs/mkfs.ext4 and e2fsck (+ libraries, loader) in the guest initramfs
+#   4  qemu-guest-agent's qemu-ga (+ libraries) in /usr/sbin, /var/run -> /run and /etc/qemu in
+#      the guest initramfs; qemu_guest_agent_package_version in manifest.json
 #
 # Usage: scripts/assets.sh [--verify] [--selftest] [--prune] [--quiet]
 #   (no option)  make sure the cache is complete; print the asset directory on stdout
 #   --verify     also check every artifact against the sha256 in manifest.json
-#   --selftest   also boot the guest initramfs under QEMU TCG (q35) and check its markers and
-#                its mkfs.ext4 on a virtio disk
+#   --selftest   also boot the guest initramfs under QEMU TCG (q35) and check its markers, its
+#                mkfs.ext4 on a virtio disk and its qemu-ga on a virtio-serial port
 #   --prune      delete asset directories other than the current one
 # Environment: VIRTKIT_KERNEL_PACKAGE=linux-image-<release>  use that package instead of the
 #              one linux-image-cloud-amd64 depends on.
 set -euo pipefail
 shopt -s nullglob
 
-RECIPE_VERSION=3
+RECIPE_VERSION=4
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HERE=$REPO/scripts/assets
@@ -105,8 +111,8 @@ ensure_packages() {
 # ---------------------------------------------------------------------------------------------
 # Kernel package resolution
 
-resolve_kernel_package() {
-	apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+resolve_kernel_package() { # prints nothing (and succeeds) when apt does not know the package
+	{ apt-cache depends linux-image-cloud-amd64 2>/dev/null || true; } |
 		sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n1
 }
 
@@ -273,13 +279,38 @@ cpio_trailer() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Dynamically linked tools for the guest (e2fsprogs), from Debian packages, never from this
-# machine's installed files: the tool's package and the library packages its libraries come
-# from are downloaded and unpacked; the shared libraries are found by the ELF NEEDED entries.
+# Dynamically linked programs for the guest (e2fsprogs, qemu-guest-agent), from Debian packages,
+# never from this machine's installed files: each program's package and the library packages its
+# libraries come from are downloaded and unpacked; the shared libraries are found by the ELF
+# NEEDED entries.
 
 # E2FS_TOOLS: programs of the e2fsprogs package copied into the guest (sbin/), plus symlinks.
 E2FS_TOOLS=(mke2fs e2fsck)
 E2FS_LINKS=(mkfs.ext4:mke2fs mkfs.ext3:mke2fs mkfs.ext2:mke2fs fsck.ext4:e2fsck fsck.ext2:e2fsck)
+# QGA_TOOLS: programs of the qemu-guest-agent package copied into the guest (usr/sbin/).
+QGA_TOOLS=(qemu-ga)
+# Directories qemu-ga uses at run time: its state dir (default /var/run; var/run is made a
+# symlink to /run) must exist and be writable, or it exits "failed to load persistent state"
+# (it writes qga.state there, and its pid file with -d); it reads /etc/qemu/qemu-ga.conf if
+# present.
+QGA_DIRS=(run etc/qemu)
+
+APT_UPDATED=0
+
+# apt_download DIR PKG...: apt-get download PKG... into DIR. If that fails (apt does not know a
+# package, or its lists are stale and name a file the mirror no longer has), run apt-get update
+# once and try again.
+apt_download() {
+	local dir=$1 aptopt=()
+	shift
+	[ "$(id -u)" = 0 ] && aptopt=(-o APT::Sandbox::User=root)
+	(cd "$dir" && apt-get download -q "${aptopt[@]}" "$@" >/dev/null) && return 0
+	[ "$APT_UPDATED" = 0 ] || return 1
+	APT_UPDATED=1
+	log "apt-get download $* failed; running apt-get update and retrying"
+	apt-get update -q >&2 || warn "apt-get update failed"
+	(cd "$dir" && apt-get download -q "${aptopt[@]}" "$@" >/dev/null)
+}
 
 pkg_depends() { # DEB: the package names in Depends and Pre-Depends (first alternative, no version)
 	local f
@@ -328,48 +359,54 @@ missing_libs() {
 	done
 }
 
-# stage_guest_tools DEBDIR ROOT GROOT: download e2fsprogs and the library packages it needs into
-# DEBDIR, unpack them into ROOT, and copy the tools, their libraries (NEEDED, transitively) and
-# the dynamic loader into the guest tree GROOT. Sets E2FS_VERSION.
-stage_guest_tools() {
-	local debdir=$1 root=$2 groot=$3 aptopt=()
-	[ "$(id -u)" = 0 ] && aptopt=(-o APT::Sandbox::User=root)
+# stage_debian_programs PKG VERSION_ARG DEBDIR ROOT GROOT DESTDIR PROG...: download the package PKG
+# and the library packages its programs PROG... need into DEBDIR, unpack them into ROOT, and copy
+# the programs (into GROOT/DESTDIR), their libraries (NEEDED, transitively; each under its soname
+# in the same directory as in the packages) and the dynamic loader into the guest tree GROOT. Each
+# staged program must then run with VERSION_ARG under the staged loader and libraries. Sets
+# PKG_VERSION[PKG] and adds the sonames to STAGED_LIBS.
+declare -A PKG_VERSION=() STAGED_LIBS=()
+stage_debian_programs() {
+	local pkg=$1 verarg=$2 debdir=$3 root=$4 groot=$5 destdir=$6
+	shift 6
+	local progs=("$@")
 	mkdir -p "$debdir" "$root"
-	(cd "$debdir" && apt-get download -q "${aptopt[@]}" e2fsprogs >/dev/null) ||
-		die "apt-get download e2fsprogs failed"
-	local edeb=("$debdir"/e2fsprogs_*.deb)
-	[ ${#edeb[@]} = 1 ] || die "downloaded e2fsprogs not found in $debdir"
-	E2FS_VERSION=$(dpkg-deb -f "${edeb[0]}" Version)
-	dpkg-deb -x "${edeb[0]}" "$root"
+	apt_download "$debdir" "$pkg" || die "apt-get download $pkg failed"
+	local pdeb=("$debdir/${pkg}"_*.deb)
+	[ ${#pdeb[@]} = 1 ] || die "downloaded $pkg not found in $debdir"
+	local version
+	version=$(dpkg-deb -f "${pdeb[0]}" Version)
+	PKG_VERSION[$pkg]=$version
+	dpkg-deb -x "${pdeb[0]}" "$root"
 	local t bins=() src
-	for t in "${E2FS_TOOLS[@]}"; do
+	for t in "${progs[@]}"; do
 		src=
-		for src in "$root/sbin/$t" "$root/usr/sbin/$t" ""; do
+		for src in "$root/sbin/$t" "$root/usr/sbin/$t" "$root/bin/$t" "$root/usr/bin/$t" ""; do
 			[ -z "$src" ] || [ -f "$src" ] && break
 		done
-		[ -n "$src" ] || die "no $t in e2fsprogs $E2FS_VERSION"
+		[ -n "$src" ] || die "no $t in $pkg $version"
 		bins+=("$src")
 	done
 	# Fetch library packages, a level of dependencies at a time, until every NEEDED soname of
-	# the tools (and of the libraries found so far) is there.
-	local -A fetched=([e2fsprogs]=1)
-	local frontier=("${edeb[0]}") missing d new deb
-	for _ in 1 2 3 4; do
+	# the programs (and of the libraries found so far) is there. Only library packages are
+	# followed (lib*, and zlib1g whose name does not say so).
+	local -A fetched=([$pkg]=1)
+	local frontier=("${pdeb[0]}") missing d new deb
+	for _ in 1 2 3 4 5 6; do
 		mapfile -t missing < <(missing_libs "$root" "${bins[@]}")
 		[ ${#missing[@]} -gt 0 ] || break
 		new=()
 		for deb in "${frontier[@]}"; do
 			for d in $(pkg_depends "$deb"); do
-				case "$d" in lib*) ;; *) continue ;; esac
+				case "$d" in lib* | zlib1g) ;; *) continue ;; esac
 				[ -z "${fetched[$d]:-}" ] || continue
 				fetched[$d]=1
 				new+=("$d")
 			done
 		done
 		[ ${#new[@]} -gt 0 ] || break
-		log "e2fsprogs: missing ${missing[*]}; downloading ${new[*]}"
-		(cd "$debdir" && apt-get download -q "${aptopt[@]}" "${new[@]}" >/dev/null) ||
-			die "apt-get download ${new[*]} failed"
+		log "$pkg: missing ${missing[*]}; downloading ${new[*]}"
+		apt_download "$debdir" "${new[@]}" || die "apt-get download ${new[*]} failed"
 		frontier=()
 		for d in "${new[@]}"; do
 			deb=("$debdir/${d}"_*.deb)
@@ -380,21 +417,14 @@ stage_guest_tools() {
 	done
 	mapfile -t missing < <(missing_libs "$root" "${bins[@]}")
 	[ ${#missing[@]} = 0 ] ||
-		die "e2fsprogs: no package among its dependencies holds ${missing[*]}"
+		die "$pkg: no package among its dependencies holds ${missing[*]}"
 
-	# Copy the tools, then each library under its soname in the same directory of the guest.
-	mkdir -p "$groot/sbin" "$groot/etc"
+	# Copy the programs, then each library under its soname in the same directory of the guest.
+	mkdir -p "$groot/$destdir"
 	for src in "${bins[@]}"; do
-		rm -f "$groot/sbin/${src##*/}" # busybox's applet of the same name, if any
-		install -m 755 "$src" "$groot/sbin/${src##*/}"
+		rm -f "$groot/$destdir/${src##*/}" # busybox's applet of the same name, if any
+		install -m 755 "$src" "$groot/$destdir/${src##*/}"
 	done
-	local l
-	for l in "${E2FS_LINKS[@]}"; do
-		rm -f "$groot/sbin/${l%%:*}"
-		ln -s "${l#*:}" "$groot/sbin/${l%%:*}"
-	done
-	[ -f "$root/etc/mke2fs.conf" ] && install -m 644 "$root/etc/mke2fs.conf" "$groot/etc/mke2fs.conf"
-	ln -sfn /proc/self/mounts "$groot/etc/mtab" # where e2fsprogs looks for mounted filesystems
 	local -A copied=()
 	local queue=("${bins[@]}") f so p rel interp
 	while [ ${#queue[@]} -gt 0 ]; do
@@ -403,6 +433,7 @@ stage_guest_tools() {
 		for so in $(elf_needed "$f"); do
 			[ -z "${copied[$so]:-}" ] || continue
 			copied[$so]=1
+			STAGED_LIBS[$so]=1
 			p=$(find_lib "$root" "$so")
 			rel=${p#"$root"/}
 			mkdir -p "$groot/${rel%/*}"
@@ -412,19 +443,52 @@ stage_guest_tools() {
 		done
 	done
 	interp=$(elf_interp "${bins[0]}")
-	[ -n "$interp" ] || die "e2fsprogs' ${bins[0]##*/} names no program interpreter"
+	[ -n "$interp" ] || die "$pkg's ${bins[0]##*/} names no program interpreter"
 	[ -e "$root$interp" ] || die "the dynamic loader $interp is not in the downloaded packages"
 	mkdir -p "$groot${interp%/*}"
 	cp -L "$root$interp" "$groot$interp"
 	chmod 755 "$groot$interp"
-	# Each tool runs with the staged loader, the staged libraries first in its search path.
-	for t in "${E2FS_TOOLS[@]}"; do
-		"$groot$interp" --inhibit-cache \
+	# Each program runs with the staged loader, the staged libraries first in its search path.
+	local out
+	for t in "${progs[@]}"; do
+		out=$("$groot$interp" --inhibit-cache \
 			--library-path "$groot/lib/x86_64-linux-gnu:$groot/usr/lib/x86_64-linux-gnu" \
-			"$groot/sbin/$t" -V >/dev/null 2>&1 ||
-			die "the staged $t does not run with the staged libraries"
+			"$groot/$destdir/$t" "$verarg" 2>&1) ||
+			die "the staged $t does not run with the staged libraries: $out"
+		log "  $t $verarg: $(echo "$out" | grep -v '^[[:space:]]*$' | head -n1)"
 	done
-	log "guest tools: ${E2FS_TOOLS[*]} from e2fsprogs $E2FS_VERSION; libraries: ${!copied[*]}; loader $interp"
+	log "guest programs: ${progs[*]} from $pkg $version in /$destdir; libraries:" \
+		"$(printf '%s\n' "${!copied[@]}" | sort | tr '\n' ' ')loader $interp"
+}
+
+# stage_guest_tools DEBDIR ROOT GROOT: stage e2fsprogs' tools and qemu-guest-agent's qemu-ga
+# (see stage_debian_programs; DEBDIR and ROOT get a subdirectory per package) into the guest
+# tree GROOT, with their symlinks, configuration and run-time directories. Sets E2FS_VERSION and
+# QGA_VERSION.
+stage_guest_tools() {
+	local debdir=$1 root=$2 groot=$3 l d
+	stage_debian_programs e2fsprogs -V "$debdir/e2fsprogs" "$root/e2fsprogs" "$groot" sbin \
+		"${E2FS_TOOLS[@]}"
+	E2FS_VERSION=${PKG_VERSION[e2fsprogs]}
+	for l in "${E2FS_LINKS[@]}"; do
+		rm -f "$groot/sbin/${l%%:*}"
+		ln -s "${l#*:}" "$groot/sbin/${l%%:*}"
+	done
+	mkdir -p "$groot/etc"
+	[ -f "$root/e2fsprogs/etc/mke2fs.conf" ] &&
+		install -m 644 "$root/e2fsprogs/etc/mke2fs.conf" "$groot/etc/mke2fs.conf"
+	ln -sfn /proc/self/mounts "$groot/etc/mtab" # where e2fsprogs looks for mounted filesystems
+
+	stage_debian_programs qemu-guest-agent --version "$debdir/qemu-guest-agent" \
+		"$root/qemu-guest-agent" "$groot" usr/sbin "${QGA_TOOLS[@]}"
+	QGA_VERSION=${PKG_VERSION[qemu-guest-agent]}
+	for d in "${QGA_DIRS[@]}"; do
+		mkdir -p "$groot/$d"
+	done
+	mkdir -p "$groot/var"
+	ln -sfn /run "$groot/var/run"
+	log "guest tools: ${E2FS_TOOLS[*]} (e2fsprogs $E2FS_VERSION), ${QGA_TOOLS[*]}" \
+		"(qemu-guest-agent $QGA_VERSION), ${#STAGED_LIBS[@]} shared libraries"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -440,10 +504,7 @@ build() { # PKG DEST
 	mkdir -p "$out" "$tmp/debs"
 
 	log "downloading $pkg busybox-static"
-	local aptopt=()
-	[ "$(id -u)" = 0 ] && aptopt=(-o APT::Sandbox::User=root)
-	(cd "$tmp/debs" && apt-get download -q "${aptopt[@]}" "$pkg" busybox-static >/dev/null) ||
-		die "apt-get download $pkg busybox-static failed"
+	apt_download "$tmp/debs" "$pkg" busybox-static || die "apt-get download $pkg busybox-static failed"
 	local kdeb=("$tmp/debs/${pkg}"_*.deb) bdeb=("$tmp/debs"/busybox-static_*.deb)
 	if [ ${#kdeb[@]} != 1 ] || [ ${#bdeb[@]} != 1 ]; then
 		die "downloaded packages not found in $tmp/debs"
@@ -508,7 +569,7 @@ build() { # PKG DEST
 	while IFS= read -r applet; do
 		[ "$applet" = bin/busybox ] || [ -e "$groot/$applet" ] || ln -s /bin/busybox "$groot/$applet"
 	done < <("$out/busybox" --list-full)
-	stage_guest_tools "$tmp/debs/e2fs" "$tmp/e2fs" "$groot"
+	stage_guest_tools "$tmp/debs" "$tmp/pkgs" "$groot"
 	install -m 755 "$HERE/guest-init.sh" "$groot/init"
 	echo "$RELEASE" >"$groot/etc/virtkit/kernel-release"
 	find "$groot" -exec touch -h -d @0 {} + # reproducible archive
@@ -529,7 +590,7 @@ build() { # PKG DEST
 	log "guest-initramfs.cpio.gz: $(($(stat -c %s "$out/guest-initramfs.cpio.gz") / 1024)) KiB, ${#guest_order[@]} modules"
 
 	# --- manifest
-	write_manifest "$out" "$pkg" "$kver" "$bver" "$E2FS_VERSION" host_order guest_order
+	write_manifest "$out" "$pkg" "$kver" "$bver" "$E2FS_VERSION" "$QGA_VERSION" host_order guest_order
 	verify_dir "$out"
 
 	# --- publish atomically
@@ -544,9 +605,9 @@ json_entry() { # DIR RELPATH
 	printf '{"path": "%s", "sha256": "%s"}' "$2" "$(sha256sum "$1/$2" | cut -d' ' -f1)"
 }
 
-write_manifest() { # DIR PKG KVER BVER E2FSVER HOST_ORDER_ARRAY GUEST_ORDER_ARRAY
-	local dir=$1 pkg=$2 kver=$3 bver=$4 ever=$5
-	local -n horder=$6 gorder=$7
+write_manifest() { # DIR PKG KVER BVER E2FSVER QGAVER HOST_ORDER_ARRAY GUEST_ORDER_ARRAY
+	local dir=$1 pkg=$2 kver=$3 bver=$4 ever=$5 qver=$6
+	local -n horder=$7 gorder=$8
 	local m i sep
 	{
 		echo '{'
@@ -557,7 +618,9 @@ write_manifest() { # DIR PKG KVER BVER E2FSVER HOST_ORDER_ARRAY GUEST_ORDER_ARRA
 		echo "  \"kernel_package_version\": \"$kver\","
 		echo "  \"busybox_package_version\": \"$bver\","
 		echo "  \"e2fsprogs_package_version\": \"$ever\","
-		printf '  "guest_tools": [%s],\n' "$(printf '"%s", ' "${E2FS_TOOLS[@]}" "${E2FS_LINKS[@]%%:*}" | sed 's/, $//')"
+		echo "  \"qemu_guest_agent_package_version\": \"$qver\","
+		printf '  "guest_tools": [%s],\n' \
+			"$(printf '"%s", ' "${E2FS_TOOLS[@]}" "${E2FS_LINKS[@]%%:*}" "${QGA_TOOLS[@]}" | sed 's/, $//')"
 		echo "  \"created\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\","
 		echo '  "artifacts": {'
 		echo "    \"vmlinuz\": $(json_entry "$dir" vmlinuz),"
@@ -676,6 +739,35 @@ selftest() { # DIR
 	check mkfs "e2fsprogs: mkfs.ext4 and e2fsck on a virtio disk" eval \
 		'expect mkfs "^mkfs-ok" && expect mkfs "^VIRTKIT-GUEST: poweroff" && finish_boot mkfs'
 
+	# qemu-ga as the guest runs it (-m virtio-serial -p /dev/vport0pN; -d also needs /var/run for
+	# its pid file); the host talks to it through a pipe chardev: $work/agent.in -> guest,
+	# guest -> $work/agent.out.
+	qga_info() {
+		local line deadline=$((SECONDS + 60))
+		echo '{"execute":"guest-info"}' >&5
+		while [ $SECONDS -lt $deadline ]; do
+			IFS= read -r -t 5 line <&6 || continue
+			case "$line" in
+			*'"return"'*'"version"'*)
+				log "selftest qga: guest-info -> $(echo "$line" | grep -o '"version": *"[^"]*"')"
+				return 0
+				;;
+			esac
+		done
+		warn "selftest qga: no guest-info answer from qemu-ga"
+		return 1
+	}
+	mkfifo "$work/agent.in" "$work/agent.out"
+	exec 5<>"$work/agent.in" 6<>"$work/agent.out"
+	boot qga "$dir/vmlinuz" \
+		"console=ttyS0 virtkit.run=\"qemu-ga -m virtio-serial -p /dev/vport0p1 -d && echo qga-started\" virtkit.action=wait" \
+		-device virtio-serial-pci -chardev pipe,id=agent,path="$work/agent" \
+		-device virtserialport,chardev=agent,name=org.qemu.guest_agent.0
+	check qga "qemu-ga over virtio-serial: guest-info" eval \
+		'expect qga "^qga-started" && expect qga "^VIRTKIT-GUEST: alive 1" && qga_info &&
+		 echo system_powerdown >&8 && expect qga "^VIRTKIT-GUEST: poweroff" 30 && finish_boot qga'
+	exec 5>&- 6>&-
+
 	boot panic "$dir/vmlinuz" "console=ttyS0 panic=-1 virtkit.action=panic"
 	check panic "action panic" eval \
 		'expect panic "^VIRTKIT-GUEST: panic" && expect panic "Kernel panic" 30 && finish_boot panic'
@@ -701,6 +793,7 @@ main() {
 	[ -n "$pkg" ] || pkg=$(resolve_kernel_package)
 	if [ -z "$pkg" ]; then
 		log "apt-cache does not know linux-image-cloud-amd64; running apt-get update"
+		APT_UPDATED=1
 		apt-get update -q >&2 || warn "apt-get update failed"
 		pkg=$(resolve_kernel_package)
 	fi
