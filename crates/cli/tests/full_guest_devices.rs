@@ -108,8 +108,8 @@ serial=$VIRTKIT_HOME/vms/d1/serial.log
 end=$(($(date +%s) + 150))
 until grep -q "VT devices-ready" $serial 2>/dev/null || [ $(date +%s) -ge $end ]; do sleep 0.5; done
 tr -d '\r' <$serial | grep '^VT ' | sed "s/^/CASE dev: /"
-# type COMMAND into hvc0 through `virtkit console`; print what comes back
-typed() { (echo "$1"; sleep 3) | timeout 5 $VIRTKIT console d1 2>/dev/null | tr -d '\r'; }
+# type COMMAND into hvc0 through `virtkit console`; print what comes back within SECONDS (3)
+typed() { (echo "$1"; sleep ${2:-3}) | timeout $((${2:-3} + 2)) $VIRTKIT console d1 2>/dev/null | tr -d '\r'; }
 # a port: send LINE, print what comes back
 port() { (echo "$2"; sleep 3) | timeout 5 $VIRTKIT console d1 --port $1 2>/dev/null | tr -d '\r'; }
 typed 'echo HVC-$((6*7))' | grep -o 'HVC-[0-9][0-9]*' | sed "s/^/CASE dev: typed=/"
@@ -136,7 +136,7 @@ echo "CASE dev: actual-deflated=$(balloon_actual) memtotal-deflated=$(memtotal)"
 pid=$(cat $VIRTKIT_HOME/vms/d1/pid)
 rss() { awk '/VmRSS/{print $2}' /proc/$pid/status; }
 echo "CASE dev: rss-start=$(rss)"
-typed 'dd if=/dev/zero of=/tmp/big bs=1M count=200 2>/dev/null; echo FILLED=$?' | grep -o 'FILLED=[0-9]' | sed "s/^/CASE dev: /"
+typed 'dd if=/dev/zero of=/tmp/big bs=1M count=200 2>/dev/null; echo FILLED=$?' 20 | grep -o 'FILLED=[0-9]' | sed "s/^/CASE dev: /"
 echo "CASE dev: rss-filled=$(rss)"
 typed 'rm /tmp/big; echo REMOVED=$?' | grep -o 'REMOVED=[0-9]' | sed "s/^/CASE dev: /"
 sleep 12
