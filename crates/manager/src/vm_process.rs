@@ -19,8 +19,8 @@ use virtkit::{
 };
 
 use crate::bundle::{
-    Bundle, BundleError, BundleLock, HardwareModel, CONSOLE_LOG_FILE, CONSOLE_SOCKET, CONTROL_SOCKET, PID_FILE,
-    SERIAL_LOG_FILE,
+    Bundle, BundleError, BundleLock, HardwareModel, CONSOLE_LOG_FILE, CONSOLE_SOCKET, CONTROL_SOCKET,
+    PID_FILE, SERIAL_LOG_FILE,
 };
 use crate::home::VirtkitHome;
 
@@ -132,7 +132,11 @@ impl PreparedVm {
     /// process holds it), writes the PID, builds the runtime configuration with the console on
     /// the console hub, starts the hub (output to `console.log` and `options.echo`) and builds
     /// the `VirtualMachine`.
-    pub fn open(home: &VirtkitHome, name: &str, options: VmProcessOptions) -> Result<PreparedVm, VmProcessError> {
+    pub fn open(
+        home: &VirtkitHome,
+        name: &str,
+        options: VmProcessOptions,
+    ) -> Result<PreparedVm, VmProcessError> {
         let bundle = Bundle::open(home, name)?;
         let lock = bundle.lock()?;
         bundle.write_pid(&lock)?;
@@ -164,7 +168,10 @@ impl PreparedVm {
             .write(true)
             .truncate(true)
             .open(&log_path)
-            .map_err(|source| VmProcessError::Log { path: log_path, source })?;
+            .map_err(|source| VmProcessError::Log {
+                path: log_path,
+                source,
+            })?;
         let console = ConsoleServer::new(
             ConsoleServerOptions {
                 log: Some(log),

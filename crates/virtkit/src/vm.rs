@@ -9,8 +9,8 @@ use virtkit_hypervisor::{HypervisorError, Kvm, KvmFlavor};
 use virtkit_machine::{BootSource, Machine, MachineConfig, MachineError, MachineHandle, SmbiosIdentity};
 
 use crate::config::{BootLoader, VirtualMachineConfiguration};
-use crate::devices::{DeviceError, DeviceManager};
 use crate::console_server::ConsoleServer;
+use crate::devices::{DeviceError, DeviceManager};
 use crate::serial::{open_attachment, SerialError};
 use crate::state::{StopReason, VmState};
 use crate::validate::{error_chain, ValidationError};

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use virtkit_manager::bundle::{Bundle, NewBoot, NewBundle, DEFAULT_FIRMWARE};
 use virtkit::parse_size;
+use virtkit_manager::bundle::{Bundle, NewBoot, NewBundle, DEFAULT_FIRMWARE};
 
 use crate::commands::vms::{bundle_error_in, home, human_size};
 use crate::exit::CliError;

@@ -7,7 +7,9 @@ use virtkit::{parse_size, BootLoader, VirtualMachineConfiguration};
 
 use virtkit_manager::control::{ControlCommand, ControlRequest, ControlResponse};
 
-use crate::commands::vms::{ask_request, bundle_error_in, home, human_size, open, print_json, state_of, Format};
+use crate::commands::vms::{
+    ask_request, bundle_error_in, home, human_size, open, print_json, state_of, Format,
+};
 use crate::exit::CliError;
 
 #[derive(Args)]

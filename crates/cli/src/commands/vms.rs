@@ -32,7 +32,9 @@ pub fn open(home: &VirtkitHome, name: &str) -> Result<Bundle, CliError> {
 fn bundle_hint(e: &BundleError) -> Option<String> {
     match e {
         BundleError::NotFound { .. } => Some("`virtkit list` shows the VMs there".into()),
-        BundleError::Exists { name } => Some(format!("choose another name, or `virtkit delete {name}` first")),
+        BundleError::Exists { name } => {
+            Some(format!("choose another name, or `virtkit delete {name}` first"))
+        }
         BundleError::Running { name, .. } => Some(format!("stop it first with `virtkit stop {name}`")),
         _ => None,
     }

@@ -38,10 +38,10 @@ pub use name::{check_name, MAX_NAME_LEN};
 /// The disk image types bundle operations report.
 pub use virtkit_disk::{CloneMethod, DiskImageError};
 
-use virtkit::{BootLoader, SerialAttachment, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
 use crate::home::VirtkitHome;
 use virtkit::MachineIdentifier;
 use virtkit::ValidationError;
+use virtkit::{BootLoader, SerialAttachment, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const DISK_FILE: &str = "disk.img";
