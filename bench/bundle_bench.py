@@ -2,8 +2,8 @@
 """virtkit disk images benchmark: cloning a VM disk file, and importing a qcow2 image.
 
 Part A, clone: a 20 GiB sparse disk file holding 1 GiB of random data (64 pieces of 16 MiB spread
-evenly over it) is cloned with `virtkit::disk_image::clone_file` (through the example
-crates/virtkit/examples/disk_image_tool.rs) on
+evenly over it) is cloned with `virtkit_disk::clone_file` (through the example
+crates/disk/examples/disk_image_tool.rs) on
   - a reflink file system: btrfs (else XFS with reflink=1) made by this script in a file under
     bench/out and loop-mounted (needs root and mkfs.btrfs or mkfs.xfs), and
   - the file system holding bench/out (ext4 here: no reflink, so a sparse copy).
@@ -305,7 +305,7 @@ def main():
     load_before = os.getloadavg()[0]
     if not args.no_build:
         log("building disk_image_tool (release)")
-        subprocess.run(["cargo", "build", "--release", "-p", "virtkit", "--example", "disk_image_tool"],
+        subprocess.run(["cargo", "build", "--release", "-p", "virtkit-disk", "--example", "disk_image_tool"],
                        cwd=ROOT, check=True)
     for needed in ("qemu-img", "qemu-io", "cmp", "findmnt"):
         if not shutil.which(needed):

@@ -2,7 +2,7 @@
 //! text, `images pull` writing the right bytes with progress on stderr, and a wrong body refused.
 
 // The same small server the framework's download tests use.
-#[path = "../../virtkit/tests/support/http_server.rs"]
+#[path = "../../manager/tests/support/http_server.rs"]
 mod http_server;
 
 use std::path::{Path, PathBuf};

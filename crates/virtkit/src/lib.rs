@@ -6,16 +6,11 @@
 //! to stop, stops, and reports its [`VmState`] and why it stopped.
 #![forbid(unsafe_code)]
 
-pub mod bundle;
 mod config;
-pub mod control;
+mod console_server;
 pub mod devices;
-pub mod disk_image;
-mod durable;
-mod home;
 mod host;
 mod identity;
-pub mod images;
 mod serial;
 mod size;
 mod state;
@@ -27,11 +22,11 @@ pub use config::{
     BootLoader, PlatformConfiguration, SerialAttachment, SerialPortConfiguration,
     VirtualMachineConfiguration, CONFIG_FORMAT_VERSION,
 };
+pub use console_server::{ConsoleClients, ConsoleOutput, ConsoleServer, ConsoleServerOptions, OutputPump};
 pub use devices::{
     BalloonStatus, ConsoleDeviceConfiguration, ConsolePortConfiguration, DeviceError, DeviceManager,
     EntropyDeviceConfiguration, MemoryBalloonConfiguration,
 };
-pub use home::{NoHome, VirtkitHome, HOME_ENV};
 pub use host::{HostCapabilities, HostKind};
 pub use identity::{BadMachineIdentifier, MachineIdentifier};
 pub use size::{parse_size, ByteSize};

@@ -1,22 +1,18 @@
 //! Turning a serial attachment into the byte sink and source the machine's UART uses.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::path::PathBuf;
 
 use crate::config::SerialAttachment;
+use crate::console_server::{ConsoleServer, ConsoleServerOptions};
 
 /// The host ends of COM1 and whatever keeps them alive.
 pub(crate) struct SerialEnds {
     pub output: Box<dyn Write + Send>,
     pub input: Option<OwnedFd>,
-    pub server: Option<SocketServer>,
+    pub server: Option<ConsoleServer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,10 +85,16 @@ pub(crate) fn open_attachment(attachment: Option<&mut SerialAttachment>) -> Resu
             })
         }
         SerialAttachment::UnixSocket { path } => {
-            let (server, output, input) = SocketServer::listen(path)?;
+            let err = |source| SerialError::Socket {
+                path: path.clone(),
+                source,
+            };
+            let (input, to_guest) = io::pipe().map_err(err)?;
+            let mut server = ConsoleServer::new(ConsoleServerOptions::one_client("serial-socket"), to_guest);
+            server.listen(path).map_err(err)?;
             Ok(SerialEnds {
-                output: Box::new(output),
-                input: Some(input),
+                output: Box::new(server.output()),
+                input: Some(input.into()),
                 server: Some(server),
             })
         }
@@ -123,115 +125,11 @@ impl<T: std::os::fd::AsFd> DupFd for T {
     }
 }
 
-/// Output to whichever client is connected; nothing is kept while none is.
-#[derive(Clone)]
-pub(crate) struct ClientWriter(Arc<Mutex<Option<UnixStream>>>);
-
-impl Write for ClientWriter {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        let mut client = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(stream) = client.as_mut() {
-            if stream.write_all(b).is_err() {
-                *client = None;
-            }
-        }
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Accepts one console client at a time on a Unix socket.
-pub(crate) struct SocketServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    path: PathBuf,
-}
-
-impl SocketServer {
-    fn listen(path: &Path) -> Result<(SocketServer, ClientWriter, OwnedFd), SerialError> {
-        let err = |source| SerialError::Socket {
-            path: path.to_owned(),
-            source,
-        };
-        // A socket left by a VMM that died would make bind fail; only remove sockets.
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            use std::os::unix::fs::FileTypeExt;
-            if meta.file_type().is_socket() {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        let listener = UnixListener::bind(path).map_err(err)?;
-        listener.set_nonblocking(true).map_err(err)?;
-        let (reader, writer) = io::pipe().map_err(err)?;
-        let client = ClientWriter(Arc::new(Mutex::new(None)));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let client = client.clone();
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("serial-socket".into())
-                .spawn(move || serve(&listener, &client, writer, &stop))
-                .map_err(err)?
-        };
-        Ok((
-            SocketServer {
-                stop,
-                thread: Some(thread),
-                path: path.to_owned(),
-            },
-            client,
-            reader.into(),
-        ))
-    }
-}
-
-fn serve(listener: &UnixListener, client: &ClientWriter, mut to_guest: io::PipeWriter, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        let stream = match listener.accept() {
-            Ok((stream, _)) => stream,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-            Err(_) => return,
-        };
-        let Ok(mut reading) = stream.try_clone() else {
-            continue;
-        };
-        let _ = reading.set_read_timeout(Some(Duration::from_millis(100)));
-        *client.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream);
-        let mut buf = [0u8; 1024];
-        while !stop.load(Ordering::Relaxed) {
-            match reading.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if to_guest.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                Err(_) => break,
-            }
-        }
-        *client.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-}
-
-impl Drop for SocketServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
 
     #[test]
     fn socket_client_receives_output_and_its_input_reaches_the_pipe() {

@@ -9,8 +9,9 @@ use virtkit_hypervisor::{HypervisorError, Kvm, KvmFlavor};
 use virtkit_machine::{BootSource, Machine, MachineConfig, MachineError, MachineHandle, SmbiosIdentity};
 
 use crate::config::{BootLoader, VirtualMachineConfiguration};
+use crate::console_server::ConsoleServer;
 use crate::devices::{DeviceError, DeviceManager};
-use crate::serial::{open_attachment, SerialError, SocketServer};
+use crate::serial::{open_attachment, SerialError};
 use crate::state::{StopReason, VmState};
 use crate::validate::{error_chain, ValidationError};
 
@@ -122,7 +123,7 @@ impl VirtualMachine {
         rx
     }
 
-    fn machine_config(&mut self) -> Result<(MachineConfig, Option<SocketServer>), StartError> {
+    fn machine_config(&mut self) -> Result<(MachineConfig, Option<ConsoleServer>), StartError> {
         let boot = match &self.config.boot_loader {
             BootLoader::Linux {
                 kernel,

@@ -1,9 +1,9 @@
 //! `virtkit clone SRC DST`: a copy of a stopped VM with a new machine identifier.
 
 use clap::Args;
-use virtkit::disk_image::CloneMethod;
+use virtkit_manager::bundle::CloneMethod;
 
-use crate::commands::vms::{home, human_size, open};
+use crate::commands::vms::{bundle_error_in, home, human_size, open};
 use crate::exit::CliError;
 use crate::progress::LazyProgress;
 
@@ -21,9 +21,7 @@ pub fn run(args: &CloneArgs) -> Result<u8, CliError> {
     let mut progress = LazyProgress::new(format!("clone {}", args.name));
     let (copy, method) = src
         .clone_to(&home, &args.name, &mut |done, total| progress.report(done, total))
-        .map_err(|e| {
-            CliError::with_chain(format!("cannot clone `{}` to `{}`", args.source, args.name), &e)
-        })?;
+        .map_err(|e| bundle_error_in(format!("cannot clone `{}` to `{}`", args.source, args.name), &e))?;
     progress.finish();
     println!(
         "cloned `{}` to `{}` ({}, {} used), machine id {}",

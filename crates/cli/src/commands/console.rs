@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::channel;
 
 use clap::Args;
-use virtkit::bundle::{Bundle, CONSOLE_SOCKET};
+use virtkit_manager::bundle::{Bundle, CONSOLE_SOCKET};
 
 use crate::commands::vms::{home, open};
 use crate::exit::CliError;

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use virtkit::control::ControlCommand;
+use virtkit_manager::control::ControlCommand;
 
 use crate::commands::vms::{ask, home, open};
 use crate::exit::CliError;

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use virtkit::bundle::{Bundle, NewBoot, NewBundle, DEFAULT_FIRMWARE};
 use virtkit::parse_size;
+use virtkit_manager::bundle::{Bundle, NewBoot, NewBundle, DEFAULT_FIRMWARE};
 
-use crate::commands::vms::{home, human_size};
+use crate::commands::vms::{bundle_error_in, home, human_size};
 use crate::exit::CliError;
 use crate::progress::LazyProgress;
 
@@ -90,7 +90,7 @@ pub fn run(args: &CreateArgs) -> Result<u8, CliError> {
     let bundle = Bundle::create(&home, &args.name, &spec, &mut |done, total| {
         progress.report(done, total)
     })
-    .map_err(|e| CliError::with_chain(format!("cannot create the VM `{}`", args.name), &e))?;
+    .map_err(|e| bundle_error_in(format!("cannot create the VM `{}`", args.name), &e))?;
     progress.finish();
     let disk = bundle.disk_size().unwrap_or(0);
     println!(

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::commands::vms::{home, open};
+use crate::commands::vms::{bundle_error_in, home, open};
 use crate::exit::CliError;
 
 #[derive(Args)]
@@ -14,7 +14,7 @@ pub fn run(args: &DeleteArgs) -> Result<u8, CliError> {
     let home = home()?;
     let b = open(&home, &args.name)?;
     b.delete()
-        .map_err(|e| CliError::with_chain(format!("cannot delete the VM `{}`", args.name), &e))?;
+        .map_err(|e| bundle_error_in(format!("cannot delete the VM `{}`", args.name), &e))?;
     println!("deleted `{}`", args.name);
     Ok(0)
 }

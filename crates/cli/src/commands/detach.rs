@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use clap::Args;
-use virtkit::bundle::{CONTROL_SOCKET, VMM_LOG_FILE};
-use virtkit::{VirtkitHome, HOME_ENV};
+use virtkit_manager::bundle::{CONTROL_SOCKET, VMM_LOG_FILE};
+use virtkit_manager::{VirtkitHome, HOME_ENV};
 
 use crate::commands::vms::{already_running, home, open, socket_alive, state_of};
 use crate::exit::CliError;

@@ -5,9 +5,11 @@ use clap::Args;
 use serde_json::json;
 use virtkit::{parse_size, BootLoader, VirtualMachineConfiguration};
 
-use virtkit::control::{ControlCommand, ControlRequest, ControlResponse};
+use virtkit_manager::control::{ControlCommand, ControlRequest, ControlResponse};
 
-use crate::commands::vms::{ask_request, home, human_size, open, print_json, state_of, Format};
+use crate::commands::vms::{
+    ask_request, bundle_error_in, home, human_size, open, print_json, state_of, Format,
+};
 use crate::exit::CliError;
 
 #[derive(Args)]
@@ -81,7 +83,7 @@ pub fn get(args: &GetArgs) -> Result<u8, CliError> {
 }
 
 /// The running VM's balloon (target, what the guest gave, its memory statistics), if it has one.
-fn balloon_of(b: &virtkit::bundle::Bundle) -> serde_json::Value {
+fn balloon_of(b: &virtkit_manager::bundle::Bundle) -> serde_json::Value {
     if !b.is_running() {
         return serde_json::Value::Null;
     }
@@ -164,11 +166,11 @@ pub fn set(args: &SetArgs) -> Result<u8, CliError> {
             c.memory_size = memory;
         }
         b.set_configuration(c)
-            .map_err(|e| CliError::with_chain(context.clone(), &e))?;
+            .map_err(|e| bundle_error_in(context.clone(), &e))?;
     }
     if let Some(size) = args.disk_size {
         b.grow_disk(size)
-            .map_err(|e| CliError::with_chain(context.clone(), &e))?;
+            .map_err(|e| bundle_error_in(context.clone(), &e))?;
     }
     println!(
         "`{}`: {} vCPUs, {} memory, {} disk",

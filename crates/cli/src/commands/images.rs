@@ -5,8 +5,9 @@ use std::io::Write;
 use std::path::Path;
 
 use clap::{Args, Subcommand};
-use virtkit::images::{download, local_image, CatalogSource, ImageCatalog, LocalImage};
-use virtkit::{ByteSize, VirtkitHome};
+use virtkit::ByteSize;
+use virtkit_manager::images::{download, local_image, CatalogSource, ImageCatalog, LocalImage};
+use virtkit_manager::VirtkitHome;
 
 use crate::commands::vms::Format;
 

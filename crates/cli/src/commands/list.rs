@@ -2,7 +2,7 @@
 
 use clap::Args;
 use serde_json::json;
-use virtkit::bundle::Bundle;
+use virtkit_manager::bundle::Bundle;
 
 use crate::commands::vms::{home, human_size, print_json, state_of, Format};
 use crate::exit::CliError;
@@ -15,7 +15,7 @@ pub struct ListArgs {
 
 pub fn run(args: &ListArgs) -> Result<u8, CliError> {
     let home = home()?;
-    let vms = Bundle::list(&home).map_err(|e| CliError::from_error(&e))?;
+    let vms = Bundle::list(&home).map_err(|e| crate::commands::vms::bundle_error(&e))?;
     let rows: Vec<serde_json::Value> = vms
         .iter()
         .map(|(name, bundle)| match bundle {

@@ -4,7 +4,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
 use clap::Args;
-use virtkit::bundle::{CONSOLE_LOG_FILE, VMM_LOG_FILE};
+use virtkit_manager::bundle::{CONSOLE_LOG_FILE, VMM_LOG_FILE};
 
 use crate::commands::vms::{home, open};
 use crate::exit::CliError;

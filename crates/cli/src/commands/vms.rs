@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use clap::ValueEnum;
-use virtkit::bundle::{Bundle, CONTROL_SOCKET};
-use virtkit::control::{ControlClient, ControlCommand, ControlRequest, ControlResponse};
-use virtkit::VirtkitHome;
+use virtkit_manager::bundle::{Bundle, BundleError, CONTROL_SOCKET};
+use virtkit_manager::control::{ControlClient, ControlCommand, ControlRequest, ControlResponse};
+use virtkit_manager::VirtkitHome;
 
 use crate::exit::CliError;
 
@@ -25,7 +25,36 @@ pub fn home() -> Result<VirtkitHome, CliError> {
 }
 
 pub fn open(home: &VirtkitHome, name: &str) -> Result<Bundle, CliError> {
-    Bundle::open(home, name).map_err(|e| CliError::from_error(&e))
+    Bundle::open(home, name).map_err(|e| bundle_error(&e))
+}
+
+/// The command that helps with a bundle error, where there is one.
+fn bundle_hint(e: &BundleError) -> Option<String> {
+    match e {
+        BundleError::NotFound { .. } => Some("`virtkit list` shows the VMs there".into()),
+        BundleError::Exists { name } => {
+            Some(format!("choose another name, or `virtkit delete {name}` first"))
+        }
+        BundleError::Running { name, .. } => Some(format!("stop it first with `virtkit stop {name}`")),
+        _ => None,
+    }
+}
+
+fn with_hint(error: CliError, e: &BundleError) -> CliError {
+    match bundle_hint(e) {
+        Some(hint) => CliError::new(format!("{error}; {hint}")),
+        None => error,
+    }
+}
+
+/// A bundle error and its causes, with the command that helps.
+pub fn bundle_error(e: &BundleError) -> CliError {
+    with_hint(CliError::from_error(e), e)
+}
+
+/// `context`, then a bundle error and its causes, with the command that helps.
+pub fn bundle_error_in(context: impl Into<String>, e: &BundleError) -> CliError {
+    with_hint(CliError::with_chain(context, e), e)
 }
 
 /// The state of a VM: `stopped` when no process holds its bundle, else what its process says.

@@ -10,15 +10,15 @@ use super::{
     check_name, io_error, Bundle, BundleError, HardwareModel, AUX_FILE, CONFIG_FILE, DISK_FILE,
     HARDWARE_MODEL_FILE, INITRD_FILE, KERNEL_FILE, MACHINE_ID_FILE, RESTORE_IMAGE_STEM,
 };
-use crate::config::{BootLoader, PlatformConfiguration, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
-use crate::devices::{
+use crate::home::VirtkitHome;
+use virtkit::devices::{
     ConsoleDeviceConfiguration, ConsolePortConfiguration, EntropyDeviceConfiguration,
     MemoryBalloonConfiguration,
 };
-use crate::disk_image::{clone_file, import, CloneMethod};
-use crate::home::VirtkitHome;
-use crate::identity::MachineIdentifier;
-use crate::storage::StorageDeviceConfiguration;
+use virtkit::MachineIdentifier;
+use virtkit::StorageDeviceConfiguration;
+use virtkit::{BootLoader, PlatformConfiguration, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
+use virtkit_disk::{clone_file, import, CloneMethod};
 
 /// The size of the empty disk a VM gets when it is created without a restore image.
 pub const DEFAULT_DISK_SIZE: u64 = 20 << 30;

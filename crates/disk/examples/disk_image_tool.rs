@@ -1,4 +1,4 @@
-//! `virtkit::disk_image` from the command line, for benchmarks and manual checks:
+//! `virtkit_disk` from the command line, for benchmarks and manual checks:
 //!
 //! ```text
 //! disk_image_tool import SRC DST [--disk-size SIZE]
@@ -12,8 +12,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use serde_json::json;
-use virtkit::disk_image::{clone_file, import};
-use virtkit::parse_size;
+use virtkit_disk::{clone_file, import};
 
 const USAGE: &str = "usage: disk_image_tool import SRC DST [--disk-size SIZE] | clone SRC DST";
 
@@ -72,4 +71,21 @@ fn chain(err: impl std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// `4096`, `512M`, `20G`: bytes, or binary K/M/G/T.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("`{text}` is not a size; write bytes or a number with K, M, G or T");
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(bad()),
+    };
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift).ok_or_else(bad)
 }

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::devices::BalloonStatus;
+use virtkit::BalloonStatus;
+
+pub use crate::control_server::serve;
 
 /// What a client asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +95,8 @@ impl ControlResponse {
 }
 
 /// Parses a request line; the error is the response to send back.
+// The error is the response itself, sent once per bad line: its size does not matter.
+#[allow(clippy::result_large_err)]
 pub fn parse_request(line: &str) -> Result<ControlRequest, ControlResponse> {
     serde_json::from_str(line).map_err(|e| {
         let text = e.to_string();

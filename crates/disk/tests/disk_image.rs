@@ -1,4 +1,4 @@
-//! `virtkit::disk_image`: importing raw and qcow2 images into sparse raw disks, and cloning disk
+//! `virtkit_disk`: importing raw and qcow2 images into sparse raw disks, and cloning disk
 //! files. Test images are made with `qemu-img` and `qemu-io` (Debian: qemu-utils) and the results
 //! compared with `qemu-img convert -O raw`; without them those tests print `SKIPPED:`. The reflink
 //! test mounts a small btrfs or XFS file system on a loop device (needs root and mkfs.btrfs or
@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use virtkit::disk_image::{clone_file, import, inspect, CloneMethod, DiskImageError, ImageFormat};
+use virtkit_disk::{clone_file, import, inspect, CloneMethod, DiskImageError, ImageFormat};
 use virtkit_testkit::skip;
 
 const MIB: u64 = 1 << 20;
@@ -164,7 +164,7 @@ fn import_quiet(
     src: &Path,
     dst: &Path,
     disk_size: Option<u64>,
-) -> Result<virtkit::disk_image::ImportReport, DiskImageError> {
+) -> Result<virtkit_disk::ImportReport, DiskImageError> {
     import(src, dst, disk_size, &mut |_, _| {})
 }
 
@@ -192,7 +192,7 @@ fn raw_import_copies_the_data_and_keeps_holes() {
     );
     assert_eq!(
         inspect(&src).unwrap(),
-        virtkit::disk_image::ImageInfo {
+        virtkit_disk::ImageInfo {
             format: ImageFormat::Raw,
             virtual_size: size
         }

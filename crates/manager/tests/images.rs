@@ -7,7 +7,7 @@ mod http_server;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256, Sha512};
-use virtkit::images::{
+use virtkit_manager::images::{
     download, local_image, CatalogError, CatalogImage, CatalogSource, DigestAlgorithm, DownloadError,
     ImageCatalog, ImageFormat, LocalImage,
 };

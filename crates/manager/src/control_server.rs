@@ -1,11 +1,11 @@
-//! The control socket server of a VM process (protocol: `virtkit::control`, docs/CONTROL.md).
+//! The control socket server of a VM process (protocol: `crate::control`, docs/CONTROL.md).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
 
-use virtkit::control::{parse_request, ControlCommand, ControlRequest, ControlResponse};
+use crate::control::{parse_request, ControlCommand, ControlRequest, ControlResponse};
 use virtkit::VirtualMachine;
 
 /// Serves `path` for as long as the process lives.

@@ -2,7 +2,7 @@
 //! and faults on request: cut the connection after N body bytes, serve a corrupted body, or
 //! ignore ranges. It records every request it answers so tests can assert what the client asked.
 //!
-//! Shared by `crates/virtkit/tests/images.rs` and `crates/cli/tests/images.rs` (through
+//! Shared by `crates/manager/tests/images.rs` and `crates/cli/tests/images.rs` (through
 //! `#[path]`); each uses a part of it.
 #![allow(dead_code)]
 

@@ -11,7 +11,10 @@
 //! data file or encryption are refused with a message saying how to flatten them; other image
 //! formats (VMDK, VHDX, VDI, ...) are recognised by their magic and refused.
 
+#![forbid(unsafe_code)]
+
 mod clone;
+pub mod durable;
 mod error;
 mod extents;
 mod import;
@@ -19,6 +22,7 @@ mod new_file;
 mod pipeline;
 mod probe;
 mod qcow2;
+mod size;
 mod sparse_writer;
 
 use std::fs::File;

@@ -35,12 +35,13 @@ pub use create::{NewBoot, NewBundle, DEFAULT_DISK_SIZE, DEFAULT_FIRMWARE};
 pub use hardware::{HardwareModel, HARDWARE_MODEL_VERSION, MACHINE_MODEL};
 pub use lock::BundleLock;
 pub use name::{check_name, MAX_NAME_LEN};
+/// The disk image types bundle operations report.
+pub use virtkit_disk::{CloneMethod, DiskImageError};
 
-use crate::config::{BootLoader, SerialAttachment, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
-use crate::disk_image::DiskImageError;
 use crate::home::VirtkitHome;
-use crate::identity::MachineIdentifier;
-use crate::validate::ValidationError;
+use virtkit::MachineIdentifier;
+use virtkit::ValidationError;
+use virtkit::{BootLoader, SerialAttachment, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const DISK_FILE: &str = "disk.img";
@@ -65,9 +66,9 @@ pub const CONSOLE_SOCKET: &str = "console.sock";
 pub enum BundleError {
     #[error("{0}")]
     BadName(String),
-    #[error("there is no VM named `{name}` in {dir}; `virtkit list` shows the VMs there")]
+    #[error("there is no VM named `{name}` in {dir}")]
     NotFound { name: String, dir: PathBuf },
-    #[error("a VM named `{name}` already exists; choose another name, or `virtkit delete {name}` first")]
+    #[error("a VM named `{name}` already exists")]
     Exists { name: String },
     #[error("the VM `{name}` is damaged: {problem}")]
     Damaged { name: String, problem: String },
@@ -80,7 +81,7 @@ pub enum BundleError {
         found: u64,
         supported: u32,
     },
-    #[error("the VM `{name}` is running{}; stop it first with `virtkit stop {name}`", pid.map(|p| format!(" (process {p})")).unwrap_or_default())]
+    #[error("the VM `{name}` is running{}", pid.map(|p| format!(" (process {p})")).unwrap_or_default())]
     Running { name: String, pid: Option<u32> },
     #[error("cannot {action} {}", path.display())]
     Io {

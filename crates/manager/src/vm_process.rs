@@ -1,0 +1,269 @@
+//! The process that runs one VM from its bundle — the counterpart of the per-VM service process
+//! of Apple's framework. It holds the bundle's lock for its whole life (so a second run is
+//! refused, and a crash releases it), records its PID, serves `control.sock` and
+//! `console.sock`, keeps `console.log`, and ends when the VM stops.
+//!
+//! [`PreparedVm::open`] does everything up to a built `VirtualMachine`; [`PreparedVm::start`]
+//! starts it and serves the sockets; [`RunningVm::wait`] waits for the stop and cleans up. A
+//! front end (the CLI) puts its terminal handling between the steps.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use virtkit::{
+    ConsoleDeviceConfiguration, ConsolePortConfiguration, ConsoleServer, ConsoleServerOptions, OutputPump,
+    SerialAttachment, SerialPortConfiguration, StartError, StopReason, ValidationError, VirtualMachine,
+    VirtualMachineConfiguration,
+};
+
+use crate::bundle::{
+    Bundle, BundleError, BundleLock, HardwareModel, CONSOLE_LOG_FILE, CONSOLE_SOCKET, CONTROL_SOCKET,
+    PID_FILE, SERIAL_LOG_FILE,
+};
+use crate::home::VirtkitHome;
+
+/// Which of the guest's consoles the VM's console (`console.log`, `console.sock`, the front
+/// end's terminal) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VmConsole {
+    /// The serial port COM1 (`ttyS0` in Linux).
+    #[default]
+    Serial,
+    /// The virtio console's first port (`hvc0`); COM1 then goes to `serial.log`.
+    Hvc,
+}
+
+/// How to run a bundle's VM.
+#[derive(Default)]
+pub struct VmProcessOptions {
+    pub console: VmConsole,
+    /// Also gets the console output (a terminal, in the foreground).
+    pub echo: Option<Box<dyn Write + Send>>,
+    /// Console input besides `console.sock`'s clients (a terminal, in the foreground).
+    pub input: Option<Box<dyn Read + Send>>,
+}
+
+/// Why a bundle's VM could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmProcessError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("cannot make the console pipe")]
+    Pipe(#[source] std::io::Error),
+    #[error("cannot write {}", path.display())]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the console")]
+    Console(#[source] std::io::Error),
+    #[error("the VM `{name}` cannot run: {source}")]
+    Invalid {
+        name: String,
+        #[source]
+        source: ValidationError,
+    },
+    #[error("cannot start the VM `{name}`")]
+    Start {
+        name: String,
+        #[source]
+        source: StartError,
+    },
+    #[error("cannot open the VM's sockets in {}", path.display())]
+    Sockets {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Puts the console hub's pipe ends on COM1 or on an hvc console port.
+fn attach_console(
+    config: &mut VirtualMachineConfiguration,
+    bundle: &Bundle,
+    choice: VmConsole,
+    hub_end: SerialAttachment,
+) {
+    config.serial_ports.clear();
+    match choice {
+        VmConsole::Serial => config
+            .serial_ports
+            .push(SerialPortConfiguration { attachment: hub_end }),
+        VmConsole::Hvc => {
+            config.serial_ports.push(SerialPortConfiguration {
+                attachment: SerialAttachment::File {
+                    path: bundle.file(SERIAL_LOG_FILE),
+                    append: false,
+                },
+            });
+            if config.console_devices.is_empty() {
+                config.console_devices.push(ConsoleDeviceConfiguration::default());
+            }
+            config.console_devices[0]
+                .ports
+                .insert(0, ConsolePortConfiguration::console(Some(hub_end)));
+        }
+    }
+}
+
+/// A bundle's VM, locked and built, not started yet.
+pub struct PreparedVm {
+    bundle: Bundle,
+    lock: BundleLock,
+    vm: VirtualMachine,
+    console: ConsoleServer,
+    pump: OutputPump,
+}
+
+/// A bundle's VM that runs, with its sockets served.
+pub struct RunningVm {
+    bundle: Bundle,
+    lock: BundleLock,
+    vm: Arc<VirtualMachine>,
+    console: ConsoleServer,
+    pump: OutputPump,
+}
+
+impl PreparedVm {
+    /// Opens the VM `name`, takes its bundle's lock (refused with [`BundleError::Running`] if a
+    /// process holds it), writes the PID, builds the runtime configuration with the console on
+    /// the console hub, starts the hub (output to `console.log` and `options.echo`) and builds
+    /// the `VirtualMachine`.
+    pub fn open(
+        home: &VirtkitHome,
+        name: &str,
+        options: VmProcessOptions,
+    ) -> Result<PreparedVm, VmProcessError> {
+        let bundle = Bundle::open(home, name)?;
+        let lock = bundle.lock()?;
+        bundle.write_pid(&lock)?;
+
+        let missing = bundle.hardware_model().missing_on(&HardwareModel::of_this_host());
+        if !missing.is_empty() {
+            tracing::warn!(
+                features = %missing.join(" "),
+                "this host's CPU lacks features the VM was created with; a guest that uses them may fail"
+            );
+        }
+
+        let (guest_in_read, guest_in_write) = std::io::pipe().map_err(VmProcessError::Pipe)?;
+        let (guest_out_read, guest_out_write) = std::io::pipe().map_err(VmProcessError::Pipe)?;
+        let mut config = bundle.runtime_configuration();
+        attach_console(
+            &mut config,
+            &bundle,
+            options.console,
+            SerialAttachment::FileHandles {
+                read: Some(guest_in_read.into()),
+                write: Some(guest_out_write.into()),
+            },
+        );
+
+        let log_path = bundle.file(CONSOLE_LOG_FILE);
+        let log = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&log_path)
+            .map_err(|source| VmProcessError::Log {
+                path: log_path,
+                source,
+            })?;
+        let console = ConsoleServer::new(
+            ConsoleServerOptions {
+                log: Some(log),
+                echo: options.echo,
+                ..ConsoleServerOptions::many_clients("console-sock")
+            },
+            guest_in_write,
+        );
+        let pump = console
+            .pump(guest_out_read.into())
+            .map_err(VmProcessError::Console)?;
+        if let Some(input) = options.input {
+            console.feed_from(input).map_err(VmProcessError::Console)?;
+        }
+
+        let vm = VirtualMachine::new(config).map_err(|source| VmProcessError::Invalid {
+            name: name.to_owned(),
+            source,
+        })?;
+        Ok(PreparedVm {
+            bundle,
+            lock,
+            vm,
+            console,
+            pump,
+        })
+    }
+
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// The VM, to watch its state before it starts.
+    pub fn vm(&self) -> &VirtualMachine {
+        &self.vm
+    }
+
+    /// Starts the VM and serves `control.sock` and `console.sock`.
+    pub fn start(self) -> Result<RunningVm, VmProcessError> {
+        let PreparedVm {
+            bundle,
+            lock,
+            mut vm,
+            mut console,
+            pump,
+        } = self;
+        let name = bundle.name().to_owned();
+        if let Err(source) = vm.start() {
+            let _ = std::fs::remove_file(bundle.file(PID_FILE));
+            return Err(VmProcessError::Start { name, source });
+        }
+        let vm = Arc::new(vm);
+        let served = crate::control::serve(&bundle.file(CONTROL_SOCKET), vm.clone())
+            .and_then(|_| console.listen(&bundle.file(CONSOLE_SOCKET)));
+        let running = RunningVm {
+            bundle,
+            lock,
+            vm,
+            console,
+            pump,
+        };
+        if let Err(source) = served {
+            let _ = running.vm.stop();
+            let path = running.bundle.path().to_owned();
+            running.wait();
+            return Err(VmProcessError::Sockets { path, source });
+        }
+        tracing::info!(vm = name, pid = std::process::id(), "running");
+        Ok(running)
+    }
+}
+
+impl RunningVm {
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    pub fn vm(&self) -> &Arc<VirtualMachine> {
+        &self.vm
+    }
+
+    /// Waits for the VM to stop; then writes out the last console output, removes the sockets
+    /// and the PID file, and releases the bundle's lock.
+    pub fn wait(self) -> StopReason {
+        let reason = self.vm.wait();
+        self.pump.finish();
+        drop(self.console);
+        for file in [CONTROL_SOCKET, CONSOLE_SOCKET, PID_FILE] {
+            let _ = std::fs::remove_file(self.bundle.file(file));
+        }
+        tracing::info!(vm = self.bundle.name(), reason = %reason, "stopped");
+        drop(self.lock);
+        reason
+    }
+}
