@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use virtkit_hypervisor::{HypervisorError, Kvm, Vcpu, Vm};
+use virtkit_sandbox::ThreadRole;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -327,7 +328,7 @@ impl Machine {
         for (index, vcpu) in self.vcpus.drain(..).enumerate() {
             let ctx = ctx.clone();
             self.control.thread_starting();
-            let spawned = std::thread::Builder::new()
+            let spawned = virtkit_sandbox::Builder::new(ThreadRole::Vcpu)
                 .name(format!("vcpu-{index}"))
                 .spawn(move || run_vcpu(vcpu, index as u32, &ctx));
             match spawned {
@@ -416,6 +417,9 @@ fn map_guest_memory(
     Ok((memory, pam))
 }
 
+/// COM1 and the ACPI PM device, which the machine keeps handles to.
+type LegacyDevices = (Arc<Mutex<SerialDevice>>, Arc<Mutex<AcpiPm>>);
+
 /// Step 4, the legacy half: COM1, ACPI PM, i8042, CMOS RTC and pvpanic on the port bus.
 fn add_legacy_devices(
     vm: &Arc<Vm>,
@@ -423,7 +427,7 @@ fn add_legacy_devices(
     serial_output: Box<dyn Write + Send>,
     requests: &RequestSink,
     memory_size: u64,
-) -> Result<(Arc<Mutex<SerialDevice>>, Arc<Mutex<AcpiPm>>), MachineError> {
+) -> Result<LegacyDevices, MachineError> {
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?;
     vm.register_irqfd(&serial_irq, irqs::COM1)?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_output)));

@@ -168,7 +168,13 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             kick_vcpus(&mut r);
         }
         ThreadRole::DeviceWorker(kind) => {
-            r.allow_all(&[SYS_epoll_wait, SYS_epoll_pwait, SYS_epoll_ctl, SYS_read, SYS_write]);
+            r.allow_all(&[
+                SYS_epoll_wait,
+                SYS_epoll_pwait,
+                SYS_epoll_ctl,
+                SYS_read,
+                SYS_write,
+            ]);
             match kind {
                 DeviceKind::Block => {
                     r.allow_all(&[
@@ -191,7 +197,14 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
                     r.allow_all(&[SYS_timerfd_settime, SYS_timerfd_gettime]);
                 }
                 DeviceKind::Console => {
-                    r.allow_all(&[SYS_accept4, SYS_sendto, SYS_recvfrom, SYS_fcntl, SYS_writev, SYS_readv]);
+                    r.allow_all(&[
+                        SYS_accept4,
+                        SYS_sendto,
+                        SYS_recvfrom,
+                        SYS_fcntl,
+                        SYS_writev,
+                        SYS_readv,
+                    ]);
                 }
                 DeviceKind::Other => {
                     r.allow_all(&[SYS_nanosleep, SYS_clock_nanosleep]);
@@ -257,9 +270,12 @@ pub(crate) fn compile(role: ThreadRole, action: SeccompAction) -> Result<BpfProg
         SeccompAction::Kill | SeccompAction::Off => BpfAction::KillProcess,
         SeccompAction::Log => BpfAction::Log,
     };
-    let rules = rules_for(role).into_seccompiler().map_err(SandboxError::Compile)?;
+    let rules = rules_for(role)
+        .into_seccompiler()
+        .map_err(SandboxError::Compile)?;
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(SandboxError::Compile)?;
-    let filter = SeccompFilter::new(rules, mismatch, BpfAction::Allow, arch).map_err(SandboxError::Compile)?;
+    let filter =
+        SeccompFilter::new(rules, mismatch, BpfAction::Allow, arch).map_err(SandboxError::Compile)?;
     BpfProgram::try_from(filter).map_err(SandboxError::Compile)
 }
 
@@ -271,18 +287,34 @@ mod tests {
     fn kvm_ioctl_numbers_match_the_kernel_structures() {
         use std::mem::size_of;
         assert_eq!(kvm::KVM_RUN, 0xae80);
-        assert_eq!(kvm::KVM_GET_REGS, kvm_ioc(IOC_READ, 0x81, size_of::<kvm_bindings::kvm_regs>() as u64));
+        assert_eq!(
+            kvm::KVM_GET_REGS,
+            kvm_ioc(IOC_READ, 0x81, size_of::<kvm_bindings::kvm_regs>() as u64)
+        );
         assert_eq!(
             kvm::KVM_SET_USER_MEMORY_REGION,
-            kvm_ioc(IOC_WRITE, 0x46, size_of::<kvm_bindings::kvm_userspace_memory_region>() as u64)
+            kvm_ioc(
+                IOC_WRITE,
+                0x46,
+                size_of::<kvm_bindings::kvm_userspace_memory_region>() as u64
+            )
         );
-        assert_eq!(kvm::KVM_IRQ_LINE, kvm_ioc(IOC_WRITE, 0x61, size_of::<kvm_bindings::kvm_irq_level>() as u64));
+        assert_eq!(
+            kvm::KVM_IRQ_LINE,
+            kvm_ioc(IOC_WRITE, 0x61, size_of::<kvm_bindings::kvm_irq_level>() as u64)
+        );
         assert_eq!(
             kvm::KVM_SET_GSI_ROUTING,
             kvm_ioc(IOC_WRITE, 0x6a, size_of::<kvm_bindings::kvm_irq_routing>() as u64)
         );
-        assert_eq!(kvm::KVM_IRQFD, kvm_ioc(IOC_WRITE, 0x76, size_of::<kvm_bindings::kvm_irqfd>() as u64));
-        assert_eq!(kvm::KVM_IOEVENTFD, kvm_ioc(IOC_WRITE, 0x79, size_of::<kvm_bindings::kvm_ioeventfd>() as u64));
+        assert_eq!(
+            kvm::KVM_IRQFD,
+            kvm_ioc(IOC_WRITE, 0x76, size_of::<kvm_bindings::kvm_irqfd>() as u64)
+        );
+        assert_eq!(
+            kvm::KVM_IOEVENTFD,
+            kvm_ioc(IOC_WRITE, 0x79, size_of::<kvm_bindings::kvm_ioeventfd>() as u64)
+        );
         assert_eq!(kvm::KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
     }
 
@@ -340,8 +372,14 @@ mod tests {
             ] {
                 assert!(!rules.allows(nr), "{role:?} allows syscall {nr}");
             }
-            assert!(!rules.allows_any_arguments(SYS_ioctl), "{role:?}: ioctl unrestricted");
-            assert!(!rules.allows_any_arguments(SYS_madvise), "{role:?}: madvise unrestricted");
+            assert!(
+                !rules.allows_any_arguments(SYS_ioctl),
+                "{role:?}: ioctl unrestricted"
+            );
+            assert!(
+                !rules.allows_any_arguments(SYS_madvise),
+                "{role:?}: madvise unrestricted"
+            );
         }
     }
 

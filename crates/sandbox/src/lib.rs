@@ -21,7 +21,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use filters::{rules_for, FilterRules};
-pub use spawn::spawn;
+pub use spawn::{spawn, Builder};
 
 /// What a filtered thread's syscall outside its role's list does. Process-wide.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -87,10 +87,13 @@ pub const POLICY_ENV: &str = "VIRTKIT_SECCOMP";
 const UNSET: u8 = u8::MAX;
 static POLICY: AtomicU8 = AtomicU8::new(UNSET);
 
-/// Sets the process-wide policy. Threads started afterwards use it; running threads keep the
-/// filter they have (a filter cannot be removed).
-pub fn set_policy(action: SeccompAction) {
-    POLICY.store(action.to_u8(), Ordering::SeqCst);
+/// Sets the process-wide policy (`None`, a configuration that does not say, leaves it as it
+/// is). Threads started afterwards use it; running threads keep the filter they have (a filter
+/// cannot be removed).
+pub fn set_policy(action: impl Into<Option<SeccompAction>>) {
+    if let Some(action) = action.into() {
+        POLICY.store(action.to_u8(), Ordering::SeqCst);
+    }
 }
 
 /// The process-wide policy: what [`set_policy`] set, else [`POLICY_ENV`], else

@@ -4,7 +4,7 @@ use std::cell::Cell;
 use std::io;
 use std::sync::mpsc::{channel, sync_channel, Sender};
 use std::sync::{Mutex, Once};
-use std::thread::{Builder, JoinHandle};
+use std::thread::JoinHandle;
 
 use crate::{filters, policy, SandboxError, SeccompAction, ThreadRole};
 
@@ -20,11 +20,13 @@ fn on_spawner(job: Job) -> io::Result<()> {
     let mut spawner = SPAWNER.lock().unwrap_or_else(|p| p.into_inner());
     if spawner.is_none() {
         let (tx, rx) = channel::<Job>();
-        Builder::new().name("sandbox-spawn".into()).spawn(move || {
-            for job in rx {
-                job();
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("sandbox-spawn".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })?;
         *spawner = Some(tx);
     }
     let sender = spawner.as_ref().ok_or_else(|| io::Error::other("no spawner"))?;
@@ -54,14 +56,14 @@ where
     let name = name.into();
     let action = policy();
     if action == SeccompAction::Off {
-        return Builder::new().name(name).spawn(body);
+        return std::thread::Builder::new().name(name).spawn(body);
     }
     let program = filters::compile(role, action)?;
     install_panic_hook();
     let (reply_tx, reply_rx) = sync_channel::<io::Result<JoinHandle<T>>>(1);
     let (ready_tx, ready_rx) = sync_channel::<Result<(), SandboxError>>(1);
     on_spawner(Box::new(move || {
-        let spawned = Builder::new().name(name).spawn(move || {
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
             prepare_thread();
             let installed = seccompiler::apply_filter(&program).map_err(SandboxError::Install);
             drop(program);
@@ -84,7 +86,9 @@ where
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(handle),
         Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(io::Error::other("the new thread ended before installing its filter")),
+        Err(_) => Err(io::Error::other(
+            "the new thread ended before installing its filter",
+        )),
     }
 }
 
@@ -147,4 +151,35 @@ pub(crate) fn install_panic_hook() {
             );
         }));
     });
+}
+
+/// [`std::thread::Builder`] for a filtered thread: `Builder::new(role).name(name).spawn(body)`
+/// is [`spawn`]`(name, role, body)`.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    role: ThreadRole,
+    name: String,
+}
+
+impl Builder {
+    pub fn new(role: ThreadRole) -> Builder {
+        Builder {
+            role,
+            name: String::new(),
+        }
+    }
+
+    /// The thread's name (its `comm`, which the kernel's seccomp log shows).
+    pub fn name(mut self, name: String) -> Builder {
+        self.name = name;
+        self
+    }
+
+    pub fn spawn<F, T>(self, body: F) -> io::Result<JoinHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        spawn(self.name, self.role, body)
+    }
 }

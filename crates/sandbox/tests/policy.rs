@@ -147,7 +147,12 @@ fn kill_policy_checks_arguments_too() {
 #[test]
 fn log_policy_lets_the_call_through_under_a_filter() {
     let out = run_child("log:socket");
-    assert!(out.status.success(), "{:?}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let results = results(&out);
     assert_eq!(results[0], "seccomp=2", "a filter is installed");
     let fd: i64 = results[1].strip_prefix("returned=").unwrap().parse().unwrap();
@@ -157,7 +162,12 @@ fn log_policy_lets_the_call_through_under_a_filter() {
 #[test]
 fn off_policy_installs_no_filter() {
     let out = run_child("off:socket");
-    assert!(out.status.success(), "{:?}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let results = results(&out);
     assert_eq!(results[0], "seccomp=0");
     let fd: i64 = results[1].strip_prefix("returned=").unwrap().parse().unwrap();
@@ -174,6 +184,9 @@ fn policy_names_parse_and_print() {
         assert_eq!(text.parse::<SeccompAction>().unwrap(), action);
         assert_eq!(action.to_string(), text);
     }
-    assert!("allow".parse::<SeccompAction>().unwrap_err().contains("kill, log or off"));
+    assert!("allow"
+        .parse::<SeccompAction>()
+        .unwrap_err()
+        .contains("kill, log or off"));
     assert_eq!(SeccompAction::default(), SeccompAction::Kill);
 }

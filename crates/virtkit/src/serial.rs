@@ -170,7 +170,7 @@ impl SocketServer {
         let thread = {
             let client = client.clone();
             let stop = stop.clone();
-            std::thread::Builder::new()
+            virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::SerialSocket)
                 .name("serial-socket".into())
                 .spawn(move || serve(&listener, &client, writer, &stop))
                 .map_err(err)?

@@ -17,6 +17,8 @@ use crate::vm_process::{Mode, DETACH_START_TIMEOUT};
 #[derive(Args)]
 pub struct VmProcessArgs {
     pub name: String,
+    #[arg(long)]
+    pub seccomp: Option<virtkit_sandbox::SeccompAction>,
 }
 
 /// The last lines of a log, to explain why a background process ended.
@@ -31,7 +33,11 @@ fn tail(path: &std::path::Path, from: u64) -> String {
     lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
-pub fn run(home: &VirtkitHome, name: &str) -> Result<u8, CliError> {
+pub fn run(
+    home: &VirtkitHome,
+    name: &str,
+    seccomp: Option<virtkit_sandbox::SeccompAction>,
+) -> Result<u8, CliError> {
     let b = open(home, name)?;
     if b.is_running() {
         return Err(already_running(name, b.running_pid()));
@@ -48,6 +54,7 @@ pub fn run(home: &VirtkitHome, name: &str) -> Result<u8, CliError> {
     let mut child = Command::new(exe)
         .arg("vm-process")
         .arg(name)
+        .args(seccomp.map(|p| format!("--seccomp={p}")))
         .env(HOME_ENV, home.root())
         .env(
             "VIRTKIT_LOG",
@@ -92,5 +99,5 @@ pub fn run(home: &VirtkitHome, name: &str) -> Result<u8, CliError> {
 pub fn vm_process(args: &VmProcessArgs) -> Result<u8, CliError> {
     let _ = rustix::process::setsid();
     let home = home()?;
-    crate::vm_process::run(&home, &args.name, Mode::Detached)
+    crate::vm_process::run(&home, &args.name, Mode::Detached, args.seccomp)
 }

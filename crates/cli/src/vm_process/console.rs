@@ -70,7 +70,7 @@ impl ConsoleHub {
         let out_clients = clients.clone();
         let mut output = File::from(guest_output);
         let (stop, machine_stopped) = std::io::pipe()?;
-        let thread = std::thread::Builder::new()
+        let thread = virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::ConsoleOutput)
             .name("console-out".into())
             .spawn(move || {
                 let mut buf = [0u8; 4096];
@@ -112,7 +112,7 @@ impl ConsoleHub {
     /// Copies everything read from `source` to the guest until it ends.
     pub fn feed_from(&self, mut source: impl Read + Send + 'static) -> std::io::Result<()> {
         let input = self.guest_input.clone();
-        std::thread::Builder::new()
+        virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::ConsoleInput)
             .name("console-in".into())
             .spawn(move || {
                 let mut buf = [0u8; 512];
@@ -132,14 +132,14 @@ impl ConsoleHub {
         let listener = UnixListener::bind(path)?;
         let clients = self.clients.clone();
         let input = self.guest_input.clone();
-        std::thread::Builder::new()
+        virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::ConsoleSocket)
             .name("console-sock".into())
             .spawn(move || {
                 for stream in listener.incoming().filter_map(|s| s.ok()) {
                     let Ok(reader) = stream.try_clone() else { continue };
                     lock(&clients).push(stream);
                     let input = input.clone();
-                    let _ = std::thread::Builder::new()
+                    let _ = virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::ConsoleClient)
                         .name("console-client".into())
                         .spawn(move || {
                             let mut reader = reader;

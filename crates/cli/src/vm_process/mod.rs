@@ -34,7 +34,12 @@ fn bundle_error(e: virtkit::bundle::BundleError) -> CliError {
 }
 
 /// Runs the VM `name` in this process until it stops; returns the exit code.
-pub fn run(home: &VirtkitHome, name: &str, mode: Mode) -> Result<u8, CliError> {
+pub fn run(
+    home: &VirtkitHome,
+    name: &str,
+    mode: Mode,
+    seccomp: Option<virtkit_sandbox::SeccompAction>,
+) -> Result<u8, CliError> {
     let bundle = Bundle::open(home, name).map_err(bundle_error)?;
     let lock = bundle.lock().map_err(|e| match e {
         virtkit::bundle::BundleError::Running { pid, .. } => already_running(name, pid),
@@ -55,6 +60,8 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode) -> Result<u8, CliError> {
     let (guest_out_read, guest_out_write) =
         std::io::pipe().map_err(|e| CliError::with_chain("cannot make the console pipe", &e))?;
     let mut config = bundle.runtime_configuration();
+    config.platform.seccomp = seccomp.or(config.platform.seccomp);
+    virtkit_sandbox::set_policy(config.platform.seccomp);
     config.serial_ports.clear();
     config = config.with_serial(SerialAttachment::FileHandles {
         read: Some(guest_in_read.into()),
