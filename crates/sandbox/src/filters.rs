@@ -107,7 +107,8 @@ pub mod kvm {
 /// What every filtered thread needs, whatever its role: the allocator and thread exit (glibc
 /// returns a dead thread's stack with `madvise(MADV_DONTNEED)`), locks, signal returns (vCPU
 /// kicks), the clock when the vDSO falls back to the kernel, `getrandom` (hash map seeds),
-/// log lines and panic messages on stderr, dropping descriptors, and `abort()`.
+/// log lines and panic messages on stderr, dropping descriptors (`close`; debug builds first check
+/// it with `fcntl(F_GETFD)`), and `abort()`.
 fn base(rules: &mut FilterRules) {
     use libc::*;
     rules
@@ -132,6 +133,8 @@ fn base(rules: &mut FilterRules) {
             SYS_gettid,
         ])
         .allow_if(SYS_madvise, &[(2, MADV_DONTNEED as u64)])
+        // Debug builds of std check that a descriptor is open before closing it.
+        .allow_if(SYS_fcntl, &[(1, F_GETFD as u64)])
         .allow_if(SYS_write, &[(0, 2)])
         .allow_if(SYS_writev, &[(0, 2)])
         .allow_if(SYS_tgkill, &[(2, SIGABRT as u64)]);
@@ -142,6 +145,15 @@ fn base(rules: &mut FilterRules) {
 fn kick_vcpus(rules: &mut FilterRules) {
     let pid = std::process::id() as u64;
     rules.allow_if(libc::SYS_tgkill, &[(0, pid), (2, libc::SIGRTMIN() as u64)]);
+}
+
+/// Starting a device worker (`WorkerThread::start`, on activation by a vCPU or on resume by a
+/// control client): its kill eventfd and the worker's copy of it. The thread itself comes from
+/// the spawner.
+fn starts_workers(rules: &mut FilterRules) {
+    rules
+        .allow(libc::SYS_eventfd2)
+        .allow_if(libc::SYS_fcntl, &[(1, libc::F_DUPFD_CLOEXEC as u64)]);
 }
 
 /// Builds `role`'s list.
@@ -166,15 +178,20 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             // the serial port's output attachment (a file, pipe, terminal or socket client).
             r.allow_all(&[SYS_read, SYS_write, SYS_writev]);
             kick_vcpus(&mut r);
+            starts_workers(&mut r);
         }
         ThreadRole::DeviceWorker(kind) => {
+            // The worker builds its own event loop (epoll) over eventfds it reads and writes.
             r.allow_all(&[
+                SYS_epoll_create1,
                 SYS_epoll_wait,
                 SYS_epoll_pwait,
                 SYS_epoll_ctl,
                 SYS_read,
                 SYS_write,
             ]);
+            // INTx: a device's interrupt when the driver uses no MSI-X (SeaBIOS).
+            r.allow_if(SYS_ioctl, &[(1, kvm::KVM_IRQ_LINE)]);
             match kind {
                 DeviceKind::Block => {
                     r.allow_all(&[
@@ -190,21 +207,14 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
                         SYS_fallocate,
                     ]);
                 }
-                DeviceKind::Rng => {
-                    r.allow_all(&[SYS_timerfd_settime, SYS_timerfd_gettime]);
-                }
-                DeviceKind::Balloon => {
-                    r.allow_all(&[SYS_timerfd_settime, SYS_timerfd_gettime]);
+                // The rate limit's (rng) and the statistics' (balloon) timer.
+                DeviceKind::Rng | DeviceKind::Balloon => {
+                    r.allow_all(&[SYS_timerfd_create, SYS_timerfd_settime, SYS_timerfd_gettime]);
                 }
                 DeviceKind::Console => {
-                    r.allow_all(&[
-                        SYS_accept4,
-                        SYS_sendto,
-                        SYS_recvfrom,
-                        SYS_fcntl,
-                        SYS_writev,
-                        SYS_readv,
-                    ]);
+                    r.allow_all(&[SYS_accept4, SYS_sendto, SYS_recvfrom, SYS_writev, SYS_readv])
+                        .allow_if(SYS_fcntl, &[(1, F_GETFL as u64)])
+                        .allow_if(SYS_fcntl, &[(1, F_SETFL as u64)]);
                 }
                 DeviceKind::Other => {
                     r.allow_all(&[SYS_nanosleep, SYS_clock_nanosleep]);
@@ -216,16 +226,17 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             r.allow_all(&[SYS_poll, SYS_ppoll, SYS_read, SYS_write]);
         }
         ThreadRole::SerialSocket => {
+            // Accepts on the non-blocking listener (sleeping between tries), duplicates the
+            // client (`try_clone`), sets its read timeout, copies its input into the pipe.
             r.allow_all(&[
                 SYS_accept4,
-                SYS_fcntl,
                 SYS_setsockopt,
-                SYS_read,
                 SYS_recvfrom,
                 SYS_write,
                 SYS_nanosleep,
                 SYS_clock_nanosleep,
-            ]);
+            ])
+            .allow_if(SYS_fcntl, &[(1, F_DUPFD_CLOEXEC as u64)]);
         }
         ThreadRole::Vmm => {
             // Joins the vCPUs (kicking them), stops the device workers (their kill eventfds),
@@ -249,7 +260,8 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             r.allow_all(&[SYS_read, SYS_write]);
         }
         ThreadRole::ConsoleSocket => {
-            r.allow_all(&[SYS_accept4, SYS_fcntl]);
+            r.allow(SYS_accept4)
+                .allow_if(SYS_fcntl, &[(1, F_DUPFD_CLOEXEC as u64)]);
         }
         ThreadRole::ControlSocket => {
             r.allow(SYS_accept4);
@@ -257,8 +269,10 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
         ThreadRole::ControlClient => {
             // Requests and answers; pause/resume kick the vCPUs and stop and restart the device
             // workers (threads come from the spawner).
-            r.allow_all(&[SYS_read, SYS_write, SYS_fcntl]);
+            r.allow_all(&[SYS_read, SYS_write])
+                .allow_if(SYS_fcntl, &[(1, F_DUPFD_CLOEXEC as u64)]);
             kick_vcpus(&mut r);
+            starts_workers(&mut r);
         }
     }
     r
@@ -379,6 +393,10 @@ mod tests {
             assert!(
                 !rules.allows_any_arguments(SYS_madvise),
                 "{role:?}: madvise unrestricted"
+            );
+            assert!(
+                !rules.allows_any_arguments(SYS_fcntl),
+                "{role:?}: fcntl unrestricted"
             );
         }
     }
