@@ -7,6 +7,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Mutex;
 
 use rustix::termios::{self, OptionalActions, Termios};
+use virtkit_sandbox::{Builder, ThreadRole};
 
 /// The terminal settings to put back, wherever the process leaves from.
 static SAVED: Mutex<Option<Termios>> = Mutex::new(None);
@@ -83,27 +84,29 @@ impl EscapeFilter {
 /// read end for the serial port.
 pub fn forward_stdin_with_escape(quit: Sender<()>) -> io::Result<OwnedFd> {
     let (reader, mut writer) = io::pipe()?;
-    std::thread::Builder::new().name("stdin".into()).spawn(move || {
-        let mut stdin = io::stdin().lock();
-        let mut filter = EscapeFilter::default();
-        let mut buf = [0u8; 512];
-        let mut out = Vec::with_capacity(512);
-        loop {
-            let n = match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            out.clear();
-            let quit_now = filter.feed(&buf[..n], &mut out);
-            if !out.is_empty() && writer.write_all(&out).is_err() {
-                return;
+    Builder::new(ThreadRole::CliStdin)
+        .name("stdin".into())
+        .spawn(move || {
+            let mut stdin = io::stdin().lock();
+            let mut filter = EscapeFilter::default();
+            let mut buf = [0u8; 512];
+            let mut out = Vec::with_capacity(512);
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                out.clear();
+                let quit_now = filter.feed(&buf[..n], &mut out);
+                if !out.is_empty() && writer.write_all(&out).is_err() {
+                    return;
+                }
+                if quit_now {
+                    let _ = quit.send(());
+                    return;
+                }
             }
-            if quit_now {
-                let _ = quit.send(());
-                return;
-            }
-        }
-    })?;
+        })?;
     Ok(reader.into())
 }
 

@@ -42,7 +42,7 @@ impl Events {
         let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGWINCH])
             .map_err(|e| CliError::with_chain("cannot install signal handlers", &e))?;
         let events = self.sender.clone();
-        std::thread::Builder::new()
+        virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::CliSignals)
             .name("signals".into())
             .spawn(move || {
                 for sig in signals.forever() {

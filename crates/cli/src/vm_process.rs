@@ -63,10 +63,21 @@ fn vm_process_error(name: &str, e: VmProcessError) -> CliError {
 }
 
 /// Runs the VM `name` in this process until it stops; returns the exit code.
-pub fn run(home: &VirtkitHome, name: &str, mode: Mode, console: ConsoleChoice) -> Result<u8, CliError> {
+pub fn run(
+    home: &VirtkitHome,
+    name: &str,
+    mode: Mode,
+    console: ConsoleChoice,
+    seccomp: Option<virtkit_sandbox::SeccompAction>,
+) -> Result<u8, CliError> {
     let interactive = mode == Mode::Foreground && stdin_is_terminal();
+    if let Some(policy) = seccomp {
+        // Before this process's first filtered thread (the terminal's reader).
+        virtkit_sandbox::set_policy(Some(policy));
+    }
     let mut options = VmProcessOptions {
         console: console.into(),
+        seccomp,
         ..VmProcessOptions::default()
     };
     let events = Events::new();

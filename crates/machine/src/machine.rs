@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use virtkit_hypervisor::{HypervisorError, Kvm, Vcpu, Vm};
+use virtkit_sandbox::ThreadRole;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -327,7 +328,7 @@ impl Machine {
         for (index, vcpu) in self.vcpus.drain(..).enumerate() {
             let ctx = ctx.clone();
             self.control.thread_starting();
-            let spawned = std::thread::Builder::new()
+            let spawned = virtkit_sandbox::Builder::new(ThreadRole::Vcpu)
                 .name(format!("vcpu-{index}"))
                 .spawn(move || run_vcpu(vcpu, index as u32, &ctx));
             match spawned {

@@ -12,12 +12,12 @@ use virtkit::VirtualMachine;
 pub fn serve(path: &Path, vm: Arc<VirtualMachine>) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
-    std::thread::Builder::new()
+    virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::ControlSocket)
         .name("control".into())
         .spawn(move || {
             for stream in listener.incoming().filter_map(|s| s.ok()) {
                 let vm = vm.clone();
-                let _ = std::thread::Builder::new()
+                let _ = virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::ControlClient)
                     .name("control-client".into())
                     .spawn(move || serve_client(stream, &vm));
             }

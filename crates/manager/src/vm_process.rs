@@ -43,6 +43,8 @@ pub struct VmProcessOptions {
     pub echo: Option<Box<dyn Write + Send>>,
     /// Console input besides `console.sock`'s clients (a terminal, in the foreground).
     pub input: Option<Box<dyn Read + Send>>,
+    /// The seccomp policy for this run, over the bundle's (`platform.seccomp`).
+    pub seccomp: Option<virtkit_sandbox::SeccompAction>,
 }
 
 /// Why a bundle's VM could not be run.
@@ -152,6 +154,9 @@ impl PreparedVm {
         let (guest_in_read, guest_in_write) = std::io::pipe().map_err(VmProcessError::Pipe)?;
         let (guest_out_read, guest_out_write) = std::io::pipe().map_err(VmProcessError::Pipe)?;
         let mut config = bundle.runtime_configuration();
+        // Before the console's threads start: they get their filters under this policy.
+        config.platform.seccomp = options.seccomp.or(config.platform.seccomp);
+        virtkit_sandbox::set_policy(config.platform.seccomp);
         attach_console(
             &mut config,
             &bundle,

@@ -3,6 +3,7 @@
 
 use std::thread::JoinHandle;
 
+use virtkit_sandbox::{DeviceKind, ThreadRole};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::VirtioError;
@@ -23,7 +24,8 @@ impl<T: Send + 'static> WorkerThread<T> {
     {
         let kill = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
         let theirs = kill.try_clone().map_err(VirtioError::EventFd)?;
-        let handle = std::thread::Builder::new()
+        let role = ThreadRole::DeviceWorker(DeviceKind::from_worker_name(name));
+        let handle = virtkit_sandbox::Builder::new(role)
             .name(format!("v_{name}"))
             .spawn(move || body(theirs))
             .map_err(VirtioError::Thread)?;

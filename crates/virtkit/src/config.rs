@@ -57,6 +57,9 @@ pub struct PlatformConfiguration {
     /// Stable identity of this machine; without one the guest sees a fixed all-zero identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine_identifier: Option<MachineIdentifier>,
+    /// The VMM's threads' seccomp filters (`docs/SECURITY.md`): `kill` (absent: the default), `log`, `off`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<virtkit_sandbox::SeccompAction>,
 }
 
 impl PlatformConfiguration {

@@ -245,7 +245,13 @@ impl ConsoleServer {
         listener.set_nonblocking(true)?;
         let (stop, stop_writer) = io::pipe()?;
         let shared = self.shared.clone();
-        let thread = std::thread::Builder::new()
+        // One client: the accepting thread also forwards that client's input (the serial
+        // socket); many: it only accepts, and each client gets a thread of its own.
+        let role = match self.shared.clients {
+            ConsoleClients::One => virtkit_sandbox::ThreadRole::SerialSocket,
+            ConsoleClients::Many => virtkit_sandbox::ThreadRole::ConsoleSocket,
+        };
+        let thread = virtkit_sandbox::Builder::new(role)
             .name(self.thread_name.into())
             .spawn(move || accept_clients(&listener, &shared, stop))?;
         self.listening = Some(Listening {
@@ -262,7 +268,7 @@ impl ConsoleServer {
         let mut output = File::from(guest_output);
         let (stop, machine_stopped) = io::pipe()?;
         let shared = self.shared.clone();
-        let thread = std::thread::Builder::new()
+        let thread = virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::ConsoleOutput)
             .name("console-out".into())
             .spawn(move || {
                 let mut buf = [0u8; 4096];
@@ -293,7 +299,7 @@ impl ConsoleServer {
     /// thread `console-in`.
     pub fn feed_from(&self, mut source: impl Read + Send + 'static) -> io::Result<()> {
         let shared = self.shared.clone();
-        std::thread::Builder::new()
+        virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::ConsoleInput)
             .name("console-in".into())
             .spawn(move || {
                 let mut buf = [0u8; 512];
@@ -326,7 +332,7 @@ fn accept_clients(listener: &UnixListener, shared: &Arc<Shared>, stop: io::PipeR
             ConsoleClients::Many => {
                 let Ok(stop) = stop.try_clone() else { continue };
                 let shared = shared.clone();
-                let _ = std::thread::Builder::new()
+                let _ = virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::ConsoleClient)
                     .name("console-client".into())
                     .spawn(move || shared.forward_input(reader, Some(&stop)));
             }

@@ -188,6 +188,7 @@ impl VirtualMachine {
 
     fn build_and_start(&mut self) -> Result<(), StartError> {
         self.config.validate()?;
+        virtkit_sandbox::set_policy(self.config.platform.seccomp);
         let kvm = Kvm::open()?;
         let pvm_host = kvm.info().flavor == KvmFlavor::Pvm;
         let (machine_config, server) = self.machine_config()?;
@@ -199,7 +200,7 @@ impl VirtualMachine {
         self.handle = Some(handle);
         self.shared.set_state(VmState::Running);
         let shared = self.shared.clone();
-        let monitor = std::thread::Builder::new()
+        let monitor = virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::Vmm)
             .name("vmm".into())
             .spawn(move || {
                 let exit = machine.wait();

@@ -19,6 +19,8 @@ pub struct VmProcessArgs {
     pub name: String,
     #[arg(long, value_enum, default_value_t)]
     pub console: ConsoleChoice,
+    #[arg(long)]
+    pub seccomp: Option<virtkit_sandbox::SeccompAction>,
 }
 
 /// The last lines of a log, to explain why a background process ended.
@@ -33,7 +35,12 @@ fn tail(path: &std::path::Path, from: u64) -> String {
     lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
-pub fn run(home: &VirtkitHome, name: &str, console: ConsoleChoice) -> Result<u8, CliError> {
+pub fn run(
+    home: &VirtkitHome,
+    name: &str,
+    console: ConsoleChoice,
+    seccomp: Option<virtkit_sandbox::SeccompAction>,
+) -> Result<u8, CliError> {
     let b = open(home, name)?;
     if b.is_running() {
         return Err(already_running(name, b.running_pid()));
@@ -52,6 +59,7 @@ pub fn run(home: &VirtkitHome, name: &str, console: ConsoleChoice) -> Result<u8,
         .arg(name)
         .arg("--console")
         .arg(console.as_str())
+        .args(seccomp.map(|p| format!("--seccomp={p}")))
         .env(HOME_ENV, home.root())
         .env(
             "VIRTKIT_LOG",
@@ -96,5 +104,5 @@ pub fn run(home: &VirtkitHome, name: &str, console: ConsoleChoice) -> Result<u8,
 pub fn vm_process(args: &VmProcessArgs) -> Result<u8, CliError> {
     let _ = rustix::process::setsid();
     let home = home()?;
-    crate::vm_process::run(&home, &args.name, Mode::Detached, args.console)
+    crate::vm_process::run(&home, &args.name, Mode::Detached, args.console, args.seccomp)
 }

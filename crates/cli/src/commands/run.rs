@@ -69,6 +69,9 @@ pub struct RunArgs {
     /// Where COM1 goes: stdio, none, file:PATH or unix:PATH [default: stdio, or the configuration's].
     #[arg(long, value_parser = parse_serial)]
     pub serial: Option<SerialChoice>,
+    /// What a VMM thread's syscall outside its seccomp filter does: kill (the default), log, off.
+    #[arg(long, value_name = "kill|log|off")]
+    pub seccomp: Option<virtkit_sandbox::SeccompAction>,
 }
 
 fn parse_port(text: &str) -> Result<(String, PathBuf), String> {
@@ -136,6 +139,7 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
         }
         .with_serial(SerialAttachment::Stdio)
     };
+    config.platform.seccomp = args.seccomp.or(config.platform.seccomp);
     config.storage_devices.extend(args.disks.iter().cloned());
     config.entropy_devices.extend(args.entropy.iter().cloned());
     if args.balloon {
@@ -189,12 +193,19 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     if let Some(name) = &args.name {
         let home = crate::commands::vms::home()?;
         return if args.detach {
-            crate::commands::detach::run(&home, name, args.console)
+            crate::commands::detach::run(&home, name, args.console, args.seccomp)
         } else {
-            crate::vm_process::run(&home, name, crate::vm_process::Mode::Foreground, args.console)
+            crate::vm_process::run(
+                &home,
+                name,
+                crate::vm_process::Mode::Foreground,
+                args.console,
+                args.seccomp,
+            )
         };
     }
     let mut config = build_config(&args)?;
+    virtkit_sandbox::set_policy(config.platform.seccomp);
     let events = Events::new();
 
     // On a terminal the guest gets raw keystrokes (Ctrl-C included); Ctrl-A x leaves.

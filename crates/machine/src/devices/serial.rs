@@ -72,7 +72,7 @@ pub fn spawn_serial_input(
     input: OwnedFd,
     stop: EventFd,
 ) -> Result<JoinHandle<()>, SerialInputError> {
-    std::thread::Builder::new()
+    virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::SerialInput)
         .name("serial-in".into())
         .spawn(move || input_loop(&serial, &input, &stop))
         .map_err(SerialInputError::Spawn)

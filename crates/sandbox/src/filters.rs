@@ -1,0 +1,428 @@
+//! The syscall lists, one per [`ThreadRole`]. `docs/SECURITY.md` lists them in prose; keep the
+//! two in step.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction as BpfAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::{DeviceKind, SandboxError, SeccompAction, ThreadRole};
+
+/// One argument condition: argument `index` (from 0) equals `value` (compared as 32 bits).
+type ArgEq = (u8, u64);
+
+/// A role's syscalls: each either allowed with any arguments (`None`) or allowed when any one of
+/// its argument lists matches (every condition of a list must hold).
+#[derive(Debug, Default, Clone)]
+pub struct FilterRules {
+    syscalls: BTreeMap<i64, Option<Vec<Vec<ArgEq>>>>,
+}
+
+impl FilterRules {
+    /// Allows `nr` with any arguments.
+    fn allow(&mut self, nr: i64) -> &mut Self {
+        self.syscalls.insert(nr, None);
+        self
+    }
+
+    fn allow_all(&mut self, nrs: &[i64]) -> &mut Self {
+        for &nr in nrs {
+            self.allow(nr);
+        }
+        self
+    }
+
+    /// Allows `nr` when all of `conditions` hold (or with any arguments if it already was).
+    fn allow_if(&mut self, nr: i64, conditions: &[ArgEq]) -> &mut Self {
+        let entry = self.syscalls.entry(nr).or_insert_with(|| Some(Vec::new()));
+        if let Some(lists) = entry {
+            lists.push(conditions.to_vec());
+        }
+        self
+    }
+
+    /// Whether `nr` is allowed with some arguments.
+    pub fn allows(&self, nr: i64) -> bool {
+        self.syscalls.contains_key(&nr)
+    }
+
+    /// Whether `nr` is allowed with any arguments.
+    pub fn allows_any_arguments(&self, nr: i64) -> bool {
+        matches!(self.syscalls.get(&nr), Some(None))
+    }
+
+    /// The syscall numbers in the list.
+    pub fn syscalls(&self) -> impl Iterator<Item = i64> + '_ {
+        self.syscalls.keys().copied()
+    }
+
+    fn into_seccompiler(self) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
+        let mut out = BTreeMap::new();
+        for (nr, lists) in self.syscalls {
+            let mut rules = Vec::new();
+            for list in lists.unwrap_or_default() {
+                let conditions = list
+                    .into_iter()
+                    .map(|(index, value)| {
+                        SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                rules.push(SeccompRule::new(conditions)?);
+            }
+            out.insert(nr, rules);
+        }
+        Ok(out)
+    }
+}
+
+/// `_IOC(dir, 0xAE, nr, size)`: a KVM ioctl number.
+const fn kvm_ioc(dir: u64, nr: u64, size: u64) -> u64 {
+    (dir << 30) | (size << 16) | (0xAE << 8) | nr
+}
+const IOC_WRITE: u64 = 1;
+const IOC_READ: u64 = 2;
+
+/// The KVM ioctls a vCPU thread may issue: its own `KVM_RUN`, `KVM_GET_REGS` (to report where
+/// an internal error stopped it), and the VM ioctls of the device models that run on vCPU exits
+/// (PAM slots, INTx levels, MSI routes and irqfds, ioeventfds moved with a BAR).
+pub mod kvm {
+    use super::{kvm_ioc, IOC_READ, IOC_WRITE};
+    pub const KVM_RUN: u64 = kvm_ioc(0, 0x80, 0);
+    /// `_IOR(KVMIO, 0x81, struct kvm_regs)`
+    pub const KVM_GET_REGS: u64 = kvm_ioc(IOC_READ, 0x81, 144);
+    /// `_IOW(KVMIO, 0x46, struct kvm_userspace_memory_region)`
+    pub const KVM_SET_USER_MEMORY_REGION: u64 = kvm_ioc(IOC_WRITE, 0x46, 32);
+    /// `_IOW(KVMIO, 0x61, struct kvm_irq_level)`
+    pub const KVM_IRQ_LINE: u64 = kvm_ioc(IOC_WRITE, 0x61, 8);
+    /// `_IOW(KVMIO, 0x6a, struct kvm_irq_routing)`
+    pub const KVM_SET_GSI_ROUTING: u64 = kvm_ioc(IOC_WRITE, 0x6a, 8);
+    /// `_IOW(KVMIO, 0x76, struct kvm_irqfd)`
+    pub const KVM_IRQFD: u64 = kvm_ioc(IOC_WRITE, 0x76, 32);
+    /// `_IOW(KVMIO, 0x79, struct kvm_ioeventfd)`
+    pub const KVM_IOEVENTFD: u64 = kvm_ioc(IOC_WRITE, 0x79, 64);
+}
+
+/// What every filtered thread needs, whatever its role: the allocator and thread exit (glibc
+/// returns a dead thread's stack with `madvise(MADV_DONTNEED)`), locks, signal returns (vCPU
+/// kicks), the clock when the vDSO falls back to the kernel, `getrandom` (hash map seeds),
+/// log lines and panic messages on stderr, dropping descriptors (`close`; debug builds first check
+/// it with `fcntl(F_GETFD)`), and `abort()`.
+fn base(rules: &mut FilterRules) {
+    use libc::*;
+    rules
+        .allow_all(&[
+            SYS_mmap,
+            SYS_munmap,
+            SYS_mremap,
+            SYS_mprotect,
+            SYS_brk,
+            SYS_futex,
+            SYS_sched_yield,
+            SYS_getrandom,
+            SYS_clock_gettime,
+            SYS_sigaltstack,
+            SYS_rt_sigprocmask,
+            SYS_rt_sigreturn,
+            SYS_restart_syscall,
+            SYS_exit,
+            SYS_exit_group,
+            SYS_close,
+            SYS_getpid,
+            SYS_gettid,
+        ])
+        .allow_if(SYS_madvise, &[(2, MADV_DONTNEED as u64)])
+        // Debug builds of std check that a descriptor is open before closing it.
+        .allow_if(SYS_fcntl, &[(1, F_GETFD as u64)])
+        .allow_if(SYS_write, &[(0, 2)])
+        .allow_if(SYS_writev, &[(0, 2)])
+        .allow_if(SYS_tgkill, &[(2, SIGABRT as u64)]);
+}
+
+/// Signalling another vCPU thread with the kick signal (`pthread_kill`: `tgkill(our pid, tid,
+/// SIGRTMIN)`), from whoever pauses or stops the machine.
+fn kick_vcpus(rules: &mut FilterRules) {
+    let pid = std::process::id() as u64;
+    rules.allow_if(libc::SYS_tgkill, &[(0, pid), (2, libc::SIGRTMIN() as u64)]);
+}
+
+/// Starting a device worker (`WorkerThread::start`, on activation by a vCPU or on resume by a
+/// control client): its kill eventfd and the worker's copy of it. The thread itself comes from
+/// the spawner.
+fn starts_workers(rules: &mut FilterRules) {
+    rules
+        .allow(libc::SYS_eventfd2)
+        .allow_if(libc::SYS_fcntl, &[(1, libc::F_DUPFD_CLOEXEC as u64)]);
+}
+
+/// Builds `role`'s list.
+pub fn rules_for(role: ThreadRole) -> FilterRules {
+    use libc::*;
+    let mut r = FilterRules::default();
+    base(&mut r);
+    match role {
+        ThreadRole::Vcpu => {
+            for ioctl in [
+                kvm::KVM_RUN,
+                kvm::KVM_GET_REGS,
+                kvm::KVM_SET_USER_MEMORY_REGION,
+                kvm::KVM_IRQ_LINE,
+                kvm::KVM_SET_GSI_ROUTING,
+                kvm::KVM_IRQFD,
+                kvm::KVM_IOEVENTFD,
+            ] {
+                r.allow_if(SYS_ioctl, &[(1, ioctl)]);
+            }
+            // Eventfds (irqfds, a worker's kill event, queue notifications dropped on reset) and
+            // the serial port's output attachment (a file, pipe, terminal or socket client).
+            r.allow_all(&[SYS_read, SYS_write, SYS_writev]);
+            kick_vcpus(&mut r);
+            starts_workers(&mut r);
+        }
+        ThreadRole::DeviceWorker(kind) => {
+            // The worker builds its own event loop (epoll) over eventfds it reads and writes.
+            r.allow_all(&[
+                SYS_epoll_create1,
+                SYS_epoll_wait,
+                SYS_epoll_pwait,
+                SYS_epoll_ctl,
+                SYS_read,
+                SYS_write,
+            ]);
+            // INTx: a device's interrupt when the driver uses no MSI-X (SeaBIOS).
+            r.allow_if(SYS_ioctl, &[(1, kvm::KVM_IRQ_LINE)]);
+            match kind {
+                DeviceKind::Block => {
+                    r.allow_all(&[
+                        SYS_io_uring_enter,
+                        SYS_preadv,
+                        SYS_pwritev,
+                        SYS_preadv2,
+                        SYS_pwritev2,
+                        SYS_pread64,
+                        SYS_pwrite64,
+                        SYS_fdatasync,
+                        SYS_fsync,
+                        SYS_fallocate,
+                    ]);
+                }
+                // The rate limit's (rng) and the statistics' (balloon) timer.
+                DeviceKind::Rng | DeviceKind::Balloon => {
+                    r.allow_all(&[SYS_timerfd_create, SYS_timerfd_settime, SYS_timerfd_gettime]);
+                }
+                DeviceKind::Console => {
+                    r.allow_all(&[SYS_accept4, SYS_sendto, SYS_recvfrom, SYS_writev, SYS_readv])
+                        .allow_if(SYS_fcntl, &[(1, F_GETFL as u64)])
+                        .allow_if(SYS_fcntl, &[(1, F_SETFL as u64)]);
+                }
+                DeviceKind::Other => {
+                    r.allow_all(&[SYS_nanosleep, SYS_clock_nanosleep]);
+                }
+            }
+        }
+        ThreadRole::SerialInput => {
+            // Host input (read), COM1's irqfd (write).
+            r.allow_all(&[SYS_poll, SYS_ppoll, SYS_read, SYS_write]);
+        }
+        ThreadRole::SerialSocket => {
+            // `ConsoleServer` with one client: waits in `poll` for the listener or its stop
+            // pipe, accepts, duplicates the client (`try_clone`), replays nothing, and copies
+            // the client's input into the guest's pipe until it leaves.
+            r.allow_all(&[
+                SYS_accept4,
+                SYS_poll,
+                SYS_ppoll,
+                SYS_read,
+                SYS_recvfrom,
+                SYS_write,
+            ])
+            .allow_if(SYS_fcntl, &[(1, F_DUPFD_CLOEXEC as u64)]);
+        }
+        ThreadRole::Vmm => {
+            // Joins the vCPUs (kicking them), stops the device workers (their kill eventfds),
+            // releases the machine and removes the serial socket.
+            r.allow_all(&[SYS_write, SYS_read, SYS_unlink, SYS_unlinkat]);
+            for ioctl in [kvm::KVM_IRQFD, kvm::KVM_IOEVENTFD] {
+                r.allow_if(SYS_ioctl, &[(1, ioctl)]);
+            }
+            kick_vcpus(&mut r);
+        }
+        ThreadRole::CliSignals => {
+            r.allow_all(&[SYS_read, SYS_recvfrom, SYS_poll, SYS_ppoll]);
+        }
+        ThreadRole::CliStdin => {
+            r.allow_if(SYS_read, &[(0, 0)]).allow(SYS_write);
+        }
+        ThreadRole::ConsoleOutput => {
+            r.allow_all(&[SYS_poll, SYS_ppoll, SYS_read, SYS_write]);
+        }
+        ThreadRole::ConsoleInput => {
+            r.allow_all(&[SYS_read, SYS_write]);
+        }
+        ThreadRole::ConsoleClient => {
+            // A client's input into the guest's pipe, waiting in `poll` on it and the stop pipe.
+            r.allow_all(&[SYS_poll, SYS_ppoll, SYS_read, SYS_recvfrom, SYS_write]);
+        }
+        ThreadRole::ConsoleSocket => {
+            // `ConsoleServer` with many clients: `poll` on the listener and the stop pipe,
+            // accept, duplicate the client, write it what it joins with.
+            r.allow_all(&[SYS_accept4, SYS_poll, SYS_ppoll, SYS_write])
+                .allow_if(SYS_fcntl, &[(1, F_DUPFD_CLOEXEC as u64)]);
+        }
+        ThreadRole::ControlSocket => {
+            r.allow(SYS_accept4);
+        }
+        ThreadRole::ControlClient => {
+            // Requests and answers; pause/resume kick the vCPUs and stop and restart the device
+            // workers (threads come from the spawner).
+            r.allow_all(&[SYS_read, SYS_write])
+                .allow_if(SYS_fcntl, &[(1, F_DUPFD_CLOEXEC as u64)]);
+            kick_vcpus(&mut r);
+            starts_workers(&mut r);
+        }
+    }
+    r
+}
+
+/// `role`'s filter as a BPF program: its list allowed, anything else per `action`.
+pub(crate) fn compile(role: ThreadRole, action: SeccompAction) -> Result<BpfProgram, SandboxError> {
+    let mismatch = match action {
+        SeccompAction::Kill | SeccompAction::Off => BpfAction::KillProcess,
+        SeccompAction::Log => BpfAction::Log,
+    };
+    let rules = rules_for(role)
+        .into_seccompiler()
+        .map_err(SandboxError::Compile)?;
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(SandboxError::Compile)?;
+    let filter =
+        SeccompFilter::new(rules, mismatch, BpfAction::Allow, arch).map_err(SandboxError::Compile)?;
+    BpfProgram::try_from(filter).map_err(SandboxError::Compile)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_ioctl_numbers_match_the_kernel_structures() {
+        use std::mem::size_of;
+        assert_eq!(kvm::KVM_RUN, 0xae80);
+        assert_eq!(
+            kvm::KVM_GET_REGS,
+            kvm_ioc(IOC_READ, 0x81, size_of::<kvm_bindings::kvm_regs>() as u64)
+        );
+        assert_eq!(
+            kvm::KVM_SET_USER_MEMORY_REGION,
+            kvm_ioc(
+                IOC_WRITE,
+                0x46,
+                size_of::<kvm_bindings::kvm_userspace_memory_region>() as u64
+            )
+        );
+        assert_eq!(
+            kvm::KVM_IRQ_LINE,
+            kvm_ioc(IOC_WRITE, 0x61, size_of::<kvm_bindings::kvm_irq_level>() as u64)
+        );
+        assert_eq!(
+            kvm::KVM_SET_GSI_ROUTING,
+            kvm_ioc(IOC_WRITE, 0x6a, size_of::<kvm_bindings::kvm_irq_routing>() as u64)
+        );
+        assert_eq!(
+            kvm::KVM_IRQFD,
+            kvm_ioc(IOC_WRITE, 0x76, size_of::<kvm_bindings::kvm_irqfd>() as u64)
+        );
+        assert_eq!(
+            kvm::KVM_IOEVENTFD,
+            kvm_ioc(IOC_WRITE, 0x79, size_of::<kvm_bindings::kvm_ioeventfd>() as u64)
+        );
+        assert_eq!(kvm::KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
+    }
+
+    const ALL_ROLES: [ThreadRole; 17] = [
+        ThreadRole::Vcpu,
+        ThreadRole::DeviceWorker(DeviceKind::Block),
+        ThreadRole::DeviceWorker(DeviceKind::Rng),
+        ThreadRole::DeviceWorker(DeviceKind::Balloon),
+        ThreadRole::DeviceWorker(DeviceKind::Console),
+        ThreadRole::DeviceWorker(DeviceKind::Other),
+        ThreadRole::SerialInput,
+        ThreadRole::SerialSocket,
+        ThreadRole::Vmm,
+        ThreadRole::CliSignals,
+        ThreadRole::CliStdin,
+        ThreadRole::ConsoleOutput,
+        ThreadRole::ConsoleInput,
+        ThreadRole::ConsoleSocket,
+        ThreadRole::ConsoleClient,
+        ThreadRole::ControlSocket,
+        ThreadRole::ControlClient,
+    ];
+
+    #[test]
+    fn every_role_compiles_under_every_action() {
+        for role in ALL_ROLES {
+            for action in [SeccompAction::Kill, SeccompAction::Log] {
+                assert!(!compile(role, action).unwrap().is_empty(), "{role:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_role_creates_processes_threads_or_opens_files() {
+        use libc::*;
+        for role in ALL_ROLES {
+            let rules = rules_for(role);
+            for nr in [
+                SYS_clone,
+                SYS_clone3,
+                SYS_fork,
+                SYS_vfork,
+                SYS_execve,
+                SYS_execveat,
+                SYS_open,
+                SYS_openat,
+                SYS_openat2,
+                SYS_socket,
+                SYS_connect,
+                SYS_ptrace,
+                SYS_mount,
+                SYS_kill,
+                SYS_prctl,
+                SYS_seccomp,
+            ] {
+                assert!(!rules.allows(nr), "{role:?} allows syscall {nr}");
+            }
+            assert!(
+                !rules.allows_any_arguments(SYS_ioctl),
+                "{role:?}: ioctl unrestricted"
+            );
+            assert!(
+                !rules.allows_any_arguments(SYS_madvise),
+                "{role:?}: madvise unrestricted"
+            );
+            assert!(
+                !rules.allows_any_arguments(SYS_fcntl),
+                "{role:?}: fcntl unrestricted"
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_block_worker_uses_io_uring_and_only_vcpus_run_guests() {
+        for role in ALL_ROLES {
+            let rules = rules_for(role);
+            assert_eq!(
+                rules.allows(libc::SYS_io_uring_enter),
+                role == ThreadRole::DeviceWorker(DeviceKind::Block),
+                "{role:?}"
+            );
+            let runs = rules
+                .syscalls
+                .get(&libc::SYS_ioctl)
+                .and_then(|r| r.as_ref())
+                .is_some_and(|lists| lists.iter().any(|l| l.contains(&(1, kvm::KVM_RUN))));
+            assert_eq!(runs, role == ThreadRole::Vcpu, "{role:?}");
+        }
+    }
+}

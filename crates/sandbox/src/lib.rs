@@ -1,0 +1,207 @@
+//! Per-thread seccomp filters for virtkit, one per thread role (see `docs/SECURITY.md`).
+//!
+//! Every long-lived thread of virtkit has a role ([`ThreadRole`]) and is started with
+//! [`spawn`], which installs that role's filter on the new thread before its body runs: the
+//! syscalls the role needs (with their arguments where that is practical, such as the `ioctl`
+//! numbers a vCPU may issue) and nothing else. What happens on any other syscall is the
+//! process-wide [`SeccompAction`], set once with [`set_policy`] from the VM's configuration or
+//! the command line.
+//!
+//! Seccomp filters are inherited by the threads a thread creates and stack up (the strictest
+//! answer wins). So that a thread ends up with its own filter and not also with its creator's
+//! (a device worker is started by a vCPU thread when the guest's driver activates the device),
+//! [`spawn`] has the thread created by a spawner thread that carries no filter, and no filtered
+//! thread may create threads itself.
+
+mod filters;
+mod spawn;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+pub use filters::{rules_for, FilterRules};
+pub use spawn::{spawn, Builder};
+
+/// What a filtered thread's syscall outside its role's list does. Process-wide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompAction {
+    /// The whole process is killed by `SIGSYS` (`SECCOMP_RET_KILL_PROCESS`). The process, not
+    /// only the thread: a vCPU or device thread that vanished would leave the machine waiting for
+    /// it forever, holding locks it took, and the host would never learn why.
+    #[default]
+    Kill,
+    /// The syscall runs and the kernel logs it (`SECCOMP_RET_LOG`: `audit: type=1326 ...
+    /// syscall=N` in `dmesg`): for finding what a filter lacks.
+    Log,
+    /// No filters.
+    Off,
+}
+
+impl SeccompAction {
+    fn to_u8(self) -> u8 {
+        match self {
+            SeccompAction::Kill => 0,
+            SeccompAction::Log => 1,
+            SeccompAction::Off => 2,
+        }
+    }
+
+    fn from_u8(v: u8) -> SeccompAction {
+        match v {
+            1 => SeccompAction::Log,
+            2 => SeccompAction::Off,
+            _ => SeccompAction::Kill,
+        }
+    }
+}
+
+impl fmt::Display for SeccompAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SeccompAction::Kill => "kill",
+            SeccompAction::Log => "log",
+            SeccompAction::Off => "off",
+        })
+    }
+}
+
+impl FromStr for SeccompAction {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "kill" => Ok(SeccompAction::Kill),
+            "log" => Ok(SeccompAction::Log),
+            "off" => Ok(SeccompAction::Off),
+            other => Err(format!("`{other}` is not a seccomp policy: use kill, log or off")),
+        }
+    }
+}
+
+/// The environment variable that sets the process's policy until [`set_policy`] is called:
+/// `kill`, `log` or `off` (for diagnosing a filter, e.g. running the test suite with `log`).
+pub const POLICY_ENV: &str = "VIRTKIT_SECCOMP";
+
+const UNSET: u8 = u8::MAX;
+static POLICY: AtomicU8 = AtomicU8::new(UNSET);
+
+/// Sets the process-wide policy (`None`, a configuration that does not say, leaves it as it
+/// is). Threads started afterwards use it; running threads keep the filter they have (a filter
+/// cannot be removed).
+pub fn set_policy(action: impl Into<Option<SeccompAction>>) {
+    if let Some(action) = action.into() {
+        POLICY.store(action.to_u8(), Ordering::SeqCst);
+    }
+}
+
+/// The process-wide policy: what [`set_policy`] set, else [`POLICY_ENV`], else
+/// [`SeccompAction::Kill`].
+pub fn policy() -> SeccompAction {
+    match POLICY.load(Ordering::SeqCst) {
+        UNSET => {
+            let from_env: SeccompAction = std::env::var(POLICY_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_default();
+            let _ = POLICY.compare_exchange(UNSET, from_env.to_u8(), Ordering::SeqCst, Ordering::SeqCst);
+            SeccompAction::from_u8(POLICY.load(Ordering::SeqCst))
+        }
+        v => SeccompAction::from_u8(v),
+    }
+}
+
+/// The kind of a virtio device's worker thread (`v_<name>`); each has its own filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceKind {
+    /// `v_blk`: io_uring or synchronous file I/O on the disk image.
+    Block,
+    /// `v_rng`: `getrandom` and a rate-limit timerfd.
+    Rng,
+    /// `v_balloon`: `madvise(MADV_DONTNEED)` and the statistics timerfd.
+    Balloon,
+    /// `v_console`: port backends on pipes, files and Unix sockets.
+    Console,
+    /// Any other worker (test devices): an event loop on eventfds only.
+    Other,
+}
+
+impl DeviceKind {
+    /// The kind of the worker named `v_<name>` by `WorkerThread::start(name, ..)`.
+    pub fn from_worker_name(name: &str) -> DeviceKind {
+        match name {
+            "blk" => DeviceKind::Block,
+            "rng" => DeviceKind::Rng,
+            "balloon" => DeviceKind::Balloon,
+            "console" => DeviceKind::Console,
+            _ => DeviceKind::Other,
+        }
+    }
+}
+
+/// What a thread does, which decides its filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ThreadRole {
+    /// `vcpu-N`: `KVM_RUN` and the device models it calls into on port and MMIO exits.
+    Vcpu,
+    /// `v_<device>`: a virtio device's worker.
+    DeviceWorker(DeviceKind),
+    /// `serial-in`: host input into COM1's receive FIFO.
+    SerialInput,
+    /// `serial-socket`: the Unix socket attachment of a serial port.
+    SerialSocket,
+    /// `vmm`: waits for the machine to stop, releases it and records why.
+    Vmm,
+    /// CLI `signals`: turns SIGTERM/SIGINT/SIGHUP into events.
+    CliSignals,
+    /// CLI `stdin`: the terminal's input into the guest's input pipe.
+    CliStdin,
+    /// VM process `console-out`: guest output to `console.log`, clients and the terminal.
+    ConsoleOutput,
+    /// VM process `console-in`: the foreground terminal's input to the guest.
+    ConsoleInput,
+    /// VM process `console-sock`: accepts `console.sock` clients.
+    ConsoleSocket,
+    /// VM process `console-client`: one console client's input to the guest.
+    ConsoleClient,
+    /// VM process `control`: accepts `control.sock` clients.
+    ControlSocket,
+    /// VM process `control-client`: one control client's requests (pause, resume, stop).
+    ControlClient,
+}
+
+/// Why a filter could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The filter did not compile (a bug in the role's list).
+    #[error("cannot compile the seccomp filter")]
+    Compile(#[source] seccompiler::BackendError),
+    /// The kernel refused the filter.
+    #[error("cannot install the seccomp filter")]
+    Install(#[source] seccompiler::Error),
+}
+
+impl From<SandboxError> for std::io::Error {
+    fn from(e: SandboxError) -> std::io::Error {
+        std::io::Error::other(e)
+    }
+}
+
+/// Installs `role`'s filter on the calling thread under the current [`policy`] (nothing under
+/// [`SeccompAction::Off`]), and from then on keeps its panics from reading files for a
+/// backtrace. Prefer [`spawn`], which also gives the thread a clean start: a thread that calls
+/// this keeps the filters it inherited, and the threads it creates inherit this one.
+pub fn apply(role: ThreadRole) -> Result<(), SandboxError> {
+    let action = policy();
+    if action == SeccompAction::Off {
+        return Ok(());
+    }
+    let program = filters::compile(role, action)?;
+    spawn::ensure_spawner();
+    spawn::install_panic_hook();
+    spawn::prepare_thread();
+    seccompiler::apply_filter(&program).map_err(SandboxError::Install)?;
+    spawn::mark_filtered(role);
+    Ok(())
+}
