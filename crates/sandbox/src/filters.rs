@@ -256,8 +256,12 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
         ThreadRole::ConsoleOutput => {
             r.allow_all(&[SYS_poll, SYS_ppoll, SYS_read, SYS_write]);
         }
-        ThreadRole::ConsoleInput | ThreadRole::ConsoleClient => {
+        ThreadRole::ConsoleInput => {
             r.allow_all(&[SYS_read, SYS_write]);
+        }
+        ThreadRole::ConsoleClient => {
+            // std reads a `UnixStream` with `recv` (`recvfrom`).
+            r.allow_all(&[SYS_read, SYS_recvfrom, SYS_write]);
         }
         ThreadRole::ConsoleSocket => {
             r.allow(SYS_accept4)
@@ -269,7 +273,8 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
         ThreadRole::ControlClient => {
             // Requests and answers; pause/resume kick the vCPUs and stop and restart the device
             // workers (threads come from the spawner).
-            r.allow_all(&[SYS_read, SYS_write])
+            // std reads a `UnixStream` with `recv` (`recvfrom`) and writes it with `write`.
+            r.allow_all(&[SYS_read, SYS_recvfrom, SYS_write])
                 .allow_if(SYS_fcntl, &[(1, F_DUPFD_CLOEXEC as u64)]);
             kick_vcpus(&mut r);
             starts_workers(&mut r);
