@@ -156,6 +156,12 @@ fn starts_workers(rules: &mut FilterRules) {
         .allow_if(libc::SYS_fcntl, &[(1, libc::F_DUPFD_CLOEXEC as u64)]);
 }
 
+/// `send` on a connected socket (`sendto` with no address): std writes a `UnixStream` with
+/// `send(MSG_NOSIGNAL)`, rustix's `send` likewise.
+fn send_connected(rules: &mut FilterRules) {
+    rules.allow_if(libc::SYS_sendto, &[(4, 0)]);
+}
+
 /// Builds `role`'s list.
 pub fn rules_for(role: ThreadRole) -> FilterRules {
     use libc::*;
@@ -179,6 +185,8 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             r.allow_all(&[SYS_read, SYS_write, SYS_writev]);
             kick_vcpus(&mut r);
             starts_workers(&mut r);
+            // The serial port's socket client (`ClientWriter`).
+            send_connected(&mut r);
         }
         ThreadRole::DeviceWorker(kind) => {
             // The worker builds its own event loop (epoll) over eventfds it reads and writes.
@@ -212,7 +220,8 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
                     r.allow_all(&[SYS_timerfd_create, SYS_timerfd_settime, SYS_timerfd_gettime]);
                 }
                 DeviceKind::Console => {
-                    r.allow_all(&[SYS_accept4, SYS_sendto, SYS_recvfrom, SYS_writev, SYS_readv])
+                    send_connected(&mut r);
+                    r.allow_all(&[SYS_accept4, SYS_recvfrom, SYS_writev, SYS_readv])
                         .allow_if(SYS_fcntl, &[(1, F_GETFL as u64)])
                         .allow_if(SYS_fcntl, &[(1, F_SETFL as u64)]);
                 }
@@ -238,6 +247,8 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
                 SYS_write,
             ])
             .allow_if(SYS_fcntl, &[(1, F_DUPFD_CLOEXEC as u64)]);
+            // What it writes to the client (std sends on a `UnixStream`).
+            send_connected(&mut r);
         }
         ThreadRole::Vmm => {
             // Joins the vCPUs (kicking them), stops the device workers (their kill eventfds),
@@ -256,6 +267,8 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
         }
         ThreadRole::ConsoleOutput => {
             r.allow_all(&[SYS_poll, SYS_ppoll, SYS_read, SYS_write]);
+            // Output to the `console.sock` clients.
+            send_connected(&mut r);
         }
         ThreadRole::ConsoleInput => {
             r.allow_all(&[SYS_read, SYS_write]);
@@ -269,6 +282,7 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             // accept, duplicate the client, write it what it joins with.
             r.allow_all(&[SYS_accept4, SYS_poll, SYS_ppoll, SYS_write])
                 .allow_if(SYS_fcntl, &[(1, F_DUPFD_CLOEXEC as u64)]);
+            send_connected(&mut r);
         }
         ThreadRole::ControlSocket => {
             r.allow(SYS_accept4);
@@ -276,7 +290,11 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
         ThreadRole::ControlClient => {
             // Requests and answers; pause/resume kick the vCPUs and stop and restart the device
             // workers (threads come from the spawner).
-            r.allow_all(&[SYS_read, SYS_write])
+            // std reads a `UnixStream` with `recv` (`recvfrom`) and writes it with `send`.
+            send_connected(&mut r);
+            // Sleeping and waking devices sets their INTx level.
+            r.allow_if(SYS_ioctl, &[(1, kvm::KVM_IRQ_LINE)]);
+            r.allow_all(&[SYS_read, SYS_recvfrom, SYS_write])
                 .allow_if(SYS_fcntl, &[(1, F_DUPFD_CLOEXEC as u64)]);
             kick_vcpus(&mut r);
             starts_workers(&mut r);
