@@ -223,7 +223,9 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
                     send_connected(&mut r);
                     r.allow_all(&[SYS_accept4, SYS_recvfrom, SYS_writev, SYS_readv])
                         .allow_if(SYS_fcntl, &[(1, F_GETFL as u64)])
-                        .allow_if(SYS_fcntl, &[(1, F_SETFL as u64)]);
+                        .allow_if(SYS_fcntl, &[(1, F_SETFL as u64)])
+                        // std makes an accepted socket non-blocking with `ioctl(FIONBIO)`.
+                        .allow_if(SYS_ioctl, &[(1, FIONBIO)]);
                 }
                 DeviceKind::Other => {
                     r.allow_all(&[SYS_nanosleep, SYS_clock_nanosleep]);
