@@ -94,6 +94,27 @@ fn hang_after_ready_is_reported() {
     }
 }
 
+/// The inner guests' script: an unattended boot, then an interactive one.
+const INNER_QEMU_SCRIPT: &str = r#"
+Q="qemu-system-x86_64 -M microvm,rtc=on -enable-kvm -cpu host -smp 2 -m 256 -nodefaults \
+   -no-user-config -nographic -serial stdio -no-reboot -kernel /guest/vmlinuz -initrd /guest/initrd"
+
+echo "== inner guest 1: token, poweroff"
+start=$(cut -d' ' -f1 /proc/uptime)
+vk_start g1 $Q -append "console=ttyS0 quiet virtkit.token=inner1 virtkit.action=poweroff"
+vk_wait g1 120 || exit 10
+echo "inner guest 1: host uptime $start -> $(cut -d' ' -f1 /proc/uptime)"
+
+echo "== inner guest 2: interactive shell"
+vk_start g2 $Q -append "console=ttyS0 quiet virtkit.token=inner2"
+vk_expect g2 'VIRTKIT-GUEST: shell-ready' 120 || exit 11
+sleep 1
+vk_send g2 'echo $((6*7))'
+vk_expect g2 '^42' 30 || exit 12
+vk_send g2 'poweroff -f'
+vk_wait g2 60 || exit 13
+"#;
+
 /// A VMM inside the emulated host boots the stock guest to user space on the nested /dev/kvm:
 /// QEMU with -enable-kvm, the asset kernel and guest initramfs. First an unattended boot that
 /// powers off, then an interactive one driven through the lib.sh helpers.
@@ -127,30 +148,22 @@ fn inner_guest_boots_on_nested_kvm() {
     // The inner guests boot with `quiet`: every byte on their serial port is a nested exit
     // (emulated SVM -> kvm_amd -> QEMU), and a full boot log takes minutes. `rtc=on`: without
     // a CMOS RTC the kernel's rtc_cmos probe alone takes ~10 s of nested port I/O.
-    let run = host
-        .script(
-            r#"
-Q="qemu-system-x86_64 -M microvm,rtc=on -enable-kvm -cpu host -smp 2 -m 256 -nodefaults \
-   -no-user-config -nographic -serial stdio -no-reboot -kernel /guest/vmlinuz -initrd /guest/initrd"
-
-echo "== inner guest 1: token, poweroff"
-start=$(cut -d' ' -f1 /proc/uptime)
-vk_start g1 $Q -append "console=ttyS0 quiet virtkit.token=inner1 virtkit.action=poweroff"
-vk_wait g1 120 || exit 10
-echo "inner guest 1: host uptime $start -> $(cut -d' ' -f1 /proc/uptime)"
-
-echo "== inner guest 2: interactive shell"
-vk_start g2 $Q -append "console=ttyS0 quiet virtkit.token=inner2"
-vk_expect g2 'VIRTKIT-GUEST: shell-ready' 120 || exit 11
-sleep 1
-vk_send g2 'echo $((6*7))'
-vk_expect g2 '^42' 30 || exit 12
-vk_send g2 'poweroff -f'
-vk_wait g2 60 || exit 13
-"#,
-        )
-        .run()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let host = host.script(INNER_QEMU_SCRIPT);
+    // The VMM inside is QEMU, the reference, not virtkit: a wedge of the emulated host while
+    // QEMU runs (seen about once in four runs of this binary on a loaded machine: the host's
+    // own timers stop, after kvm-ready) is the emulator's, so this one test starts it once
+    // more and says so. Hangs with virtkit inside are never retried.
+    let run = match host.run() {
+        Err(HarnessError::HangAfterReady { output }) => {
+            eprintln!(
+                "note: the emulated host wedged while QEMU ran the inner guest; started once more\n{}",
+                output.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+            );
+            host.run()
+        }
+        other => other,
+    }
+    .unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "boot to kvm-ready: {:.1} s, whole run: {:.1} s, attempts: {}",
         run.boot_to_ready.as_secs_f64(),
