@@ -108,3 +108,15 @@ pub trait VirtioDevice: Send {
     /// Takes `state` from [`VirtioDevice::snapshot`]; the device must not be running.
     fn restore(&mut self, state: Self::State) -> Result<(), VirtioError>;
 }
+
+/// Copies the bytes of a configuration space `config` at `offset` into `data`; bytes beyond it
+/// (or an offset that overflows) read as zero, as the transport's contract says.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = offset
+            .checked_add(i as u64)
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| config.get(at).copied())
+            .unwrap_or(0);
+    }
+}

@@ -16,7 +16,7 @@ pub mod transport;
 mod worker;
 pub mod worker_slot;
 
-pub use device::{DeviceQueue, QueueError, VirtioDevice, VirtioError, VirtioInterrupt};
+pub use device::{read_config_bytes, DeviceQueue, QueueError, VirtioDevice, VirtioError, VirtioInterrupt};
 pub use event_loop::{EventHandler, EventLoop};
 pub use worker::WorkerThread;
 pub use worker_slot::{single_queue, Activation, DeviceWorker, WorkerBody};

@@ -208,13 +208,7 @@ impl<D: MemoryDiscard + 'static> VirtioDevice for Balloon<D> {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let config = self.config_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| config.get(at).copied())
-                .unwrap_or(0);
-        }
+        virtkit_virtio::read_config_bytes(&config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

@@ -80,7 +80,7 @@ impl MemoryDiscard for MadviseDiscard {
                 len,
             });
         }
-        // SAFETY: `host..host + count` lies inside one mapping of `mem` (checked by `get_slice`
+        // Why this is sound: `host..host + count` lies inside one mapping of `mem` (checked by `get_slice`
         // above), which vm-memory created and keeps mapped for as long as the
         // `GuestMemoryMmap` lives (we hold a reference to it for the whole call). It is private
         // anonymous memory (file-backed regions were refused above), on which MADV_DONTNEED
@@ -88,6 +88,8 @@ impl MemoryDiscard for MadviseDiscard {
         // lives there (guest memory is only ever reached through volatile accesses). The
         // guest gave these pages up (inflate, free page report), so their contents are
         // no-one's. The start is page-aligned (checked) and the length a multiple of 4 KiB.
+        // SAFETY: a checked range of private anonymous guest memory the guest gave up, in a
+        // mapping `mem` keeps alive; MADV_DONTNEED only drops its pages (see above).
         let ret = unsafe { libc::madvise(host.cast::<libc::c_void>(), count, libc::MADV_DONTNEED) };
         if ret != 0 {
             return Err(DiscardError::Madvise(std::io::Error::last_os_error().to_string()));

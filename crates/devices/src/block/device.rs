@@ -198,13 +198,7 @@ impl<B: DiskBackend + 'static> VirtioDevice for Block<B> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| self.config.get(at).copied())
-                .unwrap_or(0);
-        }
+        virtkit_virtio::read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

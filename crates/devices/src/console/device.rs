@@ -287,13 +287,7 @@ impl VirtioDevice for Console {
         config[2..4].copy_from_slice(&rows.to_le_bytes());
         config[4..8].copy_from_slice(&self.config_tail);
         // emerg_wr (8..12) reads as zero.
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| config.get(at).copied())
-                .unwrap_or(0);
-        }
+        virtkit_virtio::read_config_bytes(&config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
