@@ -15,6 +15,7 @@ mod serial;
 mod size;
 mod state;
 mod storage;
+pub mod unix_socket;
 mod validate;
 mod vm;
 
