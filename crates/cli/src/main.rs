@@ -1,8 +1,12 @@
 //! `virtkit`: run and manage virtual machines.
 #![forbid(unsafe_code)]
 
+#[macro_use]
+mod output;
+
 mod commands;
 mod exit;
+mod logging;
 mod progress;
 mod terminal;
 mod vm_events;
@@ -58,20 +62,27 @@ enum Command {
     VmProcess(commands::detach::VmProcessArgs),
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VIRTKIT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+/// Where this command's log goes: the detached VM process's is its bundle's `vmm.log`.
+fn log_target(command: &Command) -> logging::LogTarget {
+    if let Command::VmProcess(args) = command {
+        // A bad name is refused later, by the bundle; the log stays on standard error until then.
+        if virtkit_manager::bundle::check_name(&args.name).is_err() {
+            return logging::LogTarget::Stderr;
+        }
+        if let Ok(home) = virtkit_manager::VirtkitHome::from_env() {
+            let path = home
+                .vms_dir()
+                .join(&args.name)
+                .join(virtkit_manager::bundle::VMM_LOG_FILE);
+            return logging::LogTarget::RotatedStderr { path };
+        }
+    }
+    logging::LogTarget::Stderr
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    logging::init(log_target(&cli.command));
     let result: Result<u8, CliError> = match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Validate(args) => commands::validate::run(&args),
@@ -90,10 +101,11 @@ fn main() -> ExitCode {
         Command::Images(args) => commands::images::run(&args),
         Command::VmProcess(args) => commands::detach::vm_process(&args),
     };
+    logging::finish();
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("virtkit: {e}");
+            errln!("virtkit: {e}");
             ExitCode::from(e.exit_code())
         }
     }

@@ -70,7 +70,7 @@ impl Progress {
                 let complete = self.total.is_some_and(|t| done >= t);
                 let due = last_line.is_none_or(|t| t.elapsed() >= LINE_INTERVAL);
                 if (due || complete) && *last_done != Some(done) {
-                    eprintln!("{}", line(&self.label, done, self.total));
+                    errln!("{}", line(&self.label, done, self.total));
                     *last_line = Some(Instant::now());
                     *last_done = Some(done);
                 }
@@ -85,7 +85,7 @@ impl Progress {
             View::Bar(bar) => bar.finish(),
             View::Lines { last_done, .. } => {
                 if *last_done != Some(self.done) {
-                    eprintln!("{}", line(&self.label, self.done, self.total));
+                    errln!("{}", line(&self.label, self.done, self.total));
                 }
             }
         }

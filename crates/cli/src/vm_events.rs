@@ -96,7 +96,7 @@ impl Events {
                     stop_requests += 1;
                     if stop_requests == 1 && sig != SIGHUP {
                         if announce {
-                            eprint!("virtkit: asking the guest to shut down (signal again to stop it at once)\r\n");
+                            err!("virtkit: asking the guest to shut down (signal again to stop it at once)\r\n");
                         }
                         if vm.request_stop().is_err() {
                             let _ = vm.stop();

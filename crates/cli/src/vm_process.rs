@@ -56,20 +56,29 @@ fn vm_process_error(name: &str, e: VmProcessError) -> CliError {
     match e {
         VmProcessError::Bundle(BundleError::Running { pid, .. }) => already_running(name, pid),
         VmProcessError::Bundle(e) => bundle_error(&e),
+        VmProcessError::Admission(e) => CliError::new(e.to_string()),
         // The validation error says it all; its causes are the issues it lists.
         e @ VmProcessError::Invalid { .. } => CliError::new(e.to_string()),
         e => CliError::from_error(&e),
     }
 }
 
+/// What `virtkit run NAME` was told, for this process or the detached one.
+#[derive(Debug, Clone, Copy)]
+pub struct RunChoices {
+    pub console: ConsoleChoice,
+    pub seccomp: Option<virtkit_sandbox::SeccompAction>,
+    /// Start even if the host cannot give the VM its memory.
+    pub force: bool,
+}
+
 /// Runs the VM `name` in this process until it stops; returns the exit code.
-pub fn run(
-    home: &VirtkitHome,
-    name: &str,
-    mode: Mode,
-    console: ConsoleChoice,
-    seccomp: Option<virtkit_sandbox::SeccompAction>,
-) -> Result<u8, CliError> {
+pub fn run(home: &VirtkitHome, name: &str, mode: Mode, choices: RunChoices) -> Result<u8, CliError> {
+    let RunChoices {
+        console,
+        seccomp,
+        force,
+    } = choices;
     let interactive = mode == Mode::Foreground && stdin_is_terminal();
     if let Some(policy) = seccomp {
         // Before this process's first filtered thread (the terminal's reader).
@@ -78,6 +87,7 @@ pub fn run(
     let mut options = VmProcessOptions {
         console: console.into(),
         seccomp,
+        force,
         ..VmProcessOptions::default()
     };
     let events = Events::new();
@@ -103,7 +113,7 @@ pub fn run(
         raw_mode = Some(
             RawMode::enter().map_err(|e| CliError::with_chain("cannot put the terminal in raw mode", &e))?,
         );
-        eprint!("virtkit: `{name}` console attached; Ctrl-A x stops the VM\r\n");
+        err!("virtkit: `{name}` console attached; Ctrl-A x stops the VM\r\n");
     }
     let running = prepared.start().map_err(|e| {
         drop(raw_mode.take());
@@ -119,8 +129,8 @@ pub fn run(
     drop(raw_mode);
     match (&reason, mode) {
         (StopReason::GuestPoweredOff, _) => {}
-        (StopReason::StoppedByHost, Mode::Foreground) => eprintln!("virtkit: stopped"),
-        (other, _) => eprintln!("virtkit: {name}: {other}"),
+        (StopReason::StoppedByHost, Mode::Foreground) => errln!("virtkit: stopped"),
+        (other, _) => errln!("virtkit: {name}: {other}"),
     }
     Ok(exit_code_for(&reason))
 }

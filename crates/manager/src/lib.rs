@@ -4,6 +4,7 @@
 //! VM ([`vm_process`]). Built on the VM API (`virtkit`) and disk images (`virtkit-disk`).
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod bundle;
 pub mod control;
 mod control_server;

@@ -45,6 +45,8 @@ pub struct VmProcessOptions {
     pub input: Option<Box<dyn Read + Send>>,
     /// The seccomp policy for this run, over the bundle's (`platform.seccomp`).
     pub seccomp: Option<virtkit_sandbox::SeccompAction>,
+    /// Start even if the host cannot give the VM its memory ([`crate::admission`]).
+    pub force: bool,
 }
 
 /// Why a bundle's VM could not be run.
@@ -52,6 +54,8 @@ pub struct VmProcessOptions {
 pub enum VmProcessError {
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Admission(#[from] crate::admission::AdmissionError),
     #[error("cannot make the console pipe")]
     Pipe(#[source] std::io::Error),
     #[error("cannot write {}", path.display())]
@@ -141,6 +145,10 @@ impl PreparedVm {
     ) -> Result<PreparedVm, VmProcessError> {
         let bundle = Bundle::open(home, name)?;
         let lock = bundle.lock()?;
+        // Under the lock: two VMs starting at once each count the other as running.
+        if !options.force {
+            crate::admission::admit_on_this_host(home, Some(name), bundle.configuration().memory_size)?;
+        }
         bundle.write_pid(&lock)?;
 
         let missing = bundle.hardware_model().missing_on(&HardwareModel::of_this_host());

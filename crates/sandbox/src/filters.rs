@@ -252,6 +252,11 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             // What it writes to the client (std sends on a `UnixStream`).
             send_connected(&mut r);
         }
+        ThreadRole::SerialOutput => {
+            // Only writes: to a terminal, pipe or file (`write`), or a socket (`send`).
+            r.allow_all(&[SYS_write, SYS_writev]);
+            send_connected(&mut r);
+        }
         ThreadRole::Vmm => {
             // Joins the vCPUs (kicking them), stops the device workers (their kill eventfds),
             // releases the machine and removes the serial socket.
@@ -359,7 +364,7 @@ mod tests {
         assert_eq!(kvm::KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
     }
 
-    const ALL_ROLES: [ThreadRole; 17] = [
+    const ALL_ROLES: [ThreadRole; 18] = [
         ThreadRole::Vcpu,
         ThreadRole::DeviceWorker(DeviceKind::Block),
         ThreadRole::DeviceWorker(DeviceKind::Rng),
@@ -368,6 +373,7 @@ mod tests {
         ThreadRole::DeviceWorker(DeviceKind::Other),
         ThreadRole::SerialInput,
         ThreadRole::SerialSocket,
+        ThreadRole::SerialOutput,
         ThreadRole::Vmm,
         ThreadRole::CliSignals,
         ThreadRole::CliStdin,

@@ -14,6 +14,7 @@
 //! thread may create threads itself.
 
 mod filters;
+mod inherited;
 mod spawn;
 
 use std::fmt;
@@ -21,6 +22,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use filters::{rules_for, FilterRules};
+pub use inherited::close_inherited_descriptors;
 pub use spawn::{spawn, Builder};
 
 /// What a filtered thread's syscall outside its role's list does. Process-wide.
@@ -151,6 +153,9 @@ pub enum ThreadRole {
     SerialInput,
     /// `serial-socket`: the Unix socket attachment of a serial port.
     SerialSocket,
+    /// `serial-out`: writes what a vCPU buffered for COM1's host side (terminal, pipe, file),
+    /// so the vCPU never waits on a host write.
+    SerialOutput,
     /// `vmm`: waits for the machine to stop, releases it and records why.
     Vmm,
     /// CLI `signals`: turns SIGTERM/SIGINT/SIGHUP into events.

@@ -6,6 +6,7 @@
 //! to stop, stops, and reports its [`VmState`] and why it stopped.
 #![forbid(unsafe_code)]
 
+pub mod buffered_output;
 mod config;
 mod console_server;
 pub mod devices;

@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
+use crate::buffered_output::{BufferedOutput, DrainThread, SERIAL_OUTPUT_BUFFER};
 use crate::config::SerialAttachment;
 use crate::console_server::{ConsoleServer, ConsoleServerOptions};
 
@@ -33,6 +34,21 @@ pub enum SerialError {
     Stdio(#[source] io::Error),
     #[error("the serial attachment's file handles were already used by an earlier start")]
     HandlesUsed,
+    #[error("cannot start the serial output thread")]
+    Thread(#[source] io::Error),
+}
+
+/// `sink` behind a bounded buffer and a thread of its own: the vCPU that writes the port never
+/// waits on a terminal, pipe or file.
+fn buffered(sink: impl Write + Send + 'static) -> Result<Box<dyn Write + Send>, SerialError> {
+    let output = BufferedOutput::spawn(
+        sink,
+        SERIAL_OUTPUT_BUFFER,
+        "serial-out",
+        DrainThread::Sandboxed(virtkit_sandbox::ThreadRole::SerialOutput),
+    )
+    .map_err(SerialError::Thread)?;
+    Ok(Box::new(output))
 }
 
 /// Writes go nowhere: a port with no output attached.
@@ -62,7 +78,7 @@ pub(crate) fn open_attachment(attachment: Option<&mut SerialAttachment>) -> Resu
             let out: OwnedFd = io::stdout().as_fd_owned().map_err(SerialError::Stdio)?;
             let input: OwnedFd = io::stdin().as_fd_owned().map_err(SerialError::Stdio)?;
             Ok(SerialEnds {
-                output: Box::new(File::from(out)),
+                output: buffered(File::from(out))?,
                 input: Some(input),
                 server: None,
             })
@@ -79,7 +95,7 @@ pub(crate) fn open_attachment(attachment: Option<&mut SerialAttachment>) -> Resu
                     source,
                 })?;
             Ok(SerialEnds {
-                output: Box::new(file),
+                output: buffered(file)?,
                 input: None,
                 server: None,
             })
@@ -103,7 +119,7 @@ pub(crate) fn open_attachment(attachment: Option<&mut SerialAttachment>) -> Resu
                 return Err(SerialError::HandlesUsed);
             }
             let output: Box<dyn Write + Send> = match write.take() {
-                Some(fd) => Box::new(File::from(fd)),
+                Some(fd) => buffered(File::from(fd))?,
                 None => Box::new(Discard),
             };
             Ok(SerialEnds {

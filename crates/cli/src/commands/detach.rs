@@ -3,6 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use virtkit_manager::{VirtkitHome, HOME_ENV};
 
 use crate::commands::vms::{already_running, home, open, socket_alive, state_of};
 use crate::exit::CliError;
-use crate::vm_process::{ConsoleChoice, Mode, DETACH_START_TIMEOUT};
+use crate::vm_process::{ConsoleChoice, Mode, RunChoices, DETACH_START_TIMEOUT};
 
 #[derive(Args)]
 pub struct VmProcessArgs {
@@ -21,6 +22,8 @@ pub struct VmProcessArgs {
     pub console: ConsoleChoice,
     #[arg(long)]
     pub seccomp: Option<virtkit_sandbox::SeccompAction>,
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The last lines of a log, to explain why a background process ended.
@@ -35,22 +38,27 @@ fn tail(path: &std::path::Path, from: u64) -> String {
     lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
-pub fn run(
-    home: &VirtkitHome,
-    name: &str,
-    console: ConsoleChoice,
-    seccomp: Option<virtkit_sandbox::SeccompAction>,
-) -> Result<u8, CliError> {
+pub fn run(home: &VirtkitHome, name: &str, choices: RunChoices) -> Result<u8, CliError> {
     let b = open(home, name)?;
     if b.is_running() {
         return Err(already_running(name, b.running_pid()));
     }
     let log_path = b.file(VMM_LOG_FILE);
+    // Never through a symbolic link a copied-in bundle could hold, never blocking on a FIFO put
+    // in its place, and for the owner only.
     let log = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
         .open(&log_path)
         .map_err(|e| CliError::with_chain(format!("cannot write {}", log_path.display()), &e))?;
+    if !log.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(CliError::new(format!(
+            "{} is not a regular file; remove it and run again",
+            log_path.display()
+        )));
+    }
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let exe =
         std::env::current_exe().map_err(|e| CliError::with_chain("cannot find the virtkit program", &e))?;
@@ -58,8 +66,9 @@ pub fn run(
         .arg("vm-process")
         .arg(name)
         .arg("--console")
-        .arg(console.as_str())
-        .args(seccomp.map(|p| format!("--seccomp={p}")))
+        .arg(choices.console.as_str())
+        .args(choices.seccomp.map(|p| format!("--seccomp={p}")))
+        .args(choices.force.then_some("--force"))
         .env(HOME_ENV, home.root())
         .env(
             "VIRTKIT_LOG",
@@ -83,7 +92,7 @@ pub fn run(
         if socket_alive(&control) {
             let state = state_of(&b);
             if state != "starting" {
-                println!(
+                outln!(
                     "`{name}`: {state} (process {}); `virtkit console {name}` attaches",
                     child.id()
                 );
@@ -102,7 +111,15 @@ pub fn run(
 
 /// The background process: its own session, so the terminal that started it can close.
 pub fn vm_process(args: &VmProcessArgs) -> Result<u8, CliError> {
+    if let Err(e) = virtkit_sandbox::close_inherited_descriptors() {
+        tracing::warn!(error = %e, "cannot close the descriptors this process inherited");
+    }
     let _ = rustix::process::setsid();
     let home = home()?;
-    crate::vm_process::run(&home, &args.name, Mode::Detached, args.console, args.seccomp)
+    let choices = RunChoices {
+        console: args.console,
+        seccomp: args.seccomp,
+        force: args.force,
+    };
+    crate::vm_process::run(&home, &args.name, Mode::Detached, choices)
 }

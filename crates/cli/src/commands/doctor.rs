@@ -2,6 +2,7 @@
 
 use clap::Args;
 use virtkit::{ByteSize, HostCapabilities, HostKind};
+use virtkit_manager::admission::{overcommit_ratio, Commitment, HostMemory};
 
 use crate::exit::{CliError, EXIT_ERROR, EXIT_OK};
 
@@ -40,6 +41,7 @@ pub fn run(args: &DoctorArgs) -> Result<u8, CliError> {
     } else {
         "none"
     };
+    let commitment = memory_commitment();
     if args.json {
         let kvm = host.kvm.as_ref().map(|k| {
             serde_json::json!({
@@ -58,19 +60,27 @@ pub fn run(args: &DoctorArgs) -> Result<u8, CliError> {
             "host_memory_bytes": host.memory,
             "host_cpus": host.cpus,
             "guests": host.guest_support(),
+            "memory_commitment": commitment.as_ref().map(|c| serde_json::json!({
+                "running_vms": c.running.vms.iter().map(|(name, bytes)| serde_json::json!({"name": name, "memory": bytes})).collect::<Vec<_>>(),
+                "committed_bytes": c.running.total(),
+                "host_total_bytes": c.host.total,
+                "host_available_bytes": c.host.available,
+                "overcommit_ratio": c.ratio,
+            })),
         });
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
-        println!("KVM:                     {}", kind_name(host.kind));
-        println!("hardware virtualization: {hw}");
+        outln!("KVM:                     {}", kind_name(host.kind));
+        outln!("hardware virtualization: {hw}");
         if let Some(k) = &host.kvm {
-            println!("KVM API version:         {}", k.api_version);
-            println!(
+            outln!("KVM API version:         {}", k.api_version);
+            outln!(
                 "vCPUs per VM:            up to {} (recommended {})",
-                k.max_vcpus, k.recommended_vcpus
+                k.max_vcpus,
+                k.recommended_vcpus
             );
-            println!("memory slots per VM:     {}", k.max_memslots);
-            println!(
+            outln!("memory slots per VM:     {}", k.max_memslots);
+            outln!(
                 "in-kernel irqchip:       {}; ioeventfd: {}; irqfd: {}",
                 yes(k.irqchip),
                 yes(k.ioeventfd),
@@ -78,19 +88,46 @@ pub fn run(args: &DoctorArgs) -> Result<u8, CliError> {
             );
         }
         if let Some(e) = &host.kvm_error {
-            println!("problem:                 {e}");
+            outln!("problem:                 {e}");
         }
-        println!(
+        outln!(
             "host:                    {} CPUs, {} RAM",
             host.cpus,
             ByteSize(host.memory)
         );
-        println!("guests:                  {}", host.guest_support());
+        outln!("guests:                  {}", host.guest_support());
+        if let Some(c) = &commitment {
+            outln!(
+                "guest memory committed:  {} by {} running VM{} (limit {} × {} total; {} available now)",
+                ByteSize(c.running.total()),
+                c.running.vms.len(),
+                if c.running.vms.len() == 1 { "" } else { "s" },
+                c.ratio,
+                ByteSize(c.host.total),
+                ByteSize(c.host.available)
+            );
+        }
     }
     Ok(if host.kind == HostKind::NoKvm {
         EXIT_ERROR
     } else {
         EXIT_OK
+    })
+}
+
+/// What admission control counts: the running VMs' memory against the host's.
+struct MemoryCommitment {
+    running: Commitment,
+    host: HostMemory,
+    ratio: f64,
+}
+
+fn memory_commitment() -> Option<MemoryCommitment> {
+    let home = virtkit_manager::VirtkitHome::from_env().ok()?;
+    Some(MemoryCommitment {
+        running: Commitment::of_running(&home, None),
+        host: HostMemory::of_this_host()?,
+        ratio: overcommit_ratio().unwrap_or(1.0),
     })
 }
 

@@ -188,7 +188,7 @@ fn table(source: &CatalogSource, rows: &[Row]) -> String {
 
 fn pull(args: &PullArgs, home: &VirtkitHome) -> Result<u8, CliError> {
     let path = pull_image(&args.name, &args.catalog, home)?;
-    println!("{}", path.display());
+    outln!("{}", path.display());
     Ok(EXIT_OK)
 }
 
@@ -203,7 +203,7 @@ pub fn pull_image(
     let image = catalog
         .find(name, &source.to_string())
         .map_err(|e| CliError::with_chain(context(), &e))?;
-    eprintln!("pull {}: {}", image.name, image.url);
+    errln!("pull {}: {}", image.name, image.url);
     let mut progress = Progress::new(format!("pull {}", image.name), image.size);
     let path = download(image, &home.images_dir(), &mut |done, total| {
         progress.set_total(total);

@@ -72,6 +72,10 @@ pub struct RunArgs {
     /// What a VMM thread's syscall outside its seccomp filter does: kill (the default), log, off.
     #[arg(long, value_name = "kill|log|off")]
     pub seccomp: Option<virtkit_sandbox::SeccompAction>,
+    /// Start even if the host cannot give the VM its memory (with the running VMs' memory
+    /// counted; `VIRTKIT_MEMORY_OVERCOMMIT` sets how far guest memory may exceed the host's).
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn parse_port(text: &str) -> Result<(String, PathBuf), String> {
@@ -192,19 +196,19 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
 pub fn run(args: RunArgs) -> Result<u8, CliError> {
     if let Some(name) = &args.name {
         let home = crate::commands::vms::home()?;
+        let choices = crate::vm_process::RunChoices {
+            console: args.console,
+            seccomp: args.seccomp,
+            force: args.force,
+        };
         return if args.detach {
-            crate::commands::detach::run(&home, name, args.console, args.seccomp)
+            crate::commands::detach::run(&home, name, choices)
         } else {
-            crate::vm_process::run(
-                &home,
-                name,
-                crate::vm_process::Mode::Foreground,
-                args.console,
-                args.seccomp,
-            )
+            crate::vm_process::run(&home, name, crate::vm_process::Mode::Foreground, choices)
         };
     }
     let mut config = build_config(&args)?;
+
     virtkit_sandbox::set_policy(config.platform.seccomp);
     let events = Events::new();
 
@@ -228,14 +232,22 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
         events.forward_quit(quit_rx);
     }
 
+    let memory = config.memory_size;
     let mut vm = VirtualMachine::new(config).map_err(|e| CliError::new(e.to_string()))?;
+    if !args.force {
+        // The running VMs of the user's home count; this one has no bundle of its own.
+        if let Ok(home) = virtkit_manager::VirtkitHome::from_env() {
+            virtkit_manager::admission::admit_on_this_host(&home, None, memory)
+                .map_err(|e| CliError::new(e.to_string()))?;
+        }
+    }
     events.forward_signals()?;
     events.forward_states(&vm);
     if interactive {
         raw_mode = Some(
             RawMode::enter().map_err(|e| CliError::with_chain("cannot put the terminal in raw mode", &e))?,
         );
-        eprint!("virtkit: console attached; Ctrl-A x stops the VM\r\n");
+        err!("virtkit: console attached; Ctrl-A x stops the VM\r\n");
     }
     vm.start().map_err(|e| {
         drop(raw_mode.take());
@@ -248,8 +260,8 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     drop(raw_mode);
     match &reason {
         StopReason::GuestPoweredOff => {}
-        StopReason::StoppedByHost => eprintln!("virtkit: stopped"),
-        other => eprintln!("virtkit: {other}"),
+        StopReason::StoppedByHost => errln!("virtkit: stopped"),
+        other => errln!("virtkit: {other}"),
     }
     Ok(exit_code_for(&reason))
 }

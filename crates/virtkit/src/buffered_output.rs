@@ -1,0 +1,265 @@
+//! A writer that never blocks its caller: bytes go into a bounded buffer and a thread of its own
+//! writes them to the real sink (a terminal, a pipe, a file, standard error). A vCPU writing the
+//! serial port, or any thread logging, must never wait on a host write: a terminal held with
+//! Ctrl-S, a pipe nobody reads (`virtkit run ... | less` left waiting) or a slow disk would
+//! freeze the guest. When the buffer is full the newest bytes are dropped and counted; a sink
+//! that fails (`EPIPE`, `ENOSPC`) loses those bytes, counted too, and is tried again with the
+//! next ones (a full disk can get space back).
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How many bytes the serial port's output may have waiting for its sink.
+pub const SERIAL_OUTPUT_BUFFER: usize = 1 << 20;
+
+/// How long dropping a [`BufferedOutput`] waits for what is buffered to be written: the last
+/// lines a guest printed before it stopped must reach the terminal, but a sink that stays blocked
+/// must not keep the machine from stopping.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The largest piece handed to the sink in one write.
+const CHUNK: usize = 64 * 1024;
+
+#[derive(Default)]
+struct Buffer {
+    bytes: VecDeque<u8>,
+    /// The thread is writing a chunk it took out.
+    in_flight: bool,
+    /// The writer dropped: write what is left, then end.
+    closed: bool,
+    /// The thread wrote everything and ended.
+    done: bool,
+}
+
+struct Shared {
+    buffer: Mutex<Buffer>,
+    changed: Condvar,
+    capacity: usize,
+    /// Bytes that never reached the sink: the buffer was full, or the sink failed.
+    dropped: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Buffer> {
+        self.buffer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How the thread that drains a [`BufferedOutput`] starts.
+pub enum DrainThread {
+    /// With a seccomp filter for its role (write only): a VM's threads.
+    Sandboxed(virtkit_sandbox::ThreadRole),
+    /// Without one: a sink that may reopen files (a log that rotates).
+    Plain,
+}
+
+/// See the module documentation. Clones share the buffer; the thread ends (after writing what is
+/// left, for at most a couple of seconds) when the last clone is dropped.
+#[derive(Clone)]
+pub struct BufferedOutput {
+    shared: Arc<Shared>,
+    _owner: Arc<DrainOnDrop>,
+}
+
+/// Closes the buffer and waits for the drain when the last [`BufferedOutput`] goes.
+struct DrainOnDrop {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl BufferedOutput {
+    /// Starts the thread `name` that writes to `sink`; at most `capacity` bytes wait.
+    pub fn spawn(
+        sink: impl Write + Send + 'static,
+        capacity: usize,
+        name: &str,
+        thread: DrainThread,
+    ) -> io::Result<BufferedOutput> {
+        let shared = Arc::new(Shared {
+            buffer: Mutex::new(Buffer::default()),
+            changed: Condvar::new(),
+            capacity,
+            dropped: AtomicU64::new(0),
+        });
+        let drain_shared = shared.clone();
+        let body = move || drain(&drain_shared, sink);
+        let handle = match thread {
+            DrainThread::Sandboxed(role) => virtkit_sandbox::Builder::new(role)
+                .name(name.into())
+                .spawn(body)?,
+            DrainThread::Plain => std::thread::Builder::new().name(name.into()).spawn(body)?,
+        };
+        Ok(BufferedOutput {
+            _owner: Arc::new(DrainOnDrop {
+                shared: shared.clone(),
+                thread: Mutex::new(Some(handle)),
+            }),
+            shared,
+        })
+    }
+
+    /// Bytes that never reached the sink so far.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits up to `timeout` until everything written so far reached the sink (or was dropped);
+    /// whether it did.
+    pub fn flush_for(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut b = self.shared.lock();
+        while (!b.bytes.is_empty() || b.in_flight) && !b.done {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            b = self
+                .shared
+                .changed
+                .wait_timeout(b, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+impl Write for BufferedOutput {
+    /// Takes every byte: what does not fit is dropped and counted, never waited for.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let mut b = self.shared.lock();
+        let room = self.shared.capacity.saturating_sub(b.bytes.len());
+        let kept = bytes.len().min(room);
+        b.bytes.extend(&bytes[..kept]);
+        drop(b);
+        if kept < bytes.len() {
+            self.shared
+                .dropped
+                .fetch_add((bytes.len() - kept) as u64, Ordering::Relaxed);
+        }
+        if kept > 0 {
+            self.shared.changed.notify_all();
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The thread's body: hands the buffered bytes to `sink` until the writers are gone.
+fn drain(shared: &Shared, mut sink: impl Write) {
+    let mut chunk = Vec::with_capacity(CHUNK);
+    loop {
+        {
+            let mut b = shared.lock();
+            while b.bytes.is_empty() && !b.closed {
+                b = shared.changed.wait(b).unwrap_or_else(|p| p.into_inner());
+            }
+            if b.bytes.is_empty() {
+                b.done = true;
+                shared.changed.notify_all();
+                return;
+            }
+            let n = b.bytes.len().min(CHUNK);
+            chunk.clear();
+            chunk.extend(b.bytes.drain(..n));
+            b.in_flight = true;
+        }
+        if sink.write_all(&chunk).and_then(|()| sink.flush()).is_err() {
+            shared.dropped.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        // Wake a `flush_for` waiting for the buffer to empty.
+        shared.lock().in_flight = false;
+        shared.changed.notify_all();
+    }
+}
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.changed.notify_all();
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let mut b = self.shared.lock();
+        while !b.done {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                // The sink stays blocked: leave the thread to it rather than hang the caller.
+                return;
+            };
+            b = self
+                .shared
+                .changed
+                .wait_timeout(b, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(b);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_sink_nobody_reads_never_blocks_the_writer_and_the_excess_is_counted() {
+        // A pipe whose reader does not read: 64 KiB fit in the pipe, 64 KiB in the buffer.
+        let (mut reader, writer) = io::pipe().unwrap();
+        let mut out = BufferedOutput::spawn(writer, 64 << 10, "test-out", DrainThread::Plain).unwrap();
+        let started = Instant::now();
+        for _ in 0..64 {
+            out.write_all(&[b'x'; 64 << 10]).unwrap(); // 4 MiB in all
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the writer waited on the sink"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            out.dropped() >= (4 << 20) - (256 << 10),
+            "dropped {}",
+            out.dropped()
+        );
+        // The reader catches up: what was kept arrives, and the drop finishes promptly.
+        let reading = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).unwrap();
+            all.len()
+        });
+        let kept = (4 << 20) - out.dropped() as usize;
+        drop(out);
+        assert_eq!(reading.join().unwrap(), kept);
+    }
+
+    #[test]
+    fn everything_written_reaches_the_sink_before_the_last_writer_is_gone() {
+        let path = std::env::temp_dir().join(format!("virtkit-buffered-{}.out", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let mut out =
+            BufferedOutput::spawn(file, SERIAL_OUTPUT_BUFFER, "test-out", DrainThread::Plain).unwrap();
+        let mut second = out.clone();
+        out.write_all(b"first ").unwrap();
+        drop(out);
+        second.write_all(b"last").unwrap();
+        drop(second);
+        assert_eq!(std::fs::read(&path).unwrap(), b"first last");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_failing_sink_loses_bytes_not_the_writer() {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let mut out = BufferedOutput::spawn(full, 1024, "test-out", DrainThread::Plain).unwrap();
+        out.write_all(b"no space").unwrap();
+        assert!(out.flush_for(Duration::from_secs(5)));
+        assert_eq!(out.dropped(), 8);
+    }
+}
