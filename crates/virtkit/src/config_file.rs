@@ -22,7 +22,7 @@ pub enum ConfigFileError {
         path.display()
     )]
     NotRegular { path: PathBuf, kind: &'static str },
-    #[error("cannot read the configuration file {}", path.display())]
+    #[error("cannot read the configuration {}", path.display())]
     Io {
         path: PathBuf,
         #[source]
