@@ -1,5 +1,5 @@
-//! `virtkit get NAME` and `virtkit set NAME`: read and change a VM's CPUs, memory and disk size,
-//! and a running VM's memory balloon.
+//! `virtkit get NAME` and `virtkit set NAME`: read and change a VM's CPUs, memory, disk size,
+//! extra disks, recorded external paths and machine identity, and a running VM's memory balloon.
 
 use clap::Args;
 use serde_json::json;
