@@ -461,18 +461,64 @@ fn names_that_differ_only_in_case_are_refused() {
     );
 }
 
+impl Home {
+    /// A raw disk image holding the session program (it prints `session: ready` on COM1).
+    fn session_image(&self) -> PathBuf {
+        let image = self.0.join("session.img");
+        let mut f = std::fs::File::create(&image).unwrap();
+        f.write_all(Guest::MbrSession.bytes()).unwrap();
+        f.set_len(8 << 20).unwrap();
+        image
+    }
+}
+
+#[test]
+fn serial_log_with_the_hvc_console_is_the_bundles_own_file() {
+    if !virtkit_testkit::require_kvm_and_seabios() {
+        return;
+    }
+    let home = Home::new("serial-log");
+    let image = home.session_image();
+    home.ok(&[
+        "create",
+        "h",
+        "--from",
+        s(&image),
+        "--memory",
+        "128M",
+        "--cpus",
+        "1",
+    ]);
+    let serial = home.bundle("h").join("serial.log");
+    let victim = home.file("victim.txt", b"precious");
+    std::os::unix::fs::symlink(&victim, &serial).unwrap();
+    home.fails(
+        &["run", "h", "--detach", "--console", "hvc"],
+        "serial.log is a symbolic link",
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    std::fs::remove_file(&serial).unwrap();
+
+    home.ok(&["run", "h", "--detach", "--console", "hvc"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&serial)
+        .unwrap_or_default()
+        .contains("session: ready")
+    {
+        assert!(Instant::now() < deadline, "COM1 never reached serial.log");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(mode(&serial), 0o600);
+    home.ok(&["stop", "h", "--timeout", "30"]);
+}
+
 #[test]
 fn a_copy_made_by_hand_does_not_run_beside_its_original() {
     if !virtkit_testkit::require_kvm_and_seabios() {
         return;
     }
     let home = Home::new("twin");
-    let image = home.0.join("session.img");
-    {
-        let mut f = std::fs::File::create(&image).unwrap();
-        f.write_all(Guest::MbrSession.bytes()).unwrap();
-        f.set_len(8 << 20).unwrap();
-    }
+    let image = home.session_image();
     home.ok(&[
         "create",
         "a",
