@@ -48,6 +48,17 @@ pub enum DiskImageError {
     )]
     CorruptQcow2 { path: PathBuf, reason: String },
 
+    /// The source is a FIFO, a character device, a directory or a socket.
+    #[error(
+        "{} is {kind}, not a disk image; give a raw or qcow2 image file (or a block device)",
+        path.display()
+    )]
+    NotAnImage { path: PathBuf, kind: &'static str },
+
+    /// The image describes a disk of 0 bytes: nothing to install, and no disk to boot.
+    #[error("{} is an empty image (a 0-byte disk); give the image the VM should start from", path.display())]
+    EmptyImage { path: PathBuf },
+
     /// The requested disk size cannot hold the image.
     #[error(
         "the disk size {requested} bytes ({}) is smaller than the image's virtual size \

@@ -46,6 +46,9 @@ pub fn import(
 ) -> Result<ImportReport, DiskImageError> {
     let (source, source_len) = open_source(src)?;
     let info = inspect_open(&source, src, source_len)?;
+    if info.virtual_size == 0 {
+        return Err(DiskImageError::EmptyImage { path: src.to_owned() });
+    }
     let disk_size = match disk_size {
         Some(requested) if requested < info.virtual_size => {
             return Err(DiskImageError::DiskSizeTooSmall {

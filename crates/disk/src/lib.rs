@@ -26,7 +26,7 @@ mod size;
 mod sparse_writer;
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
@@ -104,14 +104,28 @@ fn inspect_open(file: &File, path: &Path, len: u64) -> Result<ImageInfo, DiskIma
 }
 
 /// Opens a source file for reading and returns it with its length (a block device's size too).
+/// Only regular files and block devices are images: anything else is refused before it is
+/// opened (a FIFO would block the open, `/dev/zero` would never end), and the open is
+/// `O_NONBLOCK` with the type checked again on the open file, in case the path changed between.
 fn open_source(path: &Path) -> Result<(File, u64), DiskImageError> {
-    let mut file = File::open(path).map_err(io_error("open", path))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let is_image = |m: &std::fs::Metadata| m.is_file() || m.file_type().is_block_device();
+    let not_an_image = |m: &std::fs::Metadata| DiskImageError::NotAnImage {
+        path: path.to_owned(),
+        kind: kind_of(m),
+    };
+    let meta = std::fs::metadata(path).map_err(io_error("open", path))?;
+    if !is_image(&meta) {
+        return Err(not_an_image(&meta));
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(io_error("open", path))?;
     let meta = file.metadata().map_err(io_error("read the metadata of", path))?;
-    if meta.is_dir() {
-        return Err(io_error("read", path)(io::Error::new(
-            io::ErrorKind::IsADirectory,
-            "it is a directory, not a disk image",
-        )));
+    if !is_image(&meta) {
+        return Err(not_an_image(&meta));
     }
     let len = if meta.file_type().is_block_device() {
         file.seek(SeekFrom::End(0))
@@ -120,4 +134,20 @@ fn open_source(path: &Path) -> Result<(File, u64), DiskImageError> {
         meta.len()
     };
     Ok((file, len))
+}
+
+/// What a file that is no image is, in words.
+fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
 }

@@ -273,6 +273,47 @@ fn a_missing_source_names_the_file() {
     assert!(!dst.exists());
 }
 
+#[test]
+fn a_fifo_or_a_device_is_refused_at_once_and_an_empty_image_too() {
+    let dir = Scratch::new("special");
+    let fifo = dir.path("image.fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        0,
+    )
+    .unwrap();
+    let dst = dir.path("disk.img");
+    // On a thread with a deadline: a regression blocks in open(2) and must fail, not hang.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (f, d) = (fifo.clone(), dst.clone());
+    std::thread::spawn(move || {
+        let _ = tx.send((
+            import_quiet(&f, &d, None).map(|_| ()),
+            inspect(Path::new("/dev/zero")).map(|_| ()),
+        ));
+    });
+    let (from_fifo, from_zero) = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("blocked on a FIFO");
+    let e = from_fifo.unwrap_err();
+    assert!(
+        e.to_string().contains("is a FIFO (named pipe), not a disk image"),
+        "{e}"
+    );
+    let e = from_zero.unwrap_err();
+    assert!(e.to_string().contains("is a character device"), "{e}");
+    assert!(!dst.exists());
+
+    let empty = dir.path("empty.raw");
+    fs::write(&empty, b"").unwrap();
+    let e = import_quiet(&empty, &dst, Some(MIB)).unwrap_err();
+    assert!(matches!(e, DiskImageError::EmptyImage { .. }), "{e}");
+    assert!(!dst.exists());
+}
+
 // ---------------------------------------------------------------------------------------------
 // qcow2 images
 

@@ -7,7 +7,6 @@
 //! starts it and serves the sockets; [`RunningVm::wait`] waits for the stop and cleans up. A
 //! front end (the CLI) puts its terminal handling between the steps.
 
-use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use virtkit::{
 };
 
 use crate::bundle::{
-    Bundle, BundleError, BundleLock, HardwareModel, CONSOLE_LOG_FILE, CONSOLE_SOCKET, CONTROL_SOCKET,
+    Access, Bundle, BundleError, BundleLock, HardwareModel, CONSOLE_LOG_FILE, CONSOLE_SOCKET, CONTROL_SOCKET,
     PID_FILE, SERIAL_LOG_FILE,
 };
 use crate::home::VirtkitHome;
@@ -92,17 +91,19 @@ fn attach_console(
     bundle: &Bundle,
     choice: VmConsole,
     hub_end: SerialAttachment,
-) {
+) -> Result<(), BundleError> {
     config.serial_ports.clear();
     match choice {
         VmConsole::Serial => config
             .serial_ports
             .push(SerialPortConfiguration { attachment: hub_end }),
         VmConsole::Hvc => {
+            // Opened here, as a bundle file (no links, owner-only), not by path in the VMM.
+            let serial_log = bundle.open_file(SERIAL_LOG_FILE, Access::Replace)?;
             config.serial_ports.push(SerialPortConfiguration {
-                attachment: SerialAttachment::File {
-                    path: bundle.file(SERIAL_LOG_FILE),
-                    append: false,
+                attachment: SerialAttachment::FileHandles {
+                    read: None,
+                    write: Some(serial_log.into()),
                 },
             });
             if config.console_devices.is_empty() {
@@ -113,6 +114,7 @@ fn attach_console(
                 .insert(0, ConsolePortConfiguration::console(Some(hub_end)));
         }
     }
+    Ok(())
 }
 
 /// A bundle's VM, locked and built, not started yet.
@@ -161,7 +163,7 @@ impl PreparedVm {
 
         let (guest_in_read, guest_in_write) = std::io::pipe().map_err(VmProcessError::Pipe)?;
         let (guest_out_read, guest_out_write) = std::io::pipe().map_err(VmProcessError::Pipe)?;
-        let mut config = bundle.runtime_configuration();
+        let mut config = bundle.runtime_configuration()?;
         // Before the console's threads start: they get their filters under this policy.
         config.platform.seccomp = options.seccomp.or(config.platform.seccomp);
         virtkit_sandbox::set_policy(config.platform.seccomp);
@@ -173,18 +175,9 @@ impl PreparedVm {
                 read: Some(guest_in_read.into()),
                 write: Some(guest_out_write.into()),
             },
-        );
+        )?;
 
-        let log_path = bundle.file(CONSOLE_LOG_FILE);
-        let log = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&log_path)
-            .map_err(|source| VmProcessError::Log {
-                path: log_path,
-                source,
-            })?;
+        let log = bundle.open_file(CONSOLE_LOG_FILE, Access::Replace)?;
         let console = ConsoleServer::new(
             ConsoleServerOptions {
                 log: Some(log),

@@ -8,10 +8,12 @@
 
 pub mod buffered_output;
 mod config;
+mod config_file;
 mod console_server;
 pub mod devices;
 mod host;
 mod identity;
+pub mod regular_file;
 mod serial;
 mod size;
 mod state;
@@ -24,6 +26,7 @@ pub use config::{
     BootLoader, PlatformConfiguration, SerialAttachment, SerialPortConfiguration,
     VirtualMachineConfiguration, CONFIG_FORMAT_VERSION,
 };
+pub use config_file::{ConfigFileError, MAX_CONFIG_SIZE};
 pub use console_server::{ConsoleClients, ConsoleOutput, ConsoleServer, ConsoleServerOptions, OutputPump};
 pub use devices::{
     BalloonStatus, ConsoleDeviceConfiguration, ConsolePortConfiguration, DeviceError, DeviceManager,
@@ -34,7 +37,7 @@ pub use identity::{BadMachineIdentifier, MachineIdentifier};
 pub use size::{parse_size, ByteSize};
 pub use state::{StopReason, VmState};
 pub use storage::{CacheMode, StorageDeviceConfiguration, SyncMode};
-pub use validate::{ValidationError, ValidationIssue};
+pub use validate::{ValidationError, ValidationIssue, MAX_SOCKET_PATH};
 pub use virtkit_devices::balloon::BalloonStatistics;
 pub use virtkit_devices::rng::RateLimit;
 pub use vm::{StartError, VirtualMachine, VmError};

@@ -1,6 +1,6 @@
 //! Turning a serial attachment into the byte sink and source the machine's UART uses.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -18,11 +18,11 @@ pub(crate) struct SerialEnds {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SerialError {
-    #[error("cannot open the serial output file {path}")]
+    #[error("cannot open the serial output file {}", path.display())]
     File {
         path: PathBuf,
         #[source]
-        source: io::Error,
+        source: crate::regular_file::RegularFileError,
     },
     #[error("cannot listen on the serial socket {path}")]
     Socket {
@@ -84,13 +84,8 @@ pub(crate) fn open_attachment(attachment: Option<&mut SerialAttachment>) -> Resu
             })
         }
         SerialAttachment::File { path, append } => {
-            let file = OpenOptions::new()
-                .create(true)
-                .write(true)
-                .append(*append)
-                .truncate(!*append)
-                .open(&*path)
-                .map_err(|source| SerialError::File {
+            let file =
+                crate::regular_file::open_output(path, *append).map_err(|source| SerialError::File {
                     path: path.clone(),
                     source,
                 })?;

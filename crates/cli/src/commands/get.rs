@@ -1,10 +1,13 @@
-//! `virtkit get NAME` and `virtkit set NAME`: read and change a VM's CPUs, memory and disk size,
-//! and a running VM's memory balloon.
+//! `virtkit get NAME` and `virtkit set NAME`: read and change a VM's CPUs, memory, disk size,
+//! extra disks, recorded external paths and machine identity, and a running VM's memory balloon.
 
 use clap::Args;
 use serde_json::json;
-use virtkit::{parse_size, BootLoader, VirtualMachineConfiguration};
+use std::path::PathBuf;
 
+use virtkit::{parse_size, BootLoader, StorageDeviceConfiguration, VirtualMachineConfiguration};
+
+use virtkit_manager::bundle::Change;
 use virtkit_manager::control::{ControlCommand, ControlRequest, ControlResponse};
 
 use crate::commands::vms::{
@@ -31,6 +34,19 @@ pub struct SetArgs {
     /// The boot disk's new size, like 40G (it can only grow).
     #[arg(long, value_parser = parse_size)]
     pub disk_size: Option<u64>,
+    /// Attach another disk: PATH[,ro][,cache=uncached][,sync=none][,serial=ID]. The path is
+    /// recorded as one the VM may use outside its bundle (`virtkit get` lists them). Repeat for
+    /// more.
+    #[arg(long = "add-disk", value_parser = StorageDeviceConfiguration::parse_cli)]
+    pub add_disks: Vec<StorageDeviceConfiguration>,
+    /// Trust a path outside the bundle that the VM's config.json already names (after editing
+    /// it by hand): record it so `run` uses it. Repeat for more.
+    #[arg(long = "allow-path")]
+    pub allow_paths: Vec<PathBuf>,
+    /// Give the VM a new machine identifier (new SMBIOS UUID, serial and MAC addresses), as a
+    /// bundle copied by hand needs before it runs beside its original.
+    #[arg(long)]
+    pub new_identity: bool,
     /// On a running VM: the memory its balloon takes from the guest, like 512M (0 gives it
     /// all back). The guest's driver gives it in its own time; `virtkit get` shows progress.
     #[arg(long, value_parser = parse_size)]
@@ -60,6 +76,7 @@ pub fn get(args: &GetArgs) -> Result<u8, CliError> {
         "mac_address": id.mac_address_text(0),
         "machine_model": b.hardware_model().machine,
         "path": b.path(),
+        "external_paths": b.external_paths(),
         "balloon": balloon_of(&b),
     });
     match args.format {
@@ -71,6 +88,12 @@ pub fn get(args: &GetArgs) -> Result<u8, CliError> {
                         v.as_u64().map(human_size).unwrap_or_default()
                     }
                     ("balloon", serde_json::Value::Object(b)) => balloon_text(b),
+                    ("external_paths", serde_json::Value::Array(paths)) if !paths.is_empty() => paths
+                        .iter()
+                        .filter_map(|p| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n               "),
+                    ("external_paths", _) => "-".into(),
                     (_, serde_json::Value::String(s)) => s.clone(),
                     (_, serde_json::Value::Null) => "-".into(),
                     (_, v) => v.to_string(),
@@ -140,44 +163,91 @@ fn set_balloon(args: &SetArgs, bytes: u64) -> Result<u8, CliError> {
 }
 
 pub fn set(args: &SetArgs) -> Result<u8, CliError> {
+    let changes_config = args.cpus.is_some()
+        || args.memory.is_some()
+        || args.disk_size.is_some()
+        || !args.add_disks.is_empty()
+        || !args.allow_paths.is_empty()
+        || args.new_identity;
     if let Some(bytes) = args.balloon {
-        if args.cpus.is_some() || args.memory.is_some() || args.disk_size.is_some() {
+        if changes_config {
             return Err(CliError::new(
                 "--balloon changes a running VM and the others a stopped one; give them in two commands",
             ));
         }
         return set_balloon(args, bytes);
     }
-    if args.cpus.is_none() && args.memory.is_none() && args.disk_size.is_none() {
+    if !changes_config {
         return Err(CliError::new(
-            "nothing to change: give --cpus, --memory, --disk-size, or --balloon on a running VM",
+            "nothing to change: give --cpus, --memory, --disk-size, --add-disk, --allow-path, \
+             --new-identity, or --balloon on a running VM",
         ));
     }
     let home = home()?;
     let mut b = open(&home, &args.name)?;
     let context = format!("cannot change the VM `{}`", args.name);
-    if args.cpus.is_some() || args.memory.is_some() {
-        let mut c = VirtualMachineConfiguration::from_json(&b.configuration().to_json())
-            .map_err(|e| CliError::with_chain(context.clone(), &e))?;
-        if let Some(cpus) = args.cpus {
-            c.cpu_count = cpus;
-        }
-        if let Some(memory) = args.memory {
-            c.memory_size = memory;
-        }
-        b.set_configuration(c)
-            .map_err(|e| bundle_error_in(context.clone(), &e))?;
+    let mut c = VirtualMachineConfiguration::from_json(&b.configuration().to_json())
+        .map_err(|e| CliError::with_chain(context.clone(), &e))?;
+    if let Some(cpus) = args.cpus {
+        c.cpu_count = cpus;
     }
-    if let Some(size) = args.disk_size {
-        b.grow_disk(size)
-            .map_err(|e| bundle_error_in(context.clone(), &e))?;
+    if let Some(memory) = args.memory {
+        c.memory_size = memory;
     }
+    let mut record = Vec::new();
+    for disk in &args.add_disks {
+        let mut disk = disk.clone();
+        disk.path = absolute(&disk.path)?;
+        record.push(disk.path.clone());
+        c.storage_devices.push(disk);
+    }
+    for path in &args.allow_paths {
+        let path = absolute(path)?;
+        if !names_path(&c, &path) {
+            return Err(CliError::new(format!(
+                "{context}: its configuration does not name {}, so there is nothing to allow; \
+                 `--add-disk` attaches a new disk",
+                path.display()
+            )));
+        }
+        record.push(path);
+    }
+    // One change, checked whole before anything is written: a refused part changes nothing.
+    b.change(Change {
+        config: Some(c),
+        disk_size: args.disk_size,
+        record,
+        new_identity: args.new_identity,
+    })
+    .map_err(|e| bundle_error_in(context.clone(), &e))?;
     println!(
-        "`{}`: {} vCPUs, {} memory, {} disk",
+        "`{}`: {} vCPUs, {} memory, {} disk{}",
         b.name(),
         b.configuration().cpu_count,
         human_size(b.configuration().memory_size),
-        human_size(b.disk_size().unwrap_or(0))
+        human_size(b.disk_size().unwrap_or(0)),
+        if args.new_identity {
+            format!(", new machine id {}", b.machine_identifier())
+        } else {
+            String::new()
+        }
     );
     Ok(0)
+}
+
+/// A path given on the command line, made absolute (a bundle's relative paths are its own files).
+fn absolute(path: &std::path::Path) -> Result<PathBuf, CliError> {
+    std::path::absolute(path).map_err(|e| CliError::with_chain(format!("cannot find {}", path.display()), &e))
+}
+
+/// Whether the stored configuration names `path` (as written in it).
+fn names_path(c: &VirtualMachineConfiguration, path: &std::path::Path) -> bool {
+    let in_boot = match &c.boot_loader {
+        BootLoader::Linux { kernel, initrd, .. } => kernel == path || initrd.as_deref() == Some(path),
+        BootLoader::Firmware {
+            path: p,
+            variable_store,
+        } => p == path || variable_store.as_deref() == Some(path),
+    };
+    in_boot || c.storage_devices.iter().any(|d| d.path == path)
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use virtkit::{ByteSize, VirtualMachineConfiguration};
+use virtkit::{ByteSize, ConfigFileError, VirtualMachineConfiguration};
 
 use crate::exit::{CliError, EXIT_OK};
 
@@ -13,15 +13,14 @@ pub struct ValidateArgs {
     pub config: PathBuf,
 }
 
-/// Reads and parses a configuration file, with the file name in every error.
+/// Reads and parses a configuration file (at most 1 MiB, never a FIFO or device), with the file
+/// name in every error.
 pub fn load_config(path: &std::path::Path) -> Result<VirtualMachineConfiguration, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::with_chain(format!("cannot read the configuration {}", path.display()), &e))?;
-    VirtualMachineConfiguration::from_json(&text).map_err(|e| {
-        CliError::new(format!(
-            "{} is not a valid configuration: {e}; see `virtkit run --help` and the README for the format",
-            path.display()
-        ))
+    VirtualMachineConfiguration::from_file(path).map_err(|e| match e {
+        ConfigFileError::Parse { .. } => CliError::new(format!(
+            "{e}; see `virtkit run --help` and the README for the format"
+        )),
+        _ => CliError::from_error(&e),
     })
 }
 

@@ -36,6 +36,16 @@ fn bundle_hint(e: &BundleError) -> Option<String> {
             Some(format!("choose another name, or `virtkit delete {name}` first"))
         }
         BundleError::Running { name, .. } => Some(format!("stop it first with `virtkit stop {name}`")),
+        BundleError::CaseClash { .. } => Some("choose another name".into()),
+        BundleError::SameIdentity { name, other } => Some(format!(
+            "give it a new identity with `virtkit set {name} --new-identity` (new SMBIOS UUID, serial \
+             and MAC addresses), or stop `{other}` first; `virtkit clone` makes copies with their own"
+        )),
+        BundleError::Unrecorded { name, path, .. } => Some(format!(
+            "if you trust that file, record it with `virtkit set {name} --allow-path {}`, otherwise fix \
+             config.json; `virtkit get {name}` lists the paths recorded",
+            path.display()
+        )),
         _ => None,
     }
 }

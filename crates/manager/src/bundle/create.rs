@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{renameat_with, RenameFlags, CWD};
 
 use super::atomic::{sync_dir, write_atomic};
+use super::files::{create_private_dir, restrict_permissions, DIR_MODE, FILE_MODE};
 use super::{
-    check_name, io_error, Bundle, BundleError, HardwareModel, AUX_FILE, CONFIG_FILE, DISK_FILE,
-    HARDWARE_MODEL_FILE, INITRD_FILE, KERNEL_FILE, MACHINE_ID_FILE, RESTORE_IMAGE_STEM,
+    check_name, external, io_error, siblings, Bundle, BundleError, HardwareModel, AUX_FILE, CONFIG_FILE,
+    CONSOLE_SOCKET, CONTROL_SOCKET, DISK_FILE, EXTERNAL_PATHS_FILE, HARDWARE_MODEL_FILE, INITRD_FILE,
+    KERNEL_FILE, MACHINE_ID_FILE, RESTORE_IMAGE_STEM,
 };
 use crate::home::VirtkitHome;
 use virtkit::devices::{
@@ -17,7 +19,10 @@ use virtkit::devices::{
 };
 use virtkit::MachineIdentifier;
 use virtkit::StorageDeviceConfiguration;
-use virtkit::{BootLoader, PlatformConfiguration, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
+use virtkit::{
+    BootLoader, PlatformConfiguration, SerialAttachment, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION,
+    MAX_SOCKET_PATH,
+};
 use virtkit_disk::{clone_file, import, CloneMethod};
 
 /// The size of the empty disk a VM gets when it is created without a restore image.
@@ -109,16 +114,25 @@ struct Staging {
 
 impl Staging {
     fn new(vms: &Path, name: &str) -> Result<Staging, BundleError> {
-        std::fs::create_dir_all(vms).map_err(io_error("create", vms))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(vms)
+                .map_err(io_error("create", vms))?;
+        }
         sweep_leftovers(vms);
-        if vms.join(name).exists() {
+        if std::fs::symlink_metadata(vms.join(name)).is_ok() {
             return Err(BundleError::Exists {
                 name: name.to_owned(),
             });
         }
+        siblings::check_case_clash(vms, name)?;
         let dir = vms.join(leftover_name(name, CREATING));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).map_err(io_error("create", &dir))?;
+        // Owner-only from the start, so nothing in it is ever readable by others.
+        create_private_dir(&dir).map_err(io_error("create", &dir))?;
         Ok(Staging {
             dir,
             committed: false,
@@ -130,8 +144,10 @@ impl Staging {
         write_atomic(&path, bytes).map_err(io_error("write", &path))
     }
 
-    /// Renames the staging directory to `<vms>/<name>`, refusing to replace anything.
+    /// Renames the staging directory to `<vms>/<name>`, refusing to replace anything. Every file
+    /// is made owner-only first (copies keep their source's mode, new files the umask's).
     fn commit(mut self, vms: &Path, name: &str) -> Result<PathBuf, BundleError> {
+        restrict_permissions(&self.dir)?;
         sync_dir(&self.dir).map_err(io_error("flush", &self.dir))?;
         let target = vms.join(name);
         match renameat_with(CWD, &self.dir, CWD, &target, RenameFlags::NOREPLACE) {
@@ -157,8 +173,44 @@ impl Drop for Staging {
     }
 }
 
+/// Copies a kernel or initrd into the bundle; refused unless it is a regular file (a FIFO would
+/// block the copy, `/dev/zero` would fill the disk).
 fn copy_in(src: &Path, dst: &Path) -> Result<(), BundleError> {
-    std::fs::copy(src, dst).map_err(io_error("copy", src))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut from =
+        virtkit::regular_file::open_regular(src).map_err(|e| BundleError::Refused(e.to_string()))?;
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(dst)
+        .map_err(io_error("create", dst))?;
+    std::io::copy(&mut from, &mut to).map_err(io_error("copy", src))?;
+    Ok(())
+}
+
+/// Refuses a VM whose sockets (`control.sock`, `console.sock`, `port-NAME.sock`) would not fit
+/// a Unix socket address at their final place: known at create, not first found at a run.
+fn check_socket_paths(dir: &Path, config: &VirtualMachineConfiguration) -> Result<(), BundleError> {
+    let ports = config.console_devices.iter().flat_map(|d| d.ports.iter());
+    let port_sockets = ports.filter_map(|p| match &p.attachment {
+        Some(SerialAttachment::UnixSocket { path }) if path.is_relative() => Some(path.clone()),
+        _ => None,
+    });
+    for socket in [PathBuf::from(CONTROL_SOCKET), PathBuf::from(CONSOLE_SOCKET)]
+        .into_iter()
+        .chain(port_sockets)
+    {
+        let path = dir.join(&socket);
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(BundleError::Refused(format!(
+                "the VM's socket {} would be {len} bytes, more than the {MAX_SOCKET_PATH} a Unix socket \
+                 address holds; choose a shorter name, or a virtkit home with a shorter path",
+                path.display()
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -173,6 +225,11 @@ impl Bundle {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Bundle, BundleError> {
         check_name(name).map_err(BundleError::BadName)?;
+        if spec.disk_size == Some(0) {
+            return Err(BundleError::Refused(
+                "a disk of 0 bytes holds nothing; give the disk a size such as 20G".into(),
+            ));
+        }
         let vms = home.vms_dir();
         let staging = Staging::new(&vms, name)?;
         let dir = staging.dir.clone();
@@ -191,11 +248,18 @@ impl Bundle {
             .and_then(|f| f.set_len(AUX_SIZE))
             .map_err(io_error("create", &aux))?;
 
+        // The firmware stays where it is (a system file); the path the user gave (or the
+        // default) is recorded as one the configuration may name.
+        let mut external = Vec::new();
         let boot_loader = match &spec.boot {
-            NewBoot::Firmware { path } => BootLoader::Firmware {
-                path: std::path::absolute(path).map_err(io_error("find", path))?,
-                variable_store: None,
-            },
+            NewBoot::Firmware { path } => {
+                let path = std::path::absolute(path).map_err(io_error("find", path))?;
+                external.push(path.clone());
+                BootLoader::Firmware {
+                    path,
+                    variable_store: None,
+                }
+            }
             NewBoot::Linux {
                 kernel,
                 initrd,
@@ -244,8 +308,10 @@ impl Bundle {
             config,
             machine_id,
             hardware,
+            external,
         };
-        bundle.runtime_configuration().validate()?;
+        check_socket_paths(&vms.join(name), &bundle.config)?;
+        bundle.resolved_configuration().validate()?;
 
         let disk = dir.join(DISK_FILE);
         match &spec.restore_image {
@@ -276,7 +342,10 @@ impl Bundle {
             .storage_devices
             .push(StorageDeviceConfiguration::disk_image(DISK_FILE));
         bundle.config = config;
-        bundle.runtime_configuration().validate()?;
+        bundle.resolved_configuration().validate()?;
+        if !bundle.external.is_empty() {
+            external::write(&dir, &bundle.external)?;
+        }
         staging.write(CONFIG_FILE, bundle.config.to_json().as_bytes())?;
 
         bundle.path = staging.commit(&vms, name)?;
@@ -296,6 +365,7 @@ impl Bundle {
         // Held while copying so the source cannot start and change its disk under the copy.
         let _lock = self.lock()?;
         let vms = home.vms_dir();
+        check_socket_paths(&vms.join(new_name), &self.config)?;
         let staging = Staging::new(&vms, new_name)?;
         let dir = staging.dir.clone();
         let mut disk_method = CloneMethod::SparseCopy;
@@ -305,10 +375,11 @@ impl Bundle {
             AUX_FILE,
             KERNEL_FILE,
             INITRD_FILE,
+            EXTERNAL_PATHS_FILE,
             DISK_FILE,
         ] {
             let src = self.file(file);
-            if !src.exists() {
+            if std::fs::symlink_metadata(&src).is_err() {
                 continue;
             }
             let mut ignore = |_: u64, _: u64| {};

@@ -8,6 +8,7 @@
 //!   hardware-model.json  the machine model and host CPU the VM was created with
 //!   machine-id           the machine identifier (SMBIOS UUID and serial, MACs derive from it)
 //!   kernel, initrd       copies of the direct-boot kernel and initrd, when it has them
+//!   external-paths.json  the paths outside the bundle its configuration may name (see `external`)
 //!   restore-image.*      the image it was installed from (`create --keep-image`), if kept
 //!   console.log          the serial console of the last run
 //!   vmm.log              the VM process's own log
@@ -20,18 +21,30 @@
 //! it into place, so an interrupted create leaves nothing a user sees; leftovers of a killed
 //! create are removed by the next command that looks at the VMs. Every later write of a
 //! metadata file is atomic (temporary file, fsync, rename).
+//!
+//! A bundle is trusted only as far as it should be (docs/BUNDLES.md, "Trust"): its files are
+//! opened without following links and only as regular files (`files`), it is owner-only, and
+//! its configuration may reach outside it only to paths a virtkit command recorded (`external`).
 
 mod atomic;
+mod change;
 mod create;
+mod external;
+mod files;
 mod hardware;
 mod lock;
 mod name;
+mod siblings;
 
+use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+pub use change::Change;
 pub use create::{NewBoot, NewBundle, DEFAULT_DISK_SIZE, DEFAULT_FIRMWARE};
+pub use external::EXTERNAL_PATHS_FILE;
+pub use files::{Access, MAX_METADATA_SIZE};
 pub use hardware::{HardwareModel, HARDWARE_MODEL_VERSION, MACHINE_MODEL};
 pub use lock::BundleLock;
 pub use name::{check_name, MAX_NAME_LEN};
@@ -70,6 +83,23 @@ pub enum BundleError {
     NotFound { name: String, dir: PathBuf },
     #[error("a VM named `{name}` already exists")]
     Exists { name: String },
+    #[error("a VM named `{existing}` already exists (names differ only in case)")]
+    CaseClash { name: String, existing: String },
+    #[error(
+        "the VM `{name}` has the same machine identifier as `{other}`, which is running (a bundle \
+         copied by hand keeps its identity, and two running machines must not share one)"
+    )]
+    SameIdentity { name: String, other: String },
+    #[error(
+        "the configuration of the VM `{name}` names {} ({field}), a path outside its bundle that \
+         no virtkit command recorded",
+        path.display()
+    )]
+    Unrecorded {
+        name: String,
+        field: String,
+        path: PathBuf,
+    },
     #[error("the VM `{name}` is damaged: {problem}")]
     Damaged { name: String, problem: String },
     #[error(
@@ -124,6 +154,8 @@ pub struct Bundle {
     config: VirtualMachineConfiguration,
     machine_id: MachineIdentifier,
     hardware: HardwareModel,
+    /// Paths outside the bundle its configuration may name (`external-paths.json`).
+    external: Vec<PathBuf>,
 }
 
 impl Bundle {
@@ -145,12 +177,8 @@ impl Bundle {
             name: name.to_owned(),
             problem,
         };
-        let read = |file: &str| -> Result<String, BundleError> {
-            std::fs::read_to_string(path.join(file)).map_err(|e| match e.kind() {
-                ErrorKind::NotFound => damaged(format!("{file} is missing")),
-                _ => damaged(format!("{file} cannot be read ({e})")),
-            })
-        };
+        files::check_layout(&path, name)?;
+        let read = |file: &str| files::read_small(&path, name, file);
         let config_text = read(CONFIG_FILE)?;
         // The version decides how to read the rest, so look at it first: a newer format may
         // have fields this build does not know.
@@ -178,15 +206,18 @@ impl Bundle {
                 supported: HARDWARE_MODEL_VERSION,
             });
         }
-        if !path.join(DISK_FILE).is_file() {
+        // `check_layout` saw that it is a regular file if it is there at all.
+        if std::fs::symlink_metadata(path.join(DISK_FILE)).is_err() {
             return Err(damaged(format!("{DISK_FILE} is missing")));
         }
+        let external = external::read(&path, name)?;
         Ok(Bundle {
             name: name.to_owned(),
             path,
             config,
             machine_id,
             hardware,
+            external,
         })
     }
 
@@ -240,8 +271,37 @@ impl Bundle {
         self.path.join(name)
     }
 
-    /// The configuration to run: paths made absolute and the machine identifier set.
-    pub fn runtime_configuration(&self) -> VirtualMachineConfiguration {
+    /// The paths outside the bundle that its configuration may name, as recorded by virtkit's
+    /// commands (`create --firmware`, `set --add-disk`, `set --allow-path`).
+    pub fn external_paths(&self) -> &[PathBuf] {
+        &self.external
+    }
+
+    /// Opens one of the bundle's files (`console.log`, `disk.img`, ...) without following a
+    /// symbolic link and only if it is a regular file; created files are owner-only (0600). A
+    /// link or special file there is [`BundleError::Damaged`].
+    pub fn open_file(&self, file: &str, access: Access) -> Result<File, BundleError> {
+        files::open_in(&self.path, &self.name, file, access)
+    }
+
+    /// The configuration to run: paths made absolute and the machine identifier set. Refused
+    /// when the configuration names a path outside the bundle that no virtkit command
+    /// recorded, or when another running VM has this one's machine identifier (call it holding
+    /// the bundle's lock, so two copies started at once cannot both pass).
+    pub fn runtime_configuration(&self) -> Result<VirtualMachineConfiguration, BundleError> {
+        external::check(&self.path, &self.name, &self.config, &self.external)?;
+        let vms = self.path.parent().unwrap_or(Path::new("."));
+        if let Some(other) = siblings::running_twin(vms, &self.name, self.machine_id) {
+            return Err(BundleError::SameIdentity {
+                name: self.name.clone(),
+                other,
+            });
+        }
+        Ok(self.resolved_configuration())
+    }
+
+    /// The stored configuration with its paths made absolute and the machine identifier set.
+    fn resolved_configuration(&self) -> VirtualMachineConfiguration {
         // A JSON round trip is the deep copy (the serial attachments' file handles are not Clone,
         // and a stored configuration never has them).
         let mut c = VirtualMachineConfiguration::from_json(&self.config.to_json())
@@ -287,40 +347,26 @@ impl Bundle {
 
     /// Replaces the stored configuration after checking it; the VM must not be running.
     pub fn set_configuration(&mut self, config: VirtualMachineConfiguration) -> Result<(), BundleError> {
-        let _lock = self.lock()?;
-        let old = std::mem::replace(&mut self.config, config);
-        if let Err(e) = self.runtime_configuration().validate() {
-            self.config = old;
-            return Err(e.into());
-        }
-        let path = self.file(CONFIG_FILE);
-        atomic::write_atomic(&path, self.config.to_json().as_bytes()).map_err(io_error("write", &path))
+        self.change(Change {
+            config: Some(config),
+            ..Change::default()
+        })
     }
 
     /// The boot disk's size as the guest sees it.
     pub fn disk_size(&self) -> Result<u64, BundleError> {
         let path = self.file(DISK_FILE);
-        Ok(std::fs::metadata(&path).map_err(io_error("read", &path))?.len())
+        let disk = self.open_file(DISK_FILE, Access::Read)?;
+        Ok(disk.metadata().map_err(io_error("read", &path))?.len())
     }
 
     /// Grows the boot disk; the VM must not be running. Shrinking is refused: it would cut off
     /// whatever the guest keeps at the end of its disk.
-    pub fn grow_disk(&self, new_size: u64) -> Result<(), BundleError> {
-        let _lock = self.lock()?;
-        let current = self.disk_size()?;
-        if new_size < current {
-            return Err(BundleError::Refused(format!(
-                "the disk of `{}` is {current} bytes; it can grow but not shrink (asked for {new_size})",
-                self.name
-            )));
-        }
-        let path = self.file(DISK_FILE);
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(io_error("open", &path))?;
-        f.set_len(new_size).map_err(io_error("grow", &path))?;
-        f.sync_all().map_err(io_error("flush", &path))
+    pub fn grow_disk(&mut self, new_size: u64) -> Result<(), BundleError> {
+        self.change(Change {
+            disk_size: Some(new_size),
+            ..Change::default()
+        })
     }
 
     /// Bytes the bundle's files take on the host's disk (sparse files count what is allocated).
@@ -338,7 +384,8 @@ impl Bundle {
     /// has it.
     pub fn lock(&self) -> Result<BundleLock, BundleError> {
         let path = self.file(LOCK_FILE);
-        match lock::try_lock(&path).map_err(io_error("lock", &path))? {
+        let file = self.open_file(LOCK_FILE, Access::Lock)?;
+        match lock::try_lock(file).map_err(io_error("lock", &path))? {
             Some(l) => Ok(l),
             None => Err(BundleError::Running {
                 name: self.name.clone(),
@@ -357,7 +404,7 @@ impl Bundle {
         if !self.is_running() {
             return None;
         }
-        std::fs::read_to_string(self.file(PID_FILE))
+        files::read_small(&self.path, &self.name, PID_FILE)
             .ok()?
             .trim()
             .parse()
@@ -386,3 +433,5 @@ impl Bundle {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trust_tests;

@@ -71,7 +71,7 @@ fn create_writes_every_file_and_open_reads_it_back() {
     );
     let stored = b.configuration();
     assert_eq!(stored.storage_devices[0].path, PathBuf::from(DISK_FILE));
-    let run = b.runtime_configuration();
+    let run = b.runtime_configuration().unwrap();
     assert_eq!(run.storage_devices[0].path, b.file(DISK_FILE));
     assert_eq!(run.platform.machine_identifier, Some(b.machine_identifier()));
 

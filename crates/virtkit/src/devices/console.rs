@@ -107,12 +107,7 @@ fn backend(attachment: Option<&mut SerialAttachment>) -> std::io::Result<Box<dyn
         None => Box::new(FdPortBackend::new(None, None)?),
         Some(SerialAttachment::Stdio) => Box::new(FdPortBackend::stdio()?),
         Some(SerialAttachment::File { path, append }) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .append(*append)
-                .truncate(!*append)
-                .open(path)?;
+            let file = crate::regular_file::open_output(path, *append).map_err(std::io::Error::other)?;
             Box::new(FdPortBackend::output_only(file.into())?)
         }
         Some(SerialAttachment::UnixSocket { path }) => {

@@ -19,7 +19,7 @@ pub const MIN_MEMORY_SIZE: u64 = 64 << 20;
 pub const MAX_CPU_COUNT: u32 = 255;
 const PAGE_SIZE: u64 = 4096;
 /// Longest path a Unix socket address can hold (sun_path less the NUL).
-const MAX_SOCKET_PATH: usize = 107;
+pub const MAX_SOCKET_PATH: usize = 107;
 
 /// One problem in a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,48 +69,26 @@ impl Issues {
 }
 
 fn check_file(issues: &mut Issues, field: &str, what: &str, path: &Path) -> bool {
-    match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            issues.add(
-                field,
-                format!(
-                    "the {what} {} does not exist; give the path of an existing file",
-                    path.display()
-                ),
-            );
-            false
-        }
-        Err(e) => {
-            issues.add(
-                field,
-                format!(
-                    "the {what} {} cannot be read ({e}); check its permissions",
-                    path.display()
-                ),
-            );
-            false
-        }
-        Ok(m) if !m.is_file() => {
-            issues.add(
-                field,
-                format!("the {what} {} is not a regular file", path.display()),
-            );
-            false
-        }
-        Ok(_) => match std::fs::File::open(path) {
-            Ok(_) => true,
-            Err(e) => {
-                issues.add(
-                    field,
-                    format!(
-                        "the {what} {} cannot be opened ({e}); check its permissions",
-                        path.display()
-                    ),
-                );
-                false
-            }
-        },
-    }
+    use crate::regular_file::{open_regular, RegularFileError};
+    // `open_regular` looks before it opens, so a FIFO or device here is reported, not waited on.
+    let message = match open_regular(path) {
+        Ok(_) => return true,
+        Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => format!(
+            "the {what} {} does not exist; give the path of an existing file",
+            path.display()
+        ),
+        Err(RegularFileError::NotRegular { kind, .. }) => format!(
+            "the {what} {} is {kind}, not a regular file; give the path of a file",
+            path.display()
+        ),
+        Err(e) => format!(
+            "the {what} {} cannot be read ({}); check its permissions",
+            path.display(),
+            error_chain(&e)
+        ),
+    };
+    issues.add(field, message);
+    false
 }
 
 /// A disk must exist, be a regular file or a block device, and be writable unless read-only.
@@ -167,7 +145,19 @@ pub(crate) fn check_disk(issues: &mut Issues, field: &str, disk: &StorageDeviceC
         issues.add(
             field,
             format!(
-                "the disk {} is neither a regular file nor a block device",
+                "the disk {} is {}, neither a regular file nor a block device",
+                path.display(),
+                crate::regular_file::kind_of(&meta)
+            ),
+        );
+        return;
+    }
+    if meta.is_file() && meta.len() == 0 {
+        issues.add(
+            field,
+            format!(
+                "the disk {} is empty (0 bytes); give it a size (e.g. `truncate -s 8G {}`)",
+                path.display(),
                 path.display()
             ),
         );
@@ -332,6 +322,12 @@ impl VirtualMachineConfiguration {
                         ),
                     );
                 }
+                if command_line.contains('\0') {
+                    issues.add(
+                        "boot_loader.command_line",
+                        "contains a NUL byte, which would end it early; remove it".into(),
+                    );
+                }
                 if !command_line.is_ascii() {
                     issues.add("boot_loader.command_line", "use only ASCII characters".into());
                 }
@@ -385,6 +381,8 @@ impl VirtualMachineConfiguration {
             }
         }
 
+        outputs::check_outputs(self, &mut issues);
+
         if issues.0.is_empty() {
             Ok(())
         } else {
@@ -392,6 +390,8 @@ impl VirtualMachineConfiguration {
         }
     }
 }
+
+mod outputs;
 
 #[cfg(test)]
 mod tests;

@@ -351,3 +351,126 @@ fn unreadable_kernel_is_reported_when_not_root() {
         assert!(found[0].message.contains("cannot be"), "{found:?}");
     }
 }
+
+fn fifo(dir: &TempDir, name: &str) -> PathBuf {
+    let path = dir.0.join(name);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        0,
+    )
+    .unwrap();
+    path
+}
+
+/// Validation of a configuration naming FIFOs must answer at once, not wait for a writer.
+fn issues_promptly(c: VirtualMachineConfiguration) -> Vec<ValidationIssue> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(issues(&c));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(5))
+        .expect("validation blocked on a FIFO")
+}
+
+#[test]
+fn a_nul_in_the_command_line_is_refused() {
+    let dir = TempDir::new("nul");
+    let c = VirtualMachineConfiguration::linux(1, 64 << 20, dir.bzimage(), None, "console=ttyS0\0 init=/x");
+    let issue = only_issue(&c);
+    assert_eq!(issue.field, "boot_loader.command_line");
+    assert!(issue.message.contains("NUL"), "{issue}");
+}
+
+#[test]
+fn an_empty_disk_is_refused() {
+    let dir = TempDir::new("empty-disk");
+    let disk = dir.file("disk.img", b"");
+    let c = VirtualMachineConfiguration::linux(1, 64 << 20, dir.bzimage(), None, "")
+        .with_storage(StorageDeviceConfiguration::disk_image(disk));
+    let issue = only_issue(&c);
+    assert_eq!(issue.field, "storage_devices[0].path");
+    assert!(issue.message.contains("is empty (0 bytes)"), "{issue}");
+}
+
+#[test]
+fn fifos_and_devices_are_refused_as_kernel_initrd_firmware_disk_and_output() {
+    let dir = TempDir::new("fifos");
+    let kernel = fifo(&dir, "kernel");
+    let initrd = fifo(&dir, "initrd");
+    let c = VirtualMachineConfiguration::linux(1, 64 << 20, kernel, Some(initrd), "")
+        .with_storage(StorageDeviceConfiguration::disk_image(fifo(&dir, "disk.img")))
+        .with_serial(SerialAttachment::File {
+            path: fifo(&dir, "serial.log"),
+            append: false,
+        });
+    let found = issues_promptly(c);
+    let fields: Vec<&str> = found.iter().map(|i| i.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "boot_loader.kernel",
+            "boot_loader.initrd",
+            "storage_devices[0].path",
+            "serial_ports[0].attachment.path"
+        ],
+        "{found:?}"
+    );
+    assert!(found.iter().all(|i| i.message.contains("FIFO")), "{found:?}");
+
+    let c = VirtualMachineConfiguration::firmware(1, 64 << 20, "/dev/zero".into()).with_serial(
+        SerialAttachment::File {
+            path: "/dev/zero".into(),
+            append: false,
+        },
+    );
+    let found = issues_promptly(c);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found.iter().all(|i| i.message.contains("character device")),
+        "{found:?}"
+    );
+
+    let c = VirtualMachineConfiguration::linux(1, 64 << 20, dir.bzimage(), None, "").with_serial(
+        SerialAttachment::File {
+            path: "/dev/null".into(),
+            append: false,
+        },
+    );
+    assert_eq!(issues(&c), vec![], "/dev/null is a fine output");
+}
+
+#[test]
+fn an_output_file_that_is_a_disk_or_the_kernel_is_refused_and_left_alone() {
+    let dir = TempDir::new("serial-disk");
+    let disk = dir.file("victim.img", &[7u8; 4096]);
+    let kernel = dir.bzimage();
+    let c = VirtualMachineConfiguration::linux(1, 64 << 20, kernel.clone(), None, "")
+        .with_storage(StorageDeviceConfiguration::disk_image(disk.clone()))
+        .with_serial(SerialAttachment::File {
+            // Another spelling of the same file.
+            path: dir.0.join(".").join("victim.img"),
+            append: true,
+        });
+    let issue = only_issue(&c);
+    assert_eq!(issue.field, "serial_ports[0].attachment.path");
+    assert!(issue.message.contains("is the disk"), "{issue}");
+    assert!(issue.message.contains("storage_devices[0]"), "{issue}");
+    assert_eq!(std::fs::read(&disk).unwrap(), vec![7u8; 4096]);
+
+    let mut c = VirtualMachineConfiguration::linux(1, 64 << 20, kernel.clone(), None, "");
+    c.console_devices
+        .push(crate::devices::ConsoleDeviceConfiguration {
+            ports: vec![crate::devices::ConsolePortConfiguration::console(Some(
+                SerialAttachment::File {
+                    path: kernel,
+                    append: false,
+                },
+            ))],
+        });
+    let issue = only_issue(&c);
+    assert!(issue.field.starts_with("console_devices[0].ports[0]"), "{issue}");
+    assert!(issue.message.contains("is the kernel"), "{issue}");
+}
