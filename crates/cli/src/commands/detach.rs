@@ -1,14 +1,12 @@
 //! `virtkit run NAME --detach`: start the VM's own process in the background and return once
 //! the VM runs; and `virtkit vm-process NAME`, the hidden command that process runs.
 
-use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use clap::Args;
-use virtkit_manager::bundle::{CONTROL_SOCKET, VMM_LOG_FILE};
+use virtkit_manager::bundle::{Access, CONTROL_SOCKET, VMM_LOG_FILE};
 use virtkit_manager::{VirtkitHome, HOME_ENV};
 
 use crate::commands::vms::{already_running, home, open, socket_alive, state_of};
@@ -46,19 +44,9 @@ pub fn run(home: &VirtkitHome, name: &str, choices: RunChoices) -> Result<u8, Cl
     let log_path = b.file(VMM_LOG_FILE);
     // Never through a symbolic link a copied-in bundle could hold, never blocking on a FIFO put
     // in its place, and for the owner only.
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
-        .open(&log_path)
-        .map_err(|e| CliError::with_chain(format!("cannot write {}", log_path.display()), &e))?;
-    if !log.metadata().is_ok_and(|m| m.is_file()) {
-        return Err(CliError::new(format!(
-            "{} is not a regular file; remove it and run again",
-            log_path.display()
-        )));
-    }
+    let log = b
+        .open_file(VMM_LOG_FILE, Access::Append)
+        .map_err(|e| crate::commands::vms::bundle_error(&e))?;
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let exe =
         std::env::current_exe().map_err(|e| CliError::with_chain("cannot find the virtkit program", &e))?;

@@ -1,16 +1,16 @@
 //! `virtkit logs NAME`: the serial console output of the VM's current or last run, or with
 //! `--vmm` the VM process's own log. Streamed: a log of any size costs a 64 KiB buffer.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::time::Duration;
 
 use clap::Args;
-use virtkit_manager::bundle::{CONSOLE_LOG_FILE, VMM_LOG_FILE};
+use virtkit_manager::bundle::{Access, Bundle, CONSOLE_LOG_FILE, VMM_LOG_FILE};
 
-use crate::commands::vms::{home, open};
+use crate::commands::vms::{bundle_error, home, open};
 use crate::exit::CliError;
 
 #[derive(Args)]
@@ -25,27 +25,15 @@ pub struct LogsArgs {
     pub vmm: bool,
 }
 
-/// Opens a log of the bundle: never through a symbolic link, never blocking on a FIFO, and only
-/// a regular file. `None`: there is none yet.
-fn open_log(path: &Path) -> Result<Option<File>, CliError> {
-    let cannot = |e: &std::io::Error| CliError::with_chain(format!("cannot read {}", path.display()), e);
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(cannot(&e)),
-    };
-    let meta = file.metadata().map_err(|e| cannot(&e))?;
-    if !meta.is_file() {
-        return Err(CliError::new(format!(
-            "{} is not a regular file; the bundle was tampered with: remove it",
-            path.display()
-        )));
+/// Opens a log of the bundle (never through a link, never blocking on a FIFO: only a regular
+/// file); `None`: there is none yet.
+fn open_log(b: &Bundle, file: &str) -> Result<Option<File>, CliError> {
+    if std::fs::symlink_metadata(b.file(file)).is_err() {
+        return Ok(None);
     }
-    Ok(Some(file))
+    b.open_file(file, Access::Read)
+        .map(Some)
+        .map_err(|e| bundle_error(&e))
 }
 
 /// Copies what `file` has from where it is to `out`; false once `out` is gone (a closed pipe).
@@ -84,20 +72,20 @@ fn replaced(path: &Path, file: &File) -> bool {
 pub fn run(args: &LogsArgs) -> Result<u8, CliError> {
     let home = home()?;
     let b = open(&home, &args.name)?;
-    let path = b.file(if args.vmm { VMM_LOG_FILE } else { CONSOLE_LOG_FILE });
+    let name = if args.vmm { VMM_LOG_FILE } else { CONSOLE_LOG_FILE };
+    let path = b.file(name);
     let mut out = std::io::stdout().lock();
     let mut buf = vec![0u8; 64 * 1024];
     if args.vmm {
-        let mut older = path.clone().into_os_string();
-        older.push(".1");
-        let older = PathBuf::from(older);
-        if let Some(mut file) = open_log(&older)? {
+        let older_name = format!("{VMM_LOG_FILE}.1");
+        let older = b.file(&older_name);
+        if let Some(mut file) = open_log(&b, &older_name)? {
             if !copy_available(&mut file, &older, &mut out, &mut buf)? {
                 return Ok(0);
             }
         }
     }
-    let Some(mut file) = open_log(&path)? else {
+    let Some(mut file) = open_log(&b, name)? else {
         errln!("virtkit: `{}` has not run yet: no log", args.name);
         return Ok(0);
     };
@@ -110,7 +98,7 @@ pub fn run(args: &LogsArgs) -> Result<u8, CliError> {
         }
         if replaced(&path, &file) {
             // The old file has all it will get (read above); go on with the new one.
-            match open_log(&path)? {
+            match open_log(&b, name)? {
                 Some(new) => file = new,
                 None => return Ok(0),
             }

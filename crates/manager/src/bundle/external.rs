@@ -133,6 +133,7 @@ pub(crate) fn check(
             }
             Some(_) => {}
             None if recorded.iter().any(|r| r == path) => {}
+            None if field == "boot_loader.path" && is_system_firmware(path) => {}
             None => {
                 return Err(BundleError::Unrecorded {
                     name: vm.to_owned(),
@@ -143,6 +144,26 @@ pub(crate) fn check(
         }
     }
     Ok(())
+}
+
+/// Where distributions install firmware images. A firmware image is only read, and loaded
+/// into the guest's memory as its ROM; one that the system's packages installed (owned by root,
+/// under these directories) reveals nothing and is what every BIOS VM boots, so bundles made
+/// before the record existed, and copies of bundles between hosts, run without `--allow-path`.
+const SYSTEM_FIRMWARE_DIRS: [&str; 4] = [
+    "/usr/share/seabios/",
+    "/usr/share/qemu/",
+    "/usr/share/ovmf/",
+    "/usr/share/OVMF/",
+];
+
+/// Whether `path` is a root-owned file under [`SYSTEM_FIRMWARE_DIRS`] (no `..` in it).
+fn is_system_firmware(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let plain = path.is_absolute() && path.components().all(|c| !matches!(c, Component::ParentDir));
+    plain
+        && SYSTEM_FIRMWARE_DIRS.iter().any(|dir| path.starts_with(dir))
+        && std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.uid() == 0)
 }
 
 /// The known bundle files a configuration may name as an input.

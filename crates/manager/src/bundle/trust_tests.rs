@@ -309,3 +309,37 @@ fn sockets_that_would_not_fit_are_refused_at_create() {
     assert!(e.to_string().contains("a Unix socket address holds"), "{e}");
     assert!(Bundle::list(&home.0).unwrap().is_empty());
 }
+
+#[test]
+fn system_firmware_needs_no_record_and_nothing_else_does() {
+    let seabios = Path::new(DEFAULT_FIRMWARE);
+    if !seabios.exists() {
+        virtkit_testkit_skip("SeaBIOS is not installed (Debian package seabios)");
+        return;
+    }
+    let home = Home::new("sysfw");
+    let b = home.vm("old");
+    let ours = home.0.root().join("bios.bin");
+    let text = std::fs::read_to_string(b.file(CONFIG_FILE)).unwrap();
+    assert!(text.contains(ours.to_str().unwrap()), "{text}");
+    // As a bundle made before the record existed: no external-paths.json.
+    std::fs::remove_file(b.file(external::EXTERNAL_PATHS_FILE)).unwrap();
+    let with = |firmware: &str| {
+        std::fs::write(
+            b.file(CONFIG_FILE),
+            text.replace(ours.to_str().unwrap(), firmware),
+        )
+        .unwrap();
+        Bundle::open(&home.0, "old").unwrap().runtime_configuration()
+    };
+    assert!(with(DEFAULT_FIRMWARE).is_ok());
+    for refused in [ours.to_str().unwrap(), "/usr/share/seabios/../../../etc/passwd"] {
+        let e = with(refused).unwrap_err();
+        assert!(matches!(e, BundleError::Unrecorded { .. }), "{refused}: {e}");
+    }
+}
+
+/// The testkit's skip line, without depending on it from a library's unit tests.
+fn virtkit_testkit_skip(reason: &str) {
+    println!("SKIPPED: {reason}");
+}
