@@ -177,6 +177,15 @@ impl Bundle {
             name: name.to_owned(),
             problem,
         };
+        // The bundle itself must be a directory in the home, not a link to one elsewhere: every
+        // check of its files would otherwise be about another directory's.
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(damaged(format!(
+                "{} is a symbolic link; a VM's bundle must be a directory in {} (move the directory there)",
+                path.display(),
+                path.parent().map_or_else(String::new, |p| p.display().to_string())
+            )));
+        }
         files::check_layout(&path, name)?;
         let read = |file: &str| files::read_small(&path, name, file);
         let config_text = read(CONFIG_FILE)?;
@@ -232,7 +241,7 @@ impl Bundle {
         };
         let mut names: Vec<String> = entries
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir() || t.is_symlink()))
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| check_name(n).is_ok())
             .collect();

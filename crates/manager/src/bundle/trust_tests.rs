@@ -343,3 +343,19 @@ fn system_firmware_needs_no_record_and_nothing_else_does() {
 fn virtkit_testkit_skip(reason: &str) {
     println!("SKIPPED: {reason}");
 }
+
+#[test]
+fn a_bundle_that_is_a_link_to_a_directory_elsewhere_is_refused_and_listed_as_damaged() {
+    let home = Home::new("dirlink");
+    let real = home.vm("real");
+    let elsewhere = home.0.root().join("elsewhere");
+    std::fs::rename(real.path(), &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, home.0.vms_dir().join("real")).unwrap();
+    let e = Bundle::open(&home.0, "real").unwrap_err();
+    assert!(e.to_string().contains("is a symbolic link"), "{e}");
+    let listed = Bundle::list(&home.0).unwrap();
+    assert!(
+        matches!(listed.as_slice(), [(name, Err(BundleError::Damaged { .. }))] if name == "real"),
+        "{listed:?}"
+    );
+}
