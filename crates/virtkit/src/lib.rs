@@ -36,4 +36,4 @@ pub use storage::{CacheMode, StorageDeviceConfiguration, SyncMode};
 pub use validate::{ValidationError, ValidationIssue};
 pub use virtkit_devices::balloon::BalloonStatistics;
 pub use virtkit_devices::rng::RateLimit;
-pub use vm::{StartError, VirtualMachine, VmError};
+pub use vm::{StartError, VirtualMachine, VmError, PAUSE_TIMEOUT};
