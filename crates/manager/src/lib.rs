@@ -6,6 +6,8 @@
 
 pub mod bundle;
 pub mod control;
+mod control_exec;
+pub mod control_framing;
 mod control_server;
 mod home;
 pub mod images;
