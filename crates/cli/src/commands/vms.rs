@@ -65,7 +65,9 @@ pub fn state_of(bundle: &Bundle) -> String {
     match ask(bundle, ControlCommand::State) {
         Ok(ControlResponse { state: Some(s), .. }) => s,
         // The process holds the lock but has no socket yet: it is building the machine.
-        _ => "starting".into(),
+        _ if !bundle.file(CONTROL_SOCKET).exists() => "starting".into(),
+        // It has a socket but gave no state (it refused: too many clients, or it is ending).
+        _ => "unresponsive".into(),
     }
 }
 
