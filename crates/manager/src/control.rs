@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use virtkit::BalloonStatus;
 
 pub use crate::control_framing::MAX_REQUEST_BYTES;
-pub use crate::control_server::{serve, MAX_CLIENTS, MAX_UNSENT_BYTES};
+pub use crate::control_server::{serve, MAX_CLIENTS, MAX_UNSENT_BYTES, QUIET_EVICT_AFTER};
 
 /// What a client asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,9 @@
 //!
 //! - a request line is at most [`MAX_REQUEST_BYTES`]; a longer one gets one error and the
 //!   connection is closed;
-//! - at most [`MAX_CLIENTS`] clients at once; the next one gets one error and is closed;
+//! - at most [`MAX_CLIENTS`] clients at once: a new client takes the place of the one quiet
+//!   longest if that one has been quiet [`QUIET_EVICT_AFTER`] (all clients are the VM's own
+//!   user, so this only ends forgotten connections); else it gets one error and is closed;
 //! - a client's unsent answers are at most [`MAX_UNSENT_BYTES`] (plus one answer): past that
 //!   the server reads nothing more from it until it reads what it was sent;
 //! - a failing `accept` (out of descriptors) pauses accepting for [`ACCEPT_BACKOFF`] instead
@@ -33,6 +35,10 @@ use crate::control_framing::{loggable, too_long_error, Frame, LineFramer, MAX_RE
 /// Clients served at once. Front ends open one connection per command; 64 leaves room for
 /// scripts and monitors while keeping the process's descriptors and memory small.
 pub const MAX_CLIENTS: usize = 64;
+
+/// How long a client must have sent and received nothing before a new client at the cap may
+/// take its place.
+pub const QUIET_EVICT_AFTER: Duration = Duration::from_secs(2);
 
 /// Answers a client may leave unread before the server stops reading its requests.
 pub const MAX_UNSENT_BYTES: usize = 64 * 1024;
@@ -112,6 +118,8 @@ struct Client {
     busy: bool,
     /// The client closed its end (or sent too much): nothing more is read.
     read_closed: bool,
+    /// When it last sent bytes or was answered.
+    last_active: Instant,
 }
 
 impl Client {
@@ -124,7 +132,15 @@ impl Client {
         self.read_closed && !self.busy && self.out.is_empty()
     }
 
+    /// Ends the connection at the next clean-up: nothing more is read, answered or sent.
+    fn close(&mut self) {
+        self.read_closed = true;
+        self.out = Vec::new();
+        self.framer = LineFramer::new(MAX_REQUEST_BYTES);
+    }
+
     fn answer(&mut self, response: &ControlResponse) {
+        self.last_active = Instant::now();
         // A response is plain data; serializing it cannot fail.
         if let Ok(text) = serde_json::to_string(response) {
             self.out.extend_from_slice(text.as_bytes());
@@ -158,6 +174,7 @@ impl Client {
             }
             Ok(n) => {
                 self.framer.push(&chunk[..n]);
+                self.last_active = Instant::now();
                 true
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => true,
@@ -273,8 +290,7 @@ impl Server {
                 // The requests that waited behind it.
                 self.take_requests(i);
                 if !self.clients[i].flush() {
-                    self.clients[i].out.clear();
-                    self.clients[i].read_closed = true;
+                    self.clients[i].close();
                 }
             }
         }
@@ -312,7 +328,7 @@ impl Server {
             warn_ratelimited!(peer_uid = %uid, "control socket: refused a client of another user");
             return;
         }
-        if self.clients.len() >= MAX_CLIENTS {
+        if self.clients.iter().filter(|c| !c.done()).count() >= MAX_CLIENTS && !self.evict_quiet() {
             warn_ratelimited!("control socket: refused a client: {MAX_CLIENTS} are connected already");
             let mut text = serde_json::to_string(&ControlResponse::failure(too_many_clients_error()))
                 .unwrap_or_default();
@@ -329,7 +345,27 @@ impl Server {
             out: Vec::new(),
             busy: false,
             read_closed: false,
+            last_active: Instant::now(),
         });
+    }
+
+    /// At the cap: closes the client quiet longest, if it has been quiet long enough and has
+    /// nothing in flight. Returns whether one was closed.
+    fn evict_quiet(&mut self) -> bool {
+        let now = Instant::now();
+        let quiet = self
+            .clients
+            .iter_mut()
+            .filter(|c| !c.done() && !c.busy)
+            .min_by_key(|c| c.last_active)
+            .filter(|c| now.duration_since(c.last_active) >= QUIET_EVICT_AFTER);
+        match quiet {
+            Some(c) => {
+                c.close();
+                true
+            }
+            None => false,
+        }
     }
 
     fn serve_client(&mut self, i: usize, flags: PollFlags) {
@@ -338,23 +374,20 @@ impl Server {
             && !c.out.is_empty()
             && !c.flush()
         {
-            c.out.clear();
-            c.read_closed = true;
+            c.close();
             return;
         }
         if flags.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR)
             && c.wants_read()
             && !c.read_some()
         {
-            c.out.clear();
-            c.read_closed = true;
+            c.close();
             return;
         }
         self.take_requests(i);
         let c = &mut self.clients[i];
         if !c.flush() {
-            c.out.clear();
-            c.read_closed = true;
+            c.close();
         }
     }
 

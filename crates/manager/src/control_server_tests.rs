@@ -82,9 +82,14 @@ fn read_response(reader: &mut BufReader<UnixStream>) -> ControlResponse {
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
 }
 
+/// The server closed the connection: end of file, or a reset when it left our bytes unread.
 fn assert_closed(reader: &mut BufReader<UnixStream>) {
     let mut rest = Vec::new();
-    assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0, "{rest:?}");
+    match reader.read_to_end(&mut rest) {
+        Ok(n) => assert_eq!(n, 0, "{rest:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    assert!(rest.is_empty(), "{rest:?}");
 }
 
 #[test]
@@ -242,4 +247,26 @@ fn a_client_that_never_reads_stops_being_read() {
     // And it still serves others.
     let (mut other, mut other_reader) = connect(&s);
     assert!(ask(&mut other, &mut other_reader, "state").ok);
+}
+
+/// Forgotten connections do not lock the owner out for good: once they have been quiet a
+/// while, a new client takes the place of the quietest.
+#[test]
+fn at_the_cap_a_new_client_replaces_one_that_has_been_quiet() {
+    let s = serve_fake("evict");
+    let mut held = Vec::new();
+    for _ in 0..MAX_CLIENTS {
+        let (mut stream, mut reader) = connect(&s);
+        assert!(ask(&mut stream, &mut reader, "state").ok);
+        held.push((stream, reader));
+    }
+    std::thread::sleep(QUIET_EVICT_AFTER + Duration::from_millis(300));
+    // The newest held one speaks: it is not the one to go.
+    let (stream, reader) = held.last_mut().unwrap();
+    assert!(ask(stream, reader, "state").ok);
+    let (mut stream, mut reader) = connect(&s);
+    assert!(ask(&mut stream, &mut reader, "state").ok);
+    assert_closed(&mut held[0].1);
+    let (stream, reader) = held.last_mut().unwrap();
+    assert!(ask(stream, reader, "state").ok);
 }
