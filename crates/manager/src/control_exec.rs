@@ -1,7 +1,8 @@
 //! What the control server does with a request. Quick commands (`state`, `request_stop`,
-//! `stop`) are answered on the server's loop thread; the ones that wait on the machine (`pause`
-//! waits for every vCPU to park, `resume` and `balloon` for device workers) run one at a time
-//! on the executor thread, so a pause that hangs holds neither the loop nor a `stop`.
+//! `stop`, reading the balloon) are answered on the server's loop thread; the ones that wait on
+//! the machine (`pause` waits for every vCPU to park, `resume` for the device workers, setting
+//! the balloon's target for its interrupt) run one at a time on the executor thread, so a pause
+//! that hangs holds neither the loop nor a `stop`.
 
 use std::os::fd::OwnedFd;
 use std::sync::mpsc::{Receiver, Sender};
@@ -11,12 +12,13 @@ use virtkit::VirtualMachine;
 
 use crate::control::{ControlCommand, ControlRequest, ControlResponse};
 
-/// Whether `command` may wait on the machine, and so goes to the executor.
-pub(crate) fn waits(command: ControlCommand) -> bool {
-    matches!(
-        command,
-        ControlCommand::Pause | ControlCommand::Resume | ControlCommand::Balloon
-    )
+/// Whether `request` may wait on the machine, and so goes to the executor.
+pub(crate) fn waits(request: &ControlRequest) -> bool {
+    match request.command {
+        ControlCommand::Pause | ControlCommand::Resume => true,
+        ControlCommand::Balloon => request.target_bytes.is_some(),
+        ControlCommand::State | ControlCommand::RequestStop | ControlCommand::Stop => false,
+    }
 }
 
 /// A request for the executor, from the client `client`.

@@ -434,7 +434,7 @@ impl Server {
             }
         };
         log_request(&request);
-        if waits(request.command) {
+        if waits(&request) {
             c.busy = true;
             if self
                 .jobs

@@ -301,9 +301,10 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             ])
             .allow_if(SYS_getsockopt, &[(1, SOL_SOCKET as u64), (2, SO_PEERCRED as u64)]);
             send_connected(&mut r);
-            // `stop` kicks the vCPUs; `request_stop` raises the SCI with `KVM_IRQ_LINE`.
+            // `stop` kicks the vCPUs; `request_stop` raises the SCI with `KVM_IRQ_LINE`;
+            // reading the balloon asks its worker for statistics through an eventfd (`write`).
             kick_vcpus(&mut r);
-            r.allow_if(SYS_ioctl, &[(1, kvm::KVM_IRQ_LINE)]);
+            r.allow_if(SYS_ioctl, &[(1, kvm::KVM_IRQ_LINE)]).allow(SYS_write);
         }
         ThreadRole::ControlExecutor => {
             // The control requests that wait on the machine: pause/resume kick the vCPUs and
