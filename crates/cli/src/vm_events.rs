@@ -78,14 +78,16 @@ impl Events {
         });
     }
 
-    /// Reacts to events until the VM has stopped. `hangup_stops`: whether SIGHUP (the terminal
+    /// Reacts to events until the VM is stopping or has stopped. `hangup_stops`: whether SIGHUP (the terminal
     /// went away) stops the VM; `announce`: say on the terminal what the first signal does.
     pub fn drive(self, vm: &VirtualMachine, hangup_stops: bool, announce: bool) {
         drop(self.sender);
         let mut stop_requests = 0;
         for event in self.receiver {
             match event {
-                Event::State(VmState::Stopped | VmState::Error) => return,
+                // From `stopping` on there is nothing left to drive: `RunningVm::wait` takes
+                // over, and it also ends a stop whose vCPUs do not answer.
+                Event::State(VmState::Stopping | VmState::Stopped | VmState::Error) => return,
                 Event::State(_) => {}
                 Event::Quit => {
                     let _ = vm.stop();

@@ -22,6 +22,7 @@ mod vcpu;
 pub use boot::BootSource;
 pub use machine::{ExitReason, Machine, MachineConfig, MachineError, MachineHandle};
 pub use smbios::SmbiosIdentity;
+pub use vcpu::PauseOutcome;
 
 /// Re-exported for [`warn_ratelimited`].
 #[doc(hidden)]

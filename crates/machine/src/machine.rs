@@ -5,6 +5,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use virtkit_hypervisor::{HypervisorError, Kvm, Vcpu, Vm};
 use virtkit_sandbox::ThreadRole;
@@ -38,7 +39,7 @@ use crate::smbios::{
     write_smbios_tables, BiosInformation, SmbiosError, SmbiosIdentity, SmbiosTables, FW_CFG_ANCHOR_FILE,
     FW_CFG_TABLES_FILE,
 };
-use crate::vcpu::{run_vcpu, Control, VcpuContext};
+use crate::vcpu::{run_vcpu, Control, PauseOutcome, VcpuContext};
 
 /// Why a machine stopped running.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,9 +144,10 @@ pub struct MachineHandle {
 }
 
 impl MachineHandle {
-    /// Parks every vCPU; returns when none is running guest code.
-    pub fn pause(&self) {
-        self.control.pause();
+    /// Parks every vCPU; returns when none is running guest code, when the machine is
+    /// stopping, or after `timeout` with the machine running as before (see [`PauseOutcome`]).
+    pub fn pause(&self, timeout: Duration) -> PauseOutcome {
+        self.control.pause(timeout)
     }
 
     pub fn resume(&self) {

@@ -5,7 +5,7 @@
 //! thread entering `KVM_RUN`, so whoever waits for the threads keeps kicking until they answer.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use virtkit_hypervisor::{Vcpu, VcpuExit};
 
@@ -31,6 +31,17 @@ struct ControlState {
     /// Threads to kick. A thread removes itself before it exits, so we never signal a thread
     /// that is gone.
     threads: Vec<libc::pthread_t>,
+}
+
+/// How a pause ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseOutcome {
+    /// Every vCPU is parked.
+    Paused,
+    /// The machine is stopping (a stop came first, or while the pause waited): nothing paused.
+    Stopping,
+    /// Not every vCPU parked in time; the parked ones run again.
+    TimedOut { parked: usize, running: usize },
 }
 
 /// Shared between the machine, its handles and the vCPU threads.
@@ -102,20 +113,37 @@ impl Control {
         self.lock().exit.clone()
     }
 
-    /// Parks every vCPU; returns once all are parked (or the machine is stopping).
-    pub(crate) fn pause(&self) {
+    /// Parks every vCPU. Returns once all are parked, once the machine is stopping, or after
+    /// `timeout`: a vCPU blocked in the host (a write to a full pipe, a stuck disk) never
+    /// answers the kick, and a pause must not wait for it forever. On a timeout the vCPUs that
+    /// did park run again, so the machine is as it was.
+    pub(crate) fn pause(&self, timeout: Duration) -> PauseOutcome {
+        let deadline = Instant::now() + timeout;
         let mut state = self.lock();
-        if state.request != RunRequest::Run {
-            return;
+        if state.request == RunRequest::Stop {
+            return PauseOutcome::Stopping;
         }
         state.request = RunRequest::Pause;
         while state.request == RunRequest::Pause && state.paused < state.running {
+            if Instant::now() >= deadline {
+                state.request = RunRequest::Run;
+                self.changed.notify_all();
+                return PauseOutcome::TimedOut {
+                    parked: state.paused,
+                    running: state.running,
+                };
+            }
             Self::kick_all(&state);
             state = self
                 .changed
                 .wait_timeout(state, KICK_INTERVAL)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+        }
+        match state.request {
+            RunRequest::Pause => PauseOutcome::Paused,
+            // A stop came while we waited: it wins.
+            _ => PauseOutcome::Stopping,
         }
     }
 

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use virtkit::BalloonStatus;
 
-pub use crate::control_server::serve;
+pub use crate::control_framing::MAX_REQUEST_BYTES;
+pub use crate::control_server::{serve, MAX_CLIENTS, MAX_UNSENT_BYTES, QUIET_EVICT_AFTER};
 
 /// What a client asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,7 +157,16 @@ impl ControlClient {
     pub fn request(&mut self, request: &ControlRequest) -> Result<ControlResponse, ControlError> {
         let mut line = serde_json::to_string(request).unwrap_or_default();
         line.push('\n');
-        self.writer.write_all(line.as_bytes())?;
+        if let Err(e) = self.writer.write_all(line.as_bytes()) {
+            // A server that refuses the connection (too many clients) answers and closes before
+            // reading: the write fails, but its answer is there to read.
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) {
+                return Err(e.into());
+            }
+        }
         let mut answer = String::new();
         if self.reader.read_line(&mut answer)? == 0 {
             return Err(ControlError::Io(std::io::ErrorKind::UnexpectedEof.into()));

@@ -7,6 +7,10 @@
 pub mod admission;
 pub mod bundle;
 pub mod control;
+mod control_exec;
+pub mod control_framing;
+#[doc(hidden)]
+pub mod control_fuzz;
 mod control_server;
 mod home;
 pub mod images;

@@ -10,11 +10,12 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use virtkit::{
     ConsoleDeviceConfiguration, ConsolePortConfiguration, ConsoleServer, ConsoleServerOptions, OutputPump,
     SerialAttachment, SerialPortConfiguration, StartError, StopReason, ValidationError, VirtualMachine,
-    VirtualMachineConfiguration,
+    VirtualMachineConfiguration, VmState,
 };
 
 use crate::bundle::{
@@ -22,6 +23,14 @@ use crate::bundle::{
     PID_FILE, SERIAL_LOG_FILE,
 };
 use crate::home::VirtkitHome;
+
+/// How long the VM process waits for the machine to end once it is stopping before it ends
+/// itself: a vCPU blocked in the host (a write to a full pipe, a disk that does not answer)
+/// never leaves `KVM_RUN` for the kick, and a stop must end the VM all the same.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How often `wait` looks whether a stop is taking too long.
+const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Which of the guest's consoles the VM's console (`console.log`, `console.sock`, the front
 /// end's terminal) is.
@@ -260,9 +269,22 @@ impl RunningVm {
     }
 
     /// Waits for the VM to stop; then writes out the last console output, removes the sockets
-    /// and the PID file, and releases the bundle's lock.
+    /// and the PID file, and releases the bundle's lock. If the machine is still stopping
+    /// [`STOP_GRACE`] after a stop, it gives up on the vCPUs that do not answer (see
+    /// [`RunningVm::abandon`]); the caller then ends the process, which ends them.
     pub fn wait(self) -> StopReason {
-        let reason = self.vm.wait();
+        let mut stopping_since: Option<Instant> = None;
+        let reason = loop {
+            if let Some(reason) = self.vm.wait_timeout(STOP_CHECK_INTERVAL) {
+                break reason;
+            }
+            if self.vm.state() == VmState::Stopping {
+                let since = *stopping_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= STOP_GRACE {
+                    return self.abandon();
+                }
+            }
+        };
         self.pump.finish();
         drop(self.console);
         for file in [CONTROL_SOCKET, CONSOLE_SOCKET, PID_FILE] {
@@ -270,6 +292,37 @@ impl RunningVm {
         }
         tracing::info!(vm = self.bundle.name(), reason = %reason, "stopped");
         drop(self.lock);
+        reason
+    }
+
+    /// The end of a stop the vCPUs did not answer: removes the sockets and the PID file like a
+    /// clean end, but neither joins the machine's threads nor waits for the console's last
+    /// output (both wait on the stuck vCPU). The process must end right after; its exit ends
+    /// the stuck threads.
+    fn abandon(self) -> StopReason {
+        let reason = StopReason::HostError {
+            message: format!(
+                "the machine did not end within {} s of the stop: a vCPU does not answer (it is blocked in \
+                 the host); the VM process ends without waiting for it",
+                STOP_GRACE.as_secs()
+            ),
+        };
+        tracing::error!(vm = self.bundle.name(), "{reason}");
+        for file in [CONTROL_SOCKET, CONSOLE_SOCKET, PID_FILE] {
+            let _ = std::fs::remove_file(self.bundle.file(file));
+        }
+        let RunningVm {
+            lock,
+            vm,
+            console,
+            pump,
+            ..
+        } = self;
+        // Dropping these would join threads that wait on the stuck vCPU.
+        std::mem::forget(vm);
+        std::mem::forget(console);
+        std::mem::forget(pump);
+        drop(lock);
         reason
     }
 }

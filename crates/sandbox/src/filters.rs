@@ -292,16 +292,32 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             send_connected(&mut r);
         }
         ThreadRole::ControlSocket => {
-            r.allow(SYS_accept4);
-        }
-        ThreadRole::ControlClient => {
-            // Requests and answers; pause/resume kick the vCPUs and stop and restart the device
-            // workers (threads come from the spawner).
-            // std reads a `UnixStream` with `recv` (`recvfrom`) and writes it with `send`.
+            // The control server's loop: `poll` over the listener, the clients and the
+            // executor's eventfd (read to clear it); accepted sockets come non-blocking from
+            // `accept4`; clients are read with `recv` and answered with `send`; each client's
+            // credentials come from `getsockopt(SO_PEERCRED)`, compared with `geteuid`.
+            r.allow_all(&[
+                SYS_poll,
+                SYS_ppoll,
+                SYS_accept4,
+                SYS_recvfrom,
+                SYS_read,
+                SYS_geteuid,
+            ])
+            .allow_if(SYS_getsockopt, &[(1, SOL_SOCKET as u64), (2, SO_PEERCRED as u64)]);
             send_connected(&mut r);
-            // Sleeping and waking devices sets their INTx level.
+            // `stop` kicks the vCPUs; `request_stop` raises the SCI with `KVM_IRQ_LINE`;
+            // reading the balloon asks its worker for statistics through an eventfd (`write`).
+            kick_vcpus(&mut r);
+            r.allow_if(SYS_ioctl, &[(1, kvm::KVM_IRQ_LINE)]).allow(SYS_write);
+        }
+        ThreadRole::ControlExecutor => {
+            // The control requests that wait on the machine: pause/resume kick the vCPUs and
+            // stop and restart the device workers (threads come from the spawner); sleeping and
+            // waking devices sets their INTx level; the balloon's target and report go to its
+            // worker through eventfds. `write` also wakes the loop (its eventfd).
             r.allow_if(SYS_ioctl, &[(1, kvm::KVM_IRQ_LINE)]);
-            r.allow_all(&[SYS_read, SYS_recvfrom, SYS_write])
+            r.allow_all(&[SYS_read, SYS_write])
                 .allow_if(SYS_fcntl, &[(1, F_DUPFD_CLOEXEC as u64)]);
             kick_vcpus(&mut r);
             starts_workers(&mut r);
@@ -382,7 +398,7 @@ mod tests {
         ThreadRole::ConsoleSocket,
         ThreadRole::ConsoleClient,
         ThreadRole::ControlSocket,
-        ThreadRole::ControlClient,
+        ThreadRole::ControlExecutor,
     ];
 
     #[test]

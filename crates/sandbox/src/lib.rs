@@ -170,10 +170,12 @@ pub enum ThreadRole {
     ConsoleSocket,
     /// VM process `console-client`: one console client's input to the guest.
     ConsoleClient,
-    /// VM process `control`: accepts `control.sock` clients.
+    /// VM process `control`: the control server's loop: accepts `control.sock` clients, reads
+    /// their requests, answers them, and runs the quick ones (state, request_stop, stop).
     ControlSocket,
-    /// VM process `control-client`: one control client's requests (pause, resume, stop).
-    ControlClient,
+    /// VM process `control-exec`: the control requests that wait on the machine (pause,
+    /// resume, balloon), one at a time.
+    ControlExecutor,
 }
 
 /// Why a filter could not be installed.

@@ -40,4 +40,4 @@ pub use storage::{CacheMode, StorageDeviceConfiguration, SyncMode};
 pub use validate::{ValidationError, ValidationIssue, MAX_SOCKET_PATH};
 pub use virtkit_devices::balloon::BalloonStatistics;
 pub use virtkit_devices::rng::RateLimit;
-pub use vm::{StartError, VirtualMachine, VmError};
+pub use vm::{StartError, VirtualMachine, VmError, PAUSE_TIMEOUT};

@@ -32,6 +32,19 @@ impl fmt::Display for VmState {
     }
 }
 
+impl VmState {
+    /// Whether the lifecycle may go from `self` to `next`. A stop is final for the run: once
+    /// stopping, only the end (stopped or error) follows, so a pause or resume that finishes
+    /// late never overwrites it; once ended, only a new start.
+    pub fn may_become(self, next: VmState) -> bool {
+        use VmState::*;
+        !matches!(
+            (self, next),
+            (Stopping, Starting | Running | Paused) | (Stopped | Error, Running | Paused | Stopping)
+        )
+    }
+}
+
 /// Why a virtual machine stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
@@ -163,5 +176,22 @@ mod tests {
             assert!(r.to_string().starts_with("the guest crashed"), "{r}");
         }
         assert!(StopReason::from_exit(ExitReason::PowerOff, false).is_clean());
+    }
+
+    #[test]
+    fn a_stop_is_final_until_the_next_start() {
+        use VmState::*;
+        for late in [Running, Paused, Starting] {
+            assert!(!Stopping.may_become(late), "stopping → {late}");
+        }
+        for end in [Stopped, Error] {
+            assert!(Stopping.may_become(end));
+            for late in [Running, Paused, Stopping] {
+                assert!(!end.may_become(late), "{end} → {late}");
+            }
+            assert!(end.may_become(Starting));
+        }
+        assert!(Running.may_become(Paused) && Paused.may_become(Running));
+        assert!(Running.may_become(Stopping) && Paused.may_become(Stopping));
     }
 }

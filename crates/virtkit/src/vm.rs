@@ -6,7 +6,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use virtkit_hypervisor::{HypervisorError, Kvm, KvmFlavor};
-use virtkit_machine::{BootSource, Machine, MachineConfig, MachineError, MachineHandle, SmbiosIdentity};
+use virtkit_machine::{
+    BootSource, Machine, MachineConfig, MachineError, MachineHandle, PauseOutcome, SmbiosIdentity,
+};
 
 use crate::config::{BootLoader, VirtualMachineConfiguration};
 use crate::console_server::ConsoleServer;
@@ -22,7 +24,22 @@ pub enum VmError {
     InvalidState { action: &'static str, state: VmState },
     #[error("{message}")]
     Device { message: String },
+    /// A vCPU did not answer the pause: it is blocked in the host (a write to a full pipe, a
+    /// disk that does not answer). The machine runs on as before.
+    #[error(
+        "cannot pause: {parked} of {running} vCPUs stopped within {} s and the others are blocked in the host; \
+         the virtual machine keeps running, and a stop ends it",
+        timeout.as_secs()
+    )]
+    PauseTimedOut {
+        parked: usize,
+        running: usize,
+        timeout: Duration,
+    },
 }
+
+/// How long [`VirtualMachine::pause`] waits for every vCPU to park.
+pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a virtual machine did not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,18 +76,28 @@ impl Shared {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn set_state(&self, state: VmState) {
+    /// Moves to `state` if the lifecycle allows it from where it is ([`VmState::may_become`]);
+    /// returns whether the state is `state` now.
+    fn set_state(&self, state: VmState) -> bool {
         let mut s = self.lock();
-        Self::transition(&mut s, state);
+        let moved = Self::transition(&mut s, state);
         self.changed.notify_all();
+        moved
     }
 
-    fn transition(s: &mut Status, state: VmState) {
-        if s.state != state {
-            tracing::info!(from = %s.state, to = %state, "virtual machine state");
-            s.state = state;
-            s.observers.retain(|o| o.send(state).is_ok());
+    fn transition(s: &mut Status, state: VmState) -> bool {
+        if s.state == state {
+            return true;
         }
+        if !s.state.may_become(state) {
+            // A late pause or resume result after a stop: the stop stands.
+            tracing::debug!(from = %s.state, to = %state, "state change refused: the run is ending");
+            return false;
+        }
+        tracing::info!(from = %s.state, to = %state, "virtual machine state");
+        s.state = state;
+        s.observers.retain(|o| o.send(state).is_ok());
+        true
     }
 }
 
@@ -233,10 +260,31 @@ impl VirtualMachine {
     }
 
     /// Stops running guest code, then puts every device to sleep: requests already in flight
-    /// are answered first, and no device does I/O until [`VirtualMachine::resume`].
+    /// are answered first, and no device does I/O until [`VirtualMachine::resume`]. Gives up
+    /// after [`PAUSE_TIMEOUT`] if a vCPU does not answer; a stop that comes meanwhile wins.
     pub fn pause(&self) -> Result<(), VmError> {
+        self.pause_within(PAUSE_TIMEOUT)
+    }
+
+    /// [`VirtualMachine::pause`], waiting at most `timeout` for the vCPUs.
+    pub fn pause_within(&self, timeout: Duration) -> Result<(), VmError> {
         let handle = self.running_handle("pause", &[VmState::Running])?;
-        handle.pause();
+        match handle.pause(timeout) {
+            PauseOutcome::Paused => {}
+            PauseOutcome::Stopping => {
+                return Err(VmError::InvalidState {
+                    action: "pause",
+                    state: self.state(),
+                })
+            }
+            PauseOutcome::TimedOut { parked, running } => {
+                return Err(VmError::PauseTimedOut {
+                    parked,
+                    running,
+                    timeout,
+                })
+            }
+        }
         if let Err(e) = self.devices.sleep_all() {
             // Back to running as before: the devices that slept wake, then the vCPUs.
             let _ = self.devices.wake_all();
@@ -245,7 +293,13 @@ impl VirtualMachine {
                 message: error_chain(&e),
             });
         }
-        self.shared.set_state(VmState::Paused);
+        if !self.shared.set_state(VmState::Paused) {
+            // A stop came while the devices went to sleep; the machine is ending anyway.
+            return Err(VmError::InvalidState {
+                action: "pause",
+                state: self.state(),
+            });
+        }
         Ok(())
     }
 
@@ -258,7 +312,12 @@ impl VirtualMachine {
             });
         }
         handle.resume();
-        self.shared.set_state(VmState::Running);
+        if !self.shared.set_state(VmState::Running) {
+            return Err(VmError::InvalidState {
+                action: "resume",
+                state: self.state(),
+            });
+        }
         Ok(())
     }
 
@@ -362,5 +421,58 @@ impl Drop for VirtualMachine {
         if let Some(t) = self.monitor.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(state: VmState) -> Shared {
+        Shared {
+            status: Mutex::new(Status {
+                state,
+                reason: None,
+                observers: Vec::new(),
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// The order a stuck pause and a stop produce: the stop lands while the pause waits for
+    /// the vCPUs; the pause's result comes afterwards and must not turn the VM `paused`.
+    #[test]
+    fn a_pause_that_finishes_after_a_stop_does_not_overwrite_it() {
+        let s = shared(VmState::Running);
+        let changes = {
+            let (tx, rx) = channel();
+            s.lock().observers.push(tx);
+            rx
+        };
+        assert!(s.set_state(VmState::Stopping));
+        assert!(!s.set_state(VmState::Paused), "a late pause");
+        assert!(!s.set_state(VmState::Running), "a late resume");
+        assert_eq!(s.lock().state, VmState::Stopping);
+        assert!(s.set_state(VmState::Stopped));
+        assert!(!s.set_state(VmState::Paused));
+        assert_eq!(s.lock().state, VmState::Stopped);
+        let seen: Vec<VmState> = changes.try_iter().collect();
+        assert_eq!(
+            seen,
+            [VmState::Stopping, VmState::Stopped],
+            "observers see no paused"
+        );
+    }
+
+    #[test]
+    fn a_pause_timeout_says_the_vm_keeps_running_and_what_ends_it() {
+        let e = VmError::PauseTimedOut {
+            parked: 1,
+            running: 2,
+            timeout: PAUSE_TIMEOUT,
+        }
+        .to_string();
+        assert!(e.contains("1 of 2 vCPUs"), "{e}");
+        assert!(e.contains("keeps running") && e.contains("stop"), "{e}");
     }
 }

@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use virtkit_manager::bundle::{Bundle, CONSOLE_SOCKET, CONTROL_SOCKET, PID_FILE};
 use virtkit_manager::control::ControlCommand;
+use virtkit_manager::vm_process::STOP_GRACE;
 
 use crate::commands::vms::{ask, home, open};
 use crate::exit::CliError;
@@ -47,49 +49,120 @@ pub fn resume(args: &NameArg) -> Result<u8, CliError> {
     Ok(0)
 }
 
+/// How long `stop` waits for the VM process after sending `stop` before it kills the process.
+/// Longer than the process's own grace ([`STOP_GRACE`]): a process whose vCPU is stuck ends
+/// itself first, and is killed only if even that fails.
+const FORCED_WAIT: Duration = Duration::from_secs(STOP_GRACE.as_secs() + 5);
+
+/// How long `stop` waits for a killed process to let go of the bundle.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until the bundle's process ends or `deadline` passes; returns whether it ended.
+fn wait_until_ended(b: &Bundle, deadline: Instant) -> bool {
+    while b.is_running() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// Removes what a VM process that did not end cleanly left in the bundle: its sockets and PID
+/// file (the next `run` would replace them; `stop` says the VM is stopped, so they go now).
+fn remove_leftovers(b: &Bundle) {
+    if b.is_running() {
+        return;
+    }
+    for file in [CONTROL_SOCKET, CONSOLE_SOCKET, PID_FILE] {
+        let _ = std::fs::remove_file(b.file(file));
+    }
+}
+
+/// What `stop` prints once the process has ended: `how` it ended, unless the process left its
+/// PID file behind. A VM process removes its PID file before it lets go of the bundle, so one
+/// left behind means it was killed (by a signal, the OOM killer) rather than stopping the VM.
+fn report_ended(b: &Bundle, name: &str, pid: Option<u32>, how: &str) -> Result<u8, CliError> {
+    if b.file(PID_FILE).exists() {
+        remove_leftovers(b);
+        println!(
+            "`{name}`: stopped: its process{} was killed before it could stop the VM",
+            pid.map(|p| format!(" {p}")).unwrap_or_default()
+        );
+    } else {
+        println!("`{name}`: stopped ({how})");
+    }
+    Ok(0)
+}
+
 /// Asks the guest to shut down (the ACPI power button), waits up to the timeout for the VM
-/// process to end, then stops the VM at once.
+/// process to end, then stops the VM at once; if the process does not end after that either
+/// (a vCPU blocked in the host), kills it. The VM is stopped when this returns `Ok`.
 pub fn stop(args: &StopArgs) -> Result<u8, CliError> {
     let home = home()?;
     let b = open(&home, &args.name)?;
+    let name = &args.name;
     if !b.is_running() {
-        println!("`{}` is not running", args.name);
+        println!("`{name}` is not running");
         return Ok(0);
     }
+    let pid = b.running_pid();
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let graceful = match ask(&b, ControlCommand::RequestStop) {
         Ok(r) if r.ok => true,
         // A paused guest cannot answer the power button, nor can one still starting.
         Ok(_) | Err(_) => false,
     };
-    if graceful {
-        while b.is_running() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if !b.is_running() {
-            println!("`{}`: stopped (the guest shut down)", args.name);
-            return Ok(0);
-        }
+    if graceful && wait_until_ended(&b, deadline) {
+        return report_ended(&b, name, pid, "the guest shut down");
     }
     // Forced: the process may end between the check and the request; that is a stop too.
     let _ = ask(&b, ControlCommand::Stop);
-    let forced_deadline = Instant::now() + Duration::from_secs(10);
-    while b.is_running() && Instant::now() < forced_deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    let how = if graceful {
+        format!("forced after {} s", args.timeout)
+    } else {
+        "forced".to_owned()
+    };
+    if wait_until_ended(&b, Instant::now() + FORCED_WAIT) {
+        return report_ended(&b, name, pid, &how);
     }
-    if b.is_running() {
+    kill_stuck(&b, name)
+}
+
+/// The last resort: the process did not end within [`FORCED_WAIT`] of the stop; SIGKILL it.
+fn kill_stuck(b: &Bundle, name: &str) -> Result<u8, CliError> {
+    // Read again: the PID of the process that holds the bundle now, so no other process is hit.
+    let Some(pid) = b.running_pid() else {
+        if !b.is_running() {
+            remove_leftovers(b);
+            println!("`{name}`: stopped (forced)");
+            return Ok(0);
+        }
         return Err(CliError::new(format!(
-            "`{}` did not stop; its process {} may be stuck: kill it",
-            args.name,
-            b.running_pid()
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "?".into())
+            "`{name}` did not stop within {} s and its bundle has no PID file to say which process runs it; \
+             find the `virtkit vm-process {name}` process and kill it",
+            FORCED_WAIT.as_secs()
+        )));
+    };
+    let target = rustix::process::Pid::from_raw(pid as i32);
+    if let Some(target) = target {
+        if let Err(e) = rustix::process::kill_process(target, rustix::process::Signal::KILL) {
+            return Err(CliError::new(format!(
+                "`{name}` did not stop within {} s and its process {pid} cannot be killed ({e}); kill it as its owner or root",
+                FORCED_WAIT.as_secs()
+            )));
+        }
+    }
+    if !wait_until_ended(b, Instant::now() + KILL_WAIT) {
+        return Err(CliError::new(format!(
+            "`{name}`: its process {pid} did not end even after SIGKILL (it may be stuck in the kernel); \
+             see `ps -o stat,wchan -p {pid}`"
         )));
     }
-    if graceful {
-        println!("`{}`: stopped (forced after {} s)", args.name, args.timeout);
-    } else {
-        println!("`{}`: stopped (forced)", args.name);
-    }
+    remove_leftovers(b);
+    println!(
+        "`{name}`: stopped (killed its process {pid}: it did not end within {} s of the stop, a vCPU did not answer)",
+        FORCED_WAIT.as_secs()
+    );
     Ok(0)
 }

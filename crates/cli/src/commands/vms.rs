@@ -2,10 +2,13 @@
 //! VM's process for its state, and the `--format` option.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use virtkit_manager::bundle::{Bundle, BundleError, CONTROL_SOCKET};
-use virtkit_manager::control::{ControlClient, ControlCommand, ControlRequest, ControlResponse};
+use virtkit_manager::control::{
+    ControlClient, ControlCommand, ControlRequest, ControlResponse, QUIET_EVICT_AFTER,
+};
 use virtkit_manager::VirtkitHome;
 
 use crate::exit::CliError;
@@ -75,7 +78,9 @@ pub fn state_of(bundle: &Bundle) -> String {
     match ask(bundle, ControlCommand::State) {
         Ok(ControlResponse { state: Some(s), .. }) => s,
         // The process holds the lock but has no socket yet: it is building the machine.
-        _ => "starting".into(),
+        _ if !bundle.file(CONTROL_SOCKET).exists() => "starting".into(),
+        // It has a socket but gave no state (it refused: too many clients, or it is ending).
+        _ => "unresponsive".into(),
     }
 }
 
@@ -102,8 +107,22 @@ pub fn ask_request(bundle: &Bundle, request: &ControlRequest) -> Result<ControlR
             bundle.name()
         )));
     }
-    let mut client = ControlClient::connect(&path).map_err(|e| CliError::from_error(&e))?;
-    client.request(request).map_err(|e| CliError::from_error(&e))
+    // At its client cap the server refuses a new client until one of the others has been quiet
+    // a moment (QUIET_EVICT_AFTER); a command waits that out rather than fail.
+    let deadline = Instant::now() + QUIET_EVICT_AFTER * 3;
+    loop {
+        let mut client = ControlClient::connect(&path).map_err(|e| CliError::from_error(&e))?;
+        let response = client.request(request).map_err(|e| CliError::from_error(&e))?;
+        let refused = !response.ok
+            && response
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("too many control connections"));
+        if !refused || Instant::now() >= deadline {
+            return Ok(response);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Sizes for people: 512 MiB, 20 GiB, 1.5 GiB.

@@ -1,0 +1,91 @@
+//! What the control server does with a request. Quick commands (`state`, `request_stop`,
+//! `stop`, reading the balloon) are answered on the server's loop thread; the ones that wait on
+//! the machine (`pause` waits for every vCPU to park, `resume` for the device workers, setting
+//! the balloon's target for its interrupt) run one at a time on the executor thread, so a pause
+//! that hangs holds neither the loop nor a `stop`.
+
+use std::os::fd::OwnedFd;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+
+use virtkit::VirtualMachine;
+
+use crate::control::{ControlCommand, ControlRequest, ControlResponse};
+
+/// Whether `request` may wait on the machine, and so goes to the executor.
+pub(crate) fn waits(request: &ControlRequest) -> bool {
+    match request.command {
+        ControlCommand::Pause | ControlCommand::Resume => true,
+        ControlCommand::Balloon => request.target_bytes.is_some(),
+        ControlCommand::State | ControlCommand::RequestStop | ControlCommand::Stop => false,
+    }
+}
+
+/// A request for the executor, from the client `client`.
+pub(crate) struct Job {
+    pub client: u64,
+    pub request: ControlRequest,
+}
+
+/// The executor's answer to a [`Job`].
+pub(crate) struct Done {
+    pub client: u64,
+    pub response: ControlResponse,
+}
+
+/// The executor's body: runs jobs in order, hands each answer back and wakes the loop through
+/// `wake` (an eventfd). Ends when the loop drops its end of `jobs`.
+pub(crate) fn run_executor(
+    jobs: Receiver<Job>,
+    done: Sender<Done>,
+    wake: Arc<OwnedFd>,
+    handle: impl Fn(&ControlRequest) -> ControlResponse,
+) {
+    for job in jobs {
+        let response = handle(&job.request);
+        if done
+            .send(Done {
+                client: job.client,
+                response,
+            })
+            .is_err()
+        {
+            return;
+        }
+        // The counter only needs to be non-zero; a full counter (never in practice) still
+        // leaves the loop woken.
+        let _ = rustix::io::write(&*wake, &1u64.to_ne_bytes());
+    }
+}
+
+/// Runs one request against the VM.
+pub(crate) fn handle(request: &ControlRequest, vm: &VirtualMachine) -> ControlResponse {
+    if request.command == ControlCommand::Balloon {
+        return balloon(request.target_bytes, vm);
+    }
+    let result = match request.command {
+        ControlCommand::State | ControlCommand::Balloon => Ok(()),
+        ControlCommand::Pause => vm.pause(),
+        ControlCommand::Resume => vm.resume(),
+        ControlCommand::RequestStop => vm.request_stop(),
+        ControlCommand::Stop => vm.stop(),
+    };
+    match result {
+        Ok(()) => ControlResponse::success(vm.state()),
+        Err(e) => ControlResponse::failure(e),
+    }
+}
+
+/// Sets the balloon's target if one is given, then reports it.
+fn balloon(target: Option<u64>, vm: &VirtualMachine) -> ControlResponse {
+    let result = target
+        .map_or(Ok(()), |bytes| vm.set_balloon_target(bytes))
+        .and_then(|()| vm.balloon());
+    match result {
+        Ok(status) => ControlResponse {
+            balloon: Some(Box::new(status)),
+            ..ControlResponse::success(vm.state())
+        },
+        Err(e) => ControlResponse::failure(e),
+    }
+}
