@@ -300,13 +300,16 @@ fn vmm_log_is_rotated_by_size_and_logs_shows_both_parts() {
     let mut run = home.cmd(&["run", "rot", "--detach"]);
     run.env("VIRTKIT_LOG", "info").env("VIRTKIT_VMM_LOG_MAX", "16384");
     assert_eq!(run.status().unwrap().code(), Some(0));
-    // Every control request is logged: 600 of them are ~60 KiB of log.
+    // Every state change is logged: 300 pauses and resumes are ~60 KiB of log.
     let socket = home.bundle("rot").join("control.sock");
     let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
-    for _ in 0..600 {
+    for i in 0..600 {
         use std::io::{BufRead, Write};
-        stream.write_all(b"{\"command\":\"state\"}\n").unwrap();
+        let command = if i % 2 == 0 { "pause" } else { "resume" };
+        stream
+            .write_all(format!("{{\"command\":\"{command}\"}}\n").as_bytes())
+            .unwrap();
         let mut line = String::new();
         reader.read_line(&mut line).unwrap();
         assert!(line.contains("\"ok\":true"), "{line}");
@@ -327,7 +330,7 @@ fn vmm_log_is_rotated_by_size_and_logs_shows_both_parts() {
     );
     home.ok(&["stop", "rot", "--timeout", "1"]);
     let logs = home.ok(&["logs", "rot", "--vmm"]);
-    assert!(logs.contains("control request"), "{logs}");
+    assert!(logs.contains("to=paused"), "{logs}");
     assert!(logs.contains("stopped"), "the newest part comes last: {logs}");
 }
 
