@@ -23,7 +23,7 @@ pub fn run(args: &CloneArgs) -> Result<u8, CliError> {
         .clone_to(&home, &args.name, &mut |done, total| progress.report(done, total))
         .map_err(|e| bundle_error_in(format!("cannot clone `{}` to `{}`", args.source, args.name), &e))?;
     progress.finish();
-    println!(
+    outln!(
         "cloned `{}` to `{}` ({}, {} used), machine id {}",
         args.source,
         copy.name(),

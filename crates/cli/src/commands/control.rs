@@ -39,13 +39,13 @@ fn expect_ok(name: &str, command: ControlCommand) -> Result<String, CliError> {
 
 pub fn pause(args: &NameArg) -> Result<u8, CliError> {
     let state = expect_ok(&args.name, ControlCommand::Pause)?;
-    println!("`{}`: {state}", args.name);
+    outln!("`{}`: {state}", args.name);
     Ok(0)
 }
 
 pub fn resume(args: &NameArg) -> Result<u8, CliError> {
     let state = expect_ok(&args.name, ControlCommand::Resume)?;
-    println!("`{}`: {state}", args.name);
+    outln!("`{}`: {state}", args.name);
     Ok(0)
 }
 
@@ -85,12 +85,12 @@ fn remove_leftovers(b: &Bundle) {
 fn report_ended(b: &Bundle, name: &str, pid: Option<u32>, how: &str) -> Result<u8, CliError> {
     if b.file(PID_FILE).exists() {
         remove_leftovers(b);
-        println!(
+        outln!(
             "`{name}`: stopped: its process{} was killed before it could stop the VM",
             pid.map(|p| format!(" {p}")).unwrap_or_default()
         );
     } else {
-        println!("`{name}`: stopped ({how})");
+        outln!("`{name}`: stopped ({how})");
     }
     Ok(0)
 }
@@ -103,7 +103,7 @@ pub fn stop(args: &StopArgs) -> Result<u8, CliError> {
     let b = open(&home, &args.name)?;
     let name = &args.name;
     if !b.is_running() {
-        println!("`{name}` is not running");
+        outln!("`{name}` is not running");
         return Ok(0);
     }
     let pid = b.running_pid();
@@ -135,7 +135,7 @@ fn kill_stuck(b: &Bundle, name: &str) -> Result<u8, CliError> {
     let Some(pid) = b.running_pid() else {
         if !b.is_running() {
             remove_leftovers(b);
-            println!("`{name}`: stopped (forced)");
+            outln!("`{name}`: stopped (forced)");
             return Ok(0);
         }
         return Err(CliError::new(format!(
@@ -160,7 +160,7 @@ fn kill_stuck(b: &Bundle, name: &str) -> Result<u8, CliError> {
         )));
     }
     remove_leftovers(b);
-    println!(
+    outln!(
         "`{name}`: stopped (killed its process {pid}: it did not end within {} s of the stop, a vCPU did not answer)",
         FORCED_WAIT.as_secs()
     );

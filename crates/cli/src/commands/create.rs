@@ -93,7 +93,7 @@ pub fn run(args: &CreateArgs) -> Result<u8, CliError> {
     .map_err(|e| bundle_error_in(format!("cannot create the VM `{}`", args.name), &e))?;
     progress.finish();
     let disk = bundle.disk_size().unwrap_or(0);
-    println!(
+    outln!(
         "created `{}`: {} vCPUs, {} memory, {} disk ({} used) in {}",
         bundle.name(),
         args.cpus,

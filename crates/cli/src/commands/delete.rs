@@ -15,6 +15,6 @@ pub fn run(args: &DeleteArgs) -> Result<u8, CliError> {
     let b = open(&home, &args.name)?;
     b.delete()
         .map_err(|e| bundle_error_in(format!("cannot delete the VM `{}`", args.name), &e))?;
-    println!("deleted `{}`", args.name);
+    outln!("deleted `{}`", args.name);
     Ok(0)
 }

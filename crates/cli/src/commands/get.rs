@@ -98,7 +98,7 @@ pub fn get(args: &GetArgs) -> Result<u8, CliError> {
                     (_, serde_json::Value::Null) => "-".into(),
                     (_, v) => v.to_string(),
                 };
-                println!("{k:<14} {text}");
+                outln!("{k:<14} {text}");
             }
         }
     }
@@ -146,7 +146,7 @@ fn set_balloon(args: &SetArgs, bytes: u64) -> Result<u8, CliError> {
     let response = ask_request(&b, &request)?;
     match (response.ok, response.balloon) {
         (true, Some(status)) => {
-            println!(
+            outln!(
                 "`{}`: the balloon takes {} from the guest (it has given {} so far)",
                 args.name,
                 human_size(status.target_bytes),
@@ -220,7 +220,7 @@ pub fn set(args: &SetArgs) -> Result<u8, CliError> {
         new_identity: args.new_identity,
     })
     .map_err(|e| bundle_error_in(context.clone(), &e))?;
-    println!(
+    outln!(
         "`{}`: {} vCPUs, {} memory, {} disk{}",
         b.name(),
         b.configuration().cpu_count,

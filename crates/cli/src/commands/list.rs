@@ -34,13 +34,13 @@ pub fn run(args: &ListArgs) -> Result<u8, CliError> {
     match args.format {
         Format::Json => print_json(&json!(rows)),
         Format::Text => {
-            println!(
+            outln!(
                 "{:<20} {:<9} {:>4} {:>9} {:>9} {:>9}",
                 "NAME", "STATE", "CPUS", "MEMORY", "DISK", "USED"
             );
             for r in &rows {
                 let size = |k: &str| r[k].as_u64().map(human_size).unwrap_or_else(|| "-".into());
-                println!(
+                outln!(
                     "{:<20} {:<9} {:>4} {:>9} {:>9} {:>9}",
                     r["name"].as_str().unwrap_or(""),
                     r["state"].as_str().unwrap_or(""),
@@ -53,7 +53,7 @@ pub fn run(args: &ListArgs) -> Result<u8, CliError> {
                     size("disk_use"),
                 );
                 if let Some(e) = r["error"].as_str() {
-                    println!("  {e}");
+                    outln!("  {e}");
                 }
             }
         }

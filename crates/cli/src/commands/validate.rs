@@ -29,7 +29,7 @@ pub fn run(args: &ValidateArgs) -> Result<u8, CliError> {
     config
         .validate()
         .map_err(|e| CliError::new(format!("{}: {e}", args.config.display())))?;
-    println!(
+    outln!(
         "{} is valid: {} vCPU{}, {} of memory",
         args.config.display(),
         config.cpu_count,

@@ -143,7 +143,7 @@ pub fn human_size(bytes: u64) -> String {
 
 /// Prints a JSON value on standard output.
 pub fn print_json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
 /// Whether a path exists and is a socket something listens on.
