@@ -149,22 +149,20 @@ pub enum ThreadRole {
     DeviceWorker(DeviceKind),
     /// `serial-in`: host input into COM1's receive FIFO.
     SerialInput,
-    /// `serial-socket`: the Unix socket attachment of a serial port.
-    SerialSocket,
     /// `vmm`: waits for the machine to stop, releases it and records why.
     Vmm,
     /// CLI `signals`: turns SIGTERM/SIGINT/SIGHUP into events.
     CliSignals,
     /// CLI `stdin`: the terminal's input into the guest's input pipe.
     CliStdin,
-    /// VM process `console-out`: guest output to `console.log`, clients and the terminal.
+    /// VM process `console-out`: guest output to the foreground terminal, from a bounded queue.
     ConsoleOutput,
     /// VM process `console-in`: the foreground terminal's input to the guest.
     ConsoleInput,
-    /// VM process `console-sock`: accepts `console.sock` clients.
+    /// A `ConsoleServer`'s event loop (VM process `console-sock`, a serial port's
+    /// `serial-socket`): its socket's clients, guest output to them and `console.log`, their
+    /// input to the guest.
     ConsoleSocket,
-    /// VM process `console-client`: one console client's input to the guest.
-    ConsoleClient,
     /// VM process `control`: accepts `control.sock` clients.
     ControlSocket,
     /// VM process `control-client`: one control client's requests (pause, resume, stop).

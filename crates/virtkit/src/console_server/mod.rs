@@ -4,24 +4,40 @@
 //! socket ([`crate::SerialAttachment::UnixSocket`]: one client at a time, nothing kept while
 //! none is connected) and the VM manager's console hub (`console.sock`: many clients, every byte
 //! in `console.log`, the terminal in the foreground).
+//!
+//! Nothing a client does can stall the guest. One thread ([`hub`]) serves everything with
+//! non-blocking descriptors: each client has a bounded buffer of output ([`client`], 256 KiB);
+//! a client that does not read in time loses what does not fit, and is told how much where the
+//! gap is once it reads again (it is not disconnected: a paused terminal is not an error). The
+//! log gets every byte; the terminal gets the output through a bounded queue of its own
+//! ([`echo`]). Clients' input waits in a bounded buffer for the guest's input pipe; while that is
+//! full the clients are not read. At most [`hub::MAX_CLIENTS`] clients at once (one for
+//! [`ConsoleClients::One`]), each of this user or root (`SO_PEERCRED`).
 
-use std::collections::VecDeque;
+mod client;
+mod echo;
+mod hub;
+#[cfg(test)]
+mod tests;
+
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use echo::{Echo, EchoQueue, FINAL_WRITE_WAIT};
+use hub::{Command, Hub};
 
 /// How many clients may be connected at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsoleClients {
     /// One at a time; the next waits (in the socket's backlog) until it leaves.
     One,
-    /// Any number: each gets the output, and all their input goes to the guest.
+    /// Up to 16: each gets the output, and all their input goes to the guest. One more is told
+    /// that there are too many and closed.
     Many,
 }
 
@@ -31,12 +47,13 @@ pub struct ConsoleServerOptions {
     /// Gets every byte of output, whether or not a client is connected; kept written even when a
     /// client stalls.
     pub log: Option<File>,
-    /// Also gets the output (a terminal, in the foreground).
+    /// Also gets the output (a terminal, in the foreground), through a bounded queue: when it
+    /// stops taking output, output for it is dropped (and counted), never waited for.
     pub echo: Option<Box<dyn Write + Send>>,
-    /// How many bytes of the latest output a new client gets first; 0: a client gets the
-    /// output from when it connects.
+    /// How many bytes of the latest output a new client gets first (at most 256 KiB); 0: a
+    /// client gets the output from when it connects.
     pub history: usize,
-    /// The name of the thread that accepts clients (per-thread policies go by name).
+    /// The name of the server's thread.
     pub thread_name: &'static str,
 }
 
@@ -61,126 +78,59 @@ impl ConsoleServerOptions {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// Wakes the server's loop to look at its commands. The pipe is non-blocking: when it is full
+/// the loop is awake already.
+struct Waker(File);
 
-/// Where output goes.
-struct Outputs {
-    log: Option<File>,
-    echo: Option<Box<dyn Write + Send>>,
-    history: VecDeque<u8>,
-    history_len: usize,
-    clients: Vec<UnixStream>,
-}
-
-struct Shared {
-    clients: ConsoleClients,
-    outputs: Mutex<Outputs>,
-    guest_input: Mutex<Box<dyn Write + Send>>,
-}
-
-impl Shared {
-    fn write_output(&self, bytes: &[u8]) {
-        let mut out = lock(&self.outputs);
-        if let Some(log) = out.log.as_mut() {
-            let _ = log.write_all(bytes);
-        }
-        if let Some(e) = out.echo.as_mut() {
-            let _ = e.write_all(bytes).and_then(|_| e.flush());
-        }
-        if out.history_len > 0 {
-            out.history.extend(bytes);
-            let excess = out.history.len().saturating_sub(out.history_len);
-            out.history.drain(..excess);
-        }
-        out.clients.retain_mut(|c| c.write_all(bytes).is_ok());
-    }
-
-    /// Registers a client, after sending it the history.
-    fn add_client(&self, mut stream: UnixStream) {
-        let mut out = lock(&self.outputs);
-        let (a, b) = out.history.as_slices();
-        if stream.write_all(a).and_then(|_| stream.write_all(b)).is_ok() {
-            out.clients.push(stream);
-        }
-    }
-
-    /// Copies everything read from `reader` to the guest until it ends or `stop` closes.
-    fn forward_input(&self, mut reader: impl Read + AsFd, stop: Option<&impl AsFd>) {
-        let mut buf = [0u8; 1024];
-        loop {
-            if let Some(stop) = stop {
-                if !wait_readable(&reader, stop) {
-                    return;
-                }
-            }
-            match reader.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    if lock(&self.guest_input).write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return,
-            }
-        }
+impl Waker {
+    fn wake(&self) {
+        let _ = (&self.0).write(&[1]);
     }
 }
 
-/// Waits until `fd` has something to read (or its end): true; or until `stop` closes: false.
-fn wait_readable(fd: &impl AsFd, stop: &impl AsFd) -> bool {
-    let mut fds = [PollFd::new(fd, PollFlags::IN), PollFd::new(stop, PollFlags::IN)];
-    loop {
-        match poll(&mut fds, None) {
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => return false,
-            Ok(_) => return fds[1].revents().is_empty() && !fds[0].revents().is_empty(),
-        }
+/// Sends the loop a command and wakes it.
+#[derive(Clone)]
+struct Commands {
+    sender: Sender<Command>,
+    waker: Arc<Waker>,
+}
+
+impl Commands {
+    /// False when the loop has ended.
+    fn send(&self, command: Command) -> bool {
+        let sent = self.sender.send(command).is_ok();
+        self.waker.wake();
+        sent
     }
 }
 
-/// Whether `output` has bytes (or its end) to read: waits for that or for `stop` to close;
-/// `wait` false only looks.
-fn output_ready(output: &File, stop: &impl AsFd, wait: bool) -> bool {
-    let mut fds = [
-        PollFd::new(output, PollFlags::IN),
-        PollFd::new(stop, PollFlags::IN),
-    ];
-    let timeout = (!wait).then(Timespec::default);
-    loop {
-        match poll(&mut fds, timeout.as_ref()) {
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => return false,
-            Ok(_) => return !fds[0].revents().is_empty(),
-        }
-    }
-}
-
-/// The socket being served: closing `stop` ends the accepting thread.
-struct Listening {
-    stop: Option<io::PipeWriter>,
-    thread: Option<JoinHandle<()>>,
-    path: PathBuf,
+fn nonblocking(fd: impl Into<OwnedFd>) -> io::Result<File> {
+    let fd = fd.into();
+    rustix::io::ioctl_fionbio(&fd, true)?;
+    Ok(File::from(fd))
 }
 
 /// A console server: see the module documentation. Dropping it stops serving, disconnects the
 /// clients and removes the socket file.
 pub struct ConsoleServer {
-    shared: Arc<Shared>,
-    thread_name: &'static str,
-    listening: Option<Listening>,
+    commands: Commands,
+    /// The write end of the loop's own output pipe, for [`ConsoleOutput`].
+    output: Arc<File>,
+    thread: Option<JoinHandle<()>>,
+    echo: Option<Echo>,
+    path: Option<PathBuf>,
 }
 
 /// Writes to every output of a [`ConsoleServer`]; give it to whatever produces guest output.
-/// Writes never fail: a client whose connection fails is dropped.
+/// Writes never fail. They go through a pipe to the server's loop, which takes them as fast as
+/// it can write the log: a client never holds them up.
 #[derive(Clone)]
-pub struct ConsoleOutput(Arc<Shared>);
+pub struct ConsoleOutput(Arc<File>);
 
 impl Write for ConsoleOutput {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0.write_output(b);
+        // The loop ended (its end of the pipe closed): the output has nowhere to go.
+        let _ = (&*self.0).write_all(b);
         Ok(b.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -188,123 +138,112 @@ impl Write for ConsoleOutput {
     }
 }
 
-/// The output pump of [`ConsoleServer::pump`]; [`OutputPump::finish`] returns once it has
-/// written everything the guest wrote before the machine stopped.
+/// The guest-output pipe given to [`ConsoleServer::pump`]; [`OutputPump::finish`] returns once
+/// the server has taken everything the guest wrote before the machine stopped.
 pub struct OutputPump {
-    thread: JoinHandle<()>,
-    /// Closed by `finish`: the pump then drains the pipe and ends. It sleeps in `poll` on this
-    /// and the output pipe, so an idle console costs no wake-ups.
-    machine_stopped: io::PipeWriter,
+    commands: Commands,
+    echo: Option<Arc<EchoQueue>>,
 }
 
 impl OutputPump {
     /// Call after the machine stopped: no more output can come, so once the pipe is empty the
-    /// pump is done (the pipe's write end may outlive the machine, so EOF is not awaited).
+    /// output is complete (the pipe's write end may outlive the machine, so EOF is not awaited).
+    /// A terminal gets a little while ([`FINAL_WRITE_WAIT`]) to take the last of it.
     pub fn finish(self) {
-        drop(self.machine_stopped);
-        let _ = self.thread.join();
+        let (done, drained) = channel();
+        if self.commands.send(Command::Drain(done)) {
+            let _ = drained.recv();
+        }
+        if let Some(echo) = &self.echo {
+            echo.wait_written(FINAL_WRITE_WAIT);
+        }
     }
 }
 
 impl ConsoleServer {
-    /// A server whose clients' input goes to `guest_input`; it serves no socket until
-    /// [`ConsoleServer::listen`].
-    pub fn new(options: ConsoleServerOptions, guest_input: impl Write + Send + 'static) -> ConsoleServer {
-        ConsoleServer {
-            shared: Arc::new(Shared {
-                clients: options.clients,
-                outputs: Mutex::new(Outputs {
-                    log: options.log,
-                    echo: options.echo,
-                    history: VecDeque::new(),
-                    history_len: options.history,
-                    clients: Vec::new(),
-                }),
-                guest_input: Mutex::new(Box::new(guest_input)),
-            }),
-            thread_name: options.thread_name,
-            listening: None,
-        }
+    /// A server whose clients' input goes to `guest_input` (a pipe; it is made non-blocking);
+    /// its thread runs from now on, and serves no socket until [`ConsoleServer::listen`].
+    pub fn new(options: ConsoleServerOptions, guest_input: impl Into<OwnedFd>) -> io::Result<ConsoleServer> {
+        let guest_input = nonblocking(guest_input)?;
+        let (output_reader, output_writer) = io::pipe()?;
+        let (wake_reader, wake_writer) = io::pipe()?;
+        let echo = options.echo.map(Echo::start).transpose()?;
+        let (sender, receiver) = channel();
+        let hub = Hub {
+            mode: options.clients,
+            wake: nonblocking(wake_reader)?,
+            commands: receiver,
+            sources: vec![nonblocking(output_reader)?],
+            guest_input: Some(guest_input),
+            log: options.log,
+            echo: echo.as_ref().map(|e| e.queue.clone()),
+            history_len: options.history,
+            listener: None,
+            local_inputs: Vec::new(),
+            input: Default::default(),
+            clients: Vec::new(),
+            history: Default::default(),
+            log_dropped: 0,
+            accept_rest_until: None,
+        };
+        let waker = Arc::new(Waker(nonblocking(wake_writer)?));
+        let thread = virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::ConsoleSocket)
+            .name(options.thread_name.into())
+            .spawn(move || hub.run())?;
+        Ok(ConsoleServer {
+            commands: Commands { sender, waker },
+            output: Arc::new(File::from(OwnedFd::from(output_writer))),
+            thread: Some(thread),
+            echo,
+            path: None,
+        })
     }
 
     /// Where guest output is to be written.
     pub fn output(&self) -> ConsoleOutput {
-        ConsoleOutput(self.shared.clone())
+        ConsoleOutput(self.output.clone())
     }
 
-    /// Starts serving clients on `path`. A socket left there (by a process that died) is
-    /// replaced; any other file is not.
+    /// Starts serving clients on `path`, a socket only this user can connect to (0600). A socket
+    /// left there (by a process that died) is replaced; any other file is not.
     pub fn listen(&mut self, path: &Path) -> io::Result<()> {
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            use std::os::unix::fs::FileTypeExt;
-            if meta.file_type().is_socket() {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        let listener = UnixListener::bind(path)?;
+        let listener = crate::unix_socket::bind_owner_only(path)?;
         listener.set_nonblocking(true)?;
-        let (stop, stop_writer) = io::pipe()?;
-        let shared = self.shared.clone();
-        // One client: the accepting thread also forwards that client's input (the serial
-        // socket); many: it only accepts, and each client gets a thread of its own.
-        let role = match self.shared.clients {
-            ConsoleClients::One => virtkit_sandbox::ThreadRole::SerialSocket,
-            ConsoleClients::Many => virtkit_sandbox::ThreadRole::ConsoleSocket,
-        };
-        let thread = virtkit_sandbox::Builder::new(role)
-            .name(self.thread_name.into())
-            .spawn(move || accept_clients(&listener, &shared, stop))?;
-        self.listening = Some(Listening {
-            stop: Some(stop_writer),
-            thread: Some(thread),
-            path: path.to_owned(),
-        });
+        self.path = Some(path.to_owned());
+        if !self.commands.send(Command::Listen(listener)) {
+            return Err(io::Error::other("the console server's thread has ended"));
+        }
         Ok(())
     }
 
-    /// Copies what the guest writes to `guest_output` (a pipe) to the outputs, on a thread
-    /// `console-out`.
+    /// Serves what the guest writes to `guest_output` (a pipe; its read end is made
+    /// non-blocking) like what is written to [`ConsoleServer::output`].
     pub fn pump(&self, guest_output: OwnedFd) -> io::Result<OutputPump> {
-        let mut output = File::from(guest_output);
-        let (stop, machine_stopped) = io::pipe()?;
-        let shared = self.shared.clone();
-        let thread = virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::ConsoleOutput)
-            .name("console-out".into())
-            .spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut stopping = false;
-                loop {
-                    if !output_ready(&output, &stop, !stopping) {
-                        if stopping {
-                            return;
-                        }
-                        // Woken by `finish` with nothing to read: drain what is left, then end.
-                        stopping = true;
-                        continue;
-                    }
-                    let n = match output.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    shared.write_output(&buf[..n]);
-                }
-            })?;
+        let source = nonblocking(guest_output)?;
+        if !self.commands.send(Command::Source(source)) {
+            return Err(io::Error::other("the console server's thread has ended"));
+        }
         Ok(OutputPump {
-            thread,
-            machine_stopped,
+            commands: self.commands.clone(),
+            echo: self.echo.as_ref().map(|e| e.queue.clone()),
         })
     }
 
     /// Copies everything read from `source` (a terminal) to the guest until it ends, on a
-    /// thread `console-in`.
+    /// thread `console-in` (a terminal is read with blocking reads) through a pipe to the loop,
+    /// which takes it as the guest reads its input.
     pub fn feed_from(&self, mut source: impl Read + Send + 'static) -> io::Result<()> {
-        let shared = self.shared.clone();
+        let (reader, writer) = io::pipe()?;
+        if !self.commands.send(Command::Input(nonblocking(reader)?)) {
+            return Err(io::Error::other("the console server's thread has ended"));
+        }
+        let mut writer = File::from(OwnedFd::from(writer));
         virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::ConsoleInput)
             .name("console-in".into())
             .spawn(move || {
                 let mut buf = [0u8; 512];
                 while let Ok(n) = source.read(&mut buf) {
-                    if n == 0 || lock(&shared.guest_input).write_all(&buf[..n]).is_err() {
+                    if n == 0 || writer.write_all(&buf[..n]).is_err() {
                         return;
                     }
                 }
@@ -313,92 +252,16 @@ impl ConsoleServer {
     }
 }
 
-fn accept_clients(listener: &UnixListener, shared: &Arc<Shared>, stop: io::PipeReader) {
-    while wait_readable(listener, &stop) {
-        let stream = match listener.accept() {
-            Ok((stream, _)) => stream,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
-            Err(_) => return,
-        };
-        let Ok(reader) = stream.try_clone() else {
-            continue;
-        };
-        shared.add_client(stream);
-        match shared.clients {
-            ConsoleClients::One => {
-                shared.forward_input(reader, Some(&stop));
-                lock(&shared.outputs).clients.clear();
-            }
-            ConsoleClients::Many => {
-                let Ok(stop) = stop.try_clone() else { continue };
-                let shared = shared.clone();
-                let _ = virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::ConsoleClient)
-                    .name("console-client".into())
-                    .spawn(move || shared.forward_input(reader, Some(&stop)));
-            }
-        }
-    }
-}
-
 impl Drop for ConsoleServer {
     fn drop(&mut self) {
-        if let Some(mut l) = self.listening.take() {
-            drop(l.stop.take());
-            if let Some(t) = l.thread.take() {
-                let _ = t.join();
-            }
-            let _ = std::fs::remove_file(&l.path);
+        self.commands.send(Command::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
-        for client in lock(&self.shared.outputs).clients.drain(..) {
-            let _ = client.shutdown(std::net::Shutdown::Both);
+        if let Some(path) = self.path.take() {
+            let _ = std::fs::remove_file(path);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn socket_path(name: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("virtkit-console-{name}-{}.sock", std::process::id()))
-    }
-
-    #[test]
-    fn many_clients_get_the_output_history_and_log() {
-        let path = socket_path("many");
-        let log_path = path.with_extension("log");
-        let (mut to_guest, guest_input) = io::pipe().unwrap();
-        let mut server = ConsoleServer::new(
-            ConsoleServerOptions {
-                log: Some(File::create(&log_path).unwrap()),
-                history: 4,
-                ..ConsoleServerOptions::many_clients("console-sock")
-            },
-            guest_input,
-        );
-        let mut output = server.output();
-        output.write_all(b"early").unwrap();
-        server.listen(&path).unwrap();
-        let mut a = UnixStream::connect(&path).unwrap();
-        let mut got = [0u8; 4];
-        a.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"arly", "the last 4 bytes of history");
-        let mut b = UnixStream::connect(&path).unwrap();
-        b.read_exact(&mut got).unwrap();
-        output.write_all(b"both").unwrap();
-        for c in [&mut a, &mut b] {
-            c.read_exact(&mut got).unwrap();
-            assert_eq!(&got, b"both");
-        }
-        a.write_all(b"x").unwrap();
-        b.write_all(b"y").unwrap();
-        let mut typed = [0u8; 2];
-        to_guest.read_exact(&mut typed).unwrap();
-        typed.sort();
-        assert_eq!(&typed, b"xy");
-        drop(server);
-        assert_eq!(std::fs::read(&log_path).unwrap(), b"earlyboth");
-        assert!(!path.exists());
-        std::fs::remove_file(&log_path).ok();
+        // After the loop: it gave the terminal all it had.
+        drop(self.echo.take());
     }
 }
