@@ -96,8 +96,10 @@ pub enum Guest {
     /// delta, not calibrated (~19 ms at a 2.1 GHz TSC). Never ends by itself.
     Counter,
     /// PVH, for console back-pressure tests. Sets `PWRBTN_EN` (as [`Guest::PowerButton`]), then
-    /// prints `virtkit-guest: flood 0`, `virtkit-guest: flood 1`, ... (decimal) as fast as COM1
-    /// takes them, forever: every buffer between it and a console client fills within seconds.
+    /// prints `virtkit-guest: flood 0`, `virtkit-guest: flood 1`, ... (decimal) as fast as it
+    /// can, forever: every buffer between it and a console client fills within seconds. It
+    /// writes COM1's transmit register without polling LSR (a UART that is always ready, like
+    /// virtkit's or QEMU's, loses nothing).
     /// Between lines it checks `PM1_STS` bit 8; when set it clears it, prints
     /// [`output::FLOOD_POWER_BUTTON`] and does ACPI power-off.
     Flood,
