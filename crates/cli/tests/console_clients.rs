@@ -149,11 +149,6 @@ fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
-/// Bytes waiting unread in `stream`'s receive queue.
-fn unread(stream: &UnixStream) -> usize {
-    rustix::io::ioctl_fionread(stream).unwrap() as usize
-}
-
 fn count_entries(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
@@ -183,7 +178,11 @@ fn a_console_client_that_stops_reading_does_not_freeze_the_guest() {
 
     // The guest writes on until far more than the server keeps for a client (256 KiB, plus what
     // the client's socket holds) has gone by them.
-    let log_size = || std::fs::metadata(home.bundle("flood").join("console.log")).unwrap().len();
+    let log_size = || {
+        std::fs::metadata(home.bundle("flood").join("console.log"))
+            .unwrap()
+            .len()
+    };
     let start = log_size();
     let deadline = Instant::now() + Duration::from_secs(120);
     while log_size() < start + (1 << 20) {
@@ -194,7 +193,6 @@ fn a_console_client_that_stops_reading_does_not_freeze_the_guest() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(unread(&stalled) < 1 << 20, "the client's socket holds what it holds");
 
     // The guest goes on: its counter keeps advancing in the log.
     let a = home.flood_count("flood");
