@@ -377,3 +377,54 @@ fn a_stuck_terminal_or_a_full_disk_holds_up_nothing() {
     );
     drop(server);
 }
+
+/// The serial port's socket: the vCPU writes the output itself, so a stalled client there would
+/// stop the vCPU. One client at a time: the next waits until the first leaves.
+#[test]
+fn one_client_at_a_time_and_a_stalled_one_holds_up_no_writer() {
+    let path = socket_path("one");
+    let (mut to_guest, guest_input) = io::pipe().unwrap();
+    let mut server =
+        ConsoleServer::new(ConsoleServerOptions::one_client("serial-socket"), guest_input).unwrap();
+    server.listen(&path).unwrap();
+    let mut first = UnixStream::connect(&path).unwrap();
+    // What it types reaches the guest once it is served: from then on it gets the output.
+    first.write_all(b"k").unwrap();
+    let mut typed = [0u8; 1];
+    to_guest.read_exact(&mut typed).unwrap();
+    let mut output = server.output();
+    output.write_all(b"first\n").unwrap();
+    assert_eq!(read_until(&mut first, b"first\n"), b"first\n");
+    let mut second = UnixStream::connect(&path).unwrap();
+    within(
+        Duration::from_secs(60),
+        "writing 8 MiB past a stalled client",
+        move || {
+            for _ in 0..1024 {
+                output.write_all(&[b'.'; 8192]).unwrap();
+            }
+            output.write_all(b"end\n").unwrap();
+        },
+    );
+    second.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(second.read(&mut buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+        "the second client waits while the first is there"
+    );
+    second.set_nonblocking(false).unwrap();
+    drop(first);
+    // The second is served once the first has gone; it gets output from then on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut more = server.output();
+    let mut seen = Vec::new();
+    second.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    while !String::from_utf8_lossy(&seen).contains("second\n") {
+        assert!(Instant::now() < deadline, "the second client was never served");
+        more.write_all(b"second\n").unwrap();
+        if let Ok(n) = second.read(&mut buf) {
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+    assert!(!seen.contains(&b'.'), "nothing from before it was served");
+}
