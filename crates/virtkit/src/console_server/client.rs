@@ -16,9 +16,12 @@ use rustix::net::{recv, send, RecvFlags, SendFlags};
 /// cost 4 MiB.
 pub(super) const PENDING_LIMIT: usize = 256 * 1024;
 
-/// The line a client gets where output it did not read in time was dropped.
-pub(super) fn dropped_notice(bytes: u64) -> String {
-    format!("\r\n[virtkit: {bytes} bytes of console output were dropped: this client did not read them in time]\r\n")
+/// The line a reader (`"this client"`, `"this terminal"`) gets where output it did not take in
+/// time was dropped.
+pub(super) fn dropped_notice(bytes: u64, reader: &str) -> String {
+    format!(
+        "\r\n[virtkit: {bytes} bytes of console output were dropped: {reader} did not read them in time]\r\n"
+    )
 }
 
 pub(super) struct Client {
@@ -77,7 +80,7 @@ impl Client {
         if self.dropped == 0 {
             return;
         }
-        let notice = dropped_notice(self.dropped);
+        let notice = dropped_notice(self.dropped, "this client");
         if self.room() >= notice.len() {
             self.pending.extend(notice.as_bytes());
             self.dropped = 0;

@@ -86,7 +86,7 @@ impl EchoQueue {
             let mut chunk: Vec<u8> = s.queue.drain(..).collect();
             // The gap is after what was queued: the notice goes there.
             if s.dropped > 0 {
-                chunk.extend(dropped_notice(s.dropped).as_bytes());
+                chunk.extend(dropped_notice(s.dropped, "this terminal").as_bytes());
                 s.dropped = 0;
             }
             s.writing = true;
