@@ -13,7 +13,9 @@ use rustix::net::{recv, send, RecvFlags, SendFlags};
 /// Bytes of output a client may have pending (beyond what its socket buffer holds) before new
 /// output for it is dropped: a few seconds of a fast console, enough that a client which merely
 /// lags (a slow terminal, a scroll-back) loses nothing, small enough that 16 stalled clients
-/// cost 4 MiB.
+/// cost 4 MiB. The socket's send buffer is left at the kernel's default (`SO_SNDBUF`, about
+/// 208 KiB, charged to the server): it too is bounded, and a serial port's output comes a byte
+/// at a time, each send its own buffer, so far less output than that sits in it.
 pub(super) const PENDING_LIMIT: usize = 256 * 1024;
 
 /// The line a reader (`"this client"`, `"this terminal"`) gets where output it did not take in
