@@ -28,6 +28,7 @@ const PVH_GUESTS: &[&str] = &[
     "io_probe",
     "smp",
     "counter",
+    "flood",
     "power_button",
     "reset",
     "triple_fault",

@@ -402,3 +402,46 @@ fn a_vm_the_host_cannot_give_its_memory_is_refused_with_the_figures_unless_force
     home.ok(&["stop", "a", "--timeout", "1"]);
     home.ok(&["stop", "b", "--timeout", "1"]);
 }
+
+#[test]
+fn a_terminal_or_pipe_that_stops_reading_never_stalls_the_guest() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    // `virtkit run ... | less` left waiting: standard output is a pipe nobody reads. The flood
+    // guest fills it within a second and keeps printing; it powers off on the power button,
+    // which it can only notice while its vCPU runs.
+    let (reader, writer) = std::io::pipe().unwrap();
+    let mut child = Command::new(VIRTKIT)
+        .args([
+            "run",
+            "--kernel",
+            Guest::Flood.path().to_str().unwrap(),
+            "--memory",
+            "64M",
+        ])
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(child.try_wait().unwrap().is_none(), "the VM ended early");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the guest did not see the power button: its vCPU is stuck writing output");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "the guest powered off: {status:?}");
+    drop(reader);
+}

@@ -194,7 +194,8 @@ impl PreparedVm {
                 ..ConsoleServerOptions::many_clients("console-sock")
             },
             guest_in_write,
-        );
+        )
+        .map_err(VmProcessError::Console)?;
         let pump = console
             .pump(guest_out_read.into())
             .map_err(VmProcessError::Console)?;

@@ -181,12 +181,11 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
                 r.allow_if(SYS_ioctl, &[(1, ioctl)]);
             }
             // Eventfds (irqfds, a worker's kill event, queue notifications dropped on reset) and
-            // the serial port's output attachment (a file, pipe, terminal or socket client).
+            // the serial port's output attachment (a file, pipe, terminal, or the pipe to a
+            // serial socket's `ConsoleServer`).
             r.allow_all(&[SYS_read, SYS_write, SYS_writev]);
             kick_vcpus(&mut r);
             starts_workers(&mut r);
-            // The serial port's socket client (`ClientWriter`).
-            send_connected(&mut r);
         }
         ThreadRole::DeviceWorker(kind) => {
             // The worker builds its own event loop (epoll) over eventfds it reads and writes.
@@ -236,22 +235,6 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             // Host input (read), COM1's irqfd (write).
             r.allow_all(&[SYS_poll, SYS_ppoll, SYS_read, SYS_write]);
         }
-        ThreadRole::SerialSocket => {
-            // `ConsoleServer` with one client: waits in `poll` for the listener or its stop
-            // pipe, accepts, duplicates the client (`try_clone`), replays nothing, and copies
-            // the client's input into the guest's pipe until it leaves.
-            r.allow_all(&[
-                SYS_accept4,
-                SYS_poll,
-                SYS_ppoll,
-                SYS_read,
-                SYS_recvfrom,
-                SYS_write,
-            ])
-            .allow_if(SYS_fcntl, &[(1, F_DUPFD_CLOEXEC as u64)]);
-            // What it writes to the client (std sends on a `UnixStream`).
-            send_connected(&mut r);
-        }
         ThreadRole::SerialOutput => {
             // Only writes: to a terminal, pipe or file (`write`), or a socket (`send`).
             r.allow_all(&[SYS_write, SYS_writev]);
@@ -273,22 +256,30 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             r.allow_if(SYS_read, &[(0, 0)]).allow(SYS_write);
         }
         ThreadRole::ConsoleOutput => {
-            r.allow_all(&[SYS_poll, SYS_ppoll, SYS_read, SYS_write]);
-            // Output to the `console.sock` clients.
-            send_connected(&mut r);
+            // Guest output to the foreground terminal, from a bounded queue (it waits on a
+            // condition variable: `futex`).
+            r.allow(SYS_write);
         }
         ThreadRole::ConsoleInput => {
+            // The terminal into a pipe to the console's event loop.
             r.allow_all(&[SYS_read, SYS_write]);
         }
-        ThreadRole::ConsoleClient => {
-            // A client's input into the guest's pipe, waiting in `poll` on it and the stop pipe.
-            r.allow_all(&[SYS_poll, SYS_ppoll, SYS_read, SYS_recvfrom, SYS_write]);
-        }
         ThreadRole::ConsoleSocket => {
-            // `ConsoleServer` with many clients: `poll` on the listener and the stop pipe,
-            // accept, duplicate the client, write it what it joins with.
-            r.allow_all(&[SYS_accept4, SYS_poll, SYS_ppoll, SYS_write])
-                .allow_if(SYS_fcntl, &[(1, F_DUPFD_CLOEXEC as u64)]);
+            // A `ConsoleServer`'s event loop, all descriptors non-blocking (made so by whoever
+            // hands them over, or `accept4(SOCK_NONBLOCK)`): `poll`, guest output pipes and its
+            // wake-up pipe (`read`), the log and the guest's input pipe (`write`), clients
+            // (`accept4`, `recvfrom`, `sendto` with no address) and their credentials
+            // (`getsockopt(SO_PEERCRED)` compared with `geteuid`).
+            r.allow_all(&[
+                SYS_poll,
+                SYS_ppoll,
+                SYS_accept4,
+                SYS_read,
+                SYS_write,
+                SYS_recvfrom,
+                SYS_geteuid,
+            ])
+            .allow_if(SYS_getsockopt, &[(1, SOL_SOCKET as u64), (2, SO_PEERCRED as u64)]);
             send_connected(&mut r);
         }
         ThreadRole::ControlSocket => {
@@ -380,7 +371,7 @@ mod tests {
         assert_eq!(kvm::KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
     }
 
-    const ALL_ROLES: [ThreadRole; 18] = [
+    const ALL_ROLES: [ThreadRole; 16] = [
         ThreadRole::Vcpu,
         ThreadRole::DeviceWorker(DeviceKind::Block),
         ThreadRole::DeviceWorker(DeviceKind::Rng),
@@ -388,7 +379,6 @@ mod tests {
         ThreadRole::DeviceWorker(DeviceKind::Console),
         ThreadRole::DeviceWorker(DeviceKind::Other),
         ThreadRole::SerialInput,
-        ThreadRole::SerialSocket,
         ThreadRole::SerialOutput,
         ThreadRole::Vmm,
         ThreadRole::CliSignals,
@@ -396,7 +386,6 @@ mod tests {
         ThreadRole::ConsoleOutput,
         ThreadRole::ConsoleInput,
         ThreadRole::ConsoleSocket,
-        ThreadRole::ConsoleClient,
         ThreadRole::ControlSocket,
         ThreadRole::ControlExecutor,
     ];

@@ -151,8 +151,6 @@ pub enum ThreadRole {
     DeviceWorker(DeviceKind),
     /// `serial-in`: host input into COM1's receive FIFO.
     SerialInput,
-    /// `serial-socket`: the Unix socket attachment of a serial port.
-    SerialSocket,
     /// `serial-out`: writes what a vCPU buffered for COM1's host side (terminal, pipe, file),
     /// so the vCPU never waits on a host write.
     SerialOutput,
@@ -162,14 +160,14 @@ pub enum ThreadRole {
     CliSignals,
     /// CLI `stdin`: the terminal's input into the guest's input pipe.
     CliStdin,
-    /// VM process `console-out`: guest output to `console.log`, clients and the terminal.
+    /// VM process `console-out`: guest output to the foreground terminal, from a bounded queue.
     ConsoleOutput,
     /// VM process `console-in`: the foreground terminal's input to the guest.
     ConsoleInput,
-    /// VM process `console-sock`: accepts `console.sock` clients.
+    /// A `ConsoleServer`'s event loop (VM process `console-sock`, a serial port's
+    /// `serial-socket`): its socket's clients, guest output to them and `console.log`, their
+    /// input to the guest.
     ConsoleSocket,
-    /// VM process `console-client`: one console client's input to the guest.
-    ConsoleClient,
     /// VM process `control`: the control server's loop: accepts `control.sock` clients, reads
     /// their requests, answers them, and runs the quick ones (state, request_stop, stop).
     ControlSocket,

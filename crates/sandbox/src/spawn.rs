@@ -23,6 +23,7 @@ fn on_spawner(job: Job) -> io::Result<()> {
         std::thread::Builder::new()
             .name("sandbox-spawn".into())
             .spawn(move || {
+                settle_allocator();
                 for job in rx {
                     job();
                 }
@@ -33,6 +34,17 @@ fn on_spawner(job: Job) -> io::Result<()> {
     sender
         .send(job)
         .map_err(|_| io::Error::other("the sandbox's spawner thread is gone"))
+}
+
+/// Has glibc's allocator do, unfiltered, the one thing it does on a thread's heap that no
+/// filter allows: the first time it returns memory from a thread's heap (`free` → `heap_trim` →
+/// `shrink_heap`) it reads `/proc/sys/vm/overcommit_memory` (an `openat`), then keeps the answer
+/// for the process. A filtered thread that frees large buffers would otherwise be killed for it.
+/// The spawner is not the main thread, so its allocations come from a thread heap; blocks below
+/// the mmap threshold (128 KiB at first), all freed, leave a top chunk that is trimmed.
+fn settle_allocator() {
+    let blocks: Vec<Vec<u8>> = (0..16).map(|i| vec![i as u8; 100 * 1024]).collect();
+    drop(std::hint::black_box(blocks));
 }
 
 /// Makes sure the spawner exists; called before the calling thread gets a filter.

@@ -3,8 +3,8 @@
 //! binary.
 //!
 //! Every guest prints ASCII lines terminated by `"\n"` on COM1 (16550 at port 0x3f8, polled),
-//! using the fixed addresses of the platform layout (`virtkit_machine::layout`). Ten guests are
-//! 32-bit PVH ELF kernels (linked at 1 MiB, with a Xen `PHYS32_ENTRY` note): nine in ELF64 files
+//! using the fixed addresses of the platform layout (`virtkit_machine::layout`). Eleven guests are
+//! 32-bit PVH ELF kernels (linked at 1 MiB, with a Xen `PHYS32_ENTRY` note): ten in ELF64 files
 //! like a vmlinux, [`Guest::HelloElf32`] in an ELF32 file; one is a raw 64 KiB
 //! firmware image that runs in real mode from the reset vector; seven are MBR programs that BIOS
 //! firmware (SeaBIOS) boots from a disk and that use BIOS int 13h: five 512-byte boot sectors and
@@ -95,6 +95,14 @@ pub enum Guest {
     /// one line every [`counter::TICK_TSC_CYCLES`] (40,000,000) TSC cycles: a fixed rdtsc
     /// delta, not calibrated (~19 ms at a 2.1 GHz TSC). Never ends by itself.
     Counter,
+    /// PVH, for console back-pressure tests. Sets `PWRBTN_EN` (as [`Guest::PowerButton`]), then
+    /// prints `virtkit-guest: flood 0`, `virtkit-guest: flood 1`, ... (decimal) as fast as it
+    /// can, forever: every buffer between it and a console client fills within seconds. It
+    /// writes COM1's transmit register without polling LSR (a UART that is always ready, like
+    /// virtkit's or QEMU's, loses nothing).
+    /// Between lines it checks `PM1_STS` bit 8; when set it clears it, prints
+    /// [`output::FLOOD_POWER_BUTTON`] and does ACPI power-off.
+    Flood,
     /// PVH. Clears a stale `PWRBTN_STS` (writes 0x100 to `PM1_STS`, port 0x600), sets
     /// `PWRBTN_EN` in `PM1_EN` (port 0x602, read-modify-write), prints
     /// `virtkit-guest: waiting for power button`, then polls `PM1_STS` bit 8. When set, it
@@ -204,7 +212,7 @@ macro_rules! artifact {
 
 impl Guest {
     /// Every guest.
-    pub const ALL: [Guest; 18] = [
+    pub const ALL: [Guest; 19] = [
         Guest::Hello,
         Guest::HelloElf32,
         Guest::Smoke,
@@ -212,6 +220,7 @@ impl Guest {
         Guest::IoProbe,
         Guest::Smp,
         Guest::Counter,
+        Guest::Flood,
         Guest::PowerButton,
         Guest::Reset,
         Guest::TripleFault,
@@ -235,6 +244,7 @@ impl Guest {
             Guest::IoProbe => "io_probe",
             Guest::Smp => "smp",
             Guest::Counter => "counter",
+            Guest::Flood => "flood",
             Guest::PowerButton => "power_button",
             Guest::Reset => "reset",
             Guest::TripleFault => "triple_fault",
@@ -288,6 +298,7 @@ impl Guest {
             Guest::IoProbe => artifact!("io_probe.elf"),
             Guest::Smp => artifact!("smp.elf"),
             Guest::Counter => artifact!("counter.elf"),
+            Guest::Flood => artifact!("flood.elf"),
             Guest::PowerButton => artifact!("power_button.elf"),
             Guest::Reset => artifact!("reset.elf"),
             Guest::TripleFault => artifact!("triple_fault.elf"),
@@ -325,6 +336,11 @@ pub mod output {
     pub const POWER_BUTTON_WAITING: &str = "virtkit-guest: waiting for power button";
     /// [`Guest::PowerButton`](crate::Guest::PowerButton), after it saw and cleared the status.
     pub const POWER_BUTTON_PRESSED: &str = "virtkit-guest: power button pressed";
+    /// The prefix of every [`Guest::Flood`](crate::Guest::Flood) line, followed by the line's
+    /// number.
+    pub const FLOOD_PREFIX: &str = "virtkit-guest: flood ";
+    /// [`Guest::Flood`](crate::Guest::Flood), after it saw and cleared the power button's status.
+    pub const FLOOD_POWER_BUTTON: &str = "virtkit-guest: flood power button";
     /// [`Guest::Reset`](crate::Guest::Reset).
     pub const RESETTING: &str = "virtkit-guest: resetting";
     /// [`Guest::TripleFault`](crate::Guest::TripleFault).

@@ -252,6 +252,7 @@ fn artifacts_carry_the_documented_lines() {
             &["cpu apic=", " bsp", " ap", "cpus-up=", output::SMP_TIMEOUT],
         ),
         (Guest::Counter, &["tick "]),
+        (Guest::Flood, &[output::FLOOD_PREFIX, output::FLOOD_POWER_BUTTON]),
         (
             Guest::PowerButton,
             &[output::POWER_BUTTON_WAITING, output::POWER_BUTTON_PRESSED],

@@ -101,7 +101,8 @@ pub(crate) fn open_attachment(attachment: Option<&mut SerialAttachment>) -> Resu
                 source,
             };
             let (input, to_guest) = io::pipe().map_err(err)?;
-            let mut server = ConsoleServer::new(ConsoleServerOptions::one_client("serial-socket"), to_guest);
+            let mut server = ConsoleServer::new(ConsoleServerOptions::one_client("serial-socket"), to_guest)
+                .map_err(err)?;
             server.listen(path).map_err(err)?;
             Ok(SerialEnds {
                 output: Box::new(server.output()),

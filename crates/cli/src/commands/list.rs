@@ -36,7 +36,12 @@ pub fn run(args: &ListArgs) -> Result<u8, CliError> {
         Format::Text => {
             outln!(
                 "{:<20} {:<9} {:>4} {:>9} {:>9} {:>9}",
-                "NAME", "STATE", "CPUS", "MEMORY", "DISK", "USED"
+                "NAME",
+                "STATE",
+                "CPUS",
+                "MEMORY",
+                "DISK",
+                "USED"
             );
             for r in &rows {
                 let size = |k: &str| r[k].as_u64().map(human_size).unwrap_or_else(|| "-".into());

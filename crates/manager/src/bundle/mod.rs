@@ -183,7 +183,8 @@ impl Bundle {
             return Err(damaged(format!(
                 "{} is a symbolic link; a VM's bundle must be a directory in {} (move the directory there)",
                 path.display(),
-                path.parent().map_or_else(String::new, |p| p.display().to_string())
+                path.parent()
+                    .map_or_else(String::new, |p| p.display().to_string())
             )));
         }
         files::check_layout(&path, name)?;
