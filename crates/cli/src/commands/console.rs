@@ -67,7 +67,7 @@ pub fn run(args: &ConsoleArgs) -> Result<u8, CliError> {
         raw_mode = Some(
             RawMode::enter().map_err(|e| CliError::with_chain("cannot put the terminal in raw mode", &e))?,
         );
-        eprint!(
+        err!(
             "virtkit: attached to `{}`; Ctrl-A x detaches (the VM keeps running)\r\n",
             args.name
         );
@@ -97,6 +97,6 @@ pub fn run(args: &ConsoleArgs) -> Result<u8, CliError> {
     });
     let why = done_rx.recv().unwrap_or("the VM stopped");
     drop(raw_mode);
-    eprintln!("\nvirtkit: {why}");
+    errln!("\nvirtkit: {why}");
     Ok(0)
 }
