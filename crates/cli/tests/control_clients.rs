@@ -384,6 +384,17 @@ fn peer_helper() {
         }
     };
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if Path::new(&path).ends_with("console.sock") {
+        // A console client sends nothing; a served one gets the guest's next output.
+        let mut got = [0u8; 64];
+        match s.read(&mut got) {
+            Ok(0) => println!("PEER: closed"),
+            Ok(n) => println!("PEER: answered {}", String::from_utf8_lossy(&got[..n]).trim()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => println!("PEER: closed"),
+            Err(e) => println!("PEER: error {e}"),
+        }
+        return;
+    }
     let _ = s.write_all(b"{\"command\":\"state\"}\n");
     let mut answer = String::new();
     match BufReader::new(s).read_line(&mut answer) {
@@ -439,6 +450,18 @@ fn the_socket_is_owner_only_and_serves_no_other_user() {
         log[log_before as usize..].contains("refused a client of another user"),
         "{log}"
     );
+
+    // The console socket likewise: owner-only, and another user's client gets nothing.
+    let console = bundle.join("console.sock");
+    let mode = std::fs::metadata(&console).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o600, "console.sock has mode {mode:o} under umask 000");
+    std::fs::set_permissions(&console, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let as_root = run_peer_helper(&console, 0);
+    assert!(as_root.contains("PEER: answered session: tick"), "{as_root}");
+    let as_other = run_peer_helper(&console, OTHER_UID);
+    assert!(as_other.contains("PEER: closed"), "{as_other}");
+    let log = std::fs::read_to_string(bundle.join("vmm.log")).unwrap();
+    assert!(log.contains("refused a console client"), "{log}");
     home.ok(&["stop", "o"]);
 }
 
