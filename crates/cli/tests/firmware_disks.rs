@@ -264,7 +264,7 @@ fn bad_firmware_and_disk_input_are_clear_errors() {
     let not_a_disk = run(&["run", "--firmware", SEABIOS, "--disk", disks.0.to_str().unwrap()]);
     assert_eq!(not_a_disk.status.code(), Some(1));
     assert!(
-        text(&not_a_disk).contains("is neither a regular file nor a block device"),
+        text(&not_a_disk).contains("is a directory, neither a regular file nor a block device"),
         "{}",
         text(&not_a_disk)
     );
