@@ -4,7 +4,8 @@
 //! never waited on), an output file that is a disk, `set` all or nothing, one identity running
 //! once, and names that differ only in case. Everything goes through the `virtkit` binary.
 
-use std::io::Write;
+mod support;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -12,124 +13,67 @@ use std::time::{Duration, Instant};
 
 use virtkit_test_guests::Guest;
 
-const VIRTKIT: &str = env!("CARGO_BIN_EXE_virtkit");
+use support::home::{report, text, Home};
+use support::VIRTKIT;
 
-/// A private virtkit home (VIRTKIT_HOME) and scratch space, removed at the end.
-struct Home(PathBuf);
+/// A private virtkit home whose commands are killed after a minute; `trust` keeps this file's
+/// directories apart from other test files'.
+fn home(tag: &str) -> Home {
+    Home::new("trust", tag).running_with(finish)
+}
 
-impl Home {
-    fn new(tag: &str) -> Home {
-        let dir = std::env::temp_dir().join(format!("virtkit-trust-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Home(dir)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(VIRTKIT);
-        c.args(args)
-            .env("VIRTKIT_HOME", self.0.join("home"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
-    }
-
-    /// Runs `c` and fails the test if it takes more than 60 seconds (a regression that blocks
-    /// on a FIFO must fail, not hang the suite).
-    fn finish(&self, mut c: Command, what: &str) -> Output {
-        let mut child = c.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("virtkit {what} blocked (killed after 60 s)");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+/// Runs `c` and fails the test if it takes more than 60 seconds (a regression that blocks on a
+/// FIFO must fail, not hang the suite).
+fn finish(mut c: Command, what: &str) -> Output {
+    // Captured, as `Command::output` would.
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("virtkit {what} blocked (killed after 60 s)");
         }
-        let out = child.wait_with_output().unwrap();
-        eprintln!("$ virtkit {what} → {:?}\n{}", out.status.code(), text(&out));
-        out
+        std::thread::sleep(Duration::from_millis(20));
     }
+    let out = child.wait_with_output().unwrap();
+    report(what, &out);
+    out
+}
 
-    fn vk(&self, args: &[&str]) -> Output {
-        self.finish(self.cmd(args), &args.join(" "))
-    }
+/// What these tests ask of a home beyond the shared helper.
+trait TrustHome {
+    /// A file of the scratch space with `bytes` in it.
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf;
+    fn fifo(&self, name: &str) -> PathBuf;
+    /// A file that passes for BIOS firmware, so VMs can be made without SeaBIOS installed.
+    fn firmware(&self) -> PathBuf;
+    /// A small VM that is never run: firmware boot, 1 MiB disk.
+    fn create_never_run(&self, name: &str);
+    /// Waits until the VM's `console.log` (read directly, not through `virtkit logs`) shows
+    /// `needle`.
+    fn wait_console_log(&self, name: &str, needle: &str);
+}
 
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.vk(args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "virtkit {}: {}",
-            args.join(" "),
-            text(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn fails(&self, args: &[&str], expect: &str) -> String {
-        let out = self.vk(args);
-        let t = text(&out);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "virtkit {} should fail: {t}",
-            args.join(" ")
-        );
-        assert!(
-            t.contains(expect),
-            "virtkit {}: expected `{expect}` in:\n{t}",
-            args.join(" ")
-        );
-        t
-    }
-
-    /// Waits until the VM's console log shows `needle`.
-    fn wait_log(&self, name: &str, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let log = std::fs::read_to_string(self.bundle(name).join("console.log")).unwrap_or_default();
-            if log.contains(needle) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "`{needle}` not in the log of {name}:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        serde_json::from_str(&self.ok(args)).unwrap()
-    }
-
-    fn bundle(&self, name: &str) -> PathBuf {
-        self.0.join("home/vms").join(name)
-    }
-
+impl TrustHome for Home {
     fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
+        let path = self.dir.join(name);
         std::fs::write(&path, bytes).unwrap();
         path
     }
 
     fn fifo(&self, name: &str) -> PathBuf {
-        let path = self.0.join(name);
+        let path = self.dir.join(name);
         let status = Command::new("mkfifo").arg(&path).status().unwrap();
         assert!(status.success());
         path
     }
 
-    /// A file that passes for BIOS firmware, so VMs can be made without SeaBIOS installed.
     fn firmware(&self) -> PathBuf {
         self.file("bios.bin", &vec![0u8; 128 << 10])
     }
 
-    /// A small VM that is never run: firmware boot, 1 MiB disk.
-    fn create(&self, name: &str) {
+    fn create_never_run(&self, name: &str) {
         let fw = self.firmware();
         self.ok(&[
             "create",
@@ -144,23 +88,21 @@ impl Home {
             "1",
         ]);
     }
-}
 
-impl Drop for Home {
-    fn drop(&mut self) {
-        if let Ok(list) = std::fs::read_dir(self.0.join("home/vms")) {
-            for e in list.filter_map(|e| e.ok()) {
-                if let Ok(pid) = std::fs::read_to_string(e.path().join("pid")) {
-                    let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-                }
+    fn wait_console_log(&self, name: &str, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = std::fs::read_to_string(self.bundle(name).join("console.log")).unwrap_or_default();
+            if log.contains(needle) {
+                return;
             }
+            assert!(
+                Instant::now() < deadline,
+                "`{needle}` not in the log of {name}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 fn s(p: &Path) -> &str {
@@ -178,8 +120,8 @@ fn replace_with_link(link: &Path, target: &Path) {
 
 #[test]
 fn linked_bundle_files_are_refused_and_their_targets_untouched() {
-    let home = Home::new("links");
-    home.create("v");
+    let home = home("links");
+    home.create_never_run("v");
     let b = home.bundle("v");
     let victim = home.file("victim.txt", b"precious");
 
@@ -217,13 +159,13 @@ fn linked_bundle_files_are_refused_and_their_targets_untouched() {
 
 #[test]
 fn a_path_outside_the_bundle_runs_only_once_recorded() {
-    let home = Home::new("external");
-    home.create("v");
+    let home = home("external");
+    home.create_never_run("v");
     let b = home.bundle("v");
     let got = home.json(&["get", "v", "--format", "json"]);
     assert_eq!(
         got["external_paths"],
-        serde_json::json!([s(&home.0.join("bios.bin"))])
+        serde_json::json!([s(&home.dir.join("bios.bin"))])
     );
 
     let config = b.join("config.json");
@@ -274,7 +216,7 @@ fn a_path_outside_the_bundle_runs_only_once_recorded() {
 
 #[test]
 fn bundles_are_owner_only_whatever_the_umask() {
-    let home = Home::new("umask");
+    let home = home("umask");
     let fw = home.firmware();
     let mut c = Command::new("sh");
     c.args(["-c", "umask 000; exec \"$0\" \"$@\""])
@@ -289,11 +231,11 @@ fn bundles_are_owner_only_whatever_the_umask() {
             "--memory",
             "128M",
         ])
-        .env("VIRTKIT_HOME", home.0.join("home"))
+        .env("VIRTKIT_HOME", home.dir.join("home"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let out = home.finish(c, "create v (umask 000)");
+    let out = finish(c, "create v (umask 000)");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let b = home.bundle("v");
     assert_eq!(mode(&b), 0o700);
@@ -315,7 +257,7 @@ fn bundles_are_owner_only_whatever_the_umask() {
 
 #[test]
 fn fifos_and_devices_are_refused_at_once_wherever_a_file_is_expected() {
-    let home = Home::new("fifos");
+    let home = home("fifos");
     let kernel = s(Guest::Hello.path()).to_owned();
     let fifo = home.fifo("thing");
     let f = s(&fifo).to_owned();
@@ -365,7 +307,7 @@ fn fifos_and_devices_are_refused_at_once_wherever_a_file_is_expected() {
 
 #[test]
 fn an_output_file_that_is_a_disk_is_refused_and_the_disk_untouched() {
-    let home = Home::new("serial-disk");
+    let home = home("serial-disk");
     let kernel = s(Guest::Hello.path()).to_owned();
     let victim = home.file("victim.img", &[9u8; 8192]);
     let v = s(&victim).to_owned();
@@ -417,8 +359,8 @@ fn an_output_file_that_is_a_disk_is_refused_and_the_disk_untouched() {
 
 #[test]
 fn set_changes_all_or_nothing() {
-    let home = Home::new("set");
-    home.create("v");
+    let home = home("set");
+    home.create_never_run("v");
     let before = home.json(&["get", "v", "--format", "json"]);
     home.fails(
         &["set", "v", "--cpus", "2", "--disk-size", "512K"],
@@ -428,7 +370,7 @@ fn set_changes_all_or_nothing() {
         &["set", "v", "--memory", "1M", "--disk-size", "2M"],
         "memory_size",
     );
-    let missing = home.0.join("missing.img");
+    let missing = home.dir.join("missing.img");
     home.fails(
         &["set", "v", "--cpus", "2", "--add-disk", s(&missing)],
         "does not exist",
@@ -447,8 +389,8 @@ fn set_changes_all_or_nothing() {
 
 #[test]
 fn names_that_differ_only_in_case_are_refused() {
-    let home = Home::new("case");
-    home.create("web");
+    let home = home("case");
+    home.create_never_run("web");
     let fw = home.firmware();
     home.fails(
         &["create", "Web", "--firmware", s(&fw), "--disk-size", "1M"],
@@ -461,23 +403,12 @@ fn names_that_differ_only_in_case_are_refused() {
     );
 }
 
-impl Home {
-    /// A raw disk image holding the session program (it prints `session: ready` on COM1).
-    fn session_image(&self) -> PathBuf {
-        let image = self.0.join("session.img");
-        let mut f = std::fs::File::create(&image).unwrap();
-        f.write_all(Guest::MbrSession.bytes()).unwrap();
-        f.set_len(8 << 20).unwrap();
-        image
-    }
-}
-
 #[test]
 fn serial_log_with_the_hvc_console_is_the_bundles_own_file() {
     if !virtkit_testkit::require_kvm_and_seabios() {
         return;
     }
-    let home = Home::new("serial-log");
+    let home = home("serial-log");
     let image = home.session_image();
     home.ok(&[
         "create",
@@ -517,7 +448,7 @@ fn a_copy_made_by_hand_does_not_run_beside_its_original() {
     if !virtkit_testkit::require_kvm_and_seabios() {
         return;
     }
-    let home = Home::new("twin");
+    let home = home("twin");
     let image = home.session_image();
     home.ok(&[
         "create",
@@ -550,8 +481,8 @@ fn a_copy_made_by_hand_does_not_run_beside_its_original() {
     assert_ne!(ia, ib);
     // The running VM's console log is the bundle's own, owner-only.
     assert_eq!(mode(&home.bundle("a").join("console.log")), 0o600);
-    home.wait_log("a", "session: ready");
-    home.wait_log("b", "session: ready");
+    home.wait_console_log("a", "session: ready");
+    home.wait_console_log("b", "session: ready");
     home.ok(&["stop", "a", "--timeout", "30"]);
     home.ok(&["stop", "b", "--timeout", "30"]);
 }

@@ -4,6 +4,8 @@
 //! were. Real guests, through the `virtkit` binary, with the default seccomp policy (`kill`), so
 //! a syscall the console's thread lacks kills the VM and fails the test.
 
+mod support;
+
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -12,76 +14,61 @@ use std::time::{Duration, Instant};
 
 use virtkit_test_guests::{output, Guest};
 
-const VIRTKIT: &str = env!("CARGO_BIN_EXE_virtkit");
+use support::home::{assert_ok, text, Home};
 
-/// A private virtkit home (VIRTKIT_HOME), removed at the end (its VMs killed first).
-struct Home(PathBuf);
+/// A private virtkit home whose commands run under the default seccomp policy and must end
+/// within a minute; `console` keeps this file's directories apart from other test files'.
+fn home(tag: &str) -> Home {
+    Home::new("console", tag)
+        .without_env("VIRTKIT_SECCOMP")
+        .running_with(|c, what| run_within(c, what, Duration::from_secs(60)))
+}
 
-impl Home {
-    fn new(tag: &str) -> Home {
-        let dir = std::env::temp_dir().join(format!("virtkit-console-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Home(dir)
-    }
+/// Runs `c`, which must end within `limit`.
+fn run_within(mut c: Command, what: &str, limit: Duration) -> Output {
+    let started = Instant::now();
+    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Its output is read as it comes (a full pipe would stall it).
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(out) = rx.recv_timeout(limit) else {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        panic!("virtkit {what} took over {limit:?}");
+    };
+    let out = out.unwrap();
+    let shown = text(&out);
+    eprintln!(
+        "$ virtkit {what} → {:?} in {:?}\n{}",
+        out.status.code(),
+        started.elapsed(),
+        shown.chars().take(2000).collect::<String>()
+    );
+    out
+}
 
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(VIRTKIT);
-        c.args(args)
-            .env("VIRTKIT_HOME", self.0.join("home"))
-            .env_remove("VIRTKIT_SECCOMP")
-            .stdin(Stdio::null());
-        c
-    }
-
+/// What these tests ask of a home beyond the shared helper.
+trait ConsoleHome {
     /// Runs `virtkit args`, which must succeed within `limit`.
-    fn ok_within(&self, args: &[&str], limit: Duration) -> String {
-        let started = Instant::now();
-        let child = self
-            .cmd(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Its output is read as it comes (a full pipe would stall it).
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        let Ok(out) = rx.recv_timeout(limit) else {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("virtkit {} took over {limit:?}", args.join(" "));
-        };
-        let out = out.unwrap();
-        let shown = text(&out);
-        eprintln!(
-            "$ virtkit {} → {:?} in {:?}\n{}",
-            args.join(" "),
-            out.status.code(),
-            started.elapsed(),
-            shown.chars().take(2000).collect::<String>()
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "virtkit {}: {}",
-            args.join(" "),
-            text(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.ok_within(args, Duration::from_secs(60))
-    }
-
-    fn bundle(&self, name: &str) -> PathBuf {
-        self.0.join("home/vms").join(name)
-    }
-
+    fn ok_within(&self, args: &[&str], limit: Duration) -> String;
     /// A VM that boots `guest` directly (no firmware), with a small disk.
-    fn create(&self, name: &str, guest: Guest) {
+    fn create_guest(&self, name: &str, guest: Guest);
+    /// The last `len` bytes of the VM's console log.
+    fn log_tail(&self, name: &str, len: u64) -> String;
+    /// Waits until the VM's `console.log` (its last MiB, read directly) shows `needle`.
+    fn wait_console_log(&self, name: &str, needle: &str);
+    /// The number of the last complete `flood <n>` line in the log.
+    fn flood_count(&self, name: &str) -> u64;
+}
+
+impl ConsoleHome for Home {
+    fn ok_within(&self, args: &[&str], limit: Duration) -> String {
+        assert_ok(args, &run_within(self.cmd(args), &args.join(" "), limit))
+    }
+
+    fn create_guest(&self, name: &str, guest: Guest) {
         self.ok(&[
             "create",
             name,
@@ -96,7 +83,6 @@ impl Home {
         ]);
     }
 
-    /// The last `len` bytes of the VM's console log.
     fn log_tail(&self, name: &str, len: u64) -> String {
         let Ok(mut f) = std::fs::File::open(self.bundle(name).join("console.log")) else {
             return String::new();
@@ -108,7 +94,7 @@ impl Home {
         String::from_utf8_lossy(&s).into_owned()
     }
 
-    fn wait_log(&self, name: &str, needle: &str) {
+    fn wait_console_log(&self, name: &str, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.log_tail(name, 1 << 20).contains(needle) {
             assert!(Instant::now() < deadline, "`{needle}` not in the log of {name}");
@@ -116,7 +102,6 @@ impl Home {
         }
     }
 
-    /// The number of the last complete `flood <n>` line in the log.
     fn flood_count(&self, name: &str) -> u64 {
         let tail = self.log_tail(name, 4096);
         tail.lines()
@@ -125,31 +110,6 @@ impl Home {
             .find_map(|l| l.strip_prefix(output::FLOOD_PREFIX)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no flood line in the log's tail:\n{tail}"))
     }
-
-    fn pid(&self, name: &str) -> u32 {
-        std::fs::read_to_string(self.bundle(name).join("pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for Home {
-    fn drop(&mut self) {
-        if let Ok(list) = std::fs::read_dir(self.0.join("home/vms")) {
-            for e in list.filter_map(|e| e.ok()) {
-                if let Ok(pid) = std::fs::read_to_string(e.path().join("pid")) {
-                    let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 fn count_entries(dir: &Path) -> usize {
@@ -170,10 +130,10 @@ fn a_console_client_that_stops_reading_does_not_freeze_the_guest() {
     if !virtkit_testkit::require_kvm() {
         return;
     }
-    let home = Home::new("stalled");
-    home.create("flood", Guest::Flood);
+    let home = home("stalled");
+    home.create_guest("flood", Guest::Flood);
     home.ok(&["run", "flood", "--detach"]);
-    home.wait_log("flood", output::FLOOD_PREFIX);
+    home.wait_console_log("flood", output::FLOOD_PREFIX);
     let socket = home.bundle("flood").join("console.sock");
     // Two clients that read nothing, like `virtkit console flood | sleep 400`.
     let mut stalled = UnixStream::connect(&socket).unwrap();
@@ -270,10 +230,10 @@ fn console_connections_that_come_and_go_leave_no_trace_in_the_vm_process() {
     if !virtkit_testkit::require_kvm() {
         return;
     }
-    let home = Home::new("churn");
-    home.create("quiet", Guest::PowerButton);
+    let home = home("churn");
+    home.create_guest("quiet", Guest::PowerButton);
     home.ok(&["run", "quiet", "--detach"]);
-    home.wait_log("quiet", output::POWER_BUTTON_WAITING);
+    home.wait_console_log("quiet", output::POWER_BUTTON_WAITING);
     let pid = home.pid("quiet");
     let socket = home.bundle("quiet").join("console.sock");
     let fds = PathBuf::from(format!("/proc/{pid}/fd"));

@@ -3,17 +3,18 @@
 //! `mbr_session` guest from the VM's disk, detached, and the tests talk to its `control.sock`
 //! and watch the VM process in /proc.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use virtkit_test_guests::Guest;
-
-const VIRTKIT: &str = env!("CARGO_BIN_EXE_virtkit");
+use support::home::{text, Home};
+use support::VIRTKIT;
 
 /// The uid the other-user client runs as (`nobody`).
 const OTHER_UID: u32 = 65534;
@@ -25,56 +26,28 @@ fn available() -> bool {
     virtkit_testkit::require_kvm_and_seabios()
 }
 
-/// A private virtkit home (VIRTKIT_HOME) and scratch space, removed at the end.
-struct Home(PathBuf);
+/// A private virtkit home; `ctl` keeps this file's directories apart from other test files'.
+fn home(tag: &str) -> Home {
+    Home::new("ctl", tag)
+}
 
-impl Home {
-    fn new(tag: &str) -> Home {
-        let dir = std::env::temp_dir().join(format!("virtkit-ctl-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Home(dir)
-    }
+/// What these tests ask of a home beyond the shared helper.
+trait ControlHome {
+    /// Creates the VM `name` from the session program and runs it detached until it is ready;
+    /// returns its process ID.
+    fn run_ready(&self, name: &str) -> u32;
+    /// The VM's state as `virtkit list` reports it.
+    fn listed_state(&self, name: &str) -> String;
+    fn vmm_log_len(&self, name: &str) -> u64;
+    fn wait_stopped(&self, name: &str, within: Duration);
+}
 
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(VIRTKIT);
-        c.args(args)
-            .env("VIRTKIT_HOME", self.0.join("home"))
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn vk(&self, args: &[&str]) -> Output {
-        let out = self.cmd(args).output().unwrap();
-        eprintln!(
-            "$ virtkit {} → {:?}\n{}",
-            args.join(" "),
-            out.status.code(),
-            text(&out)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.vk(args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "virtkit {}: {}",
-            args.join(" "),
-            text(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn bundle(&self, name: &str) -> PathBuf {
-        self.0.join("home/vms").join(name)
-    }
-
-    fn state(&self, name: &str) -> String {
-        let v: serde_json::Value =
-            serde_json::from_str(&self.ok(&["get", name, "--format", "json"])).unwrap();
-        v["state"].as_str().unwrap().to_owned()
+impl ControlHome for Home {
+    fn run_ready(&self, name: &str) -> u32 {
+        self.create(name, &self.session_image());
+        self.ok(&["run", name, "--detach"]);
+        self.wait_log(name, "session: ready", 1);
+        self.pid(name)
     }
 
     fn listed_state(&self, name: &str) -> String {
@@ -84,54 +57,6 @@ impl Home {
             .iter()
             .find(|r| r["name"] == name)
             .map(|r| r["state"].as_str().unwrap().to_owned())
-            .unwrap()
-    }
-
-    fn log(&self, name: &str) -> String {
-        String::from_utf8_lossy(&self.cmd(&["logs", name]).output().unwrap().stdout).into_owned()
-    }
-
-    fn wait_log(&self, name: &str, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.log(name).contains(needle) {
-            assert!(Instant::now() < deadline, "`{needle}` not in the log of {name}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Creates the VM `name` from the session program and runs it detached until it is ready;
-    /// returns its process ID.
-    fn run_ready(&self, name: &str) -> u32 {
-        self.create(name);
-        self.ok(&["run", name, "--detach"]);
-        self.wait_log(name, "session: ready");
-        self.pid(name)
-    }
-
-    fn create(&self, name: &str) {
-        let image = self.0.join(format!("{name}.img"));
-        let mut f = std::fs::File::create(&image).unwrap();
-        f.write_all(Guest::MbrSession.bytes()).unwrap();
-        f.set_len(8 << 20).unwrap();
-        self.ok(&[
-            "create",
-            name,
-            "--from",
-            image.to_str().unwrap(),
-            "--disk-size",
-            "64M",
-            "--memory",
-            "128M",
-            "--cpus",
-            "1",
-        ]);
-    }
-
-    fn pid(&self, name: &str) -> u32 {
-        std::fs::read_to_string(self.bundle(name).join("pid"))
-            .unwrap()
-            .trim()
-            .parse()
             .unwrap()
     }
 
@@ -148,24 +73,6 @@ impl Home {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-impl Drop for Home {
-    fn drop(&mut self) {
-        // Stop whatever a failed test left running, then remove everything.
-        if let Ok(list) = std::fs::read_dir(self.0.join("home/vms")) {
-            for e in list.filter_map(|e| e.ok()) {
-                if let Ok(pid) = std::fs::read_to_string(e.path().join("pid")) {
-                    let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 /// A line from /proc/PID/status, in kB (`VmRSS`).
@@ -224,7 +131,7 @@ fn a_100_mib_request_without_newline_gets_one_error_and_costs_no_memory_or_log()
     if !available() {
         return;
     }
-    let home = Home::new("long");
+    let home = home("long");
     let pid = home.run_ready("l");
     let bundle = home.bundle("l");
     assert_eq!(control(&bundle, r#"{"command":"state"}"#)["state"], "running");
@@ -276,7 +183,7 @@ fn five_thousand_held_connections_cost_no_threads_and_stop_still_works() {
     if !available() {
         return;
     }
-    let home = Home::new("many");
+    let home = home("many");
     let pid = home.run_ready("m");
     let bundle = home.bundle("m");
     assert_eq!(control(&bundle, r#"{"command":"state"}"#)["state"], "running");
@@ -330,7 +237,7 @@ fn half_open_clients_block_nobody_and_cost_no_threads() {
     if !available() {
         return;
     }
-    let home = Home::new("half");
+    let home = home("half");
     let pid = home.run_ready("h");
     let bundle = home.bundle("h");
     assert_eq!(control(&bundle, r#"{"command":"state"}"#)["state"], "running");
@@ -414,17 +321,17 @@ fn the_socket_is_owner_only_and_serves_no_other_user() {
         virtkit_testkit::skip("needs root, to run a client as another user");
         return;
     }
-    let home = Home::new("owner");
-    home.create("o");
+    let home = home("owner");
+    home.create("o", &home.session_image());
     // Under umask 000 the socket would be 0777 if its mode followed the umask.
     let out = Command::new("sh")
         .args(["-c", r#"umask 000; exec "$0" run o --detach"#, VIRTKIT])
-        .env("VIRTKIT_HOME", home.0.join("home"))
+        .env("VIRTKIT_HOME", home.dir.join("home"))
         .stdin(Stdio::null())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    home.wait_log("o", "session: ready");
+    home.wait_log("o", "session: ready", 1);
     let bundle = home.bundle("o");
     let socket = bundle.join("control.sock");
     let mode = std::fs::metadata(&socket).unwrap().mode() & 0o777;
@@ -432,7 +339,7 @@ fn the_socket_is_owner_only_and_serves_no_other_user() {
 
     // Let the other user reach the socket, so the server's own check is what refuses it.
     let mut dir = bundle.clone();
-    while dir != home.0.parent().unwrap() {
+    while dir != home.dir.parent().unwrap() {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         dir.pop();
     }
@@ -524,7 +431,7 @@ fn a_stop_ends_a_vm_whose_vcpu_is_stuck_even_while_a_pause_waits() {
     if !available() {
         return;
     }
-    let home = Home::new("stuck");
+    let home = home("stuck");
     let pid = home.run_ready("s");
     let Some(frozen) = FrozenVcpu::freeze(pid) else {
         return;
@@ -574,7 +481,7 @@ fn a_vm_process_killed_during_stop_is_reported_as_killed() {
     if !available() {
         return;
     }
-    let home = Home::new("killed");
+    let home = home("killed");
     let pid = home.run_ready("k");
     // The guest cannot answer the power button: the stop waits its full timeout.
     let Some(frozen) = FrozenVcpu::freeze(pid) else {

@@ -3,172 +3,43 @@
 //! on the disk, prints the SMBIOS UUID and serial it finds, ticks, and shuts down on the ACPI
 //! power button. Everything goes through the `virtkit` binary and the documented control socket.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use virtkit_test_guests::Guest;
 
-const VIRTKIT: &str = env!("CARGO_BIN_EXE_virtkit");
+use support::home::{text, Home};
+
 fn available() -> bool {
     virtkit_testkit::require_kvm_and_seabios()
 }
 
-/// A private virtkit home (VIRTKIT_HOME) and scratch space, removed at the end.
-struct Home(PathBuf);
-
-impl Home {
-    fn new(tag: &str) -> Home {
-        let dir = std::env::temp_dir().join(format!("virtkit-vms-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Home(dir)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(VIRTKIT);
-        c.args(args)
-            .env("VIRTKIT_HOME", self.0.join("home"))
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn vk(&self, args: &[&str]) -> Output {
-        let out = self.cmd(args).output().unwrap();
-        eprintln!(
-            "$ virtkit {} → {:?}\n{}",
-            args.join(" "),
-            out.status.code(),
-            text(&out)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.vk(args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "virtkit {}: {}",
-            args.join(" "),
-            text(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn fails(&self, args: &[&str], expect: &str) -> String {
-        let out = self.vk(args);
-        let t = text(&out);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "virtkit {} should fail: {t}",
-            args.join(" ")
-        );
-        assert!(
-            t.contains(expect),
-            "virtkit {}: expected `{expect}` in:\n{t}",
-            args.join(" ")
-        );
-        t
-    }
-
-    fn bundle(&self, name: &str) -> PathBuf {
-        self.0.join("home/vms").join(name)
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        serde_json::from_str(&self.ok(args)).unwrap()
-    }
-
-    fn state(&self, name: &str) -> String {
-        self.json(&["get", name, "--format", "json"])["state"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    fn log(&self, name: &str) -> String {
-        String::from_utf8_lossy(&self.cmd(&["logs", name]).output().unwrap().stdout).into_owned()
-    }
-
-    /// Waits until the console log has `count` lines containing `needle`.
-    fn wait_log(&self, name: &str, needle: &str, count: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let log = self.log(name);
-            if log.matches(needle).count() >= count {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "`{needle}` ×{count} not in the log of {name}:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// A raw disk image holding the session program.
-    fn session_image(&self) -> PathBuf {
-        let path = self.0.join("session.img");
-        let mut f = std::fs::File::create(&path).unwrap();
-        f.write_all(Guest::MbrSession.bytes()).unwrap();
-        f.set_len(8 << 20).unwrap();
-        path
-    }
-
-    /// The same image as qcow2, made by qemu-img.
-    fn session_qcow2(&self) -> Option<PathBuf> {
-        let raw = self.session_image();
-        let path = self.0.join("session.qcow2");
-        let status = Command::new("qemu-img")
-            .args(["convert", "-f", "raw", "-O", "qcow2"])
-            .arg(&raw)
-            .arg(&path)
-            .status();
-        match status {
-            Ok(s) if s.success() => Some(path),
-            _ => {
-                virtkit_testkit::skip("qemu-img is not installed (Debian package qemu-utils)");
-                None
-            }
-        }
-    }
-
-    fn create(&self, name: &str, image: &Path) {
-        self.ok(&[
-            "create",
-            name,
-            "--from",
-            image.to_str().unwrap(),
-            "--disk-size",
-            "64M",
-            "--memory",
-            "128M",
-            "--cpus",
-            "1",
-        ]);
-    }
+/// A private virtkit home; `vms` keeps this file's directories apart from other test files'.
+fn home(tag: &str) -> Home {
+    Home::new("vms", tag)
 }
 
-impl Drop for Home {
-    fn drop(&mut self) {
-        // Stop whatever a failed test left running, then remove everything.
-        if let Ok(list) = std::fs::read_dir(self.0.join("home/vms")) {
-            for e in list.filter_map(|e| e.ok()) {
-                if let Ok(pid) = std::fs::read_to_string(e.path().join("pid")) {
-                    let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-                }
-            }
+/// The session image as qcow2, made by qemu-img.
+fn session_qcow2(home: &Home) -> Option<PathBuf> {
+    let raw = home.session_image();
+    let path = home.dir.join("session.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&path)
+        .status();
+    match status {
+        Ok(s) if s.success() => Some(path),
+        _ => {
+            virtkit_testkit::skip("qemu-img is not installed (Debian package qemu-utils)");
+            None
         }
-        let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 /// One request on the control socket, in the documented JSON-lines protocol.
@@ -216,7 +87,7 @@ fn create_run_detached_console_control_persist_clone_and_delete() {
     if !available() {
         return;
     }
-    let home = Home::new("session");
+    let home = home("session");
     let image = home.session_image();
     home.create("web", &image);
     let listed = home.json(&["list", "--format", "json"]);
@@ -352,8 +223,8 @@ fn a_vm_from_a_qcow2_image_boots_and_the_foreground_run_shows_its_console() {
     if !available() {
         return;
     }
-    let home = Home::new("qcow2");
-    let Some(image) = home.session_qcow2() else { return };
+    let home = home("qcow2");
+    let Some(image) = session_qcow2(&home) else { return };
     home.create("q", &image);
     assert_eq!(
         home.json(&["get", "q", "--format", "json"])["disk_size"],
@@ -382,7 +253,7 @@ fn a_killed_vm_process_leaves_a_bundle_that_runs_again() {
     if !available() {
         return;
     }
-    let home = Home::new("kill9");
+    let home = home("kill9");
     let image = home.session_image();
     home.create("k", &image);
     home.ok(&["run", "k", "--detach"]);
@@ -410,7 +281,7 @@ fn two_concurrent_runs_start_the_vm_once() {
     if !available() {
         return;
     }
-    let home = Home::new("twice");
+    let home = home("twice");
     let image = home.session_image();
     home.create("t", &image);
     let a = home
@@ -445,7 +316,7 @@ fn bad_input_gets_a_clear_error_and_loses_nothing() {
     if !available() {
         return;
     }
-    let home = Home::new("bad");
+    let home = home("bad");
     let image = home.session_image();
     home.fails(&["get", "nope"], "no VM named `nope`");
     home.fails(&["run", "nope", "--detach"], "no VM named `nope`");
@@ -480,7 +351,7 @@ fn bad_input_gets_a_clear_error_and_loses_nothing() {
         &["create", "ghost", "--from", "/nonexistent.img"],
         "/nonexistent.img",
     );
-    let corrupt = home.0.join("corrupt.qcow2");
+    let corrupt = home.dir.join("corrupt.qcow2");
     let mut bytes = b"QFI\xfb\x00\x00\x00\x03".to_vec();
     bytes.resize(4096, 0xff);
     std::fs::write(&corrupt, bytes).unwrap();
@@ -489,7 +360,7 @@ fn bad_input_gets_a_clear_error_and_loses_nothing() {
     home.fails(&["set", "a", "--cpus", "0"], "cpu_count");
     let listed = home.json(&["list", "--format", "json"]);
     assert_eq!(listed.as_array().unwrap().len(), 1, "only `a`: {listed}");
-    let names: Vec<String> = std::fs::read_dir(home.0.join("home/vms"))
+    let names: Vec<String> = std::fs::read_dir(home.dir.join("home/vms"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -520,9 +391,9 @@ fn an_interrupted_create_leaves_no_bundle() {
     if !available() {
         return;
     }
-    let home = Home::new("interrupt");
+    let home = home("interrupt");
     // 768 MiB of non-zero data: the install takes long enough to be cut in the middle.
-    let image = home.0.join("big.img");
+    let image = home.dir.join("big.img");
     {
         let mut f = std::fs::File::create(&image).unwrap();
         f.write_all(Guest::MbrSession.bytes()).unwrap();
@@ -537,7 +408,7 @@ fn an_interrupted_create_leaves_no_bundle() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let vms = home.0.join("home/vms");
+    let vms = home.dir.join("home/vms");
     let staging = vms.join(format!(".big.creating-{}", create.id()));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

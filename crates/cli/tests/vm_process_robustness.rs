@@ -4,80 +4,50 @@
 //! reproduces a way the VM process used to die or misbehave, with the `virtkit` binary and small
 //! guests on this host's KVM.
 
+mod support;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use virtkit_test_guests::{output, Guest};
 
-const VIRTKIT: &str = env!("CARGO_BIN_EXE_virtkit");
+use support::home::{text, Home};
+use support::VIRTKIT;
 
-/// A private virtkit home under `dir`, removed (and its VMs killed) at the end.
-struct Home {
-    dir: PathBuf,
+/// A private virtkit home whose commands do not inherit the test's
+/// VIRTKIT_MEMORY_OVERCOMMIT (the admission test sets its own); `robust` keeps this file's
+/// directories apart from other test files'.
+fn home(tag: &str) -> Home {
+    Home::new("robust", tag).without_env("VIRTKIT_MEMORY_OVERCOMMIT")
 }
 
-impl Home {
-    fn new(tag: &str) -> Home {
-        let dir = std::env::temp_dir().join(format!("virtkit-robust-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Home { dir }
+/// A home on a file system of its own, `size` big (as root: a tmpfs).
+fn on_tmpfs(tag: &str, size: &str) -> Option<Home> {
+    let mut home = home(tag);
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&home.dir)
+        .stderr(Stdio::null())
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        virtkit_testkit::skip("cannot mount a tmpfs for a full file system (needs root)");
+        return None;
     }
+    home.unmount_at_drop();
+    Some(home)
+}
 
-    /// A home on a file system of its own, `size` big (as root: a tmpfs).
-    fn on_tmpfs(tag: &str, size: &str) -> Option<Home> {
-        let home = Home::new(tag);
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&home.dir)
-            .stderr(Stdio::null())
-            .status();
-        if !status.is_ok_and(|s| s.success()) {
-            virtkit_testkit::skip("cannot mount a tmpfs for a full file system (needs root)");
-            return None;
-        }
-        Some(home)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(VIRTKIT);
-        c.args(args)
-            .env("VIRTKIT_HOME", self.dir.join("home"))
-            .env_remove("VIRTKIT_MEMORY_OVERCOMMIT")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn vk(&self, args: &[&str]) -> Output {
-        let out = self.cmd(args).output().unwrap();
-        eprintln!(
-            "$ virtkit {} → {:?}\n{}",
-            args.join(" "),
-            out.status.code(),
-            text(&out)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.vk(args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "virtkit {}: {}",
-            args.join(" "),
-            text(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn bundle(&self, name: &str) -> PathBuf {
-        self.dir.join("home/vms").join(name)
-    }
-
+/// What these tests ask of a home beyond the shared helper.
+trait RobustHome {
     /// A VM that boots the counter guest directly.
+    fn create_counter(&self, name: &str);
+    /// The guest's last tick number in `console.log`.
+    fn last_tick(&self, name: &str) -> u32;
+}
+
+impl RobustHome for Home {
     fn create_counter(&self, name: &str) {
         self.ok(&[
             "create",
@@ -93,21 +63,6 @@ impl Home {
         ]);
     }
 
-    fn pid(&self, name: &str) -> u32 {
-        std::fs::read_to_string(self.bundle(name).join("pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    fn state(&self, name: &str) -> String {
-        let out = self.ok(&["get", name, "--format", "json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["state"].as_str().unwrap().to_owned()
-    }
-
-    /// The guest's last tick number in `console.log`.
     fn last_tick(&self, name: &str) -> u32 {
         let log = std::fs::read_to_string(self.bundle(name).join("console.log")).unwrap_or_default();
         log.lines()
@@ -115,27 +70,6 @@ impl Home {
             .find_map(|l| l.trim().strip_prefix("tick ")?.parse().ok())
             .unwrap_or(0)
     }
-}
-
-impl Drop for Home {
-    fn drop(&mut self) {
-        if let Ok(list) = std::fs::read_dir(self.dir.join("home/vms")) {
-            for e in list.filter_map(|e| e.ok()) {
-                if let Ok(pid) = std::fs::read_to_string(e.path().join("pid")) {
-                    let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-                }
-            }
-        }
-        let _ = Command::new("umount")
-            .arg(&self.dir)
-            .stderr(Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 fn alive(pid: u32) -> bool {
@@ -216,7 +150,7 @@ fn a_detached_vm_keeps_running_while_its_bundles_file_system_is_full() {
     if !virtkit_testkit::require_kvm() {
         return;
     }
-    let Some(home) = Home::on_tmpfs("full", "16m") else {
+    let Some(home) = on_tmpfs("full", "16m") else {
         return;
     };
     home.create_counter("full");
@@ -264,7 +198,7 @@ fn the_detached_vm_process_holds_no_descriptor_it_inherited() {
     if !virtkit_testkit::require_kvm() {
         return;
     }
-    let home = Home::new("fds");
+    let home = home("fds");
     home.create_counter("fds");
     let marker = home.dir.join("inherited-marker");
     // A descriptor without close-on-exec, as a shell's redirection leaves one.
@@ -295,7 +229,7 @@ fn vmm_log_is_rotated_by_size_and_logs_shows_both_parts() {
     if !virtkit_testkit::require_kvm() {
         return;
     }
-    let home = Home::new("rotate");
+    let home = home("rotate");
     home.create_counter("rot");
     let mut run = home.cmd(&["run", "rot", "--detach"]);
     run.env("VIRTKIT_LOG", "info").env("VIRTKIT_VMM_LOG_MAX", "16384");
@@ -339,7 +273,7 @@ fn a_vm_the_host_cannot_give_its_memory_is_refused_with_the_figures_unless_force
     if !virtkit_testkit::require_kvm() {
         return;
     }
-    let home = Home::new("admit");
+    let home = home("admit");
     home.create_counter("a");
     home.create_counter("b");
     // Allow 120 MiB of guest memory on this host, whatever its size: one 64 MiB VM fits, two

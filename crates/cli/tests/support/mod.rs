@@ -2,12 +2,16 @@
 //! `run_guest`, the scratch directory, the initrd with the guest scripts appended, running a
 //! script where stock kernels boot, and reading its tagged `CASE` lines.
 //!
+//! `home` is for the test files that drive the `virtkit` binary in a private VIRTKIT_HOME.
+//!
 //! The guest's part of each test is a shell script in `/vt/` of the guest, appended to the
 //! asset initramfs as a second cpio archive and started with `virtkit.run="sh /vt/<name>.sh"`.
 //! The guest scripts print `VT <what>` lines; the host scripts prefix every line they want
 //! checked with `CASE <name>: `.
 
 #![allow(dead_code)] // each test file uses its own part
+
+pub mod home;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
