@@ -292,15 +292,24 @@ fn peer_helper() {
     };
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     if Path::new(&path).ends_with("console.sock") {
-        // A console client sends nothing; a served one gets the guest's next output.
-        let mut got = [0u8; 64];
-        match s.read(&mut got) {
-            Ok(0) => println!("PEER: closed"),
-            Ok(n) => println!("PEER: answered {}", String::from_utf8_lossy(&got[..n]).trim()),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => println!("PEER: closed"),
-            Err(e) => println!("PEER: error {e}"),
+        // A console client sends nothing; a served one gets the guest's next line (the UART
+        // sends it a byte at a time).
+        let mut line = String::new();
+        let mut reader = BufReader::new(s);
+        loop {
+            match reader.read_line(&mut line) {
+                Ok(0) if line.trim().is_empty() => println!("PEER: closed"),
+                // An empty line (the guest's `\r\n` pairs): wait for one with text.
+                Ok(n) if n > 0 && line.trim().is_empty() => {
+                    line.clear();
+                    continue;
+                }
+                Ok(_) => println!("PEER: answered {}", line.trim()),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => println!("PEER: closed"),
+                Err(e) => println!("PEER: error {e}"),
+            }
+            return;
         }
-        return;
     }
     let _ = s.write_all(b"{\"command\":\"state\"}\n");
     let mut answer = String::new();

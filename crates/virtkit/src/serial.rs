@@ -14,6 +14,25 @@ pub(crate) struct SerialEnds {
     pub output: Box<dyn Write + Send>,
     pub input: Option<OwnedFd>,
     pub server: Option<ConsoleServer>,
+    /// The buffer behind `output`, when there is one: flushed once the machine stopped, so the
+    /// guest's last lines are written before the VM reports it stopped.
+    pub buffered: Option<BufferedOutput>,
+}
+
+impl SerialEnds {
+    /// Ends whose output goes through a [`BufferedOutput`] to `sink`.
+    fn buffered(
+        sink: impl Write + Send + 'static,
+        input: Option<OwnedFd>,
+    ) -> Result<SerialEnds, SerialError> {
+        let output = buffered(sink)?;
+        Ok(SerialEnds {
+            output: Box::new(output.clone()),
+            input,
+            server: None,
+            buffered: Some(output),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,15 +59,14 @@ pub enum SerialError {
 
 /// `sink` behind a bounded buffer and a thread of its own: the vCPU that writes the port never
 /// waits on a terminal, pipe or file.
-fn buffered(sink: impl Write + Send + 'static) -> Result<Box<dyn Write + Send>, SerialError> {
-    let output = BufferedOutput::spawn(
+fn buffered(sink: impl Write + Send + 'static) -> Result<BufferedOutput, SerialError> {
+    BufferedOutput::spawn(
         sink,
         SERIAL_OUTPUT_BUFFER,
         "serial-out",
         DrainThread::Sandboxed(virtkit_sandbox::ThreadRole::SerialOutput),
     )
-    .map_err(SerialError::Thread)?;
-    Ok(Box::new(output))
+    .map_err(SerialError::Thread)
 }
 
 /// Writes go nowhere: a port with no output attached.
@@ -71,17 +89,14 @@ pub(crate) fn open_attachment(attachment: Option<&mut SerialAttachment>) -> Resu
             output: Box::new(Discard),
             input: None,
             server: None,
+            buffered: None,
         });
     };
     match attachment {
         SerialAttachment::Stdio => {
             let out: OwnedFd = io::stdout().as_fd_owned().map_err(SerialError::Stdio)?;
             let input: OwnedFd = io::stdin().as_fd_owned().map_err(SerialError::Stdio)?;
-            Ok(SerialEnds {
-                output: buffered(File::from(out))?,
-                input: Some(input),
-                server: None,
-            })
+            SerialEnds::buffered(File::from(out), Some(input))
         }
         SerialAttachment::File { path, append } => {
             let file =
@@ -89,11 +104,7 @@ pub(crate) fn open_attachment(attachment: Option<&mut SerialAttachment>) -> Resu
                     path: path.clone(),
                     source,
                 })?;
-            Ok(SerialEnds {
-                output: buffered(file)?,
-                input: None,
-                server: None,
-            })
+            SerialEnds::buffered(file, None)
         }
         SerialAttachment::UnixSocket { path } => {
             let err = |source| SerialError::Socket {
@@ -108,21 +119,22 @@ pub(crate) fn open_attachment(attachment: Option<&mut SerialAttachment>) -> Resu
                 output: Box::new(server.output()),
                 input: Some(input.into()),
                 server: Some(server),
+                buffered: None,
             })
         }
         SerialAttachment::FileHandles { read, write } => {
             if read.is_none() && write.is_none() {
                 return Err(SerialError::HandlesUsed);
             }
-            let output: Box<dyn Write + Send> = match write.take() {
-                Some(fd) => buffered(File::from(fd))?,
-                None => Box::new(Discard),
-            };
-            Ok(SerialEnds {
-                output,
-                input: read.take(),
-                server: None,
-            })
+            match write.take() {
+                Some(fd) => SerialEnds::buffered(File::from(fd), read.take()),
+                None => Ok(SerialEnds {
+                    output: Box::new(Discard),
+                    input: read.take(),
+                    server: None,
+                    buffered: None,
+                }),
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ use virtkit_machine::{
     BootSource, Machine, MachineConfig, MachineError, MachineHandle, PauseOutcome, SmbiosIdentity,
 };
 
+use crate::buffered_output::BufferedOutput;
 use crate::config::{BootLoader, VirtualMachineConfiguration};
 use crate::console_server::ConsoleServer;
 use crate::devices::{DeviceError, DeviceManager};
@@ -101,6 +102,15 @@ impl Shared {
     }
 }
 
+/// COM1's host side that lives as long as the machine runs.
+struct SerialKeep {
+    server: Option<ConsoleServer>,
+    buffered: Option<BufferedOutput>,
+}
+
+/// How long a stopped machine's serial output may take to reach its sink.
+const SERIAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A virtual machine built from a valid configuration.
 pub struct VirtualMachine {
     config: VirtualMachineConfiguration,
@@ -150,7 +160,9 @@ impl VirtualMachine {
         rx
     }
 
-    fn machine_config(&mut self) -> Result<(MachineConfig, Option<ConsoleServer>), StartError> {
+    /// The machine's configuration, and what of COM1's host side must outlive the machine (its
+    /// socket server, its output buffer).
+    fn machine_config(&mut self) -> Result<(MachineConfig, SerialKeep), StartError> {
         let boot = match &self.config.boot_loader {
             BootLoader::Linux {
                 kernel,
@@ -176,7 +188,10 @@ impl VirtualMachine {
                     serial_number: id.serial_number(),
                 }),
             },
-            ends.server,
+            SerialKeep {
+                server: ends.server,
+                buffered: ends.buffered,
+            },
         ))
     }
 
@@ -218,7 +233,7 @@ impl VirtualMachine {
         virtkit_sandbox::set_policy(self.config.platform.seccomp);
         let kvm = Kvm::open()?;
         let pvm_host = kvm.info().flavor == KvmFlavor::Pvm;
-        let (machine_config, server) = self.machine_config()?;
+        let (machine_config, serial) = self.machine_config()?;
         let mut machine = Machine::new(&kvm, machine_config)?;
         let devices = Arc::new(DeviceManager::attach_all(&machine, &mut self.config)?);
         self.devices = devices.clone();
@@ -233,6 +248,12 @@ impl VirtualMachine {
                 let exit = machine.wait();
                 devices.release();
                 drop(machine);
+                // The guest's last lines reach their terminal, file or pipe before the VM says
+                // it stopped (a stuck sink gets a bounded wait).
+                let SerialKeep { server, buffered } = serial;
+                if let Some(output) = buffered {
+                    output.flush_for(SERIAL_FLUSH_TIMEOUT);
+                }
                 drop(server);
                 let reason = StopReason::from_exit(exit, pvm_host);
                 tracing::info!(%reason, "virtual machine stopped");
