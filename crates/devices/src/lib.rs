@@ -12,4 +12,5 @@
 pub mod balloon;
 pub mod block;
 pub mod console;
+pub mod net;
 pub mod rng;

@@ -14,6 +14,7 @@
 //! thread may create threads itself.
 
 mod filters;
+pub mod helper_process;
 mod inherited;
 mod spawn;
 
@@ -22,6 +23,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use filters::{rules_for, FilterRules};
+pub use helper_process::{HelperCommand, HelperError, HelperLog, HelperProcess};
 pub use inherited::close_inherited_descriptors;
 pub use spawn::{spawn, Builder};
 

@@ -47,6 +47,24 @@ fn settle_allocator() {
     drop(std::hint::black_box(blocks));
 }
 
+/// Runs `job` on the spawner and returns its result. For work whose effect is tied to the
+/// calling thread's life: a child forked here with `PR_SET_PDEATHSIG` is signalled when the
+/// forking thread exits, and the spawner lives as long as the process (see `helper_process`).
+/// Must not be called from a job already running on the spawner (it would wait on itself).
+pub(crate) fn run_on_spawner<T, F>(job: F) -> io::Result<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let (reply_tx, reply_rx) = sync_channel::<T>(1);
+    on_spawner(Box::new(move || {
+        let _ = reply_tx.send(job());
+    }))?;
+    reply_rx
+        .recv()
+        .map_err(|_| io::Error::other("the sandbox's spawner thread did not answer"))
+}
+
 /// Makes sure the spawner exists; called before the calling thread gets a filter.
 pub(crate) fn ensure_spawner() {
     if let Err(e) = on_spawner(Box::new(|| {})) {

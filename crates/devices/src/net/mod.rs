@@ -1,0 +1,3 @@
+//! Networking: what the host learns from a NIC's frames.
+
+pub mod address;
