@@ -7,7 +7,7 @@
 # fails loudly if a command the tests need is still missing.
 set -euo pipefail
 packages=(qemu-system-x86 qemu-utils busybox-static seabios ovmf cpio binutils e2fsprogs xz-utils zstd lz4 acpica-tools
-    dosfstools mtools syslinux syslinux-common btrfs-progs xfsprogs python3)
+    dosfstools mtools syslinux syslinux-common btrfs-progs xfsprogs python3 passt)
 updated=0
 for pass in 1 2; do
     missing=()
@@ -22,7 +22,7 @@ for pass in 1 2; do
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 done
-for cmd in qemu-system-x86_64 qemu-img qemu-io mkfs.btrfs mkfs.xfs busybox cpio; do
+for cmd in qemu-system-x86_64 qemu-img qemu-io mkfs.btrfs mkfs.xfs busybox cpio passt; do
     if ! command -v "$cmd" >/dev/null; then
         echo "install-deps: '$cmd' is still missing after installing its package; install it by hand" >&2
         exit 1

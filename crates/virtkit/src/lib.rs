@@ -13,6 +13,7 @@ mod console_server;
 pub mod devices;
 mod host;
 mod identity;
+pub mod network;
 pub mod regular_file;
 mod serial;
 mod size;
