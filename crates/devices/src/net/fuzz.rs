@@ -15,6 +15,10 @@ use super::backend::{NetBackend, MAX_FRAME_LEN, VNET_HDR_LEN};
 use super::handler::NetHandler;
 use super::metrics::NetMetrics;
 
+pub use virtkit_virtio::testing::fuzz::{
+    AVAIL_RING, DATA, DESC_TABLE, HIGH_REGION, LOW_REGION, QUEUE_SIZE, USED_RING,
+};
+
 /// A backend that takes a few frames and then would block, and hands out frames of the sizes
 /// it was given.
 struct FuzzBackend {
