@@ -226,6 +226,13 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
                         // std makes an accepted socket non-blocking with `ioctl(FIONBIO)`.
                         .allow_if(SYS_ioctl, &[(1, FIONBIO)]);
                 }
+                // The backend's socket is connected and non-blocking before the worker starts:
+                // frames go out with `send` (a `sendto` with no address: never anywhere else)
+                // and come in with `recv` (datagrams, `recvfrom`) or `read` (streams).
+                DeviceKind::Net => {
+                    send_connected(&mut r);
+                    r.allow(SYS_recvfrom);
+                }
                 DeviceKind::Other => {
                     r.allow_all(&[SYS_nanosleep, SYS_clock_nanosleep]);
                 }
@@ -371,12 +378,13 @@ mod tests {
         assert_eq!(kvm::KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
     }
 
-    const ALL_ROLES: [ThreadRole; 16] = [
+    const ALL_ROLES: [ThreadRole; 17] = [
         ThreadRole::Vcpu,
         ThreadRole::DeviceWorker(DeviceKind::Block),
         ThreadRole::DeviceWorker(DeviceKind::Rng),
         ThreadRole::DeviceWorker(DeviceKind::Balloon),
         ThreadRole::DeviceWorker(DeviceKind::Console),
+        ThreadRole::DeviceWorker(DeviceKind::Net),
         ThreadRole::DeviceWorker(DeviceKind::Other),
         ThreadRole::SerialInput,
         ThreadRole::SerialOutput,
@@ -437,6 +445,18 @@ mod tests {
                 "{role:?}: fcntl unrestricted"
             );
         }
+    }
+
+    #[test]
+    fn the_net_worker_sends_only_on_connected_sockets_and_accepts_nothing() {
+        use libc::*;
+        let rules = rules_for(ThreadRole::DeviceWorker(DeviceKind::Net));
+        assert!(rules.allows(SYS_sendto) && !rules.allows_any_arguments(SYS_sendto));
+        assert!(rules.allows(SYS_recvfrom) && rules.allows(SYS_read));
+        for nr in [SYS_sendmsg, SYS_sendmmsg, SYS_accept4, SYS_bind, SYS_listen] {
+            assert!(!rules.allows(nr), "syscall {nr}");
+        }
+        assert_eq!(DeviceKind::from_worker_name("net"), DeviceKind::Net);
     }
 
     #[test]

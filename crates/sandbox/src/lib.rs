@@ -127,6 +127,8 @@ pub enum DeviceKind {
     Balloon,
     /// `v_console`: port backends on pipes, files and Unix sockets.
     Console,
+    /// `v_net`: a network backend's connected socket (frames sent and received, no address).
+    Net,
     /// Any other worker (test devices): an event loop on eventfds only.
     Other,
 }
@@ -139,6 +141,7 @@ impl DeviceKind {
             "rng" => DeviceKind::Rng,
             "balloon" => DeviceKind::Balloon,
             "console" => DeviceKind::Console,
+            "net" => DeviceKind::Net,
             _ => DeviceKind::Other,
         }
     }

@@ -1,0 +1,156 @@
+//! [`StreamBackend`]: frames over a connected Unix stream socket, each preceded by its length
+//! as 4 bytes big-endian. This is passt's `--fd`/socket protocol and QEMU's `-netdev stream`.
+//!
+//! A stream carries no frame boundaries, so both directions keep a partial frame across calls:
+//! a send the socket took only part of is finished by [`NetBackend::flush`] before another is
+//! taken, and a frame read in pieces waits in the backend until it is whole. Both buffers are
+//! bounded by one frame (plus, on input, what one read brings).
+
+use std::io::{self, IoSlice, Read};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use rustix::net::{send, SendFlags};
+
+use super::backend::{would_block, NetBackend, MAX_FRAME_LEN};
+
+const PREFIX_LEN: usize = 4;
+/// Longest frame the length prefix may announce (no virtio-net header on this transport).
+const MAX_LEN: usize = MAX_FRAME_LEN;
+/// Input buffer: two whole frames, so one read can bring the rest of one and much of the next.
+const IN_CAPACITY: usize = 2 * (PREFIX_LEN + MAX_LEN);
+
+#[derive(Debug)]
+pub struct StreamBackend {
+    socket: UnixStream,
+    /// The frame being written (prefix included) and how much of it went.
+    out: Vec<u8>,
+    out_done: usize,
+    /// Bytes read and not yet handed out: `input[start..end]`.
+    input: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl StreamBackend {
+    /// A backend over `socket` (made non-blocking), connected to the peer.
+    pub fn new(socket: UnixStream) -> io::Result<StreamBackend> {
+        socket.set_nonblocking(true)?;
+        Ok(StreamBackend {
+            socket,
+            out: Vec::with_capacity(PREFIX_LEN + MAX_LEN),
+            out_done: 0,
+            input: vec![0; IN_CAPACITY].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        })
+    }
+
+    /// Connects to a peer listening on `path` (passt's `--socket`, QEMU's `-netdev stream,server`).
+    pub fn connect(path: impl AsRef<Path>) -> io::Result<StreamBackend> {
+        StreamBackend::new(UnixStream::connect(path)?)
+    }
+
+    /// The whole frame at the front of the input, if it is there: its length.
+    fn buffered_frame(&self) -> io::Result<Option<usize>> {
+        let have = &self.input[self.start..self.end];
+        let Some(prefix) = have.first_chunk::<PREFIX_LEN>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(*prefix) as usize;
+        if len > MAX_LEN {
+            // Nothing after it can be trusted to start on a frame.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the peer announced a frame of {len} bytes; at most {MAX_LEN}"),
+            ));
+        }
+        Ok((have.len() >= PREFIX_LEN + len).then_some(len))
+    }
+}
+
+impl NetBackend for StreamBackend {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
+    fn send(&mut self, frame: &[IoSlice<'_>]) -> io::Result<()> {
+        self.flush()?;
+        let len: usize = frame.iter().map(|s| s.len()).sum();
+        if len > MAX_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a frame of {len} bytes; at most {MAX_LEN}"),
+            ));
+        }
+        // One copy into a staging buffer: one `send` per frame (prefix and all), and what the
+        // socket does not take now stays here for `flush`.
+        self.out.clear();
+        self.out.extend_from_slice(&(len as u32).to_be_bytes());
+        for piece in frame {
+            self.out.extend_from_slice(piece);
+        }
+        self.out_done = 0;
+        match self.flush() {
+            Err(e) if would_block(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        while self.out_done < self.out.len() {
+            // MSG_NOSIGNAL: a peer gone away is EPIPE here, never a SIGPIPE that kills the VMM.
+            match send(&self.socket, &self.out[self.out_done..], SendFlags::NOSIGNAL) {
+                Ok(0) => {
+                    self.out.clear();
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                Ok(n) => self.out_done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    let e = io::Error::from(e);
+                    if !would_block(&e) {
+                        // The rest of the frame cannot go; the stream is unusable anyway.
+                        self.out.clear();
+                        self.out_done = 0;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            while let Some(len) = self.buffered_frame()? {
+                let at = self.start + PREFIX_LEN;
+                self.start = at + len;
+                if len == 0 {
+                    continue;
+                }
+                let Some(dest) = buf.get_mut(..len) else {
+                    return Err(io::Error::other(format!(
+                        "a frame of {len} bytes does not fit {}",
+                        buf.len()
+                    )));
+                };
+                dest.copy_from_slice(&self.input[at..at + len]);
+                return Ok(len);
+            }
+            // Keep the partial frame at the front, so the rest of it always fits.
+            if self.start > 0 {
+                self.input.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            match (&self.socket).read(&mut self.input[self.end..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
