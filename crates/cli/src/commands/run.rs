@@ -139,6 +139,7 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
             entropy_devices: Vec::new(),
             memory_balloon_devices: Vec::new(),
             console_devices: Vec::new(),
+            network_devices: Vec::new(),
             platform: virtkit::PlatformConfiguration::default(),
         }
         .with_serial(SerialAttachment::Stdio)
