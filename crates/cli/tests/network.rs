@@ -1,0 +1,122 @@
+//! Network cards of named VMs on this host's KVM, without a guest network driver (the small
+//! guests have none; the stock kernel's `virtio_net` runs in `full_guest_network.rs`): a NAT card
+//! starts passt with the ports published, `virtkit ip` knows the address NAT will give before the
+//! guest takes it, `--wait` says when it has not, and passt never outlives its VM, not even a
+//! `kill -9` of the VM process.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::home::Home;
+use virtkit_test_guests::Guest;
+
+fn available() -> bool {
+    if !virtkit_testkit::require_kvm() {
+        return false;
+    }
+    if !Path::new("/usr/bin/passt").exists() {
+        virtkit_testkit::skip("passt is not installed (Debian package passt)");
+        return false;
+    }
+    true
+}
+
+/// The passt processes whose command line publishes `port`.
+fn passt_publishing(port: u16) -> Vec<u32> {
+    let needle = format!("/{port}:");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains("passt") && cmd.contains(&needle)
+        })
+        .filter(|pid| !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")))
+        .collect()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn create_nat(home: &Home, name: &str, publish: &str) {
+    home.ok(&[
+        "create",
+        name,
+        "--kernel",
+        Guest::Counter.path().to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--cpus",
+        "1",
+        "--disk-size",
+        "1M",
+        "--network",
+        "nat",
+        "--publish",
+        publish,
+    ]);
+}
+
+#[test]
+fn a_nat_card_publishes_its_ports_and_ip_knows_the_address_before_the_guest() {
+    if !available() {
+        return;
+    }
+    let home = Home::new("net", "nat");
+    create_nat(&home, "web", "24022:22");
+    home.ok(&["run", "web", "--detach"]);
+    assert_eq!(home.ok(&["ip", "web"]).trim(), "10.0.2.15");
+    let nics = home.json(&["ip", "web", "--format", "json"]);
+    assert_eq!(nics[0]["name"], "net0");
+    assert_eq!(nics[0]["expected_ipv4"], "10.0.2.15");
+    // The MAC the guest sees is the one derived from the machine id, as `get` would show.
+    let get = home.json(&["get", "web", "--format", "json"]);
+    assert_eq!(nics[0]["mac"], get["mac_address"], "{nics} / {get}");
+    // The published port is passt's, on the host's loopback only.
+    assert_eq!(passt_publishing(24022).len(), 1);
+    assert!(std::net::TcpStream::connect("127.0.0.1:24022").is_ok());
+    // The counter guest has no network driver: it never takes the address.
+    home.fails(&["ip", "web", "--wait", "1"], "has no address yet after 1 s");
+    home.ok(&["stop", "web", "--timeout", "1"]);
+    wait_until("passt to end with its VM", Duration::from_secs(5), || {
+        passt_publishing(24022).is_empty()
+    });
+}
+
+#[test]
+fn passt_does_not_outlive_a_killed_vm_process_and_a_taken_port_is_refused() {
+    if !available() {
+        return;
+    }
+    let home = Home::new("net", "kill");
+    create_nat(&home, "k", "24023:22");
+    home.ok(&["run", "k", "--detach"]);
+    assert_eq!(passt_publishing(24023).len(), 1);
+    let pid = home.pid("k");
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_until(
+        "passt to end with its killed VM process",
+        Duration::from_secs(5),
+        || passt_publishing(24023).is_empty(),
+    );
+
+    // A host port already in use: one sentence, and no passt left behind.
+    let _taken = std::net::TcpListener::bind("127.0.0.1:24024").unwrap();
+    create_nat(&home, "busy", "24024:22");
+    home.fails(
+        &["run", "busy", "--detach"],
+        "24024 is already in use on the host",
+    );
+    assert!(passt_publishing(24024).is_empty());
+}
