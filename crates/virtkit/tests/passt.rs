@@ -336,7 +336,7 @@ fn missing_passt_is_one_sentence_with_the_fix() {
     let err = passt::start(&NatConfiguration::default(), &options).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "passt is not installed: install it (Debian/Ubuntu: apt install passt; Fedora: dnf install passt), or use --network none|tap:NAME|bridge:NAME|socket:PATH"
+        "passt is not installed: install it (Debian/Ubuntu: apt install passt; Fedora: dnf install passt), or use --network none|socket:PATH|dgram:PATH"
     );
 }
 

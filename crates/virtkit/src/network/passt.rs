@@ -134,7 +134,7 @@ impl Default for PasstOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum PasstError {
     #[error(
-        "passt is not installed: install it (Debian/Ubuntu: apt install passt; Fedora: dnf install passt), or use --network none|tap:NAME|bridge:NAME|socket:PATH"
+        "passt is not installed: install it (Debian/Ubuntu: apt install passt; Fedora: dnf install passt), or use --network none|socket:PATH|dgram:PATH"
     )]
     NotInstalled,
     #[error(
