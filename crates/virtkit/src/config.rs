@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::devices::{ConsoleDeviceConfiguration, EntropyDeviceConfiguration, MemoryBalloonConfiguration};
+use crate::devices::{
+    ConsoleDeviceConfiguration, EntropyDeviceConfiguration, MemoryBalloonConfiguration,
+    NetworkDeviceConfiguration,
+};
 use crate::identity::MachineIdentifier;
 use crate::storage::StorageDeviceConfiguration;
 
@@ -45,6 +48,9 @@ pub struct VirtualMachineConfiguration {
     /// Console devices (virtio-console): `hvc0` and named ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub console_devices: Vec<ConsoleDeviceConfiguration>,
+    /// Network cards (virtio-net): NAT through passt, or a Unix socket.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_devices: Vec<NetworkDeviceConfiguration>,
     /// The platform's identity (SMBIOS UUID and serial, MAC addresses).
     #[serde(default, skip_serializing_if = "PlatformConfiguration::is_default")]
     pub platform: PlatformConfiguration,
@@ -141,6 +147,7 @@ impl VirtualMachineConfiguration {
             entropy_devices: Vec::new(),
             memory_balloon_devices: Vec::new(),
             console_devices: Vec::new(),
+            network_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         }
     }
@@ -160,6 +167,7 @@ impl VirtualMachineConfiguration {
             entropy_devices: Vec::new(),
             memory_balloon_devices: Vec::new(),
             console_devices: Vec::new(),
+            network_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         }
     }

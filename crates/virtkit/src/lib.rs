@@ -31,7 +31,8 @@ pub use config_file::{ConfigFileError, MAX_CONFIG_SIZE};
 pub use console_server::{ConsoleClients, ConsoleOutput, ConsoleServer, ConsoleServerOptions, OutputPump};
 pub use devices::{
     BalloonStatus, ConsoleDeviceConfiguration, ConsolePortConfiguration, DeviceError, DeviceManager,
-    EntropyDeviceConfiguration, MemoryBalloonConfiguration,
+    EntropyDeviceConfiguration, Framing, MemoryBalloonConfiguration, NetworkAttachment,
+    NetworkDeviceConfiguration, NicAddresses, PortProtocol, PublishedPort,
 };
 pub use host::{HostCapabilities, HostKind};
 pub use identity::{BadMachineIdentifier, MachineIdentifier};

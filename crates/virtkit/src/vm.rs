@@ -362,6 +362,13 @@ impl VirtualMachine {
         })
     }
 
+    /// Each network card's MAC and addresses, as learned from its frames; for NAT, the address
+    /// its DHCP server hands out is `expected_ipv4` until the guest shows it uses one.
+    pub fn network_addresses(&self) -> Result<Vec<crate::NicAddresses>, VmError> {
+        self.running_handle("read the addresses of", &[VmState::Running, VmState::Paused])?;
+        Ok(self.devices.network_addresses())
+    }
+
     /// Tells the guest's console drivers the terminal's size.
     pub fn resize_consoles(&self, cols: u16, rows: u16) {
         self.devices.resize_consoles(cols, rows);

@@ -11,6 +11,7 @@ pub mod get;
 pub mod images;
 pub mod list;
 pub mod logs;
+pub mod network_flags;
 pub mod run;
 pub mod validate;
 pub mod vms;

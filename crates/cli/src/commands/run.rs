@@ -7,10 +7,11 @@ use std::sync::mpsc::channel;
 use clap::Args;
 use virtkit::{
     parse_size, BootLoader, ConsoleDeviceConfiguration, ConsolePortConfiguration, EntropyDeviceConfiguration,
-    MemoryBalloonConfiguration, SerialAttachment, StopReason, StorageDeviceConfiguration, VirtualMachine,
-    VirtualMachineConfiguration, CONFIG_FORMAT_VERSION,
+    MemoryBalloonConfiguration, PublishedPort, SerialAttachment, StopReason, StorageDeviceConfiguration,
+    VirtualMachine, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION,
 };
 
+use crate::commands::network_flags::{self, NetworkChoice};
 use crate::commands::validate::load_config;
 use crate::exit::{exit_code_for, CliError};
 use crate::terminal::{forward_stdin_with_escape, stdin_is_terminal, RawMode};
@@ -20,7 +21,7 @@ pub use crate::vm_process::ConsoleChoice;
 #[derive(Args)]
 pub struct RunArgs {
     /// A VM made with `virtkit create` (its bundle has the whole configuration).
-    #[arg(conflicts_with_all = ["config", "kernel", "firmware", "disks", "entropy", "balloon", "ports", "cpus", "memory", "serial"])]
+    #[arg(conflicts_with_all = ["config", "kernel", "firmware", "disks", "entropy", "balloon", "ports", "networks", "published", "cpus", "memory", "serial"])]
     pub name: Option<String>,
     /// Run the named VM in the background; `virtkit console NAME` attaches to it.
     #[arg(long, requires = "name")]
@@ -66,6 +67,15 @@ pub struct RunArgs {
     /// `/dev/virtio-ports/NAME`, e.g. org.qemu.guest_agent.0); repeat for more.
     #[arg(long = "port", value_parser = parse_port)]
     pub ports: Vec<(String, PathBuf)>,
+    /// A network card: nat (user-mode NAT through passt; the guest gets 10.0.2.15 by DHCP),
+    /// socket:PATH (length-prefixed frames on a Unix stream socket, as passt --socket),
+    /// dgram:PATH (one frame per datagram), or none [default: none]; repeat for more cards.
+    #[arg(long = "network", value_name = "nat|none|socket:PATH|dgram:PATH", value_parser = network_flags::parse_network)]
+    pub networks: Vec<NetworkChoice>,
+    /// A host port that reaches the guest through NAT: [ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp],
+    /// bound to 127.0.0.1 unless ADDR is given; adds a NAT card if none is given; repeatable.
+    #[arg(long = "publish", value_name = "[ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp]", value_parser = network_flags::parse_publish)]
+    pub published: Vec<PublishedPort>,
     /// Where COM1 goes: stdio, none, file:PATH or unix:PATH [default: stdio, or the configuration's].
     #[arg(long, value_parser = parse_serial)]
     pub serial: Option<SerialChoice>,
@@ -139,6 +149,7 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
             entropy_devices: Vec::new(),
             memory_balloon_devices: Vec::new(),
             console_devices: Vec::new(),
+            network_devices: Vec::new(),
             platform: virtkit::PlatformConfiguration::default(),
         }
         .with_serial(SerialAttachment::Stdio)
@@ -146,6 +157,8 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
     config.platform.seccomp = args.seccomp.or(config.platform.seccomp);
     config.storage_devices.extend(args.disks.iter().cloned());
     config.entropy_devices.extend(args.entropy.iter().cloned());
+    network_flags::apply(&mut config.network_devices, &args.networks, &args.published)
+        .map_err(CliError::new)?;
     if args.balloon {
         config
             .memory_balloon_devices

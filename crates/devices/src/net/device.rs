@@ -17,6 +17,7 @@ use vm_memory::GuestMemoryMmap;
 use super::backend::{NetBackend, VNET_HDR_LEN};
 use super::handler::{NetHandler, PendingTx};
 use super::metrics::NetMetrics;
+use super::observer::{AddressObserver, AddressWatch};
 use super::worker::Worker;
 
 /// Virtio device ID of network cards.
@@ -144,6 +145,14 @@ impl Net {
 
     pub fn mac(&self) -> [u8; 6] {
         self.mac
+    }
+
+    /// Starts learning the guest's addresses from this NIC's frames (before the device is
+    /// attached); the watch reads them. `None` while the worker runs (it has the handler).
+    pub fn watch_addresses(&mut self) -> Option<AddressWatch> {
+        let (observer, watch) = AddressObserver::new(self.mac);
+        self.worker.handler_mut()?.observer = Some(observer);
+        Some(watch)
     }
 
     /// A `start` for [`DeviceWorker`]: takes the rx and tx queues and builds the `v_net`

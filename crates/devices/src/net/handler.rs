@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::backend::{NetBackend, MAX_FRAME_LEN, VNET_HDR_LEN};
 use super::chain::Segment;
 use super::metrics::NetMetrics;
+use super::observer::AddressObserver;
 
 /// Frames moved each way per pass: a peer that never stops sending, or a guest that never
 /// stops queueing, cannot keep the worker from the other direction. The worker passes again
@@ -66,6 +67,8 @@ pub struct NetHandler {
     pub(crate) backend_down: bool,
     /// A budget ran out with work left: pass again without waiting.
     pub(crate) more: bool,
+    /// Learns the guest's addresses from every frame sent and delivered, when asked for.
+    pub(crate) observer: Option<AddressObserver>,
 }
 
 impl std::fmt::Debug for NetHandler {
@@ -96,6 +99,7 @@ impl NetHandler {
             rx_starved: false,
             backend_down: false,
             more: false,
+            observer: None,
         }
     }
 

@@ -8,7 +8,8 @@
 //! - `handler`, `tx`, `rx`: the queue logic, pure and non-blocking; rx with mergeable buffers.
 //! - `worker`: the `v_net` thread and its epoll.
 //! - `device`: [`Net`], the [`virtkit_virtio::VirtioDevice`].
-//! - `address`: what the host learns from the NIC's frames: the guest's IPv4 and IPv6 addresses.
+//! - `address`: what the host learns from the NIC's frames: the guest's IPv4 and IPv6 addresses;
+//!   `observer` feeds it from the data path ([`Net::watch_addresses`]).
 
 pub mod address;
 mod backend;
@@ -18,6 +19,7 @@ mod device;
 pub mod fuzz;
 mod handler;
 mod metrics;
+mod observer;
 mod rx;
 mod stream;
 mod tx;
@@ -36,6 +38,7 @@ pub use device::{
 };
 pub use handler::{NetHandler, PendingTx};
 pub use metrics::NetMetrics;
+pub use observer::AddressWatch;
 pub use stream::StreamBackend;
 /// The queue loop's error, shared by every device.
 pub use virtkit_virtio::QueueError;

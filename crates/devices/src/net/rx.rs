@@ -36,7 +36,14 @@ impl NetHandler {
                 return Ok(used);
             }
             match self.deliver(queue, mem, &mut used)? {
-                Delivery::Delivered | Delivery::Dropped => self.rx_len = 0,
+                Delivery::Delivered => {
+                    if let Some(observer) = &mut self.observer {
+                        // `rx_frame` is the device's header and the frame, contiguous.
+                        observer.rx(self.rx_frame.get(VNET_HDR_LEN..self.rx_len).unwrap_or_default());
+                    }
+                    self.rx_len = 0;
+                }
+                Delivery::Dropped => self.rx_len = 0,
                 Delivery::Waiting => {
                     NetMetrics::add(&self.metrics.rx_starved, 1);
                     self.rx_starved = true;

@@ -19,6 +19,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::test_support::TestBackend;
 use super::*;
 
+mod observer;
+
 virtkit_virtio::virtio_device_conformance_tests!(
     conformance,
     Net,

@@ -45,6 +45,10 @@ impl NetHandler {
             if !self.backend_down {
                 match self.backend.send(&[IoSlice::new(&self.tx_frame)]) {
                     Ok(()) => {
+                        if let Some(observer) = &mut self.observer {
+                            let header = self.backend.vnet_hdr_len().min(self.tx_frame.len());
+                            observer.tx(&self.tx_frame[header..]);
+                        }
                         NetMetrics::add(&self.metrics.tx_frames, 1);
                         NetMetrics::add(&self.metrics.tx_bytes, self.frame_bytes());
                     }

@@ -298,6 +298,7 @@ impl Bundle {
                         .collect(),
                 }]
             },
+            network_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         };
 

@@ -10,6 +10,7 @@ mod balloon;
 mod block;
 mod console;
 mod entropy;
+mod net;
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -21,6 +22,10 @@ use virtkit_virtio::VirtioError;
 pub use balloon::{BalloonStatus, MemoryBalloonConfiguration};
 pub use console::{ConsoleDeviceConfiguration, ConsolePortConfiguration};
 pub use entropy::EntropyDeviceConfiguration;
+pub use net::{
+    parse_mac, Framing, NetworkAttachment, NetworkDeviceConfiguration, NicAddresses, PortProtocol,
+    PublishedPort, DEFAULT_MAC_PREFIX,
+};
 use virtkit_devices::balloon::BalloonHandle;
 use virtkit_devices::console::ConsoleHandle;
 
@@ -55,6 +60,8 @@ pub enum DeviceError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot set up the network card {name}: {message}")]
+    Network { name: String, message: String },
     #[error("this machine has no memory balloon; add one (`memory_balloon_devices`, or `--balloon` when it is created)")]
     NoBalloon,
     #[error("a balloon target of {target} bytes is more than the machine's {memory} bytes of memory")]
@@ -84,6 +91,8 @@ pub struct DeviceManager {
     balloon: Mutex<Option<BalloonHandle>>,
     /// Each console device's resize handle.
     consoles: Mutex<Vec<ConsoleHandle>>,
+    /// Each network card's address watch and passt process.
+    nics: Mutex<Vec<net::NicRuntime>>,
 }
 
 impl std::fmt::Debug for DeviceManager {
@@ -98,11 +107,17 @@ pub(crate) fn validate_devices(config: &VirtualMachineConfiguration, issues: &mu
     entropy::validate(&config.entropy_devices, issues);
     balloon::validate(&config.memory_balloon_devices, issues);
     console::validate(&config.console_devices, issues);
+    net::validate(
+        &config.network_devices,
+        config.platform.machine_identifier.as_ref(),
+        issues,
+    );
     let counts = [
         (config.storage_devices.len(), "disks"),
         (config.entropy_devices.len(), "entropy devices"),
         (config.memory_balloon_devices.len(), "memory balloons"),
         (config.console_devices.len(), "console devices"),
+        (config.network_devices.len(), "network devices"),
     ];
     let used: usize = counts.iter().map(|(n, _)| n).sum();
     if used > DEVICE_SLOTS {
@@ -130,6 +145,12 @@ impl DeviceManager {
         entropy::attach(&manager, machine, &config.entropy_devices)?;
         balloon::attach(&manager, machine, &config.memory_balloon_devices)?;
         console::attach(&manager, machine, &mut config.console_devices)?;
+        net::attach(
+            &manager,
+            machine,
+            &config.network_devices,
+            config.platform.machine_identifier.as_ref(),
+        )?;
         if matches!(config.boot_loader, BootLoader::Firmware { .. }) && !disk_slots.is_empty() {
             let order: Vec<String> = disk_slots.iter().map(|s| format!("/pci@i0cf8/*@{s:x}")).collect();
             machine.set_boot_order(&order).map_err(DeviceError::BootOrder)?;
@@ -162,6 +183,23 @@ impl DeviceManager {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(handle);
+    }
+
+    fn add_nic(&self, nic: net::NicRuntime) {
+        self.nics.lock().unwrap_or_else(|p| p.into_inner()).push(nic);
+    }
+
+    /// Each network card's addresses, as the guest's frames showed them (and, for NAT, the
+    /// address its DHCP server hands out until then).
+    pub fn network_addresses(&self) -> Vec<NicAddresses> {
+        let nics = self.nics.lock().unwrap_or_else(|p| p.into_inner());
+        nics.iter().map(net::NicRuntime::addresses).collect()
+    }
+
+    /// The process ids of the passt helpers of this machine's NAT cards.
+    pub fn passt_pids(&self) -> Vec<u32> {
+        let nics = self.nics.lock().unwrap_or_else(|p| p.into_inner());
+        nics.iter().filter_map(net::NicRuntime::passt_pid).collect()
     }
 
     fn balloon(&self) -> Result<BalloonHandle, DeviceError> {
@@ -283,6 +321,8 @@ impl DeviceManager {
         self.lock().clear();
         self.balloon.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.consoles.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        // After the devices: passt stops once its card is gone.
+        self.nics.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     fn for_each(

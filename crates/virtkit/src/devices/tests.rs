@@ -88,7 +88,7 @@ fn validation_allows_exactly_the_slots_the_bus_has() {
     let message = slot_issue(&config(&dir, 31, 0)).expect("31 disks do not fit");
     assert!(
         message.contains(
-            "31 PCI devices given (31 disks, 0 entropy devices, 0 memory balloons, 0 console devices)"
+            "31 PCI devices given (31 disks, 0 entropy devices, 0 memory balloons, 0 console devices, 0 network devices)"
         ),
         "{message}"
     );
@@ -148,4 +148,76 @@ fn sleep_and_wake_reach_every_device_and_state_round_trips() {
     manager.wake_all().unwrap();
     manager.release();
     assert!(manager.names().is_empty());
+}
+
+#[test]
+fn a_socket_network_card_attaches_as_net0_and_learns_nothing_before_the_guest_speaks() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("net-socket");
+    let path = dir.0.join("n.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let mut config = config(&dir, 1, 0);
+    config.network_devices.push(NetworkDeviceConfiguration {
+        mac: Some("02:00:00:12:34:56".into()),
+        attachment: NetworkAttachment::Socket {
+            path: path.clone(),
+            framing: net::Framing::Stream,
+        },
+    });
+    let mut issues = Issues(Vec::new());
+    validate_devices(&config, &mut issues);
+    assert!(issues.0.is_empty(), "{:?}", issues.0);
+    let kvm = Kvm::open().unwrap();
+    let machine = machine(&kvm, &config);
+    let manager = DeviceManager::attach_all(&machine, &mut config).unwrap();
+    let names: Vec<String> = manager.names().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["blk0", "net0"]);
+    listener.accept().expect("the card connected to the socket");
+    let addresses = manager.network_addresses();
+    assert_eq!(addresses.len(), 1);
+    assert_eq!(addresses[0].mac, "02:00:00:12:34:56");
+    assert_eq!((addresses[0].ipv4, addresses[0].expected_ipv4), (None, None));
+    manager.release();
+    assert!(manager.network_addresses().is_empty());
+}
+
+#[test]
+fn a_nat_network_card_starts_passt_and_release_stops_it() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    if !std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join("passt").exists())
+    {
+        eprintln!("skipped: passt is not installed");
+        return;
+    }
+    let dir = TempDir::new("net-nat");
+    let mut config = config(&dir, 0, 0);
+    config.network_devices.push(NetworkDeviceConfiguration {
+        mac: None,
+        attachment: NetworkAttachment::Nat {
+            published: Vec::new(),
+        },
+    });
+    let kvm = Kvm::open().unwrap();
+    let machine = machine(&kvm, &config);
+    let manager = DeviceManager::attach_all(&machine, &mut config).unwrap();
+    assert_eq!(manager.names()[0].0, "net0");
+    let pids = manager.passt_pids();
+    assert_eq!(pids.len(), 1);
+    let proc_dir = PathBuf::from(format!("/proc/{}", pids[0]));
+    assert!(proc_dir.exists(), "passt runs while the card is attached");
+    let addresses = manager.network_addresses();
+    assert_eq!(
+        addresses[0].expected_ipv4,
+        Some(std::net::Ipv4Addr::new(10, 0, 2, 15)),
+        "NAT's address is known before the guest boots"
+    );
+    assert_eq!(addresses[0].mac, "02:76:6b:00:00:00");
+    manager.release();
+    assert!(manager.passt_pids().is_empty());
+    // Dropping the handle stopped and reaped passt: its pid is gone (not a zombie).
+    assert!(!proc_dir.exists(), "passt is gone after release");
 }

@@ -1,0 +1,364 @@
+//! Network cards: virtio-net, as Apple's `VZVirtioNetworkDeviceConfiguration`, attached to
+//! user-mode NAT (passt) or to a Unix socket another program serves.
+//!
+//! JSON (`network_devices`, one object per card):
+//! ```json
+//! {"mac": "02:00:00:12:34:56",
+//!  "attachment": {"type": "nat", "published": [
+//!     {"protocol": "tcp", "host_address": "127.0.0.1", "host_port": 2222, "guest_port": 22}]}}
+//! {"attachment": {"type": "socket", "path": "/run/net.sock", "framing": "stream"}}
+//! ```
+//! `mac` may be left out: card `i` then gets one derived from the machine identifier, or
+//! [`DEFAULT_MAC_PREFIX`] with `i` as its last byte when the machine has no identifier.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::FileTypeExt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use virtkit_devices::net::{
+    AddressWatch, DatagramBackend, MacText, Net, NetBackend, StreamBackend, PCI_CLASS,
+};
+use virtkit_machine::Machine;
+use virtkit_virtio::transport::pci::attach as attach_pci;
+
+use super::{DeviceError, DeviceManager};
+use crate::identity::MachineIdentifier;
+use crate::network::passt::{self, HelperProcess, NatConfiguration, PasstOptions, PortForward, Protocol};
+use crate::validate::{Issues, MAX_SOCKET_PATH};
+
+/// The first five bytes of a card's MAC when neither the configuration nor a machine
+/// identifier gives one: locally administered (`0x02`), unicast; `vk` in ASCII.
+pub const DEFAULT_MAC_PREFIX: [u8; 5] = [0x02, 0x76, 0x6b, 0x00, 0x00];
+
+/// A network card.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct NetworkDeviceConfiguration {
+    /// `xx:xx:xx:xx:xx:xx`, unicast; absent: derived (see the module documentation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Where the card's frames go.
+    pub attachment: NetworkAttachment,
+}
+
+/// The host side of a network card.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "type")]
+pub enum NetworkAttachment {
+    /// User-mode NAT through passt: the guest gets 10.0.2.15/24 by DHCP (gateway 10.0.2.2,
+    /// DNS 10.0.2.3) and reaches the host's network; `published` host ports reach the guest.
+    Nat {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        published: Vec<PublishedPort>,
+    },
+    /// A Unix socket another program (passt `--socket`, QEMU's `-netdev stream`, a switch)
+    /// listens on.
+    Socket {
+        path: PathBuf,
+        #[serde(default)]
+        framing: Framing,
+    },
+}
+
+/// How frames travel on a socket attachment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Framing {
+    /// A stream socket, each frame preceded by its length (4 bytes, big-endian).
+    #[default]
+    Stream,
+    /// A datagram socket, one frame per datagram.
+    Datagram,
+}
+
+/// A host port that reaches a guest port through the NAT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct PublishedPort {
+    #[serde(default)]
+    pub protocol: PortProtocol,
+    /// The host address the port is bound to; 127.0.0.1 unless given.
+    #[serde(default = "localhost")]
+    pub host_address: IpAddr,
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
+fn localhost() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortProtocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl From<PortProtocol> for Protocol {
+    fn from(p: PortProtocol) -> Protocol {
+        match p {
+            PortProtocol::Tcp => Protocol::Tcp,
+            PortProtocol::Udp => Protocol::Udp,
+        }
+    }
+}
+
+/// What the host knows of one card's addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicAddresses {
+    /// `net0`, `net1`, ...
+    pub name: String,
+    pub mac: String,
+    /// The IPv4 address the guest showed it uses (DHCP, ARP or its traffic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<Ipv4Addr>,
+    /// The address the NAT's DHCP server hands out, while the guest has not shown its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_ipv4: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_link_local: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv6: Vec<Ipv6Addr>,
+}
+
+/// One attached card's host-side state, kept as long as the machine's devices.
+pub(super) struct NicRuntime {
+    name: String,
+    mac: [u8; 6],
+    expected_ipv4: Option<Ipv4Addr>,
+    watch: Option<AddressWatch>,
+    /// passt for a NAT card: dropping it stops passt.
+    passt: Option<HelperProcess>,
+}
+
+impl NicRuntime {
+    pub(super) fn addresses(&self) -> NicAddresses {
+        let learned = self.watch.as_ref().map(AddressWatch::get).unwrap_or_default();
+        NicAddresses {
+            name: self.name.clone(),
+            mac: MacText(self.mac).to_string(),
+            ipv4: learned.ipv4,
+            expected_ipv4: self.expected_ipv4.filter(|_| learned.ipv4.is_none()),
+            ipv4_link_local: learned.ipv4_link_local,
+            ipv6: learned.ipv6,
+        }
+    }
+
+    /// passt's process id, for NAT cards.
+    pub(super) fn passt_pid(&self) -> Option<u32> {
+        self.passt.as_ref().map(HelperProcess::id)
+    }
+}
+
+/// Why a MAC address text is not usable, as a sentence.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<Option<u8>> = text
+        .split(':')
+        .map(|b| (b.len() == 2).then(|| u8::from_str_radix(b, 16).ok()).flatten())
+        .collect();
+    let mac: Option<Vec<u8>> = bytes.into_iter().collect();
+    match mac.as_deref() {
+        Some(&[a, b, c, d, e, f]) if a & 1 == 0 => Ok([a, b, c, d, e, f]),
+        Some(&[_, _, _, _, _, _]) => Err(format!(
+            "{text} is a multicast MAC address (the first byte is odd); a network card needs a unicast one such as 02:00:00:12:34:56"
+        )),
+        _ => Err(format!(
+            "`{text}` is not a MAC address; write six hex pairs separated by colons, such as 02:00:00:12:34:56"
+        )),
+    }
+}
+
+/// The MAC address of card `index`: the configured one, or one derived from the machine
+/// identifier, or the fixed default. `None` for a configured MAC that does not parse.
+pub(crate) fn mac_for(
+    device: &NetworkDeviceConfiguration,
+    index: usize,
+    identifier: Option<&MachineIdentifier>,
+) -> Option<[u8; 6]> {
+    // At most 30 PCI slots: the index always fits a byte.
+    let i = u8::try_from(index).unwrap_or(u8::MAX);
+    match (&device.mac, identifier) {
+        (Some(text), _) => parse_mac(text).ok(),
+        (None, Some(id)) => Some(id.mac_address(i)),
+        (None, None) => {
+            let p = DEFAULT_MAC_PREFIX;
+            Some([p[0], p[1], p[2], p[3], p[4], i])
+        }
+    }
+}
+
+pub(super) fn validate(
+    devices: &[NetworkDeviceConfiguration],
+    identifier: Option<&MachineIdentifier>,
+    issues: &mut Issues,
+) {
+    let mut macs: HashMap<[u8; 6], usize> = HashMap::new();
+    let mut ports: HashMap<(PortProtocol, SocketAddr), usize> = HashMap::new();
+    for (i, device) in devices.iter().enumerate() {
+        if let Some(text) = &device.mac {
+            if let Err(message) = parse_mac(text) {
+                issues.add(&format!("network_devices[{i}].mac"), message);
+            }
+        }
+        if let Some(mac) = mac_for(device, i, identifier) {
+            if let Some(first) = macs.insert(mac, i) {
+                issues.add(
+                    &format!("network_devices[{i}].mac"),
+                    format!(
+                        "{} is also network_devices[{first}]'s MAC address; give each card its own",
+                        MacText(mac)
+                    ),
+                );
+            }
+        }
+        match &device.attachment {
+            NetworkAttachment::Nat { published } => {
+                for (j, port) in published.iter().enumerate() {
+                    let field = format!("network_devices[{i}].attachment.published[{j}]");
+                    if port.host_port == 0 || port.guest_port == 0 {
+                        issues.add(
+                            &field,
+                            "port 0 cannot be published; give a host port and a guest port from 1 to 65535"
+                                .into(),
+                        );
+                        continue;
+                    }
+                    let addr = SocketAddr::new(port.host_address, port.host_port);
+                    if let Some(first) = ports.get(&(port.protocol, addr)).copied() {
+                        issues.add(
+                            &field,
+                            format!(
+                                "host port {addr} is already published by network_devices[{first}]; publish each host port once"
+                            ),
+                        );
+                    } else {
+                        ports.insert((port.protocol, addr), i);
+                    }
+                }
+            }
+            NetworkAttachment::Socket { path, .. } => {
+                let field = format!("network_devices[{i}].attachment.path");
+                if path.as_os_str().len() > MAX_SOCKET_PATH {
+                    issues.add(
+                        &field,
+                        format!(
+                            "a Unix socket path may be at most {MAX_SOCKET_PATH} bytes; use a shorter path"
+                        ),
+                    );
+                    continue;
+                }
+                match std::fs::metadata(path) {
+                    Ok(m) if m.file_type().is_socket() => {}
+                    Ok(_) => issues.add(
+                        &field,
+                        format!(
+                            "{} is not a Unix socket; give the socket the network program listens on",
+                            path.display()
+                        ),
+                    ),
+                    Err(_) => issues.add(
+                        &field,
+                        format!(
+                            "{} does not exist; start the network program first, or give the path it listens on",
+                            path.display()
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// Builds each card's backend (starting passt for NAT cards) and attaches it.
+pub(super) fn attach(
+    manager: &DeviceManager,
+    machine: &Machine,
+    devices: &[NetworkDeviceConfiguration],
+    identifier: Option<&MachineIdentifier>,
+) -> Result<(), DeviceError> {
+    for (i, device) in devices.iter().enumerate() {
+        let name = format!("net{i}");
+        let mac = mac_for(device, i, identifier).ok_or_else(|| DeviceError::Network {
+            name: name.clone(),
+            message: "its MAC address is not valid (validation reports why)".into(),
+        })?;
+        let (backend, passt, expected_ipv4) = backend(&name, &device.attachment)?;
+        let mut net = Net::new(mac, backend).map_err(|e| DeviceError::Network {
+            name: name.clone(),
+            message: e.to_string(),
+        })?;
+        let watch = net.watch_addresses();
+        let attached = attach_pci(machine, net, PCI_CLASS).map_err(|source| DeviceError::Attach {
+            what: "network card".into(),
+            source,
+        })?;
+        manager.add("net", attached);
+        manager.add_nic(NicRuntime {
+            name,
+            mac,
+            expected_ipv4,
+            watch,
+            passt,
+        });
+    }
+    Ok(())
+}
+
+type Backend = (Box<dyn NetBackend>, Option<HelperProcess>, Option<Ipv4Addr>);
+
+fn backend(name: &str, attachment: &NetworkAttachment) -> Result<Backend, DeviceError> {
+    let failed = |message: String| DeviceError::Network {
+        name: name.to_owned(),
+        message,
+    };
+    match attachment {
+        NetworkAttachment::Nat { published } => {
+            let nat = NatConfiguration {
+                forwards: published
+                    .iter()
+                    .map(|p| PortForward {
+                        protocol: p.protocol.into(),
+                        host_address: p.host_address,
+                        host_port: p.host_port,
+                        guest_port: p.guest_port,
+                    })
+                    .collect(),
+                ..NatConfiguration::default()
+            };
+            let network = passt::start(&nat, &PasstOptions::default()).map_err(|e| failed(e.to_string()))?;
+            let backend = StreamBackend::new(network.socket)
+                .map_err(|e| failed(format!("cannot use passt's socket: {e}")))?;
+            Ok((Box::new(backend), Some(network.helper), Some(nat.guest_address)))
+        }
+        NetworkAttachment::Socket { path, framing } => {
+            let unreachable =
+                |e: std::io::Error| failed(format!("cannot connect to {}: {e}", path.display()));
+            let backend: Box<dyn NetBackend> = match framing {
+                Framing::Stream => Box::new(StreamBackend::connect(path).map_err(unreachable)?),
+                Framing::Datagram => Box::new(datagram(path).map_err(unreachable)?),
+            };
+            Ok((backend, None, None))
+        }
+    }
+}
+
+/// A datagram socket connected to `remote`, bound to an abstract address of its own (the peer
+/// needs an address to answer to, and an abstract one leaves no file behind).
+fn datagram(remote: &std::path::Path) -> std::io::Result<DatagramBackend> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let local = UnixAddr::from_abstract_name(format!("virtkit-net-{}-{n}", std::process::id()))?;
+    let socket = UnixDatagram::bind_addr(&local)?;
+    socket.connect(remote)?;
+    DatagramBackend::new(socket)
+}
+
+#[cfg(test)]
+#[path = "net_tests.rs"]
+mod tests;
