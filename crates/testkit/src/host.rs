@@ -1303,6 +1303,13 @@ VIRTKIT-HOST: script-exit=3
             let needle = format!("{name}\0");
             bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
         };
+        assert!(!has("virtkit/tmpfs-root"), "root_on_tmpfs is opt-in");
+        let tmpfs_cpio = dir.join("host-tmpfs.cpio");
+        h.clone().root_on_tmpfs().write_initramfs(&tmpfs_cpio).unwrap();
+        let tmpfs_bytes = fs::read(&tmpfs_cpio).unwrap();
+        assert!(tmpfs_bytes
+            .windows(b"virtkit/tmpfs-root\0".len())
+            .any(|w| w == b"virtkit/tmpfs-root\0"));
         for n in [
             "init",
             "bin/busybox",
