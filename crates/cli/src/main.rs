@@ -49,6 +49,9 @@ enum Command {
     Resume(commands::control::NameArg),
     /// Attach this terminal to a running VM's serial console.
     Console(commands::console::ConsoleArgs),
+    /// Print a running VM's IP address (`--wait S` for the guest to take one; `--format json`:
+    /// every network card with its MAC and addresses).
+    Ip(commands::ip::IpArgs),
     /// Print a VM's console output (of the current or last run).
     Logs(commands::logs::LogsArgs),
     /// Copy a stopped VM, with a new machine identifier (reflinked where the file system can).
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Command::Resume(args) => commands::control::resume(&args),
         Command::Console(args) => commands::console::run(&args),
         Command::Logs(args) => commands::logs::run(&args),
+        Command::Ip(args) => commands::ip::run(&args),
         Command::Clone(args) => commands::clone::run(&args),
         Command::Delete(args) => commands::delete::run(&args),
         Command::Images(args) => commands::images::run(&args),

@@ -6,7 +6,7 @@
 //! → {"command":"pause"}
 //! ← {"ok":true,"state":"paused","pid":4242}
 //! → {"command":"jump"}
-//! ← {"ok":false,"error":"unknown command `jump`: use state, pause, resume, request_stop, stop or balloon"}
+//! ← {"ok":false,"error":"unknown command `jump`: use state, pause, resume, request_stop, stop, balloon or addresses"}
 //! → {"command":"balloon","target_bytes":268435456}
 //! ← {"ok":true,"state":"running","pid":4242,"balloon":{"target_bytes":268435456,"actual_bytes":0}}
 //! ```
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use virtkit::BalloonStatus;
+use virtkit::{BalloonStatus, NicAddresses};
 
 pub use crate::control_framing::MAX_REQUEST_BYTES;
 pub use crate::control_server::{serve, MAX_CLIENTS, MAX_UNSENT_BYTES, QUIET_EVICT_AFTER};
@@ -37,6 +37,8 @@ pub enum ControlCommand {
     Stop,
     /// Report the memory balloon, after setting its target if `target_bytes` is given.
     Balloon,
+    /// Report each network card's MAC and the guest's addresses on it.
+    Addresses,
 }
 
 /// One request line.
@@ -71,6 +73,9 @@ pub struct ControlResponse {
     /// For `balloon`: the balloon's target, what the guest gave and its statistics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<Box<BalloonStatus>>,
+    /// For `addresses`: each network card and the addresses the guest uses on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<NicAddresses>>,
 }
 
 impl ControlResponse {
@@ -81,6 +86,7 @@ impl ControlResponse {
             pid: Some(std::process::id()),
             error: None,
             balloon: None,
+            addresses: None,
         }
     }
 
@@ -91,6 +97,7 @@ impl ControlResponse {
             pid: Some(std::process::id()),
             error: Some(error.to_string()),
             balloon: None,
+            addresses: None,
         }
     }
 }
@@ -104,7 +111,7 @@ pub fn parse_request(line: &str) -> Result<ControlRequest, ControlResponse> {
         if text.contains("unknown variant") {
             let name = text.split('`').nth(1).unwrap_or("?");
             ControlResponse::failure(format!(
-                "unknown command `{name}`: use state, pause, resume, request_stop, stop or balloon"
+                "unknown command `{name}`: use state, pause, resume, request_stop, stop, balloon or addresses"
             ))
         } else {
             ControlResponse::failure(format!(

@@ -17,7 +17,10 @@ pub(crate) fn waits(request: &ControlRequest) -> bool {
     match request.command {
         ControlCommand::Pause | ControlCommand::Resume => true,
         ControlCommand::Balloon => request.target_bytes.is_some(),
-        ControlCommand::State | ControlCommand::RequestStop | ControlCommand::Stop => false,
+        ControlCommand::State
+        | ControlCommand::RequestStop
+        | ControlCommand::Stop
+        | ControlCommand::Addresses => false,
     }
 }
 
@@ -60,11 +63,13 @@ pub(crate) fn run_executor(
 
 /// Runs one request against the VM.
 pub(crate) fn handle(request: &ControlRequest, vm: &VirtualMachine) -> ControlResponse {
-    if request.command == ControlCommand::Balloon {
-        return balloon(request.target_bytes, vm);
+    match request.command {
+        ControlCommand::Balloon => return balloon(request.target_bytes, vm),
+        ControlCommand::Addresses => return addresses(vm),
+        _ => {}
     }
     let result = match request.command {
-        ControlCommand::State | ControlCommand::Balloon => Ok(()),
+        ControlCommand::State | ControlCommand::Balloon | ControlCommand::Addresses => Ok(()),
         ControlCommand::Pause => vm.pause(),
         ControlCommand::Resume => vm.resume(),
         ControlCommand::RequestStop => vm.request_stop(),
@@ -72,6 +77,18 @@ pub(crate) fn handle(request: &ControlRequest, vm: &VirtualMachine) -> ControlRe
     };
     match result {
         Ok(()) => ControlResponse::success(vm.state()),
+        Err(e) => ControlResponse::failure(e),
+    }
+}
+
+/// Each network card's MAC and the guest's addresses on it (read from what the cards' workers
+/// last published: no wait on the machine).
+fn addresses(vm: &VirtualMachine) -> ControlResponse {
+    match vm.network_addresses() {
+        Ok(nics) => ControlResponse {
+            addresses: Some(nics),
+            ..ControlResponse::success(vm.state())
+        },
         Err(e) => ControlResponse::failure(e),
     }
 }

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
+
+use crate::commands::network_flags::{self, NetworkChoice};
 use virtkit::parse_size;
 use virtkit_manager::bundle::{Bundle, NewBoot, NewBundle, DEFAULT_FIRMWARE};
 
@@ -50,6 +52,13 @@ pub struct CreateArgs {
     /// PORT` attaches to it. Repeat for more.
     #[arg(long = "port")]
     pub ports: Vec<String>,
+    /// A network card: nat (user-mode NAT through passt; the guest gets 10.0.2.15 by DHCP) or
+    /// none. Repeat for more cards.
+    #[arg(long = "network", value_name = "nat|none", value_parser = network_flags::parse_network)]
+    pub networks: Vec<NetworkChoice>,
+    /// Publish a guest port on the host through the NAT card (adds one if there is none).
+    #[arg(long = "publish", value_name = "[ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp]", value_parser = network_flags::parse_publish)]
+    pub published: Vec<virtkit::PublishedPort>,
 }
 
 /// `--from NAME` means a catalog image when NAME is no file here and looks like no path.
@@ -77,6 +86,17 @@ pub fn run(args: &CreateArgs) -> Result<u8, CliError> {
         )?),
         other => other.clone(),
     };
+    if args
+        .networks
+        .iter()
+        .any(|n| !matches!(n, NetworkChoice::Nat | NetworkChoice::None))
+    {
+        return Err(CliError::new(
+            "a VM's bundle takes --network nat or none; a socket attachment names a path outside the bundle: give it at `virtkit run --network socket:PATH` with flags instead",
+        ));
+    }
+    let mut network_devices = Vec::new();
+    network_flags::apply(&mut network_devices, &args.networks, &args.published).map_err(CliError::new)?;
     let spec = NewBundle {
         cpu_count: args.cpus,
         memory_size: args.memory,
@@ -85,6 +105,7 @@ pub fn run(args: &CreateArgs) -> Result<u8, CliError> {
         disk_size: args.disk_size,
         keep_restore_image: args.keep_image,
         ports: args.ports.clone(),
+        network_devices,
     };
     let mut progress = LazyProgress::new(format!("create {}", args.name));
     let bundle = Bundle::create(&home, &args.name, &spec, &mut |done, total| {

@@ -9,6 +9,7 @@ pub mod detach;
 pub mod doctor;
 pub mod get;
 pub mod images;
+pub mod ip;
 pub mod list;
 pub mod logs;
 pub mod network_flags;

@@ -52,6 +52,8 @@ pub struct NewBundle {
     /// Named virtio-console ports, each on a Unix socket in the bundle (`port-NAME.sock`), such
     /// as `org.qemu.guest_agent.0` for Debian's `qemu-guest-agent`.
     pub ports: Vec<String>,
+    /// Network cards (NAT ones: a socket attachment would name a path outside the bundle).
+    pub network_devices: Vec<virtkit::NetworkDeviceConfiguration>,
 }
 
 /// How a new VM boots.
@@ -298,7 +300,7 @@ impl Bundle {
                         .collect(),
                 }]
             },
-            network_devices: Vec::new(),
+            network_devices: spec.network_devices.clone(),
             platform: PlatformConfiguration::default(),
         };
 

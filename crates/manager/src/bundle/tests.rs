@@ -45,6 +45,7 @@ fn spec(firmware: PathBuf) -> NewBundle {
         disk_size: Some(64 << 20),
         keep_restore_image: false,
         ports: Vec::new(),
+        network_devices: Vec::new(),
     }
 }
 

@@ -33,6 +33,7 @@ impl Home {
             disk_size: Some(64 << 20),
             keep_restore_image: false,
             ports: Vec::new(),
+            network_devices: Vec::new(),
         };
         Bundle::create(&self.0, name, &spec, &mut |_, _| {}).unwrap()
     }
@@ -214,6 +215,7 @@ fn names_differing_only_in_case_clash() {
         disk_size: Some(1 << 20),
         keep_restore_image: false,
         ports: Vec::new(),
+        network_devices: Vec::new(),
     };
     let e = Bundle::create(&home.0, "Web", &spec, &mut |_, _| {}).unwrap_err();
     assert_eq!(
@@ -304,6 +306,7 @@ fn sockets_that_would_not_fit_are_refused_at_create() {
         disk_size: Some(1 << 20),
         keep_restore_image: false,
         ports: Vec::new(),
+        network_devices: Vec::new(),
     };
     let e = Bundle::create(&home.0, "a-rather-long-vm-name", &spec, &mut |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("a Unix socket address holds"), "{e}");

@@ -91,8 +91,14 @@ pub struct DeviceManager {
     balloon: Mutex<Option<BalloonHandle>>,
     /// Each console device's resize handle.
     consoles: Mutex<Vec<ConsoleHandle>>,
-    /// Each network card's address watch and passt process.
+    /// Each network card's address watch.
     nics: Mutex<Vec<net::NicRuntime>>,
+    /// The passt processes of NAT cards. [`DeviceManager::release`] leaves them: it runs on the
+    /// `vmm` thread, whose seccomp filter allows neither `kill` nor `wait4`. The handles stop
+    /// and reap passt when the manager is dropped, on the thread that owns the machine
+    /// (`VirtualMachine`'s drop joins `vmm` first, and a new start replaces the manager); a
+    /// passt whose socket closed earlier has exited by itself (`-F` implies `--one-off`).
+    helpers: Mutex<Vec<virtkit_sandbox::HelperProcess>>,
 }
 
 impl std::fmt::Debug for DeviceManager {
@@ -196,10 +202,17 @@ impl DeviceManager {
         nics.iter().map(net::NicRuntime::addresses).collect()
     }
 
+    fn add_helper(&self, helper: virtkit_sandbox::HelperProcess) {
+        self.helpers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(helper);
+    }
+
     /// The process ids of the passt helpers of this machine's NAT cards.
     pub fn passt_pids(&self) -> Vec<u32> {
-        let nics = self.nics.lock().unwrap_or_else(|p| p.into_inner());
-        nics.iter().filter_map(net::NicRuntime::passt_pid).collect()
+        let helpers = self.helpers.lock().unwrap_or_else(|p| p.into_inner());
+        helpers.iter().map(virtkit_sandbox::HelperProcess::id).collect()
     }
 
     fn balloon(&self) -> Result<BalloonHandle, DeviceError> {
@@ -321,7 +334,7 @@ impl DeviceManager {
         self.lock().clear();
         self.balloon.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.consoles.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        // After the devices: passt stops once its card is gone.
+        // passt's handles stay: see `helpers`.
         self.nics.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 

@@ -131,8 +131,6 @@ pub(super) struct NicRuntime {
     mac: [u8; 6],
     expected_ipv4: Option<Ipv4Addr>,
     watch: Option<AddressWatch>,
-    /// passt for a NAT card: dropping it stops passt.
-    passt: Option<HelperProcess>,
 }
 
 impl NicRuntime {
@@ -146,11 +144,6 @@ impl NicRuntime {
             ipv4_link_local: learned.ipv4_link_local,
             ipv6: learned.ipv6,
         }
-    }
-
-    /// passt's process id, for NAT cards.
-    pub(super) fn passt_pid(&self) -> Option<u32> {
-        self.passt.as_ref().map(HelperProcess::id)
     }
 }
 
@@ -302,8 +295,10 @@ pub(super) fn attach(
             mac,
             expected_ipv4,
             watch,
-            passt,
         });
+        if let Some(helper) = passt {
+            manager.add_helper(helper);
+        }
     }
     Ok(())
 }
