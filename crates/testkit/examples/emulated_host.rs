@@ -5,6 +5,7 @@
 //!   --file SRC:DEST     copy a file or directory into the host
 //!   --binary SRC:DEST   copy an executable and the shared libraries ldd lists
 //!   --qemu-arg ARG      an extra argument for the emulated host's QEMU (e.g. a -drive)
+//!   --root-on-tmpfs     run with / on a tmpfs (pivot_root works: passt needs it)
 //!   --cpus N --mem MIB --timeout SECS
 //! ```
 //! Exits with the script's exit code (or 100 on a harness error).
@@ -45,6 +46,7 @@ fn main() {
                 host = host.binary(s, &d);
             }
             "--qemu-arg" => host = host.qemu_arg(&val()),
+            "--root-on-tmpfs" => host = host.root_on_tmpfs(),
             "--cpus" => host = host.cpus(val().parse().expect("--cpus N")),
             "--mem" => host = host.memory_mib(val().parse().expect("--mem MIB")),
             "--timeout" => host = host.timeout(Duration::from_secs(val().parse().expect("--timeout SECS"))),
@@ -56,7 +58,7 @@ fn main() {
         }
     }
     let path = script.unwrap_or_else(|| {
-        eprintln!("usage: emulated_host [--file SRC:DEST] [--binary SRC:DEST] [--qemu-arg ARG] [--cpus N] [--mem MIB] [--timeout SECS] SCRIPT_FILE");
+        eprintln!("usage: emulated_host [--file SRC:DEST] [--binary SRC:DEST] [--qemu-arg ARG] [--root-on-tmpfs] [--cpus N] [--mem MIB] [--timeout SECS] SCRIPT_FILE");
         std::process::exit(100)
     });
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {

@@ -252,6 +252,7 @@ pub struct EmulatedHost {
     qemu_args: Vec<String>,
     kernel_args: Vec<String>,
     poweroff_grace: Duration,
+    root_on_tmpfs: bool,
 }
 
 impl EmulatedHost {
@@ -274,6 +275,7 @@ impl EmulatedHost {
             qemu_args: Vec::new(),
             kernel_args: Vec::new(),
             poweroff_grace: Duration::from_secs(30),
+            root_on_tmpfs: false,
         }
     }
 
@@ -353,6 +355,17 @@ impl EmulatedHost {
     /// killed and the run still counts.
     pub fn poweroff_grace(mut self, grace: Duration) -> Self {
         self.poweroff_grace = grace;
+        self
+    }
+
+    /// Runs the init and the script with `/` on a tmpfs mount: the init copies the initramfs
+    /// there and `switch_root`s before anything else. On the initramfs's own root (`rootfs`,
+    /// which has no parent mount) `pivot_root(2)` fails with EINVAL, so programs that sandbox
+    /// themselves with it (passt: "pivot_root: Invalid argument") need this; `chroot` is no way
+    /// out, as a chrooted process may not create user namespaces. Costs a copy of the
+    /// initramfs's files (briefly twice their size in RAM).
+    pub fn root_on_tmpfs(mut self) -> Self {
+        self.root_on_tmpfs = true;
         self
     }
 
@@ -451,6 +464,10 @@ impl EmulatedHost {
             .map_err(ctx("script.sh"))?;
         w.file("virtkit/env", 0o644, self.env_file()?.as_bytes())
             .map_err(ctx("env"))?;
+        if self.root_on_tmpfs {
+            w.file("virtkit/tmpfs-root", 0o644, b"")
+                .map_err(ctx("tmpfs-root"))?;
+        }
         let mut order = String::new();
         for m in &self.modules {
             let name = m
@@ -1286,6 +1303,13 @@ VIRTKIT-HOST: script-exit=3
             let needle = format!("{name}\0");
             bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
         };
+        assert!(!has("virtkit/tmpfs-root"), "root_on_tmpfs is opt-in");
+        let tmpfs_cpio = dir.join("host-tmpfs.cpio");
+        h.clone().root_on_tmpfs().write_initramfs(&tmpfs_cpio).unwrap();
+        let tmpfs_bytes = fs::read(&tmpfs_cpio).unwrap();
+        assert!(tmpfs_bytes
+            .windows(b"virtkit/tmpfs-root\0".len())
+            .any(|w| w == b"virtkit/tmpfs-root\0"));
         for n in [
             "init",
             "bin/busybox",

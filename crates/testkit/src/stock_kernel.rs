@@ -19,7 +19,10 @@ pub struct StockKernelScript {
     files: Vec<(PathBuf, String)>,
     programs: Vec<(String, PathBuf)>,
     timeout: Duration,
+    host_setup: Vec<HostSetup>,
 }
+
+type HostSetup = Box<dyn FnOnce(EmulatedHost) -> EmulatedHost>;
 
 impl StockKernelScript {
     /// `name` tags the scratch directory of a direct run.
@@ -29,6 +32,7 @@ impl StockKernelScript {
             files: Vec::new(),
             programs: Vec::new(),
             timeout: Duration::from_secs(600),
+            host_setup: Vec::new(),
         }
     }
 
@@ -51,6 +55,13 @@ impl StockKernelScript {
         self
     }
 
+    /// Changes the emulated host only (e.g. `.binary()`, `.data()` at fixed paths for programs
+    /// the machine itself has, `.root_on_tmpfs()`); a direct run on hardware KVM ignores it.
+    pub fn emulated_host(mut self, setup: impl FnOnce(EmulatedHost) -> EmulatedHost + 'static) -> Self {
+        self.host_setup.push(Box::new(setup));
+        self
+    }
+
     /// Runs `script`; its standard output and error, or `None` after printing `SKIPPED:` when
     /// neither hardware KVM nor QEMU for the emulated host is there.
     pub fn run(self, assets: &Assets, script: &str) -> Option<String> {
@@ -69,6 +80,9 @@ impl StockKernelScript {
         }
         for (src, name) in &self.files {
             host = host.file(src, &format!("/guest/{name}"));
+        }
+        for setup in self.host_setup {
+            host = setup(host);
         }
         let run = host
             .script(&format!("{variables}\n{script}"))

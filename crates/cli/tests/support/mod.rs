@@ -129,6 +129,19 @@ pub fn run_guest_script(
     files: &[(&Path, &str)],
     script: &str,
 ) -> Option<String> {
+    run_guest_script_with(assets, test, guest_scripts, files, script, |run| run)
+}
+
+/// [`run_guest_script`] with `configure` applied to the [`StockKernelScript`] (more programs,
+/// `.emulated_host(...)` changes).
+pub fn run_guest_script_with(
+    assets: &Assets,
+    test: &str,
+    guest_scripts: &[(&str, &str)],
+    files: &[(&Path, &str)],
+    script: &str,
+    configure: impl FnOnce(StockKernelScript) -> StockKernelScript,
+) -> Option<String> {
     let (Some(debugfs), Some(e2fsck)) = (host_tool("debugfs"), host_tool("e2fsck")) else {
         skip("debugfs and e2fsck are not installed (Debian package e2fsprogs)");
         return None;
@@ -146,6 +159,7 @@ pub fn run_guest_script(
     for (src, name) in files {
         run = run.file(src, name);
     }
+    run = configure(run);
     let output = run.run(assets, &format!("{HOST_LIB}\n{script}"))?;
     eprintln!(
         "{test}: the script ran in {:.1} s",

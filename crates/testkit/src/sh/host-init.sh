@@ -1,6 +1,17 @@
 #!/bin/busybox sh
 # /init of the emulated KVM host (generated initramfs, virtkit-testkit). Loads the KVM modules,
 # reports "VIRTKIT-HOST: kvm-ready", runs the test's script, reports its exit code, powers off.
+# With /virtkit/tmpfs-root (EmulatedHost::root_on_tmpfs) it first copies itself to a tmpfs and
+# switch_roots there, so that pivot_root(2) works (it does not on the initramfs's rootfs).
+if [ -e /virtkit/tmpfs-root ] && [ ! -e /virtkit/on-tmpfs ]; then
+	/bin/busybox mkdir -p /newroot
+	/bin/busybox mount -t tmpfs -o mode=0755 tmpfs /newroot
+	for e in /*; do
+		[ "$e" = /newroot ] || /bin/busybox cp -a "$e" /newroot/
+	done
+	: >/newroot/virtkit/on-tmpfs
+	exec /bin/busybox switch_root /newroot /init
+fi
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run /root /bin /sbin /usr/bin /usr/sbin
 /bin/busybox mount -t proc proc /proc
 /bin/busybox --install -s
