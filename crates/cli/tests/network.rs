@@ -7,9 +7,9 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::home::Home;
+use support::home::{wait_until, Home};
 use virtkit_test_guests::Guest;
 
 fn available() -> bool {
@@ -36,14 +36,6 @@ fn passt_publishing(port: u16) -> Vec<u32> {
         })
         .filter(|pid| !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")))
         .collect()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn create_nat(home: &Home, name: &str, publish: &str) {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use virtkit_test_guests::{output, Guest};
 
-use support::home::{text, Home};
+use support::home::{text, wait_until, Home};
 use support::VIRTKIT;
 
 /// A private virtkit home whose commands do not inherit the test's
@@ -75,14 +75,6 @@ impl RobustHome for Home {
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
