@@ -179,12 +179,13 @@ fn start(cmd: HelperCommand, stderr: Stdio) -> io::Result<Child> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);
-    // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
-    // calls are allowed: prctl, getppid, setsid, fcntl, syscall(close_range) and dup2 are plain
-    // system calls; it writes only into `copies`, whose length was fixed before the fork (no
+    // The closure runs in the child between fork and exec, where only async-signal-safe calls
+    // are allowed: prctl, getppid, setsid, fcntl, syscall(close_range) and dup2 are plain system
+    // calls; it writes only into `copies`, whose length was fixed before the fork (no
     // allocation), and builds errors with `io::Error::last_os_error`, which does not allocate.
     // The descriptors in `moves` stay open in the parent until `spawn` returns (they are owned
     // by `cmd`, dropped after this function), so the child's copies refer to them.
+    // SAFETY: async-signal-safe system calls only, no allocation, on descriptors `cmd` keeps open.
     unsafe {
         command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
