@@ -78,7 +78,7 @@ mkdir -p $W/p && mount -t tmpfs -o size=600m tmpfs $W/p 2>/dev/null
 export VIRTKIT_HOME=$W/p/home
 truncate -s 8M $W/p/root.img
 $VIRTKIT create p1 --kernel $G/vmlinuz --initrd $G/initrd --from $W/p/root.img --disk-size 160M \
-    --cpus 1 --memory 256M \
+    --cpus 1 --memory 256M --network none \
     --cmdline "console=ttyS0 quiet virtkit.run=\"sh /vt/pauseio.sh\" virtkit.action=wait" >/dev/null 2>&1
 echo "CASE pause: create=$?"
 disk=$VIRTKIT_HOME/vms/p1/disk.img
@@ -100,7 +100,7 @@ $VIRTKIT delete p1 >/dev/null
 
 # A named VM on the virtio console, with a balloon (every new VM has one) and two ports.
 $VIRTKIT create d1 --kernel $G/vmlinuz --initrd $G/initrd --from $W/p/root.img --disk-size 16M \
-    --cpus 1 --memory 512M --port vt.echo --port org.qemu.guest_agent.0 \
+    --cpus 1 --memory 512M --network none --port vt.echo --port org.qemu.guest_agent.0 \
     --cmdline "console=ttyS0 quiet virtkit.run=\"sh /vt/devices.sh\" virtkit.action=wait" >/dev/null 2>&1
 echo "CASE dev: create=$?"
 $VIRTKIT run d1 --detach --console hvc >/dev/null; echo "CASE dev: run=$?"

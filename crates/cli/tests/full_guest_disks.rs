@@ -456,7 +456,7 @@ wait_log() { # NAME TEXT: wait up to 150 s for TEXT in the VM's console log
 show() { $VIRTKIT logs $1 | tr -d '\r' | grep '^VT ' | sed "s/^/CASE bundle: $1 /"; }
 truncate -s 48M $W/rootfs.img
 $VIRTKIT create k1 --kernel $G/vmlinuz --initrd $G/initrd --from $W/rootfs.img --disk-size 64M \
-    --cpus 1 --memory 256M \
+    --cpus 1 --memory 256M --network none \
     --cmdline "console=ttyS0 quiet virtkit.run=\"sh /vt/bundle.sh\" virtkit.action=wait" 2>&1
 echo "CASE bundle: create=$?"
 $VIRTKIT run k1 --detach; echo "CASE bundle: run1=$?"

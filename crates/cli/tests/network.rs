@@ -112,3 +112,68 @@ fn passt_does_not_outlive_a_killed_vm_process_and_a_taken_port_is_refused() {
     );
     assert!(passt_publishing(24024).is_empty());
 }
+
+#[test]
+fn a_new_bundle_has_nat_by_default_and_list_get_set_and_logs_show_it() {
+    if !available() {
+        return;
+    }
+    let home = Home::new("net", "default");
+    let counter = Guest::Counter.path();
+    home.ok(&[
+        "create",
+        "d",
+        "--kernel",
+        counter.to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--cpus",
+        "1",
+        "--disk-size",
+        "1M",
+    ]);
+    // One NAT card, with the MAC derived from the machine id for card 0.
+    let get = home.json(&["get", "d", "--format", "json"]);
+    let cards = get["network"].as_array().unwrap();
+    assert_eq!(cards.len(), 1, "{get}");
+    assert_eq!(cards[0]["attachment"], "nat");
+    assert_eq!(cards[0]["mac"], get["mac_address"]);
+    assert!(home.ok(&["list"]).lines().next().unwrap().ends_with("IP"));
+
+    // Published ports are added to that card, and `get` shows them.
+    home.ok(&["set", "d", "--publish", "24025:22/udp"]);
+    let text = home.ok(&["get", "d"]);
+    assert!(text.contains("nat 127.0.0.1:24025->22/udp"), "{text}");
+
+    home.ok(&["run", "d", "--detach"]);
+    let row = home.ok(&["list"]);
+    let line = row.lines().find(|l| l.starts_with("d ")).unwrap().to_string();
+    assert!(line.ends_with("10.0.2.15"), "{row}");
+    let list = home.json(&["list", "--format", "json"]);
+    assert_eq!(list[0]["ip"], "10.0.2.15", "{list}");
+    // passt's messages go to the bundle (as root it says it drops to nobody).
+    wait_until(
+        "passt.log to have passt's first message",
+        Duration::from_secs(5),
+        || !home.ok(&["logs", "d", "--network"]).is_empty(),
+    );
+    home.ok(&["stop", "d", "--timeout", "1"]);
+    let row = home.ok(&["list"]);
+    assert!(
+        row.lines().any(|l| l.starts_with("d ") && l.ends_with(" -")),
+        "{row}"
+    );
+
+    // `set --network none` takes the cards away: no passt, no address.
+    home.ok(&["set", "d", "--network", "none"]);
+    let get = home.json(&["get", "d", "--format", "json"]);
+    assert_eq!(get["network"], serde_json::json!([]), "{get}");
+    home.fails(
+        &["set", "d", "--network", "socket:/tmp/x.sock"],
+        "socket attachment names a path outside the bundle",
+    );
+    home.ok(&["run", "d", "--detach"]);
+    home.fails(&["ip", "d"], "has no network card");
+    assert!(passt_publishing(24025).is_empty());
+    home.ok(&["stop", "d", "--timeout", "1"]);
+}

@@ -187,6 +187,13 @@ impl PreparedVm {
         )?;
 
         let log = bundle.open_file(CONSOLE_LOG_FILE, Access::Replace)?;
+        // passt appends to its log; each run starts it anew, as console.log is, so it stays
+        // as small as one run's warnings.
+        for (i, card) in config.network_devices.iter().enumerate() {
+            if matches!(card.attachment, virtkit::NetworkAttachment::Nat { .. }) {
+                drop(bundle.open_file(&virtkit::passt_log_name(i), Access::Replace)?);
+            }
+        }
         let console = ConsoleServer::new(
             ConsoleServerOptions {
                 log: Some(log),

@@ -66,6 +66,10 @@ pub struct PlatformConfiguration {
     /// The VMM's threads' seccomp filters (`docs/SECURITY.md`): `kill` (absent: the default), `log`, `off`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp: Option<virtkit_sandbox::SeccompAction>,
+    /// A directory where helper processes write their messages: passt's for network card N
+    /// go to `passt.log` (card 0) or `passt-N.log`, appended. Absent: they are discarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helper_log_directory: Option<std::path::PathBuf>,
 }
 
 impl PlatformConfiguration {

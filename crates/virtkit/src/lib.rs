@@ -30,8 +30,8 @@ pub use config::{
 pub use config_file::{ConfigFileError, MAX_CONFIG_SIZE};
 pub use console_server::{ConsoleClients, ConsoleOutput, ConsoleServer, ConsoleServerOptions, OutputPump};
 pub use devices::{
-    BalloonStatus, ConsoleDeviceConfiguration, ConsolePortConfiguration, DeviceError, DeviceManager,
-    EntropyDeviceConfiguration, Framing, MemoryBalloonConfiguration, NetworkAttachment,
+    passt_log_name, BalloonStatus, ConsoleDeviceConfiguration, ConsolePortConfiguration, DeviceError,
+    DeviceManager, EntropyDeviceConfiguration, Framing, MemoryBalloonConfiguration, NetworkAttachment,
     NetworkDeviceConfiguration, NicAddresses, PortProtocol, PublishedPort,
 };
 pub use host::{HostCapabilities, HostKind};

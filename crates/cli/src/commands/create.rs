@@ -53,7 +53,7 @@ pub struct CreateArgs {
     #[arg(long = "port")]
     pub ports: Vec<String>,
     /// A network card: nat (user-mode NAT through passt; the guest gets 10.0.2.15 by DHCP) or
-    /// none. Repeat for more cards.
+    /// none. Repeat for more cards [default: nat].
     #[arg(long = "network", value_name = "nat|none", value_parser = network_flags::parse_network)]
     pub networks: Vec<NetworkChoice>,
     /// Publish a guest port on the host through the NAT card (adds one if there is none).
@@ -86,17 +86,15 @@ pub fn run(args: &CreateArgs) -> Result<u8, CliError> {
         )?),
         other => other.clone(),
     };
-    if args
-        .networks
-        .iter()
-        .any(|n| !matches!(n, NetworkChoice::Nat | NetworkChoice::None))
-    {
-        return Err(CliError::new(
-            "a VM's bundle takes --network nat or none; a socket attachment names a path outside the bundle: give it at `virtkit run --network socket:PATH` with flags instead",
-        ));
-    }
+    network_flags::check_bundle_choices(&args.networks).map_err(CliError::new)?;
+    // NAT by default: outbound works with no root and no setup, as tart's and lima's VMs do.
+    let networks = if args.networks.is_empty() {
+        vec![NetworkChoice::Nat]
+    } else {
+        args.networks.clone()
+    };
     let mut network_devices = Vec::new();
-    network_flags::apply(&mut network_devices, &args.networks, &args.published).map_err(CliError::new)?;
+    network_flags::apply(&mut network_devices, &networks, &args.published).map_err(CliError::new)?;
     let spec = NewBundle {
         cpu_count: args.cpus,
         memory_size: args.memory,
@@ -113,6 +111,14 @@ pub fn run(args: &CreateArgs) -> Result<u8, CliError> {
     })
     .map_err(|e| bundle_error_in(format!("cannot create the VM `{}`", args.name), &e))?;
     progress.finish();
+    if network_flags::uses_nat(&bundle.configuration().network_devices) && !network_flags::passt_installed() {
+        errln!(
+            "note: `{}` has a NAT network card, which needs passt, and passt is not installed: \
+             install it (Debian/Ubuntu: apt install passt), or run `virtkit set {} --network none`",
+            bundle.name(),
+            bundle.name()
+        );
+    }
     let disk = bundle.disk_size().unwrap_or(0);
     outln!(
         "created `{}`: {} vCPUs, {} memory, {} disk ({} used) in {}",

@@ -10,6 +10,7 @@ use virtkit::{parse_size, BootLoader, StorageDeviceConfiguration, VirtualMachine
 use virtkit_manager::bundle::Change;
 use virtkit_manager::control::{ControlCommand, ControlRequest, ControlResponse};
 
+use crate::commands::network_flags::{self, NetworkChoice};
 use crate::commands::vms::{
     ask_request, bundle_error_in, home, human_size, open, print_json, state_of, Format,
 };
@@ -47,6 +48,13 @@ pub struct SetArgs {
     /// bundle copied by hand needs before it runs beside its original.
     #[arg(long)]
     pub new_identity: bool,
+    /// Replace the VM's network cards: nat or none, one card per flag (each keeps the MAC
+    /// derived from the machine id for its place).
+    #[arg(long = "network", value_name = "nat|none", value_parser = network_flags::parse_network)]
+    pub networks: Vec<NetworkChoice>,
+    /// Publish a guest port on the host through the NAT card (adds one if there is none).
+    #[arg(long = "publish", value_name = "[ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp]", value_parser = network_flags::parse_publish)]
+    pub published: Vec<virtkit::PublishedPort>,
     /// On a running VM: the memory its balloon takes from the guest, like 512M (0 gives it
     /// all back). The guest's driver gives it in its own time; `virtkit get` shows progress.
     #[arg(long, value_parser = parse_size)]
@@ -74,6 +82,7 @@ pub fn get(args: &GetArgs) -> Result<u8, CliError> {
         "machine_id": id.to_string(),
         "serial_number": id.serial_number(),
         "mac_address": id.mac_address_text(0),
+        "network": network_of(c, &id),
         "machine_model": b.hardware_model().machine,
         "path": b.path(),
         "external_paths": b.external_paths(),
@@ -93,7 +102,14 @@ pub fn get(args: &GetArgs) -> Result<u8, CliError> {
                         .filter_map(|p| p.as_str())
                         .collect::<Vec<_>>()
                         .join("\n               "),
-                    ("external_paths", _) => "-".into(),
+                    ("external_paths", _) | ("network", _) if v.as_array().is_some_and(|a| a.is_empty()) => {
+                        "-".into()
+                    }
+                    ("network", serde_json::Value::Array(cards)) => cards
+                        .iter()
+                        .map(card_text)
+                        .collect::<Vec<_>>()
+                        .join("\n               "),
                     (_, serde_json::Value::String(s)) => s.clone(),
                     (_, serde_json::Value::Null) => "-".into(),
                     (_, v) => v.to_string(),
@@ -103,6 +119,54 @@ pub fn get(args: &GetArgs) -> Result<u8, CliError> {
         }
     }
     Ok(0)
+}
+
+/// `02:00:00:12:34:56 nat 127.0.0.1:2222->22/tcp`
+fn card_text(card: &serde_json::Value) -> String {
+    let mut text = format!(
+        "{} {}",
+        card["mac"].as_str().unwrap_or("-"),
+        card["attachment"].as_str().unwrap_or("")
+    );
+    for p in card["published"].as_array().into_iter().flatten() {
+        let host = p["host_address"].as_str().unwrap_or("");
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        text.push_str(&format!(
+            " {host}:{}->{}/{}",
+            p["host_port"],
+            p["guest_port"],
+            p["protocol"].as_str().unwrap_or("tcp")
+        ));
+    }
+    text
+}
+
+/// Each network card: its MAC address, attachment and published ports.
+fn network_of(c: &VirtualMachineConfiguration, id: &virtkit::MachineIdentifier) -> serde_json::Value {
+    let cards: Vec<serde_json::Value> = c
+        .network_devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let published = match &d.attachment {
+                virtkit::NetworkAttachment::Nat { published } => published
+                    .iter()
+                    .map(|p| serde_json::to_value(p).unwrap_or_default())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            json!({
+                "mac": d.mac_address(i, Some(id)),
+                "attachment": network_flags::describe(&d.attachment),
+                "published": published,
+            })
+        })
+        .collect();
+    json!(cards)
 }
 
 /// The running VM's balloon (target, what the guest gave, its memory statistics), if it has one.
@@ -168,7 +232,9 @@ pub fn set(args: &SetArgs) -> Result<u8, CliError> {
         || args.disk_size.is_some()
         || !args.add_disks.is_empty()
         || !args.allow_paths.is_empty()
-        || args.new_identity;
+        || args.new_identity
+        || !args.networks.is_empty()
+        || !args.published.is_empty();
     if let Some(bytes) = args.balloon {
         if changes_config {
             return Err(CliError::new(
@@ -180,7 +246,7 @@ pub fn set(args: &SetArgs) -> Result<u8, CliError> {
     if !changes_config {
         return Err(CliError::new(
             "nothing to change: give --cpus, --memory, --disk-size, --add-disk, --allow-path, \
-             --new-identity, or --balloon on a running VM",
+             --new-identity, --network, --publish, or --balloon on a running VM",
         ));
     }
     let home = home()?;
@@ -193,6 +259,15 @@ pub fn set(args: &SetArgs) -> Result<u8, CliError> {
     }
     if let Some(memory) = args.memory {
         c.memory_size = memory;
+    }
+    if !args.networks.is_empty() || !args.published.is_empty() {
+        network_flags::check_bundle_choices(&args.networks)
+            .map_err(|e| CliError::new(format!("{context}: {e}")))?;
+        if !args.networks.is_empty() {
+            c.network_devices.clear();
+        }
+        network_flags::apply(&mut c.network_devices, &args.networks, &args.published)
+            .map_err(|e| CliError::new(format!("{context}: {e}")))?;
     }
     let mut record = Vec::new();
     for disk in &args.add_disks {

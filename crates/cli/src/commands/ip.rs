@@ -24,11 +24,20 @@ pub struct IpArgs {
 }
 
 /// The address to print for a card: what the guest uses, or under NAT the one it will get.
-fn address(nic: &NicAddresses, confirmed_only: bool) -> Option<String> {
+pub fn address(nic: &NicAddresses, confirmed_only: bool) -> Option<String> {
     nic.ipv4
         .or(if confirmed_only { None } else { nic.expected_ipv4 })
         .map(|a| a.to_string())
         .or_else(|| nic.ipv6.first().map(|a| a.to_string()))
+}
+
+/// The running VM's first address (as `virtkit ip` prints it without `--wait`), if it has one.
+pub fn first_address(bundle: &virtkit_manager::bundle::Bundle) -> Option<String> {
+    if !bundle.is_running() {
+        return None;
+    }
+    let r = ask_request(bundle, &ControlRequest::new(ControlCommand::Addresses)).ok()?;
+    r.addresses?.iter().find_map(|n| address(n, false))
 }
 
 pub fn run(args: &IpArgs) -> Result<u8, CliError> {

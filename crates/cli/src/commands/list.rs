@@ -1,4 +1,5 @@
-//! `virtkit list`: every VM with its state, CPUs, memory, disk size and disk use.
+//! `virtkit list`: every VM with its state, CPUs, memory, disk size, disk use and (running) its
+//! first IP address.
 
 use clap::Args;
 use serde_json::json;
@@ -27,6 +28,7 @@ pub fn run(args: &ListArgs) -> Result<u8, CliError> {
                 "disk_size": b.disk_size().unwrap_or(0),
                 "disk_use": b.disk_usage(),
                 "pid": b.running_pid(),
+                "ip": crate::commands::ip::first_address(b),
             }),
             Err(e) => json!({"name": name, "state": "damaged", "error": e.to_string()}),
         })
@@ -35,18 +37,19 @@ pub fn run(args: &ListArgs) -> Result<u8, CliError> {
         Format::Json => print_json(&json!(rows)),
         Format::Text => {
             outln!(
-                "{:<20} {:<9} {:>4} {:>9} {:>9} {:>9}",
+                "{:<20} {:<9} {:>4} {:>9} {:>9} {:>9}  {}",
                 "NAME",
                 "STATE",
                 "CPUS",
                 "MEMORY",
                 "DISK",
-                "USED"
+                "USED",
+                "IP"
             );
             for r in &rows {
                 let size = |k: &str| r[k].as_u64().map(human_size).unwrap_or_else(|| "-".into());
                 outln!(
-                    "{:<20} {:<9} {:>4} {:>9} {:>9} {:>9}",
+                    "{:<20} {:<9} {:>4} {:>9} {:>9} {:>9}  {}",
                     r["name"].as_str().unwrap_or(""),
                     r["state"].as_str().unwrap_or(""),
                     r["cpus"]
@@ -56,6 +59,7 @@ pub fn run(args: &ListArgs) -> Result<u8, CliError> {
                     size("memory"),
                     size("disk_size"),
                     size("disk_use"),
+                    r["ip"].as_str().unwrap_or("-"),
                 );
                 if let Some(e) = r["error"].as_str() {
                     outln!("  {e}");

@@ -21,8 +21,12 @@ pub struct LogsArgs {
     pub follow: bool,
     /// Show the VM process's own log (vmm.log, after the older part vmm.log.1) instead of the
     /// console.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "network")]
     pub vmm: bool,
+    /// Show the NAT helper's messages (passt's warnings and errors, passt.log for the first
+    /// network card, passt-N.log for card N).
+    #[arg(long, value_name = "CARD", num_args = 0..=1, default_missing_value = "0")]
+    pub network: Option<usize>,
 }
 
 /// Opens a log of the bundle (never through a link, never blocking on a FIFO: only a regular
@@ -72,7 +76,12 @@ fn replaced(path: &Path, file: &File) -> bool {
 pub fn run(args: &LogsArgs) -> Result<u8, CliError> {
     let home = home()?;
     let b = open(&home, &args.name)?;
-    let name = if args.vmm { VMM_LOG_FILE } else { CONSOLE_LOG_FILE };
+    let passt_log = args.network.map(virtkit::passt_log_name);
+    let name = match (&passt_log, args.vmm) {
+        (Some(passt), _) => passt.as_str(),
+        (None, true) => VMM_LOG_FILE,
+        (None, false) => CONSOLE_LOG_FILE,
+    };
     let path = b.file(name);
     let mut out = std::io::stdout().lock();
     let mut buf = vec![0u8; 64 * 1024];

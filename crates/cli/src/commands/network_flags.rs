@@ -7,6 +7,7 @@
 //!   when no NAT card is given.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use virtkit::{Framing, NetworkAttachment, NetworkDeviceConfiguration, PortProtocol, PublishedPort};
@@ -121,6 +122,42 @@ pub fn apply(
         }),
     }
     Ok(())
+}
+
+/// Refuses the choices a bundle cannot keep: a socket path outside the bundle.
+pub fn check_bundle_choices(networks: &[NetworkChoice]) -> Result<(), String> {
+    if networks.iter().any(|n| matches!(n, NetworkChoice::Socket(..))) {
+        return Err("a VM's bundle takes --network nat or none; a socket attachment names a path outside the bundle: give it at `virtkit run --network socket:PATH` with flags instead".into());
+    }
+    Ok(())
+}
+
+/// Whether any of `devices` is attached to NAT (and so needs passt).
+pub fn uses_nat(devices: &[NetworkDeviceConfiguration]) -> bool {
+    devices
+        .iter()
+        .any(|d| matches!(d.attachment, NetworkAttachment::Nat { .. }))
+}
+
+/// Whether `passt` is on `PATH`, as the VM process will look for it.
+pub fn passt_installed() -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join("passt"))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// A card's attachment in a few words, for `get` and `list`: `nat`, `socket:/run/n.sock`.
+pub fn describe(attachment: &NetworkAttachment) -> String {
+    match attachment {
+        NetworkAttachment::Nat { .. } => "nat".into(),
+        NetworkAttachment::Socket { path, framing } => match framing {
+            Framing::Stream => format!("socket:{}", path.display()),
+            Framing::Datagram => format!("dgram:{}", path.display()),
+        },
+    }
 }
 
 #[cfg(test)]

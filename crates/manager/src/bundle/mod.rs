@@ -347,6 +347,8 @@ impl Bundle {
             }
         }
         c.platform.machine_identifier = Some(self.machine_id);
+        // passt's messages beside console.log, for `virtkit logs --network`.
+        c.platform.helper_log_directory = Some(self.path.clone());
         c
     }
 

@@ -23,8 +23,8 @@ pub use balloon::{BalloonStatus, MemoryBalloonConfiguration};
 pub use console::{ConsoleDeviceConfiguration, ConsolePortConfiguration};
 pub use entropy::EntropyDeviceConfiguration;
 pub use net::{
-    parse_mac, Framing, NetworkAttachment, NetworkDeviceConfiguration, NicAddresses, PortProtocol,
-    PublishedPort, DEFAULT_MAC_PREFIX,
+    parse_mac, passt_log_name, Framing, NetworkAttachment, NetworkDeviceConfiguration, NicAddresses,
+    PortProtocol, PublishedPort, DEFAULT_MAC_PREFIX,
 };
 use virtkit_devices::balloon::BalloonHandle;
 use virtkit_devices::console::ConsoleHandle;
@@ -156,6 +156,7 @@ impl DeviceManager {
             machine,
             &config.network_devices,
             config.platform.machine_identifier.as_ref(),
+            config.platform.helper_log_directory.as_deref(),
         )?;
         if matches!(config.boot_loader, BootLoader::Firmware { .. }) && !disk_slots.is_empty() {
             let order: Vec<String> = disk_slots.iter().map(|s| format!("/pci@i0cf8/*@{s:x}")).collect();

@@ -25,7 +25,9 @@ use virtkit_virtio::transport::pci::attach as attach_pci;
 
 use super::{DeviceError, DeviceManager};
 use crate::identity::MachineIdentifier;
-use crate::network::passt::{self, HelperProcess, NatConfiguration, PasstOptions, PortForward, Protocol};
+use crate::network::passt::{
+    self, HelperLog, HelperProcess, NatConfiguration, PasstOptions, PortForward, Protocol,
+};
 use crate::validate::{Issues, MAX_SOCKET_PATH};
 
 /// The first five bytes of a card's MAC when neither the configuration nor a machine
@@ -165,6 +167,15 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     }
 }
 
+impl NetworkDeviceConfiguration {
+    /// The MAC address this card has as card `index` of a machine with `identifier`: the
+    /// configured one, or the one derived for its place (`None` for a configured MAC that does
+    /// not parse).
+    pub fn mac_address(&self, index: usize, identifier: Option<&MachineIdentifier>) -> Option<String> {
+        mac_for(self, index, identifier).map(|m| MacText(m).to_string())
+    }
+}
+
 /// The MAC address of card `index`: the configured one, or one derived from the machine
 /// identifier, or the fixed default. `None` for a configured MAC that does not parse.
 pub(crate) fn mac_for(
@@ -272,6 +283,7 @@ pub(super) fn attach(
     machine: &Machine,
     devices: &[NetworkDeviceConfiguration],
     identifier: Option<&MachineIdentifier>,
+    log_directory: Option<&std::path::Path>,
 ) -> Result<(), DeviceError> {
     for (i, device) in devices.iter().enumerate() {
         let name = format!("net{i}");
@@ -279,7 +291,11 @@ pub(super) fn attach(
             name: name.clone(),
             message: "its MAC address is not valid (validation reports why)".into(),
         })?;
-        let (backend, passt, expected_ipv4) = backend(&name, &device.attachment)?;
+        let log = match log_directory {
+            Some(dir) => HelperLog::File(dir.join(passt_log_name(i))),
+            None => HelperLog::Null,
+        };
+        let (backend, passt, expected_ipv4) = backend(&name, &device.attachment, log)?;
         let mut net = Net::new(mac, backend).map_err(|e| DeviceError::Network {
             name: name.clone(),
             message: e.to_string(),
@@ -305,7 +321,15 @@ pub(super) fn attach(
 
 type Backend = (Box<dyn NetBackend>, Option<HelperProcess>, Option<Ipv4Addr>);
 
-fn backend(name: &str, attachment: &NetworkAttachment) -> Result<Backend, DeviceError> {
+/// The file in the helper log directory where card `index`'s passt writes.
+pub fn passt_log_name(index: usize) -> String {
+    match index {
+        0 => "passt.log".into(),
+        i => format!("passt-{i}.log"),
+    }
+}
+
+fn backend(name: &str, attachment: &NetworkAttachment, log: HelperLog) -> Result<Backend, DeviceError> {
     let failed = |message: String| DeviceError::Network {
         name: name.to_owned(),
         message,
@@ -324,7 +348,11 @@ fn backend(name: &str, attachment: &NetworkAttachment) -> Result<Backend, Device
                     .collect(),
                 ..NatConfiguration::default()
             };
-            let network = passt::start(&nat, &PasstOptions::default()).map_err(|e| failed(e.to_string()))?;
+            let options = PasstOptions {
+                log,
+                ..PasstOptions::default()
+            };
+            let network = passt::start(&nat, &options).map_err(|e| failed(e.to_string()))?;
             let backend = StreamBackend::new(network.socket)
                 .map_err(|e| failed(format!("cannot use passt's socket: {e}")))?;
             Ok((Box::new(backend), Some(network.helper), Some(nat.guest_address)))
