@@ -7,6 +7,12 @@
 //!   a web server on the host's loopback through the gateway address, and serves one that the
 //!   host fetches through the published port.
 //! - `busy`: a published port that is taken is refused before the guest starts.
+//! - `two`: a named VM (NAT by default, here two NAT cards): both cards get their address, each
+//!   MAC is one `virtkit get` shows, and `virtkit ip` has each address from the DHCP ACK itself,
+//!   before the guest configured it; no passt is left after the guest powers off.
+//! - `pa`/`pb` (`pair`): two VMs joined by a socket, one listening (`listen:PATH`), one
+//!   connecting (`socket:PATH`): each pings the other and 1 MiB goes over TCP with its sum
+//!   checked; the listening socket is gone after.
 //!
 //! The emulated host has no network card: passt takes its template interface from the default
 //! route, so the script gives `lo` a MAC address and a default route; and passt sandboxes
@@ -70,6 +76,69 @@ kill $h
 say nat-done
 "#;
 
+/// Two NAT cards in a named VM: each interface's MAC, then DHCP on each. The lease script says
+/// `acked` on the console the moment udhcpc has the ACK and waits 8 s before it configures the
+/// address: while it waits, only the ACK itself can have told virtkit the address (the guest has
+/// sent nothing from it yet), so the `virtkit ip` the host runs then shows what the card learned
+/// from the ACK.
+const GUEST_TWO: &str = r#"
+ip link set lo up
+cat >/tmp/dhcp.sh <<'EOF'
+#!/bin/sh
+case "$1" in
+deconfig) ip -4 addr flush dev "$interface"; ip link set "$interface" up ;;
+bound|renew)
+    echo "VT acked iface=$interface ip=$ip"
+    sleep 8
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    echo "VT configured iface=$interface"
+    ;;
+esac
+EOF
+chmod +x /tmp/dhcp.sh
+n=0
+for i in /sys/class/net/*; do
+    ifc=${i##*/}; [ "$ifc" = lo ] && continue
+    say mac$n=$(cat $i/address) iface$n=$ifc
+    n=$((n + 1))
+done
+say nics=$n
+for i in /sys/class/net/*; do
+    ifc=${i##*/}; [ "$ifc" = lo ] && continue
+    udhcpc -i "$ifc" -q -n -t 10 -T 3 -s /tmp/dhcp.sh; say dhcp-$ifc=$?
+    say addr-$ifc=$(ip -4 addr show dev "$ifc" | awk '/inet /{print $2; exit}')
+done
+say two-done
+"#;
+
+/// Two VMs joined by a socket: `pa` listens (`--network listen:PATH`), `pb` connects to it
+/// (`--network socket:PATH`). Static addresses; each pings the other and `pb` fetches 1 MiB
+/// from `pa`'s web server, the sums compared.
+const GUEST_PAIR_A: &str = r#"
+ifc=
+for i in /sys/class/net/*; do n=${i##*/}; [ "$n" = lo ] || { ifc=$n; break; }; done
+ip link set lo up; ip link set "$ifc" up; ip addr add 192.168.77.1/24 dev "$ifc"
+mkdir -p /tmp/www; head -c 1048576 /dev/urandom >/tmp/www/blob
+say blob=$(sum /tmp/www/blob)
+httpd -f -vv -p 80 -h /tmp/www 2>/tmp/httpd.log &
+h=$!
+ping -c 3 -w 120 192.168.77.2 >/tmp/ping.log 2>&1; say ping=$?
+end=$(($(cut -d. -f1 /proc/uptime) + 120))
+until grep -q blob /tmp/httpd.log || [ "$(cut -d. -f1 /proc/uptime)" -ge $end ]; do sleep 0.2; done
+sleep 1; kill $h
+say pair-a-done
+"#;
+
+const GUEST_PAIR_B: &str = r#"
+ifc=
+for i in /sys/class/net/*; do n=${i##*/}; [ "$n" = lo ] || { ifc=$n; break; }; done
+ip link set lo up; ip link set "$ifc" up; ip addr add 192.168.77.2/24 dev "$ifc"
+ping -c 3 -w 120 192.168.77.1 >/tmp/ping.log 2>&1; say ping=$?
+timeout 60 wget -q -O /tmp/blob http://192.168.77.1/blob; say wget=$?
+say fetched=$(sum /tmp/blob)
+say pair-b-done
+"#;
+
 /// The host's part. `busybox` serves the host's file (the emulated host's tools are busybox
 /// applets; a direct run needs busybox installed). Not `wget -T`: it segfaults in Debian's
 /// busybox 1.35; `timeout` instead.
@@ -119,6 +188,38 @@ timeout -s KILL 60 $VIRTKIT run --kernel $G/vmlinuz --initrd $G/initrd --memory 
 echo "CASE busy: exit=$?"
 sed "s/^/CASE busy: /" $W/busy.log
 kill $web
+
+# A named VM with two NAT cards: both get addresses, each MAC is the one `virtkit get` shows,
+# and `virtkit ip` knows each address from the DHCP ACK before the guest configures it.
+export VIRTKIT_HOME=$W/home
+$VIRTKIT create two --kernel $G/vmlinuz --initrd $G/initrd --memory 128M --cpus 1 --disk-size 1M \
+    --network nat --network nat \
+    --cmdline "console=ttyS0 quiet virtkit.run=\"sh /vt/two.sh\" virtkit.action=poweroff" >/dev/null 2>&1
+echo "CASE two: create=$?"
+echo "CASE two: get $($VIRTKIT get two --format json | tr -d ' \n')"
+$VIRTKIT run two --detach >/dev/null; echo "CASE two: run=$?"
+clog=$VIRTKIT_HOME/vms/two/console.log
+for k in 1 2; do
+    end=$(($(date +%s) + 150))
+    until [ "$(grep -c 'VT acked' $clog 2>/dev/null)" -ge $k ] || [ $(date +%s) -ge $end ]; do sleep 0.1; done
+    # At once, within the guest's 8 s pause: what the cards learned from the ACKs.
+    echo "CASE two: at-ack-$k $($VIRTKIT ip two --format json | tr -d ' \n')"
+    echo "CASE two: configured-before-ip-$k=$(grep -c 'VT configured' $clog)"
+done
+end=$(($(date +%s) + 150))
+until ! $VIRTKIT list | grep -q '^two  *running' || [ $(date +%s) -ge $end ]; do sleep 0.5; done
+tr -d '\r' <$clog | grep '^VT ' | sed "s/^/CASE two: /"
+echo "CASE two: passt-left=$(for p in /proc/[0-9]*; do readlink $p/exe; done 2>/dev/null | grep -c passt)"
+
+# Two VMs joined by a socket: the first listens on it, the second connects to it.
+VM_ARGS="--network listen:$W/pair.sock" run_guest pa &
+pa=$!
+end=$(($(date +%s) + 60))
+until [ -S $W/pair.sock ] || [ $(date +%s) -ge $end ]; do sleep 0.1; done
+echo "CASE pair: listening=$([ -S $W/pair.sock ] && echo 1 || echo 0)"
+VM_ARGS="--network socket:$W/pair.sock" run_guest pb
+wait $pa
+echo "CASE pair: socket-left=$([ -e $W/pair.sock ] && echo 1 || echo 0)"
 "#;
 
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
@@ -133,23 +234,35 @@ fn a_guest_on_nat_reaches_the_host_and_serves_a_published_port() {
     };
     let guest = GUEST_NAT.replace("@GUEST_CONTENT@", GUEST_CONTENT);
     let script = NETWORK_SCRIPT.replace("@HOST_CONTENT@", HOST_CONTENT);
-    let out = run_guest_script_with(&assets, "network", &[("nat", &guest)], &[], &script, |run| {
-        run.emulated_host(move |host| {
-            // passt re-executes itself as passt.avx2 where the CPU has AVX2 (QEMU's `-cpu max`
-            // has); it runs as `nobody` when started as root.
-            let avx2 = passt.with_file_name("passt.avx2");
-            let mut host = host
-                .root_on_tmpfs()
-                .binary(&passt, "/usr/bin/passt")
-                .data("/etc/passwd", PASSWD, 0o644)
-                .data("/etc/group", GROUP, 0o644)
-                .data("/etc/resolv.conf", "nameserver 127.0.0.1\n", 0o644);
-            if Path::new(&avx2).is_file() {
-                host = host.binary(&avx2, "/usr/bin/passt.avx2");
-            }
-            host
-        })
-    });
+    let out = run_guest_script_with(
+        &assets,
+        "network",
+        &[
+            ("nat", &guest),
+            ("two", GUEST_TWO),
+            ("pa", GUEST_PAIR_A),
+            ("pb", GUEST_PAIR_B),
+        ],
+        &[],
+        &script,
+        |run| {
+            run.emulated_host(move |host| {
+                // passt re-executes itself as passt.avx2 where the CPU has AVX2 (QEMU's `-cpu max`
+                // has); it runs as `nobody` when started as root.
+                let avx2 = passt.with_file_name("passt.avx2");
+                let mut host = host
+                    .root_on_tmpfs()
+                    .binary(&passt, "/usr/bin/passt")
+                    .data("/etc/passwd", PASSWD, 0o644)
+                    .data("/etc/group", GROUP, 0o644)
+                    .data("/etc/resolv.conf", "nameserver 127.0.0.1\n", 0o644);
+                if Path::new(&avx2).is_file() {
+                    host = host.binary(&avx2, "/usr/bin/passt.avx2");
+                }
+                host
+            })
+        },
+    );
     let Some(out) = out else { return };
 
     // passt runs where the VMs run.
@@ -195,4 +308,85 @@ fn a_guest_on_nat_reaches_the_host_and_serves_a_published_port() {
         Some("0"),
         "the NAT VM's virtkit run exited {code:?}:\n{nat}"
     );
+    two_nat_cards_get_addresses_known_from_their_acks(&out);
+    two_vms_joined_by_a_socket_talk(&out);
+}
+
+/// The `pa`/`pb` cases: two VMs on one socket.
+fn two_vms_joined_by_a_socket_talk(out: &str) {
+    assert_value(out, "pair", "listening", "1");
+    for vm in ["pa", "pb"] {
+        let lines = case_lines(out, vm).join("\n");
+        assert_value(out, vm, "ping", "0");
+        assert!(lines.contains(&format!("VT pair-{}-done", &vm[1..])), "{lines}");
+        assert_value(out, vm, "exit", "0");
+    }
+    assert_value(out, "pb", "wget", "0");
+    let sent = case_value(out, "pa", "blob").expect("pa's sum");
+    assert_value(out, "pb", "fetched", sent);
+    // The listening VM removes its socket when it stops.
+    assert_value(out, "pair", "socket-left", "0");
+}
+
+/// The `two` case: a named VM with two NAT cards.
+fn two_nat_cards_get_addresses_known_from_their_acks(out: &str) {
+    let two = case_lines(out, "two").join("\n");
+    assert_value(out, "two", "create", "0");
+    assert_value(out, "two", "run", "0");
+    assert_value(out, "two", "nics", "2");
+    // Each interface's MAC is one of the cards' MACs `virtkit get` shows, and they differ.
+    let get_line = case_lines(out, "two")
+        .into_iter()
+        .find_map(|l| l.strip_prefix("get "))
+        .unwrap_or_else(|| panic!("no `get` output:\n{two}"));
+    let get: serde_json::Value = serde_json::from_str(get_line).unwrap_or_else(|e| panic!("{e}: {get_line}"));
+    let macs: Vec<&str> = get["network"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["mac"].as_str().unwrap())
+        .collect();
+    assert_eq!(macs.len(), 2, "{get}");
+    assert_ne!(macs[0], macs[1]);
+    for n in 0..2 {
+        let mac = case_value(out, "two", &format!("mac{n}")).unwrap_or_else(|| panic!("{two}"));
+        assert!(
+            macs.contains(&mac),
+            "the guest's MAC {mac} is not one `virtkit get` shows ({macs:?}):\n{two}"
+        );
+    }
+    // Both cards got the address their passt hands out.
+    for n in 0..2 {
+        let iface = case_value(out, "two", &format!("iface{n}")).unwrap();
+        assert_value(out, "two", &format!("dhcp-{iface}"), "0");
+        assert_value(out, "two", &format!("addr-{iface}"), "10.0.2.15/24");
+    }
+    // Right after ACK k, before the guest configured that address, `virtkit ip` had k cards'
+    // addresses confirmed (ipv4, not only the expected one).
+    for k in 1..=2usize {
+        assert_value(
+            out,
+            "two",
+            &format!("configured-before-ip-{k}"),
+            &(k - 1).to_string(),
+        );
+        let tag = format!("at-ack-{k} ");
+        let line = case_lines(out, "two")
+            .into_iter()
+            .find_map(|l| l.strip_prefix(tag.as_str()))
+            .unwrap_or_else(|| panic!("no at-ack-{k} line:\n{two}"));
+        let nics: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let confirmed = nics
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["ipv4"] == "10.0.2.15")
+            .count();
+        assert!(
+            confirmed >= k,
+            "right after ACK {k}, `virtkit ip` had {confirmed} addresses confirmed:\n{line}\n{two}"
+        );
+    }
+    assert!(two.contains("VT two-done"), "{two}");
+    assert_value(out, "two", "passt-left", "0");
 }

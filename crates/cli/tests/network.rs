@@ -69,6 +69,9 @@ fn a_nat_card_publishes_its_ports_and_ip_knows_the_address_before_the_guest() {
     let nics = home.json(&["ip", "web", "--format", "json"]);
     assert_eq!(nics[0]["name"], "net0");
     assert_eq!(nics[0]["expected_ipv4"], "10.0.2.15");
+    // Under NAT, the JSON names the host endpoints that reach the guest.
+    assert_eq!(nics[0]["published"][0]["host_port"], 24022, "{nics}");
+    assert_eq!(nics[0]["published"][0]["guest_port"], 22, "{nics}");
     // The MAC the guest sees is the one derived from the machine id, as `get` would show.
     let get = home.json(&["get", "web", "--format", "json"]);
     assert_eq!(nics[0]["mac"], get["mac_address"], "{nics} / {get}");

@@ -228,10 +228,11 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
                 }
                 // The backend's socket is connected and non-blocking before the worker starts:
                 // frames go out with `send` (a `sendto` with no address: never anywhere else)
-                // and come in with `recv` (datagrams, `recvfrom`) or `read` (streams).
+                // and come in with `recv` (datagrams, `recvfrom`) or `read` (streams). A
+                // listening attachment takes its one peer with `accept4(SOCK_NONBLOCK)`.
                 DeviceKind::Net => {
                     send_connected(&mut r);
-                    r.allow(SYS_recvfrom);
+                    r.allow_all(&[SYS_recvfrom, SYS_accept4]);
                 }
                 DeviceKind::Other => {
                     r.allow_all(&[SYS_nanosleep, SYS_clock_nanosleep]);
@@ -448,12 +449,12 @@ mod tests {
     }
 
     #[test]
-    fn the_net_worker_sends_only_on_connected_sockets_and_accepts_nothing() {
+    fn the_net_worker_sends_only_on_connected_sockets_and_binds_nothing() {
         use libc::*;
         let rules = rules_for(ThreadRole::DeviceWorker(DeviceKind::Net));
         assert!(rules.allows(SYS_sendto) && !rules.allows_any_arguments(SYS_sendto));
-        assert!(rules.allows(SYS_recvfrom) && rules.allows(SYS_read));
-        for nr in [SYS_sendmsg, SYS_sendmmsg, SYS_accept4, SYS_bind, SYS_listen] {
+        assert!(rules.allows(SYS_recvfrom) && rules.allows(SYS_read) && rules.allows(SYS_accept4));
+        for nr in [SYS_sendmsg, SYS_sendmmsg, SYS_bind, SYS_listen, SYS_connect] {
             assert!(!rules.allows(nr), "syscall {nr}");
         }
         assert_eq!(DeviceKind::from_worker_name("net"), DeviceKind::Net);

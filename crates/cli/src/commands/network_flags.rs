@@ -1,6 +1,6 @@
 //! `--network` and `--publish`: the flags that give a machine network cards.
 //!
-//! - `--network nat|none|socket:PATH|dgram:PATH`, repeatable: one card each, in order; `none`
+//! - `--network nat|none|socket:PATH|dgram:PATH|vfkit:PATH|listen:PATH`, repeatable: one card each, in order; `none`
 //!   alone means no card (the default for flag runs, as before networking existed).
 //! - `--publish [ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp]`, repeatable: a host port (on 127.0.0.1
 //!   unless ADDR is given) that reaches the guest through the first NAT card; one is added
@@ -18,6 +18,8 @@ pub enum NetworkChoice {
     None,
     Nat,
     Socket(PathBuf, Framing),
+    /// A stream socket the VM listens on for one peer.
+    Listen(PathBuf),
 }
 
 pub fn parse_network(text: &str) -> Result<NetworkChoice, String> {
@@ -29,8 +31,10 @@ pub fn parse_network(text: &str) -> Result<NetworkChoice, String> {
     match text.split_once(':') {
         Some(("socket", path)) if !path.is_empty() => Ok(NetworkChoice::Socket(path.into(), Framing::Stream)),
         Some(("dgram", path)) if !path.is_empty() => Ok(NetworkChoice::Socket(path.into(), Framing::Datagram)),
+        Some(("listen", path)) if !path.is_empty() => Ok(NetworkChoice::Listen(path.into())),
+        Some(("vfkit", path)) if !path.is_empty() => Ok(NetworkChoice::Socket(path.into(), Framing::DatagramVfkit)),
         _ => Err(format!(
-            "`{text}` is not a network; use nat, none, socket:PATH (a stream socket) or dgram:PATH (a datagram socket)"
+            "`{text}` is not a network; use nat, none, socket:PATH (a stream socket), dgram:PATH (a datagram socket), vfkit:PATH (a datagram socket greeted as vfkit does, for gvproxy --listen-vfkit) or listen:PATH (a stream socket this VM listens on)"
         )),
     }
 }
@@ -98,6 +102,12 @@ pub fn apply(
             NetworkChoice::Socket(path, framing) => NetworkAttachment::Socket {
                 path: path.clone(),
                 framing: *framing,
+                listen: false,
+            },
+            NetworkChoice::Listen(path) => NetworkAttachment::Socket {
+                path: path.clone(),
+                framing: Framing::Stream,
+                listen: true,
             },
         };
         devices.push(NetworkDeviceConfiguration {
@@ -126,7 +136,10 @@ pub fn apply(
 
 /// Refuses the choices a bundle cannot keep: a socket path outside the bundle.
 pub fn check_bundle_choices(networks: &[NetworkChoice]) -> Result<(), String> {
-    if networks.iter().any(|n| matches!(n, NetworkChoice::Socket(..))) {
+    if networks
+        .iter()
+        .any(|n| matches!(n, NetworkChoice::Socket(..) | NetworkChoice::Listen(..)))
+    {
         return Err("a VM's bundle takes --network nat or none; a socket attachment names a path outside the bundle: give it at `virtkit run --network socket:PATH` with flags instead".into());
     }
     Ok(())
@@ -153,9 +166,13 @@ pub fn passt_installed() -> bool {
 pub fn describe(attachment: &NetworkAttachment) -> String {
     match attachment {
         NetworkAttachment::Nat { .. } => "nat".into(),
-        NetworkAttachment::Socket { path, framing } => match framing {
+        NetworkAttachment::Socket {
+            path, listen: true, ..
+        } => format!("listen:{}", path.display()),
+        NetworkAttachment::Socket { path, framing, .. } => match framing {
             Framing::Stream => format!("socket:{}", path.display()),
             Framing::Datagram => format!("dgram:{}", path.display()),
+            Framing::DatagramVfkit => format!("vfkit:{}", path.display()),
         },
     }
 }
@@ -171,6 +188,17 @@ mod tests {
         assert_eq!(
             parse_network("socket:/run/n.sock"),
             Ok(NetworkChoice::Socket("/run/n.sock".into(), Framing::Stream))
+        );
+        assert_eq!(
+            parse_network("vfkit:/run/v.sock"),
+            Ok(NetworkChoice::Socket(
+                "/run/v.sock".into(),
+                Framing::DatagramVfkit
+            ))
+        );
+        assert_eq!(
+            parse_network("listen:/run/l.sock"),
+            Ok(NetworkChoice::Listen("/run/l.sock".into()))
         );
         assert_eq!(
             parse_network("dgram:/run/d.sock"),

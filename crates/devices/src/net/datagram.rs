@@ -29,6 +29,23 @@ impl DatagramBackend {
         })
     }
 
+    /// Sends `greeting` as one datagram before any frame (vfkit's `VFKT`, which tells a peer
+    /// such as gvproxy where the VM is). Waits for the peer to take it: it is sent once, at
+    /// attach, before the guest runs.
+    pub fn greet(&self, greeting: &[u8]) -> io::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match send(&self.socket, greeting, SendFlags::NOSIGNAL) {
+                Ok(_) => return Ok(()),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Binds `local` (where the peer sends) and connects to `remote`.
     pub fn connect(local: impl AsRef<Path>, remote: impl AsRef<Path>) -> io::Result<DatagramBackend> {
         let socket = UnixDatagram::bind(local)?;

@@ -5,13 +5,18 @@
 //! a send the socket took only part of is finished by [`NetBackend::flush`] before another is
 //! taken, and a frame read in pieces waits in the backend until it is whole. Both buffers are
 //! bounded by one frame (plus, on input, what one read brings).
+//!
+//! A listening backend ([`StreamBackend::listen`], QEMU's `-netdev stream,server=on`) has no
+//! peer until one connects: until then [`NetBackend::fd`] is the listening socket, a receive
+//! accepts the peer (the worker then watches the new descriptor), and frames the guest sends
+//! are dropped, as on a cable plugged into nothing.
 
 use std::io::{self, IoSlice, Read};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
-use rustix::net::{send, SendFlags};
+use rustix::net::{accept_with, send, SendFlags, SocketFlags};
 
 use super::backend::{would_block, NetBackend, MAX_FRAME_LEN};
 
@@ -23,7 +28,10 @@ const IN_CAPACITY: usize = 2 * (PREFIX_LEN + MAX_LEN);
 
 #[derive(Debug)]
 pub struct StreamBackend {
-    socket: UnixStream,
+    /// The peer; `None` while a listening backend waits for one.
+    socket: Option<UnixStream>,
+    /// Where a listening backend waits for its peer.
+    listener: Option<UnixListener>,
     /// The frame being written (prefix included) and how much of it went.
     out: Vec<u8>,
     out_done: usize,
@@ -37,14 +45,48 @@ impl StreamBackend {
     /// A backend over `socket` (made non-blocking), connected to the peer.
     pub fn new(socket: UnixStream) -> io::Result<StreamBackend> {
         socket.set_nonblocking(true)?;
-        Ok(StreamBackend {
+        Ok(StreamBackend::with(Some(socket), None))
+    }
+
+    /// A backend that waits on `listener` (made non-blocking) for its one peer.
+    pub fn listen(listener: UnixListener) -> io::Result<StreamBackend> {
+        listener.set_nonblocking(true)?;
+        Ok(StreamBackend::with(None, Some(listener)))
+    }
+
+    fn with(socket: Option<UnixStream>, listener: Option<UnixListener>) -> StreamBackend {
+        StreamBackend {
             socket,
+            listener,
             out: Vec::with_capacity(PREFIX_LEN + MAX_LEN),
             out_done: 0,
             input: vec![0; IN_CAPACITY].into_boxed_slice(),
             start: 0,
             end: 0,
-        })
+        }
+    }
+
+    /// Whether the peer is there (always, unless listening for it).
+    pub fn connected(&self) -> bool {
+        self.socket.is_some()
+    }
+
+    /// Takes the peer waiting on the listening socket, if one is. It is non-blocking and
+    /// close-on-exec from `accept4` itself, so the worker needs no `fcntl`.
+    fn accept(&mut self) -> io::Result<()> {
+        let Some(listener) = &self.listener else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        loop {
+            match accept_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+                Ok(fd) => {
+                    self.socket = Some(UnixStream::from(fd));
+                    return Ok(());
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Connects to a peer listening on `path` (passt's `--socket`, QEMU's `-netdev stream,server`).
@@ -72,10 +114,18 @@ impl StreamBackend {
 
 impl NetBackend for StreamBackend {
     fn fd(&self) -> BorrowedFd<'_> {
-        self.socket.as_fd()
+        match (&self.socket, &self.listener) {
+            (Some(socket), _) => socket.as_fd(),
+            (None, Some(listener)) => listener.as_fd(),
+            (None, None) => unreachable!("a stream backend has a socket or a listener"),
+        }
     }
 
     fn send(&mut self, frame: &[IoSlice<'_>]) -> io::Result<()> {
+        if self.socket.is_none() {
+            // No peer yet: the frame goes nowhere, as on an unplugged cable.
+            return Ok(());
+        }
         self.flush()?;
         let len: usize = frame.iter().map(|s| s.len()).sum();
         if len > MAX_LEN {
@@ -99,9 +149,12 @@ impl NetBackend for StreamBackend {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        let Some(socket) = &self.socket else {
+            return Ok(());
+        };
         while self.out_done < self.out.len() {
             // MSG_NOSIGNAL: a peer gone away is EPIPE here, never a SIGPIPE that kills the VMM.
-            match send(&self.socket, &self.out[self.out_done..], SendFlags::NOSIGNAL) {
+            match send(socket, &self.out[self.out_done..], SendFlags::NOSIGNAL) {
                 Ok(0) => {
                     self.out.clear();
                     return Err(io::ErrorKind::WriteZero.into());
@@ -123,6 +176,11 @@ impl NetBackend for StreamBackend {
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.socket.is_none() {
+            // A peer, if one is waiting; the worker watches its descriptor from the next pass.
+            self.accept()?;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         loop {
             while let Some(len) = self.buffered_frame()? {
                 let at = self.start + PREFIX_LEN;
@@ -145,7 +203,10 @@ impl NetBackend for StreamBackend {
                 self.end -= self.start;
                 self.start = 0;
             }
-            match (&self.socket).read(&mut self.input[self.end..]) {
+            let Some(mut socket) = self.socket.as_ref() else {
+                return Err(io::ErrorKind::NotConnected.into());
+            };
+            match socket.read(&mut self.input[self.end..]) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => self.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -4,7 +4,7 @@
 //! readable while a frame may go to the guest, writable while a send waits (epoll is
 //! level-triggered; anything else would wake the thread over and over).
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -30,8 +30,9 @@ pub(crate) struct Worker {
     pub shared: Arc<Shared>,
     /// A queue broke: nothing runs until the device is reset.
     pub broken: bool,
-    /// What the backend's descriptor is watched for (`None`: not in epoll).
-    registered: Option<EventSet>,
+    /// The backend's descriptor in epoll and what it is watched for (`None`: not in epoll). A
+    /// listening backend's descriptor changes when its peer connects.
+    registered: Option<(RawFd, EventSet)>,
 }
 
 impl Worker {
@@ -67,8 +68,8 @@ impl Worker {
                 // Buffers the guest added while no worker ran (before a wake).
                 self.handler.rx_starved = false;
                 event_loop.run(&kill, &mut self);
-                if self.registered.take().is_some() {
-                    let _ = event_loop.remove(self.handler.backend.fd().as_raw_fd());
+                if let Some((fd, _)) = self.registered.take() {
+                    let _ = event_loop.remove(fd);
                 }
             }
             Err(e) => {
@@ -123,15 +124,21 @@ impl Worker {
             wanted |= EventSet::OUT;
         }
         let fd = self.handler.backend.fd().as_raw_fd();
+        if let Some((old, _)) = self.registered.filter(|(old, _)| *old != fd) {
+            // The backend's descriptor changed (a listening backend took its peer); the old
+            // one is still open (the backend keeps its listener), so removing it is safe.
+            let _ = event_loop.remove(old);
+            self.registered = None;
+        }
         let result = match (self.registered, wanted.is_empty()) {
             (None, true) => Ok(()),
             (Some(_), true) => event_loop.remove(fd),
             (None, false) => event_loop.add(fd, BACKEND_TOKEN, wanted),
-            (Some(now), false) if now == wanted => Ok(()),
+            (Some((_, now)), false) if now == wanted => Ok(()),
             (Some(_), false) => event_loop.modify(fd, BACKEND_TOKEN, wanted),
         };
         match result {
-            Ok(()) => self.registered = (!wanted.is_empty()).then_some(wanted),
+            Ok(()) => self.registered = (!wanted.is_empty()).then_some((fd, wanted)),
             Err(e) => {
                 tracing::error!("virtio-net: cannot watch the backend: {e}; the device stops");
                 self.broken = true;

@@ -56,11 +56,14 @@ pub enum NetworkAttachment {
         published: Vec<PublishedPort>,
     },
     /// A Unix socket another program (passt `--socket`, QEMU's `-netdev stream`, a switch)
-    /// listens on.
+    /// listens on; with `listen`, one the VM listens on for its one peer (another VM's socket
+    /// attachment, QEMU's `-netdev stream,server=off`), stream framing only.
     Socket {
         path: PathBuf,
         #[serde(default)]
         framing: Framing,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        listen: bool,
     },
 }
 
@@ -73,6 +76,9 @@ pub enum Framing {
     Stream,
     /// A datagram socket, one frame per datagram.
     Datagram,
+    /// A datagram socket, one frame per datagram, after a first datagram `VFKT` that announces
+    /// the VM as vfkit does (gvproxy's `--listen-vfkit` waits for it).
+    DatagramVfkit,
 }
 
 /// A host port that reaches a guest port through the NAT.
@@ -125,6 +131,9 @@ pub struct NicAddresses {
     pub ipv4_link_local: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ipv6: Vec<Ipv6Addr>,
+    /// Under NAT: the host ports that reach the guest through this card.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<PublishedPort>,
 }
 
 /// One attached card's host-side state, kept as long as the machine's devices.
@@ -133,6 +142,9 @@ pub(super) struct NicRuntime {
     mac: [u8; 6],
     expected_ipv4: Option<Ipv4Addr>,
     watch: Option<AddressWatch>,
+    published: Vec<PublishedPort>,
+    /// A listening attachment's socket, removed with the card.
+    _socket_file: Option<SocketFile>,
 }
 
 impl NicRuntime {
@@ -145,6 +157,7 @@ impl NicRuntime {
             expected_ipv4: self.expected_ipv4.filter(|_| learned.ipv4.is_none()),
             ipv4_link_local: learned.ipv4_link_local,
             ipv6: learned.ipv6,
+            published: self.published.clone(),
         }
     }
 }
@@ -244,7 +257,11 @@ pub(super) fn validate(
                     }
                 }
             }
-            NetworkAttachment::Socket { path, .. } => {
+            NetworkAttachment::Socket {
+                path,
+                framing,
+                listen,
+            } => {
                 let field = format!("network_devices[{i}].attachment.path");
                 if path.as_os_str().len() > MAX_SOCKET_PATH {
                     issues.add(
@@ -253,6 +270,10 @@ pub(super) fn validate(
                             "a Unix socket path may be at most {MAX_SOCKET_PATH} bytes; use a shorter path"
                         ),
                     );
+                    continue;
+                }
+                if *listen {
+                    validate_listening(path, *framing, i, issues);
                     continue;
                 }
                 match std::fs::metadata(path) {
@@ -277,6 +298,52 @@ pub(super) fn validate(
     }
 }
 
+/// A listening socket attachment: stream framing, a path that is free (or a socket left by a
+/// VM that died) in a directory that exists.
+fn validate_listening(path: &std::path::Path, framing: Framing, i: usize, issues: &mut Issues) {
+    let field = format!("network_devices[{i}].attachment");
+    if framing != Framing::Stream {
+        issues.add(
+            &field,
+            "a listening socket attachment takes stream framing (a datagram socket has no peer to wait for); use framing \"stream\"".into(),
+        );
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {}
+        Ok(_) => issues.add(
+            &field,
+            format!(
+                "{} exists and is not a socket; choose another path to listen on",
+                path.display()
+            ),
+        ),
+        Err(_) => {
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            if !parent.is_dir() {
+                issues.add(
+                    &field,
+                    format!(
+                        "{} is not a directory; create it, or listen somewhere else",
+                        parent.display()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Removes a listening attachment's socket file when the card goes.
+pub(super) struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Builds each card's backend (starting passt for NAT cards) and attaches it.
 pub(super) fn attach(
     manager: &DeviceManager,
@@ -296,6 +363,12 @@ pub(super) fn attach(
             None => HelperLog::Null,
         };
         let (backend, passt, expected_ipv4) = backend(&name, &device.attachment, log)?;
+        let socket_file = match &device.attachment {
+            NetworkAttachment::Socket {
+                path, listen: true, ..
+            } => Some(SocketFile(path.clone())),
+            _ => None,
+        };
         let mut net = Net::new(mac, backend).map_err(|e| DeviceError::Network {
             name: name.clone(),
             message: e.to_string(),
@@ -311,6 +384,11 @@ pub(super) fn attach(
             mac,
             expected_ipv4,
             watch,
+            published: match &device.attachment {
+                NetworkAttachment::Nat { published } => published.clone(),
+                _ => Vec::new(),
+            },
+            _socket_file: socket_file,
         });
         if let Some(helper) = passt {
             manager.add_helper(helper);
@@ -357,17 +435,34 @@ fn backend(name: &str, attachment: &NetworkAttachment, log: HelperLog) -> Result
                 .map_err(|e| failed(format!("cannot use passt's socket: {e}")))?;
             Ok((Box::new(backend), Some(network.helper), Some(nat.guest_address)))
         }
-        NetworkAttachment::Socket { path, framing } => {
+        NetworkAttachment::Socket {
+            path, listen: true, ..
+        } => {
+            let listener = crate::unix_socket::bind_owner_only(path)
+                .map_err(|e| failed(format!("cannot listen on {}: {e}", path.display())))?;
+            let backend = StreamBackend::listen(listener)
+                .map_err(|e| failed(format!("cannot listen on {}: {e}", path.display())))?;
+            Ok((Box::new(backend), None, None))
+        }
+        NetworkAttachment::Socket { path, framing, .. } => {
             let unreachable =
                 |e: std::io::Error| failed(format!("cannot connect to {}: {e}", path.display()));
             let backend: Box<dyn NetBackend> = match framing {
                 Framing::Stream => Box::new(StreamBackend::connect(path).map_err(unreachable)?),
                 Framing::Datagram => Box::new(datagram(path).map_err(unreachable)?),
+                Framing::DatagramVfkit => {
+                    let backend = datagram(path).map_err(unreachable)?;
+                    backend.greet(VFKIT_GREETING).map_err(unreachable)?;
+                    Box::new(backend)
+                }
             };
             Ok((backend, None, None))
         }
     }
 }
+
+/// What vfkit sends first on a datagram network socket, so that its peer learns its address.
+const VFKIT_GREETING: &[u8] = b"VFKT";
 
 /// A datagram socket connected to `remote`, bound to an abstract address of its own (the peer
 /// needs an address to answer to, and an abstract one leaves no file behind).

@@ -115,6 +115,7 @@ fn validation_reports_every_problem_with_its_fix() {
         attachment: NetworkAttachment::Socket {
             path: "/nonexistent/net.sock".into(),
             framing: Framing::Stream,
+            listen: false,
         },
     };
     let file = NetworkDeviceConfiguration {
@@ -122,6 +123,7 @@ fn validation_reports_every_problem_with_its_fix() {
         attachment: NetworkAttachment::Socket {
             path: "/etc/hostname".into(),
             framing: Framing::Datagram,
+            listen: false,
         },
     };
     // Card 0 gets the default 02:76:6b:00:00:00, which card 1 also names.
@@ -154,6 +156,7 @@ fn a_listening_socket_and_distinct_udp_and_tcp_ports_pass() {
         attachment: NetworkAttachment::Socket {
             path: path.clone(),
             framing: Framing::Stream,
+            listen: false,
         },
     };
     assert_eq!(
@@ -161,4 +164,36 @@ fn a_listening_socket_and_distinct_udp_and_tcp_ports_pass() {
         Vec::<String>::new()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_listening_attachment_needs_stream_framing_and_a_free_path_in_a_directory() {
+    let listen = |path: &str, framing| NetworkDeviceConfiguration {
+        mac: None,
+        attachment: NetworkAttachment::Socket {
+            path: path.into(),
+            framing,
+            listen: true,
+        },
+    };
+    let free = std::env::temp_dir().join(format!("virtkit-net-listen-free-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&free);
+    assert!(issues(&[listen(free.to_str().unwrap(), Framing::Stream)], None).is_empty());
+    let found = issues(
+        &[
+            listen(free.to_str().unwrap(), Framing::Datagram),
+            listen("/etc/hostname", Framing::Stream),
+            listen("/nonexistent/dir/n.sock", Framing::Stream),
+        ],
+        None,
+    );
+    let expect = [
+        "network_devices[0].attachment: a listening socket attachment takes stream framing",
+        "network_devices[1].attachment: /etc/hostname exists and is not a socket",
+        "network_devices[2].attachment: /nonexistent/dir is not a directory",
+    ];
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+    for (got, want) in found.iter().zip(expect) {
+        assert!(got.starts_with(want), "{got}\nwanted {want}");
+    }
 }

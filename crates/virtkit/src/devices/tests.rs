@@ -164,6 +164,7 @@ fn a_socket_network_card_attaches_as_net0_and_learns_nothing_before_the_guest_sp
         attachment: NetworkAttachment::Socket {
             path: path.clone(),
             framing: net::Framing::Stream,
+            listen: false,
         },
     });
     let mut issues = Issues(Vec::new());
@@ -184,13 +185,56 @@ fn a_socket_network_card_attaches_as_net0_and_learns_nothing_before_the_guest_sp
 }
 
 #[test]
+fn a_vfkit_card_greets_its_peer_and_a_listening_card_removes_its_socket_on_release() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("net-vfkit");
+    let peer_path = dir.0.join("gvproxy.sock");
+    let peer = std::os::unix::net::UnixDatagram::bind(&peer_path).unwrap();
+    peer.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let listen_path = dir.0.join("listen.sock");
+    let mut config = config(&dir, 0, 0);
+    for (path, framing, listen) in [
+        (&peer_path, net::Framing::DatagramVfkit, false),
+        (&listen_path, net::Framing::Stream, true),
+    ] {
+        config.network_devices.push(NetworkDeviceConfiguration {
+            mac: None,
+            attachment: NetworkAttachment::Socket {
+                path: path.clone(),
+                framing,
+                listen,
+            },
+        });
+    }
+    let mut issues = Issues(Vec::new());
+    validate_devices(&config, &mut issues);
+    assert!(issues.0.is_empty(), "{:?}", issues.0);
+    let kvm = Kvm::open().unwrap();
+    let machine = machine(&kvm, &config);
+    let manager = DeviceManager::attach_all(&machine, &mut config).unwrap();
+    let mut first = [0u8; 16];
+    let n = peer.recv(&mut first).expect("the vfkit greeting");
+    assert_eq!(&first[..n], b"VFKT");
+    // The listening card's socket takes a peer (the worker accepts it once the guest runs).
+    assert!(std::os::unix::net::UnixStream::connect(&listen_path).is_ok());
+    manager.release();
+    assert!(
+        !listen_path.exists(),
+        "the listening socket is removed with its card"
+    );
+}
+
+#[test]
 fn a_nat_network_card_starts_passt_and_release_stops_it() {
     if !virtkit_testkit::require_kvm() {
         return;
     }
     if !std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join("passt").exists())
     {
-        eprintln!("skipped: passt is not installed");
+        virtkit_testkit::skip("passt is not installed (Debian package passt)");
         return;
     }
     let dir = TempDir::new("net-nat");
