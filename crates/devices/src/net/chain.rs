@@ -22,6 +22,8 @@ pub enum ChainError {
     TooLong(u64, usize),
     #[error("a chain of {0} bytes is shorter than the virtio-net header")]
     TooShort(u64),
+    #[error("a control command without a device-writable byte for its ack")]
+    NoAck,
 }
 
 /// A guest buffer, checked to be in guest memory when the chain was walked.

@@ -1,7 +1,7 @@
 //! The fuzzing entry point for the network queues: arbitrary bytes become the driver's side of
 //! a queue in guest memory ([`queue_from_bytes`]), handled as the tx queue and as the rx queue
 //! (frames of several sizes, with and without mergeable buffers), then the held rx chains are
-//! given back as before a snapshot. It must never panic; `fuzz/` runs it under libFuzzer and a
+//! given back as before a snapshot, and as a multiqueue card's control queue. It must never panic; `fuzz/` runs it under libFuzzer and a
 //! unit test runs it over pseudo-random inputs.
 
 use std::io::{self, IoSlice};
@@ -59,7 +59,8 @@ impl NetBackend for FuzzBackend {
 
 /// Lays `data` out as a queue (flag bit 1: mergeable rx buffers; bit 2: the backend takes the
 /// header; bits 4..: frames the backend takes before it would block) and handles it as the tx
-/// queue twice, then as the rx queue with a short, a 1500-byte and a 9000-byte frame.
+/// queue twice, then as the rx queue with a short, a 1500-byte and a 9000-byte frame, then as
+/// the control queue of a card with 4 pairs.
 pub fn fuzz_queue(data: &[u8]) {
     let Some(&flags) = data.first() else {
         return;
@@ -87,5 +88,12 @@ pub fn fuzz_queue(data: &[u8]) {
             handler.rx_starved = false;
         }
         let _ = handler.release_rx(&mut queue, &mem);
+    }
+
+    if let Some((mem, mut queue, _)) = queue_from_bytes(data) {
+        let active = std::sync::atomic::AtomicU16::new(4);
+        let _ = super::ctrl::process(&mut queue, &mem, 4, &active);
+        let pairs = active.load(std::sync::atomic::Ordering::Acquire);
+        assert!((1..=4).contains(&pairs), "VQ_PAIRS_SET keeps to the card's pairs");
     }
 }

@@ -6,7 +6,7 @@
 //! backend waits for guest buffers, and the backend is not read meanwhile: back-pressure goes
 //! to the peer through the socket instead of frames being dropped here.
 //!
-//! Multiqueue comes later as one handler per pair, each with its own backend and worker.
+//! A multiqueue card has one handler per pair, each with its own backend and worker.
 
 use std::collections::VecDeque;
 use std::io;

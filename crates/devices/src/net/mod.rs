@@ -6,7 +6,8 @@
 //!   passt's and QEMU's `stream` format) and [`DatagramBackend`] (one frame per datagram).
 //! - `chain`: descriptor chains checked and copied to and from guest memory.
 //! - `handler`, `tx`, `rx`: the queue logic, pure and non-blocking; rx with mergeable buffers.
-//! - `worker`: the `v_net` thread and its epoll.
+//! - `worker`: the `v_net` thread and its epoll, one per queue pair; `ctrl`: the control queue
+//!   of a multiqueue card (`VQ_PAIRS_SET`).
 //! - `device`: [`Net`], the [`virtkit_virtio::VirtioDevice`].
 //! - `address`: what the host learns from the NIC's frames: the guest's IPv4 and IPv6 addresses;
 //!   `observer` feeds it from the data path ([`Net::watch_addresses`]).
@@ -14,6 +15,7 @@
 pub mod address;
 mod backend;
 mod chain;
+mod ctrl;
 mod datagram;
 mod device;
 pub mod fuzz;
@@ -34,7 +36,8 @@ pub use backend::{NetBackend, Offloads, MAX_FRAME_LEN, VNET_HDR_LEN};
 pub use chain::{ChainError, Segment};
 pub use datagram::DatagramBackend;
 pub use device::{
-    features, MacText, Net, NetError, NetState, CONFIG_LEN, DEVICE_TYPE, PCI_CLASS, QUEUE_PAIRS, QUEUE_SIZE,
+    features, MacText, Net, NetError, NetState, CONFIG_LEN, DEVICE_TYPE, MAX_QUEUE_PAIRS, PCI_CLASS,
+    QUEUE_PAIRS, QUEUE_SIZE,
 };
 pub use handler::{NetHandler, PendingTx};
 pub use metrics::NetMetrics;

@@ -4,7 +4,8 @@
 //! The learner is not shared with readers directly: that would put a lock the API thread can
 //! hold on every frame's path. Instead the worker publishes a copy only when the learner's
 //! generation changes (rarely: a DHCP lease, a new IPv6 address), so the per-frame cost is the
-//! parse alone.
+//! parse alone. A multiqueue card's pairs share one learner (a guest may send its DHCP request
+//! on one pair and get the ACK on another); its lock is only ever taken by those workers.
 
 use std::sync::{Arc, Mutex};
 
@@ -21,10 +22,10 @@ impl AddressWatch {
     }
 }
 
-/// The worker's side: the learner and where it publishes.
-#[derive(Debug)]
+/// The workers' side: the learner and where it publishes.
+#[derive(Debug, Clone)]
 pub(crate) struct AddressObserver {
-    learner: AddressLearner,
+    learner: Arc<Mutex<AddressLearner>>,
     published: AddressWatch,
 }
 
@@ -32,7 +33,7 @@ impl AddressObserver {
     pub(crate) fn new(mac: [u8; 6]) -> (AddressObserver, AddressWatch) {
         let published = AddressWatch::default();
         let observer = AddressObserver {
-            learner: AddressLearner::new(mac),
+            learner: Arc::new(Mutex::new(AddressLearner::new(mac))),
             published: published.clone(),
         };
         (observer, published)
@@ -40,21 +41,23 @@ impl AddressObserver {
 
     /// A frame (no virtio-net header) the guest sent.
     pub(crate) fn tx(&mut self, frame: &[u8]) {
-        let before = self.learner.generation();
-        self.learner.observe_tx(frame);
-        self.publish_if_changed(before);
+        let mut learner = self.learner.lock().unwrap_or_else(|p| p.into_inner());
+        let before = learner.generation();
+        learner.observe_tx(frame);
+        self.publish_if_changed(&learner, before);
     }
 
     /// A frame (no virtio-net header) the guest received.
     pub(crate) fn rx(&mut self, frame: &[u8]) {
-        let before = self.learner.generation();
-        self.learner.observe_rx(frame);
-        self.publish_if_changed(before);
+        let mut learner = self.learner.lock().unwrap_or_else(|p| p.into_inner());
+        let before = learner.generation();
+        learner.observe_rx(frame);
+        self.publish_if_changed(&learner, before);
     }
 
-    fn publish_if_changed(&self, before: u64) {
-        if self.learner.generation() != before {
-            *self.published.0.lock().unwrap_or_else(|p| p.into_inner()) = self.learner.addresses();
+    fn publish_if_changed(&self, learner: &AddressLearner, before: u64) {
+        if learner.generation() != before {
+            *self.published.0.lock().unwrap_or_else(|p| p.into_inner()) = learner.addresses();
         }
     }
 }

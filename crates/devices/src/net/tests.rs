@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::test_support::TestBackend;
 use super::*;
 
+mod multiqueue;
 mod observer;
 
 virtkit_virtio::virtio_device_conformance_tests!(
@@ -656,7 +657,7 @@ fn the_worker_moves_frames_over_a_stream_socket_and_reports_the_link_down() {
     // Sleep, snapshot, wake.
     let queues = net.sleep().unwrap().unwrap();
     let state = net.snapshot().unwrap();
-    assert!(state.link_up && state.tx_pending.is_none());
+    assert!(state.link_up && state.tx_pending == [None]);
     net.wake(Some(queues)).unwrap();
 
     // The peer leaves: the link goes down and the driver hears of it.
@@ -701,7 +702,7 @@ fn a_tx_chain_the_backend_has_not_taken_survives_a_snapshot_and_goes_after_resto
     }
     let queues = net.sleep().unwrap().unwrap();
     let state = net.snapshot().unwrap();
-    assert_eq!(state.tx_pending.as_ref().map(|p| p.head), Some(0));
+    assert_eq!(state.tx_pending[0].as_ref().map(|p| p.head), Some(0));
     assert_eq!(
         used_idx(&mem, used_ring(&tx)),
         0,

@@ -14,12 +14,14 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::ctrl::CtrlQueue;
 use super::device::Shared;
 use super::handler::NetHandler;
 
 const RX_TOKEN: u64 = 0;
 const TX_TOKEN: u64 = 1;
 const BACKEND_TOKEN: u64 = 2;
+const CTRL_TOKEN: u64 = 3;
 
 pub(crate) struct Worker {
     pub rx: DeviceQueue,
@@ -28,6 +30,8 @@ pub(crate) struct Worker {
     pub interrupt: Arc<dyn VirtioInterrupt>,
     pub handler: NetHandler,
     pub shared: Arc<Shared>,
+    /// The control queue, on the first pair's worker of a multiqueue card.
+    pub ctrl: Option<CtrlQueue>,
     /// A queue broke: nothing runs until the device is reset.
     pub broken: bool,
     /// The backend's descriptor in epoll and what it is watched for (`None`: not in epoll). A
@@ -51,9 +55,16 @@ impl Worker {
             interrupt,
             handler,
             shared,
+            ctrl: None,
             broken: false,
             registered: None,
         }
+    }
+
+    /// Gives this worker the card's control queue as well.
+    pub fn with_ctrl(mut self, ctrl: Option<CtrlQueue>) -> Worker {
+        self.ctrl = ctrl;
+        self
     }
 
     /// Runs until `kill` is signalled; hands back the queues (rx, tx) and the handler.
@@ -61,6 +72,9 @@ impl Worker {
         let setup = EventLoop::new(&kill).and_then(|event_loop| {
             event_loop.add(self.rx.event.as_raw_fd(), RX_TOKEN, EventSet::IN)?;
             event_loop.add(self.tx.event.as_raw_fd(), TX_TOKEN, EventSet::IN)?;
+            if let Some(ctrl) = &self.ctrl {
+                event_loop.add(ctrl.queue.event.as_raw_fd(), CTRL_TOKEN, EventSet::IN)?;
+            }
             Ok(event_loop)
         });
         match setup {
@@ -85,7 +99,9 @@ impl Worker {
                 Err(e) => warn_ratelimited!("virtio-net: cannot give back rx buffers: {e}"),
             }
         }
-        (vec![self.rx, self.tx], self.handler)
+        let mut queues = vec![self.rx, self.tx];
+        queues.extend(self.ctrl.map(|c| c.queue));
+        (queues, self.handler)
     }
 
     fn pass(&mut self) {
@@ -110,6 +126,11 @@ impl Worker {
         }
         if self.handler.process_rx(&mut self.rx.queue, mem)? && self.rx.queue.needs_notification(mem)? {
             self.interrupt.signal_used_queue(self.rx.index);
+        }
+        if let Some(ctrl) = &mut self.ctrl {
+            if ctrl.process(mem)? && ctrl.queue.queue.needs_notification(mem)? {
+                self.interrupt.signal_used_queue(ctrl.queue.index);
+            }
         }
         Ok(())
     }
@@ -173,6 +194,11 @@ impl EventHandler for Worker {
             }
             TX_TOKEN => {
                 let _ = self.tx.event.read();
+            }
+            CTRL_TOKEN => {
+                if let Some(ctrl) = &self.ctrl {
+                    let _ = ctrl.queue.event.read();
+                }
             }
             // The backend: the pass looks at both directions.
             _ => {}
