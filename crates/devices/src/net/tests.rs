@@ -552,6 +552,34 @@ fn a_stream_peer_announcing_an_oversized_frame_breaks_the_link_and_an_ended_one_
     h.process_rx(&mut q, &mem).unwrap();
     assert!(!h.link_up(), "end of stream: the peer is gone");
 }
+#[test]
+fn a_backend_header_reaches_the_guest_as_given_with_num_buffers_set() {
+    // A TSO frame from a TAP: its header (NEEDS_CSUM, GSO TCPv4, hdr_len 54, gso_size 1448,
+    // csum_start 34, csum_offset 16) goes to the guest unchanged but for `num_buffers`, which
+    // the kernel leaves as whatever was in the buffer.
+    let mem = memory(MEM_SIZE);
+    let vq = mock(&mem, 0);
+    vq.add_desc_chains(&rx_buffers(4, 1526, 0), 0).unwrap();
+    let mut q = queue(&vq);
+    let (mut backend, peer) = TestBackend::new();
+    backend.hdr_len = HDR;
+    let header: [u8; 12] = [1, 1, 54, 0, 0xa8, 0x05, 34, 0, 16, 0, 0xff, 0xff];
+    let payload = frame(3000, 21);
+    let mut input = header.to_vec();
+    input.extend_from_slice(&payload);
+    peer.lock().unwrap().input.push_back(input);
+    let (mut h, metrics) = handler(backend, true);
+    assert!(h.process_rx(&mut q, &mem).unwrap());
+    let got = received(&mem, &vq, 0, 2);
+    assert_eq!(
+        &got[..10],
+        &header[..10],
+        "the offload fields as the backend gave them"
+    );
+    assert_eq!(num_buffers(&got), 2, "3012 bytes over two 1526-byte buffers");
+    assert_eq!(&got[HDR..], &payload[..]);
+    assert_eq!((get(&metrics.rx_frames), get(&metrics.rx_bytes)), (1, 3000));
+}
 
 // Features and configuration.
 
