@@ -1,7 +1,9 @@
 //! `--network` and `--publish`: the flags that give a machine network cards.
 //!
-//! - `--network nat|none|socket:PATH|dgram:PATH`, repeatable: one card each, in order; `none`
-//!   alone means no card (the default for flag runs, as before networking existed).
+//! - `--network nat|none|tap|tap:NAME|bridge:BRIDGE|socket:PATH|dgram:PATH`, repeatable: one
+//!   card each, in order; `none` alone means no card (the default for flag runs, as before
+//!   networking existed). `tap:NAME` is an existing TAP; `tap` and `bridge:BRIDGE` create one
+//!   for the VM (root).
 //! - `--publish [ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp]`, repeatable: a host port (on 127.0.0.1
 //!   unless ADDR is given) that reaches the guest through the first NAT card; one is added
 //!   when no NAT card is given.
@@ -17,19 +19,25 @@ pub enum NetworkChoice {
     None,
     Nat,
     Socket(PathBuf, Framing),
+    /// An existing TAP by name, or (`None`) one created for the VM.
+    Tap(Option<String>),
+    Bridge(String),
 }
 
 pub fn parse_network(text: &str) -> Result<NetworkChoice, String> {
     match text {
         "none" => return Ok(NetworkChoice::None),
         "nat" => return Ok(NetworkChoice::Nat),
+        "tap" => return Ok(NetworkChoice::Tap(None)),
         _ => {}
     }
     match text.split_once(':') {
         Some(("socket", path)) if !path.is_empty() => Ok(NetworkChoice::Socket(path.into(), Framing::Stream)),
         Some(("dgram", path)) if !path.is_empty() => Ok(NetworkChoice::Socket(path.into(), Framing::Datagram)),
+        Some(("tap", name)) if !name.is_empty() => Ok(NetworkChoice::Tap(Some(name.into()))),
+        Some(("bridge", bridge)) if !bridge.is_empty() => Ok(NetworkChoice::Bridge(bridge.into())),
         _ => Err(format!(
-            "`{text}` is not a network; use nat, none, socket:PATH (a stream socket) or dgram:PATH (a datagram socket)"
+            "`{text}` is not a network; use nat, none, tap (one created for the VM), tap:NAME (an existing TAP), bridge:BRIDGE, socket:PATH (a stream socket) or dgram:PATH (a datagram socket)"
         )),
     }
 }
@@ -98,6 +106,10 @@ pub fn apply(
                 path: path.clone(),
                 framing: *framing,
             },
+            NetworkChoice::Tap(name) => NetworkAttachment::Tap { name: name.clone() },
+            NetworkChoice::Bridge(bridge) => NetworkAttachment::Bridge {
+                bridge: bridge.clone(),
+            },
         };
         devices.push(NetworkDeviceConfiguration {
             mac: None,
@@ -109,7 +121,9 @@ pub fn apply(
     }
     let nat = devices.iter_mut().find_map(|d| match &mut d.attachment {
         NetworkAttachment::Nat { published } => Some(published),
-        NetworkAttachment::Socket { .. } => None,
+        NetworkAttachment::Socket { .. }
+        | NetworkAttachment::Tap { .. }
+        | NetworkAttachment::Bridge { .. } => None,
     });
     match nat {
         Some(ports) => ports.extend(published.iter().cloned()),
@@ -139,9 +153,18 @@ mod tests {
             parse_network("dgram:/run/d.sock"),
             Ok(NetworkChoice::Socket("/run/d.sock".into(), Framing::Datagram))
         );
-        for bad in ["", "tap:tap0", "socket:", "NAT"] {
+        assert_eq!(parse_network("tap"), Ok(NetworkChoice::Tap(None)));
+        assert_eq!(
+            parse_network("tap:tap3"),
+            Ok(NetworkChoice::Tap(Some("tap3".into())))
+        );
+        assert_eq!(
+            parse_network("bridge:br0"),
+            Ok(NetworkChoice::Bridge("br0".into()))
+        );
+        for bad in ["", "tap:", "bridge:", "bridge", "socket:", "NAT"] {
             let e = parse_network(bad).unwrap_err();
-            assert!(e.contains("nat, none, socket:PATH"), "{bad}: {e}");
+            assert!(e.contains("nat, none, tap (one created"), "{bad}: {e}");
         }
     }
 

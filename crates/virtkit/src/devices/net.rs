@@ -1,5 +1,6 @@
 //! Network cards: virtio-net, as Apple's `VZVirtioNetworkDeviceConfiguration`, attached to
-//! user-mode NAT (passt) or to a Unix socket another program serves.
+//! user-mode NAT (passt), a TAP device (an existing one, or one created for the VM), a bridge
+//! (through a TAP created for the VM), or a Unix socket another program serves.
 //!
 //! JSON (`network_devices`, one object per card):
 //! ```json
@@ -7,6 +8,9 @@
 //!  "attachment": {"type": "nat", "published": [
 //!     {"protocol": "tcp", "host_address": "127.0.0.1", "host_port": 2222, "guest_port": 22}]}}
 //! {"attachment": {"type": "socket", "path": "/run/net.sock", "framing": "stream"}}
+//! {"attachment": {"type": "tap", "name": "tap3"}}
+//! {"attachment": {"type": "tap"}}
+//! {"attachment": {"type": "bridge", "bridge": "br0"}}
 //! ```
 //! `mac` may be left out: card `i` then gets one derived from the machine identifier, or
 //! [`DEFAULT_MAC_PREFIX`] with `i` as its last byte when the machine has no identifier.
@@ -17,6 +21,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use virtkit_devices::net::tap::{Tap, TapBackend};
 use virtkit_devices::net::{
     AddressWatch, DatagramBackend, MacText, Net, NetBackend, StreamBackend, PCI_CLASS,
 };
@@ -26,6 +31,7 @@ use virtkit_virtio::transport::pci::attach as attach_pci;
 use super::{DeviceError, DeviceManager};
 use crate::identity::MachineIdentifier;
 use crate::network::passt::{self, HelperProcess, NatConfiguration, PasstOptions, PortForward, Protocol};
+use crate::network::tap;
 use crate::validate::{Issues, MAX_SOCKET_PATH};
 
 /// The first five bytes of a card's MAC when neither the configuration nor a machine
@@ -60,6 +66,15 @@ pub enum NetworkAttachment {
         #[serde(default)]
         framing: Framing,
     },
+    /// A TAP device with the virtio-net header and offloads: the existing TAP `name`, or
+    /// without a name one created for the VM (root or `CAP_NET_ADMIN`), deleted when it stops.
+    Tap {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// A TAP created for the VM (root or `CAP_NET_ADMIN`), made a port of the Linux bridge
+    /// `bridge` and set up; removed when the VM stops.
+    Bridge { bridge: String },
 }
 
 /// How frames travel on a socket attachment.
@@ -123,6 +138,9 @@ pub struct NicAddresses {
     pub ipv4_link_local: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ipv6: Vec<Ipv6Addr>,
+    /// The host's TAP interface of a TAP or bridged card.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_interface: Option<String>,
 }
 
 /// One attached card's host-side state, kept as long as the machine's devices.
@@ -131,6 +149,7 @@ pub(super) struct NicRuntime {
     mac: [u8; 6],
     expected_ipv4: Option<Ipv4Addr>,
     watch: Option<AddressWatch>,
+    host_interface: Option<String>,
 }
 
 impl NicRuntime {
@@ -143,6 +162,7 @@ impl NicRuntime {
             expected_ipv4: self.expected_ipv4.filter(|_| learned.ipv4.is_none()),
             ipv4_link_local: learned.ipv4_link_local,
             ipv6: learned.ipv6,
+            host_interface: self.host_interface.clone(),
         }
     }
 }
@@ -191,6 +211,7 @@ pub(super) fn validate(
 ) {
     let mut macs: HashMap<[u8; 6], usize> = HashMap::new();
     let mut ports: HashMap<(PortProtocol, SocketAddr), usize> = HashMap::new();
+    let mut taps: HashMap<&str, usize> = HashMap::new();
     for (i, device) in devices.iter().enumerate() {
         if let Some(text) = &device.mac {
             if let Err(message) = parse_mac(text) {
@@ -233,6 +254,27 @@ pub(super) fn validate(
                     }
                 }
             }
+            NetworkAttachment::Tap { name: Some(name) } => {
+                let field = format!("network_devices[{i}].attachment.name");
+                if let Some(first) = taps.insert(name.as_str(), i) {
+                    issues.add(
+                        &field,
+                        format!("TAP {name} is also network_devices[{first}]'s; give each card its own TAP"),
+                    );
+                } else if let Err(e) = tap::check_existing(name) {
+                    issues.add(&field, e.to_string());
+                }
+            }
+            NetworkAttachment::Tap { name: None } => {
+                if let Err(e) = tap::check_create() {
+                    issues.add(&format!("network_devices[{i}].attachment"), e.to_string());
+                }
+            }
+            NetworkAttachment::Bridge { bridge } => {
+                if let Err(e) = tap::check_bridge(bridge) {
+                    issues.add(&format!("network_devices[{i}].attachment.bridge"), e.to_string());
+                }
+            }
             NetworkAttachment::Socket { path, .. } => {
                 let field = format!("network_devices[{i}].attachment.path");
                 if path.as_os_str().len() > MAX_SOCKET_PATH {
@@ -266,7 +308,8 @@ pub(super) fn validate(
     }
 }
 
-/// Builds each card's backend (starting passt for NAT cards) and attaches it.
+/// Builds each card's backend (starting passt for NAT cards, opening or creating TAPs) and
+/// attaches it.
 pub(super) fn attach(
     manager: &DeviceManager,
     machine: &Machine,
@@ -279,7 +322,12 @@ pub(super) fn attach(
             name: name.clone(),
             message: "its MAC address is not valid (validation reports why)".into(),
         })?;
-        let (backend, passt, expected_ipv4) = backend(&name, &device.attachment)?;
+        let Backend {
+            backend,
+            passt,
+            expected_ipv4,
+            host_interface,
+        } = backend(&name, i, &device.attachment)?;
         let mut net = Net::new(mac, backend).map_err(|e| DeviceError::Network {
             name: name.clone(),
             message: e.to_string(),
@@ -295,6 +343,7 @@ pub(super) fn attach(
             mac,
             expected_ipv4,
             watch,
+            host_interface,
         });
         if let Some(helper) = passt {
             manager.add_helper(helper);
@@ -303,9 +352,37 @@ pub(super) fn attach(
     Ok(())
 }
 
-type Backend = (Box<dyn NetBackend>, Option<HelperProcess>, Option<Ipv4Addr>);
+/// A card's backend and what comes with it.
+struct Backend {
+    backend: Box<dyn NetBackend>,
+    /// passt, for a NAT card.
+    passt: Option<HelperProcess>,
+    /// The address the NAT hands out.
+    expected_ipv4: Option<Ipv4Addr>,
+    /// The TAP of a TAP or bridged card.
+    host_interface: Option<String>,
+}
 
-fn backend(name: &str, attachment: &NetworkAttachment) -> Result<Backend, DeviceError> {
+impl Backend {
+    fn plain(backend: Box<dyn NetBackend>) -> Backend {
+        Backend {
+            backend,
+            passt: None,
+            expected_ipv4: None,
+            host_interface: None,
+        }
+    }
+
+    fn tap(tap: Tap) -> Backend {
+        let host_interface = Some(tap.name().to_owned());
+        Backend {
+            host_interface,
+            ..Backend::plain(Box::new(TapBackend::new(tap)))
+        }
+    }
+}
+
+fn backend(name: &str, index: usize, attachment: &NetworkAttachment) -> Result<Backend, DeviceError> {
     let failed = |message: String| DeviceError::Network {
         name: name.to_owned(),
         message,
@@ -327,7 +404,11 @@ fn backend(name: &str, attachment: &NetworkAttachment) -> Result<Backend, Device
             let network = passt::start(&nat, &PasstOptions::default()).map_err(|e| failed(e.to_string()))?;
             let backend = StreamBackend::new(network.socket)
                 .map_err(|e| failed(format!("cannot use passt's socket: {e}")))?;
-            Ok((Box::new(backend), Some(network.helper), Some(nat.guest_address)))
+            Ok(Backend {
+                passt: Some(network.helper),
+                expected_ipv4: Some(nat.guest_address),
+                ..Backend::plain(Box::new(backend))
+            })
         }
         NetworkAttachment::Socket { path, framing } => {
             let unreachable =
@@ -336,7 +417,27 @@ fn backend(name: &str, attachment: &NetworkAttachment) -> Result<Backend, Device
                 Framing::Stream => Box::new(StreamBackend::connect(path).map_err(unreachable)?),
                 Framing::Datagram => Box::new(datagram(path).map_err(unreachable)?),
             };
-            Ok((backend, None, None))
+            Ok(Backend::plain(backend))
+        }
+        NetworkAttachment::Tap { name: Some(tap_name) } => {
+            let tap = tap::open_existing(tap_name).map_err(|e| failed(e.to_string()))?;
+            Ok(Backend::tap(tap))
+        }
+        NetworkAttachment::Tap { name: None } => {
+            let tap = tap::create(&tap::created_name(index), None).map_err(|e| failed(e.to_string()))?;
+            tracing::info!(card = name, tap = tap.name(), "created TAP device");
+            Ok(Backend::tap(tap))
+        }
+        NetworkAttachment::Bridge { bridge } => {
+            let tap =
+                tap::create(&tap::created_name(index), Some(bridge)).map_err(|e| failed(e.to_string()))?;
+            tracing::info!(
+                card = name,
+                tap = tap.name(),
+                bridge,
+                "created TAP device on bridge"
+            );
+            Ok(Backend::tap(tap))
         }
     }
 }
