@@ -182,7 +182,7 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             }
             // A TAP network card's offloads follow the features the guest accepts, set when the
             // vCPU's write activates the device (`TUNSETOFFLOAD` on the TAP's descriptor).
-            r.allow_if(SYS_ioctl, &[(1, TUNSETOFFLOAD as u64)]);
+            r.allow_if(SYS_ioctl, &[(1, TUNSETOFFLOAD)]);
             // Eventfds (irqfds, a worker's kill event, queue notifications dropped on reset) and
             // the serial port's output attachment (a file, pipe, terminal, or the pipe to a
             // serial socket's `ConsoleServer`).
