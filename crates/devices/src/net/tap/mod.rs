@@ -290,6 +290,13 @@ impl TapBackend {
     }
 }
 
+/// A TAP deleted under the VM (`ip link del`) leaves its descriptor detached: reads and writes
+/// fail with `EBADFD` and epoll reports an error for ever. Told to the device as the peer gone,
+/// so the link goes down and the worker stops reading instead of spinning.
+fn gone(kind: io::ErrorKind) -> io::Error {
+    io::Error::new(kind, "the TAP device was deleted")
+}
+
 impl NetBackend for TapBackend {
     fn fd(&self) -> BorrowedFd<'_> {
         self.tap.as_fd()
@@ -302,6 +309,7 @@ impl NetBackend for TapBackend {
             match rustix::io::writev(&self.tap, frame) {
                 Ok(_) => return Ok(()),
                 Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::BADFD) => return Err(gone(io::ErrorKind::BrokenPipe)),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -311,6 +319,9 @@ impl NetBackend for TapBackend {
         loop {
             match (&self.tap.file).read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBADFD) => {
+                    return Err(gone(io::ErrorKind::UnexpectedEof))
+                }
                 other => return other,
             }
         }

@@ -228,6 +228,20 @@ fn a_busy_tap_is_refused_or_found_held() {
         }
         // Asking for multi-queue on a single-queue TAP is a mismatch, not a busy TAP.
         assert!(matches!(Tap::open("vkq0", true), Err(TapError::Mismatch(..))));
+        // A TAP deleted under its user: the backend says its peer is gone (the device then
+        // takes the link down), never an error to retry for ever.
+        ip("tuntap add vkd0 mode tap");
+        let mut doomed = TapBackend::new(Tap::open_existing("vkd0").unwrap());
+        ip("link del vkd0");
+        let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME_LEN];
+        assert_eq!(
+            doomed.recv(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        let e = doomed
+            .send(&[IoSlice::new(&[0u8; VNET_HDR_LEN + 60])])
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
         // A multi-queue TAP takes more queues: whether another process holds one is found
         // from the descriptors' `iff:` lines.
         ip("tuntap add vkm0 mode tap multi_queue");
