@@ -234,10 +234,15 @@ fn a_tap_busy_in_another_vm_is_refused_naming_its_process() {
         create(&home, &first, &format!("tap:{tap}"));
         home.ok(&["run", &first, "--detach"]);
         let pid = home.pid(&first);
-        home.fails(
-            &run_args(&[&format!("tap:{tap}")]),
-            &format!("TAP {tap} is in use by another process (pid {pid}); stop that VM or give this one another TAP"),
+        let busy = format!(
+            "TAP {tap} is in use by another process (pid {pid}); stop that VM or give this one another TAP"
         );
+        home.fails(&run_args(&[&format!("tap:{tap}")]), &busy);
+        // A bundle for the TAP may be made meanwhile; it is its run that is refused.
+        let second = format!("second-{tap}");
+        create(&home, &second, &format!("tap:{tap}"));
+        home.fails(&["run", &second, "--detach"], &busy);
+        assert_eq!(home.state(&second), "stopped");
         home.ok(&["stop", &first, "--timeout", "1"]);
         // An existing TAP is the user's: it stays after the VM.
         assert!(ns.links().contains(&tap.to_owned()));

@@ -242,7 +242,9 @@ impl VirtioDevice for Net {
         let acked = acked_features & self.features;
         if let Some(handler) = self.worker.handler_mut() {
             if let Err(e) = handler.backend.negotiated(acked) {
-                tracing::warn!("virtio-net: the backend cannot take the negotiated offloads: {e}");
+                virtkit_virtio::warn_ratelimited!(
+                    "virtio-net: the backend cannot take the negotiated offloads: {e}"
+                );
             }
         }
         let start = self.start(acked & features::MRG_RXBUF != 0);
@@ -293,7 +295,9 @@ impl VirtioDevice for Net {
         ))?;
         handler.reset();
         if let Err(e) = handler.backend.negotiated(state.acked_features) {
-            tracing::warn!("virtio-net: the backend cannot take the negotiated offloads: {e}");
+            virtkit_virtio::warn_ratelimited!(
+                "virtio-net: the backend cannot take the negotiated offloads: {e}"
+            );
         }
         handler.tx = state.tx_pending;
         handler.mergeable = state.acked_features & features::MRG_RXBUF != 0;

@@ -102,7 +102,8 @@ fn exists(name: &str) -> bool {
     interface_exists(name).unwrap_or(true)
 }
 
-/// The checks for `tap:NAME`, without side effects.
+/// The checks for `tap:NAME` made by validation, without side effects: the name, that the
+/// interface is there and is a TAP.
 pub fn check_existing(name: &str) -> Result<(), TapSetupError> {
     check_name(name)?;
     if !exists(name) {
@@ -122,13 +123,19 @@ pub fn check_existing(name: &str) -> Result<(), TapSetupError> {
             name: name.to_owned(),
         });
     }
-    if let Some(&pid) = queue_holders(name).first() {
-        return Err(TapSetupError::Busy {
+    Ok(())
+}
+
+/// Whether another process holds a queue of TAP `name` now (a check for starting a VM, not
+/// for its configuration: a bundle for a TAP another VM uses may be made).
+fn check_not_busy(name: &str) -> Result<(), TapSetupError> {
+    match queue_holders(name).first() {
+        Some(&pid) => Err(TapSetupError::Busy {
             name: name.to_owned(),
             pid: Some(pid),
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// `IFF_TAP` in `/sys/class/net/NAME/tun_flags`.
@@ -170,6 +177,7 @@ pub fn check_bridge(bridge: &str) -> Result<(), TapSetupError> {
 /// Opens a queue of the existing TAP `name`.
 pub fn open_existing(name: &str) -> Result<Tap, TapSetupError> {
     check_existing(name)?;
+    check_not_busy(name)?;
     Tap::open_existing(name).map_err(|e| classify(name, e))
 }
 

@@ -28,6 +28,9 @@ use virtio_bindings::virtio_net::{
 
 use super::backend::{NetBackend, Offloads, VNET_HDR_LEN};
 
+// `TUNSETVNETHDRSZ` is given the guest's header length: `virtio_net_hdr_v1`, 12 bytes.
+const _: () = assert!(VNET_HDR_LEN == 12);
+
 /// The longest interface name (`IFNAMSIZ` less the terminating NUL).
 pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
 
