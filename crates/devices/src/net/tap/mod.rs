@@ -20,6 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use rustix::net::{socket, AddressFamily, SocketType};
 use virtio_bindings::virtio_net::{
@@ -199,13 +200,14 @@ pub fn queue_holders(name: &str) -> Vec<u32> {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fdinfo")) else {
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
             continue;
         };
+        // Only descriptors of /dev/net/tun have their fdinfo read.
         let holds = fds.flatten().any(|fd| {
-            std::fs::read_to_string(fd.path())
-                .map(|info| info.contains(&wanted))
-                .unwrap_or(false)
+            std::fs::read_link(fd.path()).is_ok_and(|target| target == Path::new("/dev/net/tun"))
+                && std::fs::read_to_string(entry.path().join("fdinfo").join(fd.file_name()))
+                    .is_ok_and(|info| info.contains(&wanted))
         });
         if holds {
             pids.push(pid);
