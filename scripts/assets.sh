@@ -8,7 +8,8 @@
 #   guest-initramfs.cpio.gz  busybox + virtio modules + e2fsprogs' mke2fs (mkfs.ext4) and e2fsck
 #                            + qemu-guest-agent's /usr/sbin/qemu-ga, with their shared libraries
 #                            + /init (scripts/assets/guest-init.sh)
-#   host-modules/            kvm.ko, kvm-amd.ko, irqbypass.ko (+ deps); load order in host-modules/order
+#   host-modules/            kvm.ko, kvm-amd.ko, irqbypass.ko, tun.ko, bridge.ko, vhost_net.ko (+ deps:
+#                            stp, llc, tap, vhost, vhost_iotlb); load order in host-modules/order
 #   manifest.json            kernel release, package versions, sha256 + relative path of every artifact
 #
 # .cache/assets/current is a symlink to the finished directory. A finished directory is never
@@ -19,6 +20,8 @@
 #   3  e2fsprogs' mke2fs/mkfs.ext4 and e2fsck (+ libraries, loader) in the guest initramfs
 #   4  qemu-guest-agent's qemu-ga (+ libraries) in /usr/sbin, /var/run -> /run and /etc/qemu in
 #      the guest initramfs; qemu_guest_agent_package_version in manifest.json
+#   5  host modules tun, bridge (stp, llc), vhost_net (vhost, vhost_iotlb, tap): TAP and
+#      bridged networks in the emulated host (and vhost-net for a QEMU comparison)
 #
 # Usage: scripts/assets.sh [--verify] [--selftest] [--prune] [--quiet]
 #   (no option)  make sure the cache is complete; print the asset directory on stdout
@@ -31,7 +34,7 @@
 set -euo pipefail
 shopt -s nullglob
 
-RECIPE_VERSION=4
+RECIPE_VERSION=5
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HERE=$REPO/scripts/assets
@@ -45,8 +48,9 @@ GUEST_MODULES=(
 	virtio_scsi virtio_balloon virtio_input vmw_vsock_virtio_transport
 	button evdev pvpanic pvpanic_mmio
 )
-# Modules the emulated KVM host needs; all are required.
-HOST_MODULES=(irqbypass kvm kvm_amd)
+# Modules the emulated KVM host needs; all are required. tun and bridge: TAP and bridged
+# networks; vhost_net: QEMU's vhost-net, for comparison.
+HOST_MODULES=(irqbypass kvm kvm_amd tun bridge vhost_net)
 
 VERIFY=0
 SELFTEST=0

@@ -4,9 +4,10 @@
 //! (virtio-rng), `balloon` (virtio-balloon), `console` (virtio-console) and `net` (virtio-net). `rng` is the
 //! smallest and the template for a new device (docs/DEVICES.md).
 
-// `unsafe` is allowed in three modules only: `block::uring` and `block::guest_io` (the io_uring
+// `unsafe` is allowed in four modules only: `block::uring` and `block::guest_io` (the io_uring
 // engine hands buffer addresses to the kernel, see docs/BLOCK.md, "Guest memory and the
-// kernel"), and `balloon::discard` (one `madvise(MADV_DONTNEED)` on guest memory).
+// kernel"), `balloon::discard` (one `madvise(MADV_DONTNEED)` on guest memory) and
+// `net::tap::sys` (the TAP and bridge ioctls).
 #![deny(unsafe_code)]
 
 pub mod balloon;

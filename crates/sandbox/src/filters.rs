@@ -180,6 +180,9 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             ] {
                 r.allow_if(SYS_ioctl, &[(1, ioctl)]);
             }
+            // A TAP network card's offloads follow the features the guest accepts, set when the
+            // vCPU's write activates the device (`TUNSETOFFLOAD` on the TAP's descriptor).
+            r.allow_if(SYS_ioctl, &[(1, TUNSETOFFLOAD)]);
             // Eventfds (irqfds, a worker's kill event, queue notifications dropped on reset) and
             // the serial port's output attachment (a file, pipe, terminal, or the pipe to a
             // serial socket's `ConsoleServer`).
@@ -228,11 +231,13 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
                 }
                 // The backend's socket is connected and non-blocking before the worker starts:
                 // frames go out with `send` (a `sendto` with no address: never anywhere else)
-                // and come in with `recv` (datagrams, `recvfrom`) or `read` (streams). A
-                // listening attachment takes its one peer with `accept4(SOCK_NONBLOCK)`.
+                // and come in with `recv` (datagrams, `recvfrom`) or `read` (streams). A TAP,
+                // opened and set up before, takes a frame (header and pieces) per `writev` and
+                // gives one per `read`. A listening attachment takes its one peer with
+                // `accept4(SOCK_NONBLOCK)`.
                 DeviceKind::Net => {
                     send_connected(&mut r);
-                    r.allow_all(&[SYS_recvfrom, SYS_accept4]);
+                    r.allow_all(&[SYS_recvfrom, SYS_writev, SYS_accept4]);
                 }
                 DeviceKind::Other => {
                     r.allow_all(&[SYS_nanosleep, SYS_clock_nanosleep]);
@@ -453,7 +458,11 @@ mod tests {
         use libc::*;
         let rules = rules_for(ThreadRole::DeviceWorker(DeviceKind::Net));
         assert!(rules.allows(SYS_sendto) && !rules.allows_any_arguments(SYS_sendto));
-        assert!(rules.allows(SYS_recvfrom) && rules.allows(SYS_read) && rules.allows(SYS_accept4));
+        assert!(rules.allows(SYS_recvfrom) && rules.allows(SYS_read) && rules.allows(SYS_writev));
+        assert!(rules.allows(SYS_accept4));
+        assert!(!rules.allows(SYS_ioctl) || !rules.allows_any_arguments(SYS_ioctl));
+        let vcpu = rules_for(ThreadRole::Vcpu);
+        assert!(vcpu.allows(SYS_ioctl) && !vcpu.allows_any_arguments(SYS_ioctl));
         for nr in [SYS_sendmsg, SYS_sendmmsg, SYS_bind, SYS_listen, SYS_connect] {
             assert!(!rules.allows(nr), "syscall {nr}");
         }

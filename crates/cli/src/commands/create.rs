@@ -52,9 +52,11 @@ pub struct CreateArgs {
     /// PORT` attaches to it. Repeat for more.
     #[arg(long = "port")]
     pub ports: Vec<String>,
-    /// A network card: nat (user-mode NAT through passt; the guest gets 10.0.2.15 by DHCP) or
-    /// none. Repeat for more cards [default: nat].
-    #[arg(long = "network", value_name = "nat|none", value_parser = network_flags::parse_network)]
+    /// A network card: nat (user-mode NAT through passt; the guest gets 10.0.2.15 by DHCP),
+    /// tap:NAME (an existing TAP device), tap (a TAP created for the VM, as root),
+    /// bridge:BRIDGE (a TAP created and added to the bridge, as root) or none. Repeat for more
+    /// cards [default: nat].
+    #[arg(long = "network", value_name = "nat|none|tap[:NAME]|bridge:BRIDGE", value_parser = network_flags::parse_network)]
     pub networks: Vec<NetworkChoice>,
     /// Publish a guest port on the host through the NAT card (adds one if there is none).
     #[arg(long = "publish", value_name = "[ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp]", value_parser = network_flags::parse_publish)]

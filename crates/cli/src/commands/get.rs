@@ -48,9 +48,9 @@ pub struct SetArgs {
     /// bundle copied by hand needs before it runs beside its original.
     #[arg(long)]
     pub new_identity: bool,
-    /// Replace the VM's network cards: nat or none, one card per flag (each keeps the MAC
-    /// derived from the machine id for its place).
-    #[arg(long = "network", value_name = "nat|none", value_parser = network_flags::parse_network)]
+    /// Replace the VM's network cards: nat, tap:NAME, tap, bridge:BRIDGE or none, one card per
+    /// flag (each keeps the MAC derived from the machine id for its place).
+    #[arg(long = "network", value_name = "nat|none|tap[:NAME]|bridge:BRIDGE", value_parser = network_flags::parse_network)]
     pub networks: Vec<NetworkChoice>,
     /// Publish a guest port on the host through the NAT card (adds one if there is none).
     #[arg(long = "publish", value_name = "[ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp]", value_parser = network_flags::parse_publish)]

@@ -1,7 +1,9 @@
 //! `--network` and `--publish`: the flags that give a machine network cards.
 //!
-//! - `--network nat|none|socket:PATH|dgram:PATH|vfkit:PATH|listen:PATH`, repeatable: one card each, in order; `none`
-//!   alone means no card (the default for flag runs, as before networking existed).
+//! - `--network nat|none|tap|tap:NAME|bridge:BRIDGE|socket:PATH|dgram:PATH|vfkit:PATH|listen:PATH`,
+//!   repeatable: one card each, in order; `none` alone means no card (the default for flag runs,
+//!   as before networking existed). `tap:NAME` is an existing TAP; `tap` and `bridge:BRIDGE`
+//!   create one for the VM (root).
 //! - `--publish [ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp]`, repeatable: a host port (on 127.0.0.1
 //!   unless ADDR is given) that reaches the guest through the first NAT card; one is added
 //!   when no NAT card is given.
@@ -20,12 +22,16 @@ pub enum NetworkChoice {
     Socket(PathBuf, Framing),
     /// A stream socket the VM listens on for one peer.
     Listen(PathBuf),
+    /// An existing TAP by name, or (`None`) one created for the VM.
+    Tap(Option<String>),
+    Bridge(String),
 }
 
 pub fn parse_network(text: &str) -> Result<NetworkChoice, String> {
     match text {
         "none" => return Ok(NetworkChoice::None),
         "nat" => return Ok(NetworkChoice::Nat),
+        "tap" => return Ok(NetworkChoice::Tap(None)),
         _ => {}
     }
     match text.split_once(':') {
@@ -33,8 +39,10 @@ pub fn parse_network(text: &str) -> Result<NetworkChoice, String> {
         Some(("dgram", path)) if !path.is_empty() => Ok(NetworkChoice::Socket(path.into(), Framing::Datagram)),
         Some(("listen", path)) if !path.is_empty() => Ok(NetworkChoice::Listen(path.into())),
         Some(("vfkit", path)) if !path.is_empty() => Ok(NetworkChoice::Socket(path.into(), Framing::DatagramVfkit)),
+        Some(("tap", name)) if !name.is_empty() => Ok(NetworkChoice::Tap(Some(name.into()))),
+        Some(("bridge", bridge)) if !bridge.is_empty() => Ok(NetworkChoice::Bridge(bridge.into())),
         _ => Err(format!(
-            "`{text}` is not a network; use nat, none, socket:PATH (a stream socket), dgram:PATH (a datagram socket), vfkit:PATH (a datagram socket greeted as vfkit does, for gvproxy --listen-vfkit) or listen:PATH (a stream socket this VM listens on)"
+            "`{text}` is not a network; use nat, none, tap (one created for the VM), tap:NAME (an existing TAP), bridge:BRIDGE, socket:PATH (a stream socket), dgram:PATH (a datagram socket), vfkit:PATH (a datagram socket greeted as vfkit does, for gvproxy --listen-vfkit) or listen:PATH (a stream socket this VM listens on)"
         )),
     }
 }
@@ -109,6 +117,10 @@ pub fn apply(
                 framing: Framing::Stream,
                 listen: true,
             },
+            NetworkChoice::Tap(name) => NetworkAttachment::Tap { name: name.clone() },
+            NetworkChoice::Bridge(bridge) => NetworkAttachment::Bridge {
+                bridge: bridge.clone(),
+            },
         };
         devices.push(NetworkDeviceConfiguration {
             mac: None,
@@ -120,7 +132,9 @@ pub fn apply(
     }
     let nat = devices.iter_mut().find_map(|d| match &mut d.attachment {
         NetworkAttachment::Nat { published } => Some(published),
-        NetworkAttachment::Socket { .. } => None,
+        NetworkAttachment::Socket { .. }
+        | NetworkAttachment::Tap { .. }
+        | NetworkAttachment::Bridge { .. } => None,
     });
     match nat {
         Some(ports) => ports.extend(published.iter().cloned()),
@@ -140,7 +154,7 @@ pub fn check_bundle_choices(networks: &[NetworkChoice]) -> Result<(), String> {
         .iter()
         .any(|n| matches!(n, NetworkChoice::Socket(..) | NetworkChoice::Listen(..)))
     {
-        return Err("a VM's bundle takes --network nat or none; a socket attachment names a path outside the bundle: give it at `virtkit run --network socket:PATH` with flags instead".into());
+        return Err("a VM's bundle takes --network nat, tap, tap:NAME, bridge:BRIDGE or none; a socket attachment names a path outside the bundle: give it at `virtkit run --network socket:PATH` with flags instead".into());
     }
     Ok(())
 }
@@ -174,6 +188,9 @@ pub fn describe(attachment: &NetworkAttachment) -> String {
             Framing::Datagram => format!("dgram:{}", path.display()),
             Framing::DatagramVfkit => format!("vfkit:{}", path.display()),
         },
+        NetworkAttachment::Tap { name: Some(name) } => format!("tap:{name}"),
+        NetworkAttachment::Tap { name: None } => "tap".into(),
+        NetworkAttachment::Bridge { bridge } => format!("bridge:{bridge}"),
     }
 }
 
@@ -204,9 +221,18 @@ mod tests {
             parse_network("dgram:/run/d.sock"),
             Ok(NetworkChoice::Socket("/run/d.sock".into(), Framing::Datagram))
         );
-        for bad in ["", "tap:tap0", "socket:", "NAT"] {
+        assert_eq!(parse_network("tap"), Ok(NetworkChoice::Tap(None)));
+        assert_eq!(
+            parse_network("tap:tap3"),
+            Ok(NetworkChoice::Tap(Some("tap3".into())))
+        );
+        assert_eq!(
+            parse_network("bridge:br0"),
+            Ok(NetworkChoice::Bridge("br0".into()))
+        );
+        for bad in ["", "tap:", "bridge:", "bridge", "socket:", "NAT"] {
             let e = parse_network(bad).unwrap_err();
-            assert!(e.contains("nat, none, socket:PATH"), "{bad}: {e}");
+            assert!(e.contains("nat, none, tap (one created"), "{bad}: {e}");
         }
     }
 

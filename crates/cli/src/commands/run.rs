@@ -68,12 +68,13 @@ pub struct RunArgs {
     #[arg(long = "port", value_parser = parse_port)]
     pub ports: Vec<(String, PathBuf)>,
     /// A network card: nat (user-mode NAT through passt; the guest gets 10.0.2.15 by DHCP),
+    /// tap:NAME (an existing TAP device), tap (a TAP created for the VM, as root, deleted when it
+    /// stops), bridge:BRIDGE (a TAP created and added to the bridge, as root),
     /// socket:PATH (length-prefixed frames on a Unix stream socket, as passt --socket),
     /// dgram:PATH (one frame per datagram), vfkit:PATH (datagrams after vfkit's greeting, for
-    /// gvproxy --listen-vfkit), listen:PATH (a stream socket this VM listens on
-    /// for one peer, such as another VM's socket:PATH), or none [default: none]; repeat for
-    /// more cards.
-    #[arg(long = "network", value_name = "nat|none|socket:PATH|dgram:PATH|vfkit:PATH|listen:PATH", value_parser = network_flags::parse_network)]
+    /// gvproxy --listen-vfkit), listen:PATH (a stream socket this VM listens on for one peer,
+    /// such as another VM's socket:PATH), or none [default: none]; repeat for more cards.
+    #[arg(long = "network", value_name = "nat|none|tap[:NAME]|bridge:BRIDGE|socket:PATH|dgram:PATH|vfkit:PATH|listen:PATH", value_parser = network_flags::parse_network)]
     pub networks: Vec<NetworkChoice>,
     /// A host port that reaches the guest through NAT: [ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp],
     /// bound to 127.0.0.1 unless ADDR is given; adds a NAT card if none is given; repeatable.

@@ -365,7 +365,9 @@ impl VirtioDevice for Net {
         for pair in &mut self.pairs {
             if let Some(handler) = pair.handler_mut() {
                 if let Err(e) = handler.backend.negotiated(acked) {
-                    tracing::warn!("virtio-net: the backend cannot take the negotiated offloads: {e}");
+                    virtkit_virtio::warn_ratelimited!(
+                        "virtio-net: the backend cannot take the negotiated offloads: {e}"
+                    );
                 }
             }
         }
@@ -461,7 +463,9 @@ impl VirtioDevice for Net {
             ))?;
             handler.reset();
             if let Err(e) = handler.backend.negotiated(state.acked_features) {
-                tracing::warn!("virtio-net: the backend cannot take the negotiated offloads: {e}");
+                virtkit_virtio::warn_ratelimited!(
+                    "virtio-net: the backend cannot take the negotiated offloads: {e}"
+                );
             }
             handler.tx = pending.clone();
             handler.mergeable = state.acked_features & features::MRG_RXBUF != 0;

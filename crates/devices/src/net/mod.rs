@@ -4,6 +4,8 @@
 //!   header, and the offloads it handles).
 //! - `stream`, `datagram`: [`StreamBackend`] (length-prefixed frames on a Unix stream socket,
 //!   passt's and QEMU's `stream` format) and [`DatagramBackend`] (one frame per datagram).
+//! - `tap`: [`tap::Tap`] and [`tap::TapBackend`] (a TAP queue with the virtio-net header and
+//!   offloads passed through), the host set-up a created TAP needs, its ioctls in `tap::sys`.
 //! - `chain`: descriptor chains checked and copied to and from guest memory.
 //! - `handler`, `tx`, `rx`: the queue logic, pure and non-blocking; rx with mergeable buffers.
 //! - `worker`: the `v_net` thread and its epoll, one per queue pair; `ctrl`: the control queue
@@ -24,6 +26,7 @@ mod metrics;
 mod observer;
 mod rx;
 mod stream;
+pub mod tap;
 mod tx;
 mod worker;
 

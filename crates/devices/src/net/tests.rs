@@ -207,6 +207,34 @@ fn a_backend_that_takes_the_header_gets_it_as_the_guest_wrote_it() {
 }
 
 #[test]
+fn a_tso_header_reaches_a_header_backend_unchanged_across_descriptors() {
+    // NEEDS_CSUM, GSO TCPv4 with ECN, hdr_len 66, gso_size 1448, csum_start 34, csum_offset 16,
+    // num_buffers 0; the header itself cut over two descriptors (5 + 7 bytes), the frame over
+    // two more.
+    let header: [u8; 12] = [1, 0x81, 66, 0, 0xa8, 0x05, 34, 0, 16, 0, 0, 0];
+    let payload = frame(20_000, 3);
+    let mem = memory(MEM_SIZE);
+    let vq = mock(&mem, 1);
+    vq.add_desc_chains(&tx_chain(&mem, DATA, &payload, &[5, 7, 9000], 0), 0)
+        .unwrap();
+    // `tx_chain` writes a zero header, its pieces 0x10000 (+ index) apart.
+    mem.write_slice(&header[..5], GuestAddress(DATA)).unwrap();
+    mem.write_slice(&header[5..], GuestAddress(DATA + 0x1_0000))
+        .unwrap();
+    let mut q = queue(&vq);
+    let (mut backend, peer) = TestBackend::new();
+    backend.hdr_len = HDR;
+    let (mut h, metrics) = handler(backend, true);
+    h.process_tx(&mut q, &mem).unwrap();
+    let out = peer.lock().unwrap().output.clone();
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0][..HDR], &header, "the header as the guest wrote it");
+    assert_eq!(&out[0][HDR..], &payload[..]);
+    assert_eq!(get(&metrics.tx_bytes), 20_000);
+    assert_eq!(get(&metrics.bad_chains), 0);
+}
+
+#[test]
 fn a_full_stream_socket_holds_tx_chains_and_they_go_in_order_when_the_peer_reads() {
     let mem = memory(MEM_SIZE);
     let vq = mock(&mem, 1);
@@ -552,6 +580,34 @@ fn a_stream_peer_announcing_an_oversized_frame_breaks_the_link_and_an_ended_one_
     drop(peer);
     h.process_rx(&mut q, &mem).unwrap();
     assert!(!h.link_up(), "end of stream: the peer is gone");
+}
+#[test]
+fn a_backend_header_reaches_the_guest_as_given_with_num_buffers_set() {
+    // A TSO frame from a TAP: its header (NEEDS_CSUM, GSO TCPv4, hdr_len 54, gso_size 1448,
+    // csum_start 34, csum_offset 16) goes to the guest unchanged but for `num_buffers`, which
+    // the kernel leaves as whatever was in the buffer.
+    let mem = memory(MEM_SIZE);
+    let vq = mock(&mem, 0);
+    vq.add_desc_chains(&rx_buffers(4, 1526, 0), 0).unwrap();
+    let mut q = queue(&vq);
+    let (mut backend, peer) = TestBackend::new();
+    backend.hdr_len = HDR;
+    let header: [u8; 12] = [1, 1, 54, 0, 0xa8, 0x05, 34, 0, 16, 0, 0xff, 0xff];
+    let payload = frame(3000, 21);
+    let mut input = header.to_vec();
+    input.extend_from_slice(&payload);
+    peer.lock().unwrap().input.push_back(input);
+    let (mut h, metrics) = handler(backend, true);
+    assert!(h.process_rx(&mut q, &mem).unwrap());
+    let got = received(&mem, &vq, 0, 2);
+    assert_eq!(
+        &got[..10],
+        &header[..10],
+        "the offload fields as the backend gave them"
+    );
+    assert_eq!(num_buffers(&got), 2, "3012 bytes over two 1526-byte buffers");
+    assert_eq!(&got[HDR..], &payload[..]);
+    assert_eq!((get(&metrics.rx_frames), get(&metrics.rx_bytes)), (1, 3000));
 }
 
 // Features and configuration.

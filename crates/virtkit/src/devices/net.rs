@@ -1,5 +1,6 @@
 //! Network cards: virtio-net, as Apple's `VZVirtioNetworkDeviceConfiguration`, attached to
-//! user-mode NAT (passt) or to a Unix socket another program serves.
+//! user-mode NAT (passt), a TAP device (an existing one, or one created for the VM), a bridge
+//! (through a TAP created for the VM), or a Unix socket another program serves.
 //!
 //! JSON (`network_devices`, one object per card):
 //! ```json
@@ -7,6 +8,9 @@
 //!  "attachment": {"type": "nat", "published": [
 //!     {"protocol": "tcp", "host_address": "127.0.0.1", "host_port": 2222, "guest_port": 22}]}}
 //! {"attachment": {"type": "socket", "path": "/run/net.sock", "framing": "stream"}}
+//! {"attachment": {"type": "tap", "name": "tap3"}}
+//! {"attachment": {"type": "tap"}}
+//! {"attachment": {"type": "bridge", "bridge": "br0"}}
 //! ```
 //! `mac` may be left out: card `i` then gets one derived from the machine identifier, or
 //! [`DEFAULT_MAC_PREFIX`] with `i` as its last byte when the machine has no identifier.
@@ -17,6 +21,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use virtkit_devices::net::tap::{Tap, TapBackend};
 use virtkit_devices::net::{
     AddressWatch, DatagramBackend, MacText, Net, NetBackend, StreamBackend, PCI_CLASS,
 };
@@ -28,6 +33,7 @@ use crate::identity::MachineIdentifier;
 use crate::network::passt::{
     self, HelperLog, HelperProcess, NatConfiguration, PasstOptions, PortForward, Protocol,
 };
+use crate::network::tap;
 use crate::validate::{Issues, MAX_SOCKET_PATH};
 
 /// The first five bytes of a card's MAC when neither the configuration nor a machine
@@ -65,6 +71,15 @@ pub enum NetworkAttachment {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         listen: bool,
     },
+    /// A TAP device with the virtio-net header and offloads: the existing TAP `name`, or
+    /// without a name one created for the VM (root or `CAP_NET_ADMIN`), deleted when it stops.
+    Tap {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// A TAP created for the VM (root or `CAP_NET_ADMIN`), made a port of the Linux bridge
+    /// `bridge` and set up; removed when the VM stops.
+    Bridge { bridge: String },
 }
 
 /// How frames travel on a socket attachment.
@@ -134,6 +149,9 @@ pub struct NicAddresses {
     /// Under NAT: the host ports that reach the guest through this card.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<PublishedPort>,
+    /// The host's TAP interface of a TAP or bridged card.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_interface: Option<String>,
 }
 
 /// One attached card's host-side state, kept as long as the machine's devices.
@@ -145,6 +163,7 @@ pub(super) struct NicRuntime {
     published: Vec<PublishedPort>,
     /// A listening attachment's socket, removed with the card.
     _socket_file: Option<SocketFile>,
+    host_interface: Option<String>,
 }
 
 impl NicRuntime {
@@ -158,6 +177,7 @@ impl NicRuntime {
             ipv4_link_local: learned.ipv4_link_local,
             ipv6: learned.ipv6,
             published: self.published.clone(),
+            host_interface: self.host_interface.clone(),
         }
     }
 }
@@ -215,6 +235,7 @@ pub(super) fn validate(
 ) {
     let mut macs: HashMap<[u8; 6], usize> = HashMap::new();
     let mut ports: HashMap<(PortProtocol, SocketAddr), usize> = HashMap::new();
+    let mut taps: HashMap<&str, usize> = HashMap::new();
     for (i, device) in devices.iter().enumerate() {
         if let Some(text) = &device.mac {
             if let Err(message) = parse_mac(text) {
@@ -255,6 +276,27 @@ pub(super) fn validate(
                     } else {
                         ports.insert((port.protocol, addr), i);
                     }
+                }
+            }
+            NetworkAttachment::Tap { name: Some(name) } => {
+                let field = format!("network_devices[{i}].attachment.name");
+                if let Some(first) = taps.insert(name.as_str(), i) {
+                    issues.add(
+                        &field,
+                        format!("TAP {name} is also network_devices[{first}]'s; give each card its own TAP"),
+                    );
+                } else if let Err(e) = tap::check_existing(name) {
+                    issues.add(&field, e.to_string());
+                }
+            }
+            NetworkAttachment::Tap { name: None } => {
+                if let Err(e) = tap::check_create() {
+                    issues.add(&format!("network_devices[{i}].attachment"), e.to_string());
+                }
+            }
+            NetworkAttachment::Bridge { bridge } => {
+                if let Err(e) = tap::check_bridge(bridge) {
+                    issues.add(&format!("network_devices[{i}].attachment.bridge"), e.to_string());
                 }
             }
             NetworkAttachment::Socket {
@@ -344,7 +386,8 @@ impl Drop for SocketFile {
     }
 }
 
-/// Builds each card's backend (starting passt for NAT cards) and attaches it.
+/// Builds each card's backend (starting passt for NAT cards, opening or creating TAPs) and
+/// attaches it.
 pub(super) fn attach(
     manager: &DeviceManager,
     machine: &Machine,
@@ -362,7 +405,12 @@ pub(super) fn attach(
             Some(dir) => HelperLog::File(dir.join(passt_log_name(i))),
             None => HelperLog::Null,
         };
-        let (backend, passt, expected_ipv4) = backend(&name, &device.attachment, log)?;
+        let Backend {
+            backend,
+            passt,
+            expected_ipv4,
+            host_interface,
+        } = backend(&name, i, &device.attachment, log)?;
         let socket_file = match &device.attachment {
             NetworkAttachment::Socket {
                 path, listen: true, ..
@@ -389,6 +437,7 @@ pub(super) fn attach(
                 _ => Vec::new(),
             },
             _socket_file: socket_file,
+            host_interface,
         });
         if let Some(helper) = passt {
             manager.add_helper(helper);
@@ -397,7 +446,16 @@ pub(super) fn attach(
     Ok(())
 }
 
-type Backend = (Box<dyn NetBackend>, Option<HelperProcess>, Option<Ipv4Addr>);
+/// A card's backend and what comes with it.
+struct Backend {
+    backend: Box<dyn NetBackend>,
+    /// passt, for a NAT card.
+    passt: Option<HelperProcess>,
+    /// The address the NAT hands out.
+    expected_ipv4: Option<Ipv4Addr>,
+    /// The TAP of a TAP or bridged card.
+    host_interface: Option<String>,
+}
 
 /// The file in the helper log directory where card `index`'s passt writes.
 pub fn passt_log_name(index: usize) -> String {
@@ -407,7 +465,31 @@ pub fn passt_log_name(index: usize) -> String {
     }
 }
 
-fn backend(name: &str, attachment: &NetworkAttachment, log: HelperLog) -> Result<Backend, DeviceError> {
+impl Backend {
+    fn plain(backend: Box<dyn NetBackend>) -> Backend {
+        Backend {
+            backend,
+            passt: None,
+            expected_ipv4: None,
+            host_interface: None,
+        }
+    }
+
+    fn tap(tap: Tap) -> Backend {
+        let host_interface = Some(tap.name().to_owned());
+        Backend {
+            host_interface,
+            ..Backend::plain(Box::new(TapBackend::new(tap)))
+        }
+    }
+}
+
+fn backend(
+    name: &str,
+    index: usize,
+    attachment: &NetworkAttachment,
+    log: HelperLog,
+) -> Result<Backend, DeviceError> {
     let failed = |message: String| DeviceError::Network {
         name: name.to_owned(),
         message,
@@ -433,7 +515,11 @@ fn backend(name: &str, attachment: &NetworkAttachment, log: HelperLog) -> Result
             let network = passt::start(&nat, &options).map_err(|e| failed(e.to_string()))?;
             let backend = StreamBackend::new(network.socket)
                 .map_err(|e| failed(format!("cannot use passt's socket: {e}")))?;
-            Ok((Box::new(backend), Some(network.helper), Some(nat.guest_address)))
+            Ok(Backend {
+                passt: Some(network.helper),
+                expected_ipv4: Some(nat.guest_address),
+                ..Backend::plain(Box::new(backend))
+            })
         }
         NetworkAttachment::Socket {
             path, listen: true, ..
@@ -442,7 +528,7 @@ fn backend(name: &str, attachment: &NetworkAttachment, log: HelperLog) -> Result
                 .map_err(|e| failed(format!("cannot listen on {}: {e}", path.display())))?;
             let backend = StreamBackend::listen(listener)
                 .map_err(|e| failed(format!("cannot listen on {}: {e}", path.display())))?;
-            Ok((Box::new(backend), None, None))
+            Ok(Backend::plain(Box::new(backend)))
         }
         NetworkAttachment::Socket { path, framing, .. } => {
             let unreachable =
@@ -456,7 +542,27 @@ fn backend(name: &str, attachment: &NetworkAttachment, log: HelperLog) -> Result
                     Box::new(backend)
                 }
             };
-            Ok((backend, None, None))
+            Ok(Backend::plain(backend))
+        }
+        NetworkAttachment::Tap { name: Some(tap_name) } => {
+            let tap = tap::open_existing(tap_name).map_err(|e| failed(e.to_string()))?;
+            Ok(Backend::tap(tap))
+        }
+        NetworkAttachment::Tap { name: None } => {
+            let tap = tap::create(&tap::created_name(index), None).map_err(|e| failed(e.to_string()))?;
+            tracing::info!(card = name, tap = tap.name(), "created TAP device");
+            Ok(Backend::tap(tap))
+        }
+        NetworkAttachment::Bridge { bridge } => {
+            let tap =
+                tap::create(&tap::created_name(index), Some(bridge)).map_err(|e| failed(e.to_string()))?;
+            tracing::info!(
+                card = name,
+                tap = tap.name(),
+                bridge,
+                "created TAP device on bridge"
+            );
+            Ok(Backend::tap(tap))
         }
     }
 }

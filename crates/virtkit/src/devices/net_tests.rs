@@ -197,3 +197,106 @@ fn a_listening_attachment_needs_stream_framing_and_a_free_path_in_a_directory() 
         assert!(got.starts_with(want), "{got}\nwanted {want}");
     }
 }
+
+#[test]
+fn tap_and_bridge_attachments_have_their_json_shape() {
+    let card = |json: &str| {
+        serde_json::from_str::<NetworkDeviceConfiguration>(json)
+            .unwrap()
+            .attachment
+    };
+    assert_eq!(
+        card(r#"{"attachment": {"type": "tap", "name": "tap3"}}"#),
+        NetworkAttachment::Tap {
+            name: Some("tap3".into())
+        }
+    );
+    assert_eq!(
+        card(r#"{"attachment": {"type": "tap"}}"#),
+        NetworkAttachment::Tap { name: None }
+    );
+    assert_eq!(
+        card(r#"{"attachment": {"type": "bridge", "bridge": "br0"}}"#),
+        NetworkAttachment::Bridge { bridge: "br0".into() }
+    );
+    let out = serde_json::to_string(&NetworkAttachment::Tap { name: None }).unwrap();
+    assert_eq!(out, r#"{"type":"tap"}"#);
+    assert!(
+        serde_json::from_str::<NetworkDeviceConfiguration>(r#"{"attachment": {"type": "bridge"}}"#).is_err()
+    );
+    assert!(serde_json::from_str::<NetworkDeviceConfiguration>(
+        r#"{"attachment": {"type": "tap", "bridge": "br0"}}"#
+    )
+    .is_err());
+}
+
+#[test]
+fn tap_and_bridge_names_the_kernel_refuses_are_one_sentence_each() {
+    let card = |attachment| NetworkDeviceConfiguration {
+        mac: None,
+        attachment,
+    };
+    let long = "vk0123456789abcdef";
+    let found = issues(
+        &[
+            card(NetworkAttachment::Tap {
+                name: Some(long.into()),
+            }),
+            card(NetworkAttachment::Tap {
+                name: Some("a/b".into()),
+            }),
+        ],
+        None,
+    );
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].starts_with("network_devices[0].attachment.name:")
+            && found[0].contains(&format!(
+                "`{long}` is not a usable interface name: it must be 1 to 15 bytes (IFNAMSIZ)"
+            )),
+        "{found:?}"
+    );
+    assert!(
+        found[1].contains("`a/b` is not a usable interface name"),
+        "{found:?}"
+    );
+    let found = issues(
+        &[
+            card(NetworkAttachment::Tap {
+                name: Some("vktwice".into()),
+            }),
+            card(NetworkAttachment::Tap {
+                name: Some("vktwice".into()),
+            }),
+        ],
+        None,
+    );
+    assert!(
+        found
+            .iter()
+            .any(|i| i.contains("TAP vktwice is also network_devices[0]'s; give each card its own TAP")),
+        "{found:?}"
+    );
+    let found = issues(
+        &[card(NetworkAttachment::Bridge {
+            bridge: "vkbr-missing".into(),
+        })],
+        None,
+    );
+    assert_eq!(found.len(), 1, "{found:?}");
+    // Without root the missing privilege is said first; as root the missing bridge.
+    assert!(
+        found[0].contains("bridge vkbr-missing does not exist; create it")
+            || found[0].contains("needs root (or CAP_NET_ADMIN"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn created_tap_names_fit_ifnamsiz() {
+    let name = crate::network::tap::created_name(29);
+    assert!(name.starts_with("vk") && name.ends_with("n29"), "{name}");
+    assert!(name.len() <= virtkit_devices::net::tap::MAX_NAME_LEN, "{name}");
+    // The largest pid Linux hands out (PID_MAX_LIMIT, 2^22) and the last PCI slot still fit.
+    assert_eq!(format!("vk{:x}n{}", 1u32 << 22, 29).len(), 11);
+}

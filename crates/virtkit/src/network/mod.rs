@@ -1,3 +1,5 @@
-//! Host-side networking for a VM's NIC: user-mode NAT through passt (issue 9, item 2).
+//! Host-side networking for a VM's NIC (issue 9): user-mode NAT through passt (`passt`), and
+//! TAP and bridged attachments (`tap`).
 
 pub mod passt;
+pub mod tap;
