@@ -14,6 +14,7 @@ pub mod control_fuzz;
 mod control_server;
 mod home;
 pub mod images;
+pub mod seed;
 pub mod vm_process;
 
 /// File system durability helpers, shared with disk imports.

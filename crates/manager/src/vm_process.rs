@@ -86,6 +86,8 @@ pub enum VmProcessError {
         #[source]
         source: StartError,
     },
+    #[error(transparent)]
+    Seed(#[from] crate::seed::SeedError),
     #[error("cannot open the VM's sockets in {}", path.display())]
     Sockets {
         path: PathBuf,
@@ -161,6 +163,19 @@ impl PreparedVm {
             crate::admission::admit_on_this_host(home, Some(name), bundle.configuration().memory_size)?;
         }
         bundle.write_pid(&lock)?;
+        // A clone (new machine id: a new cloud-init instance) or a renamed VM gets its seed
+        // rewritten before the guest reads it; so does one made before the agent was at hand.
+        if let Some(mut seed) = crate::seed::SeedSettings::load(bundle.path())? {
+            let agent = crate::seed::find_agent();
+            if seed.refresh(
+                bundle.path(),
+                name,
+                &bundle.machine_identifier().to_string(),
+                agent.as_deref(),
+            )? {
+                tracing::info!("rewrote the cloud-init seed for this machine");
+            }
+        }
 
         let missing = bundle.hardware_model().missing_on(&HardwareModel::of_this_host());
         if !missing.is_empty() {

@@ -54,6 +54,9 @@ pub struct NewBundle {
     pub ports: Vec<String>,
     /// Network cards (NAT ones: a socket attachment would name a path outside the bundle).
     pub network_devices: Vec<virtkit::NetworkDeviceConfiguration>,
+    /// A cloud-init seed (`seed.img`, attached read-only after the boot disk), with the guest
+    /// agent binary on it when one is given.
+    pub seed: Option<(crate::seed::SeedSettings, Option<PathBuf>)>,
 }
 
 /// How a new VM boots.
@@ -344,6 +347,17 @@ impl Bundle {
         config
             .storage_devices
             .push(StorageDeviceConfiguration::disk_image(DISK_FILE));
+        if let Some((settings, agent)) = &spec.seed {
+            let mut settings = settings.clone();
+            settings
+                .write(&dir, name, &machine_id.to_string(), agent.as_deref())
+                .map_err(|e| BundleError::Refused(e.to_string()))?;
+            config.storage_devices.push(StorageDeviceConfiguration {
+                read_only: true,
+                identifier: Some("cidata".into()),
+                ..StorageDeviceConfiguration::disk_image(crate::seed::SEED_FILE)
+            });
+        }
         bundle.config = config;
         bundle.resolved_configuration().validate()?;
         if !bundle.external.is_empty() {
@@ -379,6 +393,8 @@ impl Bundle {
             KERNEL_FILE,
             INITRD_FILE,
             EXTERNAL_PATHS_FILE,
+            crate::seed::SEED_FILE,
+            crate::seed::SEED_SETTINGS_FILE,
             DISK_FILE,
         ] {
             let src = self.file(file);

@@ -133,6 +133,8 @@ pub(crate) const KNOWN_FILES: &[&str] = &[
     super::LOCK_FILE,
     super::PID_FILE,
     super::EXTERNAL_PATHS_FILE,
+    crate::seed::SEED_FILE,
+    crate::seed::SEED_SETTINGS_FILE,
     "restore-image.raw",
     "restore-image.qcow2",
 ];
