@@ -52,6 +52,9 @@ enum Command {
     /// Print a running VM's IP address (`--wait S` for the guest to take one; `--format json`:
     /// every network card with its MAC and addresses).
     Ip(commands::ip::IpArgs),
+    /// Log in to a VM with ssh through its vsock (no network needed), as its cloud-init user;
+    /// `--print-config` prints an ssh_config block for other tools.
+    Ssh(commands::ssh::SshArgs),
     /// Print a VM's console output (of the current or last run).
     Logs(commands::logs::LogsArgs),
     /// Copy a stopped VM, with a new machine identifier (reflinked where the file system can).
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::Console(args) => commands::console::run(&args),
         Command::Logs(args) => commands::logs::run(&args),
         Command::Ip(args) => commands::ip::run(&args),
+        Command::Ssh(args) => commands::ssh::run(&args),
         Command::Clone(args) => commands::clone::run(&args),
         Command::Delete(args) => commands::delete::run(&args),
         Command::Images(args) => commands::images::run(&args),

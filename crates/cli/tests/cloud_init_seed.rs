@@ -142,3 +142,55 @@ fn seed_options_are_checked_before_anything_is_made() {
         serde_json::Value::Null
     );
 }
+
+#[test]
+fn ssh_print_config_names_the_seed_user_the_key_and_the_vsock_proxy() {
+    let home = Home::new("seed", "ssh");
+    let image = home.session_image();
+    let key = home.dir.join("id_vk.pub");
+    std::fs::write(&key, format!("{KEY}\n")).unwrap();
+    std::fs::write(home.dir.join("id_vk"), "private\n").unwrap();
+    home.ok(&[
+        "create",
+        "s",
+        "--from",
+        image.to_str().unwrap(),
+        "--disk-size",
+        "16M",
+        "--network",
+        "none",
+        "--ssh-key",
+        key.to_str().unwrap(),
+        "--user",
+        "dev",
+    ]);
+    let config = home.ok(&["ssh", "s", "--print-config"]);
+    assert!(config.starts_with("Host virtkit-s\n"), "{config}");
+    assert!(config.contains("  User dev\n"), "{config}");
+    assert!(config.contains(" vsock-proxy s 22\n"), "{config}");
+    assert!(
+        config.contains("  StrictHostKeyChecking accept-new\n"),
+        "{config}"
+    );
+    assert!(
+        config.contains(&format!("  IdentityFile {}\n", home.dir.join("id_vk").display())),
+        "{config}"
+    );
+    let known_hosts = home.bundle("s").join("known_hosts");
+    assert!(config.contains(&format!("  UserKnownHostsFile {}\n", known_hosts.display())));
+    assert!(known_hosts.is_file());
+    // `-l` overrides the user; a VM without a seed needs one.
+    assert!(home
+        .ok(&["ssh", "s", "-l", "other", "--print-config"])
+        .contains("  User other\n"));
+    home.ok(&[
+        "create",
+        "n",
+        "--from",
+        image.to_str().unwrap(),
+        "--disk-size",
+        "16M",
+        "--no-seed",
+    ]);
+    home.fails(&["ssh", "n", "--print-config"], "has no cloud-init seed");
+}

@@ -14,5 +14,6 @@ pub mod list;
 pub mod logs;
 pub mod network_flags;
 pub mod run;
+pub mod ssh;
 pub mod validate;
 pub mod vms;
