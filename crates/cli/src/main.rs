@@ -52,6 +52,11 @@ enum Command {
     /// Print a running VM's IP address (`--wait S` for the guest to take one; `--format json`:
     /// every network card with its MAC and addresses).
     Ip(commands::ip::IpArgs),
+    /// Run a command in a running VM's guest through its agent (`-- CMD ARGS...`).
+    Exec(commands::exec::ExecArgs),
+    /// Copy files and directories to or from a running VM's guest: `virtkit cp SRC NAME:DEST`,
+    /// `virtkit cp NAME:SRC DEST`.
+    Cp(commands::cp::CpArgs),
     /// Print a VM's console output (of the current or last run).
     Logs(commands::logs::LogsArgs),
     /// Copy a stopped VM, with a new machine identifier (reflinked where the file system can).
@@ -100,6 +105,8 @@ fn main() -> ExitCode {
         Command::Console(args) => commands::console::run(&args),
         Command::Logs(args) => commands::logs::run(&args),
         Command::Ip(args) => commands::ip::run(&args),
+        Command::Exec(args) => commands::exec::run(&args),
+        Command::Cp(args) => commands::cp::run(&args),
         Command::Clone(args) => commands::clone::run(&args),
         Command::Delete(args) => commands::delete::run(&args),
         Command::Images(args) => commands::images::run(&args),
