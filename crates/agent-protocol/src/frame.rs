@@ -116,9 +116,12 @@ impl Frame {
 
     fn payload(&self) -> Vec<u8> {
         match self {
-            Frame::Stdin(b) | Frame::Stdout(b) | Frame::Stderr(b) | Frame::Entry(b) | Frame::Data(b) | Frame::Reply(b) => {
-                b.clone()
-            }
+            Frame::Stdin(b)
+            | Frame::Stdout(b)
+            | Frame::Stderr(b)
+            | Frame::Entry(b)
+            | Frame::Data(b)
+            | Frame::Reply(b) => b.clone(),
             Frame::Resize { cols, rows } => [cols.to_be_bytes(), rows.to_be_bytes()].concat(),
             Frame::Eof(s) => vec![*s as u8],
             Frame::Signal(n) => n.to_be_bytes().to_vec(),
@@ -158,7 +161,11 @@ impl Frame {
             6 if p.len() == 4 => Frame::Signal(be32(&p)),
             7 if p.len() == 5 && p[0] <= 1 => {
                 let n = be32(&p[1..]);
-                Frame::Exit(if p[0] == 0 { ExitStatus::Code(n) } else { ExitStatus::Signal(n) })
+                Frame::Exit(if p[0] == 0 {
+                    ExitStatus::Code(n)
+                } else {
+                    ExitStatus::Signal(n)
+                })
             }
             8 if !p.is_empty() => Frame::Error(
                 ErrorKind::from_byte(p[0]),
@@ -180,7 +187,10 @@ pub fn write_frame(w: &mut impl Write, frame: &Frame) -> io::Result<()> {
     if payload.len() > MAX_FRAME_PAYLOAD {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("a frame payload of {} bytes is over {MAX_FRAME_PAYLOAD}", payload.len()),
+            format!(
+                "a frame payload of {} bytes is over {MAX_FRAME_PAYLOAD}",
+                payload.len()
+            ),
         ));
     }
     let mut bytes = Vec::with_capacity(payload.len() + 5);
@@ -314,10 +324,22 @@ mod tests {
             read_frame(&mut &[2u8, 0, 1, 0, 1][..]),
             Err(FrameError::TooLong(65537))
         ));
-        assert!(matches!(read_frame(&mut &[99u8, 0, 0, 0, 0][..]), Err(FrameError::UnknownType(99))));
-        assert!(matches!(read_frame(&mut &[4u8, 0, 0, 0, 1, 0][..]), Err(FrameError::BadPayload(4, 1))));
-        assert!(matches!(read_frame(&mut &[2u8, 0, 0, 0, 9, 1][..]), Err(FrameError::Truncated)));
-        assert!(matches!(read_frame(&mut &[2u8, 0][..]), Err(FrameError::Truncated)));
+        assert!(matches!(
+            read_frame(&mut &[99u8, 0, 0, 0, 0][..]),
+            Err(FrameError::UnknownType(99))
+        ));
+        assert!(matches!(
+            read_frame(&mut &[4u8, 0, 0, 0, 1, 0][..]),
+            Err(FrameError::BadPayload(4, 1))
+        ));
+        assert!(matches!(
+            read_frame(&mut &[2u8, 0, 0, 0, 9, 1][..]),
+            Err(FrameError::Truncated)
+        ));
+        assert!(matches!(
+            read_frame(&mut &[2u8, 0][..]),
+            Err(FrameError::Truncated)
+        ));
         assert!(write_frame(&mut Vec::new(), &Frame::Stdout(vec![0; MAX_FRAME_PAYLOAD + 1])).is_err());
     }
 }

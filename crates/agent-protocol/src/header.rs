@@ -166,7 +166,10 @@ mod tests {
         assert_eq!(bytes, b"{\"op\":\"copy-out\",\"src\":\"/etc\"}\n");
         bytes.extend_from_slice(b"rest");
         let mut input = bytes.as_slice();
-        assert_eq!(read_header(&mut input).unwrap(), Request::CopyOut { src: "/etc".into() });
+        assert_eq!(
+            read_header(&mut input).unwrap(),
+            Request::CopyOut { src: "/etc".into() }
+        );
         assert_eq!(input, b"rest");
     }
 
@@ -182,7 +185,10 @@ mod tests {
             read_header(&mut &b"{\"op\":\"copy-in\",\"dest\":\"/\",\"x\":1}\n"[..]),
             Err(HeaderError::Json(_))
         ));
-        assert!(matches!(read_header(&mut &b"{\"op\""[..]), Err(HeaderError::Closed)));
+        assert!(matches!(
+            read_header(&mut &b"{\"op\""[..]),
+            Err(HeaderError::Closed)
+        ));
         let long = vec![b' '; MAX_HEADER_BYTES + 1];
         assert!(matches!(
             read_header(&mut long.as_slice()),

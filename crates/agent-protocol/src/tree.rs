@@ -106,7 +106,9 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> TreeError + '_ {
 }
 
 fn utf8(path: &Path, s: &std::ffi::OsStr) -> Result<String, TreeError> {
-    s.to_str().map(str::to_owned).ok_or_else(|| TreeError::NotUtf8(path.to_owned()))
+    s.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| TreeError::NotUtf8(path.to_owned()))
 }
 
 /// What a copy moved.
@@ -204,10 +206,14 @@ fn send_item<W: Write>(
             if n == 0 {
                 return Err(TreeError::Io {
                     path: path.to_owned(),
-                    source: io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while it was copied"),
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the file shrank while it was copied",
+                    ),
                 });
             }
-            w.write(&Frame::Data(buf[..n].to_vec())).map_err(TreeError::Send)?;
+            w.write(&Frame::Data(buf[..n].to_vec()))
+                .map_err(TreeError::Send)?;
             left -= n as u64;
         }
         report.bytes += entry.size;
@@ -245,7 +251,11 @@ fn relative(rel: &str) -> Result<PathBuf, TreeError> {
         match c {
             Component::Normal(n) => out.push(n),
             Component::CurDir => {}
-            _ => return Err(TreeError::Protocol(format!("the entry path `{rel}` leaves the tree"))),
+            _ => {
+                return Err(TreeError::Protocol(format!(
+                    "the entry path `{rel}` leaves the tree"
+                )))
+            }
         }
     }
     if out.as_os_str().is_empty() {
@@ -264,15 +274,22 @@ fn next_frame<R: Read>(r: &mut FrameReader<R>) -> Result<Frame, TreeError> {
 
 /// Receives a tree (as [`send_tree`] sends it) into `dest`; returns where it went and what
 /// came. The tree may be a single file or link.
-pub fn receive_tree<R: Read>(dest: &Path, r: &mut FrameReader<R>) -> Result<(PathBuf, CopyReport), TreeError> {
+pub fn receive_tree<R: Read>(
+    dest: &Path,
+    r: &mut FrameReader<R>,
+) -> Result<(PathBuf, CopyReport), TreeError> {
     let mut report = CopyReport::default();
     let Frame::Entry(json) = next_frame(r)? else {
-        return Err(TreeError::Protocol("the tree does not start with an entry".into()));
+        return Err(TreeError::Protocol(
+            "the tree does not start with an entry".into(),
+        ));
     };
     let root = Entry::parse(&json)?;
     let name = root.name.clone().unwrap_or_default();
     if !root.path.is_empty() || name.is_empty() || name.contains('/') || name == ".." || name == "." {
-        return Err(TreeError::Protocol("the tree's root entry has no usable name".into()));
+        return Err(TreeError::Protocol(
+            "the tree's root entry has no usable name".into(),
+        ));
     }
     let base = placement(dest, &name)?;
     let mut links: HashSet<PathBuf> = HashSet::new();
@@ -326,7 +343,10 @@ fn create<R: Read>(
                 Ok(_) => {
                     return Err(TreeError::Io {
                         path: path.to_owned(),
-                        source: io::Error::new(io::ErrorKind::AlreadyExists, "it exists and is not a directory"),
+                        source: io::Error::new(
+                            io::ErrorKind::AlreadyExists,
+                            "it exists and is not a directory",
+                        ),
                     })
                 }
                 Err(_) => fs::create_dir(path).map_err(io_at(path))?,
@@ -367,15 +387,22 @@ fn create<R: Read>(
             let mut left = entry.size;
             while left > 0 {
                 let Frame::Data(bytes) = next_frame(r)? else {
-                    return Err(TreeError::Protocol(format!("{} has less data than its size", entry.path)));
+                    return Err(TreeError::Protocol(format!(
+                        "{} has less data than its size",
+                        entry.path
+                    )));
                 };
                 if bytes.len() as u64 > left {
-                    return Err(TreeError::Protocol(format!("{} has more data than its size", entry.path)));
+                    return Err(TreeError::Protocol(format!(
+                        "{} has more data than its size",
+                        entry.path
+                    )));
                 }
                 file.write_all(&bytes).map_err(io_at(path))?;
                 left -= bytes.len() as u64;
             }
-            file.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_at(path))?;
+            file.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(io_at(path))?;
             report.bytes += entry.size;
         }
     }
@@ -419,7 +446,10 @@ mod tests {
         assert_eq!(sender.join().unwrap(), report);
         assert_eq!(placed, out.join("src"));
         assert_eq!(fs::read(placed.join("sub/big")).unwrap(), vec![5u8; 200_000]);
-        assert_eq!(fs::read_link(placed.join("sub/link")).unwrap(), Path::new("../a.txt"));
+        assert_eq!(
+            fs::read_link(placed.join("sub/link")).unwrap(),
+            Path::new("../a.txt")
+        );
         let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode(&placed.join("a.txt")), 0o751);
         assert_eq!(mode(&placed.join("sub")), 0o555);
@@ -437,11 +467,32 @@ mod tests {
         ));
         let mut bytes = Vec::new();
         let mut w = FrameWriter::new(&mut bytes);
-        let root = Entry { path: String::new(), name: Some("t".into()), kind: Kind::Dir, mode: 0o755, size: 0, target: None };
+        let root = Entry {
+            path: String::new(),
+            name: Some("t".into()),
+            kind: Kind::Dir,
+            mode: 0o755,
+            size: 0,
+            target: None,
+        };
         send_entry(&mut w, &root).unwrap();
-        let link = Entry { path: "l".into(), name: None, kind: Kind::Symlink, mode: 0o777, size: 0, target: Some("/".into()) };
+        let link = Entry {
+            path: "l".into(),
+            name: None,
+            kind: Kind::Symlink,
+            mode: 0o777,
+            size: 0,
+            target: Some("/".into()),
+        };
         send_entry(&mut w, &link).unwrap();
-        let file = Entry { path: "l/etc/x".into(), name: None, kind: Kind::File, mode: 0o644, size: 0, target: None };
+        let file = Entry {
+            path: "l/etc/x".into(),
+            name: None,
+            kind: Kind::File,
+            mode: 0o644,
+            size: 0,
+            target: None,
+        };
         send_entry(&mut w, &file).unwrap();
         let err = receive_tree(&d, &mut FrameReader::new(bytes.as_slice())).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");

@@ -61,13 +61,13 @@ pub fn exec(conn: UnixStream, req: ExecRequest) {
         None => me.clone(),
         Some(who) => match users::lookup(who) {
             Some(u) => u,
-            None => {
-                return fail(
-                    &out,
-                    ErrorKind::NoSuchUser,
-                    format!("there is no user `{who}` in the guest's /etc/passwd; give an existing user with --user"),
-                )
-            }
+            None => return fail(
+                &out,
+                ErrorKind::NoSuchUser,
+                format!(
+                    "there is no user `{who}` in the guest's /etc/passwd; give an existing user with --user"
+                ),
+            ),
         },
     };
     if user.uid != me.uid && me.uid != 0 {
@@ -113,13 +113,19 @@ pub fn exec(conn: UnixStream, req: ExecRequest) {
         let (kind, text) = match e.kind() {
             std::io::ErrorKind::NotFound => (
                 ErrorKind::NotFound,
-                format!("there is no command `{program}` in the guest (searched PATH {})", path_of(&req.env)),
+                format!(
+                    "there is no command `{program}` in the guest (searched PATH {})",
+                    path_of(&req.env)
+                ),
             ),
             std::io::ErrorKind::PermissionDenied => (
                 ErrorKind::NotExecutable,
                 format!("`{program}` cannot be run in the guest: permission denied"),
             ),
-            _ => (ErrorKind::Other, format!("cannot run `{program}` in the guest: {e}")),
+            _ => (
+                ErrorKind::Other,
+                format!("cannot run `{program}` in the guest: {e}"),
+            ),
         };
         fail(&out, kind, text);
     }
@@ -148,7 +154,12 @@ fn base_env(user: &User, tty: bool) -> Vec<(String, String)> {
 }
 
 /// Copies `from` into frames made by `make` until it ends; tells `done` when it has.
-fn pump(mut from: impl Read + Send + 'static, out: Shared, make: fn(Vec<u8>) -> Frame, done: std::sync::mpsc::Sender<()>) {
+fn pump(
+    mut from: impl Read + Send + 'static,
+    out: Shared,
+    make: fn(Vec<u8>) -> Frame,
+    done: std::sync::mpsc::Sender<()>,
+) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 32 * 1024];
         loop {
@@ -209,7 +220,10 @@ fn read_input(conn: &UnixStream, pgid: Pid, finished: Arc<AtomicBool>) -> Receiv
 
 /// The host is gone: SIGHUP the program's process group, SIGKILL it after a grace period.
 fn hang_up(pgid: Pid) {
-    tracing::info!(pgid = pgid.as_raw_nonzero().get(), "the host went away; hanging the program up");
+    tracing::info!(
+        pgid = pgid.as_raw_nonzero().get(),
+        "the host went away; hanging the program up"
+    );
     let _ = rustix::process::kill_process_group(pgid, Signal::HUP);
     let _ = rustix::process::kill_process_group(pgid, Signal::CONT);
     std::thread::spawn(move || {
@@ -299,7 +313,11 @@ fn open_pty(cols: u16, rows: u16) -> std::io::Result<(OwnedFd, OwnedFd, String)>
     grantpt(&master)?;
     unlockpt(&master)?;
     let name = ptsname(&master, Vec::new())?;
-    let slave = rustix::fs::open(name.as_c_str(), OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty())?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     set_size(&master, cols, rows);
     Ok((master, slave, name.to_string_lossy().into_owned()))
 }

@@ -12,7 +12,9 @@ use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
-use virtkit_agent_protocol::{read_header, ErrorKind, Frame, FrameWriter, Hello, Request, AGENT_PORT, HELLO_PORT};
+use virtkit_agent_protocol::{
+    read_header, ErrorKind, Frame, FrameWriter, Hello, Request, AGENT_PORT, HELLO_PORT,
+};
 
 const USAGE: &str = "\
 usage: virtkit-agent [--listen vsock[:PORT] | --listen unix:PATH]
@@ -49,18 +51,31 @@ fn parse_endpoint(text: &str, listen: bool) -> Result<Endpoint, String> {
     if let Some(path) = text.strip_prefix("unix:") {
         return Ok(Endpoint::Unix(path.into()));
     }
-    let rest = text.strip_prefix("vsock").ok_or_else(|| format!("`{text}` is not vsock[:...] or unix:PATH"))?;
+    let rest = text
+        .strip_prefix("vsock")
+        .ok_or_else(|| format!("`{text}` is not vsock[:...] or unix:PATH"))?;
     let nums: Vec<u32> = rest
         .split(':')
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().map_err(|_| format!("`{text}`: `{s}` is not a number")))
         .collect::<Result<_, _>>()?;
     match (listen, nums.as_slice()) {
-        (true, []) => Ok(Endpoint::Vsock { cid: 0, port: AGENT_PORT }),
+        (true, []) => Ok(Endpoint::Vsock {
+            cid: 0,
+            port: AGENT_PORT,
+        }),
         (true, [port]) => Ok(Endpoint::Vsock { cid: 0, port: *port }),
-        (false, []) => Ok(Endpoint::Vsock { cid: vsock::HOST_CID, port: HELLO_PORT }),
-        (false, [cid, port]) => Ok(Endpoint::Vsock { cid: *cid, port: *port }),
-        _ => Err(format!("`{text}`: write vsock:PORT to listen, vsock:CID:PORT for the hello")),
+        (false, []) => Ok(Endpoint::Vsock {
+            cid: vsock::HOST_CID,
+            port: HELLO_PORT,
+        }),
+        (false, [cid, port]) => Ok(Endpoint::Vsock {
+            cid: *cid,
+            port: *port,
+        }),
+        _ => Err(format!(
+            "`{text}`: write vsock:PORT to listen, vsock:CID:PORT for the hello"
+        )),
     }
 }
 
@@ -77,7 +92,11 @@ fn parse_args() -> Result<Args, String> {
             "--hello" => args.hello = parse_endpoint(&it.next().ok_or("--hello needs a value")?, false)?,
             "--fake-shutdown" => args.fake_shutdown = true,
             "--version" => {
-                let _ = writeln!(std::io::stdout(), "virtkit-agent {}", virtkit_agent_protocol::VERSION);
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "virtkit-agent {}",
+                    virtkit_agent_protocol::VERSION
+                );
                 std::process::exit(0);
             }
             "-h" | "--help" => {
@@ -168,9 +187,25 @@ fn serve(mut conn: UnixStream, fake_shutdown: bool) {
     let _ = conn.set_read_timeout(None);
     tracing::debug!(op = request.op(), "request");
     match request {
-        Request::Exec { argv, env, cwd, user, tty, cols, rows } => exec::exec(
+        Request::Exec {
+            argv,
+            env,
+            cwd,
+            user,
+            tty,
+            cols,
+            rows,
+        } => exec::exec(
             conn,
-            exec::ExecRequest { argv, env, cwd, user, tty, cols, rows },
+            exec::ExecRequest {
+                argv,
+                env,
+                cwd,
+                user,
+                tty,
+                cols,
+                rows,
+            },
         ),
         Request::CopyIn { dest } => ops::copy_in(conn, &dest),
         Request::CopyOut { src } => ops::copy_out(conn, &src),
@@ -234,10 +269,22 @@ mod tests {
 
     #[test]
     fn endpoints_parse() {
-        assert_eq!(parse_endpoint("vsock", true).unwrap(), Endpoint::Vsock { cid: 0, port: 1024 });
-        assert_eq!(parse_endpoint("vsock", false).unwrap(), Endpoint::Vsock { cid: 2, port: 1025 });
-        assert_eq!(parse_endpoint("vsock:2:9", false).unwrap(), Endpoint::Vsock { cid: 2, port: 9 });
-        assert_eq!(parse_endpoint("unix:/x", true).unwrap(), Endpoint::Unix("/x".into()));
+        assert_eq!(
+            parse_endpoint("vsock", true).unwrap(),
+            Endpoint::Vsock { cid: 0, port: 1024 }
+        );
+        assert_eq!(
+            parse_endpoint("vsock", false).unwrap(),
+            Endpoint::Vsock { cid: 2, port: 1025 }
+        );
+        assert_eq!(
+            parse_endpoint("vsock:2:9", false).unwrap(),
+            Endpoint::Vsock { cid: 2, port: 9 }
+        );
+        assert_eq!(
+            parse_endpoint("unix:/x", true).unwrap(),
+            Endpoint::Unix("/x".into())
+        );
         assert_eq!(parse_endpoint("none", false).unwrap(), Endpoint::None);
         assert!(parse_endpoint("none", true).is_err() && parse_endpoint("tcp:1", true).is_err());
     }

@@ -41,7 +41,12 @@ pub fn copy_in(conn: UnixStream, dest: &str) {
 pub fn copy_out(conn: UnixStream, src: &str) {
     let mut w = FrameWriter::new(conn);
     match send_tree(Path::new(src), &mut w) {
-        Ok(report) => tracing::info!(from = src, entries = report.entries, bytes = report.bytes, "copied out"),
+        Ok(report) => tracing::info!(
+            from = src,
+            entries = report.entries,
+            bytes = report.bytes,
+            "copied out"
+        ),
         Err(e) => {
             let text = format!("cannot copy {src} from the guest: {}", chain(&e));
             let _ = w.write(&Frame::Error(e.kind(), text));
@@ -82,7 +87,10 @@ pub fn ip(conn: UnixStream) {
     match interfaces() {
         Ok(list) => reply(&mut w, &IpReport { interfaces: list }),
         Err(e) => {
-            let _ = w.write(&Frame::Error(ErrorKind::Other, format!("cannot list the guest's interfaces: {e}")));
+            let _ = w.write(&Frame::Error(
+                ErrorKind::Other,
+                format!("cannot list the guest's interfaces: {e}"),
+            ));
         }
     }
 }
@@ -105,7 +113,9 @@ fn interfaces() -> std::io::Result<Vec<Interface>> {
         let ifa = unsafe { &*cur };
         cur = ifa.ifa_next;
         // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let name = unsafe { CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+        let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
         let index = match list.iter().position(|i| i.name == name) {
             Some(i) => i,
             None => {
@@ -146,8 +156,11 @@ fn interfaces() -> std::io::Result<Vec<Interface>> {
                 // SAFETY: an AF_INET6 address is a sockaddr_in6; the netmask, if any, too.
                 let (addr, mask) = unsafe {
                     let a = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    let m = (!ifa.ifa_netmask.is_null())
-                        .then(|| (*(ifa.ifa_netmask as *const libc::sockaddr_in6)).sin6_addr.s6_addr);
+                    let m = (!ifa.ifa_netmask.is_null()).then(|| {
+                        (*(ifa.ifa_netmask as *const libc::sockaddr_in6))
+                            .sin6_addr
+                            .s6_addr
+                    });
                     (a.sin6_addr.s6_addr, m)
                 };
                 InterfaceAddress {
@@ -176,7 +189,10 @@ pub fn set_time(conn: UnixStream, unix_nanos: u128) {
             let _ = w.write(&Frame::Exit(ExitStatus::Code(0)));
         }
         Err(e) => {
-            let _ = w.write(&Frame::Error(ErrorKind::Other, format!("cannot set the guest's clock: {e}")));
+            let _ = w.write(&Frame::Error(
+                ErrorKind::Other,
+                format!("cannot set the guest's clock: {e}"),
+            ));
         }
     }
 }

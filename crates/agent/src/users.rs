@@ -25,8 +25,16 @@ pub fn lookup_in(passwd: &str, who: &str) -> Option<User> {
             name: f[0].to_owned(),
             uid,
             gid: f[3].parse().unwrap_or(uid),
-            home: if f[5].is_empty() { "/".into() } else { f[5].to_owned() },
-            shell: if f[6].is_empty() { "/bin/sh".into() } else { f[6].to_owned() },
+            home: if f[5].is_empty() {
+                "/".into()
+            } else {
+                f[5].to_owned()
+            },
+            shell: if f[6].is_empty() {
+                "/bin/sh".into()
+            } else {
+                f[6].to_owned()
+            },
         })
     })
 }

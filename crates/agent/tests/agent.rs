@@ -31,7 +31,10 @@ fn setup(tag: &str) -> Setup {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let agent = AgentProcess::start(&static_agent(), &dir.join("agent.sock"), "none");
-    let vsock = FakeVsock::serve(&dir.join("vsock.sock"), HashMap::from([(1024, dir.join("agent.sock"))]));
+    let vsock = FakeVsock::serve(
+        &dir.join("vsock.sock"),
+        HashMap::from([(1024, dir.join("agent.sock"))]),
+    );
     let client = AgentClient::with_socket(vsock.socket);
     Setup { dir, agent, client }
 }
@@ -72,7 +75,10 @@ fn collect(conn: &mut AgentConnection) -> (String, String, ExitStatus) {
                 )
             }
             Some(other) => panic!("unexpected {other:?}"),
-            None => panic!("closed before the exit; stdout {:?}", String::from_utf8_lossy(&out)),
+            None => panic!(
+                "closed before the exit; stdout {:?}",
+                String::from_utf8_lossy(&out)
+            ),
         }
     }
 }
@@ -82,17 +88,30 @@ fn the_static_binary_is_static() {
     let bin = static_agent();
     let file = std::process::Command::new("file").arg(&bin).output().unwrap();
     let text = String::from_utf8_lossy(&file.stdout);
-    assert!(text.contains("statically linked") || text.contains("static-pie linked"), "{text}");
+    assert!(
+        text.contains("statically linked") || text.contains("static-pie linked"),
+        "{text}"
+    );
     let ldd = std::process::Command::new("ldd").arg(&bin).output().unwrap();
     let text = String::from_utf8_lossy(&ldd.stdout).into_owned() + &String::from_utf8_lossy(&ldd.stderr);
-    assert!(text.contains("not a dynamic executable") || text.contains("statically linked"), "{text}");
+    assert!(
+        text.contains("not a dynamic executable") || text.contains("statically linked"),
+        "{text}"
+    );
 }
 
 #[test]
 fn exit_codes_signals_stdout_and_stderr() {
     let s = setup("codes");
-    let (out, err, exit) = run(&s.client, exec_request(&["sh", "-c", "echo out; echo err >&2; exit 3"]), b"");
-    assert_eq!((out.as_str(), err.as_str(), exit), ("out\n", "err\n", ExitStatus::Code(3)));
+    let (out, err, exit) = run(
+        &s.client,
+        exec_request(&["sh", "-c", "echo out; echo err >&2; exit 3"]),
+        b"",
+    );
+    assert_eq!(
+        (out.as_str(), err.as_str(), exit),
+        ("out\n", "err\n", ExitStatus::Code(3))
+    );
     let (_, _, exit) = run(&s.client, exec_request(&["sh", "-c", "kill -TERM $$"]), b"");
     assert_eq!(exit, ExitStatus::Signal(15));
     let (out, _, exit) = run(&s.client, exec_request(&["true"]), b"");
@@ -105,7 +124,11 @@ fn output_is_streamed_while_the_command_runs() {
     let start = Instant::now();
     let mut conn = s
         .client
-        .open(&exec_request(&["sh", "-c", "for i in 1 2 3 4 5; do echo tick $i; sleep 0.5; done"]))
+        .open(&exec_request(&[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5; do echo tick $i; sleep 0.5; done",
+        ]))
         .unwrap();
     let first = match conn.reader.read().unwrap() {
         Some(Frame::Stdout(b)) => b,
@@ -117,7 +140,10 @@ fn output_is_streamed_while_the_command_runs() {
     let end = start.elapsed();
     assert_eq!(exit, ExitStatus::Code(0));
     assert!(rest.contains("tick 5"), "{rest}");
-    assert!(first_at < Duration::from_millis(1500), "the first line came after {first_at:?}");
+    assert!(
+        first_at < Duration::from_millis(1500),
+        "the first line came after {first_at:?}"
+    );
     assert!(end >= Duration::from_secs(2), "ended after {end:?}");
     eprintln!("first line after {first_at:?}, exit after {end:?}");
 }
@@ -126,7 +152,10 @@ fn output_is_streamed_while_the_command_runs() {
 fn stdin_reaches_cat_and_its_end_ends_it() {
     let s = setup("cat");
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    let mut conn = s.client.open(&exec_request(&["sh", "-c", "cat | sha256sum"])).unwrap();
+    let mut conn = s
+        .client
+        .open(&exec_request(&["sh", "-c", "cat | sha256sum"]))
+        .unwrap();
     for chunk in big.chunks(60_000) {
         conn.writer.write(&Frame::Stdin(chunk.to_vec())).unwrap();
     }
@@ -144,7 +173,11 @@ fn hex(bytes: &[u8]) -> String {
 fn a_pty_has_a_terminal_and_follows_resizes() {
     let s = setup("pty");
     let request = Request::Exec {
-        argv: vec!["sh".into(), "-c".into(), "tty; stty size; read x; stty size".into()],
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "tty; stty size; read x; stty size".into(),
+        ],
         env: Vec::new(),
         cwd: None,
         user: None,
@@ -178,7 +211,9 @@ fn a_missing_user_command_or_directory_is_one_sentence() {
     }
     let mut conn = s.client.open(&request).unwrap();
     match conn.reader.read().unwrap() {
-        Some(Frame::Error(ErrorKind::NoSuchUser, text)) => assert!(text.contains("no-such-user-here"), "{text}"),
+        Some(Frame::Error(ErrorKind::NoSuchUser, text)) => {
+            assert!(text.contains("no-such-user-here"), "{text}")
+        }
         other => panic!("{other:?}"),
     }
     let mut conn = s.client.open(&exec_request(&["no-such-command-xyz"])).unwrap();
@@ -198,7 +233,9 @@ fn a_missing_user_command_or_directory_is_one_sentence() {
         other => panic!("{other:?}"),
     }
     match s.client.copy_out("/no/such/path", &s.dir) {
-        Err(AgentError::Refused(ErrorKind::NotFound, text)) => assert!(text.contains("does not exist"), "{text}"),
+        Err(AgentError::Refused(ErrorKind::NotFound, text)) => {
+            assert!(text.contains("does not exist"), "{text}")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -207,19 +244,28 @@ fn a_missing_user_command_or_directory_is_one_sentence() {
 fn inventory(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         entries.sort();
         for p in entries {
             let rel = p.strip_prefix(root).unwrap().display().to_string();
             let m = std::fs::symlink_metadata(&p).unwrap();
             let mode = m.permissions().mode() & 0o7777;
             if m.file_type().is_symlink() {
-                out.push(format!("{rel} link {}", std::fs::read_link(&p).unwrap().display()));
+                out.push(format!(
+                    "{rel} link {}",
+                    std::fs::read_link(&p).unwrap().display()
+                ));
             } else if m.is_dir() {
                 out.push(format!("{rel} dir {mode:o}"));
                 walk(root, &p, out);
             } else {
-                out.push(format!("{rel} file {mode:o} {}", hex(&Sha256::digest(std::fs::read(&p).unwrap()))));
+                out.push(format!(
+                    "{rel} file {mode:o} {}",
+                    hex(&Sha256::digest(std::fs::read(&p).unwrap()))
+                ));
             }
         }
     }
@@ -245,16 +291,24 @@ fn cp_round_trips_a_directory_with_modes_and_a_link() {
     assert_eq!(report.entries, 5);
     let back = s.dir.join("back");
     std::fs::create_dir(&back).unwrap();
-    let (placed, _) = s.client.copy_out(guest.join("tree").to_str().unwrap(), &back).unwrap();
+    let (placed, _) = s
+        .client
+        .copy_out(guest.join("tree").to_str().unwrap(), &back)
+        .unwrap();
     eprintln!("cp both ways in {:?}", start.elapsed());
     assert_eq!(placed, back.join("tree"));
     let want = inventory(&src);
     assert!(want.iter().any(|l| l == "link link bin/tool"), "{want:?}");
-    assert!(want.iter().any(|l| l.starts_with("bin/tool file 755 ")), "{want:?}");
+    assert!(
+        want.iter().any(|l| l.starts_with("bin/tool file 755 ")),
+        "{want:?}"
+    );
     assert_eq!(inventory(&guest.join("tree")), want);
     assert_eq!(inventory(&placed), want);
     // A single file to a new name.
-    s.client.copy_in(&src.join("secret"), guest.join("renamed").to_str().unwrap()).unwrap();
+    s.client
+        .copy_in(&src.join("secret"), guest.join("renamed").to_str().unwrap())
+        .unwrap();
     assert_eq!(std::fs::read(guest.join("renamed")).unwrap(), vec![42u8; 1 << 20]);
 }
 
@@ -262,8 +316,17 @@ fn cp_round_trips_a_directory_with_modes_and_a_link() {
 fn ip_and_version() {
     let s = setup("ip");
     let report = s.client.ip().unwrap();
-    let lo = report.interfaces.iter().find(|i| i.loopback).expect("a loopback interface");
-    assert!(lo.addresses.iter().any(|a| a.address == "127.0.0.1" && a.prefix_len == 8), "{lo:?}");
+    let lo = report
+        .interfaces
+        .iter()
+        .find(|i| i.loopback)
+        .expect("a loopback interface");
+    assert!(
+        lo.addresses
+            .iter()
+            .any(|a| a.address == "127.0.0.1" && a.prefix_len == 8),
+        "{lo:?}"
+    );
     let v = s.client.version().unwrap();
     assert_eq!(v.version, virtkit_agent_protocol::VERSION);
     assert!(!v.hostname.is_empty() && !v.kernel.is_empty());
@@ -285,23 +348,39 @@ fn a_port_with_no_agent_is_no_agent() {
 #[test]
 fn the_agent_dying_mid_command_ends_the_client_without_a_hang() {
     let mut s = setup("die");
-    let mut conn = s.client.open(&exec_request(&["sh", "-c", "echo started; sleep 30"])).unwrap();
-    assert_eq!(conn.reader.read().unwrap(), Some(Frame::Stdout(b"started\n".to_vec())));
+    let mut conn = s
+        .client
+        .open(&exec_request(&["sh", "-c", "echo started; sleep 30"]))
+        .unwrap();
+    assert_eq!(
+        conn.reader.read().unwrap(),
+        Some(Frame::Stdout(b"started\n".to_vec()))
+    );
     let start = Instant::now();
     s.agent.kill();
     conn.reader_timeout(Some(Duration::from_secs(10))).unwrap();
     let end = conn.reader.read();
     assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
-    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
 fn a_host_that_goes_away_hangs_the_command_up() {
     let s = setup("hup");
     let marker = s.dir.join("hung-up");
-    let script = format!("trap 'echo hup > {}; exit 1' HUP; echo ready; sleep 30 & wait", marker.display());
+    let script = format!(
+        "trap 'echo hup > {}; exit 1' HUP; echo ready; sleep 30 & wait",
+        marker.display()
+    );
     let mut conn = s.client.open(&exec_request(&["sh", "-c", &script])).unwrap();
-    assert_eq!(conn.reader.read().unwrap(), Some(Frame::Stdout(b"ready\n".to_vec())));
+    assert_eq!(
+        conn.reader.read().unwrap(),
+        Some(Frame::Stdout(b"ready\n".to_vec()))
+    );
     drop(conn);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !marker.exists() {
@@ -315,9 +394,16 @@ fn signals_reach_the_command() {
     let s = setup("signal");
     let mut conn = s
         .client
-        .open(&exec_request(&["sh", "-c", "trap 'echo got-int; exit 7' INT; echo ready; while :; do sleep 0.1; done"]))
+        .open(&exec_request(&[
+            "sh",
+            "-c",
+            "trap 'echo got-int; exit 7' INT; echo ready; while :; do sleep 0.1; done",
+        ]))
         .unwrap();
-    assert_eq!(conn.reader.read().unwrap(), Some(Frame::Stdout(b"ready\n".to_vec())));
+    assert_eq!(
+        conn.reader.read().unwrap(),
+        Some(Frame::Stdout(b"ready\n".to_vec()))
+    );
     conn.writer.write(&Frame::Signal(2)).unwrap();
     let (out, _, exit) = collect(&mut conn);
     assert!(out.contains("got-int"), "{out}");

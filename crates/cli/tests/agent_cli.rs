@@ -35,10 +35,19 @@ fn fixture(tag: &str) -> Option<Fixture> {
     let image = home.session_image();
     home.create("vm", &image);
     let bundle = home.bundle("vm");
-    let lock = File::options().read(true).write(true).create(true).truncate(false).open(bundle.join("lock")).unwrap();
+    let lock = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(bundle.join("lock"))
+        .unwrap();
     lock.try_lock().unwrap();
     let agent = AgentProcess::start(&static_agent(), &home.dir.join("agent.sock"), "none");
-    FakeVsock::serve(&bundle.join("vsock.sock"), HashMap::from([(1024, home.dir.join("agent.sock"))]));
+    FakeVsock::serve(
+        &bundle.join("vsock.sock"),
+        HashMap::from([(1024, home.dir.join("agent.sock"))]),
+    );
     Some(Fixture {
         home,
         agent,
@@ -48,7 +57,9 @@ fn fixture(tag: &str) -> Option<Fixture> {
 
 fn vk_with_stdin(home: &Home, args: &[&str], input: &[u8]) -> std::process::Output {
     let mut c = home.cmd(args);
-    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let input = input.to_vec();
@@ -58,14 +69,21 @@ fn vk_with_stdin(home: &Home, args: &[&str], input: &[u8]) -> std::process::Outp
     });
     let out = child.wait_with_output().unwrap();
     feeder.join().unwrap();
-    eprintln!("$ virtkit {} → {:?}\n{}", args.join(" "), out.status.code(), text(&out));
+    eprintln!(
+        "$ virtkit {} → {:?}\n{}",
+        args.join(" "),
+        out.status.code(),
+        text(&out)
+    );
     out
 }
 
 #[test]
 fn exec_streams_output_stdin_and_exit_codes() {
     let Some(f) = fixture("exec") else { return };
-    let out = f.home.vk(&["exec", "vm", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    let out = f
+        .home
+        .vk(&["exec", "vm", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
@@ -79,9 +97,24 @@ fn exec_streams_output_stdin_and_exit_codes() {
 
     let out = f.home.vk(&["exec", "-t", "vm", "--", "tty"]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("/dev/pts/"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("/dev/pts/"),
+        "{}",
+        text(&out)
+    );
 
-    let out = f.home.vk(&["exec", "-e", "GREETING=hi there", "-w", "/tmp", "vm", "--", "sh", "-c", "echo $GREETING; pwd"]);
+    let out = f.home.vk(&[
+        "exec",
+        "-e",
+        "GREETING=hi there",
+        "-w",
+        "/tmp",
+        "vm",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING; pwd",
+    ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi there\n/tmp\n");
 }
 
@@ -90,11 +123,19 @@ fn exec_errors_are_one_sentence_with_documented_codes() {
     let Some(mut f) = fixture("errors") else { return };
     let out = f.home.vk(&["exec", "vm", "--", "no-such-command-xyz"]);
     assert_eq!(out.status.code(), Some(127));
-    assert!(text(&out).contains("there is no command `no-such-command-xyz` in the guest"), "{}", text(&out));
+    assert!(
+        text(&out).contains("there is no command `no-such-command-xyz` in the guest"),
+        "{}",
+        text(&out)
+    );
 
     let out = f.home.vk(&["exec", "--user", "nobody-xyz", "vm", "--", "true"]);
     assert_eq!(out.status.code(), Some(125));
-    assert!(text(&out).contains("there is no user `nobody-xyz` in the guest's /etc/passwd"), "{}", text(&out));
+    assert!(
+        text(&out).contains("there is no user `nobody-xyz` in the guest's /etc/passwd"),
+        "{}",
+        text(&out)
+    );
 
     // The agent dies mid-command: virtkit says so and exits 255, without hanging.
     let mut child = f
@@ -111,7 +152,11 @@ fn exec_errors_are_one_sentence_with_documented_codes() {
     let killed_at = Instant::now();
     f.agent.kill();
     let out = child.wait_with_output().unwrap();
-    assert!(killed_at.elapsed() < Duration::from_secs(5), "{:?}", killed_at.elapsed());
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        killed_at.elapsed()
+    );
     assert_eq!(out.status.code(), Some(255));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("disconnected before `sh` ended"),
@@ -165,7 +210,10 @@ fn inventory(root: &Path) -> Vec<String> {
                 out.push(format!("{rel}/ {mode:o}"));
                 stack.push(p);
             } else {
-                out.push(format!("{rel} {mode:o} {}", hex(&Sha256::digest(std::fs::read(&p).unwrap()))));
+                out.push(format!(
+                    "{rel} {mode:o} {}",
+                    hex(&Sha256::digest(std::fs::read(&p).unwrap()))
+                ));
             }
         }
     }
@@ -180,7 +228,11 @@ fn cp_copies_directories_both_ways_with_modes_and_links() {
     std::fs::create_dir_all(src.join("sub")).unwrap();
     std::fs::write(src.join("run.sh"), b"#!/bin/sh\necho run\n").unwrap();
     std::fs::set_permissions(src.join("run.sh"), std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::fs::write(src.join("sub/data.bin"), (0..500_000u32).map(|i| (i * 7) as u8).collect::<Vec<_>>()).unwrap();
+    std::fs::write(
+        src.join("sub/data.bin"),
+        (0..500_000u32).map(|i| (i * 7) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
     std::fs::set_permissions(src.join("sub/data.bin"), std::fs::Permissions::from_mode(0o640)).unwrap();
     std::os::unix::fs::symlink("sub/data.bin", src.join("data")).unwrap();
     // "The guest" is this host: the agent runs here.
@@ -199,9 +251,15 @@ fn cp_copies_directories_both_ways_with_modes_and_links() {
     assert_eq!(inventory(&back.join("src")), want);
 
     let missing = format!("vm:{}/no/such/dir/x", guest_dir.display());
-    let t = f.home.fails(&["cp", src.join("run.sh").to_str().unwrap(), &missing], "does not exist; create it first");
+    let t = f.home.fails(
+        &["cp", src.join("run.sh").to_str().unwrap(), &missing],
+        "does not exist; create it first",
+    );
     assert!(t.contains(&format!("{}/no/such/dir", guest_dir.display())), "{t}");
-    f.home.fails(&["cp", "vm:relative/path", back.to_str().unwrap()], "give an absolute path in the guest");
+    f.home.fails(
+        &["cp", "vm:relative/path", back.to_str().unwrap()],
+        "give an absolute path in the guest",
+    );
     f.home.fails(&["cp", "a", "b"], "neither path is in a VM");
 }
 
@@ -216,12 +274,24 @@ fn run_wait_takes_the_hello_and_ip_and_stop_use_the_agent() {
     let home = Home::new("agent", "vmproc");
     let image = home.session_image();
     home.ok(&[
-        "create", "vm", "--from", image.to_str().unwrap(), "--disk-size", "64M", "--memory", "128M", "--network", "none",
+        "create",
+        "vm",
+        "--from",
+        image.to_str().unwrap(),
+        "--disk-size",
+        "64M",
+        "--memory",
+        "128M",
+        "--network",
+        "none",
     ]);
     let bundle = home.bundle("vm");
     let hello = format!("unix:{}", bundle.join("vsock.sock_1025").display());
     let _agent = AgentProcess::start(&static_agent(), &home.dir.join("agent.sock"), &hello);
-    FakeVsock::serve(&bundle.join("vsock.sock"), HashMap::from([(1024, home.dir.join("agent.sock"))]));
+    FakeVsock::serve(
+        &bundle.join("vsock.sock"),
+        HashMap::from([(1024, home.dir.join("agent.sock"))]),
+    );
     let started = Instant::now();
     let out = home.ok(&["run", "vm", "--detach", "--wait", "30"]);
     eprintln!("run --wait returned after {:?}", started.elapsed());
@@ -232,10 +302,20 @@ fn run_wait_takes_the_hello_and_ip_and_stop_use_the_agent() {
     assert!(!ip.trim().is_empty(), "{ip}");
     let ip_json = home.json(&["ip", "vm", "--format", "json"]);
     assert_eq!(ip_json["source"], "agent");
-    assert!(ip_json["interfaces"].as_array().unwrap().iter().any(|i| i["loopback"] == true));
+    assert!(ip_json["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["loopback"] == true));
     let out = home.vk(&["exec", "vm", "--", "echo", "via the VM process's bundle"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "via the VM process's bundle\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "via the VM process's bundle\n"
+    );
     let out = home.ok(&["stop", "vm", "--timeout", "1"]);
     assert!(out.contains("stopped"), "{out}");
-    assert!(!bundle.join("vsock.sock_1025").exists(), "the hello socket is removed at the end");
+    assert!(
+        !bundle.join("vsock.sock_1025").exists(),
+        "the hello socket is removed at the end"
+    );
 }

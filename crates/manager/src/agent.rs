@@ -142,7 +142,9 @@ impl AgentClient {
 
     /// Copies the local `src` (file, directory or link) to `dest` in the guest.
     pub fn copy_in(&self, src: &Path, dest: &str) -> Result<CopyReport, AgentError> {
-        let mut c = self.open(&Request::CopyIn { dest: dest.to_owned() })?;
+        let mut c = self.open(&Request::CopyIn {
+            dest: dest.to_owned(),
+        })?;
         match send_tree(src, &mut c.writer) {
             Ok(report) => {
                 c.expect_done()?;
@@ -252,17 +254,21 @@ impl AgentHost {
         let (tx, rx) = channel::<()>();
         *host.time_requests.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         let time_host = host.clone();
-        std::thread::Builder::new().name("agent-time".into()).spawn(move || {
-            for () in rx {
-                if time_host.status().is_none() {
-                    continue;
+        std::thread::Builder::new()
+            .name("agent-time".into())
+            .spawn(move || {
+                for () in rx {
+                    if time_host.status().is_none() {
+                        continue;
+                    }
+                    match time_host.client.set_time() {
+                        Ok(()) => tracing::info!("set the guest's clock through the agent"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot set the guest's clock through the agent")
+                        }
+                    }
                 }
-                match time_host.client.set_time() {
-                    Ok(()) => tracing::info!("set the guest's clock through the agent"),
-                    Err(e) => tracing::warn!(error = %e, "cannot set the guest's clock through the agent"),
-                }
-            }
-        })?;
+            })?;
         Ok(host)
     }
 
@@ -306,7 +312,12 @@ impl AgentHost {
 
     /// Asks for the guest's clock to be set (after a resume), without waiting.
     pub fn set_time_soon(&self) {
-        if let Some(tx) = self.time_requests.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(tx) = self
+            .time_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             let _ = tx.send(());
         }
     }

@@ -30,7 +30,10 @@ fn outer_target_dir() -> PathBuf {
         return dir.into();
     }
     let exe = std::env::current_exe().expect("the test binary's path");
-    exe.ancestors().nth(3).map(Path::to_path_buf).unwrap_or_else(|| workspace().join("target"))
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| workspace().join("target"))
 }
 
 /// Where [`static_agent`] puts the binary: `<target>/agent-static/x86_64-unknown-linux-gnu/
@@ -55,13 +58,23 @@ pub fn static_agent() -> PathBuf {
             let started = Instant::now();
             let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .current_dir(workspace())
-                .args(["build", "--release", "-p", "virtkit-agent", "--target", AGENT_TARGET])
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "virtkit-agent",
+                    "--target",
+                    AGENT_TARGET,
+                ])
                 .env("CARGO_TARGET_DIR", outer_target_dir().join("agent-static"))
                 .env("RUSTFLAGS", "-C target-feature=+crt-static")
                 .status()
                 .expect("cargo runs");
             assert!(status.success(), "building the static virtkit-agent failed");
-            eprintln!("static virtkit-agent ready in {:.1} s", started.elapsed().as_secs_f64());
+            eprintln!(
+                "static virtkit-agent ready in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
             static_agent_path()
         })
         .clone()
@@ -71,7 +84,11 @@ pub fn static_agent() -> PathBuf {
 pub fn wait_for_socket(path: &Path, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while UnixStream::connect(path).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {} after {timeout:?}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {} after {timeout:?}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -148,14 +165,20 @@ fn splice(mut host: UnixStream, ports: &HashMap<u32, PathBuf>, n: u32) {
         }
     }
     let text = String::from_utf8_lossy(&line).into_owned();
-    let Some(port) = text.strip_prefix("CONNECT ").and_then(|p| p.trim().parse::<u32>().ok()) else {
+    let Some(port) = text
+        .strip_prefix("CONNECT ")
+        .and_then(|p| p.trim().parse::<u32>().ok())
+    else {
         return;
     };
     // Nothing listens on the port: the connection is closed without an answer.
     let Some(guest) = ports.get(&port).and_then(|p| UnixStream::connect(p).ok()) else {
         return;
     };
-    if host.write_all(format!("OK {}\n", 1_073_741_824 + n).as_bytes()).is_err() {
+    if host
+        .write_all(format!("OK {}\n", 1_073_741_824 + n).as_bytes())
+        .is_err()
+    {
         return;
     }
     let (Ok(mut host_r), Ok(mut guest_w)) = (host.try_clone(), guest.try_clone()) else {
@@ -170,4 +193,17 @@ fn splice(mut host: UnixStream, ports: &HashMap<u32, PathBuf>, n: u32) {
     // The guest side ended (the agent closed or died): the host's connection ends with it.
     let _ = host.shutdown(std::net::Shutdown::Both);
     let _ = up.join();
+}
+
+/// Where the agent is in a test guest's initramfs (no leading `/`: a cpio path).
+pub const GUEST_AGENT_PATH: &str = "usr/bin/virtkit-agent";
+
+/// Adds the static agent at [`GUEST_AGENT_PATH`] to an initramfs being written (a second
+/// cpio archive appended to the asset initramfs, as the full-guest tests append their
+/// scripts). The guest starts it with e.g. `virtkit.run="/usr/bin/virtkit-agent &"` once the
+/// vsock modules are loaded (the asset `/init` loads them).
+pub fn add_to_initramfs<W: Write>(w: &mut crate::cpio::CpioWriter<W>) -> std::io::Result<()> {
+    w.dir("usr", 0o755)?;
+    w.dir("usr/bin", 0o755)?;
+    w.file_from_path(GUEST_AGENT_PATH, &static_agent())
 }

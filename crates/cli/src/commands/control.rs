@@ -121,7 +121,11 @@ pub fn stop(args: &StopArgs) -> Result<u8, CliError> {
             Ok(_) | Err(_) => false,
         };
     if graceful && wait_until_ended(&b, deadline) {
-        let how = if by_agent { "the guest shut down through its agent" } else { "the guest shut down" };
+        let how = if by_agent {
+            "the guest shut down through its agent"
+        } else {
+            "the guest shut down"
+        };
         return report_ended(&b, name, pid, how);
     }
     // Forced: the process may end between the check and the request; that is a stop too.

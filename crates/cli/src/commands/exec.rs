@@ -82,7 +82,11 @@ fn forward_stdin(w: Shared) {
 /// SIGWINCH becomes `resize` (with a tty); SIGINT, SIGTERM and SIGHUP go to the command
 /// (without one: on a tty, Ctrl-C is a byte the guest's terminal turns into SIGINT).
 fn forward_signals(w: Shared, tty: bool) -> Result<(), CliError> {
-    let list: &[i32] = if tty { &[SIGWINCH, SIGTERM, SIGHUP] } else { &[SIGINT, SIGTERM, SIGHUP] };
+    let list: &[i32] = if tty {
+        &[SIGWINCH, SIGTERM, SIGHUP]
+    } else {
+        &[SIGINT, SIGTERM, SIGHUP]
+    };
     let mut signals = signal_hook::iterator::Signals::new(list)
         .map_err(|e| CliError::with_chain("cannot watch signals", &e))?;
     std::thread::spawn(move || {
@@ -128,13 +132,16 @@ pub fn run(args: &ExecArgs) -> Result<u8, CliError> {
     let terminal = stdin_is_terminal();
     let mut raw = None;
     if tty && terminal {
-        raw = Some(RawMode::enter().map_err(|e| CliError::with_chain("cannot put the terminal in raw mode", &e))?);
+        raw = Some(
+            RawMode::enter().map_err(|e| CliError::with_chain("cannot put the terminal in raw mode", &e))?,
+        );
     }
     if args.interactive || !terminal {
         forward_stdin(writer.clone());
-    } else {
+    } else if !tty {
         send(&writer, &Frame::Eof(Stream::Stdin));
     }
+    // (A pty without input gets no end of input either: that would type ^D into it.)
     forward_signals(writer.clone(), tty)?;
 
     let mut stdout = std::io::stdout();

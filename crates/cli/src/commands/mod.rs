@@ -2,9 +2,9 @@
 
 pub mod agent;
 pub mod clone;
-pub mod cp;
 pub mod console;
 pub mod control;
+pub mod cp;
 pub mod create;
 pub mod delete;
 pub mod detach;
