@@ -61,13 +61,15 @@ pub fn exec(conn: UnixStream, req: ExecRequest) {
         None => me.clone(),
         Some(who) => match users::lookup(who) {
             Some(u) => u,
-            None => return fail(
-                &out,
-                ErrorKind::NoSuchUser,
-                format!(
+            None => {
+                return fail(
+                    &out,
+                    ErrorKind::NoSuchUser,
+                    format!(
                     "there is no user `{who}` in the guest's /etc/passwd; give an existing user with --user"
                 ),
-            ),
+                )
+            }
         },
     };
     if user.uid != me.uid && me.uid != 0 {

@@ -409,3 +409,21 @@ fn signals_reach_the_command() {
     assert!(out.contains("got-int"), "{out}");
     assert_eq!(exit, ExitStatus::Code(7));
 }
+
+#[test]
+fn exec_round_trip_is_quick() {
+    let s = setup("rtt");
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let start = Instant::now();
+        let (_, _, exit) = run(&s.client, exec_request(&["true"]), b"");
+        times.push(start.elapsed());
+        assert_eq!(exit, ExitStatus::Code(0));
+    }
+    times.sort();
+    eprintln!(
+        "exec `true` round trip through the fake vsock socket: median {:?}, max {:?}",
+        times[10], times[19]
+    );
+    assert!(times[10] < Duration::from_millis(500), "{times:?}");
+}

@@ -68,6 +68,8 @@ pub fn static_agent() -> PathBuf {
                 ])
                 .env("CARGO_TARGET_DIR", outer_target_dir().join("agent-static"))
                 .env("RUSTFLAGS", "-C target-feature=+crt-static")
+                // Stripped: it goes into initramfs images (scripts/build-agent.sh does the same).
+                .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
                 .status()
                 .expect("cargo runs");
             assert!(status.success(), "building the static virtkit-agent failed");
