@@ -319,3 +319,97 @@ fn run_wait_takes_the_hello_and_ip_and_stop_use_the_agent() {
         "the hello socket is removed at the end"
     );
 }
+
+/// A pseudo-terminal for `virtkit` itself: (master, slave).
+fn host_pty(cols: u16, rows: u16) -> (File, File) {
+    let mut master: libc::c_int = -1;
+    let mut slave: libc::c_int = -1;
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors into the ints given; name and termios are null,
+    // the size points to a valid winsize.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    use std::os::fd::FromRawFd;
+    // SAFETY: both descriptors are new and owned by nothing else.
+    unsafe { (File::from_raw_fd(master), File::from_raw_fd(slave)) }
+}
+
+/// Reads from the pty's master until `needle` shows; returns all read.
+fn read_until(master: &mut File, needle: &str, seen: &mut String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 1024];
+    while !seen.contains(needle) {
+        assert!(Instant::now() < deadline, "no `{needle}` in {seen:?}");
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("the terminal closed before `{needle}`: {seen:?}"),
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+}
+
+/// `exec -it` on a real terminal: virtkit puts it in raw mode, the command sees a pty of the
+/// terminal's size, and a resize of the terminal (SIGWINCH) reaches `stty size` in the guest.
+#[test]
+fn exec_it_follows_the_terminal_size() {
+    let Some(f) = fixture("tty") else { return };
+    let (mut master, slave) = host_pty(100, 30);
+    let mut cmd = f.home.cmd(&[
+        "exec",
+        "-it",
+        "vm",
+        "--",
+        "sh",
+        "-c",
+        "tty; stty size; read x; stty size; exit 4",
+    ]);
+    cmd.stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid and ioctl(TIOCSCTTY) only, in the child before exec: async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let mut seen = String::new();
+    read_until(&mut master, "30 100", &mut seen);
+    assert!(seen.contains("/dev/pts/"), "{seen:?}");
+    let size = libc::winsize {
+        ws_row: 40,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: TIOCSWINSZ on our own pty master with a valid winsize; the kernel sends
+    // SIGWINCH to the terminal's foreground process group (virtkit).
+    assert_eq!(
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) },
+        0
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    use std::io::Write;
+    master.write_all(b"go\r").unwrap();
+    read_until(&mut master, "40 120", &mut seen);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(4), "{seen:?}");
+}
