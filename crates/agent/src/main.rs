@@ -19,7 +19,7 @@ use virtkit_agent_protocol::{
 const USAGE: &str = "\
 usage: virtkit-agent [--listen vsock[:PORT] | --listen unix:PATH]
                      [--hello vsock[:CID:PORT] | --hello unix:PATH | --hello none]
-                     [--fake-shutdown]
+                     [--fake-shutdown] [--fake-clock]
 
 Serves virtkit's exec, cp, ip, set-time, shutdown and version on vsock port 1024 and says
 hello to the host's port 1025 (CID 2) when it starts. Logs go to standard error
@@ -42,6 +42,7 @@ struct Args {
     listen: Endpoint,
     hello: Endpoint,
     fake_shutdown: bool,
+    fake_clock: bool,
 }
 
 fn parse_endpoint(text: &str, listen: bool) -> Result<Endpoint, String> {
@@ -84,6 +85,7 @@ fn parse_args() -> Result<Args, String> {
         listen: parse_endpoint("vsock", true)?,
         hello: parse_endpoint("vsock", false)?,
         fake_shutdown: false,
+        fake_clock: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -91,6 +93,7 @@ fn parse_args() -> Result<Args, String> {
             "--listen" => args.listen = parse_endpoint(&it.next().ok_or("--listen needs a value")?, true)?,
             "--hello" => args.hello = parse_endpoint(&it.next().ok_or("--hello needs a value")?, false)?,
             "--fake-shutdown" => args.fake_shutdown = true,
+            "--fake-clock" => args.fake_clock = true,
             "--version" => {
                 let _ = writeln!(
                     std::io::stdout(),
@@ -170,7 +173,14 @@ fn say_hello(to: Endpoint) {
     });
 }
 
-fn serve(mut conn: UnixStream, fake_shutdown: bool) {
+/// What the tests on the host turn off: the host's own power and clock.
+#[derive(Debug, Clone, Copy)]
+struct Fakes {
+    shutdown: bool,
+    clock: bool,
+}
+
+fn serve(mut conn: UnixStream, fakes: Fakes) {
     let _ = conn.set_read_timeout(Some(HEADER_TIMEOUT));
     let request = match read_header(&mut conn) {
         Ok(r) => r,
@@ -210,8 +220,8 @@ fn serve(mut conn: UnixStream, fake_shutdown: bool) {
         Request::CopyIn { dest } => ops::copy_in(conn, &dest),
         Request::CopyOut { src } => ops::copy_out(conn, &src),
         Request::Ip => ops::ip(conn),
-        Request::SetTime { unix_nanos } => ops::set_time(conn, unix_nanos),
-        Request::Shutdown { reboot } => ops::shutdown(conn, reboot, fake_shutdown),
+        Request::SetTime { unix_nanos } => ops::set_time(conn, unix_nanos, fakes.clock),
+        Request::Shutdown { reboot } => ops::shutdown(conn, reboot, fakes.shutdown),
         Request::Version => ops::version(conn),
     }
 }
@@ -247,7 +257,10 @@ fn main() {
     loop {
         match listener.accept() {
             Ok(conn) => {
-                let fake = args.fake_shutdown;
+                let fake = Fakes {
+                    shutdown: args.fake_shutdown,
+                    clock: args.fake_clock,
+                };
                 if let Err(e) = std::thread::Builder::new()
                     .name("agent-conn".into())
                     .spawn(move || serve(conn, fake))

@@ -177,8 +177,14 @@ fn interfaces() -> std::io::Result<Vec<Interface>> {
     Ok(list)
 }
 
-pub fn set_time(conn: UnixStream, unix_nanos: u128) {
+/// Sets CLOCK_REALTIME; with `fake`, only logs (for tests on the host).
+pub fn set_time(conn: UnixStream, unix_nanos: u128, fake: bool) {
     let mut w = FrameWriter::new(conn);
+    if fake {
+        tracing::warn!(unix_nanos = %unix_nanos, "set-time requested (--fake-clock: nothing done)");
+        let _ = w.write(&Frame::Exit(ExitStatus::Code(0)));
+        return;
+    }
     let ts = rustix::time::Timespec {
         tv_sec: (unix_nanos / 1_000_000_000) as i64,
         tv_nsec: (unix_nanos % 1_000_000_000) as _,

@@ -312,6 +312,13 @@ fn run_wait_takes_the_hello_and_ip_and_stop_use_the_agent() {
         String::from_utf8_lossy(&out.stdout),
         "via the VM process's bundle\n"
     );
+    // A resume has the VM process set the guest's clock through the agent.
+    home.ok(&["pause", "vm"]);
+    home.ok(&["resume", "vm"]);
+    support::home::wait_until("the clock set after the resume", Duration::from_secs(10), || {
+        std::fs::read_to_string(bundle.join("vmm.log"))
+            .is_ok_and(|l| l.contains("set the guest's clock through the agent"))
+    });
     let out = home.ok(&["stop", "vm", "--timeout", "1"]);
     assert!(out.contains("stopped"), "{out}");
     assert!(

@@ -103,12 +103,13 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     /// Starts `binary` listening on `socket`, with `hello` as its `--hello` value; waits until
-    /// it listens. Its log goes to this process's standard error.
+    /// it listens. It never touches the host's power or clock (`--fake-shutdown`,
+    /// `--fake-clock`: those requests are answered and logged only). Its log goes to this process's standard error.
     pub fn start(binary: &Path, socket: &Path, hello: &str) -> AgentProcess {
         let child = Command::new(binary)
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
-            .args(["--hello", hello, "--fake-shutdown"])
+            .args(["--hello", hello, "--fake-shutdown", "--fake-clock"])
             .env("VIRTKIT_AGENT_LOG", "debug")
             .stdin(Stdio::null())
             .spawn()
