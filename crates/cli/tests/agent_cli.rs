@@ -409,10 +409,8 @@ fn exec_it_follows_the_terminal_size() {
     use std::os::fd::AsRawFd;
     // SAFETY: TIOCSWINSZ on our own pty master with a valid winsize; the kernel sends
     // SIGWINCH to the terminal's foreground process group (virtkit).
-    assert_eq!(
-        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) },
-        0
-    );
+    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    assert_eq!(r, 0);
     std::thread::sleep(Duration::from_millis(300));
     use std::io::Write;
     master.write_all(b"go\r").unwrap();
