@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod agent;
 pub mod bundle;
 pub mod control;
 mod control_exec;

@@ -88,6 +88,7 @@ pub fn get(args: &GetArgs) -> Result<u8, CliError> {
         "path": b.path(),
         "external_paths": b.external_paths(),
         "balloon": balloon_of(&b),
+        "agent": agent_of(&b),
     });
     match args.format {
         Format::Json => print_json(&value),
@@ -357,4 +358,15 @@ fn names_path(c: &VirtualMachineConfiguration, path: &std::path::Path) -> bool {
         } => p == path || variable_store.as_deref() == Some(path),
     };
     in_boot || c.storage_devices.iter().any(|d| d.path == path)
+}
+
+/// The guest agent of a running VM, once it said hello.
+fn agent_of(b: &virtkit_manager::bundle::Bundle) -> serde_json::Value {
+    if !b.is_running() {
+        return serde_json::Value::Null;
+    }
+    match crate::commands::vms::ask(b, virtkit_manager::control::ControlCommand::State) {
+        Ok(r) => serde_json::to_value(r.agent).unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    }
 }

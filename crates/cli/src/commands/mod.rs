@@ -1,12 +1,15 @@
 //! One file per subcommand, each a thin `run()` over the framework.
 
+pub mod agent;
 pub mod clone;
 pub mod console;
 pub mod control;
+pub mod cp;
 pub mod create;
 pub mod delete;
 pub mod detach;
 pub mod doctor;
+pub mod exec;
 pub mod get;
 pub mod images;
 pub mod ip;

@@ -202,9 +202,15 @@ fn check_socket_paths(dir: &Path, config: &VirtualMachineConfiguration) -> Resul
         Some(SerialAttachment::UnixSocket { path }) if path.is_relative() => Some(path.clone()),
         _ => None,
     });
-    for socket in [PathBuf::from(CONTROL_SOCKET), PathBuf::from(CONSOLE_SOCKET)]
-        .into_iter()
-        .chain(port_sockets)
+    // The longest name the vsock device's host side uses: the agent's hello socket.
+    let hello = PathBuf::from(crate::agent::host_port_socket(virtkit_agent_protocol::HELLO_PORT));
+    for socket in [
+        PathBuf::from(CONTROL_SOCKET),
+        PathBuf::from(CONSOLE_SOCKET),
+        hello,
+    ]
+    .into_iter()
+    .chain(port_sockets)
     {
         let path = dir.join(&socket);
         let len = path.as_os_str().len();
