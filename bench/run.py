@@ -46,13 +46,17 @@ import time
 from pathlib import Path
 
 import guest_disk
+import guest_net
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
 RESULTS = BENCH / "RESULTS.md"
 ASSETS = ROOT / ".cache" / "assets" / "current"
-RELEASE = ROOT / "target" / "release"
+# Cargo's target directory: CARGO_TARGET_DIR when set (relative to the repository root), as cargo
+# itself takes it.
+TARGET = ROOT / os.environ.get("CARGO_TARGET_DIR", "target")
+RELEASE = TARGET / "release"
 VIRTKIT = RELEASE / "virtkit"
 EMULATED_HOST = RELEASE / "examples" / "emulated_host"
 HELPER_SRC = BENCH / "spawntime.c"
@@ -61,11 +65,12 @@ QEMU = "/usr/bin/qemu-system-x86_64"
 QEMU_MICROVM_FILES = ["bios-microvm.bin", "linuxboot_dma.bin", "linuxboot.bin", "pvh.bin"]
 SEABIOS = Path("/usr/share/seabios/bios.bin")
 BLK_EXAMPLE = RELEASE / "examples" / "blk_throughput"
+NET_EXAMPLE = RELEASE / "examples" / "net_throughput"
 MBR_IMAGE = OUT / "mbr-bench.img"
 MBR_IMAGE_BYTES = 128 << 20
 BLK_IMAGE = OUT / "blk-throughput.img"
 BLK_IMAGE_MIB = 1024
-ALL_PARTS = (1, 2, 3, 4, 5)
+ALL_PARTS = (1, 2, 3, 4, 5, 6, 7)
 
 SMOKE_MARKER = "virtkit-smoke: ready"
 GUEST_MARKER = "VIRTKIT-GUEST: init"
@@ -87,6 +92,15 @@ ODIRECT_IMAGE_MIB = 256  # the image; each pass writes and reads all of it
 ODIRECT_BLOCK_KIB = 1024
 ODIRECT_PASSES = 2  # write-then-read passes per guest boot
 ODIRECT_TIMEOUT = 240  # seconds per guest boot (a normal one takes 25-40 s)
+# Part 6: what the device alone must move of 64 KiB frames, each way, on one core.
+NET_TARGET_GBPS = 10.0
+# Part 7: the guest and host program, and what each guest boot does.
+TCPBENCH_SRC = BENCH / "tcpbench.c"
+TCPBENCH = OUT / "tcpbench"
+NET_TIMEOUT = 300  # seconds per guest boot (a normal one takes 40-60 s)
+# /etc/passwd and /etc/group for the emulated host: passt started as root switches to nobody.
+PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+GROUP = "root:x:0:\nnogroup:x:65534:\n"
 # What QEMU -M q35 loads when booting a kernel: SeaBIOS and two option ROMs.
 QEMU_Q35_FILES = ["/usr/share/seabios/bios-256k.bin", "/usr/share/qemu/linuxboot_dma.bin",
                   "/usr/share/qemu/kvmvapic.bin"]
@@ -363,7 +377,13 @@ def check_prerequisites(args):
         if st.f_bavail * st.f_frsize >> 20 < ODIRECT_HOST_DISK_MIB + 100:
             missing.append(f"{rel(OUT)} has too little free space; part 5 needs "
                            f"{ODIRECT_HOST_DISK_MIB + 100} MiB for the emulated host's disk")
-    if 2 in args.parts or 5 in args.parts:
+    if 7 in args.parts:
+        for f in QEMU_Q35_FILES:
+            if not Path(f).is_file():
+                missing.append(f"{f} is missing (part 7): apt-get install qemu-system-data seabios")
+        if not which("passt"):
+            missing.append("passt is missing (part 7): apt-get install passt")
+    if 2 in args.parts or 5 in args.parts or 7 in args.parts:
         need = ["vmlinuz", "guest-initramfs.cpio.gz", "manifest.json", "busybox", "host-modules/order"]
         gone = [n for n in need if not (ASSETS / n).exists()]
         if gone:
@@ -385,7 +405,7 @@ def sbin_tool(name):
 def build(args):
     steps = [["cargo", "build", "--release", "-p", "virtkit-cli", "-p", "virtkit-test-guests"]]
     needed = [VIRTKIT]
-    if 2 in args.parts or 5 in args.parts:
+    if 2 in args.parts or 5 in args.parts or 7 in args.parts:
         steps.append(["cargo", "build", "--release", "-p", "virtkit-testkit", "--example",
                       "emulated_host"])
         needed.append(EMULATED_HOST)
@@ -393,6 +413,10 @@ def build(args):
         steps.append(["cargo", "build", "--release", "-p", "virtkit-devices", "--example",
                       "blk_throughput"])
         needed.append(BLK_EXAMPLE)
+    if 6 in args.parts:
+        steps.append(["cargo", "build", "--release", "-p", "virtkit-devices", "--example",
+                      "net_throughput"])
+        needed.append(NET_EXAMPLE)
     if args.no_build:
         gone = [p for p in needed if not p.exists()]
         if gone or not smoke_candidates() or (3 in args.parts and not mbr_candidates()):
@@ -977,6 +1001,250 @@ def part5(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# Part 6: the network device alone, 64 KiB frames each way
+
+def part6(args):
+    cmd = [NET_EXAMPLE, "--seconds", str(args.net_seconds), "--reps", str(args.net_reps)]
+    results = []
+
+    def on_line(line):
+        if line.startswith("NETTHR "):
+            try:
+                results.append(json.loads(line[len("NETTHR "):]))
+            except ValueError:
+                log(f"part 6: cannot parse: {line}")
+        elif line.strip():
+            log(f"part 6: {line.strip()}")
+
+    timeout = int(4 * args.net_reps * (args.net_seconds + 0.5) + 120)
+    log(f"part 6: net_throughput, {args.net_reps} x {args.net_seconds} s per measurement")
+    t0 = time.monotonic()
+    code = stream(cmd, timeout, "net_throughput", on_line)
+    wall = time.monotonic() - t0
+    if code != 0:
+        raise BenchError(f"`{' '.join(map(str, cmd))}` failed (exit {code}); see the lines above")
+    return {"results": results, "command": " ".join(shlex.quote(rel(c)) for c in cmd),
+            "wall_s": wall}
+
+
+def net_device_tables(p6):
+    rows, below = [], []
+    names = {"tx": "tx (guest → backend)", "rx": "rx (backend → guest, mergeable buffers)"}
+    backends = {"null": "null (the device's own cost)",
+                "stream": "stream socketpair, peer thread (passt's framing)"}
+    for r in p6["results"]:
+        runs = r["gbps_runs"]
+        rows.append([names.get(r["dir"], r["dir"]), backends.get(r["backend"], r["backend"]),
+                     f"**{r['gbps']:.1f}** ({min(runs):.1f}–{max(runs):.1f})",
+                     f"{r['busy'] * 100:.0f} %", f"**{r['gbps_per_core']:.1f}**",
+                     f"{r['us_per_frame']:.2f}",
+                     f"{r['peer_busy'] * 100:.0f} %" if r["backend"] == "stream" else "-",
+                     "yes" if r["gbps"] >= NET_TARGET_GBPS else "**no**"])
+        if r["gbps"] < NET_TARGET_GBPS:
+            below.append(f"net device alone, {r['dir']} with the {r['backend']} backend: "
+                         f"{r['gbps']:.1f} Gbit/s of 64 KiB frames (target {NET_TARGET_GBPS:g})")
+    t = md_table(["direction", "backend", "Gbit/s: median (min–max)", "device thread busy",
+                  "Gbit/s per busy core", "µs of device CPU per frame", "peer thread busy",
+                  f"≥ {NET_TARGET_GBPS:g} Gbit/s"], rows)
+    return t, below
+
+
+# ---------------------------------------------------------------------------------------------
+# Part 7: the guest's TCP throughput and request/response rate inside the emulated KVM host
+
+def virtkit_help():
+    try:
+        code, out = run([VIRTKIT, "run", "--help"], 60, "virtkit run --help")
+    except (OSError, BenchError):
+        return ""
+    return out if code == 0 else ""
+
+
+def part7(args):
+    build_helper(TCPBENCH_SRC, TCPBENCH)
+    skipped = guest_net.skipped_rows(virtkit_help())
+    for key, why in skipped.items():
+        log(f"part 7: row {key} skipped: {why}")
+    rows = [r for r in guest_net.ROWS if r["key"] not in skipped]
+    if not rows:
+        raise BenchError("part 7: every row is skipped: " + "; ".join(skipped.values()))
+    base = (ASSETS / "guest-initramfs.cpio.gz").read_bytes()
+    initrd = OUT / "net-initrd"
+    initrd.write_bytes(guest_disk.initrd_with_files(base, [
+        (guest_net.GUEST_PROGRAM, 0o755, TCPBENCH.read_bytes()),
+        (guest_net.GUEST_SCRIPT, 0o755, guest_net.guest_script().encode())]))
+    passwd, group = OUT / "net-passwd", OUT / "net-group"
+    passwd.write_text(PASSWD)
+    group.write_text(GROUP)
+    script_path = OUT / "net-host-script.sh"
+    script_path.write_text(guest_net.host_script(rows, args.net_runs, args.net_guest_seconds,
+                                                 args.net_passes, NET_TIMEOUT))
+    per_boot = 40 + 3 * args.net_passes * (args.net_guest_seconds + 2)
+    after_ready = int(len(rows) * 2 * args.net_runs * per_boot * 2 + 180)
+    passt = which("passt")
+    cmd = [EMULATED_HOST, "--root-on-tmpfs",
+           "--binary", f"{VIRTKIT}:/usr/bin/virtkit",
+           "--binary", f"{QEMU}:/usr/bin/qemu-system-x86_64",
+           "--binary", f"{passt}:/usr/bin/passt",
+           "--binary", f"{TCPBENCH}:{guest_net.HOST_PROGRAM}",
+           "--file", f"{ASSETS / 'vmlinuz'}:/guest/vmlinuz",
+           "--file", f"{initrd}:/guest/initrd",
+           "--file", f"{passwd}:/etc/passwd",
+           "--file", f"{group}:/etc/group"]
+    # passt re-executes itself as passt.avx2 where the CPU has AVX2 (QEMU's -cpu max has).
+    avx2 = Path(str(passt) + ".avx2")
+    if avx2.is_file():
+        cmd += ["--binary", f"{avx2}:/usr/bin/passt.avx2"]
+    for f in QEMU_Q35_FILES:
+        cmd += ["--file", f"{f}:{f}"]
+    cmd += ["--timeout", str(after_ready), script_path]
+    outer = 2 * 90 + after_ready + 60
+
+    boots = {}
+    info = {"attempts": None, "boot_to_ready_s": None, "host": None, "retry_notices": [],
+            "guest_info": {}}
+    failures, host_skips = [], {}
+    log_path = OUT / "net-emulated-host.log"
+    logf = log_path.open("w")
+
+    def on_line(line):
+        logf.write(line + "\n")
+        logf.flush()
+        body = line[len("[host] "):] if line.startswith("[host] ") else line
+        r = guest_net.parse_line(body)
+        if r:
+            b = boots.setdefault(r["row"], {}).setdefault(r["vmm"], {}).setdefault(
+                r["boot"], {"boot": r["boot"], "send": [], "recv": [], "rr": [], "exit": None,
+                            "fails": []})
+            if "exit" in r:
+                b["exit"] = r["exit"]
+                b["ok"] = (r["exit"] == "0" and not b["fails"]
+                           and all(len(b[m]) == args.net_passes for m in guest_net.MODES))
+                log(f"part 7: {r['row']}: {r['vmm']} boot {r['boot']}: "
+                    + ", ".join(f"{m} " + ", ".join(f"{x:.3f}" for x in b[m])
+                                for m in ("send", "recv")) + " Gbit/s; rr "
+                    + ", ".join(f"{x:.0f}" for x in b["rr"]) + f"/s; exit {r['exit']}")
+                if not b["ok"]:
+                    failures.append(f"{r['row']}: {r['vmm']} boot {r['boot']}: exit {r['exit']}"
+                                    + (f", {'; '.join(b['fails'])}" if b["fails"] else "")
+                                    + ", " + ", ".join(f"{len(b[m])} {m}" for m in guest_net.MODES)
+                                    + f" of {args.net_passes} passes")
+            elif "info" in r:
+                info["guest_info"].setdefault(f"{r['row']} {r['vmm']}", []).append(r["info"])
+            elif "fail" in r:
+                b["fails"].append(r["fail"])
+                log(f"part 7: {r['row']}: {r['vmm']} boot {r['boot']}: {r['fail']}")
+            else:
+                b[r["mode"]].append(r["value"])
+            return
+        if body.startswith("BENCH7-SKIP "):
+            m = re.match(r"BENCH7-SKIP row=(\S+) (.*)", body)
+            if m:
+                host_skips[m.group(1)] = m.group(2)
+                log(f"part 7: row {m.group(1)} skipped in the emulated host: {m.group(2)}")
+        elif body.startswith("BENCH7-LOG "):
+            log(f"part 7: {body[len('BENCH7-LOG '):]}")
+        elif body.startswith("BENCH7-HOST "):
+            info["host"] = body[len("BENCH7-HOST "):]
+            log(f"part 7: emulated host ready: {info['host']}")
+        elif "hung before /dev/kvm was ready" in line:
+            info["retry_notices"].append(line.strip())
+            log(line.strip())
+        m = re.search(r"boot to kvm-ready ([\d.]+) s, run ([\d.]+) s, attempts (\d+)", line)
+        if m:
+            info["boot_to_ready_s"] = float(m.group(1))
+            info["attempts"] = int(m.group(3))
+
+    log(f"part 7: booting the emulated KVM host; rows {', '.join(r['key'] for r in rows)}; "
+        f"{args.net_runs} guest boots per VMM and row, alternating, each {args.net_passes} passes "
+        f"of send, recv and rr for {args.net_guest_seconds} s (about {per_boot} s per boot)")
+    t0 = time.monotonic()
+    try:
+        code = stream(cmd, outer, "the emulated host run (part 7)", on_line)
+    finally:
+        logf.close()
+    info["wall_s"] = time.monotonic() - t0
+    if code != 0:
+        tail = "\n".join(log_path.read_text().splitlines()[-30:])
+        hang = "HangBeforeReady" in tail or "before /dev/kvm was ready" in tail
+        what = f"the emulated host run of part 7 failed (exit {code})"
+        if hang or not boots:
+            raise BenchError(
+                what + ("; it hung before /dev/kvm was ready twice (emulator hangs, not "
+                        "virtkit): rerun bench/run.sh" if hang else "")
+                + f"; log: {rel(log_path)}; last lines:\n{tail}")
+        failures.append(f"{what}; see {rel(log_path)}")
+        log(f"part 7: {what}; reporting the boots that completed; last lines:\n{tail}")
+    skipped.update(host_skips)
+    for row in rows:
+        if row["key"] in skipped:
+            continue
+        for vmm in row["vmms"]:
+            n = len(boots.get(row["key"], {}).get(vmm, {}))
+            if n < args.net_runs:
+                failures.append(f"{row['key']}: {vmm}: {n} of {args.net_runs} boots reported")
+    return {"boots": {k: {v: [bs[i] for i in sorted(bs)] for v, bs in vm.items()}
+                      for k, vm in boots.items()},
+            "rows": [{"key": r["key"], "label": r["label"], "vmms": list(r["vmms"])}
+                     for r in guest_net.ROWS],
+            "skipped": skipped, "info": info, "failures": failures,
+            "commands": {r["key"]: {n: " ".join(shlex.quote(c) for c in c_) + " </dev/null"
+                                    for n, c_ in guest_net.inner_commands(
+                                        r, args.net_guest_seconds, args.net_passes).items()}
+                         for r in rows},
+            "harness": " ".join(shlex.quote(rel(c)) for c in cmd)}
+
+
+def net_guest_tables(p7):
+    """Per row: each VMM's medians over all passes of its good boots, and virtkit's ratio to the
+    other VMM (throughput and rr: higher is better)."""
+    samples = lambda boots, m: [x for b in boots for x in b[m]]
+    spread = lambda xs, f: (f"**{f(med(xs))}** ({f(min(xs))}–{f(max(xs))})" if xs else "n/a")
+    g = lambda x: f"{x:.3f}" if x < 10 else f"{x:.1f}"
+    rr = lambda x: f"{x:.0f}"
+    rows, ratios, slower = [], [], []
+    for row in p7["rows"]:
+        key = row["key"]
+        if key in p7["skipped"]:
+            rows.append([row["label"], "skipped", p7["skipped"][key], "", "", ""])
+            continue
+        got = p7["boots"].get(key, {})
+        ok = {}
+        for vmm in row["vmms"]:
+            bs = got.get(vmm, [])
+            good = [b for b in bs if b.get("ok")]
+            ok[vmm] = good
+            rows.append([row["label"], vmm, f"{len(good)}/{len(bs)}",
+                         spread(samples(good, "send"), g), spread(samples(good, "recv"), g),
+                         spread(samples(good, "rr"), rr)])
+        vk = ok.get("virtkit")
+        others = [v for v in row["vmms"] if v != "virtkit"]
+        for other in others:
+            qm = ok.get(other)
+            if not (vk and qm):
+                continue
+            cells = []
+            for m, what in (("send", "guest → host TCP throughput"),
+                            ("recv", "host → guest TCP throughput"),
+                            ("rr", "1-byte TCP request/response rate")):
+                a, b = med(samples(vk, m)), med(samples(qm, m))
+                lo, hi = resampled_ratio_range(vk, qm, lambda boots: med(samples(boots, m)))
+                cells.append(f"**{fmt_ratio(a / b)}** ({fmt_ratio(lo)}–{fmt_ratio(hi)})")
+                if a < b:
+                    unit = "/s" if m == "rr" else " Gbit/s"
+                    fa, fb = (rr(a), rr(b)) if m == "rr" else (g(a), g(b))
+                    slower.append(f"guest network {what}, {row['label']}: virtkit {fa}{unit} vs "
+                                  f"{other} {fb}{unit} (×{a / b:.2f})")
+            ratios.append([f"virtkit / {other}, {row['label']}"] + cells)
+    t1 = md_table(["attachment", "VMM", "boots ok", "guest → host, Gbit/s: median (min–max)",
+                   "host → guest, Gbit/s: median (min–max)",
+                   "1-byte request/response, per s: median (min–max)"], rows)
+    t2 = md_table(["ratio (higher is better for virtkit): median (95 % range, boots resampled)",
+                   "guest → host", "host → guest", "request/response"], ratios)
+    return t1, t2, slower
+
+
+# ---------------------------------------------------------------------------------------------
 # Report
 
 def busy_processes():
@@ -1296,7 +1564,7 @@ def blk_tables(p4):
     return t1, t2, t3, below
 
 
-def report(args, env, started, p1, p2, p3, p4, p5, elapsed):
+def report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed):
     out = []
     out.append("## Results\n")
     out.append(f"- **Command:** `{args.command_line}` (from the repository root)")
@@ -1312,7 +1580,7 @@ def report(args, env, started, p1, p2, p3, p4, p5, elapsed):
     out.append(f"- **virtkit:** {env['virtkit']}, release build ({env['rustc']})")
     out.append(f"- **QEMU:** {env['qemu']}")
     out.append(f"- **Timing helper:** bench/spawntime.c, {env['gcc']}, static; Python {env['python']}")
-    out.append(f"- **Guest assets (parts 2 and 5):** {env['assets']}")
+    out.append(f"- **Guest assets (parts 2, 5 and 7):** {env['assets']}")
     out.append("")
     slower = []
     if p1 is None:
@@ -1444,6 +1712,73 @@ def report(args, env, started, p1, p2, p3, p4, p5, elapsed):
             out.append(f"\n**Failed boots in part 5: {len(p5['failures'])}:** "
                        + "; ".join(p5["failures"]))
         out.append("")
+    if p6 is None:
+        out.append("### Part 6: the network device without a VM\n\nNot run (`--parts`).\n")
+    else:
+        out.append(f"### Part 6: the network device without a VM, 64 KiB frames, "
+                   f"{args.net_reps} × {args.net_seconds:g} s per figure (median)\n")
+        t, below = net_device_tables(p6)
+        slower += below
+        r0 = p6["results"][0] if p6["results"] else {}
+        descs, buf = r0.get("tx_descriptors", 0), r0.get("rx_buf", 0)
+        per_frame = -(-(12 + 65536) // buf) if buf else 0
+        out.append("Gbit/s = 10^9 bits of Ethernet frame (64 KiB each, the virtio-net header not "
+                   "counted) per second of wall time; the device runs on the measuring thread, so "
+                   "**device thread busy** is its CPU time over wall time and **Gbit/s per busy "
+                   f"core** the rate it would reach with a core to itself. Target: ≥ "
+                   f"{NET_TARGET_GBPS:g} Gbit/s on one core. tx: each chain a 12-byte header "
+                   f"descriptor and the frame in {descs - 1} descriptors, {r0.get('tx_depth', '?')} "
+                   f"chains kept available; rx: the 256-entry ring full of {buf}-byte buffers "
+                   f"(mergeable rx buffers), a frame over {per_frame} of them (`num_buffers` and "
+                   "the lengths checked on every frame). Rings with `EVENT_IDX`; the device's "
+                   "queue loop (`NetHandler::process_tx`/`process_rx`, what the `v_net` worker "
+                   "runs each pass) on the measuring thread, no vCPU, epoll or interrupt. **null**: "
+                   "a backend that takes every frame and gives a frame without writing it; "
+                   "**stream**: the device's `StreamBackend` on a `socketpair`, the peer thread "
+                   "reading and checking the length prefixes (tx) or writing prefixed frames (rx); "
+                   "when the device would block the driver waits in `poll`. Before measuring, one "
+                   "frame each way through the stream backend is compared byte for byte.\n")
+        out += [t, ""]
+        out.append(f"Command (whole part 6 took {p6['wall_s']:.0f} s):\n")
+        out += ["```", p6["command"], "```", ""]
+    if p7 is None:
+        out.append("### Part 7: the guest's network inside the emulated KVM host\n\n"
+                   "Not run (`--parts`).\n")
+    else:
+        info = p7["info"]
+        out.append(f"### Part 7: the guest's network inside the emulated KVM host, TCP "
+                   f"throughput and 1-byte request/response, {args.net_runs} boots each × "
+                   f"{args.net_passes} passes of {args.net_guest_seconds} s, alternating\n")
+        t1, t2, s7 = net_guest_tables(p7)
+        slower += s7
+        out += [t1, "", t2, ""]
+        attempts = info.get("attempts")
+        notice = ("booted on the first attempt" if attempts == 1 else
+                  f"**hung before /dev/kvm was ready and was started again: {attempts} attempts** "
+                  "(an emulator hang, retried once by the harness)" if attempts else "attempts unknown")
+        out.append("Gbit/s = 10^9 bits of TCP payload per second, rr = round trips per second, "
+                   "timed by the guest (`CLOCK_MONOTONIC`, bench/tcpbench.c); medians over all "
+                   "passes of the boots that completed. "
+                   f"Emulated host: {info.get('host') or 'unknown'}; QEMU TCG `-M microvm -cpu max "
+                   f"-smp 2 -m 2048`, root on tmpfs (for passt); boot to kvm-ready "
+                   f"{info.get('boot_to_ready_s')} s, {notice}; the whole emulated-host run "
+                   f"{info.get('wall_s', 0):.0f} s.\n")
+        for k, lines in info.get("guest_info", {}).items():
+            feats = sorted({x for x in lines if x.startswith("card=")})
+            if feats:
+                out.append(f"- guest card, {k}: `{feats[0]}`")
+        out.append("")
+        out.append("Commands inside the emulated host (each killed if still running after "
+                   f"{NET_TIMEOUT} s), booted by:\n")
+        out.append("```")
+        out.append(p7["harness"])
+        for key, cmds in p7["commands"].items():
+            out += [f"{key}, {n}: {c}" for n, c in cmds.items()]
+        out.append("```")
+        if p7["failures"]:
+            out.append(f"\n**Failed boots in part 7: {len(p7['failures'])}:** "
+                       + "; ".join(p7["failures"]))
+        out.append("")
     out.append("### Where virtkit is slower or bigger, or short of its target\n")
     if slower:
         out += [f"- {x}" for x in slower]
@@ -1476,6 +1811,10 @@ def split_results(text):
 
 def bullet_part(bullet):
     """Which part a bullet of the slower list comes from, by the words each part's tables use."""
+    if bullet.startswith("guest network"):
+        return 7
+    if bullet.startswith("net device alone"):
+        return 6
     if "guest O_DIRECT" in bullet:
         return 5
     if "(emulated host)" in bullet:
@@ -1537,11 +1876,13 @@ def main():
     ap = argparse.ArgumentParser(
         description="virtkit vs QEMU benchmark and the disk backend's throughput "
                     "(writes bench/RESULTS.md)")
-    ap.add_argument("--parts", default="1,2,3,4,5",
+    ap.add_argument("--parts", default="1,2,3,4,5,6,7",
                     help="which parts to run, comma-separated: 1 boot on KVM, 2 boot in the "
                          "emulated KVM host, 3 disk read through SeaBIOS, 4 disk backend "
-                         "throughput, 5 the guest's O_DIRECT disk I/O in the emulated KVM host "
-                         "(default: 1,2,3,4,5); the results of parts not run are kept from "
+                         "throughput, 5 the guest's O_DIRECT disk I/O in the emulated KVM host, "
+                         "6 the network device's throughput, 7 the guest's network in the "
+                         "emulated KVM host (default: 1,2,3,4,5,6,7); the results of parts not "
+                         "run are kept from "
                          "bench/RESULTS.md")
     ap.add_argument("--runs", type=int, default=30, help="part 1 runs per VMM (at least 20; default 30)")
     ap.add_argument("--inner-runs", type=int, default=6,
@@ -1555,6 +1896,17 @@ def main():
     ap.add_argument("--odirect-runs", type=int, default=4,
                     help="part 5 guest boots per VMM inside the emulated host, each writing and "
                          f"reading the image {ODIRECT_PASSES} times (at least 2; default 4)")
+    ap.add_argument("--net-seconds", type=float, default=0.5,
+                    help="part 6 seconds per measurement (default 0.5)")
+    ap.add_argument("--net-reps", type=int, default=7,
+                    help="part 6 repetitions of each measurement, median taken (default 7)")
+    ap.add_argument("--net-runs", type=int, default=3,
+                    help="part 7 guest boots per VMM and attachment inside the emulated host "
+                         "(at least 1; default 3)")
+    ap.add_argument("--net-guest-seconds", type=int, default=4,
+                    help="part 7 seconds of each send, recv and rr measurement (default 4)")
+    ap.add_argument("--net-passes", type=int, default=2,
+                    help="part 7 passes of send, recv and rr per guest boot (default 2)")
     ap.add_argument("--skip-emulated", action="store_true", help="skip part 2")
     ap.add_argument("--no-build", action="store_true", help="use the existing release build")
     args = ap.parse_args()
@@ -1576,6 +1928,10 @@ def main():
         ap.error("--disk-runs must be at least 10")
     if args.odirect_runs < 2:
         ap.error("--odirect-runs must be at least 2")
+    if args.net_seconds <= 0 or args.net_reps < 1:
+        ap.error("--net-seconds must be positive and --net-reps at least 1")
+    if args.net_runs < 1 or args.net_passes < 1 or args.net_guest_seconds <= 0:
+        ap.error("--net-runs and --net-passes must be at least 1, --net-guest-seconds positive")
     if args.blk_seconds <= 0 or args.blk_reps < 1:
         ap.error("--blk-seconds must be positive and --blk-reps at least 1")
     args.command_line = " ".join(["bench/run.sh"] + [shlex.quote(a) for a in sys.argv[1:]])
@@ -1606,7 +1962,7 @@ def main():
         def load_now(part):
             args.part_load[part] = os.getloadavg()[0]
 
-        p1 = p2 = p3 = p4 = p5 = None
+        p1 = p2 = p3 = p4 = p5 = p6 = p7 = None
         if 1 in args.parts:
             load_now(1)
             p1 = part1(args, smoke)
@@ -1622,18 +1978,24 @@ def main():
         if 5 in args.parts:
             load_now(5)
             p5 = part5(args)
+        if 6 in args.parts:
+            load_now(6)
+            p6 = part6(args)
+        if 7 in args.parts:
+            load_now(7)
+            p7 = part7(args)
     except BenchError as e:
         print(f"\nbench: FAILED: {e}", file=sys.stderr)
         return 1
     elapsed = time.monotonic() - t0
-    text = report(args, env, started, p1, p2, p3, p4, p5, elapsed)
+    text = report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed)
     raw = {"started_utc": started, "env": env, "part1": p1, "part2": p2, "part3": p3,
-           "part4": p4, "part5": p5, "elapsed_s": elapsed}
+           "part4": p4, "part5": p5, "part6": p6, "part7": p7, "elapsed_s": elapsed}
     (OUT / "results.json").write_text(json.dumps(raw, indent=1, default=str))
     text = write_results(text, args.parts)
     print("\n" + text)
     log(f"wrote {rel(RESULTS)} and {rel(OUT / 'results.json')} in {elapsed / 60:.1f} min")
-    failed = [f for p in (p1, p2, p3, p5) if p for f in p["failures"]]
+    failed = [f for p in (p1, p2, p3, p5, p7) if p for f in p["failures"]]
     if failed:
         print(f"bench: {len(failed)} run(s) failed; see above", file=sys.stderr)
         return 1
