@@ -146,6 +146,11 @@ while [ $p -le "$passes" ]; do
     p=$((p + 1))
 done
 echo "NETBENCH-INFO interrupts: $(grep -i virtio /proc/interrupts | tr -s ' ' | tr '\\n' ';')"
+# Losses on the way show as retransmissions (guest to host) and out-of-order segments (host to
+# guest): the TCP counters of the guest, and its card's.
+echo "NETBENCH-INFO tcp: $(awk '/^Tcp:/ {{ if (h) {{ print "OutSegs=" $12, "InSegs=" $11, "RetransSegs=" $13 }} else h = 1 }}' /proc/net/snmp) \
+$(awk '/^TcpExt:/ {{ if (h) {{ for (i = 2; i <= NF; i++) if (n[i] ~ /^(TCPOFOQueue|TCPOFODrop|TCPRcvQDrop|TCPLostRetransmit|TCPSackRecovery|TCPDSACKRecv|TCPDSACKOldSent|TCPTimeouts|DelayedACKs|TCPRcvCollapsed|PruneCalled)$/) printf "%s=%s ", n[i], $i }} else {{ h = 1; for (i = 2; i <= NF; i++) n[i] = $i }} }}' /proc/net/netstat) \
+card: $(grep "$ifc:" /proc/net/dev | tr -s ' ')"
 echo "NETBENCH done"
 """
 
@@ -228,7 +233,7 @@ dd if=/dev/zero of=/tmp/touch bs=1M count={touch_mib} 2>/dev/null
 rm -f /tmp/touch
 # KVM's counters of the running VM (debugfs, one directory per VM named after its VMM's pid):
 # sampled each second while it runs, the last sample reported after it exits.
-mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug 2>/dev/null
+grep -q ' /sys/kernel/debug ' /proc/mounts || mount -t debugfs none /sys/kernel/debug 2>/dev/null
 kvm_sample() {{
     for d in /sys/kernel/debug/kvm/$1-*; do
         [ -d "$d" ] || continue
