@@ -1,4 +1,5 @@
-//! net_throughput: the virtio-net device's throughput of 64 KiB frames, each way, on one core.
+//! net_throughput: the virtio-net device's throughput of 64 KiB frames, each way, on one core
+//! (`--frame` for other sizes: 1514 is a frame of the usual MTU).
 //!
 //! A test driver plays the guest: it lays the tx and rx split virtqueues (256 entries each,
 //! `EVENT_IDX`, as Linux negotiates them) out in a `GuestMemoryMmap` and has the device's own
@@ -33,7 +34,8 @@
 //!
 //! ```text
 //! cargo run --release -p virtkit-devices --example net_throughput -- \
-//!     [--seconds 0.5] [--reps 7] [--tx-depth 48] [--tx-seg-kib 16] [--rx-buf 4096] [--only TEXT]
+//!     [--frame 65536] [--seconds 0.5] [--reps 7] [--tx-depth 48] [--tx-seg-kib 16] \
+//!     [--rx-buf 4096] [--only TEXT]
 //! ```
 //!
 //! One `NETTHR {json}` line per measurement goes to stdout, a table to stderr.
@@ -52,8 +54,15 @@ use virtio_queue::{Queue, QueueT};
 use virtkit_devices::net::{NetBackend, NetHandler, NetMetrics, StreamBackend, VNET_HDR_LEN};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-/// The frame every measurement moves (Ethernet frame bytes, without the virtio-net header).
-const FRAME: usize = 64 << 10;
+/// The longest frame a measurement moves (Ethernet frame bytes, without the virtio-net header):
+/// the guest memory layout's slot for one.
+const MAX_FRAME: usize = 64 << 10;
+/// The frame every measurement moves (`--frame`, 64 KiB by default), set once at start.
+static FRAME_LEN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+fn frame_len() -> usize {
+    *FRAME_LEN.get().expect("set at start")
+}
 const QUEUE_SIZE: u16 = 256;
 /// Guest memory layout: the two queues' rings, the tx headers, the tx frames, the rx buffers.
 const TX_RING: u64 = 0x0;
@@ -61,7 +70,7 @@ const RX_RING: u64 = 0x4000;
 const TX_HEADERS: u64 = 0x8000;
 const TX_DATA: u64 = 0x10_0000;
 const MAX_TX_DEPTH: usize = 128;
-const RX_DATA: u64 = TX_DATA + (MAX_TX_DEPTH * FRAME) as u64;
+const RX_DATA: u64 = TX_DATA + (MAX_TX_DEPTH * MAX_FRAME) as u64;
 const MAX_RX_BUF: usize = 64 << 10;
 const MEM_SIZE: usize = RX_DATA as usize + QUEUE_SIZE as usize * MAX_RX_BUF;
 /// `num_buffers` in the virtio-net header.
@@ -146,13 +155,13 @@ fn memory() -> GuestMemoryMmap {
 
 /// A frame whose bytes say where they are.
 fn frame_bytes(seed: u8) -> Vec<u8> {
-    (0..FRAME)
+    (0..frame_len())
         .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 24) as u8 ^ seed)
         .collect()
 }
 
 /// The tx queue with `depth` chains laid out: chain `s` is a header descriptor and the frame
-/// at `TX_DATA + s * FRAME` in descriptors of `seg` bytes.
+/// at `TX_DATA + s * MAX_FRAME` in descriptors of `seg` bytes.
 struct TxDriver {
     ring: Ring,
     depth: usize,
@@ -160,7 +169,7 @@ struct TxDriver {
 
 impl TxDriver {
     fn new(mem: &GuestMemoryMmap, depth: usize, seg: usize) -> TxDriver {
-        let per_chain = 1 + FRAME.div_ceil(seg);
+        let per_chain = 1 + frame_len().div_ceil(seg);
         assert!(depth <= MAX_TX_DEPTH && depth * per_chain <= usize::from(QUEUE_SIZE));
         let ring = Ring::new(mem, TX_RING);
         let frame = frame_bytes(0);
@@ -169,11 +178,11 @@ impl TxDriver {
             let next = VRING_DESC_F_NEXT as u16;
             // A header of zeros: no offload asked for.
             ring.write_desc(mem, head, TX_HEADERS + 16 * slot as u64, VNET_HDR_LEN as u32, next, head + 1);
-            let data = TX_DATA + (slot * FRAME) as u64;
+            let data = TX_DATA + (slot * MAX_FRAME) as u64;
             mem.write_slice(&frame, GuestAddress(data)).expect("frame");
             for piece in 0..per_chain - 1 {
                 let index = head + 1 + piece as u16;
-                let len = seg.min(FRAME - piece * seg);
+                let len = seg.min(frame_len() - piece * seg);
                 let last = piece == per_chain - 2;
                 ring.write_desc(
                     mem,
@@ -252,7 +261,7 @@ impl RxDriver {
             self.got += len as usize;
             self.left -= 1;
             if self.left == 0 {
-                assert_eq!(self.got, VNET_HDR_LEN + FRAME, "a frame's bytes over its buffers");
+                assert_eq!(self.got, VNET_HDR_LEN + frame_len(), "a frame's bytes over its buffers");
                 frames += 1;
             }
             self.ring.offer(mem, head);
@@ -272,7 +281,7 @@ fn buf_addr(index: u16) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Backends and their peers
 
-/// Takes every frame; gives a frame of `FRAME` bytes whenever asked, leaving the buffer as it
+/// Takes every frame; gives a frame of `--frame` bytes whenever asked, leaving the buffer as it
 /// is (no copy: the device's own cost is what is measured).
 struct NullBackend {
     fd: UnixDatagram,
@@ -286,7 +295,7 @@ impl NetBackend for NullBackend {
         Ok(())
     }
     fn recv(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
-        Ok(FRAME)
+        Ok(frame_len())
     }
 }
 
@@ -298,7 +307,7 @@ struct PeerCount {
     cpu_s: f64,
 }
 
-/// Reads length-prefixed frames until end of file, counting them (and those not of `FRAME`
+/// Reads length-prefixed frames until end of file, counting them (and those not of `--frame`
 /// bytes).
 fn drain(mut peer: UnixStream) -> PeerCount {
     let mut count = PeerCount::default();
@@ -328,7 +337,7 @@ fn drain(mut peer: UnixStream) -> PeerCount {
             if have_prefix == 4 {
                 have_prefix = 0;
                 left = u32::from_be_bytes(prefix) as usize;
-                if left != FRAME {
+                if left != frame_len() {
                     count.bad += 1;
                 }
                 if left == 0 {
@@ -344,14 +353,16 @@ fn drain(mut peer: UnixStream) -> PeerCount {
 /// Writes length-prefixed frames as fast as the socket takes them, until the device's end is
 /// gone.
 fn feed(mut peer: UnixStream) -> PeerCount {
+    // At least 256 KiB per write, as a peer with much to send writes.
+    let per_write = (256 << 10) / frame_len() + 1;
     let mut batch = Vec::new();
-    for seed in 0..8u8 {
-        batch.extend_from_slice(&(FRAME as u32).to_be_bytes());
-        batch.extend_from_slice(&frame_bytes(seed));
+    for seed in 0..per_write {
+        batch.extend_from_slice(&(frame_len() as u32).to_be_bytes());
+        batch.extend_from_slice(&frame_bytes(seed as u8));
     }
     let mut count = PeerCount::default();
     while peer.write_all(&batch).is_ok() {
-        count.frames += 8;
+        count.frames += per_write as u64;
     }
     count.cpu_s = thread_cpu_s();
     count
@@ -443,7 +454,7 @@ struct Rate {
 
 impl Rate {
     fn gbps(&self) -> f64 {
-        (self.frames * FRAME as u64 * 8) as f64 / self.wall_s / 1e9
+        (self.frames * frame_len() as u64 * 8) as f64 / self.wall_s / 1e9
     }
     fn busy(&self) -> f64 {
         self.cpu_s / self.wall_s
@@ -451,6 +462,7 @@ impl Rate {
 }
 
 struct Args {
+    frame: usize,
     seconds: f64,
     reps: usize,
     tx_depth: usize,
@@ -538,15 +550,15 @@ fn check(args: &Args) {
     handler.set_mergeable(true);
     let mut tx = TxDriver::new(&mem, 1, args.tx_seg);
     handler.process_tx(&mut tx.ring.queue, &mem).expect("tx");
-    let mut got = vec![0u8; 4 + FRAME];
+    let mut got = vec![0u8; 4 + frame_len()];
     peer.read_exact(&mut got).expect("peer read");
-    assert_eq!(&got[..4], &(FRAME as u32).to_be_bytes());
+    assert_eq!(&got[..4], &(frame_len() as u32).to_be_bytes());
     assert!(got[4..] == frame_bytes(0)[..], "the tx frame arrived intact");
     assert_eq!(tx.recycle(&mem), 1);
 
     // rx: a frame from the peer lands over the guest's buffers behind a header.
     let sent = frame_bytes(0x5a);
-    peer.write_all(&(FRAME as u32).to_be_bytes()).expect("peer write");
+    peer.write_all(&(frame_len() as u32).to_be_bytes()).expect("peer write");
     peer.write_all(&sent).expect("peer write");
     let mut rx = RxDriver::new(&mem, args.rx_buf);
     let mut received = Vec::new();
@@ -572,12 +584,13 @@ fn check(args: &Args) {
         }
         thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(received.len(), VNET_HDR_LEN + FRAME, "one whole frame received");
+    assert_eq!(received.len(), VNET_HDR_LEN + frame_len(), "one whole frame received");
     assert!(received[VNET_HDR_LEN..] == sent[..], "the rx frame arrived intact");
 }
 
 fn args() -> Args {
     let mut a = Args {
+        frame: MAX_FRAME,
         seconds: 0.5,
         reps: 7,
         tx_depth: 48,
@@ -585,8 +598,8 @@ fn args() -> Args {
         rx_buf: 4096,
         only: None,
     };
-    let usage = "usage: net_throughput [--seconds S] [--reps N] [--tx-depth N] [--tx-seg-kib N] \
-                 [--rx-buf BYTES] [--only TEXT]";
+    let usage = "usage: net_throughput [--frame BYTES] [--seconds S] [--reps N] [--tx-depth N] \
+                 [--tx-seg-kib N] [--rx-buf BYTES] [--only TEXT]";
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -594,6 +607,7 @@ fn args() -> Args {
                 .unwrap_or_else(|| panic!("{arg} needs a value; {usage}"))
         };
         match arg.as_str() {
+            "--frame" => a.frame = value().parse().expect("--frame BYTES"),
             "--seconds" => a.seconds = value().parse().expect("--seconds S"),
             "--reps" => a.reps = value().parse().expect("--reps N"),
             "--tx-depth" => a.tx_depth = value().parse().expect("--tx-depth N"),
@@ -606,7 +620,12 @@ fn args() -> Args {
             }
         }
     }
-    let per_chain = 1 + FRAME.div_ceil(a.tx_seg.max(1));
+    assert!(
+        (60..=MAX_FRAME).contains(&a.frame),
+        "--frame between 60 and {MAX_FRAME} bytes"
+    );
+    FRAME_LEN.set(a.frame).expect("set once");
+    let per_chain = 1 + frame_len().div_ceil(a.tx_seg.max(1));
     assert!(
         a.seconds > 0.0 && a.reps >= 1 && a.tx_seg >= 1024 && a.tx_depth >= 1,
         "{usage}"
@@ -652,7 +671,7 @@ fn main() {
             rates[i].push(measure(&args, dir, kind));
         }
     }
-    let per_chain = 1 + FRAME.div_ceil(args.tx_seg);
+    let per_chain = 1 + frame_len().div_ceil(args.tx_seg);
     eprintln!(
         "{:<4} {:<7} {:>10} {:>22} {:>10} {:>14} {:>10}",
         "dir", "backend", "Gbit/s", "(min-max)", "core busy", "Gbit/s per core", "µs/frame"
@@ -669,17 +688,19 @@ fn main() {
         let list = |xs: &[f64]| xs.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(",");
         let sum = |f: fn(&Rate) -> u64| r.iter().map(f).sum::<u64>();
         println!(
-            "NETTHR {{\"dir\":\"{}\",\"backend\":\"{}\",\"frame\":{FRAME},\"seconds\":{},\"reps\":{},\
+            "NETTHR {{\"dir\":\"{}\",\"backend\":\"{}\",\"frame\":{},\"seconds\":{},\"reps\":{},\
              \"tx_depth\":{},\"tx_descriptors\":{per_chain},\"rx_buf\":{},\"gbps\":{:.3},\
-             \"busy\":{:.3},\"gbps_per_core\":{:.3},\"us_per_frame\":{:.3},\"peer_busy\":{:.3},\
+             \"mfps\":{:.4},\"busy\":{:.3},\"gbps_per_core\":{:.3},\"us_per_frame\":{:.3},\"peer_busy\":{:.3},\
              \"frames\":{},\"passes\":{},\"waits\":{},\"gbps_runs\":[{}],\"busy_runs\":[{}]}}",
             dir.name(),
             kind.name(),
+            frame_len(),
             args.seconds,
             args.reps,
             args.tx_depth,
             args.rx_buf,
             median(&gbps),
+            median(&r.iter().map(|x| x.frames as f64 / x.wall_s / 1e6).collect::<Vec<_>>()),
             median(&busy),
             median(&per_core),
             median(&us),
