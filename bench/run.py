@@ -263,7 +263,7 @@ TAP). A row is skipped, with its reason in the table and never with a figure, wh
 kernel with 1 vCPU, 256 MiB and one virtio-net PCI card (QEMU's without its option ROM,
 `romfile=`), and the guest initramfs with a second archive appended holding `bench/tcpbench.c`
 (compiled static) and a script. The guest configures its card statically (no DHCP), waits until
-the server answers, then runs, twice per boot, each for 4 s: **guest → host** (it sends, the
+the server answers, then runs, twice per boot, each for 3 s: **guest → host** (it sends, the
 server on the emulated host counts what it read and answers the count; timed from the first
 write to that answer), **host → guest** (the server sends, the guest counts; timed from the first
 byte to end of file) and **request/response** (1 byte out, 1 byte back, `TCP_NODELAY`, round
@@ -294,7 +294,7 @@ default 6), `--disk-runs N` (part 3, per VMM, default 12), `--blk-seconds S` and
 (part 5, guest boots per VMM, default 4), `--net-seconds S` and `--net-reps N` (part 6: seconds
 per measurement, default 0.5, and repetitions, default 7), `--net-runs N`, `--net-passes N` and
 `--net-guest-seconds S` (part 7: guest boots per VMM and row, default 3; passes per boot, default
-2; seconds per measurement, default 4), `--skip-emulated` (the same as leaving 2 out of
+2; seconds per measurement, default 3), `--skip-emulated` (the same as leaving 2 out of
 `--parts`), `--no-build`. The sections of the parts that ran are rewritten; those of the parts
 that did not run are kept from this file, each marked with the run it comes from, and so are
 their lines in the list of where virtkit is slower. Raw per-run data and the emulated hosts'
@@ -1964,8 +1964,8 @@ def main():
     ap.add_argument("--net-runs", type=int, default=3,
                     help="part 7 guest boots per VMM and attachment inside the emulated host "
                          "(at least 1; default 3)")
-    ap.add_argument("--net-guest-seconds", type=int, default=4,
-                    help="part 7 seconds of each send, recv and rr measurement (default 4)")
+    ap.add_argument("--net-guest-seconds", type=int, default=3,
+                    help="part 7 seconds of each send, recv and rr measurement (default 3)")
     ap.add_argument("--net-passes", type=int, default=2,
                     help="part 7 passes of send, recv and rr per guest boot (default 2)")
     ap.add_argument("--skip-emulated", action="store_true", help="skip part 2")

@@ -177,7 +177,14 @@ impl TxDriver {
             let head = (slot * per_chain) as u16;
             let next = VRING_DESC_F_NEXT as u16;
             // A header of zeros: no offload asked for.
-            ring.write_desc(mem, head, TX_HEADERS + 16 * slot as u64, VNET_HDR_LEN as u32, next, head + 1);
+            ring.write_desc(
+                mem,
+                head,
+                TX_HEADERS + 16 * slot as u64,
+                VNET_HDR_LEN as u32,
+                next,
+                head + 1,
+            );
             let data = TX_DATA + (slot * MAX_FRAME) as u64;
             mem.write_slice(&frame, GuestAddress(data)).expect("frame");
             for piece in 0..per_chain - 1 {
@@ -261,7 +268,11 @@ impl RxDriver {
             self.got += len as usize;
             self.left -= 1;
             if self.left == 0 {
-                assert_eq!(self.got, VNET_HDR_LEN + frame_len(), "a frame's bytes over its buffers");
+                assert_eq!(
+                    self.got,
+                    VNET_HDR_LEN + frame_len(),
+                    "a frame's bytes over its buffers"
+                );
                 frames += 1;
             }
             self.ring.offer(mem, head);
@@ -381,7 +392,11 @@ fn thread_cpu_s() -> f64 {
 
 /// Waits up to 100 ms for `fd` to be ready for `events` (as the worker waits in epoll).
 fn wait_for(fd: RawFd, events: libc::c_short) {
-    let mut p = libc::pollfd { fd, events, revents: 0 };
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd, its length 1.
     unsafe { libc::poll(&mut p, 1, 100) };
 }
@@ -416,16 +431,23 @@ impl Kind {
     }
 }
 
-/// A backend of `kind`, a descriptor to wait on, and the peer thread.
-fn backend(kind: Kind, dir: Dir) -> (Box<dyn NetBackend>, Option<UnixStream>, Option<JoinHandle<PeerCount>>) {
+/// A backend, the descriptor the driver waits on when the device would block (a duplicate of
+/// the backend's), and the thread on the other end.
+struct Attached {
+    backend: Box<dyn NetBackend>,
+    watch: Option<UnixStream>,
+    peer: Option<JoinHandle<PeerCount>>,
+}
+
+fn backend(kind: Kind, dir: Dir) -> Attached {
     match kind {
-        Kind::Null => (
-            Box::new(NullBackend {
+        Kind::Null => Attached {
+            backend: Box::new(NullBackend {
                 fd: UnixDatagram::unbound().expect("socket"),
             }),
-            None,
-            None,
-        ),
+            watch: None,
+            peer: None,
+        },
         Kind::Stream => {
             let (ours, peer) = UnixStream::pair().expect("socketpair");
             let watch = ours.try_clone().expect("dup");
@@ -433,11 +455,11 @@ fn backend(kind: Kind, dir: Dir) -> (Box<dyn NetBackend>, Option<UnixStream>, Op
                 Dir::Tx => thread::spawn(move || drain(peer)),
                 Dir::Rx => thread::spawn(move || feed(peer)),
             };
-            (
-                Box::new(StreamBackend::new(ours).expect("stream backend")),
-                Some(watch),
-                Some(thread),
-            )
+            Attached {
+                backend: Box::new(StreamBackend::new(ours).expect("stream backend")),
+                watch: Some(watch),
+                peer: Some(thread),
+            }
         }
     }
 }
@@ -474,7 +496,7 @@ struct Args {
 fn measure(args: &Args, dir: Dir, kind: Kind) -> Rate {
     let mem = memory();
     let metrics = Arc::new(NetMetrics::default());
-    let (backend, watch, peer) = backend(kind, dir);
+    let Attached { backend, watch, peer } = backend(kind, dir);
     let mut handler = NetHandler::new(backend, metrics.clone());
     handler.set_mergeable(true);
     let wait_fd = watch.as_ref().map(|w| w.as_raw_fd());
@@ -497,7 +519,11 @@ fn measure(args: &Args, dir: Dir, kind: Kind) -> Rate {
                 }
             }
             (wall_s, cpu_s) = (t0.elapsed().as_secs_f64(), thread_cpu_s() - c0);
-            assert_eq!(NetMetrics::get(&metrics.tx_frames), frames, "frames the backend took");
+            assert_eq!(
+                NetMetrics::get(&metrics.tx_frames),
+                frames,
+                "frames the backend took"
+            );
         }
         Dir::Rx => {
             let mut rx = RxDriver::new(&mem, args.rx_buf);
@@ -526,7 +552,11 @@ fn measure(args: &Args, dir: Dir, kind: Kind) -> Rate {
     if let (Dir::Tx, Some(p)) = (dir, &peer_count) {
         assert_eq!(p.bad, 0, "frames of the wrong length at the peer");
         // The last frame may still have been in the backend's staging buffer.
-        assert!(p.frames + 1 >= frames, "the peer got {} of {frames} frames", p.frames);
+        assert!(
+            p.frames + 1 >= frames,
+            "the peer got {} of {frames} frames",
+            p.frames
+        );
     }
     Rate {
         frames,
@@ -558,16 +588,15 @@ fn check(args: &Args) {
 
     // rx: a frame from the peer lands over the guest's buffers behind a header.
     let sent = frame_bytes(0x5a);
-    peer.write_all(&(frame_len() as u32).to_be_bytes()).expect("peer write");
+    peer.write_all(&(frame_len() as u32).to_be_bytes())
+        .expect("peer write");
     peer.write_all(&sent).expect("peer write");
     let mut rx = RxDriver::new(&mem, args.rx_buf);
     let mut received = Vec::new();
     for _ in 0..100 {
         handler.process_rx(&mut rx.ring.queue, &mem).expect("rx");
         let start = rx.ring.used_seen;
-        let idx: u16 = mem
-            .read_obj(GuestAddress(rx.ring.used + 2))
-            .expect("used idx");
+        let idx: u16 = mem.read_obj(GuestAddress(rx.ring.used + 2)).expect("used idx");
         let mut at = start;
         while at.0 != idx {
             let e = rx.ring.used + 4 + 8 * u64::from(at.0 % QUEUE_SIZE);
@@ -584,8 +613,15 @@ fn check(args: &Args) {
         }
         thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(received.len(), VNET_HDR_LEN + frame_len(), "one whole frame received");
-    assert!(received[VNET_HDR_LEN..] == sent[..], "the rx frame arrived intact");
+    assert_eq!(
+        received.len(),
+        VNET_HDR_LEN + frame_len(),
+        "one whole frame received"
+    );
+    assert!(
+        received[VNET_HDR_LEN..] == sent[..],
+        "the rx frame arrived intact"
+    );
 }
 
 fn args() -> Args {
@@ -681,10 +717,7 @@ fn main() {
         let gbps: Vec<f64> = r.iter().map(Rate::gbps).collect();
         let busy: Vec<f64> = r.iter().map(Rate::busy).collect();
         let per_core: Vec<f64> = r.iter().map(|x| x.gbps() / x.busy().max(1e-9)).collect();
-        let us: Vec<f64> = r
-            .iter()
-            .map(|x| x.cpu_s / x.frames.max(1) as f64 * 1e6)
-            .collect();
+        let us: Vec<f64> = r.iter().map(|x| x.cpu_s / x.frames.max(1) as f64 * 1e6).collect();
         let list = |xs: &[f64]| xs.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(",");
         let sum = |f: fn(&Rate) -> u64| r.iter().map(f).sum::<u64>();
         println!(

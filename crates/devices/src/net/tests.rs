@@ -292,7 +292,11 @@ fn the_stream_backend_gathers_small_frames_until_flushed() {
     for f in &big {
         backend.send(&[std::io::IoSlice::new(f)]).unwrap();
     }
-    assert_eq!(read_prefixed(&mut peer), big[0], "the first 64 KiB left on their own");
+    assert_eq!(
+        read_prefixed(&mut peer),
+        big[0],
+        "the first 64 KiB left on their own"
+    );
     backend.flush().unwrap();
     for f in &big[1..] {
         assert_eq!(&read_prefixed(&mut peer), f);

@@ -52,7 +52,12 @@ impl NetHandler {
     }
 
     /// The pass's frames, from the ring to the backend.
-    fn send_frames(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap, used: &mut bool) -> Result<(), QueueError> {
+    fn send_frames(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        used: &mut bool,
+    ) -> Result<(), QueueError> {
         for _ in 0..FRAME_BUDGET {
             if self.tx.is_none() && !self.take_chain(queue, mem, used)? {
                 return Ok(());
