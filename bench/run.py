@@ -277,7 +277,7 @@ which goes first); next to each ratio its 95 % range with the boots of each side
 part 5. No warm-up boot (part 5's first-touch effect is taken care of by touching 768 MiB of the
 emulated host's memory first).
 **Caveats:** as in part 5, everything runs under QEMU's software emulator: the absolute figures
-(a few Mbit/s to some tens) say nothing about hardware, and the emulated host's two vCPUs are
+(a few Mbit/s to about a hundred) say nothing about hardware, and the emulated host's two vCPUs are
 shared by the guest's vCPU, the VMM's threads, passt and the server, so the spread between passes
 is large; only the ratio means something, and its range says how much. The guest's MTU is 1500
 and neither backend takes the virtio-net header, so neither VMM offers checksum or segmentation
