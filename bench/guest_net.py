@@ -41,10 +41,11 @@ PASST_AFTER_BOOT = "kill $side 2>/dev/null; wait $side 2>/dev/null"
 
 # TAP: one persistent TAP for the row, the emulated host's end of the guest's link; both VMMs
 # attach to it by name. The emulated host needs /dev/net/tun (the tun module in its assets).
+# busybox's `ip` has no `tuntap`; its `tunctl -t` makes a persistent TAP.
 TAP_SETUP_ONCE = f"""[ -c /dev/net/tun ] || {{ skip 'no /dev/net/tun in the emulated host (tun module)'; return 1; }}
-    ip tuntap add dev {TAP} mode tap 2>/tmp/tap.err || {{ skip "ip tuntap add: $(cat /tmp/tap.err)"; return 1; }}
+    tunctl -t {TAP} >/tmp/tap.err 2>&1 || {{ skip "tunctl -t {TAP}: $(cat /tmp/tap.err)"; return 1; }}
     ip addr add 10.0.3.1/24 dev {TAP} && ip link set {TAP} up || {{ skip 'cannot configure {TAP}'; return 1; }}"""
-TAP_TEARDOWN = f"ip link del {TAP} 2>/dev/null"
+TAP_TEARDOWN = f"tunctl -d {TAP} >/dev/null 2>&1"
 VHOST_SETUP_ONCE = ("[ -c /dev/vhost-net ] || { skip 'no /dev/vhost-net in the emulated host "
                     "(vhost_net module)'; return 1; }\n    " + TAP_SETUP_ONCE)
 
