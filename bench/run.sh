@@ -1,9 +1,11 @@
 #!/bin/sh
 # bench/run.sh: virtkit vs QEMU benchmark (boot, boot in the emulated KVM host, a disk read
-# through SeaBIOS) and the disk backend's throughput against the host's file I/O. Builds what it
-# needs (release), runs the parts, prints the summary and writes bench/RESULTS.md. Options: see
-# bench/run.py --help (--parts 1,2,3,4, --runs N, --inner-runs N, --disk-runs N, --blk-seconds S,
-# --blk-reps N, --skip-emulated, --no-build). Not part of `cargo test`.
+# through SeaBIOS, the guest's disk and network I/O in the emulated KVM host) and the disk and
+# network devices' throughput without a VM. Builds what it needs (release), runs the parts,
+# prints the summary and writes bench/RESULTS.md. Options: see bench/run.py --help (--parts
+# 1,2,3,4,5,6,7, --runs N, --inner-runs N, --disk-runs N, --blk-seconds S, --blk-reps N,
+# --odirect-runs N, --net-seconds S, --net-reps N, --net-runs N, --net-passes N,
+# --net-guest-seconds S, --skip-emulated, --no-build). Not part of `cargo test`.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 if ! command -v python3 >/dev/null 2>&1; then
@@ -16,9 +18,9 @@ if ! command -v timeout >/dev/null 2>&1; then
 fi
 # Every step has its own timeout inside run.py; this one is the backstop for the whole run
 # (a release build from scratch included).
-timeout -k 30 2400 python3 bench/run.py "$@"
+timeout -k 30 3600 python3 bench/run.py "$@"
 rc=$?
 if [ $rc -eq 124 ]; then
-	echo "bench/run.sh: the benchmark did not finish within 40 minutes and was stopped" >&2
+	echo "bench/run.sh: the benchmark did not finish within 60 minutes and was stopped" >&2
 fi
 exit $rc

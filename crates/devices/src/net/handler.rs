@@ -107,6 +107,19 @@ impl NetHandler {
         &self.metrics
     }
 
+    /// Whether the driver took `VIRTIO_NET_F_MRG_RXBUF` (a frame may spread over several rx
+    /// chains). Activation sets it from the acked features; a driver that runs the handler
+    /// itself (the `net_throughput` benchmark) sets it here.
+    pub fn set_mergeable(&mut self, mergeable: bool) {
+        self.mergeable = mergeable;
+    }
+
+    /// The guest added rx buffers (what the worker does on an rx notification): a frame that
+    /// waited for buffers may fit now, and reading from the backend goes on.
+    pub fn rx_buffers_added(&mut self) {
+        self.rx_starved = false;
+    }
+
     /// Whether the backend is still there (the link is up).
     pub fn link_up(&self) -> bool {
         !self.backend_down

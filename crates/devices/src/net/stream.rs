@@ -3,8 +3,14 @@
 //!
 //! A stream carries no frame boundaries, so both directions keep a partial frame across calls:
 //! a send the socket took only part of is finished by [`NetBackend::flush`] before another is
-//! taken, and a frame read in pieces waits in the backend until it is whole. Both buffers are
-//! bounded by one frame (plus, on input, what one read brings).
+//! taken, and a frame read in pieces waits in the backend until it is whole.
+//!
+//! Frames sent in one pass of the device go out together: [`NetBackend::send`] gathers them
+//! behind their prefixes and [`NetBackend::flush`], which the device calls at the end of each tx
+//! pass, writes the batch with one `send` (or as soon as it holds [`OUT_BATCH`] bytes). One
+//! system call per frame is what a guest's small frames (1514 bytes at the usual MTU) would
+//! otherwise cost, on both sides of the socket; a lone frame still leaves at once, at the end of
+//! its pass. Both buffers are bounded: output by a batch and one frame, input by two frames.
 //!
 //! A listening backend ([`StreamBackend::listen`], QEMU's `-netdev stream,server=on`) has no
 //! peer until one connects: until then [`NetBackend::fd`] is the listening socket, a receive
@@ -25,6 +31,9 @@ const PREFIX_LEN: usize = 4;
 const MAX_LEN: usize = MAX_FRAME_LEN;
 /// Input buffer: two whole frames, so one read can bring the rest of one and much of the next.
 const IN_CAPACITY: usize = 2 * (PREFIX_LEN + MAX_LEN);
+/// Bytes of gathered frames that make `send` write them out without waiting for the end of the
+/// pass.
+const OUT_BATCH: usize = 64 << 10;
 
 #[derive(Debug)]
 pub struct StreamBackend {
@@ -32,9 +41,12 @@ pub struct StreamBackend {
     socket: Option<UnixStream>,
     /// Where a listening backend waits for its peer.
     listener: Option<UnixListener>,
-    /// The frame being written (prefix included) and how much of it went.
+    /// The frames being written (prefixes included) and how much of them went.
     out: Vec<u8>,
     out_done: usize,
+    /// What `out` holds was gathered and not tried yet (a batch), rather than left by a socket
+    /// that would block (which must go before another frame is taken).
+    gathering: bool,
     /// Bytes read and not yet handed out: `input[start..end]`.
     input: Box<[u8]>,
     start: usize,
@@ -58,8 +70,9 @@ impl StreamBackend {
         StreamBackend {
             socket,
             listener,
-            out: Vec::with_capacity(PREFIX_LEN + MAX_LEN),
+            out: Vec::with_capacity(OUT_BATCH + PREFIX_LEN + MAX_LEN),
             out_done: 0,
+            gathering: false,
             input: vec![0; IN_CAPACITY].into_boxed_slice(),
             start: 0,
             end: 0,
@@ -126,7 +139,6 @@ impl NetBackend for StreamBackend {
             // No peer yet: the frame goes nowhere, as on an unplugged cable.
             return Ok(());
         }
-        self.flush()?;
         let len: usize = frame.iter().map(|s| s.len()).sum();
         if len > MAX_LEN {
             return Err(io::Error::new(
@@ -134,14 +146,21 @@ impl NetBackend for StreamBackend {
                 format!("a frame of {len} bytes; at most {MAX_LEN}"),
             ));
         }
-        // One copy into a staging buffer: one `send` per frame (prefix and all), and what the
-        // socket does not take now stays here for `flush`.
-        self.out.clear();
+        if !self.gathering {
+            // What a full socket left goes first; while it cannot, this frame is not taken.
+            self.flush()?;
+        }
+        // One copy into the staging buffer, behind the frames gathered so far: one `send`
+        // carries them all (prefixes and frames), and what the socket does not take now stays
+        // here for `flush`.
         self.out.extend_from_slice(&(len as u32).to_be_bytes());
         for piece in frame {
             self.out.extend_from_slice(piece);
         }
-        self.out_done = 0;
+        self.gathering = true;
+        if self.out.len() - self.out_done < OUT_BATCH {
+            return Ok(());
+        }
         match self.flush() {
             Err(e) if would_block(&e) => Ok(()),
             other => other,
@@ -149,6 +168,8 @@ impl NetBackend for StreamBackend {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        // Whatever is left after this call is a remainder the socket refused, not a batch.
+        self.gathering = false;
         let Some(socket) = &self.socket else {
             return Ok(());
         };
@@ -157,6 +178,7 @@ impl NetBackend for StreamBackend {
             match send(socket, &self.out[self.out_done..], SendFlags::NOSIGNAL) {
                 Ok(0) => {
                     self.out.clear();
+                    self.out_done = 0;
                     return Err(io::ErrorKind::WriteZero.into());
                 }
                 Ok(n) => self.out_done += n,
@@ -164,7 +186,7 @@ impl NetBackend for StreamBackend {
                 Err(e) => {
                     let e = io::Error::from(e);
                     if !would_block(&e) {
-                        // The rest of the frame cannot go; the stream is unusable anyway.
+                        // The rest cannot go; the stream is unusable anyway.
                         self.out.clear();
                         self.out_done = 0;
                     }
@@ -172,6 +194,8 @@ impl NetBackend for StreamBackend {
                 }
             }
         }
+        self.out.clear();
+        self.out_done = 0;
         Ok(())
     }
 

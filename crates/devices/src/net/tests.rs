@@ -277,6 +277,62 @@ fn a_full_stream_socket_holds_tx_chains_and_they_go_in_order_when_the_peer_reads
 }
 
 #[test]
+fn small_frames_of_one_pass_are_gathered_and_all_reach_the_peer_when_the_pass_ends() {
+    let mem = memory(MEM_SIZE);
+    let vq = mock(&mem, 1);
+    let frames: Vec<Vec<u8>> = (0..8).map(|i| frame(1514, i as u8)).collect();
+    let mut descs = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        descs.extend(tx_chain(&mem, DATA + 0x2_0000 * i as u64, f, &[], i as u16));
+    }
+    vq.add_desc_chains(&descs, 0).unwrap();
+    let mut q = queue(&vq);
+    let (backend, mut peer) = stream_pair();
+    let (mut h, metrics) = handler(backend, false);
+    assert!(h.process_tx(&mut q, &mem).unwrap());
+    assert_eq!(used_idx(&mem, used_ring(&vq)), 8);
+    assert!(!h.wants_output(), "the batch went out at the end of the pass");
+    // No other pass: what the peer reads was written by the one that ended.
+    let got: Vec<Vec<u8>> = (0..8).map(|_| read_prefixed(&mut peer)).collect();
+    assert!(got == frames, "every frame, whole and in order");
+    assert_eq!(get(&metrics.tx_frames), 8);
+}
+
+#[test]
+fn the_stream_backend_gathers_small_frames_until_flushed() {
+    let (mut backend, mut peer) = stream_pair();
+    peer.set_nonblocking(true).unwrap();
+    let a = frame(100, 1);
+    let b = frame(200, 2);
+    backend.send(&[std::io::IoSlice::new(&a)]).unwrap();
+    backend.send(&[std::io::IoSlice::new(&b)]).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        peer.read(&mut byte).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "gathered frames wait for the flush"
+    );
+    backend.flush().unwrap();
+    peer.set_nonblocking(false).unwrap();
+    assert_eq!(read_prefixed(&mut peer), a);
+    assert_eq!(read_prefixed(&mut peer), b);
+    // A batch of 64 KiB goes without waiting for the flush.
+    let big: Vec<Vec<u8>> = (0..50).map(|i| frame(1514, i as u8)).collect();
+    for f in &big {
+        backend.send(&[std::io::IoSlice::new(f)]).unwrap();
+    }
+    assert_eq!(
+        read_prefixed(&mut peer),
+        big[0],
+        "the first 64 KiB left on their own"
+    );
+    backend.flush().unwrap();
+    for f in &big[1..] {
+        assert_eq!(&read_prefixed(&mut peer), f);
+    }
+}
+
+#[test]
 fn hostile_tx_chains_are_refused_and_counted_never_a_panic() {
     let mem = memory(MEM_SIZE);
     let vq = mock(&mem, 1);
@@ -869,6 +925,8 @@ fn a_listening_backend_drops_frames_until_its_peer_connects_then_carries_both_wa
     };
     assert_eq!(&buf[..n], &frame(90, 2)[..]);
     backend.send(&[IoSlice::new(&frame(70, 3))]).unwrap();
+    // The end of the device's tx pass writes what the pass gathered.
+    backend.flush().unwrap();
     assert_eq!(
         read_prefixed(&mut peer),
         frame(70, 3),

@@ -16,30 +16,54 @@ use super::metrics::NetMetrics;
 
 impl NetHandler {
     /// Sends the guest's frames until the ring is empty, the backend would block or the budget
-    /// ran out; returns whether chains were used.
+    /// ran out; returns whether chains were used. What the backend gathered of them (a stream's
+    /// batch) is written out before returning.
     pub fn process_tx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
-        let mut used = false;
         self.tx_blocked = false;
-        if !self.backend_down {
-            match self.backend.flush() {
-                Ok(()) => {}
-                Err(e) if would_block(&e) => {
-                    self.tx_blocked = true;
-                    return Ok(used);
-                }
-                Err(e) => {
-                    warn_ratelimited!("virtio-net: a frame could not be finished: {e}");
-                    NetMetrics::add(&self.metrics.tx_dropped, 1);
-                    self.backend_failed(&e);
-                }
+        if !self.flush_backend() {
+            return Ok(false);
+        }
+        let mut used = false;
+        let result = self.send_frames(queue, mem, &mut used);
+        if !self.tx_blocked {
+            self.flush_backend();
+        }
+        result.map(|()| used)
+    }
+
+    /// Has the backend write out what it holds; `false` if it would block (`tx_blocked` set).
+    fn flush_backend(&mut self) -> bool {
+        if self.backend_down {
+            return true;
+        }
+        match self.backend.flush() {
+            Ok(()) => true,
+            Err(e) if would_block(&e) => {
+                self.tx_blocked = true;
+                false
+            }
+            Err(e) => {
+                warn_ratelimited!("virtio-net: a frame could not be finished: {e}");
+                NetMetrics::add(&self.metrics.tx_dropped, 1);
+                self.backend_failed(&e);
+                true
             }
         }
+    }
+
+    /// The pass's frames, from the ring to the backend.
+    fn send_frames(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        used: &mut bool,
+    ) -> Result<(), QueueError> {
         for _ in 0..FRAME_BUDGET {
-            if self.tx.is_none() && !self.take_chain(queue, mem, &mut used)? {
-                return Ok(used);
+            if self.tx.is_none() && !self.take_chain(queue, mem, used)? {
+                return Ok(());
             }
             if !self.tx_ready && !self.read_frame(mem) {
-                self.complete_tx(queue, mem, &mut used)?;
+                self.complete_tx(queue, mem, used)?;
                 continue;
             }
             if !self.backend_down {
@@ -55,7 +79,7 @@ impl NetHandler {
                     Err(e) if would_block(&e) => {
                         NetMetrics::add(&self.metrics.tx_blocked, 1);
                         self.tx_blocked = true;
-                        return Ok(used);
+                        return Ok(());
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
@@ -68,10 +92,10 @@ impl NetHandler {
                 // The cable is out: the frame goes nowhere, and the guest must not stall on it.
                 NetMetrics::add(&self.metrics.tx_dropped, 1);
             }
-            self.complete_tx(queue, mem, &mut used)?;
+            self.complete_tx(queue, mem, used)?;
         }
         self.more = true;
-        Ok(used)
+        Ok(())
     }
 
     /// Pops the next chain as the pending frame; `false` when the ring is empty. Refused chains

@@ -189,8 +189,7 @@ impl EventHandler for Worker {
         match token {
             RX_TOKEN => {
                 let _ = self.rx.event.read();
-                // The guest added buffers: a waiting frame may fit, reading may go on.
-                self.handler.rx_starved = false;
+                self.handler.rx_buffers_added();
             }
             TX_TOKEN => {
                 let _ = self.tx.event.read();
