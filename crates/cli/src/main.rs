@@ -52,6 +52,9 @@ enum Command {
     /// Print a running VM's IP address (`--wait S` for the guest to take one; `--format json`:
     /// every network card with its MAC and addresses).
     Ip(commands::ip::IpArgs),
+    /// Connect standard input and output to a running VM's vsock port (through its
+    /// `vsock.sock`; an ssh ProxyCommand).
+    VsockProxy(commands::vsock_proxy::VsockProxyArgs),
     /// Print a VM's console output (of the current or last run).
     Logs(commands::logs::LogsArgs),
     /// Copy a stopped VM, with a new machine identifier (reflinked where the file system can).
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::Console(args) => commands::console::run(&args),
         Command::Logs(args) => commands::logs::run(&args),
         Command::Ip(args) => commands::ip::run(&args),
+        Command::VsockProxy(args) => commands::vsock_proxy::run(&args),
         Command::Clone(args) => commands::clone::run(&args),
         Command::Delete(args) => commands::delete::run(&args),
         Command::Images(args) => commands::images::run(&args),

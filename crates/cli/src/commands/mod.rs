@@ -16,3 +16,4 @@ pub mod network_flags;
 pub mod run;
 pub mod validate;
 pub mod vms;
+pub mod vsock_proxy;

@@ -11,6 +11,7 @@ mod block;
 mod console;
 mod entropy;
 mod net;
+mod socket;
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -26,6 +27,7 @@ pub use net::{
     parse_mac, passt_log_name, Framing, NetworkAttachment, NetworkDeviceConfiguration, NicAddresses,
     PortProtocol, PublishedPort, DEFAULT_MAC_PREFIX,
 };
+pub use socket::{SocketDeviceConfiguration, DEFAULT_GUEST_CID};
 use virtkit_devices::balloon::BalloonHandle;
 use virtkit_devices::console::ConsoleHandle;
 
@@ -62,6 +64,10 @@ pub enum DeviceError {
     },
     #[error("cannot set up the network card {name}: {message}")]
     Network { name: String, message: String },
+    #[error("cannot set up the socket device's host side")]
+    SocketHost(#[source] virtkit_devices::vsock::HostError),
+    #[error("cannot create the socket device")]
+    SocketDevice(#[source] virtkit_devices::vsock::VsockError),
     #[error("this machine has no memory balloon; add one (`memory_balloon_devices`, or `--balloon` when it is created)")]
     NoBalloon,
     #[error("a balloon target of {target} bytes is more than the machine's {memory} bytes of memory")]
@@ -113,6 +119,7 @@ pub(crate) fn validate_devices(config: &VirtualMachineConfiguration, issues: &mu
     entropy::validate(&config.entropy_devices, issues);
     balloon::validate(&config.memory_balloon_devices, issues);
     console::validate(&config.console_devices, issues);
+    socket::validate(&config.socket_devices, issues);
     net::validate(
         &config.network_devices,
         config.platform.machine_identifier.as_ref(),
@@ -124,6 +131,7 @@ pub(crate) fn validate_devices(config: &VirtualMachineConfiguration, issues: &mu
         (config.memory_balloon_devices.len(), "memory balloons"),
         (config.console_devices.len(), "console devices"),
         (config.network_devices.len(), "network devices"),
+        (config.socket_devices.len(), "socket devices"),
     ];
     let used: usize = counts.iter().map(|(n, _)| n).sum();
     if used > DEVICE_SLOTS {
@@ -151,6 +159,7 @@ impl DeviceManager {
         entropy::attach(&manager, machine, &config.entropy_devices)?;
         balloon::attach(&manager, machine, &config.memory_balloon_devices)?;
         console::attach(&manager, machine, &mut config.console_devices)?;
+        socket::attach(&manager, machine, &config.socket_devices)?;
         net::attach(
             &manager,
             machine,
