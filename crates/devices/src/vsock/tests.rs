@@ -766,3 +766,14 @@ fn fuzz_entry_point_survives_pseudo_random_inputs() {
         fuzz::fuzz_queue(&data);
     }
 }
+
+#[test]
+fn fuzz_seeds_run_clean() {
+    for seed in [
+        &include_bytes!("../../../../fuzz/corpus/virtio_vsock_queue/connect_rw_shutdown")[..],
+        include_bytes!("../../../../fuzz/corpus/virtio_vsock_queue/refused_request"),
+        include_bytes!("../../../../fuzz/corpus/virtio_vsock_queue/bad_len_and_type"),
+    ] {
+        fuzz::fuzz_queue(seed);
+    }
+}
