@@ -54,6 +54,11 @@ until grep -q "VT listening" $W/vs.raw 2>/dev/null || [ $(date +%s) -ge $end ] |
     sleep 0.2
 done
 echo "CASE echo: socket=$([ -S $S ] && echo 1 || echo 0) mode=$(stat -c %a $S)"
+# First the refused connection (the guest's echo server ends the guest once it has served).
+t0=$(date +%s)
+timeout 60 $VIRTKIT vsock-proxy $S 5003 </dev/null >/dev/null 2>$W/rst.err
+echo "CASE rst: proxy-exit=$? seconds=$(($(date +%s) - t0))"
+sed "s/^/CASE rst: err: /" $W/rst.err
 head -c 1048576 /dev/urandom >$W/to-guest
 echo "CASE echo: sent=$(sha256sum <$W/to-guest | cut -d' ' -f1)"
 t0=$(date +%s)
@@ -61,10 +66,6 @@ timeout 120 $VIRTKIT vsock-proxy $S 5000 <$W/to-guest >$W/echoed 2>$W/echo.err
 echo "CASE echo: proxy-exit=$? seconds=$(($(date +%s) - t0))"
 echo "CASE echo: got=$(sha256sum <$W/echoed | cut -d' ' -f1) bytes=$(wc -c <$W/echoed)"
 sed "s/^/CASE echo: err: /" $W/echo.err
-t0=$(date +%s)
-timeout 60 $VIRTKIT vsock-proxy $S 5003 </dev/null >/dev/null 2>$W/rst.err
-echo "CASE rst: proxy-exit=$? seconds=$(($(date +%s) - t0))"
-sed "s/^/CASE rst: err: /" $W/rst.err
 wait $vm
 wait $sink
 echo "CASE sink: from-guest=$(sha256sum <$W/from-guest | cut -d' ' -f1) bytes=$(wc -c <$W/from-guest)"
@@ -93,7 +94,9 @@ fn build_peer(dir: &Path) -> Option<PathBuf> {
             None
         }
         Err(e) => {
-            virtkit_testkit::skip(&format!("no C compiler (`cc`: {e}); apt-get install gcc libc6-dev"));
+            virtkit_testkit::skip(&format!(
+                "no C compiler (`cc`: {e}); apt-get install gcc libc6-dev"
+            ));
             None
         }
     }
@@ -104,7 +107,8 @@ fn add_peer(initrd: &Path, peer: &Path) {
     let mut data = std::fs::read(initrd).unwrap();
     data.resize(data.len().next_multiple_of(4), 0);
     let mut w = CpioWriter::new(data);
-    w.file("vt/vsock_peer", 0o755, &std::fs::read(peer).unwrap()).unwrap();
+    w.file("vt/vsock_peer", 0o755, &std::fs::read(peer).unwrap())
+        .unwrap();
     std::fs::write(initrd, w.finish().unwrap()).unwrap();
 }
 
@@ -112,14 +116,21 @@ fn add_peer(initrd: &Path, peer: &Path) {
 fn a_guest_talks_to_the_host_over_vsock_both_ways() {
     let Some(assets) = prerequisites() else { return };
     let scratch = Scratch::new("vsock-peer");
-    let Some(peer) = build_peer(&scratch.0) else { return };
+    let Some(peer) = build_peer(&scratch.0) else {
+        return;
+    };
     // The guest's initrd: the asset initramfs, the script, then the peer program.
     let initrd = scratch.0.join("initrd-vsock");
     initrd_with_scripts(&assets, &initrd, &[("vs", GUEST)]);
     add_peer(&initrd, &peer);
-    let out = run_guest_script_with(&assets, "vsock", &[], &[(initrd.as_path(), "initrd-vs")], SCRIPT, |run| {
-        run.program("PEER", &peer)
-    });
+    let out = run_guest_script_with(
+        &assets,
+        "vsock",
+        &[],
+        &[(initrd.as_path(), "initrd-vs")],
+        SCRIPT,
+        |run| run.program("PEER", &peer),
+    );
     let Some(out) = out else { return };
     let vs = case_lines(&out, "vs").join("\n");
     let echo = case_lines(&out, "echo").join("\n");
@@ -128,7 +139,10 @@ fn a_guest_talks_to_the_host_over_vsock_both_ways() {
     assert_value(&out, "echo", "socket", "1");
     assert_value(&out, "echo", "mode", "600");
     // Host to guest and back: 1 MiB through vsock-proxy, echoed unchanged.
-    assert!(vs.contains("VT echo-listening"), "the guest never listened:\n{vs}");
+    assert!(
+        vs.contains("VT echo-listening"),
+        "the guest never listened:\n{vs}"
+    );
     assert_value(&out, "echo", "proxy-exit", "0");
     let sent = case_value(&out, "echo", "sent").expect("the host's sum");
     assert_value(&out, "echo", "got", sent);
@@ -140,13 +154,20 @@ fn a_guest_talks_to_the_host_over_vsock_both_ways() {
     assert_value(&out, "sink", "from-guest", guest_sum);
     // Nobody listens on the host's 5002: the guest's connect fails at once (RST).
     assert_value(&out, "vs", "connect", "ECONNRESET");
-    let ms: u64 = case_value(&out, "vs", "ms").and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+    let ms: u64 = case_value(&out, "vs", "ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
     assert!(ms < 2000, "the refused connect took {ms} ms:\n{vs}");
     // Nobody listens on the guest's 5003: vsock-proxy fails fast and says why.
     let rst = case_lines(&out, "rst").join("\n");
     let code = case_value(&out, "rst", "proxy-exit");
-    assert!(code.is_some_and(|c| c != "0" && c != "124"), "vsock-proxy to a closed port: {code:?}\n{rst}");
-    let seconds: u64 = case_value(&out, "rst", "seconds").and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+    assert!(
+        code.is_some_and(|c| c != "0" && c != "124"),
+        "vsock-proxy to a closed port: {code:?}\n{rst}"
+    );
+    let seconds: u64 = case_value(&out, "rst", "seconds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
     assert!(seconds <= 3, "the refused proxy took {seconds} s:\n{rst}");
     assert!(rst.contains("refused the connection to vsock port 5003"), "{rst}");
     assert!(vs.contains("VT vsock-done"), "{vs}");

@@ -30,12 +30,16 @@ pub struct VsockProxyArgs {
 pub fn run(args: &VsockProxyArgs) -> Result<u8, CliError> {
     let path = socket_path(&args.name)?;
     let mut stream = UnixStream::connect(&path).map_err(|e| {
-        CliError::with_chain(
+        let hint = if args.name.contains('/') {
+            "is the VM that serves it running?".to_owned()
+        } else {
             format!(
-                "cannot reach the vsock socket {} (is the VM running? start it with `virtkit run {} --detach`)",
-                path.display(),
+                "is the VM running? start it with `virtkit run {} --detach`",
                 args.name
-            ),
+            )
+        };
+        CliError::with_chain(
+            format!("cannot reach the vsock socket {} ({hint})", path.display()),
             &e,
         )
     })?;
@@ -78,6 +82,9 @@ fn handshake(stream: &mut UnixStream, port: u32) -> Result<(), CliError> {
                 break;
             }
             Ok(_) => line.push(byte[0]),
+            // The device closes a refused client's socket; Linux reports ECONNRESET when the
+            // line it sent was still unread in the device's buffer at that moment.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 return Err(CliError::new(format!(
                     "the guest did not answer a connection to vsock port {port} within {} s",

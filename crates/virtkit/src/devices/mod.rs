@@ -99,6 +99,9 @@ pub struct DeviceManager {
     consoles: Mutex<Vec<ConsoleHandle>>,
     /// Each network card's address watch.
     nics: Mutex<Vec<net::NicRuntime>>,
+    /// The socket devices' host sockets, removed when the machine's devices are released
+    /// (the device itself may outlive it in the machine's bus).
+    socket_files: Mutex<Vec<net::SocketFile>>,
     /// The passt processes of NAT cards. [`DeviceManager::release`] leaves them: it runs on the
     /// `vmm` thread, whose seccomp filter allows neither `kill` nor `wait4`. The handles stop
     /// and reap passt when the manager is dropped, on the thread that owns the machine
@@ -346,6 +349,17 @@ impl DeviceManager {
         self.consoles.lock().unwrap_or_else(|p| p.into_inner()).clear();
         // passt's handles stay: see `helpers`.
         self.nics.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.socket_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    fn add_socket_file(&self, path: std::path::PathBuf) {
+        self.socket_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(net::SocketFile::new(path));
     }
 
     fn for_each(

@@ -83,6 +83,7 @@ pub(super) fn attach(
             source,
         })?;
         manager.add("vsock", attached);
+        manager.add_socket_file(device.uds_path.clone());
     }
     Ok(())
 }
