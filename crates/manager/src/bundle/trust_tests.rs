@@ -34,7 +34,6 @@ impl Home {
             keep_restore_image: false,
             ports: Vec::new(),
             network_devices: Vec::new(),
-            socket_devices: Vec::new(),
         };
         Bundle::create(&self.0, name, &spec, &mut |_, _| {}).unwrap()
     }
@@ -217,7 +216,6 @@ fn names_differing_only_in_case_clash() {
         keep_restore_image: false,
         ports: Vec::new(),
         network_devices: Vec::new(),
-        socket_devices: Vec::new(),
     };
     let e = Bundle::create(&home.0, "Web", &spec, &mut |_, _| {}).unwrap_err();
     assert_eq!(
@@ -309,7 +307,6 @@ fn sockets_that_would_not_fit_are_refused_at_create() {
         keep_restore_image: false,
         ports: Vec::new(),
         network_devices: Vec::new(),
-        socket_devices: Vec::new(),
     };
     let e = Bundle::create(&home.0, "a-rather-long-vm-name", &spec, &mut |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("a Unix socket address holds"), "{e}");
