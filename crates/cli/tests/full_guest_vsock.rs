@@ -37,6 +37,12 @@ while kill -0 $echo_pid 2>/dev/null && [ "$(cut -d. -f1 /proc/uptime)" -lt $end 
 say vsock-done
 "#;
 
+/// The named VM: one echo, then power off.
+const GUEST_NAMED: &str = r#"
+/vt/vsock_peer echo 5000 2>&1
+say named-done
+"#;
+
 const SCRIPT: &str = r#"
 S=$W/vsock.sock
 $PEER unix-sink ${S}_5001 >$W/from-guest 2>$W/sink.err &
@@ -72,6 +78,28 @@ echo "CASE sink: from-guest=$(sha256sum <$W/from-guest | cut -d' ' -f1) bytes=$(
 sed "s/^/CASE sink: err: /" $W/sink.err
 echo "CASE echo: socket-left=$([ -e $S ] && echo 1 || echo 0)"
 dmesg | grep -E 'type=1326|seccomp' | sed "s/^/CASE vs: dmesg: /"
+
+# A named VM: its socket is vsock.sock in the bundle, and `vsock-proxy NAME PORT` finds it.
+export VIRTKIT_HOME=$W/home
+$VIRTKIT create nv --kernel $G/vmlinuz --initrd $G/initrd-vs --memory 128M --cpus 1 --disk-size 1M \
+    --network none \
+    --cmdline "console=ttyS0 quiet virtkit.run=\"sh /vt/nv.sh\" virtkit.action=poweroff" >/dev/null 2>&1
+echo "CASE named: create=$?"
+$VIRTKIT run nv --detach >/dev/null; echo "CASE named: run=$?"
+echo "CASE named: get $($VIRTKIT get nv --format json | tr -d ' \n')"
+clog=$VIRTKIT_HOME/vms/nv/console.log
+end=$(($(date +%s) + 150))
+until grep -q "VT echo-listening" $clog 2>/dev/null || [ $(date +%s) -ge $end ]; do sleep 0.2; done
+head -c 65536 /dev/urandom >$W/small
+echo "CASE named: sent=$(sha256sum <$W/small | cut -d' ' -f1)"
+timeout 60 $VIRTKIT vsock-proxy nv 5000 <$W/small >$W/small-echoed 2>$W/named.err
+echo "CASE named: proxy-exit=$?"
+echo "CASE named: got=$(sha256sum <$W/small-echoed | cut -d' ' -f1)"
+sed "s/^/CASE named: err: /" $W/named.err
+end=$(($(date +%s) + 150))
+until ! $VIRTKIT list | grep -q '^nv  *running' || [ $(date +%s) -ge $end ]; do sleep 0.5; done
+tr -d '\r' <$clog | grep '^VT ' | sed "s/^/CASE named: /"
+echo "CASE named: socket-left=$([ -e $VIRTKIT_HOME/vms/nv/vsock.sock ] && echo 1 || echo 0)"
 "#;
 
 /// Builds `tests/guest/vsock_peer.c` static into `dir`; `None` (after a SKIPPED line) without a
@@ -121,7 +149,7 @@ fn a_guest_talks_to_the_host_over_vsock_both_ways() {
     };
     // The guest's initrd: the asset initramfs, the script, then the peer program.
     let initrd = scratch.0.join("initrd-vsock");
-    initrd_with_scripts(&assets, &initrd, &[("vs", GUEST)]);
+    initrd_with_scripts(&assets, &initrd, &[("vs", GUEST), ("nv", GUEST_NAMED)]);
     add_peer(&initrd, &peer);
     let out = run_guest_script_with(
         &assets,
@@ -174,4 +202,29 @@ fn a_guest_talks_to_the_host_over_vsock_both_ways() {
     assert_value(&out, "vs", "exit", "0");
     assert_value(&out, "echo", "socket-left", "0");
     let _ = echo;
+    a_named_vm_has_its_socket_in_the_bundle(&out);
+}
+
+/// The `named` case: `vsock.sock` in the bundle, shown by `get`, reached by `vsock-proxy NAME`.
+fn a_named_vm_has_its_socket_in_the_bundle(out: &str) {
+    let named = case_lines(out, "named").join("\n");
+    assert_value(out, "named", "create", "0");
+    assert_value(out, "named", "run", "0");
+    let get_line = case_lines(out, "named")
+        .into_iter()
+        .find_map(|l| l.strip_prefix("get "))
+        .unwrap_or_else(|| panic!("no `get` output:\n{named}"));
+    let get: serde_json::Value = serde_json::from_str(get_line).unwrap_or_else(|e| panic!("{e}: {get_line}"));
+    assert_eq!(get["vsock"]["guest_cid"], 3, "{get}");
+    assert!(
+        get["vsock"]["socket"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("/vms/nv/vsock.sock")),
+        "{get}"
+    );
+    assert_value(out, "named", "proxy-exit", "0");
+    let sent = case_value(out, "named", "sent").expect("the host's sum");
+    assert_value(out, "named", "got", sent);
+    assert!(named.contains("VT named-done"), "{named}");
+    assert_value(out, "named", "socket-left", "0");
 }
