@@ -399,15 +399,19 @@ fn the_host_reading_again_sends_the_starved_guest_a_credit_update() {
         sent += chunk.len();
     }
     // Credit updates so far (the host socket's buffer took some) are not the point.
-    let _ = rig.driver.recv();
+    let before: Vec<(u16, u32)> = rig.driver.recv().iter().map(|(h, _)| (h.op, h.fwd_cnt)).collect();
+    let held_before = rig.handler.muxer.held(1027, 40002);
     // The host drains everything: the device forwards the rest and tells the guest.
     let mut got = vec![0u8; sent];
+    // The reader hands its socket back: closing it would be the host's EOF, a SHUTDOWN that
+    // carries the credit in place of the CREDIT_UPDATE looked for here.
     let reader = std::thread::spawn(move || {
         served.read_exact(&mut got).unwrap();
-        got
+        (got, served)
     });
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut update = None;
+    let mut seen: Vec<(u16, u32, u32)> = Vec::new();
     while (update.is_none() || !reader.is_finished()) && Instant::now() < deadline {
         rig.pump();
         if let Some(found) = rig
@@ -419,11 +423,23 @@ fn the_host_reading_again_sends_the_starved_guest_a_credit_update() {
             update = Some(found);
         }
     }
-    let (hdr, _) = update.expect("a CREDIT_UPDATE");
+    let (hdr, _) = update.unwrap_or_else(|| {
+        panic!(
+            "no CREDIT_UPDATE: seen {seen:?} before {before:?} held then {held_before:?}; rx used {} of {}, \
+             held {:?}, sent {sent}, reader done {}",
+            rig.driver.used_seen[RXQ],
+            rig.driver.avail[RXQ],
+            rig.handler.muxer.held(1027, 40002),
+            reader.is_finished()
+        )
+    });
     assert_eq!(hdr.buf_alloc, CONN_BUF);
     assert!(hdr.fwd_cnt > 0);
-    let got = reader.join().unwrap();
+    let (got, _served) = reader.join().unwrap();
     assert!(got.iter().all(|b| *b == 7));
+    // The guest heard of the room the host made.
+    let last_before = before.iter().map(|(_, fwd)| *fwd).max().unwrap_or(0);
+    assert!(hdr.fwd_cnt > last_before, "{seen:?} after {before:?}");
 }
 
 #[test]
@@ -722,31 +738,49 @@ fn the_worker_relays_a_host_connection() {
     let mut device = Vsock::new(CID, UnixHost::bind(&sock).unwrap()).unwrap();
     let mut driver = Driver::new();
     driver.give_rx(16);
+    // The driver's kicks: the queues' eventfds, kept before the queues go to the worker.
+    let kick_tx = driver.queues[TXQ].event.try_clone().unwrap();
+    let kick_rx = driver.queues[RXQ].event.try_clone().unwrap();
     let interrupt = Arc::new(RecordingInterrupt::default());
     let queues = std::mem::take(&mut driver.queues);
     let features = device.features();
     device
         .activate(driver.mem.clone(), interrupt.clone(), queues, features)
         .unwrap();
+    // A host client asks for the guest's port 5000: the worker wakes on the listener.
     let mut client = UnixStream::connect(&sock).unwrap();
     client.write_all(b"CONNECT 5000\n").unwrap();
     assert!(interrupt.wait_for(Signal::UsedQueue(0), Duration::from_secs(5)));
     let got = driver.recv();
     assert_eq!(got[0].0.op, op::REQUEST);
-    // The queues are the worker's now: put them back to add the RESPONSE, as a driver would
-    // with the device asleep.
-    let queues = device.sleep().unwrap().unwrap();
-    driver.queues = queues;
-    driver.send(from_guest(op::RESPONSE, 5000, got[0].0.src_port), &[]);
-    let queues = std::mem::take(&mut driver.queues);
-    device.wake(Some(queues)).unwrap();
+    let local = got[0].0.src_port;
+    // The guest answers on the tx queue and kicks it.
+    driver.send(from_guest(op::RESPONSE, 5000, local), &[]);
+    kick_tx.write(1).unwrap();
     client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let ok = format!("OK {}\n", got[0].0.src_port);
+    let ok = format!("OK {local}\n");
     let mut line = vec![0u8; ok.len()];
     client.read_exact(&mut line).unwrap();
     assert_eq!(line, ok.as_bytes());
-    let queues = device.reset().unwrap();
-    drop(queues);
+    // Host bytes reach the guest's rx queue while the worker waits on the client's socket.
+    client.write_all(b"from the host").unwrap();
+    kick_rx.write(1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut data = Vec::new();
+    while data.len() < 13 && Instant::now() < deadline {
+        for (hdr, bytes) in driver.recv() {
+            if hdr.op == op::RW {
+                data.extend(bytes);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(data, b"from the host");
+    // Pause keeps the connection; a reset drops it and closes the client.
+    let queues = device.sleep().unwrap();
+    assert_eq!(device.handler().unwrap().muxer.connection_count(), 1);
+    device.wake(queues).unwrap();
+    device.reset().unwrap();
     assert_closed(&mut client);
 }
 
