@@ -414,12 +414,9 @@ fn the_host_reading_again_sends_the_starved_guest_a_credit_update() {
     let mut seen: Vec<(u16, u32, u32)> = Vec::new();
     while (update.is_none() || !reader.is_finished()) && Instant::now() < deadline {
         rig.pump();
-        if let Some(found) = rig
-            .driver
-            .recv()
-            .into_iter()
-            .find(|(h, _)| h.op == op::CREDIT_UPDATE)
-        {
+        let got = rig.driver.recv();
+        seen.extend(got.iter().map(|(h, _)| (h.op, h.fwd_cnt, h.flags)));
+        if let Some(found) = got.into_iter().find(|(h, _)| h.op == op::CREDIT_UPDATE) {
             update = Some(found);
         }
     }
