@@ -22,6 +22,7 @@ mod storage;
 pub mod unix_socket;
 mod validate;
 mod vm;
+mod vsock_client;
 
 pub use config::{
     BootLoader, PlatformConfiguration, SerialAttachment, SerialPortConfiguration,
@@ -44,3 +45,4 @@ pub use validate::{ValidationError, ValidationIssue, MAX_SOCKET_PATH};
 pub use virtkit_devices::balloon::BalloonStatistics;
 pub use virtkit_devices::rng::RateLimit;
 pub use vm::{StartError, VirtualMachine, VmError, PAUSE_TIMEOUT};
+pub use vsock_client::{connect_vsock, VsockConnectError};

@@ -29,21 +29,20 @@ pub struct VsockProxyArgs {
 
 pub fn run(args: &VsockProxyArgs) -> Result<u8, CliError> {
     let path = socket_path(&args.name)?;
-    let mut stream = UnixStream::connect(&path).map_err(|e| {
-        let hint = if args.name.contains('/') {
-            "is the VM that serves it running?".to_owned()
-        } else {
-            format!(
-                "is the VM running? start it with `virtkit run {} --detach`",
-                args.name
-            )
-        };
-        CliError::with_chain(
-            format!("cannot reach the vsock socket {} ({hint})", path.display()),
-            &e,
-        )
+    let (stream, _) = virtkit::connect_vsock(&path, args.port, HANDSHAKE_TIMEOUT).map_err(|e| match e {
+        virtkit::VsockConnectError::Unreachable { .. } => {
+            let hint = if args.name.contains('/') {
+                "is the VM that serves it running?".to_owned()
+            } else {
+                format!(
+                    "is the VM running? start it with `virtkit run {} --detach`",
+                    args.name
+                )
+            };
+            CliError::with_chain(format!("{e} ({hint})"), &e)
+        }
+        e => CliError::new(e.to_string()),
     })?;
-    handshake(&mut stream, args.port)?;
     relay(stream)
 }
 
@@ -59,45 +58,6 @@ fn socket_path(name: &str) -> Result<PathBuf, CliError> {
         )));
     }
     Ok(b.file(VSOCK_SOCKET))
-}
-
-/// Sends `CONNECT <port>\n` and reads the answer a byte at a time (nothing of the guest's data
-/// is read past it).
-fn handshake(stream: &mut UnixStream, port: u32) -> Result<(), CliError> {
-    let io = |e: std::io::Error| CliError::with_chain("the vsock socket failed", &e);
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(io)?;
-    stream
-        .write_all(format!("CONNECT {port}\n").as_bytes())
-        .map_err(io)?;
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.len() < 32 {
-        match stream.read(&mut byte) {
-            Ok(0) => break,
-            Ok(_) if byte[0] == b'\n' => {
-                if line.starts_with(b"OK ") {
-                    stream.set_read_timeout(None).map_err(io)?;
-                    return Ok(());
-                }
-                break;
-            }
-            Ok(_) => line.push(byte[0]),
-            // The device closes a refused client's socket; Linux reports ECONNRESET when the
-            // line it sent was still unread in the device's buffer at that moment.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(CliError::new(format!(
-                    "the guest did not answer a connection to vsock port {port} within {} s",
-                    HANDSHAKE_TIMEOUT.as_secs()
-                )))
-            }
-            Err(e) => return Err(io(e)),
-        }
-    }
-    Err(CliError::new(format!(
-        "the guest refused the connection to vsock port {port}: nothing listens there, or the guest \
-         has no vsock driver loaded (vmw_vsock_virtio_transport)"
-    )))
 }
 
 /// Standard input to the guest (its end half-closes the connection), the guest's bytes to
