@@ -7,7 +7,11 @@
 # fails loudly if a command the tests need is still missing.
 set -euo pipefail
 packages=(qemu-system-x86 qemu-utils busybox-static seabios ovmf cpio binutils e2fsprogs xz-utils zstd lz4 acpica-tools
-    dosfstools mtools syslinux syslinux-common btrfs-progs xfsprogs python3 passt)
+    dosfstools mtools syslinux syslinux-common btrfs-progs xfsprogs python3 passt util-linux openssh-client mmdebstrap
+    # Debian's cloud-init (unpacked into .cache, never installed) checks the seed's user-data
+    # against its schema with these libraries.
+    python3-yaml python3-jsonschema python3-configobj python3-jinja2 python3-jsonpatch python3-requests
+    python3-netifaces python3-oauthlib python3-serial)
 updated=0
 for pass in 1 2; do
     missing=()

@@ -15,7 +15,12 @@ Exit codes:
   2  usage error: unknown command or flag
   3  the guest reset the machine (reboot)
   4  the guest crashed (kernel panic or triple fault)
-  5  KVM stopped the guest with an internal error (on PVM hosts: a stock kernel)";
+  5  KVM stopped the guest with an internal error (on PVM hosts: a stock kernel)
+`virtkit exec` exits with the command's code (128+N when signal N ended it), or:
+  125  virtkit or the guest agent could not run it (VM not running, no agent, no such user)
+  126  the command cannot be executed in the guest
+  127  the command does not exist in the guest
+  255  the agent disconnected before the command ended";
 
 /// Maps how a VM ended to the process exit code.
 pub fn exit_code_for(reason: &StopReason) -> u8 {
@@ -64,6 +69,14 @@ impl CliError {
         // `with_chain` repeats nothing already in the message, so this is the chain once.
         error.message = error.message.trim_start_matches(": ").to_owned();
         error
+    }
+
+    /// `message`, exiting with `code` (as `exec` does for its own failures).
+    pub fn with_code(message: impl Into<String>, code: u8) -> CliError {
+        CliError {
+            message: message.into(),
+            code,
+        }
     }
 
     pub fn exit_code(&self) -> u8 {

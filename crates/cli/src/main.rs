@@ -55,6 +55,14 @@ enum Command {
     /// Connect standard input and output to a running VM's vsock port (through its
     /// `vsock.sock`; an ssh ProxyCommand).
     VsockProxy(commands::vsock_proxy::VsockProxyArgs),
+    /// Log in to a VM with ssh through its vsock (no network needed), as its cloud-init user;
+    /// `--print-config` prints an ssh_config block for other tools.
+    Ssh(commands::ssh::SshArgs),
+    /// Run a command in a running VM's guest through its agent (`-- CMD ARGS...`).
+    Exec(commands::exec::ExecArgs),
+    /// Copy files and directories to or from a running VM's guest: `virtkit cp SRC NAME:DEST`,
+    /// `virtkit cp NAME:SRC DEST`.
+    Cp(commands::cp::CpArgs),
     /// Print a VM's console output (of the current or last run).
     Logs(commands::logs::LogsArgs),
     /// Copy a stopped VM, with a new machine identifier (reflinked where the file system can).
@@ -104,6 +112,9 @@ fn main() -> ExitCode {
         Command::Logs(args) => commands::logs::run(&args),
         Command::Ip(args) => commands::ip::run(&args),
         Command::VsockProxy(args) => commands::vsock_proxy::run(&args),
+        Command::Ssh(args) => commands::ssh::run(&args),
+        Command::Exec(args) => commands::exec::run(&args),
+        Command::Cp(args) => commands::cp::run(&args),
         Command::Clone(args) => commands::clone::run(&args),
         Command::Delete(args) => commands::delete::run(&args),
         Command::Images(args) => commands::images::run(&args),

@@ -178,6 +178,26 @@ fn doctor_reports_the_kvm_flavour_and_limits() {
     let json = virtkit(&["doctor", "--json"]);
     let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
     assert!(doc["limits"]["max_vcpus"].as_u64().unwrap() >= 1);
+    // Networking: where passt is (as `which` finds it) and whether TAP cards can be made.
+    let passt = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("passt"))
+        .find(|p| p.is_file());
+    match passt {
+        Some(p) => {
+            assert_eq!(doc["networking"]["passt"], p.to_str().unwrap(), "{doc}");
+            assert!(
+                text.contains(&format!("NAT networking:          passt at {}", p.display())),
+                "{text}"
+            );
+        }
+        None => assert!(text.contains("passt is not installed"), "{text}"),
+    }
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+    assert_eq!(
+        doc["networking"]["tap_and_bridge"],
+        root && std::path::Path::new("/dev/net/tun").exists(),
+        "{doc}"
+    );
 }
 
 #[test]

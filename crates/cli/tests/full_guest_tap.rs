@@ -5,7 +5,9 @@
 //! - `bridged`: a bridge `br0` with 10.0.3.1/24 and busybox `udhcpd` on it; a VM bundle with
 //!   `--network bridge:br0` gets a lease with `udhcpc`; `virtkit ip` prints the leased address;
 //!   the guest pings the host and the host pings the guest; its TAP is a port of `br0` while it
-//!   runs and gone when it has stopped.
+//!   runs and gone when it has stopped. The VM has two vCPUs, so its card has two queue pairs
+//!   over two queues of the (multi-queue) TAP: the guest sees two, and a ping from its second
+//!   CPU is answered on the second rx queue.
 //! - `kill`: the same bundle run again and its VM process killed with `kill -9`: the TAP and the
 //!   bridge port are gone.
 //! - `tap`: an existing TAP `tap3` (busybox `tunctl`, the emulated host has no iproute2 for `ip
@@ -55,6 +57,11 @@ udhcpc -i "$ifc" -q -n -t 10 -T 3 -s /tmp/dhcp.sh; say dhcp=$?
 a=$(ip -4 addr show dev "$ifc" | awk '/inet /{print $2; exit}')
 say addr=${a%/*}
 ping -c 3 -W 5 10.0.3.1 >/tmp/ping.log 2>&1; say ping-host=$?
+# Two vCPUs, a multi-queue TAP: two queue pairs, and traffic from the second CPU goes out (and
+# its answers come back) on the second pair.
+say rx-queues=$(ls -d /sys/class/net/$ifc/queues/rx-* | wc -l) cpus=$(grep -c ^processor /proc/cpuinfo)
+taskset 2 ping -c 5 -i 0.2 -W 5 10.0.3.1 >/dev/null 2>&1; say ping-cpu1=$?
+say irqs $(grep -E 'virtio[0-9]+-(input|output)' /proc/interrupts | awk '{s=0; for (i=2;i<NF-1;i++) if ($i ~ /^[0-9]+$/) s+=$i; n=$NF; sub(/^virtio[0-9]+-/, "", n); print n "=" s}' | tr '\n' ' ')
 say ready
 wait_pinged 3 120
 "#;
@@ -121,13 +128,14 @@ EOF
 touch $W/udhcpd.leases
 bb udhcpd -f $W/udhcpd.conf >$W/udhcpd.log 2>&1 &
 dhcpd=$!
-$VIRTKIT create bg --kernel $G/vmlinuz --initrd $G/initrd --memory 256M --cpus 1 --disk-size 1M \
+$VIRTKIT create bg --kernel $G/vmlinuz --initrd $G/initrd --memory 256M --cpus 2 --disk-size 1M \
     --network bridge:br0 \
     --cmdline "console=ttyS0 quiet virtkit.run=\"sh /vt/bridged.sh\"" 2>&1 | sed 's/^/CASE bridged: /'
 $VIRTKIT run bg --detach; echo "CASE bridged: run=$?"
 pid=$(cat $VIRTKIT_HOME/vms/bg/pid)
 echo "CASE bridged: ports=$(ls /sys/class/net/br0/brif | tr '\n' ' ')"
 echo "CASE bridged: expected-port=vk$(printf %x $pid)n0"
+echo "CASE bridged: tun-fds=$(for f in /proc/$pid/fd/*; do readlink $f; done 2>/dev/null | grep -c /dev/net/tun)"
 if wait_log bg "VT ready" 240; then
     echo "CASE bridged: vk-ip=$($VIRTKIT ip bg --wait 10)"
     echo "CASE bridged: vk-ip-json $($VIRTKIT ip bg --format json | tr -d ' \n')"
@@ -236,6 +244,16 @@ fn guests_on_a_bridge_and_a_tap_get_addresses_ping_and_move_64_mib_with_offloads
         "virtkit ip --format json names the TAP:\n{bridged}"
     );
     assert_value(&out, "bridged", "ping-host", "0");
+    // Multiqueue: two vCPUs, two queues of the TAP held by the VM process, two queue pairs in
+    // the guest, and the second pair's interrupts used by traffic from the second CPU.
+    assert_value(&out, "bridged", "cpus", "2");
+    assert_value(&out, "bridged", "tun-fds", "2");
+    assert_value(&out, "bridged", "rx-queues", "2");
+    assert_value(&out, "bridged", "ping-cpu1", "0");
+    let input1 = case_value(&out, "bridged", "input.1")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(input1 > 0, "no interrupt on the second rx queue:\n{bridged}");
     assert_value(&out, "bridged", "ping-guest", "0");
     assert_value(&out, "bridged", "pinged", "3");
     assert_value(&out, "bridged", "run-exit", "0");

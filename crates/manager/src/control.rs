@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use virtkit::{BalloonStatus, NicAddresses};
 
+use crate::agent::AgentStatus;
+
 pub use crate::control_framing::MAX_REQUEST_BYTES;
 pub use crate::control_server::{serve, MAX_CLIENTS, MAX_UNSENT_BYTES, QUIET_EVICT_AFTER};
 
@@ -76,6 +78,9 @@ pub struct ControlResponse {
     /// For `addresses`: each network card and the addresses the guest uses on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addresses: Option<Vec<NicAddresses>>,
+    /// The guest agent, once it said hello (docs/AGENT.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentStatus>,
 }
 
 impl ControlResponse {
@@ -87,6 +92,7 @@ impl ControlResponse {
             error: None,
             balloon: None,
             addresses: None,
+            agent: None,
         }
     }
 
@@ -98,6 +104,7 @@ impl ControlResponse {
             error: Some(error.to_string()),
             balloon: None,
             addresses: None,
+            agent: None,
         }
     }
 }

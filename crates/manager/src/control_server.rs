@@ -28,6 +28,7 @@ use rustix::net::SocketFlags;
 use virtkit::VirtualMachine;
 use virtkit_machine::warn_ratelimited;
 
+use crate::agent::AgentHost;
 use crate::control::{parse_request, ControlRequest, ControlResponse};
 use crate::control_exec::{run_executor, waits, Done, Job};
 use crate::control_framing::{loggable, too_long_error, Frame, LineFramer, MAX_REQUEST_BYTES};
@@ -62,18 +63,32 @@ pub(crate) trait Handler: Send + Sync + 'static {
     fn handle(&self, request: &ControlRequest) -> ControlResponse;
 }
 
-struct VmHandler(Arc<VirtualMachine>);
+struct VmHandler {
+    vm: Arc<VirtualMachine>,
+    agent: Option<Arc<AgentHost>>,
+}
 
 impl Handler for VmHandler {
     fn handle(&self, request: &ControlRequest) -> ControlResponse {
-        crate::control_exec::handle(request, &self.0)
+        let mut response = crate::control_exec::handle(request, &self.vm);
+        if let Some(agent) = &self.agent {
+            // After a resume the guest's clock lags by the pause: the agent sets it.
+            if response.ok && request.command == crate::control::ControlCommand::Resume {
+                agent.set_time_soon();
+            }
+            if response.ok {
+                response.agent = agent.status();
+            }
+        }
+        response
     }
 }
 
-/// Serves `path` (bound owner-only, mode 0600) for as long as the process lives.
-pub fn serve(path: &Path, vm: Arc<VirtualMachine>) -> io::Result<()> {
+/// Serves `path` (bound owner-only, mode 0600) for as long as the process lives; responses
+/// report the guest agent `agent` knows of, and a resume has it set the guest's clock.
+pub fn serve(path: &Path, vm: Arc<VirtualMachine>, agent: Option<Arc<AgentHost>>) -> io::Result<()> {
     let listener = virtkit::unix_socket::bind_owner_only(path)?;
-    serve_listener(listener, Arc::new(VmHandler(vm)))
+    serve_listener(listener, Arc::new(VmHandler { vm, agent }))
 }
 
 /// Starts the loop thread and the executor thread on `listener`.

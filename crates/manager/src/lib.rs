@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod agent;
 pub mod bundle;
 pub mod control;
 mod control_exec;
@@ -14,6 +15,7 @@ pub mod control_fuzz;
 mod control_server;
 mod home;
 pub mod images;
+pub mod seed;
 pub mod vm_process;
 
 /// File system durability helpers, shared with disk imports.

@@ -24,6 +24,9 @@ use crate::bundle::{
 };
 use crate::home::VirtkitHome;
 
+/// Where the guest agent's hello arrives (the guest's connections to the host's vsock port 1025).
+const AGENT_HELLO_SOCKET: &str = "vsock.sock_1025";
+
 /// How long the VM process waits for the machine to end once it is stopping before it ends
 /// itself: a vCPU blocked in the host (a write to a full pipe, a disk that does not answer)
 /// never leaves `KVM_RUN` for the kick, and a stop must end the VM all the same.
@@ -86,6 +89,8 @@ pub enum VmProcessError {
         #[source]
         source: StartError,
     },
+    #[error(transparent)]
+    Seed(#[from] crate::seed::SeedError),
     #[error("cannot open the VM's sockets in {}", path.display())]
     Sockets {
         path: PathBuf,
@@ -161,6 +166,19 @@ impl PreparedVm {
             crate::admission::admit_on_this_host(home, Some(name), bundle.configuration().memory_size)?;
         }
         bundle.write_pid(&lock)?;
+        // A clone (new machine id: a new cloud-init instance) or a renamed VM gets its seed
+        // rewritten before the guest reads it; so does one made before the agent was at hand.
+        if let Some(mut seed) = crate::seed::SeedSettings::load(bundle.path())? {
+            let agent = crate::seed::find_agent();
+            if seed.refresh(
+                bundle.path(),
+                name,
+                &bundle.machine_identifier().to_string(),
+                agent.as_deref(),
+            )? {
+                tracing::info!("rewrote the cloud-init seed for this machine");
+            }
+        }
 
         let missing = bundle.hardware_model().missing_on(&HardwareModel::of_this_host());
         if !missing.is_empty() {
@@ -247,7 +265,16 @@ impl PreparedVm {
             return Err(VmProcessError::Start { name, source });
         }
         let vm = Arc::new(vm);
-        let served = crate::control::serve(&bundle.file(CONTROL_SOCKET), vm.clone())
+        // The agent's hello may come as soon as the guest runs; a VM without a vsock device
+        // simply never gets one.
+        let agent = match crate::agent::AgentHost::start(bundle.path()) {
+            Ok(agent) => Some(agent),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for the guest agent's hello");
+                None
+            }
+        };
+        let served = crate::control::serve(&bundle.file(CONTROL_SOCKET), vm.clone(), agent)
             .and_then(|_| console.listen(&bundle.file(CONSOLE_SOCKET)));
         let running = RunningVm {
             bundle,
@@ -295,7 +322,7 @@ impl RunningVm {
         };
         self.pump.finish();
         drop(self.console);
-        for file in [CONTROL_SOCKET, CONSOLE_SOCKET, PID_FILE] {
+        for file in [CONTROL_SOCKET, CONSOLE_SOCKET, PID_FILE, AGENT_HELLO_SOCKET] {
             let _ = std::fs::remove_file(self.bundle.file(file));
         }
         tracing::info!(vm = self.bundle.name(), reason = %reason, "stopped");
@@ -316,7 +343,7 @@ impl RunningVm {
             ),
         };
         tracing::error!(vm = self.bundle.name(), "{reason}");
-        for file in [CONTROL_SOCKET, CONSOLE_SOCKET, PID_FILE] {
+        for file in [CONTROL_SOCKET, CONSOLE_SOCKET, PID_FILE, AGENT_HELLO_SOCKET] {
             let _ = std::fs::remove_file(self.bundle.file(file));
         }
         let RunningVm {

@@ -50,6 +50,7 @@
 //! assert_eq!(run.guest_value("token"), Some("t1"));
 //! ```
 
+pub mod agent;
 pub mod assets;
 pub mod cpio;
 pub mod host;

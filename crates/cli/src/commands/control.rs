@@ -74,7 +74,7 @@ fn remove_leftovers(b: &Bundle) {
     if b.is_running() {
         return;
     }
-    for file in [CONTROL_SOCKET, CONSOLE_SOCKET, PID_FILE] {
+    for file in [CONTROL_SOCKET, CONSOLE_SOCKET, PID_FILE, "vsock.sock_1025"] {
         let _ = std::fs::remove_file(b.file(file));
     }
 }
@@ -108,13 +108,25 @@ pub fn stop(args: &StopArgs) -> Result<u8, CliError> {
     }
     let pid = b.running_pid();
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    let graceful = match ask(&b, ControlCommand::RequestStop) {
-        Ok(r) if r.ok => true,
-        // A paused guest cannot answer the power button, nor can one still starting.
-        Ok(_) | Err(_) => false,
-    };
+    // The guest agent, when it is up, shuts the guest down itself; else the power button.
+    let by_agent = crate::commands::agent::agent_up(&b)
+        && virtkit_manager::agent::AgentClient::new(b.path())
+            .shutdown(false)
+            .inspect_err(|e| tracing::info!(error = %e, "the agent did not take the shutdown; pressing the power button"))
+            .is_ok();
+    let graceful = by_agent
+        || match ask(&b, ControlCommand::RequestStop) {
+            Ok(r) if r.ok => true,
+            // A paused guest cannot answer the power button, nor can one still starting.
+            Ok(_) | Err(_) => false,
+        };
     if graceful && wait_until_ended(&b, deadline) {
-        return report_ended(&b, name, pid, "the guest shut down");
+        let how = if by_agent {
+            "the guest shut down through its agent"
+        } else {
+            "the guest shut down"
+        };
+        return report_ended(&b, name, pid, how);
     }
     // Forced: the process may end between the check and the request; that is a stop too.
     let _ = ask(&b, ControlCommand::Stop);

@@ -8,6 +8,7 @@ use clap::Args;
 use crate::commands::network_flags::{self, NetworkChoice};
 use virtkit::parse_size;
 use virtkit_manager::bundle::{Bundle, NewBoot, NewBundle, DEFAULT_FIRMWARE};
+use virtkit_manager::seed::SeedSettings;
 
 use crate::commands::vms::{bundle_error_in, home, human_size};
 use crate::exit::CliError;
@@ -58,9 +59,71 @@ pub struct CreateArgs {
     /// cards [default: nat].
     #[arg(long = "network", value_name = "nat|none|tap[:NAME]|bridge:BRIDGE", value_parser = network_flags::parse_network)]
     pub networks: Vec<NetworkChoice>,
+    /// An SSH public key for the guest's user (cloud-init): a .pub file; repeat for more
+    /// [default: ~/.ssh/*.pub]. Makes a cloud-init seed.
+    #[arg(long = "ssh-key", value_name = "FILE.pub")]
+    pub ssh_keys: Vec<PathBuf>,
+    /// The user cloud-init makes in the guest, with sudo and the keys [default: your login
+    /// name, or virtkit for root]. Makes a cloud-init seed.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The guest's hostname [default: the VM's name]. Makes a cloud-init seed.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// More user-data (a #cloud-config or a #! script), merged after virtkit's. Makes a
+    /// cloud-init seed.
+    #[arg(long, value_name = "FILE")]
+    pub user_data: Option<PathBuf>,
+    /// No cloud-init seed, even for a firmware boot from an image (which gets one by default).
+    #[arg(long, conflicts_with_all = ["ssh_keys", "user", "hostname", "user_data"])]
+    pub no_seed: bool,
     /// Publish a guest port on the host through the NAT card (adds one if there is none).
     #[arg(long = "publish", value_name = "[ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp]", value_parser = network_flags::parse_publish)]
     pub published: Vec<virtkit::PublishedPort>,
+}
+
+/// The cloud-init seed `create` makes: when asked for (a seed option), or by default for a
+/// firmware boot from an image (a cloud image: what runs cloud-init); never with `--no-seed`.
+/// A Linux-kernel boot gets none unless asked: its initrd decides what runs.
+fn seed_for(args: &CreateArgs) -> Result<Option<(SeedSettings, Option<PathBuf>)>, CliError> {
+    let asked = !args.ssh_keys.is_empty()
+        || args.user.is_some()
+        || args.hostname.is_some()
+        || args.user_data.is_some();
+    let by_default = args.kernel.is_none() && args.from.is_some();
+    if args.no_seed || !(asked || by_default) {
+        return Ok(None);
+    }
+    let keys = if args.ssh_keys.is_empty() {
+        SeedSettings::default_keys()
+    } else {
+        args.ssh_keys.clone()
+    };
+    let settings = SeedSettings::new(
+        args.user.as_deref(),
+        &keys,
+        args.hostname.as_deref(),
+        args.user_data.as_deref(),
+    )
+    .map_err(|e| CliError::new(format!("cannot make the cloud-init seed of `{}`: {e}", args.name)))?;
+    if args
+        .from
+        .as_ref()
+        .is_some_and(|f| is_catalog_name(f) && f.to_string_lossy().contains("nocloud"))
+    {
+        errln!(
+            "note: {} has no cloud-init, so the seed (user, key, hostname, agent) does nothing there; the genericcloud image runs it",
+            args.from.as_ref().map(|f| f.display().to_string()).unwrap_or_default()
+        );
+    }
+    if settings.ssh_authorized_keys.is_empty() {
+        errln!(
+            "note: no SSH key for `{}`'s user {} (none in ~/.ssh/*.pub): give one with --ssh-key; `virtkit exec` works without",
+            args.name,
+            settings.user
+        );
+    }
+    Ok(Some((settings, virtkit_manager::seed::find_agent())))
 }
 
 /// `--from NAME` means a catalog image when NAME is no file here and looks like no path.
@@ -97,6 +160,7 @@ pub fn run(args: &CreateArgs) -> Result<u8, CliError> {
     };
     let mut network_devices = Vec::new();
     network_flags::apply(&mut network_devices, &networks, &args.published).map_err(CliError::new)?;
+    let seed = seed_for(args)?;
     let spec = NewBundle {
         cpu_count: args.cpus,
         memory_size: args.memory,
@@ -106,6 +170,7 @@ pub fn run(args: &CreateArgs) -> Result<u8, CliError> {
         keep_restore_image: args.keep_image,
         ports: args.ports.clone(),
         network_devices,
+        seed,
     };
     let mut progress = LazyProgress::new(format!("create {}", args.name));
     let bundle = Bundle::create(&home, &args.name, &spec, &mut |done, total| {

@@ -36,7 +36,7 @@ fn tail(path: &std::path::Path, from: u64) -> String {
     lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
-pub fn run(home: &VirtkitHome, name: &str, choices: RunChoices) -> Result<u8, CliError> {
+pub fn run(home: &VirtkitHome, name: &str, choices: RunChoices, wait: Option<u64>) -> Result<u8, CliError> {
     let b = open(home, name)?;
     if b.is_running() {
         return Err(already_running(name, b.running_pid()));
@@ -80,6 +80,9 @@ pub fn run(home: &VirtkitHome, name: &str, choices: RunChoices) -> Result<u8, Cl
         if socket_alive(&control) {
             let state = state_of(&b);
             if state != "starting" {
+                if let Some(seconds) = wait {
+                    return wait_for_agent(&b, name, seconds);
+                }
                 outln!(
                     "`{name}`: {state} (process {}); `virtkit console {name}` attaches",
                     child.id()
@@ -94,6 +97,37 @@ pub fn run(home: &VirtkitHome, name: &str, choices: RunChoices) -> Result<u8, Cl
             )));
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Waits until the VM process reports the guest agent's hello (the agent connects to the
+/// host when it starts, so this only asks the local VM process).
+fn wait_for_agent(b: &virtkit_manager::bundle::Bundle, name: &str, seconds: u64) -> Result<u8, CliError> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if !b.is_running() {
+            return Err(CliError::new(format!(
+                "the VM `{name}` stopped before its guest agent said hello; see `virtkit logs {name}`"
+            )));
+        }
+        if let Ok(r) = crate::commands::vms::ask(b, virtkit_manager::control::ControlCommand::State) {
+            if let Some(agent) = r.agent {
+                outln!(
+                    "`{name}`: running, agent up (virtkit-agent {} on `{}`); `virtkit exec {name} -- CMD` runs commands",
+                    agent.version,
+                    agent.hostname
+                );
+                return Ok(0);
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::new(format!(
+                "the guest agent of `{name}` did not say hello within {seconds} s; the VM keeps running: see \
+                 `virtkit logs {name}` (is virtkit-agent started in the guest? docs/AGENT.md), or wait longer with \
+                 `--wait SECONDS`"
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 

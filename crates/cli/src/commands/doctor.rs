@@ -42,6 +42,8 @@ pub fn run(args: &DoctorArgs) -> Result<u8, CliError> {
         "none"
     };
     let commitment = memory_commitment();
+    let passt = virtkit::network::passt::probe(std::path::Path::new("passt"));
+    let taps = virtkit::network::tap::may_create_taps();
     if args.json {
         let kvm = host.kvm.as_ref().map(|k| {
             serde_json::json!({
@@ -60,6 +62,11 @@ pub fn run(args: &DoctorArgs) -> Result<u8, CliError> {
             "host_memory_bytes": host.memory,
             "host_cpus": host.cpus,
             "guests": host.guest_support(),
+            "networking": {
+                "passt": passt.path,
+                "passt_vhost_user": passt.vhost_user,
+                "tap_and_bridge": taps,
+            },
             "memory_commitment": commitment.as_ref().map(|c| serde_json::json!({
                 "running_vms": c.running.vms.iter().map(|(name, bytes)| serde_json::json!({"name": name, "memory": bytes})).collect::<Vec<_>>(),
                 "committed_bytes": c.running.total(),
@@ -96,6 +103,28 @@ pub fn run(args: &DoctorArgs) -> Result<u8, CliError> {
             ByteSize(host.memory)
         );
         outln!("guests:                  {}", host.guest_support());
+        match &passt.path {
+            Some(path) => outln!(
+                "NAT networking:          passt at {} (frames over a socket{})",
+                path.display(),
+                if passt.vhost_user {
+                    "; it also offers vhost-user, which virtkit does not use yet"
+                } else {
+                    "; this version has no vhost-user"
+                }
+            ),
+            None => outln!(
+                "NAT networking:          no: passt is not installed (Debian/Ubuntu: apt install passt); --network none|tap|bridge work without it"
+            ),
+        }
+        outln!(
+            "TAP and bridged cards:   {}",
+            if taps {
+                "yes"
+            } else {
+                "no: they need root (or CAP_NET_ADMIN) and /dev/net/tun; --network nat needs neither"
+            }
+        );
         if let Some(c) = &commitment {
             outln!(
                 "guest memory committed:  {} by {} running VM{} (limit {} × {} total; {} available now)",

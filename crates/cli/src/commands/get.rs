@@ -83,11 +83,13 @@ pub fn get(args: &GetArgs) -> Result<u8, CliError> {
         "serial_number": id.serial_number(),
         "mac_address": id.mac_address_text(0),
         "network": network_of(c, &id),
+        "seed": seed_of(&b),
         "machine_model": b.hardware_model().machine,
         "path": b.path(),
         "external_paths": b.external_paths(),
         "balloon": balloon_of(&b),
         "vsock": vsock_of(&b),
+        "agent": agent_of(&b),
     });
     match args.format {
         Format::Json => print_json(&value),
@@ -99,6 +101,22 @@ pub fn get(args: &GetArgs) -> Result<u8, CliError> {
                     }
                     ("balloon", serde_json::Value::Object(b)) => balloon_text(b),
                     ("vsock", v) => format!("cid {} {}", v["guest_cid"], v["socket"].as_str().unwrap_or("-")),
+                    ("seed", serde_json::Value::Object(s)) => format!(
+                        "cloud-init: user {}, {} SSH key(s), hostname {}{}{}",
+                        s.get("user").and_then(|v| v.as_str()).unwrap_or("-"),
+                        s.get("ssh_keys").and_then(|v| v.as_u64()).unwrap_or(0),
+                        s.get("hostname").and_then(|v| v.as_str()).unwrap_or("-"),
+                        if s.get("user_data").and_then(|v| v.as_bool()).unwrap_or(false) {
+                            ", own user-data"
+                        } else {
+                            ""
+                        },
+                        if s.get("agent").and_then(|v| v.as_bool()).unwrap_or(false) {
+                            ", guest agent"
+                        } else {
+                            ", no guest agent"
+                        },
+                    ),
                     ("external_paths", serde_json::Value::Array(paths)) if !paths.is_empty() => paths
                         .iter()
                         .filter_map(|p| p.as_str())
@@ -160,6 +178,21 @@ fn card_text(card: &serde_json::Value) -> String {
         ));
     }
     text
+}
+
+/// The cloud-init seed's user, keys, hostname and whether it carries the agent.
+fn seed_of(b: &virtkit_manager::bundle::Bundle) -> serde_json::Value {
+    match virtkit_manager::seed::SeedSettings::load(b.path()) {
+        Ok(Some(s)) => json!({
+            "user": s.user,
+            "ssh_keys": s.ssh_authorized_keys.len(),
+            "hostname": s.hostname.unwrap_or_else(|| virtkit_manager::seed::hostname_for(b.name())),
+            "agent": s.written_for.is_some_and(|w| w.agent),
+            "user_data": s.extra_user_data.is_some(),
+        }),
+        Ok(None) => serde_json::Value::Null,
+        Err(e) => json!({"error": e.to_string()}),
+    }
 }
 
 /// Each network card: its MAC address, attachment and published ports.
@@ -342,4 +375,15 @@ fn names_path(c: &VirtualMachineConfiguration, path: &std::path::Path) -> bool {
         } => p == path || variable_store.as_deref() == Some(path),
     };
     in_boot || c.storage_devices.iter().any(|d| d.path == path)
+}
+
+/// The guest agent of a running VM, once it said hello.
+fn agent_of(b: &virtkit_manager::bundle::Bundle) -> serde_json::Value {
+    if !b.is_running() {
+        return serde_json::Value::Null;
+    }
+    match crate::commands::vms::ask(b, virtkit_manager::control::ControlCommand::State) {
+        Ok(r) => serde_json::to_value(r.agent).unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    }
 }

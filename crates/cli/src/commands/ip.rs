@@ -40,6 +40,42 @@ pub fn first_address(bundle: &virtkit_manager::bundle::Bundle) -> Option<String>
     r.addresses?.iter().find_map(|n| address(n, false))
 }
 
+/// A VM without a network card: its guest agent lists the guest's interfaces (a guest may
+/// have others, such as a device passed through, that no card of ours watches).
+fn from_agent(b: &virtkit_manager::bundle::Bundle, args: &IpArgs) -> Result<u8, CliError> {
+    let client = virtkit_manager::agent::AgentClient::new(b.path());
+    let report = client.ip().map_err(|e| {
+        let e = crate::commands::agent::agent_error(b, e, false);
+        CliError::new(format!(
+            "`{}` has no network card to watch, and {e}; give it a card (`--network nat`) or start its agent",
+            args.name
+        ))
+    })?;
+    let first = report
+        .interfaces
+        .iter()
+        .filter(|i| !i.loopback)
+        .flat_map(|i| i.addresses.iter())
+        .map(|a| a.address.clone())
+        .min_by_key(|a| (a.contains(':'), a.starts_with("fe80")));
+    match args.format {
+        Format::Json => {
+            print_json(&serde_json::json!({"source": "agent", "interfaces": report.interfaces}));
+            Ok(0)
+        }
+        Format::Text => match first {
+            Some(a) => {
+                outln!("{a}");
+                Ok(0)
+            }
+            None => Err(CliError::new(format!(
+                "`{}` has no address: its guest agent reports no interface but the loopback with one",
+                args.name
+            ))),
+        },
+    }
+}
+
 pub fn run(args: &IpArgs) -> Result<u8, CliError> {
     let home = home()?;
     let b = open(&home, &args.name)?;
@@ -55,10 +91,7 @@ pub fn run(args: &IpArgs) -> Result<u8, CliError> {
         }
         let nics = r.addresses.unwrap_or_default();
         if nics.is_empty() {
-            return Err(CliError::new(format!(
-                "`{}` has no network card; give it one (`--network nat`)",
-                args.name
-            )));
+            return from_agent(&b, args);
         }
         let found = nics.iter().find_map(|n| address(n, deadline.is_some()));
         match (found, deadline) {

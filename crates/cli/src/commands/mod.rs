@@ -1,12 +1,15 @@
 //! One file per subcommand, each a thin `run()` over the framework.
 
+pub mod agent;
 pub mod clone;
 pub mod console;
 pub mod control;
+pub mod cp;
 pub mod create;
 pub mod delete;
 pub mod detach;
 pub mod doctor;
+pub mod exec;
 pub mod get;
 pub mod images;
 pub mod ip;
@@ -14,6 +17,7 @@ pub mod list;
 pub mod logs;
 pub mod network_flags;
 pub mod run;
+pub mod ssh;
 pub mod validate;
 pub mod vms;
 pub mod vsock_proxy;

@@ -26,6 +26,10 @@ pub struct RunArgs {
     /// Run the named VM in the background; `virtkit console NAME` attaches to it.
     #[arg(long, requires = "name")]
     pub detach: bool,
+    /// With --detach: return only when the guest agent has said hello, waiting at most
+    /// SECONDS [default: 60].
+    #[arg(long, requires = "detach", num_args = 0..=1, default_missing_value = "60", value_name = "SECONDS")]
+    pub wait: Option<u64>,
     /// A JSON configuration file (the same format `virtkit validate` checks).
     #[arg(long, conflicts_with_all = ["kernel", "firmware"])]
     pub config: Option<PathBuf>,
@@ -232,7 +236,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
             force: args.force,
         };
         return if args.detach {
-            crate::commands::detach::run(&home, name, choices)
+            crate::commands::detach::run(&home, name, choices, args.wait)
         } else {
             crate::vm_process::run(&home, name, crate::vm_process::Mode::Foreground, choices)
         };

@@ -54,6 +54,9 @@ pub struct NewBundle {
     pub ports: Vec<String>,
     /// Network cards (NAT ones: a socket attachment would name a path outside the bundle).
     pub network_devices: Vec<virtkit::NetworkDeviceConfiguration>,
+    /// A cloud-init seed (`seed.img`, attached read-only after the boot disk), with the guest
+    /// agent binary on it when one is given.
+    pub seed: Option<(crate::seed::SeedSettings, Option<PathBuf>)>,
 }
 
 /// How a new VM boots.
@@ -199,10 +202,13 @@ fn check_socket_paths(dir: &Path, config: &VirtualMachineConfiguration) -> Resul
         Some(SerialAttachment::UnixSocket { path }) if path.is_relative() => Some(path.clone()),
         _ => None,
     });
+    // The longest name the vsock device's host side uses: the agent's hello socket.
+    let hello = PathBuf::from(crate::agent::host_port_socket(virtkit_agent_protocol::HELLO_PORT));
     for socket in [
         PathBuf::from(CONTROL_SOCKET),
         PathBuf::from(CONSOLE_SOCKET),
         PathBuf::from(VSOCK_SOCKET),
+        hello,
     ]
     .into_iter()
     .chain(port_sockets)
@@ -351,6 +357,17 @@ impl Bundle {
         config
             .storage_devices
             .push(StorageDeviceConfiguration::disk_image(DISK_FILE));
+        if let Some((settings, agent)) = &spec.seed {
+            let mut settings = settings.clone();
+            settings
+                .write(&dir, name, &machine_id.to_string(), agent.as_deref())
+                .map_err(|e| BundleError::Refused(e.to_string()))?;
+            config.storage_devices.push(StorageDeviceConfiguration {
+                read_only: true,
+                identifier: Some("cidata".into()),
+                ..StorageDeviceConfiguration::disk_image(crate::seed::SEED_FILE)
+            });
+        }
         bundle.config = config;
         bundle.resolved_configuration().validate()?;
         if !bundle.external.is_empty() {
@@ -386,6 +403,8 @@ impl Bundle {
             KERNEL_FILE,
             INITRD_FILE,
             EXTERNAL_PATHS_FILE,
+            crate::seed::SEED_FILE,
+            crate::seed::SEED_SETTINGS_FILE,
             DISK_FILE,
         ] {
             let src = self.file(file);

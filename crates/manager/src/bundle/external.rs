@@ -180,6 +180,7 @@ fn is_data_file(name: &str) -> bool {
         super::AUX_FILE,
         super::KERNEL_FILE,
         super::INITRD_FILE,
+        crate::seed::SEED_FILE,
         "restore-image.raw",
         "restore-image.qcow2",
     ]

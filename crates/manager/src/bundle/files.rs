@@ -133,6 +133,10 @@ pub(crate) const KNOWN_FILES: &[&str] = &[
     super::LOCK_FILE,
     super::PID_FILE,
     super::EXTERNAL_PATHS_FILE,
+    crate::seed::SEED_FILE,
+    crate::seed::SEED_SETTINGS_FILE,
+    // The guest's SSH host keys (`virtkit ssh`).
+    "known_hosts",
     "restore-image.raw",
     "restore-image.qcow2",
 ];

@@ -34,6 +34,7 @@ impl Home {
             keep_restore_image: false,
             ports: Vec::new(),
             network_devices: Vec::new(),
+            seed: None,
         };
         Bundle::create(&self.0, name, &spec, &mut |_, _| {}).unwrap()
     }
@@ -216,6 +217,7 @@ fn names_differing_only_in_case_clash() {
         keep_restore_image: false,
         ports: Vec::new(),
         network_devices: Vec::new(),
+        seed: None,
     };
     let e = Bundle::create(&home.0, "Web", &spec, &mut |_, _| {}).unwrap_err();
     assert_eq!(
@@ -307,6 +309,7 @@ fn sockets_that_would_not_fit_are_refused_at_create() {
         keep_restore_image: false,
         ports: Vec::new(),
         network_devices: Vec::new(),
+        seed: None,
     };
     let e = Bundle::create(&home.0, "a-rather-long-vm-name", &spec, &mut |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("a Unix socket address holds"), "{e}");

@@ -169,6 +169,7 @@ impl DeviceManager {
             &config.network_devices,
             config.platform.machine_identifier.as_ref(),
             config.platform.helper_log_directory.as_deref(),
+            config.cpu_count,
         )?;
         if matches!(config.boot_loader, BootLoader::Firmware { .. }) && !disk_slots.is_empty() {
             let order: Vec<String> = disk_slots.iter().map(|s| format!("/pci@i0cf8/*@{s:x}")).collect();

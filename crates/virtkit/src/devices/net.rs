@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use virtkit_devices::net::tap::{Tap, TapBackend};
 use virtkit_devices::net::{
-    AddressWatch, DatagramBackend, MacText, Net, NetBackend, StreamBackend, PCI_CLASS,
+    AddressWatch, DatagramBackend, MacText, Net, NetBackend, StreamBackend, MAX_QUEUE_PAIRS, PCI_CLASS,
 };
 use virtkit_machine::Machine;
 use virtkit_virtio::transport::pci::attach as attach_pci;
@@ -400,7 +400,11 @@ pub(super) fn attach(
     devices: &[NetworkDeviceConfiguration],
     identifier: Option<&MachineIdentifier>,
     log_directory: Option<&std::path::Path>,
+    cpu_count: u32,
 ) -> Result<(), DeviceError> {
+    // A multi-queue TAP gives each vCPU its own queue pair, as QEMU's `queues=` and
+    // cloud-hypervisor's `num_queues` do; other backends have one stream.
+    let queue_pairs = (cpu_count as usize).clamp(1, MAX_QUEUE_PAIRS);
     for (i, device) in devices.iter().enumerate() {
         let name = format!("net{i}");
         let mac = mac_for(device, i, identifier).ok_or_else(|| DeviceError::Network {
@@ -412,18 +416,18 @@ pub(super) fn attach(
             None => HelperLog::Null,
         };
         let Backend {
-            backend,
+            backends,
             passt,
             expected_ipv4,
             host_interface,
-        } = backend(&name, i, &device.attachment, log)?;
+        } = backend(&name, i, &device.attachment, log, queue_pairs)?;
         let socket_file = match &device.attachment {
             NetworkAttachment::Socket {
                 path, listen: true, ..
             } => Some(SocketFile(path.clone())),
             _ => None,
         };
-        let mut net = Net::new(mac, backend).map_err(|e| DeviceError::Network {
+        let mut net = Net::with_queue_pairs(mac, backends).map_err(|e| DeviceError::Network {
             name: name.clone(),
             message: e.to_string(),
         })?;
@@ -454,7 +458,8 @@ pub(super) fn attach(
 
 /// A card's backend and what comes with it.
 struct Backend {
-    backend: Box<dyn NetBackend>,
+    /// One per queue pair: a TAP's queues, or the one socket.
+    backends: Vec<Box<dyn NetBackend>>,
     /// passt, for a NAT card.
     passt: Option<HelperProcess>,
     /// The address the NAT hands out.
@@ -474,27 +479,36 @@ pub fn passt_log_name(index: usize) -> String {
 impl Backend {
     fn plain(backend: Box<dyn NetBackend>) -> Backend {
         Backend {
-            backend,
+            backends: vec![backend],
             passt: None,
             expected_ipv4: None,
             host_interface: None,
         }
     }
 
-    fn tap(tap: Tap) -> Backend {
-        let host_interface = Some(tap.name().to_owned());
+    /// A TAP card: one queue pair per queue of the TAP.
+    fn tap(queues: Vec<Tap>) -> Backend {
+        let host_interface = queues.first().map(|t| t.name().to_owned());
         Backend {
+            backends: queues
+                .into_iter()
+                .map(|tap| Box::new(TapBackend::new(tap)) as Box<dyn NetBackend>)
+                .collect(),
+            passt: None,
+            expected_ipv4: None,
             host_interface,
-            ..Backend::plain(Box::new(TapBackend::new(tap)))
         }
     }
 }
 
+/// Builds card `index`'s backend; a TAP card gets `queue_pairs` queues of its TAP where the TAP
+/// is multi-queue.
 fn backend(
     name: &str,
     index: usize,
     attachment: &NetworkAttachment,
     log: HelperLog,
+    queue_pairs: usize,
 ) -> Result<Backend, DeviceError> {
     let failed = |message: String| DeviceError::Network {
         name: name.to_owned(),
@@ -551,24 +565,32 @@ fn backend(
             Ok(Backend::plain(backend))
         }
         NetworkAttachment::Tap { name: Some(tap_name) } => {
-            let tap = tap::open_existing(tap_name).map_err(|e| failed(e.to_string()))?;
-            Ok(Backend::tap(tap))
+            let queues = tap::open_existing(tap_name, queue_pairs).map_err(|e| failed(e.to_string()))?;
+            Ok(Backend::tap(queues))
         }
         NetworkAttachment::Tap { name: None } => {
-            let tap = tap::create(&tap::created_name(index), None).map_err(|e| failed(e.to_string()))?;
-            tracing::info!(card = name, tap = tap.name(), "created TAP device");
-            Ok(Backend::tap(tap))
-        }
-        NetworkAttachment::Bridge { bridge } => {
-            let tap =
-                tap::create(&tap::created_name(index), Some(bridge)).map_err(|e| failed(e.to_string()))?;
+            let tap_name = tap::created_name(index);
+            let queues = tap::create(&tap_name, None, queue_pairs).map_err(|e| failed(e.to_string()))?;
             tracing::info!(
                 card = name,
-                tap = tap.name(),
+                tap = tap_name,
+                queues = queues.len(),
+                "created TAP device"
+            );
+            Ok(Backend::tap(queues))
+        }
+        NetworkAttachment::Bridge { bridge } => {
+            let tap_name = tap::created_name(index);
+            let queues =
+                tap::create(&tap_name, Some(bridge), queue_pairs).map_err(|e| failed(e.to_string()))?;
+            tracing::info!(
+                card = name,
+                tap = tap_name,
                 bridge,
+                queues = queues.len(),
                 "created TAP device on bridge"
             );
-            Ok(Backend::tap(tap))
+            Ok(Backend::tap(queues))
         }
     }
 }

@@ -301,3 +301,38 @@ pub fn start(config: &NatConfiguration, options: &PasstOptions) -> Result<PasstN
         helper,
     })
 }
+
+/// What the installed passt is and offers, for `virtkit doctor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasstProbe {
+    /// Where it was found on `PATH`; `None`: not installed.
+    pub path: Option<PathBuf>,
+    /// Its `--help` names `--vhost-user` (passt from 2024 on): guest memory shared with passt
+    /// instead of frames over the socket. virtkit uses the socket either way for now.
+    pub vhost_user: bool,
+}
+
+/// Looks for `program` on `PATH` and asks its `--help` what it offers (passt prints it on
+/// standard error and exits 1).
+pub fn probe(program: &std::path::Path) -> PasstProbe {
+    let path = if program.components().count() > 1 {
+        program.is_file().then(|| program.to_path_buf())
+    } else {
+        std::env::var_os("PATH").and_then(|dirs| {
+            std::env::split_paths(&dirs)
+                .map(|d| d.join(program))
+                .find(|p| p.is_file())
+        })
+    };
+    let vhost_user = path.as_ref().is_some_and(|p| {
+        std::process::Command::new(p)
+            .arg("--help")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .is_ok_and(|out| {
+                let text = [out.stdout, out.stderr].concat();
+                String::from_utf8_lossy(&text).contains("--vhost-user")
+            })
+    });
+    PasstProbe { path, vhost_user }
+}

@@ -174,16 +174,19 @@ pub fn check_bridge(bridge: &str) -> Result<(), TapSetupError> {
     Ok(())
 }
 
-/// Opens a queue of the existing TAP `name`.
-pub fn open_existing(name: &str) -> Result<Tap, TapSetupError> {
+/// Opens up to `queues` queues of the existing TAP `name` (one if it is single-queue).
+pub fn open_existing(name: &str, queues: usize) -> Result<Vec<Tap>, TapSetupError> {
     check_existing(name)?;
     check_not_busy(name)?;
-    Tap::open_existing(name).map_err(|e| classify(name, e))
+    Tap::open_existing(name)
+        .and_then(|tap| tap.with_queues(queues))
+        .map_err(|e| classify(name, e))
 }
 
-/// Creates the TAP `name` for the VM (multi-queue, set up) and, with `bridge`, makes it a port
-/// of that bridge. Nothing is left behind on failure: the TAP goes with its descriptor.
-pub fn create(name: &str, bridge: Option<&str>) -> Result<Tap, TapSetupError> {
+/// Creates the TAP `name` for the VM (multi-queue, `queues` queues opened, set up) and, with
+/// `bridge`, makes it a port of that bridge. Nothing is left behind on failure: the TAP goes
+/// with its descriptors.
+pub fn create(name: &str, bridge: Option<&str>, queues: usize) -> Result<Vec<Tap>, TapSetupError> {
     check_name(name)?;
     match bridge {
         Some(bridge) => check_bridge(bridge)?,
@@ -222,7 +225,7 @@ pub fn create(name: &str, bridge: Option<&str>) -> Result<Tap, TapSetupError> {
         name: name.to_owned(),
         source,
     })?;
-    Ok(tap)
+    tap.with_queues(queues).map_err(|e| classify(name, e))
 }
 
 fn classify(name: &str, e: TapError) -> TapSetupError {

@@ -78,6 +78,8 @@ pub fn valid_name(name: &str) -> bool {
 pub struct Tap {
     file: File,
     name: String,
+    /// Opened with `IFF_MULTI_QUEUE`: more queues of the interface can be opened.
+    multi_queue: bool,
 }
 
 impl Tap {
@@ -109,7 +111,11 @@ impl Tap {
                 source: e,
             },
         })?;
-        let tap = Tap { file, name };
+        let tap = Tap {
+            file,
+            name,
+            multi_queue,
+        };
         // Same length as the guest's header: the kernel reads and writes it as is.
         sys::tun_set_vnet_hdr_sz(tap.file.as_fd(), VNET_HDR_LEN as libc::c_int)
             .map_err(|e| tap.io("TUNSETVNETHDRSZ", e))?;
@@ -139,6 +145,28 @@ impl Tap {
             Err(TapError::Mismatch(..)) => Tap::open(name, false),
             other => other,
         }
+    }
+
+    /// Opens the TAP's other queues, up to `queues` in all with this one: one per queue pair of
+    /// a multiqueue card. A single-queue TAP has only this one.
+    pub fn with_queues(self, queues: usize) -> Result<Vec<Tap>, TapError> {
+        let more = if self.multi_queue {
+            queues.saturating_sub(1)
+        } else {
+            0
+        };
+        let mut all = Vec::with_capacity(1 + more);
+        let name = self.name.clone();
+        all.push(self);
+        for _ in 0..more {
+            all.push(Tap::open(&name, true)?);
+        }
+        Ok(all)
+    }
+
+    /// Whether more queues of the interface can be opened.
+    pub fn multi_queue(&self) -> bool {
+        self.multi_queue
     }
 
     /// The interface's name.

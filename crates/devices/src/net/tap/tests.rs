@@ -270,3 +270,26 @@ fn a_busy_tap_is_refused_or_found_held() {
         }
     });
 }
+
+#[test]
+fn a_multi_queue_tap_gives_a_queue_per_pair_and_a_single_queue_one_gives_one() {
+    in_namespace("a_multi_queue_tap_gives_a_queue_per_pair", || {
+        ip("tuntap add vkmq0 mode tap multi_queue");
+        let queues = Tap::open_existing("vkmq0").unwrap().with_queues(3).unwrap();
+        assert_eq!(queues.len(), 3);
+        assert!(queues.iter().all(|q| q.multi_queue() && q.name() == "vkmq0"));
+        // Each is its own queue of the interface: three descriptors say `iff: vkmq0`.
+        let ours = std::fs::read_dir("/proc/self/fdinfo")
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .filter(|info| info.lines().any(|l| l == "iff:\tvkmq0"))
+            .count();
+        assert_eq!(ours, 3);
+        drop(queues);
+
+        ip("tuntap add vksq0 mode tap");
+        let single = Tap::open_existing("vksq0").unwrap();
+        assert!(!single.multi_queue());
+        assert_eq!(single.with_queues(4).unwrap().len(), 1);
+    });
+}

@@ -1,0 +1,198 @@
+//! The header line a client opens each connection with, and the agent's JSON answers.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// The longest header line, newline excluded.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// What a connection asks of the agent: its first line, one JSON object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Run a program; stdin, stdout, stderr, resize, eof and signal frames follow, and the
+    /// agent ends with `exit` (or `error` if it could not start it).
+    Exec {
+        argv: Vec<String>,
+        /// Added to (or replacing in) the default environment: PATH, HOME, USER, LOGNAME,
+        /// SHELL, and TERM on a pty.
+        #[serde(default)]
+        env: Vec<(String, String)>,
+        /// The working directory; the user's home when absent.
+        #[serde(default)]
+        cwd: Option<String>,
+        /// A user name (or numeric uid) from the guest's /etc/passwd; the agent's own when absent.
+        #[serde(default)]
+        user: Option<String>,
+        /// On a pseudo-terminal of `cols` × `rows` (stdout then carries both outputs).
+        #[serde(default)]
+        tty: bool,
+        #[serde(default)]
+        cols: u16,
+        #[serde(default)]
+        rows: u16,
+    },
+    /// The client sends a tree (`entry` and `data` frames, then `end`) to put at `dest`.
+    CopyIn { dest: String },
+    /// The agent sends the tree at `src` (`entry` and `data` frames, then `end`).
+    CopyOut { src: String },
+    /// The guest's interfaces and addresses, as one `reply` frame ([`IpReport`]).
+    Ip,
+    /// Set the guest's CLOCK_REALTIME to this time (the host's, when it sent it).
+    SetTime { unix_nanos: u128 },
+    /// Power the guest off (or reboot it); the agent answers `exit` 0 first.
+    Shutdown {
+        #[serde(default)]
+        reboot: bool,
+    },
+    /// The agent's version and the guest's name, as one `reply` frame ([`AgentInfo`]).
+    Version,
+}
+
+impl Request {
+    /// The operation's name, as in the header.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Exec { .. } => "exec",
+            Request::CopyIn { .. } => "copy-in",
+            Request::CopyOut { .. } => "copy-out",
+            Request::Ip => "ip",
+            Request::SetTime { .. } => "set-time",
+            Request::Shutdown { .. } => "shutdown",
+            Request::Version => "version",
+        }
+    }
+}
+
+/// The answer to `version`, and what the hello carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub version: String,
+    pub hostname: String,
+    #[serde(default)]
+    pub kernel: String,
+}
+
+/// The line the agent sends to the host's port 1025 when it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub hello: AgentInfo,
+}
+
+/// The answer to `ip`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpReport {
+    pub interfaces: Vec<Interface>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    pub name: String,
+    #[serde(default)]
+    pub mac: Option<String>,
+    pub up: bool,
+    pub loopback: bool,
+    pub addresses: Vec<InterfaceAddress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceAddress {
+    /// `10.0.2.15`, `fe80::1`.
+    pub address: String,
+    pub prefix_len: u8,
+}
+
+/// Why a header (or another line) could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    #[error("the connection closed before a whole line")]
+    Closed,
+    #[error("the line is longer than {0} bytes")]
+    TooLong(usize),
+    #[error("the header is not a request: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("cannot read or write the header")]
+    Io(#[from] io::Error),
+}
+
+/// Reads one line of at most `max` bytes (newline excluded), a byte at a time so that nothing
+/// after it is taken from `reader`.
+pub fn read_line(reader: &mut impl Read, max: usize) -> Result<Vec<u8>, HeaderError> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match reader.read(&mut byte) {
+            Ok(0) => return Err(HeaderError::Closed),
+            Ok(_) if byte[0] == b'\n' => return Ok(line),
+            Ok(_) => {
+                if line.len() >= max {
+                    return Err(HeaderError::TooLong(max));
+                }
+                line.push(byte[0]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reads the header line and parses it.
+pub fn read_header(reader: &mut impl Read) -> Result<Request, HeaderError> {
+    let line = read_line(reader, MAX_HEADER_BYTES)?;
+    Ok(serde_json::from_slice(&line)?)
+}
+
+/// Writes `request` as one line (refused if longer than [`MAX_HEADER_BYTES`]).
+pub fn write_header(writer: &mut impl Write, request: &Request) -> Result<(), HeaderError> {
+    let mut line = serde_json::to_vec(request)?;
+    if line.len() > MAX_HEADER_BYTES {
+        return Err(HeaderError::TooLong(MAX_HEADER_BYTES));
+    }
+    line.push(b'\n');
+    writer.write_all(&line)?;
+    writer.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_is_one_json_line_and_nothing_after_it_is_read() {
+        let mut bytes = Vec::new();
+        write_header(&mut bytes, &Request::CopyOut { src: "/etc".into() }).unwrap();
+        assert_eq!(bytes, b"{\"op\":\"copy-out\",\"src\":\"/etc\"}\n");
+        bytes.extend_from_slice(b"rest");
+        let mut input = bytes.as_slice();
+        assert_eq!(
+            read_header(&mut input).unwrap(),
+            Request::CopyOut { src: "/etc".into() }
+        );
+        assert_eq!(input, b"rest");
+    }
+
+    #[test]
+    fn exec_defaults_and_bad_headers() {
+        let r = read_header(&mut &b"{\"op\":\"exec\",\"argv\":[\"true\"]}\n"[..]).unwrap();
+        assert!(matches!(r, Request::Exec { tty: false, ref env, .. } if env.is_empty()));
+        assert!(matches!(
+            read_header(&mut &b"{\"op\":\"jump\"}\n"[..]),
+            Err(HeaderError::Json(_))
+        ));
+        assert!(matches!(
+            read_header(&mut &b"{\"op\":\"copy-in\",\"dest\":\"/\",\"x\":1}\n"[..]),
+            Err(HeaderError::Json(_))
+        ));
+        assert!(matches!(
+            read_header(&mut &b"{\"op\""[..]),
+            Err(HeaderError::Closed)
+        ));
+        let long = vec![b' '; MAX_HEADER_BYTES + 1];
+        assert!(matches!(
+            read_header(&mut long.as_slice()),
+            Err(HeaderError::TooLong(_))
+        ));
+    }
+}

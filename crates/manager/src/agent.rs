@@ -1,0 +1,324 @@
+//! The host side of the guest agent (docs/AGENT.md): [`AgentClient`] reaches `virtkit-agent`
+//! in a running VM through the bundle's `vsock.sock` (Firecracker's hybrid vsock: `CONNECT
+//! 1024`, `OK <port>`, then a byte stream to the guest's port 1024), one connection per
+//! operation; [`AgentHost`] is the VM process's side: it takes the agent's hello on
+//! `vsock.sock_1025`, records that the agent is up (the control socket reports it), and sends
+//! `set-time` after a resume.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use virtkit_agent_protocol::tree::{receive_tree, send_tree, CopyReport, TreeError};
+use virtkit_agent_protocol::{
+    read_line, write_header, AgentInfo, ErrorKind, ExitStatus, Frame, FrameError, FrameReader, FrameWriter,
+    HeaderError, Hello, IpReport, Request, AGENT_PORT, HELLO_PORT,
+};
+
+/// The VM's vsock device's host socket (Firecracker's hybrid scheme), in the bundle.
+pub use crate::bundle::VSOCK_SOCKET;
+
+/// Where the guest's connections to the host's port `port` arrive.
+pub fn host_port_socket(port: u32) -> String {
+    format!("{VSOCK_SOCKET}_{port}")
+}
+
+/// How long connecting (and the CONNECT/OK exchange) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a short request (ip, version, set-time, shutdown) waits for its answer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest hello line taken.
+const MAX_HELLO_BYTES: usize = 4096;
+
+/// Why the agent could not be reached or did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("the VM has no vsock socket ({}): it was started without a vsock device", .0.display())]
+    NoVsock(PathBuf),
+    #[error("cannot reach the VM's vsock socket {}", path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nothing listens on the guest's vsock port {AGENT_PORT}{}", .0.as_deref().map(|a| format!(" (the VM's vsock device answered: {a})")).unwrap_or_default())]
+    NoAgent(Option<String>),
+    #[error("the connection to the agent failed")]
+    Io(#[from] std::io::Error),
+    #[error("the agent's answer is malformed")]
+    Frame(#[from] FrameError),
+    #[error("the request could not be sent")]
+    Header(#[from] HeaderError),
+    #[error("the agent disconnected before it answered")]
+    Disconnected,
+    #[error("the agent answered something unexpected: {0}")]
+    Unexpected(String),
+    /// The agent refused or failed, in its own sentence.
+    #[error("{1}")]
+    Refused(ErrorKind, String),
+    #[error(transparent)]
+    Copy(#[from] TreeError),
+}
+
+/// A connection to the agent for one operation.
+pub struct AgentConnection {
+    pub reader: FrameReader<UnixStream>,
+    pub writer: FrameWriter<UnixStream>,
+}
+
+/// Reaches the agent of the VM whose bundle is at `bundle`.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    socket: PathBuf,
+}
+
+impl AgentClient {
+    pub fn new(bundle: &Path) -> AgentClient {
+        AgentClient {
+            socket: bundle.join(VSOCK_SOCKET),
+        }
+    }
+
+    /// A client through an explicit hybrid-vsock socket.
+    pub fn with_socket(socket: PathBuf) -> AgentClient {
+        AgentClient { socket }
+    }
+
+    /// Connects to the guest's port 1024 and sends `request`.
+    pub fn open(&self, request: &Request) -> Result<AgentConnection, AgentError> {
+        let mut stream = connect_port(&self.socket, AGENT_PORT)?;
+        write_header(&mut stream, request)?;
+        Ok(AgentConnection {
+            reader: FrameReader::new(stream.try_clone()?),
+            writer: FrameWriter::new(stream),
+        })
+    }
+
+    /// A request answered by one `reply` frame.
+    fn ask<T: for<'de> Deserialize<'de>>(&self, request: &Request) -> Result<T, AgentError> {
+        let mut c = self.open(request)?;
+        c.reader_timeout(Some(REPLY_TIMEOUT))?;
+        match c.reader.read()? {
+            Some(Frame::Reply(json)) => {
+                serde_json::from_slice(&json).map_err(|e| AgentError::Unexpected(e.to_string()))
+            }
+            Some(Frame::Error(kind, text)) => Err(AgentError::Refused(kind, text)),
+            Some(other) => Err(AgentError::Unexpected(format!("{other:?}"))),
+            None => Err(AgentError::Disconnected),
+        }
+    }
+
+    /// A request answered by `exit` 0.
+    fn command(&self, request: &Request) -> Result<(), AgentError> {
+        let mut c = self.open(request)?;
+        c.reader_timeout(Some(REPLY_TIMEOUT))?;
+        c.expect_done()
+    }
+
+    pub fn version(&self) -> Result<AgentInfo, AgentError> {
+        self.ask(&Request::Version)
+    }
+
+    pub fn ip(&self) -> Result<IpReport, AgentError> {
+        self.ask(&Request::Ip)
+    }
+
+    /// Sets the guest's clock to the host's.
+    pub fn set_time(&self) -> Result<(), AgentError> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.command(&Request::SetTime {
+            unix_nanos: now.as_nanos(),
+        })
+    }
+
+    /// Asks the guest to power off (or reboot); returns once the agent has taken it.
+    pub fn shutdown(&self, reboot: bool) -> Result<(), AgentError> {
+        self.command(&Request::Shutdown { reboot })
+    }
+
+    /// Copies the local `src` (file, directory or link) to `dest` in the guest.
+    pub fn copy_in(&self, src: &Path, dest: &str) -> Result<CopyReport, AgentError> {
+        let mut c = self.open(&Request::CopyIn {
+            dest: dest.to_owned(),
+        })?;
+        match send_tree(src, &mut c.writer) {
+            Ok(report) => {
+                c.expect_done()?;
+                Ok(report)
+            }
+            // The agent stopped reading: its error frame says why.
+            Err(TreeError::Send(e)) => match c.reader.read() {
+                Ok(Some(Frame::Error(kind, text))) => Err(AgentError::Refused(kind, text)),
+                _ => Err(AgentError::Io(e)),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Copies `src` in the guest to the local `dest`; returns where it went.
+    pub fn copy_out(&self, src: &str, dest: &Path) -> Result<(PathBuf, CopyReport), AgentError> {
+        let mut c = self.open(&Request::CopyOut { src: src.to_owned() })?;
+        match receive_tree(dest, &mut c.reader) {
+            Ok(done) => Ok(done),
+            Err(TreeError::Remote(kind, text)) => Err(AgentError::Refused(kind, text)),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl AgentConnection {
+    pub fn reader_timeout(&mut self, t: Option<Duration>) -> std::io::Result<()> {
+        self.writer.get_ref().set_read_timeout(t)
+    }
+
+    /// Waits for `exit` 0 (or the agent's error).
+    pub fn expect_done(&mut self) -> Result<(), AgentError> {
+        match self.reader.read()? {
+            Some(Frame::Exit(ExitStatus::Code(0))) => Ok(()),
+            Some(Frame::Error(kind, text)) => Err(AgentError::Refused(kind, text)),
+            Some(other) => Err(AgentError::Unexpected(format!("{other:?}"))),
+            None => Err(AgentError::Disconnected),
+        }
+    }
+}
+
+/// Connects to the guest's vsock `port` through the hybrid socket at `socket`.
+pub fn connect_port(socket: &Path, port: u32) -> Result<UnixStream, AgentError> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| {
+        if matches!(source.kind(), std::io::ErrorKind::NotFound) {
+            AgentError::NoVsock(socket.to_owned())
+        } else {
+            AgentError::Connect {
+                path: socket.to_owned(),
+                source,
+            }
+        }
+    })?;
+    stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    let line = match read_line(&mut stream, 256) {
+        Ok(l) => String::from_utf8_lossy(&l).into_owned(),
+        // Firecracker closes the connection when the guest has nothing on the port.
+        Err(HeaderError::Closed) => return Err(AgentError::NoAgent(None)),
+        Err(HeaderError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            return Err(AgentError::NoAgent(None))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !line.starts_with("OK ") {
+        return Err(AgentError::NoAgent(Some(line)));
+    }
+    stream.set_read_timeout(None)?;
+    Ok(stream)
+}
+
+/// What the VM process knows of the agent: it said hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub version: String,
+    pub hostname: String,
+    #[serde(default)]
+    pub kernel: String,
+    /// When the hello came (Unix seconds).
+    pub since: u64,
+}
+
+/// The VM process's side of the agent: the hello listener and the clock setter.
+pub struct AgentHost {
+    status: Mutex<Option<AgentStatus>>,
+    client: AgentClient,
+    time_requests: Mutex<Option<Sender<()>>>,
+}
+
+impl AgentHost {
+    /// Listens on `vsock.sock_1025` in `bundle` for the agent's hello, on a thread of its own.
+    ///
+    /// The threads are unfiltered: they connect to `vsock.sock` (set-time), which no seccomp
+    /// role allows. What they take from the guest is one line of at most 4 KiB, parsed as JSON.
+    pub fn start(bundle: &Path) -> std::io::Result<Arc<AgentHost>> {
+        let path = bundle.join(host_port_socket(HELLO_PORT));
+        let listener = virtkit::unix_socket::bind_owner_only(&path)?;
+        let host = Arc::new(AgentHost {
+            status: Mutex::new(None),
+            client: AgentClient::new(bundle),
+            time_requests: Mutex::new(None),
+        });
+        let hello_host = host.clone();
+        std::thread::Builder::new()
+            .name("agent-hello".into())
+            .spawn(move || hello_host.take_hellos(listener))?;
+        let (tx, rx) = channel::<()>();
+        *host.time_requests.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        let time_host = host.clone();
+        std::thread::Builder::new()
+            .name("agent-time".into())
+            .spawn(move || {
+                for () in rx {
+                    if time_host.status().is_none() {
+                        continue;
+                    }
+                    match time_host.client.set_time() {
+                        Ok(()) => tracing::info!("set the guest's clock through the agent"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot set the guest's clock through the agent")
+                        }
+                    }
+                }
+            })?;
+        Ok(host)
+    }
+
+    fn take_hellos(&self, listener: UnixListener) {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let line = match read_line(&mut (&mut conn).take(MAX_HELLO_BYTES as u64 + 1), MAX_HELLO_BYTES) {
+                Ok(l) => l,
+                Err(e) => {
+                    virtkit_machine::warn_ratelimited!("agent hello: {e}");
+                    continue;
+                }
+            };
+            match serde_json::from_slice::<Hello>(&line) {
+                Ok(Hello { hello }) => {
+                    tracing::info!(version = %hello.version, hostname = %hello.hostname, "the guest agent is up");
+                    let since = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(AgentStatus {
+                        version: hello.version,
+                        hostname: hello.hostname,
+                        kernel: hello.kernel,
+                        since,
+                    });
+                }
+                Err(e) => virtkit_machine::warn_ratelimited!("agent hello: not a hello ({e})"),
+            }
+        }
+    }
+
+    /// The agent, if it said hello.
+    pub fn status(&self) -> Option<AgentStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Asks for the guest's clock to be set (after a resume), without waiting.
+    pub fn set_time_soon(&self) {
+        if let Some(tx) = self
+            .time_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = tx.send(());
+        }
+    }
+}
