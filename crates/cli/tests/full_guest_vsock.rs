@@ -10,6 +10,11 @@
 //!   sums of both directions are compared with what was sent.
 //! - `rst`: `virtkit vsock-proxy PATH 5003` (nothing listens in the guest) fails fast, naming it.
 //!
+//! A second boot runs the guest agent (`virtkit-agent`, static) in a named VM's guest:
+//! `run --detach --wait` returns on its hello (the guest's connection to the host's port 1025,
+//! `vsock.sock_1025`), and `exec` (output, exit code, stdin), `ip` and `stop` reach it through
+//! `vsock.sock`.
+//!
 //! The guest's and host's peer is one static C program (`tests/guest/vsock_peer.c`, built with
 //! `cc -static -O2` at test time), appended to the guest's initramfs as `/vt/vsock_peer`.
 
@@ -227,4 +232,68 @@ fn a_named_vm_has_its_socket_in_the_bundle(out: &str) {
     assert_value(out, "named", "got", sent);
     assert!(named.contains("VT named-done"), "{named}");
     assert_value(out, "named", "socket-left", "0");
+}
+
+/// The guest agent's side: started from the initramfs, it listens on vsock port 1024 and says
+/// hello to the host's port 1025 (the VM process's `vsock.sock_1025`).
+const GUEST_AGENT: &str = r#"
+/vt/virtkit-agent 2>/tmp/agent.log &
+say agent-started
+wait
+say agent-ended
+"#;
+
+const AGENT_SCRIPT: &str = r#"
+export VIRTKIT_HOME=$W/home
+$VIRTKIT create ag --kernel $G/vmlinuz --initrd $G/initrd-ag --memory 256M --cpus 1 --disk-size 1M \
+    --network none --no-seed \
+    --cmdline "console=ttyS0 quiet virtkit.run=\"sh /vt/ag.sh\" virtkit.action=poweroff" >$W/create.log 2>&1
+echo "CASE agent: create=$?"
+sed "s/^/CASE agent: create: /" $W/create.log
+t0=$(date +%s)
+timeout 150 $VIRTKIT run ag --detach --wait 120 >$W/run.log 2>&1
+echo "CASE agent: run=$? wait-seconds=$(($(date +%s) - t0))"
+sed "s/^/CASE agent: run: /" $W/run.log
+echo "CASE agent: uname=$(timeout 60 $VIRTKIT exec ag -- uname -s 2>$W/e1.err)"
+sed "s/^/CASE agent: exec-err: /" $W/e1.err
+timeout 60 $VIRTKIT exec ag -- sh -c 'exit 7' 2>/dev/null; echo "CASE agent: exit7=$?"
+echo "CASE agent: cat=$(echo through-the-agent | timeout 60 $VIRTKIT exec ag -- cat)"
+echo "CASE agent: ip $(timeout 60 $VIRTKIT ip ag --format json 2>&1 | tr -d ' \n')"
+t0=$(date +%s)
+timeout 120 $VIRTKIT stop ag --timeout 60 >$W/stop.log 2>&1
+echo "CASE agent: stop=$? stop-seconds=$(($(date +%s) - t0))"
+sed "s/^/CASE agent: stop: /" $W/stop.log
+tr -d '\r' <$VIRTKIT_HOME/vms/ag/console.log | grep -E '^VT |VIRTKIT-GUEST' | sed "s/^/CASE agent: console: /"
+"#;
+
+#[test]
+fn the_guest_agent_answers_through_the_real_vsock_device() {
+    let Some(assets) = prerequisites() else { return };
+    let agent = virtkit_testkit::agent::static_agent();
+    let scratch = Scratch::new("agent-initrd");
+    let initrd = scratch.0.join("initrd-ag");
+    initrd_with_scripts(&assets, &initrd, &[("ag", GUEST_AGENT)]);
+    let mut data = std::fs::read(&initrd).unwrap();
+    data.resize(data.len().next_multiple_of(4), 0);
+    let mut w = CpioWriter::new(data);
+    w.file("vt/virtkit-agent", 0o755, &std::fs::read(&agent).unwrap())
+        .unwrap();
+    std::fs::write(&initrd, w.finish().unwrap()).unwrap();
+    let out = run_guest_script(
+        &assets,
+        "vsock-agent",
+        &[],
+        &[(initrd.as_path(), "initrd-ag")],
+        AGENT_SCRIPT,
+    );
+    let Some(out) = out else { return };
+    let lines = case_lines(&out, "agent").join("\n");
+    assert_value(&out, "agent", "create", "0");
+    assert_value(&out, "agent", "run", "0");
+    assert_value(&out, "agent", "uname", "Linux");
+    assert_value(&out, "agent", "exit7", "7");
+    assert_value(&out, "agent", "cat", "through-the-agent");
+    assert!(lines.contains("\"source\":\"agent\""), "{lines}");
+    assert_value(&out, "agent", "stop", "0");
+    assert!(lines.contains("shut down through its agent"), "{lines}");
 }
