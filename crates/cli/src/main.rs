@@ -52,6 +52,9 @@ enum Command {
     /// Print a running VM's IP address (`--wait S` for the guest to take one; `--format json`:
     /// every network card with its MAC and addresses).
     Ip(commands::ip::IpArgs),
+    /// Connect standard input and output to a running VM's vsock port (through its
+    /// `vsock.sock`; an ssh ProxyCommand).
+    VsockProxy(commands::vsock_proxy::VsockProxyArgs),
     /// Log in to a VM with ssh through its vsock (no network needed), as its cloud-init user;
     /// `--print-config` prints an ssh_config block for other tools.
     Ssh(commands::ssh::SshArgs),
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         Command::Console(args) => commands::console::run(&args),
         Command::Logs(args) => commands::logs::run(&args),
         Command::Ip(args) => commands::ip::run(&args),
+        Command::VsockProxy(args) => commands::vsock_proxy::run(&args),
         Command::Ssh(args) => commands::ssh::run(&args),
         Command::Exec(args) => commands::exec::run(&args),
         Command::Cp(args) => commands::cp::run(&args),

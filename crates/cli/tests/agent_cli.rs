@@ -1,9 +1,12 @@
 //! `virtkit exec`, `cp`, `ip`, `run --wait` and `stop` through the guest agent, end to end
-//! through the CLI, before the vsock device exists: the bundle's `vsock.sock` is served by the
+//! through the CLI, with the agent on the host: the bundle's `vsock.sock` is served by the
 //! test's fake hybrid-vsock socket (`CONNECT`/`OK`), which splices to the static
 //! `virtkit-agent` running on the host with `--listen unix:`. The first tests hold the
 //! bundle's lock themselves (the VM looks running to the CLI); the last runs a real VM process
-//! (a small test guest under SeaBIOS), whose hello listener takes the host-run agent's hello.
+//! (a small test guest under SeaBIOS), whose hello listener takes the host-run agent's hello;
+//! its own vsock device's `vsock.sock` is taken over by the fake once it runs. The agent in a
+//! real guest over the real device: `full_guest_vsock.rs` covers the device and the hybrid
+//! socket both ways.
 
 mod support;
 
@@ -288,14 +291,18 @@ fn run_wait_takes_the_hello_and_ip_and_stop_use_the_agent() {
     let bundle = home.bundle("vm");
     let hello = format!("unix:{}", bundle.join("vsock.sock_1025").display());
     let _agent = AgentProcess::start(&static_agent(), &home.dir.join("agent.sock"), &hello);
-    FakeVsock::serve(
-        &bundle.join("vsock.sock"),
-        HashMap::from([(1024, home.dir.join("agent.sock"))]),
-    );
     let started = Instant::now();
     let out = home.ok(&["run", "vm", "--detach", "--wait", "30"]);
     eprintln!("run --wait returned after {:?}", started.elapsed());
     assert!(out.contains("agent up (virtkit-agent"), "{out}");
+    // The VM process's own vsock device listens on `vsock.sock` (its guest, a small BIOS
+    // program, has no vsock driver); the fake takes the path over, so the host-run agent
+    // answers for the guest from here on.
+    assert!(bundle.join("vsock.sock").exists(), "the VM's vsock socket");
+    FakeVsock::serve(
+        &bundle.join("vsock.sock"),
+        HashMap::from([(1024, home.dir.join("agent.sock"))]),
+    );
     // What else arrives on the hello socket (too long, not JSON) is dropped; the VM runs on.
     for junk in [vec![b'x'; 10_000], b"{not json}\n".to_vec()] {
         use std::io::Write;

@@ -422,3 +422,88 @@ fn terminal_is_raw_while_running_and_restored_after_a_crash_and_after_ctrl_a_x()
         std::fs::read(dir.0.join("after")).unwrap()
     );
 }
+
+/// A stand-in for a VM's vsock socket: reads one `CONNECT` line; `answer` decides what comes
+/// back (`Some(line)`: the line, then an echo of the connection; `None`: the socket closed).
+fn fake_vsock_socket(path: &Path, answer: Option<&'static str>) -> std::thread::JoinHandle<String> {
+    use std::io::Read;
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while s.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        if let Some(answer) = answer {
+            s.write_all(answer.as_bytes()).unwrap();
+            let mut data = Vec::new();
+            s.read_to_end(&mut data).unwrap();
+            s.write_all(&data).unwrap();
+        }
+        String::from_utf8(line).unwrap()
+    })
+}
+
+#[test]
+fn vsock_proxy_speaks_the_connect_handshake_then_relays() {
+    let dir = TempDir::new("vsock-proxy");
+    let path = dir.0.join("v.sock");
+    let server = fake_vsock_socket(&path, Some("OK 1073741824\n"));
+    let mut child = Command::new(VIRTKIT)
+        .args(["vsock-proxy", path.to_str().unwrap(), "5000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"through vsock").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "through vsock");
+    assert_eq!(server.join().unwrap(), "CONNECT 5000");
+}
+
+#[test]
+fn vsock_proxy_to_a_refused_port_or_no_socket_says_so() {
+    let dir = TempDir::new("vsock-refused");
+    let path = dir.0.join("v.sock");
+    let server = fake_vsock_socket(&path, None);
+    let out = virtkit(&["vsock-proxy", path.to_str().unwrap(), "5003"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("the guest refused the connection to vsock port 5003"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(server.join().unwrap(), "CONNECT 5003");
+    let missing = dir.0.join("none.sock");
+    let out = virtkit(&["vsock-proxy", missing.to_str().unwrap(), "22"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot reach the vsock socket"),
+        "{}",
+        stderr(&out)
+    );
+    // A port that is not a number is a usage error.
+    assert_eq!(virtkit(&["vsock-proxy", "vm", "http"]).status.code(), Some(2));
+}
+
+#[test]
+fn run_vsock_with_a_socket_path_too_long_is_refused_in_a_sentence() {
+    let dir = TempDir::new("vsock-run");
+    let long = dir.0.join("x".repeat(120));
+    let out = virtkit(&[
+        "run",
+        "--kernel",
+        "/nonexistent/vmlinuz",
+        "--vsock",
+        long.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("socket_devices[0].uds_path"),
+        "{}",
+        stderr(&out)
+    );
+}

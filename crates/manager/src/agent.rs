@@ -20,7 +20,7 @@ use virtkit_agent_protocol::{
 };
 
 /// The VM's vsock device's host socket (Firecracker's hybrid scheme), in the bundle.
-pub const VSOCK_SOCKET: &str = "vsock.sock";
+pub use crate::bundle::VSOCK_SOCKET;
 
 /// Where the guest's connections to the host's port `port` arrive.
 pub fn host_port_socket(port: u32) -> String {

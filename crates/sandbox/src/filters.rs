@@ -239,6 +239,19 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
                     send_connected(&mut r);
                     r.allow_all(&[SYS_recvfrom, SYS_writev, SYS_accept4]);
                 }
+                // virtio-vsock's host side: host clients accepted from the listening socket
+                // (`accept4`, made non-blocking with `ioctl(FIONBIO)`, their user checked with
+                // `getsockopt(SO_PEERCRED)` against `geteuid`), the guest's connections opened
+                // as non-blocking Unix stream sockets (`socket(AF_UNIX)` + `connect`), bytes
+                // both ways (`recvfrom`, `send`) and half closes (`shutdown`). No other socket
+                // family, no `bind`/`listen`, no file opens.
+                DeviceKind::Vsock => {
+                    send_connected(&mut r);
+                    r.allow_all(&[SYS_recvfrom, SYS_accept4, SYS_connect, SYS_shutdown, SYS_geteuid])
+                        .allow_if(SYS_socket, &[(0, AF_UNIX as u64)])
+                        .allow_if(SYS_getsockopt, &[(1, SOL_SOCKET as u64), (2, SO_PEERCRED as u64)])
+                        .allow_if(SYS_ioctl, &[(1, FIONBIO)]);
+                }
                 DeviceKind::Other => {
                     r.allow_all(&[SYS_nanosleep, SYS_clock_nanosleep]);
                 }
@@ -384,13 +397,14 @@ mod tests {
         assert_eq!(kvm::KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
     }
 
-    const ALL_ROLES: [ThreadRole; 17] = [
+    const ALL_ROLES: [ThreadRole; 18] = [
         ThreadRole::Vcpu,
         ThreadRole::DeviceWorker(DeviceKind::Block),
         ThreadRole::DeviceWorker(DeviceKind::Rng),
         ThreadRole::DeviceWorker(DeviceKind::Balloon),
         ThreadRole::DeviceWorker(DeviceKind::Console),
         ThreadRole::DeviceWorker(DeviceKind::Net),
+        ThreadRole::DeviceWorker(DeviceKind::Vsock),
         ThreadRole::DeviceWorker(DeviceKind::Other),
         ThreadRole::SerialInput,
         ThreadRole::SerialOutput,
@@ -436,8 +450,19 @@ mod tests {
                 SYS_prctl,
                 SYS_seccomp,
             ] {
+                // The one exception: virtio-vsock's worker connects the guest's connections to
+                // `<path>_<port>`, Unix sockets only (checked below).
+                if role == ThreadRole::DeviceWorker(DeviceKind::Vsock)
+                    && (nr == SYS_socket || nr == SYS_connect)
+                {
+                    continue;
+                }
                 assert!(!rules.allows(nr), "{role:?} allows syscall {nr}");
             }
+            assert!(
+                !rules.allows_any_arguments(SYS_socket),
+                "{role:?}: socket unrestricted"
+            );
             assert!(
                 !rules.allows_any_arguments(SYS_ioctl),
                 "{role:?}: ioctl unrestricted"
@@ -467,6 +492,7 @@ mod tests {
             assert!(!rules.allows(nr), "syscall {nr}");
         }
         assert_eq!(DeviceKind::from_worker_name("net"), DeviceKind::Net);
+        assert_eq!(DeviceKind::from_worker_name("vsock"), DeviceKind::Vsock);
     }
 
     #[test]

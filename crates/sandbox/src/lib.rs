@@ -129,6 +129,9 @@ pub enum DeviceKind {
     Console,
     /// `v_net`: a network backend's connected socket (frames sent and received, no address).
     Net,
+    /// `v_vsock`: the host side of virtio-vsock: Unix stream sockets accepted from its
+    /// listener and connected to `<path>_<port>`.
+    Vsock,
     /// Any other worker (test devices): an event loop on eventfds only.
     Other,
 }
@@ -142,6 +145,7 @@ impl DeviceKind {
             "balloon" => DeviceKind::Balloon,
             "console" => DeviceKind::Console,
             "net" => DeviceKind::Net,
+            "vsock" => DeviceKind::Vsock,
             _ => DeviceKind::Other,
         }
     }

@@ -1,4 +1,5 @@
-//! The guest agent on the host, for tests that have no vsock device yet:
+//! The guest agent on the host, for tests that run it without a guest (the VM's vsock device
+//! and the agent in a real guest are tested by the full-guest tests):
 //!
 //! * [`static_agent`] builds `virtkit-agent` the way it goes into a guest (static, glibc,
 //!   `-C target-feature=+crt-static`, release) into a known place, once per test process;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::devices::{
     ConsoleDeviceConfiguration, EntropyDeviceConfiguration, MemoryBalloonConfiguration,
-    NetworkDeviceConfiguration,
+    NetworkDeviceConfiguration, SocketDeviceConfiguration,
 };
 use crate::identity::MachineIdentifier;
 use crate::storage::StorageDeviceConfiguration;
@@ -51,6 +51,10 @@ pub struct VirtualMachineConfiguration {
     /// Network cards (virtio-net): NAT through passt, or a Unix socket.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network_devices: Vec<NetworkDeviceConfiguration>,
+    /// Socket devices (virtio-vsock, at most one): host programs reach the guest's ports
+    /// through a Unix socket (`CONNECT <port>`), the guest reaches `<uds_path>_<port>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub socket_devices: Vec<SocketDeviceConfiguration>,
     /// The platform's identity (SMBIOS UUID and serial, MAC addresses).
     #[serde(default, skip_serializing_if = "PlatformConfiguration::is_default")]
     pub platform: PlatformConfiguration,
@@ -152,6 +156,7 @@ impl VirtualMachineConfiguration {
             memory_balloon_devices: Vec::new(),
             console_devices: Vec::new(),
             network_devices: Vec::new(),
+            socket_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         }
     }
@@ -172,6 +177,7 @@ impl VirtualMachineConfiguration {
             memory_balloon_devices: Vec::new(),
             console_devices: Vec::new(),
             network_devices: Vec::new(),
+            socket_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         }
     }

@@ -22,6 +22,7 @@ mod storage;
 pub mod unix_socket;
 mod validate;
 mod vm;
+mod vsock_client;
 
 pub use config::{
     BootLoader, PlatformConfiguration, SerialAttachment, SerialPortConfiguration,
@@ -32,7 +33,8 @@ pub use console_server::{ConsoleClients, ConsoleOutput, ConsoleServer, ConsoleSe
 pub use devices::{
     passt_log_name, BalloonStatus, ConsoleDeviceConfiguration, ConsolePortConfiguration, DeviceError,
     DeviceManager, EntropyDeviceConfiguration, Framing, MemoryBalloonConfiguration, NetworkAttachment,
-    NetworkDeviceConfiguration, NicAddresses, PortProtocol, PublishedPort,
+    NetworkDeviceConfiguration, NicAddresses, PortProtocol, PublishedPort, SocketDeviceConfiguration,
+    DEFAULT_GUEST_CID,
 };
 pub use host::{HostCapabilities, HostKind};
 pub use identity::{BadMachineIdentifier, MachineIdentifier};
@@ -43,3 +45,4 @@ pub use validate::{ValidationError, ValidationIssue, MAX_SOCKET_PATH};
 pub use virtkit_devices::balloon::BalloonStatistics;
 pub use virtkit_devices::rng::RateLimit;
 pub use vm::{StartError, VirtualMachine, VmError, PAUSE_TIMEOUT};
+pub use vsock_client::{connect_vsock, VsockConnectError};

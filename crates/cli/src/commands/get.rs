@@ -88,6 +88,7 @@ pub fn get(args: &GetArgs) -> Result<u8, CliError> {
         "path": b.path(),
         "external_paths": b.external_paths(),
         "balloon": balloon_of(&b),
+        "vsock": vsock_of(&b),
         "agent": agent_of(&b),
     });
     match args.format {
@@ -99,6 +100,7 @@ pub fn get(args: &GetArgs) -> Result<u8, CliError> {
                         v.as_u64().map(human_size).unwrap_or_default()
                     }
                     ("balloon", serde_json::Value::Object(b)) => balloon_text(b),
+                    ("vsock", v) => format!("cid {} {}", v["guest_cid"], v["socket"].as_str().unwrap_or("-")),
                     ("seed", serde_json::Value::Object(s)) => format!(
                         "cloud-init: user {}, {} SSH key(s), hostname {}{}{}",
                         s.get("user").and_then(|v| v.as_str()).unwrap_or("-"),
@@ -137,6 +139,21 @@ pub fn get(args: &GetArgs) -> Result<u8, CliError> {
         }
     }
     Ok(0)
+}
+
+/// The socket device: the guest's CID and the host socket (`vsock.sock` in the bundle unless
+/// the configuration names another), whether or not the VM runs.
+fn vsock_of(b: &virtkit_manager::bundle::Bundle) -> serde_json::Value {
+    let c = b.configuration();
+    let (cid, path) = match c.socket_devices.first() {
+        Some(d) if d.uds_path.is_relative() => (d.guest_cid, b.path().join(&d.uds_path)),
+        Some(d) => (d.guest_cid, d.uds_path.clone()),
+        None => (
+            virtkit::DEFAULT_GUEST_CID,
+            b.file(virtkit_manager::bundle::VSOCK_SOCKET),
+        ),
+    };
+    json!({ "guest_cid": cid, "socket": path })
 }
 
 /// `02:00:00:12:34:56 nat 127.0.0.1:2222->22/tcp`

@@ -20,3 +20,4 @@ pub mod run;
 pub mod ssh;
 pub mod validate;
 pub mod vms;
+pub mod vsock_proxy;

@@ -21,7 +21,7 @@ pub use crate::vm_process::ConsoleChoice;
 #[derive(Args)]
 pub struct RunArgs {
     /// A VM made with `virtkit create` (its bundle has the whole configuration).
-    #[arg(conflicts_with_all = ["config", "kernel", "firmware", "disks", "entropy", "balloon", "ports", "networks", "published", "cpus", "memory", "serial"])]
+    #[arg(conflicts_with_all = ["config", "kernel", "firmware", "disks", "entropy", "balloon", "ports", "networks", "published", "cpus", "memory", "serial", "vsock"])]
     pub name: Option<String>,
     /// Run the named VM in the background; `virtkit console NAME` attaches to it.
     #[arg(long, requires = "name")]
@@ -84,6 +84,12 @@ pub struct RunArgs {
     /// bound to 127.0.0.1 unless ADDR is given; adds a NAT card if none is given; repeatable.
     #[arg(long = "publish", value_name = "[ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp]", value_parser = network_flags::parse_publish)]
     pub published: Vec<PublishedPort>,
+    /// A virtio-vsock device (guest CID 3) whose host side listens on the Unix socket PATH:
+    /// a host program sends `CONNECT <port>\n` there to reach the guest's port (or runs
+    /// `virtkit vsock-proxy PATH PORT`); the guest's connections to host port P go to
+    /// `PATH_P`. A named VM always has one, at `vsock.sock` in its bundle.
+    #[arg(long, value_name = "PATH")]
+    pub vsock: Option<PathBuf>,
     /// Where COM1 goes: stdio, none, file:PATH or unix:PATH [default: stdio, or the configuration's].
     #[arg(long, value_parser = parse_serial)]
     pub serial: Option<SerialChoice>,
@@ -158,6 +164,7 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
             memory_balloon_devices: Vec::new(),
             console_devices: Vec::new(),
             network_devices: Vec::new(),
+            socket_devices: Vec::new(),
             platform: virtkit::PlatformConfiguration::default(),
         }
         .with_serial(SerialAttachment::Stdio)
@@ -167,6 +174,12 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
     config.entropy_devices.extend(args.entropy.iter().cloned());
     network_flags::apply(&mut config.network_devices, &args.networks, &args.published)
         .map_err(CliError::new)?;
+    if let Some(path) = &args.vsock {
+        config.socket_devices.clear();
+        config
+            .socket_devices
+            .push(virtkit::SocketDeviceConfiguration::new(path));
+    }
     if args.balloon {
         config
             .memory_balloon_devices

@@ -16,7 +16,7 @@
 
 pub mod address;
 mod backend;
-mod chain;
+pub(crate) mod chain;
 mod ctrl;
 mod datagram;
 mod device;

@@ -10,7 +10,7 @@ use super::files::{create_private_dir, restrict_permissions, DIR_MODE, FILE_MODE
 use super::{
     check_name, external, io_error, siblings, Bundle, BundleError, HardwareModel, AUX_FILE, CONFIG_FILE,
     CONSOLE_SOCKET, CONTROL_SOCKET, DISK_FILE, EXTERNAL_PATHS_FILE, HARDWARE_MODEL_FILE, INITRD_FILE,
-    KERNEL_FILE, MACHINE_ID_FILE, RESTORE_IMAGE_STEM,
+    KERNEL_FILE, MACHINE_ID_FILE, RESTORE_IMAGE_STEM, VSOCK_SOCKET,
 };
 use crate::home::VirtkitHome;
 use virtkit::devices::{
@@ -194,7 +194,7 @@ fn copy_in(src: &Path, dst: &Path) -> Result<(), BundleError> {
     Ok(())
 }
 
-/// Refuses a VM whose sockets (`control.sock`, `console.sock`, `port-NAME.sock`) would not fit
+/// Refuses a VM whose sockets (`control.sock`, `console.sock`, `vsock.sock`, `port-NAME.sock`) would not fit
 /// a Unix socket address at their final place: known at create, not first found at a run.
 fn check_socket_paths(dir: &Path, config: &VirtualMachineConfiguration) -> Result<(), BundleError> {
     let ports = config.console_devices.iter().flat_map(|d| d.ports.iter());
@@ -207,6 +207,7 @@ fn check_socket_paths(dir: &Path, config: &VirtualMachineConfiguration) -> Resul
     for socket in [
         PathBuf::from(CONTROL_SOCKET),
         PathBuf::from(CONSOLE_SOCKET),
+        PathBuf::from(VSOCK_SOCKET),
         hello,
     ]
     .into_iter()
@@ -310,6 +311,9 @@ impl Bundle {
                 }]
             },
             network_devices: spec.network_devices.clone(),
+            // The socket device is added at each run (`vsock.sock` in the bundle, CID 3), so
+            // it is left out here unless a user sets one.
+            socket_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         };
 

@@ -60,6 +60,13 @@ fn referenced(config: &VirtualMachineConfiguration) -> Vec<(String, &Path, bool)
             }
         }
     }
+    for (i, d) in config.socket_devices.iter().enumerate() {
+        found.push((
+            format!("socket_devices[{i}].uds_path"),
+            d.uds_path.as_path(),
+            false,
+        ));
+    }
     found
 }
 

@@ -15,6 +15,9 @@
 //!   lock, pid            held / written by the process running the VM
 //!   control.sock         that process's control socket (JSON lines, docs/CONTROL.md)
 //!   console.sock         that process's serial console
+//!   vsock.sock           the guest's vsock ports for host programs (`CONNECT <port>`);
+//!                        `vsock.sock_<port>` is where the guest's connections to host port
+//!                        <port> go, if a host program listens there
 //! ```
 //!
 //! Creating and cloning build the bundle in a hidden temporary directory beside it and rename
@@ -54,7 +57,10 @@ pub use virtkit_disk::{CloneMethod, DiskImageError};
 use crate::home::VirtkitHome;
 use virtkit::MachineIdentifier;
 use virtkit::ValidationError;
-use virtkit::{BootLoader, SerialAttachment, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION};
+use virtkit::{
+    BootLoader, SerialAttachment, SocketDeviceConfiguration, VirtualMachineConfiguration,
+    CONFIG_FORMAT_VERSION,
+};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const DISK_FILE: &str = "disk.img";
@@ -73,6 +79,8 @@ pub const LOCK_FILE: &str = "lock";
 pub const PID_FILE: &str = "pid";
 pub const CONTROL_SOCKET: &str = "control.sock";
 pub const CONSOLE_SOCKET: &str = "console.sock";
+/// The socket device's host socket (virtio-vsock, Firecracker's hybrid scheme).
+pub const VSOCK_SOCKET: &str = "vsock.sock";
 
 /// Why a bundle operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -345,6 +353,14 @@ impl Bundle {
             {
                 resolve(path);
             }
+        }
+        // Every bundle VM has a socket device, its host socket in the bundle (guest CID 3
+        // unless the configuration says otherwise).
+        match c.socket_devices.first_mut() {
+            Some(device) => resolve(&mut device.uds_path),
+            None => c
+                .socket_devices
+                .push(SocketDeviceConfiguration::new(self.path.join(VSOCK_SOCKET))),
         }
         c.platform.machine_identifier = Some(self.machine_id);
         // passt's messages beside console.log, for `virtkit logs --network`.

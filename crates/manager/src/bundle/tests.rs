@@ -76,6 +76,12 @@ fn create_writes_every_file_and_open_reads_it_back() {
     let run = b.runtime_configuration().unwrap();
     assert_eq!(run.storage_devices[0].path, b.file(DISK_FILE));
     assert_eq!(run.platform.machine_identifier, Some(b.machine_identifier()));
+    // Every bundle VM has a socket device on `vsock.sock` in its bundle, the guest CID 3; the
+    // stored configuration does not name it.
+    assert!(stored.socket_devices.is_empty());
+    assert_eq!(run.socket_devices.len(), 1);
+    assert_eq!(run.socket_devices[0].uds_path, b.file(VSOCK_SOCKET));
+    assert_eq!(run.socket_devices[0].guest_cid, 3);
 
     let again = Bundle::open(&home.0, "web").unwrap();
     assert_eq!(again.machine_identifier(), b.machine_identifier());

@@ -11,6 +11,7 @@ mod block;
 mod console;
 mod entropy;
 mod net;
+mod socket;
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -26,6 +27,7 @@ pub use net::{
     parse_mac, passt_log_name, Framing, NetworkAttachment, NetworkDeviceConfiguration, NicAddresses,
     PortProtocol, PublishedPort, DEFAULT_MAC_PREFIX,
 };
+pub use socket::{SocketDeviceConfiguration, DEFAULT_GUEST_CID};
 use virtkit_devices::balloon::BalloonHandle;
 use virtkit_devices::console::ConsoleHandle;
 
@@ -62,6 +64,10 @@ pub enum DeviceError {
     },
     #[error("cannot set up the network card {name}: {message}")]
     Network { name: String, message: String },
+    #[error("cannot set up the socket device's host side")]
+    SocketHost(#[source] virtkit_devices::vsock::HostError),
+    #[error("cannot create the socket device")]
+    SocketDevice(#[source] virtkit_devices::vsock::VsockError),
     #[error("this machine has no memory balloon; add one (`memory_balloon_devices`, or `--balloon` when it is created)")]
     NoBalloon,
     #[error("a balloon target of {target} bytes is more than the machine's {memory} bytes of memory")]
@@ -93,6 +99,9 @@ pub struct DeviceManager {
     consoles: Mutex<Vec<ConsoleHandle>>,
     /// Each network card's address watch.
     nics: Mutex<Vec<net::NicRuntime>>,
+    /// The socket devices' host sockets, removed when the machine's devices are released
+    /// (the device itself may outlive it in the machine's bus).
+    socket_files: Mutex<Vec<net::SocketFile>>,
     /// The passt processes of NAT cards. [`DeviceManager::release`] leaves them: it runs on the
     /// `vmm` thread, whose seccomp filter allows neither `kill` nor `wait4`. The handles stop
     /// and reap passt when the manager is dropped, on the thread that owns the machine
@@ -113,6 +122,7 @@ pub(crate) fn validate_devices(config: &VirtualMachineConfiguration, issues: &mu
     entropy::validate(&config.entropy_devices, issues);
     balloon::validate(&config.memory_balloon_devices, issues);
     console::validate(&config.console_devices, issues);
+    socket::validate(&config.socket_devices, issues);
     net::validate(
         &config.network_devices,
         config.platform.machine_identifier.as_ref(),
@@ -124,6 +134,7 @@ pub(crate) fn validate_devices(config: &VirtualMachineConfiguration, issues: &mu
         (config.memory_balloon_devices.len(), "memory balloons"),
         (config.console_devices.len(), "console devices"),
         (config.network_devices.len(), "network devices"),
+        (config.socket_devices.len(), "socket devices"),
     ];
     let used: usize = counts.iter().map(|(n, _)| n).sum();
     if used > DEVICE_SLOTS {
@@ -151,6 +162,7 @@ impl DeviceManager {
         entropy::attach(&manager, machine, &config.entropy_devices)?;
         balloon::attach(&manager, machine, &config.memory_balloon_devices)?;
         console::attach(&manager, machine, &mut config.console_devices)?;
+        socket::attach(&manager, machine, &config.socket_devices)?;
         net::attach(
             &manager,
             machine,
@@ -338,6 +350,17 @@ impl DeviceManager {
         self.consoles.lock().unwrap_or_else(|p| p.into_inner()).clear();
         // passt's handles stay: see `helpers`.
         self.nics.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.socket_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    fn add_socket_file(&self, path: std::path::PathBuf) {
+        self.socket_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(net::SocketFile::new(path));
     }
 
     fn for_each(

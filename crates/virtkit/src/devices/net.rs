@@ -380,6 +380,12 @@ fn validate_listening(path: &std::path::Path, framing: Framing, i: usize, issues
 /// Removes a listening attachment's socket file when the card goes.
 pub(super) struct SocketFile(PathBuf);
 
+impl SocketFile {
+    pub(super) fn new(path: PathBuf) -> SocketFile {
+        SocketFile(path)
+    }
+}
+
 impl Drop for SocketFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
