@@ -2,7 +2,10 @@
 //! image holds), built from Debian's packages by `scripts/debian-image.sh`, made a VM with
 //! `virtkit create --from root.img --ssh-key --user`, booted in the emulated KVM host (its own
 //! kernel and initramfs, a direct boot). cloud-init takes the seed: the user with the key, the
-//! hostname; then a clone boots as a new instance with its own hostname.
+//! hostname, and the guest agent (on the seed, installed as a systemd service), so `run --wait`
+//! returns on its hello, `virtkit exec` runs commands and `virtkit ssh` (the system's ssh through
+//! `vsock-proxy`, no network card) logs in as the seed's user with the key. Then a clone boots as
+//! a new instance with its own hostname, reached the same ways.
 //!
 //! The image is 2 GiB sparse (about 550 MB used); it reaches the emulated host on a disk of its
 //! own (an ext4 image holding it, made with `mkfs.ext4 -d`), which also holds the bundles.
@@ -17,7 +20,8 @@ use std::time::Duration;
 
 use support::*;
 
-const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHv1rTestKeyOnlyForTests0123456789abcdef me@host";
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
 
 const SCRIPT: &str = r#"
 if [ -d /virtkit/host-modules ]; then
@@ -38,21 +42,32 @@ fi
 export VIRTKIT_HOME=$D/home
 rm -rf $VIRTKIT_HOME
 clog() { cat $VIRTKIT_HOME/vms/$1/console.log 2>/dev/null | tr -d '\r'; }
-# boot NAME CASE: run it, wait for cloud-init's final message and the login prompt
+# boot NAME CASE: run it until the agent's hello, then wait for cloud-init's final message and
+# the login prompt; then exec and ssh into it
 boot() {
     s=$(date +%s)
-    $VIRTKIT run $1 --detach >/dev/null; echo "CASE $2: run=$?"
-    end=$(($(date +%s) + 1500))
+    $VIRTKIT run $1 --detach --wait 1500 >$W/run-$1.log 2>&1; echo "CASE $2: run=$?"
+    sed "s/^/CASE $2: run: /" $W/run-$1.log
+    echo "CASE $2: agent-seconds=$(($(date +%s) - s))"
+    end=$(($(date +%s) + 600))
     until clog $1 | grep -q "login:" && clog $1 | grep -q "Cloud-init v.* finished" || [ $(date +%s) -ge $end ]; do sleep 2; done
     echo "CASE $2: boot-seconds=$(($(date +%s) - s))"
     clog $1 | grep -E "login:|Cloud-init v.* finished|Authorized keys from|ci-info: \| (ssh-ed25519)|instance-id|Failed|Reached target" | sed "s/^/CASE $2: console: /"
     echo "CASE $2: login-prompt=$(clog $1 | grep -o '^[a-z0-9-]* login:' | tail -n1 | cut -d' ' -f1)"
     echo "CASE $2: keys-for=$(clog $1 | grep -o 'Authorized keys from /home/[a-z]*/.ssh/authorized_keys for user [a-z]*' | tail -n1 | awk '{print $NF}')"
+    echo "CASE $2: exec-hostname=$($VIRTKIT exec $1 -- hostname 2>&1)"
+    echo "CASE $2: exec-cloud-init=$($VIRTKIT exec $1 -- cloud-init status 2>&1 | tr ' ' '_')"
+    $VIRTKIT exec $1 -- sh -c 'exit 7'; echo "CASE $2: exec-exit=$?"
+    timeout 300 $VIRTKIT ssh $1 -- -o BatchMode=yes 'echo ssh-user=$(id -un) ssh-host=$(hostname)' </dev/null >$W/ssh-$1.log 2>&1
+    echo "CASE $2: ssh-exit=$?"
+    sed "s/^/CASE $2: ssh: /" $W/ssh-$1.log
 }
 
+mkdir -p /root/.ssh && cp $G/key $W/key && chmod 600 $W/key && cp $G/key.pub $W/key.pub
+export VIRTKIT_AGENT=$G/virtkit-agent
 $VIRTKIT create deb --from $D/root.img --kernel $D/vmlinuz --initrd $D/initrd.img \
     --cmdline "root=/dev/vda ro console=ttyS0 systemd.show_status=1" --memory 1G --cpus 2 --network none \
-    --ssh-key $G/key.pub --user dev 2>&1 | sed 's/^/CASE first: create: /'
+    --ssh-key $W/key.pub --user dev 2>&1 | grep -v "create deb:" | sed 's/^/CASE first: create: /'
 echo "CASE first: get $($VIRTKIT get deb --format json | tr -d ' \n')"
 boot deb first
 $VIRTKIT stop deb --timeout 120 >/dev/null; echo "CASE first: stop=$?"
@@ -130,11 +145,30 @@ fn a_debian_cloud_system_takes_the_seed_and_a_clone_is_a_new_instance() {
     let Some(image) = debian_image() else { return };
     let scratch = Scratch::new("debian-files");
     let disk = outer_disk(&image, &scratch.0);
-    let key = scratch.0.join("key.pub");
-    std::fs::write(&key, format!("{KEY}\n")).unwrap();
+    // A real key pair: `virtkit ssh` logs in with the private half.
+    let key = scratch.0.join("key");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "virtkit-test", "-f"])
+        .arg(&key)
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        virtkit_testkit::skip("ssh-keygen is not installed (Debian package openssh-client)");
+        return;
+    }
+    let Some(ssh) = host_tool("ssh") else {
+        virtkit_testkit::skip("ssh is not installed (Debian package openssh-client)");
+        return;
+    };
+    let public = key.with_extension("pub");
+    let agent = virtkit_testkit::agent::static_agent();
     let dir_file = scratch.0.join("debian-dir");
     std::fs::write(&dir_file, image.display().to_string()).unwrap();
-    let mut files: Vec<(&Path, &str)> = vec![(&key, "key.pub"), (&dir_file, "debian-dir")];
+    let mut files: Vec<(&Path, &str)> = vec![
+        (&key, "key"),
+        (&public, "key.pub"),
+        (&dir_file, "debian-dir"),
+        (&agent, "virtkit-agent"),
+    ];
     let modules = host_disk_modules(&assets, &scratch.0);
     for (path, name) in &modules {
         files.push((path, name));
@@ -154,9 +188,11 @@ fn a_debian_cloud_system_takes_the_seed_and_a_clone_is_a_new_instance() {
     let first = case_lines(&out, "first").join("\n");
     let clone = case_lines(&out, "clone").join("\n");
     eprintln!(
-        "debian: first boot {} s, clone's boot {} s",
+        "debian: first boot {} s (agent up after {} s), clone's boot {} s (agent {} s)",
         case_value(&out, "first", "boot-seconds").unwrap_or("?"),
-        case_value(&out, "clone", "boot-seconds").unwrap_or("?")
+        case_value(&out, "first", "agent-seconds").unwrap_or("?"),
+        case_value(&out, "clone", "boot-seconds").unwrap_or("?"),
+        case_value(&out, "clone", "agent-seconds").unwrap_or("?")
     );
     assert_value(&out, "first", "run", "0");
     assert!(
@@ -166,10 +202,20 @@ fn a_debian_cloud_system_takes_the_seed_and_a_clone_is_a_new_instance() {
     // The seed's hostname and user (with the key) are the system's.
     assert_value(&out, "first", "login-prompt", "deb");
     assert_value(&out, "first", "keys-for", "dev");
+    // The agent from the seed: its hello ended `run --wait`; exec runs in the guest.
+    assert_value(&out, "first", "exec-hostname", "deb");
+    assert_value(&out, "first", "exec-cloud-init", "status:_done");
+    assert_value(&out, "first", "exec-exit", "7");
+    // ssh through the vsock, as the seed's user with the key.
+    assert_value(&out, "first", "ssh-exit", "0");
+    assert_value(&out, "first", "ssh-user", "dev");
+    assert_value(&out, "first", "ssh-host", "deb");
     assert_value(&out, "first", "stop", "0");
     // The clone: cloud-init ran again (a new instance) with the clone's name.
     assert_value(&out, "clone", "clone", "0");
     assert_value(&out, "clone", "login-prompt", "deb-2");
     assert_value(&out, "clone", "keys-for", "dev");
+    assert_value(&out, "clone", "exec-hostname", "deb-2");
+    assert_value(&out, "clone", "ssh-host", "deb-2");
     assert!(clone.contains("Cloud-init v."), "{clone}");
 }
