@@ -259,11 +259,41 @@ sed "s/^/CASE agent: exec-err: /" $W/e1.err
 timeout 60 $VIRTKIT exec ag -- sh -c 'exit 7' 2>/dev/null; echo "CASE agent: exit7=$?"
 echo "CASE agent: cat=$(echo through-the-agent | timeout 60 $VIRTKIT exec ag -- cat)"
 echo "CASE agent: ip $(timeout 60 $VIRTKIT ip ag --format json 2>&1 | tr -d ' \n')"
+# Streamed output: each line reaches the host when the guest prints it, not at the end.
+timeout 60 $VIRTKIT exec ag -- sh -c 'for i in 1 2 3; do echo tick-$i; sleep 1; done' |
+    while read -r l; do echo "CASE agent: $l-at=$(cut -d' ' -f1 /proc/uptime)"; done
+# A pty in the guest.
+echo "CASE agent: tty=$(timeout 60 $VIRTKIT exec -t ag -- tty </dev/null | tr -d '\r')"
+# A directory both ways, with a mode and a symbolic link, checked by sha256.
+mkdir -p $W/tree/sub && head -c 300000 /dev/urandom >$W/tree/sub/data && echo hello >$W/tree/a.txt
+chmod 750 $W/tree/sub/data && ln -s a.txt $W/tree/link
+sums() { (cd $1 && find . -type f | sort | xargs sha256sum | tr -s ' ' '=' | tr '\n' ' '); }
+echo "CASE agent: tree-sums $(sums $W/tree)"
+timeout 120 $VIRTKIT cp $W/tree ag:/tmp/tree >$W/cp1.log 2>&1; echo "CASE agent: cp-in=$?"
+echo "CASE agent: guest-sums $(timeout 60 $VIRTKIT exec ag -- sh -c 'cd /tmp/tree && find . -type f | sort | xargs sha256sum | tr -s " " "=" | tr "\n" " "')"
+echo "CASE agent: guest-mode=$(timeout 60 $VIRTKIT exec ag -- stat -c %a /tmp/tree/sub/data) guest-link=$(timeout 60 $VIRTKIT exec ag -- readlink /tmp/tree/link)"
+timeout 120 $VIRTKIT cp ag:/tmp/tree $W/back >$W/cp2.log 2>&1; echo "CASE agent: cp-out=$?"
+echo "CASE agent: back-sums $(sums $W/back)"
+echo "CASE agent: back-mode=$(stat -c %a $W/back/sub/data) back-link=$(readlink $W/back/link)"
+sed "s/^/CASE agent: cp: /" $W/cp1.log $W/cp2.log
+# The guest's clock after a 5 s pause (the VM process sends set-time after resume).
+$VIRTKIT pause ag; sleep 5; $VIRTKIT resume ag
+before=$(date +%s); g=$(timeout 60 $VIRTKIT exec ag -- date +%s); after=$(date +%s)
+echo "CASE agent: clock-before=$before clock-guest=$g clock-after=$after"
 t0=$(date +%s)
 timeout 120 $VIRTKIT stop ag --timeout 60 >$W/stop.log 2>&1
 echo "CASE agent: stop=$? stop-seconds=$(($(date +%s) - t0))"
 sed "s/^/CASE agent: stop: /" $W/stop.log
 tr -d '\r' <$VIRTKIT_HOME/vms/ag/console.log | grep -E '^VT |VIRTKIT-GUEST' | sed "s/^/CASE agent: console: /"
+
+# The same kernel with no agent in its guest: exec says the agent is not up.
+$VIRTKIT create na --kernel $G/vmlinuz --initrd $G/initrd-ag --memory 256M --cpus 1 --disk-size 1M \
+    --network none --no-seed --cmdline "console=ttyS0 quiet virtkit.action=wait" >/dev/null 2>&1
+$VIRTKIT run na --detach >/dev/null 2>&1
+sleep 2
+timeout 60 $VIRTKIT exec na -- true >$W/na.log 2>&1; echo "CASE noagent: exec-exit=$?"
+sed "s/^/CASE noagent: /" $W/na.log
+$VIRTKIT stop na --timeout 1 >/dev/null 2>&1
 "#;
 
 #[test]
@@ -294,6 +324,42 @@ fn the_guest_agent_answers_through_the_real_vsock_device() {
     assert_value(&out, "agent", "exit7", "7");
     assert_value(&out, "agent", "cat", "through-the-agent");
     assert!(lines.contains("\"source\":\"agent\""), "{lines}");
+    // Streamed: the first line came a second or more before the last.
+    let at = |k: &str| case_value(&out, "agent", k).and_then(|v| v.parse::<f64>().ok());
+    let (first, last) = (at("tick-1-at"), at("tick-3-at"));
+    assert!(
+        matches!((first, last), (Some(f), Some(l)) if l - f >= 1.0),
+        "output was not streamed ({first:?}, {last:?}):\n{lines}"
+    );
+    let tty = case_value(&out, "agent", "tty").unwrap_or("");
+    assert!(tty.starts_with("/dev/pts/"), "exec -t: {tty:?}\n{lines}");
+    // cp both ways: the same files and bytes, the mode and the link kept.
+    assert_value(&out, "agent", "cp-in", "0");
+    assert_value(&out, "agent", "cp-out", "0");
+    let sums = |tag: &str| {
+        case_lines(&out, "agent")
+            .into_iter()
+            .find_map(|l| l.strip_prefix(tag).map(str::trim).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let sent = sums("tree-sums ");
+    assert!(sent.contains("sub/data") && sent.contains("a.txt"), "{lines}");
+    assert_eq!(sums("guest-sums "), sent, "{lines}");
+    assert_eq!(sums("back-sums "), sent, "{lines}");
+    assert_value(&out, "agent", "guest-mode", "750");
+    assert_value(&out, "agent", "guest-link", "a.txt");
+    assert_value(&out, "agent", "back-mode", "750");
+    assert_value(&out, "agent", "back-link", "a.txt");
+    // After a 5 s pause the guest's clock is the host's (within a second of the exec's span).
+    let clock = |k: &str| case_value(&out, "agent", k).and_then(|v| v.parse::<i64>().ok());
+    match (clock("clock-before"), clock("clock-guest"), clock("clock-after")) {
+        (Some(b), Some(g), Some(a)) => assert!(b - 1 <= g && g <= a + 1, "guest clock {g} not in {b}..{a}"),
+        other => panic!("no clock figures {other:?}:\n{lines}"),
+    }
     assert_value(&out, "agent", "stop", "0");
     assert!(lines.contains("shut down through its agent"), "{lines}");
+    // A VM whose guest runs no agent: exec says so, with its exit code (125).
+    let none = case_lines(&out, "noagent").join("\n");
+    assert_value(&out, "noagent", "exec-exit", "125");
+    assert!(none.contains("is not up"), "{none}");
 }
