@@ -57,6 +57,8 @@ boot() {
     echo "CASE $2: keys-for=$(clog $1 | grep -o 'Authorized keys from /home/[a-z]*/.ssh/authorized_keys for user [a-z]*' | tail -n1 | awk '{print $NF}')"
     echo "CASE $2: exec-hostname=$($VIRTKIT exec $1 -- hostname 2>&1)"
     echo "CASE $2: exec-cloud-init=$($VIRTKIT exec $1 -- cloud-init status 2>&1 | tr ' ' '_')"
+    $VIRTKIT exec $1 -- sh -c 'cloud-init status --long; grep -E "WARNING|ERROR|Traceback|Failed" /var/log/cloud-init.log | tail -n 15' 2>&1 |
+        sed "s/^/CASE $2: cloud-init: /"
     $VIRTKIT exec $1 -- sh -c 'exit 7'; echo "CASE $2: exec-exit=$?"
     timeout 300 $VIRTKIT ssh $1 -- -o BatchMode=yes 'echo ssh-user=$(id -un) ssh-host=$(hostname)' </dev/null >$W/ssh-$1.log 2>&1
     echo "CASE $2: ssh-exit=$?"
