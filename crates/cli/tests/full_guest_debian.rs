@@ -48,6 +48,11 @@ boot() {
     s=$(date +%s)
     $VIRTKIT run $1 --detach --wait 1500 >$W/run-$1.log 2>&1; echo "CASE $2: run=$?"
     sed "s/^/CASE $2: run: /" $W/run-$1.log
+    if ! $VIRTKIT list | grep -q "^$1  *running"; then
+        $VIRTKIT logs $1 --vmm 2>&1 | tail -n 30 | sed "s/^/CASE $2: vmm: /"
+        clog $1 | tail -n 40 | sed "s/^/CASE $2: early-console: /"
+        dmesg | tail -n 10 | sed "s/^/CASE $2: dmesg: /"
+    fi
     echo "CASE $2: agent-seconds=$(($(date +%s) - s))"
     end=$(($(date +%s) + 600))
     until clog $1 | grep -q "login:" && clog $1 | grep -q "Cloud-init v.* finished" || [ $(date +%s) -ge $end ]; do sleep 2; done
