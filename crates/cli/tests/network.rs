@@ -39,22 +39,7 @@ fn passt_publishing(port: u16) -> Vec<u32> {
 }
 
 fn create_nat(home: &Home, name: &str, publish: &str) {
-    home.ok(&[
-        "create",
-        name,
-        "--kernel",
-        Guest::Counter.path().to_str().unwrap(),
-        "--memory",
-        "64M",
-        "--cpus",
-        "1",
-        "--disk-size",
-        "1M",
-        "--network",
-        "nat",
-        "--publish",
-        publish,
-    ]);
+    home.create_counter(name, &["--network", "nat", "--publish", publish]);
 }
 
 #[test]
@@ -122,19 +107,7 @@ fn a_new_bundle_has_nat_by_default_and_list_get_set_and_logs_show_it() {
         return;
     }
     let home = Home::new("net", "default");
-    let counter = Guest::Counter.path();
-    home.ok(&[
-        "create",
-        "d",
-        "--kernel",
-        counter.to_str().unwrap(),
-        "--memory",
-        "64M",
-        "--cpus",
-        "1",
-        "--disk-size",
-        "1M",
-    ]);
+    home.create_counter("d", &[]);
     // One NAT card, with the MAC derived from the machine id for card 0.
     let get = home.json(&["get", "d", "--format", "json"]);
     let cards = get["network"].as_array().unwrap();

@@ -125,20 +125,7 @@ fn run_args<'a>(networks: &[&'a str]) -> Vec<&'a str> {
 }
 
 fn create(home: &Home, name: &str, network: &str) {
-    home.ok(&[
-        "create",
-        name,
-        "--kernel",
-        Guest::Counter.path().to_str().unwrap(),
-        "--memory",
-        "64M",
-        "--cpus",
-        "1",
-        "--disk-size",
-        "1M",
-        "--network",
-        network,
-    ]);
+    home.create_counter(name, &["--network", network]);
 }
 
 #[test]

@@ -41,28 +41,11 @@ fn on_tmpfs(tag: &str, size: &str) -> Option<Home> {
 
 /// What these tests ask of a home beyond the shared helper.
 trait RobustHome {
-    /// A VM that boots the counter guest directly.
-    fn create_counter(&self, name: &str);
     /// The guest's last tick number in `console.log`.
     fn last_tick(&self, name: &str) -> u32;
 }
 
 impl RobustHome for Home {
-    fn create_counter(&self, name: &str) {
-        self.ok(&[
-            "create",
-            name,
-            "--kernel",
-            Guest::Counter.path().to_str().unwrap(),
-            "--memory",
-            "64M",
-            "--cpus",
-            "1",
-            "--disk-size",
-            "1M",
-        ]);
-    }
-
     fn last_tick(&self, name: &str) -> u32 {
         let log = std::fs::read_to_string(self.bundle(name).join("console.log")).unwrap_or_default();
         log.lines()
@@ -153,7 +136,7 @@ fn a_detached_vm_keeps_running_while_its_bundles_file_system_is_full() {
     let Some(home) = on_tmpfs("full", "16m") else {
         return;
     };
-    home.create_counter("full");
+    home.create_counter("full", &[]);
     let mut run = home.cmd(&["run", "full", "--detach"]);
     run.env("VIRTKIT_LOG", "debug");
     let out = run.output().unwrap();
@@ -199,7 +182,7 @@ fn the_detached_vm_process_holds_no_descriptor_it_inherited() {
         return;
     }
     let home = home("fds");
-    home.create_counter("fds");
+    home.create_counter("fds", &[]);
     let marker = home.dir.join("inherited-marker");
     // A descriptor without close-on-exec, as a shell's redirection leaves one.
     let out = Command::new("sh")
@@ -230,7 +213,7 @@ fn vmm_log_is_rotated_by_size_and_logs_shows_both_parts() {
         return;
     }
     let home = home("rotate");
-    home.create_counter("rot");
+    home.create_counter("rot", &[]);
     let mut run = home.cmd(&["run", "rot", "--detach"]);
     run.env("VIRTKIT_LOG", "info").env("VIRTKIT_VMM_LOG_MAX", "16384");
     assert_eq!(run.status().unwrap().code(), Some(0));
@@ -274,8 +257,8 @@ fn a_vm_the_host_cannot_give_its_memory_is_refused_with_the_figures_unless_force
         return;
     }
     let home = home("admit");
-    home.create_counter("a");
-    home.create_counter("b");
+    home.create_counter("a", &[]);
+    home.create_counter("b", &[]);
     // Allow 120 MiB of guest memory on this host, whatever its size: one 64 MiB VM fits, two
     // do not.
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();

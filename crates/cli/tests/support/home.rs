@@ -156,6 +156,26 @@ impl Home {
         path
     }
 
+    /// The VM `name` booting the `Counter` test guest directly (64 MiB, one vCPU, a 1 MiB disk),
+    /// with `more` arguments for `create` (its network, most often).
+    pub fn create_counter(&self, name: &str, more: &[&str]) {
+        let counter = Guest::Counter.path();
+        let mut args = vec![
+            "create",
+            name,
+            "--kernel",
+            counter.to_str().unwrap(),
+            "--memory",
+            "64M",
+            "--cpus",
+            "1",
+            "--disk-size",
+            "1M",
+        ];
+        args.extend_from_slice(more);
+        self.ok(&args);
+    }
+
     /// The VM `name` from `image`: a 64 MiB disk, 128 MiB of memory, one vCPU.
     pub fn create(&self, name: &str, image: &Path) {
         self.ok(&[
