@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds, once, a Debian 12 system like the genericcloud image holds (systemd, cloud-init,
-# openssh-server, sudo, the cloud kernel) from Debian's packages with mmdebstrap, as a disk
+# openssh-server, sudo, locales, the cloud kernel) from Debian's packages with mmdebstrap, as a disk
 # image with ext4 on the whole disk (no partition table) for a direct kernel boot, and prints
 # the directory holding it:
 #
@@ -13,7 +13,7 @@
 # mmdebstrap and e2fsprogs when missing. A finished directory is never changed; RECIPE moves
 # when the recipe does. About 1-3 minutes with a warm apt cache.
 set -euo pipefail
-RECIPE=1
+RECIPE=2
 cd "$(dirname "$0")/.."
 base=.cache/debian-image
 out=$base/v$RECIPE
@@ -31,7 +31,7 @@ trap 'rm -rf "$build"' EXIT
 root=$build/root
 echo "debian-image: mmdebstrap bookworm into $root" >&2
 mmdebstrap --variant=minbase --mode=root --format=directory \
-    --include=systemd-sysv,udev,dbus,kmod,e2fsprogs,util-linux,iproute2,ifupdown,isc-dhcp-client,sudo,openssh-server,cloud-init,linux-image-cloud-amd64,initramfs-tools,busybox,procps,less \
+    --include=systemd-sysv,udev,dbus,kmod,e2fsprogs,util-linux,iproute2,ifupdown,isc-dhcp-client,sudo,openssh-server,cloud-init,linux-image-cloud-amd64,initramfs-tools,busybox,procps,less,locales \
     --customize-hook='echo "LABEL=root / ext4 defaults 0 1" > "$1/etc/fstab"' \
     --customize-hook='rm -f "$1/etc/hostname" "$1/etc/machine-id" && touch "$1/etc/machine-id"' \
     --customize-hook='chroot "$1" systemctl enable ssh.service' \

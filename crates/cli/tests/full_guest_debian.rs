@@ -57,6 +57,8 @@ boot() {
     echo "CASE $2: keys-for=$(clog $1 | grep -o 'Authorized keys from /home/[a-z]*/.ssh/authorized_keys for user [a-z]*' | tail -n1 | awk '{print $NF}')"
     echo "CASE $2: exec-hostname=$($VIRTKIT exec $1 -- hostname 2>&1)"
     echo "CASE $2: exec-cloud-init=$($VIRTKIT exec $1 -- cloud-init status 2>&1 | tr ' ' '_')"
+    $VIRTKIT exec $1 -- sh -c 'cloud-init status --long; grep -E "WARNING|ERROR|Traceback|Failed" /var/log/cloud-init.log | tail -n 15' 2>&1 |
+        sed "s/^/CASE $2: cloud-init: /"
     $VIRTKIT exec $1 -- sh -c 'exit 7'; echo "CASE $2: exec-exit=$?"
     timeout 300 $VIRTKIT ssh $1 -- -o BatchMode=yes 'echo ssh-user=$(id -un) ssh-host=$(hostname)' </dev/null >$W/ssh-$1.log 2>&1
     echo "CASE $2: ssh-exit=$?"
@@ -177,6 +179,9 @@ fn a_debian_cloud_system_takes_the_seed_and_a_clone_is_a_new_instance() {
     let out = run_guest_script_with(&assets, "debian", &[], &files, SCRIPT, move |run| {
         run.timeout(Duration::from_secs(3600)).emulated_host(move |host| {
             host.memory_mib(3072)
+                .binary(&ssh, "/usr/bin/ssh")
+                .data("/etc/passwd", PASSWD, 0o644)
+                .data("/etc/group", GROUP, 0o644)
                 .qemu_arg("-drive")
                 .qemu_arg(&drive)
                 .qemu_arg("-device")

@@ -180,3 +180,66 @@ fn a_new_bundle_has_nat_by_default_and_list_get_set_and_logs_show_it() {
     assert!(passt_publishing(24025).is_empty());
     home.ok(&["stop", "d", "--timeout", "1"]);
 }
+
+#[test]
+fn a_socket_handed_over_as_a_descriptor_is_the_cards_and_a_bad_one_is_refused() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let virtkit = env!("CARGO_BIN_EXE_virtkit");
+    let counter = Guest::Counter.path();
+    let run = |network: &str| {
+        let mut c = Command::new(virtkit);
+        c.args([
+            "run",
+            "--kernel",
+            counter.to_str().unwrap(),
+            "--memory",
+            "64M",
+            "--serial",
+            "none",
+        ])
+        .args(["--network", network]);
+        c
+    };
+    // Standard input as the socket (a program would hand over any descriptor the same way).
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut vm = run("fd:0")
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        vm.try_wait().unwrap().is_none(),
+        "the VM did not start with the socket as its card"
+    );
+    // The VM process holds the socket: it closes (end of stream here) only when the VM ends.
+    ours.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(
+        (&ours).read(&mut buf).is_err(),
+        "the socket closed while the VM runs"
+    );
+    vm.kill().unwrap();
+    vm.wait().unwrap();
+    ours.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!((&ours).read(&mut buf).unwrap(), 0, "the socket outlived the VM");
+
+    // Not a socket, and not open: one sentence each.
+    let out = run("fd:0").stdin(Stdio::null()).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("is not a socket"),
+        "{said}"
+    );
+    let out = run("fd:57").stdin(Stdio::null()).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("descriptor 57 is not open"),
+        "{said}"
+    );
+}

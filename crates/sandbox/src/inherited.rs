@@ -17,3 +17,22 @@ pub fn close_inherited_descriptors() -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// Takes ownership of descriptor `fd`, which this process inherited from the program that
+/// started it (a socket handed over as `virtkit run --network fd:N`), after checking it is open.
+/// Call it once per number, before anything else in the process could have opened (and so own)
+/// that number: the CLI does it while parsing its arguments.
+pub fn take_inherited_descriptor(fd: std::os::fd::RawFd) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if fd < 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags; any number is safe to ask about.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is open (checked above) and was inherited, so no object in this
+    // process owns it yet (the caller takes each number once, before opening anything that could
+    // have reused it); from here the returned `OwnedFd` is its only owner.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}

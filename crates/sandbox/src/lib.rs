@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use filters::{rules_for, FilterRules};
 pub use helper_process::{HelperCommand, HelperError, HelperLog, HelperProcess};
-pub use inherited::close_inherited_descriptors;
+pub use inherited::{close_inherited_descriptors, take_inherited_descriptor};
 pub use spawn::{spawn, Builder};
 
 /// What a filtered thread's syscall outside its role's list does. Process-wide.

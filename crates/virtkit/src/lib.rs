@@ -33,8 +33,8 @@ pub use console_server::{ConsoleClients, ConsoleOutput, ConsoleServer, ConsoleSe
 pub use devices::{
     passt_log_name, BalloonStatus, ConsoleDeviceConfiguration, ConsolePortConfiguration, DeviceError,
     DeviceManager, EntropyDeviceConfiguration, Framing, MemoryBalloonConfiguration, NetworkAttachment,
-    NetworkDeviceConfiguration, NicAddresses, PortProtocol, PublishedPort, SocketDeviceConfiguration,
-    DEFAULT_GUEST_CID,
+    NetworkDeviceConfiguration, NicAddresses, PortProtocol, PublishedPort, SharedFd,
+    SocketDeviceConfiguration, DEFAULT_GUEST_CID,
 };
 pub use host::{HostCapabilities, HostKind};
 pub use identity::{BadMachineIdentifier, MachineIdentifier};

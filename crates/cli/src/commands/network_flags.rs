@@ -3,7 +3,8 @@
 //! - `--network nat|none|tap|tap:NAME|bridge:BRIDGE|socket:PATH|dgram:PATH|vfkit:PATH|listen:PATH`,
 //!   repeatable: one card each, in order; `none` alone means no card (the default for flag runs,
 //!   as before networking existed). `tap:NAME` is an existing TAP; `tap` and `bridge:BRIDGE`
-//!   create one for the VM (root).
+//!   create one for the VM (root). `fd:N` (run only) is a connected socket handed over as
+//!   descriptor N.
 //! - `--publish [ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp]`, repeatable: a host port (on 127.0.0.1
 //!   unless ADDR is given) that reaches the guest through the first NAT card; one is added
 //!   when no NAT card is given.
@@ -22,6 +23,8 @@ pub enum NetworkChoice {
     Socket(PathBuf, Framing),
     /// A stream socket the VM listens on for one peer.
     Listen(PathBuf),
+    /// A connected socket this process inherited as descriptor N.
+    Fd(i32),
     /// An existing TAP by name, or (`None`) one created for the VM.
     Tap(Option<String>),
     Bridge(String),
@@ -38,11 +41,14 @@ pub fn parse_network(text: &str) -> Result<NetworkChoice, String> {
         Some(("socket", path)) if !path.is_empty() => Ok(NetworkChoice::Socket(path.into(), Framing::Stream)),
         Some(("dgram", path)) if !path.is_empty() => Ok(NetworkChoice::Socket(path.into(), Framing::Datagram)),
         Some(("listen", path)) if !path.is_empty() => Ok(NetworkChoice::Listen(path.into())),
+        Some(("fd", n)) => n.parse::<i32>().ok().filter(|n| *n >= 0).map(NetworkChoice::Fd).ok_or_else(|| {
+            format!("`{text}` names no descriptor; write fd:N with N the number of a socket virtkit inherits, such as fd:3")
+        }),
         Some(("vfkit", path)) if !path.is_empty() => Ok(NetworkChoice::Socket(path.into(), Framing::DatagramVfkit)),
         Some(("tap", name)) if !name.is_empty() => Ok(NetworkChoice::Tap(Some(name.into()))),
         Some(("bridge", bridge)) if !bridge.is_empty() => Ok(NetworkChoice::Bridge(bridge.into())),
         _ => Err(format!(
-            "`{text}` is not a network; use nat, none, tap (one created for the VM), tap:NAME (an existing TAP), bridge:BRIDGE, socket:PATH (a stream socket), dgram:PATH (a datagram socket), vfkit:PATH (a datagram socket greeted as vfkit does, for gvproxy --listen-vfkit) or listen:PATH (a stream socket this VM listens on)"
+            "`{text}` is not a network; use nat, none, tap (one created for the VM), tap:NAME (an existing TAP), bridge:BRIDGE, socket:PATH (a stream socket), dgram:PATH (a datagram socket), fd:N (a connected socket handed over as descriptor N), vfkit:PATH (a datagram socket greeted as vfkit does, for gvproxy --listen-vfkit) or listen:PATH (a stream socket this VM listens on)"
         )),
     }
 }
@@ -117,6 +123,14 @@ pub fn apply(
                 framing: Framing::Stream,
                 listen: true,
             },
+            NetworkChoice::Fd(n) => {
+                let socket = virtkit_sandbox::take_inherited_descriptor(*n).map_err(|e| {
+                    format!("--network fd:{n}: descriptor {n} is not open ({e}); hand virtkit a connected socket as that descriptor")
+                })?;
+                NetworkAttachment::FileHandle {
+                    socket: virtkit::SharedFd(std::sync::Arc::new(socket)),
+                }
+            }
             NetworkChoice::Tap(name) => NetworkAttachment::Tap { name: name.clone() },
             NetworkChoice::Bridge(bridge) => NetworkAttachment::Bridge {
                 bridge: bridge.clone(),
@@ -132,9 +146,7 @@ pub fn apply(
     }
     let nat = devices.iter_mut().find_map(|d| match &mut d.attachment {
         NetworkAttachment::Nat { published } => Some(published),
-        NetworkAttachment::Socket { .. }
-        | NetworkAttachment::Tap { .. }
-        | NetworkAttachment::Bridge { .. } => None,
+        _ => None,
     });
     match nat {
         Some(ports) => ports.extend(published.iter().cloned()),
@@ -150,10 +162,12 @@ pub fn apply(
 
 /// Refuses the choices a bundle cannot keep: a socket path outside the bundle.
 pub fn check_bundle_choices(networks: &[NetworkChoice]) -> Result<(), String> {
-    if networks
-        .iter()
-        .any(|n| matches!(n, NetworkChoice::Socket(..) | NetworkChoice::Listen(..)))
-    {
+    if networks.iter().any(|n| {
+        matches!(
+            n,
+            NetworkChoice::Socket(..) | NetworkChoice::Listen(..) | NetworkChoice::Fd(..)
+        )
+    }) {
         return Err("a VM's bundle takes --network nat, tap, tap:NAME, bridge:BRIDGE or none; a socket attachment names a path outside the bundle: give it at `virtkit run --network socket:PATH` with flags instead".into());
     }
     Ok(())
@@ -188,6 +202,10 @@ pub fn describe(attachment: &NetworkAttachment) -> String {
             Framing::Datagram => format!("dgram:{}", path.display()),
             Framing::DatagramVfkit => format!("vfkit:{}", path.display()),
         },
+        NetworkAttachment::FileHandle { socket } => {
+            use std::os::fd::AsRawFd;
+            format!("fd:{}", socket.0.as_raw_fd())
+        }
         NetworkAttachment::Tap { name: Some(name) } => format!("tap:{name}"),
         NetworkAttachment::Tap { name: None } => "tap".into(),
         NetworkAttachment::Bridge { bridge } => format!("bridge:{bridge}"),

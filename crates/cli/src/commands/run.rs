@@ -77,8 +77,9 @@ pub struct RunArgs {
     /// socket:PATH (length-prefixed frames on a Unix stream socket, as passt --socket),
     /// dgram:PATH (one frame per datagram), vfkit:PATH (datagrams after vfkit's greeting, for
     /// gvproxy --listen-vfkit), listen:PATH (a stream socket this VM listens on for one peer,
-    /// such as another VM's socket:PATH), or none [default: none]; repeat for more cards.
-    #[arg(long = "network", value_name = "nat|none|tap[:NAME]|bridge:BRIDGE|socket:PATH|dgram:PATH|vfkit:PATH|listen:PATH", value_parser = network_flags::parse_network)]
+    /// such as another VM's socket:PATH), fd:N (a connected socket handed over as descriptor N),
+    /// or none [default: none]; repeat for more cards.
+    #[arg(long = "network", value_name = "nat|none|tap[:NAME]|bridge:BRIDGE|socket:PATH|dgram:PATH|vfkit:PATH|listen:PATH|fd:N", value_parser = network_flags::parse_network)]
     pub networks: Vec<NetworkChoice>,
     /// A host port that reaches the guest through NAT: [ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp],
     /// bound to 127.0.0.1 unless ADDR is given; adds a NAT card if none is given; repeatable.

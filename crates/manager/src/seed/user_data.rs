@@ -1,4 +1,5 @@
-//! What cloud-init reads from the seed: `meta-data` and `user-data`.
+//! What cloud-init reads from the seed: `meta-data` and `user-data`: the user and keys, sshd on
+//! vsock port 22 for `virtkit ssh` (socket-activated), and the guest agent when the seed has it.
 //!
 //! virtkit's part of `user-data` is a cloud-config written as JSON (YAML takes JSON as it is, and
 //! serde's quoting leaves nothing to get wrong). With the user's own user-data the two go as
@@ -35,6 +36,38 @@ const INSTALL_AGENT: &str = "set -e; d=$(mktemp -d); mount -o ro LABEL=CIDATA \"
 install -m 0755 \"$d/virtkit-agent\" /usr/local/bin/virtkit-agent; umount \"$d\"; rmdir \"$d\"; \
 systemctl daemon-reload; systemctl enable --now virtkit-agent.service";
 
+/// sshd over vsock port 22, one `sshd -i` per connection (systemd socket activation, as
+/// systemd's own ssh generator does from version 256): `virtkit ssh` reaches it through
+/// `vsock-proxy` with no network card.
+pub const SSH_VSOCK_SOCKET: &str = "[Unit]
+Description=OpenSSH over vsock (virtkit ssh)
+ConditionPathExists=/usr/sbin/sshd
+
+[Socket]
+ListenStream=vsock::22
+Accept=yes
+
+[Install]
+WantedBy=sockets.target
+";
+
+/// One connection's sshd, its standard input the vsock connection.
+pub const SSH_VSOCK_SERVICE: &str = "[Unit]
+Description=OpenSSH per-connection server over vsock (virtkit ssh)
+
+[Service]
+ExecStart=-/usr/sbin/sshd -i
+StandardInput=socket
+RuntimeDirectory=sshd
+RuntimeDirectoryMode=0755
+RuntimeDirectoryPreserve=yes
+";
+
+/// Loads the vsock transport now (the modules-load.d file takes over from the next boot) and
+/// starts sshd's vsock socket.
+const START_SSH_VSOCK: &str = "modprobe vmw_vsock_virtio_transport || true; systemctl daemon-reload; \
+if [ -x /usr/sbin/sshd ]; then systemctl enable --now virtkit-ssh-vsock.socket; fi";
+
 const BOUNDARY: &str = "==virtkit-seed-boundary-7c1f==";
 
 /// `meta-data`: the instance id (a new machine id is a new instance: cloud-init runs again) and
@@ -60,13 +93,18 @@ fn cloud_config(settings: &SeedSettings, hostname: &str, agent: bool) -> String 
         }],
         "ssh_pwauth": false,
     });
+    let mut files = vec![
+        json!({"path": "/etc/modules-load.d/virtkit-vsock.conf", "content": "vmw_vsock_virtio_transport\n", "permissions": "0644"}),
+        json!({"path": "/etc/systemd/system/virtkit-ssh-vsock.socket", "content": SSH_VSOCK_SOCKET, "permissions": "0644"}),
+        json!({"path": "/etc/systemd/system/virtkit-ssh-vsock@.service", "content": SSH_VSOCK_SERVICE, "permissions": "0644"}),
+    ];
+    let mut runcmd = vec![json!(["sh", "-c", START_SSH_VSOCK])];
     if agent {
-        config["write_files"] = json!([
-            {"path": "/etc/systemd/system/virtkit-agent.service", "content": AGENT_UNIT, "permissions": "0644"},
-            {"path": "/etc/modules-load.d/virtkit-vsock.conf", "content": "vmw_vsock_virtio_transport\n", "permissions": "0644"},
-        ]);
-        config["runcmd"] = json!([["sh", "-c", INSTALL_AGENT]]);
+        files.push(json!({"path": "/etc/systemd/system/virtkit-agent.service", "content": AGENT_UNIT, "permissions": "0644"}));
+        runcmd.push(json!(["sh", "-c", INSTALL_AGENT]));
     }
+    config["write_files"] = json!(files);
+    config["runcmd"] = json!(runcmd);
     format!(
         "#cloud-config\n{}\n",
         serde_json::to_string_pretty(&config).unwrap_or_default()

@@ -25,7 +25,7 @@ pub use console::{ConsoleDeviceConfiguration, ConsolePortConfiguration};
 pub use entropy::EntropyDeviceConfiguration;
 pub use net::{
     parse_mac, passt_log_name, Framing, NetworkAttachment, NetworkDeviceConfiguration, NicAddresses,
-    PortProtocol, PublishedPort, DEFAULT_MAC_PREFIX,
+    PortProtocol, PublishedPort, SharedFd, DEFAULT_MAC_PREFIX,
 };
 pub use socket::{SocketDeviceConfiguration, DEFAULT_GUEST_CID};
 use virtkit_devices::balloon::BalloonHandle;

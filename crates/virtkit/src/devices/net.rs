@@ -80,7 +80,26 @@ pub enum NetworkAttachment {
     /// A TAP created for the VM (root or `CAP_NET_ADMIN`), made a port of the Linux bridge
     /// `bridge` and set up; removed when the VM stops.
     Bridge { bridge: String },
+    /// A connected socket the caller hands over (API and `virtkit run --network fd:N` only; not
+    /// in configuration files), as Apple's `VZFileHandleNetworkDeviceAttachment`: a stream
+    /// socket carries length-prefixed frames, a datagram socket one frame per datagram (which
+    /// one is read from the socket itself).
+    #[serde(skip)]
+    FileHandle { socket: SharedFd },
 }
+
+/// A descriptor several clones of a configuration share (the card dups it when it attaches).
+#[derive(Debug, Clone)]
+pub struct SharedFd(pub std::sync::Arc<std::os::fd::OwnedFd>);
+
+impl PartialEq for SharedFd {
+    fn eq(&self, other: &SharedFd) -> bool {
+        use std::os::fd::AsRawFd;
+        self.0.as_raw_fd() == other.0.as_raw_fd()
+    }
+}
+
+impl Eq for SharedFd {}
 
 /// How frames travel on a socket attachment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,6 +295,14 @@ pub(super) fn validate(
                     } else {
                         ports.insert((port.protocol, addr), i);
                     }
+                }
+            }
+            NetworkAttachment::FileHandle { socket } => {
+                if let Err(e) = rustix::net::sockopt::socket_type(&*socket.0) {
+                    issues.add(
+                        &format!("network_devices[{i}].attachment"),
+                        format!("the descriptor handed over is not a socket ({e}); give a connected stream or datagram socket"),
+                    );
                 }
             }
             NetworkAttachment::Tap { name: Some(name) } => {
@@ -564,6 +591,13 @@ fn backend(
             };
             Ok(Backend::plain(backend))
         }
+        NetworkAttachment::FileHandle { socket } => {
+            let fd = socket
+                .0
+                .try_clone()
+                .map_err(|e| failed(format!("cannot use the socket handed over: {e}")))?;
+            Ok(Backend::plain(handed_over(fd).map_err(failed)?))
+        }
         NetworkAttachment::Tap { name: Some(tap_name) } => {
             let queues = tap::open_existing(tap_name, queue_pairs).map_err(|e| failed(e.to_string()))?;
             Ok(Backend::tap(queues))
@@ -592,6 +626,28 @@ fn backend(
             );
             Ok(Backend::tap(queues))
         }
+    }
+}
+
+/// A backend over a socket handed over: stream or datagram framing as the socket's type says.
+fn handed_over(fd: std::os::fd::OwnedFd) -> Result<Box<dyn NetBackend>, String> {
+    use rustix::net::{sockopt, SocketType};
+    let kind = sockopt::socket_type(&fd).map_err(|e| {
+        format!(
+            "the descriptor handed over is not a socket ({e}); give a connected stream or datagram socket"
+        )
+    })?;
+    let io = |e: std::io::Error| format!("cannot use the socket handed over: {e}");
+    if kind == SocketType::STREAM {
+        Ok(Box::new(
+            StreamBackend::new(std::os::unix::net::UnixStream::from(fd)).map_err(io)?,
+        ))
+    } else if kind == SocketType::DGRAM || kind == SocketType::SEQPACKET {
+        Ok(Box::new(
+            DatagramBackend::new(std::os::unix::net::UnixDatagram::from(fd)).map_err(io)?,
+        ))
+    } else {
+        Err("the socket handed over is neither a stream nor a datagram socket; give one of those".into())
     }
 }
 

@@ -228,6 +228,48 @@ fn a_vfkit_card_greets_its_peer_and_a_listening_card_removes_its_socket_on_relea
 }
 
 #[test]
+fn sockets_handed_over_attach_as_stream_or_datagram_cards_and_a_file_is_refused() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("net-fd");
+    let (stream, _stream_peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (dgram, _dgram_peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    let handed = |fd: std::os::fd::OwnedFd| NetworkDeviceConfiguration {
+        mac: None,
+        attachment: NetworkAttachment::FileHandle {
+            socket: net::SharedFd(std::sync::Arc::new(fd)),
+        },
+    };
+    let mut config = config(&dir, 0, 0);
+    config.network_devices.push(handed(stream.into()));
+    config.network_devices.push(handed(dgram.into()));
+    let mut issues = Issues(Vec::new());
+    validate_devices(&config, &mut issues);
+    assert!(issues.0.is_empty(), "{:?}", issues.0);
+    // The cards dup the descriptors: the configuration keeps its own.
+    let kvm = Kvm::open().unwrap();
+    let machine = machine(&kvm, &config);
+    let manager = DeviceManager::attach_all(&machine, &mut config).unwrap();
+    let names: Vec<String> = manager.names().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["net0", "net1"]);
+    manager.release();
+
+    let file = std::fs::File::open("/etc/hostname").unwrap();
+    config.network_devices = vec![handed(file.into())];
+    let mut issues = Issues(Vec::new());
+    validate_devices(&config, &mut issues);
+    assert!(
+        issues
+            .0
+            .iter()
+            .any(|i| format!("{i:?}").contains("is not a socket")),
+        "{:?}",
+        issues.0
+    );
+}
+
+#[test]
 fn a_nat_network_card_starts_passt_and_release_stops_it() {
     if !virtkit_testkit::require_kvm() {
         return;
