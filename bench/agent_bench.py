@@ -92,6 +92,12 @@ fi
 timeout 120 {c['virtkit-ssh']} </dev/null >/tmp/b8/vssh.log 2>&1 || {{ sed 's/^/BENCH8 log=virtkit-ssh: /' /tmp/b8/vssh.log; fail virtkit-ssh; }}
 say ready_s=$(($(date +%s) - s))
 say "guest $(virtkit exec deb -- sh -c 'echo kernel=$(uname -r) cpus=$(nproc) sshd=$(/usr/sbin/sshd -V 2>&1 | head -n1 | tr " ," __)' 2>&1)"
+# The emulated host has no DNS upstream: passt's forwarder for the lease's name server never
+# answers, and sshd's login path over vsock (a peer with no IP address) waits on lookups until
+# they time out. One `virtkit ssh` is timed so (label dns-virtkit-ssh), then the guest's
+# resolv.conf is emptied (lookups fail at once, as on a host whose DNS answers) for the rest.
+{t('virtkit-ssh', 120).replace('-l virtkit-ssh', '-l dns-virtkit-ssh')}
+virtkit exec deb -- sh -c ': > /etc/resolv.conf'
 # Warm-up: one of each, not counted (labels warm-*).
 {t('exec', 120).replace('-l exec', '-l warm-exec')} >/dev/null
 {t('ssh-net', 120).replace('-l ssh-net', '-l warm-ssh-net')} >/dev/null
