@@ -1541,7 +1541,7 @@ def agent_section(args, p8):
                    f"**{fmt_ms(dns[0]['ms'])} ms** ({dns[0]['status']}): sshd's login over a "
                    "vsock peer waits on name lookups that time out.\n")
     for x in p8["says"]:
-        if x.startswith(("host ", "guest ", "agent_s", "ready_s", "cloud_init", "image ")):
+        if x.startswith(("host ", "guest ", "agent_s", "ready_s", "cloud_init", "image ", "guest-net ")):
             out.append(f"- {x}")
     out.append("")
     out.append("Commands inside the emulated host (each under `spawntime -t SECS -l LABEL --`), "
