@@ -31,6 +31,7 @@ replaced); raw per-run data to bench/out/. Use bench/run.sh; only the standard l
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -38,6 +39,7 @@ import queue
 import random
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +47,7 @@ import threading
 import time
 from pathlib import Path
 
+import agent_bench
 import guest_disk
 import guest_net
 
@@ -59,6 +62,9 @@ TARGET = ROOT / os.environ.get("CARGO_TARGET_DIR", "target")
 RELEASE = TARGET / "release"
 VIRTKIT = RELEASE / "virtkit"
 EMULATED_HOST = RELEASE / "examples" / "emulated_host"
+# The static guest agent scripts/build-agent.sh builds (part 8), and part 8's payload size.
+AGENT = TARGET / "agent-static" / "x86_64-unknown-linux-gnu" / "release" / "virtkit-agent"
+AGENT_PAYLOAD_MIB = 256
 HELPER_SRC = BENCH / "spawntime.c"
 HELPER = OUT / "spawntime"
 QEMU = "/usr/bin/qemu-system-x86_64"
@@ -70,7 +76,7 @@ MBR_IMAGE = OUT / "mbr-bench.img"
 MBR_IMAGE_BYTES = 128 << 20
 BLK_IMAGE = OUT / "blk-throughput.img"
 BLK_IMAGE_MIB = 1024
-ALL_PARTS = (1, 2, 3, 4, 5, 6, 7)
+ALL_PARTS = (1, 2, 3, 4, 5, 6, 7, 8)
 
 SMOKE_MARKER = "virtkit-smoke: ready"
 GUEST_MARKER = "VIRTKIT-GUEST: init"
@@ -290,14 +296,16 @@ offloads (QEMU drops them too without a vnet-header peer): both move 1514-byte f
 the `emulated_host` example and the `blk_throughput` and `net_throughput` examples in release
 mode first; it needs
 `scripts/assets.sh` to have been run, QEMU, SeaBIOS, gcc with the static glibc, Python 3,
-`mkfs.ext4` (e2fsprogs), passt (part 7), and 1.7 GiB free in `bench/out/` on a filesystem with `O_DIRECT`).
-Options: `--parts 1,2,3,4,5,6,7` (which parts to run; default all), `--runs N` (part 1, default 30), `--inner-runs N` (part 2, per VMM,
+`mkfs.ext4` (e2fsprogs), passt (parts 7 and 8), the OpenSSH client (part 8; the Debian image of
+`scripts/debian-image.sh`, built the first time, needs mmdebstrap), and 1.7 GiB free in `bench/out/` on a filesystem with `O_DIRECT`).
+Options: `--parts 1,2,3,4,5,6,7,8` (which parts to run; default all), `--runs N` (part 1, default 30), `--inner-runs N` (part 2, per VMM,
 default 6), `--disk-runs N` (part 3, per VMM, default 12), `--blk-seconds S` and `--blk-reps N`
 (part 4: seconds per measurement, default 0.4, and repetitions, default 7), `--odirect-runs N`
 (part 5, guest boots per VMM, default 4), `--net-seconds S` and `--net-reps N` (part 6: seconds
 per measurement, default 0.5, and repetitions, default 7), `--net-runs N`, `--net-passes N` and
 `--net-guest-seconds S` (part 7: guest boots per VMM and row, default 3; passes per boot, default
-2; seconds per measurement, default 3), `--skip-emulated` (the same as leaving 2 out of
+2; seconds per measurement, default 3), `--agent-round-trips N` and `--agent-copies N` (part 8:
+round trips of each kind, default 20; copies of 256 MiB each way per tool, default 2), `--skip-emulated` (the same as leaving 2 out of
 `--parts`), `--no-build`. The sections of the parts that ran are rewritten; those of the parts
 that did not run are kept from this file, each marked with the run it comes from, and so are
 their lines in the list of where virtkit is slower. Raw per-run data and the emulated hosts'
@@ -447,7 +455,11 @@ def check_prerequisites(args):
                 missing.append(f"{f} is missing (part 7): apt-get install qemu-system-data seabios")
         if not which("passt"):
             missing.append("passt is missing (part 7): apt-get install passt")
-    if 2 in args.parts or 5 in args.parts or 7 in args.parts:
+    if 8 in args.parts:
+        for tool in ("passt", "ssh", "scp", "ssh-keygen"):
+            if not which(tool):
+                missing.append(f"{tool} is missing (part 8): apt-get install passt openssh-client")
+    if 2 in args.parts or 5 in args.parts or 7 in args.parts or 8 in args.parts:
         need = ["vmlinuz", "guest-initramfs.cpio.gz", "manifest.json", "busybox", "host-modules/order"]
         gone = [n for n in need if not (ASSETS / n).exists()]
         if gone:
@@ -469,10 +481,13 @@ def sbin_tool(name):
 def build(args):
     steps = [["cargo", "build", "--release", "-p", "virtkit-cli", "-p", "virtkit-test-guests"]]
     needed = [VIRTKIT]
-    if 2 in args.parts or 5 in args.parts or 7 in args.parts:
+    if 2 in args.parts or 5 in args.parts or 7 in args.parts or 8 in args.parts:
         steps.append(["cargo", "build", "--release", "-p", "virtkit-testkit", "--example",
                       "emulated_host"])
         needed.append(EMULATED_HOST)
+    if 8 in args.parts:
+        steps.append(["scripts/build-agent.sh"])
+        needed.append(AGENT)
     if 4 in args.parts:
         steps.append(["cargo", "build", "--release", "-p", "virtkit-devices", "--example",
                       "blk_throughput"])
@@ -1321,6 +1336,234 @@ def net_guest_tables(p7):
 
 
 # ---------------------------------------------------------------------------------------------
+# Part 8: the guest agent (exec, cp) against ssh over the NAT network, a Debian 12 guest
+
+def part8(args):
+    build_helper()
+    # The newest finished image of scripts/debian-image.sh (its recipes only add to the system;
+    # the cache may be shared with other checkouts, which move to newer recipes), else the
+    # script builds its own (minutes). Hard links to it are taken at once, below.
+    done = sorted((p.parent for p in (ROOT / ".cache" / "debian-image").glob("v*/done")),
+                  key=lambda d: int(d.name[1:]) if d.name[1:].isdigit() else -1)
+    if done:
+        image = done[-1]
+    else:
+        log("part 8: building the Debian image (scripts/debian-image.sh, minutes)")
+        code, out = run([ROOT / "scripts" / "debian-image.sh"], 3600, "scripts/debian-image.sh")
+        if code != 0:
+            raise BenchError(f"part 8: scripts/debian-image.sh failed:\n{out[-2000:]}")
+        image = ROOT / out.strip().splitlines()[-1]
+    log(f"part 8: the Debian image {rel(image)}")
+    if not all((image / f).is_file() for f in ("root.img", "vmlinuz", "initrd.img")):
+        raise BenchError(f"part 8: {rel(image)} lacks root.img, vmlinuz or initrd.img")
+    work = OUT / "agent"
+    if work.exists():
+        shutil.rmtree(work)
+    content = work / "content"
+    content.mkdir(parents=True)
+    for f in ("root.img", "vmlinuz", "initrd.img"):
+        try:
+            os.link(image / f, content / f)
+        except OSError:
+            code, out = run(["cp", "--sparse=always", image / f, content / f], 600, "cp")
+            if code != 0:
+                raise BenchError(f"part 8: cannot copy {f}: {out}")
+    payload = content / agent_bench.PAYLOAD_NAME
+    h = hashlib.sha256()
+    with payload.open("wb") as fh:
+        for _ in range(AGENT_PAYLOAD_MIB):
+            chunk = os.urandom(1 << 20)
+            h.update(chunk)
+            fh.write(chunk)
+    payload_sum = h.hexdigest()
+    disk = work / "outer.img"
+    with disk.open("wb") as fh:
+        fh.truncate(8 << 30)
+    code, out = run([sbin_tool("mkfs.ext4"), "-q", "-F", "-d", content, disk], 900, "mkfs.ext4 -d")
+    if code != 0:
+        raise BenchError(f"part 8: mkfs.ext4 -d failed: {out}")
+    shutil.rmtree(content)
+    base = (ASSETS / "guest-initramfs.cpio.gz").read_bytes()
+    try:
+        modules = guest_disk.extract_files(base, guest_disk.HOST_DISK_MODULES)
+    except (guest_disk.ArchiveError, OSError, EOFError) as e:
+        raise BenchError(f"part 8: cannot take the virtio modules from the guest initramfs: "
+                         f"{e}; rerun scripts/assets.sh") from None
+    mod_dir = work / "modules"
+    mod_dir.mkdir()
+    for name, data in modules.items():
+        (mod_dir / name).write_bytes(data)
+    key = work / "key"
+    code, out = run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "virtkit-bench",
+                     "-f", key], 60, "ssh-keygen")
+    if code != 0:
+        raise BenchError(f"part 8: ssh-keygen failed: {out}")
+    passwd = work / "passwd"
+    passwd.write_text(PASSWD)
+    group = work / "group"
+    group.write_text(GROUP)
+    script_path = work / "host-script.sh"
+    script_path.write_text(agent_bench.script_with_vars(args.agent_round_trips,
+                                                        args.agent_copies, 1500))
+    after_ready = 1500 + 900 + 600 + args.agent_round_trips * 3 * 60 + args.agent_copies * 4 * 300
+    passt = which("passt")
+    d = agent_bench.HOST_DIR
+    cmd = [EMULATED_HOST, "--root-on-tmpfs", "--mem", "4096",
+           "--binary", f"{VIRTKIT}:/usr/bin/virtkit",
+           "--binary", f"{HELPER}:/usr/bin/spawntime",
+           "--binary", f"{passt}:/usr/bin/passt",
+           "--binary", f"{which('ssh')}:/usr/bin/ssh",
+           "--binary", f"{which('scp')}:/usr/bin/scp",
+           "--binary", f"{AGENT}:{d}/virtkit-agent",
+           "--file", f"{key}:{d}/key",
+           "--file", f"{key}.pub:{d}/key.pub",
+           "--file", f"{mod_dir}:{agent_bench.HOST_MODULE_DIR}",
+           "--file", f"{passwd}:/etc/passwd",
+           "--file", f"{group}:/etc/group"]
+    avx2 = Path(str(passt) + ".avx2")
+    if avx2.is_file():
+        cmd += ["--binary", f"{avx2}:/usr/bin/passt.avx2"]
+    cmd += ["--qemu-arg", "-drive", "--qemu-arg",
+            f"file={disk.resolve()},format=raw,if=none,id=deb,cache=unsafe",
+            "--qemu-arg", "-device", "--qemu-arg", "virtio-blk-device,drive=deb",
+            "--timeout", str(after_ready), script_path]
+    outer = 2 * 90 + after_ready + 60
+    times, sums, says = {}, {}, []
+    info = {"attempts": None, "boot_to_ready_s": None}
+    log_path = OUT / "agent-emulated-host.log"
+    logf = log_path.open("w")
+
+    def on_line(line):
+        logf.write(line + "\n")
+        logf.flush()
+        r = agent_bench.parse_line(line)
+        if r and r["kind"] == "time":
+            times.setdefault(r["label"], []).append(r)
+            log(f"part 8: {r['label']}: {r['ms']:.1f} ms ({r['status']}, client cpu "
+                f"{r['cpu_ms']:.0f} ms)")
+        elif r and r["kind"] == "sum":
+            sums[(r["label"], r["rep"])] = r["sum"]
+        elif r:
+            says.append(r["text"])
+            log(f"part 8: {r['text']}")
+        m = re.search(r"boot to kvm-ready ([\d.]+) s, run ([\d.]+) s, attempts (\d+)", line)
+        if m:
+            info["boot_to_ready_s"] = float(m.group(1))
+            info["attempts"] = int(m.group(3))
+
+    log(f"part 8: booting the emulated KVM host with the Debian image; {args.agent_round_trips} "
+        f"round trips of each kind, {args.agent_copies} copies each way of {AGENT_PAYLOAD_MIB} MiB")
+    t0 = time.monotonic()
+    try:
+        code = stream(cmd, outer, "the emulated host run (part 8)", on_line)
+    finally:
+        logf.close()
+    info["wall_s"] = time.monotonic() - t0
+    failures = []
+    if code != 0:
+        failures.append(f"the emulated host run of part 8 exited {code}; see {rel(log_path)}")
+    for (label, rep), got in sorted(sums.items()):
+        if got != payload_sum:
+            failures.append(f"{label} copy {rep}: sha256 {got[:16]}… is not the payload's")
+    for r in (x for v in times.values() for x in v):
+        if r["status"] != "exit:0":
+            failures.append(f"{r['label']}: {r['status']}")
+    if not times.get("exec"):
+        tail = "\n".join(log_path.read_text().splitlines()[-40:])
+        raise BenchError(f"part 8 measured nothing; log {rel(log_path)}; last lines:\n{tail}")
+    c = agent_bench.commands()
+    return {"times": times, "sums": {f"{k[0]} {k[1]}": v for k, v in sums.items()},
+            "payload_sum": payload_sum, "says": says + [f"image {rel(image)}"], "info": info, "failures": failures,
+            "commands": c, "harness": " ".join(shlex.quote(rel(x)) for x in cmd),
+            "rows": {k: [r["ms"] for r in v if r["status"] == "exit:0"]
+                     for k, v in times.items()}}
+
+
+def agent_section(args, p8):
+    rows_ms = p8["rows"]
+    mib = AGENT_PAYLOAD_MIB
+    spread = lambda xs: (f"**{fmt_ms(med(xs))}** ({fmt_ms(pct(xs, 10))}–{fmt_ms(pct(xs, 90))})"
+                         if xs else "n/a")
+    cpu = lambda k: med([r["cpu_ms"] for r in p8["times"].get(k, []) if r["status"] == "exit:0"])
+    out = [f"### Part 8: the guest agent against ssh over the NAT network, a Debian 12 guest in "
+           f"the emulated KVM host ({args.agent_round_trips} round trips of each kind, "
+           f"{args.agent_copies} copies of {mib} MiB each way)\n"]
+    t = [["`virtkit exec deb -- true` (agent, vsock)", str(len(rows_ms.get("exec", []))),
+          spread(rows_ms.get("exec", [])), fmt_ms(cpu("exec"))],
+         ["`ssh -p 2222 dev@127.0.0.1 true` (network: passt, NAT card)",
+          str(len(rows_ms.get("ssh-net", []))), spread(rows_ms.get("ssh-net", [])),
+          fmt_ms(cpu("ssh-net"))],
+         ["`virtkit ssh deb -- true` (ssh through vsock-proxy)",
+          str(len(rows_ms.get("virtkit-ssh", []))), spread(rows_ms.get("virtkit-ssh", [])),
+          fmt_ms(cpu("virtkit-ssh"))]]
+    out.append(md_table(["round trip", "n", "wall ms: median (p10–p90)",
+                         "client CPU ms (median, user+sys, incl. children waited for)"], t))
+    out.append("")
+    e, s, v = (med(rows_ms.get(k, [])) for k in ("exec", "ssh-net", "virtkit-ssh"))
+    out.append(f"Ratios of medians: exec / ssh over the network **{fmt_ratio(e / s)}**, "
+               f"exec / `virtkit ssh` **{fmt_ratio(e / v)}**, `virtkit ssh` / network ssh "
+               f"**{fmt_ratio(v / s)}**.\n")
+    rate = lambda k: [mib * 1.048576 / (ms / 1000) for ms in rows_ms.get(k, [])]
+    fr = lambda xs: (f"**{med(xs):.1f}** ({min(xs):.1f}–{max(xs):.1f})" if xs else "n/a")
+    ok = lambda lab: sum(1 for k, v in p8["sums"].items()
+                         if k.startswith(lab + " ") and v == p8["payload_sum"])
+    t2 = []
+    for lab, what in (("cp-in", "`virtkit cp` host → guest"), ("scp-in", "`scp` host → guest"),
+                      ("cp-out", "`virtkit cp` guest → host"), ("scp-out", "`scp` guest → host")):
+        t2.append([what, str(len(rows_ms.get(lab, []))), fr(rate(lab)),
+                   f"{ok(lab)}/{args.agent_copies}"])
+    out.append(md_table(["copy of 256 MiB", "n", "MB/s (10^6 B/s): median (min–max)",
+                         "sha256 matches"], t2))
+    out.append("")
+    ri = med(rate("cp-in")) / med(rate("scp-in")) if rate("cp-in") and rate("scp-in") else float("nan")
+    ro = med(rate("cp-out")) / med(rate("scp-out")) if rate("cp-out") and rate("scp-out") else float("nan")
+    out.append(f"Throughput ratios (virtkit / scp, higher is better): host → guest "
+               f"**{fmt_ratio(ri)}**, guest → host **{fmt_ratio(ro)}**.\n")
+    info = p8["info"]
+    out.append("Times are the wall time of the whole client process, from `posix_spawn` to its "
+               "exit, taken by bench/spawntime.c inside the emulated host (stdin /dev/null), the "
+               "three kinds of round trip interleaved, after one warm-up each. Every ssh is a new "
+               "connection (no ControlMaster; key exchange, host key and user authentication "
+               "each time, `-i key -o BatchMode=yes`); `virtkit exec` is a new CLI process, a "
+               "new vsock connection to the agent and a new process in the guest each time. "
+               "The copies alternate which tool goes first; the guest writes to its own disk "
+               "(`/home/dev`), the host reads from and writes to its tmpfs. "
+               f"Emulated host (QEMU TCG, nested KVM, `-m 4096`, root on tmpfs for passt): "
+               f"boot to kvm-ready {info.get('boot_to_ready_s')} s, attempts "
+               f"{info.get('attempts')}, the whole run {info.get('wall_s', 0):.0f} s. "
+               "The guest: 2 vCPUs, 1 GiB, the Debian 12 image of scripts/debian-image.sh with "
+               "the agent installed by cloud-init from the seed.\n")
+    dns = [r for r in p8["times"].get("dns-virtkit-ssh", [])]
+    if dns:
+        out.append(f"`virtkit ssh deb -- true` with the guest's DHCP name server (which gets no "
+                   f"answer from the emulated host, which has no DNS), timed once before the "
+                   f"guest's resolv.conf was emptied for the rows above: "
+                   f"**{fmt_ms(dns[0]['ms'])} ms** ({dns[0]['status']}): sshd's login over a "
+                   "vsock peer waits on name lookups that time out.\n")
+    for x in p8["says"]:
+        if x.startswith(("host ", "guest ", "agent_s", "ready_s", "cloud_init", "image ", "guest-net ")):
+            out.append(f"- {x}")
+    out.append("")
+    out.append("Commands inside the emulated host (each under `spawntime -t SECS -l LABEL --`), "
+               "booted by:\n")
+    out.append("```")
+    out.append(p8["harness"])
+    out += [f"{k}: {v}" for k, v in p8["commands"].items()]
+    out.append("```")
+    if p8["failures"]:
+        out.append(f"\n**Failures in part 8: {len(p8['failures'])}:** " + "; ".join(p8["failures"]))
+    out.append("")
+    slower = []
+    if e == e and s == s and e > s:
+        slower.append(f"agent: `virtkit exec` round trip {fmt_ms(e)} ms vs ssh over the network "
+                      f"{fmt_ms(s)} ms (×{e / s:.2f})")
+    for r, what in ((ri, "host → guest"), (ro, "guest → host")):
+        if r == r and r < 1:
+            slower.append(f"agent: `virtkit cp` {what} at ×{r:.2f} of scp's throughput")
+    return "\n".join(out), slower
+
+
+# ---------------------------------------------------------------------------------------------
 # Report
 
 def busy_processes():
@@ -1640,7 +1883,7 @@ def blk_tables(p4):
     return t1, t2, t3, below
 
 
-def report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed):
+def report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8=None):
     out = []
     out.append("## Results\n")
     out.append(f"- **Command:** `{args.command_line}` (from the repository root)")
@@ -1858,6 +2101,13 @@ def report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed):
             out.append(f"\n**Failed boots in part 7: {len(p7['failures'])}:** "
                        + "; ".join(p7["failures"]))
         out.append("")
+    if p8 is None:
+        out.append("### Part 8: the guest agent against ssh over the NAT network\n\n"
+                   "Not run (`--parts`).\n")
+    else:
+        t8, s8 = agent_section(args, p8)
+        out.append(t8)
+        slower += s8
     out.append("### Where virtkit is slower or bigger, or short of its target\n")
     if slower:
         out += [f"- {x}" for x in slower]
@@ -1890,6 +2140,8 @@ def split_results(text):
 
 def bullet_part(bullet):
     """Which part a bullet of the slower list comes from, by the words each part's tables use."""
+    if bullet.startswith("agent:"):
+        return 8
     if bullet.startswith("guest network"):
         return 7
     if bullet.startswith("net device alone"):
@@ -1955,12 +2207,13 @@ def main():
     ap = argparse.ArgumentParser(
         description="virtkit vs QEMU benchmark and the disk backend's throughput "
                     "(writes bench/RESULTS.md)")
-    ap.add_argument("--parts", default="1,2,3,4,5,6,7",
+    ap.add_argument("--parts", default="1,2,3,4,5,6,7,8",
                     help="which parts to run, comma-separated: 1 boot on KVM, 2 boot in the "
                          "emulated KVM host, 3 disk read through SeaBIOS, 4 disk backend "
                          "throughput, 5 the guest's O_DIRECT disk I/O in the emulated KVM host, "
                          "6 the network device's throughput, 7 the guest's network in the "
-                         "emulated KVM host (default: 1,2,3,4,5,6,7); the results of parts not "
+                         "emulated KVM host, 8 the guest agent (exec, cp) against ssh in the emulated KVM host "
+                         "(default: 1,2,3,4,5,6,7,8); the results of parts not "
                          "run are kept from "
                          "bench/RESULTS.md")
     ap.add_argument("--runs", type=int, default=30, help="part 1 runs per VMM (at least 20; default 30)")
@@ -1986,6 +2239,10 @@ def main():
                     help="part 7 seconds of each send, recv and rr measurement (default 3)")
     ap.add_argument("--net-passes", type=int, default=2,
                     help="part 7 passes of send, recv and rr per guest boot (default 2)")
+    ap.add_argument("--agent-round-trips", type=int, default=20,
+                    help="part 8 round trips of each kind (exec, ssh, virtkit ssh; default 20)")
+    ap.add_argument("--agent-copies", type=int, default=2,
+                    help="part 8 copies of 256 MiB each way per tool (default 2)")
     ap.add_argument("--skip-emulated", action="store_true", help="skip part 2")
     ap.add_argument("--no-build", action="store_true", help="use the existing release build")
     args = ap.parse_args()
@@ -2041,7 +2298,7 @@ def main():
         def load_now(part):
             args.part_load[part] = os.getloadavg()[0]
 
-        p1 = p2 = p3 = p4 = p5 = p6 = p7 = None
+        p1 = p2 = p3 = p4 = p5 = p6 = p7 = p8 = None
         if 1 in args.parts:
             load_now(1)
             p1 = part1(args, smoke)
@@ -2063,18 +2320,21 @@ def main():
         if 7 in args.parts:
             load_now(7)
             p7 = part7(args)
+        if 8 in args.parts:
+            load_now(8)
+            p8 = part8(args)
     except BenchError as e:
         print(f"\nbench: FAILED: {e}", file=sys.stderr)
         return 1
     elapsed = time.monotonic() - t0
-    text = report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed)
+    text = report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8)
     raw = {"started_utc": started, "env": env, "part1": p1, "part2": p2, "part3": p3,
-           "part4": p4, "part5": p5, "part6": p6, "part7": p7, "elapsed_s": elapsed}
+           "part4": p4, "part5": p5, "part6": p6, "part7": p7, "part8": p8, "elapsed_s": elapsed}
     (OUT / "results.json").write_text(json.dumps(raw, indent=1, default=str))
     text = write_results(text, args.parts)
     print("\n" + text)
     log(f"wrote {rel(RESULTS)} and {rel(OUT / 'results.json')} in {elapsed / 60:.1f} min")
-    failed = [f for p in (p1, p2, p3, p5, p7) if p for f in p["failures"]]
+    failed = [f for p in (p1, p2, p3, p5, p7, p8) if p for f in p["failures"]]
     if failed:
         print(f"bench: {len(failed)} run(s) failed; see above", file=sys.stderr)
         return 1

@@ -1,11 +1,12 @@
 #!/bin/sh
 # bench/run.sh: virtkit vs QEMU benchmark (boot, boot in the emulated KVM host, a disk read
 # through SeaBIOS, the guest's disk and network I/O in the emulated KVM host) and the disk and
-# network devices' throughput without a VM. Builds what it needs (release), runs the parts,
+# network devices' throughput without a VM, and the guest agent (exec, cp) against ssh/scp
+# to a Debian guest in the emulated KVM host. Builds what it needs (release), runs the parts,
 # prints the summary and writes bench/RESULTS.md. Options: see bench/run.py --help (--parts
-# 1,2,3,4,5,6,7, --runs N, --inner-runs N, --disk-runs N, --blk-seconds S, --blk-reps N,
+# 1,2,3,4,5,6,7,8, --runs N, --inner-runs N, --disk-runs N, --blk-seconds S, --blk-reps N,
 # --odirect-runs N, --net-seconds S, --net-reps N, --net-runs N, --net-passes N,
-# --net-guest-seconds S, --skip-emulated, --no-build). Not part of `cargo test`.
+# --net-guest-seconds S, --agent-round-trips N, --agent-copies N, --skip-emulated, --no-build). Not part of `cargo test`.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 if ! command -v python3 >/dev/null 2>&1; then

@@ -137,9 +137,59 @@ pub fn read_line(reader: &mut impl Read, max: usize) -> Result<Vec<u8>, HeaderEr
     }
 }
 
+/// [`read_line`] for a socket that can peek (`recv(MSG_PEEK)`, given as `peek`): looks at what
+/// has arrived and reads up to the newline in one call, not a call per byte (a header of a few
+/// hundred bytes was as many system calls on each side); nothing after the newline is taken.
+pub fn read_line_peeking<S: Read>(
+    stream: &mut S,
+    max: usize,
+    mut peek: impl FnMut(&S, &mut [u8]) -> io::Result<usize>,
+) -> Result<Vec<u8>, HeaderError> {
+    let mut line = Vec::new();
+    let mut buf = vec![0u8; (max + 1).min(4096)];
+    loop {
+        let n = loop {
+            match peek(stream, &mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => break other?,
+            }
+        };
+        if n == 0 {
+            return Err(HeaderError::Closed);
+        }
+        let newline = buf[..n].iter().position(|&b| b == b'\n');
+        let take = newline.map_or(n, |i| i + 1);
+        let keep = newline.unwrap_or(n);
+        if line.len() + keep > max {
+            return Err(HeaderError::TooLong(max));
+        }
+        // What was peeked is there to read.
+        stream.read_exact(&mut buf[..take]).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                HeaderError::Closed
+            } else {
+                HeaderError::Io(e)
+            }
+        })?;
+        line.extend_from_slice(&buf[..keep]);
+        if newline.is_some() {
+            return Ok(line);
+        }
+    }
+}
+
 /// Reads the header line and parses it.
 pub fn read_header(reader: &mut impl Read) -> Result<Request, HeaderError> {
     let line = read_line(reader, MAX_HEADER_BYTES)?;
+    Ok(serde_json::from_slice(&line)?)
+}
+
+/// [`read_header`] with [`read_line_peeking`].
+pub fn read_header_peeking<S: Read>(
+    stream: &mut S,
+    peek: impl FnMut(&S, &mut [u8]) -> io::Result<usize>,
+) -> Result<Request, HeaderError> {
+    let line = read_line_peeking(stream, MAX_HEADER_BYTES, peek)?;
     Ok(serde_json::from_slice(&line)?)
 }
 
@@ -171,6 +221,50 @@ mod tests {
             Request::CopyOut { src: "/etc".into() }
         );
         assert_eq!(input, b"rest");
+    }
+
+    /// A peek over a byte slice: what a socket shows, at most `chunk` bytes at a time (a header
+    /// split across packets).
+    fn peek_chunks(chunk: usize) -> impl FnMut(&&[u8], &mut [u8]) -> io::Result<usize> {
+        move |s: &&[u8], b: &mut [u8]| {
+            let n = s.len().min(b.len()).min(chunk);
+            b[..n].copy_from_slice(&s[..n]);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_peeking_read_takes_the_line_and_nothing_after_it() {
+        let mut bytes = Vec::new();
+        write_header(&mut bytes, &Request::CopyOut { src: "/etc".into() }).unwrap();
+        bytes.extend_from_slice(b"rest");
+        for chunk in [1, 3, 4096] {
+            let mut input = bytes.as_slice();
+            assert_eq!(
+                read_header_peeking(&mut input, peek_chunks(chunk)).unwrap(),
+                Request::CopyOut { src: "/etc".into() }
+            );
+            assert_eq!(input, b"rest", "chunk {chunk}");
+        }
+        let mut input = &b"OK 1024\nxy"[..];
+        assert_eq!(
+            read_line_peeking(&mut input, 256, peek_chunks(4096)).unwrap(),
+            b"OK 1024"
+        );
+        assert_eq!(input, b"xy");
+        assert!(matches!(
+            read_line_peeking(&mut &b"OK 10"[..], 256, peek_chunks(2)),
+            Err(HeaderError::Closed)
+        ));
+        let long = vec![b' '; MAX_HEADER_BYTES + 1];
+        assert!(matches!(
+            read_header_peeking(&mut long.as_slice(), peek_chunks(4096)),
+            Err(HeaderError::TooLong(_))
+        ));
+        assert!(matches!(
+            read_line_peeking(&mut &b"12345\n"[..], 4, peek_chunks(4096)),
+            Err(HeaderError::TooLong(4))
+        ));
     }
 
     #[test]

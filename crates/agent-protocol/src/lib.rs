@@ -16,8 +16,8 @@ pub use frame::{
     MAX_FRAME_PAYLOAD,
 };
 pub use header::{
-    read_header, read_line, write_header, AgentInfo, HeaderError, Hello, Interface, InterfaceAddress,
-    IpReport, Request, MAX_HEADER_BYTES,
+    read_header, read_header_peeking, read_line, read_line_peeking, write_header, AgentInfo, HeaderError,
+    Hello, Interface, InterfaceAddress, IpReport, Request, MAX_HEADER_BYTES,
 };
 
 /// The guest's vsock port the agent listens on.

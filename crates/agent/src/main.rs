@@ -13,7 +13,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
 use virtkit_agent_protocol::{
-    read_header, ErrorKind, Frame, FrameWriter, Hello, Request, AGENT_PORT, HELLO_PORT,
+    read_header_peeking, ErrorKind, Frame, FrameWriter, Hello, Request, AGENT_PORT, HELLO_PORT,
 };
 
 const USAGE: &str = "\
@@ -182,7 +182,12 @@ struct Fakes {
 
 fn serve(mut conn: UnixStream, fakes: Fakes) {
     let _ = conn.set_read_timeout(Some(HEADER_TIMEOUT));
-    let request = match read_header(&mut conn) {
+    // Peeking, the header is read in a call or two, not a call per byte.
+    let request = match read_header_peeking(&mut conn, |c, buf| {
+        rustix::net::recv(c, buf, rustix::net::RecvFlags::PEEK)
+            .map(|(n, _)| n)
+            .map_err(std::io::Error::from)
+    }) {
         Ok(r) => r,
         Err(e) => {
             tracing::info!(error = %e, "a connection without a valid header");

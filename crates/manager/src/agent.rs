@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use virtkit_agent_protocol::tree::{receive_tree, send_tree, CopyReport, TreeError};
 use virtkit_agent_protocol::{
-    read_line, write_header, AgentInfo, ErrorKind, ExitStatus, Frame, FrameError, FrameReader, FrameWriter,
-    HeaderError, Hello, IpReport, Request, AGENT_PORT, HELLO_PORT,
+    read_line, read_line_peeking, write_header, AgentInfo, ErrorKind, ExitStatus, Frame, FrameError,
+    FrameReader, FrameWriter, HeaderError, Hello, IpReport, Request, AGENT_PORT, HELLO_PORT,
 };
 
 /// The VM's vsock device's host socket (Firecracker's hybrid scheme), in the bundle.
@@ -200,7 +200,12 @@ pub fn connect_port(socket: &Path, port: u32) -> Result<UnixStream, AgentError> 
     })?;
     stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
     stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
-    let line = match read_line(&mut stream, 256) {
+    // The device's `OK <port>` line, peeked: a call or two, not one per byte.
+    let line = match read_line_peeking(&mut stream, 256, |s, buf| {
+        rustix::net::recv(s, buf, rustix::net::RecvFlags::PEEK)
+            .map(|(n, _)| n)
+            .map_err(std::io::Error::from)
+    }) {
         Ok(l) => String::from_utf8_lossy(&l).into_owned(),
         // Firecracker closes the connection when the guest has nothing on the port.
         Err(HeaderError::Closed) => return Err(AgentError::NoAgent(None)),
