@@ -13,7 +13,7 @@
 # mmdebstrap and e2fsprogs when missing. A finished directory is never changed; RECIPE moves
 # when the recipe does. About 1-3 minutes with a warm apt cache.
 set -euo pipefail
-RECIPE=3
+RECIPE=4
 cd "$(dirname "$0")/.."
 base=.cache/debian-image
 out=$base/v$RECIPE
@@ -36,7 +36,7 @@ mmdebstrap --variant=minbase --mode=root --format=directory \
     --customize-hook='rm -f "$1/etc/hostname" "$1/etc/machine-id" && touch "$1/etc/machine-id"' \
     --customize-hook='chroot "$1" systemctl enable ssh.service' \
     --customize-hook='sed -i "s/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/" "$1/etc/locale.gen" && chroot "$1" locale-gen >/dev/null' \
-    --customize-hook='printf "auto lo\niface lo inet loopback\n" > "$1/etc/network/interfaces"' \
+    --customize-hook='printf "source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n" > "$1/etc/network/interfaces"' \
     --customize-hook='chroot "$1" dpkg-query -W > "$1/../packages"' \
     bookworm "$root" >&2
 cp -L "$root"/boot/vmlinuz-* "$build/vmlinuz"

@@ -258,6 +258,11 @@ echo "CASE agent: uname=$(timeout 60 $VIRTKIT exec ag -- uname -s 2>$W/e1.err)"
 sed "s/^/CASE agent: exec-err: /" $W/e1.err
 timeout 60 $VIRTKIT exec ag -- sh -c 'exit 7' 2>/dev/null; echo "CASE agent: exit7=$?"
 echo "CASE agent: cat=$(echo through-the-agent | timeout 60 $VIRTKIT exec ag -- cat)"
+if ! $VIRTKIT list | grep -q '^ag  *running'; then
+    # Why the VM ended: its process's log, the guest's last words, a seccomp kill.
+    $VIRTKIT logs ag --vmm 2>&1 | tail -n 20 | sed "s/^/CASE agent: vmm: /"
+    dmesg | grep -E 'type=1326|seccomp|segfault|traps' | tail -n 5 | sed "s/^/CASE agent: dmesg: /"
+fi
 echo "CASE agent: ip $(timeout 60 $VIRTKIT ip ag --format json 2>&1 | tr -d ' \n')"
 # Streamed output: each line reaches the host when the guest prints it, not at the end.
 timeout 60 $VIRTKIT exec ag -- sh -c 'for i in 1 2 3; do echo tick-$i; sleep 1; done' |

@@ -190,6 +190,45 @@ impl<W: Write> CpioWriter<W> {
     }
 }
 
+/// The regular files of concatenated `newc` archives (an initramfs decompressed) whose base
+/// names are in `names`, as (base name, data); archives are separated by zero padding, as the
+/// kernel allows. Stops at the first malformed header.
+pub fn extract_by_name(data: &[u8], names: &[&str]) -> Vec<(String, Vec<u8>)> {
+    let field = |at: usize, i: usize| -> Option<usize> {
+        let text = std::str::from_utf8(data.get(at + 6 + 8 * i..at + 14 + 8 * i)?).ok()?;
+        usize::from_str_radix(text, 16).ok()
+    };
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at + 110 <= data.len() {
+        if &data[at..at + 6] != b"070701" {
+            if data[at] == 0 {
+                at += 1;
+                continue;
+            }
+            break;
+        }
+        let (Some(mode), Some(size), Some(name_len)) = (field(at, 1), field(at, 6), field(at, 11)) else {
+            break;
+        };
+        let name_at = at + 110;
+        let data_at = (name_at + name_len).next_multiple_of(4);
+        let Some(name) = data.get(name_at..name_at + name_len.saturating_sub(1)) else {
+            break;
+        };
+        let name = String::from_utf8_lossy(name).into_owned();
+        let Some(body) = data.get(data_at..data_at + size) else {
+            break;
+        };
+        let base = name.rsplit('/').next().unwrap_or("");
+        if mode & 0o170_000 == S_IFREG as usize && names.contains(&base) {
+            found.push((base.to_owned(), body.to_vec()));
+        }
+        at = (data_at + size).next_multiple_of(4);
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,43 +393,4 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-/// The regular files of concatenated `newc` archives (an initramfs decompressed) whose base
-/// names are in `names`, as (base name, data); archives are separated by zero padding, as the
-/// kernel allows. Stops at the first malformed header.
-pub fn extract_by_name(data: &[u8], names: &[&str]) -> Vec<(String, Vec<u8>)> {
-    let field = |at: usize, i: usize| -> Option<usize> {
-        let text = std::str::from_utf8(data.get(at + 6 + 8 * i..at + 14 + 8 * i)?).ok()?;
-        usize::from_str_radix(text, 16).ok()
-    };
-    let mut found = Vec::new();
-    let mut at = 0;
-    while at + 110 <= data.len() {
-        if &data[at..at + 6] != b"070701" {
-            if data[at] == 0 {
-                at += 1;
-                continue;
-            }
-            break;
-        }
-        let (Some(mode), Some(size), Some(name_len)) = (field(at, 1), field(at, 6), field(at, 11)) else {
-            break;
-        };
-        let name_at = at + 110;
-        let data_at = (name_at + name_len).next_multiple_of(4);
-        let Some(name) = data.get(name_at..name_at + name_len.saturating_sub(1)) else {
-            break;
-        };
-        let name = String::from_utf8_lossy(name).into_owned();
-        let Some(body) = data.get(data_at..data_at + size) else {
-            break;
-        };
-        let base = name.rsplit('/').next().unwrap_or("");
-        if mode & 0o170_000 == S_IFREG as usize && names.contains(&base) {
-            found.push((base.to_owned(), body.to_vec()));
-        }
-        at = (data_at + size).next_multiple_of(4);
-    }
-    found
 }

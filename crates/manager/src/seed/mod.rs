@@ -314,16 +314,63 @@ pub fn hostname_for(name: &str) -> String {
 }
 
 /// Where the agent binary the seed carries comes from: `VIRTKIT_AGENT`, else `virtkit-agent`
-/// next to the running `virtkit`. `None`: the seed goes without it (the guest gets no agent).
+/// next to the running `virtkit`, if it is statically linked (a guest has its own libraries, or
+/// none: a development build linked against this host's would not start there). `None`: the
+/// seed goes without it (the guest gets no agent).
 pub fn find_agent() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("VIRTKIT_AGENT") {
-        let path = PathBuf::from(path);
-        return path.is_file().then_some(path);
+    let candidate = match std::env::var_os("VIRTKIT_AGENT") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::current_exe().ok()?.parent()?.join("virtkit-agent"),
+    };
+    if !candidate.is_file() {
+        return None;
     }
-    let exe = std::env::current_exe().ok()?;
-    let beside = exe.parent()?.join("virtkit-agent");
-    beside.is_file().then_some(beside)
+    if !is_static_elf(&candidate) {
+        tracing::warn!(
+            path = %candidate.display(),
+            "the guest agent there is not statically linked, so the seed goes without it; build it with scripts/build-agent.sh"
+        );
+        return None;
+    }
+    Some(candidate)
+}
+
+/// Whether `path` is a 64-bit ELF with no program interpreter (`PT_INTERP`): statically linked.
+fn is_static_elf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = vec![0u8; 64 * 1024];
+    let Ok(n) = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) else {
+        return false;
+    };
+    let head = &head[..n];
+    if head.len() < 64 || &head[..4] != b"\x7fELF" || head[4] != 2 || head[5] != 1 {
+        return false;
+    }
+    let u16_at = |at: usize| u16::from_le_bytes([head[at], head[at + 1]]) as usize;
+    let phoff = u64::from_le_bytes(head[32..40].try_into().unwrap_or_default()) as usize;
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    (0..phnum).all(|i| {
+        let at = phoff + i * phentsize;
+        // PT_INTERP = 3; a header beyond what was read counts as not static.
+        head.get(at..at + 4)
+            .is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 3)
+    })
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod static_elf_tests {
+    #[test]
+    fn a_dynamic_program_is_not_static_and_a_text_file_is_not_elf() {
+        assert!(!super::is_static_elf(std::path::Path::new("/bin/sh")));
+        assert!(!super::is_static_elf(std::path::Path::new("/etc/hostname")));
+        if std::path::Path::new("/bin/busybox").is_file() {
+            assert!(
+                super::is_static_elf(std::path::Path::new("/bin/busybox")),
+                "busybox-static"
+            );
+        }
+    }
+}
