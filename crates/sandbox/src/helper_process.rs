@@ -155,15 +155,22 @@ fn open_log(path: &Path) -> Result<File, HelperError> {
         })
 }
 
-/// Whether `program` names an existing file: a path as is, a bare name on `PATH`. Checked
-/// before forking so that a missing program is [`HelperError::NotFound`], which callers turn
-/// into "install it" advice, rather than an `exec` error.
-fn is_runnable(program: &Path) -> bool {
+/// Where `program` is: a path as is, a bare name the first file of that name on `PATH`. The
+/// launchers check it before forking, so that a missing program is [`HelperError::NotFound`]
+/// (which callers turn into "install it" advice) rather than an `exec` error; `doctor` and
+/// `create` ask it too.
+pub fn find_program(program: &Path) -> Option<PathBuf> {
     if program.components().count() > 1 {
-        return program.is_file();
+        return program.is_file().then(|| program.to_path_buf());
     }
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+fn is_runnable(program: &Path) -> bool {
+    find_program(program).is_some()
 }
 
 /// Runs on the spawner thread: forks and execs the helper.

@@ -23,7 +23,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use filters::{rules_for, FilterRules};
-pub use helper_process::{HelperCommand, HelperError, HelperLog, HelperProcess};
+pub use helper_process::{find_program, HelperCommand, HelperError, HelperLog, HelperProcess};
 pub use inherited::{close_inherited_descriptors, take_inherited_descriptor};
 pub use spawn::{spawn, Builder};
 

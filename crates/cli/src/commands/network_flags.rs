@@ -10,7 +10,6 @@
 //!   when no NAT card is given.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use virtkit::{Framing, NetworkAttachment, NetworkDeviceConfiguration, PortProtocol, PublishedPort};
@@ -182,12 +181,7 @@ pub fn uses_nat(devices: &[NetworkDeviceConfiguration]) -> bool {
 
 /// Whether `passt` is on `PATH`, as the VM process will look for it.
 pub fn passt_installed() -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| {
-            std::fs::metadata(dir.join("passt"))
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-    })
+    virtkit_sandbox::find_program(std::path::Path::new("passt")).is_some()
 }
 
 /// A card's attachment in a few words, for `get` and `list`: `nat`, `socket:/run/n.sock`.

@@ -49,6 +49,18 @@ fn config(dir: &TempDir, disks: usize, rngs: usize) -> VirtualMachineConfigurati
     config
 }
 
+/// Checks that `config`'s devices validate, then attaches them to a new machine (kept alive
+/// beside the manager).
+fn attach_valid(config: &mut VirtualMachineConfiguration) -> (Machine, DeviceManager) {
+    let mut issues = Issues(Vec::new());
+    validate_devices(config, &mut issues);
+    assert!(issues.0.is_empty(), "{:?}", issues.0);
+    let kvm = Kvm::open().unwrap();
+    let machine = machine(&kvm, config);
+    let manager = DeviceManager::attach_all(&machine, config).unwrap();
+    (machine, manager)
+}
+
 fn machine(kvm: &Kvm, config: &VirtualMachineConfiguration) -> Machine {
     let BootLoader::Firmware { path, .. } = &config.boot_loader else {
         unreachable!("the tests build firmware configurations")
@@ -167,12 +179,7 @@ fn a_socket_network_card_attaches_as_net0_and_learns_nothing_before_the_guest_sp
             listen: false,
         },
     });
-    let mut issues = Issues(Vec::new());
-    validate_devices(&config, &mut issues);
-    assert!(issues.0.is_empty(), "{:?}", issues.0);
-    let kvm = Kvm::open().unwrap();
-    let machine = machine(&kvm, &config);
-    let manager = DeviceManager::attach_all(&machine, &mut config).unwrap();
+    let (_machine, manager) = attach_valid(&mut config);
     let names: Vec<String> = manager.names().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["blk0", "net0"]);
     listener.accept().expect("the card connected to the socket");
@@ -209,12 +216,7 @@ fn a_vfkit_card_greets_its_peer_and_a_listening_card_removes_its_socket_on_relea
             },
         });
     }
-    let mut issues = Issues(Vec::new());
-    validate_devices(&config, &mut issues);
-    assert!(issues.0.is_empty(), "{:?}", issues.0);
-    let kvm = Kvm::open().unwrap();
-    let machine = machine(&kvm, &config);
-    let manager = DeviceManager::attach_all(&machine, &mut config).unwrap();
+    let (_machine, manager) = attach_valid(&mut config);
     let mut first = [0u8; 16];
     let n = peer.recv(&mut first).expect("the vfkit greeting");
     assert_eq!(&first[..n], b"VFKT");
@@ -244,13 +246,8 @@ fn sockets_handed_over_attach_as_stream_or_datagram_cards_and_a_file_is_refused(
     let mut config = config(&dir, 0, 0);
     config.network_devices.push(handed(stream.into()));
     config.network_devices.push(handed(dgram.into()));
-    let mut issues = Issues(Vec::new());
-    validate_devices(&config, &mut issues);
-    assert!(issues.0.is_empty(), "{:?}", issues.0);
     // The cards dup the descriptors: the configuration keeps its own.
-    let kvm = Kvm::open().unwrap();
-    let machine = machine(&kvm, &config);
-    let manager = DeviceManager::attach_all(&machine, &mut config).unwrap();
+    let (_machine, manager) = attach_valid(&mut config);
     let names: Vec<String> = manager.names().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["net0", "net1"]);
     manager.release();

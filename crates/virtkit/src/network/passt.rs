@@ -315,15 +315,7 @@ pub struct PasstProbe {
 /// Looks for `program` on `PATH` and asks its `--help` what it offers (passt prints it on
 /// standard error and exits 1).
 pub fn probe(program: &std::path::Path) -> PasstProbe {
-    let path = if program.components().count() > 1 {
-        program.is_file().then(|| program.to_path_buf())
-    } else {
-        std::env::var_os("PATH").and_then(|dirs| {
-            std::env::split_paths(&dirs)
-                .map(|d| d.join(program))
-                .find(|p| p.is_file())
-        })
-    };
+    let path = virtkit_sandbox::find_program(program);
     let vhost_user = path.as_ref().is_some_and(|p| {
         std::process::Command::new(p)
             .arg("--help")
