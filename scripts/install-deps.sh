@@ -11,7 +11,9 @@ packages=(qemu-system-x86 qemu-utils busybox-static seabios ovmf cpio binutils e
     # Debian's cloud-init (unpacked into .cache, never installed) checks the seed's user-data
     # against its schema with these libraries.
     python3-yaml python3-jsonschema python3-configobj python3-jinja2 python3-jsonpatch python3-requests
-    python3-netifaces python3-oauthlib python3-serial)
+    python3-netifaces python3-oauthlib python3-serial
+    # virtiofsd is built from crates.io (scripts/build-virtiofsd.sh) against these.
+    libseccomp-dev libcap-ng-dev)
 updated=0
 for pass in 1 2; do
     missing=()

@@ -14,6 +14,8 @@ echo "== packages"
 scripts/install-deps.sh || exit 1
 echo "== test assets"
 scripts/assets.sh --quiet >/dev/null || exit 1
+echo "== virtiofsd (built once into .cache/virtiofsd/)"
+scripts/build-virtiofsd.sh >/dev/null || exit 1
 echo "== Debian system image (mmdebstrap; built once into .cache/debian-image/)"
 scripts/debian-image.sh >/dev/null || exit 1
 echo "== build (binaries and examples the tests start)"
