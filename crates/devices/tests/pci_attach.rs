@@ -62,6 +62,7 @@ fn virtio_blk_appears_in_a_slot_and_its_bar_maps_when_programmed() {
             serial_output: Box::new(std::io::sink()),
             serial_input: None,
             smbios_identity: None,
+            shared_memory: false,
         },
     )
     .unwrap();

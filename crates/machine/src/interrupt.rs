@@ -46,6 +46,12 @@ pub trait MsiVectors: Send + Sync {
     fn set_route(&self, vector: u16, message: Option<MsiMessage>) -> Result<(), InterruptError>;
     /// Sends `vector`'s message. Masking is the caller's business (see `pci::msix`).
     fn trigger(&self, vector: u16) -> Result<(), InterruptError>;
+    /// The eventfd whose signal sends `vector` inside the kernel (its irqfd), for a device
+    /// whose backend runs in another process (vhost-user's call eventfds); `None` where there
+    /// is none (test doubles).
+    fn irqfd(&self, _vector: u16) -> Option<&EventFd> {
+        None
+    }
 }
 
 struct RouterState {
@@ -189,6 +195,10 @@ impl MsiVectors for KvmMsiVectors {
     fn trigger(&self, vector: u16) -> Result<(), InterruptError> {
         let (_, event) = self.vector(vector)?;
         event.write(1).map_err(InterruptError::EventFd)
+    }
+
+    fn irqfd(&self, vector: u16) -> Option<&EventFd> {
+        self.vector(vector).ok().map(|(_, event)| event)
     }
 }
 

@@ -29,7 +29,9 @@ use crate::layout::{
     irqs, ports, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, PAM_WINDOW_END, PAM_WINDOW_START, PCI_ECAM_SIZE,
     PCI_ECAM_START,
 };
-use crate::memory::{create_guest_memory, low_ram_end, ram_ranges, ranges_around};
+use crate::memory::{
+    create_guest_memory, create_shared_guest_memory, low_ram_end, ram_ranges, ranges_around,
+};
 use crate::pam::{ShadowRam, ShadowRamError};
 use crate::pci::{
     BarAllocator, BarAllocatorError, HostBridge, IsaBridge, PciConfigIo, PciConfigMmio, PciRoot,
@@ -73,6 +75,9 @@ pub struct MachineConfig {
     pub serial_input: Option<OwnedFd>,
     /// The SMBIOS system UUID and serial number; `None` gives the guest an all-zero UUID.
     pub smbios_identity: Option<SmbiosIdentity>,
+    /// Guest RAM backed by a memfd that a vhost-user backend can map
+    /// (`memory::create_shared_guest_memory`); `false`: anonymous memory.
+    pub shared_memory: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +89,12 @@ pub enum MachineError {
         size: u64,
         #[source]
         source: vm_memory::mmap::FromRangesError,
+    },
+    #[error("cannot allocate {size} bytes of shareable guest memory")]
+    SharedMemory {
+        size: u64,
+        #[source]
+        source: crate::memory::SharedMemoryError,
     },
     #[error("cannot load the guest")]
     Boot(#[from] BootError),
@@ -212,6 +223,7 @@ impl Machine {
             serial_output,
             serial_input,
             smbios_identity,
+            shared_memory,
         } = config;
         let smbios_identity = smbios_identity.unwrap_or_default();
         let vm = kvm.create_vm()?;
@@ -221,7 +233,7 @@ impl Machine {
             BootSource::Firmware { path } => Some(FirmwareImage::read(path)?),
             BootSource::Linux { .. } => None,
         };
-        let (memory, pam) = map_guest_memory(&vm, memory_size, firmware.as_ref())?;
+        let (memory, pam) = map_guest_memory(&vm, memory_size, firmware.as_ref(), shared_memory)?;
         let vm = Arc::new(vm);
 
         let control = Control::new();
@@ -382,13 +394,22 @@ fn map_guest_memory(
     vm: &Vm,
     memory_size: u64,
     firmware: Option<&FirmwareImage>,
+    shared: bool,
 ) -> Result<(GuestMemoryMmap, bool), MachineError> {
     let extra: Vec<_> = firmware.iter().map(|f| f.range()).collect();
-    let memory =
+    let memory = if shared {
+        create_shared_guest_memory(&ram_ranges(memory_size), &extra).map_err(|source| {
+            MachineError::SharedMemory {
+                size: memory_size,
+                source,
+            }
+        })?
+    } else {
         create_guest_memory(&ram_ranges(memory_size), &extra).map_err(|source| MachineError::Memory {
             size: memory_size,
             source,
-        })?;
+        })?
+    };
     // PAM shadow RAM needs firmware (which programs it; a direct boot keeps plain RAM there
     // for its ACPI and SMBIOS tables) and read-only slots; its window is mapped by
     // `ShadowRam`, the rest of RAM here. The firmware at the top of 4 GiB is ROM too.

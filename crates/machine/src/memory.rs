@@ -1,6 +1,9 @@
 //! Guest RAM: its layout around the 32-bit MMIO hole and its creation.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use std::fs::File;
+use std::os::fd::FromRawFd;
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::{HIGH_MEMORY_START, MMIO_HOLE_START};
 
@@ -34,6 +37,69 @@ pub fn create_guest_memory(
         .collect();
     ranges.sort_by_key(|(a, _)| *a);
     GuestMemoryMmap::from_ranges(&ranges)
+}
+
+/// Why guest memory that a backend process can map could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedMemoryError {
+    #[error("cannot create the memfd that backs shareable guest memory")]
+    Memfd(#[source] std::io::Error),
+    #[error("cannot size or seal the memfd that backs shareable guest memory")]
+    Size(#[source] std::io::Error),
+    #[error("cannot map shareable guest memory")]
+    Map(#[from] vm_memory::mmap::FromRangesError),
+}
+
+/// Creates guest memory like [`create_guest_memory`], but backed by one memfd mapped
+/// `MAP_SHARED`, each range at its own offset of the file, so that a vhost-user backend can map
+/// the same pages from the descriptors the regions carry (`GuestRegionMmap::file_offset`). The
+/// memfd's size is sealed (no grow, no shrink): a backend holding it cannot make our mapping
+/// fault by truncating it. Pages are allocated as the guest touches them, as for anonymous
+/// memory; only VMs with a vhost-user device pay the difference (shmem pages, which
+/// `MADV_DONTNEED` does not give back: the balloon frees nothing there).
+pub fn create_shared_guest_memory(
+    ram: &[(GuestAddress, u64)],
+    extra: &[(GuestAddress, u64)],
+) -> Result<GuestMemoryMmap, SharedMemoryError> {
+    let mut ranges: Vec<(GuestAddress, u64)> = ram.iter().chain(extra.iter()).copied().collect();
+    ranges.sort_by_key(|(a, _)| *a);
+    let total: u64 = ranges.iter().map(|(_, s)| s).sum();
+    let file = memfd(c"virtkit-guest-ram")?;
+    file.set_len(total).map_err(SharedMemoryError::Size)?;
+    // SAFETY: fcntl on a descriptor `file` owns; F_ADD_SEALS takes an int of seal flags.
+    let sealed = unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+        )
+    };
+    if sealed != 0 {
+        return Err(SharedMemoryError::Size(std::io::Error::last_os_error()));
+    }
+    let file = std::sync::Arc::new(file);
+    let mut offset = 0;
+    let mut with_files = Vec::with_capacity(ranges.len());
+    for (address, size) in ranges {
+        with_files.push((
+            address,
+            size as usize,
+            Some(FileOffset::from_arc(file.clone(), offset)),
+        ));
+        offset += size;
+    }
+    Ok(GuestMemoryMmap::from_ranges_with_files(&with_files)?)
+}
+
+/// A new memfd (close-on-exec, sealable) named `name` for `/proc/PID/maps`.
+fn memfd(name: &std::ffi::CStr) -> Result<File, SharedMemoryError> {
+    // SAFETY: memfd_create reads the NUL-terminated `name` and returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(SharedMemoryError::Memfd(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 /// The parts of `start..start + len` outside `hole`, as (start, length): how a RAM region is
@@ -71,6 +137,26 @@ mod tests {
         );
         assert_eq!(ranges_around(0, 0x10_0000, hole.clone()), vec![(0, 0xc0000)]);
         assert_eq!(ranges_around(0xc0000, 0x40000, hole), vec![], "all hole");
+    }
+
+    #[test]
+    fn shared_memory_is_one_memfd_with_each_range_at_its_own_offset() {
+        use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+        let ranges = [(GuestAddress(0), 2 << 20), (GuestAddress(1 << 32), 1 << 20)];
+        let memory = create_shared_guest_memory(&ranges, &[]).unwrap();
+        let offsets: Vec<u64> = memory
+            .iter()
+            .map(|r| r.file_offset().expect("file-backed").start())
+            .collect();
+        assert_eq!(offsets, vec![0, 2 << 20]);
+        memory.write_obj(0xabcd_u32, GuestAddress(1 << 32)).unwrap();
+        // Another mapping of the same file (as a backend's) sees the guest's write.
+        let region = memory.find_region(GuestAddress(1 << 32)).unwrap();
+        let file = region.file_offset().unwrap().file();
+        let mut bytes = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut bytes, 2 << 20).unwrap();
+        assert_eq!(u32::from_le_bytes(bytes), 0xabcd);
+        assert!(file.set_len(1 << 20).is_err(), "the size is sealed");
     }
 
     #[test]

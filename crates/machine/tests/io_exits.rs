@@ -60,6 +60,7 @@ fn port_and_mmio_accesses_reach_the_right_device() {
             serial_output: Box::new(output.clone()),
             serial_input: None,
             smbios_identity: None,
+            shared_memory: false,
         },
     )
     .unwrap();

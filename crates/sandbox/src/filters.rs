@@ -252,6 +252,12 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
                         .allow_if(SYS_getsockopt, &[(1, SOL_SOCKET as u64), (2, SO_PEERCRED as u64)])
                         .allow_if(SYS_ioctl, &[(1, FIONBIO)]);
                 }
+                // vhost-user: the socket was connected and given its timeouts before the worker
+                // started; the worker only sends requests (with descriptors: `sendmsg`) and
+                // reads answers (`recvmsg`), and closes the eventfd copies it sent.
+                DeviceKind::VhostUser => {
+                    r.allow_all(&[SYS_sendmsg, SYS_recvmsg]);
+                }
                 DeviceKind::Other => {
                     r.allow_all(&[SYS_nanosleep, SYS_clock_nanosleep]);
                 }
@@ -397,7 +403,7 @@ mod tests {
         assert_eq!(kvm::KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
     }
 
-    const ALL_ROLES: [ThreadRole; 18] = [
+    const ALL_ROLES: [ThreadRole; 19] = [
         ThreadRole::Vcpu,
         ThreadRole::DeviceWorker(DeviceKind::Block),
         ThreadRole::DeviceWorker(DeviceKind::Rng),
@@ -405,6 +411,7 @@ mod tests {
         ThreadRole::DeviceWorker(DeviceKind::Console),
         ThreadRole::DeviceWorker(DeviceKind::Net),
         ThreadRole::DeviceWorker(DeviceKind::Vsock),
+        ThreadRole::DeviceWorker(DeviceKind::VhostUser),
         ThreadRole::DeviceWorker(DeviceKind::Other),
         ThreadRole::SerialInput,
         ThreadRole::SerialOutput,
@@ -493,6 +500,7 @@ mod tests {
         }
         assert_eq!(DeviceKind::from_worker_name("net"), DeviceKind::Net);
         assert_eq!(DeviceKind::from_worker_name("vsock"), DeviceKind::Vsock);
+        assert_eq!(DeviceKind::from_worker_name("fs"), DeviceKind::VhostUser);
     }
 
     #[test]

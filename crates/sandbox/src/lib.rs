@@ -132,6 +132,10 @@ pub enum DeviceKind {
     /// `v_vsock`: the host side of virtio-vsock: Unix stream sockets accepted from its
     /// listener and connected to `<path>_<port>`.
     Vsock,
+    /// `v_fs`: a vhost-user device's worker: requests to its backend on the connected Unix
+    /// socket (`sendmsg`/`recvmsg` with descriptors: memory, kick and call eventfds), then a
+    /// watch for the backend's hangup.
+    VhostUser,
     /// Any other worker (test devices): an event loop on eventfds only.
     Other,
 }
@@ -146,6 +150,7 @@ impl DeviceKind {
             "console" => DeviceKind::Console,
             "net" => DeviceKind::Net,
             "vsock" => DeviceKind::Vsock,
+            "fs" => DeviceKind::VhostUser,
             _ => DeviceKind::Other,
         }
     }

@@ -27,6 +27,12 @@ pub trait VirtioInterrupt: Send + Sync {
     /// The device hit an error it cannot go on from (a broken queue): it sets
     /// DEVICE_NEEDS_RESET and tells the driver.
     fn signal_needs_reset(&self);
+    /// An eventfd whose signal interrupts the driver for queue `queue` without this process
+    /// (the MSI-X vector's irqfd), for a backend in another process (vhost-user's call
+    /// eventfd). `None` when the driver chose no vector or uses INTx (which needs the ISR).
+    fn queue_irqfd(&self, _queue: u16) -> Option<&EventFd> {
+        None
+    }
 }
 
 /// Why a device's queue loop cannot go on: the device needs a reset (it sets DEVICE_NEEDS_RESET

@@ -187,6 +187,9 @@ impl VirtualMachine {
                     uuid: *id.as_bytes(),
                     serial_number: id.serial_number(),
                 }),
+                // Only a vhost-user backend needs to map guest memory; everyone else keeps
+                // anonymous memory.
+                shared_memory: false,
             },
             SerialKeep {
                 server: ends.server,

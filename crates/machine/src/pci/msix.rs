@@ -132,6 +132,13 @@ impl MsixShared {
         self.vectors.trigger(vector)
     }
 
+    /// `vector`'s irqfd, for a backend that interrupts the guest without us. Its signals
+    /// bypass the mask bits (KVM's irqfd knows nothing of them): a masked vector may still
+    /// interrupt, which virtio drivers tolerate (they check the used ring).
+    pub fn irqfd(&self, vector: u16) -> Option<&vmm_sys_util::eventfd::EventFd> {
+        self.vectors.irqfd(vector)
+    }
+
     /// Whether `vector` is waiting for its mask to clear.
     pub fn is_pending(&self, vector: u16) -> bool {
         self.pending

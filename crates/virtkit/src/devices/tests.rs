@@ -74,6 +74,7 @@ fn machine(kvm: &Kvm, config: &VirtualMachineConfiguration) -> Machine {
             serial_output: Box::new(std::io::sink()),
             serial_input: None,
             smbios_identity: None,
+            shared_memory: false,
         },
     )
     .unwrap()

@@ -135,4 +135,18 @@ impl VirtioInterrupt for PciInterrupt {
         self.needs_reset.store(true, Ordering::Release);
         self.raise(self.config_vector.load(Ordering::Acquire), ISR_CONFIG);
     }
+
+    fn queue_irqfd(&self, queue: u16) -> Option<&vmm_sys_util::eventfd::EventFd> {
+        if !self.msix.enabled() {
+            return None;
+        }
+        let vector = self
+            .queue_vectors
+            .get(usize::from(queue))?
+            .load(Ordering::Acquire);
+        if vector == NO_VECTOR {
+            return None;
+        }
+        self.msix.irqfd(vector)
+    }
 }
