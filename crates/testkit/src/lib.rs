@@ -56,6 +56,7 @@ pub mod cpio;
 pub mod host;
 pub mod skip;
 pub mod stock_kernel;
+pub mod virtiofsd;
 
 pub use assets::{repo_root, Assets};
 pub use host::{

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::devices::{
-    ConsoleDeviceConfiguration, EntropyDeviceConfiguration, MemoryBalloonConfiguration,
-    NetworkDeviceConfiguration, SocketDeviceConfiguration,
+    ConsoleDeviceConfiguration, DirectorySharingDeviceConfiguration, EntropyDeviceConfiguration,
+    MemoryBalloonConfiguration, NetworkDeviceConfiguration, SocketDeviceConfiguration,
 };
 use crate::identity::MachineIdentifier;
 use crate::storage::StorageDeviceConfiguration;
@@ -55,6 +55,10 @@ pub struct VirtualMachineConfiguration {
     /// through a Unix socket (`CONNECT <port>`), the guest reaches `<uds_path>_<port>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub socket_devices: Vec<SocketDeviceConfiguration>,
+    /// Host directories shared with the guest (virtio-fs, each served by a virtiofsd), mounted
+    /// by tag.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directory_sharing_devices: Vec<DirectorySharingDeviceConfiguration>,
     /// The platform's identity (SMBIOS UUID and serial, MAC addresses).
     #[serde(default, skip_serializing_if = "PlatformConfiguration::is_default")]
     pub platform: PlatformConfiguration,
@@ -71,7 +75,8 @@ pub struct PlatformConfiguration {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp: Option<virtkit_sandbox::SeccompAction>,
     /// A directory where helper processes write their messages: passt's for network card N
-    /// go to `passt.log` (card 0) or `passt-N.log`, appended. Absent: they are discarded.
+    /// go to `passt.log` (card 0) or `passt-N.log`, a shared directory's virtiofsd's to
+    /// `virtiofsd-<tag>.log`, appended. Absent: they are discarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub helper_log_directory: Option<std::path::PathBuf>,
 }
@@ -157,6 +162,7 @@ impl VirtualMachineConfiguration {
             console_devices: Vec::new(),
             network_devices: Vec::new(),
             socket_devices: Vec::new(),
+            directory_sharing_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         }
     }
@@ -178,6 +184,7 @@ impl VirtualMachineConfiguration {
             console_devices: Vec::new(),
             network_devices: Vec::new(),
             socket_devices: Vec::new(),
+            directory_sharing_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         }
     }

@@ -31,10 +31,11 @@ pub use config::{
 pub use config_file::{ConfigFileError, MAX_CONFIG_SIZE};
 pub use console_server::{ConsoleClients, ConsoleOutput, ConsoleServer, ConsoleServerOptions, OutputPump};
 pub use devices::{
-    passt_log_name, BalloonStatus, ConsoleDeviceConfiguration, ConsolePortConfiguration, DeviceError,
-    DeviceManager, EntropyDeviceConfiguration, Framing, MemoryBalloonConfiguration, NetworkAttachment,
+    find_virtiofsd, passt_log_name, virtiofsd_log_name, BalloonStatus, ConsoleDeviceConfiguration,
+    ConsolePortConfiguration, DeviceError, DeviceManager, DirectorySharingDeviceConfiguration,
+    EntropyDeviceConfiguration, Framing, MemoryBalloonConfiguration, NetworkAttachment,
     NetworkDeviceConfiguration, NicAddresses, PortProtocol, PublishedPort, SharedFd,
-    SocketDeviceConfiguration, DEFAULT_GUEST_CID,
+    SocketDeviceConfiguration, VirtiofsdError, DEFAULT_GUEST_CID, VIRTIOFSD_ENV,
 };
 pub use host::{HostCapabilities, HostKind};
 pub use identity::{BadMachineIdentifier, MachineIdentifier};

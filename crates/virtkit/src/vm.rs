@@ -189,7 +189,7 @@ impl VirtualMachine {
                 }),
                 // Only a vhost-user backend needs to map guest memory; everyone else keeps
                 // anonymous memory.
-                shared_memory: false,
+                shared_memory: crate::devices::needs_shared_memory(&self.config),
             },
             SerialKeep {
                 server: ends.server,

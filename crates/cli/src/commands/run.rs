@@ -166,6 +166,7 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
             console_devices: Vec::new(),
             network_devices: Vec::new(),
             socket_devices: Vec::new(),
+            directory_sharing_devices: Vec::new(),
             platform: virtkit::PlatformConfiguration::default(),
         }
         .with_serial(SerialAttachment::Stdio)

@@ -314,6 +314,7 @@ impl Bundle {
             // The socket device is added at each run (`vsock.sock` in the bundle, CID 3), so
             // it is left out here unless a user sets one.
             socket_devices: Vec::new(),
+            directory_sharing_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         };
 

@@ -9,6 +9,7 @@
 mod balloon;
 mod block;
 mod console;
+mod directory_sharing;
 mod entropy;
 mod net;
 mod socket;
@@ -22,6 +23,9 @@ use virtkit_virtio::VirtioError;
 
 pub use balloon::{BalloonStatus, MemoryBalloonConfiguration};
 pub use console::{ConsoleDeviceConfiguration, ConsolePortConfiguration};
+pub use directory_sharing::{
+    find_virtiofsd, virtiofsd_log_name, DirectorySharingDeviceConfiguration, VirtiofsdError, VIRTIOFSD_ENV,
+};
 pub use entropy::EntropyDeviceConfiguration;
 pub use net::{
     parse_mac, passt_log_name, Framing, NetworkAttachment, NetworkDeviceConfiguration, NicAddresses,
@@ -68,6 +72,8 @@ pub enum DeviceError {
     SocketHost(#[source] virtkit_devices::vsock::HostError),
     #[error("cannot create the socket device")]
     SocketDevice(#[source] virtkit_devices::vsock::VsockError),
+    #[error("cannot share the directory tagged `{tag}`: {message}")]
+    DirectorySharing { tag: String, message: String },
     #[error("this machine has no memory balloon; add one (`memory_balloon_devices`, or `--balloon` when it is created)")]
     NoBalloon,
     #[error("a balloon target of {target} bytes is more than the machine's {memory} bytes of memory")]
@@ -102,7 +108,8 @@ pub struct DeviceManager {
     /// The socket devices' host sockets, removed when the machine's devices are released
     /// (the device itself may outlive it in the machine's bus).
     socket_files: Mutex<Vec<net::SocketFile>>,
-    /// The passt processes of NAT cards. [`DeviceManager::release`] leaves them: it runs on the
+    /// The passt processes of NAT cards and the virtiofsd of shared directories.
+    /// [`DeviceManager::release`] leaves them: it runs on the
     /// `vmm` thread, whose seccomp filter allows neither `kill` nor `wait4`. The handles stop
     /// and reap passt when the manager is dropped, on the thread that owns the machine
     /// (`VirtualMachine`'s drop joins `vmm` first, and a new start replaces the manager); a
@@ -116,6 +123,12 @@ impl std::fmt::Debug for DeviceManager {
     }
 }
 
+/// Whether guest memory must be shareable with another process: a vhost-user device's backend
+/// (virtiofsd) maps it. Everyone else keeps anonymous memory.
+pub(crate) fn needs_shared_memory(config: &VirtualMachineConfiguration) -> bool {
+    !config.directory_sharing_devices.is_empty()
+}
+
 /// Checks every device section of `config`, and that they fit the PCI slots.
 pub(crate) fn validate_devices(config: &VirtualMachineConfiguration, issues: &mut Issues) {
     block::validate(&config.storage_devices, issues);
@@ -123,6 +136,7 @@ pub(crate) fn validate_devices(config: &VirtualMachineConfiguration, issues: &mu
     balloon::validate(&config.memory_balloon_devices, issues);
     console::validate(&config.console_devices, issues);
     socket::validate(&config.socket_devices, issues);
+    directory_sharing::validate(&config.directory_sharing_devices, issues);
     net::validate(
         &config.network_devices,
         config.platform.machine_identifier.as_ref(),
@@ -135,6 +149,7 @@ pub(crate) fn validate_devices(config: &VirtualMachineConfiguration, issues: &mu
         (config.console_devices.len(), "console devices"),
         (config.network_devices.len(), "network devices"),
         (config.socket_devices.len(), "socket devices"),
+        (config.directory_sharing_devices.len(), "shared directories"),
     ];
     let used: usize = counts.iter().map(|(n, _)| n).sum();
     if used > DEVICE_SLOTS {
@@ -170,6 +185,12 @@ impl DeviceManager {
             config.platform.machine_identifier.as_ref(),
             config.platform.helper_log_directory.as_deref(),
             config.cpu_count,
+        )?;
+        directory_sharing::attach(
+            &manager,
+            machine,
+            &config.directory_sharing_devices,
+            config.platform.helper_log_directory.as_deref(),
         )?;
         if matches!(config.boot_loader, BootLoader::Firmware { .. }) && !disk_slots.is_empty() {
             let order: Vec<String> = disk_slots.iter().map(|s| format!("/pci@i0cf8/*@{s:x}")).collect();
@@ -223,8 +244,9 @@ impl DeviceManager {
             .push(helper);
     }
 
-    /// The process ids of the passt helpers of this machine's NAT cards.
-    pub fn passt_pids(&self) -> Vec<u32> {
+    /// The process ids of the helpers of this machine (passt for NAT cards, virtiofsd for
+    /// shared directories).
+    pub fn helper_pids(&self) -> Vec<u32> {
         let helpers = self.helpers.lock().unwrap_or_else(|p| p.into_inner());
         helpers.iter().map(virtkit_sandbox::HelperProcess::id).collect()
     }

@@ -74,7 +74,7 @@ fn machine(kvm: &Kvm, config: &VirtualMachineConfiguration) -> Machine {
             serial_output: Box::new(std::io::sink()),
             serial_input: None,
             smbios_identity: None,
-            shared_memory: false,
+            shared_memory: needs_shared_memory(config),
         },
     )
     .unwrap()
@@ -101,7 +101,7 @@ fn validation_allows_exactly_the_slots_the_bus_has() {
     let message = slot_issue(&config(&dir, 31, 0)).expect("31 disks do not fit");
     assert!(
         message.contains(
-            "31 PCI devices given (31 disks, 0 entropy devices, 0 memory balloons, 0 console devices, 0 network devices, 0 socket devices)"
+            "31 PCI devices given (31 disks, 0 entropy devices, 0 memory balloons, 0 console devices, 0 network devices, 0 socket devices, 0 shared directories)"
         ),
         "{message}"
     );
@@ -289,7 +289,7 @@ fn a_nat_network_card_starts_passt_and_release_stops_it() {
     let machine = machine(&kvm, &config);
     let manager = DeviceManager::attach_all(&machine, &mut config).unwrap();
     assert_eq!(manager.names()[0].0, "net0");
-    let pids = manager.passt_pids();
+    let pids = manager.helper_pids();
     assert_eq!(pids.len(), 1);
     let proc_dir = PathBuf::from(format!("/proc/{}", pids[0]));
     assert!(proc_dir.exists(), "passt runs while the card is attached");
@@ -304,10 +304,76 @@ fn a_nat_network_card_starts_passt_and_release_stops_it() {
     manager.release();
     drop(machine);
     assert_eq!(
-        manager.passt_pids(),
+        manager.helper_pids(),
         pids,
         "release leaves passt to the manager's owner"
     );
     drop(manager);
     assert!(!proc_dir.exists(), "passt is reaped with the device manager");
+}
+
+/// Whether process `pid` is running (not a zombie), and its command line.
+fn running(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    if status.lines().any(|l| l.starts_with("State:") && l.contains('Z')) {
+        return None;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(String::from_utf8_lossy(&cmdline).replace('\0', " "))
+}
+
+#[test]
+fn shared_directories_each_get_a_virtiofsd_that_goes_with_the_manager() {
+    if !virtkit_testkit::skip::require_kvm() {
+        return;
+    }
+    let virtiofsd = match virtkit_testkit::virtiofsd::virtiofsd() {
+        Ok(path) => path,
+        Err(reason) => return virtkit_testkit::skip::skip(&reason),
+    };
+    std::env::set_var(VIRTIOFSD_ENV, &virtiofsd);
+    let dir = TempDir::new("shares");
+    let (rw, ro) = (dir.0.join("rw"), dir.0.join("ro"));
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    let mut config = config(&dir, 0, 0);
+    config.platform.helper_log_directory = Some(dir.0.clone());
+    config.directory_sharing_devices = vec![
+        DirectorySharingDeviceConfiguration {
+            tag: "rw".into(),
+            path: rw,
+            read_only: false,
+        },
+        DirectorySharingDeviceConfiguration {
+            tag: "ro".into(),
+            path: ro,
+            read_only: true,
+        },
+    ];
+    let (machine, manager) = attach_valid(&mut config);
+    let names: Vec<String> = manager.names().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, vec!["fs0", "fs1"]);
+    let pids = manager.helper_pids();
+    assert_eq!(pids.len(), 2, "one virtiofsd per share");
+    let lines: Vec<String> = pids
+        .iter()
+        .map(|&p| running(p).expect("virtiofsd runs"))
+        .collect();
+    assert!(
+        lines[0].contains("--shared-dir") && !lines[0].contains("--readonly"),
+        "{lines:?}"
+    );
+    assert!(lines[1].contains("--readonly"), "{lines:?}");
+    assert!(
+        dir.0.join("virtiofsd-rw.log").exists(),
+        "its messages go to the helper log directory"
+    );
+    drop(manager);
+    drop(machine);
+    for pid in pids {
+        assert!(
+            running(pid).is_none(),
+            "virtiofsd {pid} outlived its device manager"
+        );
+    }
 }
