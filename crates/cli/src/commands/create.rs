@@ -80,6 +80,11 @@ pub struct CreateArgs {
     /// Publish a guest port on the host through the NAT card (adds one if there is none).
     #[arg(long = "publish", value_name = "[ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp]", value_parser = network_flags::parse_publish)]
     pub published: Vec<virtkit::PublishedPort>,
+    /// Share a host directory with the guest: PATH[:TAG[:ro]] (the tag defaults to the
+    /// directory's name; mount it in the guest with `mount -t virtiofs TAG DIR`). Repeat for
+    /// more; `virtkit set NAME --share` replaces them.
+    #[arg(long = "share", value_name = "PATH[:TAG[:ro]]", value_parser = virtkit::DirectorySharingDeviceConfiguration::parse_cli)]
+    pub shares: Vec<virtkit::DirectorySharingDeviceConfiguration>,
 }
 
 /// The cloud-init seed `create` makes: when asked for (a seed option), or by default for a
@@ -170,6 +175,7 @@ pub fn run(args: &CreateArgs) -> Result<u8, CliError> {
         keep_restore_image: args.keep_image,
         ports: args.ports.clone(),
         network_devices,
+        shares: args.shares.clone(),
         seed,
     };
     let mut progress = LazyProgress::new(format!("create {}", args.name));

@@ -59,6 +59,13 @@ pub struct SetArgs {
     /// all back). The guest's driver gives it in its own time; `virtkit get` shows progress.
     #[arg(long, value_parser = parse_size)]
     pub balloon: Option<u64>,
+    /// Replace the VM's shared directories: PATH[:TAG[:ro]] each (the tag defaults to the
+    /// directory's name); the paths are recorded as ones the VM may use. Repeat for more.
+    #[arg(long = "share", value_name = "PATH[:TAG[:ro]]", value_parser = virtkit::DirectorySharingDeviceConfiguration::parse_cli)]
+    pub shares: Vec<virtkit::DirectorySharingDeviceConfiguration>,
+    /// Remove every shared directory.
+    #[arg(long, conflicts_with = "shares")]
+    pub no_shares: bool,
 }
 
 pub fn get(args: &GetArgs) -> Result<u8, CliError> {
@@ -83,6 +90,11 @@ pub fn get(args: &GetArgs) -> Result<u8, CliError> {
         "serial_number": id.serial_number(),
         "mac_address": id.mac_address_text(0),
         "network": network_of(c, &id),
+        "shares": c.directory_sharing_devices.iter().map(|s| json!({
+            "tag": s.tag,
+            "path": s.path,
+            "read_only": s.read_only,
+        })).collect::<Vec<_>>(),
         "seed": seed_of(&b),
         "machine_model": b.hardware_model().machine,
         "path": b.path(),
@@ -122,7 +134,25 @@ pub fn get(args: &GetArgs) -> Result<u8, CliError> {
                         .filter_map(|p| p.as_str())
                         .collect::<Vec<_>>()
                         .join("\n               "),
-                    ("external_paths", _) | ("network", _) if v.as_array().is_some_and(|a| a.is_empty()) => {
+                    ("shares", serde_json::Value::Array(shares)) if !shares.is_empty() => shares
+                        .iter()
+                        .map(|s| {
+                            format!(
+                                "{} {}{}",
+                                s["tag"].as_str().unwrap_or("-"),
+                                s["path"].as_str().unwrap_or("-"),
+                                if s["read_only"].as_bool().unwrap_or(false) {
+                                    " (read-only)"
+                                } else {
+                                    ""
+                                }
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n               "),
+                    ("external_paths", _) | ("network", _) | ("shares", _)
+                        if v.as_array().is_some_and(|a| a.is_empty()) =>
+                    {
                         "-".into()
                     }
                     ("network", serde_json::Value::Array(cards)) => cards
@@ -284,7 +314,9 @@ pub fn set(args: &SetArgs) -> Result<u8, CliError> {
         || !args.allow_paths.is_empty()
         || args.new_identity
         || !args.networks.is_empty()
-        || !args.published.is_empty();
+        || !args.published.is_empty()
+        || !args.shares.is_empty()
+        || args.no_shares;
     if let Some(bytes) = args.balloon {
         if changes_config {
             return Err(CliError::new(
@@ -296,7 +328,7 @@ pub fn set(args: &SetArgs) -> Result<u8, CliError> {
     if !changes_config {
         return Err(CliError::new(
             "nothing to change: give --cpus, --memory, --disk-size, --add-disk, --allow-path, \
-             --new-identity, --network, --publish, or --balloon on a running VM",
+             --new-identity, --network, --publish, --share, --no-shares, or --balloon on a running VM",
         ));
     }
     let home = home()?;
@@ -325,6 +357,15 @@ pub fn set(args: &SetArgs) -> Result<u8, CliError> {
         disk.path = absolute(&disk.path)?;
         record.push(disk.path.clone());
         c.storage_devices.push(disk);
+    }
+    if !args.shares.is_empty() || args.no_shares {
+        c.directory_sharing_devices.clear();
+    }
+    for share in &args.shares {
+        let mut share = share.clone();
+        share.path = absolute(&share.path)?;
+        record.push(share.path.clone());
+        c.directory_sharing_devices.push(share);
     }
     for path in &args.allow_paths {
         let path = absolute(path)?;

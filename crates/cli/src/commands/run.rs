@@ -6,9 +6,10 @@ use std::sync::mpsc::channel;
 
 use clap::Args;
 use virtkit::{
-    parse_size, BootLoader, ConsoleDeviceConfiguration, ConsolePortConfiguration, EntropyDeviceConfiguration,
-    MemoryBalloonConfiguration, PublishedPort, SerialAttachment, StopReason, StorageDeviceConfiguration,
-    VirtualMachine, VirtualMachineConfiguration, CONFIG_FORMAT_VERSION,
+    parse_size, BootLoader, ConsoleDeviceConfiguration, ConsolePortConfiguration,
+    DirectorySharingDeviceConfiguration, EntropyDeviceConfiguration, MemoryBalloonConfiguration,
+    PublishedPort, SerialAttachment, StopReason, StorageDeviceConfiguration, VirtualMachine,
+    VirtualMachineConfiguration, CONFIG_FORMAT_VERSION,
 };
 
 use crate::commands::network_flags::{self, NetworkChoice};
@@ -21,7 +22,7 @@ pub use crate::vm_process::ConsoleChoice;
 #[derive(Args)]
 pub struct RunArgs {
     /// A VM made with `virtkit create` (its bundle has the whole configuration).
-    #[arg(conflicts_with_all = ["config", "kernel", "firmware", "disks", "entropy", "balloon", "ports", "networks", "published", "cpus", "memory", "serial", "vsock"])]
+    #[arg(conflicts_with_all = ["config", "kernel", "firmware", "disks", "entropy", "balloon", "ports", "networks", "published", "cpus", "memory", "serial", "vsock", "shares"])]
     pub name: Option<String>,
     /// Run the named VM in the background; `virtkit console NAME` attaches to it.
     #[arg(long, requires = "name")]
@@ -91,6 +92,11 @@ pub struct RunArgs {
     /// `PATH_P`. A named VM always has one, at `vsock.sock` in its bundle.
     #[arg(long, value_name = "PATH")]
     pub vsock: Option<PathBuf>,
+    /// Share a host directory with the guest (virtio-fs, served by virtiofsd): PATH[:TAG[:ro]],
+    /// the tag defaulting to the directory's name; the guest mounts it with
+    /// `mount -t virtiofs TAG DIR`. Repeat for more. For a named VM: `virtkit set NAME --share`.
+    #[arg(long = "share", value_name = "PATH[:TAG[:ro]]", value_parser = DirectorySharingDeviceConfiguration::parse_cli)]
+    pub shares: Vec<DirectorySharingDeviceConfiguration>,
     /// Where COM1 goes: stdio, none, file:PATH or unix:PATH [default: stdio, or the configuration's].
     #[arg(long, value_parser = parse_serial)]
     pub serial: Option<SerialChoice>,
@@ -174,6 +180,9 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
     config.platform.seccomp = args.seccomp.or(config.platform.seccomp);
     config.storage_devices.extend(args.disks.iter().cloned());
     config.entropy_devices.extend(args.entropy.iter().cloned());
+    config
+        .directory_sharing_devices
+        .extend(args.shares.iter().cloned());
     network_flags::apply(&mut config.network_devices, &args.networks, &args.published)
         .map_err(CliError::new)?;
     if let Some(path) = &args.vsock {

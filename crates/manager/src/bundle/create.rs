@@ -54,6 +54,9 @@ pub struct NewBundle {
     pub ports: Vec<String>,
     /// Network cards (NAT ones: a socket attachment would name a path outside the bundle).
     pub network_devices: Vec<virtkit::NetworkDeviceConfiguration>,
+    /// Host directories shared with the guest; each path is recorded as one the configuration
+    /// may name.
+    pub shares: Vec<virtkit::DirectorySharingDeviceConfiguration>,
     /// A cloud-init seed (`seed.img`, attached read-only after the boot disk), with the guest
     /// agent binary on it when one is given.
     pub seed: Option<(crate::seed::SeedSettings, Option<PathBuf>)>,
@@ -317,6 +320,12 @@ impl Bundle {
             directory_sharing_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         };
+        for share in &spec.shares {
+            let mut share = share.clone();
+            share.path = std::path::absolute(&share.path).map_err(io_error("find", &share.path))?;
+            external.push(share.path.clone());
+            config.directory_sharing_devices.push(share);
+        }
 
         // Check everything but the disk before spending time on the disk.
         let mut bundle = Bundle {

@@ -67,6 +67,15 @@ fn referenced(config: &VirtualMachineConfiguration) -> Vec<(String, &Path, bool)
             false,
         ));
     }
+    // A shared directory gives the guest the host files under it: only one a virtkit command
+    // recorded (`create --share`, `set --share`) may be named.
+    for (i, share) in config.directory_sharing_devices.iter().enumerate() {
+        found.push((
+            format!("directory_sharing_devices[{i}].path"),
+            share.path.as_path(),
+            false,
+        ));
+    }
     found
 }
 

@@ -46,6 +46,7 @@ fn spec(firmware: PathBuf) -> NewBundle {
         keep_restore_image: false,
         ports: Vec::new(),
         network_devices: Vec::new(),
+        shares: Vec::new(),
         seed: None,
     }
 }

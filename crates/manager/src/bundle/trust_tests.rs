@@ -34,6 +34,7 @@ impl Home {
             keep_restore_image: false,
             ports: Vec::new(),
             network_devices: Vec::new(),
+            shares: Vec::new(),
             seed: None,
         };
         Bundle::create(&self.0, name, &spec, &mut |_, _| {}).unwrap()
@@ -217,6 +218,7 @@ fn names_differing_only_in_case_clash() {
         keep_restore_image: false,
         ports: Vec::new(),
         network_devices: Vec::new(),
+        shares: Vec::new(),
         seed: None,
     };
     let e = Bundle::create(&home.0, "Web", &spec, &mut |_, _| {}).unwrap_err();
@@ -309,6 +311,7 @@ fn sockets_that_would_not_fit_are_refused_at_create() {
         keep_restore_image: false,
         ports: Vec::new(),
         network_devices: Vec::new(),
+        shares: Vec::new(),
         seed: None,
     };
     let e = Bundle::create(&home.0, "a-rather-long-vm-name", &spec, &mut |_, _| {}).unwrap_err();
@@ -364,4 +367,47 @@ fn a_bundle_that_is_a_link_to_a_directory_elsewhere_is_refused_and_listed_as_dam
         matches!(listed.as_slice(), [(name, Err(BundleError::Damaged { .. }))] if name == "real"),
         "{listed:?}"
     );
+}
+
+#[test]
+fn a_shared_directory_must_be_recorded_and_one_given_at_create_is() {
+    let home = Home::new("shares");
+    let b = home.vm("dev");
+    // A hand-edited config that shares the host's /etc is refused.
+    let mut config = VirtualMachineConfiguration::from_json(&b.configuration().to_json()).unwrap();
+    config
+        .directory_sharing_devices
+        .push(virtkit::DirectorySharingDeviceConfiguration {
+            tag: "etc".into(),
+            path: "/etc".into(),
+            read_only: true,
+        });
+    std::fs::write(b.file(CONFIG_FILE), config.to_json()).unwrap();
+    let e = Bundle::open(&home.0, "dev")
+        .unwrap()
+        .runtime_configuration()
+        .unwrap_err();
+    assert!(e.to_string().contains("directory_sharing_devices[0].path"), "{e}");
+
+    let src = home.0.root().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let fw = home.scratch("bios.bin", &vec![0u8; 128 << 10]);
+    let spec = NewBundle {
+        cpu_count: 1,
+        memory_size: 128 << 20,
+        boot: NewBoot::Firmware { path: fw },
+        restore_image: None,
+        disk_size: Some(64 << 20),
+        keep_restore_image: false,
+        ports: Vec::new(),
+        network_devices: Vec::new(),
+        shares: vec![
+            virtkit::DirectorySharingDeviceConfiguration::parse_cli(&src.to_string_lossy()).unwrap(),
+        ],
+        seed: None,
+    };
+    let b = Bundle::create(&home.0, "shared", &spec, &mut |_, _| {}).unwrap();
+    assert!(b.external_paths().contains(&src));
+    let runtime = b.runtime_configuration().unwrap();
+    assert_eq!(runtime.directory_sharing_devices[0].tag, "src");
 }
