@@ -5,7 +5,7 @@
 #   vmlinux                  ELF vmlinux extracted from that bzImage (has the Xen PVH entry note)
 #   kernel-config            the kernel's config
 #   busybox                  static busybox from Debian's busybox-static package
-#   guest-initramfs.cpio.gz  busybox + virtio modules + e2fsprogs' mke2fs (mkfs.ext4) and e2fsck
+#   guest-initramfs.cpio.gz  busybox + virtio modules (virtiofs too) + e2fsprogs' mke2fs (mkfs.ext4) and e2fsck
 #                            + qemu-guest-agent's /usr/sbin/qemu-ga, with their shared libraries
 #                            + /init (scripts/assets/guest-init.sh)
 #   host-modules/            kvm.ko, kvm-amd.ko, irqbypass.ko, tun.ko, bridge.ko, vhost_net.ko (+ deps:
@@ -22,6 +22,7 @@
 #      the guest initramfs; qemu_guest_agent_package_version in manifest.json
 #   5  host modules tun, bridge (stp, llc), vhost_net (vhost, vhost_iotlb, tap): TAP and
 #      bridged networks in the emulated host (and vhost-net for a QEMU comparison)
+#   6  guest modules fuse, virtiofs: shared directories (virtio-fs)
 #
 # Usage: scripts/assets.sh [--verify] [--selftest] [--prune] [--quiet]
 #   (no option)  make sure the cache is complete; print the asset directory on stdout
@@ -34,7 +35,7 @@
 set -euo pipefail
 shopt -s nullglob
 
-RECIPE_VERSION=5
+RECIPE_VERSION=6
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HERE=$REPO/scripts/assets
@@ -46,7 +47,7 @@ GUEST_MODULES=(
 	virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mmio
 	failover net_failover virtio_net virtio_blk virtio_console virtio_rng
 	virtio_scsi virtio_balloon virtio_input vmw_vsock_virtio_transport
-	button evdev pvpanic pvpanic_mmio
+	button evdev pvpanic pvpanic_mmio fuse virtiofs
 )
 # Modules the emulated KVM host needs; all are required. tun and bridge: TAP and bridged
 # networks; vhost_net: QEMU's vhost-net, for comparison.
