@@ -11,6 +11,10 @@
 //! - `host`: what the guest wrote, as the host sees it (sums, owners, links, modes), and no
 //!   virtiofsd left once the VM has stopped.
 //! - `kill`: `kill -9` of a VM process with a mounted share leaves no virtiofsd.
+//! - `crash`: virtiofsd killed under a mounted share: the VMM logs why, the VM runs on, and the
+//!   guest's requests fail with EIO (the VMM answers them; Linux's virtiofs driver would
+//!   otherwise wait forever, as it does not act on NEEDS_RESET): a read, a listing, `sync` and
+//!   `umount` return, and the guest powers off cleanly.
 
 mod support;
 
@@ -57,6 +61,21 @@ mount -t virtiofs src /mnt/src && say mounted
 sleep 600
 "#;
 
+/// For the `crash` case: mount, say so, wait for the host to kill virtiofsd, then read.
+const GUEST_CRASH: &str = r#"
+mkdir -p /mnt/src
+mount -t virtiofs src /mnt/src && say mounted
+i=0
+while [ ! -e /tmp/never ] && [ $i -lt 40 ]; do sleep 0.25; i=$((i + 1)); done
+timeout -s KILL 10 cat /mnt/src/host.bin >/dev/null 2>/tmp/e
+say read-after-crash=$?
+say read-eio=$(grep -c 'Input/output error' /tmp/e)
+timeout -s KILL 10 ls /mnt/src >/dev/null 2>&1; say ls-after-crash=$?
+timeout -s KILL 10 sync; say sync=$?
+timeout -s KILL 10 umount /mnt/src; say umount=$?
+say alive
+"#;
+
 const SCRIPT: &str = r#"
 export VIRTKIT_VIRTIOFSD=$VIRTIOFSD
 # Count this test's virtiofsd processes (by the directory they serve).
@@ -101,6 +120,22 @@ end=$(($(date +%s) + 10))
 until [ "$(count_virtiofsd)" = 0 ] || [ $(date +%s) -ge $end ]; do sleep 0.2; done
 echo "CASE kill: after=$(count_virtiofsd)"
 tr -d '\r' <$W/kill.raw | grep -v '^VT ' | tail -5 | sed "s/^/CASE kill: log: /"
+
+# virtiofsd dies under a mounted share: the VM goes on.
+(
+    timeout -s KILL $GUEST_TIMEOUT $VIRTKIT run --kernel $G/vmlinuz --initrd $G/initrd --memory 256M --share $W/src \
+        --cmdline "console=ttyS0 quiet virtkit.run=\"sh /vt/crash.sh\"" </dev/null >$W/crash.raw 2>&1
+    echo "CASE crash: exit=$?"
+) &
+vm=$!
+end=$(($(date +%s) + 150))
+until grep -q "VT mounted" $W/crash.raw 2>/dev/null || [ $(date +%s) -ge $end ]; do sleep 0.2; done
+for p in /proc/[0-9]*; do
+    [ "$(cat $p/comm 2>/dev/null)" = virtiofsd ] && tr '\0' ' ' <$p/cmdline | grep -q "$W/" && kill -9 ${p#/proc/}
+done
+echo "CASE crash: killed-at=$(date +%s)"
+wait $vm
+tr -d '\r' <$W/crash.raw | sed "s/^/CASE crash: /"
 "#;
 
 #[test]
@@ -113,7 +148,7 @@ fn the_guests_virtiofs_driver_mounts_shared_directories_by_tag() {
     let out = run_guest_script_with(
         &assets,
         "fs",
-        &[("fs", GUEST), ("wait", GUEST_WAIT)],
+        &[("fs", GUEST), ("wait", GUEST_WAIT), ("crash", GUEST_CRASH)],
         &[],
         SCRIPT,
         |run| {
@@ -160,4 +195,17 @@ fn the_guests_virtiofs_driver_mounts_shared_directories_by_tag() {
     assert_value(&out, "kill", "mounted", "1");
     assert_value(&out, "kill", "before", "1");
     assert_value(&out, "kill", "after", "0");
+    // A daemon that dies: the VMM says why, the VM runs on and powers off cleanly.
+    let crash = case_lines(&out, "crash").join("\n");
+    assert!(
+        crash.contains("the backend hung up"),
+        "the VMM's log says why:\n{crash}"
+    );
+    assert_value(&out, "crash", "read-after-crash", "1");
+    assert_value(&out, "crash", "read-eio", "1");
+    assert_value(&out, "crash", "ls-after-crash", "1");
+    assert_value(&out, "crash", "sync", "0");
+    assert_value(&out, "crash", "umount", "0");
+    assert!(crash.contains("VT alive"), "{crash}");
+    assert_value(&out, "crash", "exit", "0");
 }

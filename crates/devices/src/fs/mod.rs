@@ -1,9 +1,11 @@
 //! virtio-fs (device type 26): a shared directory the guest mounts by tag (`mount -t virtiofs
 //! TAG DIR`). The device is only the configuration space (the tag and the number of request
 //! queues) and the queues; the FUSE requests on them are served by a vhost-user backend,
-//! virtiofsd, in its own sandboxed process, through [`crate::vhost_user`]. Nothing here parses
-//! what the guest sends.
+//! virtiofsd, in its own sandboxed process, through [`crate::vhost_user`]. Only when virtiofsd is
+//! gone does the VMM read the requests, just enough to answer each with `-EIO` ([`orphan`]).
 
+pub mod fuzz;
+pub mod orphan;
 #[cfg(test)]
 mod tests;
 
@@ -18,6 +20,7 @@ use virtkit_virtio::{
 use vm_memory::GuestMemoryMmap;
 
 use crate::vhost_user::{check_queues, worker_body, VhostUserConnection};
+use orphan::FuseErrorReplies;
 
 /// Virtio device ID of file system devices.
 pub const DEVICE_TYPE: u32 = 26;
@@ -132,7 +135,13 @@ impl FileSystem {
         let acked = self.acked_features;
         move |queues, activation| {
             check_queues(&queues, count)?;
-            Ok(worker_body("fs", queues, activation, acked))
+            Ok(worker_body(
+                "fs",
+                queues,
+                activation,
+                acked,
+                Some(Box::new(FuseErrorReplies)),
+            ))
         }
     }
 }

@@ -12,7 +12,10 @@
 //!   notification reaches the backend through KVM), `_CALL` (the MSI-X vector's irqfd: the
 //!   backend interrupts the guest through KVM) and `_ENABLE`;
 //! - the worker then only watches the socket: a backend that hangs up (crashed, killed) is an
-//!   error logged (rate-limited) and DEVICE_NEEDS_RESET for the driver; the VM runs on;
+//!   error logged (rate-limited) and DEVICE_NEEDS_RESET for the driver; the VM runs on. A device
+//!   that gives [`OrphanedQueues`] then has the worker answer the guest's requests itself
+//!   (virtio-fs: `-EIO` for each), since a driver that ignores NEEDS_RESET would otherwise wait
+//!   on them forever;
 //! - sleep and reset stop the rings (`SET_VRING_ENABLE 0`, `GET_VRING_BASE`, which tells where
 //!   the backend stopped); wake and a new activation set them up again from there.
 //!
@@ -34,7 +37,7 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use virtio_queue::QueueT;
+use virtio_queue::{DescriptorChain, QueueT};
 use virtkit_virtio::event_loop::KILL_TOKEN;
 use virtkit_virtio::{
     warn_ratelimited, Activation, DeviceQueue, EventHandler, EventLoop, VirtioError, VirtioInterrupt,
@@ -284,39 +287,110 @@ impl VhostUserConnection {
     }
 }
 
-const SOCKET_TOKEN: u64 = 0;
+/// What the VMM does with a device's requests once its backend is gone: answers each chain
+/// (returning the bytes it wrote into it), so the guest sees errors rather than requests that
+/// never complete.
+pub trait OrphanedQueues: Send {
+    fn answer(&mut self, chain: DescriptorChain<&GuestMemoryMmap>, memory: &GuestMemoryMmap) -> u32;
+}
 
-/// The worker's event handler: only the socket's hangup matters.
+const SOCKET_TOKEN: u64 = 0;
+/// Queue `i`'s kick eventfd is token `QUEUE_TOKEN_BASE + i` once the worker serves the queues.
+const QUEUE_TOKEN_BASE: u64 = 1;
+
+/// The worker's event handler: the socket's hangup, then (with [`OrphanedQueues`]) the queues.
 struct HangupWatch<'a> {
     name: &'static str,
     socket: RawFd,
     interrupt: &'a Arc<dyn VirtioInterrupt>,
+    memory: &'a GuestMemoryMmap,
+    queues: &'a mut [DeviceQueue],
+    orphan: Option<Box<dyn OrphanedQueues>>,
     hung_up: bool,
+}
+
+impl HangupWatch<'_> {
+    /// The backend is gone: the queues restart from what the used rings say it completed, and
+    /// their kicks come to this worker, which answers through the device's [`OrphanedQueues`].
+    fn take_over(&mut self, event_loop: &EventLoop) {
+        if self.orphan.is_none() {
+            return;
+        }
+        for queue in self.queues.iter_mut() {
+            match queue
+                .queue
+                .used_idx(self.memory, std::sync::atomic::Ordering::Acquire)
+            {
+                Ok(used) => {
+                    queue.queue.set_next_avail(used.0);
+                    queue.queue.set_next_used(used.0);
+                }
+                Err(e) => {
+                    warn_ratelimited!(
+                        device = self.name,
+                        "vhost-user: queue {}'s used ring is unreadable: {e}",
+                        queue.index
+                    );
+                    continue;
+                }
+            }
+            let token = QUEUE_TOKEN_BASE + u64::from(queue.index);
+            if let Err(e) = event_loop.add(queue.event.as_raw_fd(), token, EventSet::IN) {
+                tracing::error!(
+                    device = self.name,
+                    "vhost-user: cannot watch queue {}: {e}",
+                    queue.index
+                );
+            }
+        }
+        for index in 0..self.queues.len() {
+            self.answer_queue(index);
+        }
+    }
+
+    fn answer_queue(&mut self, index: usize) {
+        let (Some(orphan), Some(queue)) = (self.orphan.as_mut(), self.queues.get_mut(index)) else {
+            return;
+        };
+        let _ = queue.event.read();
+        let memory = self.memory;
+        let notify = crate::fs::orphan::drain(&mut queue.queue, memory, &mut |chain| {
+            orphan.answer(chain, memory)
+        });
+        if notify {
+            self.interrupt.signal_used_queue(queue.index);
+        }
+    }
 }
 
 impl EventHandler for HangupWatch<'_> {
     fn handle_event(&mut self, event_loop: &EventLoop, token: u64, _events: EventSet) {
-        if token != SOCKET_TOKEN {
+        if token >= QUEUE_TOKEN_BASE {
+            self.answer_queue((token - QUEUE_TOKEN_BASE) as usize);
             return;
         }
         warn_ratelimited!(
             device = self.name,
-            "vhost-user: the backend hung up (its daemon exited or was killed); the device needs a reset and its I/O fails until the VM restarts"
+            "vhost-user: the backend hung up (its daemon exited or was killed); the device needs a reset, and its requests fail until the VM restarts"
         );
         self.hung_up = true;
         let _ = event_loop.remove(self.socket);
         self.interrupt.signal_needs_reset();
+        self.take_over(event_loop);
     }
 }
 
 /// The body of a vhost-user device's worker `v_<name>`: starts the rings at the backend, watches
 /// the socket until told to stop, then stops the rings (so the queues come back with the
-/// backend's positions) and hands the queues and the connection back.
+/// backend's positions) and hands the queues and the connection back. With `orphan`, a backend
+/// that hangs up (or never took the rings) leaves the queues to the worker, which answers them
+/// through it.
 pub fn worker_body(
     name: &'static str,
     queues: Vec<DeviceQueue>,
     activation: &Activation,
     acked_features: u64,
+    orphan: Option<Box<dyn OrphanedQueues>>,
 ) -> WorkerBody<VhostUserConnection> {
     let Activation { memory, interrupt } = activation.clone();
     Box::new(move |mut connection, kill| {
@@ -336,11 +410,17 @@ pub fn worker_body(
             name,
             socket,
             interrupt: &interrupt,
+            memory: &memory,
+            queues: &mut queues,
+            orphan,
             hung_up: broken,
         };
         match EventLoop::new(&kill) {
             Ok(event_loop) => {
-                if !broken {
+                if broken {
+                    // The rings never started at the backend: the worker answers from the start.
+                    watch.take_over(&event_loop);
+                } else {
                     let hangups = EventSet::HANG_UP | EventSet::READ_HANG_UP;
                     if let Err(e) = event_loop.add(socket, SOCKET_TOKEN, hangups) {
                         tracing::error!(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
-use virtio_queue::QueueT;
+use virtio_queue::{DescriptorChain, QueueT};
 use virtkit_virtio::features::VERSION_1;
 use virtkit_virtio::testing::{test_queues, used_elem, used_idx, QUEUE_AREA, TEST_MEMORY_SIZE};
 use virtkit_virtio::{DeviceWorker, VirtioInterrupt};
@@ -27,6 +27,9 @@ const QUEUES: usize = 2;
 struct Echo {
     memory: Arc<Mutex<Option<GuestMemoryAtomic<GuestMemoryMmap>>>>,
     features: u64,
+    /// Set when the test "crashes" the backend: its ring threads outlive the connection in
+    /// this library, and a dead daemon answers nothing.
+    dead: Arc<AtomicBool>,
 }
 
 impl Echo {
@@ -34,6 +37,7 @@ impl Echo {
         Echo {
             memory: Arc::new(Mutex::new(None)),
             features,
+            dead: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -72,6 +76,9 @@ impl VhostUserBackendMut for Echo {
         vrings: &[VringRwLock],
         _thread: usize,
     ) -> std::io::Result<()> {
+        if self.dead.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let memory = self
             .memory
             .lock()
@@ -111,6 +118,7 @@ impl VhostUserBackendMut for Echo {
 struct Backend {
     dir: PathBuf,
     socket: PathBuf,
+    dead: Arc<AtomicBool>,
     daemon: Arc<Mutex<VhostUserDaemon<Arc<Mutex<Echo>>>>>,
 }
 
@@ -120,7 +128,9 @@ impl Backend {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("backend.sock");
-        let backend = Arc::new(Mutex::new(Echo::new(features)));
+        let echo = Echo::new(features);
+        let dead = echo.dead.clone();
+        let backend = Arc::new(Mutex::new(echo));
         let daemon = VhostUserDaemon::new(
             "echo".into(),
             backend,
@@ -134,11 +144,17 @@ impl Backend {
             // Accepts the one connection; its own thread serves it.
             let _ = serving.lock().unwrap().start(&mut listener);
         });
-        Backend { dir, socket, daemon }
+        Backend {
+            dir,
+            socket,
+            dead,
+            daemon,
+        }
     }
 
     /// Cuts the connection, as a backend that crashed.
     fn hang_up(&self) {
+        self.dead.store(true, Ordering::Release);
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             if let Ok(daemon) = self.daemon.try_lock() {
@@ -163,6 +179,8 @@ impl Drop for Backend {
 struct CallInterrupt {
     calls: Vec<EventFd>,
     needs_reset: AtomicBool,
+    /// Used-queue interrupts the VMM sent itself (only after the backend is gone).
+    vmm_signals: std::sync::atomic::AtomicU32,
 }
 
 impl CallInterrupt {
@@ -170,6 +188,7 @@ impl CallInterrupt {
         Arc::new(CallInterrupt {
             calls: (0..QUEUES).map(|_| EventFd::new(EFD_NONBLOCK).unwrap()).collect(),
             needs_reset: AtomicBool::new(false),
+            vmm_signals: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -198,7 +217,7 @@ impl CallInterrupt {
 
 impl VirtioInterrupt for CallInterrupt {
     fn signal_used_queue(&self, _queue: u16) {
-        panic!("a vhost-user device's backend interrupts through the call eventfd, never the VMM");
+        self.vmm_signals.fetch_add(1, Ordering::AcqRel);
     }
     fn signal_config_changed(&self) {}
     fn signal_needs_reset(&self) {
@@ -256,6 +275,19 @@ fn used_ring(queue: u16) -> GuestAddress {
     GuestAddress(QUEUE_AREA + 0x1_0000 * u64::from(queue) + 0xc000)
 }
 
+/// Waits for queue `queue`'s used index to reach `n` (the call eventfd may also be signalled
+/// when it is set up, so it alone does not say an answer is there).
+fn wait_used(memory: &GuestMemoryMmap, queue: u16, n: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while used_idx(memory, used_ring(queue)) < n {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
 #[test]
 fn negotiation_offers_the_backends_features_and_takes_only_the_wanted_protocol_features() {
     let backend = Backend::start("negotiate", VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES);
@@ -307,11 +339,12 @@ fn requests_flow_between_guest_memory_and_the_backend_without_the_vmm() {
     worker
         .activate(memory.clone(), interrupt.clone(), queues, |queues, activation| {
             check_queues(&queues, QUEUES)?;
-            Ok(worker_body("fs", queues, activation, VERSION_1))
+            Ok(worker_body("fs", queues, activation, VERSION_1, None))
         })
         .unwrap();
 
     post_echo(&memory, one, b"hello, backend", 1);
+    assert!(wait_used(&memory, 0, 1), "an answer on queue 0");
     assert!(
         interrupt.wait_call(0),
         "the backend signalled queue 0's call eventfd"
@@ -321,6 +354,7 @@ fn requests_flow_between_guest_memory_and_the_backend_without_the_vmm() {
     assert_eq!(echoed(&memory, 0, 14), b"hello, backend");
 
     post_echo(&memory, two, b"second queue", 1);
+    assert!(wait_used(&memory, 1, 1), "an answer on queue 1");
     assert!(interrupt.wait_call(1));
     assert_eq!(echoed(&memory, 1, 12), b"second queue");
 
@@ -332,14 +366,20 @@ fn requests_flow_between_guest_memory_and_the_backend_without_the_vmm() {
     );
     worker
         .wake(Some(slept), |queues, activation| {
-            Ok(worker_body("fs", queues, activation, VERSION_1))
+            Ok(worker_body("fs", queues, activation, VERSION_1, None))
         })
         .unwrap();
     post_echo(&memory, one, b"after wake", 2);
+    assert!(wait_used(&memory, 0, 2), "an answer on queue 0");
     assert!(interrupt.wait_call(0));
     assert_eq!(used_idx(&memory, used_ring(0)), 2);
     assert_eq!(echoed(&memory, 0, 10), b"after wake");
     assert!(!interrupt.needs_reset.load(Ordering::Acquire));
+    assert_eq!(
+        interrupt.vmm_signals.load(Ordering::Acquire),
+        0,
+        "the backend interrupts through the call eventfds, never through the VMM"
+    );
 
     let reset = worker.reset().expect("a reset hands the queues back");
     assert_eq!(reset[0].queue.next_avail(), 2);
@@ -357,7 +397,7 @@ fn a_backend_that_hangs_up_sets_needs_reset_and_nothing_hangs() {
             memory,
             interrupt.clone(),
             test_queues(&[256, 256]),
-            |queues, activation| Ok(worker_body("fs", queues, activation, VERSION_1)),
+            |queues, activation| Ok(worker_body("fs", queues, activation, VERSION_1, None)),
         )
         .unwrap();
     backend.hang_up();
@@ -374,7 +414,7 @@ fn a_backend_that_hangs_up_sets_needs_reset_and_nothing_hangs() {
             shared_memory(),
             interrupt.clone(),
             test_queues(&[256, 256]),
-            |queues, activation| Ok(worker_body("fs", queues, activation, VERSION_1)),
+            |queues, activation| Ok(worker_body("fs", queues, activation, VERSION_1, None)),
         )
         .unwrap();
     assert!(
@@ -417,4 +457,68 @@ fn interrupts_without_a_vector_are_refused() {
         matches!(err, VhostUserError::MemoryNotShareable { address: 0 }),
         "{err:?}"
     );
+}
+
+/// Answers every orphaned chain with one byte, `E`.
+struct OneByte;
+
+impl OrphanedQueues for OneByte {
+    fn answer(&mut self, chain: DescriptorChain<&GuestMemoryMmap>, memory: &GuestMemoryMmap) -> u32 {
+        match chain.into_iter().find(|d| d.is_write_only()) {
+            Some(desc) => {
+                memory.write_obj(b'E', desc.addr()).unwrap();
+                1
+            }
+            None => 0,
+        }
+    }
+}
+
+#[test]
+fn after_a_hangup_the_worker_answers_the_queues_through_the_device() {
+    let backend = Backend::start("orphan", VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES);
+    let connection = VhostUserConnection::connect(&backend.socket, QUEUES, Duration::from_secs(5)).unwrap();
+    let memory = shared_memory();
+    let interrupt = CallInterrupt::new();
+    let mut worker = DeviceWorker::new("fs", connection);
+    let queues = test_queues(&[256, 256]);
+    let kick = queues[0].event.try_clone().unwrap();
+    worker
+        .activate(memory.clone(), interrupt.clone(), queues, |queues, activation| {
+            Ok(worker_body(
+                "fs",
+                queues,
+                activation,
+                VERSION_1,
+                Some(Box::new(OneByte)),
+            ))
+        })
+        .unwrap();
+    post_echo(&memory, (0, &kick), b"before", 1);
+    assert!(wait_used(&memory, 0, 1), "an answer on queue 0");
+    assert!(interrupt.wait_call(0), "the backend answered while it lived");
+    // The daemon dies with a request it took the kick of but never answered: the worker
+    // answers it when the connection ends. (The test's daemon keeps reading the kick eventfd
+    // after the hangup, which a dead process would not; so the request goes in before.)
+    backend.dead.store(true, Ordering::Release);
+    post_echo(&memory, (0, &kick), b"after", 2);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        used_idx(&memory, used_ring(0)),
+        1,
+        "the dead daemon answered nothing"
+    );
+    backend.hang_up();
+    assert!(interrupt.wait_needs_reset());
+    assert!(
+        wait_used(&memory, 0, 2),
+        "the request in flight was answered by the worker"
+    );
+    assert_eq!(used_elem(&memory, used_ring(0), 1), (2, 1));
+    assert_eq!(echoed(&memory, 0, 1), b"E");
+    assert!(
+        interrupt.vmm_signals.load(Ordering::Acquire) >= 1,
+        "through the VMM's interrupt"
+    );
+    drop(worker.reset());
 }
