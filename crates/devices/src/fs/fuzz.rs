@@ -4,8 +4,8 @@
 
 use virtkit_virtio::testing::fuzz::queue_from_bytes;
 
-use super::orphan::{drain, FuseErrorReplies};
-use crate::vhost_user::OrphanedQueues;
+use super::orphan::FuseErrorReplies;
+use crate::vhost_user::{drain, OrphanedQueues};
 
 pub fn fuzz_orphaned_queue(data: &[u8]) {
     let Some((memory, mut queue, _flags)) = queue_from_bytes(data) else {

@@ -9,7 +9,7 @@
 //! little as it can: 16 bytes of the FUSE request header (length, opcode, unique), through
 //! vm-memory. The fuzz entry is `fuzz::fuzz_orphaned_queue`.
 
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 use crate::vhost_user::OrphanedQueues;
@@ -138,43 +138,6 @@ impl OrphanedQueues for FuseErrorReplies {
     }
 }
 
-/// Answers everything available on `queue`, then re-enables notifications (with
-/// `RING_EVENT_IDX` the driver kicks only past the index the device last published, which the
-/// dead backend left behind) and answers what came meanwhile; returns whether the driver wants
-/// an interrupt. A ring outside guest memory ends the pass.
-pub fn drain<Q: QueueT>(
-    queue: &mut Q,
-    memory: &GuestMemoryMmap,
-    answer: &mut dyn FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
-) -> bool {
-    let mut used_any = false;
-    // Bounded: a few passes over the ring's size per call, whatever the driver claims.
-    let mut budget = 4 * usize::from(queue.size()) + 4;
-    loop {
-        if queue.disable_notification(memory).is_err() {
-            break;
-        }
-        while budget > 0 {
-            budget -= 1;
-            let Some(chain) = queue.pop_descriptor_chain(memory) else {
-                break;
-            };
-            let head = chain.head_index();
-            let written = answer(chain);
-            if queue.add_used(memory, head, written).is_err() {
-                return used_any;
-            }
-            used_any = true;
-        }
-        // `true`: more arrived while notifications were off.
-        match queue.enable_notification(memory) {
-            Ok(true) if budget > 0 => continue,
-            _ => break,
-        }
-    }
-    used_any && queue.needs_notification(memory).unwrap_or(true)
-}
-
 #[cfg(test)]
 mod tests {
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
@@ -183,6 +146,7 @@ mod tests {
     use vm_memory::GuestAddress;
 
     use super::*;
+    use crate::vhost_user::drain;
 
     const WRITE: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
     const NEXT: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT as u16;

@@ -294,6 +294,43 @@ pub trait OrphanedQueues: Send {
     fn answer(&mut self, chain: DescriptorChain<&GuestMemoryMmap>, memory: &GuestMemoryMmap) -> u32;
 }
 
+/// Answers everything available on `queue`, then re-enables notifications (with
+/// `RING_EVENT_IDX` the driver kicks only past the index the device last published, which the
+/// dead backend left behind) and answers what came meanwhile; returns whether the driver wants
+/// an interrupt. A ring outside guest memory ends the pass.
+pub fn drain<Q: QueueT>(
+    queue: &mut Q,
+    memory: &GuestMemoryMmap,
+    answer: &mut dyn FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> bool {
+    let mut used_any = false;
+    // Bounded: a few passes over the ring's size per call, whatever the driver claims.
+    let mut budget = 4 * usize::from(queue.size()) + 4;
+    loop {
+        if queue.disable_notification(memory).is_err() {
+            break;
+        }
+        while budget > 0 {
+            budget -= 1;
+            let Some(chain) = queue.pop_descriptor_chain(memory) else {
+                break;
+            };
+            let head = chain.head_index();
+            let written = answer(chain);
+            if queue.add_used(memory, head, written).is_err() {
+                return used_any;
+            }
+            used_any = true;
+        }
+        // `true`: more arrived while notifications were off.
+        match queue.enable_notification(memory) {
+            Ok(true) if budget > 0 => continue,
+            _ => break,
+        }
+    }
+    used_any && queue.needs_notification(memory).unwrap_or(true)
+}
+
 const SOCKET_TOKEN: u64 = 0;
 /// Queue `i`'s kick eventfd is token `QUEUE_TOKEN_BASE + i` once the worker serves the queues.
 const QUEUE_TOKEN_BASE: u64 = 1;
@@ -354,7 +391,7 @@ impl HangupWatch<'_> {
         };
         let _ = queue.event.read();
         let memory = self.memory;
-        let notify = crate::fs::orphan::drain(&mut queue.queue, memory, &mut |chain| {
+        let notify = drain(&mut queue.queue, memory, &mut |chain| {
             orphan.answer(chain, memory)
         });
         if notify {
