@@ -11,6 +11,9 @@
 //! - `host`: what the guest wrote, as the host sees it (sums, owners, links, modes), and no
 //!   virtiofsd left once the VM has stopped.
 //! - `kill`: `kill -9` of a VM process with a mounted share leaves no virtiofsd.
+//! - `auto`: a named VM made with `create --share` (kept in its bundle, shown by `get`) whose
+//!   guest runs the guest agent: the VM process mounts the share at `/mnt/<tag>` through the
+//!   agent after its hello; `exec` reads the host's file there; virtiofsd's log is in the bundle.
 //! - `crash`: virtiofsd killed under a mounted share: the VMM logs why, the VM runs on, and the
 //!   guest's requests fail with EIO (the VMM answers them; Linux's virtiofs driver would
 //!   otherwise wait forever, as it does not act on NEEDS_RESET): a read, a listing, `sync` and
@@ -76,6 +79,13 @@ timeout -s KILL 10 umount /mnt/src; say umount=$?
 say alive
 "#;
 
+/// For the `auto` case: the guest agent, until the VM stops.
+const GUEST_AGENT: &str = r#"
+/vt/virtkit-agent 2>/tmp/agent.log &
+say agent-started
+wait
+"#;
+
 const SCRIPT: &str = r#"
 export VIRTKIT_VIRTIOFSD=$VIRTIOFSD
 # Count this test's virtiofsd processes (by the directory they serve).
@@ -121,6 +131,26 @@ until [ "$(count_virtiofsd)" = 0 ] || [ $(date +%s) -ge $end ]; do sleep 0.2; do
 echo "CASE kill: after=$(count_virtiofsd)"
 tr -d '\r' <$W/kill.raw | grep -v '^VT ' | tail -5 | sed "s/^/CASE kill: log: /"
 
+# A named VM with a share: kept in the bundle, mounted by the agent.
+export VIRTKIT_HOME=$W/home
+$VIRTKIT create am --kernel $G/vmlinuz --initrd $G/initrd-ag --memory 256M --cpus 1 --disk-size 1M \
+    --network none --no-seed --share $W/src \
+    --cmdline "console=ttyS0 quiet virtkit.run=\"sh /vt/ag.sh\" virtkit.action=poweroff" >$W/create.log 2>&1
+echo "CASE auto: create=$?"
+sed "s/^/CASE auto: create: /" $W/create.log
+echo "CASE auto: get $($VIRTKIT get am --format json | tr -d ' \n')"
+timeout 150 $VIRTKIT run am --detach --wait 120 >$W/run.log 2>&1
+echo "CASE auto: run=$?"
+sed "s/^/CASE auto: run: /" $W/run.log
+end=$(($(date +%s) + 30))
+until timeout 20 $VIRTKIT exec am -- grep -qsF ' /mnt/src virtiofs ' /proc/mounts 2>/dev/null || [ $(date +%s) -ge $end ]; do sleep 0.5; done
+echo "CASE auto: mounted=$(timeout 20 $VIRTKIT exec am -- grep -cF ' /mnt/src virtiofs ' /proc/mounts)"
+echo "CASE auto: blob=$(timeout 60 $VIRTKIT exec am -- sha256sum /mnt/src/host.bin | cut -d' ' -f1)"
+echo "CASE auto: daemon-log=$([ -s $VIRTKIT_HOME/vms/am/virtiofsd-src.log ] && echo 1 || echo 0)"
+$VIRTKIT logs am --vmm 2>&1 | grep -E 'shared director|virtiofsd|vhost' | sed "s/^/CASE auto: vmm: /"
+timeout 120 $VIRTKIT stop am --timeout 60 >/dev/null 2>&1; echo "CASE auto: stop=$?"
+unset VIRTKIT_HOME
+
 # virtiofsd dies under a mounted share: the VM goes on.
 (
     timeout -s KILL $GUEST_TIMEOUT $VIRTKIT run --kernel $G/vmlinuz --initrd $G/initrd --memory 256M --share $W/src \
@@ -145,11 +175,22 @@ fn the_guests_virtiofs_driver_mounts_shared_directories_by_tag() {
         Ok(path) => path,
         Err(reason) => return virtkit_testkit::skip(&reason),
     };
+    // The named VM's initrd: the scripts and the static guest agent.
+    let agent = virtkit_testkit::agent::static_agent();
+    let scratch = Scratch::new("fs-agent-initrd");
+    let initrd = scratch.0.join("initrd-ag");
+    initrd_with_scripts(&assets, &initrd, &[("ag", GUEST_AGENT)]);
+    let mut data = std::fs::read(&initrd).unwrap();
+    data.resize(data.len().next_multiple_of(4), 0);
+    let mut w = virtkit_testkit::cpio::CpioWriter::new(data);
+    w.file("vt/virtkit-agent", 0o755, &std::fs::read(&agent).unwrap())
+        .unwrap();
+    std::fs::write(&initrd, w.finish().unwrap()).unwrap();
     let out = run_guest_script_with(
         &assets,
         "fs",
         &[("fs", GUEST), ("wait", GUEST_WAIT), ("crash", GUEST_CRASH)],
-        &[],
+        &[(initrd.as_path(), "initrd-ag")],
         SCRIPT,
         |run| {
             let daemon = virtiofsd.clone();
@@ -195,6 +236,18 @@ fn the_guests_virtiofs_driver_mounts_shared_directories_by_tag() {
     assert_value(&out, "kill", "mounted", "1");
     assert_value(&out, "kill", "before", "1");
     assert_value(&out, "kill", "after", "0");
+    // A named VM's share: in its configuration, mounted by the agent, its daemon's log kept.
+    let auto = case_lines(&out, "auto").join("\n");
+    assert_value(&out, "auto", "create", "0");
+    assert!(
+        auto.contains(r#""shares":[{"path":"#) && auto.contains(r#""tag":"src""#),
+        "`get` shows the share:\n{auto}"
+    );
+    assert_value(&out, "auto", "run", "0");
+    assert_value(&out, "auto", "mounted", "1");
+    assert_value(&out, "auto", "blob", host_blob);
+    assert_value(&out, "auto", "daemon-log", "1");
+    assert_value(&out, "auto", "stop", "0");
     // A daemon that dies: the VMM says why, the VM runs on and powers off cleanly.
     let crash = case_lines(&out, "crash").join("\n");
     assert!(

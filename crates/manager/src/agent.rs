@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use virtkit_agent_protocol::tree::{receive_tree, send_tree, CopyReport, TreeError};
 use virtkit_agent_protocol::{
     read_line, read_line_peeking, write_header, AgentInfo, ErrorKind, ExitStatus, Frame, FrameError,
-    FrameReader, FrameWriter, HeaderError, Hello, IpReport, Request, AGENT_PORT, HELLO_PORT,
+    FrameReader, FrameWriter, HeaderError, Hello, IpReport, Request, Stream, AGENT_PORT, HELLO_PORT,
 };
 
 /// The VM's vsock device's host socket (Firecracker's hybrid scheme), in the bundle.
@@ -117,6 +117,49 @@ impl AgentClient {
         let mut c = self.open(request)?;
         c.reader_timeout(Some(REPLY_TIMEOUT))?;
         c.expect_done()
+    }
+
+    /// Mounts each shared directory's tag at `/mnt/<tag>` in the guest (`mount -t virtiofs`),
+    /// leaving mounted ones as they are; the tags must be [`automount_tag`]s.
+    pub fn mount_shares(&self, tags: &[String]) -> Result<(), AgentError> {
+        let mut argv: Vec<String> = [
+            "/bin/sh",
+            "-c",
+            // `/proc/mounts` rather than `mountpoint`, which not every guest has.
+            "for t in \"$@\"; do mkdir -p \"/mnt/$t\" && { grep -qsF \" /mnt/$t virtiofs \" /proc/mounts || mount -t virtiofs \"$t\" \"/mnt/$t\"; } || exit 1; done",
+            "virtkit-mount-shares",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        argv.extend(tags.iter().cloned());
+        let mut c = self.open(&Request::Exec {
+            argv,
+            env: Vec::new(),
+            cwd: Some("/".into()),
+            user: None,
+            tty: false,
+            cols: 0,
+            rows: 0,
+        })?;
+        c.reader_timeout(Some(REPLY_TIMEOUT))?;
+        c.writer.write(&Frame::Eof(Stream::Stdin))?;
+        let mut errors = Vec::new();
+        loop {
+            match c.reader.read()? {
+                Some(Frame::Stderr(bytes)) => errors.extend(bytes),
+                Some(Frame::Exit(ExitStatus::Code(0))) => return Ok(()),
+                Some(Frame::Exit(status)) => {
+                    return Err(AgentError::Unexpected(format!(
+                        "mounting the shared directories ended with {status:?}: {}",
+                        String::from_utf8_lossy(&errors).trim()
+                    )))
+                }
+                Some(Frame::Error(kind, text)) => return Err(AgentError::Refused(kind, text)),
+                Some(_) => {}
+                None => return Err(AgentError::Disconnected),
+            }
+        }
     }
 
     pub fn version(&self) -> Result<AgentInfo, AgentError> {
@@ -232,11 +275,31 @@ pub struct AgentStatus {
     pub since: u64,
 }
 
-/// The VM process's side of the agent: the hello listener and the clock setter.
+/// Whether a shared directory's tag can be mounted at `/mnt/<tag>` by the agent: a plain name
+/// (letters, digits, `.`, `_`, `-`, not starting with `.`), so `/mnt/<tag>` is a directory of
+/// `/mnt` and nothing else. Other tags are left for the guest's user to mount.
+pub fn automount_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && !tag.starts_with('.')
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// What the agent thread does for the VM process.
+enum AgentJob {
+    SetTime,
+    MountShares,
+}
+
+/// The VM process's side of the agent: the hello listener, the clock setter and the mounter of
+/// shared directories.
 pub struct AgentHost {
     status: Mutex<Option<AgentStatus>>,
     client: AgentClient,
-    time_requests: Mutex<Option<Sender<()>>>,
+    time_requests: Mutex<Option<Sender<AgentJob>>>,
+    /// The shared directories' tags, mounted at `/mnt/<tag>` after each hello.
+    shares: Vec<String>,
 }
 
 impl AgentHost {
@@ -244,33 +307,50 @@ impl AgentHost {
     ///
     /// The threads are unfiltered: they connect to `vsock.sock` (set-time), which no seccomp
     /// role allows. What they take from the guest is one line of at most 4 KiB, parsed as JSON.
-    pub fn start(bundle: &Path) -> std::io::Result<Arc<AgentHost>> {
+    /// After each hello (each boot of the guest), the shared directories `shares` (their tags)
+    /// are mounted at `/mnt/<tag>`, those that are [`automount_tag`]s.
+    pub fn start(bundle: &Path, shares: Vec<String>) -> std::io::Result<Arc<AgentHost>> {
         let path = bundle.join(host_port_socket(HELLO_PORT));
         let listener = virtkit::unix_socket::bind_owner_only(&path)?;
+        let (mountable, others): (Vec<String>, Vec<String>) =
+            shares.into_iter().partition(|t| automount_tag(t));
+        if !others.is_empty() {
+            tracing::info!(tags = ?others, "these shared directories' tags are not plain names: the agent does not mount them");
+        }
         let host = Arc::new(AgentHost {
             status: Mutex::new(None),
             client: AgentClient::new(bundle),
             time_requests: Mutex::new(None),
+            shares: mountable,
         });
         let hello_host = host.clone();
         std::thread::Builder::new()
             .name("agent-hello".into())
             .spawn(move || hello_host.take_hellos(listener))?;
-        let (tx, rx) = channel::<()>();
+        let (tx, rx) = channel::<AgentJob>();
         *host.time_requests.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         let time_host = host.clone();
         std::thread::Builder::new()
             .name("agent-time".into())
             .spawn(move || {
-                for () in rx {
+                for job in rx {
                     if time_host.status().is_none() {
                         continue;
                     }
-                    match time_host.client.set_time() {
-                        Ok(()) => tracing::info!("set the guest's clock through the agent"),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot set the guest's clock through the agent")
-                        }
+                    match job {
+                        AgentJob::SetTime => match time_host.client.set_time() {
+                            Ok(()) => tracing::info!("set the guest's clock through the agent"),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot set the guest's clock through the agent")
+                            }
+                        },
+                        AgentJob::MountShares => match time_host.client.mount_shares(&time_host.shares) {
+                            Ok(()) => tracing::info!(tags = ?time_host.shares, "mounted the shared directories at /mnt/<tag> through the agent"),
+                            Err(e) => tracing::warn!(
+                                error = %e,
+                                "cannot mount the shared directories through the agent; mount them in the guest with `mount -t virtiofs TAG DIR`"
+                            ),
+                        },
                     }
                 }
             })?;
@@ -304,6 +384,9 @@ impl AgentHost {
                         kernel: hello.kernel,
                         since,
                     });
+                    if !self.shares.is_empty() {
+                        self.send(AgentJob::MountShares);
+                    }
                 }
                 Err(e) => virtkit_machine::warn_ratelimited!("agent hello: not a hello ({e})"),
             }
@@ -317,13 +400,17 @@ impl AgentHost {
 
     /// Asks for the guest's clock to be set (after a resume), without waiting.
     pub fn set_time_soon(&self) {
+        self.send(AgentJob::SetTime);
+    }
+
+    fn send(&self, job: AgentJob) {
         if let Some(tx) = self
             .time_requests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
         {
-            let _ = tx.send(());
+            let _ = tx.send(job);
         }
     }
 }

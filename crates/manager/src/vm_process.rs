@@ -267,7 +267,13 @@ impl PreparedVm {
         let vm = Arc::new(vm);
         // The agent's hello may come as soon as the guest runs; a VM without a vsock device
         // simply never gets one.
-        let agent = match crate::agent::AgentHost::start(bundle.path()) {
+        let shares = bundle
+            .configuration()
+            .directory_sharing_devices
+            .iter()
+            .map(|s| s.tag.clone())
+            .collect();
+        let agent = match crate::agent::AgentHost::start(bundle.path(), shares) {
             Ok(agent) => Some(agent),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for the guest agent's hello");
