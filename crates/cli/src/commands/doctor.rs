@@ -44,6 +44,7 @@ pub fn run(args: &DoctorArgs) -> Result<u8, CliError> {
     let commitment = memory_commitment();
     let passt = virtkit::network::passt::probe(std::path::Path::new("passt"));
     let taps = virtkit::network::tap::may_create_taps();
+    let virtiofsd = virtkit::find_virtiofsd();
     if args.json {
         let kvm = host.kvm.as_ref().map(|k| {
             serde_json::json!({
@@ -66,6 +67,10 @@ pub fn run(args: &DoctorArgs) -> Result<u8, CliError> {
                 "passt": passt.path,
                 "passt_vhost_user": passt.vhost_user,
                 "tap_and_bridge": taps,
+            },
+            "shared_directories": {
+                "virtiofsd": virtiofsd.as_ref().ok(),
+                "problem": virtiofsd.as_ref().err().map(|e| e.to_string()),
             },
             "memory_commitment": commitment.as_ref().map(|c| serde_json::json!({
                 "running_vms": c.running.vms.iter().map(|(name, bytes)| serde_json::json!({"name": name, "memory": bytes})).collect::<Vec<_>>(),
@@ -116,6 +121,10 @@ pub fn run(args: &DoctorArgs) -> Result<u8, CliError> {
             None => outln!(
                 "NAT networking:          no: passt is not installed (Debian/Ubuntu: apt install passt); --network none|tap|bridge work without it"
             ),
+        }
+        match &virtiofsd {
+            Ok(path) => outln!("shared directories:      virtiofsd at {}", path.display()),
+            Err(e) => outln!("shared directories:      no: {e}"),
         }
         outln!(
             "TAP and bridged cards:   {}",
