@@ -55,8 +55,8 @@ pub enum SharedMemoryError {
 /// the same pages from the descriptors the regions carry (`GuestRegionMmap::file_offset`). The
 /// memfd's size is sealed (no grow, no shrink): a backend holding it cannot make our mapping
 /// fault by truncating it. Pages are allocated as the guest touches them, as for anonymous
-/// memory; only VMs with a vhost-user device pay the difference (shmem pages, which
-/// `MADV_DONTNEED` does not give back: the balloon frees nothing there).
+/// memory; only VMs with a vhost-user device pay the difference (shmem pages, which the balloon
+/// gives back with `MADV_REMOVE`, not `MADV_DONTNEED`).
 pub fn create_shared_guest_memory(
     ram: &[(GuestAddress, u64)],
     extra: &[(GuestAddress, u64)],

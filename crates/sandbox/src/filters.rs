@@ -217,9 +217,16 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
                         SYS_fallocate,
                     ]);
                 }
-                // The rate limit's (rng) and the statistics' (balloon) timer.
-                DeviceKind::Rng | DeviceKind::Balloon => {
+                // The rate limit's timer.
+                DeviceKind::Rng => {
                     r.allow_all(&[SYS_timerfd_create, SYS_timerfd_settime, SYS_timerfd_gettime]);
+                }
+                // The statistics' timer, and `madvise(MADV_REMOVE)`: pages the guest gave up in
+                // memfd-backed guest memory (a VM with a shared directory), which
+                // MADV_DONTNEED would not free.
+                DeviceKind::Balloon => {
+                    r.allow_all(&[SYS_timerfd_create, SYS_timerfd_settime, SYS_timerfd_gettime])
+                        .allow_if(SYS_madvise, &[(2, MADV_REMOVE as u64)]);
                 }
                 DeviceKind::Console => {
                     send_connected(&mut r);

@@ -6,9 +6,10 @@
 //!
 //! Guest memory here is anonymous private memory (`machine::memory`, `GuestMemoryMmap::
 //! from_ranges`): after `MADV_DONTNEED` its pages read as zero and no longer count in the
-//! process's RSS. On a file-backed or shared region `MADV_DONTNEED` would free nothing (shared)
-//! or bring back the file's contents (private); such a region would need `MADV_REMOVE` (shmem,
-//! memfd, hugetlbfs) and is refused for now with [`DiscardError::FileBacked`].
+//! process's RSS. A VM with a vhost-user device (a shared directory) has its memory in one memfd
+//! mapped shared (`machine::memory::create_shared_guest_memory`), where `MADV_DONTNEED` would
+//! free nothing: there `MADV_REMOVE` punches the range out of the memfd (for the backend's
+//! mapping too), after which it reads as zero. virtkit maps no other file as guest RAM.
 
 #![allow(unsafe_code)]
 
@@ -25,9 +26,7 @@ pub enum DiscardError {
     OutOfRange { addr: u64, len: u64 },
     #[error("{len:#x} bytes at {addr:#x} are not aligned to {DISCARD_ALIGN:#x}")]
     Unaligned { addr: u64, len: u64 },
-    #[error("guest memory at {addr:#x} is file-backed; discarding it is not supported")]
-    FileBacked { addr: u64 },
-    #[error("madvise(MADV_DONTNEED) failed: {0}")]
+    #[error("madvise (MADV_DONTNEED or MADV_REMOVE) failed: {0}")]
     Madvise(String),
 }
 
@@ -64,9 +63,14 @@ impl MemoryDiscard for MadviseDiscard {
         check_discard(mem, addr, len)?;
         let out_of_range = DiscardError::OutOfRange { addr: addr.0, len };
         let (region, offset) = mem.to_region_addr(addr).ok_or(out_of_range)?;
-        if region.file_offset().is_some() {
-            return Err(DiscardError::FileBacked { addr: addr.0 });
-        }
+        // The only file-backed guest memory virtkit makes is the shared memfd (no other file
+        // is ever mapped as guest RAM, so MADV_REMOVE cannot punch holes into a user's file).
+        // The worker's seccomp filter leaves no way to look at the descriptor here.
+        let advice = if region.file_offset().is_some() {
+            libc::MADV_REMOVE
+        } else {
+            libc::MADV_DONTNEED
+        };
         let count = usize::try_from(len).map_err(|_| DiscardError::OutOfRange { addr: addr.0, len })?;
         // A bounds-checked slice of the region: the whole range lies inside its mapping.
         let slice = region
@@ -83,14 +87,16 @@ impl MemoryDiscard for MadviseDiscard {
         // Why this is sound: `host..host + count` lies inside one mapping of `mem` (checked by `get_slice`
         // above), which vm-memory created and keeps mapped for as long as the
         // `GuestMemoryMmap` lives (we hold a reference to it for the whole call). It is private
-        // anonymous memory (file-backed regions were refused above), on which MADV_DONTNEED
-        // only drops the pages: later accesses read zeros, nothing is unmapped, no Rust object
-        // lives there (guest memory is only ever reached through volatile accesses). The
-        // guest gave these pages up (inflate, free page report), so their contents are
-        // no-one's. The start is page-aligned (checked) and the length a multiple of 4 KiB.
-        // SAFETY: a checked range of private anonymous guest memory the guest gave up, in a
-        // mapping `mem` keeps alive; MADV_DONTNEED only drops its pages (see above).
-        let ret = unsafe { libc::madvise(host.cast::<libc::c_void>(), count, libc::MADV_DONTNEED) };
+        // anonymous memory, on which MADV_DONTNEED only drops the pages, or a shared mapping of
+        // the guest-memory memfd, on which MADV_REMOVE frees them from the file (other
+        // file-backed regions were refused above): either way later accesses read zeros,
+        // nothing is unmapped, no Rust object lives there (guest memory is only ever reached
+        // through volatile accesses). The guest gave these pages up (inflate, free page
+        // report), so their contents are no-one's. The start is page-aligned (checked) and the
+        // length a multiple of 4 KiB.
+        // SAFETY: a checked range of guest memory the guest gave up, in a mapping `mem` keeps
+        // alive; the advice only drops its pages (see above).
+        let ret = unsafe { libc::madvise(host.cast::<libc::c_void>(), count, advice) };
         if ret != 0 {
             return Err(DiscardError::Madvise(std::io::Error::last_os_error().to_string()));
         }
@@ -148,6 +154,36 @@ mod tests {
         // The memory is still usable.
         mem.write_obj(7u32, GuestAddress(0x9000)).unwrap();
         assert_eq!(mem.read_obj::<u32>(GuestAddress(0x9000)).unwrap(), 7);
+    }
+
+    #[test]
+    fn in_shared_memfd_memory_the_pages_leave_the_file_too() {
+        use std::os::unix::fs::MetadataExt;
+        let mem =
+            virtkit_machine::memory::create_shared_guest_memory(&[(GuestAddress(0), 1 << 20)], &[]).unwrap();
+        let fill = vec![0x5au8; 64 * 4096];
+        mem.write_slice(&fill, GuestAddress(0x10000)).unwrap();
+        let file = mem
+            .find_region(GuestAddress(0))
+            .unwrap()
+            .file_offset()
+            .unwrap()
+            .file();
+        let blocks_before = file.metadata().unwrap().blocks();
+        MadviseDiscard
+            .discard(&mem, GuestAddress(0x10000), 64 * 4096)
+            .unwrap();
+        let blocks_after = file.metadata().unwrap().blocks();
+        // 256 KiB are 512 blocks of 512 bytes: they left the memfd (what MADV_DONTNEED on a
+        // shared mapping would not do). Measured before reading back: a read of a hole in
+        // shmem allocates a page again.
+        assert!(
+            blocks_after + 512 <= blocks_before,
+            "{blocks_before} -> {blocks_after} blocks"
+        );
+        let mut back = vec![0xffu8; 64 * 4096];
+        mem.read_slice(&mut back, GuestAddress(0x10000)).unwrap();
+        assert!(back.iter().all(|&b| b == 0), "discarded pages read zero");
     }
 
     #[test]
