@@ -13,7 +13,8 @@
 //! - `kill`: `kill -9` of a VM process with a mounted share leaves no virtiofsd.
 //! - `auto`: a named VM made with `create --share` (kept in its bundle, shown by `get`) whose
 //!   guest runs the guest agent: the VM process mounts the share at `/mnt/<tag>` through the
-//!   agent after its hello; `exec` reads the host's file there; virtiofsd's log is in the bundle.
+//!   agent after its hello; `exec` reads the host's file there; virtiofsd's log is in the bundle;
+//!   after `pause` and `resume` (rings stopped and started again at virtiofsd) a write goes through.
 //! - `crash`: virtiofsd killed under a mounted share: the VMM logs why, the VM runs on, and the
 //!   guest's requests fail with EIO (the VMM answers them; Linux's virtiofs driver would
 //!   otherwise wait forever, as it does not act on NEEDS_RESET): a read, a listing, `sync` and
@@ -147,6 +148,11 @@ until timeout 20 $VIRTKIT exec am -- grep -qsF ' /mnt/src virtiofs ' /proc/mount
 echo "CASE auto: mounted=$(timeout 20 $VIRTKIT exec am -- grep -cF ' /mnt/src virtiofs ' /proc/mounts)"
 echo "CASE auto: blob=$(timeout 60 $VIRTKIT exec am -- sha256sum /mnt/src/host.bin | cut -d' ' -f1)"
 echo "CASE auto: daemon-log=$([ -s $VIRTKIT_HOME/vms/am/virtiofsd-src.log ] && echo 1 || echo 0)"
+# Pause and resume: the rings stop at virtiofsd (GET_VRING_BASE) and start again from there.
+$VIRTKIT pause am >/dev/null; echo "CASE auto: pause=$?"
+$VIRTKIT resume am >/dev/null; echo "CASE auto: resume=$?"
+timeout 60 $VIRTKIT exec am -- sh -c 'echo after-resume >/mnt/src/resumed' ; echo "CASE auto: write-after-resume=$?"
+echo "CASE auto: resumed=$(cat $W/src/resumed)"
 $VIRTKIT logs am --vmm 2>&1 | grep -E 'shared director|virtiofsd|vhost' | sed "s/^/CASE auto: vmm: /"
 timeout 120 $VIRTKIT stop am --timeout 60 >/dev/null 2>&1; echo "CASE auto: stop=$?"
 unset VIRTKIT_HOME
@@ -247,6 +253,10 @@ fn the_guests_virtiofs_driver_mounts_shared_directories_by_tag() {
     assert_value(&out, "auto", "mounted", "1");
     assert_value(&out, "auto", "blob", host_blob);
     assert_value(&out, "auto", "daemon-log", "1");
+    assert_value(&out, "auto", "pause", "0");
+    assert_value(&out, "auto", "resume", "0");
+    assert_value(&out, "auto", "write-after-resume", "0");
+    assert_value(&out, "auto", "resumed", "after-resume");
     assert_value(&out, "auto", "stop", "0");
     // A daemon that dies: the VMM says why, the VM runs on and powers off cleanly.
     let crash = case_lines(&out, "crash").join("\n");
