@@ -15,9 +15,13 @@
 //! namespaces, pivoted into the share), falling back to `chroot` where namespaces or
 //! `pivot_root` are not available (an initramfs root), then `none`; its seccomp filter stays on.
 //! Files keep their owners as the guest sets them (guest uid N is host uid N), as with QEMU.
-//! As another user, virtiofsd runs `--sandbox none` with that user's rights: it cannot change
-//! its file-system uid, so every file the guest creates belongs to the user who ran virtkit
-//! (lima's and colima's users' request), and files the user cannot read stay unreadable.
+//! As another user, virtiofsd runs `--sandbox none` with that user's rights and
+//! `--translate-uid/--translate-gid squash-guest:0:<our uid/gid>:…`: every guest uid and gid
+//! becomes ours, so every file the guest creates belongs to the user who ran virtkit (lima's
+//! and colima's users' request; without the squash virtiofsd would try to switch to the guest's
+//! uid, which an unprivileged process cannot, and the guest's creates would fail), and files
+//! that user cannot read stay unreadable. Host uids reach the guest unchanged, so the guest's
+//! own permission checks agree best when its user has the host user's uid.
 
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
@@ -201,6 +205,21 @@ fn sandboxes() -> &'static [&'static str] {
     }
 }
 
+/// virtiofsd's uid/gid options: none as root (the guest's owners are kept), every guest id
+/// squashed to ours otherwise (see the module documentation).
+fn id_translation() -> Vec<String> {
+    let uid = rustix::process::geteuid();
+    if uid.is_root() {
+        return Vec::new();
+    }
+    let gid = rustix::process::getegid();
+    // Guest ids 0..=u32::MAX-1 (the count is a u32; u32::MAX itself is "no id").
+    vec![
+        format!("--translate-uid=squash-guest:0:{}:4294967295", uid.as_raw()),
+        format!("--translate-gid=squash-guest:0:{}:4294967295", gid.as_raw()),
+    ]
+}
+
 /// virtiofsd's log file name for a share: `virtiofsd-<tag>.log`, the tag's unusual characters
 /// replaced.
 pub fn virtiofsd_log_name(tag: &str) -> String {
@@ -259,6 +278,7 @@ fn start_virtiofsd(
     if share.read_only {
         command = command.arg("--readonly");
     }
+    command = command.args(id_translation());
     let mut helper = command.spawn()?;
     match VhostUserConnection::from_stream(stream, 1 + usize::from(REQUEST_QUEUES)) {
         Ok(connection) => Ok((helper, connection)),
