@@ -69,11 +69,11 @@ const MACHINE_ID: &str = "3f2b8a7e-1c4d-4e5f-9a6b-7c8d9e0f1a2b";
 const BOOT_CASES: &str = r#"
 boot_case() { # name kernel cpus
     name=$1; kernel=$2; cpus=$3
-    $VIRTKIT run --kernel $G/$kernel --initrd $G/initramfs.cpio.gz --cpus $cpus --memory 256M \
-        --cmdline "console=ttyS0 quiet virtkit.token=tok-$name virtkit.action=poweroff" \
-        </dev/null >/tmp/$name.log 2>&1
-    code=$?
-    sed "s/^/CASE $name: /" /tmp/$name.log
+    # vk_start/vk_wait: a boot that makes no progress is shown (vk_diag) and ended after 300 s.
+    vk_start $name $VIRTKIT run --kernel $G/$kernel --initrd $G/initramfs.cpio.gz --cpus $cpus \
+        --memory 256M --cmdline "console=ttyS0 quiet virtkit.token=tok-$name virtkit.action=poweroff"
+    vk_wait $name 300; code=$?
+    sed "s/^/CASE $name: /" "$(vk_log $name)"
     echo "CASE $name: exit=$code"
 }
 config_case() { # name kernel cpus
@@ -84,9 +84,9 @@ config_case() { # name kernel cpus
   "command_line": "console=ttyS0 quiet virtkit.token=tok-$name virtkit.action=poweroff virtkit.run=\"for f in sys_vendor product_uuid product_serial; do echo VIRTKIT-GUEST: dmi-\$f=\$(cat /sys/class/dmi/id/\$f); done\""},
  "platform": {"machine_identifier": "$MACHINE_ID"}}
 EOF
-    $VIRTKIT run --config /tmp/$name.json --serial stdio </dev/null >/tmp/$name.log 2>&1
-    code=$?
-    sed "s/^/CASE $name: /" /tmp/$name.log
+    vk_start $name $VIRTKIT run --config /tmp/$name.json --serial stdio
+    vk_wait $name 300; code=$?
+    sed "s/^/CASE $name: /" "$(vk_log $name)"
     echo "CASE $name: exit=$code"
 }
 boot_case bz1 vmlinuz 1
@@ -162,10 +162,10 @@ if vk_expect shell 'VIRTKIT-GUEST: shell-ready' 300; then
 fi
 vk_wait shell 120; echo "CASE shell: exit=$?"
 
-$VIRTKIT run --kernel $G/vmlinuz --initrd $G/initramfs.cpio.gz --memory 256M \
-    --cmdline "console=ttyS0 quiet virtkit.action=panic" </dev/null >/tmp/panic.log 2>&1
-code=$?
-sed "s/^/CASE panic: /" /tmp/panic.log
+vk_start panic $VIRTKIT run --kernel $G/vmlinuz --initrd $G/initramfs.cpio.gz --memory 256M \
+    --cmdline "console=ttyS0 quiet virtkit.action=panic"
+vk_wait panic 300; code=$?
+sed "s/^/CASE panic: /" "$(vk_log panic)"
 echo "CASE panic: exit=$code"
 "#;
 

@@ -242,8 +242,8 @@ pub struct AgentHost {
 impl AgentHost {
     /// Listens on `vsock.sock_1025` in `bundle` for the agent's hello, on a thread of its own.
     ///
-    /// The threads are unfiltered: they connect to `vsock.sock` (set-time), which no seccomp
-    /// role allows. What they take from the guest is one line of at most 4 KiB, parsed as JSON.
+    /// The threads run under the `AgentHost` seccomp role: Unix sockets only, no file opens.
+    /// What they take from the guest is one line of at most 4 KiB, parsed as JSON.
     pub fn start(bundle: &Path) -> std::io::Result<Arc<AgentHost>> {
         let path = bundle.join(host_port_socket(HELLO_PORT));
         let listener = virtkit::unix_socket::bind_owner_only(&path)?;
@@ -253,13 +253,13 @@ impl AgentHost {
             time_requests: Mutex::new(None),
         });
         let hello_host = host.clone();
-        std::thread::Builder::new()
+        virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::AgentHost)
             .name("agent-hello".into())
             .spawn(move || hello_host.take_hellos(listener))?;
         let (tx, rx) = channel::<()>();
         *host.time_requests.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         let time_host = host.clone();
-        std::thread::Builder::new()
+        virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::AgentHost)
             .name("agent-time".into())
             .spawn(move || {
                 for () in rx {
