@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use virtkit_hypervisor::{Vcpu, VcpuExit};
 
 use crate::bus::Bus;
+use crate::exit_stats::{ExitKind, VcpuCounters};
 use crate::ExitReason;
 
 /// What the vCPU threads should be doing.
@@ -227,6 +228,8 @@ pub(crate) struct VcpuContext {
     pub control: Arc<Control>,
     pub pio: Bus,
     pub mmio: Bus,
+    /// One per vCPU, by index.
+    pub exits: Arc<[VcpuCounters]>,
 }
 
 /// Runs vCPU `index` until the machine stops.
@@ -252,6 +255,16 @@ pub(crate) fn run_vcpu(mut vcpu: Vcpu, index: u32, ctx: &VcpuContext) {
                 break;
             }
         };
+        if let Some(counters) = ctx.exits.get(index as usize) {
+            counters.count(match &exit {
+                VcpuExit::IoIn { .. } => ExitKind::IoIn,
+                VcpuExit::IoOut { .. } => ExitKind::IoOut,
+                VcpuExit::MmioRead { .. } => ExitKind::MmioRead,
+                VcpuExit::MmioWrite { .. } => ExitKind::MmioWrite,
+                VcpuExit::Interrupted => ExitKind::Interrupted,
+                _ => ExitKind::Other,
+            });
+        }
         match exit {
             VcpuExit::IoOut { port, data } => {
                 if !ctx.pio.write(port as u64, data) {
