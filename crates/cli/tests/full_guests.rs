@@ -156,7 +156,10 @@ fn stock_kernel_boots_to_init_as_bzimage_and_pvh_elf_with_1_and_2_vcpus() {
             stats.to_table(20)
         );
         assert!(stats.total.total < 5_000, "{name}:\n{}", stats.to_table(20));
-        eprintln!("{name}: {} exits to the VMM, {config_ports} on 0xcf8", stats.total.total);
+        eprintln!(
+            "{name}: {} exits to the VMM, {config_ports} on 0xcf8",
+            stats.total.total
+        );
     }
     // SMBIOS: the identifier in the configuration is the vendor, UUID and serial the guest reads.
     let id: virtkit::MachineIdentifier = MACHINE_ID.parse().unwrap();
