@@ -605,7 +605,10 @@ fn create_vcpus(
     memory: &GuestMemoryMmap,
     entry: BootEntry,
 ) -> Result<Vec<Vcpu>, MachineError> {
-    let supported = kvm.supported_cpuid()?;
+    let mut supported = kvm.supported_cpuid()?;
+    if kvm.tsc_deadline_timer() {
+        crate::cpuid::offer_tsc_deadline_timer(&mut supported);
+    }
     let mut created = Vec::with_capacity(usize::from(vcpus));
     for index in 0..u32::from(vcpus) {
         let vcpu = vm.create_vcpu(u64::from(index))?;
