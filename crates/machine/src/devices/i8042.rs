@@ -57,7 +57,12 @@ impl I8042 {
     }
 
     fn status(&self) -> u8 {
-        self.status_flags | if self.output.is_some() { STATUS_OUTPUT_FULL } else { 0 }
+        self.status_flags
+            | if self.output.is_some() {
+                STATUS_OUTPUT_FULL
+            } else {
+                0
+            }
     }
 
     fn command(&mut self, command: u8) {
@@ -136,7 +141,11 @@ mod tests {
     #[test]
     fn the_self_test_passes_and_the_keyboard_test_says_nothing_is_attached() {
         let (mut dev, _) = controller();
-        assert_eq!(read(&mut dev, 4) & STATUS_OUTPUT_FULL, 0, "nothing to read at first");
+        assert_eq!(
+            read(&mut dev, 4) & STATUS_OUTPUT_FULL,
+            0,
+            "nothing to read at first"
+        );
         dev.write(4, &[CMD_SELF_TEST]);
         assert_ne!(read(&mut dev, 4) & STATUS_OUTPUT_FULL, 0);
         assert_eq!(read(&mut dev, 0), SELF_TEST_PASSED);
