@@ -63,6 +63,8 @@ enum Command {
     /// Copy files and directories to or from a running VM's guest: `virtkit cp SRC NAME:DEST`,
     /// `virtkit cp NAME:SRC DEST`.
     Cp(commands::cp::CpArgs),
+    /// Print the exits that reached a running VM's VMM so far, by vCPU and reason and by device.
+    Stats(commands::stats::StatsArgs),
     /// Print a VM's console output (of the current or last run).
     Logs(commands::logs::LogsArgs),
     /// Copy a stopped VM, with a new machine identifier (reflinked where the file system can).
@@ -111,6 +113,7 @@ fn main() -> ExitCode {
         Command::Console(args) => commands::console::run(&args),
         Command::Logs(args) => commands::logs::run(&args),
         Command::Ip(args) => commands::ip::run(&args),
+        Command::Stats(args) => commands::stats::run(&args),
         Command::VsockProxy(args) => commands::vsock_proxy::run(&args),
         Command::Ssh(args) => commands::ssh::run(&args),
         Command::Exec(args) => commands::exec::run(&args),

@@ -70,6 +70,8 @@ pub struct RunChoices {
     pub seccomp: Option<virtkit_sandbox::SeccompAction>,
     /// Start even if the host cannot give the VM its memory.
     pub force: bool,
+    /// Print the exit statistics when the VM stops (`run --stats`).
+    pub stats: Option<crate::commands::vms::Format>,
 }
 
 /// Runs the VM `name` in this process until it stops; returns the exit code.
@@ -78,6 +80,7 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode, choices: RunChoices) -> R
         console,
         seccomp,
         force,
+        stats,
     } = choices;
     let interactive = mode == Mode::Foreground && stdin_is_terminal();
     if let Some(policy) = seccomp {
@@ -125,8 +128,13 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode, choices: RunChoices) -> R
     }
     // A detached VM has no terminal that could hang up.
     events.drive(running.vm(), mode == Mode::Foreground, interactive);
+    let vm = running.vm().clone();
     let reason = running.wait();
     drop(raw_mode);
+    if let Some(format) = stats {
+        crate::commands::run::print_exit_statistics(&vm, format);
+    }
+    drop(vm);
     match (&reason, mode) {
         (StopReason::GuestPoweredOff, _) => {}
         (StopReason::StoppedByHost, Mode::Foreground) => errln!("virtkit: stopped"),

@@ -320,6 +320,18 @@ fn run_wait_takes_the_hello_and_ip_and_stop_use_the_agent() {
         .unwrap()
         .iter()
         .any(|i| i["loopback"] == true));
+    // The control socket's `stats`: SeaBIOS enumerated PCI through 0xcf8 and read fw_cfg.
+    let stats = home.json(&["stats", "vm", "--format", "json"]);
+    let named =
+        |name: &str| {
+            stats["devices"].as_array().unwrap().iter().any(|d| {
+                d["device"] == name && d["reads"].as_u64().unwrap() + d["writes"].as_u64().unwrap() > 0
+            })
+        };
+    assert!(named("PCI config (0xcf8)") && named("fw_cfg"), "{stats}");
+    assert!(stats["total"]["total"].as_u64().unwrap() > 0, "{stats}");
+    let table = home.ok(&["stats", "vm"]);
+    assert!(table.starts_with("exits to the VMM: "), "{table}");
     let out = home.vk(&["exec", "vm", "--", "echo", "via the VM process's bundle"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

@@ -211,6 +211,70 @@ fn guest_power_off_exits_0_with_its_output_on_stdout() {
     assert_eq!(stderr(&out), "");
 }
 
+/// `--stats` counts the exits the guest made: every byte of its output was one write to COM1,
+/// and the per-device figures add up to the per-reason ones.
+#[test]
+fn run_stats_reports_the_exits_by_reason_and_device() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let out = virtkit(&[
+        "run",
+        "--kernel",
+        s(Guest::Hello.path()),
+        "--memory",
+        "64M",
+        "--stats",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let printed = stdout(&out);
+    assert!(printed.contains("virtkit-guest: hello from pvh"));
+    let err = stderr(&out);
+    let stats: serde_json::Value = serde_json::from_str(err.trim()).unwrap_or_else(|e| panic!("{e}: {err}"));
+    let devices = stats["devices"].as_array().unwrap();
+    let com1 = devices
+        .iter()
+        .find(|d| d["device"] == "serial (COM1)")
+        .unwrap_or_else(|| panic!("{stats}"));
+    assert!(
+        com1["writes"].as_u64().unwrap() >= printed.len() as u64,
+        "{stats}"
+    );
+    let sum = |space: &str, key: &str| -> u64 {
+        devices
+            .iter()
+            .filter(|d| d["space"] == space)
+            .map(|d| d[key].as_u64().unwrap())
+            .sum()
+    };
+    let total = &stats["total"];
+    assert_eq!(
+        total["io_out"].as_u64().unwrap(),
+        sum("port", "writes"),
+        "{stats}"
+    );
+    assert_eq!(total["io_in"].as_u64().unwrap(), sum("port", "reads"), "{stats}");
+    assert_eq!(
+        total["mmio_read"].as_u64().unwrap(),
+        sum("mmio", "reads"),
+        "{stats}"
+    );
+    assert_eq!(stats["vcpus"].as_array().unwrap().len(), 1);
+
+    let out = virtkit(&[
+        "run",
+        "--kernel",
+        s(Guest::Hello.path()),
+        "--memory",
+        "64M",
+        "--stats",
+    ]);
+    let err = stderr(&out);
+    assert!(err.starts_with("virtkit: exits to the VMM: "), "{err}");
+    assert!(err.contains("serial (COM1)"), "{err}");
+}
+
 #[test]
 fn guest_reset_exits_3_and_says_so() {
     if !virtkit_testkit::require_kvm() {

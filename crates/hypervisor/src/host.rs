@@ -82,6 +82,12 @@ impl Kvm {
         }
     }
 
+    /// Whether the in-kernel LAPIC offers the TSC-deadline timer mode. `KVM_GET_SUPPORTED_CPUID`
+    /// never sets its CPUID bit: the VMM sets it when this says so.
+    pub fn tsc_deadline_timer(&self) -> bool {
+        self.kvm.check_extension(Cap::TscDeadlineTimer)
+    }
+
     /// The CPUID leaves this KVM can give a guest.
     pub fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
         let cpuid = self

@@ -4,8 +4,13 @@
 //! vCPUs have started (a PCI BAR the firmware programs) is seen by every vCPU at its next access.
 //! An access looks the device up under a read lock and calls it after dropping that lock, so a
 //! device may change the bus from inside its own `write` (a PCI config write that moves a BAR).
+//!
+//! Every range counts its reads and writes, and accesses where no device is are counted by
+//! address (the first `UNCLAIMED_ADDRESSES` distinct ones; the rest together): the VMM's exit
+//! accounting (`exit_stats`).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// A device on a bus. Offsets are relative to where the device was inserted.
@@ -27,18 +32,59 @@ pub enum BusError {
     NotFound { base: u64, len: u64 },
 }
 
-type DeviceMap = BTreeMap<u64, (u64, SharedDevice)>;
+/// Reads and writes of one range.
+#[derive(Debug, Default)]
+struct AccessCounter {
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// A range's device and its counter.
+struct Entry {
+    len: u64,
+    device: SharedDevice,
+    counter: Arc<AccessCounter>,
+}
+
+type DeviceMap = BTreeMap<u64, Entry>;
+
+/// How many distinct addresses with no device are counted one by one. A guest probing every
+/// address must not grow the map without bound; past this they share one entry.
+const UNCLAIMED_ADDRESSES: usize = 64;
+
+/// The accesses to one range of a bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeAccesses {
+    pub base: u64,
+    pub len: u64,
+    /// False for an address where no device is (`len` 1), or for the entry that stands for
+    /// every unclaimed address past the first `UNCLAIMED_ADDRESSES` (`base` `u64::MAX`).
+    pub claimed: bool,
+    pub reads: u64,
+    pub writes: u64,
+}
+
+/// Counts kept when no device is in the map to hold them: ranges taken off the bus (a BAR that
+/// moved), and addresses with no device.
+#[derive(Default)]
+struct OffBusCounts {
+    /// (base, len) -> (reads, writes) of ranges removed.
+    removed: BTreeMap<(u64, u64), (u64, u64)>,
+    /// address -> (reads, writes) of accesses nothing answered.
+    unclaimed: BTreeMap<u64, (u64, u64)>,
+}
 
 /// A set of non-overlapping address ranges, each with its device. Clones share the set.
 #[derive(Default, Clone)]
 pub struct Bus {
     devices: Arc<RwLock<DeviceMap>>,
+    off_bus: Arc<Mutex<OffBusCounts>>,
 }
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.read_map().iter().map(|(b, (l, _))| (*b, *l)))
+            .entries(self.read_map().iter().map(|(b, e)| (*b, e.len)))
             .finish()
     }
 }
@@ -65,12 +111,19 @@ impl Bus {
             .filter(|_| len > 0)
             .ok_or(BusError::InvalidRange { base, len })?;
         let mut devices = self.write_map();
-        if let Some((&other, &(other_len, _))) = devices.range(..end).next_back() {
-            if other + other_len > base {
+        if let Some((&other, e)) = devices.range(..end).next_back() {
+            if other + e.len > base {
                 return Err(BusError::Overlap { base, len, other });
             }
         }
-        devices.insert(base, (len, device));
+        devices.insert(
+            base,
+            Entry {
+                len,
+                device,
+                counter: Arc::default(),
+            },
+        );
         Ok(())
     }
 
@@ -78,12 +131,80 @@ impl Bus {
     pub fn remove(&self, base: u64, len: u64) -> Result<SharedDevice, BusError> {
         let mut devices = self.write_map();
         match devices.get(&base) {
-            Some((l, _)) if *l == len => Ok(devices
-                .remove(&base)
-                .map(|(_, device)| device)
-                .ok_or(BusError::NotFound { base, len })?),
+            Some(e) if e.len == len => {
+                let entry = devices.remove(&base).ok_or(BusError::NotFound { base, len })?;
+                let (reads, writes) = (
+                    entry.counter.reads.load(Relaxed),
+                    entry.counter.writes.load(Relaxed),
+                );
+                if reads + writes > 0 {
+                    let mut off = self.lock_off_bus();
+                    let kept = off.removed.entry((base, len)).or_default();
+                    kept.0 += reads;
+                    kept.1 += writes;
+                }
+                Ok(entry.device)
+            }
             _ => Err(BusError::NotFound { base, len }),
         }
+    }
+
+    fn lock_off_bus(&self) -> std::sync::MutexGuard<'_, OffBusCounts> {
+        self.off_bus.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count_unclaimed(&self, address: u64, write: bool) {
+        let mut off = self.lock_off_bus();
+        let key = if off.unclaimed.len() < UNCLAIMED_ADDRESSES || off.unclaimed.contains_key(&address) {
+            address
+        } else {
+            u64::MAX
+        };
+        let counts = off.unclaimed.entry(key).or_default();
+        if write {
+            counts.1 += 1;
+        } else {
+            counts.0 += 1;
+        }
+    }
+
+    /// Every range's accesses so far (ranges on the bus now, ranges removed since, addresses
+    /// no device answered), leaving out what was never accessed.
+    pub fn accesses(&self) -> Vec<RangeAccesses> {
+        let mut all: BTreeMap<(u64, u64), (u64, u64)> = BTreeMap::new();
+        for (&base, e) in self.read_map().iter() {
+            let counts = (e.counter.reads.load(Relaxed), e.counter.writes.load(Relaxed));
+            all.insert((base, e.len), counts);
+        }
+        let off = self.lock_off_bus();
+        for (&key, &(reads, writes)) in &off.removed {
+            let counts = all.entry(key).or_default();
+            counts.0 += reads;
+            counts.1 += writes;
+        }
+        let mut out: Vec<RangeAccesses> = all
+            .into_iter()
+            .map(|((base, len), (reads, writes))| RangeAccesses {
+                base,
+                len,
+                claimed: true,
+                reads,
+                writes,
+            })
+            .collect();
+        out.extend(
+            off.unclaimed
+                .iter()
+                .map(|(&base, &(reads, writes))| RangeAccesses {
+                    base,
+                    len: if base == u64::MAX { 0 } else { 1 },
+                    claimed: false,
+                    reads,
+                    writes,
+                }),
+        );
+        out.retain(|r| r.reads + r.writes > 0);
+        out
     }
 
     /// Whether any device overlaps `base..base + len`.
@@ -94,36 +215,44 @@ impl Bus {
         self.read_map()
             .range(..end)
             .next_back()
-            .is_some_and(|(&other, &(other_len, _))| other + other_len > base)
+            .is_some_and(|(&other, e)| other + e.len > base)
     }
 
-    fn find(&self, address: u64, size: usize) -> Option<(u64, SharedDevice)> {
+    fn find(&self, address: u64, size: usize) -> Option<(u64, SharedDevice, Arc<AccessCounter>)> {
         let devices = self.read_map();
-        let (&base, (len, device)) = devices.range(..=address).next_back()?;
+        let (&base, e) = devices.range(..=address).next_back()?;
         let offset = address - base;
         // The whole access must fall inside the device.
-        (offset.checked_add(size as u64)? <= *len).then(|| (offset, device.clone()))
+        (offset.checked_add(size as u64)? <= e.len).then(|| (offset, e.device.clone(), e.counter.clone()))
     }
 
     /// Reads from the device at `address`; returns false when no device is there.
     pub fn read(&self, address: u64, data: &mut [u8]) -> bool {
         match self.find(address, data.len()) {
-            Some((offset, device)) => {
+            Some((offset, device, counter)) => {
+                counter.reads.fetch_add(1, Relaxed);
                 lock(&device).read(offset, data);
                 true
             }
-            None => false,
+            None => {
+                self.count_unclaimed(address, false);
+                false
+            }
         }
     }
 
     /// Writes to the device at `address`; returns false when no device is there.
     pub fn write(&self, address: u64, data: &[u8]) -> bool {
         match self.find(address, data.len()) {
-            Some((offset, device)) => {
+            Some((offset, device, counter)) => {
+                counter.writes.fetch_add(1, Relaxed);
                 lock(&device).write(offset, data);
                 true
             }
-            None => false,
+            None => {
+                self.count_unclaimed(address, true);
+                false
+            }
         }
     }
 }
@@ -137,6 +266,35 @@ pub fn lock(device: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accesses_are_counted_per_range_kept_across_a_move_and_unclaimed_ones_are_bounded() {
+        let bus = Bus::new();
+        bus.insert(0x100, 4, Arc::new(Mutex::new(Recorder::default())))
+            .unwrap();
+        let mut b = [0u8; 1];
+        for _ in 0..3 {
+            assert!(bus.read(0x101, &mut b));
+        }
+        assert!(bus.write(0x100, &[1]));
+        // Moved away and back: the counts stay with (base, len).
+        let dev = bus.remove(0x100, 4).unwrap();
+        bus.insert(0x100, 4, dev).unwrap();
+        assert!(bus.write(0x103, &[1]));
+        // No device: counted by address, the first UNCLAIMED_ADDRESSES one by one.
+        for a in 0..(UNCLAIMED_ADDRESSES as u64 + 10) {
+            assert!(!bus.read(0x1000 + a, &mut b));
+        }
+        assert!(!bus.write(0x1000, &[0]));
+        let got = bus.accesses();
+        let dev = got.iter().find(|r| r.base == 0x100).unwrap();
+        assert_eq!((dev.len, dev.claimed, dev.reads, dev.writes), (4, true, 3, 2));
+        let first = got.iter().find(|r| r.base == 0x1000).unwrap();
+        assert_eq!((first.claimed, first.reads, first.writes), (false, 1, 1));
+        let rest = got.iter().find(|r| r.base == u64::MAX).unwrap();
+        assert_eq!((rest.claimed, rest.reads), (false, 10));
+        assert_eq!(got.iter().filter(|r| !r.claimed).count(), UNCLAIMED_ADDRESSES + 1);
+    }
 
     #[derive(Default)]
     struct Recorder {

@@ -54,6 +54,14 @@ pub const HIGH_MEMORY_START: u64 = 0x1_0000_0000;
 pub const PCI_ECAM_START: u64 = 0xe000_0000;
 pub const PCI_ECAM_SIZE: u64 = 0x1000_0000;
 pub const PCI_ECAM_LAST_BUS: u8 = 0xff;
+/// The last bus the machine has: bus 0 only (no PCI bridges). The MCFG and the host bridge's
+/// `_CRS` describe these buses only, not the window's 256: Linux on x86 takes the MCFG's end bus
+/// as its last bus and then looks for peer host bridges on every bus up to it through port
+/// 0xcf8 (`pcibios_fixup_peer_bridges`, 32 reads per bus). With 255 buses that could not exist,
+/// that was 8,160 reads and ~16,700 exits, most of a stock kernel's exits to init (measured with
+/// `virtkit run --stats` in the emulated KVM host: 17,950 exits and 4.55 s to init, against
+/// 1,603 and 2.86 s with `pci=nommconf`).
+pub const PCI_LAST_BUS: u8 = 0;
 /// 32-bit PCI memory window below the ECAM, where BARs go on a direct kernel boot.
 pub const PCI_MMIO32_START: u64 = MMIO_HOLE_START;
 pub const PCI_MMIO32_SIZE: u64 = PCI_ECAM_START - PCI_MMIO32_START;

@@ -8,6 +8,7 @@ pub mod boot;
 pub mod bus;
 pub mod cpuid;
 pub mod devices;
+pub mod exit_stats;
 pub mod interrupt;
 pub mod ioevent;
 pub mod layout;
@@ -20,6 +21,7 @@ pub mod smbios;
 mod vcpu;
 
 pub use boot::BootSource;
+pub use exit_stats::{AddressSpace, ExitStats, RangeExits, VcpuExits};
 pub use machine::{ExitReason, Machine, MachineConfig, MachineError, MachineHandle};
 pub use smbios::SmbiosIdentity;
 pub use vcpu::PauseOutcome;

@@ -24,6 +24,7 @@ use crate::devices::{
     spawn_serial_input, AcpiPm, Cmos, GuestRequest, PvPanic, RequestSink, SerialDevice, SerialInputError,
     I8042, PVPANIC_PORT,
 };
+use crate::exit_stats::{ExitCounters, ExitStats};
 use crate::interrupt::GsiRouter;
 use crate::layout::{
     irqs, ports, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, PAM_WINDOW_END, PAM_WINDOW_START, PCI_ECAM_SIZE,
@@ -145,6 +146,7 @@ pub struct Machine {
     vm: Arc<Vm>,
     memory: GuestMemoryMmap,
     fw_cfg: Option<Arc<Mutex<FwCfg>>>,
+    exits: ExitCounters,
 }
 
 /// A cheap handle to control a running machine from other threads.
@@ -152,6 +154,7 @@ pub struct Machine {
 pub struct MachineHandle {
     control: Arc<Control>,
     pm: Arc<Mutex<AcpiPm>>,
+    exits: ExitCounters,
 }
 
 impl MachineHandle {
@@ -193,6 +196,11 @@ impl MachineHandle {
     /// Why the machine stopped, once it has.
     pub fn exit_reason(&self) -> Option<ExitReason> {
         self.control.exit_reason()
+    }
+
+    /// The exits that reached the VMM so far, by vCPU and reason and by device range.
+    pub fn exit_stats(&self) -> ExitStats {
+        self.exits.read()
     }
 }
 
@@ -250,6 +258,7 @@ impl Machine {
         let fw_cfg = place_platform_tables(&boot, &memory, memory_size, vcpus, &smbios_identity, &pio)?;
         let entry = load_guest(&boot, &memory, memory_size, firmware.as_ref(), pam)?;
         let created = create_vcpus(kvm, &vm, vcpus, &memory, entry)?;
+        let exits = ExitCounters::new(created.len(), pio.clone(), mmio.clone(), pci.clone());
 
         Ok(Machine {
             threads: Vec::new(),
@@ -267,6 +276,7 @@ impl Machine {
             vm,
             memory,
             fw_cfg,
+            exits,
         })
     }
 
@@ -316,6 +326,7 @@ impl Machine {
         MachineHandle {
             control: self.control.clone(),
             pm: self.pm.clone(),
+            exits: self.exits.clone(),
         }
     }
 
@@ -338,6 +349,7 @@ impl Machine {
             control: self.control.clone(),
             pio: self.pio.clone(),
             mmio: self.mmio.clone(),
+            exits: self.exits.vcpus.clone(),
         });
         for (index, vcpu) in self.vcpus.drain(..).enumerate() {
             let ctx = ctx.clone();
@@ -614,7 +626,10 @@ fn create_vcpus(
     memory: &GuestMemoryMmap,
     entry: BootEntry,
 ) -> Result<Vec<Vcpu>, MachineError> {
-    let supported = kvm.supported_cpuid()?;
+    let mut supported = kvm.supported_cpuid()?;
+    if kvm.tsc_deadline_timer() {
+        crate::cpuid::offer_tsc_deadline_timer(&mut supported);
+    }
     let mut created = Vec::with_capacity(usize::from(vcpus));
     for index in 0..u32::from(vcpus) {
         let vcpu = vm.create_vcpu(u64::from(index))?;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use virtkit_hypervisor::{Vcpu, VcpuExit};
 
 use crate::bus::Bus;
+use crate::exit_stats::{ExitKind, VcpuCounters};
 use crate::ExitReason;
 
 /// What the vCPU threads should be doing.
@@ -227,6 +228,8 @@ pub(crate) struct VcpuContext {
     pub control: Arc<Control>,
     pub pio: Bus,
     pub mmio: Bus,
+    /// One per vCPU, by index.
+    pub exits: Arc<[VcpuCounters]>,
 }
 
 /// Runs vCPU `index` until the machine stops.
@@ -252,6 +255,16 @@ pub(crate) fn run_vcpu(mut vcpu: Vcpu, index: u32, ctx: &VcpuContext) {
                 break;
             }
         };
+        if let Some(counters) = ctx.exits.get(index as usize) {
+            counters.count(match &exit {
+                VcpuExit::IoIn { .. } => ExitKind::IoIn,
+                VcpuExit::IoOut { .. } => ExitKind::IoOut,
+                VcpuExit::MmioRead { .. } => ExitKind::MmioRead,
+                VcpuExit::MmioWrite { .. } => ExitKind::MmioWrite,
+                VcpuExit::Interrupted => ExitKind::Interrupted,
+                _ => ExitKind::Other,
+            });
+        }
         match exit {
             VcpuExit::IoOut { port, data } => {
                 if !ctx.pio.write(port as u64, data) {
@@ -276,7 +289,10 @@ pub(crate) fn run_vcpu(mut vcpu: Vcpu, index: u32, ctx: &VcpuContext) {
             VcpuExit::Interrupted => {}
             // Without a userspace irqchip KVM only reports HLT when the guest halted for good.
             VcpuExit::Hlt => {}
-            VcpuExit::Shutdown => ctx.control.request_exit(ExitReason::TripleFault { vcpu: index }),
+            VcpuExit::Shutdown => {
+                log_triple_fault(&vcpu, index);
+                ctx.control.request_exit(ExitReason::TripleFault { vcpu: index })
+            }
             VcpuExit::SystemReset => ctx.control.request_exit(ExitReason::Reset),
             VcpuExit::SystemShutdown => ctx.control.request_exit(ExitReason::PowerOff),
             VcpuExit::InternalError { suberror } => {
@@ -315,5 +331,36 @@ impl Drop for ThreadExit<'_> {
             });
         }
         self.control.thread_exiting();
+    }
+}
+
+/// Says where a vCPU was when it triple-faulted: once per VM (the machine stops), so not rate
+/// limited. What the guest ran there is the first thing anyone asks.
+fn log_triple_fault(vcpu: &Vcpu, index: u32) {
+    let regs = vcpu.registers();
+    let sregs = vcpu.special_registers();
+    match (regs, sregs) {
+        (Ok(r), Ok(s)) => tracing::error!(
+            vcpu = index,
+            rip = format_args!("{:#x}", r.rip),
+            rsp = format_args!("{:#x}", r.rsp),
+            rflags = format_args!("{:#x}", r.rflags),
+            cr0 = format_args!("{:#x}", s.cr0),
+            cr2 = format_args!("{:#x}", s.cr2),
+            cr3 = format_args!("{:#x}", s.cr3),
+            cr4 = format_args!("{:#x}", s.cr4),
+            efer = format_args!("{:#x}", s.efer),
+            cs = format_args!("{:#x}/{:#x}", s.cs.selector, s.cs.base),
+            idt = format_args!("{:#x}+{:#x}", s.idt.base, s.idt.limit),
+            gdt = format_args!("{:#x}+{:#x}", s.gdt.base, s.gdt.limit),
+            tr = format_args!("{:#x}/{:#x}", s.tr.selector, s.tr.base),
+            "a vCPU triple-faulted"
+        ),
+        (r, s) => tracing::error!(
+            vcpu = index,
+            registers = ?r.err(),
+            special_registers = ?s.err(),
+            "a vCPU triple-faulted; its registers cannot be read"
+        ),
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use virtkit_hypervisor::Kvm;
 use virtkit_machine::bus::BusDevice;
-use virtkit_machine::{BootSource, ExitReason, Machine, MachineConfig};
+use virtkit_machine::{AddressSpace, BootSource, ExitReason, Machine, MachineConfig};
 use virtkit_test_guests::Guest;
 
 #[derive(Default)]
@@ -77,6 +77,7 @@ fn port_and_mmio_accesses_reach_the_right_device() {
         .mmio_bus_mut()
         .insert(0xd000_0000, 0x1000, mmio.clone())
         .unwrap();
+    let handle = machine.handle();
     machine.start().unwrap();
     assert_eq!(machine.wait(), ExitReason::PowerOff);
 
@@ -101,4 +102,42 @@ fn port_and_mmio_accesses_reach_the_right_device() {
     let mmio = mmio.lock().unwrap();
     assert_eq!(mmio.writes, vec![(0, 0xcafe_babeu32.to_le_bytes().to_vec())]);
     assert_eq!(mmio.reads, vec![(4, 4)]);
+
+    // The exit accounting saw exactly those accesses on those ranges, and every port or MMIO
+    // exit of the vCPU is on some range (a device's, or an unclaimed address).
+    let stats = handle.exit_stats();
+    let range = |space, base| {
+        stats
+            .ranges
+            .iter()
+            .find(|r| r.space == space && r.base == base)
+            .unwrap_or_else(|| panic!("no {space:?} range at {base:#x}: {stats:#?}"))
+    };
+    let probe = range(AddressSpace::Port, 0x700);
+    assert_eq!(
+        (probe.reads, probe.writes),
+        (pio.reads.len() as u64, pio.writes.len() as u64)
+    );
+    let window = range(AddressSpace::Mmio, 0xd000_0000);
+    assert_eq!((window.reads, window.writes), (1, 1));
+    let serial = range(AddressSpace::Port, 0x3f8);
+    assert_eq!(serial.device, "serial (COM1)");
+    assert!(serial.writes >= text.len() as u64, "{serial:?}");
+    let total = stats.total();
+    let sum = |space, f: fn(&virtkit_machine::RangeExits) -> u64| -> u64 {
+        stats.ranges.iter().filter(|r| r.space == space).map(f).sum()
+    };
+    assert_eq!(total.io_in, sum(AddressSpace::Port, |r| r.reads), "{stats:#?}");
+    assert_eq!(total.io_out, sum(AddressSpace::Port, |r| r.writes), "{stats:#?}");
+    assert_eq!(
+        total.mmio_read,
+        sum(AddressSpace::Mmio, |r| r.reads),
+        "{stats:#?}"
+    );
+    assert_eq!(
+        total.mmio_write,
+        sum(AddressSpace::Mmio, |r| r.writes),
+        "{stats:#?}"
+    );
+    assert_eq!(stats.vcpus.len(), 1);
 }

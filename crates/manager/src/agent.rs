@@ -305,8 +305,8 @@ pub struct AgentHost {
 impl AgentHost {
     /// Listens on `vsock.sock_1025` in `bundle` for the agent's hello, on a thread of its own.
     ///
-    /// The threads are unfiltered: they connect to `vsock.sock` (set-time), which no seccomp
-    /// role allows. What they take from the guest is one line of at most 4 KiB, parsed as JSON.
+    /// The threads run under the `AgentHost` seccomp role: Unix sockets only, no file opens.
+    /// What they take from the guest is one line of at most 4 KiB, parsed as JSON.
     /// After each hello (each boot of the guest), the shared directories `shares` (their tags)
     /// are mounted at `/mnt/<tag>`, those that are [`automount_tag`]s.
     pub fn start(bundle: &Path, shares: Vec<String>) -> std::io::Result<Arc<AgentHost>> {
@@ -324,13 +324,13 @@ impl AgentHost {
             shares: mountable,
         });
         let hello_host = host.clone();
-        std::thread::Builder::new()
+        virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::AgentHost)
             .name("agent-hello".into())
             .spawn(move || hello_host.take_hellos(listener))?;
         let (tx, rx) = channel::<AgentJob>();
         *host.time_requests.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         let time_host = host.clone();
-        std::thread::Builder::new()
+        virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::AgentHost)
             .name("agent-time".into())
             .spawn(move || {
                 for job in rx {

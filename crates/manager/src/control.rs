@@ -6,7 +6,7 @@
 //! → {"command":"pause"}
 //! ← {"ok":true,"state":"paused","pid":4242}
 //! → {"command":"jump"}
-//! ← {"ok":false,"error":"unknown command `jump`: use state, pause, resume, request_stop, stop, balloon or addresses"}
+//! ← {"ok":false,"error":"unknown command `jump`: use state, pause, resume, request_stop, stop, balloon, addresses or stats"}
 //! → {"command":"balloon","target_bytes":268435456}
 //! ← {"ok":true,"state":"running","pid":4242,"balloon":{"target_bytes":268435456,"actual_bytes":0}}
 //! ```
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use virtkit::{BalloonStatus, NicAddresses};
+use virtkit::{BalloonStatus, ExitStatistics, NicAddresses};
 
 use crate::agent::AgentStatus;
 
@@ -41,6 +41,8 @@ pub enum ControlCommand {
     Balloon,
     /// Report each network card's MAC and the guest's addresses on it.
     Addresses,
+    /// Report the exits that reached the VMM, by vCPU and reason and by device.
+    Stats,
 }
 
 /// One request line.
@@ -81,6 +83,9 @@ pub struct ControlResponse {
     /// The guest agent, once it said hello (docs/AGENT.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentStatus>,
+    /// For `stats`: the exits that reached the VMM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exits: Option<Box<ExitStatistics>>,
 }
 
 impl ControlResponse {
@@ -93,6 +98,7 @@ impl ControlResponse {
             balloon: None,
             addresses: None,
             agent: None,
+            exits: None,
         }
     }
 
@@ -105,6 +111,7 @@ impl ControlResponse {
             balloon: None,
             addresses: None,
             agent: None,
+            exits: None,
         }
     }
 }
@@ -118,7 +125,7 @@ pub fn parse_request(line: &str) -> Result<ControlRequest, ControlResponse> {
         if text.contains("unknown variant") {
             let name = text.split('`').nth(1).unwrap_or("?");
             ControlResponse::failure(format!(
-                "unknown command `{name}`: use state, pause, resume, request_stop, stop, balloon or addresses"
+                "unknown command `{name}`: use state, pause, resume, request_stop, stop, balloon, addresses or stats"
             ))
         } else {
             ControlResponse::failure(format!(

@@ -20,7 +20,8 @@ pub(crate) fn waits(request: &ControlRequest) -> bool {
         ControlCommand::State
         | ControlCommand::RequestStop
         | ControlCommand::Stop
-        | ControlCommand::Addresses => false,
+        | ControlCommand::Addresses
+        | ControlCommand::Stats => false,
     }
 }
 
@@ -66,10 +67,19 @@ pub(crate) fn handle(request: &ControlRequest, vm: &VirtualMachine) -> ControlRe
     match request.command {
         ControlCommand::Balloon => return balloon(request.target_bytes, vm),
         ControlCommand::Addresses => return addresses(vm),
+        ControlCommand::Stats => {
+            return ControlResponse {
+                exits: vm.exit_statistics().map(Box::new),
+                ..ControlResponse::success(vm.state())
+            }
+        }
         _ => {}
     }
     let result = match request.command {
-        ControlCommand::State | ControlCommand::Balloon | ControlCommand::Addresses => Ok(()),
+        ControlCommand::State
+        | ControlCommand::Balloon
+        | ControlCommand::Addresses
+        | ControlCommand::Stats => Ok(()),
         ControlCommand::Pause => vm.pause(),
         ControlCommand::Resume => vm.resume(),
         ControlCommand::RequestStop => vm.request_stop(),

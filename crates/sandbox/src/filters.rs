@@ -92,6 +92,8 @@ pub mod kvm {
     pub const KVM_RUN: u64 = kvm_ioc(0, 0x80, 0);
     /// `_IOR(KVMIO, 0x81, struct kvm_regs)`
     pub const KVM_GET_REGS: u64 = kvm_ioc(IOC_READ, 0x81, 144);
+    /// `_IOR(KVMIO, 0x83, struct kvm_sregs)`
+    pub const KVM_GET_SREGS: u64 = kvm_ioc(IOC_READ, 0x83, 312);
     /// `_IOW(KVMIO, 0x46, struct kvm_userspace_memory_region)`
     pub const KVM_SET_USER_MEMORY_REGION: u64 = kvm_ioc(IOC_WRITE, 0x46, 32);
     /// `_IOW(KVMIO, 0x61, struct kvm_irq_level)`
@@ -172,6 +174,8 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             for ioctl in [
                 kvm::KVM_RUN,
                 kvm::KVM_GET_REGS,
+                // Both read on a triple fault, to say where the guest was.
+                kvm::KVM_GET_SREGS,
                 kvm::KVM_SET_USER_MEMORY_REGION,
                 kvm::KVM_IRQ_LINE,
                 kvm::KVM_SET_GSI_ROUTING,
@@ -352,6 +356,31 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             kick_vcpus(&mut r);
             starts_workers(&mut r);
         }
+        ThreadRole::AgentHost => {
+            // The hello listener takes connections (`accept4`), sets a read timeout and reads
+            // one line (`read`/`recvfrom`). The clock setter opens a Unix stream socket to the
+            // VM's `vsock.sock` (`socket(AF_UNIX)` + `connect`: no other family), writes its
+            // `CONNECT` line and request (`write`, `send`), peeks at the `OK` line
+            // (`recvfrom`) and reads the answer. Both wait between tries (`nanosleep`). No
+            // `bind`/`listen` (the listener is made before the thread starts), no file opens.
+            r.allow_all(&[
+                SYS_accept4,
+                SYS_read,
+                SYS_write,
+                SYS_recvfrom,
+                SYS_connect,
+                SYS_nanosleep,
+                SYS_clock_nanosleep,
+                SYS_poll,
+                SYS_ppoll,
+            ])
+            .allow_if(SYS_socket, &[(0, AF_UNIX as u64)])
+            // The agent connection's reader is a `try_clone` of its writer.
+            .allow_if(SYS_fcntl, &[(1, F_DUPFD_CLOEXEC as u64)])
+            .allow_if(SYS_setsockopt, &[(1, SOL_SOCKET as u64), (2, SO_RCVTIMEO as u64)])
+            .allow_if(SYS_setsockopt, &[(1, SOL_SOCKET as u64), (2, SO_SNDTIMEO as u64)]);
+            send_connected(&mut r);
+        }
     }
     r
 }
@@ -384,6 +413,10 @@ mod tests {
             kvm_ioc(IOC_READ, 0x81, size_of::<kvm_bindings::kvm_regs>() as u64)
         );
         assert_eq!(
+            kvm::KVM_GET_SREGS,
+            kvm_ioc(IOC_READ, 0x83, size_of::<kvm_bindings::kvm_sregs>() as u64)
+        );
+        assert_eq!(
             kvm::KVM_SET_USER_MEMORY_REGION,
             kvm_ioc(
                 IOC_WRITE,
@@ -410,7 +443,7 @@ mod tests {
         assert_eq!(kvm::KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
     }
 
-    const ALL_ROLES: [ThreadRole; 19] = [
+    const ALL_ROLES: [ThreadRole; 20] = [
         ThreadRole::Vcpu,
         ThreadRole::DeviceWorker(DeviceKind::Block),
         ThreadRole::DeviceWorker(DeviceKind::Rng),
@@ -430,6 +463,7 @@ mod tests {
         ThreadRole::ConsoleSocket,
         ThreadRole::ControlSocket,
         ThreadRole::ControlExecutor,
+        ThreadRole::AgentHost,
     ];
 
     #[test]
@@ -464,10 +498,13 @@ mod tests {
                 SYS_prctl,
                 SYS_seccomp,
             ] {
-                // The one exception: virtio-vsock's worker connects the guest's connections to
-                // `<path>_<port>`, Unix sockets only (checked below).
-                if role == ThreadRole::DeviceWorker(DeviceKind::Vsock)
-                    && (nr == SYS_socket || nr == SYS_connect)
+                // The exceptions: virtio-vsock's worker connects the guest's connections to
+                // `<path>_<port>`, and the agent host connects to the VM's `vsock.sock`, Unix
+                // sockets only (checked below).
+                if matches!(
+                    role,
+                    ThreadRole::DeviceWorker(DeviceKind::Vsock) | ThreadRole::AgentHost
+                ) && (nr == SYS_socket || nr == SYS_connect)
                 {
                     continue;
                 }

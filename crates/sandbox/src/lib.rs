@@ -188,6 +188,10 @@ pub enum ThreadRole {
     /// VM process `control-exec`: the control requests that wait on the machine (pause,
     /// resume, balloon), one at a time.
     ControlExecutor,
+    /// VM process `agent-hello` and `agent-time`: the guest agent's hello listener (one line
+    /// from the guest, through the vsock device's `<path>_1025`) and the clock setter, a host
+    /// client of the VM's own `vsock.sock`.
+    AgentHost,
 }
 
 /// Why a filter could not be installed.

@@ -31,6 +31,16 @@ const SCRIPT_EXIT: &str = "VIRTKIT-HOST: script-exit=";
 /// The message printed (and put in [`HostRun::output`]) when a boot is started once more.
 pub const RETRY_NOTICE: &str = "emulated host hung before /dev/kvm was ready (emulator hang, \
                                 not virtkit); starting it once more";
+/// The message printed (and put in [`HostRun::output`]) when the emulated host's own kernel
+/// panicked during the script and the run is started once more.
+pub const CRASH_RETRY_NOTICE: &str = "the emulated host's own kernel panicked during the script \
+                                      (a bug of the emulator's nested virtualization or of that \
+                                      kernel: no user-space program crashes a correct kernel); \
+                                      starting it once more";
+/// What the emulated host's kernel prints when it panics. With `panic=-1` and `-no-reboot` QEMU
+/// then exits by itself, which nothing else does before the script's end: an inner guest's panic
+/// reaches the console too, but never stops QEMU.
+const HOST_KERNEL_PANIC: &str = "Kernel panic - not syncing";
 
 const HOST_INIT: &str = include_str!("sh/host-init.sh");
 const HOST_LIB: &str = include_str!("sh/host-lib.sh");
@@ -110,6 +120,18 @@ pub enum HarnessError {
         tail(output, 40)
     )]
     HangBeforeReady {
+        /// The serial output of all attempts.
+        output: String,
+        /// How many boots were tried.
+        attempts: u32,
+    },
+    /// The emulated host's own kernel panicked during the script, in every attempt.
+    #[error(
+        "the emulated host's own kernel panicked during the script in {attempts} attempt(s) \
+         (emulator or host-kernel bug)\n--- serial output of the last attempt (last lines) ---\n{}",
+        tail(output, 60)
+    )]
+    HostKernelPanicked {
         /// The serial output of all attempts.
         output: String,
         /// How many boots were tried.
@@ -523,8 +545,9 @@ impl EmulatedHost {
         Ok(s)
     }
 
-    /// Boots the emulated host and runs the script. A hang before `kvm-ready` is retried once
-    /// (saying so on stderr and in the output); everything after `kvm-ready` is not.
+    /// Boots the emulated host and runs the script. A hang before `kvm-ready`, or a panic of the
+    /// emulated host's own kernel before the script ends, is retried once (saying so on stderr
+    /// and in the output); nothing else after `kvm-ready` is.
     ///
     /// At most `$VIRTKIT_HOST_PARALLEL` (default 1) emulated hosts run at a time in one test
     /// process; a run waits for its turn before any timer starts.
@@ -560,21 +583,32 @@ impl EmulatedHost {
                         elapsed: started.elapsed(),
                     });
                 }
-                Attempt::HungBeforeReady { output, why } => {
+                Attempt::Retry { output, why, kind } => {
                     if attempt >= 2 {
-                        return Err(HarnessError::HangBeforeReady {
-                            output: notices + &output,
-                            attempts: attempt,
+                        let output = notices + &output;
+                        return Err(match kind {
+                            RetryKind::HangBeforeReady => HarnessError::HangBeforeReady {
+                                output,
+                                attempts: attempt,
+                            },
+                            RetryKind::HostKernelPanic => HarnessError::HostKernelPanicked {
+                                output,
+                                attempts: attempt,
+                            },
                         });
                     }
-                    let msg = format!("[testkit] attempt {attempt}: {why}; {RETRY_NOTICE}");
+                    let notice = match kind {
+                        RetryKind::HangBeforeReady => RETRY_NOTICE,
+                        RetryKind::HostKernelPanic => CRASH_RETRY_NOTICE,
+                    };
+                    let msg = format!("[testkit] attempt {attempt}: {why}; {notice}");
                     // Always visible, whatever the capture settings.
                     let _ = writeln!(io::stderr(), "{msg}");
                     let _ = writeln!(
                         notices,
                         "{msg}\n[testkit] --- last lines of attempt {attempt} ---\n{}\
                          [testkit] --- attempt {} ---",
-                        tail(&output, 15),
+                        tail(&output, 30),
                         attempt + 1
                     );
                     attempt += 1;
@@ -715,7 +749,11 @@ impl EmulatedHost {
             }
         }
         match end {
-            End::Hang(why) => Ok(Attempt::HungBeforeReady { output, why }),
+            End::Hang(why) => Ok(Attempt::Retry {
+                output,
+                why,
+                kind: RetryKind::HangBeforeReady,
+            }),
             End::AfterReadyTimeout => {
                 let _ = writeln!(
                     output,
@@ -735,6 +773,13 @@ impl EmulatedHost {
                 })
             }
             End::Eof => match ready {
+                Some(_) if script_exit.is_none() && output.contains(HOST_KERNEL_PANIC) => {
+                    Ok(Attempt::Retry {
+                        output,
+                        why: "the emulated host's kernel panicked before the script ended".into(),
+                        kind: RetryKind::HostKernelPanic,
+                    })
+                }
                 Some(r) => Ok(Attempt::Done {
                     output,
                     script_exit,
@@ -759,10 +804,21 @@ enum Attempt {
         script_exit: Option<i32>,
         boot_to_ready: Duration,
     },
-    HungBeforeReady {
+    /// A boot that failed for the emulator's reasons, started once more.
+    Retry {
         output: String,
         why: String,
+        kind: RetryKind,
     },
+}
+
+#[derive(Clone, Copy)]
+enum RetryKind {
+    /// No `kvm-ready` in time: the emulator hung while booting.
+    HangBeforeReady,
+    /// QEMU exited by itself after `kvm-ready` with the host kernel's panic line and no
+    /// script exit.
+    HostKernelPanic,
 }
 
 /// Environment variable: how many emulated hosts one test process runs at once (default 1; each
@@ -1221,6 +1277,48 @@ VIRTKIT-HOST: script-exit=3
             other => panic!("expected HangBeforeReady, got {other:?}"),
         }
         assert!(started.elapsed() < Duration::from_secs(15));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_host_kernel_panic_during_the_script_is_retried_once() {
+        let (dir, host) = fake_qemu(
+            "panic",
+            "echo 'VIRTKIT-HOST: kvm-ready'\necho running $N\n\
+             [ $N = 1 ] && { echo '[ 1.0] Kernel panic - not syncing: stack'; exit 0; }\n\
+             echo 'VIRTKIT-HOST: script-exit=0'",
+        );
+        let run = host.run().unwrap();
+        assert_eq!(run.attempts, 2);
+        assert_eq!(run.script_exit, Some(0));
+        assert!(run.contains(CRASH_RETRY_NOTICE), "{}", run.output);
+        assert!(run.contains("running 2"), "{}", run.output);
+        fs::remove_dir_all(dir).unwrap();
+
+        let (dir, host) = fake_qemu(
+            "panic-twice",
+            "echo 'VIRTKIT-HOST: kvm-ready'\necho 'Kernel panic - not syncing: stack'",
+        );
+        match host.run() {
+            Err(HarnessError::HostKernelPanicked { output, attempts }) => {
+                assert_eq!(attempts, 2);
+                assert!(output.contains(CRASH_RETRY_NOTICE), "{output}");
+            }
+            other => panic!("expected HostKernelPanicked, got {other:?}"),
+        }
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_panic_line_after_the_script_ended_or_without_an_exit_is_not_a_host_crash() {
+        // The script finished: whatever it printed is the test's to judge.
+        let (dir, host) = fake_qemu(
+            "guest-panic",
+            "echo 'VIRTKIT-HOST: kvm-ready'\necho 'Kernel panic - not syncing: guest'\n\
+             echo 'VIRTKIT-HOST: script-exit=3'",
+        );
+        let run = host.run().unwrap();
+        assert_eq!((run.attempts, run.script_exit), (1, Some(3)));
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -11,6 +11,7 @@ mod config;
 mod config_file;
 mod console_server;
 pub mod devices;
+mod exit_stats;
 mod host;
 mod identity;
 pub mod network;
@@ -37,6 +38,7 @@ pub use devices::{
     NetworkDeviceConfiguration, NicAddresses, PortProtocol, PublishedPort, SharedFd,
     SocketDeviceConfiguration, VirtiofsdError, DEFAULT_GUEST_CID, VIRTIOFSD_ENV,
 };
+pub use exit_stats::{DeviceExits, ExitCounts, ExitStatistics};
 pub use host::{HostCapabilities, HostKind};
 pub use identity::{BadMachineIdentifier, MachineIdentifier};
 pub use size::{parse_size, ByteSize};

@@ -387,6 +387,13 @@ impl VirtualMachine {
         &self.devices
     }
 
+    /// The exits that reached the VMM since the machine started, by vCPU and reason and by
+    /// device (`None` before the first start). Readable while it runs and after it stopped.
+    pub fn exit_statistics(&self) -> Option<crate::ExitStatistics> {
+        let handle = self.handle.as_ref()?;
+        Some(crate::ExitStatistics::new(handle.exit_stats(), &self.devices()))
+    }
+
     /// Asks the guest to shut down by pressing the ACPI power button. The guest decides; the
     /// machine keeps running until it powers off.
     pub fn request_stop(&self) -> Result<(), VmError> {

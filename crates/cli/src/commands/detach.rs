@@ -142,6 +142,8 @@ pub fn vm_process(args: &VmProcessArgs) -> Result<u8, CliError> {
         console: args.console,
         seccomp: args.seccomp,
         force: args.force,
+        // `virtkit stats NAME` asks a detached VM while it runs.
+        stats: None,
     };
     crate::vm_process::run(&home, &args.name, Mode::Detached, choices)
 }

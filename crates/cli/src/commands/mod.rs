@@ -18,6 +18,7 @@ pub mod logs;
 pub mod network_flags;
 pub mod run;
 pub mod ssh;
+pub mod stats;
 pub mod validate;
 pub mod vms;
 pub mod vsock_proxy;

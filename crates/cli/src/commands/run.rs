@@ -107,6 +107,24 @@ pub struct RunArgs {
     /// counted; `VIRTKIT_MEMORY_OVERCOMMIT` sets how far guest memory may exceed the host's).
     #[arg(long)]
     pub force: bool,
+    /// When the VM stops, print on standard error the exits that reached the VMM, by reason
+    /// and by device: a table, or `--stats json` for one JSON line (docs/CONTROL.md, `exits`).
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "text", conflicts_with = "detach", value_name = "text|json")]
+    pub stats: Option<crate::commands::vms::Format>,
+}
+
+/// Prints the VM's exit statistics on standard error, as `--stats` asked.
+pub fn print_exit_statistics(vm: &VirtualMachine, format: crate::commands::vms::Format) {
+    let Some(stats) = vm.exit_statistics() else { return };
+    match format {
+        crate::commands::vms::Format::Json => {
+            errln!("{}", serde_json::to_string(&stats).unwrap_or_default())
+        }
+        crate::commands::vms::Format::Text => errln!(
+            "virtkit: {}",
+            stats.to_table(crate::commands::stats::TABLE_DEVICES).trim_end()
+        ),
+    }
 }
 
 fn parse_port(text: &str) -> Result<(String, PathBuf), String> {
@@ -245,6 +263,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
             console: args.console,
             seccomp: args.seccomp,
             force: args.force,
+            stats: args.stats,
         };
         return if args.detach {
             crate::commands::detach::run(&home, name, choices, args.wait)
@@ -307,6 +326,9 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
         StopReason::GuestPoweredOff => {}
         StopReason::StoppedByHost => errln!("virtkit: stopped"),
         other => errln!("virtkit: {other}"),
+    }
+    if let Some(format) = args.stats {
+        print_exit_statistics(&vm, format);
     }
     Ok(exit_code_for(&reason))
 }

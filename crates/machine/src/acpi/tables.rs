@@ -24,7 +24,7 @@ use super::loader::{AcpiTables, Blob, LoaderCommand};
 use super::{AcpiConfig, AcpiError, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::devices::PVPANIC_PORT;
 use crate::layout::{
-    irqs, pm, ports, APIC_START, IOAPIC_START, PCI_ECAM_LAST_BUS, PCI_ECAM_SIZE, PCI_ECAM_START,
+    irqs, pm, ports, APIC_START, IOAPIC_START, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_LAST_BUS,
     PCI_MMIO32_HIGH_END, PCI_MMIO32_HIGH_START, PCI_MMIO32_SIZE, PCI_MMIO32_START,
 };
 use crate::pci::{intx_gsi, SLOTS};
@@ -264,7 +264,7 @@ fn madt(config: &AcpiConfig) -> Vec<u8> {
 /// The ECAM window for PCI segment 0.
 fn mcfg() -> Vec<u8> {
     let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    mcfg.add_ecam(PCI_ECAM_START, 0, 0, PCI_ECAM_LAST_BUS);
+    mcfg.add_ecam(PCI_ECAM_START, 0, 0, PCI_LAST_BUS);
     aml_bytes(&mcfg)
 }
 
@@ -382,7 +382,7 @@ struct PciHostBridge {
 
 impl PciHostBridge {
     fn new() -> PciHostBridge {
-        let buses = ResourceAddressSpace::new_bus_number(0u16, u16::from(PCI_ECAM_LAST_BUS));
+        let buses = ResourceAddressSpace::new_bus_number(0u16, u16::from(PCI_LAST_BUS));
         let config_ports = IO::new(
             ports::PCI_CONFIG_ADDRESS,
             ports::PCI_CONFIG_ADDRESS,

@@ -150,6 +150,35 @@ impl PciRoot {
         Ok(())
     }
 
+    /// Every BAR mapped now, as (bus, address, `pci 00:SS.0 VVVV:DDDD bar N`): what the exit
+    /// accounting calls the ranges it counted.
+    pub fn mapped_bar_labels(&self) -> Vec<(crate::exit_stats::AddressSpace, u64, String)> {
+        use crate::exit_stats::AddressSpace;
+        let mut labels = Vec::new();
+        for (slot, entry) in self.slots.iter().enumerate() {
+            let Some(entry) = entry else { continue };
+            let mut ids = [0u8; 4];
+            lock(&entry.device).configuration().read(0, &mut ids);
+            let (vendor, device) = (
+                u16::from_le_bytes([ids[0], ids[1]]),
+                u16::from_le_bytes([ids[2], ids[3]]),
+            );
+            for bar in &entry.mapped {
+                let space = if bar.is_io() {
+                    AddressSpace::Port
+                } else {
+                    AddressSpace::Mmio
+                };
+                labels.push((
+                    space,
+                    bar.address,
+                    format!("pci 00:{slot:02x}.0 {vendor:04x}:{device:04x} bar {}", bar.index),
+                ));
+            }
+        }
+        labels
+    }
+
     fn bus_for(&self, bar: &BarRegion) -> &Bus {
         if bar.is_io() {
             &self.pio
