@@ -40,7 +40,9 @@ pub enum Request {
     /// The guest's interfaces and addresses, as one `reply` frame ([`IpReport`]).
     Ip,
     /// Set the guest's CLOCK_REALTIME to this time (the host's, when it sent it).
-    SetTime { unix_nanos: u128 },
+    /// Nanoseconds since the Unix epoch. A u64 (good until 2554): a u128 cannot go through
+    /// serde's internally tagged enums (it failed as "u128 is not supported").
+    SetTime { unix_nanos: u64 },
     /// Power the guest off (or reboot it); the agent answers `exit` 0 first.
     Shutdown {
         #[serde(default)]

@@ -178,7 +178,7 @@ fn interfaces() -> std::io::Result<Vec<Interface>> {
 }
 
 /// Sets CLOCK_REALTIME; with `fake`, only logs (for tests on the host).
-pub fn set_time(conn: UnixStream, unix_nanos: u128, fake: bool) {
+pub fn set_time(conn: UnixStream, unix_nanos: u64, fake: bool) {
     let mut w = FrameWriter::new(conn);
     if fake {
         tracing::warn!(unix_nanos = %unix_nanos, "set-time requested (--fake-clock: nothing done)");
@@ -205,10 +205,24 @@ pub fn set_time(conn: UnixStream, unix_nanos: u128, fake: bool) {
 
 /// Answers first, then syncs and powers off (or reboots): through systemd when it is PID 1,
 /// else with the reboot syscall. With `fake`, only logs (for tests on the host).
+/// How long the agent waits for the host to read its answer to `shutdown` before going ahead.
+const SHUTDOWN_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub fn shutdown(conn: UnixStream, reboot: bool, fake: bool) {
+    let waiter = conn.try_clone().ok();
     let mut w = FrameWriter::new(conn);
     let _ = w.write(&Frame::Exit(ExitStatus::Code(0)));
     drop(w);
+    // The answer must reach the host before the guest goes: a power-off right after the write
+    // can end the VM while the reply still sits in the guest's vsock queue, and the host then
+    // sees a disconnect instead of the agent taking the shutdown. The host closes the
+    // connection once it has read the answer; wait for that (at most SHUTDOWN_ANSWER_WAIT).
+    if let Some(mut c) = waiter {
+        let _ = c.shutdown(std::net::Shutdown::Write);
+        let _ = c.set_read_timeout(Some(SHUTDOWN_ANSWER_WAIT));
+        let mut sink = [0u8; 256];
+        while matches!(std::io::Read::read(&mut c, &mut sink), Ok(n) if n > 0) {}
+    }
     let what = if reboot { "reboot" } else { "poweroff" };
     if fake {
         tracing::warn!(what, "shutdown requested (--fake-shutdown: nothing done)");

@@ -342,7 +342,7 @@ fn run_wait_takes_the_hello_and_ip_and_stop_use_the_agent() {
     home.ok(&["resume", "vm"]);
     support::home::wait_until("the clock set after the resume", Duration::from_secs(10), || {
         std::fs::read_to_string(bundle.join("vmm.log"))
-            .is_ok_and(|l| l.contains("set the guest's clock through the agent"))
+            .is_ok_and(|l| l.contains("the guest's clock is set through the agent"))
     });
     let out = home.ok(&["stop", "vm", "--timeout", "1"]);
     assert!(out.contains("stopped"), "{out}");

@@ -281,8 +281,12 @@ timeout 120 $VIRTKIT cp ag:/tmp/tree $W/back >$W/cp2.log 2>&1; echo "CASE agent:
 echo "CASE agent: back-sums $(sums $W/back)"
 echo "CASE agent: back-mode=$(stat -c %a $W/back/sub/data) back-link=$(readlink $W/back/link)"
 sed "s/^/CASE agent: cp: /" $W/cp1.log $W/cp2.log
-# The guest's clock after a 5 s pause (the VM process sends set-time after resume).
+# The guest's clock, set 25 years wrong, is the host's again after a pause: the VM process
+# sends set-time after every resume.
+timeout 60 $VIRTKIT exec ag -- date -s '2001-09-09 01:46:40' >/dev/null 2>&1
+echo "CASE agent: clock-wrong=$(timeout 60 $VIRTKIT exec ag -- date +%s)"
 $VIRTKIT pause ag; sleep 5; $VIRTKIT resume ag
+sleep 2
 before=$(date +%s); g=$(timeout 60 $VIRTKIT exec ag -- date +%s); after=$(date +%s)
 echo "CASE agent: clock-before=$before clock-guest=$g clock-after=$after"
 t0=$(date +%s)
@@ -355,8 +359,13 @@ fn the_guest_agent_answers_through_the_real_vsock_device() {
     assert_value(&out, "agent", "guest-link", "a.txt");
     assert_value(&out, "agent", "back-mode", "750");
     assert_value(&out, "agent", "back-link", "a.txt");
-    // After a 5 s pause the guest's clock is the host's (within a second of the exec's span).
+    // After a 5 s pause the guest's clock is the host's (within a second of the exec's span),
+    // though it was set to 2001 before.
     let clock = |k: &str| case_value(&out, "agent", k).and_then(|v| v.parse::<i64>().ok());
+    assert!(
+        clock("clock-wrong").is_some_and(|w| w < 1_100_000_000),
+        "the guest's clock was not set wrong first:\n{lines}"
+    );
     match (clock("clock-before"), clock("clock-guest"), clock("clock-after")) {
         (Some(b), Some(g), Some(a)) => assert!(b - 1 <= g && g <= a + 1, "guest clock {g} not in {b}..{a}"),
         other => panic!("no clock figures {other:?}:\n{lines}"),

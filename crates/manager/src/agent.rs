@@ -174,7 +174,7 @@ impl AgentClient {
     pub fn set_time(&self) -> Result<(), AgentError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         self.command(&Request::SetTime {
-            unix_nanos: now.as_nanos(),
+            unix_nanos: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
         })
     }
 
@@ -339,7 +339,7 @@ impl AgentHost {
                     }
                     match job {
                         AgentJob::SetTime => match time_host.client.set_time() {
-                            Ok(()) => tracing::info!("set the guest's clock through the agent"),
+                            Ok(()) => tracing::info!("the guest's clock is set through the agent"),
                             Err(e) => {
                                 tracing::warn!(error = %e, "cannot set the guest's clock through the agent")
                             }
