@@ -64,7 +64,7 @@ fn vm_process_error(name: &str, e: VmProcessError) -> CliError {
 }
 
 /// What `virtkit run NAME` was told, for this process or the detached one.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RunChoices {
     pub console: ConsoleChoice,
     pub seccomp: Option<virtkit_sandbox::SeccompAction>,
@@ -72,6 +72,8 @@ pub struct RunChoices {
     pub force: bool,
     /// Print the exit statistics when the VM stops (`run --stats`).
     pub stats: Option<crate::commands::vms::Format>,
+    /// Shared directories for this run only, besides the VM's own (`run NAME --share`).
+    pub shares: Vec<virtkit::DirectorySharingDeviceConfiguration>,
 }
 
 /// Runs the VM `name` in this process until it stops; returns the exit code.
@@ -81,6 +83,7 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode, choices: RunChoices) -> R
         seccomp,
         force,
         stats,
+        shares,
     } = choices;
     let interactive = mode == Mode::Foreground && stdin_is_terminal();
     if let Some(policy) = seccomp {
@@ -91,6 +94,7 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode, choices: RunChoices) -> R
         console: console.into(),
         seccomp,
         force,
+        extra_shares: shares,
         ..VmProcessOptions::default()
     };
     let events = Events::new();

@@ -58,6 +58,9 @@ pub struct VmProcessOptions {
     pub seccomp: Option<virtkit_sandbox::SeccompAction>,
     /// Start even if the host cannot give the VM its memory ([`crate::admission`]).
     pub force: bool,
+    /// Shared directories for this run only, besides the bundle's (`run NAME --share`): given
+    /// by the user now, so not subject to the bundle's record of paths outside it.
+    pub extra_shares: Vec<virtkit::DirectorySharingDeviceConfiguration>,
 }
 
 /// Why a bundle's VM could not be run.
@@ -191,6 +194,7 @@ impl PreparedVm {
         let (guest_in_read, guest_in_write) = std::io::pipe().map_err(VmProcessError::Pipe)?;
         let (guest_out_read, guest_out_write) = std::io::pipe().map_err(VmProcessError::Pipe)?;
         let mut config = bundle.runtime_configuration()?;
+        config.directory_sharing_devices.extend(options.extra_shares);
         // Before the console's threads start: they get their filters under this policy.
         config.platform.seccomp = options.seccomp.or(config.platform.seccomp);
         virtkit_sandbox::set_policy(config.platform.seccomp);

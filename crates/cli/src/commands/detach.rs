@@ -22,6 +22,9 @@ pub struct VmProcessArgs {
     pub seccomp: Option<virtkit_sandbox::SeccompAction>,
     #[arg(long)]
     pub force: bool,
+    /// Shared directories for this run only (absolute paths, from `run NAME --share`).
+    #[arg(long = "share", value_parser = virtkit::DirectorySharingDeviceConfiguration::parse_cli)]
+    pub shares: Vec<virtkit::DirectorySharingDeviceConfiguration>,
 }
 
 /// The last lines of a log, to explain why a background process ended.
@@ -57,6 +60,14 @@ pub fn run(home: &VirtkitHome, name: &str, choices: RunChoices, wait: Option<u64
         .arg(choices.console.as_str())
         .args(choices.seccomp.map(|p| format!("--seccomp={p}")))
         .args(choices.force.then_some("--force"))
+        .args(choices.shares.iter().map(|s| {
+            format!(
+                "--share={}:{}{}",
+                s.path.display(),
+                s.tag,
+                if s.read_only { ":ro" } else { "" }
+            )
+        }))
         .env(HOME_ENV, home.root())
         .env(
             "VIRTKIT_LOG",
@@ -144,6 +155,7 @@ pub fn vm_process(args: &VmProcessArgs) -> Result<u8, CliError> {
         force: args.force,
         // `virtkit stats NAME` asks a detached VM while it runs.
         stats: None,
+        shares: args.shares.clone(),
     };
     crate::vm_process::run(&home, &args.name, Mode::Detached, choices)
 }

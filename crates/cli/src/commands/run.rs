@@ -22,7 +22,7 @@ pub use crate::vm_process::ConsoleChoice;
 #[derive(Args)]
 pub struct RunArgs {
     /// A VM made with `virtkit create` (its bundle has the whole configuration).
-    #[arg(conflicts_with_all = ["config", "kernel", "firmware", "disks", "entropy", "balloon", "ports", "networks", "published", "cpus", "memory", "serial", "vsock", "shares"])]
+    #[arg(conflicts_with_all = ["config", "kernel", "firmware", "disks", "entropy", "balloon", "ports", "networks", "published", "cpus", "memory", "serial", "vsock"])]
     pub name: Option<String>,
     /// Run the named VM in the background; `virtkit console NAME` attaches to it.
     #[arg(long, requires = "name")]
@@ -94,7 +94,8 @@ pub struct RunArgs {
     pub vsock: Option<PathBuf>,
     /// Share a host directory with the guest (virtio-fs, served by virtiofsd): PATH[:TAG[:ro]],
     /// the tag defaulting to the directory's name; the guest mounts it with
-    /// `mount -t virtiofs TAG DIR`. Repeat for more. For a named VM: `virtkit set NAME --share`.
+    /// `mount -t virtiofs TAG DIR` (a named VM's agent mounts it at /mnt/TAG). Repeat for more.
+    /// With a named VM, for this run only, besides its own (`virtkit set NAME --share` keeps them).
     #[arg(long = "share", value_name = "PATH[:TAG[:ro]]", value_parser = DirectorySharingDeviceConfiguration::parse_cli)]
     pub shares: Vec<DirectorySharingDeviceConfiguration>,
     /// Where COM1 goes: stdio, none, file:PATH or unix:PATH [default: stdio, or the configuration's].
@@ -256,6 +257,20 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
     Ok(config)
 }
 
+/// The shares with absolute paths: a detached VM process does not run where `run` was typed.
+fn absolute_shares(
+    shares: &[DirectorySharingDeviceConfiguration],
+) -> Result<Vec<DirectorySharingDeviceConfiguration>, CliError> {
+    shares
+        .iter()
+        .map(|s| {
+            let path = std::path::absolute(&s.path)
+                .map_err(|e| CliError::with_chain(format!("cannot share {}", s.path.display()), &e))?;
+            Ok(DirectorySharingDeviceConfiguration { path, ..s.clone() })
+        })
+        .collect()
+}
+
 pub fn run(args: RunArgs) -> Result<u8, CliError> {
     if let Some(name) = &args.name {
         let home = crate::commands::vms::home()?;
@@ -264,6 +279,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
             seccomp: args.seccomp,
             force: args.force,
             stats: args.stats,
+            shares: absolute_shares(&args.shares)?,
         };
         return if args.detach {
             crate::commands::detach::run(&home, name, choices, args.wait)
