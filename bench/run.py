@@ -24,6 +24,12 @@ virtkit and under QEMU -M q35 (virtio-blk-pci, O_DIRECT on the host side in both
 file on the emulated host's disk; the guest runs bench/odirect.c (sequential O_DIRECT writes,
 then reads) and prints MB/s; the VMMs alternate. The pieces are in bench/guest_disk.py.
 
+Part 9, inside the emulated KVM host again (one boot): a shared directory, virtkit's virtio-fs
+(`--share`, virtkit spawning virtiofsd) against QEMU -M q35's vhost-user-fs-pci with the same
+virtiofsd and cache mode, and virtio-blk with ext4 as a reference; the guest runs
+bench/fsbench.c (a 256 MiB file written and read, 5,000 small files created, statted and
+deleted). Not in the default --parts. The pieces are in bench/guest_fs.py.
+
 Every run is timed by bench/spawntime.c (compiled static into bench/out/), the same tool in both
 parts. Results go to stdout and to bench/RESULTS.md (the part below the results marker is
 replaced); raw per-run data to bench/out/. Use bench/run.sh; only the standard library is used.
@@ -49,6 +55,7 @@ from pathlib import Path
 
 import agent_bench
 import guest_disk
+import guest_fs
 import guest_net
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +83,9 @@ MBR_IMAGE = OUT / "mbr-bench.img"
 MBR_IMAGE_BYTES = 128 << 20
 BLK_IMAGE = OUT / "blk-throughput.img"
 BLK_IMAGE_MIB = 1024
-ALL_PARTS = (1, 2, 3, 4, 5, 6, 7, 8)
+ALL_PARTS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+# Part 9 (a shared directory, about 9 minutes) runs only when --parts names it.
+DEFAULT_PARTS = "1,2,3,4,5,6,7,8"
 
 # QEMU's CPU directly on this host's KVM (parts 1 and 3). This host's KVM (PVM) now refuses
 # MSR 0x10a (IA32_ARCH_CAPABILITIES), which QEMU 7.2 sets for `-cpu host` and then aborts on
@@ -108,6 +117,12 @@ NET_TARGET_GBPS = 10.0
 TCPBENCH_SRC = BENCH / "tcpbench.c"
 TCPBENCH = OUT / "tcpbench"
 NET_TIMEOUT = 300  # seconds per guest boot (a normal one takes 40-60 s)
+# Part 9: the guest program, the file sizes, and the time allowed per guest boot.
+FSBENCH_SRC = BENCH / "fsbench.c"
+FSBENCH = OUT / "fsbench"
+FS_MIB = 256
+FS_FILES = 5000
+FS_TIMEOUT = 900  # seconds per guest boot
 # /etc/passwd and /etc/group for the emulated host: passt started as root switches to nobody.
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
@@ -296,20 +311,58 @@ is large; only the ratio means something, and its range says how much. The guest
 and neither backend takes the virtio-net header, so neither VMM offers checksum or segmentation
 offloads (QEMU drops them too without a vnet-header peer): both move 1514-byte frames.
 
+**Part 9, a shared directory inside the emulated KVM host** (not in the default `--parts`: it
+takes about 9 minutes; `--parts 9` runs it). One more boot of the emulated host (as in part 2),
+with a tmpfs at `/bench9` holding the shared directory and a sparse 640 MiB image file, so that
+every configuration's data ends in the same place. The configurations (`bench/guest_fs.py`,
+`CONFIGS`) boot the stock kernel with 1 vCPU and 256 MiB, each once per round, the order
+rotating from round to round: **virtkit, virtio-fs** (`virtkit run --share /bench9/share:bench`:
+virtkit spawns virtiofsd itself, found through `VIRTKIT_VIRTIOFSD`; as root on the emulated
+host's initramfs root, where `pivot_root` fails, it falls back from `--sandbox namespace` to
+`chroot`, as the daemon's command line, captured during each boot and shown with the results,
+says); **QEMU `-M q35`, vhost-user-fs-pci** (before each boot the script starts the same
+virtiofsd binary, `scripts/build-virtiofsd.sh`'s, with the same options, `virtiofsd
+--socket-path=/tmp/vfs.sock --shared-dir=/bench9/share --cache auto --sandbox chroot --log-level
+info`, then QEMU with `-object memory-backend-memfd,id=mem,size=256M,share=on -numa
+node,memdev=mem -chardev socket,id=char0,path=/tmp/vfs.sock -device
+vhost-user-fs-pci,chardev=char0,tag=bench,queue-size=1024`: 1024 is virtkit's queue size, QEMU
+7.2's default is 128); and, as a reference, **virtkit, virtio-blk + ext4** (`--disk` with the
+image, through the emulated host's page cache; the guest makes ext4 on it with `mkfs.ext4`,
+lazy init off, not timed; QEMU's virtio-blk-pci can be added with `--fs-configs
+virtkit-fs,qemu-fs,virtkit-blk,qemu-blk`). The guest initramfs has `bench/fsbench.c` (compiled
+static) and a script appended; the guest mounts the share by tag (`mount -t virtiofs bench
+/mnt/b`) or the ext4 and runs, each phase timed by its `CLOCK_MONOTONIC`: **sequential write**
+of a 256 MiB file in 1 MiB `write()`s, up to the return of the final `fsync`; the guest's caches
+dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`); **sequential read** of the file in 1 MiB
+`read()`s, every 4 KiB checked; **create** of 5,000 files of 1 KiB in one directory
+(`open(O_CREAT|O_EXCL)`, `write`, `close`) up to a final `syncfs`; caches dropped; **stat** of
+each; caches dropped; **delete** of each up to a final `syncfs`. MB/s = 10^6 bytes/s; files/s
+over the whole phase. Figures are medians over all passes of the boots that completed (default 2
+boots per configuration, 1 pass each); next to each ratio its 95 % range with the boots resampled,
+as in part 5. No warm-up boot (768 MiB of the emulated host's memory are touched first, as in
+part 7). **Caveats:** as in parts 5 and 7, everything runs under QEMU's software emulator, tens
+of times slower than hardware (each virtio-fs request is a nested exit, a trip through the
+emulated host's `kvm_amd` and virtiofsd's threads): compare the configurations with each other,
+not with hardware; with 2 boots per configuration the ranges are wide. virtio-fs with `--cache
+auto` has neither DAX nor the writeback cache (virtiofsd's defaults), so every write goes to
+virtiofsd as it is made, while ext4 on virtio-blk writes into the guest's page cache until the
+`fsync`, and keeps metadata in the guest: the virtio-blk row is a reference for what a disk
+image gives, not a like-for-like comparison.
+
 **Rerun:** `bench/run.sh` from the repository root (it builds `virtkit-cli`, `virtkit-test-guests`,
 the `emulated_host` example and the `blk_throughput` and `net_throughput` examples in release
 mode first; it needs
 `scripts/assets.sh` to have been run, QEMU, SeaBIOS, gcc with the static glibc, Python 3,
-`mkfs.ext4` (e2fsprogs), passt (parts 7 and 8), the OpenSSH client (part 8; the Debian image of
+`mkfs.ext4` (e2fsprogs), passt (parts 7 and 8), virtiofsd (part 9: `scripts/build-virtiofsd.sh` finds or builds it), the OpenSSH client (part 8; the Debian image of
 `scripts/debian-image.sh`, built the first time, needs mmdebstrap), and 1.7 GiB free in `bench/out/` on a filesystem with `O_DIRECT`).
-Options: `--parts 1,2,3,4,5,6,7,8` (which parts to run; default all), `--runs N` (part 1, default 30), `--inner-runs N` (part 2, per VMM,
+Options: `--parts 1,2,3,4,5,6,7,8,9` (which parts to run; default 1-8: part 9 runs only when named), `--runs N` (part 1, default 30), `--inner-runs N` (part 2, per VMM,
 default 6), `--disk-runs N` (part 3, per VMM, default 12), `--blk-seconds S` and `--blk-reps N`
 (part 4: seconds per measurement, default 0.4, and repetitions, default 7), `--odirect-runs N`
 (part 5, guest boots per VMM, default 4), `--net-seconds S` and `--net-reps N` (part 6: seconds
 per measurement, default 0.5, and repetitions, default 7), `--net-runs N`, `--net-passes N` and
 `--net-guest-seconds S` (part 7: guest boots per VMM and row, default 3; passes per boot, default
 2; seconds per measurement, default 3), `--agent-round-trips N` and `--agent-copies N` (part 8:
-round trips of each kind, default 20; copies of 256 MiB each way per tool, default 2), `--skip-emulated` (the same as leaving 2 out of
+round trips of each kind, default 20; copies of 256 MiB each way per tool, default 2), `--fs-runs N`, `--fs-passes N`, `--fs-files N` and `--fs-configs LIST` (part 9: guest boots per configuration, default 2; passes per boot, default 1; small files, default 5000; configurations, default `virtkit-fs,qemu-fs,virtkit-blk`), `--skip-emulated` (the same as leaving 2 out of
 `--parts`), `--no-build`. The sections of the parts that ran are rewritten; those of the parts
 that did not run are kept from this file, each marked with the run it comes from, and so are
 their lines in the list of where virtkit is slower. Raw per-run data and the emulated hosts'
@@ -459,11 +512,15 @@ def check_prerequisites(args):
                 missing.append(f"{f} is missing (part 7): apt-get install qemu-system-data seabios")
         if not which("passt"):
             missing.append("passt is missing (part 7): apt-get install passt")
+    if 9 in args.parts:
+        for f in QEMU_Q35_FILES:
+            if not Path(f).is_file():
+                missing.append(f"{f} is missing (part 9): apt-get install qemu-system-data seabios")
     if 8 in args.parts:
         for tool in ("passt", "ssh", "scp", "ssh-keygen"):
             if not which(tool):
                 missing.append(f"{tool} is missing (part 8): apt-get install passt openssh-client")
-    if 2 in args.parts or 5 in args.parts or 7 in args.parts or 8 in args.parts:
+    if any(p in args.parts for p in (2, 5, 7, 8, 9)):
         need = ["vmlinuz", "guest-initramfs.cpio.gz", "manifest.json", "busybox", "host-modules/order"]
         gone = [n for n in need if not (ASSETS / n).exists()]
         if gone:
@@ -485,7 +542,7 @@ def sbin_tool(name):
 def build(args):
     steps = [["cargo", "build", "--release", "-p", "virtkit-cli", "-p", "virtkit-test-guests"]]
     needed = [VIRTKIT]
-    if 2 in args.parts or 5 in args.parts or 7 in args.parts or 8 in args.parts:
+    if any(p in args.parts for p in (2, 5, 7, 8, 9)):
         steps.append(["cargo", "build", "--release", "-p", "virtkit-testkit", "--example",
                       "emulated_host"])
         needed.append(EMULATED_HOST)
@@ -1624,6 +1681,228 @@ def agent_section(args, p8):
 
 
 # ---------------------------------------------------------------------------------------------
+# Part 9: a shared directory (virtio-fs) against QEMU's vhost-user-fs-pci, and virtio-blk
+
+def find_virtiofsd():
+    """virtiofsd's path, from scripts/build-virtiofsd.sh ($VIRTKIT_VIRTIOFSD, the Rust daemon
+    on PATH, or the one it builds once into .cache/virtiofsd/)."""
+    script = ROOT / "scripts" / "build-virtiofsd.sh"
+    code, out = run([script], 1800, "scripts/build-virtiofsd.sh")
+    lines = out.strip().splitlines()
+    if code != 0 or not lines or not Path(lines[-1]).is_file():
+        raise BenchError(f"part 9: scripts/build-virtiofsd.sh found no virtiofsd (exit {code}):\n"
+                         + "\n".join(lines[-10:]))
+    return Path(lines[-1])
+
+
+def part9(args):
+    build_helper(FSBENCH_SRC, FSBENCH)
+    virtiofsd = find_virtiofsd()
+    log(f"part 9: virtiofsd {rel(virtiofsd)} ({first_line([virtiofsd, '--version'])})")
+    keys = [k.strip() for k in args.fs_configs.split(",") if k.strip()]
+    by_key = {c["key"]: c for c in guest_fs.CONFIGS}
+    configs = [by_key[k] for k in keys]
+    base = (ASSETS / "guest-initramfs.cpio.gz").read_bytes()
+    initrd = OUT / "fs-initrd"
+    initrd.write_bytes(guest_disk.initrd_with_files(base, [
+        (guest_fs.GUEST_PROGRAM, 0o755, FSBENCH.read_bytes()),
+        (guest_fs.GUEST_SCRIPT, 0o755, guest_fs.guest_script().encode())]))
+    script_path = OUT / "fs-host-script.sh"
+    script_path.write_text(guest_fs.host_script(configs, args.fs_runs, FS_MIB, args.fs_files,
+                                                args.fs_passes, FS_TIMEOUT))
+    after_ready = len(configs) * args.fs_runs * FS_TIMEOUT // 2 + 300
+    cmd = [EMULATED_HOST,
+           "--binary", f"{VIRTKIT}:/usr/bin/virtkit",
+           "--binary", f"{QEMU}:/usr/bin/qemu-system-x86_64",
+           "--binary", f"{virtiofsd}:{guest_fs.VIRTIOFSD}",
+           "--file", f"{ASSETS / 'vmlinuz'}:/guest/vmlinuz",
+           "--file", f"{initrd}:/guest/initrd"]
+    for f in QEMU_Q35_FILES:
+        cmd += ["--file", f"{f}:{f}"]
+    cmd += ["--timeout", str(after_ready), script_path]
+    outer = 2 * 90 + after_ready + 60
+
+    boots = {}
+    info = {"attempts": None, "boot_to_ready_s": None, "host": None, "retry_notices": [],
+            "guest_info": {}, "virtiofsd": str(virtiofsd),
+            "virtiofsd_version": first_line([virtiofsd, "--version"])}
+    failures, host_fail = [], []
+    log_path = OUT / "fs-emulated-host.log"
+    logf = log_path.open("w")
+
+    def on_line(line):
+        logf.write(line + "\n")
+        logf.flush()
+        body = line[len("[host] "):] if line.startswith("[host] ") else line
+        r = guest_fs.parse_line(body)
+        if r:
+            b = boots.setdefault(r["cfg"], {}).setdefault(
+                r["boot"], {"boot": r["boot"], "exit": None, "fails": [],
+                            **{op: [] for op in guest_fs.OPS}})
+            if "exit" in r:
+                b["exit"] = r["exit"]
+                b["ok"] = (r["exit"] == "0" and not b["fails"]
+                           and all(len(b[op]) == args.fs_passes for op in guest_fs.OPS))
+                log(f"part 9: {r['cfg']} boot {r['boot']}: "
+                    + ", ".join(f"{op} " + "/".join(f"{x:.1f}" for x in b[op])
+                                for op in guest_fs.OPS)
+                    + f" (MB/s, files/s); exit {r['exit']}")
+                if not b["ok"]:
+                    failures.append(f"{r['cfg']} boot {r['boot']}: exit {r['exit']}"
+                                    + (f", {'; '.join(b['fails'])}" if b["fails"] else "")
+                                    + ", " + ", ".join(f"{len(b[op])} {op}" for op in guest_fs.OPS)
+                                    + f" of {args.fs_passes} passes")
+            elif "info" in r:
+                info["guest_info"].setdefault(r["cfg"], []).append(r["info"])
+                if r["info"].startswith("virtiofsd: "):
+                    log(f"part 9: {r['cfg']} boot {r['boot']}: {r['info']}")
+            elif "fail" in r:
+                b["fails"].append(r["fail"])
+                log(f"part 9: {r['cfg']} boot {r['boot']}: {r['fail']}")
+            else:
+                b[r["op"]].append(r["value"])
+            return
+        if body.startswith("BENCH9-LOG "):
+            log(f"part 9: {body[len('BENCH9-LOG '):]}")
+        elif body.startswith("BENCH9-FAIL "):
+            host_fail.append(body[len("BENCH9-FAIL "):])
+            log(f"part 9: emulated host: {body}")
+        elif body.startswith("BENCH9-HOST "):
+            info["host"] = body[len("BENCH9-HOST "):]
+            log(f"part 9: emulated host ready: {info['host']}")
+        elif "hung before /dev/kvm was ready" in line:
+            info["retry_notices"].append(line.strip())
+            log(line.strip())
+        m = re.search(r"boot to kvm-ready ([\d.]+) s, run ([\d.]+) s, attempts (\d+)", line)
+        if m:
+            info["boot_to_ready_s"] = float(m.group(1))
+            info["attempts"] = int(m.group(3))
+
+    log(f"part 9: booting the emulated KVM host; {', '.join(keys)}; {args.fs_runs} guest boots "
+        f"each, the order rotating, each {args.fs_passes} pass(es) of {FS_MIB} MiB written and "
+        f"read and {args.fs_files} files created, statted and deleted")
+    t0 = time.monotonic()
+    try:
+        code = stream(cmd, outer, "the emulated host run (part 9)", on_line)
+    finally:
+        logf.close()
+    info["wall_s"] = time.monotonic() - t0
+    if code != 0 or host_fail:
+        tail = "\n".join(log_path.read_text().splitlines()[-30:])
+        hang = "HangBeforeReady" in tail or "before /dev/kvm was ready" in tail
+        what = (f"the emulated host run of part 9 failed (exit {code}"
+                + (f": {'; '.join(host_fail)}" if host_fail else "") + ")")
+        if hang or not boots:
+            raise BenchError(
+                what + ("; it hung before /dev/kvm was ready twice (emulator hangs, not "
+                        "virtkit): rerun bench/run.sh" if hang else "")
+                + f"; log: {rel(log_path)}; last lines:\n{tail}")
+        failures.append(f"{what}; see {rel(log_path)}")
+        log(f"part 9: {what}; reporting the boots that completed; last lines:\n{tail}")
+    for c in configs:
+        n = len(boots.get(c["key"], {}))
+        if n < args.fs_runs:
+            failures.append(f"{c['key']}: {n} of {args.fs_runs} boots reported")
+    return {"boots": {k: [bs[i] for i in sorted(bs)] for k, bs in boots.items()},
+            "configs": [dict(c) for c in configs], "info": info, "failures": failures,
+            "files": args.fs_files, "passes": args.fs_passes,
+            "commands": {c["key"]: " ".join(shlex.quote(x) for x in guest_fs.inner_commands(
+                c, FS_MIB, args.fs_files, args.fs_passes)) + " </dev/null" for c in configs},
+            "virtiofsd_command": " ".join(shlex.quote(x) for x in guest_fs.virtiofsd_command()),
+            "harness": " ".join(shlex.quote(rel(c)) for c in cmd)}
+
+
+FS_OP_LABELS = {"write": "sequential write", "read": "sequential read", "create": "create",
+                "stat": "stat", "delete": "delete"}
+
+
+def fs_tables(p9):
+    """Per configuration: medians (min–max) over all passes of its good boots; then virtkit's
+    virtio-fs over QEMU's (higher is better), with the boots resampled."""
+    samples = lambda boots, op: [x for b in boots for x in b[op]]
+    f = lambda x: f"{x:.1f}" if x < 100 else f"{x:.0f}"
+    spread = lambda xs: (f"**{f(med(xs))}** ({f(min(xs))}–{f(max(xs))})" if xs else "n/a")
+    rows, ok = [], {}
+    for c in p9["configs"]:
+        bs = p9["boots"].get(c["key"], [])
+        good = [b for b in bs if b.get("ok")]
+        ok[c["key"]] = good
+        rows.append([c["label"], f"{len(good)}/{len(bs)}"]
+                    + [spread(samples(good, op)) for op in guest_fs.OPS])
+    t1 = md_table(["configuration", "boots ok", "sequential write, MB/s", "sequential read, MB/s",
+                   "create, files/s", "stat, files/s", "delete, files/s"], rows)
+    ratios, slower = [], []
+    pairs = [("virtkit-fs", "qemu-fs", "virtkit virtio-fs / QEMU vhost-user-fs-pci"),
+             ("virtkit-fs", "virtkit-blk", "virtkit virtio-fs / virtkit virtio-blk + ext4"),
+             ("virtkit-blk", "qemu-blk", "virtkit virtio-blk / QEMU virtio-blk-pci")]
+    for a_key, b_key, label in pairs:
+        vk, qm = ok.get(a_key), ok.get(b_key)
+        if not (vk and qm):
+            continue
+        cells = []
+        for op in guest_fs.OPS:
+            a, b = med(samples(vk, op)), med(samples(qm, op))
+            if not (a == a and b == b and b > 0):
+                cells.append("n/a")
+                continue
+            lo, hi = resampled_ratio_range(vk, qm, lambda boots: med(samples(boots, op)))
+            cells.append(f"**{fmt_ratio(a / b)}** ({fmt_ratio(lo)}–{fmt_ratio(hi)})")
+            if a < b and b_key.startswith("qemu"):
+                unit = " MB/s" if op in ("write", "read") else " files/s"
+                slower.append(f"shared directory {FS_OP_LABELS[op]} (emulated host): "
+                              f"{label.split(' / ')[0]} {f(a)}{unit} vs "
+                              f"{label.split(' / ')[1]} {f(b)}{unit} (×{a / b:.2f})")
+        ratios.append([label] + cells)
+    t2 = md_table(["ratio (higher is better for the first): median (95 % range, boots "
+                   "resampled)"] + [FS_OP_LABELS[op] for op in guest_fs.OPS], ratios)
+    return t1, t2, slower
+
+
+def fs_section(args, p9):
+    info = p9["info"]
+    out = [f"### Part 9: a shared directory inside the emulated KVM host: virtio-fs against "
+           f"QEMU's vhost-user-fs-pci, and virtio-blk, {FS_MIB} MiB file and {p9['files']} small "
+           f"files, {args.fs_runs} boots each × {p9['passes']} pass(es), the order rotating\n"]
+    t1, t2, slower = fs_tables(p9)
+    out += [t1, "", t2, ""]
+    attempts = info.get("attempts")
+    notice = ("booted on the first attempt" if attempts == 1 else
+              f"**hung before /dev/kvm was ready and was started again: {attempts} attempts** "
+              "(an emulator hang, retried once by the harness)" if attempts else "attempts unknown")
+    out.append("MB/s = 10^6 bytes/s; files/s over the whole phase; timed by the guest "
+               "(`CLOCK_MONOTONIC`, bench/fsbench.c); medians (min–max) over all passes of the "
+               "boots that completed. Write includes the final `fsync`, create and delete their "
+               "final `syncfs`; the guest drops its caches before read, create, stat and delete. "
+               f"virtiofsd: `{rel(info.get('virtiofsd', '?'))}` ({info.get('virtiofsd_version')}), "
+               "the same binary for both VMMs. "
+               f"Emulated host: {info.get('host') or 'unknown'}; QEMU TCG `-M microvm -cpu max "
+               f"-smp 2 -m 2048`; the shared directory and the virtio-blk image on one tmpfs "
+               f"(`{guest_fs.HOST_DIR}`); boot to kvm-ready {info.get('boot_to_ready_s')} s, "
+               f"{notice}; the whole emulated-host run {info.get('wall_s', 0):.0f} s.\n")
+    seen = {}
+    for k, lines in info.get("guest_info", {}).items():
+        for x in lines:
+            if x.startswith(("virtiofsd: ", "mount: ")):
+                seen.setdefault(k, set()).add(x.strip())
+    for k in sorted(seen):
+        for x in sorted(seen[k]):
+            out.append(f"- {k}: `{x}`")
+    out.append("")
+    out.append(f"Commands inside the emulated host (each killed if still running after "
+               f"{FS_TIMEOUT} s; before each QEMU virtio-fs boot the script starts "
+               f"`{p9['virtiofsd_command']}` and waits for its socket), booted by:\n")
+    out.append("```")
+    out.append(p9["harness"])
+    out += [f"{k}: {c}" for k, c in p9["commands"].items()]
+    out.append("```")
+    if p9["failures"]:
+        out.append(f"\n**Failed boots in part 9: {len(p9['failures'])}:** "
+                   + "; ".join(p9["failures"]))
+    out.append("")
+    return "\n".join(out), slower
+
+
+# ---------------------------------------------------------------------------------------------
 # Report
 
 def busy_processes():
@@ -1956,7 +2235,7 @@ def blk_tables(p4):
     return t1, t2, t3, below
 
 
-def report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8=None):
+def report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8=None, p9=None):
     out = []
     out.append("## Results\n")
     out.append(f"- **Command:** `{args.command_line}` (from the repository root)")
@@ -1972,7 +2251,7 @@ def report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8=None):
     out.append(f"- **virtkit:** {env['virtkit']}, release build ({env['rustc']})")
     out.append(f"- **QEMU:** {env['qemu']}")
     out.append(f"- **Timing helper:** bench/spawntime.c, {env['gcc']}, static; Python {env['python']}")
-    out.append(f"- **Guest assets (parts 2, 5 and 7):** {env['assets']}")
+    out.append(f"- **Guest assets (parts 2, 5, 7 and 9):** {env['assets']}")
     out.append("")
     slower = []
     if p1 is None:
@@ -2189,6 +2468,13 @@ def report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8=None):
         t8, s8 = agent_section(args, p8)
         out.append(t8)
         slower += s8
+    if p9 is None:
+        out.append("### Part 9: a shared directory inside the emulated KVM host\n\n"
+                   "Not run (`--parts`).\n")
+    else:
+        t9, s9 = fs_section(args, p9)
+        out.append(t9)
+        slower += s9
     out.append("### Where virtkit is slower or bigger, or short of its target\n")
     if slower:
         out += [f"- {x}" for x in slower]
@@ -2221,6 +2507,8 @@ def split_results(text):
 
 def bullet_part(bullet):
     """Which part a bullet of the slower list comes from, by the words each part's tables use."""
+    if bullet.startswith("shared directory"):
+        return 9
     if bullet.startswith("agent:"):
         return 8
     if bullet.startswith("guest network"):
@@ -2288,13 +2576,15 @@ def main():
     ap = argparse.ArgumentParser(
         description="virtkit vs QEMU benchmark and the disk backend's throughput "
                     "(writes bench/RESULTS.md)")
-    ap.add_argument("--parts", default="1,2,3,4,5,6,7,8",
+    ap.add_argument("--parts", default=DEFAULT_PARTS,
                     help="which parts to run, comma-separated: 1 boot on KVM, 2 boot in the "
                          "emulated KVM host, 3 disk read through SeaBIOS, 4 disk backend "
                          "throughput, 5 the guest's O_DIRECT disk I/O in the emulated KVM host, "
                          "6 the network device's throughput, 7 the guest's network in the "
-                         "emulated KVM host, 8 the guest agent (exec, cp) against ssh in the emulated KVM host "
-                         "(default: 1,2,3,4,5,6,7,8); the results of parts not "
+                         "emulated KVM host, 8 the guest agent (exec, cp) against ssh in the emulated KVM host, "
+                         "9 a shared directory (virtio-fs against QEMU's vhost-user-fs-pci, and "
+                         f"virtio-blk) in the emulated KVM host (default: {DEFAULT_PARTS}: part 9 "
+                         "is run only when named); the results of parts not "
                          "run are kept from "
                          "bench/RESULTS.md")
     ap.add_argument("--runs", type=int, default=30, help="part 1 runs per VMM (at least 20; default 30)")
@@ -2324,6 +2614,16 @@ def main():
                     help="part 8 round trips of each kind (exec, ssh, virtkit ssh; default 20)")
     ap.add_argument("--agent-copies", type=int, default=2,
                     help="part 8 copies of 256 MiB each way per tool (default 2)")
+    ap.add_argument("--fs-runs", type=int, default=2,
+                    help="part 9 guest boots per configuration (at least 1; default 2)")
+    ap.add_argument("--fs-passes", type=int, default=1,
+                    help="part 9 passes of the whole workload per guest boot (default 1)")
+    ap.add_argument("--fs-files", type=int, default=FS_FILES,
+                    help=f"part 9 small files created, statted and deleted (default {FS_FILES})")
+    ap.add_argument("--fs-configs", default=guest_fs.DEFAULT_CONFIGS,
+                    help="part 9 configurations, comma-separated, of "
+                         + ", ".join(c["key"] for c in guest_fs.CONFIGS)
+                         + f" (default {guest_fs.DEFAULT_CONFIGS})")
     ap.add_argument("--skip-emulated", action="store_true", help="skip part 2")
     ap.add_argument("--no-build", action="store_true", help="use the existing release build")
     args = ap.parse_args()
@@ -2349,6 +2649,12 @@ def main():
         ap.error("--net-seconds must be positive and --net-reps at least 1")
     if args.net_runs < 1 or args.net_passes < 1 or args.net_guest_seconds <= 0:
         ap.error("--net-runs and --net-passes must be at least 1, --net-guest-seconds positive")
+    if args.fs_runs < 1 or args.fs_passes < 1 or args.fs_files < 1:
+        ap.error("--fs-runs, --fs-passes and --fs-files must be at least 1")
+    fs_keys = [k.strip() for k in args.fs_configs.split(",") if k.strip()]
+    if not fs_keys or any(k not in {c["key"] for c in guest_fs.CONFIGS} for k in fs_keys):
+        ap.error("--fs-configs: the configurations are "
+                 + ", ".join(c["key"] for c in guest_fs.CONFIGS))
     if args.blk_seconds <= 0 or args.blk_reps < 1:
         ap.error("--blk-seconds must be positive and --blk-reps at least 1")
     args.command_line = " ".join(["bench/run.sh"] + [shlex.quote(a) for a in sys.argv[1:]])
@@ -2379,7 +2685,7 @@ def main():
         def load_now(part):
             args.part_load[part] = os.getloadavg()[0]
 
-        p1 = p2 = p3 = p4 = p5 = p6 = p7 = p8 = None
+        p1 = p2 = p3 = p4 = p5 = p6 = p7 = p8 = p9 = None
         if 1 in args.parts:
             load_now(1)
             p1 = part1(args, smoke)
@@ -2404,18 +2710,21 @@ def main():
         if 8 in args.parts:
             load_now(8)
             p8 = part8(args)
+        if 9 in args.parts:
+            load_now(9)
+            p9 = part9(args)
     except BenchError as e:
         print(f"\nbench: FAILED: {e}", file=sys.stderr)
         return 1
     elapsed = time.monotonic() - t0
-    text = report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8)
+    text = report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8, p9)
     raw = {"started_utc": started, "env": env, "part1": p1, "part2": p2, "part3": p3,
-           "part4": p4, "part5": p5, "part6": p6, "part7": p7, "part8": p8, "elapsed_s": elapsed}
+           "part4": p4, "part5": p5, "part6": p6, "part7": p7, "part8": p8, "part9": p9, "elapsed_s": elapsed}
     (OUT / "results.json").write_text(json.dumps(raw, indent=1, default=str))
     text = write_results(text, args.parts)
     print("\n" + text)
     log(f"wrote {rel(RESULTS)} and {rel(OUT / 'results.json')} in {elapsed / 60:.1f} min")
-    failed = [f for p in (p1, p2, p3, p5, p7, p8) if p for f in p["failures"]]
+    failed = [f for p in (p1, p2, p3, p5, p7, p8, p9) if p for f in p["failures"]]
     if failed:
         print(f"bench: {len(failed)} run(s) failed; see above", file=sys.stderr)
         return 1
