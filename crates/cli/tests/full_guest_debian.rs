@@ -46,7 +46,19 @@ clog() { cat $VIRTKIT_HOME/vms/$1/console.log 2>/dev/null | tr -d '\r'; }
 # the login prompt; then exec and ssh into it
 boot() {
     s=$(date +%s)
-    $VIRTKIT run $1 --detach --wait 1500 >$W/run-$1.log 2>&1; echo "CASE $2: run=$?"
+    $VIRTKIT run $1 --detach --wait 1500 >$W/run-$1.log 2>&1; r=$?
+    # A triple fault of the inner guest's first instructions, seen in 2 of ~10 runs and only in
+    # this emulated host (QEMU TCG's nested SVM, which also panics or triple-faults the emulated
+    # host itself now and then): said, with its traces, and the boot tried once more. A second
+    # one, or any other failure, fails the test.
+    if [ $r != 0 ] && $VIRTKIT logs $1 --vmm 2>&1 | grep -q "triple-faulted"; then
+        echo "CASE $2: retried-after=$($VIRTKIT logs $1 --vmm 2>&1 | grep -o 'vCPU [0-9]* triple-faulted' | tail -n1 | tr ' ' '_')"
+        clog $1 | tail -n 5 | sed "s/^/CASE $2: first-attempt-console: /"
+        dmesg | tail -n 5 | sed "s/^/CASE $2: first-attempt-dmesg: /"
+        s=$(date +%s)
+        $VIRTKIT run $1 --detach --wait 1500 >$W/run-$1.log 2>&1; r=$?
+    fi
+    echo "CASE $2: run=$r"
     sed "s/^/CASE $2: run: /" $W/run-$1.log
     if ! $VIRTKIT list | grep -q "^$1  *running"; then
         $VIRTKIT logs $1 --vmm 2>&1 | tail -n 30 | sed "s/^/CASE $2: vmm: /"
@@ -204,6 +216,12 @@ fn a_debian_cloud_system_takes_the_seed_and_a_clone_is_a_new_instance() {
         case_value(&out, "clone", "boot-seconds").unwrap_or("?"),
         case_value(&out, "clone", "agent-seconds").unwrap_or("?")
     );
+    for case in ["first", "clone"] {
+        if let Some(why) = case_value(&out, case, "retried-after") {
+            // Always visible: a retry is a finding, not a pass to forget.
+            eprintln!("debian: NOTICE: the {case} boot was tried again after: {why}");
+        }
+    }
     assert_value(&out, "first", "run", "0");
     assert!(
         first.contains("Cloud-init v."),

@@ -37,6 +37,17 @@ pub const CRASH_RETRY_NOTICE: &str = "the emulated host's own kernel panicked du
                                       (a bug of the emulator's nested virtualization or of that \
                                       kernel: no user-space program crashes a correct kernel); \
                                       starting it once more";
+/// The message printed (and put in [`HostRun::output`]) when the emulated host triple-faulted
+/// during the script and the run is started once more.
+pub const TRIPLE_FAULT_RETRY_NOTICE: &str = "the emulated host's own CPU triple-faulted during \
+                                             the script (QEMU logged it; a bug of the emulator's \
+                                             nested virtualization or of that kernel: no \
+                                             user-space program triple-faults a kernel); starting \
+                                             it once more";
+/// What QEMU's `-d cpu_reset` log says when a CPU of the emulated host triple-faults outside
+/// guest mode (in guest mode it is a `#VMEXIT(SHUTDOWN)` to the host's KVM instead, which QEMU
+/// does not log). With `-no-reboot` QEMU then exits without a word on the console.
+const QEMU_TRIPLE_FAULT: &str = "Triple fault";
 /// What the emulated host's kernel prints when it panics. With `panic=-1` and `-no-reboot` QEMU
 /// then exits by itself, which nothing else does before the script's end: an inner guest's panic
 /// reaches the console too, but never stops QEMU.
@@ -120,6 +131,18 @@ pub enum HarnessError {
         tail(output, 40)
     )]
     HangBeforeReady {
+        /// The serial output of all attempts.
+        output: String,
+        /// How many boots were tried.
+        attempts: u32,
+    },
+    /// The emulated host's own CPU triple-faulted during the script, in every attempt.
+    #[error(
+        "the emulated host's own CPU triple-faulted during the script in {attempts} attempt(s) \
+         (emulator or host-kernel bug)\n--- serial output of the last attempt (last lines) ---\n{}",
+        tail(output, 60)
+    )]
+    HostTripleFaulted {
         /// The serial output of all attempts.
         output: String,
         /// How many boots were tried.
@@ -595,11 +618,16 @@ impl EmulatedHost {
                                 output,
                                 attempts: attempt,
                             },
+                            RetryKind::HostTripleFault => HarnessError::HostTripleFaulted {
+                                output,
+                                attempts: attempt,
+                            },
                         });
                     }
                     let notice = match kind {
                         RetryKind::HangBeforeReady => RETRY_NOTICE,
                         RetryKind::HostKernelPanic => CRASH_RETRY_NOTICE,
+                        RetryKind::HostTripleFault => TRIPLE_FAULT_RETRY_NOTICE,
                     };
                     let msg = format!("[testkit] attempt {attempt}: {why}; {notice}");
                     // Always visible, whatever the capture settings.
@@ -618,7 +646,17 @@ impl EmulatedHost {
     }
 
     fn boot_once(&self, initrd: &Path) -> Result<Attempt, HarnessError> {
-        let args = self.qemu_command_args(initrd);
+        let mut args = self.qemu_command_args(initrd);
+        // QEMU's own log of CPU resets and triple faults: the only trace a triple fault of the
+        // emulated host leaves, since with -no-reboot QEMU then exits silently.
+        let qemu_log = initrd.with_file_name("qemu-debug.log");
+        let _ = fs::remove_file(&qemu_log);
+        args.extend([
+            "-d".into(),
+            "cpu_reset".into(),
+            "-D".into(),
+            qemu_log.display().to_string(),
+        ]);
         let program = find_program(&self.qemu).ok_or_else(|| HarnessError::Spawn {
             program: self.qemu.clone(),
             source: io::Error::new(io::ErrorKind::NotFound, "not found or not executable"),
@@ -773,6 +811,15 @@ impl EmulatedHost {
                 })
             }
             End::Eof => match ready {
+                Some(_) if script_exit.is_none() && qemu_logged_a_triple_fault(&qemu_log) => {
+                    Ok(Attempt::Retry {
+                        output,
+                        why: "QEMU logged a triple fault of the emulated host before the script \
+                              ended"
+                            .into(),
+                        kind: RetryKind::HostTripleFault,
+                    })
+                }
                 Some(_) if script_exit.is_none() && output.contains(HOST_KERNEL_PANIC) => {
                     Ok(Attempt::Retry {
                         output,
@@ -780,11 +827,23 @@ impl EmulatedHost {
                         kind: RetryKind::HostKernelPanic,
                     })
                 }
-                Some(r) => Ok(Attempt::Done {
-                    output,
-                    script_exit,
-                    boot_to_ready: r - start,
-                }),
+                Some(r) => {
+                    if script_exit.is_none() {
+                        let _ = writeln!(
+                            output,
+                            "[testkit] QEMU exited by itself ({}) before the script ended, with \
+                             no panic and no triple fault in its log",
+                            status
+                                .map(|s| s.to_string())
+                                .unwrap_or_else(|| "status unknown".into())
+                        );
+                    }
+                    Ok(Attempt::Done {
+                        output,
+                        script_exit,
+                        boot_to_ready: r - start,
+                    })
+                }
                 None if missing.is_some() => Err(HarnessError::KvmMissing { output }),
                 None => Err(HarnessError::QemuExited {
                     status: status
@@ -819,6 +878,17 @@ enum RetryKind {
     /// QEMU exited by itself after `kvm-ready` with the host kernel's panic line and no
     /// script exit.
     HostKernelPanic,
+    /// QEMU exited by itself after `kvm-ready`, no script exit, and its log has a triple fault.
+    HostTripleFault,
+}
+
+/// Whether QEMU's `-d cpu_reset` log at `path` records a triple fault.
+fn qemu_logged_a_triple_fault(path: &Path) -> bool {
+    fs::read(path).is_ok_and(|log| {
+        String::from_utf8_lossy(&log)
+            .lines()
+            .any(|l| l.trim() == QEMU_TRIPLE_FAULT)
+    })
 }
 
 /// Environment variable: how many emulated hosts one test process runs at once (default 1; each
@@ -1306,6 +1376,41 @@ VIRTKIT-HOST: script-exit=3
             }
             other => panic!("expected HostKernelPanicked, got {other:?}"),
         }
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_triple_fault_that_qemu_logged_during_the_script_is_retried_once() {
+        // The fake QEMU writes the line to the file after -D, as `-d cpu_reset` does.
+        let log_it = "while [ $# -gt 1 ]; do [ \"$1\" = -D ] && L=$2; shift; done";
+        let (dir, host) = fake_qemu(
+            "triple",
+            &format!(
+                "{log_it}\necho 'VIRTKIT-HOST: kvm-ready'\necho running $N\n\
+                 [ $N = 1 ] && {{ echo 'Triple fault' >\"$L\"; exit 0; }}\n\
+                 echo 'VIRTKIT-HOST: script-exit=0'"
+            ),
+        );
+        let run = host.run().unwrap();
+        assert_eq!((run.attempts, run.script_exit), (2, Some(0)));
+        assert!(run.contains(TRIPLE_FAULT_RETRY_NOTICE), "{}", run.output);
+        fs::remove_dir_all(dir).unwrap();
+
+        let (dir, host) = fake_qemu(
+            "triple-twice",
+            &format!("{log_it}\necho 'VIRTKIT-HOST: kvm-ready'\necho 'Triple fault' >\"$L\""),
+        );
+        match host.run() {
+            Err(HarnessError::HostTripleFaulted { attempts, .. }) => assert_eq!(attempts, 2),
+            other => panic!("expected HostTripleFaulted, got {other:?}"),
+        }
+        fs::remove_dir_all(dir).unwrap();
+
+        // An exit without the log line is no triple fault: not retried, and said.
+        let (dir, host) = fake_qemu("silent", "echo 'VIRTKIT-HOST: kvm-ready'");
+        let run = host.run().unwrap();
+        assert_eq!((run.attempts, run.script_exit), (1, None));
+        assert!(run.contains("QEMU exited by itself"), "{}", run.output);
         fs::remove_dir_all(dir).unwrap();
     }
 
