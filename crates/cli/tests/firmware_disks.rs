@@ -196,6 +196,61 @@ fn seabios_enumerates_three_disks() {
     assert!(console.contains("drives=3"), "{console}");
 }
 
+/// SeaBIOS's whole run, to the MBR program's power-off, in few exits to the VMM: the i8042 answers
+/// its controller and keyboard self-tests (unanswered, SeaBIOS polls port 0x64 until each test
+/// times out: thousands of exits), and no device is probed in a loop.
+#[test]
+fn seabios_boots_in_few_exits_with_the_i8042_answering_its_self_tests() {
+    if !seabios_available() {
+        return;
+    }
+    let disks = Disks::new("exits");
+    let disk = disks.disk("a.img", 1 << 20, Some(Guest::MbrId), &[]);
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(VIRTKIT)
+        .args([
+            "run",
+            "--firmware",
+            SEABIOS,
+            "--memory",
+            "128M",
+            "--stats",
+            "json",
+            "--disk",
+        ])
+        .arg(&disk)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("mbr-id done"),
+        "{}",
+        text(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let json = err
+        .lines()
+        .find(|l| l.starts_with("{\"total\""))
+        .unwrap_or_else(|| panic!("no --stats line:\n{err}"));
+    let stats: virtkit::ExitStatistics = serde_json::from_str(json).unwrap();
+    let i8042: u64 = stats
+        .devices
+        .iter()
+        .filter(|d| d.device == "i8042")
+        .map(|d| d.reads + d.writes)
+        .sum();
+    // 14 when measured (commands, answers, status reads).
+    assert!(
+        (1..100).contains(&i8042),
+        "{i8042} i8042 exits:\n{}",
+        stats.to_table(20)
+    );
+    // 1,722 when measured; PCI enumeration (~640) and the RTC (~430) are the most.
+    assert!(stats.total.total < 5_000, "{}", stats.to_table(20));
+}
+
 #[test]
 fn boot_order_picks_the_disk_asked_for() {
     if !seabios_available() {
