@@ -14,6 +14,7 @@ pub mod ioevent;
 pub mod layout;
 mod machine;
 pub mod memory;
+mod memory_slots;
 pub mod pam;
 pub mod pci;
 pub mod ratelimit;

@@ -33,6 +33,7 @@ use crate::layout::{
 use crate::memory::{
     create_guest_memory, create_shared_guest_memory, low_ram_end, ram_ranges, ranges_around,
 };
+use crate::memory_slots::{SlotRegistration, SlotRequest};
 use crate::pam::{ShadowRam, ShadowRamError};
 use crate::pci::{
     BarAllocator, BarAllocatorError, HostBridge, IsaBridge, PciConfigIo, PciConfigMmio, PciRoot,
@@ -125,6 +126,8 @@ pub enum MachineError {
     Firmware(PathBuf),
     #[error("cannot set up the BIOS area's shadow RAM (PAM)")]
     ShadowRam(#[from] ShadowRamError),
+    #[error("the thread registering guest memory with KVM panicked (a bug in virtkit)")]
+    MemorySlotThreadPanicked,
 }
 
 /// A built machine: memory loaded, devices in place, vCPUs created but not yet running.
@@ -241,8 +244,12 @@ impl Machine {
             BootSource::Firmware { path } => Some(FirmwareImage::read(path)?),
             BootSource::Linux { .. } => None,
         };
-        let (memory, pam) = map_guest_memory(&vm, memory_size, firmware.as_ref(), shared_memory)?;
         let vm = Arc::new(vm);
+        let (memory, pam, slot_requests) = create_memory(&vm, memory_size, firmware.as_ref(), shared_memory)?;
+        // SAFETY: every request points into `memory`, declared before `slots` and so dropped
+        // after it (its drop joins the thread); on success the Machine owns `memory` and drops it
+        // only after every vCPU has stopped.
+        let slots = unsafe { SlotRegistration::start(vm.clone(), slot_requests) }?;
 
         let control = Control::new();
         let requests = request_sink(&control);
@@ -259,6 +266,7 @@ impl Machine {
         let entry = load_guest(&boot, &memory, memory_size, firmware.as_ref(), pam)?;
         let created = create_vcpus(kvm, &vm, vcpus, &memory, entry)?;
         let exits = ExitCounters::new(created.len(), pio.clone(), mmio.clone(), pci.clone());
+        slots.finish()?;
 
         Ok(Machine {
             threads: Vec::new(),
@@ -400,14 +408,15 @@ impl Drop for Machine {
     }
 }
 
-/// Step 3: guest memory, registered as KVM slots (the firmware's read-only). With firmware and
-/// read-only slots the PAM window is left to `ShadowRam` (the returned flag says so).
-fn map_guest_memory(
+/// Step 3: guest memory, and the KVM slots to register for it (the firmware's read-only;
+/// registered by `memory_slots`). With firmware and read-only slots the PAM window is left to
+/// `ShadowRam` (the returned flag says so).
+fn create_memory(
     vm: &Vm,
     memory_size: u64,
     firmware: Option<&FirmwareImage>,
     shared: bool,
-) -> Result<(GuestMemoryMmap, bool), MachineError> {
+) -> Result<(GuestMemoryMmap, bool, Vec<SlotRequest>), MachineError> {
     let extra: Vec<_> = firmware.iter().map(|f| f.range()).collect();
     let memory = if shared {
         create_shared_guest_memory(&ram_ranges(memory_size), &extra).map_err(|source| {
@@ -433,6 +442,7 @@ fn map_guest_memory(
         );
     }
     let pam = firmware.is_some() && read_only_slots;
+    let mut requests = Vec::new();
     for region in memory.iter() {
         let start = region.start_addr().0;
         let host = region.as_ptr() as u64;
@@ -443,13 +453,16 @@ fn map_guest_memory(
             vec![(start, region.len())]
         };
         for (piece, len) in pieces {
-            // SAFETY: the region belongs to `memory`, which the Machine owns and drops only
-            // after every vCPU thread has stopped (see `Drop`), so the mapping outlives
-            // guest use; `piece..piece + len` lies inside the region.
-            unsafe { vm.map_memory(piece, len, host + (piece - start), rom) }?;
+            // `piece..piece + len` lies inside the region.
+            requests.push(SlotRequest {
+                guest_address: piece,
+                size: len,
+                host_address: host + (piece - start),
+                read_only: rom,
+            });
         }
     }
-    Ok((memory, pam))
+    Ok((memory, pam, requests))
 }
 
 /// COM1 and the ACPI PM device: the two legacy devices the machine keeps handles on.

@@ -292,6 +292,9 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             }
             kick_vcpus(&mut r);
         }
+        ThreadRole::MemorySlots => {
+            r.allow_if(SYS_ioctl, &[(1, kvm::KVM_SET_USER_MEMORY_REGION)]);
+        }
         ThreadRole::CliSignals => {
             r.allow_all(&[SYS_read, SYS_recvfrom, SYS_poll, SYS_ppoll]);
         }
@@ -443,7 +446,7 @@ mod tests {
         assert_eq!(kvm::KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
     }
 
-    const ALL_ROLES: [ThreadRole; 20] = [
+    const ALL_ROLES: [ThreadRole; 21] = [
         ThreadRole::Vcpu,
         ThreadRole::DeviceWorker(DeviceKind::Block),
         ThreadRole::DeviceWorker(DeviceKind::Rng),
@@ -456,6 +459,7 @@ mod tests {
         ThreadRole::SerialInput,
         ThreadRole::SerialOutput,
         ThreadRole::Vmm,
+        ThreadRole::MemorySlots,
         ThreadRole::CliSignals,
         ThreadRole::CliStdin,
         ThreadRole::ConsoleOutput,
