@@ -125,8 +125,7 @@ impl SaveParts {
         configuration: &serde_json::Value,
     ) -> Result<(), SnapshotError> {
         let (file, header, metadata) = open_state_file(path)?;
-        let mut differences = Vec::new();
-        describe_differences("", &metadata.configuration, configuration, &mut differences);
+        let mut differences = configuration_differences(&metadata.configuration, configuration);
         if metadata.machine.vcpus.len() != vcpus.len() {
             differences.push(format!(
                 "vCPUs: {} in the file, {} here",
@@ -153,6 +152,27 @@ impl SaveParts {
         tracing::info!(path = %path.display(), "machine state restored");
         Ok(())
     }
+}
+
+/// Checks that `path` is a state file this virtkit reads, undamaged, saved with
+/// `configuration`: what can be known before a machine is built, so an owner can refuse before
+/// it spends anything (its console attachments) on a restore that cannot work.
+pub fn check_state_file(path: &Path, configuration: &serde_json::Value) -> Result<(), SnapshotError> {
+    let (_, _, metadata) = open_state_file(path)?;
+    let differences = configuration_differences(&metadata.configuration, configuration);
+    if differences.is_empty() {
+        Ok(())
+    } else {
+        Err(SnapshotError::ConfigurationMismatch {
+            differences: differences.join("; "),
+        })
+    }
+}
+
+fn configuration_differences(saved: &serde_json::Value, current: &serde_json::Value) -> Vec<String> {
+    let mut differences = Vec::new();
+    describe_differences("", saved, current, &mut differences);
+    differences
 }
 
 /// Opens `path` and checks its header, metadata and length.
