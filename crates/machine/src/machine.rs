@@ -283,6 +283,7 @@ impl Machine {
                 i8042: legacy.i8042,
                 cmos: legacy.cmos,
                 pci: pci.clone(),
+                fw_cfg: fw_cfg.clone(),
             },
             control: control.clone(),
             vcpus: created.len(),

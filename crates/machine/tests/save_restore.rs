@@ -103,6 +103,7 @@ fn save_and_restore(vcpus: u8) {
     // Guest memory the counter never touches: a marker that must come back.
     first.memory().write_obj(MARKER, GuestAddress(MARKER_AT)).unwrap();
     let summary = handle.save_state(&path, &configuration(vcpus)).unwrap();
+    eprintln!("{vcpus} vCPUs: {summary:?}");
     assert!(summary.memory_pages_written > 0);
     assert!(
         summary.memory_pages_written < (64 << 20) / 4096 / 4,

@@ -234,3 +234,44 @@ fn a_vm_with_a_device_that_cannot_be_saved_yet_is_refused_before_trying() {
     run.vm.stop().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SeaBIOS, saved just after its banner (while it sets up PCI, reads fw_cfg and moves itself
+/// into shadow RAM through PAM), goes on after a restore to its end without a second banner:
+/// the PAM slots, fw_cfg's selection and the PCI bridges came back as saved.
+#[test]
+fn seabios_saved_after_its_banner_finishes_its_boot_after_a_restore() {
+    if !virtkit_testkit::require_kvm_and_seabios() {
+        return;
+    }
+    let dir = state_dir("seabios");
+    let path = dir.join("state.vksave");
+    let config =
+        || VirtualMachineConfiguration::firmware(1, 64 << 20, PathBuf::from(virtkit_testkit::SEABIOS));
+    let run = start(config());
+    run.console.wait_for("SeaBIOS (version", WAIT);
+    run.vm.pause().unwrap();
+    run.vm.save_machine_state(&path).unwrap();
+    let before = run.console.text();
+    run.vm.stop().unwrap();
+    run.vm.wait_timeout(WAIT).unwrap();
+
+    let mut restored = build(config());
+    restored.vm.restore_machine_state(&path).unwrap();
+    restored.vm.resume().unwrap();
+    assert_eq!(
+        restored.vm.wait_timeout(Duration::from_secs(60)),
+        Some(StopReason::GuestReset),
+        "SeaBIOS resets once it finds nothing to boot; before the save:\n{before}\nafter:\n{}",
+        restored.console.text()
+    );
+    let after = restored.console.text();
+    eprintln!("SeaBIOS before the save:\n{before}\nafter the restore:\n{after}");
+    assert!(!after.contains("SeaBIOS (version"), "it started over:\n{after}");
+    if !before.contains("No bootable device") {
+        assert!(
+            after.contains("No bootable device"),
+            "before the save:\n{before}\nafter:\n{after}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -83,8 +83,10 @@ impl SerialDevice {
             scratch: state.scratch,
             in_buffer: state.in_buffer.clone(),
         };
-        // Checked before the writer moves, so a refused state leaves the device as it was.
-        if saved.in_buffer.len() > self.uart.fifo_capacity() + self.uart.state().in_buffer.len() {
+        // Checked before the writer moves, so a refused state leaves the device as it was: the
+        // FIFO's size is what is free in it plus what it holds.
+        let fifo_size = self.uart.fifo_capacity() + self.uart.state().in_buffer.len();
+        if saved.in_buffer.len() > fifo_size {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "the saved serial receive FIFO is longer than the UART's",

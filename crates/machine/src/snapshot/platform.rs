@@ -1,10 +1,12 @@
-//! The platform devices' state: COM1, ACPI PM, i8042, the CMOS, and the configuration space of
-//! the PCI host bridge (with its PAM registers) and the ISA bridge.
+//! The platform devices' state: COM1, ACPI PM, i8042, the CMOS, the configuration space of the
+//! PCI host bridge (with its PAM registers) and the ISA bridge, and fw_cfg's selection on a
+//! firmware boot.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
+use crate::devices::fw_cfg::{FwCfg, FwCfgState};
 use crate::devices::{AcpiPm, Cmos, CmosState, I8042State, PmState, SerialDevice, SerialState, I8042};
 use crate::pci::{PciRoot, ISA_BRIDGE_SLOT, PAM_COUNT, PAM_START};
 
@@ -28,6 +30,8 @@ pub struct PlatformState {
     pub i8042: I8042State,
     pub cmos: CmosState,
     pub pci: Vec<PciFunctionState>,
+    /// On a firmware boot only.
+    pub fw_cfg: Option<FwCfgState>,
 }
 
 /// The platform devices a machine keeps handles on for saving.
@@ -38,6 +42,7 @@ pub(crate) struct PlatformDevices {
     pub i8042: Arc<Mutex<I8042>>,
     pub cmos: Arc<Mutex<Cmos>>,
     pub pci: Arc<Mutex<PciRoot>>,
+    pub fw_cfg: Option<Arc<Mutex<FwCfg>>>,
 }
 
 // A poisoned device lock still holds consistent registers: nothing that can panic runs between
@@ -72,6 +77,7 @@ impl PlatformDevices {
             i8042: lock(&self.i8042).state(),
             cmos: lock(&self.cmos).state(),
             pci,
+            fw_cfg: self.fw_cfg.as_ref().map(|f| lock(f).state()),
         }
     }
 
@@ -83,6 +89,9 @@ impl PlatformDevices {
         let slots: Vec<u8> = state.pci.iter().map(|f| f.slot).collect();
         if slots != PLATFORM_PCI_SLOTS || state.pci.iter().any(|f| f.config.len() != PCI_CONFIG_LEN) {
             return Err(PlatformStateError::Misfit("PCI host and ISA bridge"));
+        }
+        if state.fw_cfg.is_some() != self.fw_cfg.is_some() {
+            return Err(PlatformStateError::Misfit("fw_cfg (firmware boot)"));
         }
         Ok(())
     }
@@ -97,6 +106,9 @@ impl PlatformDevices {
         lock(&self.i8042).restore_state(&state.i8042);
         if !lock(&self.cmos).restore_state(&state.cmos) {
             return Err(PlatformStateError::Misfit("CMOS"));
+        }
+        if let (Some(device), Some(saved)) = (&self.fw_cfg, &state.fw_cfg) {
+            lock(device).restore_state(saved);
         }
         let root = lock(&self.pci);
         for function in &state.pci {

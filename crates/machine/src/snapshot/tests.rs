@@ -45,6 +45,7 @@ fn metadata() -> Metadata {
                     ram: vec![0; 128],
                 },
                 pci: Vec::new(),
+                fw_cfg: None,
             },
         },
         memory: vec![MemoryRange {
