@@ -25,6 +25,11 @@ pub enum HypervisorError {
     /// KVM refused to take back an MSR value it gave.
     #[error("KVM refused to restore MSR {index:#x} (value {data:#x}); the state was saved on a host whose KVM has MSRs this one lacks")]
     MsrRefused { index: u32, data: u64 },
+    /// An MSR that read back when the save list was made no longer does.
+    #[error(
+        "KVM stopped reading MSR {index:#x} that it read before; the machine state cannot be saved complete"
+    )]
+    MsrUnreadable { index: u32 },
     /// An ioctl failed.
     #[error("KVM {op} failed")]
     Ioctl {

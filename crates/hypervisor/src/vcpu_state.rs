@@ -164,18 +164,10 @@ impl Vcpu {
         let indices = self.readable_msrs();
         let mut msrs = msr_entries(indices.iter().map(|&i| (i, 0)))?;
         let read = self.fd.get_msrs(&mut msrs).map_err(ioctl("KVM_GET_MSRS"))?;
-        if read != indices.len() {
-            // Each read back alone when the list was made; one that stops now is a KVM change
-            // we must not paper over by saving fewer.
-            let index = indices.get(read).copied().unwrap_or_default();
-            return Err(HypervisorError::Ioctl {
-                op: if index == 0 {
-                    "KVM_GET_MSRS"
-                } else {
-                    "KVM_GET_MSRS (an MSR stopped reading back)"
-                },
-                source: std::io::Error::from_raw_os_error(libc::EIO),
-            });
+        if let Some(&index) = indices.get(read) {
+            // Each read back alone when the list was made; one that stops now must not be
+            // papered over by saving fewer.
+            return Err(HypervisorError::MsrUnreadable { index });
         }
         Ok(msrs
             .as_slice()
