@@ -50,6 +50,11 @@ impl Write for Output {
 }
 
 fn counter(kvm: &Kvm, vcpus: u8, output: &Output) -> Machine {
+    counter_with(kvm, vcpus, output, false)
+}
+
+/// `shared_memory`: guest memory in one memfd, as for a vhost-user backend.
+fn counter_with(kvm: &Kvm, vcpus: u8, output: &Output, shared_memory: bool) -> Machine {
     Machine::new(
         kvm,
         MachineConfig {
@@ -63,7 +68,7 @@ fn counter(kvm: &Kvm, vcpus: u8, output: &Output) -> Machine {
             serial_output: Box::new(output.clone()),
             serial_input: None,
             smbios_identity: None,
-            shared_memory: false,
+            shared_memory,
         },
     )
     .unwrap()
@@ -91,11 +96,11 @@ fn last_tick(text: &str) -> u32 {
 
 /// Runs the counter on `vcpus` vCPUs, saves it mid-count, restores it into a new machine and
 /// checks that the count continues and that every vCPU's state is what was saved.
-fn save_and_restore(vcpus: u8) {
+fn save_and_restore(vcpus: u8, shared_memory: bool) {
     let kvm = Kvm::open().unwrap();
-    let path = state_path(&format!("counter-{vcpus}"));
+    let path = state_path(&format!("counter-{vcpus}-{shared_memory}"));
     let first_output = Output::default();
-    let mut first = counter(&kvm, vcpus, &first_output);
+    let mut first = counter_with(&kvm, vcpus, &first_output, shared_memory);
     first.start().unwrap();
     first_output.wait_for("tick 5\n");
     let handle = first.handle();
@@ -115,7 +120,7 @@ fn save_and_restore(vcpus: u8) {
     drop(first);
 
     let output = Output::default();
-    let mut restored = counter(&kvm, vcpus, &output);
+    let mut restored = counter_with(&kvm, vcpus, &output, shared_memory);
     // What the new machine had where the saved one had zeros must be gone after the restore.
     restored
         .memory()
@@ -140,7 +145,7 @@ fn save_and_restore(vcpus: u8) {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(output.text(), "", "a restored machine runs nothing until resumed");
 
-    let again = state_path(&format!("counter-{vcpus}-again"));
+    let again = state_path(&format!("counter-{vcpus}-{shared_memory}-again"));
     handle.save_state(&again, &configuration(vcpus)).unwrap();
     let (_, _, before) = open_state_file(&path).unwrap();
     let (_, _, after) = open_state_file(&again).unwrap();
@@ -188,21 +193,30 @@ fn save_and_restore(vcpus: u8) {
 #[test]
 fn a_counting_guest_on_one_vcpu_continues_its_count_after_a_restore() {
     if virtkit_testkit::require_kvm() {
-        save_and_restore(1);
+        save_and_restore(1, false);
     }
 }
 
 #[test]
 fn two_vcpus_come_back_with_their_apic_state() {
     if virtkit_testkit::require_kvm() {
-        save_and_restore(2);
+        save_and_restore(2, false);
     }
 }
 
 #[test]
 fn four_vcpus_come_back_with_their_apic_state() {
     if virtkit_testkit::require_kvm() {
-        save_and_restore(4);
+        save_and_restore(4, false);
+    }
+}
+
+/// Memory a vhost-user backend could map (one memfd) cannot be replaced by a mapping of the
+/// file: it is read in, and the guest goes on the same.
+#[test]
+fn shared_guest_memory_is_read_in_and_the_count_goes_on() {
+    if virtkit_testkit::require_kvm() {
+        save_and_restore(1, true);
     }
 }
 

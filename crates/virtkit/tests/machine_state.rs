@@ -44,7 +44,9 @@ fn saved_counter(cpus: u32, dir: &std::path::Path) -> (PathBuf, u32) {
     run.console.wait_for("tick 4\n", WAIT);
     run.vm.pause().unwrap();
     let path = dir.join("state.vksave");
+    let started = std::time::Instant::now();
     let summary = run.vm.save_machine_state(&path).unwrap();
+    eprintln!("{cpus} vCPUs: saved in {:?}: {summary:?}", started.elapsed());
     assert!(summary.memory_pages_written > 0, "{summary:?}");
     assert_eq!(run.vm.state(), VmState::Paused, "a save leaves the VM paused");
     // A line may have been in the pipe when the vCPU parked.
@@ -61,7 +63,9 @@ fn restore_continues_the_count(cpus: u32) {
 
     let mut run = build(counter(cpus));
     let changes = run.vm.state_changes();
+    let started = std::time::Instant::now();
     run.vm.restore_machine_state(&path).unwrap();
+    eprintln!("{cpus} vCPUs: built and restored in {:?}", started.elapsed());
     assert_eq!(run.vm.state(), VmState::Paused, "a restored VM comes back paused");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(run.console.text(), "", "nothing runs before resume");
