@@ -42,6 +42,10 @@ struct ControlState {
 pub enum CaptureError {
     #[error("the machine is not paused; pause it before saving its state")]
     NotPaused,
+    #[error("the machine was resumed or stopped while its state was being saved; pause it and save again")]
+    Interrupted,
+    #[error("another save of this machine is in progress; wait for it to finish")]
+    SaveInProgress,
     #[error("{parked} of {vcpus} vCPUs are parked; every vCPU must be paused to save the machine")]
     NotAllParked { parked: usize, vcpus: usize },
     #[error("vCPU {vcpu} did not hand over its state within {} s", timeout.as_secs())]
@@ -201,6 +205,9 @@ impl Control {
         if state.request != RunRequest::Pause {
             return Err(CaptureError::NotPaused);
         }
+        if state.capture.is_some() {
+            return Err(CaptureError::SaveInProgress);
+        }
         if state.paused != vcpus || state.running != vcpus {
             return Err(CaptureError::NotAllParked {
                 parked: state.paused,
@@ -210,6 +217,11 @@ impl Control {
         state.capture = Some((0..vcpus).map(|_| None).collect());
         self.changed.notify_all();
         loop {
+            if state.request != RunRequest::Pause {
+                // The parked threads left to run or stop; what they gave is not one instant.
+                state.capture = None;
+                return Err(CaptureError::Interrupted);
+            }
             let done = state
                 .capture
                 .as_ref()
