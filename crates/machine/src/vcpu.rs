@@ -491,3 +491,37 @@ fn log_triple_fault(vcpu: &Vcpu, index: u32) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capture_needs_a_pause_with_every_vcpu_parked() {
+        let control = Control::new();
+        let e = control.capture_vcpus(1, Duration::from_millis(10)).unwrap_err();
+        assert!(matches!(e, CaptureError::NotPaused), "{e}");
+        // No vCPU thread runs, so the pause holds at once with none parked.
+        assert_eq!(control.pause(Duration::from_millis(10)), PauseOutcome::Paused);
+        let e = control.capture_vcpus(2, Duration::from_millis(10)).unwrap_err();
+        assert!(
+            matches!(e, CaptureError::NotAllParked { parked: 0, vcpus: 2 }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("0 of 2 vCPUs are parked"), "{e}");
+        assert!(
+            control.lock().capture.is_none(),
+            "a refused capture leaves nothing behind"
+        );
+    }
+
+    #[test]
+    fn a_restored_machine_starts_paused_but_a_stop_still_wins() {
+        let control = Control::new();
+        control.start_paused();
+        assert!(control.is_paused());
+        control.request_exit(ExitReason::Stopped);
+        control.start_paused();
+        assert!(!control.is_paused(), "a stop is not turned back into a pause");
+    }
+}

@@ -279,3 +279,31 @@ fn seabios_saved_after_its_banner_finishes_its_boot_after_a_restore() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_save_that_cannot_write_says_where_and_leaves_the_vm_paused() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = state_dir("unwritable");
+    let run = start(counter(1));
+    run.console.wait_for("tick 1\n", WAIT);
+    run.vm.pause().unwrap();
+    let missing = dir.join("no-such-directory").join("state.vksave");
+    let e = run.vm.save_machine_state(&missing).unwrap_err().to_string();
+    assert!(
+        e.contains("cannot write the state file") && e.contains("no-such-directory"),
+        "{e}"
+    );
+    assert_eq!(run.vm.state(), VmState::Paused);
+    // The same VM saves fine elsewhere and leaves no temporary file behind.
+    let path = dir.join("state.vksave");
+    run.vm.save_machine_state(&path).unwrap();
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["state.vksave"]);
+    run.vm.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
