@@ -111,6 +111,14 @@ impl Kvm {
             }
         }
         let fd = self.kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-        Ok(Vm::new(fd, self.kvm.get_nr_memslots()))
+        let msr_list = match self.kvm.get_msr_index_list() {
+            Ok(list) => list.as_slice().to_vec(),
+            Err(e) => {
+                // Saved state then holds only the MSRs virtkit always tries (TSC, kvmclock).
+                tracing::warn!("KVM_GET_MSR_INDEX_LIST failed ({e}); saved vCPU state keeps only the TSC and paravirtual MSRs");
+                Vec::new()
+            }
+        };
+        Ok(Vm::new(fd, self.kvm.get_nr_memslots(), msr_list))
     }
 }

@@ -7,13 +7,17 @@
 mod error;
 mod host;
 mod routing;
+mod state;
 mod vcpu;
+mod vcpu_state;
 mod vm;
+mod vm_state;
 mod x86;
 
 pub use error::HypervisorError;
 pub use host::{HostKvmInfo, Kvm, KvmFlavor};
 pub use routing::{GsiRoute, IrqChip};
+pub use state::{FpuSnapshot, MsrValue, VcpuState, VmState};
 pub use vcpu::{Vcpu, VcpuExit};
 pub use vm::{IoEventAddress, Vm};
 pub use x86::{

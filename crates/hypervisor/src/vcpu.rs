@@ -37,15 +37,17 @@ pub enum VcpuExit<'a> {
 /// A KVM vCPU.
 #[derive(Debug)]
 pub struct Vcpu {
-    fd: VcpuFd,
+    pub(crate) fd: VcpuFd,
+    /// The MSRs to save, shared by the VM's vCPUs (see `vcpu_state`).
+    pub(crate) msrs: std::sync::Arc<crate::vcpu_state::SaveableMsrs>,
 }
 
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
 
 impl Vcpu {
-    pub(crate) fn new(fd: VcpuFd) -> Vcpu {
-        Vcpu { fd }
+    pub(crate) fn new(fd: VcpuFd, msrs: std::sync::Arc<crate::vcpu_state::SaveableMsrs>) -> Vcpu {
+        Vcpu { fd, msrs }
     }
 
     /// Runs the guest until the next exit that needs the VMM.

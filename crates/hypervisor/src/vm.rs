@@ -38,20 +38,23 @@ impl SlotNumbers {
 /// A KVM virtual machine.
 #[derive(Debug)]
 pub struct Vm {
-    fd: VmFd,
+    pub(crate) fd: VmFd,
     max_memslots: usize,
     read_only_memory: bool,
     slots: Mutex<SlotNumbers>,
+    msrs: std::sync::Arc<crate::vcpu_state::SaveableMsrs>,
 }
 
 impl Vm {
-    pub(crate) fn new(fd: VmFd, max_memslots: usize) -> Vm {
+    /// `msr_list`: the MSRs `KVM_GET_MSR_INDEX_LIST` names, which vCPU state saves.
+    pub(crate) fn new(fd: VmFd, max_memslots: usize, msr_list: Vec<u32>) -> Vm {
         let read_only_memory = fd.check_extension(Cap::ReadonlyMem);
         Vm {
             fd,
             max_memslots,
             read_only_memory,
             slots: Mutex::new(SlotNumbers::default()),
+            msrs: std::sync::Arc::new(crate::vcpu_state::SaveableMsrs::new(msr_list)),
         }
     }
 
@@ -203,7 +206,7 @@ impl Vm {
     /// Creates vCPU `id` (its initial APIC ID).
     pub fn create_vcpu(&self, id: u64) -> Result<Vcpu> {
         let fd = self.fd.create_vcpu(id).map_err(ioctl("KVM_CREATE_VCPU"))?;
-        Ok(Vcpu::new(fd))
+        Ok(Vcpu::new(fd, self.msrs.clone()))
     }
 }
 

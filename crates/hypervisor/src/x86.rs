@@ -3,7 +3,7 @@
 use kvm_bindings::{kvm_cpuid_entry2, kvm_dtable, kvm_regs, kvm_segment, kvm_sregs};
 
 /// One CPUID leaf (function, index) with its register values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct CpuidEntry {
     pub function: u32,
     pub index: u32,

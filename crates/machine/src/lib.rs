@@ -19,13 +19,15 @@ pub mod pam;
 pub mod pci;
 pub mod ratelimit;
 pub mod smbios;
+pub mod snapshot;
 mod vcpu;
 
 pub use boot::BootSource;
 pub use exit_stats::{AddressSpace, ExitStats, RangeExits, VcpuExits};
 pub use machine::{ExitReason, Machine, MachineConfig, MachineError, MachineHandle};
 pub use smbios::SmbiosIdentity;
-pub use vcpu::PauseOutcome;
+pub use snapshot::{SaveSummary, SnapshotError};
+pub use vcpu::{CaptureError, PauseOutcome};
 
 /// Re-exported for [`warn_ratelimited`].
 #[doc(hidden)]

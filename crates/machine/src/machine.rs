@@ -43,6 +43,7 @@ use crate::smbios::{
     write_smbios_tables, BiosInformation, SmbiosError, SmbiosIdentity, SmbiosTables, FW_CFG_ANCHOR_FILE,
     FW_CFG_TABLES_FILE,
 };
+use crate::snapshot::{PlatformDevices, SaveParts, SaveSummary, SnapshotError};
 use crate::vcpu::{run_vcpu, Control, PauseOutcome, VcpuContext};
 
 /// Why a machine stopped running.
@@ -150,6 +151,7 @@ pub struct Machine {
     memory: GuestMemoryMmap,
     fw_cfg: Option<Arc<Mutex<FwCfg>>>,
     exits: ExitCounters,
+    save_parts: SaveParts,
 }
 
 /// A cheap handle to control a running machine from other threads.
@@ -158,6 +160,7 @@ pub struct MachineHandle {
     control: Arc<Control>,
     pm: Arc<Mutex<AcpiPm>>,
     exits: ExitCounters,
+    save_parts: SaveParts,
 }
 
 impl MachineHandle {
@@ -204,6 +207,17 @@ impl MachineHandle {
     /// The exits that reached the VMM so far, by vCPU and reason and by device range.
     pub fn exit_stats(&self) -> ExitStats {
         self.exits.read()
+    }
+
+    /// Saves the paused machine to `path` (docs/SAVE.md), atomically, with `configuration`:
+    /// its owner's description of what it was built from, which a restore must match. Refused
+    /// unless every vCPU is paused; the machine stays paused.
+    pub fn save_state(
+        &self,
+        path: &std::path::Path,
+        configuration: &serde_json::Value,
+    ) -> Result<SaveSummary, SnapshotError> {
+        self.save_parts.save(path, configuration)
     }
 }
 
@@ -255,7 +269,8 @@ impl Machine {
         let requests = request_sink(&control);
         let pio = Bus::new();
         let mmio = Bus::new();
-        let (serial, pm) = add_legacy_devices(&vm, &pio, serial_output, &requests, memory_size)?;
+        let legacy = add_legacy_devices(&vm, &pio, serial_output, &requests, memory_size)?;
+        let (serial, pm) = (legacy.serial.clone(), legacy.pm.clone());
         let host_bridge = match (pam, &firmware) {
             (true, Some(image)) => host_bridge_with_shadow_ram(&vm, &memory, &mmio, image)?,
             _ => HostBridge::new(),
@@ -267,6 +282,20 @@ impl Machine {
         let created = create_vcpus(kvm, &vm, vcpus, &memory, entry)?;
         let exits = ExitCounters::new(created.len(), pio.clone(), mmio.clone(), pci.clone());
         slots.finish()?;
+        let save_parts = SaveParts {
+            vm: vm.clone(),
+            memory: memory.clone(),
+            platform: PlatformDevices {
+                serial: legacy.serial,
+                pm: legacy.pm,
+                i8042: legacy.i8042,
+                cmos: legacy.cmos,
+                pci: pci.clone(),
+                fw_cfg: fw_cfg.clone(),
+            },
+            control: control.clone(),
+            vcpus: created.len(),
+        };
 
         Ok(Machine {
             threads: Vec::new(),
@@ -285,7 +314,29 @@ impl Machine {
             memory,
             fw_cfg,
             exits,
+            save_parts,
         })
+    }
+
+    /// Puts the state saved in `path` into this machine, which must not have started and must
+    /// be built from the configuration the state was saved with (`configuration`, as given to
+    /// [`MachineHandle::save_state`]). Every check runs before anything changes; after a
+    /// restore, `start` starts the machine paused, and `MachineHandle::resume` runs it. If KVM
+    /// refuses part of the state the machine is left half restored: drop it.
+    pub fn restore_state(
+        &mut self,
+        path: &std::path::Path,
+        configuration: &serde_json::Value,
+    ) -> Result<(), SnapshotError> {
+        if self.vcpus.is_empty() {
+            return Err(SnapshotError::AlreadyStarted);
+        }
+        self.save_parts.restore(&self.vcpus, path, configuration)?;
+        // The saved PCI configuration has the BARs as they were; firmware-style assignment
+        // would move them.
+        self.assign_pci_bars = false;
+        self.control.start_paused();
+        Ok(())
     }
 
     /// The port I/O bus, to add devices before `start`.
@@ -335,6 +386,7 @@ impl Machine {
             control: self.control.clone(),
             pm: self.pm.clone(),
             exits: self.exits.clone(),
+            save_parts: self.save_parts.clone(),
         }
     }
 
@@ -465,8 +517,13 @@ fn create_memory(
     Ok((memory, pam, requests))
 }
 
-/// COM1 and the ACPI PM device: the two legacy devices the machine keeps handles on.
-type LegacyDevices = (Arc<Mutex<SerialDevice>>, Arc<Mutex<AcpiPm>>);
+/// The legacy devices the machine keeps handles on (to control them, and to save them).
+struct LegacyDevices {
+    serial: Arc<Mutex<SerialDevice>>,
+    pm: Arc<Mutex<AcpiPm>>,
+    i8042: Arc<Mutex<I8042>>,
+    cmos: Arc<Mutex<Cmos>>,
+}
 
 /// Step 4, the legacy half: COM1, ACPI PM, i8042, CMOS RTC and pvpanic on the port bus.
 fn add_legacy_devices(
@@ -499,22 +556,21 @@ fn add_legacy_devices(
         crate::devices::pm_io_len(),
         pm.clone() as SharedDevice,
     )?;
-    pio.insert(
-        ports::I8042_DATA as u64,
-        5,
-        Arc::new(Mutex::new(I8042::new(requests.clone()))),
-    )?;
-    pio.insert(
-        ports::CMOS_INDEX as u64,
-        2,
-        Arc::new(Mutex::new(Cmos::new(memory_size, low_ram_end(memory_size)))),
-    )?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(requests.clone())));
+    pio.insert(ports::I8042_DATA as u64, 5, i8042.clone())?;
+    let cmos = Arc::new(Mutex::new(Cmos::new(memory_size, low_ram_end(memory_size))));
+    pio.insert(ports::CMOS_INDEX as u64, 2, cmos.clone())?;
     pio.insert(
         PVPANIC_PORT as u64,
         1,
         Arc::new(Mutex::new(PvPanic::new(requests.clone()))),
     )?;
-    Ok((serial, pm))
+    Ok(LegacyDevices {
+        serial,
+        pm,
+        i8042,
+        cmos,
+    })
 }
 
 /// The PAM window: KVM slots that follow the host bridge's PAM registers, and a device for the

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
-use virtkit_hypervisor::{Vcpu, VcpuExit};
+use virtkit_hypervisor::{HypervisorError, Vcpu, VcpuExit, VcpuState};
 
 use crate::bus::Bus;
 use crate::exit_stats::{ExitKind, VcpuCounters};
@@ -32,6 +32,30 @@ struct ControlState {
     /// Threads to kick. A thread removes itself before it exits, so we never signal a thread
     /// that is gone.
     threads: Vec<libc::pthread_t>,
+    /// A save in progress: each parked vCPU thread fills its slot (by vCPU index) with its
+    /// state. Only the thread that owns a vCPU can read it; the vCPU moved there at start.
+    capture: Option<Vec<Option<Result<VcpuState, HypervisorError>>>>,
+}
+
+/// Why the vCPUs' state could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("the machine is not paused; pause it before saving its state")]
+    NotPaused,
+    #[error("the machine was resumed or stopped while its state was being saved; pause it and save again")]
+    Interrupted,
+    #[error("another save of this machine is in progress; wait for it to finish")]
+    SaveInProgress,
+    #[error("{parked} of {vcpus} vCPUs are parked; every vCPU must be paused to save the machine")]
+    NotAllParked { parked: usize, vcpus: usize },
+    #[error("vCPU {vcpu} did not hand over its state within {} s", timeout.as_secs())]
+    TimedOut { vcpu: usize, timeout: Duration },
+    #[error("KVM would not give vCPU {vcpu}'s state")]
+    Vcpu {
+        vcpu: usize,
+        #[source]
+        source: HypervisorError,
+    },
 }
 
 /// How a pause ended.
@@ -81,6 +105,7 @@ impl Control {
                 running: 0,
                 exit: None,
                 threads: Vec::new(),
+                capture: None,
             }),
             changed: Condvar::new(),
         })
@@ -160,6 +185,76 @@ impl Control {
         self.lock().request == RunRequest::Pause
     }
 
+    /// Makes vCPU threads park before their first `KVM_RUN`: a restored machine starts paused.
+    pub(crate) fn start_paused(&self) {
+        let mut state = self.lock();
+        if state.request == RunRequest::Run {
+            state.request = RunRequest::Pause;
+        }
+    }
+
+    /// Has every parked vCPU thread read its vCPU's state; in vCPU order. The machine must be
+    /// paused with all `vcpus` threads parked, and stays so.
+    pub(crate) fn capture_vcpus(
+        &self,
+        vcpus: usize,
+        timeout: Duration,
+    ) -> Result<Vec<VcpuState>, CaptureError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        if state.request != RunRequest::Pause {
+            return Err(CaptureError::NotPaused);
+        }
+        if state.capture.is_some() {
+            return Err(CaptureError::SaveInProgress);
+        }
+        if state.paused != vcpus || state.running != vcpus {
+            return Err(CaptureError::NotAllParked {
+                parked: state.paused,
+                vcpus,
+            });
+        }
+        state.capture = Some((0..vcpus).map(|_| None).collect());
+        self.changed.notify_all();
+        loop {
+            if state.request != RunRequest::Pause {
+                // The parked threads left to run or stop; what they gave is not one instant.
+                state.capture = None;
+                return Err(CaptureError::Interrupted);
+            }
+            let done = state
+                .capture
+                .as_ref()
+                .is_some_and(|slots| slots.iter().all(Option::is_some));
+            if done {
+                break;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                let vcpu = state
+                    .capture
+                    .take()
+                    .and_then(|slots| slots.iter().position(Option::is_none))
+                    .unwrap_or_default();
+                return Err(CaptureError::TimedOut { vcpu, timeout });
+            };
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let slots = state.capture.take().unwrap_or_default();
+        slots
+            .into_iter()
+            .enumerate()
+            .map(|(vcpu, slot)| match slot {
+                Some(Ok(s)) => Ok(s),
+                Some(Err(source)) => Err(CaptureError::Vcpu { vcpu, source }),
+                None => Err(CaptureError::TimedOut { vcpu, timeout }),
+            })
+            .collect()
+    }
+
     /// Waits for an exit reason, then until every vCPU thread has left `KVM_RUN`.
     pub(crate) fn wait_exit(&self) -> ExitReason {
         let mut state = self.lock();
@@ -203,8 +298,9 @@ impl Control {
         self.changed.notify_all();
     }
 
-    /// Called by a vCPU thread before each `KVM_RUN`: parks while paused; false means stop.
-    fn may_run(&self) -> bool {
+    /// Called by a vCPU thread before each `KVM_RUN`: parks while paused (reading its vCPU's
+    /// state when a save asks); false means stop.
+    fn may_run(&self, vcpu: &mut Vcpu, index: usize) -> bool {
         let mut state = self.lock();
         loop {
             match state.request {
@@ -214,6 +310,19 @@ impl Control {
                     state.paused += 1;
                     self.changed.notify_all();
                     while state.request == RunRequest::Pause {
+                        let asked = state
+                            .capture
+                            .as_ref()
+                            .and_then(|slots| slots.get(index))
+                            .is_some_and(Option::is_none);
+                        if asked {
+                            let saved = read_vcpu_state(vcpu);
+                            if let Some(slot) = state.capture.as_mut().and_then(|s| s.get_mut(index)) {
+                                *slot = Some(saved);
+                            }
+                            self.changed.notify_all();
+                            continue;
+                        }
                         state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
                     }
                     state.paused -= 1;
@@ -221,6 +330,24 @@ impl Control {
             }
         }
     }
+}
+
+/// Completes the exit the vCPU last reported (an `in`'s data, an MMIO read's value reach the
+/// registers only at the next `KVM_RUN`), then reads its state: KVM's documented way to get
+/// consistent state between exits is one `KVM_RUN` with immediate exit set.
+fn read_vcpu_state(vcpu: &mut Vcpu) -> Result<VcpuState, HypervisorError> {
+    vcpu.set_immediate_exit(true);
+    let completed = vcpu.run().map(|exit| matches!(exit, VcpuExit::Interrupted));
+    vcpu.set_immediate_exit(false);
+    if !completed? {
+        // KVM went back into the guest and brought an exit this thread would have to handle:
+        // saving now would lose it.
+        return Err(HypervisorError::Ioctl {
+            op: "KVM_RUN with immediate exit (the vCPU had an exit to complete)",
+            source: std::io::Error::from_raw_os_error(libc::EBUSY),
+        });
+    }
+    vcpu.save_state()
 }
 
 /// What a vCPU thread needs besides its vCPU.
@@ -239,7 +366,7 @@ pub(crate) fn run_vcpu(mut vcpu: Vcpu, index: u32, ctx: &VcpuContext) {
         control: &ctx.control,
         index,
     };
-    while ctx.control.may_run() {
+    while ctx.control.may_run(&mut vcpu, index as usize) {
         let exit = match vcpu.run() {
             Ok(exit) => exit,
             Err(e) => {
@@ -362,5 +489,39 @@ fn log_triple_fault(vcpu: &Vcpu, index: u32) {
             special_registers = ?s.err(),
             "a vCPU triple-faulted; its registers cannot be read"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capture_needs_a_pause_with_every_vcpu_parked() {
+        let control = Control::new();
+        let e = control.capture_vcpus(1, Duration::from_millis(10)).unwrap_err();
+        assert!(matches!(e, CaptureError::NotPaused), "{e}");
+        // No vCPU thread runs, so the pause holds at once with none parked.
+        assert_eq!(control.pause(Duration::from_millis(10)), PauseOutcome::Paused);
+        let e = control.capture_vcpus(2, Duration::from_millis(10)).unwrap_err();
+        assert!(
+            matches!(e, CaptureError::NotAllParked { parked: 0, vcpus: 2 }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("0 of 2 vCPUs are parked"), "{e}");
+        assert!(
+            control.lock().capture.is_none(),
+            "a refused capture leaves nothing behind"
+        );
+    }
+
+    #[test]
+    fn a_restored_machine_starts_paused_but_a_stop_still_wins() {
+        let control = Control::new();
+        control.start_paused();
+        assert!(control.is_paused());
+        control.request_exit(ExitReason::Stopped);
+        control.start_paused();
+        assert!(!control.is_paused(), "a stop is not turned back into a pause");
     }
 }

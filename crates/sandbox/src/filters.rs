@@ -104,6 +104,31 @@ pub mod kvm {
     pub const KVM_IRQFD: u64 = kvm_ioc(IOC_WRITE, 0x76, 32);
     /// `_IOW(KVMIO, 0x79, struct kvm_ioeventfd)`
     pub const KVM_IOEVENTFD: u64 = kvm_ioc(IOC_WRITE, 0x79, 64);
+
+    /// The reads of a vCPU's whole state, which its own thread makes while parked when the
+    /// machine is saved (`virtkit_machine::snapshot`).
+    pub const SAVE_STATE: [u64; 10] = [
+        // `_IOR(KVMIO, 0x98, struct kvm_mp_state)`
+        kvm_ioc(IOC_READ, 0x98, 4),
+        // `_IOR(KVMIO, 0xa4, struct kvm_xsave)`
+        kvm_ioc(IOC_READ, 0xa4, 4096),
+        // `_IOR(KVMIO, 0x8c, struct kvm_fpu)`
+        kvm_ioc(IOC_READ, 0x8c, 416),
+        // `_IOR(KVMIO, 0xa6, struct kvm_xcrs)`
+        kvm_ioc(IOC_READ, 0xa6, 392),
+        // `_IOR(KVMIO, 0xa1, struct kvm_debugregs)`
+        kvm_ioc(IOC_READ, 0xa1, 128),
+        // `_IOR(KVMIO, 0x8e, struct kvm_lapic_state)`
+        kvm_ioc(IOC_READ, 0x8e, 1024),
+        // `_IOWR(KVMIO, 0x88, struct kvm_msrs)`
+        kvm_ioc(IOC_READ | IOC_WRITE, 0x88, 8),
+        // `_IOR(KVMIO, 0x9f, struct kvm_vcpu_events)`
+        kvm_ioc(IOC_READ, 0x9f, 64),
+        // `_IOWR(KVMIO, 0x91, struct kvm_cpuid2)`
+        kvm_ioc(IOC_READ | IOC_WRITE, 0x91, 8),
+        // `_IO(KVMIO, 0xa3)`: KVM_GET_TSC_KHZ
+        kvm_ioc(0, 0xa3, 0),
+    ];
 }
 
 /// What every filtered thread needs, whatever its role: the allocator and thread exit (glibc
@@ -181,7 +206,10 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
                 kvm::KVM_SET_GSI_ROUTING,
                 kvm::KVM_IRQFD,
                 kvm::KVM_IOEVENTFD,
-            ] {
+            ]
+            .into_iter()
+            .chain(kvm::SAVE_STATE)
+            {
                 r.allow_if(SYS_ioctl, &[(1, ioctl)]);
             }
             // A TAP network card's offloads follow the features the guest accepts, set when the
@@ -444,6 +472,22 @@ mod tests {
             kvm_ioc(IOC_WRITE, 0x79, size_of::<kvm_bindings::kvm_ioeventfd>() as u64)
         );
         assert_eq!(kvm::KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
+        let rw = IOC_READ | IOC_WRITE;
+        assert_eq!(
+            kvm::SAVE_STATE,
+            [
+                kvm_ioc(IOC_READ, 0x98, size_of::<kvm_bindings::kvm_mp_state>() as u64),
+                kvm_ioc(IOC_READ, 0xa4, size_of::<kvm_bindings::kvm_xsave>() as u64),
+                kvm_ioc(IOC_READ, 0x8c, size_of::<kvm_bindings::kvm_fpu>() as u64),
+                kvm_ioc(IOC_READ, 0xa6, size_of::<kvm_bindings::kvm_xcrs>() as u64),
+                kvm_ioc(IOC_READ, 0xa1, size_of::<kvm_bindings::kvm_debugregs>() as u64),
+                kvm_ioc(IOC_READ, 0x8e, size_of::<kvm_bindings::kvm_lapic_state>() as u64),
+                kvm_ioc(rw, 0x88, size_of::<kvm_bindings::kvm_msrs>() as u64),
+                kvm_ioc(IOC_READ, 0x9f, size_of::<kvm_bindings::kvm_vcpu_events>() as u64),
+                kvm_ioc(rw, 0x91, size_of::<kvm_bindings::kvm_cpuid2>() as u64),
+                0xaea3,
+            ]
+        );
     }
 
     const ALL_ROLES: [ThreadRole; 21] = [

@@ -47,5 +47,6 @@ pub use storage::{CacheMode, StorageDeviceConfiguration, SyncMode};
 pub use validate::{ValidationError, ValidationIssue, MAX_SOCKET_PATH};
 pub use virtkit_devices::balloon::BalloonStatistics;
 pub use virtkit_devices::rng::RateLimit;
-pub use vm::{StartError, VirtualMachine, VmError, PAUSE_TIMEOUT};
+pub use virtkit_machine::SaveSummary;
+pub use vm::{MachineStateError, StartError, VirtualMachine, VmError, PAUSE_TIMEOUT};
 pub use vsock_client::{connect_vsock, VsockConnectError};

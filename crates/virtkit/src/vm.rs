@@ -1,5 +1,7 @@
 //! A running (or runnable) virtual machine and its lifecycle.
 
+mod machine_state;
+
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -8,7 +10,10 @@ use std::time::{Duration, Instant};
 use virtkit_hypervisor::{HypervisorError, Kvm, KvmFlavor};
 use virtkit_machine::{
     BootSource, Machine, MachineConfig, MachineError, MachineHandle, PauseOutcome, SmbiosIdentity,
+    SnapshotError,
 };
+
+pub use machine_state::MachineStateError;
 
 use crate::buffered_output::BufferedOutput;
 use crate::config::{BootLoader, VirtualMachineConfiguration};
@@ -59,6 +64,8 @@ pub enum StartError {
     Device(#[from] DeviceError),
     #[error("cannot start the VMM thread")]
     Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Restore(#[from] SnapshotError),
 }
 
 struct Status {
@@ -217,7 +224,13 @@ impl VirtualMachine {
         if let Some(t) = self.monitor.take() {
             let _ = t.join();
         }
-        match self.build_and_start() {
+        self.launch(None)
+    }
+
+    /// Builds the machine and starts it: running, or with `restore`, restored from that state
+    /// file and paused. On failure the state becomes `Error` with the reason.
+    fn launch(&mut self, restore: Option<(&std::path::Path, &serde_json::Value)>) -> Result<(), StartError> {
+        match self.build_and_start(restore) {
             Ok(()) => Ok(()),
             Err(e) => {
                 let mut s = self.shared.lock();
@@ -231,7 +244,10 @@ impl VirtualMachine {
         }
     }
 
-    fn build_and_start(&mut self) -> Result<(), StartError> {
+    fn build_and_start(
+        &mut self,
+        restore: Option<(&std::path::Path, &serde_json::Value)>,
+    ) -> Result<(), StartError> {
         self.config.validate()?;
         virtkit_sandbox::set_policy(self.config.platform.seccomp);
         let kvm = Kvm::open()?;
@@ -240,10 +256,19 @@ impl VirtualMachine {
         let mut machine = Machine::new(&kvm, machine_config)?;
         let devices = Arc::new(DeviceManager::attach_all(&machine, &mut self.config)?);
         self.devices = devices.clone();
+        if let Some((path, configuration)) = restore {
+            machine.restore_state(path, configuration)?;
+        }
         machine.start()?;
         let handle = machine.handle();
         self.handle = Some(handle);
-        self.shared.set_state(VmState::Running);
+        // A restored machine's vCPUs park before their first instruction (as Apple's
+        // restoreMachineStateFrom leaves the VM paused): `resume` runs them.
+        self.shared.set_state(if restore.is_some() {
+            VmState::Paused
+        } else {
+            VmState::Running
+        });
         let shared = self.shared.clone();
         let monitor = virtkit_sandbox::Builder::new(virtkit_sandbox::ThreadRole::Vmm)
             .name("vmm".into())

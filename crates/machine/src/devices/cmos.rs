@@ -51,7 +51,32 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// The CMOS index register and RAM as saved. The clock is not: it reads the host's wall
+/// clock, which is the time a restored guest should see.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CmosState {
+    pub index: u8,
+    pub ram: Vec<u8>,
+}
+
 impl Cmos {
+    pub fn state(&self) -> CmosState {
+        CmosState {
+            index: self.index,
+            ram: self.ram.to_vec(),
+        }
+    }
+
+    /// Puts saved RAM back; `false` (and nothing changed) when it is not 128 bytes.
+    pub fn restore_state(&mut self, state: &CmosState) -> bool {
+        let Ok(ram) = <[u8; 128]>::try_from(state.ram.as_slice()) else {
+            return false;
+        };
+        self.ram = ram;
+        self.index = state.index;
+        true
+    }
+
     /// A CMOS whose memory-size bytes describe `memory_size` bytes of RAM (split at the MMIO
     /// hole as `low_end` says), reading the host's wall clock.
     pub fn new(memory_size: u64, low_end: u64) -> Cmos {

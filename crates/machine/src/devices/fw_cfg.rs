@@ -269,7 +269,31 @@ impl<M: GuestMemoryBackend> std::fmt::Debug for FwCfg<M> {
     }
 }
 
+/// Where the firmware is in its fw_cfg reads, as saved. The items themselves are not: a
+/// machine built from the same configuration has the same ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FwCfgState {
+    pub selected: u16,
+    pub offset: u64,
+    pub dma_high: u32,
+}
+
 impl<M: GuestMemoryBackend> FwCfg<M> {
+    pub fn state(&self) -> FwCfgState {
+        FwCfgState {
+            selected: self.selected,
+            offset: self.offset as u64,
+            dma_high: self.dma_high,
+        }
+    }
+
+    /// Puts the selection back; reads past the item's end give zeros, as for the guest.
+    pub fn restore_state(&mut self, state: &FwCfgState) {
+        self.selected = state.selected;
+        self.offset = usize::try_from(state.offset).unwrap_or(usize::MAX);
+        self.dma_high = state.dma_high;
+    }
+
     /// A device with the signature, the ID (port and DMA interfaces) and an empty directory.
     pub fn new(memory: M) -> Self {
         let mut items = BTreeMap::new();

@@ -45,7 +45,32 @@ pub struct I8042 {
     config_write_pending: bool,
 }
 
+/// The controller's output buffer, configuration byte and status flags as saved.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042State {
+    pub output: Option<u8>,
+    pub config: u8,
+    pub status_flags: u8,
+    pub config_write_pending: bool,
+}
+
 impl I8042 {
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            output: self.output,
+            config: self.config,
+            status_flags: self.status_flags,
+            config_write_pending: self.config_write_pending,
+        }
+    }
+
+    pub fn restore_state(&mut self, state: &I8042State) {
+        self.output = state.output;
+        self.config = state.config;
+        self.status_flags = state.status_flags;
+        self.config_write_pending = state.config_write_pending;
+    }
+
     pub fn new(requests: RequestSink) -> I8042 {
         I8042 {
             requests,

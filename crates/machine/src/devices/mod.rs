@@ -9,16 +9,16 @@ mod serial;
 
 use std::sync::Arc;
 
-pub use cmos::Cmos;
-pub use i8042::I8042;
-pub use pm::{AcpiPm, IrqLevel, PM_IO_LEN};
+pub use cmos::{Cmos, CmosState};
+pub use i8042::{I8042State, I8042};
+pub use pm::{AcpiPm, IrqLevel, PmState, PM_IO_LEN};
 
 /// Length of the PM register range on the port bus.
 pub fn pm_io_len() -> u64 {
     PM_IO_LEN
 }
 pub use pvpanic::{PvPanic, PVPANIC_PORT};
-pub use serial::{spawn_serial_input, IrqTrigger, SerialDevice, SerialInputError};
+pub use serial::{spawn_serial_input, IrqTrigger, SerialDevice, SerialInputError, SerialState};
 
 /// Something the guest asked the machine for through a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

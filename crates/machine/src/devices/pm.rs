@@ -36,7 +36,36 @@ pub struct AcpiPm {
     started: Instant,
 }
 
+/// The PM1 registers and the PM timer as saved.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PmState {
+    pub status: u16,
+    pub enable: u16,
+    pub control: u16,
+    /// Time the PM timer had counted, so it goes on from there.
+    pub timer_elapsed_ns: u64,
+}
+
 impl AcpiPm {
+    pub fn state(&self) -> PmState {
+        PmState {
+            status: self.status,
+            enable: self.enable,
+            control: self.control,
+            timer_elapsed_ns: u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Puts saved registers back and raises the SCI if they say it is pending.
+    pub fn restore_state(&mut self, state: &PmState) {
+        self.status = state.status;
+        self.enable = state.enable;
+        self.control = state.control | SCI_EN;
+        let elapsed = std::time::Duration::from_nanos(state.timer_elapsed_ns);
+        self.started = Instant::now().checked_sub(elapsed).unwrap_or_else(Instant::now);
+        self.update_sci();
+    }
+
     pub fn new(sci: IrqLevel, requests: RequestSink) -> AcpiPm {
         AcpiPm {
             status: 0,

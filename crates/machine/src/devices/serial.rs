@@ -22,6 +22,21 @@ impl Trigger for IrqTrigger {
     }
 }
 
+/// COM1's registers and receive FIFO as saved (vm-superio's `SerialState`, serde-able).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
 /// A 16550 UART whose output goes to `out`.
 pub struct SerialDevice {
     uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
@@ -32,6 +47,59 @@ impl SerialDevice {
         SerialDevice {
             uart: Serial::new(IrqTrigger(interrupt), out),
         }
+    }
+
+    /// The UART's registers and receive FIFO, for a saved machine.
+    pub fn state(&self) -> SerialState {
+        let s = self.uart.state();
+        SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Puts saved registers and FIFO back; the interrupt and the host output stay this
+    /// device's. Fails only for a FIFO longer than the UART's (a damaged state).
+    pub fn restore_state(&mut self, state: &SerialState) -> io::Result<()> {
+        let trigger = IrqTrigger(self.uart.interrupt_evt().0.try_clone()?);
+        let placeholder_trigger = IrqTrigger(self.uart.interrupt_evt().0.try_clone()?);
+        let saved = vm_superio::serial::SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        // Checked before the writer moves, so a refused state leaves the device as it was: the
+        // FIFO's size is what is free in it plus what it holds.
+        let fifo_size = self.uart.fifo_capacity() + self.uart.state().in_buffer.len();
+        if saved.in_buffer.len() > fifo_size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the saved serial receive FIFO is longer than the UART's",
+            ));
+        }
+        let old = std::mem::replace(
+            &mut self.uart,
+            Serial::new(placeholder_trigger, Box::new(io::sink()) as Box<dyn Write + Send>),
+        );
+        let out = old.into_writer();
+        self.uart = Serial::from_state(&saved, trigger, vm_superio::serial::NoEvents, out)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}")))?;
+        Ok(())
     }
 
     /// Puts host input into the receive FIFO; returns how many bytes fit.

@@ -25,7 +25,7 @@ pub use configuration::{
     PciConfiguration, PciHeader, COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, COMMAND_IO, COMMAND_MEMORY,
     CONFIG_SPACE_SIZE, NUM_BARS,
 };
-pub use host_bridge::{HostBridge, PamHandler};
+pub use host_bridge::{HostBridge, PamHandler, PAM_COUNT, PAM_START};
 pub use isa_bridge::{IsaBridge, DEVICE_PIIX3_ISA, ISA_BRIDGE_SLOT, PIRQ_COUNT, PIRQ_ROUTE_START};
 
 /// Offsets of the type-0 header's registers.

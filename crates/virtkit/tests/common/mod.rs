@@ -58,6 +58,13 @@ impl Running {
 
 /// Starts `config` with COM1 wired to pipes.
 pub fn start(config: VirtualMachineConfiguration) -> Running {
+    let mut run = build(config);
+    run.vm.start().expect("the VM starts");
+    run
+}
+
+/// Makes a stopped VM from `config` with COM1 wired to pipes (to start, or to restore into).
+pub fn build(config: VirtualMachineConfiguration) -> Running {
     let (out_reader, out_writer) = std::io::pipe().unwrap();
     let (in_reader, in_writer) = std::io::pipe().unwrap();
     let config = config.with_serial(SerialAttachment::FileHandles {
@@ -78,8 +85,7 @@ pub fn start(config: VirtualMachineConfiguration) -> Running {
             cv.notify_all();
         }
     });
-    let mut vm = VirtualMachine::new(config).expect("valid configuration");
-    vm.start().expect("the VM starts");
+    let vm = VirtualMachine::new(config).expect("valid configuration");
     Running {
         vm,
         console,

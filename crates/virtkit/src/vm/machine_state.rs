@@ -1,0 +1,195 @@
+//! Saving a paused virtual machine's state to a file and restoring it into a new one built from
+//! the same configuration, which comes back paused (as Apple's `saveMachineStateTo` and
+//! `restoreMachineStateFrom`). The file's format is the machine's (docs/SAVE.md); this adds
+//! what only the framework knows: which configuration the machine was built from, and which
+//! configured devices cannot be saved yet.
+
+use std::path::Path;
+
+use virtkit_machine::snapshot::check_state_file;
+use virtkit_machine::{SaveSummary, SnapshotError};
+
+use super::{Shared, StartError, VirtualMachine};
+use crate::config::VirtualMachineConfiguration;
+use crate::state::VmState;
+
+/// Why a machine state was not saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineStateError {
+    #[error("cannot save the state of a virtual machine that is {state}; pause it first")]
+    NotPaused { state: VmState },
+    #[error("cannot restore a state into a virtual machine that is {state}; restore into a new virtual machine that has not started")]
+    NotStopped { state: VmState },
+    #[error("cannot save or restore the state of this virtual machine: {devices} cannot be saved yet; remove them from the configuration to use machine state files")]
+    UnsaveableDevices { devices: String },
+    #[error(transparent)]
+    State(#[from] SnapshotError),
+    #[error("cannot describe the configuration for the state file (a virtkit bug)")]
+    Describe(#[source] serde_json::Error),
+    #[error("cannot start the restored virtual machine")]
+    Start(#[from] StartError),
+}
+
+/// Each configured device that a state file cannot hold yet, by its configuration field: the
+/// virtio devices, whose state the device manager has but the file does not take yet.
+fn unsaveable_devices(config: &VirtualMachineConfiguration) -> Vec<String> {
+    let lists = [
+        ("storage_devices", config.storage_devices.len()),
+        ("entropy_devices", config.entropy_devices.len()),
+        ("memory_balloon_devices", config.memory_balloon_devices.len()),
+        ("console_devices", config.console_devices.len()),
+        ("network_devices", config.network_devices.len()),
+        ("socket_devices", config.socket_devices.len()),
+        (
+            "directory_sharing_devices",
+            config.directory_sharing_devices.len(),
+        ),
+    ];
+    lists
+        .iter()
+        .flat_map(|(field, count)| (0..*count).map(move |i| format!("{field}[{i}]")))
+        .collect()
+}
+
+fn refuse_unsaveable_devices(config: &VirtualMachineConfiguration) -> Result<(), MachineStateError> {
+    let devices = unsaveable_devices(config);
+    if devices.is_empty() {
+        return Ok(());
+    }
+    Err(MachineStateError::UnsaveableDevices {
+        devices: devices.join(", "),
+    })
+}
+
+/// The configuration as a state file records it: what the guest sees. The host side of COM1
+/// (a new run has new pipes or sockets; handed-over descriptors do not serialise at all), the
+/// seccomp policy and where helpers log may differ, so they are left out.
+pub(super) fn saved_configuration(
+    config: &VirtualMachineConfiguration,
+) -> Result<serde_json::Value, MachineStateError> {
+    use serde_json::to_value;
+    let describe = |e| MachineStateError::Describe(e);
+    let mut object = serde_json::Map::new();
+    object.insert("version".into(), to_value(config.version).map_err(describe)?);
+    object.insert("cpu_count".into(), to_value(config.cpu_count).map_err(describe)?);
+    object.insert(
+        "memory_size".into(),
+        to_value(config.memory_size).map_err(describe)?,
+    );
+    object.insert(
+        "boot_loader".into(),
+        to_value(&config.boot_loader).map_err(describe)?,
+    );
+    object.insert(
+        "machine_identifier".into(),
+        to_value(config.platform.machine_identifier).map_err(describe)?,
+    );
+    // The device lists, empty while any device refuses the save (`unsaveable_devices`); kept so
+    // a file records the devices it was saved with once they can be.
+    let devices = [
+        ("storage_devices", to_value(&config.storage_devices)),
+        ("entropy_devices", to_value(&config.entropy_devices)),
+        ("memory_balloon_devices", to_value(&config.memory_balloon_devices)),
+        ("console_devices", to_value(&config.console_devices)),
+        ("network_devices", to_value(&config.network_devices)),
+        ("socket_devices", to_value(&config.socket_devices)),
+        (
+            "directory_sharing_devices",
+            to_value(&config.directory_sharing_devices),
+        ),
+    ];
+    for (field, value) in devices {
+        object.insert(field.into(), value.map_err(describe)?);
+    }
+    Ok(serde_json::Value::Object(object))
+}
+
+impl VirtualMachine {
+    /// Saves the state of this paused virtual machine to `path`: every vCPU, the interrupt
+    /// controllers, the platform devices and guest memory, with the configuration it was built
+    /// from. The file appears whole or not at all (written beside it, then renamed). Refused
+    /// unless the virtual machine is paused, and for a configuration with a device that cannot
+    /// be saved yet; it stays paused either way.
+    pub fn save_machine_state(&self, path: &Path) -> Result<SaveSummary, MachineStateError> {
+        refuse_unsaveable_devices(&self.config)?;
+        let state = self.state();
+        let handle = match &self.handle {
+            Some(handle) if state == VmState::Paused => handle,
+            _ => return Err(MachineStateError::NotPaused { state }),
+        };
+        Ok(handle.save_state(path, &saved_configuration(&self.config)?)?)
+    }
+
+    /// Builds this (not yet started) virtual machine and puts the state saved in `path` into
+    /// it; it comes back paused, and [`VirtualMachine::resume`] runs the guest on from where it
+    /// was saved. The file must have been saved from a virtual machine with the same
+    /// configuration; a file that is not one, is damaged, is of a newer format or was saved with
+    /// another configuration is refused before anything is built.
+    pub fn restore_machine_state(&mut self, path: &Path) -> Result<(), MachineStateError> {
+        let state = self.state();
+        if !matches!(state, VmState::Stopped | VmState::Error) {
+            return Err(MachineStateError::NotStopped { state });
+        }
+        refuse_unsaveable_devices(&self.config)?;
+        let configuration = saved_configuration(&self.config)?;
+        check_state_file(path, &configuration)?;
+        {
+            let mut s = self.shared.lock();
+            s.reason = None;
+            Shared::transition(&mut s, VmState::Starting);
+        }
+        if let Some(t) = self.monitor.take() {
+            let _ = t.join();
+        }
+        self.launch(Some((path, &configuration)))
+            .map_err(MachineStateError::Start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_configured_device_is_named_by_its_field() {
+        let mut config = VirtualMachineConfiguration::linux(1, 64 << 20, "k".into(), None, "");
+        assert!(unsaveable_devices(&config).is_empty());
+        config.entropy_devices.push(Default::default());
+        config.entropy_devices.push(Default::default());
+        assert_eq!(
+            unsaveable_devices(&config),
+            ["entropy_devices[0]", "entropy_devices[1]"]
+        );
+        let e = refuse_unsaveable_devices(&config).unwrap_err().to_string();
+        assert!(
+            e.contains("entropy_devices[0], entropy_devices[1] cannot be saved yet")
+                && e.contains("remove them"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_saved_configuration_leaves_out_the_host_side_of_the_serial_port() {
+        let with_stdio = VirtualMachineConfiguration::linux(2, 64 << 20, "k".into(), None, "quiet")
+            .with_serial(crate::SerialAttachment::Stdio);
+        let (tx, _rx) = std::io::pipe().unwrap();
+        let with_handles = VirtualMachineConfiguration::linux(2, 64 << 20, "k".into(), None, "quiet")
+            .with_serial(crate::SerialAttachment::FileHandles {
+                read: None,
+                write: Some(tx.into()),
+            });
+        let plain = VirtualMachineConfiguration::linux(2, 64 << 20, "k".into(), None, "quiet");
+        let saved = saved_configuration(&plain).unwrap();
+        assert_eq!(saved_configuration(&with_stdio).unwrap(), saved);
+        assert_eq!(
+            saved_configuration(&with_handles).unwrap(),
+            saved,
+            "descriptors are left out"
+        );
+        let other = VirtualMachineConfiguration::linux(4, 64 << 20, "k".into(), None, "quiet");
+        assert_ne!(saved_configuration(&other).unwrap(), saved);
+        assert_eq!(saved["cpu_count"], 2);
+        assert_eq!(saved["memory_size"], 64 << 20);
+        assert_eq!(saved["boot_loader"]["command_line"], "quiet");
+    }
+}
