@@ -1,7 +1,7 @@
 /*
  * spawntime: run one command and time it, for bench/run.py.
  *
- *   spawntime [-m MARKER] [-f TEXT]... [-t SECS] [-l LABEL] [-v] -- CMD [ARG...]
+ *   spawntime [-m MARKER] [-f TEXT]... [-t SECS] [-l LABEL] [-k] [-v] -- CMD [ARG...]
  *
  * Takes a CLOCK_MONOTONIC timestamp right before posix_spawn(), gives the command /dev/null as
  * stdin and one pipe as stdout+stderr, reads that pipe unbuffered (read(2) straight from the
@@ -17,7 +17,9 @@
  * and prints them as one line on stdout:
  *   SPAWNTIME label=L marker_ms=... exit_ms=... status=exit:N|signal:N|timeout maxrss_kib=...
  *       utime_ms=... stime_ms=... out_bytes=... pidfd=0|1 [first_byte_ms=A,B,...]
- * After -t SECS (default 60) the command is killed (SIGKILL) and status is "timeout".
+ * After -t SECS (default 60) the command is killed (SIGKILL) and status is "timeout". With -k
+ * it is killed (SIGKILL) as soon as the marker line has been read (for a VMM that restarts the
+ * guest on its reset instead of exiting): status is then "signal:9", exit_ms when it was gone.
  * If the marker was not seen, or with -v, the last output bytes follow on stderr as
  * "SPAWNTIME-OUTPUT: ..." lines. Exit status: 0 if the marker was seen, 1 if not, 2 on a usage
  * or system error.
@@ -64,8 +66,8 @@ static void die(const char *what)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: spawntime [-m MARKER] [-f TEXT]... [-t SECS] [-l LABEL] [-v] -- CMD "
-			"[ARG...]\n");
+	fprintf(stderr, "usage: spawntime [-m MARKER] [-f TEXT]... [-t SECS] [-l LABEL] [-k] [-v] -- "
+			"CMD [ARG...]\n");
 	exit(2);
 }
 
@@ -129,7 +131,7 @@ int main(int argc, char **argv)
 {
 	const char *marker = NULL, *label = "-";
 	double timeout_s = 60;
-	int verbose = 0, i;
+	int verbose = 0, kill_at_marker = 0, i;
 
 	for (i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--")) {
@@ -146,6 +148,8 @@ int main(int argc, char **argv)
 			label = argv[++i];
 		} else if (!strcmp(argv[i], "-v")) {
 			verbose = 1;
+		} else if (!strcmp(argv[i], "-k")) {
+			kill_at_marker = 1;
 		} else {
 			usage();
 		}
@@ -207,8 +211,11 @@ int main(int argc, char **argv)
 			ssize_t n = read(out, buf, sizeof buf);
 			long long t = now_ns();
 			if (n > 0) {
-				if (feed(buf, (size_t)n, marker, t) && t_marker < 0)
+				if (feed(buf, (size_t)n, marker, t) && t_marker < 0) {
 					t_marker = t;
+					if (kill_at_marker)
+						kill(pid, SIGKILL);
+				}
 			} else if (n == 0 || errno != EINTR) {
 				close(out);
 				out = -1;
