@@ -156,6 +156,51 @@ fn sectors_the_guest_writes_are_in_the_image() {
     }
 }
 
+/// A qcow2 layer over a raw base: SeaBIOS boots the base's boot sector through the layer, the
+/// guest's writes land in the layer (read back through the backend, and `qemu-img check`ed where
+/// it is installed), and the base is not changed by one byte.
+#[test]
+fn sectors_the_guest_writes_to_a_qcow2_layer_are_in_the_layer_not_its_base() {
+    use virtkit_devices::block::qcow2::Qcow2Disk;
+    use virtkit_devices::block::{CacheMode, DiskBackend, SyncMode};
+    if !seabios_available() {
+        return;
+    }
+    let disks = Disks::new("qcow2");
+    let base = disks.disk("base.img", 64 << 20, Some(Guest::MbrWrite), &[]);
+    let before = contents(&base);
+    let layer = disks.0.join("layer.qcow2");
+    virtkit_disk::create_qcow2_layer(
+        &layer,
+        64 << 20,
+        Some(("base.img", virtkit_disk::ImageFormat::Raw)),
+    )
+    .unwrap();
+    let out = boot(&[format!("{},format=qcow2", layer.display())]);
+    let console = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{console}");
+    let mut image = Qcow2Disk::open(&layer, true, CacheMode::Cached, SyncMode::Full).unwrap();
+    for lba in WRITE_LBAS {
+        assert!(console.contains(&mbr_write(lba, WriteResult::Ok)), "{console}");
+        let mut sector = [0u8; 512];
+        image.read_at(u64::from(lba) * 512, &mut sector).unwrap();
+        assert_eq!(sector, write_pattern(lba), "LBA {lba} through the layer");
+    }
+    drop(image);
+    assert!(before == contents(&base), "the base image changed");
+    if let Ok(check) = Command::new("qemu-img").arg("check").arg(&layer).output() {
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+    }
+    // A raw file given as qcow2 is refused before the VM starts.
+    let out = boot(&[format!("{},format=qcow2", base.display())]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is not a qcow2 image"), "{}", text(&out));
+}
+
 #[test]
 fn a_read_only_disk_fails_the_guest_write_and_keeps_the_image() {
     if !seabios_available() {

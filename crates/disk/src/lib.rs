@@ -1,5 +1,6 @@
 //! Disk image files: recognise an image ([`inspect`]), turn a raw or qcow2 image into a VM's
-//! sparse raw disk ([`import`]), and copy a disk file cheaply ([`clone_file`]).
+//! sparse raw disk ([`import`]), copy a disk file cheaply ([`clone_file`]), and make a qcow2
+//! layer over another image in O(1) ([`create_qcow2_layer`]).
 //!
 //! Everything here works on whole files and never overwrites one: a destination is created new
 //! and removed again if the operation fails, and is flushed to disk (data, size and directory
@@ -18,6 +19,7 @@ pub mod durable;
 mod error;
 mod extents;
 mod import;
+mod layer;
 mod new_file;
 mod pipeline;
 mod probe;
@@ -33,6 +35,7 @@ use std::path::Path;
 pub use clone::{clone_file, CloneMethod};
 pub use error::DiskImageError;
 pub use import::{import, ImportReport};
+pub use layer::create_qcow2_layer;
 
 use error::io_error;
 

@@ -43,7 +43,7 @@ pub use host::{HostCapabilities, HostKind};
 pub use identity::{BadMachineIdentifier, MachineIdentifier};
 pub use size::{parse_size, ByteSize};
 pub use state::{StopReason, VmState};
-pub use storage::{CacheMode, StorageDeviceConfiguration, SyncMode};
+pub use storage::{CacheMode, DiskImageFormat, StorageDeviceConfiguration, SyncMode};
 pub use validate::{ValidationError, ValidationIssue, MAX_SOCKET_PATH};
 pub use virtkit_devices::balloon::BalloonStatistics;
 pub use virtkit_devices::rng::RateLimit;

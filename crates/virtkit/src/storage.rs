@@ -23,6 +23,28 @@ pub struct StorageDeviceConfiguration {
     /// The serial the guest reads (at most 20 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identifier: Option<String>,
+    /// How the file stores the disk: `raw` (default) or `qcow2` (with its backing chain). Always
+    /// given, never guessed from the file's first bytes, which the guest can write.
+    #[serde(default, skip_serializing_if = "DiskImageFormat::is_raw")]
+    pub format: DiskImageFormat,
+}
+
+/// How a disk image file stores the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskImageFormat {
+    /// The file (or block device) is the disk, byte for byte.
+    #[default]
+    Raw,
+    /// QEMU's copy-on-write format: the disk's data in clusters, the rest read through to a
+    /// backing image.
+    Qcow2,
+}
+
+impl DiskImageFormat {
+    fn is_raw(&self) -> bool {
+        *self == DiskImageFormat::Raw
+    }
 }
 
 impl StorageDeviceConfiguration {
@@ -34,14 +56,15 @@ impl StorageDeviceConfiguration {
             caching: CacheMode::default(),
             synchronization: SyncMode::default(),
             identifier: None,
+            format: DiskImageFormat::Raw,
         }
     }
 
-    /// Parses the CLI form `PATH[,ro][,cache=uncached][,sync=none][,serial=ID]`.
+    /// Parses the CLI form `PATH[,ro][,cache=uncached][,sync=none][,serial=ID][,format=qcow2]`.
     pub fn parse_cli(text: &str) -> Result<Self, String> {
         let mut parts = text.split(',');
         let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| {
-            format!("`{text}` has no path; write PATH[,ro][,cache=uncached][,sync=none][,serial=ID]")
+            format!("`{text}` has no path; write PATH[,ro][,cache=uncached][,sync=none][,serial=ID][,format=qcow2]")
         })?;
         let mut disk = StorageDeviceConfiguration::disk_image(path);
         for option in parts {
@@ -52,9 +75,11 @@ impl StorageDeviceConfiguration {
                 Some(("sync", "full")) => disk.synchronization = SyncMode::Full,
                 Some(("sync", "none")) => disk.synchronization = SyncMode::None,
                 Some(("serial", id)) => disk.identifier = Some(id.to_owned()),
+                Some(("format", "raw")) => disk.format = DiskImageFormat::Raw,
+                Some(("format", "qcow2")) => disk.format = DiskImageFormat::Qcow2,
                 _ => {
                     return Err(format!(
-                        "`{option}` is not a disk option; use ro, cache=cached|uncached, sync=full|none or serial=ID"
+                        "`{option}` is not a disk option; use ro, cache=cached|uncached, sync=full|none, serial=ID or format=raw|qcow2"
                     ))
                 }
             }

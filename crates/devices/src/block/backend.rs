@@ -123,6 +123,12 @@ pub trait DiskBackend: Send {
     /// Makes the range read back as zeros, deallocating it if `may_unmap`.
     fn write_zeroes(&mut self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()>;
 
+    /// Writes what the backend caches in memory (a qcow2 image's metadata) to its file; the
+    /// worker calls it before it stops. Nothing by default.
+    fn write_back(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Starts `op`; its completion carries `tag`. A flush must cover every write that completed
     /// before it was started (the request layer starts it only once earlier writes completed).
     fn start(&mut self, tag: u64, op: DiskOp) -> Started {
@@ -175,6 +181,10 @@ pub enum DiskOpenError {
     NotADisk { path: PathBuf },
     #[error("the disk image {path} is smaller than one 512-byte sector")]
     Empty { path: PathBuf },
+    #[error("the qcow2 image {path} cannot be used: {reason}")]
+    Qcow2 { path: PathBuf, reason: String },
+    #[error("the backing image {backing} of {path} is missing; put it back or use another disk")]
+    MissingBacking { path: PathBuf, backing: PathBuf },
 }
 
 /// Alignment of buffers, offsets and lengths for `O_DIRECT` where the kernel does not say what

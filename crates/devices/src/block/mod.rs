@@ -2,6 +2,7 @@
 //!
 //! - `config`: how a disk is attached (read-only, cache and sync modes, serial).
 //! - `backend`: where the bytes live ([`DiskBackend`]: [`FileDisk`], [`MemoryDisk`]).
+//! - `qcow2`: a qcow2 image and its backing chain as a [`DiskBackend`] ([`qcow2::Qcow2Disk`]).
 //! - `request`: chain walking and request checking, pure.
 //! - `handler`: running requests and the queue loop, pure.
 //! - `buffer`: the host buffers data passes through, and their per-disk pool.
@@ -20,6 +21,7 @@ pub mod fuzz;
 mod guest_io;
 mod handler;
 mod metrics;
+pub mod qcow2;
 pub mod request;
 #[allow(unsafe_code)]
 mod uring;

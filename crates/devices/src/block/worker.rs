@@ -93,6 +93,11 @@ impl<B: DiskBackend> Worker<B> {
             },
         );
         self.drain();
+        // What the backend keeps in memory (a qcow2 image's metadata) reaches its file before the
+        // worker stops: the VM may end here, or be saved.
+        if let Err(e) = self.handler.disk.write_back() {
+            tracing::error!("virtio-blk: cannot write the disk's cached metadata back: {e}");
+        }
         (vec![self.queue], self.handler)
     }
 }

@@ -367,6 +367,15 @@ impl DeviceManager {
 
     /// Lets go of every device (the machine is gone; its workers stop as the last handle drops).
     pub fn release(&self) {
+        // Disks stop their workers first, so that what a backend caches (a qcow2 image's
+        // metadata) reaches the file now: the PCI bus, which also holds them, may live on until
+        // the process ends. Other devices are not asked to sleep here, as some (vhost-user) would
+        // talk to their backend from this thread.
+        for entry in self.lock().iter().filter(|e| e.name.starts_with("blk")) {
+            if let Err(e) = lock_device(&entry.device).sleep() {
+                tracing::error!("disk {}: cannot stop its worker: {e}", entry.name);
+            }
+        }
         self.lock().clear();
         self.balloon.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.consoles.lock().unwrap_or_else(|p| p.into_inner()).clear();

@@ -115,6 +115,7 @@ pub(crate) fn check_socket_path(issues: &mut Issues, field: &str, path: &Path, s
 }
 
 pub(crate) fn check_disk(issues: &mut Issues, field: &str, disk: &StorageDeviceConfiguration) {
+    use crate::storage::DiskImageFormat;
     use std::os::unix::fs::FileTypeExt;
     let path = &disk.path;
     let meta = match std::fs::metadata(path) {
@@ -167,6 +168,18 @@ pub(crate) fn check_disk(issues: &mut Issues, field: &str, disk: &StorageDeviceC
         .read(true)
         .write(!disk.read_only)
         .open(path);
+    if let (Ok(file), DiskImageFormat::Qcow2) = (&opened, disk.format) {
+        if !virtkit_devices::block::qcow2::is_qcow2(file) {
+            issues.add(
+                field,
+                format!(
+                    "the disk {} is not a qcow2 image; attach it as raw (without format=qcow2), or \
+                     convert it with `qemu-img convert -O qcow2`",
+                    path.display()
+                ),
+            );
+        }
+    }
     if let Err(e) = opened {
         let how = if disk.read_only {
             "read"
