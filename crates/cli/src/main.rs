@@ -71,6 +71,8 @@ enum Command {
     Clone(commands::clone::CloneArgs),
     /// Delete a stopped VM.
     Delete(commands::delete::DeleteArgs),
+    /// Take, list, restore and delete named snapshots of a stopped VM's disk and configuration.
+    Snapshot(commands::snapshot::SnapshotArgs),
     /// List the restore-image catalog, or pull (download and verify) an image from it.
     Images(commands::images::ImagesArgs),
     /// The process of a detached VM (started by `run --detach`).
@@ -120,6 +122,7 @@ fn main() -> ExitCode {
         Command::Cp(args) => commands::cp::run(&args),
         Command::Clone(args) => commands::clone::run(&args),
         Command::Delete(args) => commands::delete::run(&args),
+        Command::Snapshot(args) => commands::snapshot::run(&args),
         Command::Images(args) => commands::images::run(&args),
         Command::VmProcess(args) => commands::detach::vm_process(&args),
     };

@@ -445,3 +445,85 @@ fn an_interrupted_create_leaves_no_bundle() {
         "1",
     ]);
 }
+
+/// One run of the session VM until it is ready, then a clean stop; returns its log.
+fn session_run(home: &Home, name: &str) -> String {
+    home.ok(&["run", name, "--detach"]);
+    let log = home.wait_log(name, "session: ready", 1);
+    home.ok(&["stop", name, "--timeout", "30"]);
+    log
+}
+
+/// Snapshots of a layered VM with a real guest: the session counts its boots on its disk, so
+/// the count says which disk state the guest saw. `create --disk-format qcow2`, take, restore,
+/// delete the middle of three, and a layered clone whose writes stay its own.
+#[test]
+fn snapshots_of_a_layered_vm_take_the_guest_back_and_a_layered_clone_is_its_own() {
+    if !available() {
+        return;
+    }
+    let home = home("snapshots");
+    let image = home.session_image();
+    home.ok(&[
+        "create",
+        "s",
+        "--from",
+        image.to_str().unwrap(),
+        "--disk-size",
+        "64M",
+        "--memory",
+        "128M",
+        "--cpus",
+        "1",
+        "--disk-format",
+        "qcow2",
+    ]);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.bundle("s").join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["storage_devices"][0]["format"], "qcow2", "{config}");
+
+    assert!(session_run(&home, "s").contains("session: boot 1"));
+    home.ok(&["snapshot", "create", "s", "one"]);
+    assert!(session_run(&home, "s").contains("session: boot 2"));
+    home.ok(&["snapshot", "create", "s", "two"]);
+    assert!(session_run(&home, "s").contains("session: boot 3"));
+    home.ok(&["snapshot", "create", "s", "three"]);
+    let listed = home.ok(&["snapshot", "list", "s"]);
+    for name in ["one", "two", "three"] {
+        assert!(listed.contains(name), "{listed}");
+    }
+
+    // Back to "one": the guest had booted once then, so this is its second boot.
+    home.ok(&["snapshot", "restore", "s", "one"]);
+    let log = session_run(&home, "s");
+    assert!(log.contains("session: boot 2"), "{log}");
+    home.ok(&["snapshot", "delete", "s", "two"]);
+    home.ok(&["snapshot", "restore", "s", "three"]);
+    let log = session_run(&home, "s");
+    assert!(log.contains("session: boot 4"), "{log}");
+    home.fails(&["snapshot", "restore", "s", "two"], "no snapshot named `two`");
+
+    // While it runs, snapshots are refused.
+    home.ok(&["run", "s", "--detach"]);
+    home.wait_log("s", "session: ready", 1);
+    home.fails(&["snapshot", "create", "s", "four"], "is running");
+    home.ok(&["stop", "s", "--timeout", "30"]);
+
+    // A layered clone: no data copied; each VM counts on from the same state on its own.
+    let out = home.ok(&["clone", "s", "c"]);
+    assert!(out.contains("layered"), "{out}");
+    let a = session_run(&home, "s");
+    let b = session_run(&home, "c");
+    assert!(a.contains("session: boot 6"), "{a}");
+    assert!(
+        b.contains("session: boot 6"),
+        "the clone's disk is the source's: {b}"
+    );
+    home.ok(&["delete", "s"]);
+    let b = session_run(&home, "c");
+    assert!(
+        b.contains("session: boot 7"),
+        "the clone outlives its source: {b}"
+    );
+}

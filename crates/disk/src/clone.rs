@@ -20,6 +20,9 @@ pub enum CloneMethod {
     Reflink,
     /// The file system cannot share blocks: the data extents were copied and the holes kept.
     SparseCopy,
+    /// A layered (qcow2) disk: a new empty layer over the source's frozen layers, which are
+    /// shared as hard links (nothing writes them again). Instant on every file system.
+    Layered,
 }
 
 impl std::fmt::Display for CloneMethod {
@@ -27,6 +30,7 @@ impl std::fmt::Display for CloneMethod {
         f.write_str(match self {
             CloneMethod::Reflink => "reflink",
             CloneMethod::SparseCopy => "sparse copy",
+            CloneMethod::Layered => "layered",
         })
     }
 }

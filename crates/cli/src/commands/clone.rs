@@ -30,6 +30,7 @@ pub fn run(args: &CloneArgs) -> Result<u8, CliError> {
         match method {
             CloneMethod::Reflink => "reflinked: no data copied",
             CloneMethod::SparseCopy => "sparse copy: this file system has no reflinks",
+            CloneMethod::Layered => "layered: a new qcow2 layer over the shared, frozen ones",
         },
         human_size(copy.disk_usage()),
         copy.machine_identifier()

@@ -49,6 +49,13 @@ impl Bundle {
         checked?;
         let current = self.disk_size()?;
         let new_size = change.disk_size.unwrap_or(current);
+        if new_size != current && self.disk_format() == virtkit::DiskImageFormat::Qcow2 {
+            return Err(BundleError::Refused(format!(
+                "the disk of `{}` is layered (qcow2), and growing a layered disk is not supported yet; \
+                 clone a VM with a raw disk instead, or keep this size",
+                self.name
+            )));
+        }
         if new_size < current {
             return Err(BundleError::Refused(format!(
                 "the disk of `{}` is {current} bytes; it can grow but not shrink (asked for {new_size})",

@@ -406,6 +406,21 @@ impl Bundle {
         let staging = Staging::new(&vms, new_name)?;
         let dir = staging.dir.clone();
         let mut disk_method = CloneMethod::SparseCopy;
+        let layered = self.disk_format() == virtkit::DiskImageFormat::Qcow2;
+        if layered {
+            // O(1) on every file system: the source's active layer is frozen, both VMs get a new
+            // empty one over it, and the frozen layers (which nothing writes again) are hard-linked.
+            let layer = super::layers::freeze(&self.path, virtkit::DiskImageFormat::Qcow2)?;
+            let mut chain = vec![layer.clone()];
+            chain.extend(super::layers::chain_from(&self.path, &self.name, &layer)?);
+            for name in &chain {
+                let (src, dst) = (self.file(name), dir.join(name));
+                std::fs::hard_link(&src, &dst).map_err(io_error("link", &dst))?;
+            }
+            let size = super::layers::virtual_size(&self.path, virtkit::DiskImageFormat::Qcow2)?;
+            super::layers::reset_to(&dir, &layer, size)?;
+            disk_method = CloneMethod::Layered;
+        }
         for file in [
             CONFIG_FILE,
             HARDWARE_MODEL_FILE,
@@ -418,7 +433,7 @@ impl Bundle {
             DISK_FILE,
         ] {
             let src = self.file(file);
-            if std::fs::symlink_metadata(&src).is_err() {
+            if std::fs::symlink_metadata(&src).is_err() || (layered && file == DISK_FILE) {
                 continue;
             }
             let mut ignore = |_: u64, _: u64| {};

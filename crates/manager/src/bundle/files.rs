@@ -139,6 +139,7 @@ pub(crate) const KNOWN_FILES: &[&str] = &[
     "known_hosts",
     "restore-image.raw",
     "restore-image.qcow2",
+    super::SNAPSHOTS_FILE,
 ];
 
 /// Refuses a bundle where a known file is a symbolic link or not a regular file. `open_in`
@@ -165,7 +166,13 @@ pub(crate) fn restrict_permissions(dir: &Path) -> Result<(), BundleError> {
         let entry = entry.map_err(io_error("read", dir))?;
         let path = entry.path();
         let meta = std::fs::symlink_metadata(&path).map_err(io_error("read", &path))?;
-        if meta.is_file() && meta.mode() & 0o777 != FILE_MODE {
+        // Frozen disk layers stay read-only (0400, owner-only too); a clone shares them as hard
+        // links, so changing one here would change the source's.
+        let layer = entry
+            .file_name()
+            .to_str()
+            .is_some_and(super::layers::is_layer_name);
+        if meta.is_file() && !layer && meta.mode() & 0o777 != FILE_MODE {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(FILE_MODE))
                 .map_err(io_error("restrict the permissions of", &path))?;
         }

@@ -35,9 +35,11 @@ mod create;
 mod external;
 mod files;
 mod hardware;
+mod layers;
 mod lock;
 mod name;
 mod siblings;
+mod snapshots;
 
 use std::fs::File;
 use std::io::ErrorKind;
@@ -51,6 +53,7 @@ pub use files::{Access, MAX_METADATA_SIZE};
 pub use hardware::{HardwareModel, HARDWARE_MODEL_VERSION, MACHINE_MODEL};
 pub use lock::BundleLock;
 pub use name::{check_name, MAX_NAME_LEN};
+pub use snapshots::{Snapshot, MAX_SNAPSHOT_NAME, SNAPSHOTS_FILE};
 /// The disk image types bundle operations report.
 pub use virtkit_disk::{CloneMethod, DiskImageError};
 
@@ -308,6 +311,8 @@ impl Bundle {
     /// the bundle's lock, so two copies started at once cannot both pass).
     pub fn runtime_configuration(&self) -> Result<VirtualMachineConfiguration, BundleError> {
         external::check(&self.path, &self.name, &self.config, &self.external)?;
+        // A layered disk reads only the bundle's own layers.
+        layers::chain(&self.path, &self.name, self.disk_format())?;
         let vms = self.path.parent().unwrap_or(Path::new("."));
         if let Some(other) = siblings::running_twin(vms, &self.name, self.machine_id) {
             return Err(BundleError::SameIdentity {
@@ -383,9 +388,9 @@ impl Bundle {
 
     /// The boot disk's size as the guest sees it.
     pub fn disk_size(&self) -> Result<u64, BundleError> {
-        let path = self.file(DISK_FILE);
-        let disk = self.open_file(DISK_FILE, Access::Read)?;
-        Ok(disk.metadata().map_err(io_error("read", &path))?.len())
+        // Opened as the bundle's files are (no links, regular files only) before reading it.
+        self.open_file(DISK_FILE, Access::Read)?;
+        layers::virtual_size(&self.path, self.disk_format())
     }
 
     /// Grows the boot disk; the VM must not be running. Shrinking is refused: it would cut off

@@ -275,3 +275,152 @@ fn a_restore_image_is_installed_and_kept_when_asked() {
     assert!(e.to_string().contains("cannot make the disk from"), "{e}");
     assert!(!home.0.vms_dir().join("small").exists());
 }
+
+/// Writes `data` at `offset` of the VM's boot disk as the guest would (through the disk backend
+/// its configuration names), and reads `len` bytes back from `offset`.
+mod disk_io {
+    use super::*;
+    use virtkit::DiskImageFormat;
+    use virtkit_devices::block::qcow2::Qcow2Disk;
+    use virtkit_devices::block::{CacheMode, DiskBackend, SyncMode};
+
+    fn with_disk<T>(b: &Bundle, f: impl FnOnce(&mut dyn DiskBackend) -> T) -> T {
+        let path = b.file(DISK_FILE);
+        match b.disk_format() {
+            DiskImageFormat::Raw => {
+                let mut disk =
+                    virtkit_devices::block::FileDisk::open(&path, false, CacheMode::Cached, SyncMode::Full)
+                        .unwrap();
+                f(&mut disk)
+            }
+            DiskImageFormat::Qcow2 => {
+                let mut disk = Qcow2Disk::open(&path, false, CacheMode::Cached, SyncMode::Full).unwrap();
+                let out = f(&mut disk);
+                disk.write_back().unwrap();
+                out
+            }
+        }
+    }
+
+    pub fn write(b: &Bundle, offset: u64, data: &[u8]) {
+        with_disk(b, |d| {
+            d.write_at(offset, data).unwrap();
+            d.flush().unwrap();
+        })
+    }
+
+    pub fn read(b: &Bundle, offset: u64, len: usize) -> Vec<u8> {
+        with_disk(b, |d| {
+            let mut buf = vec![0u8; len];
+            d.read_at(offset, &mut buf).unwrap();
+            buf
+        })
+    }
+}
+
+#[test]
+fn snapshots_restore_old_data_and_deleting_the_middle_one_keeps_the_others() {
+    let home = Home::new("snap");
+    let mut b = Bundle::create(&home.0, "web", &spec(firmware(&home)), &mut nothing).unwrap();
+    disk_io::write(&b, 0, b"first...");
+    b.snapshot_create("one").unwrap();
+    // The raw disk became layered: qcow2 over the frozen raw file.
+    assert_eq!(b.disk_format(), virtkit::DiskImageFormat::Qcow2);
+    assert_eq!(b.disk_size().unwrap(), 64 << 20);
+    disk_io::write(&b, 0, b"second..");
+    b.snapshot_create("two").unwrap();
+    disk_io::write(&b, 0, b"third...");
+    b.snapshot_create("three").unwrap();
+    disk_io::write(&b, 0, b"current.");
+    let names: Vec<_> = b.snapshots().unwrap().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["one", "two", "three"]);
+
+    b.snapshot_restore("one").unwrap();
+    assert_eq!(disk_io::read(&b, 0, 8), b"first...");
+    b.snapshot_delete("two").unwrap();
+    b.snapshot_restore("three").unwrap();
+    assert_eq!(
+        disk_io::read(&b, 0, 8),
+        b"third...",
+        "the deleted middle snapshot's layer stays while three needs it"
+    );
+    b.snapshot_restore("one").unwrap();
+    assert_eq!(disk_io::read(&b, 0, 8), b"first...");
+    // The chain is what the VM process would check before running.
+    b.runtime_configuration().unwrap();
+    // Reopened from disk, the bundle says the same.
+    let b = Bundle::open(&home.0, "web").unwrap();
+    assert_eq!(b.snapshots().unwrap().len(), 2);
+    assert_eq!(disk_io::read(&b, 0, 8), b"first...");
+
+    // Errors are one sentence each and change nothing.
+    let mut b = b;
+    let err = b.snapshot_create("one").unwrap_err().to_string();
+    assert!(err.contains("already has a snapshot named `one`"), "{err}");
+    let err = b.snapshot_restore("two").unwrap_err().to_string();
+    assert!(err.contains("no snapshot named `two`"), "{err}");
+    let err = b.snapshot_create("../x").unwrap_err().to_string();
+    assert!(err.contains("not a snapshot name"), "{err}");
+    assert_eq!(b.snapshots().unwrap().len(), 2);
+}
+
+#[test]
+fn a_layered_vm_clones_with_hard_links_and_the_clones_writes_stay_its_own() {
+    let home = Home::new("layered-clone");
+    let mut b = Bundle::create(&home.0, "src", &spec(firmware(&home)), &mut nothing).unwrap();
+    disk_io::write(&b, 4096, b"base data");
+    b.snapshot_create("s").unwrap();
+    let (copy, method) = b.clone_to(&home.0, "copy", &mut nothing).unwrap();
+    assert_eq!(method, CloneMethod::Layered);
+    assert_eq!(disk_io::read(&copy, 4096, 9), b"base data");
+    disk_io::write(&copy, 4096, b"copy data");
+    assert_eq!(
+        disk_io::read(&b, 4096, 9),
+        b"base data",
+        "the clone's writes reach the source"
+    );
+    disk_io::write(&b, 0, b"source");
+    assert_eq!(
+        disk_io::read(&copy, 0, 6),
+        [0u8; 6],
+        "the source's writes reach the clone"
+    );
+    // Frozen layers are shared, not copied: same inodes.
+    use std::os::unix::fs::MetadataExt;
+    let layers: Vec<_> = std::fs::read_dir(copy.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("layer-"))
+        .collect();
+    assert!(!layers.is_empty());
+    for l in &layers {
+        let here = l.metadata().unwrap();
+        let there = std::fs::metadata(b.file(&l.file_name().to_string_lossy())).unwrap();
+        assert_eq!(here.ino(), there.ino(), "{:?}", l.file_name());
+    }
+    // Deleting the source leaves the clone whole.
+    std::fs::remove_dir_all(b.path()).unwrap();
+    let copy = Bundle::open(&home.0, "copy").unwrap();
+    copy.runtime_configuration().unwrap();
+    assert_eq!(disk_io::read(&copy, 4096, 9), b"copy data");
+}
+
+#[test]
+fn a_layer_chain_reaching_outside_the_bundle_is_refused() {
+    let home = Home::new("layer-escape");
+    let mut b = Bundle::create(&home.0, "web", &spec(firmware(&home)), &mut nothing).unwrap();
+    b.snapshot_create("s").unwrap();
+    // A hand-made disk.img reading through to a host file.
+    let disk = b.file(DISK_FILE);
+    std::fs::remove_file(&disk).unwrap();
+    let secret = home.0.root().join("secret.img");
+    std::fs::write(&secret, vec![7u8; 1 << 20]).unwrap();
+    virtkit_disk::create_qcow2_layer(
+        &disk,
+        1 << 20,
+        Some((secret.to_str().unwrap(), virtkit_disk::ImageFormat::Raw)),
+    )
+    .unwrap();
+    let err = b.runtime_configuration().unwrap_err().to_string();
+    assert!(err.contains("not one of the bundle's layers"), "{err}");
+}

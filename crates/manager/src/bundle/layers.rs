@@ -1,0 +1,251 @@
+//! Layered boot disks: the bundle's `disk.img` as a qcow2 image over read-only layers.
+//!
+//! ```text
+//! <bundle>/
+//!   disk.img                  the active layer: qcow2, takes every write
+//!   layer-<16 hex>.qcow2      frozen layers (0400), each the backing image of the next
+//!   layer-<16 hex>.img        the first layer when the disk was raw
+//! ```
+//!
+//! Freezing the active disk (a snapshot, a clone) is O(1) on every file system: `disk.img` gets a
+//! second name `layer-<id>`, a new empty qcow2 image backed by it is renamed over `disk.img`,
+//! and from then on nothing writes the layer. A crash before the rename leaves the old
+//! `disk.img` in place (and a stray layer name for the same file, removed by the next cleanup);
+//! after it, the new chain is whole.
+//!
+//! Every backing name in the chain must be a sibling `layer-<16 hex>.{qcow2,img}` that is a
+//! regular file: a bundle is trusted only as far as it should be (docs/BUNDLES.md), and a qcow2
+//! header naming `/etc/shadow` as its backing file must not give the guest the host's file.
+//! Frozen layers never change, so a clone hard-links them instead of copying.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::Path;
+
+use virtkit::DiskImageFormat;
+use virtkit_disk::{create_qcow2_layer, ImageFormat};
+
+use super::{io_error, BundleError, DISK_FILE};
+
+/// What a layer's file name starts with.
+pub const LAYER_PREFIX: &str = "layer-";
+/// A chain longer than this is refused as damaged.
+pub const MAX_LAYERS: usize = 64;
+
+/// The qcow2 magic.
+const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+
+/// Whether `name` is a layer's file name: `layer-` + 16 lowercase hex digits + `.qcow2`/`.img`.
+pub fn is_layer_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(LAYER_PREFIX) else {
+        return false;
+    };
+    let Some((id, ext)) = rest.split_once('.') else {
+        return false;
+    };
+    id.len() == 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && (ext == "qcow2" || ext == "img")
+}
+
+/// A new layer name for a disk of `format`.
+fn new_layer_name(format: DiskImageFormat) -> Result<String, BundleError> {
+    let mut id = [0u8; 8];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut id))
+        .map_err(io_error("read", Path::new("/dev/urandom")))?;
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let ext = match format {
+        DiskImageFormat::Raw => "img",
+        DiskImageFormat::Qcow2 => "qcow2",
+    };
+    Ok(format!("{LAYER_PREFIX}{hex}.{ext}"))
+}
+
+/// The backing name in the qcow2 header of `file`, and its virtual size.
+fn qcow2_header(file: &File) -> std::io::Result<(Option<String>, u64)> {
+    let mut header = [0u8; 32];
+    file.read_exact_at(&mut header, 0)?;
+    if &header[..4] != QCOW2_MAGIC {
+        return Err(std::io::Error::other("not a qcow2 image"));
+    }
+    let offset = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
+    let len = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes"));
+    let size = u64::from_be_bytes(header[24..32].try_into().expect("8 bytes"));
+    if offset == 0 || len == 0 {
+        return Ok((None, size));
+    }
+    if len > 1023 {
+        return Err(std::io::Error::other("a backing file name over 1023 bytes"));
+    }
+    let mut name = vec![0u8; len as usize];
+    file.read_exact_at(&mut name, offset)?;
+    let name = String::from_utf8(name)
+        .map_err(|_| std::io::Error::other("a backing file name that is not UTF-8"))?;
+    Ok((Some(name), size))
+}
+
+/// The disk's size as the guest sees it: the file's length for raw, the header's for qcow2.
+pub(crate) fn virtual_size(dir: &Path, format: DiskImageFormat) -> Result<u64, BundleError> {
+    let path = dir.join(DISK_FILE);
+    let file = File::open(&path).map_err(io_error("read", &path))?;
+    match format {
+        DiskImageFormat::Raw => Ok(file.metadata().map_err(io_error("read", &path))?.len()),
+        DiskImageFormat::Qcow2 => Ok(qcow2_header(&file)
+            .map_err(io_error("read the qcow2 header of", &path))?
+            .1),
+    }
+}
+
+/// The layers `disk.img` reads through, nearest first, each checked: a sibling with a layer's
+/// name, a regular file (not a link), qcow2 down to at most one raw layer at the bottom.
+pub(crate) fn chain(dir: &Path, vm: &str, format: DiskImageFormat) -> Result<Vec<String>, BundleError> {
+    match format {
+        DiskImageFormat::Raw => Ok(Vec::new()),
+        DiskImageFormat::Qcow2 => chain_from(dir, vm, DISK_FILE),
+    }
+}
+
+/// The layers the qcow2 image `start` (in `dir`) reads through, checked as [`chain`] does.
+pub(crate) fn chain_from(dir: &Path, vm: &str, start: &str) -> Result<Vec<String>, BundleError> {
+    let damaged = |problem: String| BundleError::Damaged {
+        name: vm.to_owned(),
+        problem,
+    };
+    let mut layers = Vec::new();
+    let mut current = start.to_owned();
+    loop {
+        let path = dir.join(&current);
+        let file = File::open(&path).map_err(io_error("read", &path))?;
+        if current != start && !current.ends_with(".qcow2") {
+            // A raw layer ends the chain.
+            return Ok(layers);
+        }
+        let (backing, _) = qcow2_header(&file)
+            .map_err(|e| damaged(format!("{current} is not a usable qcow2 image ({e})")))?;
+        let Some(backing) = backing else { return Ok(layers) };
+        if !is_layer_name(&backing) {
+            return Err(damaged(format!(
+                "{current} reads through to `{backing}`, which is not one of the bundle's layers \
+                 (a layer is a file named layer-<16 hex digits>.qcow2 or .img beside disk.img)"
+            )));
+        }
+        match std::fs::symlink_metadata(dir.join(&backing)) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Err(damaged(format!("the layer {backing} is not a regular file"))),
+            Err(_) => {
+                return Err(damaged(format!(
+                    "the layer {backing} that {current} reads through to is missing"
+                )))
+            }
+        }
+        if layers.len() >= MAX_LAYERS {
+            return Err(damaged(format!(
+                "its disk has more than {MAX_LAYERS} layers (a loop?)"
+            )));
+        }
+        layers.push(backing.clone());
+        current = backing;
+    }
+}
+
+/// Freezes `disk.img`: it becomes the returned read-only layer and a new, empty qcow2
+/// `disk.img` reads through to it. The VM must be stopped (the caller holds the lock).
+pub(crate) fn freeze(dir: &Path, format: DiskImageFormat) -> Result<String, BundleError> {
+    let size = virtual_size(dir, format)?;
+    let layer = new_layer_name(format)?;
+    let disk = dir.join(DISK_FILE);
+    let layer_path = dir.join(&layer);
+    std::fs::hard_link(&disk, &layer_path).map_err(io_error("link", &layer_path))?;
+    let next = dir.join("disk.img.next");
+    let _ = std::fs::remove_file(&next);
+    let backing_format = match format {
+        DiskImageFormat::Raw => ImageFormat::Raw,
+        DiskImageFormat::Qcow2 => ImageFormat::Qcow2,
+    };
+    let made = create_qcow2_layer(&next, size, Some((&layer, backing_format)))
+        .map_err(|source| BundleError::Disk {
+            path: next.clone(),
+            source,
+        })
+        .and_then(|()| {
+            std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o600))
+                .map_err(io_error("restrict the permissions of", &next))
+        })
+        .and_then(|()| std::fs::rename(&next, &disk).map_err(io_error("rename into place", &disk)))
+        .and_then(|()| virtkit_disk::durable::sync_dir(dir).map_err(io_error("sync", dir)));
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&next);
+        let _ = std::fs::remove_file(&layer_path);
+        return Err(e);
+    }
+    // Nothing writes a frozen layer again; read-only says so to every other program too.
+    let _ = std::fs::set_permissions(&layer_path, std::fs::Permissions::from_mode(0o400));
+    Ok(layer)
+}
+
+/// Replaces `disk.img` with a new, empty qcow2 image reading through to `layer` (discarding
+/// what the active disk held since).
+pub(crate) fn reset_to(dir: &Path, layer: &str, size: u64) -> Result<(), BundleError> {
+    let disk = dir.join(DISK_FILE);
+    let next = dir.join("disk.img.next");
+    let _ = std::fs::remove_file(&next);
+    let format = if layer.ends_with(".img") {
+        ImageFormat::Raw
+    } else {
+        ImageFormat::Qcow2
+    };
+    let made = create_qcow2_layer(&next, size, Some((layer, format)))
+        .map_err(|source| BundleError::Disk {
+            path: next.clone(),
+            source,
+        })
+        .and_then(|()| {
+            std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o600))
+                .map_err(io_error("restrict the permissions of", &next))
+        })
+        .and_then(|()| std::fs::rename(&next, &disk).map_err(io_error("rename into place", &disk)))
+        .and_then(|()| virtkit_disk::durable::sync_dir(dir).map_err(io_error("sync", dir)));
+    if made.is_err() {
+        let _ = std::fs::remove_file(&next);
+    }
+    made
+}
+
+/// Removes every layer file of the bundle that `keep` (the chains still in use) does not name.
+pub(crate) fn remove_unused(dir: &Path, keep: &[String]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_layer_name(&name) && !keep.contains(&name) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_names_are_recognised_and_nothing_else_is() {
+        assert!(is_layer_name("layer-0123456789abcdef.qcow2"));
+        assert!(is_layer_name("layer-0123456789abcdef.img"));
+        for bad in [
+            "layer-0123456789abcde.qcow2",
+            "layer-0123456789ABCDEF.qcow2",
+            "layer-0123456789abcdef.raw",
+            "../layer-0123456789abcdef.qcow2",
+            "/etc/shadow",
+            "disk.img",
+            "layer-0123456789abcdef.qcow2/x",
+        ] {
+            assert!(!is_layer_name(bad), "{bad}");
+        }
+    }
+}
