@@ -9,7 +9,9 @@ use std::path::Path;
 
 use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2;
-use imago::{FormatCreateBuilder, Storage, StorageCreateOptions};
+use imago::{
+    FormatAccess, FormatCreateBuilder, ShallowMapping, Storage, StorageCreateOptions, StorageOpenOptions,
+};
 
 use crate::durable;
 use crate::error::{io_error, DiskImageError};
@@ -53,4 +55,31 @@ fn write_layer(path: &Path, size: u64, backing: Option<(&str, ImageFormat)>) -> 
         builder = builder.backing(name.to_owned(), format.to_string());
     }
     builder.create()
+}
+
+/// Whether the qcow2 image at `path` holds any data of its own (allocated or explicitly zeroed
+/// clusters); an image that only reads through to its backing image holds none. Its backing
+/// image is not opened.
+pub fn qcow2_layer_has_data(path: &Path) -> Result<bool, DiskImageError> {
+    let read_error = |e| io_error("read the qcow2 image", path)(e);
+    let storage = ImagoFile::open(StorageOpenOptions::new().filename(path)).map_err(read_error)?;
+    let qcow2 = Qcow2::<ImagoFile>::open_image(storage, false).map_err(read_error)?;
+    let image = FormatAccess::new(qcow2);
+    let size = image.size();
+    let mut offset = 0;
+    while offset < size {
+        let (mapping, len) = image
+            .get_shallow_mapping(offset, size - offset)
+            .map_err(read_error)?;
+        match mapping {
+            ShallowMapping::Zero { explicit: false, .. } | ShallowMapping::Indirect { .. } => {}
+            ShallowMapping::Eof { .. } => return Ok(false),
+            _ => return Ok(true),
+        }
+        if len == 0 {
+            return Ok(false);
+        }
+        offset += len;
+    }
+    Ok(false)
 }

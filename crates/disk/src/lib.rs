@@ -35,7 +35,7 @@ use std::path::Path;
 pub use clone::{clone_file, CloneMethod};
 pub use error::DiskImageError;
 pub use import::{import, ImportReport};
-pub use layer::create_qcow2_layer;
+pub use layer::{create_qcow2_layer, qcow2_layer_has_data};
 
 use error::io_error;
 

@@ -116,6 +116,10 @@ pub(crate) fn chain_from(dir: &Path, vm: &str, start: &str) -> Result<Vec<String
         problem,
     };
     let mut layers = Vec::new();
+    if start.ends_with(".img") && start != DISK_FILE {
+        // A raw layer reads through to nothing.
+        return Ok(layers);
+    }
     let mut current = start.to_owned();
     loop {
         let path = dir.join(&current);
@@ -155,6 +159,21 @@ pub(crate) fn chain_from(dir: &Path, vm: &str, start: &str) -> Result<Vec<String
 /// Freezes `disk.img`: it becomes the returned read-only layer and a new, empty qcow2
 /// `disk.img` reads through to it. The VM must be stopped (the caller holds the lock).
 pub(crate) fn freeze(dir: &Path, format: DiskImageFormat) -> Result<String, BundleError> {
+    // An active layer with nothing in it yet adds nothing: its backing layer already is what a
+    // freeze would make, so use that (the chain does not grow by one per clone or snapshot).
+    if format == DiskImageFormat::Qcow2 {
+        let disk = dir.join(DISK_FILE);
+        let file = File::open(&disk).map_err(io_error("read", &disk))?;
+        if let Ok((Some(backing), _)) = qcow2_header(&file) {
+            let has_data = virtkit_disk::qcow2_layer_has_data(&disk).map_err(|source| BundleError::Disk {
+                path: disk.clone(),
+                source,
+            })?;
+            if !has_data && is_layer_name(&backing) {
+                return Ok(backing);
+            }
+        }
+    }
     let size = virtual_size(dir, format)?;
     let layer = new_layer_name(format)?;
     let disk = dir.join(DISK_FILE);

@@ -210,19 +210,11 @@ impl Bundle {
         let mut keep = layers::chain(&self.path, &self.name, self.disk_format())?;
         for snapshot in &list.snapshots {
             keep.push(snapshot.layer.clone());
-            keep.extend(layer_chain(&self.path, &self.name, &snapshot.layer)?);
+            keep.extend(layers::chain_from(&self.path, &self.name, &snapshot.layer)?);
         }
         layers::remove_unused(&self.path, &keep);
         Ok(())
     }
-}
-
-/// The layers `layer` reads through, as `layers::chain` checks them.
-fn layer_chain(dir: &std::path::Path, vm: &str, layer: &str) -> Result<Vec<String>, BundleError> {
-    if layer.ends_with(".img") {
-        return Ok(Vec::new());
-    }
-    layers::chain_from(dir, vm, layer)
 }
 
 /// The virtual size of a layer (qcow2 header, or a raw layer's length).

@@ -424,3 +424,22 @@ fn a_layer_chain_reaching_outside_the_bundle_is_refused() {
     let err = b.runtime_configuration().unwrap_err().to_string();
     assert!(err.contains("not one of the bundle's layers"), "{err}");
 }
+
+#[test]
+fn an_untouched_active_layer_is_not_frozen_again_so_chains_do_not_grow_per_clone() {
+    let home = Home::new("chain-growth");
+    let mut b = Bundle::create(&home.0, "src", &spec(firmware(&home)), &mut nothing).unwrap();
+    b.use_layered_disk().unwrap();
+    let depth = |b: &Bundle| layers::chain(b.path(), b.name(), b.disk_format()).unwrap().len();
+    assert_eq!(depth(&b), 1);
+    for i in 0..5 {
+        b.clone_to(&home.0, &format!("copy-{i}"), &mut nothing).unwrap();
+        b.snapshot_create(&format!("s{i}")).unwrap();
+    }
+    assert_eq!(depth(&b), 1, "nothing was written, so nothing new was frozen");
+    disk_io::write(&b, 0, b"x");
+    b.snapshot_create("written").unwrap();
+    assert_eq!(depth(&b), 2);
+    let copy = Bundle::open(&home.0, "copy-4").unwrap();
+    assert_eq!(depth(&copy), 1);
+}
