@@ -179,25 +179,7 @@ pub(crate) fn freeze(dir: &Path, format: DiskImageFormat) -> Result<String, Bund
     let disk = dir.join(DISK_FILE);
     let layer_path = dir.join(&layer);
     std::fs::hard_link(&disk, &layer_path).map_err(io_error("link", &layer_path))?;
-    let next = dir.join("disk.img.next");
-    let _ = std::fs::remove_file(&next);
-    let backing_format = match format {
-        DiskImageFormat::Raw => ImageFormat::Raw,
-        DiskImageFormat::Qcow2 => ImageFormat::Qcow2,
-    };
-    let made = create_qcow2_layer(&next, size, Some((&layer, backing_format)))
-        .map_err(|source| BundleError::Disk {
-            path: next.clone(),
-            source,
-        })
-        .and_then(|()| {
-            std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o600))
-                .map_err(io_error("restrict the permissions of", &next))
-        })
-        .and_then(|()| std::fs::rename(&next, &disk).map_err(io_error("rename into place", &disk)))
-        .and_then(|()| virtkit_disk::durable::sync_dir(dir).map_err(io_error("sync", dir)));
-    if let Err(e) = made {
-        let _ = std::fs::remove_file(&next);
+    if let Err(e) = reset_to(dir, &layer, size) {
         let _ = std::fs::remove_file(&layer_path);
         return Err(e);
     }
