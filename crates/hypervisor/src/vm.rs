@@ -72,12 +72,23 @@ impl Vm {
     /// Sets up the x86 platform pieces KVM keeps in the kernel: the TSS and identity-map
     /// pages, the PIC/IOAPIC/LAPIC irqchip and the PIT.
     pub fn create_platform(&self, tss_address: u64, identity_map_address: u64) -> Result<()> {
+        self.set_system_pages(tss_address, identity_map_address)?;
+        self.create_interrupt_controllers()
+    }
+
+    /// The first half of [`Vm::create_platform`]: where KVM keeps the TSS and the identity map.
+    pub fn set_system_pages(&self, tss_address: u64, identity_map_address: u64) -> Result<()> {
         self.fd
             .set_identity_map_address(identity_map_address)
             .map_err(ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
         self.fd
             .set_tss_address(tss_address as usize)
-            .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+            .map_err(ioctl("KVM_SET_TSS_ADDR"))
+    }
+
+    /// The second half of [`Vm::create_platform`]: the in-kernel PIC/IOAPIC/LAPIC and the PIT.
+    /// Map guest memory first where start time matters (see `Machine::new`).
+    pub fn create_interrupt_controllers(&self) -> Result<()> {
         self.fd.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
         // A dummy speaker port keeps port 0x61 in the kernel, as guests poll it in calibration.
         let pit = kvm_pit_config {

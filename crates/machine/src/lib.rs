@@ -14,7 +14,6 @@ pub mod ioevent;
 pub mod layout;
 mod machine;
 pub mod memory;
-mod memory_slots;
 pub mod pam;
 pub mod pci;
 pub mod ratelimit;

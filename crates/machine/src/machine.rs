@@ -33,7 +33,6 @@ use crate::layout::{
 use crate::memory::{
     create_guest_memory, create_shared_guest_memory, low_ram_end, ram_ranges, ranges_around,
 };
-use crate::memory_slots::{SlotRegistration, SlotRequest};
 use crate::pam::{ShadowRam, ShadowRamError};
 use crate::pci::{
     BarAllocator, BarAllocatorError, HostBridge, IsaBridge, PciConfigIo, PciConfigMmio, PciRoot,
@@ -127,8 +126,6 @@ pub enum MachineError {
     Firmware(PathBuf),
     #[error("cannot set up the BIOS area's shadow RAM (PAM)")]
     ShadowRam(#[from] ShadowRamError),
-    #[error("the thread registering guest memory with KVM panicked (a bug in virtkit)")]
-    MemorySlotThreadPanicked,
 }
 
 /// A built machine: memory loaded, devices in place, vCPUs created but not yet running.
@@ -252,18 +249,19 @@ impl Machine {
         } = config;
         let smbios_identity = smbios_identity.unwrap_or_default();
         let vm = kvm.create_vm()?;
-        vm.create_platform(KVM_TSS_ADDRESS, KVM_IDENTITY_MAP_ADDRESS)?;
+        vm.set_system_pages(KVM_TSS_ADDRESS, KVM_IDENTITY_MAP_ADDRESS)?;
 
         let firmware = match &boot {
             BootSource::Firmware { path } => Some(FirmwareImage::read(path)?),
             BootSource::Linux { .. } => None,
         };
+        // Memory before the irqchip and the PIT, on purpose: each registration waits for an SRCU
+        // grace period in the kernel, and one that closely follows another (as the irqchip's
+        // and PIT's I/O-bus registrations do) waits a jiffy or two more. Slot first: ~0.1 ms;
+        // after them: 5-11 ms here (bench/RESULTS.md, part 1).
+        let (memory, pam) = map_guest_memory(&vm, memory_size, firmware.as_ref(), shared_memory)?;
+        vm.create_interrupt_controllers()?;
         let vm = Arc::new(vm);
-        let (memory, pam, slot_requests) = create_memory(&vm, memory_size, firmware.as_ref(), shared_memory)?;
-        // SAFETY: every request points into `memory`, declared before `slots` and so dropped
-        // after it (its drop joins the thread); on success the Machine owns `memory` and drops it
-        // only after every vCPU has stopped.
-        let slots = unsafe { SlotRegistration::start(vm.clone(), slot_requests) }?;
 
         let control = Control::new();
         let requests = request_sink(&control);
@@ -281,7 +279,6 @@ impl Machine {
         let entry = load_guest(&boot, &memory, memory_size, firmware.as_ref(), pam)?;
         let created = create_vcpus(kvm, &vm, vcpus, &memory, entry)?;
         let exits = ExitCounters::new(created.len(), pio.clone(), mmio.clone(), pci.clone());
-        slots.finish()?;
         let save_parts = SaveParts {
             vm: vm.clone(),
             memory: memory.clone(),
@@ -460,15 +457,14 @@ impl Drop for Machine {
     }
 }
 
-/// Step 3: guest memory, and the KVM slots to register for it (the firmware's read-only;
-/// registered by `memory_slots`). With firmware and read-only slots the PAM window is left to
-/// `ShadowRam` (the returned flag says so).
-fn create_memory(
+/// Step 3: guest memory, registered as KVM slots (the firmware's read-only). With firmware and
+/// read-only slots the PAM window is left to `ShadowRam` (the returned flag says so).
+fn map_guest_memory(
     vm: &Vm,
     memory_size: u64,
     firmware: Option<&FirmwareImage>,
     shared: bool,
-) -> Result<(GuestMemoryMmap, bool, Vec<SlotRequest>), MachineError> {
+) -> Result<(GuestMemoryMmap, bool), MachineError> {
     let extra: Vec<_> = firmware.iter().map(|f| f.range()).collect();
     let memory = if shared {
         create_shared_guest_memory(&ram_ranges(memory_size), &extra).map_err(|source| {
@@ -494,7 +490,6 @@ fn create_memory(
         );
     }
     let pam = firmware.is_some() && read_only_slots;
-    let mut requests = Vec::new();
     for region in memory.iter() {
         let start = region.start_addr().0;
         let host = region.as_ptr() as u64;
@@ -505,16 +500,13 @@ fn create_memory(
             vec![(start, region.len())]
         };
         for (piece, len) in pieces {
-            // `piece..piece + len` lies inside the region.
-            requests.push(SlotRequest {
-                guest_address: piece,
-                size: len,
-                host_address: host + (piece - start),
-                read_only: rom,
-            });
+            // SAFETY: the region belongs to `memory`, which the Machine owns and drops only
+            // after every vCPU thread has stopped (see `Drop`), so the mapping outlives
+            // guest use; `piece..piece + len` lies inside the region.
+            unsafe { vm.map_memory(piece, len, host + (piece - start), rom) }?;
         }
     }
-    Ok((memory, pam, requests))
+    Ok((memory, pam))
 }
 
 /// The legacy devices the machine keeps handles on (to control them, and to save them).

@@ -320,9 +320,6 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             }
             kick_vcpus(&mut r);
         }
-        ThreadRole::MemorySlots => {
-            r.allow_if(SYS_ioctl, &[(1, kvm::KVM_SET_USER_MEMORY_REGION)]);
-        }
         ThreadRole::CliSignals => {
             r.allow_all(&[SYS_read, SYS_recvfrom, SYS_poll, SYS_ppoll]);
         }
@@ -490,7 +487,7 @@ mod tests {
         );
     }
 
-    const ALL_ROLES: [ThreadRole; 21] = [
+    const ALL_ROLES: [ThreadRole; 20] = [
         ThreadRole::Vcpu,
         ThreadRole::DeviceWorker(DeviceKind::Block),
         ThreadRole::DeviceWorker(DeviceKind::Rng),
@@ -503,7 +500,6 @@ mod tests {
         ThreadRole::SerialInput,
         ThreadRole::SerialOutput,
         ThreadRole::Vmm,
-        ThreadRole::MemorySlots,
         ThreadRole::CliSignals,
         ThreadRole::CliStdin,
         ThreadRole::ConsoleOutput,

@@ -170,9 +170,6 @@ pub enum ThreadRole {
     SerialOutput,
     /// `vmm`: waits for the machine to stop, releases it and records why.
     Vmm,
-    /// `mem-slots`: registers guest memory with KVM while the rest of the machine is built
-    /// (the first slot waits for a grace period in the kernel).
-    MemorySlots,
     /// CLI `signals`: turns SIGTERM/SIGINT/SIGHUP into events.
     CliSignals,
     /// CLI `stdin`: the terminal's input into the guest's input pipe.
