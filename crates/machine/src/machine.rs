@@ -457,6 +457,9 @@ impl Drop for Machine {
             self.control.wait_exit();
         }
         self.join_threads();
+        // Nothing runs guest accesses any more: let the devices go (see `Bus::clear`).
+        self.pio.clear();
+        self.mmio.clear();
     }
 }
 

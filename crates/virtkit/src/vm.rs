@@ -249,6 +249,8 @@ impl VirtualMachine {
         restore: Option<(&std::path::Path, &serde_json::Value)>,
     ) -> Result<(), StartError> {
         self.config.validate()?;
+        // A previous run's handle holds its PCI devices (and their disks' locks).
+        self.handle = None;
         virtkit_sandbox::set_policy(self.config.platform.seccomp);
         let kvm = Kvm::open()?;
         let pvm_host = kvm.info().flavor == KvmFlavor::Pvm;
