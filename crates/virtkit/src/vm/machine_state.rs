@@ -1,8 +1,9 @@
 //! Saving a paused virtual machine's state to a file and restoring it into a new one built from
 //! the same configuration, which comes back paused (as Apple's `saveMachineStateTo` and
 //! `restoreMachineStateFrom`). The file's format is the machine's (docs/SAVE.md); this adds
-//! what only the framework knows: which configuration the machine was built from, and which
-//! configured devices cannot be saved yet.
+//! what only the framework knows: which configuration the machine was built from, its virtio
+//! devices' state (the device manager's section of the file), and which configured devices
+//! cannot be saved yet.
 
 use std::path::Path;
 
@@ -11,6 +12,7 @@ use virtkit_machine::{SaveSummary, SnapshotError};
 
 use super::{Shared, StartError, VirtualMachine};
 use crate::config::VirtualMachineConfiguration;
+use crate::devices::{DeviceError, SavedDevices};
 use crate::state::VmState;
 
 /// Why a machine state was not saved or restored.
@@ -23,6 +25,8 @@ pub enum MachineStateError {
     #[error("cannot save or restore the state of this virtual machine: {devices} cannot be saved yet; remove them from the configuration to use machine state files")]
     UnsaveableDevices { devices: String },
     #[error(transparent)]
+    Devices(#[from] DeviceError),
+    #[error(transparent)]
     State(#[from] SnapshotError),
     #[error("cannot describe the configuration for the state file (a virtkit bug)")]
     Describe(#[source] serde_json::Error),
@@ -30,24 +34,39 @@ pub enum MachineStateError {
     Start(#[from] StartError),
 }
 
-/// Each configured device that a state file cannot hold yet, by its configuration field: the
-/// virtio devices, whose state the device manager has but the file does not take yet.
+/// Why each kind of device a state file cannot hold yet is left out, by configuration field.
+/// Disks, entropy devices, consoles and socket devices are saved through the device manager.
+const UNSAVEABLE: [(&str, &str); 3] = [
+    (
+        "memory_balloon_devices",
+        "a restored guest's memory is a private mapping of the file, where giving a page back brings the saved page back instead of zeros",
+    ),
+    (
+        "network_devices",
+        "the network attachments are not reconnected after a restore yet",
+    ),
+    (
+        "directory_sharing_devices",
+        "virtiofsd's state is not saved",
+    ),
+];
+
+/// Each configured device that a state file cannot hold yet, by its configuration field, with
+/// why.
 fn unsaveable_devices(config: &VirtualMachineConfiguration) -> Vec<String> {
-    let lists = [
-        ("storage_devices", config.storage_devices.len()),
-        ("entropy_devices", config.entropy_devices.len()),
-        ("memory_balloon_devices", config.memory_balloon_devices.len()),
-        ("console_devices", config.console_devices.len()),
-        ("network_devices", config.network_devices.len()),
-        ("socket_devices", config.socket_devices.len()),
-        (
-            "directory_sharing_devices",
-            config.directory_sharing_devices.len(),
-        ),
+    let counts = [
+        config.memory_balloon_devices.len(),
+        config.network_devices.len(),
+        config.directory_sharing_devices.len(),
     ];
-    lists
+    UNSAVEABLE
         .iter()
-        .flat_map(|(field, count)| (0..*count).map(move |i| format!("{field}[{i}]")))
+        .zip(counts)
+        .filter(|(_, count)| *count > 0)
+        .map(|((field, why), count)| {
+            let devices: Vec<String> = (0..count).map(|i| format!("{field}[{i}]")).collect();
+            format!("{} ({why})", devices.join(", "))
+        })
         .collect()
 }
 
@@ -57,7 +76,7 @@ fn refuse_unsaveable_devices(config: &VirtualMachineConfiguration) -> Result<(),
         return Ok(());
     }
     Err(MachineStateError::UnsaveableDevices {
-        devices: devices.join(", "),
+        devices: devices.join("; "),
     })
 }
 
@@ -84,8 +103,7 @@ pub(super) fn saved_configuration(
         "machine_identifier".into(),
         to_value(config.platform.machine_identifier).map_err(describe)?,
     );
-    // The device lists, empty while any device refuses the save (`unsaveable_devices`); kept so
-    // a file records the devices it was saved with once they can be.
+    // The device lists: a restore needs the same devices (their state is in the file).
     let devices = [
         ("storage_devices", to_value(&config.storage_devices)),
         ("entropy_devices", to_value(&config.entropy_devices)),
@@ -106,7 +124,8 @@ pub(super) fn saved_configuration(
 
 impl VirtualMachine {
     /// Saves the state of this paused virtual machine to `path`: every vCPU, the interrupt
-    /// controllers, the platform devices and guest memory, with the configuration it was built
+    /// controllers, the platform devices, the virtio devices (asleep since the pause, their
+    /// requests in flight answered) and guest memory, with the configuration it was built
     /// from. The file appears whole or not at all (written beside it, then renamed). Refused
     /// unless the virtual machine is paused, and for a configuration with a device that cannot
     /// be saved yet; it stays paused either way.
@@ -117,7 +136,9 @@ impl VirtualMachine {
             Some(handle) if state == VmState::Paused => handle,
             _ => return Err(MachineStateError::NotPaused { state }),
         };
-        Ok(handle.save_state(path, &saved_configuration(&self.config)?)?)
+        let devices =
+            serde_json::to_value(self.devices.save_devices()?).map_err(MachineStateError::Describe)?;
+        Ok(handle.save_state(path, &saved_configuration(&self.config)?, &devices)?)
     }
 
     /// Builds this (not yet started) virtual machine and puts the state saved in `path` into
@@ -132,7 +153,8 @@ impl VirtualMachine {
         }
         refuse_unsaveable_devices(&self.config)?;
         let configuration = saved_configuration(&self.config)?;
-        check_state_file(path, &configuration)?;
+        let metadata = check_state_file(path, &configuration)?;
+        let devices = SavedDevices::from_section(&metadata.devices)?;
         {
             let mut s = self.shared.lock();
             s.reason = None;
@@ -141,8 +163,12 @@ impl VirtualMachine {
         if let Some(t) = self.monitor.take() {
             let _ = t.join();
         }
-        self.launch(Some((path, &configuration)))
-            .map_err(MachineStateError::Start)
+        self.launch(Some(super::RestoreFrom {
+            path,
+            configuration: &configuration,
+            devices: &devices,
+        }))
+        .map_err(MachineStateError::Start)
     }
 }
 
@@ -151,18 +177,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_configured_device_is_named_by_its_field() {
+    fn every_unsaveable_device_is_named_by_its_field_with_why() {
         let mut config = VirtualMachineConfiguration::linux(1, 64 << 20, "k".into(), None, "");
-        assert!(unsaveable_devices(&config).is_empty());
         config.entropy_devices.push(Default::default());
-        config.entropy_devices.push(Default::default());
-        assert_eq!(
-            unsaveable_devices(&config),
-            ["entropy_devices[0]", "entropy_devices[1]"]
+        config
+            .storage_devices
+            .push(crate::StorageDeviceConfiguration::disk_image(
+                std::path::PathBuf::from("d.img"),
+            ));
+        assert!(
+            unsaveable_devices(&config).is_empty(),
+            "disks and entropy devices are saved"
         );
+        config.memory_balloon_devices.push(Default::default());
+        config.memory_balloon_devices.push(Default::default());
+        config
+            .directory_sharing_devices
+            .push(serde_json::from_value(serde_json::json!({"tag": "t", "path": "/tmp"})).unwrap());
         let e = refuse_unsaveable_devices(&config).unwrap_err().to_string();
         assert!(
-            e.contains("entropy_devices[0], entropy_devices[1] cannot be saved yet")
+            e.contains("memory_balloon_devices[0], memory_balloon_devices[1] (a restored guest's memory")
+                && e.contains(
+                    "; directory_sharing_devices[0] (virtiofsd's state is not saved) cannot be saved yet"
+                )
                 && e.contains("remove them"),
             "{e}"
         );
