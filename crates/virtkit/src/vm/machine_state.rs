@@ -108,7 +108,10 @@ pub(super) fn saved_configuration(
         ("storage_devices", to_value(&config.storage_devices)),
         ("entropy_devices", to_value(&config.entropy_devices)),
         ("memory_balloon_devices", to_value(&config.memory_balloon_devices)),
-        ("console_devices", to_value(&config.console_devices)),
+        (
+            "console_devices",
+            Ok(console_devices_as_the_guest_sees_them(config)),
+        ),
         ("network_devices", to_value(&config.network_devices)),
         ("socket_devices", to_value(&config.socket_devices)),
         (
@@ -120,6 +123,23 @@ pub(super) fn saved_configuration(
         object.insert(field.into(), value.map_err(describe)?);
     }
     Ok(serde_json::Value::Object(object))
+}
+
+/// The console devices without their ports' host side (a new run has new pipes, sockets or
+/// handed-over descriptors, which do not serialise at all): each port's name and kind.
+fn console_devices_as_the_guest_sees_them(config: &VirtualMachineConfiguration) -> serde_json::Value {
+    config
+        .console_devices
+        .iter()
+        .map(|device| {
+            let ports: Vec<serde_json::Value> = device
+                .ports
+                .iter()
+                .map(|p| serde_json::json!({"name": p.name, "is_console": p.is_console}))
+                .collect();
+            serde_json::json!({ "ports": ports })
+        })
+        .collect()
 }
 
 impl VirtualMachine {
@@ -202,6 +222,35 @@ mod tests {
                 )
                 && e.contains("remove them"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn the_saved_configuration_leaves_out_the_host_side_of_console_ports() {
+        let (tx, _rx) = std::io::pipe().unwrap();
+        let mut with_handles = VirtualMachineConfiguration::linux(1, 64 << 20, "k".into(), None, "");
+        with_handles
+            .console_devices
+            .push(crate::ConsoleDeviceConfiguration {
+                ports: vec![crate::ConsolePortConfiguration::console(Some(
+                    crate::SerialAttachment::FileHandles {
+                        read: None,
+                        write: Some(tx.into()),
+                    },
+                ))],
+            });
+        let mut plain = VirtualMachineConfiguration::linux(1, 64 << 20, "k".into(), None, "");
+        plain.console_devices.push(crate::ConsoleDeviceConfiguration {
+            ports: vec![crate::ConsolePortConfiguration::console(None)],
+        });
+        let saved = saved_configuration(&with_handles).unwrap();
+        assert_eq!(saved, saved_configuration(&plain).unwrap());
+        assert_eq!(saved["console_devices"][0]["ports"][0]["is_console"], true);
+        plain.console_devices[0].ports[0].name = Some("other".into());
+        assert_ne!(
+            saved,
+            saved_configuration(&plain).unwrap(),
+            "the guest sees port names"
         );
     }
 
