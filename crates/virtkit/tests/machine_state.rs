@@ -10,9 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{build, kvm_available, pvh, start};
-use virtkit::{
-    MachineStateError, MemoryBalloonConfiguration, StopReason, VirtualMachineConfiguration, VmState,
-};
+use virtkit::{MachineStateError, StopReason, VirtualMachineConfiguration, VmState};
 use virtkit_test_guests::Guest;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -226,24 +224,21 @@ fn a_vm_with_a_device_that_cannot_be_saved_yet_is_refused_before_trying() {
     let dir = state_dir("devices");
     let path = dir.join("state.vksave");
     let mut config = counter(1);
-    config
-        .memory_balloon_devices
-        .push(MemoryBalloonConfiguration::default());
-    let run = start(config);
-    run.console.wait_for("tick 1\n", WAIT);
-    run.vm.pause().unwrap();
-    let e = run.vm.save_machine_state(&path).unwrap_err();
+    config.directory_sharing_devices.push(
+        serde_json::from_value(serde_json::json!({"tag": "t", "path": dir.to_str().unwrap()})).unwrap(),
+    );
+    // Refused before the file is even read (there is none) and before anything is built.
+    let mut vm = build(config);
+    let e = vm.vm.restore_machine_state(&path).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "cannot save or restore the state of this virtual machine: memory_balloon_devices[0] (a \
-         restored guest's memory is a private mapping of the file, where giving a page back \
-         brings the saved page back instead of zeros) cannot be saved yet; remove them from the \
-         configuration to use machine state files"
+        "cannot save or restore the state of this virtual machine: directory_sharing_devices[0] \
+         (virtiofsd's state is not saved) cannot be saved yet; remove them from the configuration \
+         to use machine state files"
     );
+    assert!(matches!(e, MachineStateError::UnsaveableDevices { .. }));
     assert!(!path.exists());
-    assert_eq!(run.vm.state(), VmState::Paused);
-    run.vm.resume().unwrap();
-    run.vm.stop().unwrap();
+    assert_eq!(vm.vm.state(), VmState::Stopped);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
