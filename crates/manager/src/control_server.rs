@@ -66,11 +66,13 @@ pub(crate) trait Handler: Send + Sync + 'static {
 struct VmHandler {
     vm: Arc<VirtualMachine>,
     agent: Option<Arc<AgentHost>>,
+    /// Where a suspend saves the VM (the bundle's `state.vksave`).
+    state_file: std::path::PathBuf,
 }
 
 impl Handler for VmHandler {
     fn handle(&self, request: &ControlRequest) -> ControlResponse {
-        let mut response = crate::control_exec::handle(request, &self.vm);
+        let mut response = crate::control_exec::handle(request, &self.vm, &self.state_file);
         if let Some(agent) = &self.agent {
             // After a resume the guest's clock lags by the pause: the agent sets it.
             if response.ok && request.command == crate::control::ControlCommand::Resume {
@@ -86,9 +88,22 @@ impl Handler for VmHandler {
 
 /// Serves `path` (bound owner-only, mode 0600) for as long as the process lives; responses
 /// report the guest agent `agent` knows of, and a resume has it set the guest's clock.
-pub fn serve(path: &Path, vm: Arc<VirtualMachine>, agent: Option<Arc<AgentHost>>) -> io::Result<()> {
+/// A suspend saves into `state_file`.
+pub fn serve(
+    path: &Path,
+    vm: Arc<VirtualMachine>,
+    agent: Option<Arc<AgentHost>>,
+    state_file: std::path::PathBuf,
+) -> io::Result<()> {
     let listener = virtkit::unix_socket::bind_owner_only(path)?;
-    serve_listener(listener, Arc::new(VmHandler { vm, agent }))
+    serve_listener(
+        listener,
+        Arc::new(VmHandler {
+            vm,
+            agent,
+            state_file,
+        }),
+    )
 }
 
 /// Starts the loop thread and the executor thread on `listener`.

@@ -1,0 +1,111 @@
+//! `virtkit suspend` and the `run` that resumes, on this host's KVM with the counting guest in
+//! a bundle: the count goes on after a resume, `run --fresh` boots anew, and a damaged state
+//! file is refused with one sentence and kept.
+
+mod support;
+
+use support::home::{text, Home};
+
+const NAME: &str = "c";
+
+/// The last complete `tick N` line's N.
+fn last_tick(log: &str) -> u32 {
+    ticks(log).next_back().expect("a tick")
+}
+
+/// Every complete `tick N` line's N, in order (a line cut by the suspend is left out).
+fn ticks(log: &str) -> impl DoubleEndedIterator<Item = u32> + '_ {
+    log.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .filter_map(|l| l.trim_end().strip_prefix("tick ")?.parse().ok())
+}
+
+fn console_log(home: &Home) -> String {
+    std::fs::read_to_string(home.bundle(NAME).join("console.log")).unwrap()
+}
+
+/// A counter VM (no network card: those are not saved yet) suspended after a few ticks;
+/// returns the last tick its run printed.
+fn suspended_counter(home: &Home) -> u32 {
+    home.ok(&["run", NAME, "--detach"]);
+    suspend_after_tick(home, 3)
+}
+
+/// Suspends the running counter once it has printed `tick <tick>`; returns its last tick.
+fn suspend_after_tick(home: &Home, tick: u32) -> u32 {
+    home.wait_log(NAME, &format!("tick {tick}\n"), 1);
+    let out = home.ok(&["suspend", NAME]);
+    assert!(out.contains(&format!("`{NAME}`: suspended")), "{out}");
+    assert_eq!(home.state(NAME), "suspended");
+    assert!(home.bundle(NAME).join("state.vksave").exists());
+    last_tick(&console_log(home))
+}
+
+#[test]
+fn a_suspended_counter_counts_on_after_run_and_fresh_boots_it_anew() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let home = Home::new("suspend", "count");
+    home.create_counter(NAME, &["--network", "none"]);
+    let before = suspended_counter(&home);
+    let listed = home.json(&["list", "--format", "json"]);
+    assert_eq!(listed[0]["state"], "suspended", "{listed}");
+
+    home.ok(&["run", NAME, "--detach"]);
+    let log = home.wait_log(NAME, &format!("tick {}\n", before + 3), 1);
+    let first = ticks(&log).next().expect("a tick after the resume");
+    assert!(
+        first > before && first <= before + 2,
+        "the count goes on from {before}, the resumed run printed first {first}:\n{log}"
+    );
+    assert_eq!(home.state(NAME), "running");
+    assert!(
+        !home.bundle(NAME).join("state.vksave").exists(),
+        "the state file goes once the VM runs again"
+    );
+
+    // Suspended again, `--fresh` discards the state and boots: the count starts over.
+    suspend_after_tick(&home, before + 4);
+    home.ok(&["run", NAME, "--detach", "--fresh"]);
+    let log = home.wait_log(NAME, "tick 2\n", 1);
+    assert!(log.starts_with("tick 0\n") || log.contains("\ntick 0\n"), "{log}");
+    assert!(!home.bundle(NAME).join("state.vksave").exists());
+    home.ok(&["stop", NAME, "--timeout", "0"]);
+    assert_eq!(home.state(NAME), "stopped");
+}
+
+#[test]
+fn a_damaged_state_file_is_refused_in_one_sentence_and_kept() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let home = Home::new("suspend", "damaged");
+    home.create_counter(NAME, &["--network", "none"]);
+    suspended_counter(&home);
+    let path = home.bundle(NAME).join("state.vksave");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[4096 + 40] ^= 0x04;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let out = home.vk(&["run", NAME]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "cannot resume the suspended VM `{NAME}` from its saved state"
+        )) && said.contains(&format!("`virtkit run {NAME} --fresh` discards it"))
+            && said.contains("damaged"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the state file is kept as it was"
+    );
+    assert_eq!(home.state(NAME), "suspended");
+
+    home.ok(&["run", NAME, "--detach", "--fresh"]);
+    home.wait_log(NAME, "tick 1\n", 1);
+    home.ok(&["stop", NAME, "--timeout", "0"]);
+}
