@@ -1,6 +1,6 @@
 //! `virtkit suspend` and the `run` that resumes, on this host's KVM with the counting guest in
-//! a bundle: the count goes on after a resume, `run --fresh` boots anew, and a damaged state
-//! file is refused with one sentence and kept.
+//! a bundle: the count goes on after a resume (with a NAT card too: a new passt is started),
+//! `run --fresh` boots anew, and a damaged state file is refused with one sentence and kept.
 
 mod support;
 
@@ -24,8 +24,7 @@ fn console_log(home: &Home) -> String {
     std::fs::read_to_string(home.bundle(NAME).join("console.log")).unwrap()
 }
 
-/// A counter VM (no network card: those are not saved yet) suspended after a few ticks;
-/// returns the last tick its run printed.
+/// The counter VM suspended after a few ticks; returns the last tick its run printed.
 fn suspended_counter(home: &Home) -> u32 {
     home.ok(&["run", NAME, "--detach"]);
     suspend_after_tick(home, 3)
@@ -107,5 +106,36 @@ fn a_damaged_state_file_is_refused_in_one_sentence_and_kept() {
 
     home.ok(&["run", NAME, "--detach", "--fresh"]);
     home.wait_log(NAME, "tick 1\n", 1);
+    home.ok(&["stop", NAME, "--timeout", "0"]);
+}
+
+#[test]
+fn a_counter_with_a_nat_card_resumes_with_a_new_passt() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    if std::process::Command::new("passt")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        virtkit_testkit::skip("passt is not installed (Debian package passt)");
+        return;
+    }
+    let home = Home::new("suspend", "nat");
+    home.create_counter(NAME, &["--network", "nat"]);
+    let before = suspended_counter(&home);
+    home.ok(&["run", NAME, "--detach"]);
+    let log = home.wait_log(NAME, &format!("tick {}\n", before + 3), 1);
+    let first = ticks(&log).next().expect("a tick after the resume");
+    assert!(
+        first > before && first <= before + 2,
+        "{before} then {first}:\n{log}"
+    );
+    assert_eq!(
+        home.ok(&["ip", NAME]).trim(),
+        "10.0.2.15",
+        "the card is there with its address"
+    );
     home.ok(&["stop", NAME, "--timeout", "0"]);
 }

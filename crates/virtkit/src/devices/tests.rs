@@ -219,8 +219,22 @@ fn a_socket_network_card_attaches_as_net0_and_learns_nothing_before_the_guest_sp
     assert_eq!(addresses.len(), 1);
     assert_eq!(addresses[0].mac, "02:00:00:12:34:56");
     assert_eq!((addresses[0].ipv4, addresses[0].expected_ipv4), (None, None));
+
+    // Its state restores into a card of the same configuration on a new connection.
+    manager.sleep_all().unwrap();
+    let saved = manager.save_devices().unwrap();
+    manager.wake_all().unwrap();
     manager.release();
     assert!(manager.network_addresses().is_empty());
+    let other_dir = TempDir::new("net-socket-restored");
+    let mut same = self::config(&other_dir, 1, 0);
+    same.network_devices = config.network_devices.clone();
+    let (built, restored) = attach_valid(&mut same);
+    listener.accept().expect("the new card connected to the socket");
+    restored.restore_devices(&saved).unwrap();
+    restored.finish_restore(&built).unwrap();
+    assert_eq!(restored.save_devices().unwrap(), saved);
+    restored.release();
 }
 
 #[test]

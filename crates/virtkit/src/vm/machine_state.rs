@@ -37,26 +37,18 @@ pub enum MachineStateError {
 }
 
 /// Why each kind of device a state file cannot hold yet is left out, by configuration field.
-/// Disks, entropy devices, memory balloons, consoles and socket devices are saved through the
-/// device manager. (A balloon on a restored VM gives pages back with `MADV_DONTNEED` on the
-/// private mapping of the file, after which they read as saved rather than as zeros: virtio
-/// leaves a page's content undefined after the guest gives it back unless
-/// VIRTIO_BALLOON_F_PAGE_POISON is negotiated, which virtkit does not offer; docs/SAVE.md.)
-const UNSAVEABLE: [(&str, &str); 2] = [
-    (
-        "network_devices",
-        "the network attachments are not reconnected after a restore yet",
-    ),
-    ("directory_sharing_devices", "virtiofsd's state is not saved"),
-];
+/// Every other device is saved through the device manager: disks, entropy devices, memory
+/// balloons, consoles, socket devices and network cards. (A balloon on a restored VM gives pages
+/// back with `MADV_DONTNEED` on the private mapping of the file, after which they read as saved
+/// rather than as zeros: virtio leaves a page's content undefined after the guest gives it back
+/// unless VIRTIO_BALLOON_F_PAGE_POISON is negotiated, which virtkit does not offer. A network
+/// card gets a new attachment, passt started anew, and loses the frames in flight. docs/SAVE.md.)
+const UNSAVEABLE: [(&str, &str); 1] = [("directory_sharing_devices", "virtiofsd's state is not saved")];
 
 /// Each configured device that a state file cannot hold yet, by its configuration field, with
 /// why.
 fn unsaveable_devices(config: &VirtualMachineConfiguration) -> Vec<String> {
-    let counts = [
-        config.network_devices.len(),
-        config.directory_sharing_devices.len(),
-    ];
+    let counts = [config.directory_sharing_devices.len()];
     UNSAVEABLE
         .iter()
         .zip(counts)
@@ -110,7 +102,10 @@ pub(super) fn saved_configuration(
             "console_devices",
             Ok(console_devices_as_the_guest_sees_them(config)),
         ),
-        ("network_devices", to_value(&config.network_devices)),
+        (
+            "network_devices",
+            Ok(network_devices_as_the_guest_sees_them(config)),
+        ),
         ("socket_devices", to_value(&config.socket_devices)),
         (
             "directory_sharing_devices",
@@ -136,6 +131,20 @@ fn console_devices_as_the_guest_sees_them(config: &VirtualMachineConfiguration) 
                 .map(|p| serde_json::json!({"name": p.name, "is_console": p.is_console}))
                 .collect();
             serde_json::json!({ "ports": ports })
+        })
+        .collect()
+}
+
+/// The network cards: each MAC and attachment, a socket handed over as a descriptor recorded
+/// only as such (a new run gets a new one, and descriptors do not serialise).
+fn network_devices_as_the_guest_sees_them(config: &VirtualMachineConfiguration) -> serde_json::Value {
+    config
+        .network_devices
+        .iter()
+        .map(|card| {
+            let attachment = serde_json::to_value(&card.attachment)
+                .unwrap_or_else(|_| serde_json::json!({"type": "file_handle"}));
+            serde_json::json!({"mac": card.mac, "attachment": attachment})
         })
         .collect()
 }
@@ -204,26 +213,40 @@ mod tests {
             .push(crate::StorageDeviceConfiguration::disk_image(
                 std::path::PathBuf::from("d.img"),
             ));
-        assert!(
-            unsaveable_devices(&config).is_empty(),
-            "disks, entropy devices and balloons are saved"
-        );
         let nat: crate::NetworkDeviceConfiguration =
             serde_json::from_value(serde_json::json!({"attachment": {"type": "nat"}})).unwrap();
-        config.network_devices.push(nat.clone());
         config.network_devices.push(nat);
-        config
-            .directory_sharing_devices
-            .push(serde_json::from_value(serde_json::json!({"tag": "t", "path": "/tmp"})).unwrap());
+        assert!(
+            unsaveable_devices(&config).is_empty(),
+            "disks, entropy devices, balloons and network cards are saved"
+        );
+        for tag in ["t", "u"] {
+            config
+                .directory_sharing_devices
+                .push(serde_json::from_value(serde_json::json!({"tag": tag, "path": "/tmp"})).unwrap());
+        }
         let e = refuse_unsaveable_devices(&config).unwrap_err().to_string();
         assert!(
-            e.contains("network_devices[0], network_devices[1] (the network attachments are not reconnected")
-                && e.contains(
-                    "; directory_sharing_devices[0] (virtiofsd's state is not saved) cannot be saved yet"
-                )
-                && e.contains("remove them"),
+            e.contains(
+                "directory_sharing_devices[0], directory_sharing_devices[1] (virtiofsd's state is not saved) cannot be saved yet"
+            ) && e.contains("remove them"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_saved_configuration_records_a_handed_over_network_socket_only_as_such() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut config = VirtualMachineConfiguration::linux(1, 64 << 20, "k".into(), None, "");
+        config.network_devices.push(crate::NetworkDeviceConfiguration {
+            mac: Some("02:00:00:00:00:01".into()),
+            attachment: crate::NetworkAttachment::FileHandle {
+                socket: crate::SharedFd(std::sync::Arc::new(a.into())),
+            },
+        });
+        let saved = saved_configuration(&config).unwrap();
+        assert_eq!(saved["network_devices"][0]["attachment"]["type"], "file_handle");
+        assert_eq!(saved["network_devices"][0]["mac"], "02:00:00:00:00:01");
     }
 
     #[test]
