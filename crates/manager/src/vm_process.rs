@@ -366,7 +366,7 @@ impl PreparedVm {
                 tracing::warn!("{}", crate::suspend::error_chain(&e));
             }
             if let Some(agent) = &agent {
-                agent.set_time_soon();
+                agent.set_time_after_restore();
             }
             tracing::info!(vm = name, "resumed from its saved state");
         }
