@@ -139,3 +139,60 @@ fn a_counter_with_a_nat_card_resumes_with_a_new_passt() {
     );
     home.ok(&["stop", NAME, "--timeout", "0"]);
 }
+
+/// The last `session: tick N` line's N.
+fn last_session_tick(log: &str) -> u32 {
+    log.lines()
+        .filter_map(|l| l.trim().strip_prefix("session: tick ")?.parse().ok())
+        .next_back()
+        .expect("a session tick")
+}
+
+/// SeaBIOS booting the `mbr_session` program from the bundle's virtio-blk disk (it counts its
+/// boots on the disk, then ticks): suspended and resumed it ticks on without booting again,
+/// answers the ACPI power button (the PM registers came back), and its next boot finds the
+/// count its first boot wrote.
+#[test]
+fn a_suspended_seabios_session_ticks_on_and_answers_the_power_button() {
+    if !virtkit_testkit::require_kvm_and_seabios() {
+        return;
+    }
+    let home = Home::new("suspend", "session");
+    let image = home.session_image();
+    home.ok(&[
+        "create",
+        "s",
+        "--from",
+        image.to_str().unwrap(),
+        "--disk-size",
+        "64M",
+        "--memory",
+        "128M",
+        "--cpus",
+        "1",
+        "--network",
+        "none",
+    ]);
+    home.ok(&["run", "s", "--detach"]);
+    home.wait_log("s", "session: tick 2", 1);
+    home.ok(&["suspend", "s"]);
+    assert_eq!(home.state("s"), "suspended");
+    let before = std::fs::read_to_string(home.bundle("s").join("console.log")).unwrap();
+    assert!(before.contains("session: boot 1"), "{before}");
+    let last = last_session_tick(&before);
+
+    home.ok(&["run", "s", "--detach"]);
+    let log = home.wait_log("s", &format!("session: tick {}", last + 2), 1);
+    assert!(
+        !log.contains("SeaBIOS") && !log.contains("session: boot"),
+        "it booted again rather than going on:\n{log}"
+    );
+    let out = home.ok(&["stop", "s", "--timeout", "30"]);
+    assert!(out.contains("the guest shut down"), "{out}");
+    assert!(home.log("s").contains("session: power button"));
+
+    home.ok(&["run", "s", "--detach"]);
+    let log = home.wait_log("s", "session: ready", 1);
+    assert!(log.contains("session: boot 2"), "{log}");
+    home.ok(&["stop", "s", "--timeout", "0"]);
+}

@@ -63,14 +63,21 @@ pub(crate) fn run_executor(
     }
 }
 
-/// Runs one request against the VM; a suspend saves into `state_file`.
+/// Where a suspend saves (the bundle's `state.vksave`) and what holds the process until its
+/// answer is sent.
+pub(crate) struct SuspendTarget<'a> {
+    pub state_file: &'a Path,
+    pub answer: &'a crate::suspend::FinalAnswer,
+}
+
+/// Runs one request against the VM.
 pub(crate) fn handle(
     request: &ControlRequest,
     vm: &Arc<VirtualMachine>,
-    state_file: &Path,
+    suspend: SuspendTarget<'_>,
 ) -> ControlResponse {
     match request.command {
-        ControlCommand::Suspend => return crate::suspend::suspend(vm, state_file),
+        ControlCommand::Suspend => return crate::suspend::suspend(vm, suspend.state_file, suspend.answer),
         ControlCommand::Balloon => return balloon(request.target_bytes, vm),
         ControlCommand::Addresses => return addresses(vm),
         ControlCommand::Stats => {

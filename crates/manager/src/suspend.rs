@@ -5,7 +5,8 @@
 //! control executor that asks for it has neither the VM ioctls nor file creation a save needs.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use virtkit::{VirtualMachine, VmState};
 
@@ -14,10 +15,49 @@ use crate::control::ControlResponse;
 /// The state a suspended VM's process answers before it ends.
 pub const SUSPENDED: &str = "suspended";
 
+/// A suspend's answer on its way to its client. The suspend stops the VM at once (nothing may
+/// run it between the save and the stop), which ends the VM process; the process waits for this
+/// before it exits, so the answer is written to the client rather than lost with the process.
+#[derive(Debug, Default)]
+pub struct FinalAnswer {
+    pending: Mutex<bool>,
+    sent: Condvar,
+}
+
+impl FinalAnswer {
+    fn expect(&self) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+
+    /// The control loop handed the answer to its client (or found the client gone).
+    pub(crate) fn sent(&self) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.sent.notify_all();
+    }
+
+    /// Waits at most `timeout` for an expected answer to be sent; returns at once if none is.
+    pub fn wait_sent(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        while *pending {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                tracing::warn!("the suspend's answer was not sent within {timeout:?}; the client sees the connection close");
+                return;
+            };
+            pending = self
+                .sent
+                .wait_timeout(pending, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
 /// Pauses `vm` (if it runs), saves it to `state_file` (written beside it and renamed into
-/// place, so the file is whole or absent) and stops it. A failed save leaves the VM as it
-/// was (running again if it ran) and no state file.
-pub(crate) fn suspend(vm: &Arc<VirtualMachine>, state_file: &Path) -> ControlResponse {
+/// place, so the file is whole or absent) and stops it; `answer` then holds the process until
+/// the answer is sent. A failed save leaves the VM as it was (running again if it ran) and no
+/// state file.
+pub(crate) fn suspend(vm: &Arc<VirtualMachine>, state_file: &Path, answer: &FinalAnswer) -> ControlResponse {
     let was_running = vm.state() == VmState::Running;
     if was_running {
         if let Err(e) = vm.pause() {
@@ -31,6 +71,7 @@ pub(crate) fn suspend(vm: &Arc<VirtualMachine>, state_file: &Path) -> ControlRes
                 pages = summary.memory_pages_written,
                 "suspended: the machine's state is saved; the VM stops"
             );
+            answer.expect();
             if let Err(e) = vm.stop() {
                 // Stopping already (a stop came meanwhile): the state is saved all the same.
                 tracing::info!("{e}");

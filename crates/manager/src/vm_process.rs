@@ -32,6 +32,9 @@ const AGENT_HELLO_SOCKET: &str = "vsock.sock_1025";
 /// never leaves `KVM_RUN` for the kick, and a stop must end the VM all the same.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a VM process that was suspended waits for the suspend's answer to reach its client.
+const FINAL_ANSWER_WAIT: Duration = Duration::from_secs(2);
+
 /// How often `wait` looks whether a stop is taking too long.
 const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -166,6 +169,8 @@ pub struct RunningVm {
     vm: Arc<VirtualMachine>,
     console: ConsoleServer,
     pump: OutputPump,
+    /// A suspend's answer, which the process sends before it ends.
+    final_answer: Option<Arc<crate::suspend::FinalAnswer>>,
 }
 
 impl PreparedVm {
@@ -336,13 +341,18 @@ impl PreparedVm {
             agent.clone(),
             state_file.clone(),
         )
-        .and_then(|_| console.listen(&bundle.file(CONSOLE_SOCKET)));
+        .and_then(|answer| console.listen(&bundle.file(CONSOLE_SOCKET)).map(|()| answer));
+        let (final_answer, served) = match served {
+            Ok(answer) => (Some(answer), Ok(())),
+            Err(e) => (None, Err(e)),
+        };
         let running = RunningVm {
             bundle,
             lock,
             vm,
             console,
             pump,
+            final_answer,
         };
         if let Err(source) = served {
             let _ = running.vm.stop();
@@ -422,6 +432,9 @@ impl RunningVm {
                 }
             }
         };
+        if let Some(answer) = &self.final_answer {
+            answer.wait_sent(FINAL_ANSWER_WAIT);
+        }
         self.pump.finish();
         drop(self.console);
         for file in [CONTROL_SOCKET, CONSOLE_SOCKET, PID_FILE, AGENT_HELLO_SOCKET] {
