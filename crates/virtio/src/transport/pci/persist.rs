@@ -79,6 +79,14 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             (Some(None), true) => return Err(incompatible("its worker stopped and its queues are lost")),
             (None, true) => return Err(VirtioError::Running),
         };
+        // A restore takes a position for exactly the enabled queues: refuse to write a file
+        // that could not be restored.
+        let enabled = self.common.queues.iter().filter(|q| q.enabled).count();
+        if self.active && queues.len() != enabled {
+            return Err(incompatible(
+                "its worker handed back fewer queues than are enabled",
+            ));
+        }
         let device = self.device.snapshot()?;
         Ok(VirtioPciState {
             pci_config: self.config.bytes(0, PCI_CONFIG_LEN).to_vec(),
