@@ -196,3 +196,40 @@ fn a_suspended_seabios_session_ticks_on_and_answers_the_power_button() {
     assert!(log.contains("session: boot 2"), "{log}");
     home.ok(&["stop", "s", "--timeout", "0"]);
 }
+
+/// With `run --console hvc` the console is a virtio-console port on the VM process's pipes
+/// (descriptors, which a state file cannot record): the suspend saves the port as the guest sees
+/// it, and a run with the same console resumes (COM1, where the counter writes, goes to
+/// `serial.log`).
+#[test]
+fn a_counter_run_on_the_hvc_console_suspends_and_resumes() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let home = Home::new("suspend", "hvc");
+    home.create_counter(NAME, &["--network", "none"]);
+    let serial = home.bundle(NAME).join("serial.log");
+    let wait_serial = |tick: u32| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let log = std::fs::read_to_string(&serial).unwrap_or_default();
+            if log.contains(&format!("tick {tick}\n")) {
+                return log;
+            }
+            assert!(std::time::Instant::now() < deadline, "no tick {tick} in:\n{log}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    home.ok(&["run", NAME, "--detach", "--console", "hvc"]);
+    wait_serial(3);
+    home.ok(&["suspend", NAME]);
+    let before = last_tick(&std::fs::read_to_string(&serial).unwrap());
+    home.ok(&["run", NAME, "--detach", "--console", "hvc"]);
+    let log = wait_serial(before + 3);
+    let first = ticks(&log).next().expect("a tick after the resume");
+    assert!(
+        first > before && first <= before + 2,
+        "{before} then {first}:\n{log}"
+    );
+    home.ok(&["stop", NAME, "--timeout", "0"]);
+}
