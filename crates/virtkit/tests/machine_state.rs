@@ -227,8 +227,14 @@ fn a_vm_with_a_device_that_cannot_be_saved_yet_is_refused_before_trying() {
     config.directory_sharing_devices.push(
         serde_json::from_value(serde_json::json!({"tag": "t", "path": dir.to_str().unwrap()})).unwrap(),
     );
-    // Refused before the file is even read (there is none) and before anything is built.
+    // Said before trying, and refused before the file is even read (there is none) and before
+    // anything is built.
     let mut vm = build(config);
+    assert!(matches!(
+        vm.vm.check_machine_state_support(),
+        Err(MachineStateError::UnsaveableDevices { .. })
+    ));
+    assert!(build(counter(1)).vm.check_machine_state_support().is_ok());
     let e = vm.vm.restore_machine_state(&path).unwrap_err();
     assert_eq!(
         e.to_string(),

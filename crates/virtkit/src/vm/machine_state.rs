@@ -150,6 +150,14 @@ fn network_devices_as_the_guest_sees_them(config: &VirtualMachineConfiguration) 
 }
 
 impl VirtualMachine {
+    /// Whether this virtual machine's configuration can go into a state file, checked before
+    /// trying: `Err` is the refusal [`VirtualMachine::save_machine_state`] and
+    /// [`VirtualMachine::restore_machine_state`] would give, naming each device that cannot be
+    /// saved yet and why.
+    pub fn check_machine_state_support(&self) -> Result<(), MachineStateError> {
+        refuse_unsaveable_devices(&self.config)
+    }
+
     /// Saves the state of this paused virtual machine to `path`: every vCPU, the interrupt
     /// controllers, the platform devices, the virtio devices (asleep since the pause, their
     /// requests in flight answered) and guest memory, with the configuration it was built
