@@ -47,6 +47,8 @@ enum Command {
     Pause(commands::control::NameArg),
     /// Resume a paused VM.
     Resume(commands::control::NameArg),
+    /// Save a VM's whole state into its bundle and end it; `run` resumes it.
+    Suspend(commands::control::NameArg),
     /// Attach this terminal to a running VM's serial console.
     Console(commands::console::ConsoleArgs),
     /// Print a running VM's IP address (`--wait S` for the guest to take one; `--format json`:
@@ -112,6 +114,7 @@ fn main() -> ExitCode {
         Command::Stop(args) => commands::control::stop(&args),
         Command::Pause(args) => commands::control::pause(&args),
         Command::Resume(args) => commands::control::resume(&args),
+        Command::Suspend(args) => commands::control::suspend(&args),
         Command::Console(args) => commands::console::run(&args),
         Command::Logs(args) => commands::logs::run(&args),
         Command::Ip(args) => commands::ip::run(&args),

@@ -70,6 +70,8 @@ pub struct RunChoices {
     pub seccomp: Option<virtkit_sandbox::SeccompAction>,
     /// Start even if the host cannot give the VM its memory.
     pub force: bool,
+    /// Discard a suspended VM's saved state and boot anew (`run --fresh`).
+    pub fresh: bool,
     /// Print the exit statistics when the VM stops (`run --stats`).
     pub stats: Option<crate::commands::vms::Format>,
     /// Shared directories for this run only, besides the VM's own (`run NAME --share`).
@@ -82,6 +84,7 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode, choices: RunChoices) -> R
         console,
         seccomp,
         force,
+        fresh,
         stats,
         shares,
     } = choices;
@@ -94,6 +97,7 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode, choices: RunChoices) -> R
         console: console.into(),
         seccomp,
         force,
+        fresh,
         extra_shares: shares,
         ..VmProcessOptions::default()
     };

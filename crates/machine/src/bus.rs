@@ -149,6 +149,18 @@ impl Bus {
         }
     }
 
+    /// Takes every device off the bus (their access counts kept, as [`Bus::remove`] keeps
+    /// them). A stopped machine does this: the PCI root's configuration ports on the bus hold
+    /// the root, which holds the bus, and without it that cycle would keep every device (and
+    /// the disks' locked files) alive after the machine is gone.
+    pub fn clear(&self) {
+        let ranges: Vec<(u64, u64)> = self.write_map().iter().map(|(&base, e)| (base, e.len)).collect();
+        for (base, len) in ranges {
+            // Taken from the map just now; nothing else removes devices from a stopped machine.
+            let _ = self.remove(base, len);
+        }
+    }
+
     fn lock_off_bus(&self) -> std::sync::MutexGuard<'_, OffBusCounts> {
         self.off_bus.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -207,14 +207,16 @@ impl MachineHandle {
     }
 
     /// Saves the paused machine to `path` (docs/SAVE.md), atomically, with `configuration`:
-    /// its owner's description of what it was built from, which a restore must match. Refused
-    /// unless every vCPU is paused; the machine stays paused.
+    /// its owner's description of what it was built from, which a restore must match, and
+    /// `devices`: its owner's devices' state, which [`Machine::restore_state`] hands back.
+    /// Refused unless every vCPU is paused; the machine stays paused.
     pub fn save_state(
         &self,
         path: &std::path::Path,
         configuration: &serde_json::Value,
+        devices: &serde_json::Value,
     ) -> Result<SaveSummary, SnapshotError> {
-        self.save_parts.save(path, configuration)
+        self.save_parts.save(path, configuration, devices)
     }
 }
 
@@ -319,21 +321,22 @@ impl Machine {
     /// be built from the configuration the state was saved with (`configuration`, as given to
     /// [`MachineHandle::save_state`]). Every check runs before anything changes; after a
     /// restore, `start` starts the machine paused, and `MachineHandle::resume` runs it. If KVM
-    /// refuses part of the state the machine is left half restored: drop it.
+    /// refuses part of the state the machine is left half restored: drop it. Returns the
+    /// owner's `devices` section as saved (`null` if none).
     pub fn restore_state(
         &mut self,
         path: &std::path::Path,
         configuration: &serde_json::Value,
-    ) -> Result<(), SnapshotError> {
+    ) -> Result<serde_json::Value, SnapshotError> {
         if self.vcpus.is_empty() {
             return Err(SnapshotError::AlreadyStarted);
         }
-        self.save_parts.restore(&self.vcpus, path, configuration)?;
+        let devices = self.save_parts.restore(&self.vcpus, path, configuration)?;
         // The saved PCI configuration has the BARs as they were; firmware-style assignment
         // would move them.
         self.assign_pci_bars = false;
         self.control.start_paused();
-        Ok(())
+        Ok(devices)
     }
 
     /// The port I/O bus, to add devices before `start`.
@@ -454,6 +457,9 @@ impl Drop for Machine {
             self.control.wait_exit();
         }
         self.join_threads();
+        // Nothing runs guest accesses any more: let the devices go (see `Bus::clear`).
+        self.pio.clear();
+        self.mmio.clear();
     }
 }
 

@@ -107,7 +107,9 @@ fn save_and_restore(vcpus: u8, shared_memory: bool) {
     assert_eq!(handle.pause(WAIT), PauseOutcome::Paused);
     // Guest memory the counter never touches: a marker that must come back.
     first.memory().write_obj(MARKER, GuestAddress(MARKER_AT)).unwrap();
-    let summary = handle.save_state(&path, &configuration(vcpus)).unwrap();
+    let summary = handle
+        .save_state(&path, &configuration(vcpus), &serde_json::Value::Null)
+        .unwrap();
     eprintln!("{vcpus} vCPUs: {summary:?}");
     assert!(summary.memory_pages_written > 0);
     assert!(
@@ -146,7 +148,9 @@ fn save_and_restore(vcpus: u8, shared_memory: bool) {
     assert_eq!(output.text(), "", "a restored machine runs nothing until resumed");
 
     let again = state_path(&format!("counter-{vcpus}-{shared_memory}-again"));
-    handle.save_state(&again, &configuration(vcpus)).unwrap();
+    handle
+        .save_state(&again, &configuration(vcpus), &serde_json::Value::Null)
+        .unwrap();
     let (_, _, before) = open_state_file(&path).unwrap();
     let (_, _, after) = open_state_file(&again).unwrap();
     assert_eq!(after.machine.vcpus.len(), usize::from(vcpus));
@@ -232,7 +236,9 @@ fn refused_saves_and_restores_change_nothing() {
     machine.start().unwrap();
     output.wait_for("tick 1\n");
     let handle = machine.handle();
-    let e = handle.save_state(&path, &configuration(1)).unwrap_err();
+    let e = handle
+        .save_state(&path, &configuration(1), &serde_json::Value::Null)
+        .unwrap_err();
     assert!(
         matches!(e, SnapshotError::Capture(CaptureError::NotPaused)),
         "{e}"
@@ -240,7 +246,9 @@ fn refused_saves_and_restores_change_nothing() {
     assert!(e.to_string().contains("pause it"), "{e}");
     assert!(!path.exists(), "a refused save writes nothing");
     assert_eq!(handle.pause(WAIT), PauseOutcome::Paused);
-    handle.save_state(&path, &configuration(1)).unwrap();
+    handle
+        .save_state(&path, &configuration(1), &serde_json::Value::Null)
+        .unwrap();
     handle.stop();
     machine.wait();
 

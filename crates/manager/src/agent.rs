@@ -290,7 +290,16 @@ pub fn automount_tag(tag: &str) -> bool {
 enum AgentJob {
     SetTime,
     MountShares,
+    /// The VM was restored from a suspend: no hello comes (the agent said it when the guest
+    /// booted, to the process that ran the VM then), so ask whether an agent answers, then set
+    /// the clock.
+    Restored,
 }
+
+/// How often, and how far apart, a restored VM's agent is asked whether it is there: the
+/// guest first handles the transport-reset event its vsock device sends after the restore.
+const RESTORED_TRIES: u32 = 5;
+const RESTORED_TRY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The VM process's side of the agent: the hello listener, the clock setter and the mounter of
 /// shared directories.
@@ -334,10 +343,15 @@ impl AgentHost {
             .name("agent-time".into())
             .spawn(move || {
                 for job in rx {
+                    if matches!(job, AgentJob::Restored) {
+                        time_host.after_restore();
+                        continue;
+                    }
                     if time_host.status().is_none() {
                         continue;
                     }
                     match job {
+                        AgentJob::Restored => {}
                         AgentJob::SetTime => match time_host.client.set_time() {
                             Ok(()) => tracing::info!("the guest's clock is set through the agent"),
                             Err(e) => {
@@ -401,6 +415,47 @@ impl AgentHost {
     /// Asks for the guest's clock to be set (after a resume), without waiting.
     pub fn set_time_soon(&self) {
         self.send(AgentJob::SetTime);
+    }
+
+    /// After a VM was restored from a suspend, without waiting: finds out whether its guest
+    /// has an agent (it says no new hello) and has it set the guest's clock, which lags by the
+    /// time the VM was suspended.
+    pub fn set_time_after_restore(&self) {
+        self.send(AgentJob::Restored);
+    }
+
+    fn after_restore(&self) {
+        let mut last = None;
+        for attempt in 0..RESTORED_TRIES {
+            if attempt > 0 {
+                std::thread::sleep(RESTORED_TRY_INTERVAL);
+            }
+            match self.client.version() {
+                Ok(info) => {
+                    let since = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(AgentStatus {
+                        version: info.version,
+                        hostname: info.hostname,
+                        kernel: info.kernel,
+                        since,
+                    });
+                    match self.client.set_time() {
+                        Ok(()) => tracing::info!("the restored guest's clock is set through the agent"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot set the restored guest's clock through the agent")
+                        }
+                    }
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        if let Some(e) = last {
+            tracing::info!(error = %e, "no guest agent answered after the restore; the guest's clock is not set");
+        }
     }
 
     fn send(&self, job: AgentJob) {

@@ -6,7 +6,7 @@
 //! → {"command":"pause"}
 //! ← {"ok":true,"state":"paused","pid":4242}
 //! → {"command":"jump"}
-//! ← {"ok":false,"error":"unknown command `jump`: use state, pause, resume, request_stop, stop, balloon, addresses or stats"}
+//! ← {"ok":false,"error":"unknown command `jump`: use state, pause, resume, suspend, request_stop, stop, balloon, addresses or stats"}
 //! → {"command":"balloon","target_bytes":268435456}
 //! ← {"ok":true,"state":"running","pid":4242,"balloon":{"target_bytes":268435456,"actual_bytes":0}}
 //! ```
@@ -43,6 +43,9 @@ pub enum ControlCommand {
     Addresses,
     /// Report the exits that reached the VMM, by vCPU and reason and by device.
     Stats,
+    /// Pause, save the whole state into the bundle's `state.vksave`, and stop: the next run
+    /// restores it.
+    Suspend,
 }
 
 /// One request line.
@@ -125,7 +128,7 @@ pub fn parse_request(line: &str) -> Result<ControlRequest, ControlResponse> {
         if text.contains("unknown variant") {
             let name = text.split('`').nth(1).unwrap_or("?");
             ControlResponse::failure(format!(
-                "unknown command `{name}`: use state, pause, resume, request_stop, stop, balloon, addresses or stats"
+                "unknown command `{name}`: use state, pause, resume, suspend, request_stop, stop, balloon, addresses or stats"
             ))
         } else {
             ControlResponse::failure(format!(

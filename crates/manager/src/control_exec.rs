@@ -1,10 +1,11 @@
 //! What the control server does with a request. Quick commands (`state`, `request_stop`,
 //! `stop`, reading the balloon) are answered on the server's loop thread; the ones that wait on
 //! the machine (`pause` waits for every vCPU to park, `resume` for the device workers, setting
-//! the balloon's target for its interrupt) run one at a time on the executor thread, so a pause
-//! that hangs holds neither the loop nor a `stop`.
+//! the balloon's target for its interrupt, `suspend` for the save) run one at a time on the
+//! executor thread, so a pause that hangs holds neither the loop nor a `stop`.
 
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use crate::control::{ControlCommand, ControlRequest, ControlResponse};
 /// Whether `request` may wait on the machine, and so goes to the executor.
 pub(crate) fn waits(request: &ControlRequest) -> bool {
     match request.command {
-        ControlCommand::Pause | ControlCommand::Resume => true,
+        ControlCommand::Pause | ControlCommand::Resume | ControlCommand::Suspend => true,
         ControlCommand::Balloon => request.target_bytes.is_some(),
         ControlCommand::State
         | ControlCommand::RequestStop
@@ -62,9 +63,21 @@ pub(crate) fn run_executor(
     }
 }
 
+/// Where a suspend saves (the bundle's `state.vksave`) and what holds the process until its
+/// answer is sent.
+pub(crate) struct SuspendTarget<'a> {
+    pub state_file: &'a Path,
+    pub answer: &'a crate::suspend::FinalAnswer,
+}
+
 /// Runs one request against the VM.
-pub(crate) fn handle(request: &ControlRequest, vm: &VirtualMachine) -> ControlResponse {
+pub(crate) fn handle(
+    request: &ControlRequest,
+    vm: &Arc<VirtualMachine>,
+    suspend: SuspendTarget<'_>,
+) -> ControlResponse {
     match request.command {
+        ControlCommand::Suspend => return crate::suspend::suspend(vm, suspend.state_file, suspend.answer),
         ControlCommand::Balloon => return balloon(request.target_bytes, vm),
         ControlCommand::Addresses => return addresses(vm),
         ControlCommand::Stats => {
@@ -79,7 +92,8 @@ pub(crate) fn handle(request: &ControlRequest, vm: &VirtualMachine) -> ControlRe
         ControlCommand::State
         | ControlCommand::Balloon
         | ControlCommand::Addresses
-        | ControlCommand::Stats => Ok(()),
+        | ControlCommand::Stats
+        | ControlCommand::Suspend => Ok(()),
         ControlCommand::Pause => vm.pause(),
         ControlCommand::Resume => vm.resume(),
         ControlCommand::RequestStop => vm.request_stop(),

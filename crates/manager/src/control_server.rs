@@ -32,6 +32,7 @@ use crate::agent::AgentHost;
 use crate::control::{parse_request, ControlRequest, ControlResponse};
 use crate::control_exec::{run_executor, waits, Done, Job};
 use crate::control_framing::{loggable, too_long_error, Frame, LineFramer, MAX_REQUEST_BYTES};
+use crate::suspend::FinalAnswer;
 
 /// Clients served at once. Front ends open one connection per command; 64 leaves room for
 /// scripts and monitors while keeping the process's descriptors and memory small.
@@ -61,16 +62,25 @@ pub fn too_many_clients_error() -> String {
 /// What the server asks of the VM; the VM process passes its `VirtualMachine`, tests a fake.
 pub(crate) trait Handler: Send + Sync + 'static {
     fn handle(&self, request: &ControlRequest) -> ControlResponse;
+    /// The loop handed `response` (from the executor) to its client, or found the client gone.
+    fn answered(&self, _response: &ControlResponse) {}
 }
 
 struct VmHandler {
     vm: Arc<VirtualMachine>,
     agent: Option<Arc<AgentHost>>,
+    /// Where a suspend saves the VM (the bundle's `state.vksave`).
+    state_file: std::path::PathBuf,
+    final_answer: Arc<FinalAnswer>,
 }
 
 impl Handler for VmHandler {
     fn handle(&self, request: &ControlRequest) -> ControlResponse {
-        let mut response = crate::control_exec::handle(request, &self.vm);
+        let target = crate::control_exec::SuspendTarget {
+            state_file: &self.state_file,
+            answer: &self.final_answer,
+        };
+        let mut response = crate::control_exec::handle(request, &self.vm, target);
         if let Some(agent) = &self.agent {
             // After a resume the guest's clock lags by the pause: the agent sets it.
             if response.ok && request.command == crate::control::ControlCommand::Resume {
@@ -82,13 +92,36 @@ impl Handler for VmHandler {
         }
         response
     }
+
+    fn answered(&self, response: &ControlResponse) {
+        if response.ok && response.state.as_deref() == Some(crate::suspend::SUSPENDED) {
+            self.final_answer.sent();
+        }
+    }
 }
 
 /// Serves `path` (bound owner-only, mode 0600) for as long as the process lives; responses
 /// report the guest agent `agent` knows of, and a resume has it set the guest's clock.
-pub fn serve(path: &Path, vm: Arc<VirtualMachine>, agent: Option<Arc<AgentHost>>) -> io::Result<()> {
+/// A suspend saves into `state_file`; the returned [`FinalAnswer`] tells when its answer has
+/// been sent, which the process waits for before it ends.
+pub fn serve(
+    path: &Path,
+    vm: Arc<VirtualMachine>,
+    agent: Option<Arc<AgentHost>>,
+    state_file: std::path::PathBuf,
+) -> io::Result<Arc<FinalAnswer>> {
     let listener = virtkit::unix_socket::bind_owner_only(path)?;
-    serve_listener(listener, Arc::new(VmHandler { vm, agent }))
+    let final_answer = Arc::new(FinalAnswer::default());
+    serve_listener(
+        listener,
+        Arc::new(VmHandler {
+            vm,
+            agent,
+            state_file,
+            final_answer: final_answer.clone(),
+        }),
+    )?;
+    Ok(final_answer)
 }
 
 /// Starts the loop thread and the executor thread on `listener`.
@@ -308,6 +341,7 @@ impl Server {
                     self.clients[i].close();
                 }
             }
+            self.handler.answered(&done.response);
         }
     }
 

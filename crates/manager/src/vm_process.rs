@@ -20,7 +20,7 @@ use virtkit::{
 
 use crate::bundle::{
     Access, Bundle, BundleError, BundleLock, HardwareModel, CONSOLE_LOG_FILE, CONSOLE_SOCKET, CONTROL_SOCKET,
-    PID_FILE, SERIAL_LOG_FILE,
+    PID_FILE, SERIAL_LOG_FILE, STATE_FILE,
 };
 use crate::home::VirtkitHome;
 
@@ -31,6 +31,9 @@ const AGENT_HELLO_SOCKET: &str = "vsock.sock_1025";
 /// itself: a vCPU blocked in the host (a write to a full pipe, a disk that does not answer)
 /// never leaves `KVM_RUN` for the kick, and a stop must end the VM all the same.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a VM process that was suspended waits for the suspend's answer to reach its client.
+const FINAL_ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 /// How often `wait` looks whether a stop is taking too long.
 const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(200);
@@ -61,6 +64,8 @@ pub struct VmProcessOptions {
     /// Shared directories for this run only, besides the bundle's (`run NAME --share`): given
     /// by the user now, so not subject to the bundle's record of paths outside it.
     pub extra_shares: Vec<virtkit::DirectorySharingDeviceConfiguration>,
+    /// Discard a suspended VM's saved state (`state.vksave`) and boot anew (`run --fresh`).
+    pub fresh: bool,
 }
 
 /// Why a bundle's VM could not be run.
@@ -91,6 +96,19 @@ pub enum VmProcessError {
         name: String,
         #[source]
         source: StartError,
+    },
+    #[error("cannot resume the suspended VM `{name}` from its saved state (kept in {}); `virtkit run {name} --fresh` discards it and boots the VM anew", path.display())]
+    Restore {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: Box<virtkit::MachineStateError>,
+    },
+    #[error("cannot discard the saved state {}", path.display())]
+    Discard {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error(transparent)]
     Seed(#[from] crate::seed::SeedError),
@@ -141,6 +159,7 @@ pub struct PreparedVm {
     vm: VirtualMachine,
     console: ConsoleServer,
     pump: OutputPump,
+    fresh: bool,
 }
 
 /// A bundle's VM that runs, with its sockets served.
@@ -150,6 +169,8 @@ pub struct RunningVm {
     vm: Arc<VirtualMachine>,
     console: ConsoleServer,
     pump: OutputPump,
+    /// A suspend's answer, which the process sends before it ends.
+    final_answer: Option<Arc<crate::suspend::FinalAnswer>>,
 }
 
 impl PreparedVm {
@@ -242,6 +263,7 @@ impl PreparedVm {
             vm,
             console,
             pump,
+            fresh: options.fresh,
         })
     }
 
@@ -254,19 +276,48 @@ impl PreparedVm {
         &self.vm
     }
 
-    /// Starts the VM and serves `control.sock` and `console.sock`.
+    /// Whether this run resumes a suspended VM (its `state.vksave` is there and `fresh` was
+    /// not asked).
+    pub fn resumes_suspended(&self) -> bool {
+        !self.fresh && self.bundle.file(STATE_FILE).exists()
+    }
+
+    /// Starts the VM (or, when it was suspended, restores it paused from `state.vksave`) and
+    /// serves `control.sock` and `console.sock`; a restored VM then runs on, and only then is
+    /// its state file removed, so a restore that fails loses nothing.
     pub fn start(self) -> Result<RunningVm, VmProcessError> {
+        let resumes = self.resumes_suspended();
         let PreparedVm {
             bundle,
             lock,
             mut vm,
             mut console,
             pump,
+            fresh,
         } = self;
         let name = bundle.name().to_owned();
-        if let Err(source) = vm.start() {
+        let state_file = bundle.file(STATE_FILE);
+        if fresh {
+            discard_state(&state_file).inspect_err(|_| {
+                let _ = std::fs::remove_file(bundle.file(PID_FILE));
+            })?;
+        }
+        let started = if resumes {
+            vm.restore_machine_state(&state_file)
+                .map_err(|source| VmProcessError::Restore {
+                    name: name.clone(),
+                    path: state_file.clone(),
+                    source: Box::new(source),
+                })
+        } else {
+            vm.start().map_err(|source| VmProcessError::Start {
+                name: name.clone(),
+                source,
+            })
+        };
+        if let Err(e) = started {
             let _ = std::fs::remove_file(bundle.file(PID_FILE));
-            return Err(VmProcessError::Start { name, source });
+            return Err(e);
         }
         let vm = Arc::new(vm);
         // The agent's hello may come as soon as the guest runs; a VM without a vsock device
@@ -284,14 +335,24 @@ impl PreparedVm {
                 None
             }
         };
-        let served = crate::control::serve(&bundle.file(CONTROL_SOCKET), vm.clone(), agent)
-            .and_then(|_| console.listen(&bundle.file(CONSOLE_SOCKET)));
+        let served = crate::control::serve(
+            &bundle.file(CONTROL_SOCKET),
+            vm.clone(),
+            agent.clone(),
+            state_file.clone(),
+        )
+        .and_then(|answer| console.listen(&bundle.file(CONSOLE_SOCKET)).map(|()| answer));
+        let (final_answer, served) = match served {
+            Ok(answer) => (Some(answer), Ok(())),
+            Err(e) => (None, Err(e)),
+        };
         let running = RunningVm {
             bundle,
             lock,
             vm,
             console,
             pump,
+            final_answer,
         };
         if let Err(source) = served {
             let _ = running.vm.stop();
@@ -299,9 +360,50 @@ impl PreparedVm {
             running.wait();
             return Err(VmProcessError::Sockets { path, source });
         }
+        if resumes {
+            if let Err(source) = running.vm.resume() {
+                let _ = running.vm.stop();
+                running.wait();
+                return Err(VmProcessError::Restore {
+                    name,
+                    path: state_file,
+                    source: Box::new(virtkit::MachineStateError::Resume(source)),
+                });
+            }
+            // It runs again: the saved state has served (a second run must boot, not go back
+            // to it); the guest's clock lags by the time it was suspended, which the agent sets.
+            if let Err(e) = discard_state(&state_file) {
+                tracing::warn!("{}", crate::suspend::error_chain(&e));
+            }
+            if let Some(agent) = &agent {
+                agent.set_time_after_restore();
+            }
+            tracing::info!(vm = name, "resumed from its saved state");
+        }
         tracing::info!(vm = name, pid = std::process::id(), "running");
         Ok(running)
     }
+}
+
+/// Removes a saved state file (absent is fine) and syncs its directory, so the removal
+/// survives a crash.
+fn discard_state(path: &std::path::Path) -> Result<(), VmProcessError> {
+    let discard = |source| VmProcessError::Discard {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(discard(e)),
+    }
+    if let Some(directory) = path.parent() {
+        std::fs::File::open(directory)
+            .and_then(|d| d.sync_all())
+            .map_err(discard)?;
+    }
+    tracing::info!(path = %path.display(), "discarded the saved state");
+    Ok(())
 }
 
 impl RunningVm {
@@ -330,6 +432,9 @@ impl RunningVm {
                 }
             }
         };
+        if let Some(answer) = &self.final_answer {
+            answer.wait_sent(FINAL_ANSWER_WAIT);
+        }
         self.pump.finish();
         drop(self.console);
         for file in [CONTROL_SOCKET, CONSOLE_SOCKET, PID_FILE, AGENT_HELLO_SOCKET] {

@@ -129,6 +129,17 @@ pub mod kvm {
         // `_IO(KVMIO, 0xa3)`: KVM_GET_TSC_KHZ
         kvm_ioc(0, 0xa3, 0),
     ];
+
+    /// The VM's own state a save reads besides the vCPUs': `KVM_GET_IRQCHIP` (the PIC pair and
+    /// the IOAPIC), `KVM_GET_PIT2`, `KVM_GET_CLOCK`.
+    pub const SAVE_VM_STATE: [u64; 3] = [
+        // `_IOWR(KVMIO, 0x62, struct kvm_irqchip)`
+        kvm_ioc(IOC_READ | IOC_WRITE, 0x62, 520),
+        // `_IOR(KVMIO, 0x9f, struct kvm_pit_state2)`
+        kvm_ioc(IOC_READ, 0x9f, 112),
+        // `_IOR(KVMIO, 0x7c, struct kvm_clock_data)`
+        kvm_ioc(IOC_READ, 0x7c, 48),
+    ];
 }
 
 /// What every filtered thread needs, whatever its role: the allocator and thread exit (glibc
@@ -384,6 +395,31 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             kick_vcpus(&mut r);
             starts_workers(&mut r);
         }
+        ThreadRole::StateSave => {
+            // A suspend's save of the paused machine (`virtkit_machine::snapshot`): the parked
+            // vCPU threads read their own state when kicked; this thread reads the VM's
+            // (irqchip, PIT, clock), creates the temporary state file beside the bundle's
+            // `state.vksave` (`openat`), sets its length (`ftruncate`), writes it (`pwrite64`),
+            // syncs it, renames it into place and syncs the directory (opened read-only); on a
+            // failure it removes the temporary file. No sockets, no other ioctls.
+            for ioctl in kvm::SAVE_VM_STATE {
+                r.allow_if(SYS_ioctl, &[(1, ioctl)]);
+            }
+            r.allow_all(&[
+                SYS_openat,
+                SYS_ftruncate,
+                SYS_pwrite64,
+                SYS_write,
+                SYS_fsync,
+                SYS_fdatasync,
+                SYS_rename,
+                SYS_renameat,
+                SYS_renameat2,
+                SYS_unlink,
+                SYS_unlinkat,
+            ]);
+            kick_vcpus(&mut r);
+        }
         ThreadRole::AgentHost => {
             // The hello listener takes connections (`accept4`), sets a read timeout and reads
             // one line (`read`/`recvfrom`). The clock setter opens a Unix stream socket to the
@@ -487,7 +523,7 @@ mod tests {
         );
     }
 
-    const ALL_ROLES: [ThreadRole; 20] = [
+    const ALL_ROLES: [ThreadRole; 21] = [
         ThreadRole::Vcpu,
         ThreadRole::DeviceWorker(DeviceKind::Block),
         ThreadRole::DeviceWorker(DeviceKind::Rng),
@@ -508,6 +544,7 @@ mod tests {
         ThreadRole::ControlSocket,
         ThreadRole::ControlExecutor,
         ThreadRole::AgentHost,
+        ThreadRole::StateSave,
     ];
 
     #[test]
@@ -550,6 +587,11 @@ mod tests {
                     ThreadRole::DeviceWorker(DeviceKind::Vsock) | ThreadRole::AgentHost
                 ) && (nr == SYS_socket || nr == SYS_connect)
                 {
+                    continue;
+                }
+                // And the state saver creates the state file (and opens its directory to
+                // sync it): the one role that opens files.
+                if role == ThreadRole::StateSave && nr == SYS_openat {
                     continue;
                 }
                 assert!(!rules.allows(nr), "{role:?} allows syscall {nr}");

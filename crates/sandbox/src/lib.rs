@@ -192,6 +192,10 @@ pub enum ThreadRole {
     /// from the guest, through the vsock device's `<path>_1025`) and the clock setter, a host
     /// client of the VM's own `vsock.sock`.
     AgentHost,
+    /// VM process `state-save`: a suspend's save of the paused machine into the bundle's
+    /// `state.vksave` (the VM's interrupt controller, PIT and clock; the file's creation,
+    /// writes, sync and rename).
+    StateSave,
 }
 
 /// Why a filter could not be installed.

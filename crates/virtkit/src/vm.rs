@@ -18,7 +18,7 @@ pub use machine_state::MachineStateError;
 use crate::buffered_output::BufferedOutput;
 use crate::config::{BootLoader, VirtualMachineConfiguration};
 use crate::console_server::ConsoleServer;
-use crate::devices::{DeviceError, DeviceManager};
+use crate::devices::{DeviceError, DeviceManager, SavedDevices};
 use crate::serial::{open_attachment, SerialError};
 use crate::state::{StopReason, VmState};
 use crate::validate::{error_chain, ValidationError};
@@ -66,6 +66,16 @@ pub enum StartError {
     Thread(#[source] std::io::Error),
     #[error(transparent)]
     Restore(#[from] SnapshotError),
+    #[error("the state file changed while it was being restored; restore it again")]
+    StateFileChanged,
+}
+
+/// What a restore starts from: the state file, the configuration it must have been saved with,
+/// and its devices section as checked before the machine was built.
+struct RestoreFrom<'a> {
+    path: &'a std::path::Path,
+    configuration: &'a serde_json::Value,
+    devices: &'a SavedDevices,
 }
 
 struct Status {
@@ -229,7 +239,7 @@ impl VirtualMachine {
 
     /// Builds the machine and starts it: running, or with `restore`, restored from that state
     /// file and paused. On failure the state becomes `Error` with the reason.
-    fn launch(&mut self, restore: Option<(&std::path::Path, &serde_json::Value)>) -> Result<(), StartError> {
+    fn launch(&mut self, restore: Option<RestoreFrom<'_>>) -> Result<(), StartError> {
         match self.build_and_start(restore) {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -244,11 +254,10 @@ impl VirtualMachine {
         }
     }
 
-    fn build_and_start(
-        &mut self,
-        restore: Option<(&std::path::Path, &serde_json::Value)>,
-    ) -> Result<(), StartError> {
+    fn build_and_start(&mut self, restore: Option<RestoreFrom<'_>>) -> Result<(), StartError> {
         self.config.validate()?;
+        // A previous run's handle holds its PCI devices (and their disks' locks).
+        self.handle = None;
         virtkit_sandbox::set_policy(self.config.platform.seccomp);
         let kvm = Kvm::open()?;
         let pvm_host = kvm.info().flavor == KvmFlavor::Pvm;
@@ -256,8 +265,15 @@ impl VirtualMachine {
         let mut machine = Machine::new(&kvm, machine_config)?;
         let devices = Arc::new(DeviceManager::attach_all(&machine, &mut self.config)?);
         self.devices = devices.clone();
-        if let Some((path, configuration)) = restore {
-            machine.restore_state(path, configuration)?;
+        if let Some(from) = &restore {
+            // The devices take their state first (checked, nothing outside them changes), then
+            // the machine (memory, KVM, platform), then the devices finish on restored memory.
+            devices.restore_devices(from.devices)?;
+            let section = machine.restore_state(from.path, from.configuration)?;
+            if SavedDevices::from_section(&section)? != *from.devices {
+                return Err(StartError::StateFileChanged);
+            }
+            devices.finish_restore(&machine)?;
         }
         machine.start()?;
         let handle = machine.handle();

@@ -10,9 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{build, kvm_available, pvh, start};
-use virtkit::{
-    EntropyDeviceConfiguration, MachineStateError, StopReason, VirtualMachineConfiguration, VmState,
-};
+use virtkit::{MachineStateError, StopReason, VirtualMachineConfiguration, VmState};
 use virtkit_test_guests::Guest;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -196,13 +194,17 @@ fn restoring_into_another_configuration_or_from_a_damaged_file_is_refused_and_ch
     assert!(e.to_string().contains("is damaged"), "{e}");
     assert_eq!(fresh.vm.state(), VmState::Stopped);
 
-    // A newer format version.
+    // A newer format version (this virtkit writes and reads up to 2).
     let mut newer = std::fs::read(&path).unwrap();
-    newer[8] = 2;
+    newer[8] = 3;
     let newer_path = dir.join("newer.vksave");
     std::fs::write(&newer_path, &newer).unwrap();
     let e = fresh.vm.restore_machine_state(&newer_path).unwrap_err();
-    assert!(e.to_string().contains("newer than version 1"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("has format version 3, newer than version 2"),
+        "{e}"
+    );
 
     // A file that is no state file.
     let e = fresh.vm.restore_machine_state(Guest::Counter.path()).unwrap_err();
@@ -222,20 +224,27 @@ fn a_vm_with_a_device_that_cannot_be_saved_yet_is_refused_before_trying() {
     let dir = state_dir("devices");
     let path = dir.join("state.vksave");
     let mut config = counter(1);
-    config.entropy_devices.push(EntropyDeviceConfiguration::default());
-    let run = start(config);
-    run.console.wait_for("tick 1\n", WAIT);
-    run.vm.pause().unwrap();
-    let e = run.vm.save_machine_state(&path).unwrap_err();
+    config.directory_sharing_devices.push(
+        serde_json::from_value(serde_json::json!({"tag": "t", "path": dir.to_str().unwrap()})).unwrap(),
+    );
+    // Said before trying, and refused before the file is even read (there is none) and before
+    // anything is built.
+    let mut vm = build(config);
+    assert!(matches!(
+        vm.vm.check_machine_state_support(),
+        Err(MachineStateError::UnsaveableDevices { .. })
+    ));
+    assert!(build(counter(1)).vm.check_machine_state_support().is_ok());
+    let e = vm.vm.restore_machine_state(&path).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "cannot save or restore the state of this virtual machine: entropy_devices[0] cannot be \
-         saved yet; remove them from the configuration to use machine state files"
+        "cannot save or restore the state of this virtual machine: directory_sharing_devices[0] \
+         (virtiofsd's state is not saved) cannot be saved yet; remove them from the configuration \
+         to use machine state files"
     );
+    assert!(matches!(e, MachineStateError::UnsaveableDevices { .. }));
     assert!(!path.exists());
-    assert_eq!(run.vm.state(), VmState::Paused);
-    run.vm.resume().unwrap();
-    run.vm.stop().unwrap();
+    assert_eq!(vm.vm.state(), VmState::Stopped);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,4 +1,4 @@
-//! `virtkit stop`, `pause` and `resume`: through the VM process's control socket.
+//! `virtkit stop`, `pause`, `resume` and `suspend`: through the VM process's control socket.
 
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,33 @@ pub fn pause(args: &NameArg) -> Result<u8, CliError> {
 pub fn resume(args: &NameArg) -> Result<u8, CliError> {
     let state = expect_ok(&args.name, ControlCommand::Resume)?;
     outln!("`{}`: {state}", args.name);
+    Ok(0)
+}
+
+/// How long `suspend` waits for the VM process to end once its state is saved (it stops the
+/// machine, as a `stop` does).
+const SUSPEND_END_WAIT: Duration = FORCED_WAIT;
+
+/// Saves the VM's whole state into its bundle (`state.vksave`) and ends its process; the next
+/// `virtkit run NAME` resumes it where it was.
+pub fn suspend(args: &NameArg) -> Result<u8, CliError> {
+    let home = home()?;
+    let b = open(&home, &args.name)?;
+    let name = &args.name;
+    let r = ask(&b, ControlCommand::Suspend)?;
+    if !r.ok {
+        return Err(CliError::new(format!(
+            "`{name}`: {}",
+            r.error.unwrap_or_else(|| "refused".into())
+        )));
+    }
+    if !wait_until_ended(&b, Instant::now() + SUSPEND_END_WAIT) {
+        // The state is saved; the machine did not end: end it as `stop` would.
+        return kill_stuck(&b, name);
+    }
+    outln!(
+        "`{name}`: suspended; `virtkit run {name}` resumes it, `virtkit run {name} --fresh` boots it anew"
+    );
     Ok(0)
 }
 

@@ -22,6 +22,8 @@ pub struct VmProcessArgs {
     pub seccomp: Option<virtkit_sandbox::SeccompAction>,
     #[arg(long)]
     pub force: bool,
+    #[arg(long)]
+    pub fresh: bool,
     /// Shared directories for this run only (absolute paths, from `run NAME --share`).
     #[arg(long = "share", value_parser = virtkit::DirectorySharingDeviceConfiguration::parse_cli)]
     pub shares: Vec<virtkit::DirectorySharingDeviceConfiguration>,
@@ -60,6 +62,7 @@ pub fn run(home: &VirtkitHome, name: &str, choices: RunChoices, wait: Option<u64
         .arg(choices.console.as_str())
         .args(choices.seccomp.map(|p| format!("--seccomp={p}")))
         .args(choices.force.then_some("--force"))
+        .args(choices.fresh.then_some("--fresh"))
         .args(choices.shares.iter().map(|s| {
             format!(
                 "--share={}:{}{}",
@@ -153,6 +156,7 @@ pub fn vm_process(args: &VmProcessArgs) -> Result<u8, CliError> {
         console: args.console,
         seccomp: args.seccomp,
         force: args.force,
+        fresh: args.fresh,
         // `virtkit stats NAME` asks a detached VM while it runs.
         stats: None,
         shares: args.shares.clone(),

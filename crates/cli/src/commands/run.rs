@@ -108,6 +108,10 @@ pub struct RunArgs {
     /// counted; `VIRTKIT_MEMORY_OVERCOMMIT` sets how far guest memory may exceed the host's).
     #[arg(long)]
     pub force: bool,
+    /// A suspended VM (`virtkit suspend`): discard its saved state and boot it anew, rather
+    /// than resume it where it was.
+    #[arg(long, requires = "name")]
+    pub fresh: bool,
     /// When the VM stops, print on standard error the exits that reached the VMM, by reason
     /// and by device: a table, or `--stats json` for one JSON line (docs/CONTROL.md, `exits`).
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "text", conflicts_with = "detach", value_name = "text|json")]
@@ -278,6 +282,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
             console: args.console,
             seccomp: args.seccomp,
             force: args.force,
+            fresh: args.fresh,
             stats: args.stats,
             shares: absolute_shares(&args.shares)?,
         };

@@ -70,9 +70,13 @@ pub fn bundle_error_in(context: impl Into<String>, e: &BundleError) -> CliError 
     with_hint(CliError::with_chain(context, e), e)
 }
 
-/// The state of a VM: `stopped` when no process holds its bundle, else what its process says.
+/// The state of a VM: `suspended` (its saved state waits for the next run) or `stopped` when no
+/// process holds its bundle, else what its process says.
 pub fn state_of(bundle: &Bundle) -> String {
     if !bundle.is_running() {
+        if bundle.file(virtkit_manager::bundle::STATE_FILE).exists() {
+            return virtkit_manager::suspend::SUSPENDED.into();
+        }
         return "stopped".into();
     }
     match ask(bundle, ControlCommand::State) {

@@ -527,6 +527,12 @@ fn identity_features_and_queues_follow_the_config() {
             | features::DEFLATE_ON_OOM
             | features::FREE_PAGE_REPORTING
     );
+    assert_eq!(
+        d.features() & (1 << 4),
+        0,
+        "no VIRTIO_BALLOON_F_PAGE_POISON: on a VM restored from a state file a page given back \
+         reads as saved, not as zeros (docs/SAVE.md), which only page poisoning rules out"
+    );
     assert_eq!(d.queue_max_sizes(), &[256, 256, 256, 256]);
     let plain = Balloon::new(BalloonConfig::default()).unwrap();
     assert_eq!(

@@ -372,8 +372,8 @@ impl VirtioDevice for Net {
             }
         }
         let mergeable = acked & features::MRG_RXBUF != 0;
-        self.active_pairs
-            .store(self.pairs.len() as u16, Ordering::Release);
+        // `active_pairs` is every pair after construction and after a reset (the only ways to
+        // an inactive device), or what a restore put there: left as it is.
         let starts: Vec<_> = (0..self.pairs.len()).map(|i| self.start(i, mergeable)).collect();
         let mut starts: Vec<Option<_>> = starts.into_iter().map(Some).collect();
         let result = self.start_pairs(queues, |worker, queues, i| match starts[i].take() {

@@ -10,6 +10,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::interrupt::{InterruptError, MsiMessage, MsiVectors};
 
 /// MSI-X capability ID.
@@ -78,6 +80,31 @@ impl Entry {
             data: self.data,
         }
     }
+}
+
+/// One table entry as saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsixEntryState {
+    pub address: u64,
+    pub data: u32,
+    pub masked: bool,
+}
+
+/// A device's MSI-X state as saved: message control, the table and the pending bits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsixState {
+    pub enabled: bool,
+    pub function_masked: bool,
+    pub entries: Vec<MsixEntryState>,
+    pub pending: Vec<bool>,
+}
+
+/// Why a saved MSI-X state does not fit a device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the saved MSI-X state has {saved} vectors, this device {here}")]
+pub struct MsixStateError {
+    pub saved: usize,
+    pub here: usize,
 }
 
 /// What the interrupt path reads without the device's lock.
@@ -304,6 +331,66 @@ impl Msix {
         }
     }
 
+    /// The state to save.
+    pub fn state(&self) -> MsixState {
+        MsixState {
+            enabled: self.shared.enabled(),
+            function_masked: self.shared.function_masked.load(Ordering::Acquire),
+            entries: self
+                .entries
+                .iter()
+                .map(|e| MsixEntryState {
+                    address: e.address,
+                    data: e.data,
+                    masked: e.control & VECTOR_MASKED != 0,
+                })
+                .collect(),
+            pending: self
+                .shared
+                .pending
+                .iter()
+                .map(|p| p.load(Ordering::Acquire))
+                .collect(),
+        }
+    }
+
+    /// Takes a saved state (of as many vectors as this device has); the routes are left to
+    /// [`Msix::restore_routes`], which talks to KVM, so a refusal here changes nothing outside.
+    pub fn restore_state(&mut self, state: &MsixState) -> Result<(), MsixStateError> {
+        let here = self.entries.len();
+        if state.entries.len() != here || state.pending.len() != here {
+            return Err(MsixStateError {
+                saved: state.entries.len(),
+                here,
+            });
+        }
+        self.shared.enabled.store(state.enabled, Ordering::Release);
+        self.shared
+            .function_masked
+            .store(state.function_masked, Ordering::Release);
+        for (vector, saved) in state.entries.iter().enumerate() {
+            self.entries[vector] = Entry {
+                address: saved.address,
+                data: saved.data,
+                control: if saved.masked { VECTOR_MASKED } else { 0 },
+            };
+            self.shared.masked[vector].store(saved.masked, Ordering::Release);
+            self.shared.pending[vector].store(state.pending[vector], Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Sets the GSI route of every unmasked vector of a restored, enabled MSI-X (what the
+    /// guest's writes had set before the save).
+    pub fn restore_routes(&self) {
+        if !self.shared.enabled() {
+            return;
+        }
+        for vector in 0..self.entries.len() {
+            self.update_route(vector);
+        }
+    }
+
     /// Back to the reset state: every vector masked, no message, nothing pending, MSI-X off.
     pub fn reset(&mut self) {
         self.shared.enabled.store(false, Ordering::Release);
@@ -424,6 +511,45 @@ pub(crate) mod tests {
         write_entry(&mut m, 0, 0xfee0_0000, 0x31, 0);
         assert_eq!(*v.triggered.lock().unwrap(), vec![0]);
         assert!(!shared.is_pending(0));
+    }
+
+    #[test]
+    fn a_saved_table_restores_into_a_new_device_with_its_routes() {
+        let (mut m, _) = msix(3);
+        m.set_message_control(CONTROL_ENABLE);
+        write_entry(&mut m, 0, 0xfee0_0000, 0x30, 0);
+        write_entry(&mut m, 2, 0xfee0_1000, 0x32, VECTOR_MASKED);
+        m.shared().trigger(2).unwrap();
+        let state = m.state();
+        assert!(state.enabled && state.pending[2] && state.entries[2].masked);
+
+        let (mut restored, v) = msix(3);
+        restored.restore_state(&state).unwrap();
+        assert!(
+            v.routes.lock().unwrap().is_empty(),
+            "routes wait for restore_routes"
+        );
+        restored.restore_routes();
+        assert_eq!(
+            *v.routes.lock().unwrap(),
+            vec![(
+                0,
+                Some(MsiMessage {
+                    address: 0xfee0_0000,
+                    data: 0x30
+                })
+            )],
+            "only the unmasked vector is routed"
+        );
+        assert_eq!(restored.state(), state);
+        // The pending vector is delivered once the guest unmasks it, as before the save.
+        write_entry(&mut restored, 2, 0xfee0_1000, 0x32, 0);
+        assert_eq!(*v.triggered.lock().unwrap(), vec![2]);
+
+        let (mut smaller, _) = msix(2);
+        let e = smaller.restore_state(&state).unwrap_err();
+        assert_eq!(e, MsixStateError { saved: 3, here: 2 });
+        assert_eq!(smaller.state(), msix(2).0.state(), "a refusal changes nothing");
     }
 
     #[test]

@@ -187,8 +187,10 @@ impl PciRoot {
         }
     }
 
-    /// Makes the buses match what the device at `slot` decodes now.
-    fn sync_bars(&mut self, slot: u8) {
+    /// Makes the buses match what the device at `slot` decodes now: after a write to its
+    /// configuration, or once a restore has put a saved configuration space into it (its BARs
+    /// mapped and the device told, so it registers its ioeventfds where they are).
+    pub fn sync_bars(&mut self, slot: u8) {
         let Some(entry) = self.slots.get(usize::from(slot)).and_then(|s| s.as_ref()) else {
             return;
         };

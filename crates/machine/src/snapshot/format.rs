@@ -10,8 +10,9 @@ use super::MachineState;
 
 /// The first 8 bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"VKSTATE\0";
-/// The format this virtkit writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format this virtkit writes, and the newest it reads. Version 2 added the `devices`
+/// section; a version 1 file (which has none) still restores.
+pub const FORMAT_VERSION: u32 = 2;
 /// Guest pages are saved and mapped in units of this.
 pub const PAGE_SIZE: u64 = 4096;
 /// The header occupies the first page; the metadata starts right after it.
@@ -47,6 +48,10 @@ pub struct Metadata {
     pub machine: MachineState,
     /// Guest memory, in file order from the header's memory offset.
     pub memory: Vec<MemoryRange>,
+    /// The owner's devices (the framework's virtio devices with their transports), opaque to
+    /// the machine: `null` when it has none, and in version 1 files.
+    #[serde(default)]
+    pub devices: serde_json::Value,
 }
 
 /// Why bytes are not a state file this virtkit can restore. Every message is one sentence that

@@ -3,7 +3,8 @@
 //!
 //! What is saved: every vCPU (through its own thread, which owns it: see `vcpu::Control`), the
 //! VM's in-kernel irqchip, PIT and clock, the platform devices, and guest memory. Virtio
-//! devices are not this module's: the framework refuses to save a machine that has any.
+//! devices are not this module's: their owner (the framework's device manager) hands their
+//! state over as an opaque `devices` section, and gets it back on restore.
 
 pub mod format;
 mod memory;
@@ -97,6 +98,7 @@ impl SaveParts {
         &self,
         path: &Path,
         configuration: &serde_json::Value,
+        devices: &serde_json::Value,
     ) -> Result<SaveSummary, SnapshotError> {
         let vcpus = self.control.capture_vcpus(self.vcpus, CAPTURE_TIMEOUT)?;
         let vm = self.vm.save_state()?;
@@ -105,6 +107,7 @@ impl SaveParts {
             configuration: configuration.clone(),
             machine: MachineState { vcpus, vm, platform },
             memory: memory::ranges(&self.memory),
+            devices: devices.clone(),
         };
         let summary = write::write_state_file(path, &metadata, &self.memory)?;
         tracing::info!(
@@ -117,13 +120,14 @@ impl SaveParts {
 
     /// Reads and checks everything in `path` against this machine and `configuration`, then
     /// puts it in: memory, the VM, each of `vcpus`, the devices. Nothing changes when a check
-    /// fails; a failure of KVM after that leaves a machine that must not be started.
+    /// fails; a failure of KVM after that leaves a machine that must not be started. Returns
+    /// the file's `devices` section for the owner.
     pub(crate) fn restore(
         &self,
         vcpus: &[Vcpu],
         path: &Path,
         configuration: &serde_json::Value,
-    ) -> Result<(), SnapshotError> {
+    ) -> Result<serde_json::Value, SnapshotError> {
         let (file, header, metadata) = open_state_file(path)?;
         let mut differences = configuration_differences(&metadata.configuration, configuration);
         if metadata.machine.vcpus.len() != vcpus.len() {
@@ -150,18 +154,19 @@ impl SaveParts {
         }
         self.platform.restore(&metadata.machine.platform)?;
         tracing::info!(path = %path.display(), "machine state restored");
-        Ok(())
+        Ok(metadata.devices)
     }
 }
 
 /// Checks that `path` is a state file this virtkit reads, undamaged, saved with
 /// `configuration`: what can be known before a machine is built, so an owner can refuse before
-/// it spends anything (its console attachments) on a restore that cannot work.
-pub fn check_state_file(path: &Path, configuration: &serde_json::Value) -> Result<(), SnapshotError> {
+/// it spends anything (its console attachments) on a restore that cannot work. Returns the
+/// metadata, so the owner can check its `devices` section too.
+pub fn check_state_file(path: &Path, configuration: &serde_json::Value) -> Result<Metadata, SnapshotError> {
     let (_, _, metadata) = open_state_file(path)?;
     let differences = configuration_differences(&metadata.configuration, configuration);
     if differences.is_empty() {
-        Ok(())
+        Ok(metadata)
     } else {
         Err(SnapshotError::ConfigurationMismatch {
             differences: differences.join("; "),

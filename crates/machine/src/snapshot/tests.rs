@@ -52,6 +52,7 @@ fn metadata() -> Metadata {
             guest_address: 0,
             size: 2 * PAGE_SIZE,
         }],
+        devices: serde_json::json!({"version": 1, "devices": [{"name": "blk0"}]}),
     }
 }
 
@@ -107,6 +108,22 @@ fn a_damaged_metadata_byte_says_the_file_is_damaged_and_what_to_do() {
         text.contains("damaged") && text.contains("save the machine again"),
         "{text}"
     );
+}
+
+#[test]
+fn a_version_1_file_without_a_devices_section_still_parses() {
+    let mut m = metadata();
+    m.devices = serde_json::Value::Null;
+    let mut json = serde_json::to_value(&m).unwrap();
+    json.as_object_mut().unwrap().remove("devices");
+    let bytes = serde_json::to_vec(&json).unwrap();
+    let mut header = Header::for_metadata(&bytes, 2 * PAGE_SIZE);
+    header.version = 1;
+    let mut file = header.encode();
+    file.extend_from_slice(&bytes);
+    let (header, parsed) = parse(&file).unwrap();
+    assert_eq!(header.version, 1);
+    assert_eq!(parsed, m, "no devices section reads as null");
 }
 
 #[test]

@@ -84,6 +84,9 @@ pub const CONTROL_SOCKET: &str = "control.sock";
 pub const CONSOLE_SOCKET: &str = "console.sock";
 /// The socket device's host socket (virtio-vsock, Firecracker's hybrid scheme).
 pub const VSOCK_SOCKET: &str = "vsock.sock";
+/// A suspended VM's saved state (docs/SAVE.md): written by `suspend`, restored and then
+/// removed by the next run, discarded by `run --fresh`.
+pub const STATE_FILE: &str = "state.vksave";
 
 /// Why a bundle operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -12,6 +12,7 @@ mod console;
 mod directory_sharing;
 mod entropy;
 mod net;
+mod persist;
 mod socket;
 
 use std::sync::{Mutex, MutexGuard};
@@ -31,6 +32,7 @@ pub use net::{
     parse_mac, passt_log_name, Framing, NetworkAttachment, NetworkDeviceConfiguration, NicAddresses,
     PortProtocol, PublishedPort, SharedFd, DEFAULT_MAC_PREFIX,
 };
+pub use persist::{SavedDevice, SavedDevices, DEVICES_SECTION_VERSION};
 pub use socket::{SocketDeviceConfiguration, DEFAULT_GUEST_CID};
 use virtkit_devices::balloon::BalloonHandle;
 use virtkit_devices::console::ConsoleHandle;
@@ -78,6 +80,12 @@ pub enum DeviceError {
     NoBalloon,
     #[error("a balloon target of {target} bytes is more than the machine's {memory} bytes of memory")]
     BalloonTooLarge { target: u64, memory: u64 },
+    #[error("the state file's devices ({saved}) are not this machine's ({here}); restore it into a virtual machine built from the configuration it was saved with")]
+    SavedDevicesMismatch { saved: String, here: String },
+    #[error("the state file's devices section has version {found}, newer than version {} that this virtkit reads; restore it with the virtkit that saved it or a newer one", persist::DEVICES_SECTION_VERSION)]
+    NewerDevicesSection { found: u64 },
+    #[error("the state file's devices section cannot be read; the file is damaged, save the machine again")]
+    UnreadableDevicesSection,
     #[error("the device {name} cannot {action}")]
     Device {
         name: String,
@@ -315,54 +323,6 @@ impl DeviceManager {
             }
         }
         first
-    }
-
-    /// Whether every device is asleep or was never started by its driver.
-    pub fn all_asleep_or_idle(&self) -> bool {
-        self.lock().iter().all(|e| {
-            let d = lock_device(&e.device);
-            d.is_asleep() || d.snapshot().is_ok()
-        })
-    }
-
-    /// Each device's state (name, JSON bytes); every device must be asleep.
-    pub fn snapshot_all(&self) -> Result<Vec<(String, Vec<u8>)>, DeviceError> {
-        self.lock()
-            .iter()
-            .map(|e| {
-                lock_device(&e.device)
-                    .snapshot()
-                    .map(|bytes| (e.name.clone(), bytes))
-                    .map_err(|source| DeviceError::Device {
-                        name: e.name.clone(),
-                        action: "save its state",
-                        source,
-                    })
-            })
-            .collect()
-    }
-
-    /// Gives each named device its state back; every device must be asleep.
-    pub fn restore_all(&self, states: &[(String, Vec<u8>)]) -> Result<(), DeviceError> {
-        let entries = self.lock();
-        for (name, bytes) in states {
-            let entry = entries
-                .iter()
-                .find(|e| &e.name == name)
-                .ok_or_else(|| DeviceError::Device {
-                    name: name.clone(),
-                    action: "be found to restore",
-                    source: VirtioError::IncompatibleState("no such device in this machine"),
-                })?;
-            lock_device(&entry.device)
-                .restore(bytes)
-                .map_err(|source| DeviceError::Device {
-                    name: name.clone(),
-                    action: "restore its state",
-                    source,
-                })?;
-        }
-        Ok(())
     }
 
     /// Lets go of every device (the machine is gone; its workers stop as the last handle drops).

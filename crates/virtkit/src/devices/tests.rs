@@ -147,20 +147,51 @@ fn sleep_and_wake_reach_every_device_and_state_round_trips() {
     let manager = DeviceManager::attach_all(&machine, &mut config).unwrap();
     // No driver started them: sleep keeps them as they are, and their state is there to save.
     manager.sleep_all().unwrap();
-    let states = manager.snapshot_all().unwrap();
-    let names: Vec<&str> = states.iter().map(|(n, _)| n.as_str()).collect();
+    let saved = manager.save_devices().unwrap();
+    let names: Vec<&str> = saved.devices.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["blk0", "blk1", "rng0"]);
-    manager.restore_all(&states).unwrap();
-    let bad = vec![("rng0".to_owned(), b"{\"nonsense\": 1}".to_vec())];
-    assert!(
-        manager.restore_all(&bad).is_err(),
-        "another device's bytes are refused"
-    );
-    let unknown = vec![("net0".to_owned(), Vec::new())];
-    assert!(manager.restore_all(&unknown).is_err());
+    let section = serde_json::to_value(&saved).unwrap();
+    assert_eq!(SavedDevices::from_section(&section).unwrap(), saved);
+
     manager.wake_all().unwrap();
     manager.release();
-    assert!(manager.names().is_empty());
+
+    // Into new devices of the same configuration (disks of the same size: the first
+    // machine's devices still hold theirs locked): other devices and another device's state
+    // are refused first, changing nothing; then the state is taken, and finished once memory
+    // is there.
+    let other_dir = TempDir::new("sleep-restored");
+    let mut same = self::config(&other_dir, 2, 1);
+    let built = self::machine(&kvm, &same);
+    let fresh = DeviceManager::attach_all(&built, &mut same).unwrap();
+    let mut fewer = saved.clone();
+    fewer.devices.pop();
+    let e = fresh.restore_devices(&fewer).unwrap_err().to_string();
+    assert!(
+        e.contains("(blk0 in slot 2, blk1 in slot 3)")
+            && e.contains("(blk0 in slot 2, blk1 in slot 3, rng0 in slot 4)"),
+        "{e}"
+    );
+    let mut swapped = saved.clone();
+    swapped.devices[0].state = saved.devices[2].state.clone();
+    let e = fresh.restore_devices(&swapped).unwrap_err();
+    assert!(format!("{e:?}").contains("blk0"), "{e:?}");
+    fresh.restore_devices(&saved).unwrap();
+    fresh.finish_restore(&built).unwrap();
+    assert_eq!(fresh.save_devices().unwrap(), saved);
+
+    let mut newer = section.clone();
+    newer["version"] = serde_json::json!(DEVICES_SECTION_VERSION + 1);
+    let e = SavedDevices::from_section(&newer).unwrap_err().to_string();
+    assert!(e.contains("newer than version 1"), "{e}");
+    let e = SavedDevices::from_section(&serde_json::json!({"version": 1})).unwrap_err();
+    assert!(e.to_string().contains("damaged"), "{e}");
+    assert!(SavedDevices::from_section(&serde_json::Value::Null)
+        .unwrap()
+        .devices
+        .is_empty());
+    fresh.release();
+    assert!(fresh.names().is_empty());
 }
 
 #[test]
@@ -188,8 +219,22 @@ fn a_socket_network_card_attaches_as_net0_and_learns_nothing_before_the_guest_sp
     assert_eq!(addresses.len(), 1);
     assert_eq!(addresses[0].mac, "02:00:00:12:34:56");
     assert_eq!((addresses[0].ipv4, addresses[0].expected_ipv4), (None, None));
+
+    // Its state restores into a card of the same configuration on a new connection.
+    manager.sleep_all().unwrap();
+    let saved = manager.save_devices().unwrap();
+    manager.wake_all().unwrap();
     manager.release();
     assert!(manager.network_addresses().is_empty());
+    let other_dir = TempDir::new("net-socket-restored");
+    let mut same = self::config(&other_dir, 1, 0);
+    same.network_devices = config.network_devices.clone();
+    let (built, restored) = attach_valid(&mut same);
+    listener.accept().expect("the new card connected to the socket");
+    restored.restore_devices(&saved).unwrap();
+    restored.finish_restore(&built).unwrap();
+    assert_eq!(restored.save_devices().unwrap(), saved);
+    restored.release();
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! Saving a paused virtual machine's state to a file and restoring it into a new one built from
 //! the same configuration, which comes back paused (as Apple's `saveMachineStateTo` and
 //! `restoreMachineStateFrom`). The file's format is the machine's (docs/SAVE.md); this adds
-//! what only the framework knows: which configuration the machine was built from, and which
-//! configured devices cannot be saved yet.
+//! what only the framework knows: which configuration the machine was built from, its virtio
+//! devices' state (the device manager's section of the file), and which configured devices
+//! cannot be saved yet.
 
 use std::path::Path;
 
@@ -11,6 +12,7 @@ use virtkit_machine::{SaveSummary, SnapshotError};
 
 use super::{Shared, StartError, VirtualMachine};
 use crate::config::VirtualMachineConfiguration;
+use crate::devices::{DeviceError, SavedDevices};
 use crate::state::VmState;
 
 /// Why a machine state was not saved or restored.
@@ -23,31 +25,38 @@ pub enum MachineStateError {
     #[error("cannot save or restore the state of this virtual machine: {devices} cannot be saved yet; remove them from the configuration to use machine state files")]
     UnsaveableDevices { devices: String },
     #[error(transparent)]
+    Devices(#[from] DeviceError),
+    #[error(transparent)]
     State(#[from] SnapshotError),
     #[error("cannot describe the configuration for the state file (a virtkit bug)")]
     Describe(#[source] serde_json::Error),
     #[error("cannot start the restored virtual machine")]
     Start(#[from] StartError),
+    #[error("cannot run the restored virtual machine")]
+    Resume(#[source] super::VmError),
 }
 
-/// Each configured device that a state file cannot hold yet, by its configuration field: the
-/// virtio devices, whose state the device manager has but the file does not take yet.
+/// Why each kind of device a state file cannot hold yet is left out, by configuration field.
+/// Every other device is saved through the device manager: disks, entropy devices, memory
+/// balloons, consoles, socket devices and network cards. (A balloon on a restored VM gives pages
+/// back with `MADV_DONTNEED` on the private mapping of the file, after which they read as saved
+/// rather than as zeros: virtio leaves a page's content undefined after the guest gives it back
+/// unless VIRTIO_BALLOON_F_PAGE_POISON is negotiated, which virtkit does not offer. A network
+/// card gets a new attachment, passt started anew, and loses the frames in flight. docs/SAVE.md.)
+const UNSAVEABLE: [(&str, &str); 1] = [("directory_sharing_devices", "virtiofsd's state is not saved")];
+
+/// Each configured device that a state file cannot hold yet, by its configuration field, with
+/// why.
 fn unsaveable_devices(config: &VirtualMachineConfiguration) -> Vec<String> {
-    let lists = [
-        ("storage_devices", config.storage_devices.len()),
-        ("entropy_devices", config.entropy_devices.len()),
-        ("memory_balloon_devices", config.memory_balloon_devices.len()),
-        ("console_devices", config.console_devices.len()),
-        ("network_devices", config.network_devices.len()),
-        ("socket_devices", config.socket_devices.len()),
-        (
-            "directory_sharing_devices",
-            config.directory_sharing_devices.len(),
-        ),
-    ];
-    lists
+    let counts = [config.directory_sharing_devices.len()];
+    UNSAVEABLE
         .iter()
-        .flat_map(|(field, count)| (0..*count).map(move |i| format!("{field}[{i}]")))
+        .zip(counts)
+        .filter(|(_, count)| *count > 0)
+        .map(|((field, why), count)| {
+            let devices: Vec<String> = (0..count).map(|i| format!("{field}[{i}]")).collect();
+            format!("{} ({why})", devices.join(", "))
+        })
         .collect()
 }
 
@@ -57,7 +66,7 @@ fn refuse_unsaveable_devices(config: &VirtualMachineConfiguration) -> Result<(),
         return Ok(());
     }
     Err(MachineStateError::UnsaveableDevices {
-        devices: devices.join(", "),
+        devices: devices.join("; "),
     })
 }
 
@@ -84,14 +93,19 @@ pub(super) fn saved_configuration(
         "machine_identifier".into(),
         to_value(config.platform.machine_identifier).map_err(describe)?,
     );
-    // The device lists, empty while any device refuses the save (`unsaveable_devices`); kept so
-    // a file records the devices it was saved with once they can be.
+    // The device lists: a restore needs the same devices (their state is in the file).
     let devices = [
         ("storage_devices", to_value(&config.storage_devices)),
         ("entropy_devices", to_value(&config.entropy_devices)),
         ("memory_balloon_devices", to_value(&config.memory_balloon_devices)),
-        ("console_devices", to_value(&config.console_devices)),
-        ("network_devices", to_value(&config.network_devices)),
+        (
+            "console_devices",
+            Ok(console_devices_as_the_guest_sees_them(config)),
+        ),
+        (
+            "network_devices",
+            Ok(network_devices_as_the_guest_sees_them(config)),
+        ),
         ("socket_devices", to_value(&config.socket_devices)),
         (
             "directory_sharing_devices",
@@ -104,9 +118,49 @@ pub(super) fn saved_configuration(
     Ok(serde_json::Value::Object(object))
 }
 
+/// The console devices without their ports' host side (a new run has new pipes, sockets or
+/// handed-over descriptors, which do not serialise at all): each port's name and kind.
+fn console_devices_as_the_guest_sees_them(config: &VirtualMachineConfiguration) -> serde_json::Value {
+    config
+        .console_devices
+        .iter()
+        .map(|device| {
+            let ports: Vec<serde_json::Value> = device
+                .ports
+                .iter()
+                .map(|p| serde_json::json!({"name": p.name, "is_console": p.is_console}))
+                .collect();
+            serde_json::json!({ "ports": ports })
+        })
+        .collect()
+}
+
+/// The network cards: each MAC and attachment, a socket handed over as a descriptor recorded
+/// only as such (a new run gets a new one, and descriptors do not serialise).
+fn network_devices_as_the_guest_sees_them(config: &VirtualMachineConfiguration) -> serde_json::Value {
+    config
+        .network_devices
+        .iter()
+        .map(|card| {
+            let attachment = serde_json::to_value(&card.attachment)
+                .unwrap_or_else(|_| serde_json::json!({"type": "file_handle"}));
+            serde_json::json!({"mac": card.mac, "attachment": attachment})
+        })
+        .collect()
+}
+
 impl VirtualMachine {
+    /// Whether this virtual machine's configuration can go into a state file, checked before
+    /// trying: `Err` is the refusal [`VirtualMachine::save_machine_state`] and
+    /// [`VirtualMachine::restore_machine_state`] would give, naming each device that cannot be
+    /// saved yet and why.
+    pub fn check_machine_state_support(&self) -> Result<(), MachineStateError> {
+        refuse_unsaveable_devices(&self.config)
+    }
+
     /// Saves the state of this paused virtual machine to `path`: every vCPU, the interrupt
-    /// controllers, the platform devices and guest memory, with the configuration it was built
+    /// controllers, the platform devices, the virtio devices (asleep since the pause, their
+    /// requests in flight answered) and guest memory, with the configuration it was built
     /// from. The file appears whole or not at all (written beside it, then renamed). Refused
     /// unless the virtual machine is paused, and for a configuration with a device that cannot
     /// be saved yet; it stays paused either way.
@@ -117,7 +171,9 @@ impl VirtualMachine {
             Some(handle) if state == VmState::Paused => handle,
             _ => return Err(MachineStateError::NotPaused { state }),
         };
-        Ok(handle.save_state(path, &saved_configuration(&self.config)?)?)
+        let devices =
+            serde_json::to_value(self.devices.save_devices()?).map_err(MachineStateError::Describe)?;
+        Ok(handle.save_state(path, &saved_configuration(&self.config)?, &devices)?)
     }
 
     /// Builds this (not yet started) virtual machine and puts the state saved in `path` into
@@ -132,7 +188,8 @@ impl VirtualMachine {
         }
         refuse_unsaveable_devices(&self.config)?;
         let configuration = saved_configuration(&self.config)?;
-        check_state_file(path, &configuration)?;
+        let metadata = check_state_file(path, &configuration)?;
+        let devices = SavedDevices::from_section(&metadata.devices)?;
         {
             let mut s = self.shared.lock();
             s.reason = None;
@@ -141,8 +198,12 @@ impl VirtualMachine {
         if let Some(t) = self.monitor.take() {
             let _ = t.join();
         }
-        self.launch(Some((path, &configuration)))
-            .map_err(MachineStateError::Start)
+        self.launch(Some(super::RestoreFrom {
+            path,
+            configuration: &configuration,
+            devices: &devices,
+        }))
+        .map_err(MachineStateError::Start)
     }
 }
 
@@ -151,20 +212,77 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_configured_device_is_named_by_its_field() {
+    fn every_unsaveable_device_is_named_by_its_field_with_why() {
         let mut config = VirtualMachineConfiguration::linux(1, 64 << 20, "k".into(), None, "");
-        assert!(unsaveable_devices(&config).is_empty());
         config.entropy_devices.push(Default::default());
-        config.entropy_devices.push(Default::default());
-        assert_eq!(
-            unsaveable_devices(&config),
-            ["entropy_devices[0]", "entropy_devices[1]"]
+        config.memory_balloon_devices.push(Default::default());
+        config
+            .storage_devices
+            .push(crate::StorageDeviceConfiguration::disk_image(
+                std::path::PathBuf::from("d.img"),
+            ));
+        let nat: crate::NetworkDeviceConfiguration =
+            serde_json::from_value(serde_json::json!({"attachment": {"type": "nat"}})).unwrap();
+        config.network_devices.push(nat);
+        assert!(
+            unsaveable_devices(&config).is_empty(),
+            "disks, entropy devices, balloons and network cards are saved"
         );
+        for tag in ["t", "u"] {
+            config
+                .directory_sharing_devices
+                .push(serde_json::from_value(serde_json::json!({"tag": tag, "path": "/tmp"})).unwrap());
+        }
         let e = refuse_unsaveable_devices(&config).unwrap_err().to_string();
         assert!(
-            e.contains("entropy_devices[0], entropy_devices[1] cannot be saved yet")
-                && e.contains("remove them"),
+            e.contains(
+                "directory_sharing_devices[0], directory_sharing_devices[1] (virtiofsd's state is not saved) cannot be saved yet"
+            ) && e.contains("remove them"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn the_saved_configuration_records_a_handed_over_network_socket_only_as_such() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut config = VirtualMachineConfiguration::linux(1, 64 << 20, "k".into(), None, "");
+        config.network_devices.push(crate::NetworkDeviceConfiguration {
+            mac: Some("02:00:00:00:00:01".into()),
+            attachment: crate::NetworkAttachment::FileHandle {
+                socket: crate::SharedFd(std::sync::Arc::new(a.into())),
+            },
+        });
+        let saved = saved_configuration(&config).unwrap();
+        assert_eq!(saved["network_devices"][0]["attachment"]["type"], "file_handle");
+        assert_eq!(saved["network_devices"][0]["mac"], "02:00:00:00:00:01");
+    }
+
+    #[test]
+    fn the_saved_configuration_leaves_out_the_host_side_of_console_ports() {
+        let (tx, _rx) = std::io::pipe().unwrap();
+        let mut with_handles = VirtualMachineConfiguration::linux(1, 64 << 20, "k".into(), None, "");
+        with_handles
+            .console_devices
+            .push(crate::ConsoleDeviceConfiguration {
+                ports: vec![crate::ConsolePortConfiguration::console(Some(
+                    crate::SerialAttachment::FileHandles {
+                        read: None,
+                        write: Some(tx.into()),
+                    },
+                ))],
+            });
+        let mut plain = VirtualMachineConfiguration::linux(1, 64 << 20, "k".into(), None, "");
+        plain.console_devices.push(crate::ConsoleDeviceConfiguration {
+            ports: vec![crate::ConsolePortConfiguration::console(None)],
+        });
+        let saved = saved_configuration(&with_handles).unwrap();
+        assert_eq!(saved, saved_configuration(&plain).unwrap());
+        assert_eq!(saved["console_devices"][0]["ports"][0]["is_console"], true);
+        plain.console_devices[0].ports[0].name = Some("other".into());
+        assert_ne!(
+            saved,
+            saved_configuration(&plain).unwrap(),
+            "the guest sees port names"
         );
     }
 

@@ -169,5 +169,23 @@ fn each_pair_moves_its_own_backends_frames_and_the_control_queue_answers() {
     .unwrap();
     back.restore(state.clone()).unwrap();
     assert_eq!(back.snapshot().unwrap(), state);
+    // A restored card is activated afterwards (the transport's restore): the pairs the driver
+    // chose stay chosen.
+    let queues: Vec<_> = vqs
+        .iter()
+        .enumerate()
+        .map(|(i, vq)| device_queue(vq, i as u16).0)
+        .collect();
+    back.activate(mem.clone(), interrupt.clone(), queues, acked)
+        .unwrap();
+    assert_eq!(back.sleep().unwrap().unwrap().len(), 5);
+    assert_eq!(back.snapshot().unwrap().active_pairs, 1);
+    // Asleep, its queues are the transport's: a reset hands none back.
+    assert!(back.reset().is_none());
+    assert_eq!(
+        back.snapshot().unwrap().active_pairs,
+        2,
+        "a reset uses every pair again"
+    );
     assert_eq!(net.reset().unwrap().len(), 5);
 }

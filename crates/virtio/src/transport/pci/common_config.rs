@@ -2,6 +2,8 @@
 //! and the selected queue's registers. Pure register logic; what a status change means (activate,
 //! reset) is the transport's.
 
+use serde::{Deserialize, Serialize};
+
 use crate::features::VERSION_1;
 use crate::status;
 
@@ -32,7 +34,7 @@ use offsets::*;
 pub const NO_VECTOR: u16 = 0xffff;
 
 /// One queue's registers as the driver set them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueRegisters {
     pub max_size: u16,
     pub size: u16,
@@ -85,7 +87,66 @@ pub struct CommonConfig {
     msix_vectors: u16,
 }
 
+/// The registers the driver wrote, as a state file keeps them (what the device offers and how
+/// many vectors it has come from the device, not the file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommonConfigState {
+    pub device_feature_select: u32,
+    pub driver_feature_select: u32,
+    pub driver_features: u64,
+    pub config_msix_vector: u16,
+    pub status: u8,
+    pub queue_select: u16,
+    pub queues: Vec<QueueRegisters>,
+}
+
 impl CommonConfig {
+    /// The registers to save.
+    pub fn state(&self) -> CommonConfigState {
+        CommonConfigState {
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            config_msix_vector: self.config_msix_vector,
+            status: self.status,
+            queue_select: self.queue_select,
+            queues: self.queues.clone(),
+        }
+    }
+
+    /// Takes saved registers, refused (changing nothing) unless they fit this device: the same
+    /// queues with the same maximum sizes, sizes within them, features it offers, vectors it
+    /// has.
+    pub fn restore_state(&mut self, state: &CommonConfigState) -> Result<(), &'static str> {
+        if state.queues.len() != self.queues.len()
+            || state
+                .queues
+                .iter()
+                .zip(&self.queues)
+                .any(|(saved, here)| saved.max_size != here.max_size)
+        {
+            return Err("the device's queues changed");
+        }
+        if state.queues.iter().any(|q| q.size == 0 || q.size > q.max_size) {
+            return Err("a queue size is outside what the device allows");
+        }
+        if state.driver_features & !self.device_features != 0 {
+            return Err("the driver accepted features this device does not offer");
+        }
+        let vector_ok = |v: u16| v == NO_VECTOR || v < self.msix_vectors;
+        if !vector_ok(state.config_msix_vector) || !state.queues.iter().all(|q| vector_ok(q.msix_vector)) {
+            return Err("an MSI-X vector this device does not have");
+        }
+        self.device_feature_select = state.device_feature_select;
+        self.driver_feature_select = state.driver_feature_select;
+        self.driver_features = state.driver_features;
+        self.config_msix_vector = state.config_msix_vector;
+        self.status = state.status & !status::DEVICE_NEEDS_RESET;
+        self.queue_select = state.queue_select;
+        self.queues = state.queues.clone();
+        Ok(())
+    }
+
     pub fn new(device_features: u64, queue_max_sizes: &[u16], msix_vectors: u16) -> CommonConfig {
         CommonConfig {
             device_features: device_features | VERSION_1,

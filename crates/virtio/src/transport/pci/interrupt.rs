@@ -104,6 +104,19 @@ impl PciInterrupt {
         }
     }
 
+    /// The ISR as it is, without the read's side effect (for a save).
+    pub fn isr(&self) -> u8 {
+        *self.lock_isr()
+    }
+
+    /// Puts back a saved ISR, DEVICE_NEEDS_RESET and configuration generation. The INTx line
+    /// follows the ISR at the next [`PciInterrupt::set_intx_disabled`].
+    pub fn restore(&self, isr: u8, needs_reset: bool, config_generation: u8) {
+        *self.lock_isr() = isr & (ISR_QUEUE | ISR_CONFIG);
+        self.needs_reset.store(needs_reset, Ordering::Release);
+        self.config_generation.store(config_generation, Ordering::Release);
+    }
+
     /// Device reset: no interrupt pending, the line low, no vectors.
     pub fn reset(&self) {
         let mut isr = self.lock_isr();

@@ -1,9 +1,10 @@
 //! A virtio-pci device seen by the device manager without its type: a name, sleep and wake
-//! (the worker stops and the transport keeps the queues meanwhile), and its state as bytes.
+//! (the worker stops and the transport keeps the queues meanwhile), and its saved state
+//! (transport and device, `persist`).
 
 use std::sync::{Arc, Mutex};
 
-use super::VirtioPciDevice;
+use super::{VirtioPciDevice, VirtioPciState};
 use crate::{VirtioDevice, VirtioError};
 
 /// What the device manager can do with any attached device.
@@ -17,10 +18,17 @@ pub trait ManagedDevice: Send {
     fn wake(&mut self) -> Result<(), VirtioError>;
     /// Whether [`ManagedDevice::sleep`] left it asleep.
     fn is_asleep(&self) -> bool;
-    /// The device's own state as JSON bytes; it must be asleep or not started.
-    fn snapshot(&self) -> Result<Vec<u8>, VirtioError>;
-    /// Takes state from [`ManagedDevice::snapshot`]; it must be asleep or not started.
-    fn restore(&mut self, state: &[u8]) -> Result<(), VirtioError>;
+    /// The transport's and the device's state, queue positions included; it must be asleep
+    /// or not started.
+    fn save_state(&self) -> Result<VirtioPciState, VirtioError>;
+    /// Takes a state from [`ManagedDevice::save_state`] into this device, which must be new
+    /// (never activated): everything is checked first, and nothing outside the device changes
+    /// (no KVM route, no worker). [`ManagedDevice::finish_restore`] completes it.
+    fn restore_state(&mut self, state: &VirtioPciState) -> Result<(), VirtioError>;
+    /// After [`ManagedDevice::restore_state`], once guest memory is restored and the BARs are
+    /// mapped: the MSI routes, the INTx line, and for an active device its queues (checked
+    /// against guest memory) with the worker asleep until [`ManagedDevice::wake`].
+    fn finish_restore(&mut self) -> Result<(), VirtioError>;
 }
 
 /// A handle the device manager keeps: the same device the PCI bus holds.
@@ -51,14 +59,15 @@ impl<D: VirtioDevice> ManagedDevice for VirtioPciDevice<D> {
         self.slept.is_some()
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, VirtioError> {
-        let state = self.device().snapshot()?;
-        serde_json::to_vec(&state).map_err(|_| VirtioError::IncompatibleState("cannot encode the state"))
+    fn save_state(&self) -> Result<VirtioPciState, VirtioError> {
+        VirtioPciDevice::save_state(self)
     }
 
-    fn restore(&mut self, state: &[u8]) -> Result<(), VirtioError> {
-        let state = serde_json::from_slice(state)
-            .map_err(|_| VirtioError::IncompatibleState("the saved bytes are not this device's state"))?;
-        self.device_mut().restore(state)
+    fn restore_state(&mut self, state: &VirtioPciState) -> Result<(), VirtioError> {
+        self.restore_saved_state(state)
+    }
+
+    fn finish_restore(&mut self) -> Result<(), VirtioError> {
+        self.finish_saved_restore()
     }
 }

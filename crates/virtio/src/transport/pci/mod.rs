@@ -13,6 +13,9 @@ mod common_config;
 mod interrupt;
 pub mod layout;
 mod managed;
+mod persist;
+#[cfg(test)]
+mod persist_tests;
 #[cfg(test)]
 mod tests;
 
@@ -29,10 +32,11 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use attach::{attach, AttachError, AttachedDevice};
-pub use common_config::{CommonConfig, CommonConfigEvent, QueueRegisters, NO_VECTOR};
+pub use common_config::{CommonConfig, CommonConfigEvent, CommonConfigState, QueueRegisters, NO_VECTOR};
 pub use interrupt::{PciInterrupt, ISR_CONFIG, ISR_QUEUE};
 use layout::*;
 pub use managed::{ManagedDevice, SharedManagedDevice};
+pub use persist::{QueueProgress, VirtioPciState};
 
 use crate::features::RING_EVENT_IDX;
 use crate::{warn_ratelimited, DeviceQueue, VirtioDevice};
@@ -83,6 +87,8 @@ pub struct VirtioPciDevice<D: VirtioDevice> {
     active: bool,
     /// While the device manager has the device asleep: the queues its worker handed back.
     slept: Option<Option<Vec<DeviceQueue>>>,
+    /// Between the two steps of a restore (`persist`).
+    pending_restore: Option<persist::PendingRestore>,
 }
 
 impl<D: VirtioDevice> std::fmt::Debug for VirtioPciDevice<D> {
@@ -186,6 +192,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             notify_bar: None,
             active: false,
             slept: None,
+            pending_restore: None,
         })
     }
 
@@ -305,6 +312,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
     fn reset_device(&mut self) {
         // The queues come back; the transport's registers were reset already.
         self.slept = None;
+        self.pending_restore = None;
         drop(self.device.reset());
         self.active = false;
         self.interrupt.reset();

@@ -13,26 +13,28 @@ use super::*;
 use crate::testing::test_memory;
 use crate::{status, VirtioError, VirtioInterrupt};
 
-const BAR: u64 = 0xc000_0000;
+pub(super) const BAR: u64 = 0xc000_0000;
 
 /// (index, descriptor table, size) of each queue a device got.
 type QueueSummary = Vec<(u16, u64, u16)>;
 
 #[derive(Default)]
-struct DummyLog {
-    activated: Vec<(QueueSummary, u64)>,
-    resets: usize,
-    interrupt: Option<Arc<dyn VirtioInterrupt>>,
+pub(super) struct DummyLog {
+    pub(super) activated: Vec<(QueueSummary, u64)>,
+    pub(super) resets: usize,
+    pub(super) interrupt: Option<Arc<dyn VirtioInterrupt>>,
 }
 
-/// Two queues of 16 and 8, a config space of 8 bytes (bytes 4..8 writable), and a log.
-struct Dummy {
+/// Two queues of 16 and 8, a config space of 8 bytes (bytes 4..8 writable, its state), the
+/// queues it was activated with (handed back by sleep and reset), and a log.
+pub(super) struct Dummy {
     config: [u8; 8],
+    queues: Option<Vec<DeviceQueue>>,
     log: Arc<Mutex<DummyLog>>,
 }
 
 impl VirtioDevice for Dummy {
-    type State = ();
+    type State = [u8; 4];
     fn name(&self) -> &str {
         "dummy"
     }
@@ -74,30 +76,36 @@ impl VirtioDevice for Dummy {
             acked_features,
         ));
         log.interrupt = Some(interrupt);
+        drop(log);
+        self.queues = Some(queues);
         Ok(())
     }
     fn reset(&mut self) -> Option<Vec<DeviceQueue>> {
         self.log.lock().unwrap().resets += 1;
-        None
+        self.queues.take()
     }
     fn sleep(&mut self) -> Result<Option<Vec<DeviceQueue>>, VirtioError> {
-        Ok(None)
+        Ok(self.queues.take())
     }
-    fn wake(&mut self, _queues: Option<Vec<DeviceQueue>>) -> Result<(), VirtioError> {
+    fn wake(&mut self, queues: Option<Vec<DeviceQueue>>) -> Result<(), VirtioError> {
+        self.queues = queues;
         Ok(())
     }
-    fn snapshot(&self) -> Result<(), VirtioError> {
-        Ok(())
+    fn snapshot(&self) -> Result<[u8; 4], VirtioError> {
+        let mut state = [0; 4];
+        state.copy_from_slice(&self.config[4..8]);
+        Ok(state)
     }
-    fn restore(&mut self, _state: ()) -> Result<(), VirtioError> {
+    fn restore(&mut self, state: [u8; 4]) -> Result<(), VirtioError> {
+        self.config[4..8].copy_from_slice(&state);
         Ok(())
     }
 }
 
 #[derive(Default)]
-struct Vectors {
-    routes: Mutex<Vec<(u16, Option<MsiMessage>)>>,
-    triggered: Mutex<Vec<u16>>,
+pub(super) struct Vectors {
+    pub(super) routes: Mutex<Vec<(u16, Option<MsiMessage>)>>,
+    pub(super) triggered: Mutex<Vec<u16>>,
 }
 
 impl MsiVectors for Vectors {
@@ -115,8 +123,8 @@ impl MsiVectors for Vectors {
 }
 
 #[derive(Default)]
-struct Line {
-    levels: Mutex<Vec<bool>>,
+pub(super) struct Line {
+    pub(super) levels: Mutex<Vec<bool>>,
 }
 
 impl LevelIrq for Line {
@@ -127,8 +135,8 @@ impl LevelIrq for Line {
 }
 
 #[derive(Default)]
-struct Events {
-    registered: Mutex<Vec<IoEventAddress>>,
+pub(super) struct Events {
+    pub(super) registered: Mutex<Vec<IoEventAddress>>,
 }
 
 impl IoEvents for Events {
@@ -142,15 +150,15 @@ impl IoEvents for Events {
     }
 }
 
-struct Harness {
-    pci: VirtioPciDevice<Dummy>,
-    log: Arc<Mutex<DummyLog>>,
-    vectors: Arc<Vectors>,
-    line: Arc<Line>,
-    events: Arc<Events>,
+pub(super) struct Harness {
+    pub(super) pci: VirtioPciDevice<Dummy>,
+    pub(super) log: Arc<Mutex<DummyLog>>,
+    pub(super) vectors: Arc<Vectors>,
+    pub(super) line: Arc<Line>,
+    pub(super) events: Arc<Events>,
 }
 
-fn harness() -> Harness {
+pub(super) fn harness() -> Harness {
     let log = Arc::new(Mutex::new(DummyLog::default()));
     let vectors = Arc::new(Vectors::default());
     let line = Arc::new(Line::default());
@@ -158,6 +166,7 @@ fn harness() -> Harness {
     let pci = VirtioPciDevice::new(
         Dummy {
             config: [1, 2, 3, 4, 0, 0, 0, 0],
+            queues: None,
             log: log.clone(),
         },
         test_memory(),
@@ -181,23 +190,23 @@ fn harness() -> Harness {
 }
 
 impl Harness {
-    fn cfg_read(&mut self, offset: usize, len: usize) -> u32 {
+    pub(super) fn cfg_read(&mut self, offset: usize, len: usize) -> u32 {
         let mut b = [0u8; 4];
         self.pci.read_config(offset, &mut b[..len]);
         u32::from_le_bytes(b)
     }
-    fn read(&mut self, offset: u64, len: usize) -> u64 {
+    pub(super) fn read(&mut self, offset: u64, len: usize) -> u64 {
         let mut b = [0u8; 8];
         self.pci.read_bar(0, offset, &mut b[..len]);
         u64::from_le_bytes(b)
     }
-    fn write(&mut self, offset: u64, value: u64, len: usize) {
+    pub(super) fn write(&mut self, offset: u64, value: u64, len: usize) {
         self.pci.write_bar(0, offset, &value.to_le_bytes()[..len]);
     }
-    fn status(&mut self) -> u8 {
+    pub(super) fn status(&mut self) -> u8 {
         self.read(DEVICE_STATUS, 1) as u8
     }
-    fn negotiate(&mut self, features: u64) -> bool {
+    pub(super) fn negotiate(&mut self, features: u64) -> bool {
         self.write(DEVICE_STATUS, u64::from(status::ACKNOWLEDGE | status::DRIVER), 1);
         self.write(DRIVER_FEATURE_SELECT, 0, 4);
         self.write(DRIVER_FEATURE, features & 0xffff_ffff, 4);
@@ -210,7 +219,7 @@ impl Harness {
         );
         self.status() & status::FEATURES_OK != 0
     }
-    fn setup_queue(&mut self, index: u16, size: u16, base: u64) {
+    pub(super) fn setup_queue(&mut self, index: u16, size: u16, base: u64) {
         self.write(QUEUE_SELECT, u64::from(index), 2);
         self.write(QUEUE_SIZE, u64::from(size), 2);
         self.write(QUEUE_DESC, base, 4);
@@ -219,14 +228,14 @@ impl Harness {
         self.write(QUEUE_DEVICE, base + 0x2000, 8);
         self.write(QUEUE_ENABLE, 1, 2);
     }
-    fn driver_ok(&mut self) {
+    pub(super) fn driver_ok(&mut self) {
         let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
         self.write(DEVICE_STATUS, u64::from(s), 1);
     }
 }
 
 /// (capability ID, cfg_type for vendor ones, offset in config space) in list order.
-fn capabilities(h: &mut Harness) -> Vec<(u8, u8, usize)> {
+pub(super) fn capabilities(h: &mut Harness) -> Vec<(u8, u8, usize)> {
     let mut caps = Vec::new();
     let mut at = h.cfg_read(0x34, 1) as usize;
     while at != 0 && caps.len() < 16 {

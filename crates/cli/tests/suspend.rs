@@ -1,0 +1,235 @@
+//! `virtkit suspend` and the `run` that resumes, on this host's KVM with the counting guest in
+//! a bundle: the count goes on after a resume (with a NAT card too: a new passt is started),
+//! `run --fresh` boots anew, and a damaged state file is refused with one sentence and kept.
+
+mod support;
+
+use support::home::{text, Home};
+
+const NAME: &str = "c";
+
+/// The last complete `tick N` line's N.
+fn last_tick(log: &str) -> u32 {
+    ticks(log).next_back().expect("a tick")
+}
+
+/// Every complete `tick N` line's N, in order (a line cut by the suspend is left out).
+fn ticks(log: &str) -> impl DoubleEndedIterator<Item = u32> + '_ {
+    log.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .filter_map(|l| l.trim_end().strip_prefix("tick ")?.parse().ok())
+}
+
+fn console_log(home: &Home) -> String {
+    std::fs::read_to_string(home.bundle(NAME).join("console.log")).unwrap()
+}
+
+/// The counter VM suspended after a few ticks; returns the last tick its run printed.
+fn suspended_counter(home: &Home) -> u32 {
+    home.ok(&["run", NAME, "--detach"]);
+    suspend_after_tick(home, 3)
+}
+
+/// Suspends the running counter once it has printed `tick <tick>`; returns its last tick.
+fn suspend_after_tick(home: &Home, tick: u32) -> u32 {
+    home.wait_log(NAME, &format!("tick {tick}\n"), 1);
+    let out = home.ok(&["suspend", NAME]);
+    assert!(out.contains(&format!("`{NAME}`: suspended")), "{out}");
+    assert_eq!(home.state(NAME), "suspended");
+    assert!(home.bundle(NAME).join("state.vksave").exists());
+    last_tick(&console_log(home))
+}
+
+#[test]
+fn a_suspended_counter_counts_on_after_run_and_fresh_boots_it_anew() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let home = Home::new("suspend", "count");
+    home.create_counter(NAME, &["--network", "none"]);
+    let before = suspended_counter(&home);
+    let listed = home.json(&["list", "--format", "json"]);
+    assert_eq!(listed[0]["state"], "suspended", "{listed}");
+
+    home.ok(&["run", NAME, "--detach"]);
+    let log = home.wait_log(NAME, &format!("tick {}\n", before + 3), 1);
+    let first = ticks(&log).next().expect("a tick after the resume");
+    assert!(
+        first > before && first <= before + 2,
+        "the count goes on from {before}, the resumed run printed first {first}:\n{log}"
+    );
+    assert_eq!(home.state(NAME), "running");
+    assert!(
+        !home.bundle(NAME).join("state.vksave").exists(),
+        "the state file goes once the VM runs again"
+    );
+
+    // Suspended again, `--fresh` discards the state and boots: the count starts over.
+    suspend_after_tick(&home, before + 4);
+    home.ok(&["run", NAME, "--detach", "--fresh"]);
+    let log = home.wait_log(NAME, "tick 2\n", 1);
+    assert!(log.starts_with("tick 0\n") || log.contains("\ntick 0\n"), "{log}");
+    assert!(!home.bundle(NAME).join("state.vksave").exists());
+    home.ok(&["stop", NAME, "--timeout", "0"]);
+    assert_eq!(home.state(NAME), "stopped");
+}
+
+#[test]
+fn a_damaged_state_file_is_refused_in_one_sentence_and_kept() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let home = Home::new("suspend", "damaged");
+    home.create_counter(NAME, &["--network", "none"]);
+    suspended_counter(&home);
+    let path = home.bundle(NAME).join("state.vksave");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[4096 + 40] ^= 0x04;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let out = home.vk(&["run", NAME]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "cannot resume the suspended VM `{NAME}` from its saved state"
+        )) && said.contains(&format!("`virtkit run {NAME} --fresh` discards it"))
+            && said.contains("damaged"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the state file is kept as it was"
+    );
+    assert_eq!(home.state(NAME), "suspended");
+
+    home.ok(&["run", NAME, "--detach", "--fresh"]);
+    home.wait_log(NAME, "tick 1\n", 1);
+    home.ok(&["stop", NAME, "--timeout", "0"]);
+}
+
+#[test]
+fn a_counter_with_a_nat_card_resumes_with_a_new_passt() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    if std::process::Command::new("passt")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        virtkit_testkit::skip("passt is not installed (Debian package passt)");
+        return;
+    }
+    let home = Home::new("suspend", "nat");
+    home.create_counter(NAME, &["--network", "nat"]);
+    let before = suspended_counter(&home);
+    home.ok(&["run", NAME, "--detach"]);
+    let log = home.wait_log(NAME, &format!("tick {}\n", before + 3), 1);
+    let first = ticks(&log).next().expect("a tick after the resume");
+    assert!(
+        first > before && first <= before + 2,
+        "{before} then {first}:\n{log}"
+    );
+    assert_eq!(
+        home.ok(&["ip", NAME]).trim(),
+        "10.0.2.15",
+        "the card is there with its address"
+    );
+    home.ok(&["stop", NAME, "--timeout", "0"]);
+}
+
+/// The last `session: tick N` line's N.
+fn last_session_tick(log: &str) -> u32 {
+    log.lines()
+        .filter_map(|l| l.trim().strip_prefix("session: tick ")?.parse().ok())
+        .next_back()
+        .expect("a session tick")
+}
+
+/// SeaBIOS booting the `mbr_session` program from the bundle's virtio-blk disk (it counts its
+/// boots on the disk, then ticks): suspended and resumed it ticks on without booting again,
+/// answers the ACPI power button (the PM registers came back), and its next boot finds the
+/// count its first boot wrote.
+#[test]
+fn a_suspended_seabios_session_ticks_on_and_answers_the_power_button() {
+    if !virtkit_testkit::require_kvm_and_seabios() {
+        return;
+    }
+    let home = Home::new("suspend", "session");
+    let image = home.session_image();
+    home.ok(&[
+        "create",
+        "s",
+        "--from",
+        image.to_str().unwrap(),
+        "--disk-size",
+        "64M",
+        "--memory",
+        "128M",
+        "--cpus",
+        "1",
+        "--network",
+        "none",
+    ]);
+    home.ok(&["run", "s", "--detach"]);
+    home.wait_log("s", "session: tick 2", 1);
+    home.ok(&["suspend", "s"]);
+    assert_eq!(home.state("s"), "suspended");
+    let before = std::fs::read_to_string(home.bundle("s").join("console.log")).unwrap();
+    assert!(before.contains("session: boot 1"), "{before}");
+    let last = last_session_tick(&before);
+
+    home.ok(&["run", "s", "--detach"]);
+    let log = home.wait_log("s", &format!("session: tick {}", last + 2), 1);
+    assert!(
+        !log.contains("SeaBIOS") && !log.contains("session: boot"),
+        "it booted again rather than going on:\n{log}"
+    );
+    let out = home.ok(&["stop", "s", "--timeout", "30"]);
+    assert!(out.contains("the guest shut down"), "{out}");
+    assert!(home.log("s").contains("session: power button"));
+
+    home.ok(&["run", "s", "--detach"]);
+    let log = home.wait_log("s", "session: ready", 1);
+    assert!(log.contains("session: boot 2"), "{log}");
+    home.ok(&["stop", "s", "--timeout", "0"]);
+}
+
+/// With `run --console hvc` the console is a virtio-console port on the VM process's pipes
+/// (descriptors, which a state file cannot record): the suspend saves the port as the guest sees
+/// it, and a run with the same console resumes (COM1, where the counter writes, goes to
+/// `serial.log`).
+#[test]
+fn a_counter_run_on_the_hvc_console_suspends_and_resumes() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let home = Home::new("suspend", "hvc");
+    home.create_counter(NAME, &["--network", "none"]);
+    let serial = home.bundle(NAME).join("serial.log");
+    let wait_serial = |tick: u32| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let log = std::fs::read_to_string(&serial).unwrap_or_default();
+            if log.contains(&format!("tick {tick}\n")) {
+                return log;
+            }
+            assert!(std::time::Instant::now() < deadline, "no tick {tick} in:\n{log}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    home.ok(&["run", NAME, "--detach", "--console", "hvc"]);
+    wait_serial(3);
+    home.ok(&["suspend", NAME]);
+    let before = last_tick(&std::fs::read_to_string(&serial).unwrap());
+    home.ok(&["run", NAME, "--detach", "--console", "hvc"]);
+    let log = wait_serial(before + 3);
+    let first = ticks(&log).next().expect("a tick after the resume");
+    assert!(
+        first > before && first <= before + 2,
+        "{before} then {first}:\n{log}"
+    );
+    home.ok(&["stop", NAME, "--timeout", "0"]);
+}

@@ -1,0 +1,143 @@
+//! The devices' part of a machine state file (docs/SAVE.md): each attached device by name and
+//! slot with its transport's and its own state, in a section with its own version.
+//!
+//! Saving needs every device asleep (a paused VM's are). Restoring runs in two steps around the
+//! machine's own restore: [`DeviceManager::restore_devices`] checks the section against the
+//! attached devices and gives each its state without touching KVM, then, once guest memory and
+//! the platform are restored, [`DeviceManager::finish_restore`] maps each device's BARs where
+//! the saved configuration space puts them (its ioeventfds follow), sets its MSI routes and
+//! hands an active device its queues back, asleep until the VM resumes.
+
+use serde::{Deserialize, Serialize};
+use virtkit_machine::Machine;
+use virtkit_virtio::transport::pci::VirtioPciState;
+
+use super::{lock_device, DeviceError, DeviceManager};
+
+/// The devices section this virtkit writes, and the newest it reads.
+pub const DEVICES_SECTION_VERSION: u32 = 1;
+
+/// One device as saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedDevice {
+    /// `blk0`, `rng0`, ...
+    pub name: String,
+    pub slot: u8,
+    pub state: VirtioPciState,
+}
+
+/// Every attached device, in attach order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedDevices {
+    pub version: u32,
+    pub devices: Vec<SavedDevice>,
+}
+
+impl SavedDevices {
+    /// Reads a state file's devices section: `null` (a file with no devices, or of format 1)
+    /// is an empty list.
+    pub fn from_section(section: &serde_json::Value) -> Result<SavedDevices, DeviceError> {
+        if section.is_null() {
+            return Ok(SavedDevices {
+                version: DEVICES_SECTION_VERSION,
+                devices: Vec::new(),
+            });
+        }
+        let version = section.get("version").and_then(serde_json::Value::as_u64);
+        match version {
+            Some(v) if v > u64::from(DEVICES_SECTION_VERSION) => {
+                return Err(DeviceError::NewerDevicesSection { found: v })
+            }
+            Some(v) if v >= 1 => {}
+            _ => return Err(DeviceError::UnreadableDevicesSection),
+        }
+        serde_json::from_value(section.clone()).map_err(|_| DeviceError::UnreadableDevicesSection)
+    }
+
+    fn names(&self) -> Vec<(String, u8)> {
+        self.devices.iter().map(|d| (d.name.clone(), d.slot)).collect()
+    }
+}
+
+fn describe(devices: &[(String, u8)]) -> String {
+    if devices.is_empty() {
+        return "none".to_owned();
+    }
+    let names: Vec<String> = devices
+        .iter()
+        .map(|(name, slot)| format!("{name} in slot {slot}"))
+        .collect();
+    names.join(", ")
+}
+
+impl DeviceManager {
+    /// Every device's state; each must be asleep or never started by its driver.
+    pub fn save_devices(&self) -> Result<SavedDevices, DeviceError> {
+        let devices = self
+            .lock()
+            .iter()
+            .map(|e| {
+                lock_device(&e.device)
+                    .save_state()
+                    .map(|state| SavedDevice {
+                        name: e.name.clone(),
+                        slot: e.slot,
+                        state,
+                    })
+                    .map_err(|source| DeviceError::Device {
+                        name: e.name.clone(),
+                        action: "save its state",
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SavedDevices {
+            version: DEVICES_SECTION_VERSION,
+            devices,
+        })
+    }
+
+    /// First step of a restore, on new devices that have not run: the saved devices must be
+    /// exactly these (names and slots); each takes its state. Nothing outside the devices
+    /// changes, so a refusal leaves a machine that is simply not started.
+    pub fn restore_devices(&self, saved: &SavedDevices) -> Result<(), DeviceError> {
+        let entries = self.lock();
+        let here: Vec<(String, u8)> = entries.iter().map(|e| (e.name.clone(), e.slot)).collect();
+        if saved.names() != here {
+            return Err(DeviceError::SavedDevicesMismatch {
+                saved: describe(&saved.names()),
+                here: describe(&here),
+            });
+        }
+        for (entry, device) in entries.iter().zip(&saved.devices) {
+            lock_device(&entry.device)
+                .restore_state(&device.state)
+                .map_err(|source| DeviceError::Device {
+                    name: entry.name.clone(),
+                    action: "take its saved state",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Second step, after the machine's memory and platform are restored and before it
+    /// starts: each device's BARs go where its restored configuration says, and each finishes
+    /// its restore (MSI routes, INTx, queues checked against guest memory, asleep).
+    pub fn finish_restore(&self, machine: &Machine) -> Result<(), DeviceError> {
+        let entries = self.lock();
+        let root = machine.pci_root();
+        let mut root = root.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in entries.iter() {
+            root.sync_bars(entry.slot);
+            lock_device(&entry.device)
+                .finish_restore()
+                .map_err(|source| DeviceError::Device {
+                    name: entry.name.clone(),
+                    action: "resume from its saved state",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
