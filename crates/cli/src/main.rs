@@ -73,7 +73,7 @@ enum Command {
     Clone(commands::clone::CloneArgs),
     /// Delete a stopped VM.
     Delete(commands::delete::DeleteArgs),
-    /// Take, list, restore and delete named snapshots of a stopped VM's disk and configuration.
+    /// Take, list, restore and delete named snapshots of a stopped or suspended VM.
     Snapshot(commands::snapshot::SnapshotArgs),
     /// List the restore-image catalog, or pull (download and verify) an image from it.
     Images(commands::images::ImagesArgs),

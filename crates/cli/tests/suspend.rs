@@ -233,3 +233,35 @@ fn a_counter_run_on_the_hvc_console_suspends_and_resumes() {
     );
     home.ok(&["stop", NAME, "--timeout", "0"]);
 }
+
+/// A snapshot of a suspended VM keeps its saved state with its disk: restoring it later makes
+/// the VM suspended at that moment again, and `run` goes on from there. The first snapshot
+/// also turns the raw disk into a layered one, which the saved state must not mind.
+#[test]
+fn a_snapshot_of_a_suspended_vm_resumes_from_that_moment_after_a_restore() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let home = Home::new("suspend", "snapshot");
+    home.create_counter(NAME, &["--network", "none"]);
+    let before = suspended_counter(&home);
+    home.ok(&["snapshot", "create", NAME, "here"]);
+    assert_eq!(home.state(NAME), "suspended");
+
+    // Resumed and run on, then stopped: the state file is gone.
+    home.ok(&["run", NAME, "--detach"]);
+    home.wait_log(NAME, &format!("tick {}\n", before + 4), 1);
+    home.ok(&["stop", NAME, "--timeout", "0"]);
+    assert_eq!(home.state(NAME), "stopped");
+
+    home.ok(&["snapshot", "restore", NAME, "here"]);
+    assert_eq!(home.state(NAME), "suspended");
+    home.ok(&["run", NAME, "--detach"]);
+    let log = home.wait_log(NAME, &format!("tick {}\n", before + 2), 1);
+    let first = ticks(&log).next().expect("a tick after the resume");
+    assert!(
+        first > before && first <= before + 2,
+        "the count goes on from {before} again, the run printed first {first}:\n{log}"
+    );
+    home.ok(&["stop", NAME, "--timeout", "0"]);
+}

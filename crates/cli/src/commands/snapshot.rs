@@ -14,12 +14,12 @@ pub struct SnapshotArgs {
 
 #[derive(Subcommand)]
 pub enum SnapshotAction {
-    /// Take a snapshot of a stopped VM's disk and configuration.
+    /// Take a snapshot of a stopped or suspended VM: its disk, configuration and (suspended) memory.
     Create { vm: String, name: String },
     /// List a VM's snapshots, oldest first.
     List { vm: String },
-    /// Put a stopped VM's disk and configuration back as the snapshot had them (what the disk
-    /// held since is discarded).
+    /// Put a stopped VM's disk, configuration and saved memory back as the snapshot had them
+    /// (what the disk held since is discarded).
     Restore { vm: String, name: String },
     /// Delete a snapshot; the others stay whole.
     Delete { vm: String, name: String },

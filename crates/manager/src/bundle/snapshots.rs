@@ -1,5 +1,5 @@
-//! Named snapshots of a stopped VM: a frozen disk layer and the configuration of that moment,
-//! listed in `snapshots.json`.
+//! Named snapshots of a stopped or suspended VM: a frozen disk layer, the configuration of that
+//! moment and, when suspended, its saved machine state, listed in `snapshots.json`.
 //!
 //! Taking one freezes `disk.img` (`layers::freeze`: O(1), whatever the disk's size) and then
 //! records it; restoring one puts a new empty active layer over the snapshot's layer and its
@@ -15,7 +15,7 @@ use virtkit::{DiskImageFormat, VirtualMachineConfiguration};
 
 use super::atomic::write_atomic;
 use super::layers;
-use super::{io_error, Bundle, BundleError, CONFIG_FILE, DISK_FILE};
+use super::{io_error, Bundle, BundleError, CONFIG_FILE, DISK_FILE, STATE_FILE};
 
 /// The bundle's list of snapshots.
 pub const SNAPSHOTS_FILE: &str = "snapshots.json";
@@ -35,6 +35,10 @@ pub struct Snapshot {
     pub bytes: u64,
     /// The configuration of that moment (as stored).
     pub config: serde_json::Value,
+    /// The saved machine state of that moment, when the VM was suspended: a file in the bundle
+    /// (a hard link to the `state.vksave` it had, which is never written in place).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -105,6 +109,16 @@ impl Bundle {
             )));
         }
         let layer = self.freeze_disk()?;
+        // A suspended VM's memory goes with its disk: the snapshot keeps the state file too.
+        let state = if self.file(STATE_FILE).is_file() {
+            let kept = format!("snapshot-{name}.vksave");
+            let _ = std::fs::remove_file(self.file(&kept));
+            std::fs::hard_link(self.file(STATE_FILE), self.file(&kept))
+                .map_err(io_error("link", &self.file(&kept)))?;
+            Some(kept)
+        } else {
+            None
+        };
         let bytes = std::fs::metadata(self.file(&layer))
             .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
             .unwrap_or(0);
@@ -117,6 +131,7 @@ impl Bundle {
                 .unwrap_or(0),
             bytes,
             config: serde_json::from_str(&self.config.to_json()).expect("a configuration is JSON"),
+            state,
         };
         list.snapshots.push(snapshot.clone());
         self.write_snapshots(&list)?;
@@ -173,8 +188,24 @@ impl Bundle {
                 problem: format!("the layer of snapshot `{name}` ({}) is missing", snapshot.layer),
             });
         }
+        let kept_state = match &snapshot.state {
+            Some(kept) if !self.file(kept).is_file() => {
+                return Err(BundleError::Damaged {
+                    name: self.name.clone(),
+                    problem: format!("the saved machine state of snapshot `{name}` ({kept}) is missing"),
+                })
+            }
+            other => other.clone(),
+        };
         let size = layers_size(&self.path, &snapshot.layer)?;
         layers::reset_to(&self.path, &snapshot.layer, size)?;
+        // The state of the moment comes back with the disk (the VM is suspended there), and a
+        // state saved since is dropped: it was of a disk that is gone.
+        let state = self.file(STATE_FILE);
+        let _ = std::fs::remove_file(&state);
+        if let Some(kept) = &kept_state {
+            std::fs::hard_link(self.file(kept), &state).map_err(io_error("link", &state))?;
+        }
         let path = self.file(CONFIG_FILE);
         write_atomic(&path, config.to_json().as_bytes()).map_err(io_error("write", &path))?;
         self.config = config;
@@ -186,9 +217,12 @@ impl Bundle {
     pub fn snapshot_delete(&mut self, name: &str) -> Result<(), BundleError> {
         let _lock = self.lock()?;
         let mut list = self.read_snapshots()?;
-        self.find_snapshot(&list, name)?;
+        let snapshot = self.find_snapshot(&list, name)?;
         list.snapshots.retain(|s| s.name != name);
         self.write_snapshots(&list)?;
+        if let Some(kept) = &snapshot.state {
+            let _ = std::fs::remove_file(self.file(kept));
+        }
         self.remove_unused_layers(&list)
     }
 

@@ -443,3 +443,26 @@ fn an_untouched_active_layer_is_not_frozen_again_so_chains_do_not_grow_per_clone
     let copy = Bundle::open(&home.0, "copy-4").unwrap();
     assert_eq!(depth(&copy), 1);
 }
+
+#[test]
+fn a_suspended_vms_snapshot_keeps_its_saved_state_and_restore_brings_the_pair_back() {
+    let home = Home::new("snap-state");
+    let mut b = Bundle::create(&home.0, "web", &spec(firmware(&home)), &mut nothing).unwrap();
+    disk_io::write(&b, 0, b"at-suspend");
+    std::fs::write(b.file(STATE_FILE), b"saved machine state").unwrap();
+    let s = b.snapshot_create("paused-here").unwrap();
+    assert!(s.state.is_some());
+    // Resumed and changed since: the state file went away, the disk moved on.
+    std::fs::remove_file(b.file(STATE_FILE)).unwrap();
+    disk_io::write(&b, 0, b"later.....");
+    b.snapshot_create("stopped-later").unwrap();
+    b.snapshot_restore("paused-here").unwrap();
+    assert_eq!(disk_io::read(&b, 0, 10), b"at-suspend");
+    assert_eq!(std::fs::read(b.file(STATE_FILE)).unwrap(), b"saved machine state");
+    // A snapshot without a state drops the one of the disk being discarded.
+    b.snapshot_restore("stopped-later").unwrap();
+    assert!(!b.file(STATE_FILE).exists());
+    assert_eq!(disk_io::read(&b, 0, 10), b"later.....");
+    b.snapshot_delete("paused-here").unwrap();
+    assert!(!b.file("snapshot-paused-here.vksave").exists());
+}

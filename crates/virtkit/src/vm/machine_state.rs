@@ -95,7 +95,10 @@ pub(super) fn saved_configuration(
     );
     // The device lists: a restore needs the same devices (their state is in the file).
     let devices = [
-        ("storage_devices", to_value(&config.storage_devices)),
+        (
+            "storage_devices",
+            Ok(storage_devices_as_the_guest_sees_them(config)),
+        ),
         ("entropy_devices", to_value(&config.entropy_devices)),
         ("memory_balloon_devices", to_value(&config.memory_balloon_devices)),
         (
@@ -137,6 +140,22 @@ fn console_devices_as_the_guest_sees_them(config: &VirtualMachineConfiguration) 
 
 /// The network cards: each MAC and attachment, a socket handed over as a descriptor recorded
 /// only as such (a new run gets a new one, and descriptors do not serialise).
+/// The disks without how their files store them: a snapshot turns a raw boot disk into a qcow2
+/// layer over the same bytes, which a suspended guest must not notice.
+fn storage_devices_as_the_guest_sees_them(config: &VirtualMachineConfiguration) -> serde_json::Value {
+    config
+        .storage_devices
+        .iter()
+        .map(|disk| {
+            let mut value = serde_json::to_value(disk).unwrap_or_default();
+            if let Some(fields) = value.as_object_mut() {
+                fields.remove("format");
+            }
+            value
+        })
+        .collect()
+}
+
 fn network_devices_as_the_guest_sees_them(config: &VirtualMachineConfiguration) -> serde_json::Value {
     config
         .network_devices
