@@ -393,7 +393,9 @@ fn a_host_that_goes_away_hangs_the_command_up() {
         std::thread::sleep(Duration::from_millis(50));
     }
     if !marker.exists() {
-        eprintln!("NOTICE: the command ended without running its SIGHUP trap (killed after the grace period)");
+        eprintln!(
+            "NOTICE: the command ended without running its SIGHUP trap (killed after the grace period)"
+        );
     }
 }
 
