@@ -134,12 +134,13 @@ pub(crate) fn restore(
 /// `offset`.
 fn map_private(host: *mut u8, len: u64, file: &File, offset: u64) -> std::io::Result<()> {
     let offset = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
-    // SAFETY: `host..host + len` is exactly one guest memory region's mapping, owned by the
-    // machine's `GuestMemoryMmap` for as long as any user of it (KVM slots, devices) lives; no
-    // vCPU has run yet and nothing holds references into the old pages. MAP_FIXED replaces that
-    // range with the same size, protection and address, so every pointer into it stays valid
-    // and the region's eventual `munmap` of the same range still matches. `offset` is
-    // page-aligned (checked by the format) and `file` is open for reading.
+    // Why this is sound: `host..host + len` is exactly one guest memory region's mapping, owned
+    // by the machine's `GuestMemoryMmap` for as long as any user of it (KVM slots, devices)
+    // lives; no vCPU has run yet and nothing holds references into the old pages. MAP_FIXED
+    // replaces that range with the same size, protection and address, so every pointer into it
+    // stays valid and the region's eventual `munmap` of the same range still matches. `offset`
+    // is page-aligned (checked by the format) and `file` is open for reading.
+    // SAFETY: as above: one region's own range, replaced in place before any vCPU ran.
     let mapped = unsafe {
         libc::mmap(
             host.cast(),
