@@ -159,20 +159,7 @@ fn a_suspended_seabios_session_ticks_on_and_answers_the_power_button() {
     }
     let home = Home::new("suspend", "session");
     let image = home.session_image();
-    home.ok(&[
-        "create",
-        "s",
-        "--from",
-        image.to_str().unwrap(),
-        "--disk-size",
-        "64M",
-        "--memory",
-        "128M",
-        "--cpus",
-        "1",
-        "--network",
-        "none",
-    ]);
+    home.create_with("s", &image, &["--network", "none"]);
     home.ok(&["run", "s", "--detach"]);
     home.wait_log("s", "session: tick 2", 1);
     home.ok(&["suspend", "s"]);

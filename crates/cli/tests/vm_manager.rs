@@ -464,20 +464,7 @@ fn snapshots_of_a_layered_vm_take_the_guest_back_and_a_layered_clone_is_its_own(
     }
     let home = home("snapshots");
     let image = home.session_image();
-    home.ok(&[
-        "create",
-        "s",
-        "--from",
-        image.to_str().unwrap(),
-        "--disk-size",
-        "64M",
-        "--memory",
-        "128M",
-        "--cpus",
-        "1",
-        "--disk-format",
-        "qcow2",
-    ]);
+    home.create_with("s", &image, &["--disk-format", "qcow2"]);
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(home.bundle("s").join("config.json")).unwrap())
             .unwrap();

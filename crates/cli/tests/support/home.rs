@@ -178,7 +178,12 @@ impl Home {
 
     /// The VM `name` from `image`: a 64 MiB disk, 128 MiB of memory, one vCPU.
     pub fn create(&self, name: &str, image: &Path) {
-        self.ok(&[
+        self.create_with(name, image, &[]);
+    }
+
+    /// [`Home::create`] with more `create` options.
+    pub fn create_with(&self, name: &str, image: &Path, more: &[&str]) {
+        let mut args = vec![
             "create",
             name,
             "--from",
@@ -189,7 +194,9 @@ impl Home {
             "128M",
             "--cpus",
             "1",
-        ]);
+        ];
+        args.extend_from_slice(more);
+        self.ok(&args);
     }
 }
 
