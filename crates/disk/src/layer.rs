@@ -83,3 +83,58 @@ pub fn qcow2_layer_has_data(path: &Path) -> Result<bool, DiskImageError> {
     }
     Ok(false)
 }
+
+/// What a qcow2 header says about the image's place in a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Qcow2Header {
+    /// The backing file name as written (relative names are relative to the image's directory).
+    pub backing: Option<String>,
+    /// The disk's size as the guest sees it.
+    pub virtual_size: u64,
+}
+
+/// Whether `file` starts with the qcow2 magic.
+pub fn is_qcow2(file: &std::fs::File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut magic = [0u8; 4];
+    file.read_exact_at(&mut magic, 0).is_ok() && magic == *b"QFI\xfb"
+}
+
+/// Reads the backing file name and virtual size from the qcow2 header of `file` (QEMU's
+/// `docs/interop/qcow2.txt`, big-endian: backing name offset at 8, its length at 16, size at 24).
+/// Errors say what is wrong in a few words ("it is not a qcow2 image …").
+pub fn read_qcow2_header(file: &std::fs::File) -> std::io::Result<Qcow2Header> {
+    use std::os::unix::fs::FileExt;
+    let mut header = [0u8; 32];
+    file.read_exact_at(&mut header, 0)
+        .map_err(|e| std::io::Error::other(format!("its qcow2 header cannot be read ({e})")))?;
+    if header[..4] != *b"QFI\xfb" {
+        return Err(std::io::Error::other(
+            "it is not a qcow2 image (no QFI\\xfb magic)",
+        ));
+    }
+    let offset = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
+    let len = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes"));
+    let virtual_size = u64::from_be_bytes(header[24..32].try_into().expect("8 bytes"));
+    if offset == 0 || len == 0 {
+        return Ok(Qcow2Header {
+            backing: None,
+            virtual_size,
+        });
+    }
+    // qemu limits the name to 1023 bytes.
+    if len > 1023 {
+        return Err(std::io::Error::other(format!(
+            "its backing file name is {len} bytes long (at most 1023)"
+        )));
+    }
+    let mut name = vec![0u8; len as usize];
+    file.read_exact_at(&mut name, offset)
+        .map_err(|e| std::io::Error::other(format!("its backing file name cannot be read ({e})")))?;
+    let name =
+        String::from_utf8(name).map_err(|_| std::io::Error::other("its backing file name is not UTF-8"))?;
+    Ok(Qcow2Header {
+        backing: Some(name),
+        virtual_size,
+    })
+}

@@ -35,7 +35,7 @@ use std::path::Path;
 pub use clone::{clone_file, CloneMethod};
 pub use error::DiskImageError;
 pub use import::{import, ImportReport};
-pub use layer::{create_qcow2_layer, qcow2_layer_has_data};
+pub use layer::{create_qcow2_layer, is_qcow2, qcow2_layer_has_data, read_qcow2_header, Qcow2Header};
 
 use error::io_error;
 

@@ -150,41 +150,13 @@ pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
     }
 }
 
-/// Whether `file` starts with the qcow2 magic.
-pub fn is_qcow2(file: &File) -> bool {
-    use std::os::unix::fs::FileExt;
-    let mut magic = [0u8; 4];
-    file.read_exact_at(&mut magic, 0).is_ok() && magic == *b"QFI\xfb"
-}
+pub use virtkit_disk::is_qcow2;
 
-/// The backing file name in a qcow2 header (`None` without one). The header layout is QEMU's
-/// `docs/interop/qcow2.txt`: magic at 0, backing file offset at 8 (u64) and size at 16 (u32),
-/// big-endian.
+/// The backing file name in a qcow2 header (`None` without one), or why it cannot be read.
 pub fn backing_file_name(file: &File) -> Result<Option<String>, String> {
-    use std::os::unix::fs::FileExt;
-    let mut header = [0u8; 20];
-    file.read_exact_at(&mut header, 0)
-        .map_err(|e| format!("its qcow2 header cannot be read ({e})"))?;
-    if header[..4] != *b"QFI\xfb" {
-        return Err("it is not a qcow2 image (no QFI\\xfb magic)".into());
-    }
-    let offset = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
-    let size = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes"));
-    if offset == 0 || size == 0 {
-        return Ok(None);
-    }
-    // qemu limits the name to 1023 bytes.
-    if size > 1023 {
-        return Err(format!(
-            "its backing file name is {size} bytes long (at most 1023)"
-        ));
-    }
-    let mut name = vec![0u8; size as usize];
-    file.read_exact_at(&mut name, offset)
-        .map_err(|e| format!("its backing file name cannot be read ({e})"))?;
-    String::from_utf8(name)
-        .map(Some)
-        .map_err(|_| "its backing file name is not UTF-8".into())
+    virtkit_disk::read_qcow2_header(file)
+        .map(|h| h.backing)
+        .map_err(|e| e.to_string())
 }
 
 impl DiskBackend for Qcow2Disk {

@@ -20,7 +20,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use virtkit::DiskImageFormat;
@@ -32,9 +32,6 @@ use super::{io_error, BundleError, DISK_FILE};
 pub const LAYER_PREFIX: &str = "layer-";
 /// A chain longer than this is refused as damaged.
 pub const MAX_LAYERS: usize = 64;
-
-/// The qcow2 magic.
-const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 
 /// Whether `name` is a layer's file name: `layer-` + 16 lowercase hex digits + `.qcow2`/`.img`.
 pub fn is_layer_name(name: &str) -> bool {
@@ -67,25 +64,7 @@ fn new_layer_name(format: DiskImageFormat) -> Result<String, BundleError> {
 
 /// The backing name in the qcow2 header of `file`, and its virtual size.
 fn qcow2_header(file: &File) -> std::io::Result<(Option<String>, u64)> {
-    let mut header = [0u8; 32];
-    file.read_exact_at(&mut header, 0)?;
-    if &header[..4] != QCOW2_MAGIC {
-        return Err(std::io::Error::other("not a qcow2 image"));
-    }
-    let offset = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
-    let len = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes"));
-    let size = u64::from_be_bytes(header[24..32].try_into().expect("8 bytes"));
-    if offset == 0 || len == 0 {
-        return Ok((None, size));
-    }
-    if len > 1023 {
-        return Err(std::io::Error::other("a backing file name over 1023 bytes"));
-    }
-    let mut name = vec![0u8; len as usize];
-    file.read_exact_at(&mut name, offset)?;
-    let name = String::from_utf8(name)
-        .map_err(|_| std::io::Error::other("a backing file name that is not UTF-8"))?;
-    Ok((Some(name), size))
+    virtkit_disk::read_qcow2_header(file).map(|h| (h.backing, h.virtual_size))
 }
 
 /// The disk's size as the guest sees it: the file's length for raw, the header's for qcow2.

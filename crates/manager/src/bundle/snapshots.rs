@@ -258,7 +258,7 @@ fn layers_size(dir: &std::path::Path, layer: &str) -> Result<u64, BundleError> {
     if layer.ends_with(".img") {
         return Ok(file.metadata().map_err(io_error("read", &path))?.len());
     }
-    let mut size = [0u8; 8];
-    std::os::unix::fs::FileExt::read_exact_at(&file, &mut size, 24).map_err(io_error("read", &path))?;
-    Ok(u64::from_be_bytes(size))
+    let header =
+        virtkit_disk::read_qcow2_header(&file).map_err(io_error("read the qcow2 header of", &path))?;
+    Ok(header.virtual_size)
 }
