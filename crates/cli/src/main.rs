@@ -73,7 +73,7 @@ enum Command {
     Clone(commands::clone::CloneArgs),
     /// Delete a stopped VM.
     Delete(commands::delete::DeleteArgs),
-    /// Take, list, restore and delete named snapshots of a stopped or suspended VM.
+    /// Take, list, restore and delete named snapshots of a VM (running, paused, suspended or stopped).
     Snapshot(commands::snapshot::SnapshotArgs),
     /// List the restore-image catalog, or pull (download and verify) an image from it.
     Images(commands::images::ImagesArgs),

@@ -252,3 +252,90 @@ fn a_snapshot_of_a_suspended_vm_resumes_from_that_moment_after_a_restore() {
     );
     home.ok(&["stop", NAME, "--timeout", "0"]);
 }
+
+/// A snapshot of a running VM is taken by its process: SeaBIOS's `mbr_session` (which counts
+/// its boots on its raw virtio-blk disk, then ticks) ticks on in the same process without
+/// booting again, and its disk has moved onto a new qcow2 layer over the raw file: the next
+/// boot reads the count through the layer and writes the new one into it. Restoring the
+/// snapshot makes the VM suspended at that moment: it ticks on from there without booting,
+/// and its next boot finds the count the disk had then.
+#[test]
+fn a_snapshot_of_a_running_vm_lets_it_run_on_and_takes_it_back_to_that_moment() {
+    if !virtkit_testkit::require_kvm_and_seabios() {
+        return;
+    }
+    let home = Home::new("suspend", "live-snapshot");
+    let image = home.session_image();
+    home.create_with("s", &image, &["--network", "none"]);
+    home.ok(&["run", "s", "--detach"]);
+    home.wait_log("s", "session: tick 2", 1);
+    let pid = home.pid("s");
+    let out = home.ok(&["snapshot", "create", "s", "live"]);
+    assert!(out.contains("runs on"), "{out}");
+    let at = last_session_tick(&home.log("s"));
+    assert_eq!(home.state("s"), "running");
+    let log = home.wait_log("s", &format!("session: tick {}", at + 2), 1);
+    assert_eq!(home.pid("s"), pid, "the same process runs the VM on");
+    assert_eq!(log.matches("session: boot").count(), 1, "it booted again:\n{log}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.bundle("s").join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["storage_devices"][0]["format"], "qcow2", "{config}");
+    // The process has the new active layer open (it holds its lock), and only reads the old
+    // file, now a layer (a shared lock: an exclusive one is refused, a shared one is not).
+    let layer = std::fs::read_dir(home.bundle("s"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("layer-"))
+        .expect("the frozen layer");
+    let flock = |mode: &str, path: &std::path::Path| {
+        std::process::Command::new("flock")
+            .args([mode, "-n"])
+            .arg(path)
+            .arg("true")
+            .status()
+            .expect("flock (util-linux) runs")
+            .success()
+    };
+    assert!(
+        !flock("-x", &home.bundle("s").join("disk.img")),
+        "the new disk.img is not in use"
+    );
+    assert!(!flock("-x", &layer), "the layer is not read by the VM");
+    assert!(flock("-s", &layer), "the VM still writes the layer");
+    let out = home.ok(&["stop", "s", "--timeout", "30"]);
+    assert!(out.contains("the guest shut down"), "{out}");
+
+    // The next boot reads the count the first wrote (now in the frozen layer) and writes its own
+    // into the active layer.
+    home.ok(&["run", "s", "--detach"]);
+    let log = home.wait_log("s", "session: ready", 1);
+    assert!(log.contains("session: boot 2"), "{log}");
+    home.ok(&["stop", "s", "--timeout", "0"]);
+
+    home.ok(&["snapshot", "restore", "s", "live"]);
+    assert_eq!(home.state("s"), "suspended");
+    home.ok(&["run", "s", "--detach"]);
+    let log = home.wait_log("s", &format!("session: tick {}", at + 2), 1);
+    assert!(
+        !log.contains("SeaBIOS") && !log.contains("session: boot"),
+        "it booted again rather than going on:\n{log}"
+    );
+    let first: u32 = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("session: tick ")?.parse().ok())
+        .expect("a tick");
+    assert!(
+        first >= at && first <= at + 2,
+        "the ticks go on from {at}; the resumed run printed first {first}:\n{log}"
+    );
+    home.ok(&["stop", "s", "--timeout", "30"]);
+    home.ok(&["run", "s", "--detach"]);
+    let log = home.wait_log("s", "session: ready", 1);
+    assert!(
+        log.contains("session: boot 2"),
+        "the disk is as it was at the snapshot (booted once):\n{log}"
+    );
+    home.ok(&["stop", "s", "--timeout", "0"]);
+}

@@ -491,10 +491,11 @@ fn snapshots_of_a_layered_vm_take_the_guest_back_and_a_layered_clone_is_its_own(
     assert!(log.contains("session: boot 4"), "{log}");
     home.fails(&["snapshot", "restore", "s", "two"], "no snapshot named `two`");
 
-    // While it runs, snapshots are refused.
+    // While it runs, a snapshot cannot be restored or deleted (taking one is `suspend`'s test).
     home.ok(&["run", "s", "--detach"]);
     home.wait_log("s", "session: ready", 1);
-    home.fails(&["snapshot", "create", "s", "four"], "is running");
+    home.fails(&["snapshot", "restore", "s", "three"], "is running");
+    home.fails(&["snapshot", "delete", "s", "three"], "is running");
     home.ok(&["stop", "s", "--timeout", "30"]);
 
     // A layered clone: no data copied; each VM counts on from the same state on its own.

@@ -6,7 +6,7 @@
 //! → {"command":"pause"}
 //! ← {"ok":true,"state":"paused","pid":4242}
 //! → {"command":"jump"}
-//! ← {"ok":false,"error":"unknown command `jump`: use state, pause, resume, suspend, request_stop, stop, balloon, addresses or stats"}
+//! ← {"ok":false,"error":"unknown command `jump`: use state, pause, resume, suspend, snapshot, request_stop, stop, balloon, addresses or stats"}
 //! → {"command":"balloon","target_bytes":268435456}
 //! ← {"ok":true,"state":"running","pid":4242,"balloon":{"target_bytes":268435456,"actual_bytes":0}}
 //! ```
@@ -46,6 +46,8 @@ pub enum ControlCommand {
     /// Pause, save the whole state into the bundle's `state.vksave`, and stop: the next run
     /// restores it.
     Suspend,
+    /// Take the snapshot `name` (memory, devices and disk) and run on.
+    Snapshot,
 }
 
 /// One request line.
@@ -56,6 +58,9 @@ pub struct ControlRequest {
     /// For `balloon`: the memory the balloon should take from the guest, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_bytes: Option<u64>,
+    /// For `snapshot`: the snapshot's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ControlRequest {
@@ -63,6 +68,7 @@ impl ControlRequest {
         ControlRequest {
             command,
             target_bytes: None,
+            name: None,
         }
     }
 }
@@ -128,7 +134,7 @@ pub fn parse_request(line: &str) -> Result<ControlRequest, ControlResponse> {
         if text.contains("unknown variant") {
             let name = text.split('`').nth(1).unwrap_or("?");
             ControlResponse::failure(format!(
-                "unknown command `{name}`: use state, pause, resume, suspend, request_stop, stop, balloon, addresses or stats"
+                "unknown command `{name}`: use state, pause, resume, suspend, snapshot, request_stop, stop, balloon, addresses or stats"
             ))
         } else {
             ControlResponse::failure(format!(

@@ -16,7 +16,10 @@ use crate::control::{ControlCommand, ControlRequest, ControlResponse};
 /// Whether `request` may wait on the machine, and so goes to the executor.
 pub(crate) fn waits(request: &ControlRequest) -> bool {
     match request.command {
-        ControlCommand::Pause | ControlCommand::Resume | ControlCommand::Suspend => true,
+        ControlCommand::Pause
+        | ControlCommand::Resume
+        | ControlCommand::Suspend
+        | ControlCommand::Snapshot => true,
         ControlCommand::Balloon => request.target_bytes.is_some(),
         ControlCommand::State
         | ControlCommand::RequestStop
@@ -68,6 +71,8 @@ pub(crate) fn run_executor(
 pub(crate) struct SuspendTarget<'a> {
     pub state_file: &'a Path,
     pub answer: &'a crate::suspend::FinalAnswer,
+    /// Where a snapshot goes (`None` for a server that serves no bundle's VM: tests).
+    pub snapshot: Option<&'a crate::running_snapshot::SnapshotTarget>,
 }
 
 /// Runs one request against the VM.
@@ -78,6 +83,15 @@ pub(crate) fn handle(
 ) -> ControlResponse {
     match request.command {
         ControlCommand::Suspend => return crate::suspend::suspend(vm, suspend.state_file, suspend.answer),
+        ControlCommand::Snapshot => {
+            return match (suspend.snapshot, request.name.as_deref()) {
+                (Some(target), Some(name)) => crate::running_snapshot::snapshot(vm, target, name),
+                (None, _) => ControlResponse::failure("this VM's process keeps no snapshots"),
+                (_, None) => ControlResponse::failure(
+                    "a snapshot needs a name: {\"command\":\"snapshot\",\"name\":\"NAME\"}",
+                ),
+            }
+        }
         ControlCommand::Balloon => return balloon(request.target_bytes, vm),
         ControlCommand::Addresses => return addresses(vm),
         ControlCommand::Stats => {
@@ -93,7 +107,8 @@ pub(crate) fn handle(
         | ControlCommand::Balloon
         | ControlCommand::Addresses
         | ControlCommand::Stats
-        | ControlCommand::Suspend => Ok(()),
+        | ControlCommand::Suspend
+        | ControlCommand::Snapshot => Ok(()),
         ControlCommand::Pause => vm.pause(),
         ControlCommand::Resume => vm.resume(),
         ControlCommand::RequestStop => vm.request_stop(),

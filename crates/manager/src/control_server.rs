@@ -72,6 +72,7 @@ struct VmHandler {
     /// Where a suspend saves the VM (the bundle's `state.vksave`).
     state_file: std::path::PathBuf,
     final_answer: Arc<FinalAnswer>,
+    snapshot: crate::running_snapshot::SnapshotTarget,
 }
 
 impl Handler for VmHandler {
@@ -79,6 +80,7 @@ impl Handler for VmHandler {
         let target = crate::control_exec::SuspendTarget {
             state_file: &self.state_file,
             answer: &self.final_answer,
+            snapshot: Some(&self.snapshot),
         };
         let mut response = crate::control_exec::handle(request, &self.vm, target);
         if let Some(agent) = &self.agent {
@@ -109,6 +111,7 @@ pub fn serve(
     vm: Arc<VirtualMachine>,
     agent: Option<Arc<AgentHost>>,
     state_file: std::path::PathBuf,
+    snapshot: crate::running_snapshot::SnapshotTarget,
 ) -> io::Result<Arc<FinalAnswer>> {
     let listener = virtkit::unix_socket::bind_owner_only(path)?;
     let final_answer = Arc::new(FinalAnswer::default());
@@ -119,6 +122,7 @@ pub fn serve(
             agent,
             state_file,
             final_answer: final_answer.clone(),
+            snapshot,
         }),
     )?;
     Ok(final_answer)

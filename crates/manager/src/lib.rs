@@ -15,6 +15,7 @@ pub mod control_fuzz;
 mod control_server;
 mod home;
 pub mod images;
+pub mod running_snapshot;
 pub mod seed;
 pub mod suspend;
 pub mod vm_process;

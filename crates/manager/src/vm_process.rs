@@ -340,6 +340,10 @@ impl PreparedVm {
             vm.clone(),
             agent.clone(),
             state_file.clone(),
+            crate::running_snapshot::SnapshotTarget {
+                vm_name: name.clone(),
+                bundle_dir: bundle.path().to_owned(),
+            },
         )
         .and_then(|answer| console.listen(&bundle.file(CONSOLE_SOCKET)).map(|()| answer));
         let (final_answer, served) = match served {

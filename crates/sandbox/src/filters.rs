@@ -420,6 +420,50 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             ]);
             kick_vcpus(&mut r);
         }
+        ThreadRole::Snapshot => {
+            // The state saver's rules (the save into `snapshot-<name>.vksave`), and what
+            // reading the bundle, freezing its disk and opening the new qcow2 chain need: reads
+            // and metadata of its files, a directory listing (leftover layers, the interrupted
+            // freeze check), the layer's hard link and read-only mode, `flock` of the chain's
+            // images. Still no sockets, no processes or threads, no other ioctls.
+            for ioctl in kvm::SAVE_VM_STATE {
+                r.allow_if(SYS_ioctl, &[(1, ioctl)]);
+            }
+            r.allow_all(&[
+                // imago opens the chain's images with `open`, reads with `preadv`, writes
+                // (the new image's header and tables) with `pwritev`, and asks `fstatfs`.
+                SYS_open,
+                SYS_openat,
+                SYS_read,
+                SYS_pread64,
+                SYS_preadv,
+                SYS_pwritev,
+                SYS_fstatfs,
+                SYS_lseek,
+                SYS_fstat,
+                SYS_newfstatat,
+                SYS_statx,
+                SYS_getdents64,
+                SYS_ftruncate,
+                SYS_fallocate,
+                SYS_pwrite64,
+                SYS_write,
+                SYS_fsync,
+                SYS_fdatasync,
+                SYS_rename,
+                SYS_renameat,
+                SYS_renameat2,
+                SYS_link,
+                SYS_linkat,
+                SYS_fchmod,
+                SYS_fchmodat,
+                SYS_chmod,
+                SYS_flock,
+                SYS_unlink,
+                SYS_unlinkat,
+            ]);
+            kick_vcpus(&mut r);
+        }
         ThreadRole::AgentHost => {
             // The hello listener takes connections (`accept4`), sets a read timeout and reads
             // one line (`read`/`recvfrom`). The clock setter opens a Unix stream socket to the
@@ -523,7 +567,7 @@ mod tests {
         );
     }
 
-    const ALL_ROLES: [ThreadRole; 21] = [
+    const ALL_ROLES: [ThreadRole; 22] = [
         ThreadRole::Vcpu,
         ThreadRole::DeviceWorker(DeviceKind::Block),
         ThreadRole::DeviceWorker(DeviceKind::Rng),
@@ -545,6 +589,7 @@ mod tests {
         ThreadRole::ControlExecutor,
         ThreadRole::AgentHost,
         ThreadRole::StateSave,
+        ThreadRole::Snapshot,
     ];
 
     #[test]
@@ -590,8 +635,11 @@ mod tests {
                     continue;
                 }
                 // And the state saver creates the state file (and opens its directory to
-                // sync it): the one role that opens files.
-                if role == ThreadRole::StateSave && nr == SYS_openat {
+                // sync it), and a running VM's snapshot the bundle's files: the two roles that
+                // open files.
+                if (role == ThreadRole::StateSave && nr == SYS_openat)
+                    || (role == ThreadRole::Snapshot && (nr == SYS_openat || nr == SYS_open))
+                {
                     continue;
                 }
                 assert!(!rules.allows(nr), "{role:?} allows syscall {nr}");

@@ -196,6 +196,11 @@ pub enum ThreadRole {
     /// `state.vksave` (the VM's interrupt controller, PIT and clock; the file's creation,
     /// writes, sync and rename).
     StateSave,
+    /// VM process `snapshot`: a snapshot of the running or paused VM taken by its own process
+    /// (what `StateSave` does, into `snapshot-<name>.vksave`, and then the bundle's files: the
+    /// boot disk frozen into a layer by a link, a new qcow2 image renamed over it, the
+    /// configuration and snapshot list rewritten, and the new chain opened and locked).
+    Snapshot,
 }
 
 /// Why a filter could not be installed.

@@ -21,6 +21,7 @@ use crate::console_server::ConsoleServer;
 use crate::devices::{DeviceError, DeviceManager, SavedDevices};
 use crate::serial::{open_attachment, SerialError};
 use crate::state::{StopReason, VmState};
+use crate::storage::StorageDeviceConfiguration;
 use crate::validate::{error_chain, ValidationError};
 
 /// A lifecycle request that does not fit the machine's state.
@@ -384,6 +385,25 @@ impl VirtualMachine {
             });
         }
         Ok(())
+    }
+
+    /// Closes the file of storage device `index` (in `storage_devices` order) and opens `disk`
+    /// in its place, on a paused VM: what the guest sees is unchanged (same size, same device),
+    /// only where the bytes live. A snapshot of a running VM uses it to move the disk onto a new
+    /// qcow2 layer over the file it had. If `disk` cannot be opened, the device is left with no
+    /// file (its requests fail) and the error says why; calling again with a file that opens
+    /// puts it back in service.
+    pub fn replace_storage_device(
+        &self,
+        index: usize,
+        disk: &StorageDeviceConfiguration,
+    ) -> Result<(), VmError> {
+        self.running_handle("replace a disk of", &[VmState::Paused])?;
+        self.devices
+            .replace_disk(index, disk)
+            .map_err(|e| VmError::Device {
+                message: error_chain(&e),
+            })
     }
 
     /// Asks the guest to give `bytes` of its memory back through the memory balloon (0: give it

@@ -1,9 +1,12 @@
-//! `virtkit snapshot create|list|restore|delete VM [NAME]`: named snapshots of a stopped VM's
-//! disk and configuration (disk layers: O(1) to take, whatever the disk's size).
+//! `virtkit snapshot create|list|restore|delete VM [NAME]`: named snapshots of a VM's disk and
+//! configuration (disk layers: O(1) to take, whatever the disk's size), with its memory and
+//! devices when it runs or is suspended. A running VM's snapshot is taken by its own process.
 
 use clap::{Args, Subcommand};
 
-use crate::commands::vms::{bundle_error_in, home, human_size, open};
+use virtkit_manager::control::{ControlCommand, ControlRequest};
+
+use crate::commands::vms::{ask_request, bundle_error_in, home, human_size, open};
 use crate::exit::CliError;
 
 #[derive(Args)]
@@ -14,7 +17,8 @@ pub struct SnapshotArgs {
 
 #[derive(Subcommand)]
 pub enum SnapshotAction {
-    /// Take a snapshot of a stopped or suspended VM: its disk, configuration and (suspended) memory.
+    /// Take a snapshot of a VM: its disk and configuration, and its memory and devices if it
+    /// runs, is paused or is suspended (a running VM pauses for the save and runs on).
     Create { vm: String, name: String },
     /// List a VM's snapshots, oldest first.
     List { vm: String },
@@ -30,6 +34,9 @@ pub fn run(args: &SnapshotArgs) -> Result<u8, CliError> {
     match &args.action {
         SnapshotAction::Create { vm, name } => {
             let mut b = open(&home, vm)?;
+            if b.is_running() {
+                return take_while_running(&b, vm, name);
+            }
             let s = b
                 .snapshot_create(name)
                 .map_err(|e| bundle_error_in(format!("cannot take the snapshot `{name}` of `{vm}`"), &e))?;
@@ -72,6 +79,31 @@ pub fn run(args: &SnapshotArgs) -> Result<u8, CliError> {
             outln!("deleted snapshot `{name}` of `{vm}`");
         }
     }
+    Ok(0)
+}
+
+/// A running or paused VM's snapshot, taken by its process (which holds the disk).
+fn take_while_running(b: &virtkit_manager::bundle::Bundle, vm: &str, name: &str) -> Result<u8, CliError> {
+    let request = ControlRequest {
+        name: Some(name.to_owned()),
+        ..ControlRequest::new(ControlCommand::Snapshot)
+    };
+    let r = ask_request(b, &request)?;
+    if !r.ok {
+        return Err(CliError::new(format!(
+            "`{vm}`: {}",
+            r.error.unwrap_or_else(|| "refused".into())
+        )));
+    }
+    let taken = b
+        .snapshots()
+        .ok()
+        .and_then(|l| l.into_iter().find(|s| s.name == name));
+    outln!(
+        "took snapshot `{name}` of `{vm}`, which {} (memory and devices, and {} of disk changes); `virtkit snapshot restore {vm} {name}` on the stopped VM goes back to this moment",
+        if r.state.as_deref() == Some("paused") { "stays paused" } else { "runs on" },
+        human_size(taken.map_or(0, |s| s.bytes))
+    );
     Ok(0)
 }
 

@@ -139,6 +139,11 @@ impl<B: DiskBackend + 'static> Block<B> {
     pub fn disk(&self) -> Option<&B> {
         self.worker.handler().map(|h| &h.disk)
     }
+
+    /// The request handler, while no worker has it.
+    pub(super) fn handler_mut(&mut self) -> Option<&mut RequestHandler<B>> {
+        self.worker.handler_mut()
+    }
 }
 
 /// The `v_blk` worker's body for the queue handed over.

@@ -9,6 +9,7 @@
 //! - `guest_io`: guest memory as the kernel's I/O vectors, for reads and writes with no copy,
 //!   and the bounds-checked copies between guest memory and host buffers.
 //! - `uring`: the io_uring engine of a `FileDisk`. These two hold the crate's only `unsafe`.
+//! - `swap`: [`AnyDisk`], and replacing a sleeping disk's backend (a running VM's snapshot).
 //! - `worker`: the `v_blk` thread.
 //! - `device`: [`Block`], the [`virtkit_virtio::VirtioDevice`].
 
@@ -23,6 +24,7 @@ mod handler;
 mod metrics;
 pub mod qcow2;
 pub mod request;
+mod swap;
 #[allow(unsafe_code)]
 mod uring;
 mod worker;
@@ -44,5 +46,6 @@ pub use device::{features, Block, BlockError, BlockState, CONFIG_LEN, DEVICE_TYP
 pub use guest_io::GuestIo;
 pub use handler::{complete_requests, drain_queue, process_queue, RequestHandler};
 pub use metrics::BlockMetrics;
+pub use swap::{AnyDisk, ClosedDisk, ReplaceDiskError};
 /// The queue loop's error, shared by every device.
 pub use virtkit_virtio::QueueError;

@@ -410,7 +410,7 @@ impl Bundle {
         if layered {
             // O(1) on every file system: the source's active layer is frozen, both VMs get a new
             // empty one over it, and the frozen layers (which nothing writes again) are hard-linked.
-            let layer = super::layers::freeze(&self.path, virtkit::DiskImageFormat::Qcow2)?;
+            let layer = super::layers::freeze(&self.path, virtkit::DiskImageFormat::Qcow2, || Ok(()))?.layer;
             let mut chain = vec![layer.clone()];
             chain.extend(super::layers::chain_from(&self.path, &self.name, &layer)?);
             for name in &chain {

@@ -135,9 +135,26 @@ pub(crate) fn chain_from(dir: &Path, vm: &str, start: &str) -> Result<Vec<String
     }
 }
 
+/// What [`freeze`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Frozen {
+    /// The layer the active disk now reads through.
+    pub layer: String,
+    /// Whether `disk.img` was replaced by a new active layer (false: it had no data of its own,
+    /// and its backing layer is the one returned).
+    pub replaced: bool,
+}
+
 /// Freezes `disk.img`: it becomes the returned read-only layer and a new, empty qcow2
-/// `disk.img` reads through to it. The VM must be stopped (the caller holds the lock).
-pub(crate) fn freeze(dir: &Path, format: DiskImageFormat) -> Result<String, BundleError> {
+/// `disk.img` reads through to it. Nothing may write `disk.img` meanwhile (the VM is stopped,
+/// or paused with its disks asleep); the caller holds the lock. `before_switch` runs once the
+/// layer has its name and before the new `disk.img` takes the place of the old one (the
+/// configuration of a raw disk says qcow2 from then on: see [`interrupted_freeze`]).
+pub(crate) fn freeze(
+    dir: &Path,
+    format: DiskImageFormat,
+    before_switch: impl FnOnce() -> Result<(), BundleError>,
+) -> Result<Frozen, BundleError> {
     // An active layer with nothing in it yet adds nothing: its backing layer already is what a
     // freeze would make, so use that (the chain does not grow by one per clone or snapshot).
     if format == DiskImageFormat::Qcow2 {
@@ -149,7 +166,10 @@ pub(crate) fn freeze(dir: &Path, format: DiskImageFormat) -> Result<String, Bund
                 source,
             })?;
             if !has_data && is_layer_name(&backing) {
-                return Ok(backing);
+                return Ok(Frozen {
+                    layer: backing,
+                    replaced: false,
+                });
             }
         }
     }
@@ -158,13 +178,52 @@ pub(crate) fn freeze(dir: &Path, format: DiskImageFormat) -> Result<String, Bund
     let disk = dir.join(DISK_FILE);
     let layer_path = dir.join(&layer);
     std::fs::hard_link(&disk, &layer_path).map_err(io_error("link", &layer_path))?;
-    if let Err(e) = reset_to(dir, &layer, size) {
+    if let Err(e) = before_switch().and_then(|()| reset_to(dir, &layer, size)) {
         let _ = std::fs::remove_file(&layer_path);
         return Err(e);
     }
     // Nothing writes a frozen layer again; read-only says so to every other program too.
     let _ = std::fs::set_permissions(&layer_path, std::fs::Permissions::from_mode(0o400));
-    Ok(layer)
+    Ok(Frozen {
+        layer,
+        replaced: true,
+    })
+}
+
+/// Undoes a [`freeze`] that replaced `disk.img` (nothing has written the new one): the layer
+/// becomes `disk.img` again.
+pub(crate) fn unfreeze(dir: &Path, layer: &str) -> Result<(), BundleError> {
+    let disk = dir.join(DISK_FILE);
+    let layer_path = dir.join(layer);
+    let _ = std::fs::set_permissions(&layer_path, std::fs::Permissions::from_mode(0o600));
+    std::fs::rename(&layer_path, &disk).map_err(io_error("rename into place", &disk))?;
+    virtkit_disk::durable::sync_dir(dir).map_err(io_error("sync", dir))
+}
+
+/// Whether a freeze of a raw `disk.img` was cut short (a crash or a power loss) after the
+/// configuration was switched to qcow2 and before the new `disk.img` took its place: then
+/// `disk.img` is still the raw file, with a second name `layer-<id>.img`, and must be read as
+/// raw. Only the freeze makes such a link, and a guest cannot make one, so the file's identity
+/// decides rather than its bytes.
+pub(crate) fn interrupted_freeze(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(disk) = std::fs::symlink_metadata(dir.join(DISK_FILE)) else {
+        return false;
+    };
+    if disk.nlink() < 2 {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        name.ends_with(".img")
+            && is_layer_name(&name)
+            && entry
+                .metadata()
+                .is_ok_and(|m| m.dev() == disk.dev() && m.ino() == disk.ino())
+    })
 }
 
 /// Replaces `disk.img` with a new, empty qcow2 image reading through to `layer` (discarding

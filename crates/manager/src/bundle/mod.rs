@@ -186,7 +186,7 @@ impl Bundle {
         Bundle::open_path(name, path)
     }
 
-    fn open_path(name: &str, path: PathBuf) -> Result<Bundle, BundleError> {
+    pub(crate) fn open_path(name: &str, path: PathBuf) -> Result<Bundle, BundleError> {
         let damaged = |problem: String| BundleError::Damaged {
             name: name.to_owned(),
             problem,
@@ -216,8 +216,20 @@ impl Bundle {
                 supported: CONFIG_FORMAT_VERSION,
             });
         }
-        let config = VirtualMachineConfiguration::from_json(&config_text)
+        let mut config = VirtualMachineConfiguration::from_json(&config_text)
             .map_err(|e| damaged(format!("{CONFIG_FILE}: {e}")))?;
+        if layers::interrupted_freeze(&path) {
+            // A snapshot's freeze of the raw disk was cut short: the disk is still the raw file.
+            tracing::warn!(
+                vm = name,
+                "a snapshot was interrupted before its disk layer was made; the disk stays as it was"
+            );
+            for disk in &mut config.storage_devices {
+                if disk.path == Path::new(DISK_FILE) {
+                    disk.format = virtkit::DiskImageFormat::Raw;
+                }
+            }
+        }
         let machine_id = read(MACHINE_ID_FILE)?
             .parse()
             .map_err(|e| damaged(format!("{MACHINE_ID_FILE}: {e}")))?;

@@ -108,7 +108,7 @@ impl Bundle {
                 self.name
             )));
         }
-        let layer = self.freeze_disk()?;
+        let layer = self.freeze_disk()?.layer;
         // A suspended VM's memory goes with its disk: the snapshot keeps the state file too.
         let state = if self.file(STATE_FILE).is_file() {
             let kept = format!("snapshot-{name}.vksave");
@@ -149,25 +149,128 @@ impl Bundle {
     }
 
     /// Freezes the boot disk into a new layer (the caller holds the lock); a raw disk becomes
-    /// layered, and the configuration says so.
-    fn freeze_disk(&mut self) -> Result<String, BundleError> {
+    /// layered, and the configuration says so (written before the new `disk.img` takes its
+    /// place: a freeze cut short in between is recognised when the bundle is opened).
+    fn freeze_disk(&mut self) -> Result<layers::Frozen, BundleError> {
         let format = self.disk_format();
         layers::chain(&self.path, &self.name, format)?;
-        let layer = layers::freeze(&self.path, format)?;
-        if format == DiskImageFormat::Raw {
-            // From now on the boot disk is qcow2; the configuration says so before anything runs.
-            let mut config = VirtualMachineConfiguration::from_json(&self.config.to_json())
-                .expect("a stored configuration reads back");
-            for disk in &mut config.storage_devices {
-                if disk.path == std::path::Path::new(DISK_FILE) {
-                    disk.format = DiskImageFormat::Qcow2;
+        let mut layered = None;
+        let frozen = layers::freeze(&self.path, format, || {
+            if format == DiskImageFormat::Raw {
+                let mut config = VirtualMachineConfiguration::from_json(&self.config.to_json())
+                    .expect("a stored configuration reads back");
+                for disk in &mut config.storage_devices {
+                    if disk.path == std::path::Path::new(DISK_FILE) {
+                        disk.format = DiskImageFormat::Qcow2;
+                    }
                 }
+                let path = self.file(CONFIG_FILE);
+                write_atomic(&path, config.to_json().as_bytes()).map_err(io_error("write", &path))?;
+                layered = Some(config);
             }
-            let path = self.file(CONFIG_FILE);
-            write_atomic(&path, config.to_json().as_bytes()).map_err(io_error("write", &path))?;
-            self.config = config;
+            Ok(())
+        });
+        match frozen {
+            Ok(frozen) => {
+                if let Some(config) = layered {
+                    self.config = config;
+                }
+                Ok(frozen)
+            }
+            Err(e) => {
+                if layered.is_some() {
+                    // The old disk.img stayed: so must the configuration that reads it as raw.
+                    let path = self.file(CONFIG_FILE);
+                    let _ = write_atomic(&path, self.config.to_json().as_bytes());
+                }
+                Err(e)
+            }
         }
-        Ok(layer)
+    }
+
+    /// Takes snapshot `name` of the VM whose process calls this: the VM runs or is paused, and
+    /// the process holds the bundle's lock (so this takes none). `save` writes the paused
+    /// machine's state to the file it is given; `reopen` then moves the VM's boot disk (index
+    /// `disk_index` in its storage devices) onto the configuration it is given, the new
+    /// active layer. If anything fails, the disk and the configuration are as before, the VM's
+    /// disk is reopened on its old file, and no snapshot is recorded.
+    pub(crate) fn snapshot_create_in_vm_process(
+        &mut self,
+        name: &str,
+        save: impl FnOnce(&std::path::Path) -> Result<(), String>,
+        reopen: impl Fn(&virtkit::StorageDeviceConfiguration) -> Result<(), String>,
+    ) -> Result<Snapshot, String> {
+        check_snapshot_name(name).map_err(|e| e.to_string())?;
+        let mut list = self.read_snapshots().map_err(|e| e.to_string())?;
+        if list.snapshots.iter().any(|s| s.name == name) {
+            return Err(format!(
+                "`{}` already has a snapshot named `{name}`; delete it first or choose another name",
+                self.name
+            ));
+        }
+        let kept = format!("snapshot-{name}.vksave");
+        save(&self.file(&kept))?;
+        let forget_state = |bundle: &Bundle| {
+            let _ = std::fs::remove_file(bundle.file(&kept));
+        };
+        let before = self.config.to_json();
+        let old_disk = self.boot_disk_at_run_time();
+        let frozen = match self.freeze_disk() {
+            Ok(frozen) => frozen,
+            Err(e) => {
+                forget_state(self);
+                return Err(e.to_string());
+            }
+        };
+        if frozen.replaced {
+            if let Err(e) = reopen(&self.boot_disk_at_run_time()) {
+                // Back as it was: the layer is disk.img again, read as before.
+                let undone = layers::unfreeze(&self.path, &frozen.layer).and_then(|()| {
+                    let path = self.file(CONFIG_FILE);
+                    write_atomic(&path, before.as_bytes()).map_err(io_error("write", &path))
+                });
+                self.config = VirtualMachineConfiguration::from_json(&before).expect("it was read before");
+                forget_state(self);
+                let back = undone.map_err(|e| e.to_string()).and_then(|()| reopen(&old_disk));
+                return Err(match back {
+                    Ok(()) => e,
+                    Err(again) => format!("{e}; and the disk's old file could not be opened again ({again}): the VM's disk fails every request until it is stopped"),
+                });
+            }
+        }
+        let bytes = std::fs::metadata(self.file(&frozen.layer))
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .unwrap_or(0);
+        let snapshot = Snapshot {
+            name: name.to_owned(),
+            layer: frozen.layer,
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            bytes,
+            config: serde_json::from_str(&self.config.to_json()).expect("a configuration is JSON"),
+            state: Some(kept),
+        };
+        list.snapshots.push(snapshot.clone());
+        self.write_snapshots(&list).map_err(|e| e.to_string())?;
+        Ok(snapshot)
+    }
+
+    /// Where the boot disk's storage device is in the VM's storage devices, and its
+    /// configuration as the VM process uses it (the path made absolute).
+    pub(crate) fn boot_disk_index(&self) -> Option<usize> {
+        self.config
+            .storage_devices
+            .iter()
+            .position(|d| d.path == std::path::Path::new(DISK_FILE))
+    }
+
+    fn boot_disk_at_run_time(&self) -> virtkit::StorageDeviceConfiguration {
+        let index = self.boot_disk_index().expect("a bundle has its disk.img");
+        let mut disk = self.config.storage_devices[index].clone();
+        disk.path = self.file(DISK_FILE);
+        disk
     }
 
     /// Puts the stopped VM's disk and configuration back as snapshot `name` had them; what the

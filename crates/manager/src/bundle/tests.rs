@@ -466,3 +466,73 @@ fn a_suspended_vms_snapshot_keeps_its_saved_state_and_restore_brings_the_pair_ba
     b.snapshot_delete("paused-here").unwrap();
     assert!(!b.file("snapshot-paused-here.vksave").exists());
 }
+
+#[test]
+fn a_running_vms_snapshot_that_cannot_reopen_its_disk_leaves_everything_as_it_was() {
+    let home = Home::new("snap-live-fail");
+    let mut b = Bundle::create(&home.0, "web", &spec(firmware(&home)), &mut nothing).unwrap();
+    disk_io::write(&b, 0, b"before");
+    let config_before = std::fs::read(b.file(CONFIG_FILE)).unwrap();
+    let reopened = std::cell::RefCell::new(Vec::new());
+    let err = b
+        .snapshot_create_in_vm_process(
+            "live",
+            |path| std::fs::write(path, b"state").map_err(|e| e.to_string()),
+            |disk| {
+                reopened.borrow_mut().push(disk.clone());
+                if disk.format == virtkit::DiskImageFormat::Qcow2 {
+                    Err("no descriptors left".to_owned())
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .unwrap_err();
+    assert!(err.contains("no descriptors left"), "{err}");
+    // Tried the new layer, then the old raw file again, both as the VM process sees them.
+    let reopened = reopened.into_inner();
+    assert_eq!(reopened.len(), 2, "{reopened:?}");
+    assert_eq!(reopened[1].format, virtkit::DiskImageFormat::Raw);
+    assert_eq!(reopened[1].path, b.file(DISK_FILE));
+    assert_eq!(std::fs::read(b.file(CONFIG_FILE)).unwrap(), config_before);
+    assert_eq!(b.disk_format(), virtkit::DiskImageFormat::Raw);
+    assert_eq!(disk_io::read(&b, 0, 6), b"before");
+    assert!(b.snapshots().unwrap().is_empty());
+    assert!(!b.file("snapshot-live.vksave").exists());
+    let layers: Vec<_> = std::fs::read_dir(&b.path)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("layer-"))
+        .collect();
+    assert!(layers.is_empty(), "a layer was left behind");
+
+    // And when it can: recorded with its state, the disk layered.
+    let s = b
+        .snapshot_create_in_vm_process(
+            "live",
+            |path| std::fs::write(path, b"state").map_err(|e| e.to_string()),
+            |_| Ok(()),
+        )
+        .unwrap();
+    assert_eq!(s.state.as_deref(), Some("snapshot-live.vksave"));
+    assert_eq!(b.disk_format(), virtkit::DiskImageFormat::Qcow2);
+    assert_eq!(disk_io::read(&b, 0, 6), b"before");
+}
+
+#[test]
+fn a_freeze_of_a_raw_disk_cut_short_after_the_configuration_changed_still_reads_it_as_raw() {
+    let home = Home::new("snap-cut");
+    let b = Bundle::create(&home.0, "web", &spec(firmware(&home)), &mut nothing).unwrap();
+    disk_io::write(&b, 0, b"raw data");
+    // The state a crash leaves between the configuration's switch and the new disk.img: the
+    // raw file has its layer name too, and the configuration says qcow2.
+    std::fs::hard_link(b.file(DISK_FILE), b.file("layer-0123456789abcdef.img")).unwrap();
+    let text = std::fs::read_to_string(b.file(CONFIG_FILE)).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    config["storage_devices"][0]["format"] = "qcow2".into();
+    std::fs::write(b.file(CONFIG_FILE), config.to_string()).unwrap();
+
+    let b = Bundle::open(&home.0, "web").unwrap();
+    assert_eq!(b.disk_format(), virtkit::DiskImageFormat::Raw);
+    assert_eq!(disk_io::read(&b, 0, 8), b"raw data");
+}

@@ -2,7 +2,7 @@
 //! `crate::storage::StorageDeviceConfiguration`).
 
 use virtkit_devices::block::qcow2::Qcow2Disk;
-use virtkit_devices::block::{Block, BlockConfig, PCI_CLASS, SERIAL_MAX_LEN};
+use virtkit_devices::block::{AnyDisk, Block, DiskOpenError, FileDisk, IoEngine, PCI_CLASS, SERIAL_MAX_LEN};
 use virtkit_machine::Machine;
 use virtkit_virtio::transport::pci::attach as attach_pci;
 
@@ -31,6 +31,25 @@ pub(super) fn validate(disks: &[StorageDeviceConfiguration], issues: &mut Issues
     }
 }
 
+/// Opens `disk`'s file (and for qcow2 its backing chain) as the backend its device runs on.
+pub(super) fn open_disk(disk: &StorageDeviceConfiguration) -> Result<AnyDisk, DiskOpenError> {
+    Ok(match disk.format {
+        DiskImageFormat::Raw => Box::new(FileDisk::open_with_engine(
+            &disk.path,
+            disk.read_only,
+            disk.caching,
+            disk.synchronization,
+            IoEngine::default(),
+        )?),
+        DiskImageFormat::Qcow2 => Box::new(Qcow2Disk::open(
+            &disk.path,
+            disk.read_only,
+            disk.caching,
+            disk.synchronization,
+        )?),
+    })
+}
+
 /// Opens and attaches each disk; returns their slots in the order given.
 pub(super) fn attach(
     manager: &DeviceManager,
@@ -43,32 +62,39 @@ pub(super) fn attach(
             path: disk.path.clone(),
             source,
         };
-        let attach_error = |source| DeviceError::Attach {
+        let image = open_disk(disk).map_err(|e| disk_error(e.into()))?;
+        let block = Block::new(image, disk.read_only, disk.identifier.as_deref()).map_err(disk_error)?;
+        let attached = attach_pci(machine, block, PCI_CLASS).map_err(|source| DeviceError::Attach {
             what: format!("disk {}", disk.path.display()),
             source,
-        };
-        let attached = match disk.format {
-            DiskImageFormat::Raw => {
-                let block = Block::open(&BlockConfig {
-                    path: disk.path.clone(),
-                    read_only: disk.read_only,
-                    cache: disk.caching,
-                    sync: disk.synchronization,
-                    serial: disk.identifier.clone(),
-                    engine: Default::default(),
-                })
-                .map_err(disk_error)?;
-                attach_pci(machine, block, PCI_CLASS).map_err(attach_error)?
-            }
-            DiskImageFormat::Qcow2 => {
-                let image = Qcow2Disk::open(&disk.path, disk.read_only, disk.caching, disk.synchronization)
-                    .map_err(|e| disk_error(e.into()))?;
-                let block =
-                    Block::new(image, disk.read_only, disk.identifier.as_deref()).map_err(disk_error)?;
-                attach_pci(machine, block, PCI_CLASS).map_err(attach_error)?
-            }
-        };
+        })?;
         slots.push(manager.add("blk", attached));
     }
     Ok(slots)
+}
+
+impl DeviceManager {
+    /// Closes disk `index` (`blk<index>`, asleep: the VM is paused) and opens `disk` in its
+    /// place, the same size (a running VM's boot disk becoming a new layer at a snapshot). If
+    /// the new file cannot be opened the disk stays closed (its requests fail) and the caller
+    /// may open another.
+    pub fn replace_disk(&self, index: usize, disk: &StorageDeviceConfiguration) -> Result<(), DeviceError> {
+        let name = format!("blk{index}");
+        let entries = self.lock();
+        let entry = entries
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or(DeviceError::NoSuchDisk { index })?;
+        let mut device = super::lock_device(&entry.device);
+        let block = device
+            .device_any_mut()
+            .downcast_mut::<Block<AnyDisk>>()
+            .ok_or(DeviceError::NoSuchDisk { index })?;
+        block
+            .replace_disk(|| open_disk(disk))
+            .map_err(|source| DeviceError::ReplaceDisk {
+                path: disk.path.clone(),
+                source,
+            })
+    }
 }

@@ -86,6 +86,14 @@ pub enum DeviceError {
     NewerDevicesSection { found: u64 },
     #[error("the state file's devices section cannot be read; the file is damaged, save the machine again")]
     UnreadableDevicesSection,
+    #[error("the VM has no disk number {index}")]
+    NoSuchDisk { index: usize },
+    #[error("cannot open {} in place of the disk's file", path.display())]
+    ReplaceDisk {
+        path: std::path::PathBuf,
+        #[source]
+        source: virtkit_devices::block::ReplaceDiskError,
+    },
     #[error("the device {name} cannot {action}")]
     Device {
         name: String,

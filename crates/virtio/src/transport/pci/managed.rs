@@ -29,12 +29,15 @@ pub trait ManagedDevice: Send {
     /// mapped: the MSI routes, the INTx line, and for an active device its queues (checked
     /// against guest memory) with the worker asleep until [`ManagedDevice::wake`].
     fn finish_restore(&mut self) -> Result<(), VirtioError>;
+    /// The device itself, for what only its own type offers (a disk's backend replaced while it
+    /// sleeps); the caller downcasts it.
+    fn device_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
 /// A handle the device manager keeps: the same device the PCI bus holds.
 pub type SharedManagedDevice = Arc<Mutex<dyn ManagedDevice>>;
 
-impl<D: VirtioDevice> ManagedDevice for VirtioPciDevice<D> {
+impl<D: VirtioDevice + 'static> ManagedDevice for VirtioPciDevice<D> {
     fn name(&self) -> &str {
         self.device().name()
     }
@@ -69,5 +72,9 @@ impl<D: VirtioDevice> ManagedDevice for VirtioPciDevice<D> {
 
     fn finish_restore(&mut self) -> Result<(), VirtioError> {
         self.finish_saved_restore()
+    }
+
+    fn device_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self.device_mut()
     }
 }
