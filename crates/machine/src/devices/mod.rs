@@ -1,8 +1,9 @@
-//! Legacy PC devices on the port I/O bus.
+//! Legacy PC devices on the port I/O bus, and the CFI flash of OVMF's variables (`pflash`).
 
 mod cmos;
 pub mod fw_cfg;
 mod i8042;
+pub mod pflash;
 mod pm;
 mod pvpanic;
 mod serial;
