@@ -67,6 +67,8 @@ enum Command {
     Cp(commands::cp::CpArgs),
     /// Print the exits that reached a running VM's VMM so far, by vCPU and reason and by device.
     Stats(commands::stats::StatsArgs),
+    /// Save what a running VM's display shows as a PNG file.
+    Screenshot(commands::screenshot::ScreenshotArgs),
     /// Print a VM's console output (of the current or last run).
     Logs(commands::logs::LogsArgs),
     /// Copy a stopped VM, with a new machine identifier (reflinked where the file system can).
@@ -119,6 +121,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => commands::logs::run(&args),
         Command::Ip(args) => commands::ip::run(&args),
         Command::Stats(args) => commands::stats::run(&args),
+        Command::Screenshot(args) => commands::screenshot::run(&args),
         Command::VsockProxy(args) => commands::vsock_proxy::run(&args),
         Command::Ssh(args) => commands::ssh::run(&args),
         Command::Exec(args) => commands::exec::run(&args),

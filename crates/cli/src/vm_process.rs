@@ -76,6 +76,8 @@ pub struct RunChoices {
     pub stats: Option<crate::commands::vms::Format>,
     /// Shared directories for this run only, besides the VM's own (`run NAME --share`).
     pub shares: Vec<virtkit::DirectorySharingDeviceConfiguration>,
+    /// A display for this run only (`run NAME --display`).
+    pub display: Option<virtkit::GraphicsDeviceConfiguration>,
 }
 
 /// Runs the VM `name` in this process until it stops; returns the exit code.
@@ -87,6 +89,7 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode, choices: RunChoices) -> R
         fresh,
         stats,
         shares,
+        display,
     } = choices;
     let interactive = mode == Mode::Foreground && stdin_is_terminal();
     if let Some(policy) = seccomp {
@@ -99,6 +102,7 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode, choices: RunChoices) -> R
         force,
         fresh,
         extra_shares: shares,
+        display,
         ..VmProcessOptions::default()
     };
     let events = Events::new();

@@ -14,6 +14,7 @@
 pub mod balloon;
 pub mod block;
 pub mod console;
+pub mod display;
 pub mod fs;
 pub mod net;
 pub mod rng;

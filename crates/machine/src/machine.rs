@@ -381,6 +381,17 @@ impl Machine {
         Ok(())
     }
 
+    /// Gives the firmware the file `name` through fw_cfg (an option ROM such as
+    /// `pci1234,1111.rom`, which SeaBIOS runs for that PCI device). Before `start`.
+    pub fn add_firmware_file(&self, name: &str, data: Vec<u8>) -> Result<(), MachineError> {
+        let fw_cfg = self.fw_cfg.as_ref().ok_or(MachineError::NoFirmware)?;
+        fw_cfg
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_file(name, data)?;
+        Ok(())
+    }
+
     pub fn handle(&self) -> MachineHandle {
         MachineHandle {
             control: self.control.clone(),

@@ -6,7 +6,7 @@
 //! → {"command":"pause"}
 //! ← {"ok":true,"state":"paused","pid":4242}
 //! → {"command":"jump"}
-//! ← {"ok":false,"error":"unknown command `jump`: use state, pause, resume, suspend, snapshot, request_stop, stop, balloon, addresses or stats"}
+//! ← {"ok":false,"error":"unknown command `jump`: use state, pause, resume, suspend, snapshot, request_stop, stop, balloon, addresses, stats or screenshot"}
 //! → {"command":"balloon","target_bytes":268435456}
 //! ← {"ok":true,"state":"running","pid":4242,"balloon":{"target_bytes":268435456,"actual_bytes":0}}
 //! ```
@@ -48,6 +48,8 @@ pub enum ControlCommand {
     Suspend,
     /// Take the snapshot `name` (memory, devices and disk) and run on.
     Snapshot,
+    /// What the display shows, as a PNG image.
+    Screenshot,
 }
 
 /// One request line.
@@ -95,6 +97,9 @@ pub struct ControlResponse {
     /// For `stats`: the exits that reached the VMM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exits: Option<Box<ExitStatistics>>,
+    /// For `screenshot`: the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screenshot: Option<Box<crate::screenshot::Screenshot>>,
 }
 
 impl ControlResponse {
@@ -108,6 +113,7 @@ impl ControlResponse {
             addresses: None,
             agent: None,
             exits: None,
+            screenshot: None,
         }
     }
 
@@ -121,6 +127,7 @@ impl ControlResponse {
             addresses: None,
             agent: None,
             exits: None,
+            screenshot: None,
         }
     }
 }
@@ -134,7 +141,7 @@ pub fn parse_request(line: &str) -> Result<ControlRequest, ControlResponse> {
         if text.contains("unknown variant") {
             let name = text.split('`').nth(1).unwrap_or("?");
             ControlResponse::failure(format!(
-                "unknown command `{name}`: use state, pause, resume, suspend, snapshot, request_stop, stop, balloon, addresses or stats"
+                "unknown command `{name}`: use state, pause, resume, suspend, snapshot, request_stop, stop, balloon, addresses, stats or screenshot"
             ))
         } else {
             ControlResponse::failure(format!(

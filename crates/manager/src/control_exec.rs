@@ -26,6 +26,8 @@ pub(crate) fn waits(request: &ControlRequest) -> bool {
         | ControlCommand::Stop
         | ControlCommand::Addresses
         | ControlCommand::Stats => false,
+        // Reads the framebuffer and compresses it: tens of milliseconds, off the loop.
+        ControlCommand::Screenshot => true,
     }
 }
 
@@ -93,6 +95,7 @@ pub(crate) fn handle(
             }
         }
         ControlCommand::Balloon => return balloon(request.target_bytes, vm),
+        ControlCommand::Screenshot => return crate::screenshot::screenshot(vm),
         ControlCommand::Addresses => return addresses(vm),
         ControlCommand::Stats => {
             return ControlResponse {
@@ -108,7 +111,8 @@ pub(crate) fn handle(
         | ControlCommand::Addresses
         | ControlCommand::Stats
         | ControlCommand::Suspend
-        | ControlCommand::Snapshot => Ok(()),
+        | ControlCommand::Snapshot
+        | ControlCommand::Screenshot => Ok(()),
         ControlCommand::Pause => vm.pause(),
         ControlCommand::Resume => vm.resume(),
         ControlCommand::RequestStop => vm.request_stop(),

@@ -16,6 +16,7 @@ mod control_server;
 mod home;
 pub mod images;
 pub mod running_snapshot;
+pub mod screenshot;
 pub mod seed;
 pub mod suspend;
 pub mod vm_process;

@@ -66,6 +66,8 @@ pub struct VmProcessOptions {
     pub extra_shares: Vec<virtkit::DirectorySharingDeviceConfiguration>,
     /// Discard a suspended VM's saved state (`state.vksave`) and boot anew (`run --fresh`).
     pub fresh: bool,
+    /// A display for this run only, besides the bundle's (`run NAME --display`).
+    pub display: Option<virtkit::GraphicsDeviceConfiguration>,
 }
 
 /// Why a bundle's VM could not be run.
@@ -216,6 +218,7 @@ impl PreparedVm {
         let (guest_out_read, guest_out_write) = std::io::pipe().map_err(VmProcessError::Pipe)?;
         let mut config = bundle.runtime_configuration()?;
         config.directory_sharing_devices.extend(options.extra_shares);
+        config.graphics_devices.extend(options.display);
         // Before the console's threads start: they get their filters under this policy.
         config.platform.seccomp = options.seccomp.or(config.platform.seccomp);
         virtkit_sandbox::set_policy(config.platform.seccomp);

@@ -59,6 +59,9 @@ pub struct VirtualMachineConfiguration {
     /// by tag.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub directory_sharing_devices: Vec<DirectorySharingDeviceConfiguration>,
+    /// Displays (at most one): a framebuffer the firmware and the guest draw into.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub graphics_devices: Vec<crate::GraphicsDeviceConfiguration>,
     /// The platform's identity (SMBIOS UUID and serial, MAC addresses).
     #[serde(default, skip_serializing_if = "PlatformConfiguration::is_default")]
     pub platform: PlatformConfiguration,
@@ -163,6 +166,7 @@ impl VirtualMachineConfiguration {
             network_devices: Vec::new(),
             socket_devices: Vec::new(),
             directory_sharing_devices: Vec::new(),
+            graphics_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         }
     }
@@ -185,6 +189,7 @@ impl VirtualMachineConfiguration {
             network_devices: Vec::new(),
             socket_devices: Vec::new(),
             directory_sharing_devices: Vec::new(),
+            graphics_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         }
     }

@@ -31,11 +31,12 @@ pub use config::{
 };
 pub use config_file::{ConfigFileError, MAX_CONFIG_SIZE};
 pub use console_server::{ConsoleClients, ConsoleOutput, ConsoleServer, ConsoleServerOptions, OutputPump};
+pub use devices::DISPLAY_OPTION_ROM;
 pub use devices::{
     find_virtiofsd, passt_log_name, virtiofsd_log_name, BalloonStatus, ConsoleDeviceConfiguration,
     ConsolePortConfiguration, DeviceError, DeviceManager, DirectorySharingDeviceConfiguration,
-    EntropyDeviceConfiguration, Framing, MemoryBalloonConfiguration, NetworkAttachment,
-    NetworkDeviceConfiguration, NicAddresses, PortProtocol, PublishedPort, SharedFd,
+    EntropyDeviceConfiguration, Framing, GraphicsDeviceConfiguration, MemoryBalloonConfiguration,
+    NetworkAttachment, NetworkDeviceConfiguration, NicAddresses, PortProtocol, PublishedPort, SharedFd,
     SocketDeviceConfiguration, VirtiofsdError, DEFAULT_GUEST_CID, VIRTIOFSD_ENV,
 };
 pub use exit_stats::{DeviceExits, ExitCounts, ExitStatistics};
@@ -46,6 +47,7 @@ pub use state::{StopReason, VmState};
 pub use storage::{CacheMode, DiskImageFormat, StorageDeviceConfiguration, SyncMode};
 pub use validate::{ValidationError, ValidationIssue, MAX_SOCKET_PATH};
 pub use virtkit_devices::balloon::BalloonStatistics;
+pub use virtkit_devices::display::Frame;
 pub use virtkit_devices::rng::RateLimit;
 pub use virtkit_machine::SaveSummary;
 pub use vm::{MachineStateError, StartError, VirtualMachine, VmError, PAUSE_TIMEOUT};

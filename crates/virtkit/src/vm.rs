@@ -387,6 +387,15 @@ impl VirtualMachine {
         Ok(())
     }
 
+    /// What the display shows now, as RGBA pixels (`Ok(None)`: the guest has set no mode yet,
+    /// the screen is dark). An error if the machine has no display or does not run.
+    pub fn screenshot(&self) -> Result<Option<virtkit_devices::display::Frame>, VmError> {
+        self.running_handle("take a screenshot of", &[VmState::Running, VmState::Paused])?;
+        self.devices.screenshot().map_err(|e| VmError::Device {
+            message: error_chain(&e),
+        })
+    }
+
     /// Closes the file of storage device `index` (in `storage_devices` order) and opens `disk`
     /// in its place, on a paused VM: what the guest sees is unchanged (same size, same device),
     /// only where the bytes live. A snapshot of a running VM uses it to move the disk onto a new

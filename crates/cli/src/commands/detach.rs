@@ -27,6 +27,9 @@ pub struct VmProcessArgs {
     /// Shared directories for this run only (absolute paths, from `run NAME --share`).
     #[arg(long = "share", value_parser = virtkit::DirectorySharingDeviceConfiguration::parse_cli)]
     pub shares: Vec<virtkit::DirectorySharingDeviceConfiguration>,
+    /// A display for this run only (`run NAME --display WIDTHxHEIGHT`).
+    #[arg(long, value_parser = virtkit::GraphicsDeviceConfiguration::parse_cli)]
+    pub display: Option<virtkit::GraphicsDeviceConfiguration>,
 }
 
 /// The last lines of a log, to explain why a background process ended.
@@ -71,6 +74,12 @@ pub fn run(home: &VirtkitHome, name: &str, choices: RunChoices, wait: Option<u64
                 if s.read_only { ":ro" } else { "" }
             )
         }))
+        .args(
+            choices
+                .display
+                .as_ref()
+                .map(|d| format!("--display={}x{}", d.width, d.height)),
+        )
         .env(HOME_ENV, home.root())
         .env(
             "VIRTKIT_LOG",
@@ -160,6 +169,7 @@ pub fn vm_process(args: &VmProcessArgs) -> Result<u8, CliError> {
         // `virtkit stats NAME` asks a detached VM while it runs.
         stats: None,
         shares: args.shares.clone(),
+        display: args.display.clone(),
     };
     crate::vm_process::run(&home, &args.name, Mode::Detached, choices)
 }

@@ -17,6 +17,7 @@ pub mod list;
 pub mod logs;
 pub mod network_flags;
 pub mod run;
+pub mod screenshot;
 pub mod snapshot;
 pub mod ssh;
 pub mod stats;

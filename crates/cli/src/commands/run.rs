@@ -98,6 +98,11 @@ pub struct RunArgs {
     /// With a named VM, for this run only, besides its own (`virtkit set NAME --share` keeps them).
     #[arg(long = "share", value_name = "PATH[:TAG[:ro]]", value_parser = DirectorySharingDeviceConfiguration::parse_cli)]
     pub shares: Vec<DirectorySharingDeviceConfiguration>,
+    /// A display of WIDTHxHEIGHT pixels (a bochs-display: SeaBIOS draws its text console there,
+    /// Linux drives it with bochs-drm); `virtkit screenshot NAME FILE.png` shows it. With a named
+    /// VM, for this run only.
+    #[arg(long, value_name = "WIDTHxHEIGHT", value_parser = virtkit::GraphicsDeviceConfiguration::parse_cli)]
+    pub display: Option<virtkit::GraphicsDeviceConfiguration>,
     /// Where COM1 goes: stdio, none, file:PATH or unix:PATH [default: stdio, or the configuration's].
     #[arg(long, value_parser = parse_serial)]
     pub serial: Option<SerialChoice>,
@@ -196,6 +201,7 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
             network_devices: Vec::new(),
             socket_devices: Vec::new(),
             directory_sharing_devices: Vec::new(),
+            graphics_devices: Vec::new(),
             platform: virtkit::PlatformConfiguration::default(),
         }
         .with_serial(SerialAttachment::Stdio)
@@ -206,6 +212,7 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
     config
         .directory_sharing_devices
         .extend(args.shares.iter().cloned());
+    config.graphics_devices.extend(args.display.iter().cloned());
     network_flags::apply(&mut config.network_devices, &args.networks, &args.published)
         .map_err(CliError::new)?;
     if let Some(path) = &args.vsock {
@@ -285,6 +292,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
             fresh: args.fresh,
             stats: args.stats,
             shares: absolute_shares(&args.shares)?,
+            display: args.display.clone(),
         };
         return if args.detach {
             crate::commands::detach::run(&home, name, choices, args.wait)

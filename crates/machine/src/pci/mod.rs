@@ -17,6 +17,8 @@ mod configuration;
 mod host_bridge;
 mod isa_bridge;
 pub mod msix;
+#[allow(unsafe_code)]
+mod ram_bar;
 mod root;
 
 pub use allocator::{BarAllocator, BarAllocatorError};
@@ -27,6 +29,7 @@ pub use configuration::{
 };
 pub use host_bridge::{HostBridge, PamHandler, PAM_COUNT, PAM_START};
 pub use isa_bridge::{IsaBridge, DEVICE_PIIX3_ISA, ISA_BRIDGE_SLOT, PIRQ_COUNT, PIRQ_ROUTE_START};
+pub use ram_bar::{RamBar, RamBarError};
 
 /// Offsets of the type-0 header's registers.
 pub mod header {

@@ -318,6 +318,7 @@ impl Bundle {
             // it is left out here unless a user sets one.
             socket_devices: Vec::new(),
             directory_sharing_devices: Vec::new(),
+            graphics_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         };
         for share in &spec.shares {

@@ -11,6 +11,7 @@ mod block;
 mod console;
 mod directory_sharing;
 mod entropy;
+mod graphics;
 mod net;
 mod persist;
 mod socket;
@@ -28,6 +29,7 @@ pub use directory_sharing::{
     find_virtiofsd, virtiofsd_log_name, DirectorySharingDeviceConfiguration, VirtiofsdError, VIRTIOFSD_ENV,
 };
 pub use entropy::EntropyDeviceConfiguration;
+pub use graphics::{GraphicsDeviceConfiguration, DISPLAY_OPTION_ROM};
 pub use net::{
     parse_mac, passt_log_name, Framing, NetworkAttachment, NetworkDeviceConfiguration, NicAddresses,
     PortProtocol, PublishedPort, SharedFd, DEFAULT_MAC_PREFIX,
@@ -36,6 +38,7 @@ pub use persist::{SavedDevice, SavedDevices, DEVICES_SECTION_VERSION};
 pub use socket::{SocketDeviceConfiguration, DEFAULT_GUEST_CID};
 use virtkit_devices::balloon::BalloonHandle;
 use virtkit_devices::console::ConsoleHandle;
+use virtkit_devices::display::DisplayHandle;
 
 use crate::config::{BootLoader, VirtualMachineConfiguration};
 use crate::validate::Issues;
@@ -94,6 +97,10 @@ pub enum DeviceError {
         #[source]
         source: virtkit_devices::block::ReplaceDiskError,
     },
+    #[error("cannot set up the display: {message}")]
+    Display { message: String },
+    #[error("this machine has no display; add one (`graphics_devices`, or `--display WIDTHxHEIGHT`)")]
+    NoDisplay,
     #[error("the device {name} cannot {action}")]
     Device {
         name: String,
@@ -117,6 +124,8 @@ pub struct DeviceManager {
     entries: Mutex<Vec<Entry>>,
     /// The memory balloon's runtime control, if the machine has one.
     balloon: Mutex<Option<BalloonHandle>>,
+    /// The displays, to read what they show.
+    displays: Mutex<Vec<DisplayHandle>>,
     /// Each console device's resize handle.
     consoles: Mutex<Vec<ConsoleHandle>>,
     /// Each network card's address watch.
@@ -153,6 +162,11 @@ pub(crate) fn validate_devices(config: &VirtualMachineConfiguration, issues: &mu
     console::validate(&config.console_devices, issues);
     socket::validate(&config.socket_devices, issues);
     directory_sharing::validate(&config.directory_sharing_devices, issues);
+    graphics::validate(
+        &config.graphics_devices,
+        matches!(config.boot_loader, BootLoader::Firmware { .. }),
+        issues,
+    );
     net::validate(
         &config.network_devices,
         config.platform.machine_identifier.as_ref(),
@@ -166,6 +180,7 @@ pub(crate) fn validate_devices(config: &VirtualMachineConfiguration, issues: &mu
         (config.network_devices.len(), "network devices"),
         (config.socket_devices.len(), "socket devices"),
         (config.directory_sharing_devices.len(), "shared directories"),
+        (config.graphics_devices.len(), "displays"),
     ];
     let used: usize = counts.iter().map(|(n, _)| n).sum();
     if used > DEVICE_SLOTS {
@@ -208,7 +223,9 @@ impl DeviceManager {
             &config.directory_sharing_devices,
             config.platform.helper_log_directory.as_deref(),
         )?;
-        if matches!(config.boot_loader, BootLoader::Firmware { .. }) && !disk_slots.is_empty() {
+        let firmware_boot = matches!(config.boot_loader, BootLoader::Firmware { .. });
+        graphics::attach(&manager, machine, &config.graphics_devices, firmware_boot)?;
+        if firmware_boot && !disk_slots.is_empty() {
             let order: Vec<String> = disk_slots.iter().map(|s| format!("/pci@i0cf8/*@{s:x}")).collect();
             machine.set_boot_order(&order).map_err(DeviceError::BootOrder)?;
         }
@@ -229,6 +246,20 @@ impl DeviceManager {
             device: attached.device,
         });
         attached.slot
+    }
+
+    fn add_display(&self, handle: DisplayHandle) {
+        self.displays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
+    }
+
+    /// What the first display shows now (`Ok(None)`: no mode set yet, the screen is dark).
+    pub fn screenshot(&self) -> Result<Option<virtkit_devices::display::Frame>, DeviceError> {
+        let displays = self.displays.lock().unwrap_or_else(|p| p.into_inner());
+        let display = displays.first().ok_or(DeviceError::NoDisplay)?;
+        Ok(display.frame())
     }
 
     fn set_balloon(&self, handle: BalloonHandle) {

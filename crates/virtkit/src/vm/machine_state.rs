@@ -43,12 +43,21 @@ pub enum MachineStateError {
 /// rather than as zeros: virtio leaves a page's content undefined after the guest gives it back
 /// unless VIRTIO_BALLOON_F_PAGE_POISON is negotiated, which virtkit does not offer. A network
 /// card gets a new attachment, passt started anew, and loses the frames in flight. docs/SAVE.md.)
-const UNSAVEABLE: [(&str, &str); 1] = [("directory_sharing_devices", "virtiofsd's state is not saved")];
+const UNSAVEABLE: [(&str, &str); 2] = [
+    ("directory_sharing_devices", "virtiofsd's state is not saved"),
+    (
+        "graphics_devices",
+        "a display's registers and framebuffer are not saved yet",
+    ),
+];
 
 /// Each configured device that a state file cannot hold yet, by its configuration field, with
 /// why.
 fn unsaveable_devices(config: &VirtualMachineConfiguration) -> Vec<String> {
-    let counts = [config.directory_sharing_devices.len()];
+    let counts = [
+        config.directory_sharing_devices.len(),
+        config.graphics_devices.len(),
+    ];
     UNSAVEABLE
         .iter()
         .zip(counts)

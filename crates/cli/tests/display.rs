@@ -1,0 +1,89 @@
+//! The display on this host's KVM with real guest code: SeaBIOS runs the bochs-display VGA BIOS
+//! (Debian's `vgabios-bochs-display.bin`, from fw_cfg), which sets the mode the display's EDID
+//! offers and draws SeaBIOS's text console into the framebuffer; `virtkit screenshot` reads it
+//! back as a PNG. Its first text row (SeaBIOS's banner) is compared pixel for pixel with a
+//! reference image (`tests/data/seabios-banner-800x16.png`, taken from this test's first run and
+//! checked by eye); the second (the machine's UUID, which differs per VM) must be drawn.
+
+mod support;
+
+use support::home::Home;
+
+/// Decodes a PNG file into (width, height, RGBA bytes).
+fn decode(path: &std::path::Path) -> (u32, u32, Vec<u8>) {
+    let decoder = png::Decoder::new(std::fs::File::open(path).expect("the PNG file"));
+    let mut reader = decoder.read_info().expect("a PNG header");
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut pixels).expect("a PNG image");
+    assert_eq!(info.color_type, png::ColorType::Rgba, "RGBA");
+    pixels.truncate(info.buffer_size());
+    (info.width, info.height, pixels)
+}
+
+/// How many pixels of rows `rows` are not black.
+fn lit(width: u32, rgba: &[u8], rows: std::ops::Range<u32>) -> usize {
+    let line = width as usize * 4;
+    rgba[rows.start as usize * line..rows.end as usize * line]
+        .chunks_exact(4)
+        .filter(|p| p[..3] != [0, 0, 0])
+        .count()
+}
+
+#[test]
+fn seabios_draws_its_console_on_the_display_and_a_screenshot_shows_it() {
+    if !virtkit_testkit::require_kvm_and_seabios() {
+        return;
+    }
+    if !std::path::Path::new(virtkit::DISPLAY_OPTION_ROM).is_file() {
+        println!(
+            "SKIPPED: {} is missing (Debian package seabios)",
+            virtkit::DISPLAY_OPTION_ROM
+        );
+        return;
+    }
+    let home = Home::new("display", "seabios");
+    let image = home.session_image();
+    home.create_with("s", &image, &["--network", "none"]);
+    // No display: a screenshot says so.
+    home.ok(&["run", "s", "--detach"]);
+    home.wait_log("s", "session: ready", 1);
+    home.fails(&["screenshot", "s", "/dev/null"], "has no display");
+    home.ok(&["stop", "s", "--timeout", "0"]);
+
+    home.fails(
+        &["run", "s", "--detach", "--display", "100x100"],
+        "100x100 is outside 320x200 to 4096x4096",
+    );
+    home.ok(&["run", "s", "--detach", "--display", "800x600"]);
+    home.wait_log("s", "session: ready", 1);
+    let shot = home.bundle("s").join("shot.png");
+    let out = home.ok(&["screenshot", "s", shot.to_str().unwrap()]);
+    assert!(out.contains("800x600"), "{out}");
+    home.ok(&["stop", "s", "--timeout", "0"]);
+
+    let (width, height, rgba) = decode(&shot);
+    assert_eq!((width, height), (800, 600), "the mode the EDID offers");
+    let reference =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seabios-banner-800x16.png");
+    let (rw, rh, banner) = decode(&reference);
+    assert_eq!((rw, rh), (800, 16));
+    let first_row = &rgba[..banner.len()];
+    let differing = first_row
+        .chunks_exact(4)
+        .zip(banner.chunks_exact(4))
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(
+        differing,
+        0,
+        "SeaBIOS's banner row differs from the reference in {differing} pixels (the screenshot is {})",
+        shot.display()
+    );
+    assert!(lit(width, &rgba, 0..16) > 500, "the banner is drawn");
+    assert!(lit(width, &rgba, 16..32) > 500, "the UUID line is drawn");
+    assert_eq!(
+        lit(width, &rgba, 500..600),
+        0,
+        "the bottom of the screen is empty"
+    );
+}
