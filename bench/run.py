@@ -2753,7 +2753,7 @@ def save_section(args, p10):
         "orchestrator must send in between (QEMU: QMP `query-status` until `paused`, then `cont`; "
         "Firecracker: `PUT /snapshot/load` as soon as its API socket answers) sent by the "
         "Python harness as fast as it can. A warm-up save and restore of each is not counted. "
-        f"The guest touches {fmt_mib(touched)} of its memory ({touched // 4096} pages): virtkit "
+        f"The guest touches {fmt_mib(touched)} of its memory ({int(touched) // 4096} pages): virtkit "
         f"writes only those (the rest are holes), so its save costs "
         f"{fmt_ms(med(lib_save) / gib)} ms per GiB of guest memory (the zero scan and the fsync) "
         f"and, per GiB of touched memory, {fmt_ms(med(lib_save) / (touched / (1 << 30)))} ms: "
@@ -3177,6 +3177,10 @@ def report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8=None, p9=
             [f"{n}: {v}" for n, v in p2.get("peers", {}).items()]
             + [f"{n}: no binary (scripts/build-peers.sh builds it), not run"
                for n in p2.get("absent", [])]))
+    if p10 is not None:
+        out.append("- **Peers (part 10):** Firecracker: "
+                   + (peer_version("Firecracker") or "no binary (scripts/build-peers.sh builds it), "
+                      "not run"))
     out.append(f"- **Timing helper:** bench/spawntime.c, {env['gcc']}, static; Python {env['python']}")
     out.append(f"- **Guest assets (parts 2, 5, 7 and 9):** {env['assets']}")
     out.append("")
