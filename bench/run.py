@@ -34,6 +34,12 @@ virtiofsd and cache mode, and virtio-blk with ext4 as a reference; the guest run
 bench/fsbench.c (a 256 MiB file written and read, 5,000 small files created, statted and
 deleted). Not in the default --parts. The pieces are in bench/guest_fs.py.
 
+Part 10, directly on this host's /dev/kvm: the `stream` guest saved and restored by virtkit (the
+library API through crates/virtkit/examples/save_restore.rs, and the CLI: `virtkit suspend`,
+`virtkit run NAME`), QEMU -M microvm (migrate to a file, -incoming) and Firecracker (its snapshot
+API): time to save a paused VM to a synced file, process start to the guest's first output after
+the restore, and the state files' sizes.
+
 Every run is timed by bench/spawntime.c (compiled static into bench/out/), the same tool in both
 parts. Results go to stdout and to bench/RESULTS.md (the part below the results marker is
 replaced); raw per-run data to bench/out/. Use bench/run.sh; only the standard library is used.
@@ -42,6 +48,7 @@ replaced); raw per-run data to bench/out/. Use bench/run.sh; only the standard l
 import argparse
 import datetime
 import hashlib
+import http.client
 import json
 import os
 import platform
@@ -83,13 +90,15 @@ QEMU_MICROVM_FILES = ["bios-microvm.bin", "linuxboot_dma.bin", "linuxboot.bin", 
 SEABIOS = Path("/usr/share/seabios/bios.bin")
 BLK_EXAMPLE = RELEASE / "examples" / "blk_throughput"
 NET_EXAMPLE = RELEASE / "examples" / "net_throughput"
+# Part 10: saves and restores through virtkit's library API.
+SAVE_EXAMPLE = RELEASE / "examples" / "save_restore"
 MBR_IMAGE = OUT / "mbr-bench.img"
 MBR_IMAGE_BYTES = 128 << 20
 BLK_IMAGE = OUT / "blk-throughput.img"
 BLK_IMAGE_MIB = 1024
-ALL_PARTS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+ALL_PARTS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 # Part 9 (a shared directory, about 9 minutes) runs only when --parts names it.
-DEFAULT_PARTS = "1,2,3,4,5,6,7,8"
+DEFAULT_PARTS = "1,2,3,4,5,6,7,8,10"
 
 # QEMU's CPU directly on this host's KVM (parts 1 and 3). This host's KVM (PVM) now refuses
 # MSR 0x10a (IA32_ARCH_CAPABILITIES), which QEMU 7.2 sets for `-cpu host` and then aborts on
@@ -166,7 +175,7 @@ HEADER = """# virtkit benchmark
 
 One command, `bench/run.sh` (about 25 minutes here), measures virtkit next to QEMU in the same run
 (and, in parts 1 and 2, next to Firecracker and cloud-hypervisor built from their release tags by
-`scripts/build-peers.sh`), and virtkit's disk backend next to the host's own file I/O, and writes
+`scripts/build-peers.sh`, and in part 10 next to that Firecracker), and virtkit's disk backend next to the host's own file I/O, and writes
 this file. In the boot and disk-boot tables lower is better for every figure, and a ratio is
 virtkit's median divided by the other VMM's median, so **below 1 means virtkit is faster or
 smaller** (throughput ratios, marked as such, are the other way round). Parts 3 and 4 have their
@@ -404,14 +413,49 @@ mode first; it needs
 `scripts/assets.sh` to have been run, QEMU, SeaBIOS, gcc with the static glibc, Python 3,
 `mkfs.ext4` (e2fsprogs), passt (parts 7 and 8), virtiofsd (part 9: `scripts/build-virtiofsd.sh` finds or builds it), the OpenSSH client (part 8; the Debian image of
 `scripts/debian-image.sh`, built the first time, needs mmdebstrap), and 1.7 GiB free in `bench/out/` on a filesystem with `O_DIRECT`).
-Options: `--parts 1,2,3,4,5,6,7,8,9` (which parts to run; default 1-8: part 9 runs only when named), `--runs N` (part 1, default 30), `--inner-runs N` (part 2, per VMM,
+**Part 10, save and restore of a small guest, direct on this host's KVM** (about 1 minute;
+`--save-runs N`, default 10, after one warm-up each). The `stream` guest
+(`crates/test-guests/asm/stream.s`, a 32-bit PVH ELF: prints `virtkit-guest: stream N` lines as
+fast as it can, touching no device but COM1's transmit register, so a restored copy prints
+within microseconds of its first instruction) with 1 vCPU and 128 MiB, run 0.3 s, then saved
+and restored by each VMM in one run. **virtkit, library API**:
+`crates/virtkit/examples/save_restore.rs` boots it, pauses it and times
+`save_machine_state` (the file synced and renamed into place) several times in one process;
+each restore is a new process (`save_restore restore`) that builds the same configuration,
+calls `restore_machine_state` and `resume`, with COM1 on its stdout, and writes its own
+CLOCK_MONOTONIC timestamps (at `main`, after `VirtualMachine::new`, after the restore, after
+`resume`) so that the table of steps puts them on spawntime's timeline (`spawn_ns`). The first
+save of a restored VM is timed too, each in a new process (`save --from`), because it differs
+(below). **virtkit CLI**: a bundle (`virtkit create sb --kernel stream.elf --memory 128M --cpus 1
+--disk-size 1M --network none`, so with the bundle's disk, entropy device, balloon and vsock
+device) booted once with `run --detach`; then, N+1 times, `virtkit suspend sb` timed by
+spawntime from its spawn to its exit (the request, the VM process's pause, save and stop, the
+answer), and `virtkit run sb` in the foreground timed from its spawn to the guest's first line
+(the next suspend ends it). **QEMU** `-M microvm` with `-cpu host,-arch-capabilities` as in part
+1 and a QMP socket: `stop`, then `migrate` to `exec:cat > FILE`, timed until `query-migrate`
+says `completed`; the restore is a new QEMU with `-incoming "exec:cat FILE"`, and the harness
+sends `cont` as soon as `query-status` says `paused` (a VM saved paused comes back paused).
+**Firecracker** v1.16.1 (part 1's build) with its API socket and the same configuration file
+as part 1 but the stream guest: `PATCH /vm` Paused, `PUT /snapshot/create` (Full,
+`snapshot_path` and `mem_file_path`); the restore is a new Firecracker and `PUT
+/snapshot/load` with `mem_backend` File and `resume_vm: true` as soon as its socket answers.
+Firecracker and QEMU do not sync what they write, so the harness fsyncs their files right after
+and adds that time (shown apart); virtkit's save syncs its file itself. **Restore to running**
+is spawntime's timestamp right before `posix_spawn` of the VMM to the first byte of the first
+complete `stream` line read from its stdout, whatever the VMM needs from its orchestrator
+(QMP, HTTP) sent in between by the harness as fast as Python can; the QEMU, Firecracker and
+library processes are killed at that line (`spawntime -k`). File sizes: apparent (`st_size`)
+and allocated (`st_blocks`). Targets from issue 12: restore to running under 5 ms for a small
+guest on this host, and ahead of every peer measured.
+
+Options: `--parts 1,2,3,4,5,6,7,8,9,10` (which parts to run; default 1-8 and 10: part 9 runs only when named), `--runs N` (part 1, default 30), `--inner-runs N` (part 2, per VMM,
 default 6), `--disk-runs N` (part 3, per VMM, default 12), `--blk-seconds S` and `--blk-reps N`
 (part 4: seconds per measurement, default 0.4, and repetitions, default 7), `--odirect-runs N`
 (part 5, guest boots per VMM, default 4), `--net-seconds S` and `--net-reps N` (part 6: seconds
 per measurement, default 0.5, and repetitions, default 7), `--net-runs N`, `--net-passes N` and
 `--net-guest-seconds S` (part 7: guest boots per VMM and row, default 3; passes per boot, default
 2; seconds per measurement, default 3), `--agent-round-trips N` and `--agent-copies N` (part 8:
-round trips of each kind, default 20; copies of 256 MiB each way per tool, default 2), `--fs-runs N`, `--fs-passes N`, `--fs-files N` and `--fs-configs LIST` (part 9: guest boots per configuration, default 2; passes per boot, default 1; small files, default 5000; configurations, default `virtkit-fs,qemu-fs,virtkit-blk`), `--skip-emulated` (the same as leaving 2 out of
+round trips of each kind, default 20; copies of 256 MiB each way per tool, default 2), `--fs-runs N`, `--fs-passes N`, `--fs-files N` and `--fs-configs LIST` (part 9: guest boots per configuration, default 2; passes per boot, default 1; small files, default 5000; configurations, default `virtkit-fs,qemu-fs,virtkit-blk`), `--save-runs N` (part 10: saves and restores per VMM, default 10), `--skip-emulated` (the same as leaving 2 out of
 `--parts`), `--no-build`. The sections of the parts that ran are rewritten; those of the parts
 that did not run are kept from this file, each marked with the run it comes from, and so are
 their lines in the list of where virtkit is slower. Raw per-run data and the emulated hosts'
@@ -606,6 +650,9 @@ def build(args):
         steps.append(["cargo", "build", "--release", "-p", "virtkit-devices", "--example",
                       "net_throughput"])
         needed.append(NET_EXAMPLE)
+    if 10 in args.parts:
+        steps.append(["cargo", "build", "--release", "-p", "virtkit", "--example", "save_restore"])
+        needed.append(SAVE_EXAMPLE)
     if args.no_build:
         gone = [p for p in needed if not p.exists()]
         if gone or not smoke_candidates() or (3 in args.parts and not mbr_candidates()):
@@ -2157,6 +2204,574 @@ def fs_section(args, p9):
 
 
 # ---------------------------------------------------------------------------------------------
+# Part 10: save and restore of the same small guest, direct on this host's KVM
+
+# The guest (crates/test-guests/asm/stream.s): prints `virtkit-guest: stream N` lines as fast as
+# it can and touches no other device, so a restored copy prints within microseconds of its first
+# instruction on every VMM.
+STREAM_MARKER = "virtkit-guest: stream"
+SAVE_MEMORY_MIB = 128
+SAVE_DIR = OUT / "save"
+SAVE_HOME = SAVE_DIR / "home"  # VIRTKIT_HOME of the CLI rows
+SAVE_BUNDLE = "sb"
+SAVE_RUN_S = 0.3  # how long the guest runs before each save
+RESTORE_TIMEOUT = 30  # seconds per restore run
+
+
+def stream_candidates():
+    return sorted(RELEASE.glob("build/virtkit-test-guests-*/out/stream.elf"),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def file_sizes(*paths):
+    """(apparent, allocated) bytes of the files together."""
+    st = [os.stat(p) for p in paths]
+    return sum(s.st_size for s in st), sum(s.st_blocks * 512 for s in st)
+
+
+def fsync_ms(*paths):
+    """Milliseconds to fsync the files (what a peer's save leaves unsynced)."""
+    t = time.monotonic()
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return (time.monotonic() - t) * 1e3
+
+
+def background(cmd, env=None):
+    """A VMM started for a save: its output thrown away, in its own session (killed by pid)."""
+    p = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True, env=env)
+    _children.add(p)
+    return p
+
+
+def end_background(p):
+    _kill_tree(p)
+    try:
+        p.wait(timeout=10)
+    finally:
+        _children.discard(p)
+
+
+def timed_spawn(cmd, label, kill_at_marker, env=None):
+    """spawntime for a restore, started in the background: (Popen, collect) where collect()
+    waits for it and returns its parsed result (first_ms: the first byte of the first stream
+    line)."""
+    hcmd = [HELPER, "-t", str(RESTORE_TIMEOUT), "-l", label, "-m", STREAM_MARKER,
+            "-f", STREAM_MARKER] + (["-k"] if kill_at_marker else []) + ["--"] + cmd
+    p = subprocess.Popen([str(c) for c in hcmd], cwd=ROOT, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         start_new_session=True, env=env)
+    _children.add(p)
+
+    def collect():
+        try:
+            out, _ = p.communicate(timeout=RESTORE_TIMEOUT + 30)
+        except subprocess.TimeoutExpired:
+            _kill_tree(p)
+            p.wait()
+            raise BenchError(f"{label}: spawntime did not end")
+        finally:
+            _children.discard(p)
+        out = out.decode(errors="replace")
+        r = next((parse_spawn(l) for l in out.splitlines() if parse_spawn(l)), None)
+        if r is None:
+            raise BenchError(f"{label}: no result from spawntime:\n{out[-2000:]}")
+        m = re.search(r"spawn_ns=(\d+)", out)
+        r["spawn_ns"] = int(m.group(1)) if m else None
+        r["first_ms"] = r["first_byte_ms"][0] if r["first_byte_ms"] else -1.0
+        r["ok"] = r["first_ms"] >= 0
+        r["tail"] = out[-1500:]
+        return r
+
+    return p, collect
+
+
+def wait_path(path, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise BenchError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.0002)
+
+
+class Qmp:
+    """A minimal QMP client on a Unix socket."""
+
+    def __init__(self, path, timeout=10.0):
+        import socket
+        deadline = time.monotonic() + timeout
+        while True:
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(str(path))
+                break
+            except OSError:
+                s.close()
+                if time.monotonic() > deadline:
+                    raise BenchError(f"QMP socket {path} did not answer within {timeout} s")
+                time.sleep(0.0002)
+        s.settimeout(timeout)
+        self.sock = s
+        self.f = s.makefile("rw")
+        json.loads(self.f.readline())
+        self.cmd("qmp_capabilities")
+
+    def cmd(self, name, **arguments):
+        msg = {"execute": name}
+        if arguments:
+            msg["arguments"] = arguments
+        self.f.write(json.dumps(msg) + "\n")
+        self.f.flush()
+        while True:
+            line = self.f.readline()
+            if not line:
+                raise BenchError(f"QMP: QEMU closed the monitor during {name}")
+            r = json.loads(line)
+            if "error" in r:
+                raise BenchError(f"QMP {name}: {r['error']}")
+            if "return" in r:
+                return r["return"]
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def fc_api(sock, method, url, body, timeout=30.0):
+    """One Firecracker API request on its Unix socket: (status, body text)."""
+    import socket
+
+    class Conn(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.settimeout(timeout)
+            self.sock.connect(str(sock))
+
+    c = Conn("localhost")
+    try:
+        c.request(method, url, body=json.dumps(body), headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        return r.status, r.read().decode(errors="replace")
+    finally:
+        c.close()
+
+
+def fc_api_when_up(sock, method, url, body):
+    """fc_api once the socket accepts connections (a process just started)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return fc_api(sock, method, url, body)
+        except (ConnectionRefusedError, FileNotFoundError):
+            if time.monotonic() > deadline:
+                raise BenchError(f"Firecracker's API socket {sock} did not answer within 10 s")
+            time.sleep(0.0002)
+
+
+def save_commands(stream):
+    """Part 10's commands, for the report and the runs."""
+    st = SAVE_DIR
+    q = [QEMU, "-enable-kvm", "-cpu", QEMU_DIRECT_CPU, "-M", "microvm", "-m",
+         f"{SAVE_MEMORY_MIB}M", "-smp", "1", "-nodefaults", "-no-user-config", "-nographic",
+         "-serial", "stdio", "-kernel", stream, "-qmp", f"unix:{st / 'qmp.sock'},server=on,wait=off"]
+    lib = [SAVE_EXAMPLE, "--kernel", stream, "--memory-mib", str(SAVE_MEMORY_MIB)]
+    return {
+        "virtkit-lib-save": [SAVE_EXAMPLE, "save"] + lib[1:] + ["--state", st / "lib.vksave"],
+        "virtkit-lib-restore": [SAVE_EXAMPLE, "restore"] + lib[1:] + [
+            "--state", st / "lib.vksave", "--timings", st / "lib-timings.json", "--run-ms", "5000"],
+        "virtkit-create": [VIRTKIT, "create", SAVE_BUNDLE, "--kernel", stream, "--memory",
+                           f"{SAVE_MEMORY_MIB}M", "--cpus", "1", "--disk-size", "1M",
+                           "--network", "none"],
+        "virtkit-suspend": [VIRTKIT, "suspend", SAVE_BUNDLE],
+        "virtkit-run": [VIRTKIT, "run", SAVE_BUNDLE],
+        "qemu-save": q,
+        "qemu-restore": q + ["-incoming", f"exec:cat {st / 'qemu.state'}"],
+        "fc-save": [peer_binary("Firecracker") or "firecracker", "--api-sock", st / "fc-save.sock",
+                    "--config-file", st / "fc-save.json"],
+        "fc-restore": [peer_binary("Firecracker") or "firecracker", "--api-sock",
+                       st / "fc-restore.sock"],
+    }
+
+
+def part10_virtkit_lib(args, cmds, failures):
+    """The library API: saves of a booted VM and of a restored one (one process each, a warm-up
+    save first), and restores, each in a new process timed from its spawn to its first output."""
+    st = SAVE_DIR
+    res = {"save": [], "save_restored": [], "restore": [], "phases": []}
+    code, out = run(cmds["virtkit-lib-save"] + ["--saves", str(args.save_runs + 1)],
+                    60 + 5 * args.save_runs, "save_restore save")
+    saves = [dict((k, float(v)) for k, v in re.findall(r"(\w+)=([\d.]+)", l))
+             for l in out.splitlines() if l.startswith("SAVE ")]
+    if code != 0 or len(saves) != args.save_runs + 1:
+        raise BenchError(f"save_restore save failed (exit {code}):\n{out[-2000:]}")
+    res["save"] = saves[1:]
+    res["sizes"] = file_sizes(st / "lib.vksave")
+    # The first save of a restored VM, each in a new process (as `virtkit suspend` of a resumed
+    # VM does): its memory is a private mapping of the state file it came from, and the save's
+    # zero scan reads every page of it.
+    for i in range(args.save_runs + 1):
+        code, out = run(cmds["virtkit-lib-save"][:-1] + [st / "lib-restored.vksave", "--from",
+                        st / "lib.vksave", "--saves", "1"], 60, "save_restore save --from")
+        saves = [dict((k, float(v)) for k, v in re.findall(r"(\w+)=([\d.]+)", l))
+                 for l in out.splitlines() if l.startswith("SAVE ")]
+        if code != 0 or len(saves) != 1:
+            raise BenchError(f"save_restore save --from failed (exit {code}):\n{out[-2000:]}")
+        if i > 0:
+            res["save_restored"] += saves
+    for i in range(args.save_runs + 1):
+        p, collect = timed_spawn(cmds["virtkit-lib-restore"], "virtkit-lib", kill_at_marker=True)
+        r = collect()
+        if not r["ok"]:
+            failures.append(f"virtkit (library) restore: no output:\n{r['tail']}")
+            continue
+        try:
+            t = json.loads((st / "lib-timings.json").read_text())
+            (st / "lib-timings.json").unlink()
+            s = r["spawn_ns"]
+            r["phases"] = {"spawn → main": (t["main_ns"] - s) / 1e6,
+                           "VirtualMachine::new": (t["new_ns"] - t["main_ns"]) / 1e6,
+                           "restore_machine_state": (t["restored_ns"] - t["new_ns"]) / 1e6,
+                           "resume": (t["resumed_ns"] - t["restored_ns"]) / 1e6,
+                           "resume → first output read": r["first_ms"] - (t["resumed_ns"] - s) / 1e6}
+        except (OSError, ValueError, KeyError, TypeError):
+            r["phases"] = None
+        if i > 0:
+            res["restore"].append(r)
+    return res
+
+
+def part10_virtkit_cli(args, cmds, failures):
+    """The CLI: a bundle booted once (`run --detach`), then N+1 times: `virtkit suspend` (timed
+    by spawntime to its exit) and `virtkit run NAME` in the foreground (timed from its spawn to
+    the guest's first output), which the next suspend ends. The first suspend (of the freshly
+    booted VM) is a warm-up; every later one saves a VM that was itself restored."""
+    env = dict(os.environ, VIRTKIT_HOME=str(SAVE_HOME))
+    shutil.rmtree(SAVE_HOME, ignore_errors=True)
+    SAVE_HOME.mkdir(parents=True)
+    code, out = run(["env", f"VIRTKIT_HOME={SAVE_HOME}"] + cmds["virtkit-create"], 60,
+                    "virtkit create")
+    if code != 0:
+        raise BenchError(f"virtkit create failed:\n{out}")
+    code, out = run(["env", f"VIRTKIT_HOME={SAVE_HOME}", VIRTKIT, "run", SAVE_BUNDLE, "--detach"],
+                    60, "virtkit run --detach")
+    if code != 0:
+        raise BenchError(f"virtkit run --detach failed:\n{out}")
+    state = SAVE_HOME / "vms" / SAVE_BUNDLE / "state.vksave"
+    res = {"suspend": [], "restore": [], "sizes": None}
+    pending = None
+    try:
+        for i in range(args.save_runs + 1):
+            time.sleep(SAVE_RUN_S)
+            p = subprocess.run([str(c) for c in [HELPER, "-t", "30", "-l", "suspend", "--"]
+                                + cmds["virtkit-suspend"]], cwd=ROOT, env=env,
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+            out = p.stdout.decode(errors="replace")
+            r = next((parse_spawn(l) for l in out.splitlines() if parse_spawn(l)), None)
+            if r is None or r["status"] != "exit:0" or not state.exists():
+                raise BenchError(f"virtkit suspend failed:\n{out}{p.stderr.decode(errors='replace')}")
+            if pending is not None:
+                rr = pending()
+                pending = None
+                if not rr["ok"]:
+                    failures.append(f"virtkit (CLI) restore: no output:\n{rr['tail']}")
+                elif i > 1:  # the first restore is a warm-up
+                    res["restore"].append(rr)
+            if i > 0:
+                res["suspend"].append(r["exit_ms"])
+                res["sizes"] = file_sizes(state)
+            _, pending = timed_spawn(cmds["virtkit-run"], "virtkit-cli", kill_at_marker=False,
+                                     env=env)
+        time.sleep(SAVE_RUN_S)
+    finally:
+        subprocess.run([str(VIRTKIT), "stop", SAVE_BUNDLE, "--timeout", "0"], env=env,
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        if pending is not None:
+            rr = pending()
+            if rr["ok"]:
+                res["restore"].append(rr)
+    return res
+
+
+def part10_qemu(args, cmds, failures):
+    """QEMU: each save boots the guest, lets it run, `stop`s it and migrates it to a file
+    (`migrate exec:cat > FILE`, timed to `completed`), then the file is fsynced (timed apart);
+    each restore is a new QEMU with `-incoming exec:cat FILE`, `cont` once it is paused."""
+    st = SAVE_DIR
+    qsock = st / "qmp.sock"
+    image = st / "qemu.state"
+    res = {"save": [], "fsync": [], "restore": [], "sizes": None}
+    for i in range(args.save_runs + 1):
+        qsock.unlink(missing_ok=True)
+        image.unlink(missing_ok=True)
+        p = background(cmds["qemu-save"])
+        try:
+            m = Qmp(qsock)
+            time.sleep(SAVE_RUN_S)
+            m.cmd("stop")
+            t = time.monotonic()
+            m.cmd("migrate", uri=f"exec:cat > {image}")
+            while True:
+                s = m.cmd("query-migrate").get("status")
+                if s in ("completed", "failed", "cancelled"):
+                    break
+                time.sleep(0.0002)
+            save_ms = (time.monotonic() - t) * 1e3
+            if s != "completed":
+                raise BenchError(f"QEMU's migration to a file ended {s}")
+            sync = fsync_ms(image)
+            m.close()
+        finally:
+            end_background(p)
+        if i > 0:
+            res["save"].append(save_ms)
+            res["fsync"].append(sync)
+    res["sizes"] = file_sizes(image)
+    for i in range(args.save_runs + 1):
+        qsock.unlink(missing_ok=True)
+        p, collect = timed_spawn(cmds["qemu-restore"], "QEMU", kill_at_marker=True)
+        try:
+            m = Qmp(qsock)
+            while m.cmd("query-status").get("status") == "inmigrate":
+                time.sleep(0.0002)
+            try:
+                m.cmd("cont")
+            except (OSError, BenchError):
+                pass  # QEMU killed at the guest's first line before its answer was read
+            m.close()
+        except (BenchError, OSError) as e:
+            failures.append(f"QEMU restore: {e}")
+        r = collect()
+        if not r["ok"]:
+            failures.append(f"QEMU restore: no output:\n{r['tail']}")
+        elif i > 0:
+            res["restore"].append(r)
+    return res
+
+
+def part10_firecracker(args, cmds, failures, stream):
+    """Firecracker: each save boots the guest from a configuration file with the API socket on,
+    `PATCH /vm` Paused, `PUT /snapshot/create` (Full; timed), then fsyncs both files (timed
+    apart); each restore is a new Firecracker, `PUT /snapshot/load` with resume_vm."""
+    st = SAVE_DIR
+    ssock, rsock = st / "fc-save.sock", st / "fc-restore.sock"
+    snap, mem = st / "fc.snap", st / "fc.mem"
+    (st / "fc-save.json").write_text(json.dumps({
+        "boot-source": {"kernel_image_path": str(stream), "boot_args": "console=ttyS0"},
+        "drives": [],
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": SAVE_MEMORY_MIB},
+        "logger": {"log_path": str(st / "fc-save.log")},
+    }, indent=1) + "\n")
+    (st / "fc-save.log").touch()
+    res = {"pause": [], "save": [], "fsync": [], "restore": [], "sizes": None}
+    for i in range(args.save_runs + 1):
+        ssock.unlink(missing_ok=True)
+        for f in (snap, mem):
+            f.unlink(missing_ok=True)
+        p = background(cmds["fc-save"])
+        try:
+            wait_path(ssock)
+            time.sleep(SAVE_RUN_S)
+            t = time.monotonic()
+            code, body = fc_api_when_up(ssock, "PATCH", "/vm", {"state": "Paused"})
+            t1 = time.monotonic()
+            if code != 204:
+                raise BenchError(f"Firecracker PATCH /vm Paused: {code} {body}")
+            code, body = fc_api(ssock, "PUT", "/snapshot/create", {
+                "snapshot_type": "Full", "snapshot_path": str(snap), "mem_file_path": str(mem)})
+            t2 = time.monotonic()
+            if code != 204:
+                raise BenchError(f"Firecracker PUT /snapshot/create: {code} {body} "
+                                 f"(its log: {rel(st / 'fc-save.log')})")
+            sync = fsync_ms(snap, mem)
+        finally:
+            end_background(p)
+        if i > 0:
+            res["pause"].append((t1 - t) * 1e3)
+            res["save"].append((t2 - t1) * 1e3)
+            res["fsync"].append(sync)
+    res["sizes"] = file_sizes(snap, mem)
+    for i in range(args.save_runs + 1):
+        rsock.unlink(missing_ok=True)
+        p, collect = timed_spawn(cmds["fc-restore"], "Firecracker", kill_at_marker=True)
+        try:
+            wait_path(rsock)
+            try:
+                code, body = fc_api_when_up(rsock, "PUT", "/snapshot/load", {
+                    "snapshot_path": str(snap),
+                    "mem_backend": {"backend_type": "File", "backend_path": str(mem)},
+                    "resume_vm": True})
+            except (ConnectionResetError, http.client.RemoteDisconnected):
+                # Killed at the guest's first line before its answer was read: the output
+                # (checked below) says whether the load worked.
+                code, body = 204, ""
+            if code != 204:
+                failures.append(f"Firecracker PUT /snapshot/load: {code} {body}")
+        except (BenchError, OSError) as e:
+            failures.append(f"Firecracker restore: {e}")
+        r = collect()
+        if not r["ok"]:
+            failures.append(f"Firecracker restore: no output:\n{r['tail']}")
+        elif i > 0:
+            res["restore"].append(r)
+    return res
+
+
+def part10(args, stream):
+    SAVE_DIR.mkdir(parents=True, exist_ok=True)
+    cmds = save_commands(stream)
+    failures = []
+    out = {"commands": {k: " ".join(shlex.quote(rel(c)) for c in v) for k, v in cmds.items()},
+           "failures": failures, "runs": args.save_runs, "stream": rel(stream)}
+    log(f"part 10: virtkit through the library API ({args.save_runs} saves and restores)")
+    out["lib"] = part10_virtkit_lib(args, cmds, failures)
+    log("part 10: virtkit through the CLI (suspend, run NAME)")
+    out["cli"] = part10_virtkit_cli(args, cmds, failures)
+    log("part 10: QEMU (migrate to a file, -incoming)")
+    out["qemu"] = part10_qemu(args, cmds, failures)
+    if peer_binary("Firecracker"):
+        log("part 10: Firecracker (snapshot create, snapshot load)")
+        try:
+            out["fc"] = part10_firecracker(args, cmds, failures, stream)
+        except BenchError as e:
+            out["fc"] = {"error": str(e)}
+            failures.append(f"Firecracker: {e}")
+    else:
+        out["fc"] = {"error": "no binary (scripts/build-peers.sh builds it)"}
+    for f in ("qemu.state", "fc.mem", "fc.snap", "lib.vksave", "lib-restored.vksave"):
+        (SAVE_DIR / f).unlink(missing_ok=True)
+    return out
+
+
+def fmt_mib(b):
+    return f"{b / (1 << 20):.1f} MiB" if b >= (1 << 20) else f"{b / 1024:.0f} KiB"
+
+
+def med_range(xs):
+    return (f"**{fmt_ms(med(xs))}** ({fmt_ms(pct(xs, 10))}–{fmt_ms(pct(xs, 90))})"
+            if xs else "n/a")
+
+
+def save_section(args, p10):
+    slower = []
+    lib, cli, qemu, fc = p10["lib"], p10["cli"], p10["qemu"], p10["fc"]
+    gib = SAVE_MEMORY_MIB / 1024
+    lib_save = [s["pause_ms"] + s["save_ms"] for s in lib["save"]]
+    lib_save_r = [s["pause_ms"] + s["save_ms"] for s in lib["save_restored"]]
+    touched = lib["save"][0]["pages"] * 4096 if lib["save"] else 0
+    rows = []
+
+    def restore_col(rs):
+        return med_range([r["first_ms"] for r in rs])
+
+    rows.append(["virtkit, library API (`save_restore` example)",
+                 med_range(lib_save) + " (pause " + fmt_ms(med([s["pause_ms"] for s in lib["save"]]))
+                 + " + save_machine_state)",
+                 restore_col(lib["restore"]),
+                 f"{fmt_mib(lib['sizes'][0])} / {fmt_mib(lib['sizes'][1])}",
+                 f"{len(lib['restore'])}/{args.save_runs}"])
+    rows.append(["virtkit, library API, first save of a restored VM (a new process each)",
+                 med_range(lib_save_r), "(as above)", "(as above)",
+                 f"{len(lib['save_restored'])}/{args.save_runs}"])
+    rows.append(["virtkit CLI (`virtkit suspend` / `virtkit run NAME`, bundle)",
+                 med_range(cli["suspend"]) + " (the whole `suspend` command, of a restored VM, "
+                 "to its exit)",
+                 restore_col(cli["restore"]),
+                 f"{fmt_mib(cli['sizes'][0])} / {fmt_mib(cli['sizes'][1])}" if cli["sizes"] else "n/a",
+                 f"{len(cli['restore'])}/{args.save_runs}"])
+    q_total = [a + b for a, b in zip(qemu["save"], qemu["fsync"])]
+    rows.append(["QEMU microvm (`migrate exec:cat > FILE` / `-incoming exec:cat FILE` + `cont`)",
+                 med_range(q_total) + f" (migrate {fmt_ms(med(qemu['save']))} + fsync "
+                 f"{fmt_ms(med(qemu['fsync']))})",
+                 restore_col(qemu["restore"]),
+                 f"{fmt_mib(qemu['sizes'][0])} / {fmt_mib(qemu['sizes'][1])}",
+                 f"{len(qemu['restore'])}/{args.save_runs}"])
+    peers = {"QEMU microvm": (med(q_total), med([r["first_ms"] for r in qemu["restore"]])
+                              if qemu["restore"] else float("nan"))}
+    if "error" in fc:
+        rows.append(["Firecracker", "failed: " + fc["error"].replace("\n", " ")[:300], "", "", ""])
+    else:
+        f_total = [a + b for a, b in zip(fc["save"], fc["fsync"])]
+        rows.append(["Firecracker (`PUT /snapshot/create` Full / `PUT /snapshot/load` resume_vm)",
+                     med_range(f_total) + f" (create {fmt_ms(med(fc['save']))} + fsync "
+                     f"{fmt_ms(med(fc['fsync']))}; the pause before it "
+                     f"{fmt_ms(med(fc['pause']))})",
+                     restore_col(fc["restore"]),
+                     f"{fmt_mib(fc['sizes'][0])} / {fmt_mib(fc['sizes'][1])} (state + memory file)",
+                     f"{len(fc['restore'])}/{args.save_runs}"])
+        peers["Firecracker"] = (med(f_total), med([r["first_ms"] for r in fc["restore"]])
+                                if fc["restore"] else float("nan"))
+    t1 = md_table(["VMM", "save: paused → file synced, ms: median (p10–p90)",
+                   "restore to running: process start → first guest output, ms: median (p10–p90)",
+                   "state file: apparent / allocated", "restores ok"], rows)
+
+    best_save = min(peers.items(), key=lambda kv: kv[1][0] if kv[1][0] == kv[1][0] else 1e18)
+    best_restore = min(peers.items(), key=lambda kv: kv[1][1] if kv[1][1] == kv[1][1] else 1e18)
+    ratios = []
+    for label, save_xs, rest in [("virtkit (library API)", lib_save, lib["restore"]),
+                                 ("virtkit (CLI)", cli["suspend"], cli["restore"])]:
+        vs, vr = med(save_xs), med([r["first_ms"] for r in rest]) if rest else float("nan")
+        ratios.append([f"{label} / best peer",
+                       f"{fmt_ratio(vs / best_save[1][0])} (vs {best_save[0]})",
+                       f"{fmt_ratio(vr / best_restore[1][1])} (vs {best_restore[0]})"])
+        for n, (ps, pr) in peers.items():
+            if vs > ps:
+                slower.append(f"save/restore: {label} save {vs:.1f} ms vs {n} {ps:.1f} ms (×{vs / ps:.2f})")
+            if vr > pr:
+                slower.append(f"save/restore: {label} restore to first output {vr:.1f} ms vs {n} "
+                              f"{pr:.1f} ms (×{vr / pr:.2f})")
+        if vr > 5.0:
+            slower.append(f"save/restore: {label} restore to first output {vr:.1f} ms, short of "
+                          "the 5 ms target")
+    t2 = md_table(["ratio (lower is better for virtkit)", "save (to synced file)",
+                   "restore to first output"], ratios)
+
+    phases = [r["phases"] for r in lib["restore"] if r.get("phases")]
+    t3 = md_table(["step of a library restore (medians over the runs)", "ms"],
+                  [[k, fmt_ms(med([p[k] for p in phases]))] for k in phases[0]]) if phases else ""
+
+    out = [f"### Part 10: save and restore of a small guest, direct on this host's KVM, 1 vCPU, "
+           f"{SAVE_MEMORY_MIB} MiB, {args.save_runs} runs each\n", t1, "", t2, ""]
+    out.append(
+        f"The guest is `stream` ({p10['stream']}, `crates/test-guests/asm/stream.s`): it prints "
+        "`virtkit-guest: stream N` lines as fast as it can and touches no other device, so a "
+        "restored copy prints within microseconds of its first instruction and the restore "
+        "figure is the VMM's, not a tick interval's. It runs "
+        f"{SAVE_RUN_S} s before each save. **Save** is from a paused VM to the state written and "
+        "on disk: virtkit's `save_machine_state` syncs the file itself (its pause, "
+        "under 1 ms, is included); QEMU's and Firecracker's saves do not, so the files they wrote "
+        "are fsynced right after and that time is added (shown apart). **Restore to running** is "
+        "bench/spawntime.c's timestamp right before `posix_spawn` of the VMM to the first byte "
+        "of the first complete `stream` line read from its stdout (COM1), with whatever the "
+        "orchestrator must send in between (QEMU: QMP `query-status` until `paused`, then `cont`; "
+        "Firecracker: `PUT /snapshot/load` as soon as its API socket answers) sent by the "
+        "Python harness as fast as it can. A warm-up save and restore of each is not counted. "
+        f"The guest touches {fmt_mib(touched)} of its memory ({int(touched) // 4096} pages): virtkit "
+        f"writes only those (the rest are holes), so its save costs "
+        f"{fmt_ms(med(lib_save) / gib)} ms per GiB of guest memory (the zero scan and the fsync) "
+        f"and, per GiB of touched memory, {fmt_ms(med(lib_save) / (touched / (1 << 30)))} ms: "
+        "fixed costs, not a throughput, at this size.")
+    if t3:
+        out += ["", "Where a library restore's time goes (`save_restore restore --timings`: "
+                "CLOCK_MONOTONIC in the process, against spawntime's spawn timestamp):\n", t3]
+    out += ["", "Commands:\n", "```"]
+    out += [f"{k}: {c}" for k, c in p10["commands"].items()]
+    out.append("```")
+    if p10["failures"]:
+        out.append(f"\n**Failed runs in part 10: {len(p10['failures'])}:** "
+                   + "; ".join(f.splitlines()[0] for f in p10["failures"]))
+    out.append("")
+    return "\n".join(out), slower
+
+
+# ---------------------------------------------------------------------------------------------
 # Report
 
 def busy_processes():
@@ -2537,7 +3152,7 @@ def blk_tables(p4):
     return t1, t2, t3, below
 
 
-def report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8=None, p9=None):
+def report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8=None, p9=None, p10=None):
     out = []
     out.append("## Results\n")
     out.append(f"- **Command:** `{args.command_line}` (from the repository root)")
@@ -2562,6 +3177,10 @@ def report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8=None, p9=
             [f"{n}: {v}" for n, v in p2.get("peers", {}).items()]
             + [f"{n}: no binary (scripts/build-peers.sh builds it), not run"
                for n in p2.get("absent", [])]))
+    if p10 is not None:
+        out.append("- **Peers (part 10):** Firecracker: "
+                   + (peer_version("Firecracker") or "no binary (scripts/build-peers.sh builds it), "
+                      "not run"))
     out.append(f"- **Timing helper:** bench/spawntime.c, {env['gcc']}, static; Python {env['python']}")
     out.append(f"- **Guest assets (parts 2, 5, 7 and 9):** {env['assets']}")
     out.append("")
@@ -2823,6 +3442,12 @@ def report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8=None, p9=
         t9, s9 = fs_section(args, p9)
         out.append(t9)
         slower += s9
+    if p10 is None:
+        out.append("### Part 10: save and restore of a small guest\n\nNot run (`--parts`).\n")
+    else:
+        t10, s10 = save_section(args, p10)
+        out.append(t10)
+        slower += s10
     out.append("### Where virtkit is slower or bigger, or short of its target\n")
     if slower:
         out += [f"- {x}" for x in slower]
@@ -2855,6 +3480,8 @@ def split_results(text):
 
 def bullet_part(bullet):
     """Which part a bullet of the slower list comes from, by the words each part's tables use."""
+    if bullet.startswith("save/restore"):
+        return 10
     if bullet.startswith("shared directory"):
         return 9
     if bullet.startswith("agent:"):
@@ -2931,7 +3558,9 @@ def main():
                          "6 the network device's throughput, 7 the guest's network in the "
                          "emulated KVM host, 8 the guest agent (exec, cp) against ssh in the emulated KVM host, "
                          "9 a shared directory (virtio-fs against QEMU's vhost-user-fs-pci, and "
-                         f"virtio-blk) in the emulated KVM host (default: {DEFAULT_PARTS}: part 9 "
+                         "virtio-blk) in the emulated KVM host, 10 save and restore of a small "
+                         "guest against QEMU and Firecracker on KVM "
+                         f"(default: {DEFAULT_PARTS}: part 9 "
                          "is run only when named); the results of parts not "
                          "run are kept from "
                          "bench/RESULTS.md")
@@ -2972,6 +3601,9 @@ def main():
                     help="part 9 configurations, comma-separated, of "
                          + ", ".join(c["key"] for c in guest_fs.CONFIGS)
                          + f" (default {guest_fs.DEFAULT_CONFIGS})")
+    ap.add_argument("--save-runs", type=int, default=10,
+                    help="part 10 saves and restores per VMM, after one warm-up each (at least 3; "
+                         "default 10)")
     ap.add_argument("--skip-emulated", action="store_true", help="skip part 2")
     ap.add_argument("--no-build", action="store_true", help="use the existing release build")
     args = ap.parse_args()
@@ -3003,6 +3635,8 @@ def main():
     if not fs_keys or any(k not in {c["key"] for c in guest_fs.CONFIGS} for k in fs_keys):
         ap.error("--fs-configs: the configurations are "
                  + ", ".join(c["key"] for c in guest_fs.CONFIGS))
+    if args.save_runs < 3:
+        ap.error("--save-runs must be at least 3")
     if args.blk_seconds <= 0 or args.blk_reps < 1:
         ap.error("--blk-seconds must be positive and --blk-reps at least 1")
     args.command_line = " ".join(["bench/run.sh"] + [shlex.quote(a) for a in sys.argv[1:]])
@@ -3033,7 +3667,7 @@ def main():
         def load_now(part):
             args.part_load[part] = os.getloadavg()[0]
 
-        p1 = p2 = p3 = p4 = p5 = p6 = p7 = p8 = p9 = None
+        p1 = p2 = p3 = p4 = p5 = p6 = p7 = p8 = p9 = p10 = None
         if 1 in args.parts:
             load_now(1)
             p1 = part1(args, smoke)
@@ -3061,18 +3695,26 @@ def main():
         if 9 in args.parts:
             load_now(9)
             p9 = part9(args)
+        if 10 in args.parts:
+            stream = stream_candidates()
+            if not stream:
+                raise BenchError("no stream.elf under target/release/build/virtkit-test-guests-*/out/: "
+                                 "run cargo build --release -p virtkit-test-guests")
+            load_now(10)
+            p10 = part10(args, stream[0])
     except BenchError as e:
         print(f"\nbench: FAILED: {e}", file=sys.stderr)
         return 1
     elapsed = time.monotonic() - t0
-    text = report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8, p9)
+    text = report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8, p9, p10)
     raw = {"started_utc": started, "env": env, "part1": p1, "part2": p2, "part3": p3,
-           "part4": p4, "part5": p5, "part6": p6, "part7": p7, "part8": p8, "part9": p9, "elapsed_s": elapsed}
+           "part4": p4, "part5": p5, "part6": p6, "part7": p7, "part8": p8, "part9": p9, "part10": p10,
+           "elapsed_s": elapsed}
     (OUT / "results.json").write_text(json.dumps(raw, indent=1, default=str))
     text = write_results(text, args.parts)
     print("\n" + text)
     log(f"wrote {rel(RESULTS)} and {rel(OUT / 'results.json')} in {elapsed / 60:.1f} min")
-    failed = [f for p in (p1, p2, p3, p5, p7, p8, p9) if p for f in p["failures"]]
+    failed = [f for p in (p1, p2, p3, p5, p7, p8, p9, p10) if p for f in p["failures"]]
     if failed:
         print(f"bench: {len(failed)} run(s) failed; see above", file=sys.stderr)
         return 1

@@ -16,7 +16,9 @@
  *   utime_ms, stime_ms  its CPU time from the same rusage
  * and prints them as one line on stdout:
  *   SPAWNTIME label=L marker_ms=... exit_ms=... status=exit:N|signal:N|timeout maxrss_kib=...
- *       utime_ms=... stime_ms=... out_bytes=... pidfd=0|1 [first_byte_ms=A,B,...]
+ *       utime_ms=... stime_ms=... out_bytes=... pidfd=0|1 spawn_ns=T [first_byte_ms=A,B,...]
+ * spawn_ns is the CLOCK_MONOTONIC timestamp taken right before posix_spawn(), in nanoseconds,
+ * so that timestamps the command itself takes on the same clock can be put on its timeline.
  * After -t SECS (default 60) the command is killed (SIGKILL) and status is "timeout". With -k
  * it is killed (SIGKILL) as soon as the marker line has been read (for a VMM that restarts the
  * guest on its reset instead of exiting): status is then "signal:9", exit_ms when it was gone.
@@ -269,8 +271,8 @@ int main(int argc, char **argv)
 				first_at[k] = line_start;
 	}
 	printf("SPAWNTIME label=%s marker_ms=%.3f exit_ms=%.3f status=%s maxrss_kib=%ld utime_ms=%.1f "
-	       "stime_ms=%.1f out_bytes=%lld pidfd=%d",
-	       label, marker_ms, exit_ms, st, ru.ru_maxrss, ut, stt, total_bytes, pidfd >= 0);
+	       "stime_ms=%.1f out_bytes=%lld pidfd=%d spawn_ns=%lld",
+	       label, marker_ms, exit_ms, st, ru.ru_maxrss, ut, stt, total_bytes, pidfd >= 0, t0);
 	for (int k = 0; k < n_first; k++)
 		printf("%s%.3f", k ? "," : " first_byte_ms=",
 		       first_at[k] < 0 ? -1.0 : (double)(first_at[k] - t0) / 1e6);

@@ -29,6 +29,7 @@ const PVH_GUESTS: &[&str] = &[
     "smp",
     "counter",
     "flood",
+    "stream",
     "power_button",
     "reset",
     "triple_fault",

@@ -240,6 +240,21 @@ impl Machine {
     /// and the vCPUs with their CPUID — the boot's steps 2 to 7 (docs/ARCHITECTURE.md), each a
     /// function below.
     pub fn new(kvm: &Kvm, config: MachineConfig) -> Result<Machine, MachineError> {
+        Machine::build(kvm, config, true)
+    }
+
+    /// Builds the machine as [`Machine::new`] does, for [`Machine::restore_state`] to fill:
+    /// on a Linux boot the kernel, initrd, boot parameters and ACPI and SMBIOS tables are not
+    /// written into guest memory, nor vCPU 0 given its entry state, since the restore replaces
+    /// guest memory and every vCPU's registers with the saved ones (for a Linux guest that is
+    /// reading tens of MiB into memory that is thrown away before the first instruction). A
+    /// firmware boot is built in full (its fw_cfg items are rebuilt from the configuration and
+    /// its ROM is small). Start such a machine only after a successful `restore_state`.
+    pub fn new_for_restore(kvm: &Kvm, config: MachineConfig) -> Result<Machine, MachineError> {
+        Machine::build(kvm, config, false)
+    }
+
+    fn build(kvm: &Kvm, config: MachineConfig, load: bool) -> Result<Machine, MachineError> {
         let MachineConfig {
             vcpus,
             memory_size,
@@ -277,8 +292,14 @@ impl Machine {
         };
         let pci = add_pci_bus(&pio, &mmio, host_bridge, &requests)?;
         let gsi_router = GsiRouter::new(vm.clone());
-        let fw_cfg = place_platform_tables(&boot, &memory, memory_size, vcpus, &smbios_identity, &pio)?;
-        let entry = load_guest(&boot, &memory, memory_size, firmware.as_ref(), pam)?;
+        let load = load || matches!(boot, BootSource::Firmware { .. });
+        let (fw_cfg, entry) = if load {
+            let fw_cfg = place_platform_tables(&boot, &memory, memory_size, vcpus, &smbios_identity, &pio)?;
+            let entry = load_guest(&boot, &memory, memory_size, firmware.as_ref(), pam)?;
+            (fw_cfg, Some(entry))
+        } else {
+            (None, None)
+        };
         let created = create_vcpus(kvm, &vm, vcpus, &memory, entry)?;
         let exits = ExitCounters::new(created.len(), pio.clone(), mmio.clone(), pci.clone());
         let save_parts = SaveParts {
@@ -696,13 +717,14 @@ fn load_guest(
     }
 }
 
-/// Step 7: the vCPUs with their CPUID, boot MSRs and LAPIC LINTs; vCPU 0 gets the entry state.
+/// Step 7: the vCPUs with their CPUID, boot MSRs and LAPIC LINTs; vCPU 0 gets the entry state
+/// (none for a machine built to be restored).
 fn create_vcpus(
     kvm: &Kvm,
     vm: &Vm,
     vcpus: u8,
     memory: &GuestMemoryMmap,
-    entry: BootEntry,
+    entry: Option<BootEntry>,
 ) -> Result<Vec<Vcpu>, MachineError> {
     let mut supported = kvm.supported_cpuid()?;
     if kvm.tsc_deadline_timer() {
@@ -714,7 +736,7 @@ fn create_vcpus(
         vcpu.set_cpuid(&vcpu_cpuid(&supported, index, u32::from(vcpus)))?;
         vcpu.set_boot_msrs()?;
         vcpu.configure_lapic_lints()?;
-        if index == 0 {
+        if let (0, Some(entry)) = (index, entry) {
             configure_boot_vcpu(&vcpu, memory, entry)?;
         }
         created.push(vcpu);

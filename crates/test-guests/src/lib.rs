@@ -3,8 +3,8 @@
 //! binary.
 //!
 //! Every guest prints ASCII lines terminated by `"\n"` on COM1 (16550 at port 0x3f8, polled),
-//! using the fixed addresses of the platform layout (`virtkit_machine::layout`). Eleven guests are
-//! 32-bit PVH ELF kernels (linked at 1 MiB, with a Xen `PHYS32_ENTRY` note): ten in ELF64 files
+//! using the fixed addresses of the platform layout (`virtkit_machine::layout`). Twelve guests are
+//! 32-bit PVH ELF kernels (linked at 1 MiB, with a Xen `PHYS32_ENTRY` note): eleven in ELF64 files
 //! like a vmlinux, [`Guest::HelloElf32`] in an ELF32 file; one is a raw 64 KiB
 //! firmware image that runs in real mode from the reset vector; seven are MBR programs that BIOS
 //! firmware (SeaBIOS) boots from a disk and that use BIOS int 13h: five 512-byte boot sectors and
@@ -103,6 +103,12 @@ pub enum Guest {
     /// Between lines it checks `PM1_STS` bit 8; when set it clears it, prints
     /// [`output::FLOOD_POWER_BUTTON`] and does ACPI power-off.
     Flood,
+    /// PVH, for save/restore benchmarks. Prints `virtkit-guest: stream 0`,
+    /// `virtkit-guest: stream 1`, ... (decimal) as fast as it can, forever, writing COM1's
+    /// transmit register without polling LSR, and touches no other device (no ACPI, no timer),
+    /// so it runs alike on every VMM: a restored copy prints within microseconds of its first
+    /// instruction. Never ends by itself.
+    Stream,
     /// PVH. Clears a stale `PWRBTN_STS` (writes 0x100 to `PM1_STS`, port 0x600), sets
     /// `PWRBTN_EN` in `PM1_EN` (port 0x602, read-modify-write), prints
     /// `virtkit-guest: waiting for power button`, then polls `PM1_STS` bit 8. When set, it
@@ -212,7 +218,7 @@ macro_rules! artifact {
 
 impl Guest {
     /// Every guest.
-    pub const ALL: [Guest; 19] = [
+    pub const ALL: [Guest; 20] = [
         Guest::Hello,
         Guest::HelloElf32,
         Guest::Smoke,
@@ -221,6 +227,7 @@ impl Guest {
         Guest::Smp,
         Guest::Counter,
         Guest::Flood,
+        Guest::Stream,
         Guest::PowerButton,
         Guest::Reset,
         Guest::TripleFault,
@@ -245,6 +252,7 @@ impl Guest {
             Guest::Smp => "smp",
             Guest::Counter => "counter",
             Guest::Flood => "flood",
+            Guest::Stream => "stream",
             Guest::PowerButton => "power_button",
             Guest::Reset => "reset",
             Guest::TripleFault => "triple_fault",
@@ -299,6 +307,7 @@ impl Guest {
             Guest::Smp => artifact!("smp.elf"),
             Guest::Counter => artifact!("counter.elf"),
             Guest::Flood => artifact!("flood.elf"),
+            Guest::Stream => artifact!("stream.elf"),
             Guest::PowerButton => artifact!("power_button.elf"),
             Guest::Reset => artifact!("reset.elf"),
             Guest::TripleFault => artifact!("triple_fault.elf"),
@@ -341,6 +350,9 @@ pub mod output {
     pub const FLOOD_PREFIX: &str = "virtkit-guest: flood ";
     /// [`Guest::Flood`](crate::Guest::Flood), after it saw and cleared the power button's status.
     pub const FLOOD_POWER_BUTTON: &str = "virtkit-guest: flood power button";
+    /// The prefix of every [`Guest::Stream`](crate::Guest::Stream) line, followed by the
+    /// line's number.
+    pub const STREAM_PREFIX: &str = "virtkit-guest: stream ";
     /// [`Guest::Reset`](crate::Guest::Reset).
     pub const RESETTING: &str = "virtkit-guest: resetting";
     /// [`Guest::TripleFault`](crate::Guest::TripleFault).

@@ -253,6 +253,7 @@ fn artifacts_carry_the_documented_lines() {
         ),
         (Guest::Counter, &["tick "]),
         (Guest::Flood, &[output::FLOOD_PREFIX, output::FLOOD_POWER_BUTTON]),
+        (Guest::Stream, &[output::STREAM_PREFIX]),
         (
             Guest::PowerButton,
             &[output::POWER_BUTTON_WAITING, output::POWER_BUTTON_PRESSED],

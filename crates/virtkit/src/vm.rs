@@ -263,7 +263,13 @@ impl VirtualMachine {
         let kvm = Kvm::open()?;
         let pvm_host = kvm.info().flavor == KvmFlavor::Pvm;
         let (machine_config, serial) = self.machine_config()?;
-        let mut machine = Machine::new(&kvm, machine_config)?;
+        // A restore replaces guest memory and the vCPUs' registers: the guest image is not
+        // loaded first.
+        let mut machine = if restore.is_some() {
+            Machine::new_for_restore(&kvm, machine_config)?
+        } else {
+            Machine::new(&kvm, machine_config)?
+        };
         let devices = Arc::new(DeviceManager::attach_all(&machine, &mut self.config)?);
         self.devices = devices.clone();
         if let Some(from) = &restore {
