@@ -15,8 +15,8 @@
 //!   clock is set 25 years wrong before the suspend: after `virtkit run` resumes it, the VM
 //!   process's `set-time` through the agent brings it within a second of the host's. After the
 //!   resume the guest renews its lease, a new connection from the guest reaches the host and
-//!   the published port the guest, the agent, the console, the balloon (inflated by 32 MiB) and
-//!   the entropy device answer, and `stop` shuts the guest down through its agent.
+//!   the published port the guest, the agent, the console, a virtio-console port, the balloon
+//!   (inflated by 32 MiB) and the entropy device answer, and `stop` shuts the guest down through its agent.
 
 mod support;
 
@@ -66,6 +66,14 @@ chmod +x /tmp/dhcp.sh
 udhcpc -i "$ifc" -q -n -t 10 -T 3 -s /tmp/dhcp.sh; say dhcp=$?
 mkdir -p /tmp/www && echo "@GUEST_CONTENT@" >/tmp/www/pub
 httpd -p 80 -h /tmp/www; say httpd=$?
+port=
+for p in /sys/class/virtio-ports/*; do [ "$(cat $p/name 2>/dev/null)" = vt.echo ] && port=/dev/${p##*/}; done
+say port=$port
+# Echoes each line the host sends on the virtio-console port, opened again whenever it ends.
+[ -n "$port" ] && ( while :; do
+    exec 3<>"$port" && while read -r l <&3; do echo "got-$l" >&3; done
+    exec 3>&-; sleep 0.5
+done ) </dev/null >/dev/null 2>&1 &
 /vt/virtkit-agent >/tmp/agent.log 2>&1 &
 say agent-started
 "#;
@@ -117,18 +125,28 @@ web=$!
 vkx() { timeout 60 $VIRTKIT exec n1 -- "$@"; }
 # Types a line on the VM's console (the guest's shell on ttyS0) and keeps what came back.
 console_type() { (echo "$1"; sleep 2) | timeout 5 $VIRTKIT console n1 >$W/con.out 2>&1; }
+# Sends a line to the guest's echo on the virtio-console port `vt.echo`.
+port_echo() { (echo "$1"; sleep 2) | timeout 5 $VIRTKIT console n1 --port vt.echo >$W/port.out 2>&1; }
 $VIRTKIT create n1 --kernel $G/vmlinuz --initrd $G/initrd-full --cpus 1 --memory 256M --disk-size 16M \
-    --network nat --publish 18080:80 --no-seed \
+    --network nat --publish 18080:80 --port vt.echo --no-seed \
     --cmdline "console=ttyS0 quiet virtkit.run=\"sh /vt/full.sh\" virtkit.action=shell" >$W/n1.log 2>&1
 echo "CASE full: create=$?"
 t0=$(date +%s)
 timeout 150 $VIRTKIT run n1 --detach --wait 120 >>$W/n1.log 2>&1
 echo "CASE full: run=$? wait-seconds=$(($(date +%s) - t0))"
+if ! $VIRTKIT list | grep -q '^n1  *running'; then
+    # Why the VM ended: its process's log, the guest's last words, a seccomp kill.
+    $VIRTKIT logs n1 --vmm 2>&1 | tail -n 20 | sed "s/^/CASE full: first-vmm: /"
+    $VIRTKIT logs n1 2>&1 | tr -d '\r' | tail -n 20 | sed "s/^/CASE full: first-console: /"
+    dmesg | grep -E 'type=1326|seccomp|segfault|traps' | tail -n 5 | sed "s/^/CASE full: dmesg: /"
+fi
 echo "CASE full: uname-before=$(vkx uname -s 2>&1)"
 echo "CASE full: fetched-before=$(vkx timeout 15 wget -q -O - http://10.0.2.2:8080/hello 2>&1)"
 echo "CASE full: published-before=$(timeout 30 busybox wget -q -O - http://127.0.0.1:18080/pub 2>&1)"
 console_type 'echo con-$((6*7))'
 echo "CASE full: console-before=$(tr -d '\r' <$W/con.out | grep -c '^con-42')"
+port_echo ping1
+echo "CASE full: port-before=$(tr -d '\r' <$W/port.out | grep -c '^got-ping1$')"
 echo "CASE full: rng-before=$(vkx sh -c 'head -c 4096 /dev/hwrng | wc -c')"
 # The guest's clock 25 years wrong: only the set-time after the resume puts it right.
 vkx date -s '2001-09-09 01:46:40' >/dev/null 2>&1
@@ -188,6 +206,9 @@ echo "CASE full: fetched-after=$(vkx timeout 15 wget -q -O - http://10.0.2.2:808
 echo "CASE full: published-after=$(timeout 30 busybox wget -q -O - http://127.0.0.1:18080/pub 2>&1)"
 console_type 'echo con-$((7*8))'
 echo "CASE full: console-after=$(tr -d '\r' <$W/con.out | grep -c '^con-56')"
+port_echo ping2
+echo "CASE full: port-after=$(tr -d '\r' <$W/port.out | grep -c '^got-ping2$')"
+sed "s/^/CASE full: port-out: /" $W/port.out
 echo "CASE full: rng-after=$(vkx sh -c 'head -c 4096 /dev/hwrng | wc -c')"
 mem0=$(vkx awk '/^MemTotal/{print $2}' /proc/meminfo)
 $VIRTKIT set n1 --balloon 32M >>$W/n1.log 2>&1; echo "CASE full: balloon-set=$?"
@@ -282,6 +303,11 @@ fn a_full_vm_resumes_with_network_agent_clock_console_and_balloon(out: &str) {
     assert_value(out, "full", "fetched-before", HOST_CONTENT);
     assert_value(out, "full", "published-before", GUEST_CONTENT);
     assert_value(out, "full", "console-before", "1");
+    assert!(
+        lines.contains("VT port=/dev/vport"),
+        "no virtio-console port:\n{lines}"
+    );
+    assert_value(out, "full", "port-before", "1");
     assert_value(out, "full", "rng-before", "4096");
     // The exec that streamed when the VM was suspended ended at once, saying so.
     assert!(full_number(out, "streamed-before") >= 5, "{lines}");
@@ -329,6 +355,7 @@ fn a_full_vm_resumes_with_network_agent_clock_console_and_balloon(out: &str) {
     assert_value(out, "full", "published-after", GUEST_CONTENT);
     // The console, the entropy device and the balloon.
     assert_value(out, "full", "console-after", "1");
+    assert_value(out, "full", "port-after", "1");
     assert_value(out, "full", "rng-after", "4096");
     assert_value(out, "full", "balloon-set", "0");
     assert_value(out, "full", "balloon-actual", "33554432");
