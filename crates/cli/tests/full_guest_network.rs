@@ -21,8 +21,6 @@
 
 mod support;
 
-use std::path::Path;
-
 use support::*;
 
 /// What the host's web server on 127.0.0.1:8080 serves, and what the guest's serves.
@@ -222,9 +220,6 @@ wait $pa
 echo "CASE pair: socket-left=$([ -e $W/pair.sock ] && echo 1 || echo 0)"
 "#;
 
-const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
-const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
-
 #[test]
 fn a_guest_on_nat_reaches_the_host_and_serves_a_published_port() {
     let Some(assets) = prerequisites() else { return };
@@ -245,23 +240,7 @@ fn a_guest_on_nat_reaches_the_host_and_serves_a_published_port() {
         ],
         &[],
         &script,
-        |run| {
-            run.emulated_host(move |host| {
-                // passt re-executes itself as passt.avx2 where the CPU has AVX2 (QEMU's `-cpu max`
-                // has); it runs as `nobody` when started as root.
-                let avx2 = passt.with_file_name("passt.avx2");
-                let mut host = host
-                    .root_on_tmpfs()
-                    .binary(&passt, "/usr/bin/passt")
-                    .data("/etc/passwd", PASSWD, 0o644)
-                    .data("/etc/group", GROUP, 0o644)
-                    .data("/etc/resolv.conf", "nameserver 127.0.0.1\n", 0o644);
-                if Path::new(&avx2).is_file() {
-                    host = host.binary(&avx2, "/usr/bin/passt.avx2");
-                }
-                host
-            })
-        },
+        |run| run.emulated_host(move |host| with_passt(host, &passt)),
     );
     let Some(out) = out else { return };
 

@@ -51,7 +51,9 @@ fn a_suspended_counter_counts_on_after_run_and_fresh_boots_it_anew() {
     let listed = home.json(&["list", "--format", "json"]);
     assert_eq!(listed[0]["state"], "suspended", "{listed}");
 
-    home.ok(&["run", NAME, "--detach"]);
+    // `run --detach` returns once the restored VM runs, not while it is restored paused.
+    let out = home.ok(&["run", NAME, "--detach"]);
+    assert!(out.contains(&format!("`{NAME}`: running")), "{out}");
     let log = home.wait_log(NAME, &format!("tick {}\n", before + 3), 1);
     let first = ticks(&log).next().expect("a tick after the resume");
     assert!(
@@ -125,7 +127,9 @@ fn a_counter_with_a_nat_card_resumes_with_a_new_passt() {
     let home = Home::new("suspend", "nat");
     home.create_counter(NAME, &["--network", "nat"]);
     let before = suspended_counter(&home);
-    home.ok(&["run", NAME, "--detach"]);
+    // `run --detach` returns once the restored VM runs, not while it is restored paused.
+    let out = home.ok(&["run", NAME, "--detach"]);
+    assert!(out.contains(&format!("`{NAME}`: running")), "{out}");
     let log = home.wait_log(NAME, &format!("tick {}\n", before + 3), 1);
     let first = ticks(&log).next().expect("a tick after the resume");
     assert!(

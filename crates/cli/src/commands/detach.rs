@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use clap::Args;
-use virtkit_manager::bundle::{Access, CONTROL_SOCKET, VMM_LOG_FILE};
+use virtkit_manager::bundle::{Access, CONTROL_SOCKET, STATE_FILE, VMM_LOG_FILE};
 use virtkit_manager::{VirtkitHome, HOME_ENV};
 
 use crate::commands::vms::{already_running, home, open, socket_alive, state_of};
@@ -44,6 +44,14 @@ fn tail(path: &std::path::Path, from: u64) -> String {
     lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
+/// Whether the state the new VM process reports is the one `run --detach` returns on: not while
+/// it builds the machine (`starting`), nor, when it resumes a suspended VM, while the restored
+/// machine is still paused: the process serves its sockets before it resumes the machine, and a
+/// resume that fails then ends the process, which must be reported as the failure it is.
+fn settled(state: &str, resumes: bool) -> bool {
+    state != "starting" && !(resumes && state == "paused")
+}
+
 pub fn run(home: &VirtkitHome, name: &str, choices: RunChoices, wait: Option<u64>) -> Result<u8, CliError> {
     let b = open(home, name)?;
     if b.is_running() {
@@ -56,6 +64,7 @@ pub fn run(home: &VirtkitHome, name: &str, choices: RunChoices, wait: Option<u64
         .open_file(VMM_LOG_FILE, Access::Append)
         .map_err(|e| crate::commands::vms::bundle_error(&e))?;
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let resumes = !choices.fresh && b.file(STATE_FILE).exists();
     let exe =
         std::env::current_exe().map_err(|e| CliError::with_chain("cannot find the virtkit program", &e))?;
     let mut child = Command::new(exe)
@@ -102,7 +111,7 @@ pub fn run(home: &VirtkitHome, name: &str, choices: RunChoices, wait: Option<u64
         }
         if socket_alive(&control) {
             let state = state_of(&b);
-            if state != "starting" {
+            if settled(&state, resumes) {
                 if let Some(seconds) = wait {
                     return wait_for_agent(&b, name, seconds);
                 }
@@ -172,4 +181,19 @@ pub fn vm_process(args: &VmProcessArgs) -> Result<u8, CliError> {
         display: args.display.clone(),
     };
     crate::vm_process::run(&home, &args.name, Mode::Detached, choices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::settled;
+
+    #[test]
+    fn a_resumed_vm_is_reported_once_it_runs_not_while_it_is_restored_paused() {
+        assert!(!settled("starting", false) && !settled("starting", true));
+        assert!(settled("running", false) && settled("running", true));
+        // A boot reports what it finds; a resume waits until the restored machine runs.
+        assert!(settled("paused", false));
+        assert!(!settled("paused", true));
+        assert!(settled("stopped", true) && settled("unresponsive", true));
+    }
 }

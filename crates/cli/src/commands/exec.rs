@@ -6,13 +6,16 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
 use virtkit_agent_protocol::{ExitStatus, Frame, FrameWriter, Request, Stream};
 use virtkit_manager::agent::AgentError;
+use virtkit_manager::bundle::{Bundle, STATE_FILE};
 
 use crate::commands::agent::{agent_error, connect, EXIT_DISCONNECTED, EXIT_EXEC_FAILED};
+use crate::commands::vms::state_of;
 use crate::exit::CliError;
 use crate::terminal::{stdin_is_terminal, RawMode};
 
@@ -106,6 +109,42 @@ fn forward_signals(w: Shared, tty: bool) -> Result<(), CliError> {
     Ok(())
 }
 
+/// How long a client whose connection ended looks whether the VM was suspended: the suspend
+/// stops the VM (which ends its connections) once the state file is in place, and its process
+/// ends within a few seconds of that.
+const SUSPEND_LOOK: Duration = Duration::from_secs(3);
+
+/// The connection to the agent ended before the command did: say whether the VM was suspended
+/// (vsock connections are not saved, so a command's connection never survives a suspend; the
+/// agent hangs the command up when the VM resumes) or the guest or its agent went away.
+fn disconnected(b: &Bundle, name: &str, program: &str) -> CliError {
+    let deadline = Instant::now() + SUSPEND_LOOK;
+    loop {
+        if b.file(STATE_FILE).exists() {
+            return CliError::with_code(
+                format!(
+                    "the VM `{name}` was suspended while `{program}` ran: a command's connection to the guest agent \
+                     does not survive a suspend, so its output ends here (in the guest it is hung up when the VM \
+                     resumes); `virtkit run {name}` resumes the VM; exit code {EXIT_DISCONNECTED}"
+                ),
+                EXIT_DISCONNECTED,
+            );
+        }
+        // No suspend under way: the VM stopped, or runs on while its agent went away.
+        if !b.is_running() || Instant::now() >= deadline || state_of(b) == "running" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    CliError::with_code(
+        format!(
+            "the guest agent of `{name}` disconnected before `{program}` ended (the guest may have shut down or the \
+             agent stopped); exit code {EXIT_DISCONNECTED}"
+        ),
+        EXIT_DISCONNECTED,
+    )
+}
+
 pub fn run(args: &ExecArgs) -> Result<u8, CliError> {
     let (b, client) = connect(&args.name, EXIT_EXEC_FAILED)?;
     let tty = args.tty;
@@ -156,18 +195,11 @@ pub fn run(args: &ExecArgs) -> Result<u8, CliError> {
             }
             Ok(Some(Frame::Exit(ExitStatus::Code(c)))) => break Ok((c & 0xff) as u8),
             Ok(Some(Frame::Exit(ExitStatus::Signal(s)))) => break Ok((128 + s).clamp(0, 255) as u8),
-            Ok(Some(Frame::Error(kind, text))) => break Err(agent_error(&b, AgentError::Refused(kind, text), true)),
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => {
-                break Err(CliError::with_code(
-                    format!(
-                        "the guest agent of `{}` disconnected before `{}` ended (the guest may have shut down or the \
-                         agent stopped); exit code {EXIT_DISCONNECTED}",
-                        args.name, args.command[0]
-                    ),
-                    EXIT_DISCONNECTED,
-                ))
+            Ok(Some(Frame::Error(kind, text))) => {
+                break Err(agent_error(&b, AgentError::Refused(kind, text), true))
             }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break Err(disconnected(&b, &args.name, &args.command[0])),
         }
     };
     drop(raw);

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use virtkit_testkit::cpio::CpioWriter;
-use virtkit_testkit::{require_assets, require_kvm, skip, Assets, StockKernelScript};
+use virtkit_testkit::{require_assets, require_kvm, skip, Assets, EmulatedHost, StockKernelScript};
 
 pub const VIRTKIT: &str = env!("CARGO_BIN_EXE_virtkit");
 /// The asset recipe that put e2fsprogs' mke2fs (mkfs.ext4) and e2fsck into the guest.
@@ -213,4 +213,26 @@ pub fn assert_value(output: &str, name: &str, key: &str, want: &str) {
         ""
     };
     assert_eq!(got, Some(want), "{name}: expected {key}={want}{hint}:\n{lines}");
+}
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
+
+/// The emulated host made ready for NAT cards (docs/TESTING.md, "The network in full guests"):
+/// root on a tmpfs (passt sandboxes itself with `pivot_root`), `passt` and, beside it,
+/// `passt.avx2` (which passt re-executes where the CPU has AVX2, as QEMU's `-cpu max` has), and
+/// `nobody` in /etc/passwd (passt started as root becomes it). The script still gives `lo` a
+/// MAC and the default route (passt's template interface).
+pub fn with_passt(host: EmulatedHost, passt: &Path) -> EmulatedHost {
+    let avx2 = passt.with_file_name("passt.avx2");
+    let mut host = host
+        .root_on_tmpfs()
+        .binary(passt, "/usr/bin/passt")
+        .data("/etc/passwd", PASSWD, 0o644)
+        .data("/etc/group", GROUP, 0o644)
+        .data("/etc/resolv.conf", "nameserver 127.0.0.1\n", 0o644);
+    if avx2.is_file() {
+        host = host.binary(&avx2, "/usr/bin/passt.avx2");
+    }
+    host
 }
