@@ -13,7 +13,9 @@ packages=(qemu-system-x86 qemu-utils busybox-static seabios ovmf cpio binutils e
     python3-yaml python3-jsonschema python3-configobj python3-jinja2 python3-jsonpatch python3-requests
     python3-netifaces python3-oauthlib python3-serial
     # virtiofsd is built from crates.io (scripts/build-virtiofsd.sh) against these.
-    libseccomp-dev libcap-ng-dev)
+    libseccomp-dev libcap-ng-dev
+    # The VNC tests' real client (vncdotool, from PyPI) goes into a virtual environment.
+    python3-venv)
 updated=0
 for pass in 1 2; do
     missing=()
@@ -34,3 +36,15 @@ for cmd in qemu-system-x86_64 qemu-img qemu-io mkfs.btrfs mkfs.xfs busybox cpio 
         exit 1
     fi
 done
+
+# vncdotool (PyPI), the real VNC client of crates/vnc's tests, in .cache/vncdotool-venv (Debian's
+# own Python refuses `pip install` outside a virtual environment). Built once.
+venv="$(cd "$(dirname "$0")/.." && pwd)/.cache/vncdotool-venv"
+if ! "$venv/bin/vncdo" --version >/dev/null 2>&1; then
+    echo "installing vncdotool into $venv (pip, from PyPI)" >&2
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install -q vncdotool
+    "$venv/bin/vncdo" --version >/dev/null || { echo "install-deps: vncdotool does not run from $venv" >&2; exit 1; }
+fi

@@ -1,6 +1,7 @@
 //! The server against a real VNC client: vncdotool (PyPI `vncdotool`, commands `vncdo` and its
-//! Python module). Without it every test prints `SKIPPED: ...` and passes; install it with
-//! `pip install vncdotool` (set `VNCDO` and `VNC_PYTHON` to use other paths).
+//! Python module), from `scripts/install-deps.sh`'s `.cache/vncdotool-venv` or `PATH`. Without it
+//! every test is skipped (`SKIPPED: ...`; a failure under `VIRTKIT_REQUIRE_ALL=1`, as in CI);
+//! `VNCDO` and `VNC_PYTHON` name other paths.
 
 mod common;
 
@@ -17,12 +18,26 @@ use virtkit_vnc::{KeyEvent, PointerEvent, Security, VncServer};
 const WIDTH: u32 = 320;
 const HEIGHT: u32 = 200;
 
+/// The virtual environment `scripts/install-deps.sh` puts vncdotool in.
+fn venv_program(name: &str) -> Option<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.cache/vncdotool-venv/bin")
+        .join(name);
+    path.is_file().then(|| path.display().to_string())
+}
+
 fn vncdo_program() -> String {
-    std::env::var("VNCDO").unwrap_or_else(|_| "vncdo".into())
+    std::env::var("VNCDO")
+        .ok()
+        .or_else(|| venv_program("vncdo"))
+        .unwrap_or_else(|| "vncdo".into())
 }
 
 fn python_program() -> String {
-    std::env::var("VNC_PYTHON").unwrap_or_else(|_| "python3".into())
+    std::env::var("VNC_PYTHON")
+        .ok()
+        .or_else(|| venv_program("python3"))
+        .unwrap_or_else(|| "python3".into())
 }
 
 /// Why the real client cannot run here, if it cannot.
@@ -46,7 +61,7 @@ fn missing_client() -> Option<String> {
 macro_rules! require_client {
     () => {
         if let Some(reason) = missing_client() {
-            println!("SKIPPED: {reason}");
+            virtkit_testkit::skip(&reason);
             return;
         }
     };
