@@ -320,7 +320,10 @@ fn run_wait_takes_the_hello_and_ip_and_stop_use_the_agent() {
         .unwrap()
         .iter()
         .any(|i| i["loopback"] == true));
-    // The control socket's `stats`: SeaBIOS enumerated PCI through 0xcf8 and read fw_cfg.
+    // The control socket's `stats`: SeaBIOS enumerated PCI through 0xcf8 and read fw_cfg. The
+    // host-run agent says hello at once, so `run --wait` may return before SeaBIOS did: wait
+    // for the guest program it boots.
+    home.wait_log("vm", "session: ready", 1);
     let stats = home.json(&["stats", "vm", "--format", "json"]);
     let named =
         |name: &str| {
