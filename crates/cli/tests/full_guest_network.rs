@@ -116,7 +116,7 @@ const GUEST_PAIR_A: &str = r#"
 ifc=
 for i in /sys/class/net/*; do n=${i##*/}; [ "$n" = lo ] || { ifc=$n; break; }; done
 ip link set lo up; ip link set "$ifc" up; ip addr add 192.168.77.1/24 dev "$ifc"
-mkdir -p /tmp/www; head -c 1048576 /dev/urandom >/tmp/www/blob
+mkdir -p /tmp/www; head -c 1048576 /dev/urandom >/tmp/www/blob; echo up >/tmp/www/alive
 say blob=$(sum /tmp/www/blob)
 httpd -f -vv -p 80 -h /tmp/www 2>/tmp/httpd.log &
 h=$!
@@ -134,6 +134,10 @@ ip link set lo up; ip link set "$ifc" up; ip addr add 192.168.77.2/24 dev "$ifc"
 ping -c 3 -w 120 192.168.77.1 >/tmp/ping.log 2>&1; say ping=$?
 timeout 60 wget -q -O /tmp/blob http://192.168.77.1/blob; say wget=$?
 say fetched=$(sum /tmp/blob)
+# Stay up until pa is done pinging this VM: it stops its web server only after its pings.
+end=$(($(cut -d. -f1 /proc/uptime) + 120))
+while wget -q -T 2 -O /dev/null http://192.168.77.1/alive 2>/dev/null &&
+    [ "$(cut -d. -f1 /proc/uptime)" -lt $end ]; do sleep 0.5; done
 say pair-b-done
 "#;
 
