@@ -69,6 +69,8 @@ enum Command {
     Stats(commands::stats::StatsArgs),
     /// Save what a running VM's display shows as a PNG file.
     Screenshot(commands::screenshot::ScreenshotArgs),
+    /// Print the Unix socket a running VM's display is served on over VNC.
+    Vnc(commands::vnc::VncArgs),
     /// Print a VM's console output (of the current or last run).
     Logs(commands::logs::LogsArgs),
     /// Copy a stopped VM, with a new machine identifier (reflinked where the file system can).
@@ -122,6 +124,7 @@ fn main() -> ExitCode {
         Command::Ip(args) => commands::ip::run(&args),
         Command::Stats(args) => commands::stats::run(&args),
         Command::Screenshot(args) => commands::screenshot::run(&args),
+        Command::Vnc(args) => commands::vnc::run(&args),
         Command::VsockProxy(args) => commands::vsock_proxy::run(&args),
         Command::Ssh(args) => commands::ssh::run(&args),
         Command::Exec(args) => commands::exec::run(&args),

@@ -3,7 +3,8 @@
 //! offers and draws SeaBIOS's text console into the framebuffer; `virtkit screenshot` reads it
 //! back as a PNG. Its first text row (SeaBIOS's banner) is compared pixel for pixel with a
 //! reference image (`tests/data/seabios-banner-800x16.png`, taken from this test's first run and
-//! checked by eye); the second (the machine's UUID, which differs per VM) must be drawn.
+//! checked by eye); the second (the machine's UUID, which differs per VM) must be drawn. A real
+//! VNC client (vncdotool) captures the same screen from the VM's `vnc.sock`, pixel for pixel.
 
 mod support;
 
@@ -59,7 +60,20 @@ fn seabios_draws_its_console_on_the_display_and_a_screenshot_shows_it() {
     let shot = home.bundle("s").join("shot.png");
     let out = home.ok(&["screenshot", "s", shot.to_str().unwrap()]);
     assert!(out.contains("800x600"), "{out}");
+    // The same screen through the VM's VNC server, as a real client sees it.
+    let socket = home.ok(&["vnc", "s"]).trim().to_owned();
+    let captured = home.bundle("s").join("vnc.png");
+    let vnc = vncdo().map(|vncdo| {
+        std::process::Command::new(vncdo)
+            .args(["-t", "30", "-s", &socket, "capture", captured.to_str().unwrap()])
+            .output()
+            .expect("vncdo runs")
+    });
     home.ok(&["stop", "s", "--timeout", "0"]);
+    assert!(
+        !std::path::Path::new(&socket).exists(),
+        "vnc.sock is removed at the stop"
+    );
 
     let (width, height, rgba) = decode(&shot);
     assert_eq!((width, height), (800, 600), "the mode the EDID offers");
@@ -86,4 +100,61 @@ fn seabios_draws_its_console_on_the_display_and_a_screenshot_shows_it() {
         0,
         "the bottom of the screen is empty"
     );
+
+    let Some(vnc) = vnc else {
+        virtkit_testkit::skip(
+            "vncdotool is not installed (scripts/install-deps.sh puts it in .cache/vncdotool-venv)",
+        );
+        return;
+    };
+    assert!(
+        vnc.status.success(),
+        "vncdo capture: {}",
+        String::from_utf8_lossy(&vnc.stderr)
+    );
+    let (vw, vh, vnc_rgba) = decode_any(&captured);
+    assert_eq!((vw, vh), (800, 600), "the VNC framebuffer's size");
+    let differing = vnc_rgba
+        .chunks_exact(4)
+        .zip(rgba.chunks_exact(4))
+        .filter(|(a, b)| a[..3] != b[..3])
+        .count();
+    assert_eq!(
+        differing, 0,
+        "the VNC capture differs from the screenshot in {differing} pixels"
+    );
+}
+
+/// The vncdotool client from `scripts/install-deps.sh`'s virtual environment, or `PATH`.
+fn vncdo() -> Option<String> {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/vncdotool-venv/bin/vncdo");
+    let program = if venv.is_file() {
+        venv.display().to_string()
+    } else {
+        "vncdo".to_owned()
+    };
+    let works = std::process::Command::new(&program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    works.then_some(program)
+}
+
+/// Decodes a PNG of any 8-bit RGB or RGBA kind into RGBA.
+fn decode_any(path: &std::path::Path) -> (u32, u32, Vec<u8>) {
+    let mut decoder = png::Decoder::new(std::fs::File::open(path).expect("the PNG file"));
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder.read_info().expect("a PNG header");
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut pixels).expect("a PNG image");
+    pixels.truncate(info.buffer_size());
+    let rgba = match info.color_type {
+        png::ColorType::Rgba => pixels,
+        png::ColorType::Rgb => pixels
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], 0xff])
+            .collect(),
+        other => panic!("a PNG of {other:?}"),
+    };
+    (info.width, info.height, rgba)
 }

@@ -20,6 +20,7 @@ pub mod screenshot;
 pub mod seed;
 pub mod suspend;
 pub mod vm_process;
+pub mod vnc_display;
 
 /// File system durability helpers, shared with disk imports.
 pub(crate) use virtkit_disk::durable;

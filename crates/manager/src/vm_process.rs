@@ -20,7 +20,7 @@ use virtkit::{
 
 use crate::bundle::{
     Access, Bundle, BundleError, BundleLock, HardwareModel, CONSOLE_LOG_FILE, CONSOLE_SOCKET, CONTROL_SOCKET,
-    PID_FILE, SERIAL_LOG_FILE, STATE_FILE,
+    PID_FILE, SERIAL_LOG_FILE, STATE_FILE, VNC_SOCKET,
 };
 use crate::home::VirtkitHome;
 
@@ -173,6 +173,8 @@ pub struct RunningVm {
     pump: OutputPump,
     /// A suspend's answer, which the process sends before it ends.
     final_answer: Option<Arc<crate::suspend::FinalAnswer>>,
+    /// The display's VNC server on `vnc.sock`, if the VM has a display.
+    vnc: Option<virtkit_vnc::VncServer>,
 }
 
 impl PreparedVm {
@@ -353,6 +355,13 @@ impl PreparedVm {
             Ok(answer) => (Some(answer), Ok(())),
             Err(e) => (None, Err(e)),
         };
+        let vnc = match serve_vnc(&bundle, &vm) {
+            Ok(vnc) => vnc,
+            Err(e) => {
+                tracing::warn!("cannot serve the display over VNC on {VNC_SOCKET}: {e}");
+                None
+            }
+        };
         let running = RunningVm {
             bundle,
             lock,
@@ -360,6 +369,7 @@ impl PreparedVm {
             console,
             pump,
             final_answer,
+            vnc,
         };
         if let Err(source) = served {
             let _ = running.vm.stop();
@@ -390,6 +400,27 @@ impl PreparedVm {
         tracing::info!(vm = name, pid = std::process::id(), "running");
         Ok(running)
     }
+}
+
+/// Serves the VM's display (if it has one) over VNC on the bundle's `vnc.sock`: owner-only, so
+/// no password (the file's mode is the access control, as for `console.sock`).
+fn serve_vnc(bundle: &Bundle, vm: &VirtualMachine) -> std::io::Result<Option<virtkit_vnc::VncServer>> {
+    let Some((display, width, height)) = vm.display() else {
+        return Ok(None);
+    };
+    let path = bundle.file(VNC_SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener = virtkit::unix_socket::bind_owner_only(&path)?;
+    let server = virtkit_vnc::VncServer::new(
+        crate::vnc_display::DisplayFramebuffer::new(display, u32::from(width), u32::from(height)),
+        Arc::new(virtkit_vnc::NoInput),
+        format!("virtkit {}", bundle.name()),
+    );
+    server
+        .serve_unix(listener, virtkit_vnc::Security::None)
+        .map_err(std::io::Error::other)?;
+    tracing::info!(path = %path.display(), "the display is served over VNC");
+    Ok(Some(server))
 }
 
 /// Removes a saved state file (absent is fine) and syncs its directory, so the removal
@@ -426,7 +457,7 @@ impl RunningVm {
     /// and the PID file, and releases the bundle's lock. If the machine is still stopping
     /// [`STOP_GRACE`] after a stop, it gives up on the vCPUs that do not answer (see
     /// [`RunningVm::abandon`]); the caller then ends the process, which ends them.
-    pub fn wait(self) -> StopReason {
+    pub fn wait(mut self) -> StopReason {
         let mut stopping_since: Option<Instant> = None;
         let reason = loop {
             if let Some(reason) = self.vm.wait_timeout(STOP_CHECK_INTERVAL) {
@@ -444,7 +475,16 @@ impl RunningVm {
         }
         self.pump.finish();
         drop(self.console);
-        for file in [CONTROL_SOCKET, CONSOLE_SOCKET, PID_FILE, AGENT_HELLO_SOCKET] {
+        if let Some(vnc) = self.vnc.take() {
+            vnc.shutdown();
+        }
+        for file in [
+            CONTROL_SOCKET,
+            CONSOLE_SOCKET,
+            VNC_SOCKET,
+            PID_FILE,
+            AGENT_HELLO_SOCKET,
+        ] {
             let _ = std::fs::remove_file(self.bundle.file(file));
         }
         tracing::info!(vm = self.bundle.name(), reason = %reason, "stopped");
@@ -465,7 +505,13 @@ impl RunningVm {
             ),
         };
         tracing::error!(vm = self.bundle.name(), "{reason}");
-        for file in [CONTROL_SOCKET, CONSOLE_SOCKET, PID_FILE, AGENT_HELLO_SOCKET] {
+        for file in [
+            CONTROL_SOCKET,
+            CONSOLE_SOCKET,
+            VNC_SOCKET,
+            PID_FILE,
+            AGENT_HELLO_SOCKET,
+        ] {
             let _ = std::fs::remove_file(self.bundle.file(file));
         }
         let RunningVm {

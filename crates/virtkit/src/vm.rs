@@ -393,6 +393,13 @@ impl VirtualMachine {
         Ok(())
     }
 
+    /// The display, if the machine has one and has been built (for a VNC server), with its
+    /// configured size.
+    pub fn display(&self) -> Option<(virtkit_devices::display::DisplayHandle, u16, u16)> {
+        let config = self.config.graphics_devices.first()?;
+        Some((self.devices.display()?, config.width, config.height))
+    }
+
     /// What the display shows now, as RGBA pixels (`Ok(None)`: the guest has set no mode yet,
     /// the screen is dark). An error if the machine has no display or does not run.
     pub fn screenshot(&self) -> Result<Option<virtkit_devices::display::Frame>, VmError> {

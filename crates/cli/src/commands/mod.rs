@@ -23,4 +23,5 @@ pub mod ssh;
 pub mod stats;
 pub mod validate;
 pub mod vms;
+pub mod vnc;
 pub mod vsock_proxy;

@@ -210,6 +210,7 @@ fn check_socket_paths(dir: &Path, config: &VirtualMachineConfiguration) -> Resul
     for socket in [
         PathBuf::from(CONTROL_SOCKET),
         PathBuf::from(CONSOLE_SOCKET),
+        PathBuf::from(super::VNC_SOCKET),
         PathBuf::from(VSOCK_SOCKET),
         hello,
     ]

@@ -82,6 +82,8 @@ pub const LOCK_FILE: &str = "lock";
 pub const PID_FILE: &str = "pid";
 pub const CONTROL_SOCKET: &str = "control.sock";
 pub const CONSOLE_SOCKET: &str = "console.sock";
+/// The display's VNC server (a VM with a display), owner-only, no password.
+pub const VNC_SOCKET: &str = "vnc.sock";
 /// The socket device's host socket (virtio-vsock, Firecracker's hybrid scheme).
 pub const VSOCK_SOCKET: &str = "vsock.sock";
 /// A suspended VM's saved state (docs/SAVE.md): written by `suspend`, restored and then

@@ -255,6 +255,15 @@ impl DeviceManager {
             .push(handle);
     }
 
+    /// The first display, to follow what it shows (the VNC server).
+    pub fn display(&self) -> Option<DisplayHandle> {
+        self.displays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+            .cloned()
+    }
+
     /// What the first display shows now (`Ok(None)`: no mode set yet, the screen is dark).
     pub fn screenshot(&self) -> Result<Option<virtkit_devices::display::Frame>, DeviceError> {
         let displays = self.displays.lock().unwrap_or_else(|p| p.into_inner());
