@@ -44,7 +44,14 @@ const FIRMWARE_GUESTS: &[&str] = &["reset_vector"];
 const FIRMWARE_SIZE: u64 = 64 * 1024;
 
 /// MBR programs (boot sectors): each `asm/<name>.s` becomes `$OUT_DIR/<name>.mbr`.
-const MBR_GUESTS: &[&str] = &["mbr_read", "mbr_write", "mbr_drives", "mbr_bench", "mbr_id"];
+const MBR_GUESTS: &[&str] = &[
+    "mbr_read",
+    "mbr_write",
+    "mbr_drives",
+    "mbr_bench",
+    "mbr_id",
+    "mbr_keys",
+];
 
 /// MBR programs longer than one sector (the boot sector loads the rest itself).
 const MULTI_SECTOR_MBR_GUESTS: &[&str] = &["mbr_session", "mbr_pam"];

@@ -121,6 +121,8 @@ pub mod ports {
 
 /// Legacy interrupt lines (ISA IRQs, identity-mapped to GSIs except IRQ 0 -> GSI 2).
 pub mod irqs {
+    /// The i8042's keyboard (edge-triggered, ISA).
+    pub const KEYBOARD: u32 = 1;
     pub const COM1: u32 = 4;
     /// ACPI System Control Interrupt: level-triggered, active high.
     pub const SCI: u32 = 9;

@@ -402,6 +402,19 @@ impl Machine {
         Ok(())
     }
 
+    /// Plugs a PS/2 keyboard into the i8042 (IRQ 1 on an irqfd) and returns the handle that
+    /// sends it keys. Before `start`; a machine without one says no keyboard is attached.
+    pub fn attach_keyboard(&self) -> Result<crate::devices::KeyboardHandle, MachineError> {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?;
+        self.vm.register_irqfd(&irq, crate::layout::irqs::KEYBOARD)?;
+        let i8042 = self.save_parts.platform.i8042.clone();
+        i8042
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .attach_keyboard(Arc::new(irq));
+        Ok(crate::devices::KeyboardHandle::new(i8042))
+    }
+
     /// Gives the firmware the file `name` through fw_cfg (an option ROM such as
     /// `pci1234,1111.rom`, which SeaBIOS runs for that PCI device). Before `start`.
     pub fn add_firmware_file(&self, name: &str, data: Vec<u8>) -> Result<(), MachineError> {

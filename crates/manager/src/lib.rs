@@ -21,6 +21,7 @@ pub mod seed;
 pub mod suspend;
 pub mod vm_process;
 pub mod vnc_display;
+pub mod vnc_input;
 
 /// File system durability helpers, shared with disk imports.
 pub(crate) use virtkit_disk::durable;

@@ -413,7 +413,12 @@ fn serve_vnc(bundle: &Bundle, vm: &VirtualMachine) -> std::io::Result<Option<vir
     let listener = virtkit::unix_socket::bind_owner_only(&path)?;
     let server = virtkit_vnc::VncServer::new(
         crate::vnc_display::DisplayFramebuffer::new(display, u32::from(width), u32::from(height)),
-        Arc::new(virtkit_vnc::NoInput),
+        match vm.keyboard() {
+            Some(keyboard) => {
+                Arc::new(crate::vnc_input::KeyboardInput::new(keyboard)) as Arc<dyn virtkit_vnc::InputSink>
+            }
+            None => Arc::new(virtkit_vnc::NoInput),
+        },
         format!("virtkit {}", bundle.name()),
     );
     server

@@ -156,6 +156,10 @@ pub enum Guest {
     /// ending before the first byte outside 0x20..=0x7e ([`output::mbr_id`]); or
     /// `boot-disk error=<AH>` if the read fails. Then `mbr-id done` and ACPI power-off.
     MbrId,
+    /// MBR, for keyboard tests: prints `keys: ready`, then echoes every key the BIOS's int 16h
+    /// gives (its ASCII character; Enter prints a line break and `keys: enter`), until the VM
+    /// stops.
+    MbrKeys,
     /// MBR, for VM-manager tests: persistence, identity, liveness and a clean shutdown. It is
     /// [`mbr::SESSION_SECTORS`] sectors long: write all of [`Guest::bytes`] at the start of the
     /// disk (its boot sector loads LBA 1 on to 0x7e00 with int 13h AH=42h; if that fails it
@@ -218,7 +222,7 @@ macro_rules! artifact {
 
 impl Guest {
     /// Every guest.
-    pub const ALL: [Guest; 20] = [
+    pub const ALL: [Guest; 21] = [
         Guest::Hello,
         Guest::HelloElf32,
         Guest::Smoke,
@@ -237,6 +241,7 @@ impl Guest {
         Guest::MbrDrives,
         Guest::MbrBench,
         Guest::MbrId,
+        Guest::MbrKeys,
         Guest::MbrSession,
         Guest::MbrPam,
     ];
@@ -262,6 +267,7 @@ impl Guest {
             Guest::MbrDrives => "mbr_drives",
             Guest::MbrBench => "mbr_bench",
             Guest::MbrId => "mbr_id",
+            Guest::MbrKeys => "mbr_keys",
             Guest::MbrSession => "mbr_session",
             Guest::MbrPam => "mbr_pam",
         }
@@ -277,6 +283,7 @@ impl Guest {
             | Guest::MbrDrives
             | Guest::MbrBench
             | Guest::MbrId
+            | Guest::MbrKeys
             | Guest::MbrSession
             | Guest::MbrPam => Boot::Mbr,
             _ => Boot::Pvh,
@@ -317,6 +324,7 @@ impl Guest {
             Guest::MbrDrives => artifact!("mbr_drives.mbr"),
             Guest::MbrBench => artifact!("mbr_bench.mbr"),
             Guest::MbrId => artifact!("mbr_id.mbr"),
+            Guest::MbrKeys => artifact!("mbr_keys.mbr"),
             Guest::MbrSession => artifact!("mbr_session.mbr"),
             Guest::MbrPam => artifact!("mbr_pam.mbr"),
         }

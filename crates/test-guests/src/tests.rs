@@ -299,6 +299,7 @@ fn artifacts_carry_the_documented_lines() {
             Guest::MbrId,
             &["boot-drive=", "boot-disk", " error=", output::MBR_ID_DONE],
         ),
+        (Guest::MbrKeys, &["keys: ready", "keys: enter"]),
         (
             Guest::MbrSession,
             &[
@@ -364,7 +365,7 @@ fn mbr_guests() -> impl Iterator<Item = Guest> {
 
 #[test]
 fn mbr_programs_are_512_byte_boot_sectors() {
-    assert_eq!(mbr_guests().count(), 7);
+    assert_eq!(mbr_guests().count(), 8);
     for guest in mbr_guests() {
         let b = guest.bytes();
         if guest == Guest::MbrSession {

@@ -400,6 +400,11 @@ impl VirtualMachine {
         Some((self.devices.display()?, config.width, config.height))
     }
 
+    /// The PS/2 keyboard that comes with a display, to send it keys (set-1 scan codes).
+    pub fn keyboard(&self) -> Option<virtkit_machine::devices::KeyboardHandle> {
+        self.devices.keyboard()
+    }
+
     /// What the display shows now, as RGBA pixels (`Ok(None)`: the guest has set no mode yet,
     /// the screen is dark). An error if the machine has no display or does not run.
     pub fn screenshot(&self) -> Result<Option<virtkit_devices::display::Frame>, VmError> {

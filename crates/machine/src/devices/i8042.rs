@@ -1,12 +1,22 @@
-//! The i8042 keyboard controller, as far as guests use it on a VM: the CPU reset line, and a
-//! controller that answers firmware's probes at once and says that no keyboard is attached.
+//! The i8042 keyboard controller: the CPU reset line, and a PS/2 keyboard when the machine has
+//! one (a machine with a display: its keys come from the VNC server, [`KeyboardHandle`]).
 //!
-//! A controller that never answers costs a boot dearly: SeaBIOS sends the controller self-test
-//! (0xaa) and then polls the status port 10,000 times, 50 µs apart, for the reply (10,005 port
-//! exits and ~0.5 s before its boot menu, counted with `virtkit run --stats`). So the controller
-//! passes its self-test (0x55) and reports the keyboard interface test (0xab) as failed (clock
-//! line stuck low: nothing is plugged in), which ends SeaBIOS's keyboard setup there. Linux does
-//! not probe it: the DSDT has no PS/2 device and the FADT's 8042 flag is clear.
+//! Without a keyboard the controller answers firmware's probes at once and says that none is
+//! attached. A controller that never answers costs a boot dearly: SeaBIOS sends the controller
+//! self-test (0xaa) and then polls the status port 10,000 times, 50 µs apart, for the reply
+//! (10,005 port exits and ~0.5 s before its boot menu, counted with `virtkit run --stats`). So
+//! the controller passes its self-test (0x55) and reports the keyboard interface test (0xab) as
+//! failed (clock line stuck low: nothing is plugged in), which ends SeaBIOS's keyboard setup
+//! there. Linux does not probe it: the DSDT has no PS/2 device and the FADT's 8042 flag is clear.
+//!
+//! With a keyboard, the keyboard answers the commands SeaBIOS's `ps2_keyboard_setup` and
+//! Linux's atkbd send (reset with its self-test result, identify, scan-code set, LEDs, typematic
+//! rate, enable and disable), as QEMU's does, and sends keys as set-1 scan codes (what the
+//! controller's translation, which every guest turns on, makes of set 2) through the output
+//! buffer, raising IRQ 1 for each byte when the guest enabled it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use crate::bus::BusDevice;
 
@@ -17,12 +27,17 @@ const COMMAND_OFFSET: u64 = 4;
 
 const CMD_READ_CONFIG: u8 = 0x20;
 const CMD_WRITE_CONFIG: u8 = 0x60;
+const CMD_AUX_DISABLE: u8 = 0xa7;
+const CMD_AUX_ENABLE: u8 = 0xa8;
 const CMD_AUX_TEST: u8 = 0xa9;
 const CMD_SELF_TEST: u8 = 0xaa;
 const CMD_KBD_TEST: u8 = 0xab;
+const CMD_KBD_DISABLE: u8 = 0xad;
+const CMD_KBD_ENABLE: u8 = 0xae;
 const CMD_RESET_CPU: u8 = 0xfe;
 
 const SELF_TEST_PASSED: u8 = 0x55;
+const INTERFACE_OK: u8 = 0x00;
 /// Interface test result "clock line stuck low": no device on that port.
 const INTERFACE_NO_DEVICE: u8 = 0x01;
 
@@ -32,17 +47,58 @@ const STATUS_SYSTEM_FLAG: u8 = 1 << 2;
 /// The last write was to the command port.
 const STATUS_COMMAND: u8 = 1 << 3;
 
+/// Configuration byte bits.
+const CONFIG_KBD_INTERRUPT: u8 = 1 << 0;
+const CONFIG_KBD_DISABLED: u8 = 1 << 4;
+const CONFIG_AUX_DISABLED: u8 = 1 << 5;
+
 /// Configuration byte at reset: keyboard and mouse interfaces disabled, translation on.
 const INITIAL_CONFIG: u8 = 0x70;
+
+/// Keyboard commands and answers.
+const KBD_SET_LEDS: u8 = 0xed;
+const KBD_ECHO: u8 = 0xee;
+const KBD_SCANCODE_SET: u8 = 0xf0;
+const KBD_GET_ID: u8 = 0xf2;
+const KBD_SET_RATE: u8 = 0xf3;
+const KBD_ENABLE: u8 = 0xf4;
+const KBD_RESET_DISABLE: u8 = 0xf5;
+const KBD_RESET: u8 = 0xff;
+const KBD_ACK: u8 = 0xfa;
+const KBD_SELF_TEST_PASSED: u8 = 0xaa;
+/// A MF2 keyboard behind a translating controller.
+const KBD_ID: [u8; 2] = [0xab, 0x41];
+
+/// The most bytes waiting for the guest; keys beyond it are dropped (a guest that reads nothing).
+const QUEUE_LIMIT: usize = 256;
+
+/// Where the controller raises IRQ 1 (an irqfd in a machine).
+pub trait KeyboardIrq: Send + Sync {
+    fn pulse(&self);
+}
+
+impl KeyboardIrq for vmm_sys_util::eventfd::EventFd {
+    fn pulse(&self) {
+        let _ = self.write(1);
+    }
+}
 
 pub struct I8042 {
     requests: RequestSink,
     /// The byte waiting in the output buffer.
     output: Option<u8>,
+    /// The bytes after it.
+    queued: VecDeque<u8>,
     config: u8,
     status_flags: u8,
     /// A 0x60 command came: the next data byte is the configuration.
     config_write_pending: bool,
+    /// A keyboard is plugged in (with its interrupt line).
+    keyboard: Option<Arc<dyn KeyboardIrq>>,
+    /// The keyboard waits for the argument of this command.
+    keyboard_argument: Option<u8>,
+    /// The keyboard sends keys (after 0xf4; not after 0xf5).
+    scanning: bool,
 }
 
 /// The controller's output buffer, configuration byte and status flags as saved.
@@ -52,6 +108,12 @@ pub struct I8042State {
     pub config: u8,
     pub status_flags: u8,
     pub config_write_pending: bool,
+    #[serde(default)]
+    pub queued: Vec<u8>,
+    #[serde(default)]
+    pub keyboard_argument: Option<u8>,
+    #[serde(default)]
+    pub scanning: bool,
 }
 
 impl I8042 {
@@ -61,6 +123,9 @@ impl I8042 {
             config: self.config,
             status_flags: self.status_flags,
             config_write_pending: self.config_write_pending,
+            queued: self.queued.iter().copied().collect(),
+            keyboard_argument: self.keyboard_argument,
+            scanning: self.scanning,
         }
     }
 
@@ -69,16 +134,28 @@ impl I8042 {
         self.config = state.config;
         self.status_flags = state.status_flags;
         self.config_write_pending = state.config_write_pending;
+        self.queued = state.queued.iter().copied().collect();
+        self.keyboard_argument = state.keyboard_argument;
+        self.scanning = state.scanning;
     }
 
     pub fn new(requests: RequestSink) -> I8042 {
         I8042 {
             requests,
             output: None,
+            queued: VecDeque::new(),
             config: INITIAL_CONFIG,
             status_flags: STATUS_SYSTEM_FLAG,
             config_write_pending: false,
+            keyboard: None,
+            keyboard_argument: None,
+            scanning: true,
         }
+    }
+
+    /// Plugs a keyboard in, which raises `irq` (IRQ 1). Before the guest runs.
+    pub fn attach_keyboard(&mut self, irq: Arc<dyn KeyboardIrq>) {
+        self.keyboard = Some(irq);
     }
 
     fn status(&self) -> u8 {
@@ -90,6 +167,34 @@ impl I8042 {
             }
     }
 
+    /// Puts `byte` behind what waits; raises IRQ 1 if it is the one now readable.
+    fn push(&mut self, byte: u8) {
+        if self.output.is_none() {
+            self.output = Some(byte);
+            self.interrupt();
+        } else if self.queued.len() < QUEUE_LIMIT {
+            self.queued.push_back(byte);
+        }
+    }
+
+    fn interrupt(&self) {
+        if let Some(irq) = &self.keyboard {
+            if self.config & CONFIG_KBD_INTERRUPT != 0 {
+                irq.pulse();
+            }
+        }
+    }
+
+    /// The guest read the output buffer: the next byte moves up.
+    fn take_output(&mut self) -> u8 {
+        let byte = self.output.take().unwrap_or(0);
+        if let Some(next) = self.queued.pop_front() {
+            self.output = Some(next);
+            self.interrupt();
+        }
+        byte
+    }
+
     fn command(&mut self, command: u8) {
         self.status_flags |= STATUS_COMMAND;
         self.config_write_pending = false;
@@ -99,13 +204,97 @@ impl I8042 {
                 self.status_flags |= STATUS_SYSTEM_FLAG;
                 self.output = Some(SELF_TEST_PASSED);
             }
-            CMD_KBD_TEST | CMD_AUX_TEST => self.output = Some(INTERFACE_NO_DEVICE),
+            CMD_KBD_TEST => {
+                self.output = Some(if self.keyboard.is_some() {
+                    INTERFACE_OK
+                } else {
+                    INTERFACE_NO_DEVICE
+                })
+            }
+            CMD_AUX_TEST => self.output = Some(INTERFACE_NO_DEVICE),
             CMD_READ_CONFIG => self.output = Some(self.config),
             CMD_WRITE_CONFIG => self.config_write_pending = true,
-            // Enable/disable ports, output port writes, pulses other than reset: nothing
-            // attached changes.
+            CMD_KBD_DISABLE => self.config |= CONFIG_KBD_DISABLED,
+            CMD_KBD_ENABLE => self.config &= !CONFIG_KBD_DISABLED,
+            CMD_AUX_DISABLE => self.config |= CONFIG_AUX_DISABLED,
+            CMD_AUX_ENABLE => self.config &= !CONFIG_AUX_DISABLED,
+            // Output port writes, pulses other than reset, the mouse port: nothing attached
+            // changes.
             _ => {}
         }
+    }
+
+    /// A byte the guest wrote to the keyboard.
+    fn keyboard_byte(&mut self, byte: u8) {
+        if self.keyboard.is_none() {
+            return;
+        }
+        if let Some(command) = self.keyboard_argument.take() {
+            self.push(KBD_ACK);
+            if command == KBD_SCANCODE_SET && byte == 0 {
+                // "Which set?": set 2, as the controller translates it.
+                self.push(0x41);
+            }
+            return;
+        }
+        match byte {
+            KBD_RESET => {
+                self.queued.clear();
+                self.output = None;
+                self.scanning = true;
+                self.push(KBD_ACK);
+                self.push(KBD_SELF_TEST_PASSED);
+            }
+            KBD_GET_ID => {
+                self.push(KBD_ACK);
+                self.push(KBD_ID[0]);
+                self.push(KBD_ID[1]);
+            }
+            KBD_ECHO => self.push(KBD_ECHO),
+            KBD_SET_LEDS | KBD_SCANCODE_SET | KBD_SET_RATE => {
+                self.keyboard_argument = Some(byte);
+                self.push(KBD_ACK);
+            }
+            KBD_ENABLE => {
+                self.scanning = true;
+                self.push(KBD_ACK);
+            }
+            KBD_RESET_DISABLE => {
+                self.scanning = false;
+                self.push(KBD_ACK);
+            }
+            _ => self.push(KBD_ACK),
+        }
+    }
+
+    /// Scan codes of a key press or release (set 1, with their 0xe0 prefixes), if a keyboard is
+    /// attached and sending.
+    pub fn key(&mut self, scancodes: &[u8]) {
+        if self.keyboard.is_none() || !self.scanning || self.config & CONFIG_KBD_DISABLED != 0 {
+            return;
+        }
+        if self.queued.len() + scancodes.len() > QUEUE_LIMIT {
+            crate::warn_ratelimited!("the guest reads no keys: a key is dropped");
+            return;
+        }
+        for &code in scancodes {
+            self.push(code);
+        }
+    }
+}
+
+/// The VMM's side of the keyboard: key presses and releases for the guest.
+#[derive(Clone)]
+pub struct KeyboardHandle(Arc<Mutex<I8042>>);
+
+impl KeyboardHandle {
+    pub(crate) fn new(i8042: Arc<Mutex<I8042>>) -> KeyboardHandle {
+        KeyboardHandle(i8042)
+    }
+
+    /// Sends set-1 scan codes (a make or break code with its 0xe0 prefix).
+    pub fn key(&self, scancodes: &[u8]) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).key(scancodes);
     }
 }
 
@@ -114,7 +303,7 @@ impl BusDevice for I8042 {
         let value = if offset == COMMAND_OFFSET {
             self.status()
         } else {
-            self.output.take().unwrap_or(0)
+            self.take_output()
         };
         data.fill(0);
         if let Some(first) = data.first_mut() {
@@ -130,8 +319,11 @@ impl BusDevice for I8042 {
             self.status_flags &= !STATUS_COMMAND;
             if std::mem::take(&mut self.config_write_pending) {
                 self.config = byte;
+            } else {
+                // Writing to the keyboard enables its interface, as on real controllers.
+                self.config &= !CONFIG_KBD_DISABLED;
+                self.keyboard_byte(byte);
             }
-            // Any other data byte is for a keyboard that is not there.
         }
     }
 }
@@ -196,5 +388,91 @@ mod tests {
         let mut two = [0xffu8; 2];
         dev.read(4, &mut two);
         assert_eq!(two[1], 0);
+    }
+
+    struct CountingIrq(std::sync::atomic::AtomicUsize);
+    impl KeyboardIrq for CountingIrq {
+        fn pulse(&self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// SeaBIOS's `ps2_keyboard_setup`, then keys.
+    #[test]
+    fn a_keyboard_answers_seabios_setup_and_sends_keys_with_irq_1() {
+        let (mut dev, _) = controller();
+        let irq = Arc::new(CountingIrq(Default::default()));
+        dev.attach_keyboard(irq.clone());
+        dev.write(4, &[CMD_KBD_DISABLE]);
+        dev.write(4, &[CMD_AUX_DISABLE]);
+        dev.write(4, &[CMD_SELF_TEST]);
+        assert_eq!(read(&mut dev, 0), SELF_TEST_PASSED);
+        dev.write(4, &[CMD_KBD_TEST]);
+        assert_eq!(read(&mut dev, 0), INTERFACE_OK);
+        // Interrupts off while it talks to the keyboard.
+        dev.write(4, &[CMD_WRITE_CONFIG]);
+        dev.write(0, &[0x30]);
+        dev.write(0, &[KBD_RESET]);
+        assert_eq!(read(&mut dev, 0), KBD_ACK);
+        assert_ne!(read(&mut dev, 4) & STATUS_OUTPUT_FULL, 0);
+        assert_eq!(read(&mut dev, 0), KBD_SELF_TEST_PASSED);
+        dev.write(0, &[KBD_RESET_DISABLE]);
+        assert_eq!(read(&mut dev, 0), KBD_ACK);
+        dev.write(0, &[KBD_SCANCODE_SET]);
+        assert_eq!(read(&mut dev, 0), KBD_ACK);
+        dev.write(0, &[2]);
+        assert_eq!(read(&mut dev, 0), KBD_ACK);
+        dev.key(&[0x1e]);
+        assert_eq!(
+            read(&mut dev, 4) & STATUS_OUTPUT_FULL,
+            0,
+            "no keys while disabled"
+        );
+        dev.write(0, &[KBD_GET_ID]);
+        assert_eq!(
+            [read(&mut dev, 0), read(&mut dev, 0), read(&mut dev, 0)],
+            [KBD_ACK, 0xab, 0x41]
+        );
+        dev.write(0, &[KBD_ENABLE]);
+        assert_eq!(read(&mut dev, 0), KBD_ACK);
+        assert_eq!(
+            irq.0.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "interrupts were off"
+        );
+        // Keyboard interrupt on, translation on: 'a' pressed and released.
+        dev.write(4, &[CMD_WRITE_CONFIG]);
+        dev.write(0, &[0x61]);
+        dev.key(&[0x1e]);
+        dev.key(&[0x9e]);
+        assert_eq!(irq.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(read(&mut dev, 0), 0x1e);
+        assert_eq!(
+            irq.0.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "the next byte raises it again"
+        );
+        assert_eq!(read(&mut dev, 0), 0x9e);
+        assert_eq!(read(&mut dev, 4) & STATUS_OUTPUT_FULL, 0);
+        // Echo and LEDs.
+        dev.write(0, &[KBD_ECHO]);
+        assert_eq!(read(&mut dev, 0), KBD_ECHO);
+        dev.write(0, &[KBD_SET_LEDS]);
+        dev.write(0, &[0x07]);
+        assert_eq!([read(&mut dev, 0), read(&mut dev, 0)], [KBD_ACK, KBD_ACK]);
+    }
+
+    #[test]
+    fn a_guest_that_reads_nothing_loses_keys_but_not_memory() {
+        let (mut dev, _) = controller();
+        dev.attach_keyboard(Arc::new(CountingIrq(Default::default())));
+        for _ in 0..10_000 {
+            dev.key(&[0xe0, 0x48]);
+        }
+        assert!(dev.queued.len() <= QUEUE_LIMIT);
+        let state = dev.state();
+        let (mut other, _) = controller();
+        other.restore_state(&state);
+        assert_eq!(other.state(), state);
     }
 }

@@ -11,7 +11,7 @@ mod serial;
 use std::sync::Arc;
 
 pub use cmos::{Cmos, CmosState};
-pub use i8042::{I8042State, I8042};
+pub use i8042::{I8042State, KeyboardHandle, KeyboardIrq, I8042};
 pub use pm::{AcpiPm, IrqLevel, PmState, PM_IO_LEN};
 
 /// Length of the PM register range on the port bus.

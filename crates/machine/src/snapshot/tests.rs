@@ -39,6 +39,9 @@ fn metadata() -> Metadata {
                     config: 0x70,
                     status_flags: 4,
                     config_write_pending: false,
+                    queued: vec![0x1e],
+                    keyboard_argument: None,
+                    scanning: true,
                 },
                 cmos: crate::devices::CmosState {
                     index: 0,

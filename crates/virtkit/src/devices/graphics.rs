@@ -112,6 +112,12 @@ pub(super) fn attach(
                 .map_err(|e| error(e.to_string()))?;
         }
         manager.add_display(handle);
+        // A screen comes with a keyboard: the i8042's PS/2 keyboard, which firmware menus and
+        // text consoles read (keys from the VNC server).
+        let keyboard = machine
+            .attach_keyboard()
+            .map_err(|e| error(format!("cannot attach its keyboard: {e}")))?;
+        manager.set_keyboard(keyboard);
     }
     Ok(())
 }

@@ -126,6 +126,8 @@ pub struct DeviceManager {
     balloon: Mutex<Option<BalloonHandle>>,
     /// The displays, to read what they show.
     displays: Mutex<Vec<DisplayHandle>>,
+    /// The PS/2 keyboard that comes with a display.
+    keyboard: Mutex<Option<virtkit_machine::devices::KeyboardHandle>>,
     /// Each console device's resize handle.
     consoles: Mutex<Vec<ConsoleHandle>>,
     /// Each network card's address watch.
@@ -253,6 +255,15 @@ impl DeviceManager {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(handle);
+    }
+
+    fn set_keyboard(&self, keyboard: virtkit_machine::devices::KeyboardHandle) {
+        *self.keyboard.lock().unwrap_or_else(|p| p.into_inner()) = Some(keyboard);
+    }
+
+    /// The keyboard, if the machine has one (it comes with a display).
+    pub fn keyboard(&self) -> Option<virtkit_machine::devices::KeyboardHandle> {
+        self.keyboard.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The first display, to follow what it shows (the VNC server).
