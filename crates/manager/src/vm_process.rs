@@ -402,6 +402,19 @@ impl PreparedVm {
     }
 }
 
+/// Removes the sockets and the PID file a VM process leaves in its bundle while it runs.
+fn remove_process_files(bundle: &Bundle) {
+    for file in [
+        CONTROL_SOCKET,
+        CONSOLE_SOCKET,
+        VNC_SOCKET,
+        PID_FILE,
+        AGENT_HELLO_SOCKET,
+    ] {
+        let _ = std::fs::remove_file(bundle.file(file));
+    }
+}
+
 /// Serves the VM's display (if it has one) over VNC on the bundle's `vnc.sock`: owner-only, so
 /// no password (the file's mode is the access control, as for `console.sock`).
 fn serve_vnc(bundle: &Bundle, vm: &VirtualMachine) -> std::io::Result<Option<virtkit_vnc::VncServer>> {
@@ -483,15 +496,7 @@ impl RunningVm {
         if let Some(vnc) = self.vnc.take() {
             vnc.shutdown();
         }
-        for file in [
-            CONTROL_SOCKET,
-            CONSOLE_SOCKET,
-            VNC_SOCKET,
-            PID_FILE,
-            AGENT_HELLO_SOCKET,
-        ] {
-            let _ = std::fs::remove_file(self.bundle.file(file));
-        }
+        remove_process_files(&self.bundle);
         tracing::info!(vm = self.bundle.name(), reason = %reason, "stopped");
         drop(self.lock);
         reason
@@ -510,15 +515,7 @@ impl RunningVm {
             ),
         };
         tracing::error!(vm = self.bundle.name(), "{reason}");
-        for file in [
-            CONTROL_SOCKET,
-            CONSOLE_SOCKET,
-            VNC_SOCKET,
-            PID_FILE,
-            AGENT_HELLO_SOCKET,
-        ] {
-            let _ = std::fs::remove_file(self.bundle.file(file));
-        }
+        remove_process_files(&self.bundle);
         let RunningVm {
             lock,
             vm,

@@ -185,6 +185,32 @@ fn kick_vcpus(rules: &mut FilterRules) {
     rules.allow_if(libc::SYS_tgkill, &[(0, pid), (2, libc::SIGRTMIN() as u64)]);
 }
 
+/// A save of the paused machine (`virtkit_machine::snapshot`): the parked vCPU threads read
+/// their own state when kicked; this thread reads the VM's (irqchip, PIT, clock), creates the
+/// temporary state file beside its final name (`openat`), sets its length (`ftruncate`), writes
+/// it (`pwrite64`), syncs it, renames it into place and syncs the directory (opened read-only);
+/// on a failure it removes the temporary file. No sockets, no other ioctls.
+fn saves_state(rules: &mut FilterRules) {
+    use libc::*;
+    for ioctl in kvm::SAVE_VM_STATE {
+        rules.allow_if(SYS_ioctl, &[(1, ioctl)]);
+    }
+    rules.allow_all(&[
+        SYS_openat,
+        SYS_ftruncate,
+        SYS_pwrite64,
+        SYS_write,
+        SYS_fsync,
+        SYS_fdatasync,
+        SYS_rename,
+        SYS_renameat,
+        SYS_renameat2,
+        SYS_unlink,
+        SYS_unlinkat,
+    ]);
+    kick_vcpus(rules);
+}
+
 /// Starting a device worker (`WorkerThread::start`, on activation by a vCPU or on resume by a
 /// control client): its kill eventfd and the worker's copy of it. The thread itself comes from
 /// the spawner.
@@ -395,45 +421,18 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             kick_vcpus(&mut r);
             starts_workers(&mut r);
         }
-        ThreadRole::StateSave => {
-            // A suspend's save of the paused machine (`virtkit_machine::snapshot`): the parked
-            // vCPU threads read their own state when kicked; this thread reads the VM's
-            // (irqchip, PIT, clock), creates the temporary state file beside the bundle's
-            // `state.vksave` (`openat`), sets its length (`ftruncate`), writes it (`pwrite64`),
-            // syncs it, renames it into place and syncs the directory (opened read-only); on a
-            // failure it removes the temporary file. No sockets, no other ioctls.
-            for ioctl in kvm::SAVE_VM_STATE {
-                r.allow_if(SYS_ioctl, &[(1, ioctl)]);
-            }
-            r.allow_all(&[
-                SYS_openat,
-                SYS_ftruncate,
-                SYS_pwrite64,
-                SYS_write,
-                SYS_fsync,
-                SYS_fdatasync,
-                SYS_rename,
-                SYS_renameat,
-                SYS_renameat2,
-                SYS_unlink,
-                SYS_unlinkat,
-            ]);
-            kick_vcpus(&mut r);
-        }
+        ThreadRole::StateSave => saves_state(&mut r),
         ThreadRole::Snapshot => {
             // The state saver's rules (the save into `snapshot-<name>.vksave`), and what
             // reading the bundle, freezing its disk and opening the new qcow2 chain need: reads
             // and metadata of its files, a directory listing (leftover layers, the interrupted
             // freeze check), the layer's hard link and read-only mode, `flock` of the chain's
             // images. Still no sockets, no processes or threads, no other ioctls.
-            for ioctl in kvm::SAVE_VM_STATE {
-                r.allow_if(SYS_ioctl, &[(1, ioctl)]);
-            }
+            saves_state(&mut r);
             r.allow_all(&[
                 // imago opens the chain's images with `open`, reads with `preadv`, writes
                 // (the new image's header and tables) with `pwritev`, and asks `fstatfs`.
                 SYS_open,
-                SYS_openat,
                 SYS_read,
                 SYS_pread64,
                 SYS_preadv,
@@ -444,25 +443,14 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
                 SYS_newfstatat,
                 SYS_statx,
                 SYS_getdents64,
-                SYS_ftruncate,
                 SYS_fallocate,
-                SYS_pwrite64,
-                SYS_write,
-                SYS_fsync,
-                SYS_fdatasync,
-                SYS_rename,
-                SYS_renameat,
-                SYS_renameat2,
                 SYS_link,
                 SYS_linkat,
                 SYS_fchmod,
                 SYS_fchmodat,
                 SYS_chmod,
                 SYS_flock,
-                SYS_unlink,
-                SYS_unlinkat,
             ]);
-            kick_vcpus(&mut r);
         }
         ThreadRole::AgentHost => {
             // The hello listener takes connections (`accept4`), sets a read timeout and reads

@@ -119,20 +119,7 @@ impl Bundle {
         } else {
             None
         };
-        let bytes = std::fs::metadata(self.file(&layer))
-            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-            .unwrap_or(0);
-        let snapshot = Snapshot {
-            name: name.to_owned(),
-            layer,
-            created: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            bytes,
-            config: serde_json::from_str(&self.config.to_json()).expect("a configuration is JSON"),
-            state,
-        };
+        let snapshot = self.record(name, layer, state);
         list.snapshots.push(snapshot.clone());
         self.write_snapshots(&list)?;
         Ok(snapshot)
@@ -238,23 +225,29 @@ impl Bundle {
                 });
             }
         }
-        let bytes = std::fs::metadata(self.file(&frozen.layer))
+        let snapshot = self.record(name, frozen.layer, Some(kept));
+        list.snapshots.push(snapshot.clone());
+        self.write_snapshots(&list).map_err(|e| e.to_string())?;
+        Ok(snapshot)
+    }
+
+    /// The record of snapshot `name` taken now: its layer's size, the configuration of this
+    /// moment and the saved state kept with it, if any.
+    fn record(&self, name: &str, layer: String, state: Option<String>) -> Snapshot {
+        let bytes = std::fs::metadata(self.file(&layer))
             .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
             .unwrap_or(0);
-        let snapshot = Snapshot {
+        Snapshot {
             name: name.to_owned(),
-            layer: frozen.layer,
+            layer,
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             bytes,
             config: serde_json::from_str(&self.config.to_json()).expect("a configuration is JSON"),
-            state: Some(kept),
-        };
-        list.snapshots.push(snapshot.clone());
-        self.write_snapshots(&list).map_err(|e| e.to_string())?;
-        Ok(snapshot)
+            state,
+        }
     }
 
     /// Where the boot disk's storage device is in the VM's storage devices, and its
