@@ -61,7 +61,7 @@ fn seabios_draws_its_console_on_the_display_and_a_screenshot_shows_it() {
     let out = home.ok(&["screenshot", "s", shot.to_str().unwrap()]);
     assert!(out.contains("800x600"), "{out}");
     // The same screen through the VM's VNC server, as a real client sees it.
-    let socket = home.ok(&["vnc", "s"]).trim().to_owned();
+    let (socket, url) = vnc_addresses(&home, "s");
     let captured = home.bundle("s").join("vnc.png");
     let vnc = vncdo().map(|vncdo| {
         std::process::Command::new(vncdo)
@@ -69,10 +69,37 @@ fn seabios_draws_its_console_on_the_display_and_a_screenshot_shows_it() {
             .output()
             .expect("vncdo runs")
     });
+    // And over 127.0.0.1 with this run's password; a wrong password gets nothing.
+    let (server, password) = tcp_server_and_password(&url);
+    let captured_tcp = home.bundle("s").join("vnc-tcp.png");
+    let wrong_png = home.bundle("s").join("wrong.png");
+    let tcp = vncdo().map(|vncdo| {
+        let capture = |password: &str, file: &std::path::Path| {
+            std::process::Command::new(&vncdo)
+                .args([
+                    "-t",
+                    "20",
+                    "-s",
+                    &server,
+                    "-p",
+                    password,
+                    "capture",
+                    file.to_str().unwrap(),
+                ])
+                .output()
+                .expect("vncdo runs")
+        };
+        let wrong = capture("wrong-pw", &wrong_png);
+        (capture(&password, &captured_tcp), wrong)
+    });
     home.ok(&["stop", "s", "--timeout", "0"]);
     assert!(
         !std::path::Path::new(&socket).exists(),
         "vnc.sock is removed at the stop"
+    );
+    assert!(
+        !home.bundle("s").join("vnc.json").exists(),
+        "vnc.json is removed at the stop"
     );
 
     let (width, height, rgba) = decode(&shot);
@@ -130,6 +157,41 @@ fn seabios_draws_its_console_on_the_display_and_a_screenshot_shows_it() {
         lit(800, &vnc_rgba, 0..16) > 500,
         "the VNC capture shows the banner"
     );
+    let (tcp, wrong) = tcp.expect("vncdo ran for the unix capture, so for TCP too");
+    assert!(
+        tcp.status.success(),
+        "vncdo over TCP: {}",
+        String::from_utf8_lossy(&tcp.stderr)
+    );
+    let (_, _, tcp_rgba) = decode_any(&captured_tcp);
+    assert_eq!(tcp_rgba[..rows], vnc_rgba[..rows], "the same text over TCP");
+    assert!(!wrong.status.success(), "a wrong password is refused");
+    assert!(!wrong_png.exists(), "nothing was captured with a wrong password");
+}
+
+/// `virtkit vnc NAME`'s two lines: the Unix socket's path, and the `vnc://:PASSWORD@HOST:PORT`
+/// URL of the loopback listener.
+fn vnc_addresses(home: &Home, name: &str) -> (String, String) {
+    let out = home.ok(&["vnc", name]);
+    let url = out
+        .lines()
+        .find(|l| l.starts_with("vnc://:"))
+        .unwrap_or_else(|| panic!("no vnc:// line in {out:?}"))
+        .to_owned();
+    let socket = out
+        .lines()
+        .find(|l| l.starts_with('/'))
+        .unwrap_or_else(|| panic!("no socket path in {out:?}"))
+        .to_owned();
+    (socket, url)
+}
+
+/// vncdo's `-s` and `-p` for a `vnc://:PASSWORD@127.0.0.1:PORT` URL.
+fn tcp_server_and_password(url: &str) -> (String, String) {
+    let rest = url.strip_prefix("vnc://:").expect("a vnc:// URL");
+    let (password, address) = rest.split_once('@').expect("password@address");
+    let (host, port) = address.rsplit_once(':').expect("host:port");
+    (format!("{host}::{port}"), password.to_owned())
 }
 
 /// The vncdotool client from `scripts/install-deps.sh`'s virtual environment, or `PATH`.
@@ -189,7 +251,7 @@ fn keys_typed_over_vnc_reach_an_int_16h_reader() {
     home.create_with("k", &image, &["--network", "none"]);
     home.ok(&["run", "k", "--detach", "--display", "640x480"]);
     home.wait_log("k", "keys: ready", 1);
-    let socket = home.ok(&["vnc", "k"]).trim().to_owned();
+    let (socket, _) = vnc_addresses(&home, "k");
     let typed = std::process::Command::new(&vncdo)
         .args([
             "-t",

@@ -20,7 +20,7 @@ use virtkit::{
 
 use crate::bundle::{
     Access, Bundle, BundleError, BundleLock, HardwareModel, CONSOLE_LOG_FILE, CONSOLE_SOCKET, CONTROL_SOCKET,
-    PID_FILE, SERIAL_LOG_FILE, STATE_FILE, VNC_SOCKET,
+    PID_FILE, SERIAL_LOG_FILE, STATE_FILE, VNC_SOCKET, VNC_TCP_FILE,
 };
 use crate::home::VirtkitHome;
 
@@ -402,12 +402,24 @@ impl PreparedVm {
     }
 }
 
+/// Eight random letters and digits: VNC authentication uses at most eight characters.
+fn vnc_password() -> std::io::Result<String> {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect())
+}
+
 /// Removes the sockets and the PID file a VM process leaves in its bundle while it runs.
 fn remove_process_files(bundle: &Bundle) {
     for file in [
         CONTROL_SOCKET,
         CONSOLE_SOCKET,
         VNC_SOCKET,
+        VNC_TCP_FILE,
         PID_FILE,
         AGENT_HELLO_SOCKET,
     ] {
@@ -416,7 +428,9 @@ fn remove_process_files(bundle: &Bundle) {
 }
 
 /// Serves the VM's display (if it has one) over VNC on the bundle's `vnc.sock`: owner-only, so
-/// no password (the file's mode is the access control, as for `console.sock`).
+/// no password (the file's mode is the access control, as for `console.sock`); and on
+/// 127.0.0.1 (any free port) with VNC authentication and a password made for this run, both
+/// written to the owner-only `vnc.json` for `virtkit vnc`.
 fn serve_vnc(bundle: &Bundle, vm: &VirtualMachine) -> std::io::Result<Option<virtkit_vnc::VncServer>> {
     let Some((display, width, height)) = vm.display() else {
         return Ok(None);
@@ -437,7 +451,18 @@ fn serve_vnc(bundle: &Bundle, vm: &VirtualMachine) -> std::io::Result<Option<vir
     server
         .serve_unix(listener, virtkit_vnc::Security::None)
         .map_err(std::io::Error::other)?;
-    tracing::info!(path = %path.display(), "the display is served over VNC");
+    let tcp = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    let address = tcp.local_addr()?;
+    let password = vnc_password()?;
+    server
+        .serve_tcp(tcp, virtkit_vnc::Security::Password(password.clone()))
+        .map_err(std::io::Error::other)?;
+    let record = serde_json::json!({ "address": address.to_string(), "password": password });
+    let mut file = bundle
+        .open_file(VNC_TCP_FILE, Access::Replace)
+        .map_err(std::io::Error::other)?;
+    file.write_all(record.to_string().as_bytes())?;
+    tracing::info!(path = %path.display(), %address, "the display is served over VNC");
     Ok(Some(server))
 }
 

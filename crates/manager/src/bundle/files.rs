@@ -140,6 +140,7 @@ pub(crate) const KNOWN_FILES: &[&str] = &[
     "restore-image.raw",
     "restore-image.qcow2",
     super::SNAPSHOTS_FILE,
+    super::VNC_TCP_FILE,
 ];
 
 /// Refuses a bundle where a known file is a symbolic link or not a regular file. `open_in`

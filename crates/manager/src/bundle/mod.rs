@@ -84,6 +84,9 @@ pub const CONTROL_SOCKET: &str = "control.sock";
 pub const CONSOLE_SOCKET: &str = "console.sock";
 /// The display's VNC server (a VM with a display), owner-only, no password.
 pub const VNC_SOCKET: &str = "vnc.sock";
+/// Where the display's VNC server also listens on 127.0.0.1 and its password for this run
+/// (owner-only JSON: `{"address": "127.0.0.1:PORT", "password": "..."}`).
+pub const VNC_TCP_FILE: &str = "vnc.json";
 /// The socket device's host socket (virtio-vsock, Firecracker's hybrid scheme).
 pub const VSOCK_SOCKET: &str = "vsock.sock";
 /// A suspended VM's saved state (docs/SAVE.md): written by `suspend`, restored and then
