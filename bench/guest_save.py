@@ -48,7 +48,16 @@ GUEST_RUN = (
 )
 CMDLINE = f'console=ttyS0 quiet virtkit.action=wait virtkit.run="{GUEST_RUN}"'
 
-VMMS = ["virtkit", "QEMU microvm", "Firecracker"]
+VMMS = ["virtkit", "virtkit-lib", "QEMU microvm", "Firecracker"]
+LABELS = {"virtkit": "virtkit CLI (`virtkit suspend` / `virtkit run NAME`, bundle)",
+          "virtkit-lib": "virtkit library API (`save_restore` example)",
+          "QEMU microvm": "QEMU microvm (`migrate exec:cat > FILE` / `-incoming` + `cont`)",
+          "Firecracker": "Firecracker (`/snapshot/create` Full / `/snapshot/load`)"}
+# The library rows: the boot's save comes LIB_BOOT_MS after the guest's first output (the
+# example cannot see the ready line; the guest is ready in about 10 s here, and the pages the
+# save wrote say what it held); each save of a restored VM LIB_RUN_MS after its first output.
+LIB_BOOT_MS = 30000
+LIB_RUN_MS = 1000
 
 
 def firecracker_config():
@@ -84,6 +93,12 @@ def commands():
         "virtkit boot": "virtkit run sb --detach",
         "virtkit save": "virtkit suspend sb",
         "virtkit restore": "virtkit run sb",
+        "virtkit-lib save (boot)": " ".join(shlex.quote(c) for c in lib_cmd("save"))
+        + f" --state {WORK}/lib0.vksave --saves 1 --run-ms {LIB_BOOT_MS} --no-wait",
+        "virtkit-lib restore": " ".join(shlex.quote(c) for c in lib_cmd("restore"))
+        + f" --state {WORK}/lib0.vksave --run-ms 3000 --timings {WORK}/t.json",
+        "virtkit-lib save (of a restored VM)": " ".join(shlex.quote(c) for c in lib_cmd("save"))
+        + f" --state {WORK}/lib1.vksave --from {WORK}/lib0.vksave --saves 1 --run-ms {LIB_RUN_MS}",
         "QEMU boot": f"{q} {qsock}",
         "QEMU save": f"savectl qmp-save {WORK}/q$i.sock {WORK}/qstate$a  "
                      "# QMP stop; migrate exec:cat > FILE; query-migrate until completed",
@@ -102,7 +117,12 @@ def commands():
     }
 
 
-def host_script(runs, with_firecracker):
+def lib_cmd(mode):
+    return ["save_restore", mode, "--kernel", f"{INNER}/vmlinuz", "--initrd", f"{INNER}/initrd",
+            "--cmdline", CMDLINE, "--memory-mib", str(MEMORY_MIB)]
+
+
+def host_script(runs, with_firecracker, with_lib=True):
     """The script the emulated host runs: RUNS restores per VMM (RUNS+1 saves)."""
     q = " ".join(shlex.quote(c) for c in qemu_cmd())
     vk_create = " ".join(shlex.quote(c) for c in [
@@ -115,6 +135,33 @@ def host_script(runs, with_firecracker):
                + "/fmem$a\\\"},\\\"resume_vm\\\":true}")
     fc_create = ("{\\\"snapshot_type\\\":\\\"Full\\\",\\\"snapshot_path\\\":\\\"" + WORK
                  + "/fsnap$a\\\",\\\"mem_file_path\\\":\\\"" + WORK + "/fmem$a\\\"}")
+    ls = " ".join(shlex.quote(c) for c in lib_cmd("save"))
+    lr = " ".join(shlex.quote(c) for c in lib_cmd("restore"))
+    lib = "" if not with_lib else f"""
+# ---- virtkit (the library API: crates/virtkit/examples/save_restore.rs)
+echo "SB11-VMM virtkit-lib"
+echo "SB11-RUN vmm=virtkit-lib run=0"
+{ls} --state {WORK}/lib0.vksave --saves 1 --run-ms {LIB_BOOT_MS} --no-wait >{WORK}/lib.out 2>&1 ||
+    {{ echo "SB11-ERROR vmm=virtkit-lib save failed"; tail -n 5 {WORK}/lib.out | sed 's/^/SB11-TAIL vmm=virtkit-lib: /'; }}
+grep '^SAVE ' {WORK}/lib.out | sed 's/^/SB11-LIBSAVE /'
+echo "SB11-SIZE vmm=virtkit-lib run=0 $(sizes {WORK}/lib0.vksave)"
+i=1
+while [ $i -le {runs} ]; do
+    echo "SB11-RUN vmm=virtkit-lib run=$i"
+    rm -f {WORK}/t.json
+    {restore} -k -l virtkit-lib-restore -- {lr} --state {WORK}/lib0.vksave --run-ms 3000 \
+        --timings {WORK}/t.json </dev/null >{WORK}/restore.out 2>&1
+    grep SPAWNTIME {WORK}/restore.out | grep -v SPAWNTIME-OUTPUT
+    echo "SB11-LIBTIMINGS $(cat {WORK}/t.json 2>/dev/null)"
+    {ls} --state {WORK}/lib1.vksave --from {WORK}/lib0.vksave --saves 1 --run-ms {LIB_RUN_MS} \
+        >{WORK}/lib.out 2>&1 ||
+        {{ echo "SB11-ERROR vmm=virtkit-lib save --from failed"; tail -n 5 {WORK}/lib.out | sed 's/^/SB11-TAIL vmm=virtkit-lib: /'; }}
+    grep '^SAVE ' {WORK}/lib.out | sed 's/^/SB11-LIBSAVE /'
+    echo "SB11-SIZE vmm=virtkit-lib run=$i $(sizes {WORK}/lib1.vksave)"
+    i=$((i + 1))
+done
+rm -f {WORK}/lib0.vksave {WORK}/lib1.vksave
+"""
     fc = "" if not with_firecracker else f"""
 # ---- Firecracker
 echo "SB11-VMM Firecracker"
@@ -142,7 +189,10 @@ if wait_ready {WORK}/boot.out Firecracker; then
             </dev/null >{WORK}/restore.out 2>&1 &
         pend=$!
         echo "SB11-STEP load"
-        savectl http {WORK}/f$i.sock PUT /snapshot/load "{fc_load}"
+        if ! savectl http {WORK}/f$i.sock PUT /snapshot/load "{fc_load}"; then
+            echo "SB11-ERROR vmm=Firecracker snapshot/load of step $i failed; the chain ends"
+            vp=$(child_of $pend); kill -9 $vp 2>/dev/null; collect; break
+        fi
         sleep {SETTLE_S}
         vp=$(child_of $pend)
     done
@@ -217,7 +267,7 @@ virtkit logs sb --vmm 2>&1 | tail -n 5 | sed 's/^/SB11-VMMLOG virtkit: /'
 virtkit stop sb --timeout 0 >/dev/null 2>&1
 virtkit delete sb >/dev/null 2>&1
 rm -rf {WORK}/home
-
+{lib}
 # ---- QEMU microvm
 echo "SB11-VMM QEMU microvm"
 {q} -qmp unix:{WORK}/q0.sock,server=on,wait=off </dev/null >{WORK}/boot.out 2>&1 &
@@ -241,7 +291,10 @@ if wait_ready {WORK}/boot.out "QEMU microvm"; then
             -qmp unix:{WORK}/q$i.sock,server=on,wait=off -incoming "exec:cat {WORK}/qstate$a" \\
             </dev/null >{WORK}/restore.out 2>&1 &
         pend=$!
-        savectl qmp-cont {WORK}/q$i.sock
+        if ! savectl qmp-cont {WORK}/q$i.sock; then
+            echo "SB11-ERROR vmm=QEMU_microvm cont of step $i failed; the chain ends"
+            vp=$(child_of $pend); kill -9 $vp 2>/dev/null; collect; break
+        fi
         sleep {SETTLE_S}
         vp=$(child_of $pend)
     done
@@ -256,7 +309,8 @@ exit 0
 
 def new_results():
     return {v: {"used_kib": None, "ready": None, "save": [], "save_parts": [], "sizes": [],
-                "restore": [], "errors": [], "tail": []} for v in VMMS}
+                "restore": [], "errors": [], "tail": [], "pages": [], "phases": []}
+            for v in VMMS}
 
 
 class Parser:
@@ -267,6 +321,7 @@ class Parser:
         self.vmm = None
         self.step = None
         self.parts = {}
+        self.last_spawn = None
         self.parse_spawn = parse_spawn
 
     def line(self, body):
@@ -281,6 +336,26 @@ class Parser:
             m = re.search(r"used_kib=(\d+)", body)
             if m:
                 r["used_kib"] = int(m.group(1))
+            return True
+        if body.startswith("SB11-LIBSAVE "):
+            kv = dict(w.split("=", 1) for w in body.split() if "=" in w)
+            p, sv = float(kv["pause_ms"]), float(kv["save_ms"])
+            r["save"].append(p + sv)
+            r["save_parts"].append({"pause": p, "save_machine_state": sv})
+            r["pages"].append(int(kv["pages"]))
+            return True
+        if body.startswith("SB11-LIBTIMINGS "):
+            m = re.findall(r'"(\w+)_ns": (\d+)', body)
+            t = {k: int(v) for k, v in m}
+            if self.last_spawn and {"main", "new", "restored", "resumed"} <= set(t):
+                sp, first = self.last_spawn
+                r["phases"].append({
+                    "spawn → main": (t["main"] - sp) / 1e6,
+                    "VirtualMachine::new": (t["new"] - t["main"]) / 1e6,
+                    "restore_machine_state": (t["restored"] - t["new"]) / 1e6,
+                    "resume": (t["resumed"] - t["restored"]) / 1e6,
+                    "resume → the tick line read": first - (t["resumed"] - sp) / 1e6})
+            self.last_spawn = None
             return True
         if body.startswith("SB11-RUN "):
             self.parts = {}
@@ -328,6 +403,8 @@ class Parser:
                     r["errors"].append(f"virtkit suspend: status {s['status']}")
             elif s["label"].endswith("-restore"):
                 t = s["first_byte_ms"][0] if s["first_byte_ms"] else s["marker_ms"]
+                m = re.search(r"spawn_ns=(\d+)", body)
+                self.last_spawn = (int(m.group(1)), t) if m and t >= 0 else None
                 if t >= 0:
                     r["restore"].append(t)
                 else:

@@ -470,8 +470,11 @@ booted VM, restore in a new process, save of that restored VM 4 s later, and so 
 (`--emulated-save-runs N` restores, N+1 saves, default 3). **virtkit**: its CLI on a bundle
 (`virtkit create sb --kernel --initrd --cmdline ... --disk-size 1M --network none`, `run
 --detach`), the save is the whole `virtkit suspend sb` command timed by spawntime to its exit,
-the restore `virtkit run sb` in the foreground. **QEMU** `-M microvm,rtc=on -cpu host` with a
-QMP socket: `stop` + `migrate exec:cat > FILE` until `query-migrate` says `completed`; the
+the restore `virtkit run sb` in the foreground; and the library API without the CLI, manager and
+bundle (`crates/virtkit/examples/save_restore.rs` with `--initrd` and `--cmdline`: a save of the
+booted VM 30 s after its first output, then per run a restore of that file in a new process and
+a save of a VM restored from it). **QEMU** `-M microvm,rtc=on -cpu host` with a
+QMP socket: (`max-bandwidth` lifted) `stop` + `migrate exec:cat > FILE` until `query-migrate` says `completed`; the
 restore a new QEMU with `-incoming "exec:cat FILE"` and `cont` once `query-status` leaves
 `inmigrate`. **Firecracker** (part 1's build) with its API socket: `PATCH /vm` Paused + `PUT
 /snapshot/create` Full; the restore a new Firecracker and `PUT /snapshot/load` (File backend,
@@ -682,7 +685,7 @@ def build(args):
         steps.append(["cargo", "build", "--release", "-p", "virtkit-devices", "--example",
                       "net_throughput"])
         needed.append(NET_EXAMPLE)
-    if 10 in args.parts:
+    if 10 in args.parts or 11 in args.parts:
         steps.append(["cargo", "build", "--release", "-p", "virtkit", "--example", "save_restore"])
         needed.append(SAVE_EXAMPLE)
     if args.no_build:
@@ -2815,9 +2818,14 @@ def part11(args):
     runs = args.emulated_save_runs
     script_path = OUT / "emulated-host-save-script.sh"
     script_path.write_text(guest_save.host_script(runs, bool(fc)))
+    # The library rows need crates/virtkit/examples/save_restore.rs (built with part 10's step).
     fc_conf = OUT / "firecracker-emulated-save.json"
     fc_conf.write_text(guest_save.firecracker_config())
     vmms = [v for v in guest_save.VMMS if v != "Firecracker" or fc]
+    with_lib = SAVE_EXAMPLE.exists()
+    if not with_lib:
+        vmms.remove("virtkit-lib")
+        script_path.write_text(guest_save.host_script(runs, bool(fc), with_lib=False))
     # Per VMM: its boot (20-60 s under the emulator, with the 96 MiB written), then per step
     # a save, a restore and SETTLE_S, each well under a minute; plus slack.
     after_ready = len(vmms) * (300 + (runs + 1) * 90) + 120
@@ -2828,6 +2836,8 @@ def part11(args):
            "--binary", f"{SAVECTL}:/usr/bin/savectl",
            "--file", f"{ASSETS / 'vmlinuz'}:{guest_save.INNER}/vmlinuz",
            "--file", f"{ASSETS / 'guest-initramfs.cpio.gz'}:{guest_save.INNER}/initrd"]
+    if with_lib:
+        cmd += ["--binary", f"{SAVE_EXAMPLE}:/usr/bin/save_restore"]
     if fc:
         cmd += ["--file", f"{ASSETS / 'vmlinux'}:{guest_save.INNER}/vmlinux",
                 "--binary", f"{fc}:/usr/bin/firecracker",
@@ -2900,11 +2910,14 @@ def emulated_save_section(args, p11):
     rows, meds = [], {}
     for v, r in res.items():
         used = r["used_kib"]
+        if not used and r["pages"]:
+            used = med(r["pages"]) * 4  # the library's save: the pages it wrote
         gib = used / (1 << 20) if used else None
+        label = guest_save.LABELS.get(v, v)
         sv, rs = r["save"], r["restore"]
         if not sv and not rs:
             err = "; ".join(r["errors"] + r["tail"][-6:])[:600] or "no result"
-            rows.append([v, "failed: " + err.replace("|", "\\|"), "", "", "", "", ""])
+            rows.append([label, "failed: " + err.replace("|", "\\|"), "", "", "", "", ""])
             continue
         meds[v] = (med(sv) if sv else float("nan"), med(rs) if rs else float("nan"))
         parts = ""
@@ -2912,10 +2925,11 @@ def emulated_save_section(args, p11):
             keys = list(r["save_parts"][0])
             parts = " (" + " + ".join(f"{k} {fmt_ms(med([p[k] for p in r['save_parts']]))}"
                                       for k in keys) + ")"
-        first = f"; first (booted VM) {fmt_ms(sv[0])}" if sv else ""
+        first = (f"; the booted VM's {fmt_ms(sv[0])}, the restored VMs' median "
+                 f"{fmt_ms(med(sv[1:]))}" if len(sv) > 1 else "")
         sizes = (f"{fmt_mib(med([a for a, _ in r['sizes']]))} / "
                  f"{fmt_mib(med([b for _, b in r['sizes']]))}") if r["sizes"] else "n/a"
-        rows.append([v,
+        rows.append([label,
                      (f"**{fmt_ms(med(sv))}** ({fmt_ms(min(sv))}–{fmt_ms(max(sv))}){parts}{first}"
                       if sv else "n/a"),
                      f"{med(sv) / gib:.0f}" if sv and gib else "n/a",
@@ -2928,24 +2942,27 @@ def emulated_save_section(args, p11):
                    "save, ms per GiB of the guest's memory in use",
                    "restore to running: process start → the guest's next tick line, ms: median "
                    "(min–max)", "state file(s): apparent / allocated (median)",
-                   "guest memory in use at ready (MemTotal − MemFree)", "measured"], rows)
+                   "guest memory in use at ready (MemTotal − MemFree; library: the pages its "
+                   "save wrote)", "measured"], rows)
     ratios = []
-    peers = {n: m for n, m in meds.items() if n != "virtkit"}
-    if "virtkit" in meds and peers:
-        vs, vr = meds["virtkit"]
-        ok = [(n, m) for n, m in peers.items()]
+    peers = {n: m for n, m in meds.items() if not n.startswith("virtkit")}
+    for vk, vk_label in (("virtkit", "virtkit (CLI)"), ("virtkit-lib", "virtkit (library API)")):
+        if vk not in meds or not peers:
+            continue
+        vs, vr = meds[vk]
+        ok = list(peers.items())
         bs = min((x for x in ok if x[1][0] == x[1][0]), key=lambda x: x[1][0], default=None)
         br = min((x for x in ok if x[1][1] == x[1][1]), key=lambda x: x[1][1], default=None)
-        ratios.append(["virtkit (CLI) / best peer",
+        ratios.append([f"{vk_label} / best peer",
                        f"{fmt_ratio(vs / bs[1][0])} (vs {bs[0]})" if bs else "n/a",
                        f"{fmt_ratio(vr / br[1][1])} (vs {br[0]})" if br else "n/a"])
         for n, (ps, pr) in peers.items():
             if vs > ps:
-                slower.append(f"stock-kernel save/restore (emulated host): virtkit save "
+                slower.append(f"stock-kernel save/restore (emulated host): {vk_label} save "
                               f"{vs:.0f} ms vs {n} {ps:.0f} ms (×{vs / ps:.2f})")
             if vr > pr:
-                slower.append(f"stock-kernel save/restore (emulated host): virtkit restore to "
-                              f"the next tick {vr:.0f} ms vs {n} {pr:.0f} ms (×{vr / pr:.2f})")
+                slower.append(f"stock-kernel save/restore (emulated host): {vk_label} restore "
+                              f"to the next tick {vr:.0f} ms vs {n} {pr:.0f} ms (×{vr / pr:.2f})")
     t2 = md_table(["ratio (lower is better for virtkit)", "save", "restore to running"],
                   ratios) if ratios else ""
     out = [f"### Part 11: save and restore of the stock kernel inside the emulated KVM host, "
@@ -2953,6 +2970,12 @@ def emulated_save_section(args, p11):
            f"guest, {runs + 1} saves and {runs} restores each\n", t1, ""]
     if t2:
         out += [t2, ""]
+    phases = res.get("virtkit-lib", {}).get("phases") or []
+    if phases:
+        out += ["Where a library restore's time goes (`save_restore restore --timings`, against "
+                "spawntime's spawn timestamp; medians):\n",
+                md_table(["step", "ms"], [[k, fmt_ms(med([p[k] for p in phases]))]
+                                          for k in phases[0]]), ""]
     out.append(
         f"One boot of the emulated KVM host (boot to kvm-ready {info.get('boot_to_ready_s')} s, "
         f"attempts {info.get('attempts')}, the script {info.get('run_s')} s, this part "
@@ -2976,9 +2999,18 @@ def emulated_save_section(args, p11):
         "(QEMU: `savectl qmp-cont`, waiting for `query-status` to leave `inmigrate`, then "
         "`cont`; Firecracker: `PUT /snapshot/load` with `resume_vm` as soon as its socket "
         "answers; virtkit: nothing, `virtkit run sb` of a suspended bundle restores it). The "
+        "library rows (crates/virtkit/examples/save_restore.rs, the same guest and "
+        "configuration without the CLI, manager and bundle): a save of the booted VM "
+        f"{guest_save.LIB_BOOT_MS / 1000:.0f} s after its first output (it cannot see the ready "
+        "line: the pages it wrote show what it held), then per run a restore of that file (a "
+        "new process, killed at its first tick line) and a save of a VM restored from it (a "
+        f"new process, {guest_save.LIB_RUN_MS} ms after its first output); its save is "
+        "`pause` + `save_machine_state` (file synced). The "
         f"guest's tick interval ({guest_save.TICK_S * 1000:.0f} ms, its `sleep`) can add up to "
-        "that much to any VMM's restore figure. File sizes: `stat` %s and %b×%B, state and "
-        "memory files together for Firecracker.")
+        "that much to any VMM's restore figure. The emulated host's clock advances in steps of "
+        "about 4 ms here (every figure is close to a multiple of 4 ms), so differences under "
+        "that are not resolved. File sizes: `stat` %s and %b×%B, state and memory files "
+        "together for Firecracker.")
     out += ["", "Commands (in the emulated host; `$i` is the chain's step, `$a` its state "
             "slot), booted by:\n", "```", p11["harness"]]
     out += [f"{k}: {c}" for k, c in p11["commands"].items()]

@@ -10,7 +10,8 @@
  *   savectl http SOCK METHOD URL BODY
  *                                one HTTP/1.1 request (Firecracker's API); prints
  *                                SAVECTL http status=N ms=A body=...
- * The socket is retried for up to 60 s (the VMM may just have started). Times are from the
+ * The socket is retried for up to 60 s (the VMM may just have started); an answer is waited
+ * for up to 120 s. Times are from the
  * request's send to its answer (CLOCK_MONOTONIC). Exit status 0 on success, 1 otherwise.
  *
  * Built statically (gcc -static -O2), like spawntime.c.
@@ -21,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -51,8 +53,12 @@ static int connect_unix(const char *path)
 		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (fd < 0)
 			die("socket");
-		if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
+		if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
+			/* A VMM that never answers ends the wait after 120 s (an error), not never. */
+			struct timeval tv = {.tv_sec = 120};
+			setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 			return fd;
+		}
 		close(fd);
 		if (now_ms() > deadline)
 			die(path);
