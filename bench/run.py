@@ -461,7 +461,7 @@ and allocated (`st_blocks`). Targets from issue 12: restore to running under 5 m
 guest on this host, and ahead of every peer measured.
 
 **Part 11, save and restore of the stock kernel inside the emulated KVM host** (not in the
-default `--parts`: it takes several minutes; `--parts 11` runs it; `bench/guest_save.py`). One
+default `--parts`: about 4 minutes; `--parts 11` runs it; `bench/guest_save.py`). One
 boot of the emulated host (as in part 2). For each VMM in turn, the stock kernel with the test
 initramfs (vmlinux for Firecracker), 1 vCPU and 256 MiB, boots once; its init (`virtkit.run=`)
 writes 96 MiB (one random MiB repeated: no zero page) to its tmpfs, prints `SB-READY` with the
