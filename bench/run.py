@@ -40,6 +40,13 @@ library API through crates/virtkit/examples/save_restore.rs, and the CLI: `virtk
 API): time to save a paused VM to a synced file, process start to the guest's first output after
 the restore, and the state files' sizes.
 
+Part 11, inside the emulated KVM host again (one boot): the stock kernel and initramfs, its init
+writing 96 MiB and then printing a tick every 20 ms, saved and restored in a chain (save of the
+booted VM, restore in a new process, save of that VM, ...) by virtkit's CLI (`virtkit suspend`,
+`virtkit run NAME`), QEMU -M microvm (QMP migrate to a file, -incoming) and Firecracker (its
+snapshot API), driven by bench/savectl.c. Not in the default --parts. The pieces are in
+bench/guest_save.py.
+
 Every run is timed by bench/spawntime.c (compiled static into bench/out/), the same tool in both
 parts. Results go to stdout and to bench/RESULTS.md (the part below the results marker is
 replaced); raw per-run data to bench/out/. Use bench/run.sh; only the standard library is used.
@@ -68,6 +75,7 @@ import agent_bench
 import guest_disk
 import guest_fs
 import guest_net
+import guest_save
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -85,6 +93,9 @@ AGENT = TARGET / "agent-static" / "x86_64-unknown-linux-gnu" / "release" / "virt
 AGENT_PAYLOAD_MIB = 256
 HELPER_SRC = BENCH / "spawntime.c"
 HELPER = OUT / "spawntime"
+# Part 11: QMP and Firecracker's API from the emulated host's shell.
+SAVECTL_SRC = BENCH / "savectl.c"
+SAVECTL = OUT / "savectl"
 QEMU = "/usr/bin/qemu-system-x86_64"
 QEMU_MICROVM_FILES = ["bios-microvm.bin", "linuxboot_dma.bin", "linuxboot.bin", "pvh.bin"]
 SEABIOS = Path("/usr/share/seabios/bios.bin")
@@ -96,8 +107,9 @@ MBR_IMAGE = OUT / "mbr-bench.img"
 MBR_IMAGE_BYTES = 128 << 20
 BLK_IMAGE = OUT / "blk-throughput.img"
 BLK_IMAGE_MIB = 1024
-ALL_PARTS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
-# Part 9 (a shared directory, about 9 minutes) runs only when --parts names it.
+ALL_PARTS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
+# Part 9 (a shared directory, about 9 minutes) and part 11 (save and restore of the stock kernel in
+# the emulated host, several minutes) run only when --parts names them.
 DEFAULT_PARTS = "1,2,3,4,5,6,7,8,10"
 
 # QEMU's CPU directly on this host's KVM (parts 1 and 3). This host's KVM (PVM) now refuses
@@ -448,14 +460,37 @@ library processes are killed at that line (`spawntime -k`). File sizes: apparent
 and allocated (`st_blocks`). Targets from issue 12: restore to running under 5 ms for a small
 guest on this host, and ahead of every peer measured.
 
-Options: `--parts 1,2,3,4,5,6,7,8,9,10` (which parts to run; default 1-8 and 10: part 9 runs only when named), `--runs N` (part 1, default 30), `--inner-runs N` (part 2, per VMM,
+**Part 11, save and restore of the stock kernel inside the emulated KVM host** (not in the
+default `--parts`: about 4 minutes; `--parts 11` runs it; `bench/guest_save.py`). One
+boot of the emulated host (as in part 2). For each VMM in turn, the stock kernel with the test
+initramfs (vmlinux for Firecracker), 1 vCPU and 256 MiB, boots once; its init (`virtkit.run=`)
+writes 96 MiB (one random MiB repeated: no zero page) to its tmpfs, prints `SB-READY` with the
+memory it uses (MemTotal − MemFree), then `SB-TICK N` every 20 ms. Then a chain: save of the
+booted VM, restore in a new process, save of that restored VM 4 s later, and so on
+(`--emulated-save-runs N` restores, N+1 saves, default 3). **virtkit**: its CLI on a bundle
+(`virtkit create sb --kernel --initrd --cmdline ... --disk-size 1M --network none`, `run
+--detach`), the save is the whole `virtkit suspend sb` command timed by spawntime to its exit,
+the restore `virtkit run sb` in the foreground; and the library API without the CLI, manager and
+bundle (`crates/virtkit/examples/save_restore.rs` with `--initrd` and `--cmdline`: a save of the
+booted VM 30 s after its first output, then per run a restore of that file in a new process and
+a save of a VM restored from it). **QEMU** `-M microvm,rtc=on -cpu host` with a
+QMP socket: (`max-bandwidth` lifted) `stop` + `migrate exec:cat > FILE` until `query-migrate` says `completed`; the
+restore a new QEMU with `-incoming "exec:cat FILE"` and `cont` once `query-status` leaves
+`inmigrate`. **Firecracker** (part 1's build) with its API socket: `PATCH /vm` Paused + `PUT
+/snapshot/create` Full; the restore a new Firecracker and `PUT /snapshot/load` (File backend,
+`resume_vm`). QMP and HTTP are spoken by `bench/savectl.c` (static, like spawntime: only busybox
+runs in the emulated host). **Restore to running**: spawntime's spawn of the new VMM process to
+the first byte of the first `SB-TICK` line it prints (the 20 ms tick can add up to 20 ms to every
+VMM's figure). The state files are on a tmpfs of the emulated host: nothing is synced.
+
+Options: `--parts 1,2,3,4,5,6,7,8,9,10,11` (which parts to run; default 1-8 and 10: parts 9 and 11 run only when named), `--runs N` (part 1, default 30), `--inner-runs N` (part 2, per VMM,
 default 6), `--disk-runs N` (part 3, per VMM, default 12), `--blk-seconds S` and `--blk-reps N`
 (part 4: seconds per measurement, default 0.4, and repetitions, default 7), `--odirect-runs N`
 (part 5, guest boots per VMM, default 4), `--net-seconds S` and `--net-reps N` (part 6: seconds
 per measurement, default 0.5, and repetitions, default 7), `--net-runs N`, `--net-passes N` and
 `--net-guest-seconds S` (part 7: guest boots per VMM and row, default 3; passes per boot, default
 2; seconds per measurement, default 3), `--agent-round-trips N` and `--agent-copies N` (part 8:
-round trips of each kind, default 20; copies of 256 MiB each way per tool, default 2), `--fs-runs N`, `--fs-passes N`, `--fs-files N` and `--fs-configs LIST` (part 9: guest boots per configuration, default 2; passes per boot, default 1; small files, default 5000; configurations, default `virtkit-fs,qemu-fs,virtkit-blk`), `--save-runs N` (part 10: saves and restores per VMM, default 10), `--skip-emulated` (the same as leaving 2 out of
+round trips of each kind, default 20; copies of 256 MiB each way per tool, default 2), `--fs-runs N`, `--fs-passes N`, `--fs-files N` and `--fs-configs LIST` (part 9: guest boots per configuration, default 2; passes per boot, default 1; small files, default 5000; configurations, default `virtkit-fs,qemu-fs,virtkit-blk`), `--save-runs N` (part 10: saves and restores per VMM, default 10), `--emulated-save-runs N` (part 11: restores per VMM, default 3), `--skip-emulated` (the same as leaving 2 out of
 `--parts`), `--no-build`. The sections of the parts that ran are rewritten; those of the parts
 that did not run are kept from this file, each marked with the run it comes from, and so are
 their lines in the list of where virtkit is slower. Raw per-run data and the emulated hosts'
@@ -613,7 +648,7 @@ def check_prerequisites(args):
         for tool in ("passt", "ssh", "scp", "ssh-keygen"):
             if not which(tool):
                 missing.append(f"{tool} is missing (part 8): apt-get install passt openssh-client")
-    if any(p in args.parts for p in (2, 5, 7, 8, 9)):
+    if any(p in args.parts for p in (2, 5, 7, 8, 9, 11)):
         need = ["vmlinuz", "guest-initramfs.cpio.gz", "manifest.json", "busybox", "host-modules/order"]
         gone = [n for n in need if not (ASSETS / n).exists()]
         if gone:
@@ -635,7 +670,7 @@ def sbin_tool(name):
 def build(args):
     steps = [["cargo", "build", "--release", "-p", "virtkit-cli", "-p", "virtkit-test-guests"]]
     needed = [VIRTKIT]
-    if any(p in args.parts for p in (2, 5, 7, 8, 9)):
+    if any(p in args.parts for p in (2, 5, 7, 8, 9, 11)):
         steps.append(["cargo", "build", "--release", "-p", "virtkit-testkit", "--example",
                       "emulated_host"])
         needed.append(EMULATED_HOST)
@@ -650,7 +685,7 @@ def build(args):
         steps.append(["cargo", "build", "--release", "-p", "virtkit-devices", "--example",
                       "net_throughput"])
         needed.append(NET_EXAMPLE)
-    if 10 in args.parts:
+    if 10 in args.parts or 11 in args.parts:
         steps.append(["cargo", "build", "--release", "-p", "virtkit", "--example", "save_restore"])
         needed.append(SAVE_EXAMPLE)
     if args.no_build:
@@ -2772,6 +2807,227 @@ def save_section(args, p10):
 
 
 # ---------------------------------------------------------------------------------------------
+# Part 11: save and restore of the stock kernel inside the emulated KVM host (bench/guest_save.py)
+
+EMULATED_SAVE_MEM_MIB = 3072  # the emulated host's memory: the guests, and their state on a tmpfs
+
+
+def part11(args):
+    build_helper(SAVECTL_SRC, SAVECTL)
+    fc = peer_binary("Firecracker")
+    runs = args.emulated_save_runs
+    script_path = OUT / "emulated-host-save-script.sh"
+    script_path.write_text(guest_save.host_script(runs, bool(fc)))
+    # The library rows need crates/virtkit/examples/save_restore.rs (built with part 10's step).
+    fc_conf = OUT / "firecracker-emulated-save.json"
+    fc_conf.write_text(guest_save.firecracker_config())
+    vmms = [v for v in guest_save.VMMS if v != "Firecracker" or fc]
+    with_lib = SAVE_EXAMPLE.exists()
+    if not with_lib:
+        vmms.remove("virtkit-lib")
+        script_path.write_text(guest_save.host_script(runs, bool(fc), with_lib=False))
+    # Per VMM: its boot (20-60 s under the emulator, with the 96 MiB written), then per step
+    # a save, a restore and SETTLE_S, each well under a minute; plus slack.
+    after_ready = len(vmms) * (300 + (runs + 1) * 90) + 120
+    cmd = [EMULATED_HOST, "--mem", str(EMULATED_SAVE_MEM_MIB),
+           "--binary", f"{VIRTKIT}:/usr/bin/virtkit",
+           "--binary", f"{QEMU}:/usr/bin/qemu-system-x86_64",
+           "--binary", f"{HELPER}:/usr/bin/spawntime",
+           "--binary", f"{SAVECTL}:/usr/bin/savectl",
+           "--file", f"{ASSETS / 'vmlinuz'}:{guest_save.INNER}/vmlinuz",
+           "--file", f"{ASSETS / 'guest-initramfs.cpio.gz'}:{guest_save.INNER}/initrd"]
+    if with_lib:
+        cmd += ["--binary", f"{SAVE_EXAMPLE}:/usr/bin/save_restore"]
+    if fc:
+        cmd += ["--file", f"{ASSETS / 'vmlinux'}:{guest_save.INNER}/vmlinux",
+                "--binary", f"{fc}:/usr/bin/firecracker",
+                "--file", f"{fc_conf}:{guest_save.FC_CONFIG}"]
+    else:
+        log("part 11: no Firecracker binary (scripts/build-peers.sh builds it); not run")
+    for f in QEMU_MICROVM_FILES:
+        pth = Path("/usr/share/qemu") / f
+        if pth.exists():
+            cmd += ["--file", f"{pth}:/usr/share/qemu/{f}"]
+    cmd += ["--timeout", str(after_ready), script_path]
+    outer = 2 * 90 + after_ready + 60
+
+    parser = guest_save.Parser(parse_spawn)
+    info = {"attempts": None, "boot_to_ready_s": None, "run_s": None, "host": None}
+    log_path = OUT / "emulated-host-save.log"
+    logf = log_path.open("w")
+
+    def on_line(line):
+        logf.write(line + "\n")
+        logf.flush()
+        body = line[len("[host] "):] if line.startswith("[host] ") else line
+        if body.startswith("BENCH-HOST "):
+            info["host"] = body[len("BENCH-HOST "):]
+        if body.startswith("SB11-VMM "):
+            log(f"part 11: {body[len('SB11-VMM '):]}")
+        if body.startswith(("SB11-READY", "SB11-ERROR", "SAVECTL", "SPAWNTIME label")):
+            log(f"part 11: {body}")
+        try:
+            if parser.line(body):
+                return
+        except (ValueError, KeyError, IndexError) as e:
+            info.setdefault("parse_errors", []).append(f"{body[:200]}: {e}")
+            return
+        m = re.search(r"boot to kvm-ready ([\d.]+) s, run ([\d.]+) s, attempts (\d+), "
+                      r"script exit (\S+)", line)
+        if m:
+            info["boot_to_ready_s"] = float(m.group(1))
+            info["run_s"] = float(m.group(2))
+            info["attempts"] = int(m.group(3))
+        if "VIRTKIT-HOST: kvm-ready" in line:
+            log("part 11: emulated host is up (kvm-ready)")
+
+    log(f"part 11: booting the emulated KVM host; {', '.join(vmms)}: one guest boot each, then "
+        f"{runs + 1} saves and {runs} restores in a chain")
+    t0 = time.monotonic()
+    try:
+        code = stream(cmd, outer, "the emulated host run (part 11)", on_line)
+    finally:
+        logf.close()
+    info["wall_s"] = time.monotonic() - t0
+    if code != 0:
+        tail = "\n".join(log_path.read_text().splitlines()[-30:])
+        raise BenchError(f"the emulated host run of part 11 failed (exit {code}); log: "
+                         f"{rel(log_path)}; last lines:\n{tail}")
+    res = {v: parser.res[v] for v in vmms}
+    failures = [f"{v}: {e}" for v, r in res.items() for e in r["errors"]]
+    for v, r in res.items():
+        if not r["save"] or not r["restore"]:
+            failures.append(f"{v}: {len(r['save'])} saves, {len(r['restore'])} restores measured")
+    return {"vmms": res, "info": info, "failures": failures, "runs": runs,
+            "peers": {"Firecracker": peer_version("Firecracker")} if fc else {},
+            "commands": guest_save.commands(),
+            "harness": " ".join(shlex.quote(rel(c)) for c in cmd)}
+
+
+def emulated_save_section(args, p11):
+    slower = []
+    res, info, runs = p11["vmms"], p11["info"], p11["runs"]
+    rows, meds = [], {}
+    for v, r in res.items():
+        used = r["used_kib"]
+        if not used and r["pages"]:
+            used = med(r["pages"]) * 4  # the library's save: the pages it wrote
+        gib = used / (1 << 20) if used else None
+        label = guest_save.LABELS.get(v, v)
+        sv, rs = r["save"], r["restore"]
+        if not sv and not rs:
+            err = "; ".join(r["errors"] + r["tail"][-6:])[:600] or "no result"
+            rows.append([label, "failed: " + err.replace("|", "\\|"), "", "", "", "", ""])
+            continue
+        meds[v] = (med(sv) if sv else float("nan"), med(rs) if rs else float("nan"))
+        parts = ""
+        if r["save_parts"]:
+            keys = list(r["save_parts"][0])
+            parts = " (" + " + ".join(f"{k} {fmt_ms(med([p[k] for p in r['save_parts']]))}"
+                                      for k in keys) + ")"
+        first = (f"; the booted VM's {fmt_ms(sv[0])}, the restored VMs' median "
+                 f"{fmt_ms(med(sv[1:]))}" if len(sv) > 1 else "")
+        sizes = (f"{fmt_mib(med([a for a, _ in r['sizes']]))} / "
+                 f"{fmt_mib(med([b for _, b in r['sizes']]))}") if r["sizes"] else "n/a"
+        rows.append([label,
+                     (f"**{fmt_ms(med(sv))}** ({fmt_ms(min(sv))}–{fmt_ms(max(sv))}){parts}{first}"
+                      if sv else "n/a"),
+                     f"{med(sv) / gib:.0f}" if sv and gib else "n/a",
+                     (f"**{fmt_ms(med(rs))}** ({fmt_ms(min(rs))}–{fmt_ms(max(rs))})"
+                      if rs else "n/a"),
+                     sizes,
+                     f"{used / 1024:.0f} MiB" if used else "n/a",
+                     f"{len(sv)}/{runs + 1} saves, {len(rs)}/{runs} restores"])
+    t1 = md_table(["VMM", "save: running → paused → state written, ms: median (min–max)",
+                   "save, ms per GiB of the guest's memory in use",
+                   "restore to running: process start → the guest's next tick line, ms: median "
+                   "(min–max)", "state file(s): apparent / allocated (median)",
+                   "guest memory in use at ready (MemTotal − MemFree; library: the pages its "
+                   "save wrote)", "measured"], rows)
+    ratios = []
+    peers = {n: m for n, m in meds.items() if not n.startswith("virtkit")}
+    for vk, vk_label in (("virtkit", "virtkit (CLI)"), ("virtkit-lib", "virtkit (library API)")):
+        if vk not in meds or not peers:
+            continue
+        vs, vr = meds[vk]
+        ok = list(peers.items())
+        bs = min((x for x in ok if x[1][0] == x[1][0]), key=lambda x: x[1][0], default=None)
+        br = min((x for x in ok if x[1][1] == x[1][1]), key=lambda x: x[1][1], default=None)
+        ratios.append([f"{vk_label} / best peer",
+                       f"{fmt_ratio(vs / bs[1][0])} (vs {bs[0]})" if bs else "n/a",
+                       f"{fmt_ratio(vr / br[1][1])} (vs {br[0]})" if br else "n/a"])
+        for n, (ps, pr) in peers.items():
+            if vs > ps:
+                slower.append(f"stock-kernel save/restore (emulated host): {vk_label} save "
+                              f"{vs:.0f} ms vs {n} {ps:.0f} ms (×{vs / ps:.2f})")
+            if vr > pr:
+                slower.append(f"stock-kernel save/restore (emulated host): {vk_label} restore "
+                              f"to the next tick {vr:.0f} ms vs {n} {pr:.0f} ms (×{vr / pr:.2f})")
+    t2 = md_table(["ratio (lower is better for virtkit)", "save", "restore to running"],
+                  ratios) if ratios else ""
+    out = [f"### Part 11: save and restore of the stock kernel inside the emulated KVM host, "
+           f"1 vCPU, {guest_save.MEMORY_MIB} MiB, {guest_save.TOUCH_MIB} MiB written by the "
+           f"guest, {runs + 1} saves and {runs} restores each\n", t1, ""]
+    if t2:
+        out += [t2, ""]
+    phases = res.get("virtkit-lib", {}).get("phases") or []
+    if phases:
+        out += ["Where a library restore's time goes (`save_restore restore --timings`, against "
+                "spawntime's spawn timestamp; medians):\n",
+                md_table(["step", "ms"], [[k, fmt_ms(med([p[k] for p in phases]))]
+                                          for k in phases[0]]), ""]
+    out.append(
+        f"One boot of the emulated KVM host (boot to kvm-ready {info.get('boot_to_ready_s')} s, "
+        f"attempts {info.get('attempts')}, the script {info.get('run_s')} s, this part "
+        f"{info.get('wall_s', 0) / 60:.1f} min in all; emulated host: {info.get('host')}). "
+        "Everything runs under QEMU's software emulator (TCG, nested SVM): compare the VMMs "
+        "with each other, not with part 10. Per VMM, the guest boots once; its init writes "
+        f"{guest_save.TOUCH_MIB} MiB (one random MiB repeated) to its tmpfs, prints `SB-READY` "
+        f"with the memory it uses, then `SB-TICK N` every {guest_save.TICK_S * 1000:.0f} ms. "
+        "Then a chain: save of the booted VM, a restore in a new process, after "
+        f"{guest_save.SETTLE_S} s a save of that restored VM, and so on; the save figure is "
+        "the median over all saves (the first, of the booted VM, is also shown apart). **Save**: "
+        "virtkit: the whole `virtkit suspend sb` command timed by spawntime from its spawn to "
+        "its exit (the request to the VM process, pause, state written and synced, the VM "
+        "process's stop); QEMU: QMP `stop` + `migrate exec:cat > FILE` polled with "
+        "`query-migrate` until `completed` (bench/savectl.c, times shown apart); Firecracker: "
+        "`PATCH /vm` Paused + `PUT /snapshot/create` Full (times shown apart). The state "
+        "files are on a tmpfs of the emulated host (RAM; a sync is free), so no fsync is added. "
+        "Per GiB: the median save over the guest's memory in use at ready. **Restore to "
+        "running**: spawntime's timestamp before `posix_spawn` of the new VMM process to the "
+        "first byte of the first `SB-TICK` line from it, with the orchestration in between "
+        "(QEMU: `savectl qmp-cont`, waiting for `query-status` to leave `inmigrate`, then "
+        "`cont`; Firecracker: `PUT /snapshot/load` with `resume_vm` as soon as its socket "
+        "answers; virtkit: nothing, `virtkit run sb` of a suspended bundle restores it). The "
+        "library rows (crates/virtkit/examples/save_restore.rs, the same guest and "
+        "configuration without the CLI, manager and bundle): a save of the booted VM "
+        f"{guest_save.LIB_BOOT_MS / 1000:.0f} s after its first output (it cannot see the ready "
+        "line: the pages it wrote show what it held), then per run a restore of that file (a "
+        "new process, killed at its first tick line) and a save of a VM restored from it (a "
+        f"new process, {guest_save.LIB_RUN_MS} ms after its first output); its save is "
+        "`pause` + `save_machine_state` (file synced). The "
+        f"guest's tick interval ({guest_save.TICK_S * 1000:.0f} ms, its `sleep`) can add up to "
+        "that much to any VMM's restore figure. The emulated host's clock advances in steps of "
+        "about 4 ms here (every figure is close to a multiple of 4 ms), so differences under "
+        "that are not resolved. File sizes: `stat` %s and %b×%B, state and memory files "
+        "together for Firecracker.")
+    out += ["", "Commands (in the emulated host; `$i` is the chain's step, `$a` its state "
+            "slot), booted by:\n", "```", p11["harness"]]
+    out += [f"{k}: {c}" for k, c in p11["commands"].items()]
+    out.append("```")
+    if p11["peers"]:
+        out.append("\nPeers: " + "; ".join(f"{n}: {v}" for n, v in p11["peers"].items()))
+    if p11["failures"]:
+        out.append(f"\n**Failures in part 11: {len(p11['failures'])}:** "
+                   + "; ".join(f.splitlines()[0] for f in p11["failures"]))
+        tails = [t for r in res.values() for t in r["tail"]]
+        if tails:
+            out += ["", "```"] + tails[-30:] + ["```"]
+    out.append("")
+    return "\n".join(out), slower
+
+
+# ---------------------------------------------------------------------------------------------
 # Report
 
 def busy_processes():
@@ -3152,7 +3408,8 @@ def blk_tables(p4):
     return t1, t2, t3, below
 
 
-def report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8=None, p9=None, p10=None):
+def report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8=None, p9=None, p10=None,
+           p11=None):
     out = []
     out.append("## Results\n")
     out.append(f"- **Command:** `{args.command_line}` (from the repository root)")
@@ -3448,6 +3705,13 @@ def report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8=None, p9=
         t10, s10 = save_section(args, p10)
         out.append(t10)
         slower += s10
+    if p11 is None:
+        out.append("### Part 11: save and restore of the stock kernel inside the emulated KVM host"
+                   "\n\nNot run (`--parts`).\n")
+    else:
+        t11, s11 = emulated_save_section(args, p11)
+        out.append(t11)
+        slower += s11
     out.append("### Where virtkit is slower or bigger, or short of its target\n")
     if slower:
         out += [f"- {x}" for x in slower]
@@ -3480,6 +3744,8 @@ def split_results(text):
 
 def bullet_part(bullet):
     """Which part a bullet of the slower list comes from, by the words each part's tables use."""
+    if bullet.startswith("stock-kernel save/restore"):
+        return 11
     if bullet.startswith("save/restore"):
         return 10
     if bullet.startswith("shared directory"):
@@ -3559,9 +3825,10 @@ def main():
                          "emulated KVM host, 8 the guest agent (exec, cp) against ssh in the emulated KVM host, "
                          "9 a shared directory (virtio-fs against QEMU's vhost-user-fs-pci, and "
                          "virtio-blk) in the emulated KVM host, 10 save and restore of a small "
-                         "guest against QEMU and Firecracker on KVM "
-                         f"(default: {DEFAULT_PARTS}: part 9 "
-                         "is run only when named); the results of parts not "
+                         "guest against QEMU and Firecracker on KVM, 11 save and restore of the "
+                         "stock kernel against QEMU and Firecracker in the emulated KVM host "
+                         f"(default: {DEFAULT_PARTS}: parts 9 and 11 "
+                         "are run only when named); the results of parts not "
                          "run are kept from "
                          "bench/RESULTS.md")
     ap.add_argument("--runs", type=int, default=30, help="part 1 runs per VMM (at least 20; default 30)")
@@ -3604,6 +3871,9 @@ def main():
     ap.add_argument("--save-runs", type=int, default=10,
                     help="part 10 saves and restores per VMM, after one warm-up each (at least 3; "
                          "default 10)")
+    ap.add_argument("--emulated-save-runs", type=int, default=3,
+                    help="part 11 restores per VMM (each VMM saves one more time; at least 2; "
+                         "default 3)")
     ap.add_argument("--skip-emulated", action="store_true", help="skip part 2")
     ap.add_argument("--no-build", action="store_true", help="use the existing release build")
     args = ap.parse_args()
@@ -3635,6 +3905,8 @@ def main():
     if not fs_keys or any(k not in {c["key"] for c in guest_fs.CONFIGS} for k in fs_keys):
         ap.error("--fs-configs: the configurations are "
                  + ", ".join(c["key"] for c in guest_fs.CONFIGS))
+    if args.emulated_save_runs < 2:
+        ap.error("--emulated-save-runs must be at least 2")
     if args.save_runs < 3:
         ap.error("--save-runs must be at least 3")
     if args.blk_seconds <= 0 or args.blk_reps < 1:
@@ -3667,7 +3939,7 @@ def main():
         def load_now(part):
             args.part_load[part] = os.getloadavg()[0]
 
-        p1 = p2 = p3 = p4 = p5 = p6 = p7 = p8 = p9 = p10 = None
+        p1 = p2 = p3 = p4 = p5 = p6 = p7 = p8 = p9 = p10 = p11 = None
         if 1 in args.parts:
             load_now(1)
             p1 = part1(args, smoke)
@@ -3702,19 +3974,23 @@ def main():
                                  "run cargo build --release -p virtkit-test-guests")
             load_now(10)
             p10 = part10(args, stream[0])
+        if 11 in args.parts:
+            load_now(11)
+            p11 = part11(args)
     except BenchError as e:
         print(f"\nbench: FAILED: {e}", file=sys.stderr)
         return 1
     elapsed = time.monotonic() - t0
-    text = report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8, p9, p10)
+    text = report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8, p9, p10, p11)
     raw = {"started_utc": started, "env": env, "part1": p1, "part2": p2, "part3": p3,
            "part4": p4, "part5": p5, "part6": p6, "part7": p7, "part8": p8, "part9": p9, "part10": p10,
+           "part11": p11,
            "elapsed_s": elapsed}
     (OUT / "results.json").write_text(json.dumps(raw, indent=1, default=str))
     text = write_results(text, args.parts)
     print("\n" + text)
     log(f"wrote {rel(RESULTS)} and {rel(OUT / 'results.json')} in {elapsed / 60:.1f} min")
-    failed = [f for p in (p1, p2, p3, p5, p7, p8, p9, p10) if p for f in p["failures"]]
+    failed = [f for p in (p1, p2, p3, p5, p7, p8, p9, p10, p11) if p for f in p["failures"]]
     if failed:
         print(f"bench: {len(failed)} run(s) failed; see above", file=sys.stderr)
         return 1
