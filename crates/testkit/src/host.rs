@@ -29,6 +29,10 @@ const KVM_MISSING: &str = "VIRTKIT-HOST: kvm-missing";
 const SCRIPT_EXIT: &str = "VIRTKIT-HOST: script-exit=";
 
 /// The message printed (and put in [`HostRun::output`]) when a boot is started once more.
+/// How many times at most the emulated host is booted for one script when the emulator fails
+/// (a hang before `kvm-ready`, a panic or triple fault of its own kernel).
+pub const MAX_ATTEMPTS: u32 = 3;
+
 pub const RETRY_NOTICE: &str = "emulated host hung before /dev/kvm was ready (emulator hang, \
                                 not virtkit); starting it once more";
 /// The message printed (and put in [`HostRun::output`]) when the emulated host's own kernel
@@ -568,9 +572,12 @@ impl EmulatedHost {
         Ok(s)
     }
 
-    /// Boots the emulated host and runs the script. A hang before `kvm-ready`, or a panic of the
-    /// emulated host's own kernel before the script ends, is retried once (saying so on stderr
-    /// and in the output); nothing else after `kvm-ready` is.
+    /// Boots the emulated host and runs the script. A hang before `kvm-ready`, or a panic or
+    /// triple fault of the emulated host's own kernel before the script ends, is retried, up to
+    /// [`MAX_ATTEMPTS`] boots in all (saying so on stderr and in the output each time); nothing
+    /// else after `kvm-ready` is. The emulator's nested virtualization fails in bursts (CI saw
+    /// a triple fault and then a kernel panic in one test's two boots), hence more than one
+    /// retry.
     ///
     /// At most `$VIRTKIT_HOST_PARALLEL` (default 1) emulated hosts run at a time in one test
     /// process; a run waits for its turn before any timer starts.
@@ -607,7 +614,7 @@ impl EmulatedHost {
                     });
                 }
                 Attempt::Retry { output, why, kind } => {
-                    if attempt >= 2 {
+                    if attempt >= MAX_ATTEMPTS {
                         let output = notices + &output;
                         return Err(match kind {
                             RetryKind::HangBeforeReady => HarnessError::HangBeforeReady {
