@@ -257,19 +257,35 @@ fn a_debian_cloud_system_takes_the_seed_and_a_clone_is_a_new_instance() {
         files.push((path, name));
     }
     let drive = format!("file={},format=raw,if=none,id=deb,cache=unsafe", disk.display());
-    let out = run_guest_script_with(&assets, "debian", &[], &files, SCRIPT, move |run| {
-        run.timeout(Duration::from_secs(3600)).emulated_host(move |host| {
-            host.memory_mib(3072)
-                .binary(&ssh, "/usr/bin/ssh")
-                .data("/etc/passwd", PASSWD, 0o644)
-                .data("/etc/group", GROUP, 0o644)
-                .qemu_arg("-drive")
-                .qemu_arg(&drive)
-                .qemu_arg("-device")
-                .qemu_arg("virtio-blk-device,drive=deb")
-        })
-    });
-    let Some(out) = out else { return };
+    // A boot that still failed after its retries inside one emulated host, with a triple fault
+    // of the inner guest, gets one new emulated host: in this emulator a boot after an inner
+    // triple fault tends to fail again in the same host (a local run saw three in a row).
+    let mut out = String::new();
+    for host_attempt in 1..=2 {
+        let (ssh, drive) = (ssh.clone(), drive.clone());
+        let run = run_guest_script_with(&assets, "debian", &[], &files, SCRIPT, move |run| {
+            run.timeout(Duration::from_secs(3600)).emulated_host(move |host| {
+                host.memory_mib(3072)
+                    .binary(&ssh, "/usr/bin/ssh")
+                    .data("/etc/passwd", PASSWD, 0o644)
+                    .data("/etc/group", GROUP, 0o644)
+                    .qemu_arg("-drive")
+                    .qemu_arg(&drive)
+                    .qemu_arg("-device")
+                    .qemu_arg("virtio-blk-device,drive=deb")
+            })
+        });
+        let Some(run) = run else { return };
+        let failed = ["first", "clone"].iter().any(|case| {
+            case_value(&run, case, "run") != Some("0")
+                || case_value(&run, case, "ended-or-stalled-after").is_some()
+        });
+        out = run;
+        if !(failed && out.contains("triple-faulted")) || host_attempt == 2 {
+            break;
+        }
+        eprintln!("debian: NOTICE: the inner guest kept triple-faulting; the whole emulated host is started once more");
+    }
     assert_value(&out, "setup", "vda", "1");
     let first = case_lines(&out, "first").join("\n");
     let clone = case_lines(&out, "clone").join("\n");
