@@ -52,15 +52,8 @@ impl DisplayFramebuffer {
 
     /// Takes the current frame and records what changed since the last one.
     fn refresh(&self) -> MutexGuard<'_, Seen> {
-        let (width, height, pixels) = match self.display.frame() {
-            Some(frame) => {
-                let pixels = frame
-                    .rgba
-                    .chunks_exact(4)
-                    .map(|p| u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2]))
-                    .collect();
-                (frame.width, frame.height, pixels)
-            }
+        let (width, height, pixels) = match self.display.frame_xrgb() {
+            Some(frame) => frame,
             None => (
                 self.dark.0,
                 self.dark.1,

@@ -142,11 +142,22 @@ impl DisplayHandle {
 
     /// What the screen shows (`None` while no mode is enabled: the screen is dark).
     pub fn frame(&self) -> Option<Frame> {
+        let (width, height, pixels) = self.frame_xrgb()?;
+        let rgba = pixels
+            .iter()
+            .flat_map(|p| [(p >> 16) as u8, (p >> 8) as u8, *p as u8, 0xff])
+            .collect();
+        Some(Frame { width, height, rgba })
+    }
+
+    /// What the screen shows as XRGB8888 pixels (`0x00RRGGBB`), row by row: the VNC server's
+    /// format, so it takes them without a second conversion.
+    pub fn frame_xrgb(&self) -> Option<(u32, u32, Vec<u32>)> {
         let state = self.lock();
         let mode = state.dispi.mode()?;
         let bytes = mode.bits_per_pixel.div_ceil(8) as usize;
         let (width, height) = (mode.width as usize, mode.height as usize);
-        let mut rgba = Vec::with_capacity(width * height * 4);
+        let mut pixels = Vec::with_capacity(width * height);
         for y in 0..height {
             let line = state
                 .memory
@@ -165,14 +176,10 @@ impl DisplayHandle {
                     // 8 bits: a palette the bochs-display does not have; grey levels.
                     _ => (px[0], px[0], px[0]),
                 };
-                rgba.extend_from_slice(&[r, g, b, 0xff]);
+                pixels.push(u32::from(r) << 16 | u32::from(g) << 8 | u32::from(b));
             }
         }
-        Some(Frame {
-            width: mode.width,
-            height: mode.height,
-            rgba,
-        })
+        Some((mode.width, mode.height, pixels))
     }
 }
 
