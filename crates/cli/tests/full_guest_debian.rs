@@ -146,10 +146,14 @@ boot() {
     sed "s/^/CASE $2: ssh: /" $W/ssh-$1.log
 }
 
+# One vCPU: the CI failures of this test were the emulator's (QEMU 7.2 TCG's nested SVM): inner
+# triple faults, and the emulated host's kernel recursing in its page fault handler until its
+# stack guard page on the second vCPU's thread ("vcpu-1", its GS base wrong); the full-guest
+# tests with one vCPU each never saw either. Linux on 2 vCPUs stays covered by full_guest_tap's bridged guest.
 mkdir -p /root/.ssh && cp $G/key $W/key && chmod 600 $W/key && cp $G/key.pub $W/key.pub
 export VIRTKIT_AGENT=$G/virtkit-agent
 $VIRTKIT create deb --from $D/root.img --kernel $D/vmlinuz --initrd $D/initrd.img \
-    --cmdline "root=/dev/vda ro console=ttyS0 systemd.show_status=1" --memory 1G --cpus 2 --network none \
+    --cmdline "root=/dev/vda ro console=ttyS0 systemd.show_status=1" --memory 1G --cpus 1 --network none \
     --ssh-key $W/key.pub --user dev 2>&1 | grep -v "create deb:" | sed 's/^/CASE first: create: /'
 echo "CASE first: get $($VIRTKIT get deb --format json | tr -d ' \n')"
 boot deb first
