@@ -106,6 +106,22 @@ pub fn exec(conn: UnixStream, req: ExecRequest) {
     if user.uid != me.uid {
         cmd.uid(user.uid).gid(user.gid);
     }
+    // A command starts with every signal's default action, as a login shell's would: the
+    // agent may have been started with some ignored (a background job of a non-interactive
+    // shell ignores SIGINT and SIGQUIT), which its children would inherit, and a shell cannot
+    // trap a signal that was ignored when it started, so `exec` could not interrupt them.
+    // SAFETY: the closure runs in the forked child before exec and calls only sigaction(2)
+    // through signal(3) (async-signal-safe), allocating nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            for signal in 1..32 {
+                if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+            }
+            Ok(())
+        });
+    }
     let result = if req.tty {
         run_pty(cmd, &conn, &out, &req)
     } else {
