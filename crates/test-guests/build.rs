@@ -39,7 +39,7 @@ const PVH_GUESTS: &[&str] = &[
 const PVH_ELF32_GUESTS: &[&str] = &["hello_elf32"];
 
 /// Raw firmware images: each `asm/<name>.s` becomes `$OUT_DIR/<name>.bin`.
-const FIRMWARE_GUESTS: &[&str] = &["reset_vector"];
+const FIRMWARE_GUESTS: &[&str] = &["reset_vector", "flash_probe"];
 
 const FIRMWARE_SIZE: u64 = 64 * 1024;
 

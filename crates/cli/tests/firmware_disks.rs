@@ -351,7 +351,7 @@ fn bad_firmware_and_disk_input_are_clear_errors() {
     let wrong_size = run(&["run", "--firmware", odd.to_str().unwrap()]);
     assert_eq!(wrong_size.status.code(), Some(1));
     assert!(
-        text(&wrong_size).contains("must be a multiple of 64 KiB"),
+        text(&wrong_size).contains("must be a multiple of 4 KiB"),
         "{}",
         text(&wrong_size)
     );

@@ -58,6 +58,7 @@ fn virtio_blk_appears_in_a_slot_and_its_bar_maps_when_programmed() {
             memory_size: 128 << 20,
             boot: BootSource::Firmware {
                 path: firmware.0.clone(),
+                variables: None,
             },
             serial_output: Box::new(std::io::sink()),
             serial_input: None,

@@ -14,15 +14,15 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{build_tables, write_acpi_tables, AcpiConfig, AcpiError};
 use crate::boot::{
-    configure_boot_vcpu, firmware_e820_map, load_firmware, load_linux, mirror_isa_bios, BootEntry, BootError,
-    BootSource, FirmwareImage,
+    configure_boot_vcpu, firmware_e820_map, load_firmware, load_linux, mirror_isa_bios, open_variable_store,
+    BootEntry, BootError, BootSource, FirmwareImage, VariableStore,
 };
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::cpuid::vcpu_cpuid;
 use crate::devices::fw_cfg::{keys as fw_cfg_keys, FwCfg, FwCfgError, FW_CFG_PORT_BASE, FW_CFG_PORT_LEN};
 use crate::devices::{
-    spawn_serial_input, AcpiPm, Cmos, GuestRequest, PvPanic, RequestSink, SerialDevice, SerialInputError,
-    I8042, PVPANIC_PORT,
+    pflash::Pflash, spawn_serial_input, AcpiPm, Cmos, GuestRequest, OvmfShutdown, PvPanic, RequestSink,
+    SerialDevice, SerialInputError, I8042, OVMF_PM1_CNT_LEN, OVMF_PM1_CNT_PORT, PVPANIC_PORT,
 };
 use crate::exit_stats::{ExitCounters, ExitStats};
 use crate::interrupt::GsiRouter;
@@ -36,7 +36,7 @@ use crate::memory::{
 use crate::pam::{ShadowRam, ShadowRamError};
 use crate::pci::{
     BarAllocator, BarAllocatorError, HostBridge, IsaBridge, PciConfigIo, PciConfigMmio, PciRoot,
-    PciRootError, ISA_BRIDGE_SLOT,
+    PciRootError, Piix4Pm, ISA_BRIDGE_SLOT, PIIX4_PM_FUNCTION,
 };
 use crate::smbios::{
     write_smbios_tables, BiosInformation, SmbiosError, SmbiosIdentity, SmbiosTables, FW_CFG_ANCHOR_FILE,
@@ -268,9 +268,16 @@ impl Machine {
         let vm = kvm.create_vm()?;
         vm.set_system_pages(KVM_TSS_ADDRESS, KVM_IDENTITY_MAP_ADDRESS)?;
 
-        let firmware = match &boot {
-            BootSource::Firmware { path } => Some(FirmwareImage::read(path)?),
-            BootSource::Linux { .. } => None,
+        let (firmware, variable_store) = match &boot {
+            BootSource::Firmware { path, variables } => {
+                let image = FirmwareImage::read(path)?;
+                let store = match variables {
+                    Some(v) => Some(open_variable_store(v, &image, path)?),
+                    None => None,
+                };
+                (Some(image), store)
+            }
+            BootSource::Linux { .. } => (None, None),
         };
         // Memory before the irqchip and the PIT, on purpose: each registration waits for an SRCU
         // grace period in the kernel, and one that closely follows another (as the irqchip's
@@ -291,6 +298,9 @@ impl Machine {
             _ => HostBridge::new(),
         };
         let pci = add_pci_bus(&pio, &mmio, host_bridge, &requests)?;
+        if let Some(store) = variable_store {
+            add_efi_platform(&pio, &mmio, &pci, store, &requests)?;
+        }
         let gsi_router = GsiRouter::new(vm.clone());
         let load = load || matches!(boot, BootSource::Firmware { .. });
         let (fw_cfg, entry) = if load {
@@ -667,6 +677,35 @@ fn add_pci_bus(
         Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
     )?;
     Ok(pci)
+}
+
+/// Step 4, EFI's part: the variable store's CFI flash right below the firmware's code (every
+/// access exits: OVMF reads the store once into its cache, then writes through the flash's
+/// commands), the PIIX4's power-management function at 00:01.3 that OVMF reads the ACPI PM
+/// timer's port from, and the port OVMF powers off through.
+fn add_efi_platform(
+    pio: &Bus,
+    mmio: &Bus,
+    pci: &Arc<Mutex<PciRoot>>,
+    store: VariableStore,
+    requests: &RequestSink,
+) -> Result<(), MachineError> {
+    mmio.insert(
+        store.address,
+        store.size,
+        Arc::new(Mutex::new(Pflash::new(store.flash))),
+    )?;
+    pio.insert(
+        u64::from(OVMF_PM1_CNT_PORT),
+        OVMF_PM1_CNT_LEN,
+        Arc::new(Mutex::new(OvmfShutdown::new(requests.clone()))),
+    )?;
+    lock_pci(pci).add_function(
+        ISA_BRIDGE_SLOT,
+        PIIX4_PM_FUNCTION,
+        Arc::new(Mutex::new(Piix4Pm::new())),
+    )?;
+    Ok(())
 }
 
 /// Step 5: ACPI and SMBIOS. A direct kernel boot finds the tables where Linux scans for the

@@ -256,6 +256,10 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             // the serial port's output attachment (a file, pipe, terminal, or the pipe to a
             // serial socket's `ConsoleServer`).
             r.allow_all(&[SYS_read, SYS_write, SYS_writev]);
+            // The EFI variable store's flash is written through to the bundle's `aux.img` by
+            // the vCPU that programs or erases it (`pwrite`), and made durable where OVMF's
+            // fault-tolerant write moves on (`fdatasync`), as QEMU's pflash does.
+            r.allow_all(&[SYS_pwrite64, SYS_fdatasync]);
             kick_vcpus(&mut r);
             starts_workers(&mut r);
         }

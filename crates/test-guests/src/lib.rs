@@ -50,6 +50,13 @@ pub enum Boot {
     Mbr,
 }
 
+/// The variable store [`Guest::FlashProbe`] runs with: 960 KiB, which with its 64 KiB makes a
+/// 1 MiB flash, so the store starts at 0xfff00000.
+pub const FLASH_PROBE_STORE_SIZE: u64 = 960 << 10;
+/// Where in the store [`Guest::FlashProbe`] keeps its count (block 1; block 0 holds the
+/// firmware volume header every store starts with).
+pub const FLASH_PROBE_COUNTER: u64 = 0x1000;
+
 /// Size of a [`Boot::Firmware`] image: 64 KiB.
 pub const FIRMWARE_SIZE: usize = 64 * 1024;
 
@@ -127,6 +134,14 @@ pub enum Guest {
     /// `virtkit-guest: real mode at reset vector` and does ACPI power-off. It uses no RAM (no
     /// stack; data is read through CS, whose base is still 0xffff0000).
     ResetVector,
+    /// Raw 64 KiB firmware image ([`Boot::Firmware`]) for a machine with an EFI variable store
+    /// of [`FLASH_PROBE_STORE_SIZE`] right below it (at 0xfff00000) and the PIIX4 PM function.
+    /// In flat 32-bit protected mode it drives the flash with OVMF's command sequences: the
+    /// probe at +0x10, then at +0x1000 ([`FLASH_PROBE_COUNTER`]) reads a count, erases its
+    /// block and programs count + 1 (an erased 0xff becomes 1); it reads 00:01.3's ID, PMBA and
+    /// PMREGMISC through 0xcf8, and powers off through OVMF's port (SLP_EN at 0xb004). Its COM1
+    /// lines are in `asm/flash_probe.s`.
+    FlashProbe,
     /// MBR ([`Boot::Mbr`]). For each LBA of [`mbr::READ_LBAS`] on the boot disk: an extended
     /// read (int 13h AH=42h) prints `ext lba=<n> sum=<s>` ([`output::mbr_read_sum`]) or
     /// `ext lba=<n> error=<AH>` ([`output::mbr_read_error`]); then, if the LBA lies inside the
@@ -222,7 +237,7 @@ macro_rules! artifact {
 
 impl Guest {
     /// Every guest.
-    pub const ALL: [Guest; 21] = [
+    pub const ALL: [Guest; 22] = [
         Guest::Hello,
         Guest::HelloElf32,
         Guest::Smoke,
@@ -236,6 +251,7 @@ impl Guest {
         Guest::Reset,
         Guest::TripleFault,
         Guest::ResetVector,
+        Guest::FlashProbe,
         Guest::MbrRead,
         Guest::MbrWrite,
         Guest::MbrDrives,
@@ -262,6 +278,7 @@ impl Guest {
             Guest::Reset => "reset",
             Guest::TripleFault => "triple_fault",
             Guest::ResetVector => "reset_vector",
+            Guest::FlashProbe => "flash_probe",
             Guest::MbrRead => "mbr_read",
             Guest::MbrWrite => "mbr_write",
             Guest::MbrDrives => "mbr_drives",
@@ -276,7 +293,7 @@ impl Guest {
     /// How the guest is booted.
     pub fn boot(self) -> Boot {
         match self {
-            Guest::ResetVector => Boot::Firmware,
+            Guest::ResetVector | Guest::FlashProbe => Boot::Firmware,
             Guest::HelloElf32 => Boot::PvhElf32,
             Guest::MbrRead
             | Guest::MbrWrite
@@ -319,6 +336,7 @@ impl Guest {
             Guest::Reset => artifact!("reset.elf"),
             Guest::TripleFault => artifact!("triple_fault.elf"),
             Guest::ResetVector => artifact!("reset_vector.bin"),
+            Guest::FlashProbe => artifact!("flash_probe.bin"),
             Guest::MbrRead => artifact!("mbr_read.mbr"),
             Guest::MbrWrite => artifact!("mbr_write.mbr"),
             Guest::MbrDrives => artifact!("mbr_drives.mbr"),

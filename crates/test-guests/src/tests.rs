@@ -262,6 +262,21 @@ fn artifacts_carry_the_documented_lines() {
         (Guest::TripleFault, &[output::TRIPLE_FAULT_NEXT]),
         (Guest::ResetVector, &[output::RESET_VECTOR]),
         (
+            Guest::FlashProbe,
+            &[
+                "virtkit-guest: flash probe clear=",
+                " status=",
+                "virtkit-guest: flash count=",
+                "virtkit-guest: flash erase-status=",
+                " erased=",
+                "virtkit-guest: flash programmed=",
+                "virtkit-guest: pm id=",
+                " pmba=",
+                " misc=",
+                "virtkit-guest: flash no power-off",
+            ],
+        ),
+        (
             Guest::MbrRead,
             &["ext lba=", "chs lba=", " sum=", " error=", output::MBR_READ_DONE],
         ),

@@ -48,6 +48,16 @@ pub const TRIPLE_FAULT_RETRY_NOTICE: &str = "the emulated host's own CPU triple-
                                              nested virtualization or of that kernel: no \
                                              user-space program triple-faults a kernel); starting \
                                              it once more";
+/// The message printed (and put in [`HostRun::output`]) when QEMU itself aborted on one of its
+/// own assertions during the script and the run is started once more.
+pub const EMULATOR_ABORT_RETRY_NOTICE: &str = "the emulator (QEMU) aborted on an assertion of its \
+                                               own during the script (a bug of its nested \
+                                               virtualization, not of virtkit); starting it once \
+                                               more";
+/// What QEMU prints (on standard error, and through glib on the console) when one of its
+/// assertions fails, as QEMU 7.2 and 10.0 do in `tcg_handle_interrupt` when a nested guest
+/// writes CR8 while a virtual interrupt is pending (OVMF's interrupt return does).
+const QEMU_ASSERTION: &str = "assertion failed";
 /// What QEMU's `-d cpu_reset` log says when a CPU of the emulated host triple-faults outside
 /// guest mode (in guest mode it is a `#VMEXIT(SHUTDOWN)` to the host's KVM instead, which QEMU
 /// does not log). With `-no-reboot` QEMU then exits without a word on the console.
@@ -150,6 +160,17 @@ pub enum HarnessError {
         /// The serial output of all attempts.
         output: String,
         /// How many boots were tried.
+        attempts: u32,
+    },
+    /// The emulator aborted on an assertion of its own during the script, in every attempt.
+    #[error(
+        "the emulator (QEMU) aborted on an assertion of its own during the script in {attempts} \
+         attempt(s) (emulator bug)\n--- serial output of the last attempt (last lines) ---\n{}",
+        tail(output, 40)
+    )]
+    EmulatorAborted {
+        /// The serial output of all attempts.
+        output: String,
         attempts: u32,
     },
     /// The emulated host's own kernel panicked during the script, in every attempt.
@@ -629,12 +650,17 @@ impl EmulatedHost {
                                 output,
                                 attempts: attempt,
                             },
+                            RetryKind::EmulatorAbort => HarnessError::EmulatorAborted {
+                                output,
+                                attempts: attempt,
+                            },
                         });
                     }
                     let notice = match kind {
                         RetryKind::HangBeforeReady => RETRY_NOTICE,
                         RetryKind::HostKernelPanic => CRASH_RETRY_NOTICE,
                         RetryKind::HostTripleFault => TRIPLE_FAULT_RETRY_NOTICE,
+                        RetryKind::EmulatorAbort => EMULATOR_ABORT_RETRY_NOTICE,
                     };
                     let msg = format!("[testkit] attempt {attempt}: {why}; {notice}");
                     // Always visible, whatever the capture settings.
@@ -827,6 +853,16 @@ impl EmulatedHost {
                         kind: RetryKind::HostTripleFault,
                     })
                 }
+                Some(_)
+                    if script_exit.is_none()
+                        && (stderr.contains(QEMU_ASSERTION) || output.contains(QEMU_ASSERTION)) =>
+                {
+                    Ok(Attempt::Retry {
+                        output,
+                        why: "QEMU aborted on an assertion of its own before the script ended".into(),
+                        kind: RetryKind::EmulatorAbort,
+                    })
+                }
                 Some(_) if script_exit.is_none() && output.contains(HOST_KERNEL_PANIC) => {
                     Ok(Attempt::Retry {
                         output,
@@ -887,6 +923,8 @@ enum RetryKind {
     HostKernelPanic,
     /// QEMU exited by itself after `kvm-ready`, no script exit, and its log has a triple fault.
     HostTripleFault,
+    /// QEMU aborted on a failed assertion of its own after `kvm-ready`, no script exit.
+    EmulatorAbort,
 }
 
 /// Whether QEMU's `-d cpu_reset` log at `path` records a triple fault.

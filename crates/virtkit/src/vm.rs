@@ -191,7 +191,10 @@ impl VirtualMachine {
                 initrd: initrd.clone(),
                 command_line: command_line.clone(),
             },
-            BootLoader::Firmware { path, .. } => BootSource::Firmware { path: path.clone() },
+            BootLoader::Firmware { path, variable_store } => BootSource::Firmware {
+                path: path.clone(),
+                variables: variable_store.clone(),
+            },
         };
         let ends = open_attachment(self.config.serial_ports.first_mut().map(|p| &mut p.attachment))?;
         Ok((

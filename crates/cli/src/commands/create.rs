@@ -7,7 +7,9 @@ use clap::Args;
 
 use crate::commands::network_flags::{self, NetworkChoice};
 use virtkit::parse_size;
-use virtkit_manager::bundle::{Bundle, NewBoot, NewBundle, DEFAULT_FIRMWARE};
+use virtkit_manager::bundle::{
+    Bundle, NewBoot, NewBundle, DEFAULT_EFI_CODE, DEFAULT_EFI_VARS, DEFAULT_FIRMWARE,
+};
 use virtkit_manager::seed::SeedSettings;
 
 use crate::commands::vms::{bundle_error_in, home, human_size};
@@ -40,9 +42,18 @@ pub struct CreateArgs {
     /// Guest memory, like 2G.
     #[arg(long, value_parser = parse_size, default_value = "2G")]
     pub memory: u64,
-    /// Boot this BIOS firmware from the disk [default: /usr/share/seabios/bios.bin].
+    /// Boot this BIOS firmware from the disk [default: /usr/share/seabios/bios.bin]; with
+    /// --efi, this EFI firmware's code [default: /usr/share/OVMF/OVMF_CODE_4M.fd].
     #[arg(long, conflicts_with = "kernel")]
     pub firmware: Option<PathBuf>,
+    /// Boot by EFI (OVMF): its variables (boot entries, efibootmgr's changes) live in the
+    /// bundle's aux.img and survive power-offs.
+    #[arg(long, conflicts_with = "kernel")]
+    pub efi: bool,
+    /// The variable store aux.img starts as: the VARS file of the --firmware's build
+    /// [default: /usr/share/OVMF/OVMF_VARS_4M.fd].
+    #[arg(long, value_name = "VARS.fd", requires = "efi")]
+    pub efi_vars: Option<PathBuf>,
     /// Boot this Linux kernel directly (copied into the bundle).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
@@ -135,6 +146,22 @@ fn seed_for(args: &CreateArgs) -> Result<Option<(SeedSettings, Option<PathBuf>)>
     Ok(Some((settings, virtkit_manager::seed::find_agent())))
 }
 
+/// `--efi`: OVMF's code and the VARS file `aux.img` starts as, which must be there.
+fn efi_boot(args: &CreateArgs) -> Result<NewBoot, CliError> {
+    let code = args.firmware.clone().unwrap_or_else(|| DEFAULT_EFI_CODE.into());
+    let variables = args.efi_vars.clone().unwrap_or_else(|| DEFAULT_EFI_VARS.into());
+    for (file, flag) in [(&code, "--firmware CODE.fd"), (&variables, "--efi-vars VARS.fd")] {
+        if !file.is_file() {
+            return Err(CliError::new(format!(
+                "cannot create `{}`: the EFI firmware file {} does not exist; install Debian's ovmf package (apt-get install ovmf) or give {flag}",
+                args.name,
+                file.display()
+            )));
+        }
+    }
+    Ok(NewBoot::Efi { code, variables })
+}
+
 /// `--from NAME` means a catalog image when NAME is no file here and looks like no path.
 fn is_catalog_name(from: &std::path::Path) -> bool {
     !from.exists() && from.components().count() == 1 && from.extension().is_none()
@@ -148,6 +175,7 @@ pub fn run(args: &CreateArgs) -> Result<u8, CliError> {
             initrd: args.initrd.clone(),
             command_line: args.cmdline.clone(),
         },
+        None if args.efi => efi_boot(args)?,
         None => NewBoot::Firmware {
             path: args.firmware.clone().unwrap_or_else(|| DEFAULT_FIRMWARE.into()),
         },

@@ -75,6 +75,10 @@ pub fn get(args: &GetArgs) -> Result<u8, CliError> {
     let id = b.machine_identifier();
     let boot = match &c.boot_loader {
         BootLoader::Linux { .. } => "linux",
+        BootLoader::Firmware {
+            variable_store: Some(_),
+            ..
+        } => "efi",
         BootLoader::Firmware { .. } => "firmware",
     };
     let value = json!({

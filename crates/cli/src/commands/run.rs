@@ -22,7 +22,7 @@ pub use crate::vm_process::ConsoleChoice;
 #[derive(Args)]
 pub struct RunArgs {
     /// A VM made with `virtkit create` (its bundle has the whole configuration).
-    #[arg(conflicts_with_all = ["config", "kernel", "firmware", "disks", "entropy", "balloon", "ports", "networks", "published", "cpus", "memory", "serial", "vsock"])]
+    #[arg(conflicts_with_all = ["config", "kernel", "firmware", "efi_vars", "disks", "entropy", "balloon", "ports", "networks", "published", "cpus", "memory", "serial", "vsock"])]
     pub name: Option<String>,
     /// Run the named VM in the background; `virtkit console NAME` attaches to it.
     #[arg(long, requires = "name")]
@@ -43,9 +43,14 @@ pub struct RunArgs {
     /// Kernel command line.
     #[arg(long, requires = "kernel", default_value = "console=ttyS0")]
     pub cmdline: String,
-    /// Firmware image (BIOS) to boot from the reset vector.
+    /// Firmware image to boot from the reset vector: a BIOS, or with --efi-vars an EFI
+    /// firmware's code (such as /usr/share/OVMF/OVMF_CODE_4M.fd).
     #[arg(long)]
     pub firmware: Option<PathBuf>,
+    /// The EFI variable store the firmware keeps its variables in, used in place (a copy of
+    /// the firmware's VARS file, such as /usr/share/OVMF/OVMF_VARS_4M.fd).
+    #[arg(long, value_name = "VARS.fd", requires = "firmware")]
+    pub efi_vars: Option<PathBuf>,
     /// Number of vCPUs [default: 1, or the configuration's].
     #[arg(long)]
     pub cpus: Option<u32>,
@@ -182,7 +187,7 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
             },
             (None, Some(path)) => BootLoader::Firmware {
                 path: path.clone(),
-                variable_store: None,
+                variable_store: args.efi_vars.clone(),
             },
             _ => return Err(CliError::new(
                 "nothing to boot: give --kernel (with --initrd and --cmdline), --firmware, or --config FILE",

@@ -12,7 +12,8 @@ use crate::layout::{FIRMWARE_END, LEGACY_BIOS_SIZE, LEGACY_BIOS_START};
 
 /// Largest firmware image we map (OVMF is 4 MiB; leave room for bigger builds).
 pub const FIRMWARE_MAX_SIZE: u64 = 16 << 20;
-const FIRMWARE_ALIGN: u64 = 64 << 10;
+/// Pages: OVMF's 4 MiB build's code file is 3,568 KiB (0x37c000).
+const FIRMWARE_ALIGN: u64 = 4 << 10;
 
 /// A firmware image read into host memory, with where it goes.
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@ pub mod elf32;
 mod firmware;
 mod linux;
 mod regs;
+mod variable_store;
 
 use std::path::PathBuf;
 
@@ -16,6 +17,7 @@ pub use linux::{
     bzimage_memory_needed, check_kernel, elf32_memory_needed, load_linux, LinuxBoot, LinuxEntry,
 };
 pub use regs::{configure_boot_vcpu, BootEntry};
+pub use variable_store::{open_variable_store, VariableStore, VariableStoreError};
 
 /// What to boot.
 #[derive(Debug, Clone)]
@@ -27,8 +29,13 @@ pub enum BootSource {
         initrd: Option<PathBuf>,
         command_line: String,
     },
-    /// A firmware image (BIOS) that starts at the reset vector.
-    Firmware { path: PathBuf },
+    /// A firmware image that starts at the reset vector: a BIOS, or EFI (OVMF's code) with its
+    /// variable store (`variables`), which becomes the CFI flash right below the code and brings
+    /// the PIIX4's power-management function OVMF looks for.
+    Firmware {
+        path: PathBuf,
+        variables: Option<PathBuf>,
+    },
 }
 
 /// Why a guest could not be loaded.
@@ -70,9 +77,11 @@ pub enum BootError {
     #[error("the kernel command line is invalid: {0}")]
     CommandLine(String),
     #[error(
-        "the firmware image {path} is {size} bytes; it must be a multiple of 64 KiB and at most {max} bytes"
+        "the firmware image {path} is {size} bytes; it must be a multiple of 4 KiB and at most {max} bytes"
     )]
     FirmwareSize { path: PathBuf, size: u64, max: u64 },
+    #[error(transparent)]
+    VariableStore(#[from] VariableStoreError),
     #[error("writing boot data to guest memory failed")]
     GuestMemory(#[source] vm_memory::GuestMemoryError),
     #[error("setting up the boot vCPU failed")]

@@ -3,6 +3,7 @@
 mod cmos;
 pub mod fw_cfg;
 mod i8042;
+mod ovmf_shutdown;
 pub mod pflash;
 mod pm;
 mod pvpanic;
@@ -18,6 +19,7 @@ pub use pm::{AcpiPm, IrqLevel, PmState, PM_IO_LEN};
 pub fn pm_io_len() -> u64 {
     PM_IO_LEN
 }
+pub use ovmf_shutdown::{OvmfShutdown, OVMF_PM1_CNT_LEN, OVMF_PM1_CNT_PORT};
 pub use pvpanic::{PvPanic, PVPANIC_PORT};
 pub use serial::{spawn_serial_input, IrqTrigger, SerialDevice, SerialInputError, SerialState};
 

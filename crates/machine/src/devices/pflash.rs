@@ -119,6 +119,13 @@ impl FileFlash {
     }
 }
 
+impl FileFlash {
+    /// The store's bytes as they are now.
+    pub fn bytes(&self) -> &[u8] {
+        &self.memory.data
+    }
+}
+
 impl FlashStore for FileFlash {
     fn size(&self) -> u64 {
         self.memory.size()

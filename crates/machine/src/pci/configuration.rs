@@ -144,6 +144,11 @@ impl PciConfiguration {
         self.bytes[HEADER_TYPE] = if multi { 0x80 } else { 0 };
     }
 
+    /// Whether the header type's multi-function bit is set.
+    pub fn is_multi_function(&self) -> bool {
+        self.bytes[HEADER_TYPE] & 0x80 != 0
+    }
+
     /// Says which INTx pin (1 = INTA# .. 4 = INTD#, 0 = none) the function uses and which
     /// interrupt line firmware would have routed it to.
     pub fn set_interrupt(&mut self, pin: u8, line: u8) {

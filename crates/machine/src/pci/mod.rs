@@ -17,6 +17,7 @@ mod configuration;
 mod host_bridge;
 mod isa_bridge;
 pub mod msix;
+mod piix4_pm;
 #[allow(unsafe_code)]
 mod ram_bar;
 mod root;
@@ -29,6 +30,7 @@ pub use configuration::{
 };
 pub use host_bridge::{HostBridge, PamHandler, PAM_COUNT, PAM_START};
 pub use isa_bridge::{IsaBridge, DEVICE_PIIX3_ISA, ISA_BRIDGE_SLOT, PIRQ_COUNT, PIRQ_ROUTE_START};
+pub use piix4_pm::{Piix4Pm, DEVICE_PIIX4_PM, PIIX4_PM_FUNCTION, PMBA, PMREGMISC};
 pub use ram_bar::{RamBar, RamBarError};
 
 /// Offsets of the type-0 header's registers.

@@ -21,6 +21,8 @@ pub enum PciRootError {
     SlotTaken(u8),
     #[error("every PCI slot on bus 0 is taken")]
     Full,
+    #[error("PCI function {slot:02x}.{function} needs a multi-function device at {slot:02x}.0 and must not be taken")]
+    BadFunction { slot: u8, function: u8 },
 }
 
 struct Slot {
@@ -29,9 +31,12 @@ struct Slot {
     mapped: Vec<BarRegion>,
 }
 
-/// Bus 0 and its devices (function 0 of each slot).
+/// Bus 0 and its devices: function 0 of each slot, with its BARs, and a few other functions of
+/// multi-function devices that have no BARs (the PIIX4's PM function).
 pub struct PciRoot {
     slots: Vec<Option<Slot>>,
+    /// (slot, function 1..8, device).
+    functions: Vec<(u8, u8, SharedPciDevice)>,
     pio: Bus,
     mmio: Bus,
 }
@@ -66,6 +71,7 @@ impl PciRoot {
     pub fn new(pio: Bus, mmio: Bus) -> PciRoot {
         PciRoot {
             slots: (0..SLOTS).map(|_| None).collect(),
+            functions: Vec::new(),
             pio,
             mmio,
         }
@@ -98,28 +104,55 @@ impl PciRoot {
         Some(self.slots.get(usize::from(slot))?.as_ref()?.device.clone())
     }
 
-    fn function(&self, bus: u8, device: u8, function: u8) -> Option<&Slot> {
-        if bus != 0 || function != 0 {
+    /// Puts `device`, which has no BARs, at `slot`.`function` (1..8) of the multi-function
+    /// device at `slot`.
+    pub fn add_function(
+        &mut self,
+        slot: u8,
+        function: u8,
+        device: SharedPciDevice,
+    ) -> Result<(), PciRootError> {
+        let multi_function = self
+            .device(slot)
+            .is_some_and(|d| lock(&d).configuration().is_multi_function());
+        let taken = self.functions.iter().any(|&(s, f, _)| (s, f) == (slot, function));
+        if !(1..8).contains(&function) || !multi_function || taken {
+            return Err(PciRootError::BadFunction { slot, function });
+        }
+        self.functions.push((slot, function, device));
+        Ok(())
+    }
+
+    fn function(&self, bus: u8, device: u8, function: u8) -> Option<SharedPciDevice> {
+        if bus != 0 {
             return None;
         }
-        self.slots.get(usize::from(device))?.as_ref()
+        if function == 0 {
+            return self.device(device);
+        }
+        self.functions
+            .iter()
+            .find(|&&(s, f, _)| (s, f) == (device, function))
+            .map(|(_, _, d)| d.clone())
     }
 
     /// A configuration read; absent functions read as all ones (vendor ID 0xffff).
     pub fn read_config(&self, bus: u8, device: u8, function: u8, offset: usize, data: &mut [u8]) {
         match self.function(bus, device, function) {
-            Some(slot) => lock(&slot.device).read_config(offset, data),
+            Some(d) => lock(&d).read_config(offset, data),
             None => data.fill(0xff),
         }
     }
 
     /// A configuration write; BARs the write moved or switched on or off move on the buses.
     pub fn write_config(&mut self, bus: u8, device: u8, function: u8, offset: usize, data: &[u8]) {
-        let Some(slot) = self.function(bus, device, function) else {
+        let Some(d) = self.function(bus, device, function) else {
             return;
         };
-        lock(&slot.device).write_config(offset, data);
-        self.sync_bars(device);
+        lock(&d).write_config(offset, data);
+        if function == 0 {
+            self.sync_bars(device);
+        }
     }
 
     /// Gives every unassigned BAR an address from `allocator` and turns decoding on, as

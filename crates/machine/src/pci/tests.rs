@@ -286,3 +286,56 @@ fn reset_control_register_resets_when_bit_2_is_set() {
     io.write(1, &[0x06]);
     assert_eq!(resets.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[test]
+fn the_pm_function_answers_at_01_3_of_the_multi_function_isa_bridge_only() {
+    let mut p = platform();
+    let pm = || Arc::new(Mutex::new(Piix4Pm::new()));
+    {
+        let mut root = p.root.lock().unwrap();
+        assert!(
+            matches!(
+                root.add_function(ISA_BRIDGE_SLOT, PIIX4_PM_FUNCTION, pm()),
+                Err(PciRootError::BadFunction { .. })
+            ),
+            "no device at function 0 yet"
+        );
+        root.add_device(ISA_BRIDGE_SLOT, Arc::new(Mutex::new(IsaBridge::new())))
+            .unwrap();
+        root.add_function(ISA_BRIDGE_SLOT, PIIX4_PM_FUNCTION, pm())
+            .unwrap();
+        assert!(
+            root.add_function(ISA_BRIDGE_SLOT, PIIX4_PM_FUNCTION, pm())
+                .is_err(),
+            "taken"
+        );
+        assert!(
+            root.add_function(ISA_BRIDGE_SLOT, 8, pm()).is_err(),
+            "functions are 0..8"
+        );
+        // The host bridge is single-function: nothing can join it.
+        assert!(root.add_function(0, 1, pm()).is_err());
+    }
+    // Port 0xcf8: function in bits 8..10.
+    let read = |p: &mut Platform, function: u8, register: u8| {
+        let address = 0x8000_0000u32
+            | u32::from(ISA_BRIDGE_SLOT) << 11
+            | u32::from(function) << 8
+            | u32::from(register);
+        p.io.write(0, &address.to_le_bytes());
+        let mut b = [0; 4];
+        p.io.read(4, &mut b);
+        u32::from_le_bytes(b)
+    };
+    assert_eq!(read(&mut p, 0, 0), 0x7000_8086, "the ISA bridge at function 0");
+    assert_eq!(read(&mut p, PIIX4_PM_FUNCTION, 0), 0x7113_8086);
+    assert_eq!(read(&mut p, PIIX4_PM_FUNCTION, PMBA as u8), 0x601);
+    assert_eq!(read(&mut p, 2, 0), 0xffff_ffff, "absent functions read all ones");
+    // ECAM: function in bits 12..14.
+    let mut b = [0; 4];
+    p.ecam.read(
+        u64::from(ISA_BRIDGE_SLOT) << 15 | u64::from(PIIX4_PM_FUNCTION) << 12,
+        &mut b,
+    );
+    assert_eq!(u32::from_le_bytes(b), 0x7113_8086);
+}

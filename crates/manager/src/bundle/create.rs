@@ -30,6 +30,11 @@ pub const DEFAULT_DISK_SIZE: u64 = 20 << 30;
 
 /// The firmware VMs boot with unless told otherwise (Debian's `seabios` package).
 pub const DEFAULT_FIRMWARE: &str = "/usr/share/seabios/bios.bin";
+/// The EFI firmware `create --efi` uses unless told otherwise (Debian's `ovmf` package: the
+/// build without SMM, with its variables in a 4 MiB flash).
+pub const DEFAULT_EFI_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// The variable store a new EFI VM's `aux.img` starts as (the same build's).
+pub const DEFAULT_EFI_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 /// Size of the auxiliary storage (the firmware variable store; BIOS firmware keeps none, so it
 /// stays empty — a sparse file — until an EFI firmware uses it).
@@ -67,6 +72,9 @@ pub struct NewBundle {
 pub enum NewBoot {
     /// BIOS firmware from the boot disk.
     Firmware { path: PathBuf },
+    /// EFI firmware (OVMF's code, `code`) whose variable store, the bundle's `aux.img`, starts
+    /// as a copy of `variables` (the same build's VARS file).
+    Efi { code: PathBuf, variables: PathBuf },
     /// A Linux kernel (copied into the bundle) with the boot disk attached.
     Linux {
         kernel: PathBuf,
@@ -260,9 +268,12 @@ impl Bundle {
                 .as_bytes(),
         )?;
         let aux = dir.join(AUX_FILE);
-        std::fs::File::create(&aux)
-            .and_then(|f| f.set_len(AUX_SIZE))
-            .map_err(io_error("create", &aux))?;
+        match &spec.boot {
+            NewBoot::Efi { variables, .. } => copy_in(variables, &aux)?,
+            _ => std::fs::File::create(&aux)
+                .and_then(|f| f.set_len(AUX_SIZE))
+                .map_err(io_error("create", &aux))?,
+        }
 
         // The firmware stays where it is (a system file); the path the user gave (or the
         // default) is recorded as one the configuration may name.
@@ -274,6 +285,14 @@ impl Bundle {
                 BootLoader::Firmware {
                     path,
                     variable_store: None,
+                }
+            }
+            NewBoot::Efi { code, .. } => {
+                let path = std::path::absolute(code).map_err(io_error("find", code))?;
+                external.push(path.clone());
+                BootLoader::Firmware {
+                    path,
+                    variable_store: Some(AUX_FILE.into()),
                 }
             }
             NewBoot::Linux {

@@ -47,7 +47,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub use change::Change;
-pub use create::{NewBoot, NewBundle, DEFAULT_DISK_SIZE, DEFAULT_FIRMWARE};
+pub use create::{
+    NewBoot, NewBundle, DEFAULT_DISK_SIZE, DEFAULT_EFI_CODE, DEFAULT_EFI_VARS, DEFAULT_FIRMWARE,
+};
 pub use external::EXTERNAL_PATHS_FILE;
 pub use files::{Access, MAX_METADATA_SIZE};
 pub use hardware::{HardwareModel, HARDWARE_MODEL_VERSION, MACHINE_MODEL};

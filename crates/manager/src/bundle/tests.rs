@@ -28,7 +28,7 @@ impl Drop for Home {
     }
 }
 
-/// A file that passes for BIOS firmware (validation checks its size: a multiple of 64 KiB).
+/// A file that passes for BIOS firmware (validation checks its size: a multiple of 4 KiB).
 fn firmware(home: &Home) -> PathBuf {
     let path = home.0.root().join("bios.bin");
     std::fs::create_dir_all(home.0.root()).unwrap();

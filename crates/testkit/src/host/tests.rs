@@ -371,3 +371,31 @@ fn initramfs_contents() {
     ));
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_assertion_qemu_aborted_on_during_the_script_is_retried() {
+    // QEMU 7.2 and 10.0 abort so (glib's message on stderr) when a nested guest writes CR8
+    // while a virtual interrupt is pending.
+    let abort = "echo 'ERROR:../../accel/tcg/tcg-accel-ops.c:81:tcg_handle_interrupt: assertion failed: (qemu_mutex_iothread_locked())' >&2; exit 134";
+    let (dir, host) = fake_qemu(
+        "assert",
+        &format!(
+            "echo 'VIRTKIT-HOST: kvm-ready'\necho running $N\n[ $N = 1 ] && {{ {abort}; }}\n\
+             echo 'VIRTKIT-HOST: script-exit=0'"
+        ),
+    );
+    let run = host.run().unwrap();
+    assert_eq!((run.attempts, run.script_exit), (2, Some(0)));
+    assert!(run.contains(EMULATOR_ABORT_RETRY_NOTICE), "{}", run.output);
+    fs::remove_dir_all(dir).unwrap();
+
+    let (dir, host) = fake_qemu(
+        "assert-always",
+        &format!("echo 'VIRTKIT-HOST: kvm-ready'\n{abort}"),
+    );
+    match host.run() {
+        Err(HarnessError::EmulatorAborted { attempts, .. }) => assert_eq!(attempts, MAX_ATTEMPTS),
+        other => panic!("expected EmulatorAborted, got {other:?}"),
+    }
+    fs::remove_dir_all(dir).unwrap();
+}

@@ -227,7 +227,16 @@ impl DeviceManager {
         )?;
         let firmware_boot = matches!(config.boot_loader, BootLoader::Firmware { .. });
         graphics::attach(&manager, machine, &config.graphics_devices, firmware_boot)?;
-        if firmware_boot && !disk_slots.is_empty() {
+        // EFI keeps its own boot entries in its variable store (efibootmgr's); a fw_cfg boot
+        // order would make OVMF reorder, and drop, entries it does not match.
+        let efi = matches!(
+            config.boot_loader,
+            BootLoader::Firmware {
+                variable_store: Some(_),
+                ..
+            }
+        );
+        if firmware_boot && !efi && !disk_slots.is_empty() {
             let order: Vec<String> = disk_slots.iter().map(|s| format!("/pci@i0cf8/*@{s:x}")).collect();
             machine.set_boot_order(&order).map_err(DeviceError::BootOrder)?;
         }

@@ -70,7 +70,10 @@ fn machine(kvm: &Kvm, config: &VirtualMachineConfiguration) -> Machine {
         MachineConfig {
             vcpus: 1,
             memory_size: config.memory_size,
-            boot: BootSource::Firmware { path: path.clone() },
+            boot: BootSource::Firmware {
+                path: path.clone(),
+                variables: None,
+            },
             serial_output: Box::new(std::io::sink()),
             serial_input: None,
             smbios_identity: None,

@@ -4,7 +4,9 @@
 use std::fmt;
 use std::path::Path;
 
-use virtkit_machine::boot::{bzimage_memory_needed, check_kernel, elf32_memory_needed, FirmwareImage};
+use virtkit_machine::boot::{
+    bzimage_memory_needed, check_kernel, elf32_memory_needed, open_variable_store, FirmwareImage,
+};
 use virtkit_machine::layout::CMDLINE_MAX_SIZE;
 use virtkit_machine::memory::low_ram_end;
 
@@ -346,27 +348,30 @@ impl VirtualMachineConfiguration {
                 }
             }
             BootLoader::Firmware { path, variable_store } => {
+                let example = match variable_store {
+                    Some(_) => "an EFI firmware's code such as /usr/share/OVMF/OVMF_CODE_4M.fd",
+                    None => "a BIOS image such as /usr/share/seabios/bios.bin",
+                };
+                let mut code = None;
                 if check_file(&mut issues, "boot_loader.path", "firmware image", path) {
-                    if let Err(e) = FirmwareImage::read(path) {
-                        issues.add(
-                            "boot_loader.path",
-                            format!(
-                                "{}; give a BIOS image such as /usr/share/seabios/bios.bin",
-                                error_chain(&e)
-                            ),
-                        );
+                    match FirmwareImage::read(path) {
+                        Ok(image) => code = Some(image),
+                        Err(e) => {
+                            issues.add("boot_loader.path", format!("{}; give {example}", error_chain(&e)))
+                        }
                     }
                 }
                 if let Some(store) = variable_store {
-                    if let Some(parent) = store.parent().filter(|p| !p.as_os_str().is_empty()) {
-                        if !parent.is_dir() {
-                            issues.add(
-                                "boot_loader.variable_store",
-                                format!(
-                                    "the directory {} does not exist; create it or choose another path",
-                                    parent.display()
-                                ),
-                            );
+                    if check_file(
+                        &mut issues,
+                        "boot_loader.variable_store",
+                        "EFI variable store",
+                        store,
+                    ) {
+                        if let Some(code) = &code {
+                            if let Err(e) = open_variable_store(store, code, path) {
+                                issues.add("boot_loader.variable_store", error_chain(&e));
+                            }
                         }
                     }
                 }

@@ -307,7 +307,7 @@ fn firmware_of_the_wrong_size_or_missing_is_refused() {
     let odd = dir.file("bios.bin", &[0u8; 1000]);
     let issue = only_issue(&VirtualMachineConfiguration::firmware(1, 64 << 20, odd));
     assert_eq!(issue.field, "boot_loader.path");
-    assert!(issue.message.contains("multiple of 64 KiB"), "{issue}");
+    assert!(issue.message.contains("multiple of 4 KiB"), "{issue}");
     let missing = only_issue(&VirtualMachineConfiguration::firmware(
         1,
         64 << 20,
