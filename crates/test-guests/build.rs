@@ -51,6 +51,7 @@ const MBR_GUESTS: &[&str] = &[
     "mbr_bench",
     "mbr_id",
     "mbr_keys",
+    "mbr_mouse",
 ];
 
 /// MBR programs longer than one sector (the boot sector loads the rest itself).

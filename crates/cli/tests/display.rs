@@ -277,3 +277,57 @@ fn keys_typed_over_vnc_reach_an_int_16h_reader() {
         "{log}"
     );
 }
+
+/// A pointer moved and clicked by a real VNC client reaches the guest: vncdotool moves on the
+/// VM's `vnc.sock`, the PS/2 mouse on the i8042's auxiliary port sends packets with IRQ 12,
+/// SeaBIOS's int 15h C2 services hand them to the `mbr_mouse` program's handler, which prints
+/// them on COM1.
+#[test]
+fn a_pointer_moved_over_vnc_reaches_the_ps2_aux_port() {
+    if !virtkit_testkit::require_kvm_and_seabios() {
+        return;
+    }
+    let Some(vncdo) = vncdo() else {
+        virtkit_testkit::skip(
+            "vncdotool is not installed (scripts/install-deps.sh puts it in .cache/vncdotool-venv)",
+        );
+        return;
+    };
+    let home = Home::new("display", "mouse");
+    let image = home.dir.join("mouse.img");
+    let mut bytes = virtkit_test_guests::Guest::MbrMouse.bytes().to_vec();
+    bytes.resize(8 << 20, 0);
+    std::fs::write(&image, bytes).unwrap();
+    home.create_with("m", &image, &["--network", "none"]);
+    home.ok(&["run", "m", "--detach", "--display", "640x480"]);
+    home.wait_log("m", "mouse: ready", 1);
+    let (socket, _) = vnc_addresses(&home, "m");
+    let vnc = |args: &[&str]| {
+        let out = std::process::Command::new(&vncdo)
+            .args(["-t", "30", "-s", &socket])
+            .args(args)
+            .output()
+            .expect("vncdo runs");
+        assert!(
+            out.status.success(),
+            "vncdo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // The first position is where moves count from; then 50 right and 20 down (PS/2's Y grows
+    // upwards: -20 is 0xec with the Y sign bit, 0x20, in the status); then a left click there:
+    // a press and a release, no movement. One connection: a new one starts at (0, 0).
+    vnc(&["move", "10", "10", "move", "60", "30", "click", "1"]);
+    let log = home.wait_log("m", "mouse: status=08 x=00 y=00", 1);
+    home.ok(&["stop", "m", "--timeout", "0"]);
+    let packets: Vec<&str> = log.lines().filter(|l| l.starts_with("mouse: status=")).collect();
+    assert_eq!(
+        packets,
+        [
+            "mouse: status=28 x=32 y=ec",
+            "mouse: status=09 x=00 y=00",
+            "mouse: status=08 x=00 y=00"
+        ],
+        "{log}"
+    );
+}

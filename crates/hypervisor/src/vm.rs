@@ -2,7 +2,8 @@ use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KvmIrqRouting, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, KvmIrqRouting, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, IoEventAddress as KvmIoEventAddress, VmFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -121,6 +122,43 @@ impl Vm {
                 "READONLY_MEM (read-only memory slots)",
             ));
         }
+        let flags = if read_only { KVM_MEM_READONLY } else { 0 };
+        // SAFETY: the caller's guarantee, passed on.
+        unsafe { self.map_memory_with_flags(guest_address, size, host_address, flags) }
+    }
+
+    /// [`Vm::map_memory`] (writable) with KVM's dirty log on: [`Vm::dirty_pages`] then says
+    /// which of the slot's pages the guest wrote since it last asked.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Vm::map_memory`].
+    pub unsafe fn map_memory_logged(&self, guest_address: u64, size: u64, host_address: u64) -> Result<u32> {
+        // SAFETY: the caller's guarantee, passed on.
+        unsafe { self.map_memory_with_flags(guest_address, size, host_address, KVM_MEM_LOG_DIRTY_PAGES) }
+    }
+
+    /// The pages of `slot` (made by [`Vm::map_memory_logged`], `size` bytes) the guest wrote
+    /// since the last call (or since the slot was made), one bit per 4 KiB page, and clears
+    /// them (`KVM_GET_DIRTY_LOG`).
+    pub fn dirty_pages(&self, slot: u32, size: u64) -> Result<Vec<u64>> {
+        let size = usize::try_from(size)
+            .map_err(|_| HypervisorError::MissingCapability("a slot size that fits usize"))?;
+        self.fd
+            .get_dirty_log(slot, size)
+            .map_err(ioctl("KVM_GET_DIRTY_LOG"))
+    }
+
+    /// # Safety
+    ///
+    /// As for [`Vm::map_memory`].
+    unsafe fn map_memory_with_flags(
+        &self,
+        guest_address: u64,
+        size: u64,
+        host_address: u64,
+        flags: u32,
+    ) -> Result<u32> {
         // Held until KVM has answered, so that the set always says what KVM has.
         let mut slots = self.slot_numbers();
         let slot = slots
@@ -130,7 +168,7 @@ impl Vm {
             ))?;
         let region = kvm_userspace_memory_region {
             slot,
-            flags: if read_only { KVM_MEM_READONLY } else { 0 },
+            flags,
             guest_phys_addr: guest_address,
             memory_size: size,
             userspace_addr: host_address,

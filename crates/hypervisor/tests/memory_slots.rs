@@ -156,3 +156,66 @@ fn read_only_removed_and_remapped_slots_behave_as_documented() {
     );
     assert_eq!(byte(&data, 0), 0x66);
 }
+
+/// 16-bit real-mode code at 0x1000: reads the logged page, marks it, writes it, marks it.
+const DIRTYING_GUEST: &[u8] = &[
+    0xa0, 0x00, 0x20, // mov al, [0x2000]
+    0xe6, 0x10, // out 0x10, al
+    0xc6, 0x06, 0x10, 0x20, 0x77, // mov byte [0x2010], 0x77
+    0xe6, 0x11, // out 0x11, al
+    0xf4, // hlt
+];
+
+#[test]
+fn a_logged_slot_says_which_pages_the_guest_wrote_once() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let kvm = Kvm::open().unwrap();
+    let vm = kvm.create_vm().unwrap();
+    vm.create_platform(TSS_ADDRESS, IDENTITY_MAP_ADDRESS).unwrap();
+    let code = MmapRegion::<()>::new(2 * PAGE).unwrap();
+    let data = MmapRegion::<()>::new(2 * PAGE).unwrap();
+    code.as_volatile_slice()
+        .write_slice(DIRTYING_GUEST, CODE_PAGE as usize)
+        .unwrap();
+    // SAFETY: `code` and `data` are live anonymous mappings of the sizes given and outlive
+    // `vm`, which is dropped at the end of this function before them.
+    unsafe { vm.map_memory(0, 2 * PAGE as u64, code.as_ptr() as u64, false) }.unwrap();
+    // SAFETY: as above.
+    let slot = unsafe { vm.map_memory_logged(DATA_PAGE, 2 * PAGE as u64, data.as_ptr() as u64) }.unwrap();
+    assert_eq!(
+        vm.dirty_pages(slot, 2 * PAGE as u64).unwrap(),
+        [0],
+        "nothing written yet"
+    );
+
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    vcpu.set_cpuid(&kvm.supported_cpuid().unwrap()).unwrap();
+    let mut sregs = vcpu.special_registers().unwrap();
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.set_special_registers(&sregs).unwrap();
+    let mut regs = vcpu.registers().unwrap();
+    regs.rip = CODE_PAGE;
+    vcpu.set_registers(&regs).unwrap();
+
+    assert_eq!(step(&mut vcpu, 0), Step::Out { port: 0x10, value: 0 });
+    assert_eq!(
+        vm.dirty_pages(slot, 2 * PAGE as u64).unwrap(),
+        [0],
+        "a read dirties nothing"
+    );
+    assert_eq!(step(&mut vcpu, 0), Step::Out { port: 0x11, value: 0 });
+    assert_eq!(byte(&data, 0x10), 0x77);
+    assert_eq!(
+        vm.dirty_pages(slot, 2 * PAGE as u64).unwrap(),
+        [0b01],
+        "the first page, written"
+    );
+    assert_eq!(
+        vm.dirty_pages(slot, 2 * PAGE as u64).unwrap(),
+        [0],
+        "and cleared by the read"
+    );
+}

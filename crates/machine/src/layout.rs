@@ -123,6 +123,8 @@ pub mod ports {
 pub mod irqs {
     /// The i8042's keyboard (edge-triggered, ISA).
     pub const KEYBOARD: u32 = 1;
+    /// The i8042's auxiliary port (the PS/2 mouse).
+    pub const MOUSE: u32 = 12;
     pub const COM1: u32 = 4;
     /// ACPI System Control Interrupt: level-triggered, active high.
     pub const SCI: u32 = 9;

@@ -425,6 +425,20 @@ impl Machine {
         Ok(crate::devices::KeyboardHandle::new(i8042))
     }
 
+    /// Plugs a PS/2 mouse into the i8042's auxiliary port (IRQ 12 on an irqfd) and returns the
+    /// handle that moves it. Before `start`; without one the auxiliary port's test says nothing
+    /// is attached.
+    pub fn attach_mouse(&self) -> Result<crate::devices::MouseHandle, MachineError> {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?;
+        self.vm.register_irqfd(&irq, crate::layout::irqs::MOUSE)?;
+        let i8042 = self.save_parts.platform.i8042.clone();
+        i8042
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .attach_mouse(Arc::new(irq));
+        Ok(crate::devices::MouseHandle::new(i8042))
+    }
+
     /// Gives the firmware the file `name` through fw_cfg (an option ROM such as
     /// `pci1234,1111.rom`, which SeaBIOS runs for that PCI device). Before `start`.
     pub fn add_firmware_file(&self, name: &str, data: Vec<u8>) -> Result<(), MachineError> {

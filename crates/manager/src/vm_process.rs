@@ -441,9 +441,8 @@ fn serve_vnc(bundle: &Bundle, vm: &VirtualMachine) -> std::io::Result<Option<vir
     let server = virtkit_vnc::VncServer::new(
         crate::vnc_display::DisplayFramebuffer::new(display, u32::from(width), u32::from(height)),
         match vm.keyboard() {
-            Some(keyboard) => {
-                Arc::new(crate::vnc_input::KeyboardInput::new(keyboard)) as Arc<dyn virtkit_vnc::InputSink>
-            }
+            Some(keyboard) => Arc::new(crate::vnc_input::KeyboardInput::new(keyboard, vm.mouse()))
+                as Arc<dyn virtkit_vnc::InputSink>,
             None => Arc::new(virtkit_vnc::NoInput),
         },
         format!("virtkit {}", bundle.name()),

@@ -2,9 +2,9 @@
 //! frame to `virtkit-vnc`, and the VM process serves it on the bundle's `vnc.sock` (owner-only;
 //! `virtkit vnc NAME` says where).
 //!
-//! Changes are found by comparing each frame a client asks for with the last one (the bounding
-//! box of what differs); KVM's dirty log on the framebuffer slot, which would make an idle
-//! screen cost nothing, is still to come (issue 14).
+//! A client's poll first asks the display whether anything may have changed (the mode, or KVM's
+//! dirty log on the framebuffer's slot: one ioctl), so an idle screen costs no frame copy; only
+//! then is the frame read and compared with the last one (the bounding box of what differs).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -32,6 +32,8 @@ pub struct DisplayFramebuffer {
     display: DisplayHandle,
     dark: (u32, u32),
     seen: Mutex<Seen>,
+    /// How many times the frame was read (for tests: an idle screen adds none).
+    frames_read: std::sync::atomic::AtomicU64,
 }
 
 impl DisplayFramebuffer {
@@ -47,11 +49,24 @@ impl DisplayFramebuffer {
                 history: Vec::new(),
                 known_from: 2,
             }),
+            frames_read: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
-    /// Takes the current frame and records what changed since the last one.
+    /// How many times the frame was read.
+    pub fn frames_read(&self) -> u64 {
+        self.frames_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Takes the current frame, if the display says it may have changed, and records what
+    /// changed since the last one.
     fn refresh(&self) -> MutexGuard<'_, Seen> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.display.take_changed() {
+            return seen;
+        }
+        self.frames_read
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (width, height, pixels) = match self.display.frame_xrgb() {
             Some(frame) => frame,
             None => (
@@ -60,7 +75,6 @@ impl DisplayFramebuffer {
                 vec![0; self.dark.0 as usize * self.dark.1 as usize],
             ),
         };
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if (width, height) != (seen.width, seen.height) {
             seen.generation += 1;
             seen.width = width;
@@ -176,6 +190,74 @@ mod tests {
                 width: 4,
                 height: 2
             })
+        );
+    }
+
+    /// Video memory whose changes the test decides, as KVM's dirty log would say them.
+    struct Logged {
+        memory: Arc<virtkit_devices::display::BufferMemory>,
+        changed: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl virtkit_devices::display::VideoMemory for Logged {
+        fn size(&self) -> u64 {
+            self.memory.size()
+        }
+        fn read(&self, offset: u64, data: &mut [u8]) {
+            self.memory.read(offset, data)
+        }
+        fn write(&self, offset: u64, data: &[u8]) {
+            self.memory.write(offset, data)
+        }
+        fn copy_out(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
+            self.memory.copy_out(offset, len)
+        }
+        fn moved(&mut self, _address: Option<u64>) {}
+        fn take_changed(&self) -> bool {
+            self.changed.swap(false, std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn an_idle_screen_is_not_read_again_and_a_change_is_found() {
+        use virtkit_devices::display::{BochsDisplay, VideoMemory, MMIO_BAR};
+        use virtkit_machine::pci::PciDevice;
+        let changed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let memory = Arc::new(virtkit_devices::display::BufferMemory::new(16 << 20));
+        let (mut device, handle) = BochsDisplay::new(
+            320,
+            200,
+            Box::new(Logged {
+                memory: memory.clone(),
+                changed: changed.clone(),
+            }),
+        )
+        .unwrap();
+        // The guest sets 320x200x32 through the dispi registers (BAR 2, 0x500 + 2 * index).
+        for (index, value) in [(1u64, 320u16), (2, 200), (3, 32), (4, 0x41)] {
+            device.write_bar(MMIO_BAR, 0x500 + 2 * index, &value.to_le_bytes());
+        }
+        let fb = DisplayFramebuffer::new(handle, 320, 200);
+        let first = fb.generation();
+        assert_eq!(fb.frames_read(), 1);
+        // Idle: nothing changed, no frame is read, however often clients poll.
+        for _ in 0..10 {
+            assert_eq!(fb.generation(), first);
+        }
+        assert_eq!(fb.frames_read(), 1);
+        // The guest draws a pixel at (3, 2): the log says so, the frame is read, the change found.
+        memory.write((2 * 320 + 3) * 4, &[0xff, 0, 0, 0]);
+        changed.store(true, std::sync::atomic::Ordering::Relaxed);
+        let changes = fb.changes_since(first);
+        assert_eq!(fb.frames_read(), 2);
+        assert_eq!(
+            changes.rects,
+            Some(vec![Rect {
+                x: 3,
+                y: 2,
+                width: 1,
+                height: 1
+            }])
         );
     }
 }

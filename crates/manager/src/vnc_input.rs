@@ -1,11 +1,12 @@
 //! VNC clients' keys for the VM's PS/2 keyboard: X11 keysyms (or QEMU's extended key events'
 //! XT scan codes, when the client sends them) as set-1 scan codes. A keysym that needs Shift on
 //! a US layout ('H', '!') is sent with Shift around it unless the client already holds Shift,
-//! since clients such as vncdotool send the shifted keysym alone. The pointer has no device yet.
+//! since clients such as vncdotool send the shifted keysym alone. The pointer moves the PS/2 mouse
+//! (VNC's buttons 1, 2, 3 are left, middle, right; the wheel's 4 and 5 have no PS/2 bits).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use virtkit_machine::devices::KeyboardHandle;
+use virtkit_machine::devices::{KeyboardHandle, MouseHandle, BUTTON_LEFT, BUTTON_MIDDLE, BUTTON_RIGHT};
 use virtkit_vnc::{InputSink, KeyEvent, PointerEvent};
 
 const LEFT_SHIFT: u8 = 0x2a;
@@ -14,14 +15,16 @@ const E0: u8 = 0xe0;
 /// The VM's keyboard as the VNC server's input.
 pub struct KeyboardInput {
     keyboard: KeyboardHandle,
+    mouse: Option<MouseHandle>,
     /// The client holds a Shift key.
     shift_held: AtomicBool,
 }
 
 impl KeyboardInput {
-    pub fn new(keyboard: KeyboardHandle) -> KeyboardInput {
+    pub fn new(keyboard: KeyboardHandle, mouse: Option<MouseHandle>) -> KeyboardInput {
         KeyboardInput {
             keyboard,
+            mouse,
             shift_held: AtomicBool::new(false),
         }
     }
@@ -53,7 +56,26 @@ impl InputSink for KeyboardInput {
         }
     }
 
-    fn pointer(&self, _event: PointerEvent) {}
+    fn pointer(&self, event: PointerEvent) {
+        if let Some(mouse) = &self.mouse {
+            mouse.pointer(event.x, event.y, ps2_buttons(event.buttons));
+        }
+    }
+}
+
+/// VNC's button mask (bit 0 left, 1 middle, 2 right) as PS/2's (bit 0 left, 1 right, 2 middle).
+pub fn ps2_buttons(vnc: u8) -> u8 {
+    let mut b = 0;
+    if vnc & 1 != 0 {
+        b |= BUTTON_LEFT;
+    }
+    if vnc & 2 != 0 {
+        b |= BUTTON_MIDDLE;
+    }
+    if vnc & 4 != 0 {
+        b |= BUTTON_RIGHT;
+    }
+    b
 }
 
 /// A key: its set-1 make code and whether it has the 0xe0 prefix.

@@ -175,6 +175,10 @@ pub enum Guest {
     /// gives (its ASCII character; Enter prints a line break and `keys: enter`), until the VM
     /// stops.
     MbrKeys,
+    /// MBR, for pointer tests: the BIOS's PS/2 pointing-device services (int 15h C205h, C207h,
+    /// C200h) through the i8042's auxiliary port; prints `mouse: ready`, then
+    /// `mouse: status=SS x=XX y=YY` for every packet (hex), until the VM stops.
+    MbrMouse,
     /// MBR, for VM-manager tests: persistence, identity, liveness and a clean shutdown. It is
     /// [`mbr::SESSION_SECTORS`] sectors long: write all of [`Guest::bytes`] at the start of the
     /// disk (its boot sector loads LBA 1 on to 0x7e00 with int 13h AH=42h; if that fails it
@@ -237,7 +241,7 @@ macro_rules! artifact {
 
 impl Guest {
     /// Every guest.
-    pub const ALL: [Guest; 22] = [
+    pub const ALL: [Guest; 23] = [
         Guest::Hello,
         Guest::HelloElf32,
         Guest::Smoke,
@@ -258,6 +262,7 @@ impl Guest {
         Guest::MbrBench,
         Guest::MbrId,
         Guest::MbrKeys,
+        Guest::MbrMouse,
         Guest::MbrSession,
         Guest::MbrPam,
     ];
@@ -285,6 +290,7 @@ impl Guest {
             Guest::MbrBench => "mbr_bench",
             Guest::MbrId => "mbr_id",
             Guest::MbrKeys => "mbr_keys",
+            Guest::MbrMouse => "mbr_mouse",
             Guest::MbrSession => "mbr_session",
             Guest::MbrPam => "mbr_pam",
         }
@@ -301,6 +307,7 @@ impl Guest {
             | Guest::MbrBench
             | Guest::MbrId
             | Guest::MbrKeys
+            | Guest::MbrMouse
             | Guest::MbrSession
             | Guest::MbrPam => Boot::Mbr,
             _ => Boot::Pvh,
@@ -343,6 +350,7 @@ impl Guest {
             Guest::MbrBench => artifact!("mbr_bench.mbr"),
             Guest::MbrId => artifact!("mbr_id.mbr"),
             Guest::MbrKeys => artifact!("mbr_keys.mbr"),
+            Guest::MbrMouse => artifact!("mbr_mouse.mbr"),
             Guest::MbrSession => artifact!("mbr_session.mbr"),
             Guest::MbrPam => artifact!("mbr_pam.mbr"),
         }

@@ -316,6 +316,17 @@ fn artifacts_carry_the_documented_lines() {
         ),
         (Guest::MbrKeys, &["keys: ready", "keys: enter"]),
         (
+            Guest::MbrMouse,
+            &[
+                "mouse: ready",
+                "mouse: error=",
+                " function=c2",
+                "mouse: status=",
+                " x=",
+                " y=",
+            ],
+        ),
+        (
             Guest::MbrSession,
             &[
                 output::SESSION_LOAD_ERROR_PREFIX,
@@ -380,7 +391,7 @@ fn mbr_guests() -> impl Iterator<Item = Guest> {
 
 #[test]
 fn mbr_programs_are_512_byte_boot_sectors() {
-    assert_eq!(mbr_guests().count(), 8);
+    assert_eq!(mbr_guests().count(), 9);
     for guest in mbr_guests() {
         let b = guest.bytes();
         if guest == Guest::MbrSession {

@@ -403,6 +403,11 @@ impl VirtualMachine {
         Some((self.devices.display()?, config.width, config.height))
     }
 
+    /// The PS/2 mouse that comes with a display, to move it (an absolute pointer's positions).
+    pub fn mouse(&self) -> Option<virtkit_machine::devices::MouseHandle> {
+        self.devices.mouse()
+    }
+
     /// The PS/2 keyboard that comes with a display, to send it keys (set-1 scan codes).
     pub fn keyboard(&self) -> Option<virtkit_machine::devices::KeyboardHandle> {
         self.devices.keyboard()

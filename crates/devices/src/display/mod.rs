@@ -52,6 +52,10 @@ pub trait VideoMemory: Send {
     fn copy_out(&self, offset: u64, len: usize) -> Option<Vec<u8>>;
     /// The framebuffer BAR is now at `address` (or not decoded).
     fn moved(&mut self, address: Option<u64>);
+    /// Whether the memory may have changed since the last call (yes when it cannot tell).
+    fn take_changed(&self) -> bool {
+        true
+    }
 }
 
 impl VideoMemory for virtkit_machine::pci::RamBar {
@@ -69,6 +73,9 @@ impl VideoMemory for virtkit_machine::pci::RamBar {
     }
     fn moved(&mut self, address: Option<u64>) {
         virtkit_machine::pci::RamBar::moved(self, address)
+    }
+    fn take_changed(&self) -> bool {
+        virtkit_machine::pci::RamBar::take_changed(self)
     }
 }
 
@@ -124,6 +131,8 @@ struct DisplayState {
     dispi: Dispi,
     memory: Box<dyn VideoMemory>,
     edid: [u8; 128],
+    /// The mode as [`DisplayHandle::take_changed`] last saw it.
+    reported_mode: Option<Mode>,
 }
 
 /// The VMM's side of a display: what it shows.
@@ -138,6 +147,18 @@ impl DisplayHandle {
     /// The mode the guest set, if any.
     pub fn mode(&self) -> Option<Mode> {
         self.lock().dispi.mode()
+    }
+
+    /// Whether what the screen shows may have changed since the last call: the mode (size,
+    /// depth, stride, offset) or the framebuffer's memory (KVM's dirty log, through
+    /// [`VideoMemory::take_changed`]). One follower of the screen (the VNC server) asks.
+    pub fn take_changed(&self) -> bool {
+        let mut state = self.lock();
+        let mode = state.dispi.mode();
+        let mode_changed = mode != state.reported_mode;
+        state.reported_mode = mode;
+        let memory_changed = state.memory.take_changed();
+        mode_changed || memory_changed
     }
 
     /// What the screen shows (`None` while no mode is enabled: the screen is dark).
@@ -246,6 +267,7 @@ impl BochsDisplay {
             dispi: Dispi::new(size),
             memory,
             edid: edid::edid(width, height),
+            reported_mode: None,
         }));
         Ok((
             BochsDisplay {

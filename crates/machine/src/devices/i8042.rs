@@ -14,12 +14,17 @@
 //! rate, enable and disable), as QEMU's does, and sends keys as set-1 scan codes (what the
 //! controller's translation, which every guest turns on, makes of set 2) through the output
 //! buffer, raising IRQ 1 for each byte when the guest enabled it.
+//!
+//! A machine with a display also has a PS/2 mouse on the auxiliary port ([`Ps2Mouse`]): the
+//! guest writes it with 0xd4, its bytes are marked in the status register (bit 5) and raise
+//! IRQ 12, and the VNC server's pointer moves it ([`MouseHandle`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use crate::bus::BusDevice;
 
+use super::ps2_mouse::{Ps2Mouse, Ps2MouseState};
 use super::{GuestRequest, RequestSink};
 
 /// Port offsets from 0x60: data at 0, command/status at 4.
@@ -34,6 +39,7 @@ const CMD_SELF_TEST: u8 = 0xaa;
 const CMD_KBD_TEST: u8 = 0xab;
 const CMD_KBD_DISABLE: u8 = 0xad;
 const CMD_KBD_ENABLE: u8 = 0xae;
+const CMD_WRITE_AUX: u8 = 0xd4;
 const CMD_RESET_CPU: u8 = 0xfe;
 
 const SELF_TEST_PASSED: u8 = 0x55;
@@ -46,9 +52,12 @@ const STATUS_OUTPUT_FULL: u8 = 1 << 0;
 const STATUS_SYSTEM_FLAG: u8 = 1 << 2;
 /// The last write was to the command port.
 const STATUS_COMMAND: u8 = 1 << 3;
+/// The byte in the output buffer is the mouse's.
+const STATUS_AUX_DATA: u8 = 1 << 5;
 
 /// Configuration byte bits.
 const CONFIG_KBD_INTERRUPT: u8 = 1 << 0;
+const CONFIG_AUX_INTERRUPT: u8 = 1 << 1;
 const CONFIG_KBD_DISABLED: u8 = 1 << 4;
 const CONFIG_AUX_DISABLED: u8 = 1 << 5;
 
@@ -85,10 +94,10 @@ impl KeyboardIrq for vmm_sys_util::eventfd::EventFd {
 
 pub struct I8042 {
     requests: RequestSink,
-    /// The byte waiting in the output buffer.
-    output: Option<u8>,
-    /// The bytes after it.
-    queued: VecDeque<u8>,
+    /// The byte waiting in the output buffer, and whether it is the mouse's.
+    output: Option<(u8, bool)>,
+    /// The bytes after it, each with whether it is the mouse's.
+    queued: VecDeque<(u8, bool)>,
     config: u8,
     status_flags: u8,
     /// A 0x60 command came: the next data byte is the configuration.
@@ -99,6 +108,10 @@ pub struct I8042 {
     keyboard_argument: Option<u8>,
     /// The keyboard sends keys (after 0xf4; not after 0xf5).
     scanning: bool,
+    /// A mouse is plugged in (with its interrupt line, IRQ 12).
+    mouse: Option<(Ps2Mouse, Arc<dyn KeyboardIrq>)>,
+    /// A 0xd4 command came: the next data byte is the mouse's.
+    aux_write_pending: bool,
 }
 
 /// The controller's output buffer, configuration byte and status flags as saved.
@@ -114,29 +127,52 @@ pub struct I8042State {
     pub keyboard_argument: Option<u8>,
     #[serde(default)]
     pub scanning: bool,
+    /// Whether the byte in the output buffer is the mouse's.
+    #[serde(default)]
+    pub output_from_mouse: bool,
+    /// For each queued byte, whether it is the mouse's (empty in older saves: none is).
+    #[serde(default)]
+    pub queued_from_mouse: Vec<bool>,
+    #[serde(default)]
+    pub aux_write_pending: bool,
+    #[serde(default)]
+    pub mouse: Option<Ps2MouseState>,
 }
 
 impl I8042 {
     pub fn state(&self) -> I8042State {
         I8042State {
-            output: self.output,
+            output: self.output.map(|(b, _)| b),
             config: self.config,
             status_flags: self.status_flags,
             config_write_pending: self.config_write_pending,
-            queued: self.queued.iter().copied().collect(),
+            queued: self.queued.iter().map(|&(b, _)| b).collect(),
             keyboard_argument: self.keyboard_argument,
             scanning: self.scanning,
+            output_from_mouse: self.output.is_some_and(|(_, aux)| aux),
+            queued_from_mouse: self.queued.iter().map(|&(_, aux)| aux).collect(),
+            aux_write_pending: self.aux_write_pending,
+            mouse: self.mouse.as_ref().map(|(m, _)| m.state()),
         }
     }
 
     pub fn restore_state(&mut self, state: &I8042State) {
-        self.output = state.output;
+        self.output = state.output.map(|b| (b, state.output_from_mouse));
         self.config = state.config;
         self.status_flags = state.status_flags;
         self.config_write_pending = state.config_write_pending;
-        self.queued = state.queued.iter().copied().collect();
+        self.queued = state
+            .queued
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| (b, state.queued_from_mouse.get(i).copied().unwrap_or(false)))
+            .collect();
         self.keyboard_argument = state.keyboard_argument;
         self.scanning = state.scanning;
+        self.aux_write_pending = state.aux_write_pending;
+        if let (Some((mouse, _)), Some(saved)) = (self.mouse.as_mut(), state.mouse.as_ref()) {
+            mouse.restore_state(saved);
+        }
     }
 
     pub fn new(requests: RequestSink) -> I8042 {
@@ -150,7 +186,15 @@ impl I8042 {
             keyboard: None,
             keyboard_argument: None,
             scanning: true,
+            mouse: None,
+            aux_write_pending: false,
         }
+    }
+
+    /// Plugs a mouse into the auxiliary port, which raises `irq` (IRQ 12). Before the guest
+    /// runs.
+    pub fn attach_mouse(&mut self, irq: Arc<dyn KeyboardIrq>) {
+        self.mouse = Some((Ps2Mouse::new(), irq));
     }
 
     /// Plugs a keyboard in, which raises `irq` (IRQ 1). Before the guest runs.
@@ -160,34 +204,54 @@ impl I8042 {
 
     fn status(&self) -> u8 {
         self.status_flags
-            | if self.output.is_some() {
-                STATUS_OUTPUT_FULL
-            } else {
-                0
+            | match self.output {
+                Some((_, false)) => STATUS_OUTPUT_FULL,
+                Some((_, true)) => STATUS_OUTPUT_FULL | STATUS_AUX_DATA,
+                None => 0,
             }
     }
 
-    /// Puts `byte` behind what waits; raises IRQ 1 if it is the one now readable.
+    /// Puts a keyboard or controller `byte` behind what waits; raises IRQ 1 if it is the one
+    /// now readable.
     fn push(&mut self, byte: u8) {
+        self.push_from(byte, false);
+    }
+
+    /// Puts `byte` (the mouse's when `aux`) behind what waits; raises its interrupt if it is
+    /// the one now readable.
+    fn push_from(&mut self, byte: u8, aux: bool) {
         if self.output.is_none() {
-            self.output = Some(byte);
+            self.output = Some((byte, aux));
             self.interrupt();
         } else if self.queued.len() < QUEUE_LIMIT {
-            self.queued.push_back(byte);
+            self.queued.push_back((byte, aux));
         }
     }
 
+    /// IRQ 1 for a keyboard byte, IRQ 12 for a mouse byte, each when the guest enabled it.
     fn interrupt(&self) {
-        if let Some(irq) = &self.keyboard {
-            if self.config & CONFIG_KBD_INTERRUPT != 0 {
-                irq.pulse();
+        match self.output {
+            Some((_, false)) => {
+                if let Some(irq) = &self.keyboard {
+                    if self.config & CONFIG_KBD_INTERRUPT != 0 {
+                        irq.pulse();
+                    }
+                }
             }
+            Some((_, true)) => {
+                if let Some((_, irq)) = &self.mouse {
+                    if self.config & CONFIG_AUX_INTERRUPT != 0 {
+                        irq.pulse();
+                    }
+                }
+            }
+            None => {}
         }
     }
 
     /// The guest read the output buffer: the next byte moves up.
     fn take_output(&mut self) -> u8 {
-        let byte = self.output.take().unwrap_or(0);
+        let byte = self.output.take().map(|(b, _)| b).unwrap_or(0);
         if let Some(next) = self.queued.pop_front() {
             self.output = Some(next);
             self.interrupt();
@@ -195,24 +259,72 @@ impl I8042 {
         byte
     }
 
+    /// A byte the guest wrote to the mouse (after 0xd4); its answers queue as the mouse's.
+    fn mouse_byte(&mut self, byte: u8) {
+        let Some((mouse, _)) = self.mouse.as_mut() else {
+            return;
+        };
+        let mut answer = Vec::new();
+        mouse.command(byte, &mut |b| answer.push(b));
+        for b in answer {
+            self.push_from(b, true);
+        }
+    }
+
+    /// The pointer moved by (`dx`, `dy`) (`dy` grows upwards) with `buttons` held (bit 0 left,
+    /// 1 right, 2 middle): packets for the guest, if a mouse is attached and reporting and its
+    /// port enabled.
+    pub fn mouse_moved(&mut self, dx: i32, dy: i32, buttons: u8) {
+        let aux_off = self.config & CONFIG_AUX_DISABLED != 0;
+        let Some((mouse, _)) = self.mouse.as_mut() else {
+            return;
+        };
+        let mut packets = Vec::new();
+        mouse.movement(dx, dy, buttons, &mut |b| packets.push(b));
+        if aux_off || packets.is_empty() {
+            return;
+        }
+        if self.queued.len() + packets.len() > QUEUE_LIMIT {
+            crate::warn_ratelimited!("the guest reads no mouse packets: a move is dropped");
+            return;
+        }
+        for b in packets {
+            self.push_from(b, true);
+        }
+    }
+
     fn command(&mut self, command: u8) {
         self.status_flags |= STATUS_COMMAND;
         self.config_write_pending = false;
+        self.aux_write_pending = false;
         match command {
             CMD_RESET_CPU => (self.requests)(GuestRequest::Reset),
             CMD_SELF_TEST => {
                 self.status_flags |= STATUS_SYSTEM_FLAG;
-                self.output = Some(SELF_TEST_PASSED);
+                self.output = Some((SELF_TEST_PASSED, false));
             }
             CMD_KBD_TEST => {
-                self.output = Some(if self.keyboard.is_some() {
-                    INTERFACE_OK
-                } else {
-                    INTERFACE_NO_DEVICE
-                })
+                self.output = Some((
+                    if self.keyboard.is_some() {
+                        INTERFACE_OK
+                    } else {
+                        INTERFACE_NO_DEVICE
+                    },
+                    false,
+                ))
             }
-            CMD_AUX_TEST => self.output = Some(INTERFACE_NO_DEVICE),
-            CMD_READ_CONFIG => self.output = Some(self.config),
+            CMD_AUX_TEST => {
+                self.output = Some((
+                    if self.mouse.is_some() {
+                        INTERFACE_OK
+                    } else {
+                        INTERFACE_NO_DEVICE
+                    },
+                    false,
+                ))
+            }
+            CMD_READ_CONFIG => self.output = Some((self.config, false)),
+            CMD_WRITE_AUX => self.aux_write_pending = true,
             CMD_WRITE_CONFIG => self.config_write_pending = true,
             CMD_KBD_DISABLE => self.config |= CONFIG_KBD_DISABLED,
             CMD_KBD_ENABLE => self.config &= !CONFIG_KBD_DISABLED,
@@ -283,6 +395,39 @@ impl I8042 {
     }
 }
 
+/// The VMM's side of the mouse: an absolute pointer (a VNC client's) turned into moves.
+#[derive(Clone)]
+pub struct MouseHandle {
+    i8042: Arc<Mutex<I8042>>,
+    /// The pointer's last position, from which the next move is counted.
+    last: Arc<Mutex<Option<(u16, u16)>>>,
+}
+
+impl MouseHandle {
+    pub(crate) fn new(i8042: Arc<Mutex<I8042>>) -> MouseHandle {
+        MouseHandle {
+            i8042,
+            last: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The pointer is at (`x`, `y`) on the screen (y grows downwards) with `buttons` held (bit
+    /// 0 left, 1 right, 2 middle): the move since the last position reaches the guest. The
+    /// first position only sets where moves count from.
+    pub fn pointer(&self, x: u16, y: u16, buttons: u8) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let (dx, dy) = match *last {
+            Some((lx, ly)) => (i32::from(x) - i32::from(lx), i32::from(ly) - i32::from(y)),
+            None => (0, 0),
+        };
+        *last = Some((x, y));
+        self.i8042
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .mouse_moved(dx, dy, buttons);
+    }
+}
+
 /// The VMM's side of the keyboard: key presses and releases for the guest.
 #[derive(Clone)]
 pub struct KeyboardHandle(Arc<Mutex<I8042>>);
@@ -319,6 +464,10 @@ impl BusDevice for I8042 {
             self.status_flags &= !STATUS_COMMAND;
             if std::mem::take(&mut self.config_write_pending) {
                 self.config = byte;
+            } else if std::mem::take(&mut self.aux_write_pending) {
+                // Writing to the mouse enables its interface, as on real controllers.
+                self.config &= !CONFIG_AUX_DISABLED;
+                self.mouse_byte(byte);
             } else {
                 // Writing to the keyboard enables its interface, as on real controllers.
                 self.config &= !CONFIG_KBD_DISABLED;
@@ -326,6 +475,39 @@ impl BusDevice for I8042 {
             }
         }
     }
+}
+
+/// The controller with a keyboard and a mouse on arbitrary sequences of guest port accesses,
+/// keys and pointer moves (cargo fuzz target `i8042_ports`): 3-byte records, the first byte's
+/// low two bits choosing a write (bit 2: the command port) or read of a port, a pointer move
+/// (the next two bytes signed, times 4, bits 5..7 the buttons), or a key.
+pub fn fuzz_input(data: &[u8]) {
+    struct NoIrq;
+    impl KeyboardIrq for NoIrq {
+        fn pulse(&self) {}
+    }
+    let mut i8042 = I8042::new(Arc::new(|_| {}));
+    i8042.attach_keyboard(Arc::new(NoIrq));
+    i8042.attach_mouse(Arc::new(NoIrq));
+    for record in data.chunks_exact(3) {
+        let (op, a, b) = (record[0], record[1], record[2]);
+        let port = if op & 4 != 0 { COMMAND_OFFSET } else { 0 };
+        match op & 3 {
+            0 => i8042.write(port, &[a]),
+            1 => {
+                let mut byte = [0u8];
+                i8042.read(port, &mut byte);
+            }
+            2 => i8042.mouse_moved(i32::from(a as i8) * 4, i32::from(b as i8) * 4, op >> 5),
+            _ => i8042.key(&[a, b]),
+        }
+        assert!(i8042.queued.len() <= QUEUE_LIMIT);
+    }
+    let state = i8042.state();
+    let mut other = I8042::new(Arc::new(|_| {}));
+    other.attach_mouse(Arc::new(NoIrq));
+    other.restore_state(&state);
+    assert_eq!(other.state(), state);
 }
 
 #[cfg(test)]
@@ -474,5 +656,111 @@ mod tests {
         let (mut other, _) = controller();
         other.restore_state(&state);
         assert_eq!(other.state(), state);
+    }
+
+    /// SeaBIOS's int 15h C2 path: the aux test, 0xd4 commands answered as the mouse's (status
+    /// bit 5) with IRQ 12 once the guest enables it, and packets from the pointer.
+    #[test]
+    fn a_mouse_answers_through_the_aux_port_with_irq_12() {
+        let (mut dev, _) = controller();
+        dev.write(4, &[CMD_AUX_TEST]);
+        assert_eq!(read(&mut dev, 0), INTERFACE_NO_DEVICE, "no mouse yet");
+        let (kbd, aux) = (
+            Arc::new(CountingIrq(Default::default())),
+            Arc::new(CountingIrq(Default::default())),
+        );
+        dev.attach_keyboard(kbd.clone());
+        dev.attach_mouse(aux.clone());
+        dev.write(4, &[CMD_AUX_TEST]);
+        assert_eq!(read(&mut dev, 0), INTERFACE_OK);
+        // Interrupts on for both ports (config 0x03, translation on).
+        dev.write(4, &[CMD_WRITE_CONFIG]);
+        dev.write(0, &[0x43]);
+        // Reset through 0xd4: ACK, self-test passed, ID, each marked as the mouse's.
+        dev.write(4, &[CMD_WRITE_AUX]);
+        dev.write(0, &[0xff]);
+        let mut got = Vec::new();
+        while read(&mut dev, 4) & STATUS_OUTPUT_FULL != 0 {
+            assert_ne!(read(&mut dev, 4) & STATUS_AUX_DATA, 0);
+            got.push(read(&mut dev, 0));
+        }
+        assert_eq!(got, [0xfa, 0xaa, 0x00]);
+        assert_eq!(
+            aux.0.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "IRQ 12 per byte"
+        );
+        assert_eq!(kbd.0.load(std::sync::atomic::Ordering::SeqCst), 0, "no IRQ 1");
+        // A byte without 0xd4 goes to the keyboard.
+        dev.write(0, &[0xf2]);
+        assert_eq!(read(&mut dev, 4) & STATUS_AUX_DATA, 0);
+        assert_eq!(
+            [read(&mut dev, 0), read(&mut dev, 0), read(&mut dev, 0)],
+            [0xfa, 0xab, 0x41]
+        );
+        // Enable reporting; a move arrives as a packet.
+        dev.write(4, &[CMD_WRITE_AUX]);
+        dev.write(0, &[0xf4]);
+        assert_eq!(read(&mut dev, 0), 0xfa);
+        dev.mouse_moved(50, -20, 0);
+        assert_eq!(
+            [read(&mut dev, 0), read(&mut dev, 0), read(&mut dev, 0)],
+            [0x28, 50, 0xec]
+        );
+        // With the aux port disabled, moves are dropped.
+        dev.write(4, &[CMD_AUX_DISABLE]);
+        dev.mouse_moved(1, 1, 0);
+        assert_eq!(read(&mut dev, 4) & STATUS_OUTPUT_FULL, 0);
+        // Saved and restored with the mouse's settings and the bytes' owners.
+        dev.write(4, &[CMD_AUX_ENABLE]);
+        dev.mouse_moved(1, 1, 0);
+        let state = dev.state();
+        assert!(state.output_from_mouse);
+        assert_eq!(state.queued_from_mouse, [true, true]);
+        let (mut other, _) = controller();
+        other.attach_mouse(Arc::new(CountingIrq(Default::default())));
+        other.restore_state(&state);
+        assert_eq!(other.state(), state);
+        assert_ne!(read(&mut other, 4) & STATUS_AUX_DATA, 0);
+    }
+
+    #[test]
+    fn the_handle_turns_absolute_positions_into_moves() {
+        let (mut dev, _) = controller();
+        dev.attach_mouse(Arc::new(CountingIrq(Default::default())));
+        dev.write(4, &[CMD_WRITE_AUX]);
+        dev.write(0, &[0xf4]);
+        let shared = Arc::new(Mutex::new(dev));
+        let handle = MouseHandle::new(shared.clone());
+        let bytes = || {
+            let mut dev = shared.lock().unwrap();
+            let mut out = Vec::new();
+            while read(&mut dev, 4) & STATUS_OUTPUT_FULL != 0 {
+                out.push(read(&mut dev, 0));
+            }
+            out
+        };
+        assert_eq!(bytes(), [0xfa]);
+        handle.pointer(10, 10, 0);
+        assert!(bytes().is_empty(), "the first position only sets the origin");
+        // Right 50, down 20 on the screen: PS/2's Y grows upwards.
+        handle.pointer(60, 30, 0);
+        assert_eq!(bytes(), [0x28, 50, 0xec]);
+        handle.pointer(60, 30, 1);
+        assert_eq!(bytes(), [0x09, 0, 0], "a left press");
+    }
+
+    #[test]
+    fn fuzz_entry_survives_pseudo_random_input() {
+        let mut x: u32 = 0x1234_5678;
+        let data: Vec<u8> = (0..30_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        fuzz_input(&data);
     }
 }

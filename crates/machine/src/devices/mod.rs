@@ -6,14 +6,18 @@ mod i8042;
 mod ovmf_shutdown;
 pub mod pflash;
 mod pm;
+mod ps2_mouse;
 mod pvpanic;
 mod serial;
 
 use std::sync::Arc;
 
 pub use cmos::{Cmos, CmosState};
-pub use i8042::{I8042State, KeyboardHandle, KeyboardIrq, I8042};
+pub use i8042::{
+    fuzz_input as i8042_fuzz_input, I8042State, KeyboardHandle, KeyboardIrq, MouseHandle, I8042,
+};
 pub use pm::{AcpiPm, IrqLevel, PmState, PM_IO_LEN};
+pub use ps2_mouse::{Ps2Mouse, Ps2MouseState, BUTTON_LEFT, BUTTON_MIDDLE, BUTTON_RIGHT};
 
 /// Length of the PM register range on the port bus.
 pub fn pm_io_len() -> u64 {

@@ -39,9 +39,18 @@ fn metadata() -> Metadata {
                     config: 0x70,
                     status_flags: 4,
                     config_write_pending: false,
-                    queued: vec![0x1e],
+                    queued: vec![0x1e, 0x08],
                     keyboard_argument: None,
                     scanning: true,
+                    output_from_mouse: false,
+                    queued_from_mouse: vec![false, true],
+                    aux_write_pending: false,
+                    mouse: Some(crate::devices::Ps2MouseState {
+                        reporting: true,
+                        sample_rate: 100,
+                        resolution: 2,
+                        ..Default::default()
+                    }),
                 },
                 cmos: crate::devices::CmosState {
                     index: 0,

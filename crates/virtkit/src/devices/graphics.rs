@@ -118,6 +118,11 @@ pub(super) fn attach(
             .attach_keyboard()
             .map_err(|e| error(format!("cannot attach its keyboard: {e}")))?;
         manager.set_keyboard(keyboard);
+        // And a PS/2 mouse on the i8042's auxiliary port (the VNC pointer moves it).
+        let mouse = machine
+            .attach_mouse()
+            .map_err(|e| error(format!("cannot attach its mouse: {e}")))?;
+        manager.set_mouse(mouse);
     }
     Ok(())
 }

@@ -128,6 +128,7 @@ pub struct DeviceManager {
     displays: Mutex<Vec<DisplayHandle>>,
     /// The PS/2 keyboard that comes with a display.
     keyboard: Mutex<Option<virtkit_machine::devices::KeyboardHandle>>,
+    mouse: Mutex<Option<virtkit_machine::devices::MouseHandle>>,
     /// Each console device's resize handle.
     consoles: Mutex<Vec<ConsoleHandle>>,
     /// Each network card's address watch.
@@ -268,6 +269,15 @@ impl DeviceManager {
 
     fn set_keyboard(&self, keyboard: virtkit_machine::devices::KeyboardHandle) {
         *self.keyboard.lock().unwrap_or_else(|p| p.into_inner()) = Some(keyboard);
+    }
+
+    fn set_mouse(&self, mouse: virtkit_machine::devices::MouseHandle) {
+        *self.mouse.lock().unwrap_or_else(|p| p.into_inner()) = Some(mouse);
+    }
+
+    /// The PS/2 mouse, if the machine has one (it comes with a display).
+    pub fn mouse(&self) -> Option<virtkit_machine::devices::MouseHandle> {
+        self.mouse.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The keyboard, if the machine has one (it comes with a display).
