@@ -58,6 +58,12 @@ started=$(mktemp) # its time stamp tells this run's artifacts from older ones
 trap 'rm -f "$log" "$started"' EXIT
 failed=()
 for t in "${targets[@]}"; do
+    # libFuzzer stops at once on a corpus directory that is missing: say what is wrong instead.
+    if [ ! -d "fuzz/corpus/$t" ]; then
+        echo "fuzz: $t has no checked-in seeds: add a few inputs in fuzz/corpus/$t/"
+        failed+=("$t")
+        continue
+    fi
     mkdir -p "fuzz/corpus-run/$t"
     echo "== fuzzing $t for $seconds s"
     touch "$started"
