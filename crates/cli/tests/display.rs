@@ -4,9 +4,12 @@
 //! back as a PNG. Its first text row (SeaBIOS's banner) is compared pixel for pixel with a
 //! reference image (`tests/data/seabios-banner-800x16.png`, taken from this test's first run and
 //! checked by eye); the second (the machine's UUID, which differs per VM) must be drawn. A real
-//! VNC client (vncdotool) captures the same screen from the VM's `vnc.sock`, pixel for pixel.
+//! VNC client (vncdotool) captures the same screen from the VM's `vnc.sock`, pixel for pixel,
+//! and its keys and pointer reach MBR programs through the PS/2 keyboard and mouse.
 
 mod support;
+
+use virtkit_test_guests::Guest;
 
 use support::home::Home;
 
@@ -228,30 +231,40 @@ fn decode_any(path: &std::path::Path) -> (u32, u32, Vec<u8>) {
     (info.width, info.height, rgba)
 }
 
+/// A VM `v` booting the MBR program `guest` from its disk, with a 640x480 display, once its
+/// console says `ready`; with vncdotool and the VM's `vnc.sock`. `None` after SKIPPED when KVM,
+/// SeaBIOS or vncdotool is missing.
+fn mbr_program_on_a_display(tag: &str, guest: Guest, ready: &str) -> Option<(Home, String, String)> {
+    if !virtkit_testkit::require_kvm_and_seabios() {
+        return None;
+    }
+    let Some(vncdo) = vncdo() else {
+        virtkit_testkit::skip(
+            "vncdotool is not installed (scripts/install-deps.sh puts it in .cache/vncdotool-venv)",
+        );
+        return None;
+    };
+    let home = Home::new("display", tag);
+    let image = home.dir.join("disk.img");
+    let mut bytes = guest.bytes().to_vec();
+    bytes.resize(8 << 20, 0);
+    std::fs::write(&image, bytes).unwrap();
+    home.create_with("v", &image, &["--network", "none"]);
+    home.ok(&["run", "v", "--detach", "--display", "640x480"]);
+    home.wait_log("v", ready, 1);
+    let (socket, _) = vnc_addresses(&home, "v");
+    Some((home, vncdo, socket))
+}
+
 /// Keys typed by a real VNC client reach the guest: vncdotool types on the VM's `vnc.sock`, the
 /// i8042's PS/2 keyboard sends them with IRQ 1, SeaBIOS's keyboard handler puts them in its
 /// buffer, and the `mbr_keys` program reads them with int 16h and echoes them on COM1.
 /// Uppercase and shifted characters arrive with Shift.
 #[test]
 fn keys_typed_over_vnc_reach_an_int_16h_reader() {
-    if !virtkit_testkit::require_kvm_and_seabios() {
-        return;
-    }
-    let Some(vncdo) = vncdo() else {
-        virtkit_testkit::skip(
-            "vncdotool is not installed (scripts/install-deps.sh puts it in .cache/vncdotool-venv)",
-        );
+    let Some((home, vncdo, socket)) = mbr_program_on_a_display("keys", Guest::MbrKeys, "keys: ready") else {
         return;
     };
-    let home = Home::new("display", "keys");
-    let image = home.dir.join("keys.img");
-    let mut bytes = virtkit_test_guests::Guest::MbrKeys.bytes().to_vec();
-    bytes.resize(8 << 20, 0);
-    std::fs::write(&image, bytes).unwrap();
-    home.create_with("k", &image, &["--network", "none"]);
-    home.ok(&["run", "k", "--detach", "--display", "640x480"]);
-    home.wait_log("k", "keys: ready", 1);
-    let (socket, _) = vnc_addresses(&home, "k");
     let typed = std::process::Command::new(&vncdo)
         .args([
             "-t",
@@ -270,8 +283,8 @@ fn keys_typed_over_vnc_reach_an_int_16h_reader() {
         "vncdo type: {}",
         String::from_utf8_lossy(&typed.stderr)
     );
-    let log = home.wait_log("k", "keys: enter", 1);
-    home.ok(&["stop", "k", "--timeout", "0"]);
+    let log = home.wait_log("v", "keys: enter", 1);
+    home.ok(&["stop", "v", "--timeout", "0"]);
     assert!(
         log.contains("keys: ready\nHello, World! 42?\nkeys: enter"),
         "{log}"
@@ -284,24 +297,10 @@ fn keys_typed_over_vnc_reach_an_int_16h_reader() {
 /// them on COM1.
 #[test]
 fn a_pointer_moved_over_vnc_reaches_the_ps2_aux_port() {
-    if !virtkit_testkit::require_kvm_and_seabios() {
-        return;
-    }
-    let Some(vncdo) = vncdo() else {
-        virtkit_testkit::skip(
-            "vncdotool is not installed (scripts/install-deps.sh puts it in .cache/vncdotool-venv)",
-        );
+    let Some((home, vncdo, socket)) = mbr_program_on_a_display("mouse", Guest::MbrMouse, "mouse: ready")
+    else {
         return;
     };
-    let home = Home::new("display", "mouse");
-    let image = home.dir.join("mouse.img");
-    let mut bytes = virtkit_test_guests::Guest::MbrMouse.bytes().to_vec();
-    bytes.resize(8 << 20, 0);
-    std::fs::write(&image, bytes).unwrap();
-    home.create_with("m", &image, &["--network", "none"]);
-    home.ok(&["run", "m", "--detach", "--display", "640x480"]);
-    home.wait_log("m", "mouse: ready", 1);
-    let (socket, _) = vnc_addresses(&home, "m");
     let vnc = |args: &[&str]| {
         let out = std::process::Command::new(&vncdo)
             .args(["-t", "30", "-s", &socket])
@@ -318,8 +317,8 @@ fn a_pointer_moved_over_vnc_reaches_the_ps2_aux_port() {
     // upwards: -20 is 0xec with the Y sign bit, 0x20, in the status); then a left click there:
     // a press and a release, no movement. One connection: a new one starts at (0, 0).
     vnc(&["move", "10", "10", "move", "60", "30", "click", "1"]);
-    let log = home.wait_log("m", "mouse: status=08 x=00 y=00", 1);
-    home.ok(&["stop", "m", "--timeout", "0"]);
+    let log = home.wait_log("v", "mouse: status=08 x=00 y=00", 1);
+    home.ok(&["stop", "v", "--timeout", "0"]);
     let packets: Vec<&str> = log.lines().filter(|l| l.starts_with("mouse: status=")).collect();
     assert_eq!(
         packets,
