@@ -57,6 +57,20 @@ fn step(vcpu: &mut Vcpu, answer: u8) -> Step {
     }
 }
 
+/// vCPU 0 in real mode with CS base 0, about to run the code at `CODE_PAGE`.
+fn real_mode_vcpu(kvm: &Kvm, vm: &virtkit_hypervisor::Vm) -> Vcpu {
+    let vcpu = vm.create_vcpu(0).unwrap();
+    vcpu.set_cpuid(&kvm.supported_cpuid().unwrap()).unwrap();
+    let mut sregs = vcpu.special_registers().unwrap();
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.set_special_registers(&sregs).unwrap();
+    let mut regs = vcpu.registers().unwrap();
+    regs.rip = CODE_PAGE;
+    vcpu.set_registers(&regs).unwrap();
+    vcpu
+}
+
 fn byte(region: &MmapRegion, offset: usize) -> u8 {
     region.as_volatile_slice().read_obj(offset).unwrap()
 }
@@ -88,15 +102,7 @@ fn read_only_removed_and_remapped_slots_behave_as_documented() {
     let data_slot = unsafe { vm.map_memory(DATA_PAGE, PAGE as u64, data.as_ptr() as u64, true) }.unwrap();
     assert_ne!(code_slot, data_slot);
 
-    let mut vcpu = vm.create_vcpu(0).unwrap();
-    vcpu.set_cpuid(&kvm.supported_cpuid().unwrap()).unwrap();
-    let mut sregs = vcpu.special_registers().unwrap();
-    sregs.cs.base = 0;
-    sregs.cs.selector = 0;
-    vcpu.set_special_registers(&sregs).unwrap();
-    let mut regs = vcpu.registers().unwrap();
-    regs.rip = CODE_PAGE;
-    vcpu.set_registers(&regs).unwrap();
+    let mut vcpu = real_mode_vcpu(&kvm, &vm);
 
     // Read-only: reads see the host memory, a write exits and changes nothing.
     assert_eq!(
@@ -190,15 +196,7 @@ fn a_logged_slot_says_which_pages_the_guest_wrote_once() {
         "nothing written yet"
     );
 
-    let mut vcpu = vm.create_vcpu(0).unwrap();
-    vcpu.set_cpuid(&kvm.supported_cpuid().unwrap()).unwrap();
-    let mut sregs = vcpu.special_registers().unwrap();
-    sregs.cs.base = 0;
-    sregs.cs.selector = 0;
-    vcpu.set_special_registers(&sregs).unwrap();
-    let mut regs = vcpu.registers().unwrap();
-    regs.rip = CODE_PAGE;
-    vcpu.set_registers(&regs).unwrap();
+    let mut vcpu = real_mode_vcpu(&kvm, &vm);
 
     assert_eq!(step(&mut vcpu, 0), Step::Out { port: 0x10, value: 0 });
     assert_eq!(

@@ -303,26 +303,8 @@ impl I8042 {
                 self.status_flags |= STATUS_SYSTEM_FLAG;
                 self.output = Some((SELF_TEST_PASSED, false));
             }
-            CMD_KBD_TEST => {
-                self.output = Some((
-                    if self.keyboard.is_some() {
-                        INTERFACE_OK
-                    } else {
-                        INTERFACE_NO_DEVICE
-                    },
-                    false,
-                ))
-            }
-            CMD_AUX_TEST => {
-                self.output = Some((
-                    if self.mouse.is_some() {
-                        INTERFACE_OK
-                    } else {
-                        INTERFACE_NO_DEVICE
-                    },
-                    false,
-                ))
-            }
+            CMD_KBD_TEST => self.output = Some((interface_test(self.keyboard.is_some()), false)),
+            CMD_AUX_TEST => self.output = Some((interface_test(self.mouse.is_some()), false)),
             CMD_READ_CONFIG => self.output = Some((self.config, false)),
             CMD_WRITE_AUX => self.aux_write_pending = true,
             CMD_WRITE_CONFIG => self.config_write_pending = true,
@@ -392,6 +374,15 @@ impl I8042 {
         for &code in scancodes {
             self.push(code);
         }
+    }
+}
+
+/// An interface test's result: a device is plugged in, or the clock line is stuck (none is).
+fn interface_test(device: bool) -> u8 {
+    if device {
+        INTERFACE_OK
+    } else {
+        INTERFACE_NO_DEVICE
     }
 }
 
