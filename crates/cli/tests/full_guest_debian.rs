@@ -269,7 +269,10 @@ fn a_debian_cloud_system_takes_the_seed_and_a_clone_is_a_new_instance() {
         let (ssh, drive) = (ssh.clone(), drive.clone());
         let run = run_guest_script_with(&assets, "debian", &[], &files, SCRIPT, move |run| {
             run.timeout(Duration::from_secs(3600)).emulated_host(move |host| {
-                host.memory_mib(3072)
+                // A local run's emulated host once wedged here, silent for half an hour with its
+                // CPUs spinning: the heartbeat makes that a retried emulator fault.
+                host.heartbeat(Duration::from_secs(300))
+                    .memory_mib(3072)
                     .binary(&ssh, "/usr/bin/ssh")
                     .data("/etc/passwd", PASSWD, 0o644)
                     .data("/etc/group", GROUP, 0o644)

@@ -57,6 +57,11 @@ pub const EMULATOR_ABORT_RETRY_NOTICE: &str = "the emulator (QEMU) aborted on an
                                                own during the script (a bug of its nested \
                                                virtualization, not of virtkit); starting it once \
                                                more";
+/// The message printed (and put in [`HostRun::output`]) when an emulated host with a heartbeat
+/// went silent during the script and the run is started once more.
+pub const WEDGED_RETRY_NOTICE: &str = "the emulated host wedged (no output, not even its \
+                                       heartbeat; an emulator fault, not virtkit); starting it \
+                                       once more";
 /// What QEMU prints (on standard error, and through glib on the console) when one of its
 /// assertions fails, as QEMU 7.2 and 10.0 do in `tcg_handle_interrupt` when a nested guest
 /// writes CR8 while a virtual interrupt is pending (OVMF's interrupt return does).
@@ -163,6 +168,18 @@ pub enum HarnessError {
         /// The serial output of all attempts.
         output: String,
         /// How many boots were tried.
+        attempts: u32,
+    },
+    /// The emulated host (with a heartbeat) went silent during the script, in every attempt.
+    #[error(
+        "the emulated host printed nothing, not even its heartbeat, during the script in \
+         {attempts} attempt(s) (it wedged: an emulator fault)\n--- serial output of the last \
+         attempt (last lines) ---\n{}",
+        tail(output, 40)
+    )]
+    Wedged {
+        /// The serial output of all attempts.
+        output: String,
         attempts: u32,
     },
     /// The emulator aborted on an assertion of its own during the script, in every attempt.
@@ -321,6 +338,8 @@ pub struct EmulatedHost {
     timeout: Duration,
     boot_silence: Duration,
     boot_timeout: Duration,
+    /// With a heartbeat: how long the host may print nothing after `kvm-ready`.
+    script_silence: Option<Duration>,
     qemu: String,
     qemu_args: Vec<String>,
     kernel_args: Vec<String>,
@@ -344,6 +363,7 @@ impl EmulatedHost {
             timeout: Duration::from_secs(300),
             boot_silence: Duration::from_secs(30),
             boot_timeout: Duration::from_secs(90),
+            script_silence: None,
             qemu: qemu_program(),
             qemu_args: Vec::new(),
             kernel_args: Vec::new(),
@@ -418,6 +438,15 @@ impl EmulatedHost {
 
     /// Boot watchdog before `kvm-ready`: a boot that prints nothing for `silence` (default 30 s)
     /// or is not ready after `total` (default 90 s) is an emulator hang, started once more.
+    /// The host's init prints a line every 60 s while the script runs, and a host that prints
+    /// nothing for `silence` after `kvm-ready` has wedged (the emulator's fault: one spun its
+    /// CPUs for half an hour in `full_guest_debian` with no word): it is started once more, as
+    /// for a triple fault. `silence` must be well above 60 s.
+    pub fn heartbeat(mut self, silence: Duration) -> Self {
+        self.script_silence = Some(silence);
+        self.data("/virtkit/heartbeat", "", 0o644)
+    }
+
     pub fn boot_timeouts(mut self, silence: Duration, total: Duration) -> Self {
         self.boot_silence = silence;
         self.boot_timeout = total;
@@ -657,6 +686,10 @@ impl EmulatedHost {
                                 output,
                                 attempts: attempt,
                             },
+                            RetryKind::Wedged => HarnessError::Wedged {
+                                output,
+                                attempts: attempt,
+                            },
                         });
                     }
                     let notice = match kind {
@@ -664,6 +697,7 @@ impl EmulatedHost {
                         RetryKind::HostKernelPanic => CRASH_RETRY_NOTICE,
                         RetryKind::HostTripleFault => TRIPLE_FAULT_RETRY_NOTICE,
                         RetryKind::EmulatorAbort => EMULATOR_ABORT_RETRY_NOTICE,
+                        RetryKind::Wedged => WEDGED_RETRY_NOTICE,
                     };
                     let msg = format!("[testkit] attempt {attempt}: {why}; {notice}");
                     // Always visible, whatever the capture settings.
@@ -760,6 +794,8 @@ impl EmulatedHost {
             Hang(String),
             AfterReadyTimeout,
             NoPowerOff,
+            /// No output, not even the heartbeat, for this many seconds after `kvm-ready`.
+            Wedged(u64),
         }
         let end = loop {
             let now = Instant::now();
@@ -768,7 +804,10 @@ impl EmulatedHost {
             } else if let Some(t) = missing {
                 t + Duration::from_secs(15)
             } else if let Some(t) = ready {
-                t + self.timeout
+                match self.script_silence {
+                    Some(silence) => (t + self.timeout).min(last_line + silence),
+                    None => t + self.timeout,
+                }
             } else {
                 (last_line + self.boot_silence).min(start + self.boot_timeout)
             };
@@ -797,6 +836,12 @@ impl EmulatedHost {
                         End::NoPowerOff
                     } else if missing.is_some() {
                         End::Eof
+                    } else if ready.is_some()
+                        && self
+                            .script_silence
+                            .is_some_and(|silence| last_line + silence <= Instant::now())
+                    {
+                        End::Wedged(last_line.elapsed().as_secs())
                     } else if ready.is_some() {
                         End::AfterReadyTimeout
                     } else if last_line + self.boot_silence <= Instant::now() {
@@ -827,6 +872,11 @@ impl EmulatedHost {
                 output,
                 why,
                 kind: RetryKind::HangBeforeReady,
+            }),
+            End::Wedged(seconds) => Ok(Attempt::Retry {
+                output,
+                why: format!("the emulated host printed nothing, not even its heartbeat, for {seconds} s after kvm-ready"),
+                kind: RetryKind::Wedged,
             }),
             End::AfterReadyTimeout => {
                 let _ = writeln!(
@@ -928,6 +978,8 @@ enum RetryKind {
     HostTripleFault,
     /// QEMU aborted on a failed assertion of its own after `kvm-ready`, no script exit.
     EmulatorAbort,
+    /// A host with a heartbeat printed nothing for too long after `kvm-ready`.
+    Wedged,
 }
 
 /// Whether QEMU's `-d cpu_reset` log at `path` records a triple fault.

@@ -399,3 +399,25 @@ fn an_assertion_qemu_aborted_on_during_the_script_is_retried() {
     }
     fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_host_with_a_heartbeat_that_goes_silent_is_retried() {
+    let (dir, host) = fake_qemu(
+        "wedged",
+        "echo 'VIRTKIT-HOST: kvm-ready'\necho running $N\n[ $N = 1 ] && exec sleep 60\n\
+         echo 'VIRTKIT-HOST: script-exit=0'",
+    );
+    let run = host.heartbeat(Duration::from_secs(2)).run().unwrap();
+    assert_eq!((run.attempts, run.script_exit), (2, Some(0)));
+    assert!(run.contains(WEDGED_RETRY_NOTICE), "{}", run.output);
+    fs::remove_dir_all(dir).unwrap();
+
+    // Without a heartbeat a quiet script is only quiet: it runs to the host's timeout.
+    let (dir, host) = fake_qemu(
+        "quiet",
+        "echo 'VIRTKIT-HOST: kvm-ready'\nsleep 2.5\necho 'VIRTKIT-HOST: script-exit=0'",
+    );
+    let run = host.run().unwrap();
+    assert_eq!((run.attempts, run.script_exit), (1, Some(0)));
+    fs::remove_dir_all(dir).unwrap();
+}
