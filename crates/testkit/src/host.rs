@@ -669,36 +669,9 @@ impl EmulatedHost {
                 Attempt::Retry { output, why, kind } => {
                     if attempt >= MAX_ATTEMPTS {
                         let output = notices + &output;
-                        return Err(match kind {
-                            RetryKind::HangBeforeReady => HarnessError::HangBeforeReady {
-                                output,
-                                attempts: attempt,
-                            },
-                            RetryKind::HostKernelPanic => HarnessError::HostKernelPanicked {
-                                output,
-                                attempts: attempt,
-                            },
-                            RetryKind::HostTripleFault => HarnessError::HostTripleFaulted {
-                                output,
-                                attempts: attempt,
-                            },
-                            RetryKind::EmulatorAbort => HarnessError::EmulatorAborted {
-                                output,
-                                attempts: attempt,
-                            },
-                            RetryKind::Wedged => HarnessError::Wedged {
-                                output,
-                                attempts: attempt,
-                            },
-                        });
+                        return Err(kind.error(output, attempt));
                     }
-                    let notice = match kind {
-                        RetryKind::HangBeforeReady => RETRY_NOTICE,
-                        RetryKind::HostKernelPanic => CRASH_RETRY_NOTICE,
-                        RetryKind::HostTripleFault => TRIPLE_FAULT_RETRY_NOTICE,
-                        RetryKind::EmulatorAbort => EMULATOR_ABORT_RETRY_NOTICE,
-                        RetryKind::Wedged => WEDGED_RETRY_NOTICE,
-                    };
+                    let notice = kind.notice();
                     let msg = format!("[testkit] attempt {attempt}: {why}; {notice}");
                     // Always visible, whatever the capture settings.
                     let _ = writeln!(io::stderr(), "{msg}");
@@ -980,6 +953,30 @@ enum RetryKind {
     EmulatorAbort,
     /// A host with a heartbeat printed nothing for too long after `kvm-ready`.
     Wedged,
+}
+
+impl RetryKind {
+    /// What is printed when a boot that failed so is started once more.
+    fn notice(self) -> &'static str {
+        match self {
+            RetryKind::HangBeforeReady => RETRY_NOTICE,
+            RetryKind::HostKernelPanic => CRASH_RETRY_NOTICE,
+            RetryKind::HostTripleFault => TRIPLE_FAULT_RETRY_NOTICE,
+            RetryKind::EmulatorAbort => EMULATOR_ABORT_RETRY_NOTICE,
+            RetryKind::Wedged => WEDGED_RETRY_NOTICE,
+        }
+    }
+
+    /// The error once every boot failed so.
+    fn error(self, output: String, attempts: u32) -> HarnessError {
+        match self {
+            RetryKind::HangBeforeReady => HarnessError::HangBeforeReady { output, attempts },
+            RetryKind::HostKernelPanic => HarnessError::HostKernelPanicked { output, attempts },
+            RetryKind::HostTripleFault => HarnessError::HostTripleFaulted { output, attempts },
+            RetryKind::EmulatorAbort => HarnessError::EmulatorAborted { output, attempts },
+            RetryKind::Wedged => HarnessError::Wedged { output, attempts },
+        }
+    }
 }
 
 /// Whether QEMU's `-d cpu_reset` log at `path` records a triple fault.
