@@ -61,7 +61,37 @@ fi
 say devices-ready
 "#;
 
-const GUEST_SCRIPTS: [(&str, &str); 4] = [
+/// The virtio keyboard and tablet under Linux's `virtio_input` and `evdev`: their names in
+/// `/proc/bus/input/devices`, then every event the guest reads from each one's event node (and
+/// from the PS/2 keyboard's, which must get nothing while the virtio keyboard is up), decoded
+/// from `struct input_event` (24 bytes: time, type, code, value) as `type:code:value`.
+const GUEST_INPUT: &str = r#"
+node() {
+    for d in /sys/class/input/event*; do
+        [ "$(cat $d/device/name 2>/dev/null)" = "$1" ] && echo /dev/input/${d##*/}
+    done
+}
+say input-names=$(grep '^N: Name="virtkit' /proc/bus/input/devices | cut -d'"' -f2 | tr ' ' _ | sort | tr '\n' ,)
+k=$(node "virtkit keyboard"); t=$(node "virtkit tablet"); p=$(node "AT Translated Set 2 keyboard")
+say kbd-node=$k tablet-node=$t ps2-node=$p
+cat $k >/tmp/kbd & cat $t >/tmp/tablet &
+[ -n "$p" ] && cat $p >/tmp/ps2 &
+say input-ready
+# A click is 7 events, "aB" 12 (Shift around the B): wait for them, at most 100 s.
+end=$(($(cut -d. -f1 /proc/uptime) + 100))
+while [ $(($(wc -c </tmp/kbd) + $(wc -c </tmp/tablet))) -lt $((19 * 24)) ] && [ $(cut -d. -f1 /proc/uptime) -lt $end ]; do
+    sleep 0.2
+done
+sleep 1
+events() { od -An -v -tu2 -w24 $1 | awk '{ printf "%s:%s:%d,", $9, $10, $11 + 65536 * $12 }'; }
+say tablet-events=$(events /tmp/tablet)
+say kbd-events=$(events /tmp/kbd)
+say ps2-bytes=$(wc -c </tmp/ps2 2>/dev/null)
+say input-done
+"#;
+
+const GUEST_SCRIPTS: [(&str, &str); 5] = [
+    ("input", GUEST_INPUT),
     ("rng", GUEST_RNG),
     ("rng_limited", GUEST_RNG_LIMITED),
     ("pauseio", GUEST_PAUSE_IO),
@@ -69,6 +99,28 @@ const GUEST_SCRIPTS: [(&str, &str); 4] = [
 ];
 
 const DEVICES_SCRIPT: &str = r#"
+# Keyboard and pointer: a display brings a virtio keyboard and tablet; a VNC client's click and
+# typing reach the guest's drivers through them (vnc_input speaks RFB on the bundle's vnc.sock).
+mkdir -p $W/i && mount -t tmpfs -o size=64m tmpfs $W/i 2>/dev/null
+export VIRTKIT_HOME=$W/i/home
+truncate -s 8M $W/i/root.img
+$VIRTKIT create i1 --kernel $G/vmlinuz --initrd $G/initrd --from $W/i/root.img --disk-size 16M \
+    --cpus 1 --memory 256M --network none \
+    --cmdline "console=ttyS0 quiet i8042.nopnp virtkit.run=\"sh /vt/input.sh\" virtkit.action=wait" >/dev/null 2>&1
+echo "CASE input: create=$?"
+$VIRTKIT run i1 --detach --display 800x600 >/dev/null; echo "CASE input: run=$?"
+end=$(($(date +%s) + 150))
+until $VIRTKIT logs i1 | grep -q "VT input-ready" || [ $(date +%s) -ge $end ]; do sleep 0.5; done
+sleep 1
+$VNC_INPUT $VIRTKIT_HOME/vms/i1/vnc.sock click 400 300 type aB >$W/i/vnc.out 2>&1
+echo "CASE input: vnc=$?"
+sed "s/^/CASE input: /" $W/i/vnc.out
+end=$(($(date +%s) + 150))
+until $VIRTKIT logs i1 | grep -q "VT input-done" || [ $(date +%s) -ge $end ]; do sleep 0.5; done
+$VIRTKIT logs i1 | tr -d '\r' | grep '^VT ' | sed "s/^/CASE input: /"
+$VIRTKIT stop i1 --timeout 0 >/dev/null; echo "CASE input: stop=$?"
+$VIRTKIT delete i1 >/dev/null
+
 VM_ARGS="--entropy" run_guest rng
 VM_ARGS="--entropy 8K,burst=1K" run_guest rng_limited
 
@@ -162,9 +214,13 @@ fn guest_drivers_use_our_devices_and_a_paused_vm_does_no_disk_io() {
         ));
         return;
     }
-    let Some(out) = run_guest_script(&assets, "devices", &GUEST_SCRIPTS, &[], DEVICES_SCRIPT) else {
+    let vnc_input = example("vnc_input");
+    let Some(out) = run_guest_script_with(&assets, "devices", &GUEST_SCRIPTS, &[], DEVICES_SCRIPT, |run| {
+        run.program("VNC_INPUT", &vnc_input)
+    }) else {
         return;
     };
+    check_input(&out);
 
     // Entropy: the guest's driver is the current hwrng, its bytes are incompressible.
     assert_value(&out, "rng", "exit", "0");
@@ -210,6 +266,57 @@ fn guest_drivers_use_our_devices_and_a_paused_vm_does_no_disk_io() {
     );
 
     check_console_and_balloon(&out);
+}
+
+/// The `vnc_input` example (crates/cli/examples), built by `cargo test` next to this test.
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>");
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test -p virtkit-cli`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+fn check_input(out: &str) {
+    let lines = case_lines(out, "input").join("\n");
+    for key in ["create", "run", "vnc", "stop"] {
+        assert_value(out, "input", key, "0");
+    }
+    // Linux's virtio_input bound both devices, and evdev made them event nodes.
+    assert_value(out, "input", "input-names", "virtkit_keyboard,virtkit_tablet,");
+    // The click at (400, 300) of 800x600: the tablet's 0..32767 axes (ABS_X 3:0, ABS_Y 3:1),
+    // then BTN_LEFT (1:272) down and up, each report ended by SYN_REPORT (0:0).
+    let (x, y) = ((400 * 32767 + 399) / 799, (300 * 32767 + 299) / 599);
+    assert_value(
+        out,
+        "input",
+        "tablet-events",
+        &format!("3:0:{x},3:1:{y},0:0:0,1:272:1,0:0:0,1:272:0,0:0:0,"),
+    );
+    // "aB": KEY_A (30) down and up; Shift (42) around the press of KEY_B (48), as the client
+    // sent the keysym `B` alone.
+    assert_value(
+        out,
+        "input",
+        "kbd-events",
+        "1:30:1,0:0:0,1:30:0,0:0:0,1:42:1,0:0:0,1:48:1,0:0:0,1:42:0,0:0:0,1:48:0,0:0:0,",
+    );
+    // Not also to the PS/2 keyboard (the guest would read every key twice). Linux finds the
+    // i8042 without ACPI's help (`i8042.nopnp`: the DSDT does not describe it).
+    assert!(
+        case_lines(out, "input")
+            .iter()
+            .any(|l| l.contains("ps2-node=/dev/input/")),
+        "the guest's atkbd has no event node:\n{lines}"
+    );
+    assert_value(out, "input", "ps2-bytes", "0");
 }
 
 fn check_console_and_balloon(out: &str) {

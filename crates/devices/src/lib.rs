@@ -16,6 +16,7 @@ pub mod block;
 pub mod console;
 pub mod display;
 pub mod fs;
+pub mod input;
 pub mod net;
 pub mod rng;
 pub mod vhost_user;

@@ -220,7 +220,9 @@ impl PreparedVm {
         let (guest_out_read, guest_out_write) = std::io::pipe().map_err(VmProcessError::Pipe)?;
         let mut config = bundle.runtime_configuration()?;
         config.directory_sharing_devices.extend(options.extra_shares);
-        config.graphics_devices.extend(options.display);
+        if let Some(display) = options.display {
+            config.add_display(display);
+        }
         // Before the console's threads start: they get their filters under this policy.
         config.platform.seccomp = options.seccomp.or(config.platform.seccomp);
         virtkit_sandbox::set_policy(config.platform.seccomp);
@@ -438,13 +440,14 @@ fn serve_vnc(bundle: &Bundle, vm: &VirtualMachine) -> std::io::Result<Option<vir
     let path = bundle.file(VNC_SOCKET);
     let _ = std::fs::remove_file(&path);
     let listener = virtkit::unix_socket::bind_owner_only(&path)?;
+    let input = crate::vnc_input::VmInput::new(vm.keyboard(), vm.mouse()).with_virtio(
+        vm.virtio_keyboard(),
+        vm.tablet(),
+        Some((display.clone(), u32::from(width), u32::from(height))),
+    );
     let server = virtkit_vnc::VncServer::new(
         crate::vnc_display::DisplayFramebuffer::new(display, u32::from(width), u32::from(height)),
-        match vm.keyboard() {
-            Some(keyboard) => Arc::new(crate::vnc_input::KeyboardInput::new(keyboard, vm.mouse()))
-                as Arc<dyn virtkit_vnc::InputSink>,
-            None => Arc::new(virtkit_vnc::NoInput),
-        },
+        Arc::new(input),
         format!("virtkit {}", bundle.name()),
     );
     server

@@ -1,36 +1,142 @@
-//! VNC clients' keys for the VM's PS/2 keyboard: X11 keysyms (or QEMU's extended key events'
-//! XT scan codes, when the client sends them) as set-1 scan codes. A keysym that needs Shift on
-//! a US layout ('H', '!') is sent with Shift around it unless the client already holds Shift,
-//! since clients such as vncdotool send the shifted keysym alone. The pointer moves the PS/2 mouse
-//! (VNC's buttons 1, 2, 3 are left, middle, right; the wheel's 4 and 5 have no PS/2 bits).
+//! VNC clients' keys and pointer for the VM's input devices. Keys: X11 keysyms (or QEMU's
+//! extended key events' XT scan codes, when the client sends them) as PC keys. A keysym that
+//! needs Shift on a US layout ('H', '!') is sent with Shift around it unless the client already
+//! holds Shift, since clients such as vncdotool send the shifted keysym alone.
+//!
+//! Where events go, as QEMU's input routing does: to the virtio keyboard and tablet once the
+//! guest's driver of them is up (Linux), else to the PS/2 keyboard and mouse (the firmware,
+//! a text console, a guest without virtio-input). Never to both, or the guest would see each
+//! key twice. The pointer's position is scaled to the tablet's 0..=32767 over the screen the
+//! guest set; VNC's buttons 1, 2, 3 are left, middle, right, 4 and 5 the wheel (a tablet's
+//! wheel steps; PS/2 has none without the IntelliMouse extension).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
+use virtkit_devices::display::DisplayHandle;
+use virtkit_devices::input::event::{
+    ABS_X, ABS_Y, BTN_LEFT, BTN_MIDDLE, BTN_RIGHT, EV_ABS, EV_REL, REL_HWHEEL, REL_WHEEL,
+};
+use virtkit_devices::input::keys::linux_key;
+use virtkit_devices::input::{InputEvent, InputHandle, TABLET_MAX};
 use virtkit_machine::devices::{KeyboardHandle, MouseHandle, BUTTON_LEFT, BUTTON_MIDDLE, BUTTON_RIGHT};
 use virtkit_vnc::{InputSink, KeyEvent, PointerEvent};
 
 const LEFT_SHIFT: u8 = 0x2a;
 const E0: u8 = 0xe0;
 
-/// The VM's keyboard as the VNC server's input.
-pub struct KeyboardInput {
-    keyboard: KeyboardHandle,
+/// The VM's input devices, as the VNC server's input.
+pub struct VmInput {
+    keyboard: Option<KeyboardHandle>,
     mouse: Option<MouseHandle>,
+    virtio_keyboard: Option<InputHandle>,
+    tablet: Option<InputHandle>,
+    /// The screen, for the size the pointer's position is scaled over.
+    display: Option<(DisplayHandle, u32, u32)>,
     /// The client holds a Shift key.
     shift_held: AtomicBool,
+    /// The VNC buttons last sent to the tablet.
+    tablet_buttons: AtomicU8,
 }
 
-impl KeyboardInput {
-    pub fn new(keyboard: KeyboardHandle, mouse: Option<MouseHandle>) -> KeyboardInput {
-        KeyboardInput {
+impl VmInput {
+    pub fn new(keyboard: Option<KeyboardHandle>, mouse: Option<MouseHandle>) -> VmInput {
+        VmInput {
             keyboard,
             mouse,
+            virtio_keyboard: None,
+            tablet: None,
+            display: None,
             shift_held: AtomicBool::new(false),
+            tablet_buttons: AtomicU8::new(0),
         }
+    }
+
+    /// Adds the virtio keyboard and tablet, and the display whose size (or, before the guest
+    /// sets a mode, the configured `width` × `height`) the pointer is scaled over.
+    pub fn with_virtio(
+        mut self,
+        keyboard: Option<InputHandle>,
+        tablet: Option<InputHandle>,
+        display: Option<(DisplayHandle, u32, u32)>,
+    ) -> VmInput {
+        self.virtio_keyboard = keyboard;
+        self.tablet = tablet;
+        self.display = display;
+        self
+    }
+
+    fn screen_size(&self) -> (u32, u32) {
+        match &self.display {
+            Some((display, width, height)) => display
+                .mode()
+                .map_or((*width, *height), |mode| (mode.width, mode.height)),
+            None => (1, 1),
+        }
+    }
+
+    /// Sends `code` to the virtio keyboard if its driver is up; `false` if it is not.
+    fn virtio_key(&self, code: Code, down: bool, add_shift: bool) -> bool {
+        let Some(keyboard) = self.virtio_keyboard.as_ref().filter(|k| k.is_ready()) else {
+            return false;
+        };
+        let Some(key) = linux_key(code.make, code.extended) else {
+            return true;
+        };
+        let shift = linux_key(LEFT_SHIFT, false).unwrap_or(42);
+        let mut report = Vec::with_capacity(6);
+        if add_shift {
+            report.extend([InputEvent::key(shift, true), InputEvent::sync()]);
+        }
+        report.extend([InputEvent::key(key, down), InputEvent::sync()]);
+        if add_shift {
+            report.extend([InputEvent::key(shift, false), InputEvent::sync()]);
+        }
+        keyboard.send(&report);
+        true
+    }
+
+    /// Sends the pointer to the tablet if its driver is up; `false` if it is not.
+    fn tablet_pointer(&self, event: PointerEvent) -> bool {
+        let Some(tablet) = self.tablet.as_ref().filter(|t| t.is_ready()) else {
+            return false;
+        };
+        let (width, height) = self.screen_size();
+        let mut report = vec![
+            InputEvent::new(EV_ABS, ABS_X, scale(event.x, width)),
+            InputEvent::new(EV_ABS, ABS_Y, scale(event.y, height)),
+        ];
+        let before = self.tablet_buttons.swap(event.buttons, Ordering::Relaxed);
+        for (bit, code) in [(0, BTN_LEFT), (1, BTN_MIDDLE), (2, BTN_RIGHT)] {
+            let mask = 1 << bit;
+            if (before ^ event.buttons) & mask != 0 {
+                report.push(InputEvent::key(code, event.buttons & mask != 0));
+            }
+        }
+        // The wheel: a press of button 4 (5) is one step up (down); 6 and 7 left and right.
+        let pressed = event.buttons & !before;
+        for (bit, axis, step) in [
+            (3, REL_WHEEL, 1i32),
+            (4, REL_WHEEL, -1),
+            (5, REL_HWHEEL, -1),
+            (6, REL_HWHEEL, 1),
+        ] {
+            if pressed & (1 << bit) != 0 {
+                report.push(InputEvent::new(EV_REL, axis, step as u32));
+            }
+        }
+        report.push(InputEvent::sync());
+        tablet.send(&report);
+        true
     }
 }
 
-impl InputSink for KeyboardInput {
+/// A position out of `size` pixels as the tablet's 0..=TABLET_MAX.
+pub fn scale(position: u16, size: u32) -> u32 {
+    let last = size.saturating_sub(1).max(1);
+    (u32::from(position).min(last) * TABLET_MAX + last / 2) / last
+}
+
+impl InputSink for VmInput {
     fn key(&self, event: KeyEvent) {
         if matches!(event.keysym, 0xffe1 | 0xffe2) {
             self.shift_held.store(event.down, Ordering::Relaxed);
@@ -47,16 +153,23 @@ impl InputSink for KeyboardInput {
             },
         };
         let add_shift = shifted && event.down && !self.shift_held.load(Ordering::Relaxed);
-        if add_shift {
-            self.keyboard.key(&[LEFT_SHIFT]);
+        if self.virtio_key(code, event.down, add_shift) {
+            return;
         }
-        self.keyboard.key(&scancodes(code, event.down));
+        let Some(keyboard) = &self.keyboard else { return };
         if add_shift {
-            self.keyboard.key(&[LEFT_SHIFT | 0x80]);
+            keyboard.key(&[LEFT_SHIFT]);
+        }
+        keyboard.key(&scancodes(code, event.down));
+        if add_shift {
+            keyboard.key(&[LEFT_SHIFT | 0x80]);
         }
     }
 
     fn pointer(&self, event: PointerEvent) {
+        if self.tablet_pointer(event) {
+            return;
+        }
         if let Some(mouse) = &self.mouse {
             mouse.pointer(event.x, event.y, ps2_buttons(event.buttons));
         }
@@ -187,6 +300,15 @@ const LETTERS: [u8; 26] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pointer_positions_scale_over_the_screen() {
+        assert_eq!(scale(0, 1280), 0);
+        assert_eq!(scale(1279, 1280), TABLET_MAX);
+        assert_eq!(scale(5000, 1280), TABLET_MAX, "clamped");
+        assert_eq!(scale(640, 1281), TABLET_MAX / 2 + 1);
+        assert_eq!(scale(3, 1), 0);
+    }
 
     #[test]
     fn keysyms_map_to_us_layout_keys() {

@@ -338,6 +338,8 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
                 DeviceKind::VhostUser => {
                     r.allow_all(&[SYS_sendmsg, SYS_recvmsg]);
                 }
+                // The event loop above is all it needs.
+                DeviceKind::Input => {}
                 DeviceKind::Other => {
                     r.allow_all(&[SYS_nanosleep, SYS_clock_nanosleep]);
                 }
@@ -559,7 +561,7 @@ mod tests {
         );
     }
 
-    const ALL_ROLES: [ThreadRole; 22] = [
+    const ALL_ROLES: [ThreadRole; 23] = [
         ThreadRole::Vcpu,
         ThreadRole::DeviceWorker(DeviceKind::Block),
         ThreadRole::DeviceWorker(DeviceKind::Rng),
@@ -568,6 +570,7 @@ mod tests {
         ThreadRole::DeviceWorker(DeviceKind::Net),
         ThreadRole::DeviceWorker(DeviceKind::Vsock),
         ThreadRole::DeviceWorker(DeviceKind::VhostUser),
+        ThreadRole::DeviceWorker(DeviceKind::Input),
         ThreadRole::DeviceWorker(DeviceKind::Other),
         ThreadRole::SerialInput,
         ThreadRole::SerialOutput,

@@ -136,6 +136,9 @@ pub enum DeviceKind {
     /// socket (`sendmsg`/`recvmsg` with descriptors: memory, kick and call eventfds), then a
     /// watch for the backend's hangup.
     VhostUser,
+    /// `v_input`: a virtio keyboard or tablet: events from the host through an eventfd into the
+    /// guest's buffers, nothing else.
+    Input,
     /// Any other worker (test devices): an event loop on eventfds only.
     Other,
 }
@@ -151,6 +154,7 @@ impl DeviceKind {
             "net" => DeviceKind::Net,
             "vsock" => DeviceKind::Vsock,
             "fs" => DeviceKind::VhostUser,
+            "input" => DeviceKind::Input,
             _ => DeviceKind::Other,
         }
     }

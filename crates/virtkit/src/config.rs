@@ -62,6 +62,14 @@ pub struct VirtualMachineConfiguration {
     /// Displays (at most one): a framebuffer the firmware and the guest draw into.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub graphics_devices: Vec<crate::GraphicsDeviceConfiguration>,
+    /// Keyboards (virtio, at most one) for the guest's driver; keys come from the display's
+    /// VNC server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keyboards: Vec<crate::KeyboardConfiguration>,
+    /// Pointing devices (a virtio tablet, at most one) for the guest's driver; positions come
+    /// from the display's VNC server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pointing_devices: Vec<crate::PointingDeviceConfiguration>,
     /// The platform's identity (SMBIOS UUID and serial, MAC addresses).
     #[serde(default, skip_serializing_if = "PlatformConfiguration::is_default")]
     pub platform: PlatformConfiguration,
@@ -167,6 +175,8 @@ impl VirtualMachineConfiguration {
             socket_devices: Vec::new(),
             directory_sharing_devices: Vec::new(),
             graphics_devices: Vec::new(),
+            keyboards: Vec::new(),
+            pointing_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         }
     }
@@ -190,6 +200,8 @@ impl VirtualMachineConfiguration {
             socket_devices: Vec::new(),
             directory_sharing_devices: Vec::new(),
             graphics_devices: Vec::new(),
+            keyboards: Vec::new(),
+            pointing_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         }
     }
@@ -198,6 +210,19 @@ impl VirtualMachineConfiguration {
     pub fn with_storage(mut self, disk: StorageDeviceConfiguration) -> Self {
         self.storage_devices.push(disk);
         self
+    }
+
+    /// Adds a display, and with it a keyboard and a pointing device for the guest's drivers
+    /// (unless it has them), as a screen comes with both.
+    pub fn add_display(&mut self, display: crate::GraphicsDeviceConfiguration) {
+        self.graphics_devices.push(display);
+        if self.keyboards.is_empty() {
+            self.keyboards.push(crate::KeyboardConfiguration::default());
+        }
+        if self.pointing_devices.is_empty() {
+            self.pointing_devices
+                .push(crate::PointingDeviceConfiguration::default());
+        }
     }
 
     /// Adds an entropy device.

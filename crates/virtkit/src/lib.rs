@@ -35,9 +35,10 @@ pub use devices::DISPLAY_OPTION_ROM;
 pub use devices::{
     find_virtiofsd, passt_log_name, virtiofsd_log_name, BalloonStatus, ConsoleDeviceConfiguration,
     ConsolePortConfiguration, DeviceError, DeviceManager, DirectorySharingDeviceConfiguration,
-    EntropyDeviceConfiguration, Framing, GraphicsDeviceConfiguration, MemoryBalloonConfiguration,
-    NetworkAttachment, NetworkDeviceConfiguration, NicAddresses, PortProtocol, PublishedPort, SharedFd,
-    SocketDeviceConfiguration, VirtiofsdError, DEFAULT_GUEST_CID, VIRTIOFSD_ENV,
+    EntropyDeviceConfiguration, Framing, GraphicsDeviceConfiguration, KeyboardConfiguration,
+    MemoryBalloonConfiguration, NetworkAttachment, NetworkDeviceConfiguration, NicAddresses,
+    PointingDeviceConfiguration, PortProtocol, PublishedPort, SharedFd, SocketDeviceConfiguration,
+    VirtiofsdError, DEFAULT_GUEST_CID, VIRTIOFSD_ENV,
 };
 pub use exit_stats::{DeviceExits, ExitCounts, ExitStatistics};
 pub use host::{HostCapabilities, HostKind};

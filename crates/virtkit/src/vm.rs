@@ -408,6 +408,16 @@ impl VirtualMachine {
         self.devices.mouse()
     }
 
+    /// The virtio keyboard, to send the guest's driver keys (Linux key codes).
+    pub fn virtio_keyboard(&self) -> Option<virtkit_devices::input::InputHandle> {
+        self.devices.virtio_keyboard()
+    }
+
+    /// The virtio tablet, to send the guest's driver pointer positions and buttons.
+    pub fn tablet(&self) -> Option<virtkit_devices::input::InputHandle> {
+        self.devices.tablet()
+    }
+
     /// The PS/2 keyboard that comes with a display, to send it keys (set-1 scan codes).
     pub fn keyboard(&self) -> Option<virtkit_machine::devices::KeyboardHandle> {
         self.devices.keyboard()

@@ -207,6 +207,8 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
             socket_devices: Vec::new(),
             directory_sharing_devices: Vec::new(),
             graphics_devices: Vec::new(),
+            keyboards: Vec::new(),
+            pointing_devices: Vec::new(),
             platform: virtkit::PlatformConfiguration::default(),
         }
         .with_serial(SerialAttachment::Stdio)
@@ -217,7 +219,9 @@ fn build_config(args: &RunArgs) -> Result<VirtualMachineConfiguration, CliError>
     config
         .directory_sharing_devices
         .extend(args.shares.iter().cloned());
-    config.graphics_devices.extend(args.display.iter().cloned());
+    if let Some(display) = &args.display {
+        config.add_display(display.clone());
+    }
     network_flags::apply(&mut config.network_devices, &args.networks, &args.published)
         .map_err(CliError::new)?;
     if let Some(path) = &args.vsock {

@@ -339,6 +339,8 @@ impl Bundle {
             socket_devices: Vec::new(),
             directory_sharing_devices: Vec::new(),
             graphics_devices: Vec::new(),
+            keyboards: Vec::new(),
+            pointing_devices: Vec::new(),
             platform: PlatformConfiguration::default(),
         };
         for share in &spec.shares {

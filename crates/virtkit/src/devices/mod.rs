@@ -12,6 +12,7 @@ mod console;
 mod directory_sharing;
 mod entropy;
 mod graphics;
+mod input;
 mod net;
 mod persist;
 mod socket;
@@ -30,6 +31,7 @@ pub use directory_sharing::{
 };
 pub use entropy::EntropyDeviceConfiguration;
 pub use graphics::{GraphicsDeviceConfiguration, DISPLAY_OPTION_ROM};
+pub use input::{KeyboardConfiguration, PointingDeviceConfiguration};
 pub use net::{
     parse_mac, passt_log_name, Framing, NetworkAttachment, NetworkDeviceConfiguration, NicAddresses,
     PortProtocol, PublishedPort, SharedFd, DEFAULT_MAC_PREFIX,
@@ -39,6 +41,7 @@ pub use socket::{SocketDeviceConfiguration, DEFAULT_GUEST_CID};
 use virtkit_devices::balloon::BalloonHandle;
 use virtkit_devices::console::ConsoleHandle;
 use virtkit_devices::display::DisplayHandle;
+use virtkit_devices::input::{InputHandle, InputKind};
 
 use crate::config::{BootLoader, VirtualMachineConfiguration};
 use crate::validate::Issues;
@@ -97,6 +100,12 @@ pub enum DeviceError {
         #[source]
         source: virtkit_devices::block::ReplaceDiskError,
     },
+    #[error("cannot create the {what}")]
+    Input {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot set up the display: {message}")]
     Display { message: String },
     #[error("this machine has no display; add one (`graphics_devices`, or `--display WIDTHxHEIGHT`)")]
@@ -129,6 +138,9 @@ pub struct DeviceManager {
     /// The PS/2 keyboard that comes with a display.
     keyboard: Mutex<Option<virtkit_machine::devices::KeyboardHandle>>,
     mouse: Mutex<Option<virtkit_machine::devices::MouseHandle>>,
+    /// The virtio keyboard and tablet, for the guest's own drivers.
+    virtio_keyboard: Mutex<Option<InputHandle>>,
+    tablet: Mutex<Option<InputHandle>>,
     /// Each console device's resize handle.
     consoles: Mutex<Vec<ConsoleHandle>>,
     /// Each network card's address watch.
@@ -170,6 +182,12 @@ pub(crate) fn validate_devices(config: &VirtualMachineConfiguration, issues: &mu
         matches!(config.boot_loader, BootLoader::Firmware { .. }),
         issues,
     );
+    input::validate(
+        &config.keyboards,
+        &config.pointing_devices,
+        config.graphics_devices.len(),
+        issues,
+    );
     net::validate(
         &config.network_devices,
         config.platform.machine_identifier.as_ref(),
@@ -184,6 +202,8 @@ pub(crate) fn validate_devices(config: &VirtualMachineConfiguration, issues: &mu
         (config.socket_devices.len(), "socket devices"),
         (config.directory_sharing_devices.len(), "shared directories"),
         (config.graphics_devices.len(), "displays"),
+        (config.keyboards.len(), "keyboards"),
+        (config.pointing_devices.len(), "pointing devices"),
     ];
     let used: usize = counts.iter().map(|(n, _)| n).sum();
     if used > DEVICE_SLOTS {
@@ -228,6 +248,7 @@ impl DeviceManager {
         )?;
         let firmware_boot = matches!(config.boot_loader, BootLoader::Firmware { .. });
         graphics::attach(&manager, machine, &config.graphics_devices, firmware_boot)?;
+        input::attach(&manager, machine, &config.keyboards, &config.pointing_devices)?;
         // EFI keeps its own boot entries in its variable store (efibootmgr's); a fw_cfg boot
         // order would make OVMF reorder, and drop, entries it does not match.
         let efi = matches!(
@@ -273,6 +294,27 @@ impl DeviceManager {
 
     fn set_mouse(&self, mouse: virtkit_machine::devices::MouseHandle) {
         *self.mouse.lock().unwrap_or_else(|p| p.into_inner()) = Some(mouse);
+    }
+
+    fn set_input(&self, kind: InputKind, handle: InputHandle) {
+        let slot = match kind {
+            InputKind::Keyboard => &self.virtio_keyboard,
+            InputKind::Tablet => &self.tablet,
+        };
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+    }
+
+    /// The virtio keyboard, if the machine has one.
+    pub fn virtio_keyboard(&self) -> Option<InputHandle> {
+        self.virtio_keyboard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The virtio tablet, if the machine has one.
+    pub fn tablet(&self) -> Option<InputHandle> {
+        self.tablet.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The PS/2 mouse, if the machine has one (it comes with a display).

@@ -474,3 +474,36 @@ fn an_output_file_that_is_a_disk_or_the_kernel_is_refused_and_left_alone() {
     assert!(issue.field.starts_with("console_devices[0].ports[0]"), "{issue}");
     assert!(issue.message.contains("is the kernel"), "{issue}");
 }
+
+#[test]
+fn keyboards_and_pointing_devices_come_with_a_display_one_of_each() {
+    let dir = TempDir::new("input");
+    let mut c = VirtualMachineConfiguration::linux(1, 256 << 20, dir.bzimage(), None, "");
+    c.keyboards.push(crate::KeyboardConfiguration::default());
+    let issue = only_issue(&c);
+    assert_eq!(issue.field, "keyboards");
+    assert!(issue.message.contains("no display; add one"), "{}", issue.message);
+
+    let mut c = VirtualMachineConfiguration::linux(1, 256 << 20, dir.bzimage(), None, "");
+    c.add_display(crate::GraphicsDeviceConfiguration::parse_cli("800x600").unwrap());
+    assert_eq!(
+        (c.keyboards.len(), c.pointing_devices.len()),
+        (1, 1),
+        "a screen brings both"
+    );
+    assert!(issues(&c).is_empty(), "{:?}", issues(&c));
+    c.pointing_devices
+        .push(crate::PointingDeviceConfiguration::default());
+    let issue = only_issue(&c);
+    assert_eq!(issue.field, "pointing_devices");
+    assert!(
+        issue.message.contains("2 pointing devices given"),
+        "{}",
+        issue.message
+    );
+
+    // The JSON form: empty objects, unknown fields refused.
+    let json = c.to_json();
+    assert!(json.contains("\"keyboards\""), "{json}");
+    assert!(serde_json::from_str::<crate::KeyboardConfiguration>(r#"{"layout": "de"}"#).is_err());
+}
