@@ -10,6 +10,10 @@
 #                            + /init (scripts/assets/guest-init.sh)
 #   host-modules/            kvm.ko, kvm-amd.ko, irqbypass.ko, tun.ko, bridge.ko, vhost_net.ko (+ deps:
 #                            stp, llc, tap, vhost, vhost_iotlb); load order in host-modules/order
+#   display/vmlinuz          Debian's generic kernel of the same release (linux-image-<n>-amd64):
+#                            the cloud kernel has no DRM, this one has bochs-drm for the display
+#   display/initramfs.cpio.gz  the guest initramfs with that kernel's modules (the guest modules
+#                            and DISPLAY_MODULES) and their load order in place of the cloud kernel's
 #   manifest.json            kernel release, package versions, sha256 + relative path of every artifact
 #
 # .cache/assets/current is a symlink to the finished directory. A finished directory is never
@@ -23,6 +27,7 @@
 #   5  host modules tun, bridge (stp, llc), vhost_net (vhost, vhost_iotlb, tap): TAP and
 #      bridged networks in the emulated host (and vhost-net for a QEMU comparison)
 #   6  guest modules fuse, virtiofs: shared directories (virtio-fs)
+#   7  display/: the generic kernel and an initramfs with its modules, bochs-drm among them
 #
 # Usage: scripts/assets.sh [--verify] [--selftest] [--prune] [--quiet]
 #   (no option)  make sure the cache is complete; print the asset directory on stdout
@@ -35,7 +40,7 @@
 set -euo pipefail
 shopt -s nullglob
 
-RECIPE_VERSION=6
+RECIPE_VERSION=7
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HERE=$REPO/scripts/assets
@@ -49,6 +54,9 @@ GUEST_MODULES=(
 	virtio_scsi virtio_balloon virtio_input vmw_vsock_virtio_transport
 	button evdev pvpanic pvpanic_mmio fuse virtiofs
 )
+# More modules for the display kernel (display/): QEMU's bochs-display driver (bochs-drm, with
+# the DRM core and helpers it depends on).
+DISPLAY_MODULES=(bochs)
 # Modules the emulated KVM host needs; all are required. tun and bridge: TAP and bridged
 # networks; vhost_net: QEMU's vhost-net, for comparison.
 HOST_MODULES=(irqbypass kvm kvm_amd tun bridge vhost_net)
@@ -594,6 +602,37 @@ build() { # PKG DEST
 	cat "$tmp/console.cpio" "$tmp/root.cpio" | gzip -n -9 >"$out/guest-initramfs.cpio.gz"
 	log "guest-initramfs.cpio.gz: $(($(stat -c %s "$out/guest-initramfs.cpio.gz") / 1024)) KiB, ${#guest_order[@]} modules"
 
+	# --- the display kernel: the generic kernel of the same release, and the guest initramfs
+	# with a third archive on top: that kernel's modules and their load order (the kernel
+	# unpacks the archives in turn, a later file replacing an earlier one).
+	local dpkg_name=linux-image-${RELEASE%-cloud-amd64}-amd64 drelease=${RELEASE%-cloud-amd64}-amd64
+	log "downloading $dpkg_name (the display kernel)"
+	apt_download "$tmp/debs" "$dpkg_name" || die "apt-get download $dpkg_name failed"
+	local ddeb=("$tmp/debs/${dpkg_name}"_*.deb)
+	[ ${#ddeb[@]} = 1 ] || die "downloaded package $dpkg_name not found in $tmp/debs"
+	dpkg-deb -x "${ddeb[0]}" "$tmp/dk"
+	local dmoddir=$tmp/dk/lib/modules/$drelease
+	[ -d "$dmoddir" ] || dmoddir=$tmp/dk/usr/lib/modules/$drelease
+	[ -d "$dmoddir" ] || die "no lib/modules/$drelease in $dpkg_name"
+	mkdir -p "$out/display"
+	cp "$tmp/dk/boot/vmlinuz-$drelease" "$out/display/vmlinuz" || die "no vmlinuz in $dpkg_name"
+	MODPATH=()
+	BUILTIN=()
+	index_modules "$dmoddir"
+	local droot=$tmp/droot
+	mkdir -p "$droot/etc/virtkit"
+	REQUIRED=0 resolve_modules "$droot/lib/modules/$drelease" "${GUEST_MODULES[@]}"
+	local display_order=("${MODORDER[@]}")
+	REQUIRED=1 resolve_modules "$droot/lib/modules/$drelease" "${DISPLAY_MODULES[@]}"
+	display_order+=("${MODORDER[@]}")
+	printf '%s\n' "${display_order[@]}" >"$droot/etc/virtkit/modules"
+	echo "$drelease" >"$droot/etc/virtkit/kernel-release"
+	log "display kernel module load order: ${display_order[*]}"
+	find "$droot" -exec touch -h -d @0 {} +
+	(cd "$droot" && find . -mindepth 1 | LC_ALL=C sort |
+		cpio -o -H newc -R 0:0 --reproducible --quiet) >"$tmp/display.cpio" || die "cpio failed"
+	cat "$tmp/console.cpio" "$tmp/root.cpio" "$tmp/display.cpio" | gzip -n -9 >"$out/display/initramfs.cpio.gz"
+
 	# --- manifest
 	write_manifest "$out" "$pkg" "$kver" "$bver" "$E2FS_VERSION" "$QGA_VERSION" host_order guest_order
 	verify_dir "$out"
@@ -633,6 +672,8 @@ write_manifest() { # DIR PKG KVER BVER E2FSVER QGAVER HOST_ORDER_ARRAY GUEST_ORD
 		echo "    \"kernel_config\": $(json_entry "$dir" kernel-config),"
 		echo "    \"busybox\": $(json_entry "$dir" busybox),"
 		echo "    \"guest_initramfs\": $(json_entry "$dir" guest-initramfs.cpio.gz),"
+		echo "    \"display_vmlinuz\": $(json_entry "$dir" display/vmlinuz),"
+		echo "    \"display_initramfs\": $(json_entry "$dir" display/initramfs.cpio.gz),"
 		echo "    \"host_modules_order\": $(json_entry "$dir" host-modules/order)"
 		echo '  },'
 		echo '  "host_modules": ['

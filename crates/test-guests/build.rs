@@ -52,6 +52,7 @@ const MBR_GUESTS: &[&str] = &[
     "mbr_id",
     "mbr_keys",
     "mbr_mouse",
+    "mbr_ticker",
 ];
 
 /// MBR programs longer than one sector (the boot sector loads the rest itself).

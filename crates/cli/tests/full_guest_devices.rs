@@ -90,8 +90,32 @@ say ps2-bytes=$(wc -c </tmp/ps2 2>/dev/null)
 say input-done
 "#;
 
-const GUEST_SCRIPTS: [(&str, &str); 5] = [
+/// Linux's bochs-drm on the display (the generic kernel: the cloud kernel has no DRM): the
+/// driver bound to the display, the mode it took from the EDID, the fbdev it made; then four
+/// bands of colour (dark red, green, blue and grey: XRGB8888, so bytes B G R X) written into
+/// `/dev/fb0` for a screenshot to show. The text console is unbound from the framebuffer first,
+/// so its cursor cannot draw over them.
+const GUEST_DRM: &str = r#"
+say drm-driver=$(basename "$(readlink /sys/class/drm/card0/device/driver)")
+say drm-initialized=$(dmesg | grep -c 'Initialized bochs-drm')
+say drm-mode=$(head -n1 /sys/class/drm/card0-Virtual-1/modes 2>/dev/null)
+say fb-name=$(cat /sys/class/graphics/fb0/name) fb-size=$(cat /sys/class/graphics/fb0/virtual_size) fb-bpp=$(cat /sys/class/graphics/fb0/bits_per_pixel)
+for c in /sys/class/vtconsole/vtcon*; do grep -q 'frame buffer' $c/name && echo 0 >$c/bind; done
+stride=$(cat /sys/class/graphics/fb0/stride)
+# band PIXEL BYTES: the 4-byte pixel repeated to BYTES bytes.
+band() {
+    printf "$1" >/tmp/b
+    while [ $(wc -c </tmp/b) -lt $2 ]; do cat /tmp/b /tmp/b >/tmp/b2; mv /tmp/b2 /tmp/b; done
+    head -c $2 /tmp/b
+}
+rows=$((stride * 120))
+{ band '\012\012\170\001' $rows; band '\012\170\012\001' $rows; band '\170\012\012\001' $rows; band '\144\144\144\001' $rows; } >/dev/fb0
+say drm-drawn=$?
+"#;
+
+const GUEST_SCRIPTS: [(&str, &str); 6] = [
     ("input", GUEST_INPUT),
+    ("drm", GUEST_DRM),
     ("rng", GUEST_RNG),
     ("rng_limited", GUEST_RNG_LIMITED),
     ("pauseio", GUEST_PAUSE_IO),
@@ -99,6 +123,26 @@ const GUEST_SCRIPTS: [(&str, &str); 5] = [
 ];
 
 const DEVICES_SCRIPT: &str = r#"
+# Linux's own driver of the display: the generic kernel ($G/dvmlinuz, with its modules in
+# $G/dinitrd) binds bochs-drm; what the guest draws into /dev/fb0, `virtkit screenshot` shows
+# (printed as hex for the test to decode).
+mkdir -p $W/x && mount -t tmpfs -o size=64m tmpfs $W/x 2>/dev/null
+export VIRTKIT_HOME=$W/x/home
+truncate -s 8M $W/x/root.img
+$VIRTKIT create x1 --kernel $G/dvmlinuz --initrd $G/dinitrd --from $W/x/root.img --disk-size 16M \
+    --cpus 1 --memory 256M --network none \
+    --cmdline "console=ttyS0 quiet virtkit.run=\"sh /vt/drm.sh\" virtkit.action=wait" >/dev/null 2>&1
+echo "CASE drm: create=$?"
+$VIRTKIT run x1 --detach --display 640x480 >/dev/null; echo "CASE drm: run=$?"
+end=$(($(date +%s) + 180))
+until $VIRTKIT logs x1 | grep -q "VT drm-drawn" || [ $(date +%s) -ge $end ]; do sleep 0.5; done
+sleep 1
+$VIRTKIT screenshot x1 $W/x/shot.png; echo "CASE drm: screenshot=$?"
+echo "CASE drm: png=$(od -An -v -tx1 $W/x/shot.png | tr -d ' \n')"
+$VIRTKIT logs x1 | tr -d '\r' | grep '^VT ' | sed "s/^/CASE drm: /"
+$VIRTKIT stop x1 --timeout 0 >/dev/null; echo "CASE drm: stop=$?"
+$VIRTKIT delete x1 >/dev/null
+
 # Keyboard and pointer: a display brings a virtio keyboard and tablet; a VNC client's click and
 # typing reach the guest's drivers through them (vnc_input speaks RFB on the bundle's vnc.sock).
 mkdir -p $W/i && mount -t tmpfs -o size=64m tmpfs $W/i 2>/dev/null
@@ -214,13 +258,34 @@ fn guest_drivers_use_our_devices_and_a_paused_vm_does_no_disk_io() {
         ));
         return;
     }
+    let Some((display_kernel, display_initramfs)) = assets.display_kernel() else {
+        virtkit_testkit::skip(&format!(
+            "the test assets are recipe {}; this test needs recipe 7 or later (the display \
+             kernel): run scripts/assets.sh",
+            assets.recipe_version()
+        ));
+        return;
+    };
+    let scratch = Scratch::new("devices-display");
+    let display_initrd = scratch.0.join("dinitrd");
+    initrd_from(display_initramfs, &display_initrd, &GUEST_SCRIPTS);
     let vnc_input = example("vnc_input");
-    let Some(out) = run_guest_script_with(&assets, "devices", &GUEST_SCRIPTS, &[], DEVICES_SCRIPT, |run| {
-        run.program("VNC_INPUT", &vnc_input)
-    }) else {
+    let files = [
+        (display_kernel, "dvmlinuz"),
+        (display_initrd.as_path(), "dinitrd"),
+    ];
+    let Some(out) = run_guest_script_with(
+        &assets,
+        "devices",
+        &GUEST_SCRIPTS,
+        &files,
+        DEVICES_SCRIPT,
+        |run| run.program("VNC_INPUT", &vnc_input),
+    ) else {
         return;
     };
     check_input(&out);
+    check_drm(&out);
 
     // Entropy: the guest's driver is the current hwrng, its bytes are incompressible.
     assert_value(&out, "rng", "exit", "0");
@@ -282,6 +347,37 @@ fn example(name: &str) -> std::path::PathBuf {
         path.display()
     );
     path
+}
+
+fn check_drm(out: &str) {
+    let lines = case_lines(out, "drm").join("\n");
+    for key in ["create", "run", "screenshot", "stop", "drm-drawn"] {
+        assert_value(out, "drm", key, "0");
+    }
+    // bochs-drm bound the display, took the EDID's preferred mode and made an fbdev of it.
+    assert_value(out, "drm", "drm-driver", "bochs-drm");
+    assert_value(out, "drm", "drm-initialized", "1");
+    assert_value(out, "drm", "drm-mode", "640x480");
+    assert_value(out, "drm", "fb-name", "bochs-drmdrmfb");
+    assert_value(out, "drm", "fb-size", "640,480");
+    assert_value(out, "drm", "fb-bpp", "32");
+    // The screenshot shows the four bands the guest drew, every pixel of them.
+    let hex = case_value(out, "drm", "png").unwrap_or_else(|| panic!("no screenshot:\n{lines}"));
+    let png: Vec<u8> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    let mut reader = png::Decoder::new(png.as_slice())
+        .read_info()
+        .expect("a PNG header");
+    let mut rgba = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut rgba).expect("a PNG image");
+    assert_eq!((info.width, info.height), (640, 480));
+    let bands = [[120, 10, 10], [10, 120, 10], [10, 10, 120], [100, 100, 100]];
+    for (row, pixel) in rgba.chunks_exact(640 * 4).enumerate() {
+        let want = bands[row / 120];
+        let wrong = pixel.chunks_exact(4).filter(|p| p[..3] != want).count();
+        assert_eq!(wrong, 0, "row {row}: {wrong} pixels are not {want:?}");
+    }
 }
 
 fn check_input(out: &str) {

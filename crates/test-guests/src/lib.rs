@@ -179,6 +179,9 @@ pub enum Guest {
     /// C200h) through the i8042's auxiliary port; prints `mouse: ready`, then
     /// `mouse: status=SS x=XX y=YY` for every packet (hex), until the VM stops.
     MbrMouse,
+    /// MBR, for display tests and the display benchmark: prints `ticker: ready`, then rewrites
+    /// a 5-digit counter at the start of a screen row through int 10h every ~20 ms, for ever.
+    MbrTicker,
     /// MBR, for VM-manager tests: persistence, identity, liveness and a clean shutdown. It is
     /// [`mbr::SESSION_SECTORS`] sectors long: write all of [`Guest::bytes`] at the start of the
     /// disk (its boot sector loads LBA 1 on to 0x7e00 with int 13h AH=42h; if that fails it
@@ -241,7 +244,7 @@ macro_rules! artifact {
 
 impl Guest {
     /// Every guest.
-    pub const ALL: [Guest; 23] = [
+    pub const ALL: [Guest; 24] = [
         Guest::Hello,
         Guest::HelloElf32,
         Guest::Smoke,
@@ -263,6 +266,7 @@ impl Guest {
         Guest::MbrId,
         Guest::MbrKeys,
         Guest::MbrMouse,
+        Guest::MbrTicker,
         Guest::MbrSession,
         Guest::MbrPam,
     ];
@@ -291,6 +295,7 @@ impl Guest {
             Guest::MbrId => "mbr_id",
             Guest::MbrKeys => "mbr_keys",
             Guest::MbrMouse => "mbr_mouse",
+            Guest::MbrTicker => "mbr_ticker",
             Guest::MbrSession => "mbr_session",
             Guest::MbrPam => "mbr_pam",
         }
@@ -308,6 +313,7 @@ impl Guest {
             | Guest::MbrId
             | Guest::MbrKeys
             | Guest::MbrMouse
+            | Guest::MbrTicker
             | Guest::MbrSession
             | Guest::MbrPam => Boot::Mbr,
             _ => Boot::Pvh,
@@ -351,6 +357,7 @@ impl Guest {
             Guest::MbrId => artifact!("mbr_id.mbr"),
             Guest::MbrKeys => artifact!("mbr_keys.mbr"),
             Guest::MbrMouse => artifact!("mbr_mouse.mbr"),
+            Guest::MbrTicker => artifact!("mbr_ticker.mbr"),
             Guest::MbrSession => artifact!("mbr_session.mbr"),
             Guest::MbrPam => artifact!("mbr_pam.mbr"),
         }

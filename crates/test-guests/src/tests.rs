@@ -315,6 +315,7 @@ fn artifacts_carry_the_documented_lines() {
             &["boot-drive=", "boot-disk", " error=", output::MBR_ID_DONE],
         ),
         (Guest::MbrKeys, &["keys: ready", "keys: enter"]),
+        (Guest::MbrTicker, &["ticker: ready"]),
         (
             Guest::MbrMouse,
             &[
@@ -391,7 +392,7 @@ fn mbr_guests() -> impl Iterator<Item = Guest> {
 
 #[test]
 fn mbr_programs_are_512_byte_boot_sectors() {
-    assert_eq!(mbr_guests().count(), 9);
+    assert_eq!(mbr_guests().count(), 10);
     for guest in mbr_guests() {
         let b = guest.bytes();
         if guest == Guest::MbrSession {

@@ -24,6 +24,11 @@ struct Artifacts {
     kernel_config: Artifact,
     busybox: Artifact,
     guest_initramfs: Artifact,
+    /// Recipe 7 on: the generic kernel (with DRM) and its initramfs.
+    #[serde(default)]
+    display_vmlinuz: Option<Artifact>,
+    #[serde(default)]
+    display_initramfs: Option<Artifact>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +60,8 @@ pub struct Assets {
     kernel_config: PathBuf,
     busybox: PathBuf,
     guest_initramfs: PathBuf,
+    /// The display kernel and its initramfs (recipe 7 on).
+    display_kernel: Option<(PathBuf, PathBuf)>,
     host_modules: Vec<PathBuf>,
 }
 
@@ -159,6 +166,13 @@ impl Assets {
             kernel_config: artifact_path(dir, &a.kernel_config.path)?,
             busybox: artifact_path(dir, &a.busybox.path)?,
             guest_initramfs: artifact_path(dir, &a.guest_initramfs.path)?,
+            display_kernel: match (&a.display_vmlinuz, &a.display_initramfs) {
+                (Some(kernel), Some(initramfs)) => Some((
+                    artifact_path(dir, &kernel.path)?,
+                    artifact_path(dir, &initramfs.path)?,
+                )),
+                _ => None,
+            },
             host_modules,
             manifest,
         })
@@ -193,6 +207,15 @@ impl Assets {
     /// The guest initramfs (gzip'ed newc cpio) whose `/init` prints `VIRTKIT-GUEST: ` markers.
     pub fn guest_initramfs(&self) -> &Path {
         &self.guest_initramfs
+    }
+
+    /// Debian's generic kernel of the same release (the cloud kernel has no DRM) and the guest
+    /// initramfs with its modules, bochs-drm among them: for Linux on the display. `None` for
+    /// assets before recipe 7.
+    pub fn display_kernel(&self) -> Option<(&Path, &Path)> {
+        self.display_kernel
+            .as_ref()
+            .map(|(kernel, initramfs)| (kernel.as_path(), initramfs.as_path()))
     }
 
     /// The emulated host's kernel modules (`irqbypass.ko`, `kvm.ko`, `kvm-amd.ko`), in load
@@ -231,7 +254,9 @@ impl Assets {
             &a.busybox,
             &a.guest_initramfs,
         ]
-        .iter()
+        .into_iter()
+        .chain(a.display_vmlinuz.iter())
+        .chain(a.display_initramfs.iter())
         .map(|x| (x.path.as_str(), x.sha256.as_str()))
         .collect();
         list.extend(

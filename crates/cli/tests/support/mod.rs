@@ -78,7 +78,12 @@ impl Drop for Scratch {
 /// The asset initramfs, padded to 4 bytes, then a newc archive with the guest scripts in /vt/
 /// (the kernel unpacks concatenated archives one after the other).
 pub fn initrd_with_scripts(assets: &Assets, dest: &Path, scripts: &[(&str, &str)]) {
-    let mut data = std::fs::read(assets.guest_initramfs()).unwrap();
+    initrd_from(assets.guest_initramfs(), dest, scripts);
+}
+
+/// [`initrd_with_scripts`] over another initramfs (the display kernel's).
+pub fn initrd_from(initramfs: &Path, dest: &Path, scripts: &[(&str, &str)]) {
+    let mut data = std::fs::read(initramfs).unwrap();
     data.resize(data.len().next_multiple_of(4), 0);
     let mut w = CpioWriter::new(data);
     for (name, body) in scripts {
