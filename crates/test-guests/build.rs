@@ -53,6 +53,7 @@ const MBR_GUESTS: &[&str] = &[
     "mbr_keys",
     "mbr_mouse",
     "mbr_ticker",
+    "mbr_rtc",
 ];
 
 /// MBR programs longer than one sector (the boot sector loads the rest itself).

@@ -241,6 +241,22 @@ fn seabios_enumerates_three_disks() {
     assert!(console.contains("drives=3"), "{console}");
 }
 
+/// The RTC's periodic interrupt, as SeaBIOS's int 15h AH=86h wait and DOS-era programs use it: a
+/// real-mode handler of IRQ 8 runs 64 times at 1024 Hz and sees status C's IRQF and PF. Without
+/// the interrupt the program halts until the 120 s limit.
+#[test]
+fn the_rtc_periodic_interrupt_reaches_a_real_mode_handler() {
+    if !seabios_available() {
+        return;
+    }
+    let disks = Disks::new("rtc");
+    let disk = disks.disk("a.img", 1 << 20, Some(Guest::MbrRtc), &[]);
+    let out = boot(&[disk.display().to_string()]);
+    let console = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{console}");
+    assert!(console.contains("rtc: periodic=64 status-c=c0"), "{console}");
+}
+
 /// SeaBIOS's whole run, to the MBR program's power-off, in few exits to the VMM: the i8042 answers
 /// its controller and keyboard self-tests (unanswered, SeaBIOS polls port 0x64 until each test
 /// times out: thousands of exits), and no device is probed in a loop.

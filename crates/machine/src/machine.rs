@@ -625,7 +625,11 @@ fn add_legacy_devices(
     )?;
     let i8042 = Arc::new(Mutex::new(I8042::new(requests.clone())));
     pio.insert(ports::I8042_DATA as u64, 5, i8042.clone())?;
-    let cmos = Arc::new(Mutex::new(Cmos::new(memory_size, low_ram_end(memory_size))));
+    let rtc_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?;
+    vm.register_irqfd(&rtc_irq, irqs::RTC)?;
+    let mut rtc = Cmos::new(memory_size, low_ram_end(memory_size));
+    rtc.attach_irq(rtc_irq);
+    let cmos = Arc::new(Mutex::new(rtc));
     pio.insert(ports::CMOS_INDEX as u64, 2, cmos.clone())?;
     pio.insert(
         PVPANIC_PORT as u64,

@@ -354,6 +354,10 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             r.allow_all(&[SYS_write, SYS_writev]);
             send_connected(&mut r);
         }
+        // Sleeps with `futex` (in every list) and raises IRQ 8 with a `write` to its irqfd.
+        ThreadRole::RtcTimer => {
+            r.allow(SYS_write);
+        }
         ThreadRole::Vmm => {
             // Joins the vCPUs (kicking them), stops the device workers (their kill eventfds),
             // releases the machine and removes the serial socket.
@@ -561,7 +565,7 @@ mod tests {
         );
     }
 
-    const ALL_ROLES: [ThreadRole; 23] = [
+    const ALL_ROLES: [ThreadRole; 24] = [
         ThreadRole::Vcpu,
         ThreadRole::DeviceWorker(DeviceKind::Block),
         ThreadRole::DeviceWorker(DeviceKind::Rng),
@@ -574,6 +578,7 @@ mod tests {
         ThreadRole::DeviceWorker(DeviceKind::Other),
         ThreadRole::SerialInput,
         ThreadRole::SerialOutput,
+        ThreadRole::RtcTimer,
         ThreadRole::Vmm,
         ThreadRole::CliSignals,
         ThreadRole::CliStdin,

@@ -172,6 +172,9 @@ pub enum ThreadRole {
     /// `serial-out`: writes what a vCPU buffered for COM1's host side (terminal, pipe, file),
     /// so the vCPU never waits on a host write.
     SerialOutput,
+    /// `rtc-timer`: the RTC's periodic interrupt: sleeps on a condition variable and writes
+    /// IRQ 8's irqfd.
+    RtcTimer,
     /// `vmm`: waits for the machine to stop, releases it and records why.
     Vmm,
     /// CLI `signals`: turns SIGTERM/SIGINT/SIGHUP into events.

@@ -182,6 +182,11 @@ pub enum Guest {
     /// MBR, for display tests and the display benchmark: prints `ticker: ready`, then rewrites
     /// a 5-digit counter at the start of a screen row through int 10h every ~20 ms, for ever.
     MbrTicker,
+    /// MBR, for the RTC's periodic interrupt: takes IRQ 8 with its own handler, enables the
+    /// interrupt at 1024 Hz and waits for 64 of them; prints `rtc: periodic=64 status-c=XX`
+    /// (the status C bits its handler saw, hex) and powers off. Without the interrupt it halts
+    /// for ever.
+    MbrRtc,
     /// MBR, for VM-manager tests: persistence, identity, liveness and a clean shutdown. It is
     /// [`mbr::SESSION_SECTORS`] sectors long: write all of [`Guest::bytes`] at the start of the
     /// disk (its boot sector loads LBA 1 on to 0x7e00 with int 13h AH=42h; if that fails it
@@ -244,7 +249,7 @@ macro_rules! artifact {
 
 impl Guest {
     /// Every guest.
-    pub const ALL: [Guest; 24] = [
+    pub const ALL: [Guest; 25] = [
         Guest::Hello,
         Guest::HelloElf32,
         Guest::Smoke,
@@ -267,6 +272,7 @@ impl Guest {
         Guest::MbrKeys,
         Guest::MbrMouse,
         Guest::MbrTicker,
+        Guest::MbrRtc,
         Guest::MbrSession,
         Guest::MbrPam,
     ];
@@ -296,6 +302,7 @@ impl Guest {
             Guest::MbrKeys => "mbr_keys",
             Guest::MbrMouse => "mbr_mouse",
             Guest::MbrTicker => "mbr_ticker",
+            Guest::MbrRtc => "mbr_rtc",
             Guest::MbrSession => "mbr_session",
             Guest::MbrPam => "mbr_pam",
         }
@@ -314,6 +321,7 @@ impl Guest {
             | Guest::MbrKeys
             | Guest::MbrMouse
             | Guest::MbrTicker
+            | Guest::MbrRtc
             | Guest::MbrSession
             | Guest::MbrPam => Boot::Mbr,
             _ => Boot::Pvh,
@@ -358,6 +366,7 @@ impl Guest {
             Guest::MbrKeys => artifact!("mbr_keys.mbr"),
             Guest::MbrMouse => artifact!("mbr_mouse.mbr"),
             Guest::MbrTicker => artifact!("mbr_ticker.mbr"),
+            Guest::MbrRtc => artifact!("mbr_rtc.mbr"),
             Guest::MbrSession => artifact!("mbr_session.mbr"),
             Guest::MbrPam => artifact!("mbr_pam.mbr"),
         }

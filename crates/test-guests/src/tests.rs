@@ -316,6 +316,7 @@ fn artifacts_carry_the_documented_lines() {
         ),
         (Guest::MbrKeys, &["keys: ready", "keys: enter"]),
         (Guest::MbrTicker, &["ticker: ready"]),
+        (Guest::MbrRtc, &["rtc: periodic=", " status-c="]),
         (
             Guest::MbrMouse,
             &[
@@ -392,7 +393,7 @@ fn mbr_guests() -> impl Iterator<Item = Guest> {
 
 #[test]
 fn mbr_programs_are_512_byte_boot_sectors() {
-    assert_eq!(mbr_guests().count(), 10);
+    assert_eq!(mbr_guests().count(), 11);
     for guest in mbr_guests() {
         let b = guest.bytes();
         if guest == Guest::MbrSession {

@@ -1,8 +1,10 @@
 //! Rectangle encodings: Raw and ZRLE (RFC 6143 sections 7.7.1 and 7.7.6).
 //!
-//! An update is sent in bands of at most [`BAND_ROWS`] rows, each its own rectangle, so a
-//! client's buffers never hold more than one band of the frame (ZRLE needs a band's compressed
-//! length before its bytes).
+//! An update is sent in bands of whole ZRLE tile rows, each its own rectangle, at most
+//! [`BAND_PIXELS`] pixels each ([`Encoder::band_rows`]), so the encoder never holds more than one
+//! band of the frame (ZRLE needs a band's compressed length before its bytes). Few bands keep
+//! the per-rectangle cost (a header, ZRLE's length and zlib's sync flush) low: an 800x600
+//! screen is one band.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -12,8 +14,8 @@ use flate2::{Compress, Compression, FlushCompress};
 use crate::framebuffer::{Framebuffer, Rect};
 use crate::protocol::{encoding, PixelFormat};
 
-/// Rows per rectangle sent (and ZRLE's tile height).
-pub const BAND_ROWS: u32 = 64;
+/// Most pixels in one band (2 MiB of pixels; a 4096-pixel-wide screen still gets 128 rows).
+pub const BAND_PIXELS: u32 = 512 * 1024;
 /// ZRLE's tile width and height.
 const TILE: u32 = 64;
 /// Largest palette ZRLE can use (palette RLE, subencodings 130-255).
@@ -66,9 +68,15 @@ impl Encoder {
         self.format = format;
     }
 
+    /// Rows per band of a rectangle `width` pixels wide: whole tile rows, as many as
+    /// [`BAND_PIXELS`] allows, at least one.
+    pub fn band_rows(width: u32) -> u32 {
+        (BAND_PIXELS / width.max(1) / TILE * TILE).max(TILE)
+    }
+
     /// How many rectangles `rect` is sent as.
     pub fn band_count(rect: &Rect) -> u32 {
-        rect.height.div_ceil(BAND_ROWS)
+        rect.height.div_ceil(Self::band_rows(rect.width))
     }
 
     /// Writes `rect` of `framebuffer` as [`Encoder::band_count`] rectangles in `encoding`
@@ -82,7 +90,8 @@ impl Encoder {
     ) -> io::Result<()> {
         let mut y = rect.y;
         while y < rect.bottom() {
-            let band = Rect::new(rect.x, y, rect.width, BAND_ROWS.min(rect.bottom() - y));
+            let rows = Self::band_rows(rect.width);
+            let band = Rect::new(rect.x, y, rect.width, rows.min(rect.bottom() - y));
             self.pixels.clear();
             self.pixels.resize(band.area() as usize, 0);
             framebuffer.read_rect(band, &mut self.pixels);
@@ -117,19 +126,25 @@ impl Encoder {
 
     fn write_zrle<W: Write>(&mut self, band: Rect, out: &mut W) -> io::Result<()> {
         self.plain.clear();
-        let mut tile_x = 0;
-        while tile_x < band.width {
-            let width = TILE.min(band.width - tile_x);
-            self.tile.clear();
-            for row in 0..band.height {
-                let start = (row * band.width + tile_x) as usize;
-                let converted = self.pixels[start..start + width as usize]
-                    .iter()
-                    .map(|&p| self.format.convert(p));
-                self.tile.extend(converted);
+        // Tiles of 64x64 (smaller at the right and bottom edges), left to right, top to bottom.
+        let mut tile_y = 0;
+        while tile_y < band.height {
+            let height = TILE.min(band.height - tile_y);
+            let mut tile_x = 0;
+            while tile_x < band.width {
+                let width = TILE.min(band.width - tile_x);
+                self.tile.clear();
+                for row in tile_y..tile_y + height {
+                    let start = (row * band.width + tile_x) as usize;
+                    let converted = self.pixels[start..start + width as usize]
+                        .iter()
+                        .map(|&p| self.format.convert(p));
+                    self.tile.extend(converted);
+                }
+                self.encode_tile(width);
+                tile_x += width;
             }
-            self.encode_tile(width);
-            tile_x += width;
+            tile_y += height;
         }
         self.compress()?;
         out.write_all(&(self.compressed.len() as u32).to_be_bytes())?;
@@ -458,8 +473,19 @@ mod tests {
     }
 
     #[test]
+    fn bands_are_whole_tile_rows_within_the_pixel_budget() {
+        assert_eq!(Encoder::band_rows(800), 640);
+        assert_eq!(Encoder::band_rows(4096), 128);
+        assert_eq!(Encoder::band_rows(1_000_000), 64, "at least one tile row");
+        assert_eq!(Encoder::band_count(&Rect::full(800, 600)), 1);
+        assert_eq!(Encoder::band_count(&Rect::full(4096, 4096)), 32);
+    }
+
+    #[test]
     fn zrle_round_trips_through_one_zlib_stream() {
+        // One band of three tile rows (the last one short).
         let fb = pattern(300, 150);
+        assert_eq!(Encoder::band_count(&Rect::full(300, 150)), 1);
         let (_, _, expected) = fb.snapshot();
         let mut encoder = Encoder::new();
         let mut inflater = Decompress::new(true);
@@ -481,7 +507,7 @@ mod tests {
                 let length = u32::from_be_bytes(out[pos + 12..pos + 16].try_into().unwrap()) as usize;
                 let compressed = &out[pos + 16..pos + 16 + length];
                 pos += 16 + length;
-                let mut plain = Vec::with_capacity(300 * 64 * 4 + 1024);
+                let mut plain = Vec::with_capacity(300 * 150 * 4 + 1024);
                 inflater
                     .decompress_vec(compressed, &mut plain, FlushDecompress::Sync)
                     .unwrap();

@@ -3,6 +3,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use vmm_sys_util::eventfd::EventFd;
+
+use super::rtc_timer::PeriodicTimer;
 use crate::bus::BusDevice;
 
 const REG_SECONDS: u8 = 0x00;
@@ -31,6 +34,8 @@ pub struct Cmos {
     index: u8,
     ram: [u8; 128],
     clock: Clock,
+    /// The periodic interrupt on IRQ 8, once the machine gave the RTC its line.
+    periodic: Option<PeriodicTimer>,
 }
 
 fn bcd(v: u64) -> u8 {
@@ -74,7 +79,22 @@ impl Cmos {
         };
         self.ram = ram;
         self.index = state.index;
+        self.follow_periodic();
         true
+    }
+
+    /// Gives the RTC its interrupt line (IRQ 8's irqfd): from then on the guest can enable
+    /// the periodic interrupt.
+    pub fn attach_irq(&mut self, irq: EventFd) {
+        self.periodic = Some(PeriodicTimer::new(irq));
+        self.follow_periodic();
+    }
+
+    fn follow_periodic(&mut self) {
+        let (a, b) = (self.ram[REG_STATUS_A as usize], self.ram[REG_STATUS_B as usize]);
+        if let Some(timer) = &mut self.periodic {
+            timer.set(a, b);
+        }
     }
 
     /// A CMOS whose memory-size bytes describe `memory_size` bytes of RAM (split at the MMIO
@@ -113,7 +133,12 @@ impl Cmos {
         ram[0x5b] = above_4g as u8;
         ram[0x5c] = (above_4g >> 8) as u8;
         ram[0x5d] = (above_4g >> 16) as u8;
-        Cmos { index: 0, ram, clock }
+        Cmos {
+            index: 0,
+            ram,
+            clock,
+            periodic: None,
+        }
     }
 
     fn time_register(&self, reg: u8) -> Option<u8> {
@@ -142,7 +167,11 @@ impl BusDevice for Cmos {
             0 => self.index,
             _ => match self.index {
                 // Status A: update-in-progress never set, so readers need not wait.
-                REG_STATUS_C => std::mem::take(&mut self.ram[REG_STATUS_C as usize]),
+                // Reading status C answers the interrupt: its flags clear.
+                REG_STATUS_C => {
+                    let periodic = self.periodic.as_ref().map_or(0, PeriodicTimer::take_flags);
+                    std::mem::take(&mut self.ram[REG_STATUS_C as usize]) | periodic
+                }
                 i => self.time_register(i).unwrap_or(self.ram[i as usize & 0x7f]),
             },
         };
@@ -161,6 +190,10 @@ impl BusDevice for Cmos {
                 // The clock follows the host; writes to it (hwclock --systohc) are dropped.
                 i if self.time_register(i).is_some() => {}
                 REG_STATUS_C | REG_STATUS_D => {}
+                i @ (REG_STATUS_A | REG_STATUS_B) => {
+                    self.ram[i as usize] = value;
+                    self.follow_periodic();
+                }
                 i => self.ram[i as usize] = value,
             },
         }
@@ -218,5 +251,34 @@ mod tests {
         cmos.write(0, &[REG_SECONDS]);
         cmos.write(1, &[0x33]);
         assert_eq!(read_reg(&mut cmos, REG_SECONDS), 0x00);
+    }
+
+    #[test]
+    fn the_periodic_interrupt_raises_irq_8_and_status_c_says_so() {
+        use super::super::rtc_timer::{STATUS_B_PIE, STATUS_C_IRQF, STATUS_C_PF};
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let raised = irq.try_clone().unwrap();
+        let mut cmos = Cmos::with_clock(64 << 20, 64 << 20, Box::new(|| 0));
+        cmos.attach_irq(irq);
+        assert_eq!(
+            read_reg(&mut cmos, REG_STATUS_C),
+            0,
+            "off until the guest enables it"
+        );
+        // SeaBIOS's int 15h AH=86h: 1024 Hz (status A as it is), PIE on in status B.
+        cmos.write(0, &[REG_STATUS_B]);
+        cmos.write(1, &[STATUS_B_24H | STATUS_B_PIE]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while raised.read().is_err() {
+            assert!(std::time::Instant::now() < deadline, "IRQ 8 never raised");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(read_reg(&mut cmos, REG_STATUS_C), STATUS_C_IRQF | STATUS_C_PF);
+        // The saved state carries status B, so a restored RTC ticks again.
+        let state = cmos.state();
+        cmos.write(0, &[REG_STATUS_B]);
+        cmos.write(1, &[STATUS_B_24H]);
+        assert!(cmos.restore_state(&state));
+        assert_eq!(read_reg(&mut cmos, REG_STATUS_B) & STATUS_B_PIE, STATUS_B_PIE);
     }
 }

@@ -8,6 +8,7 @@ pub mod pflash;
 mod pm;
 mod ps2_mouse;
 mod pvpanic;
+mod rtc_timer;
 mod serial;
 
 use std::sync::Arc;
