@@ -445,10 +445,11 @@ fn serve_vnc(bundle: &Bundle, vm: &VirtualMachine) -> std::io::Result<Option<vir
         vm.tablet(),
         Some((display.clone(), u32::from(width), u32::from(height))),
     );
-    let server = virtkit_vnc::VncServer::new(
+    let server = virtkit_vnc::VncServer::with_spawner(
         crate::vnc_display::DisplayFramebuffer::new(display, u32::from(width), u32::from(height)),
         Arc::new(input),
         format!("virtkit {}", bundle.name()),
+        Arc::new(sandboxed_vnc_thread),
     );
     server
         .serve_unix(listener, virtkit_vnc::Security::None)
@@ -466,6 +467,19 @@ fn serve_vnc(bundle: &Bundle, vm: &VirtualMachine) -> std::io::Result<Option<vir
     file.write_all(record.to_string().as_bytes())?;
     tracing::info!(path = %path.display(), %address, "the display is served over VNC");
     Ok(Some(server))
+}
+
+/// The VNC server's threads, each under its seccomp filter (docs/SECURITY.md): they parse what
+/// any local client sends.
+fn sandboxed_vnc_thread(
+    name: &'static str,
+    body: Box<dyn FnOnce() + Send>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let role = match name {
+        "vnc-accept" => virtkit_sandbox::ThreadRole::VncAccept,
+        _ => virtkit_sandbox::ThreadRole::VncClient,
+    };
+    virtkit_sandbox::Builder::new(role).name(name.into()).spawn(body)
 }
 
 /// Removes a saved state file (absent is fine) and syncs its directory, so the removal

@@ -104,6 +104,8 @@ pub mod kvm {
     pub const KVM_IRQFD: u64 = kvm_ioc(IOC_WRITE, 0x76, 32);
     /// `_IOW(KVMIO, 0x79, struct kvm_ioeventfd)`
     pub const KVM_IOEVENTFD: u64 = kvm_ioc(IOC_WRITE, 0x79, 64);
+    /// `_IOW(KVMIO, 0x42, struct kvm_dirty_log)`
+    pub const KVM_GET_DIRTY_LOG: u64 = kvm_ioc(IOC_WRITE, 0x42, 16);
 
     /// The reads of a vCPU's whole state, which its own thread makes while parked when the
     /// machine is saved (`virtkit_machine::snapshot`).
@@ -354,6 +356,28 @@ pub fn rules_for(role: ThreadRole) -> FilterRules {
             r.allow_all(&[SYS_write, SYS_writev]);
             send_connected(&mut r);
         }
+        // Takes clients from the listening socket (`accept4`; TCP ones get `TCP_NODELAY`),
+        // duplicates each one's socket (the copy closes it at shutdown) and has the sandbox's
+        // spawner start its thread; waits a little after a failed accept.
+        ThreadRole::VncAccept => {
+            r.allow_all(&[SYS_accept4, SYS_nanosleep, SYS_clock_nanosleep])
+                .allow_if(
+                    SYS_setsockopt,
+                    &[(1, IPPROTO_TCP as u64), (2, TCP_NODELAY as u64)],
+                )
+                .allow_if(SYS_fcntl, &[(1, F_DUPFD_CLOEXEC as u64)]);
+        }
+        // The client's socket only: reads, writes (`send` with no address), its timeouts, a
+        // duplicate for the writer, a shutdown; the display's dirty log (`KVM_GET_DIRTY_LOG`)
+        // and `write`s to the input devices' eventfds and irqfds.
+        ThreadRole::VncClient => {
+            r.allow_all(&[SYS_read, SYS_recvfrom, SYS_write, SYS_writev, SYS_shutdown])
+                .allow_if(SYS_setsockopt, &[(1, SOL_SOCKET as u64), (2, SO_RCVTIMEO as u64)])
+                .allow_if(SYS_setsockopt, &[(1, SOL_SOCKET as u64), (2, SO_SNDTIMEO as u64)])
+                .allow_if(SYS_fcntl, &[(1, F_DUPFD_CLOEXEC as u64)])
+                .allow_if(SYS_ioctl, &[(1, kvm::KVM_GET_DIRTY_LOG)]);
+            send_connected(&mut r);
+        }
         // Sleeps with `futex` (in every list) and raises IRQ 8 with a `write` to its irqfd.
         ThreadRole::RtcTimer => {
             r.allow(SYS_write);
@@ -565,7 +589,7 @@ mod tests {
         );
     }
 
-    const ALL_ROLES: [ThreadRole; 24] = [
+    const ALL_ROLES: [ThreadRole; 26] = [
         ThreadRole::Vcpu,
         ThreadRole::DeviceWorker(DeviceKind::Block),
         ThreadRole::DeviceWorker(DeviceKind::Rng),
@@ -579,6 +603,8 @@ mod tests {
         ThreadRole::SerialInput,
         ThreadRole::SerialOutput,
         ThreadRole::RtcTimer,
+        ThreadRole::VncAccept,
+        ThreadRole::VncClient,
         ThreadRole::Vmm,
         ThreadRole::CliSignals,
         ThreadRole::CliStdin,

@@ -172,6 +172,12 @@ pub enum ThreadRole {
     /// `serial-out`: writes what a vCPU buffered for COM1's host side (terminal, pipe, file),
     /// so the vCPU never waits on a host write.
     SerialOutput,
+    /// `vnc-accept`: takes the VNC server's clients from its listening socket (Unix or loopback
+    /// TCP) and starts a `vnc-client` thread for each.
+    VncAccept,
+    /// `vnc-client`: one VNC client: the RFB protocol on its connected socket, the display's
+    /// dirty log, and its keys and pointer into the input devices' eventfds.
+    VncClient,
     /// `rtc-timer`: the RTC's periodic interrupt: sleeps on a condition variable and writes
     /// IRQ 8's irqfd.
     RtcTimer,

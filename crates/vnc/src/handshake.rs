@@ -1,7 +1,6 @@
 //! The RFB handshake (RFC 6143 section 7.1-7.3): protocol version, security (None or VNC
 //! authentication), ClientInit and ServerInit.
 
-use std::fs::File;
 use std::io::{self, Read, Write};
 
 use des::cipher::{Block, BlockEncrypt, KeyInit};
@@ -98,7 +97,7 @@ pub fn vnc_auth_response(password: &[u8], challenge: &[u8; 16]) -> [u8; 16] {
 /// 16 random bytes from the kernel.
 fn random_challenge() -> io::Result<[u8; 16]> {
     let mut challenge = [0u8; 16];
-    File::open("/dev/urandom")?.read_exact(&mut challenge)?;
+    getrandom::getrandom(&mut challenge).map_err(|e| io::Error::other(e.to_string()))?;
     Ok(challenge)
 }
 

@@ -29,7 +29,7 @@ pub use protocol::{
     encoding, parse_client_message, ClientMessage, ClientReader, Parsed, PixelFormat, MAX_CUT_TEXT,
     MAX_ENCODINGS,
 };
-pub use server::{VncServer, MAX_CLIENTS};
+pub use server::{Spawner, VncServer, MAX_CLIENTS};
 
 /// The fuzz entry (`fuzz/fuzz_targets/vnc_client_messages.rs`): `data` is a client's byte stream
 /// after the handshake, fed to a [`ClientReader`] in chunks whose sizes come from the first

@@ -61,8 +61,18 @@ impl_connection!(TcpStream);
 /// Each connected client's socket (to close it at shutdown) and its thread, by client number.
 type ClientTable = HashMap<u64, (Box<dyn Connection>, Option<JoinHandle<()>>)>;
 
+/// Starts one of the server's threads: its name (`vnc-accept`, `vnc-client`) and body. The VM
+/// process passes one that puts each under its seccomp filter; the default is a plain thread.
+pub type Spawner =
+    Arc<dyn Fn(&'static str, Box<dyn FnOnce() + Send>) -> io::Result<JoinHandle<()>> + Send + Sync>;
+
+fn plain_thread(name: &'static str, body: Box<dyn FnOnce() + Send>) -> io::Result<JoinHandle<()>> {
+    thread::Builder::new().name(name.into()).spawn(body)
+}
+
 /// The server's name, framebuffer and input, shared by every listener and client.
 struct Shared {
+    spawn: Spawner,
     framebuffer: Arc<dyn Framebuffer>,
     input: Arc<dyn InputSink>,
     name: String,
@@ -110,8 +120,19 @@ impl VncServer {
         input: Arc<dyn InputSink>,
         name: impl Into<String>,
     ) -> Self {
+        Self::with_spawner(framebuffer, input, name, Arc::new(plain_thread))
+    }
+
+    /// [`VncServer::new`] whose threads `spawn` starts.
+    pub fn with_spawner(
+        framebuffer: Arc<dyn Framebuffer>,
+        input: Arc<dyn InputSink>,
+        name: impl Into<String>,
+        spawn: Spawner,
+    ) -> Self {
         VncServer {
             shared: Arc::new(Shared {
+                spawn,
                 framebuffer,
                 input,
                 name: name.into(),
@@ -185,10 +206,7 @@ impl VncServer {
     }
 
     fn spawn_listener(&self, waker: Waker, accept: impl FnOnce() + Send + 'static) -> Result<(), VncError> {
-        let handle = thread::Builder::new()
-            .name("vnc-accept".into())
-            .spawn(accept)
-            .map_err(VncError::Thread)?;
+        let handle = (self.shared.spawn)("vnc-accept", Box::new(accept)).map_err(VncError::Thread)?;
         self.listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -250,13 +268,16 @@ fn start_client(shared: &Arc<Shared>, stream: Box<dyn Connection>, security: Sec
     };
     let id = shared.next_client.fetch_add(1, Ordering::Relaxed);
     let thread_shared = shared.clone();
-    let spawned = thread::Builder::new().name("vnc-client".into()).spawn(move || {
-        match serve_client(&thread_shared, stream, &security) {
-            Ok(()) => tracing::info!(client = id, "VNC client disconnected"),
-            Err(error) => tracing::info!(client = id, error = %error_chain(&error), "VNC client dropped"),
-        }
-        thread_shared.clients().remove(&id);
-    });
+    let spawned = (shared.spawn)(
+        "vnc-client",
+        Box::new(move || {
+            match serve_client(&thread_shared, stream, &security) {
+                Ok(()) => tracing::info!(client = id, "VNC client disconnected"),
+                Err(error) => tracing::info!(client = id, error = %error_chain(&error), "VNC client dropped"),
+            }
+            thread_shared.clients().remove(&id);
+        }),
+    );
     match spawned {
         Ok(handle) => {
             clients.insert(id, (closer, Some(handle)));
