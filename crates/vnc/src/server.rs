@@ -516,13 +516,15 @@ impl<'a, W: Write> Client<'a, W> {
             return Ok(());
         }
         self.pending = None;
-        let count: u32 = send.iter().map(Encoder::band_count).sum();
+        let zrle = self.zrle;
+        let bands = |rect: &Rect| Encoder::band_count(rect, zrle);
+        let count: u32 = send.iter().map(bands).sum();
         let count = u16::try_from(count).unwrap_or(u16::MAX);
-        if u32::from(count) != send.iter().map(Encoder::band_count).sum::<u32>() {
+        if u32::from(count) != send.iter().map(bands).sum::<u32>() {
             // Cannot happen with at most MAX_DIRTY_RECTS rectangles of at most 65535 rows.
             send = vec![wanted.unwrap_or(visible)];
         }
-        let count: u32 = send.iter().map(Encoder::band_count).sum();
+        let count: u32 = send.iter().map(bands).sum();
         self.out.write_all(&[0, 0])?;
         self.out.write_all(&(count as u16).to_be_bytes())?;
         for rect in send {

@@ -153,7 +153,7 @@ fn full_then_incremental_updates_and_input() {
     let mut frame = vec![0u32; 200 * 100];
     client.request(false, Rect::full(200, 100));
     let rects = client.read_update(&mut frame);
-    assert_eq!(rects.len(), 1, "one band: it is under BAND_PIXELS");
+    assert_eq!(rects.len(), 2, "Raw: two bands of at most 64 rows");
     assert_eq!(frame, pattern(200, 100));
 
     // An incremental request waits until something changes, then gets only that.
