@@ -123,47 +123,53 @@ const GUEST_SCRIPTS: [(&str, &str); 6] = [
 ];
 
 const DEVICES_SCRIPT: &str = r#"
+# display_vm CASE KERNEL INITRD SIZE CMDLINE: a named VM (called CASE) on a tmpfs home of its
+# own, booting KERNEL and INITRD with CMDLINE and the guest script /vt/CASE.sh, run with a
+# display of SIZE; prints `CASE CASE: create=` and `run=`.
+display_vm() {
+    mkdir -p $W/$1 && mount -t tmpfs -o size=64m tmpfs $W/$1 2>/dev/null
+    export VIRTKIT_HOME=$W/$1/home
+    truncate -s 8M $W/$1/root.img
+    $VIRTKIT create $1 --kernel $2 --initrd $3 --from $W/$1/root.img --disk-size 16M \
+        --cpus 1 --memory 256M --network none \
+        --cmdline "console=ttyS0 quiet $5 virtkit.run=\"sh /vt/$1.sh\" virtkit.action=wait" >/dev/null 2>&1
+    echo "CASE $1: create=$?"
+    $VIRTKIT run $1 --detach --display $4 >/dev/null; echo "CASE $1: run=$?"
+}
+# wait_guest NAME MARKER: until the guest's console says `VT MARKER`, at most 180 s.
+wait_guest() {
+    end=$(($(date +%s) + 180))
+    until $VIRTKIT logs $1 | grep -q "VT $2" || [ $(date +%s) -ge $end ]; do sleep 0.5; done
+}
+# end_guest NAME: its `VT` lines tagged with its case, then stop and delete it.
+end_guest() {
+    $VIRTKIT logs $1 | tr -d '\r' | grep '^VT ' | sed "s/^/CASE $1: /"
+    $VIRTKIT stop $1 --timeout 0 >/dev/null; echo "CASE $1: stop=$?"
+    $VIRTKIT delete $1 >/dev/null
+}
+
 # Linux's own driver of the display: the generic kernel ($G/dvmlinuz, with its modules in
 # $G/dinitrd) binds bochs-drm; what the guest draws into /dev/fb0, `virtkit screenshot` shows
 # (printed as hex for the test to decode).
-mkdir -p $W/x && mount -t tmpfs -o size=64m tmpfs $W/x 2>/dev/null
-export VIRTKIT_HOME=$W/x/home
-truncate -s 8M $W/x/root.img
-$VIRTKIT create x1 --kernel $G/dvmlinuz --initrd $G/dinitrd --from $W/x/root.img --disk-size 16M \
-    --cpus 1 --memory 256M --network none \
-    --cmdline "console=ttyS0 quiet virtkit.run=\"sh /vt/drm.sh\" virtkit.action=wait" >/dev/null 2>&1
-echo "CASE drm: create=$?"
-$VIRTKIT run x1 --detach --display 640x480 >/dev/null; echo "CASE drm: run=$?"
-end=$(($(date +%s) + 180))
-until $VIRTKIT logs x1 | grep -q "VT drm-drawn" || [ $(date +%s) -ge $end ]; do sleep 0.5; done
+display_vm drm $G/dvmlinuz $G/dinitrd 640x480 ""
+wait_guest drm drm-drawn
 sleep 1
-$VIRTKIT screenshot x1 $W/x/shot.png; echo "CASE drm: screenshot=$?"
-echo "CASE drm: png=$(od -An -v -tx1 $W/x/shot.png | tr -d ' \n')"
-$VIRTKIT logs x1 | tr -d '\r' | grep '^VT ' | sed "s/^/CASE drm: /"
-$VIRTKIT stop x1 --timeout 0 >/dev/null; echo "CASE drm: stop=$?"
-$VIRTKIT delete x1 >/dev/null
+$VIRTKIT screenshot drm $W/drm/shot.png; echo "CASE drm: screenshot=$?"
+echo "CASE drm: png=$(od -An -v -tx1 $W/drm/shot.png | tr -d ' \n')"
+end_guest drm
 
 # Keyboard and pointer: a display brings a virtio keyboard and tablet; a VNC client's click and
 # typing reach the guest's drivers through them (vnc_input speaks RFB on the bundle's vnc.sock).
-mkdir -p $W/i && mount -t tmpfs -o size=64m tmpfs $W/i 2>/dev/null
-export VIRTKIT_HOME=$W/i/home
-truncate -s 8M $W/i/root.img
-$VIRTKIT create i1 --kernel $G/vmlinuz --initrd $G/initrd --from $W/i/root.img --disk-size 16M \
-    --cpus 1 --memory 256M --network none \
-    --cmdline "console=ttyS0 quiet i8042.nopnp virtkit.run=\"sh /vt/input.sh\" virtkit.action=wait" >/dev/null 2>&1
-echo "CASE input: create=$?"
-$VIRTKIT run i1 --detach --display 800x600 >/dev/null; echo "CASE input: run=$?"
-end=$(($(date +%s) + 150))
-until $VIRTKIT logs i1 | grep -q "VT input-ready" || [ $(date +%s) -ge $end ]; do sleep 0.5; done
+# Linux finds the PS/2 controller without ACPI's help (`i8042.nopnp`: the DSDT does not
+# describe it), so that its keyboard can be checked to get nothing.
+display_vm input $G/vmlinuz $G/initrd 800x600 i8042.nopnp
+wait_guest input input-ready
 sleep 1
-$VNC_INPUT $VIRTKIT_HOME/vms/i1/vnc.sock click 400 300 type aB >$W/i/vnc.out 2>&1
+$VNC_INPUT $VIRTKIT_HOME/vms/input/vnc.sock click 400 300 type aB >$W/input/vnc.out 2>&1
 echo "CASE input: vnc=$?"
-sed "s/^/CASE input: /" $W/i/vnc.out
-end=$(($(date +%s) + 150))
-until $VIRTKIT logs i1 | grep -q "VT input-done" || [ $(date +%s) -ge $end ]; do sleep 0.5; done
-$VIRTKIT logs i1 | tr -d '\r' | grep '^VT ' | sed "s/^/CASE input: /"
-$VIRTKIT stop i1 --timeout 0 >/dev/null; echo "CASE input: stop=$?"
-$VIRTKIT delete i1 >/dev/null
+sed "s/^/CASE input: /" $W/input/vnc.out
+wait_guest input input-done
+end_guest input
 
 VM_ARGS="--entropy" run_guest rng
 VM_ARGS="--entropy 8K,burst=1K" run_guest rng_limited
