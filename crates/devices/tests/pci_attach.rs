@@ -64,6 +64,7 @@ fn virtio_blk_appears_in_a_slot_and_its_bar_maps_when_programmed() {
             serial_input: None,
             smbios_identity: None,
             shared_memory: false,
+            ps2_input: false,
         },
     )
     .unwrap();

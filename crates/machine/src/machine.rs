@@ -80,6 +80,9 @@ pub struct MachineConfig {
     /// Guest RAM backed by a memfd that a vhost-user backend can map
     /// (`memory::create_shared_guest_memory`); `false`: anonymous memory.
     pub shared_memory: bool,
+    /// The PS/2 keyboard and mouse will be attached ([`Machine::attach_keyboard`],
+    /// [`Machine::attach_mouse`]): the ACPI tables describe them.
+    pub ps2_input: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -263,6 +266,7 @@ impl Machine {
             serial_input,
             smbios_identity,
             shared_memory,
+            ps2_input,
         } = config;
         let smbios_identity = smbios_identity.unwrap_or_default();
         let vm = kvm.create_vm()?;
@@ -304,7 +308,13 @@ impl Machine {
         let gsi_router = GsiRouter::new(vm.clone());
         let load = load || matches!(boot, BootSource::Firmware { .. });
         let (fw_cfg, entry) = if load {
-            let fw_cfg = place_platform_tables(&boot, &memory, memory_size, vcpus, &smbios_identity, &pio)?;
+            let platform = PlatformTables {
+                memory_size,
+                vcpus,
+                ps2_input,
+                smbios_identity: &smbios_identity,
+            };
+            let fw_cfg = place_platform_tables(&boot, &memory, &platform, &pio)?;
             let entry = load_guest(&boot, &memory, memory_size, firmware.as_ref(), pam)?;
             (fw_cfg, Some(entry))
         } else {
@@ -729,15 +739,30 @@ fn add_efi_platform(
 /// Step 5: ACPI and SMBIOS. A direct kernel boot finds the tables where Linux scans for the
 /// RSDP and SMBIOS; firmware places them itself, from fw_cfg's table loader, with the rest of
 /// what it asks QEMU's fw_cfg for (the device is returned).
+/// What the platform's tables (ACPI, SMBIOS, fw_cfg) describe.
+struct PlatformTables<'a> {
+    memory_size: u64,
+    vcpus: u8,
+    ps2_input: bool,
+    smbios_identity: &'a SmbiosIdentity,
+}
+
 fn place_platform_tables(
     boot: &BootSource,
     memory: &GuestMemoryMmap,
-    memory_size: u64,
-    vcpus: u8,
-    smbios_identity: &SmbiosIdentity,
+    platform: &PlatformTables,
     pio: &Bus,
 ) -> Result<Option<Arc<Mutex<FwCfg>>>, MachineError> {
-    let acpi_config = AcpiConfig { num_cpus: vcpus };
+    let PlatformTables {
+        memory_size,
+        vcpus,
+        ps2_input,
+        smbios_identity,
+    } = *platform;
+    let acpi_config = AcpiConfig {
+        num_cpus: vcpus,
+        ps2: ps2_input,
+    };
     match boot {
         BootSource::Linux { .. } => {
             write_acpi_tables(memory, &acpi_config)?;

@@ -61,6 +61,7 @@ fn port_and_mmio_accesses_reach_the_right_device() {
             serial_input: None,
             smbios_identity: None,
             shared_memory: false,
+            ps2_input: false,
         },
     )
     .unwrap();

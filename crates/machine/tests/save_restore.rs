@@ -69,6 +69,7 @@ fn counter_with(kvm: &Kvm, vcpus: u8, output: &Output, shared_memory: bool) -> M
             serial_input: None,
             smbios_identity: None,
             shared_memory,
+            ps2_input: false,
         },
     )
     .unwrap()

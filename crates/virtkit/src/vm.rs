@@ -211,6 +211,8 @@ impl VirtualMachine {
                 // Only a vhost-user backend needs to map guest memory; everyone else keeps
                 // anonymous memory.
                 shared_memory: crate::devices::needs_shared_memory(&self.config),
+                // A display brings the PS/2 keyboard and mouse (devices::graphics).
+                ps2_input: !self.config.graphics_devices.is_empty(),
             },
             SerialKeep {
                 server: ends.server,

@@ -38,6 +38,10 @@ pub struct AcpiConfig {
     /// Number of vCPUs, 1..=255. Their APIC IDs and ACPI processor UIDs are 0..num_cpus-1; 255 is
     /// the xAPIC limit because APIC ID 0xff is the broadcast ID (and Linux ignores it in the MADT).
     pub num_cpus: u8,
+    /// The i8042's PS/2 keyboard and mouse are attached (a machine with a display): the DSDT
+    /// describes them (PNP0303, PNP0F13), so a guest's i8042 driver finds them through ACPI as
+    /// on a PC.
+    pub ps2: bool,
 }
 
 /// Why the tables could not be built or written.

@@ -78,7 +78,9 @@ const ISA_BUS: u8 = 0;
 
 const _: () = assert!(APIC_START <= u32::MAX as u64);
 const _: () = assert!(IOAPIC_START <= u32::MAX as u64);
-const _: () = assert!(irqs::SCI <= u16::MAX as u32 && irqs::COM1 < 16 && irqs::RTC < 16);
+const _: () = assert!(
+    irqs::SCI <= u16::MAX as u32 && irqs::COM1 < 16 && irqs::RTC < 16 && irqs::KEYBOARD < 16 && irqs::MOUSE < 16
+);
 const _: () =
     assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= PCI_MMIO32_HIGH_END && PCI_MMIO32_HIGH_END <= 1 << 32);
 
@@ -360,7 +362,25 @@ fn dsdt(config: &AcpiConfig) -> Vec<u8> {
     let ecam_crs = Name::new(Path::new("_CRS"), &ecam_crs);
     let ecam = Device::new(Path::new("ECAM"), vec![&ecam_hid, &ecam_uid, &ecam_crs]);
 
+    // The i8042's keyboard and mouse, as QEMU describes them: the controller's two ports and
+    // IRQ 1 on the keyboard, IRQ 12 on the mouse.
+    let kbd_data = IO::new(ports::I8042_DATA, ports::I8042_DATA, 1, 1);
+    let kbd_command = IO::new(ports::I8042_COMMAND, ports::I8042_COMMAND, 1, 1);
+    let kbd_irq = IrqNoFlags(irqs::KEYBOARD);
+    let kbd_crs = ResourceTemplate::new(vec![&kbd_data, &kbd_command, &kbd_irq]);
+    let kbd_hid = Name::new(Path::new("_HID"), &EISAName::new("PNP0303"));
+    let kbd_crs = Name::new(Path::new("_CRS"), &kbd_crs);
+    let keyboard = Device::new(Path::new("PS2K"), vec![&kbd_hid, &kbd_crs]);
+    let mouse_irq = IrqNoFlags(irqs::MOUSE);
+    let mouse_crs = ResourceTemplate::new(vec![&mouse_irq]);
+    let mouse_hid = Name::new(Path::new("_HID"), &EISAName::new("PNP0F13"));
+    let mouse_crs = Name::new(Path::new("_CRS"), &mouse_crs);
+    let mouse = Device::new(Path::new("PS2M"), vec![&mouse_hid, &mouse_crs]);
+
     let mut sb_children: Vec<&dyn Aml> = vec![&com1, &rtc, &pvpanic, &pci, &ecam];
+    if config.ps2 {
+        sb_children.extend([&keyboard as &dyn Aml, &mouse]);
+    }
     sb_children.extend(cpus.iter().map(|cpu| cpu as &dyn Aml));
     let sb = Scope::new(Path::new("\\_SB_"), sb_children);
 

@@ -115,8 +115,13 @@ fn find_tables(mem: &GuestMemoryMmap, rsdp_address: u64) -> Found {
 }
 
 fn write(num_cpus: u8) -> (GuestMemoryMmap, Found) {
+    write_with(num_cpus, false)
+}
+
+/// The tables of `num_cpus` vCPUs, with the PS/2 keyboard and mouse if `ps2`.
+fn write_with(num_cpus: u8, ps2: bool) -> (GuestMemoryMmap, Found) {
     let mem = memory(MEM_SIZE);
-    let rsdp = write_acpi_tables(&mem, &AcpiConfig { num_cpus }).unwrap();
+    let rsdp = write_acpi_tables(&mem, &AcpiConfig { num_cpus, ps2 }).unwrap();
     assert_eq!(rsdp, GuestAddress(RSDP_START));
     let found = find_tables(&mem, rsdp.0);
     (mem, found)
@@ -322,8 +327,33 @@ fn acpi_dsdt_has_s5_and_the_legacy_devices() {
 }
 
 #[test]
+fn acpi_dsdt_describes_the_ps2_keyboard_and_mouse_only_when_attached() {
+    // Name (_HID, EisaId ("PNP0303")) and EisaId ("PNP0F13").
+    let keyboard: &[u8] = b"\x08_HID\x0c\x41\xd0\x03\x03";
+    let mouse: &[u8] = b"\x08_HID\x0c\x41\xd0\x0f\x13";
+    let (_, without) = write_with(1, false);
+    assert!(find_all(&without.dsdt, keyboard).is_empty());
+    assert!(find_all(&without.dsdt, mouse).is_empty());
+    let (_, with) = write_with(1, true);
+    let dsdt = &with.dsdt;
+    assert_eq!(find_all(dsdt, keyboard).len(), 1, "PNP0303");
+    assert_eq!(find_all(dsdt, mouse).len(), 1, "PNP0F13");
+    // IO (Decode16, 0x60, 0x60, 1, 1), IO (Decode16, 0x64, 0x64, 1, 1), IRQNoFlags () {1}.
+    assert_eq!(
+        find_all(
+            dsdt,
+            b"\x47\x01\x60\x00\x60\x00\x01\x01\x47\x01\x64\x00\x64\x00\x01\x01\x22\x02\x00"
+        )
+        .len(),
+        1
+    );
+    // IRQNoFlags () {12}, then the end tag.
+    assert_eq!(find_all(dsdt, b"\x22\x00\x10\x79").len(), 1);
+}
+
+#[test]
 fn acpi_tables_for_255_cpus_fit_the_reserved_area() {
-    let tables = build_tables(&AcpiConfig { num_cpus: 255 }).unwrap();
+    let tables = build_tables(&AcpiConfig { num_cpus: 255, ps2: false }).unwrap();
     let len = tables.blob(Blob::Tables).len() as u64;
     println!(
         "255 CPUs: tables blob {len} bytes of {} reserved",
@@ -348,7 +378,7 @@ fn acpi_too_small_guest_memory_is_an_error() {
     // No RAM at the ACPI area at all, then RAM that ends inside the tables.
     for size in [0x8_0000, ACPI_TABLES_START as usize + 100] {
         let mem = memory(size);
-        let err = write_acpi_tables(&mem, &AcpiConfig { num_cpus: 4 }).unwrap_err();
+        let err = write_acpi_tables(&mem, &AcpiConfig { num_cpus: 4, ps2: false }).unwrap_err();
         assert!(
             matches!(err, AcpiError::GuestMemory { address, .. } if address == ACPI_TABLES_START),
             "{err:?}"
@@ -359,14 +389,14 @@ fn acpi_too_small_guest_memory_is_an_error() {
 #[test]
 fn acpi_zero_cpus_is_an_error() {
     let mem = memory(MEM_SIZE);
-    let err = write_acpi_tables(&mem, &AcpiConfig { num_cpus: 0 }).unwrap_err();
+    let err = write_acpi_tables(&mem, &AcpiConfig { num_cpus: 0, ps2: false }).unwrap_err();
     assert!(matches!(err, AcpiError::NoCpus), "{err:?}");
 }
 
 /// What fw_cfg firmware will do: place the blobs elsewhere and run the loader commands.
 #[test]
 fn acpi_tables_link_at_any_address() {
-    let tables = build_tables(&AcpiConfig { num_cpus: 4 }).unwrap();
+    let tables = build_tables(&AcpiConfig { num_cpus: 4, ps2: false }).unwrap();
     let (rsdp_address, tables_address) = (0xf_0010, 0x1_0040);
     let linked = tables.link(rsdp_address, tables_address).unwrap();
     let mem = memory(MEM_SIZE);
@@ -397,7 +427,7 @@ fn acpi_tables_link_at_any_address() {
 
 #[test]
 fn acpi_link_rejects_what_pointers_cannot_reach_or_misaligned_blobs() {
-    let tables = build_tables(&AcpiConfig { num_cpus: 1 }).unwrap();
+    let tables = build_tables(&AcpiConfig { num_cpus: 1, ps2: false }).unwrap();
     // The DSDT, 64 bytes in, would be at 4 GiB: too high for the FADT's 32-bit DSDT field.
     let err = tables.link(RSDP_START, 0xffff_ffc0).unwrap_err();
     assert!(
@@ -421,8 +451,8 @@ fn acpi_tables_pass_iasl() {
         return;
     }
 
-    for n in [1, 255] {
-        let (mem, found) = write(n);
+    for (n, ps2) in [(1, false), (255, true)] {
+        let (mem, found) = write_with(n, ps2);
         let dir = std::env::temp_dir().join(format!("virtkit-acpi-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut files = vec![

@@ -78,6 +78,7 @@ fn machine(kvm: &Kvm, config: &VirtualMachineConfiguration) -> Machine {
             serial_input: None,
             smbios_identity: None,
             shared_memory: needs_shared_memory(config),
+            ps2_input: false,
         },
     )
     .unwrap()

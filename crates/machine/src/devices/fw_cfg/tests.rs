@@ -481,7 +481,7 @@ fn parse_loader(data: &[u8]) -> Vec<Command> {
 }
 
 fn acpi_device(num_cpus: u8) -> (FwCfg, AcpiTables) {
-    let tables = build_tables(&AcpiConfig { num_cpus }).unwrap();
+    let tables = build_tables(&AcpiConfig { num_cpus, ps2: false }).unwrap();
     let (dev, _) = device();
     (dev.with_acpi(&tables).unwrap(), tables)
 }
