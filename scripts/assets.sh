@@ -263,7 +263,7 @@ resolve_modules() { # STAGEDIR NAME... (missing names are skipped unless REQUIRE
 	local n
 	for n in "$@"; do
 		if ! visit "$n"; then
-			[ "${REQUIRED:-0}" = 1 ] && die "required module $n is not in kernel $RELEASE"
+			[ "${REQUIRED:-0}" = 1 ] && die "required module $n is not in the kernel being staged"
 			log "  $n: not in this kernel, skipped"
 		fi
 	done
@@ -605,6 +605,10 @@ build() { # PKG DEST
 	# --- the display kernel: the generic kernel of the same release, and the guest initramfs
 	# with a third archive on top: that kernel's modules and their load order (the kernel
 	# unpacks the archives in turn, a later file replacing an earlier one).
+	case "$RELEASE" in
+	*-cloud-amd64) ;;
+	*) die "kernel release $RELEASE is not a cloud kernel's (<n>-cloud-amd64): cannot name its generic kernel" ;;
+	esac
 	local dpkg_name=linux-image-${RELEASE%-cloud-amd64}-amd64 drelease=${RELEASE%-cloud-amd64}-amd64
 	log "downloading $dpkg_name (the display kernel)"
 	apt_download "$tmp/debs" "$dpkg_name" || die "apt-get download $dpkg_name failed"
@@ -624,7 +628,11 @@ build() { # PKG DEST
 	REQUIRED=0 resolve_modules "$droot/lib/modules/$drelease" "${GUEST_MODULES[@]}"
 	local display_order=("${MODORDER[@]}")
 	REQUIRED=1 resolve_modules "$droot/lib/modules/$drelease" "${DISPLAY_MODULES[@]}"
-	display_order+=("${MODORDER[@]}")
+	# A module both lists need is loaded once, where the guest modules put it.
+	local m
+	for m in "${MODORDER[@]}"; do
+		[[ " ${display_order[*]} " == *" $m "* ]] || display_order+=("$m")
+	done
 	printf '%s\n' "${display_order[@]}" >"$droot/etc/virtkit/modules"
 	echo "$drelease" >"$droot/etc/virtkit/kernel-release"
 	log "display kernel module load order: ${display_order[*]}"

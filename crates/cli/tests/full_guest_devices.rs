@@ -74,7 +74,9 @@ node() {
 say input-names=$(grep '^N: Name="virtkit' /proc/bus/input/devices | cut -d'"' -f2 | tr ' ' _ | sort | tr '\n' ,)
 k=$(node "virtkit keyboard"); t=$(node "virtkit tablet"); p=$(node "AT Translated Set 2 keyboard")
 say kbd-node=$k tablet-node=$t ps2-node=$p
-cat $k >/tmp/kbd & cat $t >/tmp/tablet &
+: >/tmp/kbd; : >/tmp/tablet; : >/tmp/ps2
+[ -n "$k" ] && cat $k >/tmp/kbd &
+[ -n "$t" ] && cat $t >/tmp/tablet &
 [ -n "$p" ] && cat $p >/tmp/ps2 &
 say input-ready
 # A click is 7 events, "aB" 12 (Shift around the B): wait for them, at most 100 s.
@@ -86,7 +88,7 @@ sleep 1
 events() { od -An -v -tu2 -w24 $1 | awk '{ printf "%s:%s:%d,", $9, $10, $11 + 65536 * $12 }'; }
 say tablet-events=$(events /tmp/tablet)
 say kbd-events=$(events /tmp/kbd)
-say ps2-bytes=$(wc -c </tmp/ps2 2>/dev/null)
+say ps2-bytes=$(wc -c </tmp/ps2)
 say input-done
 "#;
 
@@ -141,11 +143,13 @@ wait_guest() {
     end=$(($(date +%s) + 180))
     until $VIRTKIT logs $1 | grep -q "VT $2" || [ $(date +%s) -ge $end ]; do sleep 0.5; done
 }
-# end_guest NAME: its `VT` lines tagged with its case, then stop and delete it.
+# end_guest NAME: its `VT` lines tagged with its case, then stop and delete it (and go back to
+# the default VIRTKIT_HOME).
 end_guest() {
     $VIRTKIT logs $1 | tr -d '\r' | grep '^VT ' | sed "s/^/CASE $1: /"
     $VIRTKIT stop $1 --timeout 0 >/dev/null; echo "CASE $1: stop=$?"
     $VIRTKIT delete $1 >/dev/null
+    unset VIRTKIT_HOME
 }
 
 # Linux's own driver of the display: the generic kernel ($G/dvmlinuz, with its modules in

@@ -6,11 +6,16 @@
 //! Where events go, as QEMU's input routing does: to the virtio keyboard and tablet once the
 //! guest's driver of them is up (Linux), else to the PS/2 keyboard and mouse (the firmware,
 //! a text console, a guest without virtio-input). Never to both, or the guest would see each
-//! key twice. The pointer's position is scaled to the tablet's 0..=32767 over the screen the
+//! key twice. A release goes where its press went, even if the route changed in between (the
+//! virtio driver came up while a key was held), and the pointer stays with the device that got
+//! a button press until every button is up: else the first device would keep a key or button
+//! down for good. The pointer's position is scaled to the tablet's 0..=32767 over the screen the
 //! guest set; VNC's buttons 1, 2, 3 are left, middle, right, 4 and 5 the wheel (a tablet's
 //! wheel steps; PS/2 has none without the IntelliMouse extension).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use virtkit_devices::display::DisplayHandle;
 use virtkit_devices::input::event::{
@@ -36,6 +41,52 @@ pub struct VmInput {
     shift_held: AtomicBool,
     /// The VNC buttons last sent to the tablet.
     tablet_buttons: AtomicU8,
+    /// Which device each held key and the pointer go to.
+    router: Mutex<Router>,
+}
+
+/// Where an input event goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Virtio,
+    Ps2,
+}
+
+/// The routing decisions, kept apart from the devices: a new press goes to the virtio device
+/// if its driver is up, else to PS/2; a release goes where its press went; the pointer stays
+/// where a button press went until every button is up.
+#[derive(Debug, Default)]
+pub struct Router {
+    /// Each key held down, and the route its press took.
+    held_keys: HashMap<Code, Route>,
+    /// The pointer's route while a button is held.
+    pointer: Option<Route>,
+}
+
+impl Router {
+    /// The route of a press (`down`) or release of `code`; `virtio` says whether the virtio
+    /// keyboard can take it now (its driver is up and it has the key).
+    pub fn key(&mut self, code: Code, down: bool, virtio: bool) -> Route {
+        let now = if virtio { Route::Virtio } else { Route::Ps2 };
+        if down {
+            *self.held_keys.entry(code).or_insert(now)
+        } else {
+            self.held_keys.remove(&code).unwrap_or(now)
+        }
+    }
+
+    /// The route of a pointer event with VNC `buttons` held; `virtio` says whether the tablet's
+    /// driver is up.
+    pub fn pointer(&mut self, buttons: u8, virtio: bool) -> Route {
+        let now = if virtio { Route::Virtio } else { Route::Ps2 };
+        let route = self.pointer.unwrap_or(now);
+        self.pointer = (buttons & 0x07 != 0).then_some(route);
+        route
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl VmInput {
@@ -48,6 +99,7 @@ impl VmInput {
             display: None,
             shift_held: AtomicBool::new(false),
             tablet_buttons: AtomicU8::new(0),
+            router: Mutex::new(Router::default()),
         }
     }
 
@@ -74,13 +126,16 @@ impl VmInput {
         }
     }
 
-    /// Sends `code` to the virtio keyboard if its driver is up; `false` if it is not.
-    fn virtio_key(&self, code: Code, down: bool, add_shift: bool) -> bool {
-        let Some(keyboard) = self.virtio_keyboard.as_ref().filter(|k| k.is_ready()) else {
-            return false;
-        };
-        let Some(key) = linux_key(code.make, code.extended) else {
-            return true;
+    /// Whether the virtio keyboard can take `code` now: its driver is up and it has the key.
+    fn virtio_takes(&self, code: Code) -> bool {
+        self.virtio_keyboard.as_ref().is_some_and(InputHandle::is_ready)
+            && linux_key(code.make, code.extended).is_some()
+    }
+
+    /// Sends `code` to the virtio keyboard.
+    fn virtio_key(&self, code: Code, down: bool, add_shift: bool) {
+        let (Some(keyboard), Some(key)) = (&self.virtio_keyboard, linux_key(code.make, code.extended)) else {
+            return;
         };
         let shift = linux_key(LEFT_SHIFT, false).unwrap_or(42);
         let mut report = Vec::with_capacity(6);
@@ -92,25 +147,32 @@ impl VmInput {
             report.extend([InputEvent::key(shift, false), InputEvent::sync()]);
         }
         keyboard.send(&report);
-        true
     }
 
-    /// Sends the pointer to the tablet if its driver is up; `false` if it is not.
-    fn tablet_pointer(&self, event: PointerEvent) -> bool {
-        let Some(tablet) = self.tablet.as_ref().filter(|t| t.is_ready()) else {
-            return false;
-        };
+    fn ps2_key(&self, code: Code, down: bool, add_shift: bool) {
+        let Some(keyboard) = &self.keyboard else { return };
+        if add_shift {
+            keyboard.key(&[LEFT_SHIFT]);
+        }
+        keyboard.key(&scancodes(code, down));
+        if add_shift {
+            keyboard.key(&[LEFT_SHIFT | 0x80]);
+        }
+    }
+
+    /// Sends the pointer to the tablet.
+    fn tablet_pointer(&self, event: PointerEvent) {
+        let Some(tablet) = &self.tablet else { return };
         let (width, height) = self.screen_size();
         let mut report = vec![
             InputEvent::new(EV_ABS, ABS_X, scale(event.x, width)),
             InputEvent::new(EV_ABS, ABS_Y, scale(event.y, height)),
         ];
+        // Every button's state each time (the guest's input core drops what did not change),
+        // so a report dropped on the way leaves no button wrong for long.
         let before = self.tablet_buttons.swap(event.buttons, Ordering::Relaxed);
         for (bit, code) in [(0, BTN_LEFT), (1, BTN_MIDDLE), (2, BTN_RIGHT)] {
-            let mask = 1 << bit;
-            if (before ^ event.buttons) & mask != 0 {
-                report.push(InputEvent::key(code, event.buttons & mask != 0));
-            }
+            report.push(InputEvent::key(code, event.buttons & (1 << bit) != 0));
         }
         // The wheel: a press of button 4 (5) is one step up (down); 6 and 7 left and right.
         let pressed = event.buttons & !before;
@@ -126,13 +188,15 @@ impl VmInput {
         }
         report.push(InputEvent::sync());
         tablet.send(&report);
-        true
     }
 }
 
 /// A position out of `size` pixels as the tablet's 0..=TABLET_MAX.
 pub fn scale(position: u16, size: u32) -> u32 {
-    let last = size.saturating_sub(1).max(1);
+    let last = size.saturating_sub(1);
+    if last == 0 {
+        return 0;
+    }
     (u32::from(position).min(last) * TABLET_MAX + last / 2) / last
 }
 
@@ -153,25 +217,23 @@ impl InputSink for VmInput {
             },
         };
         let add_shift = shifted && event.down && !self.shift_held.load(Ordering::Relaxed);
-        if self.virtio_key(code, event.down, add_shift) {
-            return;
-        }
-        let Some(keyboard) = &self.keyboard else { return };
-        if add_shift {
-            keyboard.key(&[LEFT_SHIFT]);
-        }
-        keyboard.key(&scancodes(code, event.down));
-        if add_shift {
-            keyboard.key(&[LEFT_SHIFT | 0x80]);
+        let route = lock(&self.router).key(code, event.down, self.virtio_takes(code));
+        match route {
+            Route::Virtio => self.virtio_key(code, event.down, add_shift),
+            Route::Ps2 => self.ps2_key(code, event.down, add_shift),
         }
     }
 
     fn pointer(&self, event: PointerEvent) {
-        if self.tablet_pointer(event) {
-            return;
-        }
-        if let Some(mouse) = &self.mouse {
-            mouse.pointer(event.x, event.y, ps2_buttons(event.buttons));
+        let tablet_up = self.tablet.as_ref().is_some_and(InputHandle::is_ready);
+        let route = lock(&self.router).pointer(event.buttons, tablet_up);
+        match route {
+            Route::Virtio => self.tablet_pointer(event),
+            Route::Ps2 => {
+                if let Some(mouse) = &self.mouse {
+                    mouse.pointer(event.x, event.y, ps2_buttons(event.buttons));
+                }
+            }
         }
     }
 }
@@ -192,7 +254,7 @@ pub fn ps2_buttons(vnc: u8) -> u8 {
 }
 
 /// A key: its set-1 make code and whether it has the 0xe0 prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Code {
     pub make: u8,
     pub extended: bool,
@@ -300,6 +362,49 @@ const LETTERS: [u8; 26] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_release_goes_where_its_press_went_when_the_virtio_driver_comes_up_between() {
+        let mut router = Router::default();
+        let shift = Code {
+            make: 0x2a,
+            extended: false,
+        };
+        let a = Code {
+            make: 0x1e,
+            extended: false,
+        };
+        // Shift pressed while only PS/2 is up; the virtio driver comes up; A is typed.
+        assert_eq!(router.key(shift, true, false), Route::Ps2);
+        assert_eq!(router.key(a, true, true), Route::Virtio);
+        assert_eq!(router.key(a, false, true), Route::Virtio);
+        // Shift's release still goes to PS/2, where it is held; later presses go to virtio.
+        assert_eq!(router.key(shift, false, true), Route::Ps2);
+        assert_eq!(router.key(shift, true, true), Route::Virtio);
+        // A repeated press (the client's auto-repeat) keeps its route.
+        assert_eq!(router.key(shift, true, false), Route::Virtio);
+        assert_eq!(router.key(shift, false, false), Route::Virtio);
+    }
+
+    #[test]
+    fn the_pointer_stays_with_the_device_that_got_a_button_press() {
+        let mut router = Router::default();
+        assert_eq!(router.pointer(0, false), Route::Ps2);
+        assert_eq!(router.pointer(1, false), Route::Ps2, "left down on PS/2");
+        assert_eq!(
+            router.pointer(1, true),
+            Route::Ps2,
+            "the tablet came up: still held"
+        );
+        assert_eq!(
+            router.pointer(0, true),
+            Route::Ps2,
+            "the release goes to PS/2 too"
+        );
+        assert_eq!(router.pointer(0, true), Route::Virtio, "then the tablet");
+        assert_eq!(router.pointer(8, true), Route::Virtio, "wheel bits hold nothing");
+        assert_eq!(router.pointer(0, false), Route::Ps2);
+    }
 
     #[test]
     fn pointer_positions_scale_over_the_screen() {

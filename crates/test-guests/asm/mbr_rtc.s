@@ -21,6 +21,9 @@ main:
     inb     $0x21, %al              # master PIC: unmask the cascade (IRQ 2)
     andb    $0xfb, %al
     outb    %al, $0x21
+    movb    $0x0c, %al              # status C: a stale interrupt answered first
+    outb    %al, $RTC_INDEX
+    inb     $RTC_DATA, %al
     movb    $0x0a, %al              # status A: 32.768 kHz base, 1024 Hz
     outb    %al, $RTC_INDEX
     movb    $0x26, %al

@@ -64,11 +64,13 @@ impl Shared {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Up or down. Under the queue's lock, so no report checked against the old state lands
+    /// after the change; the queue starts empty either way (a report from before a reset must
+    /// not reach the next driver: a key down with no key up would repeat for ever).
     pub fn set_ready(&self, ready: bool) {
+        let mut pending = self.pending();
+        pending.clear();
         self.ready.store(ready, Ordering::Release);
-        if !ready {
-            self.pending().clear();
-        }
     }
 
     pub fn set_led(&self, led: u16, on: bool) {
@@ -106,12 +108,13 @@ impl InputHandle {
     /// Queues one report (end it with [`InputEvent::sync`]); `false` if it was dropped (the
     /// driver is not up, or the guest has not read the events before it).
     pub fn send(&self, report: &[InputEvent]) -> bool {
-        if !self.is_ready() {
-            InputMetrics::add(&self.shared.metrics.dropped, report.len() as u64);
-            return false;
-        }
         {
             let mut pending = self.shared.pending();
+            if !self.is_ready() {
+                drop(pending);
+                InputMetrics::add(&self.shared.metrics.dropped, report.len() as u64);
+                return false;
+            }
             if pending.len() + report.len() > MAX_PENDING {
                 drop(pending);
                 InputMetrics::add(&self.shared.metrics.dropped, report.len() as u64);

@@ -79,7 +79,11 @@ const ISA_BUS: u8 = 0;
 const _: () = assert!(APIC_START <= u32::MAX as u64);
 const _: () = assert!(IOAPIC_START <= u32::MAX as u64);
 const _: () = assert!(
-    irqs::SCI <= u16::MAX as u32 && irqs::COM1 < 16 && irqs::RTC < 16 && irqs::KEYBOARD < 16 && irqs::MOUSE < 16
+    irqs::SCI <= u16::MAX as u32
+        && irqs::COM1 < 16
+        && irqs::RTC < 16
+        && irqs::KEYBOARD < 16
+        && irqs::MOUSE < 16
 );
 const _: () =
     assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= PCI_MMIO32_HIGH_END && PCI_MMIO32_HIGH_END <= 1 << 32);

@@ -353,7 +353,11 @@ fn acpi_dsdt_describes_the_ps2_keyboard_and_mouse_only_when_attached() {
 
 #[test]
 fn acpi_tables_for_255_cpus_fit_the_reserved_area() {
-    let tables = build_tables(&AcpiConfig { num_cpus: 255, ps2: false }).unwrap();
+    let tables = build_tables(&AcpiConfig {
+        num_cpus: 255,
+        ps2: false,
+    })
+    .unwrap();
     let len = tables.blob(Blob::Tables).len() as u64;
     println!(
         "255 CPUs: tables blob {len} bytes of {} reserved",
@@ -378,7 +382,14 @@ fn acpi_too_small_guest_memory_is_an_error() {
     // No RAM at the ACPI area at all, then RAM that ends inside the tables.
     for size in [0x8_0000, ACPI_TABLES_START as usize + 100] {
         let mem = memory(size);
-        let err = write_acpi_tables(&mem, &AcpiConfig { num_cpus: 4, ps2: false }).unwrap_err();
+        let err = write_acpi_tables(
+            &mem,
+            &AcpiConfig {
+                num_cpus: 4,
+                ps2: false,
+            },
+        )
+        .unwrap_err();
         assert!(
             matches!(err, AcpiError::GuestMemory { address, .. } if address == ACPI_TABLES_START),
             "{err:?}"
@@ -389,14 +400,25 @@ fn acpi_too_small_guest_memory_is_an_error() {
 #[test]
 fn acpi_zero_cpus_is_an_error() {
     let mem = memory(MEM_SIZE);
-    let err = write_acpi_tables(&mem, &AcpiConfig { num_cpus: 0, ps2: false }).unwrap_err();
+    let err = write_acpi_tables(
+        &mem,
+        &AcpiConfig {
+            num_cpus: 0,
+            ps2: false,
+        },
+    )
+    .unwrap_err();
     assert!(matches!(err, AcpiError::NoCpus), "{err:?}");
 }
 
 /// What fw_cfg firmware will do: place the blobs elsewhere and run the loader commands.
 #[test]
 fn acpi_tables_link_at_any_address() {
-    let tables = build_tables(&AcpiConfig { num_cpus: 4, ps2: false }).unwrap();
+    let tables = build_tables(&AcpiConfig {
+        num_cpus: 4,
+        ps2: false,
+    })
+    .unwrap();
     let (rsdp_address, tables_address) = (0xf_0010, 0x1_0040);
     let linked = tables.link(rsdp_address, tables_address).unwrap();
     let mem = memory(MEM_SIZE);
@@ -427,7 +449,11 @@ fn acpi_tables_link_at_any_address() {
 
 #[test]
 fn acpi_link_rejects_what_pointers_cannot_reach_or_misaligned_blobs() {
-    let tables = build_tables(&AcpiConfig { num_cpus: 1, ps2: false }).unwrap();
+    let tables = build_tables(&AcpiConfig {
+        num_cpus: 1,
+        ps2: false,
+    })
+    .unwrap();
     // The DSDT, 64 bytes in, would be at 4 GiB: too high for the FADT's 32-bit DSDT field.
     let err = tables.link(RSDP_START, 0xffff_ffc0).unwrap_err();
     assert!(

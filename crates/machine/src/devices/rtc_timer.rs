@@ -5,8 +5,9 @@
 //! `/dev/rtc`'s periodic interrupts.
 //!
 //! As on the chip, the interrupt is raised when IRQF goes from 0 to 1 and not again until the
-//! guest reads status C: a guest that does not answer is not flooded, and ticks it missed
-//! are not made up.
+//! guest reads status C: a guest that does not answer is not flooded (the thread waits for the
+//! read, it does not wake each period), and ticks it missed are not made up. Turning PIE off
+//! clears IRQF (PF stays, as QEMU's RTC does), so turning it on again interrupts anew.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -65,18 +66,29 @@ impl Shared {
 
     fn run(&self) {
         let mut schedule = self.schedule();
-        let mut next: Option<Instant> = None;
+        // The next tick, and the period it was planned with.
+        let mut next: Option<(Instant, Duration)> = None;
         loop {
             if schedule.stop {
                 return;
             }
-            let Some(period) = schedule.period else {
-                next = None;
-                schedule = self.changed.wait(schedule).unwrap_or_else(|p| p.into_inner());
-                continue;
+            let unanswered = self.flags.load(Ordering::Acquire) & STATUS_C_IRQF != 0;
+            let period = match schedule.period {
+                Some(period) if !unanswered => period,
+                // Off, or the last interrupt unanswered: wait for a change or the guest's read.
+                _ => {
+                    next = None;
+                    schedule = self.changed.wait(schedule).unwrap_or_else(|p| p.into_inner());
+                    continue;
+                }
             };
             let now = Instant::now();
-            let due = *next.get_or_insert(now + period);
+            let due = match next {
+                Some((due, planned)) if planned == period => due,
+                // A new rate (or the first tick): one period from now.
+                _ => now + period,
+            };
+            next = Some((due, period));
             if now < due {
                 schedule = self
                     .changed
@@ -88,11 +100,12 @@ impl Shared {
             self.tick();
             // The next tick one period after this one was due; after a long stall, one period
             // from now (missed ticks are not made up).
-            next = Some(if now - due > period * 4 {
+            let after = if now - due > period * 4 {
                 now + period
             } else {
                 due + period
-            });
+            };
+            next = Some((after, period));
         }
     }
 }
@@ -140,9 +153,17 @@ impl PeriodicTimer {
         }
     }
 
-    /// Status C's interrupt flags, cleared by the read (as the guest's read of status C does).
+    /// Status C's interrupt flags, cleared by the read (as the guest's read of status C does);
+    /// an answered interrupt lets the thread tick again.
     pub fn take_flags(&self) -> u8 {
-        self.shared.flags.swap(0, Ordering::AcqRel)
+        let flags = self.shared.flags.swap(0, Ordering::AcqRel);
+        if flags & STATUS_C_IRQF != 0 {
+            // Under the schedule's lock, so the thread is either before its check of the flags
+            // or waiting: the notification is not lost.
+            let _schedule = self.shared.schedule();
+            self.shared.changed.notify_all();
+        }
+        flags
     }
 }
 

@@ -256,7 +256,17 @@ fn firmware_tables_leave_type_0_and_handle_0_to_seabios() {
 #[test]
 fn firmware_boot_gives_seabios_the_smbios_files_and_the_uuid_item() {
     let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
-    let fw_cfg = firmware_config(&memory, 64 << 20, 1, &AcpiConfig { num_cpus: 1, ps2: false }, &identity()).unwrap();
+    let fw_cfg = firmware_config(
+        &memory,
+        64 << 20,
+        1,
+        &AcpiConfig {
+            num_cpus: 1,
+            ps2: false,
+        },
+        &identity(),
+    )
+    .unwrap();
     let anchor = fw_cfg
         .item(fw_cfg.file_key("etc/smbios/smbios-anchor").expect("anchor file"))
         .unwrap();
