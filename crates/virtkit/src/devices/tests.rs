@@ -105,7 +105,7 @@ fn validation_allows_exactly_the_slots_the_bus_has() {
     let message = slot_issue(&config(&dir, 31, 0)).expect("31 disks do not fit");
     assert!(
         message.contains(
-            "31 PCI devices given (31 disks, 0 entropy devices, 0 memory balloons, 0 console devices, 0 network devices, 0 socket devices, 0 shared directories, 0 displays)"
+            "31 PCI devices given (31 disks, 0 entropy devices, 0 memory balloons, 0 console devices, 0 network devices, 0 socket devices, 0 shared directories, 0 displays, 0 keyboards, 0 pointing devices)"
         ),
         "{message}"
     );
