@@ -343,22 +343,6 @@ fn guest_drivers_use_our_devices_and_a_paused_vm_does_no_disk_io() {
     check_console_and_balloon(&out);
 }
 
-/// The `vnc_input` example (crates/cli/examples), built by `cargo test` next to this test.
-fn example(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("target/<profile>");
-    let path = profile_dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test -p virtkit-cli`, which builds the examples",
-        path.display()
-    );
-    path
-}
-
 fn check_drm(out: &str) {
     let lines = case_lines(out, "drm").join("\n");
     for key in ["create", "run", "screenshot", "stop", "drm-drawn"] {

@@ -3,25 +3,13 @@
 //! directly; on a PVM host they run inside the emulated KVM host (QEMU TCG with AMD-V, kvm_amd
 //! loaded), which is how CI runs them here.
 
-use std::path::{Path, PathBuf};
+mod support;
+
 use std::time::Duration;
 
 use virtkit_testkit::{require_assets, require_kvm, Assets, StockKernelScript};
 
 const VIRTKIT: &str = env!("CARGO_BIN_EXE_virtkit");
-
-/// The `lifecycle` example (crates/cli/examples), built by `cargo test` next to this test.
-fn lifecycle_example() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let path = profile_dir.join("examples").join("lifecycle");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test -p virtkit-cli`, which builds the examples",
-        path.display()
-    );
-    path
-}
 
 /// Runs `script` where stock kernels boot: directly on hardware KVM, or in the emulated host.
 /// The script finds `$VIRTKIT`, `$LIFECYCLE` and the guest files in `$G`, and prints
@@ -32,7 +20,7 @@ fn run_full_guest_script(assets: &Assets, script: &str) -> Option<String> {
         .file(assets.vmlinux(), "vmlinux")
         .file(assets.guest_initramfs(), "initramfs.cpio.gz")
         .program("VIRTKIT", VIRTKIT)
-        .program("LIFECYCLE", lifecycle_example())
+        .program("LIFECYCLE", support::example("lifecycle"))
         .timeout(Duration::from_secs(900))
         .run(assets, script)
 }

@@ -80,8 +80,8 @@ pub struct MachineConfig {
     /// Guest RAM backed by a memfd that a vhost-user backend can map
     /// (`memory::create_shared_guest_memory`); `false`: anonymous memory.
     pub shared_memory: bool,
-    /// The PS/2 keyboard and mouse will be attached ([`Machine::attach_keyboard`],
-    /// [`Machine::attach_mouse`]): the ACPI tables describe them.
+    /// A PS/2 keyboard and mouse on the i8042 ([`Machine::ps2_input`]), which the ACPI tables
+    /// then describe.
     pub ps2_input: bool,
 }
 
@@ -152,6 +152,8 @@ pub struct Machine {
     fw_cfg: Option<Arc<Mutex<FwCfg>>>,
     exits: ExitCounters,
     save_parts: SaveParts,
+    /// The PS/2 keyboard and mouse, when the configuration asked for them.
+    ps2_input: Option<(crate::devices::KeyboardHandle, crate::devices::MouseHandle)>,
 }
 
 /// A cheap handle to control a running machine from other threads.
@@ -320,6 +322,11 @@ impl Machine {
         } else {
             (None, None)
         };
+        let ps2 = if ps2_input {
+            Some(attach_ps2_input(&vm, &legacy.i8042)?)
+        } else {
+            None
+        };
         let created = create_vcpus(kvm, &vm, vcpus, &memory, entry)?;
         let exits = ExitCounters::new(created.len(), pio.clone(), mmio.clone(), pci.clone());
         let save_parts = SaveParts {
@@ -355,6 +362,7 @@ impl Machine {
             fw_cfg,
             exits,
             save_parts,
+            ps2_input: ps2,
         })
     }
 
@@ -422,31 +430,10 @@ impl Machine {
         Ok(())
     }
 
-    /// Plugs a PS/2 keyboard into the i8042 (IRQ 1 on an irqfd) and returns the handle that
-    /// sends it keys. Before `start`; a machine without one says no keyboard is attached.
-    pub fn attach_keyboard(&self) -> Result<crate::devices::KeyboardHandle, MachineError> {
-        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?;
-        self.vm.register_irqfd(&irq, crate::layout::irqs::KEYBOARD)?;
-        let i8042 = self.save_parts.platform.i8042.clone();
-        i8042
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .attach_keyboard(Arc::new(irq));
-        Ok(crate::devices::KeyboardHandle::new(i8042))
-    }
-
-    /// Plugs a PS/2 mouse into the i8042's auxiliary port (IRQ 12 on an irqfd) and returns the
-    /// handle that moves it. Before `start`; without one the auxiliary port's test says nothing
-    /// is attached.
-    pub fn attach_mouse(&self) -> Result<crate::devices::MouseHandle, MachineError> {
-        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?;
-        self.vm.register_irqfd(&irq, crate::layout::irqs::MOUSE)?;
-        let i8042 = self.save_parts.platform.i8042.clone();
-        i8042
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .attach_mouse(Arc::new(irq));
-        Ok(crate::devices::MouseHandle::new(i8042))
+    /// The PS/2 keyboard and mouse, on a machine built with them (`MachineConfig::ps2_input`):
+    /// the handles that send keys and move the pointer.
+    pub fn ps2_input(&self) -> Option<(crate::devices::KeyboardHandle, crate::devices::MouseHandle)> {
+        self.ps2_input.clone()
     }
 
     /// Gives the firmware the file `name` through fw_cfg (an option ROM such as
@@ -603,6 +590,27 @@ struct LegacyDevices {
 }
 
 /// Step 4, the legacy half: COM1, ACPI PM, i8042, CMOS RTC and pvpanic on the port bus.
+/// Plugs a PS/2 keyboard (IRQ 1) and mouse (IRQ 12, the auxiliary port) into the i8042, each
+/// interrupt on an irqfd. Without them the i8042's port tests say nothing is attached.
+fn attach_ps2_input(
+    vm: &Vm,
+    i8042: &Arc<Mutex<I8042>>,
+) -> Result<(crate::devices::KeyboardHandle, crate::devices::MouseHandle), MachineError> {
+    let keyboard_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?;
+    vm.register_irqfd(&keyboard_irq, irqs::KEYBOARD)?;
+    let mouse_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?;
+    vm.register_irqfd(&mouse_irq, irqs::MOUSE)?;
+    {
+        let mut device = i8042.lock().unwrap_or_else(|p| p.into_inner());
+        device.attach_keyboard(Arc::new(keyboard_irq));
+        device.attach_mouse(Arc::new(mouse_irq));
+    }
+    Ok((
+        crate::devices::KeyboardHandle::new(i8042.clone()),
+        crate::devices::MouseHandle::new(i8042.clone()),
+    ))
+}
+
 fn add_legacy_devices(
     vm: &Arc<Vm>,
     pio: &Bus,

@@ -241,3 +241,16 @@ pub fn with_passt(host: EmulatedHost, passt: &Path) -> EmulatedHost {
     }
     host
 }
+
+/// An example of this crate (crates/cli/examples), which `cargo test` builds next to the tests.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test -p virtkit-cli`, which builds the examples",
+        path.display()
+    );
+    path
+}

@@ -112,16 +112,13 @@ pub(super) fn attach(
                 .map_err(|e| error(e.to_string()))?;
         }
         manager.add_display(handle);
-        // A screen comes with a keyboard: the i8042's PS/2 keyboard, which firmware menus and
-        // text consoles read (keys from the VNC server).
-        let keyboard = machine
-            .attach_keyboard()
-            .map_err(|e| error(format!("cannot attach its keyboard: {e}")))?;
+        // A screen comes with the i8042's PS/2 keyboard and mouse, which firmware menus and text
+        // consoles use (keys and the pointer from the VNC server); the machine was built with
+        // them for a configuration with a display (`VirtualMachine`'s `MachineConfig`).
+        let (keyboard, mouse) = machine
+            .ps2_input()
+            .ok_or_else(|| error("the machine was built without its PS/2 keyboard and mouse".into()))?;
         manager.set_keyboard(keyboard);
-        // And a PS/2 mouse on the i8042's auxiliary port (the VNC pointer moves it).
-        let mouse = machine
-            .attach_mouse()
-            .map_err(|e| error(format!("cannot attach its mouse: {e}")))?;
         manager.set_mouse(mouse);
     }
     Ok(())
