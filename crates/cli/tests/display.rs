@@ -330,3 +330,82 @@ fn a_pointer_moved_over_vnc_reaches_the_ps2_aux_port() {
         "{log}"
     );
 }
+
+/// A VM suspended with a display given for that run only comes back with it on a plain `run`
+/// (the state file says which display it had): the resumed screen is the saved one, shown by
+/// `virtkit screenshot` and by a VNC client on the new run's `vnc.sock`, and the `mbr_ticker`
+/// program's counter moves on in its text row. A fresh boot would print SeaBIOS's banner and
+/// `ticker: ready` on COM1 again; the resumed run's log has neither.
+#[test]
+fn a_suspended_vm_with_a_display_resumes_with_its_screen() {
+    let Some((home, vncdo, socket)) = mbr_program_on_a_display("suspend", Guest::MbrTicker, "ticker: ready")
+    else {
+        return;
+    };
+    let shot = |file: &str| {
+        let path = home.dir.join(file);
+        home.ok(&["screenshot", "v", path.to_str().unwrap()]);
+        decode(&path)
+    };
+    let (_, _, before) = shot("before.png");
+    let out = home.ok(&["suspend", "v"]);
+    assert!(out.contains("`v`: suspended"), "{out}");
+    assert_eq!(home.state("v"), "suspended");
+
+    let out = home.ok(&["run", "v", "--detach"]);
+    assert!(out.contains("`v`: running"), "{out}");
+    let (width, height, after) = shot("after.png");
+    assert_eq!((width, height), (640, 480), "the display the suspended run had");
+    // SeaBIOS's banner and the UUID line: the counter's row below them changes by itself.
+    let text_rows = 32 * 640 * 4;
+    assert_eq!(
+        after[..text_rows],
+        before[..text_rows],
+        "the saved screen's first text rows"
+    );
+    assert!(lit(640, &after, 0..16) > 500, "the banner is there");
+    let captured = home.dir.join("vnc.png");
+    let vnc = std::process::Command::new(&vncdo)
+        .args(["-t", "30", "-s", &socket, "capture", captured.to_str().unwrap()])
+        .output()
+        .expect("vncdo runs");
+    assert!(
+        vnc.status.success(),
+        "vncdo capture: {}",
+        String::from_utf8_lossy(&vnc.stderr)
+    );
+    let (_, _, vnc_rgba) = decode_any(&captured);
+    let differing = vnc_rgba[..text_rows]
+        .chunks_exact(4)
+        .zip(after[..text_rows].chunks_exact(4))
+        .filter(|(a, b)| a[..3] != b[..3])
+        .count();
+    assert_eq!(
+        differing, 0,
+        "the VNC capture's text rows differ in {differing} pixels"
+    );
+
+    let mut later = after.clone();
+    support::home::wait_until(
+        "the counter to move on",
+        std::time::Duration::from_secs(30),
+        || {
+            later = shot("later.png").2;
+            later != after
+        },
+    );
+    let line = 640 * 4;
+    let rows: Vec<usize> = (0..480)
+        .filter(|y| later[y * line..(y + 1) * line] != after[y * line..(y + 1) * line])
+        .collect();
+    assert!(
+        rows.last().unwrap() - rows.first().unwrap() < 16,
+        "only the counter's text row changes: rows {rows:?}"
+    );
+    let log = home.log("v");
+    home.ok(&["stop", "v", "--timeout", "0"]);
+    assert!(
+        !log.contains("SeaBIOS (version") && !log.contains("ticker: ready"),
+        "the resumed run booted anew:\n{log}"
+    );
+}

@@ -222,6 +222,17 @@ impl PreparedVm {
         config.directory_sharing_devices.extend(options.extra_shares);
         if let Some(display) = options.display {
             config.add_display(display);
+        } else if !options.fresh && config.graphics_devices.is_empty() {
+            // A suspended run's display given for that run only comes back with it: its saved
+            // state holds the display, and a restore needs the same devices.
+            let state_file = bundle.file(STATE_FILE);
+            if state_file.exists() {
+                match virtkit::saved_graphics_devices(&state_file) {
+                    Ok(displays) => displays.into_iter().for_each(|d| config.add_display(d)),
+                    // The restore itself says what is wrong with the file.
+                    Err(e) => tracing::debug!("cannot read the displays of the saved state: {e}"),
+                }
+            }
         }
         // Before the console's threads start: they get their filters under this policy.
         config.platform.seccomp = options.seccomp.or(config.platform.seccomp);

@@ -51,5 +51,5 @@ pub use virtkit_devices::balloon::BalloonStatistics;
 pub use virtkit_devices::display::Frame;
 pub use virtkit_devices::rng::RateLimit;
 pub use virtkit_machine::SaveSummary;
-pub use vm::{MachineStateError, StartError, VirtualMachine, VmError, PAUSE_TIMEOUT};
+pub use vm::{saved_graphics_devices, MachineStateError, StartError, VirtualMachine, VmError, PAUSE_TIMEOUT};
 pub use vsock_client::{connect_vsock, VsockConnectError};

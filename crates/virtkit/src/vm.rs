@@ -13,7 +13,7 @@ use virtkit_machine::{
     SnapshotError,
 };
 
-pub use machine_state::MachineStateError;
+pub use machine_state::{saved_graphics_devices, MachineStateError};
 
 use crate::buffered_output::BufferedOutput;
 use crate::config::{BootLoader, VirtualMachineConfiguration};

@@ -62,6 +62,30 @@ impl Dispi {
         Dispi { regs, vram_size }
     }
 
+    /// The video memory these registers were made for.
+    pub fn video_memory_size(&self) -> u64 {
+        self.vram_size
+    }
+
+    /// Whether saved registers are ones a display can hold: the registers it fixes as it fixes
+    /// them and a depth it takes. (The mode's size and offsets need no check: [`Dispi::mode`]
+    /// shows nothing that does not fit the video memory.)
+    pub fn check(&self) -> Result<(), &'static str> {
+        let fixed = Dispi::new(self.vram_size);
+        if self.regs[INDEX_ID] != fixed.regs[INDEX_ID]
+            || self.regs[INDEX_VIDEO_MEMORY_64K] != fixed.regs[INDEX_VIDEO_MEMORY_64K]
+        {
+            return Err("the interface id or the video memory size is not the display's");
+        }
+        if !matches!(self.regs[INDEX_BPP], 0 | 8 | 15 | 16 | 24 | 32)
+            || self.regs[INDEX_XRES] > MAX_XRES
+            || self.regs[INDEX_YRES] > MAX_YRES
+        {
+            return Err("the mode is not one the display takes");
+        }
+        Ok(())
+    }
+
     pub fn read(&self, index: usize) -> u16 {
         let caps = self.regs[INDEX_ENABLE] & GETCAPS != 0;
         match index {

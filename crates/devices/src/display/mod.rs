@@ -12,12 +12,14 @@
 
 pub mod dispi;
 pub mod edid;
+mod persist;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtkit_machine::pci::{BarKind, BarRegion, PciConfiguration, PciDevice, PciHeader};
 
 pub use dispi::{Dispi, Mode};
+pub use persist::{DisplayStateError, SavedDisplay, MAX_ENCODED_MEMORY};
 
 pub const VENDOR_ID: u16 = 0x1234;
 pub const DEVICE_ID: u16 = 0x1111;

@@ -116,3 +116,126 @@ fn sizes_outside_the_range_are_refused() {
     }
     assert_eq!(BochsDisplay::memory_size(3840, 2160), 32 << 20);
 }
+
+/// A display with a mode set, its framebuffer BAR placed and decoded, and a pattern drawn.
+fn drawn_display() -> (BochsDisplay, DisplayHandle) {
+    let (mut d, handle) = display(640, 480);
+    dispi_write(&mut d, 1, 640);
+    dispi_write(&mut d, 2, 480);
+    dispi_write(&mut d, 3, 32);
+    dispi_write(&mut d, 4, dispi::ENABLED | dispi::LFB_ENABLED);
+    dispi_write(&mut d, 9, 2);
+    for y in 0..482u64 {
+        d.write_bar(
+            FRAMEBUFFER_BAR,
+            y * 2560 + (y % 640) * 4,
+            &[y as u8, 0x80, 0xff, 0],
+        );
+    }
+    // Off screen, beyond the visible frame: kept too.
+    d.write_bar(FRAMEBUFFER_BAR, (16 << 20) - 4, &[1, 2, 3, 4]);
+    let config = d.configuration_mut();
+    config
+        .set_bar_address(usize::from(FRAMEBUFFER_BAR), 0xc000_0000)
+        .unwrap();
+    config
+        .set_bar_address(usize::from(MMIO_BAR), 0xc100_0000)
+        .unwrap();
+    config.enable(virtkit_machine::pci::COMMAND_MEMORY);
+    (d, handle)
+}
+
+#[test]
+fn a_saved_display_comes_back_with_its_mode_bars_and_whole_video_memory() {
+    let (d, handle) = drawn_display();
+    let saved = d.save_state().unwrap();
+    assert!(
+        saved.video_memory.len() < 64 << 10,
+        "16 MiB of mostly black encodes small: {} bytes",
+        saved.video_memory.len()
+    );
+    // Through the state file's JSON, as it is stored.
+    let saved: SavedDisplay = serde_json::from_value(serde_json::to_value(&saved).unwrap()).unwrap();
+
+    let (mut restored, restored_handle) = display(640, 480);
+    restored.restore_state(&saved).unwrap();
+    assert_eq!(restored_handle.mode(), handle.mode());
+    assert_eq!(restored_handle.frame(), handle.frame());
+    assert_eq!(
+        restored.configuration().mapped_bars(),
+        d.configuration().mapped_bars()
+    );
+    let mut tail = [0u8; 4];
+    restored.read_bar(FRAMEBUFFER_BAR, (16 << 20) - 4, &mut tail);
+    assert_eq!(tail, [1, 2, 3, 4], "the memory off screen");
+    assert!(
+        restored_handle.take_changed(),
+        "a follower sends the restored screen"
+    );
+}
+
+#[test]
+fn saved_displays_that_do_not_fit_are_refused_and_change_nothing() {
+    let (d, _) = drawn_display();
+    let saved = d.save_state().unwrap();
+    let (mut fresh, fresh_handle) = display(640, 480);
+    let before = fresh.save_state().unwrap();
+    let refused = |fresh: &mut BochsDisplay, saved: &SavedDisplay| fresh.restore_state(saved).unwrap_err();
+
+    // Another display size: more video memory.
+    let (big, _) = display(3840, 2160);
+    let e = refused(&mut fresh, &big.save_state().unwrap());
+    assert_eq!(
+        e,
+        DisplayStateError::MemorySize {
+            saved: 32 << 20,
+            here: 16 << 20
+        }
+    );
+    assert!(e.to_string().contains("display size it was saved with"), "{e}");
+
+    let mut damaged = saved.clone();
+    damaged.video_memory.truncate(damaged.video_memory.len() / 2);
+    assert_eq!(refused(&mut fresh, &damaged), DisplayStateError::Damaged);
+    let mut short_bitmap = saved.clone();
+    short_bitmap.pages = "AAAA".into();
+    assert_eq!(refused(&mut fresh, &short_bitmap), DisplayStateError::Damaged);
+    let mut not_base64 = saved.clone();
+    not_base64.video_memory = "%%%".into();
+    assert_eq!(refused(&mut fresh, &not_base64), DisplayStateError::Damaged);
+    // A stream that decodes to more than the memory.
+    let mut too_long = saved.clone();
+    {
+        use std::io::Write;
+        let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&vec![0u8; (16 << 20) + 1]).unwrap();
+        too_long.video_memory = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            encoder.finish().unwrap(),
+        );
+    }
+    assert_eq!(refused(&mut fresh, &too_long), DisplayStateError::Damaged);
+
+    let mut other_device = saved.clone();
+    other_device.pci_config[2] ^= 1;
+    assert_eq!(
+        refused(&mut fresh, &other_device),
+        DisplayStateError::Registers("it was saved from another kind of PCI device")
+    );
+    let mut bad_depth: serde_json::Value = serde_json::to_value(&saved).unwrap();
+    bad_depth["dispi"]["regs"][3] = 7.into();
+    let bad_depth: SavedDisplay = serde_json::from_value(bad_depth).unwrap();
+    assert!(matches!(
+        refused(&mut fresh, &bad_depth),
+        DisplayStateError::Registers(_)
+    ));
+
+    assert_eq!(
+        fresh.save_state().unwrap(),
+        before,
+        "every refusal changed nothing"
+    );
+    assert!(fresh_handle.frame().is_none());
+    fresh.restore_state(&saved).unwrap();
+    assert!(fresh_handle.frame().is_some());
+}

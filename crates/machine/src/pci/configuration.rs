@@ -406,6 +406,46 @@ impl PciConfiguration {
             .collect()
     }
 
+    /// The configuration space as a state file keeps it: all 256 bytes, command register and
+    /// BARs included.
+    pub fn saved_bytes(&self) -> Vec<u8> {
+        self.bytes.to_vec()
+    }
+
+    /// Takes a configuration space a state file kept ([`PciConfiguration::saved_bytes`]), or
+    /// refuses it with why, changing nothing: it is not 256 bytes, it was saved from another kind
+    /// of device (the ranges the device fixes differ: IDs, revision and class, subsystem,
+    /// capability pointer, interrupt pin), or a BAR's address is not aligned to its size.
+    pub fn restore_saved(&mut self, saved: &[u8]) -> Result<(), &'static str> {
+        const IDENTITY_RANGES: [(usize, usize); 5] = [
+            (VENDOR_ID, 4),
+            (REVISION_ID, 4),
+            (SUBSYSTEM_VENDOR_ID, 4),
+            (CAPABILITIES_POINTER, 1),
+            (INTERRUPT_PIN, 1),
+        ];
+        let saved: &[u8; CONFIG_SPACE_SIZE] = saved
+            .try_into()
+            .map_err(|_| "the PCI configuration space is not 256 bytes")?;
+        if IDENTITY_RANGES
+            .iter()
+            .any(|&(at, len)| saved[at..at + len] != self.bytes[at..at + len])
+        {
+            return Err("it was saved from another kind of PCI device");
+        }
+        let old = self.bytes;
+        self.bytes = *saved;
+        if self
+            .bars()
+            .iter()
+            .any(|bar| !bar.address.is_multiple_of(bar.size))
+        {
+            self.bytes = old;
+            return Err("a saved BAR address is not aligned to its size");
+        }
+        Ok(())
+    }
+
     /// Sets command register bits (firmware's job on a direct kernel boot).
     pub fn enable(&mut self, bits: u16) {
         let command = self.command() | (bits & COMMAND_WRITABLE);
@@ -547,5 +587,38 @@ mod tests {
         let mut b = [0xff; 4];
         c.read(0x100, &mut b);
         assert_eq!(b, [0; 4]);
+    }
+
+    #[test]
+    fn a_saved_space_comes_back_and_refusals_change_nothing() {
+        let mut saved = config();
+        saved.add_bar(0, 0x1000, BarKind::Memory32, false).unwrap();
+        saved.set_bar_address(0, 0xc000_0000).unwrap();
+        saved.write(COMMAND, &COMMAND_MEMORY.to_le_bytes());
+        let bytes = saved.saved_bytes();
+        assert_eq!(bytes.len(), CONFIG_SPACE_SIZE);
+
+        let mut fresh = config();
+        fresh.add_bar(0, 0x1000, BarKind::Memory32, false).unwrap();
+        let before = fresh.saved_bytes();
+        assert_eq!(
+            fresh.restore_saved(&bytes[..255]),
+            Err("the PCI configuration space is not 256 bytes")
+        );
+        let mut other = bytes.clone();
+        other[DEVICE_ID] ^= 1;
+        assert_eq!(
+            fresh.restore_saved(&other),
+            Err("it was saved from another kind of PCI device")
+        );
+        let mut misaligned = bytes.clone();
+        misaligned[BAR0 + 1] = 0x08;
+        assert_eq!(
+            fresh.restore_saved(&misaligned),
+            Err("a saved BAR address is not aligned to its size")
+        );
+        assert_eq!(fresh.saved_bytes(), before, "a refusal changes nothing");
+        fresh.restore_saved(&bytes).unwrap();
+        assert_eq!(fresh.mapped_bars(), saved.mapped_bars());
     }
 }

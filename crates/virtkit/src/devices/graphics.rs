@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use virtkit_devices::display::{BochsDisplay, DEVICE_ID, MAX_SIZE, MIN_SIZE, VENDOR_ID};
+use virtkit_devices::display::{BochsDisplay, DisplayHandle, DEVICE_ID, MAX_SIZE, MIN_SIZE, VENDOR_ID};
 use virtkit_machine::pci::RamBar;
 use virtkit_machine::Machine;
 
@@ -47,6 +47,19 @@ impl GraphicsDeviceConfiguration {
         self.option_rom
             .as_deref()
             .unwrap_or(Path::new(DISPLAY_OPTION_ROM))
+    }
+}
+
+/// An attached display: its PCI function (for its state) and what it shows.
+pub(super) struct AttachedDisplay {
+    pub slot: u8,
+    pub device: Arc<Mutex<BochsDisplay>>,
+    pub handle: DisplayHandle,
+}
+
+impl AttachedDisplay {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, BochsDisplay> {
+        self.device.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -94,15 +107,17 @@ pub(super) fn attach(
             .map_err(|e| error(e.to_string()))?;
         let (display, handle) =
             BochsDisplay::new(d.width, d.height, Box::new(memory)).map_err(|e| error(e.to_string()))?;
-        {
+        let device = Arc::new(Mutex::new(display));
+        let slot = {
             let root = machine.pci_root();
             let mut root = root.lock().unwrap_or_else(|p| p.into_inner());
             let slot = root
                 .free_slot()
                 .ok_or_else(|| error("no free PCI slot for the display".into()))?;
-            root.add_device(slot, Arc::new(Mutex::new(display)))
+            root.add_device(slot, device.clone())
                 .map_err(|e| error(e.to_string()))?;
-        }
+            slot
+        };
         if firmware_boot {
             let path = d.option_rom_path();
             let rom =
@@ -111,7 +126,7 @@ pub(super) fn attach(
                 .add_firmware_file(&format!("pci{VENDOR_ID:04x},{DEVICE_ID:04x}.rom"), rom)
                 .map_err(|e| error(e.to_string()))?;
         }
-        manager.add_display(handle);
+        manager.add_display(AttachedDisplay { slot, device, handle });
         // A screen comes with the i8042's PS/2 keyboard and mouse, which firmware menus and text
         // consoles use (keys and the pointer from the VNC server); the machine was built with
         // them for a configuration with a display (`VirtualMachine`'s `MachineConfig`).

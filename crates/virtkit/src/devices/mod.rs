@@ -36,7 +36,7 @@ pub use net::{
     parse_mac, passt_log_name, Framing, NetworkAttachment, NetworkDeviceConfiguration, NicAddresses,
     PortProtocol, PublishedPort, SharedFd, DEFAULT_MAC_PREFIX,
 };
-pub use persist::{SavedDevice, SavedDevices, DEVICES_SECTION_VERSION};
+pub use persist::{SavedDevice, SavedDevices, SavedDisplayDevice, DEVICES_SECTION_VERSION};
 pub use socket::{SocketDeviceConfiguration, DEFAULT_GUEST_CID};
 use virtkit_devices::balloon::BalloonHandle;
 use virtkit_devices::console::ConsoleHandle;
@@ -110,6 +110,13 @@ pub enum DeviceError {
     Display { message: String },
     #[error("this machine has no display; add one (`graphics_devices`, or `--display WIDTHxHEIGHT`)")]
     NoDisplay,
+    #[error("the display in slot {slot} cannot {action}")]
+    DisplayState {
+        slot: u8,
+        action: &'static str,
+        #[source]
+        source: virtkit_devices::display::DisplayStateError,
+    },
     #[error("the device {name} cannot {action}")]
     Device {
         name: String,
@@ -133,8 +140,9 @@ pub struct DeviceManager {
     entries: Mutex<Vec<Entry>>,
     /// The memory balloon's runtime control, if the machine has one.
     balloon: Mutex<Option<BalloonHandle>>,
-    /// The displays, to read what they show.
-    displays: Mutex<Vec<DisplayHandle>>,
+    /// The displays: to read what they show, and to save and restore them (they are PCI
+    /// functions of their own, not virtio devices).
+    displays: Mutex<Vec<graphics::AttachedDisplay>>,
     /// The PS/2 keyboard that comes with a display.
     keyboard: Mutex<Option<virtkit_machine::devices::KeyboardHandle>>,
     mouse: Mutex<Option<virtkit_machine::devices::MouseHandle>>,
@@ -281,11 +289,15 @@ impl DeviceManager {
         attached.slot
     }
 
-    fn add_display(&self, handle: DisplayHandle) {
+    fn add_display(&self, display: graphics::AttachedDisplay) {
         self.displays
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(handle);
+            .push(display);
+    }
+
+    fn lock_displays(&self) -> MutexGuard<'_, Vec<graphics::AttachedDisplay>> {
+        self.displays.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn set_keyboard(&self, keyboard: virtkit_machine::devices::KeyboardHandle) {
@@ -329,18 +341,14 @@ impl DeviceManager {
 
     /// The first display, to follow what it shows (the VNC server).
     pub fn display(&self) -> Option<DisplayHandle> {
-        self.displays
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .first()
-            .cloned()
+        self.lock_displays().first().map(|d| d.handle.clone())
     }
 
     /// What the first display shows now (`Ok(None)`: no mode set yet, the screen is dark).
     pub fn screenshot(&self) -> Result<Option<virtkit_devices::display::Frame>, DeviceError> {
-        let displays = self.displays.lock().unwrap_or_else(|p| p.into_inner());
+        let displays = self.lock_displays();
         let display = displays.first().ok_or(DeviceError::NoDisplay)?;
-        Ok(display.frame())
+        Ok(display.handle.frame())
     }
 
     fn set_balloon(&self, handle: BalloonHandle) {

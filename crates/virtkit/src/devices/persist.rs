@@ -9,6 +9,7 @@
 //! hands an active device its queues back, asleep until the VM resumes.
 
 use serde::{Deserialize, Serialize};
+use virtkit_devices::display::SavedDisplay;
 use virtkit_machine::Machine;
 use virtkit_virtio::transport::pci::VirtioPciState;
 
@@ -26,11 +27,21 @@ pub struct SavedDevice {
     pub state: VirtioPciState,
 }
 
+/// A display as saved: a PCI function of its own, not a virtio device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedDisplayDevice {
+    pub slot: u8,
+    pub state: SavedDisplay,
+}
+
 /// Every attached device, in attach order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedDevices {
     pub version: u32,
     pub devices: Vec<SavedDevice>,
+    /// Absent in files saved before displays could be (none had one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub displays: Vec<SavedDisplayDevice>,
 }
 
 impl SavedDevices {
@@ -41,6 +52,7 @@ impl SavedDevices {
             return Ok(SavedDevices {
                 version: DEVICES_SECTION_VERSION,
                 devices: Vec::new(),
+                displays: Vec::new(),
             });
         }
         let version = section.get("version").and_then(serde_json::Value::as_u64);
@@ -54,8 +66,18 @@ impl SavedDevices {
         serde_json::from_value(section.clone()).map_err(|_| DeviceError::UnreadableDevicesSection)
     }
 
+    /// Every device by name and slot, the displays last (`display0`, ...).
     fn names(&self) -> Vec<(String, u8)> {
-        self.devices.iter().map(|d| (d.name.clone(), d.slot)).collect()
+        let displays = self
+            .displays
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("display{i}"), d.slot));
+        self.devices
+            .iter()
+            .map(|d| (d.name.clone(), d.slot))
+            .chain(displays)
+            .collect()
     }
 }
 
@@ -91,18 +113,48 @@ impl DeviceManager {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let displays = self
+            .lock_displays()
+            .iter()
+            .map(|d| {
+                d.lock()
+                    .save_state()
+                    .map(|state| SavedDisplayDevice { slot: d.slot, state })
+                    .map_err(|source| DeviceError::DisplayState {
+                        slot: d.slot,
+                        action: "save its state",
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(SavedDevices {
             version: DEVICES_SECTION_VERSION,
             devices,
+            displays,
         })
+    }
+
+    /// Every device by name and slot as [`SavedDevices::names`] lists them.
+    fn names_and_slots(&self) -> Vec<(String, u8)> {
+        let displays: Vec<(String, u8)> = self
+            .lock_displays()
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("display{i}"), d.slot))
+            .collect();
+        self.lock()
+            .iter()
+            .map(|e| (e.name.clone(), e.slot))
+            .chain(displays)
+            .collect()
     }
 
     /// First step of a restore, on new devices that have not run: the saved devices must be
     /// exactly these (names and slots); each takes its state. Nothing outside the devices
     /// changes, so a refusal leaves a machine that is simply not started.
     pub fn restore_devices(&self, saved: &SavedDevices) -> Result<(), DeviceError> {
+        let here = self.names_and_slots();
         let entries = self.lock();
-        let here: Vec<(String, u8)> = entries.iter().map(|e| (e.name.clone(), e.slot)).collect();
         if saved.names() != here {
             return Err(DeviceError::SavedDevicesMismatch {
                 saved: describe(&saved.names()),
@@ -114,6 +166,16 @@ impl DeviceManager {
                 .restore_state(&device.state)
                 .map_err(|source| DeviceError::Device {
                     name: entry.name.clone(),
+                    action: "take its saved state",
+                    source,
+                })?;
+        }
+        for (display, saved) in self.lock_displays().iter().zip(&saved.displays) {
+            display
+                .lock()
+                .restore_state(&saved.state)
+                .map_err(|source| DeviceError::DisplayState {
+                    slot: display.slot,
                     action: "take its saved state",
                     source,
                 })?;
@@ -137,6 +199,10 @@ impl DeviceManager {
                     action: "resume from its saved state",
                     source,
                 })?;
+        }
+        // A display's framebuffer slot follows its BAR (`BochsDisplay::bar_moved`).
+        for display in self.lock_displays().iter() {
+            root.sync_bars(display.slot);
         }
         Ok(())
     }

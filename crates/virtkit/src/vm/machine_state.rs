@@ -38,26 +38,18 @@ pub enum MachineStateError {
 
 /// Why each kind of device a state file cannot hold yet is left out, by configuration field.
 /// Every other device is saved through the device manager: disks, entropy devices, memory
-/// balloons, consoles, socket devices and network cards. (A balloon on a restored VM gives pages
+/// balloons, consoles, socket devices, network cards, displays (their registers and whole video
+/// memory), keyboards and pointing devices. (A balloon on a restored VM gives pages
 /// back with `MADV_DONTNEED` on the private mapping of the file, after which they read as saved
 /// rather than as zeros: virtio leaves a page's content undefined after the guest gives it back
 /// unless VIRTIO_BALLOON_F_PAGE_POISON is negotiated, which virtkit does not offer. A network
 /// card gets a new attachment, passt started anew, and loses the frames in flight. docs/SAVE.md.)
-const UNSAVEABLE: [(&str, &str); 2] = [
-    ("directory_sharing_devices", "virtiofsd's state is not saved"),
-    (
-        "graphics_devices",
-        "a display's registers and framebuffer are not saved yet",
-    ),
-];
+const UNSAVEABLE: [(&str, &str); 1] = [("directory_sharing_devices", "virtiofsd's state is not saved")];
 
 /// Each configured device that a state file cannot hold yet, by its configuration field, with
 /// why.
 fn unsaveable_devices(config: &VirtualMachineConfiguration) -> Vec<String> {
-    let counts = [
-        config.directory_sharing_devices.len(),
-        config.graphics_devices.len(),
-    ];
+    let counts = [config.directory_sharing_devices.len()];
     UNSAVEABLE
         .iter()
         .zip(counts)
@@ -123,6 +115,9 @@ pub(super) fn saved_configuration(
             "directory_sharing_devices",
             to_value(&config.directory_sharing_devices),
         ),
+        ("graphics_devices", to_value(&config.graphics_devices)),
+        ("keyboards", to_value(&config.keyboards)),
+        ("pointing_devices", to_value(&config.pointing_devices)),
     ];
     for (field, value) in devices {
         object.insert(field.into(), value.map_err(describe)?);
@@ -175,6 +170,20 @@ fn network_devices_as_the_guest_sees_them(config: &VirtualMachineConfiguration) 
             serde_json::json!({"mac": card.mac, "attachment": attachment})
         })
         .collect()
+}
+
+/// The displays of the virtual machine a state file was saved from, as its configuration had
+/// them: an owner that gave a display for one run only (`virtkit run NAME --display`) adds the
+/// same one to resume that run's saved state, which needs the same devices.
+pub fn saved_graphics_devices(
+    path: &Path,
+) -> Result<Vec<crate::GraphicsDeviceConfiguration>, MachineStateError> {
+    let (_, _, metadata) = virtkit_machine::snapshot::open_state_file(path)?;
+    match metadata.configuration.get("graphics_devices") {
+        // Saved before displays could be: it had none.
+        None => Ok(Vec::new()),
+        Some(displays) => serde_json::from_value(displays.clone()).map_err(MachineStateError::Describe),
+    }
 }
 
 impl VirtualMachine {

@@ -19,14 +19,6 @@ use super::common_config::CommonConfigState;
 use super::VirtioPciDevice;
 use crate::{VirtioDevice, VirtioError};
 
-/// Bytes of conventional configuration space.
-const PCI_CONFIG_LEN: usize = 256;
-
-/// Configuration-space ranges the device fixes and the guest cannot write: vendor and device
-/// ID, revision and class, subsystem IDs, the capability pointer and the interrupt pin. A saved
-/// space that differs there was saved from another device.
-const IDENTITY_RANGES: [(usize, usize); 5] = [(0x00, 4), (0x08, 4), (0x2c, 4), (0x34, 1), (0x3d, 1)];
-
 /// Where one enabled queue's rings stood when its worker stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueProgress {
@@ -89,7 +81,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         }
         let device = self.device.snapshot()?;
         Ok(VirtioPciState {
-            pci_config: self.config.bytes(0, PCI_CONFIG_LEN).to_vec(),
+            pci_config: self.config.saved_bytes(),
             msix: self.msix.state(),
             common: self.common.state(),
             isr: self.interrupt.isr(),
@@ -113,16 +105,10 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         if self.active || self.pending_restore.is_some() {
             return Err(VirtioError::AlreadyActive);
         }
-        if state.pci_config.len() != PCI_CONFIG_LEN {
-            return Err(incompatible("the PCI configuration space is not 256 bytes"));
-        }
-        let here = self.config.bytes(0, PCI_CONFIG_LEN);
-        if IDENTITY_RANGES
-            .iter()
-            .any(|&(at, len)| state.pci_config[at..at + len] != here[at..at + len])
-        {
-            return Err(incompatible("it was saved from another kind of PCI device"));
-        }
+        self.config
+            .clone()
+            .restore_saved(&state.pci_config)
+            .map_err(incompatible)?;
         let mut common = self.common.clone();
         common.restore_state(&state.common).map_err(incompatible)?;
         let enabled: Vec<u16> = (0..state.common.queues.len() as u16)
@@ -150,17 +136,10 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
 impl<D: VirtioDevice> VirtioPciDevice<D> {
     pub(super) fn restore_saved_state(&mut self, state: &VirtioPciState) -> Result<(), VirtioError> {
         let device_state = self.check_state(state)?;
-        let old_config = self.config.bytes(0, PCI_CONFIG_LEN).to_vec();
-        self.config.set_bytes(0, &state.pci_config);
-        let misplaced = self
-            .config
-            .bars()
-            .iter()
-            .any(|bar| !bar.address.is_multiple_of(bar.size));
-        if misplaced {
-            self.config.set_bytes(0, &old_config);
-            return Err(incompatible("a saved BAR address is not aligned to its size"));
-        }
+        let old_config = self.config.saved_bytes();
+        self.config
+            .restore_saved(&state.pci_config)
+            .map_err(incompatible)?;
         self.device.restore(device_state).inspect_err(|_| {
             self.config.set_bytes(0, &old_config);
         })?;
