@@ -96,7 +96,8 @@ say input-done
 /// driver bound to the display, the mode it took from the EDID, the fbdev it made; then four
 /// bands of colour (dark red, green, blue and grey: XRGB8888, so bytes B G R X) written into
 /// `/dev/fb0` for a screenshot to show. The text console is unbound from the framebuffer first,
-/// so its cursor cannot draw over them.
+/// so its cursor cannot draw over them. Then a heartbeat every 2 s, for the run that resumes it
+/// after a suspend.
 const GUEST_DRM: &str = r#"
 say drm-driver=$(basename "$(readlink /sys/class/drm/card0/device/driver)")
 say drm-initialized=$(dmesg | grep -c 'Initialized bochs-drm')
@@ -113,6 +114,8 @@ band() {
 rows=$((stride * 120))
 { band '\012\012\170\001' $rows; band '\012\170\012\001' $rows; band '\170\012\012\001' $rows; band '\144\144\144\001' $rows; } >/dev/fb0
 say drm-drawn=$?
+# A heartbeat: after a suspend and a resume, the new run's log shows the guest runs on.
+while :; do sleep 2; say heartbeat; done
 "#;
 
 const GUEST_SCRIPTS: [(&str, &str); 6] = [
@@ -129,7 +132,8 @@ const DEVICES_SCRIPT: &str = r#"
 # own, booting KERNEL and INITRD with CMDLINE and the guest script /vt/CASE.sh, run with a
 # display of SIZE; prints `CASE CASE: create=` and `run=`.
 display_vm() {
-    mkdir -p $W/$1 && mount -t tmpfs -o size=64m tmpfs $W/$1 2>/dev/null
+    # Room for a suspended guest's state file (the memory it used) beside its disk.
+    mkdir -p $W/$1 && mount -t tmpfs -o size=512m tmpfs $W/$1 2>/dev/null
     export VIRTKIT_HOME=$W/$1/home
     truncate -s 8M $W/$1/root.img
     $VIRTKIT create $1 --kernel $2 --initrd $3 --from $W/$1/root.img --disk-size 16M \
@@ -160,6 +164,17 @@ wait_guest drm drm-drawn
 sleep 1
 $VIRTKIT screenshot drm $W/drm/shot.png; echo "CASE drm: screenshot=$?"
 echo "CASE drm: png=$(od -An -v -tx1 $W/drm/shot.png | tr -d ' \n')"
+# Suspended, then resumed by a plain run (the display, given for the first run only, comes back
+# from the state file): the screen is what the guest drew, and the guest runs on. The first
+# run's lines first: each run's log starts anew.
+$VIRTKIT logs drm | tr -d '\r' | grep '^VT drm\|^VT fb' | sed "s/^/CASE drm: /"
+$VIRTKIT suspend drm >/dev/null; echo "CASE drm: suspend=$?"
+$VIRTKIT run drm --detach >/dev/null; echo "CASE drm: resume=$?"
+$VIRTKIT screenshot drm $W/drm/resumed.png; echo "CASE drm: resumed-screenshot=$?"
+echo "CASE drm: resumed-png=$(od -An -v -tx1 $W/drm/resumed.png | tr -d ' \n')"
+wait_guest drm heartbeat
+echo "CASE drm: heartbeats-after-resume=$($VIRTKIT logs drm | grep -c 'VT heartbeat')"
+echo "CASE drm: boots-after-resume=$($VIRTKIT logs drm | grep -c 'VIRTKIT-GUEST: cmdline=')"
 end_guest drm
 
 # Keyboard and pointer: a display brings a virtio keyboard and tablet; a VNC client's click and
@@ -345,9 +360,24 @@ fn guest_drivers_use_our_devices_and_a_paused_vm_does_no_disk_io() {
 
 fn check_drm(out: &str) {
     let lines = case_lines(out, "drm").join("\n");
-    for key in ["create", "run", "screenshot", "stop", "drm-drawn"] {
+    for key in [
+        "create",
+        "run",
+        "screenshot",
+        "stop",
+        "drm-drawn",
+        "suspend",
+        "resume",
+        "resumed-screenshot",
+        "boots-after-resume",
+    ] {
         assert_value(out, "drm", key, "0");
     }
+    let heartbeats = case_value(out, "drm", "heartbeats-after-resume").and_then(|n| n.parse::<u32>().ok());
+    assert!(
+        heartbeats.is_some_and(|n| n > 0),
+        "the guest runs on after the resume:\n{lines}"
+    );
     // bochs-drm bound the display, took the EDID's preferred mode and made an fbdev of it.
     assert_value(out, "drm", "drm-driver", "bochs-drm");
     assert_value(out, "drm", "drm-initialized", "1");
@@ -355,8 +385,15 @@ fn check_drm(out: &str) {
     assert_value(out, "drm", "fb-name", "bochs-drmdrmfb");
     assert_value(out, "drm", "fb-size", "640,480");
     assert_value(out, "drm", "fb-bpp", "32");
-    // The screenshot shows the four bands the guest drew, every pixel of them.
-    let hex = case_value(out, "drm", "png").unwrap_or_else(|| panic!("no screenshot:\n{lines}"));
+    // The screenshots, before the suspend and after the resume, show the four bands the guest
+    // drew, every pixel of them.
+    for key in ["png", "resumed-png"] {
+        check_bands(out, key, &lines);
+    }
+}
+
+fn check_bands(out: &str, key: &str, lines: &str) {
+    let hex = case_value(out, "drm", key).unwrap_or_else(|| panic!("no screenshot {key}:\n{lines}"));
     let png: Vec<u8> = (0..hex.len() / 2)
         .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
         .collect();
@@ -370,7 +407,7 @@ fn check_drm(out: &str) {
     for (row, pixel) in rgba.chunks_exact(640 * 4).enumerate() {
         let want = bands[row / 120];
         let wrong = pixel.chunks_exact(4).filter(|p| p[..3] != want).count();
-        assert_eq!(wrong, 0, "row {row}: {wrong} pixels are not {want:?}");
+        assert_eq!(wrong, 0, "{key}: row {row}: {wrong} pixels are not {want:?}");
     }
 }
 
