@@ -3,11 +3,13 @@
 //! `vnc.sock` (security type None).
 //!
 //! ```text
-//! vnc_input SOCKET move X Y | click X Y | key KEYSYM | type TEXT ...
+//! vnc_input SOCKET move X Y | click X Y | key KEYSYM | type TEXT | leds ...
 //! ```
 //! Each action is sent as a real client would: `click` is a move, a press and a release of
 //! button 1; `key` a press and a release of an X11 keysym (hex, e.g. ff0d for Return); `type`
-//! each character's keysym (Latin-1 characters are their own keysyms).
+//! each character's keysym (Latin-1 characters are their own keysyms); `leds` asks for QEMU's
+//! LED-state pseudo-encoding and prints the keyboard LEDs the server tells
+//! (`vnc_input: leds=N`: bit 0 Scroll Lock, 1 Num Lock, 2 Caps Lock).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -24,6 +26,38 @@ fn key(stream: &mut UnixStream, keysym: u32, down: bool) -> std::io::Result<()> 
     let mut message = vec![4, u8::from(down), 0, 0];
     message.extend(keysym.to_be_bytes());
     stream.write_all(&message)
+}
+
+/// QEMU's LED-state pseudo-encoding.
+const LED_STATE: i32 = -261;
+
+/// Asks for the LED state and reads the server's messages until it comes.
+fn leds(stream: &mut UnixStream) -> std::io::Result<u8> {
+    let mut message = vec![2, 0, 0, 1];
+    message.extend(LED_STATE.to_be_bytes());
+    stream.write_all(&message)?;
+    loop {
+        let mut header = [0u8; 4];
+        stream.read_exact(&mut header)?;
+        if header[0] != 0 {
+            return Err(std::io::Error::other(format!(
+                "unexpected message type {}",
+                header[0]
+            )));
+        }
+        if u16::from_be_bytes([header[2], header[3]]) == 0 {
+            continue;
+        }
+        let mut rect = [0u8; 12];
+        stream.read_exact(&mut rect)?;
+        let encoding = i32::from_be_bytes([rect[8], rect[9], rect[10], rect[11]]);
+        if encoding != LED_STATE {
+            return Err(std::io::Error::other(format!("unexpected encoding {encoding}")));
+        }
+        let mut leds = [0u8; 1];
+        stream.read_exact(&mut leds)?;
+        return Ok(leds[0]);
+    }
 }
 
 fn handshake(stream: &mut UnixStream) -> std::io::Result<(u16, u16)> {
@@ -94,7 +128,12 @@ fn run(args: &[String]) -> Result<(), String> {
                     key(&mut stream, u32::from(c), false).map_err(io)?;
                 }
             }
-            other => return Err(format!("`{other}` is not an action: move, click, key or type")),
+            "leds" => println!("vnc_input: leds={}", leds(&mut stream).map_err(io)?),
+            other => {
+                return Err(format!(
+                    "`{other}` is not an action: move, click, key, type or leds"
+                ))
+            }
         }
     }
     // Let the server read everything before the connection closes.

@@ -33,6 +33,14 @@ fn lit(width: u32, rgba: &[u8], rows: std::ops::Range<u32>) -> usize {
         .count()
 }
 
+/// How many pixels of two RGBA images differ in colour (VNC captures' alpha may differ).
+fn rgb_differences(a: &[u8], b: &[u8]) -> usize {
+    a.chunks_exact(4)
+        .zip(b.chunks_exact(4))
+        .filter(|(a, b)| a[..3] != b[..3])
+        .count()
+}
+
 #[test]
 fn seabios_draws_its_console_on_the_display_and_a_screenshot_shows_it() {
     if !virtkit_testkit::require_kvm_and_seabios() {
@@ -147,11 +155,7 @@ fn seabios_draws_its_console_on_the_display_and_a_screenshot_shows_it() {
     // The two text rows (the banner and the UUID line) as the screenshot has them; below them
     // the text cursor may have moved between the two captures.
     let rows = 32 * 800 * 4;
-    let differing = vnc_rgba[..rows]
-        .chunks_exact(4)
-        .zip(rgba[..rows].chunks_exact(4))
-        .filter(|(a, b)| a[..3] != b[..3])
-        .count();
+    let differing = rgb_differences(&vnc_rgba[..rows], &rgba[..rows]);
     assert_eq!(
         differing, 0,
         "the VNC capture's text differs from the screenshot in {differing} pixels"
@@ -375,11 +379,7 @@ fn a_suspended_vm_with_a_display_resumes_with_its_screen() {
         String::from_utf8_lossy(&vnc.stderr)
     );
     let (_, _, vnc_rgba) = decode_any(&captured);
-    let differing = vnc_rgba[..text_rows]
-        .chunks_exact(4)
-        .zip(after[..text_rows].chunks_exact(4))
-        .filter(|(a, b)| a[..3] != b[..3])
-        .count();
+    let differing = rgb_differences(&vnc_rgba[..text_rows], &after[..text_rows]);
     assert_eq!(
         differing, 0,
         "the VNC capture's text rows differ in {differing} pixels"

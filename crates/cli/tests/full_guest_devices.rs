@@ -90,6 +90,10 @@ say tablet-events=$(events /tmp/tablet)
 say kbd-events=$(events /tmp/kbd)
 say ps2-bytes=$(wc -c </tmp/ps2)
 say input-done
+# Caps Lock's LED on, as a program sets it through evdev (EV_LED 0x11, LED_CAPSL 1, value 1,
+# then SYN_REPORT): the driver puts it on the status queue, and a VNC client that asks is told.
+printf '\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\021\0\001\0\001\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0' >$k
+say leds-set=$?
 "#;
 
 /// Linux's bochs-drm on the display (the generic kernel: the cloud kernel has no DRM): the
@@ -187,7 +191,11 @@ sleep 1
 $VNC_INPUT $VIRTKIT_HOME/vms/input/vnc.sock click 400 300 type aB >$W/input/vnc.out 2>&1
 echo "CASE input: vnc=$?"
 sed "s/^/CASE input: /" $W/input/vnc.out
-wait_guest input input-done
+wait_guest input leds-set
+sleep 1
+$VNC_INPUT $VIRTKIT_HOME/vms/input/vnc.sock leds >$W/input/leds.out 2>&1
+echo "CASE input: vnc-leds=$?"
+sed "s/^/CASE input: /" $W/input/leds.out
 end_guest input
 
 VM_ARGS="--entropy" run_guest rng
@@ -444,6 +452,11 @@ fn check_input(out: &str) {
         "the guest's atkbd has no event node:\n{lines}"
     );
     assert_value(out, "input", "ps2-bytes", "0");
+    // Caps Lock's LED, set by the guest on the virtio keyboard, told to a VNC client in QEMU's
+    // LED-state bits (bit 2: Caps Lock).
+    assert_value(out, "input", "leds-set", "0");
+    assert_value(out, "input", "vnc-leds", "0");
+    assert_value(out, "input", "leds", "4");
 }
 
 fn check_console_and_balloon(out: &str) {

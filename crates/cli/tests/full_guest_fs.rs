@@ -148,6 +148,7 @@ until timeout 20 $VIRTKIT exec am -- grep -qsF ' /mnt/src virtiofs ' /proc/mount
 echo "CASE auto: mounted=$(timeout 20 $VIRTKIT exec am -- grep -cF ' /mnt/src virtiofs ' /proc/mounts)"
 echo "CASE auto: blob=$(timeout 60 $VIRTKIT exec am -- sha256sum /mnt/src/host.bin | cut -d' ' -f1)"
 echo "CASE auto: daemon-log=$([ -s $VIRTKIT_HOME/vms/am/virtiofsd-src.log ] && echo 1 || echo 0)"
+tail -5 $VIRTKIT_HOME/vms/am/virtiofsd-src.log 2>/dev/null | sed "s/^/CASE auto: virtiofsd: /"
 # Pause and resume: the rings stop at virtiofsd (GET_VRING_BASE) and start again from there.
 $VIRTKIT pause am >/dev/null; echo "CASE auto: pause=$?"
 $VIRTKIT resume am >/dev/null; echo "CASE auto: resume=$?"

@@ -236,6 +236,24 @@ impl InputSink for VmInput {
             }
         }
     }
+
+    /// The LEDs of the keyboard keys go to: the virtio keyboard's once its driver is up, else
+    /// the PS/2 keyboard's.
+    fn leds(&self) -> Option<u8> {
+        match (&self.virtio_keyboard, &self.keyboard) {
+            (Some(virtio), _) if virtio.is_ready() => Some(vnc_leds_of_linux(virtio.leds())),
+            (_, Some(ps2)) => Some(ps2.leds()),
+            (Some(virtio), None) => Some(vnc_leds_of_linux(virtio.leds())),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Linux's LED bits (bit n for `LED_*` code n: 0 Num Lock, 1 Caps Lock, 2 Scroll Lock) as
+/// QEMU's LED-state pseudo-encoding and PS/2's 0xed have them (0 Scroll, 1 Num, 2 Caps).
+pub fn vnc_leds_of_linux(linux: u8) -> u8 {
+    let bit = |n: u8| (linux >> n) & 1;
+    bit(2) | bit(0) << 1 | bit(1) << 2
 }
 
 /// VNC's button mask (bit 0 left, 1 middle, 2 right) as PS/2's (bit 0 left, 1 right, 2 middle).
@@ -404,6 +422,15 @@ mod tests {
         assert_eq!(router.pointer(0, true), Route::Virtio, "then the tablet");
         assert_eq!(router.pointer(8, true), Route::Virtio, "wheel bits hold nothing");
         assert_eq!(router.pointer(0, false), Route::Ps2);
+    }
+
+    #[test]
+    fn linux_leds_become_the_vnc_led_state_bits() {
+        assert_eq!(vnc_leds_of_linux(0), 0);
+        assert_eq!(vnc_leds_of_linux(1 << 0), 0b010, "Num Lock");
+        assert_eq!(vnc_leds_of_linux(1 << 1), 0b100, "Caps Lock");
+        assert_eq!(vnc_leds_of_linux(1 << 2), 0b001, "Scroll Lock");
+        assert_eq!(vnc_leds_of_linux(0xff), 0b111, "other LEDs are left out");
     }
 
     #[test]

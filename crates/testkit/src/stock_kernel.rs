@@ -71,7 +71,12 @@ impl StockKernelScript {
         if !require_qemu() {
             return None;
         }
-        let mut host = EmulatedHost::new(assets);
+        // An emulated host that wedges (silent, its CPUs spinning: seen once in
+        // `full_guest_debian`, once in `full_guest_devices` with no line for 9 minutes while a
+        // `timeout -s KILL 180` in its script never fired) is an emulator fault, started again
+        // (up to `host::MAX_ATTEMPTS` boots in all); the beat every 60 s tells it from a quiet
+        // script. A test may ask for another silence.
+        let mut host = EmulatedHost::new(assets).heartbeat(Duration::from_secs(200));
         let mut variables = String::from("G=/guest; W=/tmp/w; mkdir -p $W");
         for (variable, path) in &self.programs {
             let dest = format!("/usr/bin/{}", variable.to_lowercase());

@@ -156,6 +156,11 @@ pub trait InputSink: Send + Sync {
     fn key(&self, event: KeyEvent);
     /// The pointer moved or a button changed.
     fn pointer(&self, event: PointerEvent);
+    /// The keyboard LEDs the guest set, as QEMU's LED-state pseudo-encoding has them (bit 0
+    /// Scroll Lock, 1 Num Lock, 2 Caps Lock); `None` without a keyboard.
+    fn leds(&self) -> Option<u8> {
+        None
+    }
 }
 
 /// An [`InputSink`] that drops everything (a view-only display).

@@ -17,6 +17,9 @@ pub mod encoding {
     pub const DESKTOP_SIZE: i32 = -223;
     /// Pseudo-encoding: the client can send QEMU extended key events.
     pub const QEMU_EXTENDED_KEY_EVENT: i32 = -258;
+    /// Pseudo-encoding (QEMU's): the keyboard's LEDs, one byte after the rectangle header:
+    /// bit 0 Scroll Lock, 1 Num Lock, 2 Caps Lock.
+    pub const LED_STATE: i32 = -261;
 }
 
 /// Longest ClientCutText the server accepts (and throws away); longer closes the connection.

@@ -336,6 +336,9 @@ struct Client<'a, W: Write> {
     zrle: bool,
     desktop_size: bool,
     qemu_keys: bool,
+    /// The client takes LED-state updates; the LEDs it was last told about.
+    led_state: bool,
+    sent_leds: Option<u8>,
     /// The size the client was last told about.
     size: (u16, u16),
     generation: u64,
@@ -357,6 +360,8 @@ impl<'a, W: Write> Client<'a, W> {
             zrle: false,
             desktop_size: false,
             qemu_keys: false,
+            led_state: false,
+            sent_leds: None,
             size,
             generation,
             // The first incremental request gets the whole frame.
@@ -373,6 +378,7 @@ impl<'a, W: Write> Client<'a, W> {
             while let Some(message) = self.messages.next_message()? {
                 self.handle(message)?;
             }
+            self.send_leds()?;
             if self.pending.is_some() {
                 self.try_update()?;
             }
@@ -414,6 +420,9 @@ impl<'a, W: Write> Client<'a, W> {
                         .write_all(&rect_header(&rect, encoding::QEMU_EXTENDED_KEY_EVENT))?;
                 }
                 self.qemu_keys = qemu_keys;
+                self.led_state = list.contains(&encoding::LED_STATE);
+                // A client that asks (again) is told the LEDs as they are now.
+                self.sent_leds = None;
             }
             ClientMessage::FramebufferUpdateRequest {
                 incremental,
@@ -452,6 +461,28 @@ impl<'a, W: Write> Client<'a, W> {
             }
             ClientMessage::ClientCutText { .. } => {}
         }
+        Ok(())
+    }
+
+    /// Tells a client that takes them the keyboard's LEDs when they changed since it was last
+    /// told (as QEMU does: an update of one pseudo-rectangle, whether or not a request is
+    /// pending). Checked on every message and poll, so a client with a request pending learns
+    /// of a change within [`POLL_INTERVAL`].
+    fn send_leds(&mut self) -> Result<(), VncError> {
+        if !self.led_state {
+            return Ok(());
+        }
+        let Some(leds) = self.input.leds() else {
+            return Ok(());
+        };
+        if self.sent_leds == Some(leds) {
+            return Ok(());
+        }
+        self.out.write_all(&[0, 0, 0, 1])?;
+        self.out
+            .write_all(&rect_header(&Rect::new(0, 0, 0, 0), encoding::LED_STATE))?;
+        self.out.write_all(&[leds & 0b111])?;
+        self.sent_leds = Some(leds);
         Ok(())
     }
 

@@ -19,6 +19,8 @@ struct TestClient {
     stream: UnixStream,
     width: u16,
     height: u16,
+    /// The LEDs of the last LED-state pseudo-rectangle.
+    leds: Option<u8>,
 }
 
 impl TestClient {
@@ -63,6 +65,7 @@ impl TestClient {
             stream,
             width,
             height,
+            leds: None,
         }
     }
 
@@ -105,6 +108,10 @@ impl TestClient {
                     frame[(y * u32::from(self.width) + x) as usize] =
                         u32::from_le_bytes(px.try_into().unwrap());
                 }
+            } else if kind == encoding::LED_STATE {
+                let mut leds = [0u8; 1];
+                self.stream.read_exact(&mut leds).unwrap();
+                self.leds = Some(leds[0]);
             } else if kind == encoding::DESKTOP_SIZE {
                 self.width = rect.width as u16;
                 self.height = rect.height as u16;
@@ -238,6 +245,47 @@ fn desktop_size_and_qemu_key_pseudo_rectangles() {
         "the whole new frame"
     );
     assert_eq!(frame, fb.snapshot().2);
+}
+
+#[test]
+fn the_keyboard_leds_reach_a_client_that_asks_for_them_when_they_change() {
+    let fb = Arc::new(MemoryFramebuffer::new(64, 32));
+    let sink = Arc::new(RecordingSink::default());
+    sink.set_leds(Some(0));
+    let (_server, path) = serve(fb.clone(), sink.clone(), "leds", Security::None);
+    let mut client = TestClient::connect(&path, None);
+    client.set_encodings(&[encoding::RAW, encoding::LED_STATE]);
+    let mut frame = vec![0u32; 64 * 32];
+    // Told at once, then again only on a change, with or without a request pending.
+    assert_eq!(
+        client.read_update(&mut frame),
+        vec![(Rect::new(0, 0, 0, 0), encoding::LED_STATE)]
+    );
+    assert_eq!(client.leds, Some(0));
+    client.request(false, Rect::full(64, 32));
+    assert_eq!(client.read_update(&mut frame)[0].1, encoding::RAW);
+    client.request(true, Rect::full(64, 32));
+    sink.set_leds(Some(0b100));
+    assert_eq!(
+        client.read_update(&mut frame),
+        vec![(Rect::new(0, 0, 0, 0), encoding::LED_STATE)]
+    );
+    assert_eq!(client.leds, Some(0b100), "Caps Lock");
+    // The request is still pending: a change of the screen answers it.
+    fb.fill_rect(Rect::new(0, 0, 4, 4), 0x00ff_0000);
+    assert_eq!(
+        client.read_update(&mut frame),
+        vec![(Rect::new(0, 0, 4, 4), encoding::RAW)]
+    );
+
+    // A client that did not ask gets none.
+    let mut plain = TestClient::connect(&path, None);
+    plain.set_encodings(&[encoding::RAW]);
+    plain.request(false, Rect::full(64, 32));
+    sink.set_leds(Some(0b010));
+    let rects = plain.read_update(&mut frame);
+    assert!(rects.iter().all(|(_, kind)| *kind == encoding::RAW), "{rects:?}");
+    assert_eq!(plain.leds, None);
 }
 
 #[test]

@@ -143,8 +143,17 @@ impl Dispi {
         }
     }
 
+    /// The depth shown: 0 (never written: a guest may enable a mode without setting it) is 8,
+    /// as QEMU's `vbe_fixup_regs` makes it.
+    fn bits_per_pixel(&self) -> u32 {
+        match self.regs[INDEX_BPP] {
+            0 => 8,
+            bits => u32::from(bits),
+        }
+    }
+
     fn bytes_per_pixel(&self) -> u32 {
-        u32::from(self.regs[INDEX_BPP]).max(8).div_ceil(8)
+        self.bits_per_pixel().div_ceil(8)
     }
 
     /// The mode shown, if one is enabled and fits the video memory.
@@ -164,7 +173,7 @@ impl Dispi {
         Some(Mode {
             width,
             height,
-            bits_per_pixel: u32::from(self.regs[INDEX_BPP]),
+            bits_per_pixel: self.bits_per_pixel(),
             stride,
             offset,
         })

@@ -36,7 +36,7 @@ pub struct SavedDisplay {
 /// Why a display's state was not saved or taken.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DisplayStateError {
-    #[error("its video memory does not compress below {} MiB, more than a state file holds", MAX_ENCODED_MEMORY >> 20)]
+    #[error("its video memory encodes (zlib, base64) to more than {} MiB, more than a state file holds", MAX_ENCODED_MEMORY >> 20)]
     TooLarge,
     #[error("it was saved with {saved} bytes of video memory and has {here}; restore into a VM with the display size it was saved with")]
     MemorySize { saved: u64, here: u64 },

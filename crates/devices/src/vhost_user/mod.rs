@@ -19,8 +19,9 @@
 //! - sleep and reset stop the rings (`SET_VRING_ENABLE 0`, `GET_VRING_BASE`, which tells where
 //!   the backend stopped); wake and a new activation set them up again from there.
 //!
-//! Every request has a timeout ([`REQUEST_TIMEOUT`]) so a backend that stops answering costs an
-//! error, never a hung vCPU or worker. No `unsafe` here: the `vhost` crate builds the messages.
+//! Every request has a timeout ([`REQUEST_TIMEOUT`]; the first, which also waits for the daemon
+//! to start, [`STARTUP_TIMEOUT`]) so a backend that stops answering costs an error, never a hung
+//! vCPU or worker. No `unsafe` here: the `vhost` crate builds the messages.
 //! Reconnecting to a restarted backend is not done: the device stays broken until the VM
 //! restarts (the guest sees I/O errors).
 
@@ -52,6 +53,10 @@ pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
 /// How long one request may wait for the backend's answer (and a send for room).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the first request may wait: its answer also waits for the daemon to start (exec,
+/// its sandbox, the accept), which took over 10 s in the emulated test host under load. A
+/// daemon that exits instead closes the socket, which ends the wait at once.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The protocol features virtkit takes when the backend offers them. CONFIG is left out: the
 /// device keeps its configuration space itself (virtio-fs: the tag).
@@ -142,12 +147,16 @@ impl VhostUserConnection {
     /// Negotiates on a connected socket: features, owner, protocol features, queue count.
     pub fn from_stream(stream: UnixStream, queue_count: usize) -> Result<Self, VhostUserError> {
         stream
-            .set_read_timeout(Some(REQUEST_TIMEOUT))
+            .set_read_timeout(Some(STARTUP_TIMEOUT))
             .and_then(|()| stream.set_write_timeout(Some(REQUEST_TIMEOUT)))
             .map_err(VhostUserError::Socket)?;
+        let timeouts = stream.try_clone().map_err(VhostUserError::Socket)?;
         let socket = OwnedFd::from(stream.try_clone().map_err(VhostUserError::Socket)?);
         let mut frontend = Frontend::from_stream(stream, queue_count as u64);
         let features = request("GET_FEATURES", frontend.get_features())?;
+        timeouts
+            .set_read_timeout(Some(REQUEST_TIMEOUT))
+            .map_err(VhostUserError::Socket)?;
         if features & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
             return Err(VhostUserError::NoProtocolFeatures);
         }

@@ -124,6 +124,12 @@ struct Backend {
 
 impl Backend {
     fn start(name: &str, features: u64) -> Backend {
+        Backend::start_after(name, features, Duration::ZERO)
+    }
+
+    /// A backend whose socket is there at once but which accepts only after `delay`, as a
+    /// daemon slow to start.
+    fn start_after(name: &str, features: u64, delay: Duration) -> Backend {
         let dir = std::env::temp_dir().join(format!("virtkit-vhost-user-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -141,6 +147,7 @@ impl Backend {
         let mut listener = Listener::new(&socket, true).unwrap();
         let serving = daemon.clone();
         std::thread::spawn(move || {
+            std::thread::sleep(delay);
             // Accepts the one connection; its own thread serves it.
             let _ = serving.lock().unwrap().start(&mut listener);
         });
@@ -302,6 +309,16 @@ fn negotiation_offers_the_backends_features_and_takes_only_the_wanted_protocol_f
         VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK,
         "CONFIG is offered but the device keeps its own configuration space"
     );
+}
+
+#[test]
+fn a_backend_slower_to_start_than_one_request_may_take_still_negotiates() {
+    let delay = REQUEST_TIMEOUT + Duration::from_secs(1);
+    let backend = Backend::start_after("slow", VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES, delay);
+    let started = Instant::now();
+    let connection = VhostUserConnection::connect(&backend.socket, QUEUES, Duration::from_secs(5)).unwrap();
+    assert!(started.elapsed() >= delay, "{:?}", started.elapsed());
+    assert_eq!(connection.backend_features(), VERSION_1);
 }
 
 #[test]

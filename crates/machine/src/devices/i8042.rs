@@ -66,6 +66,8 @@ const INITIAL_CONFIG: u8 = 0x70;
 
 /// Keyboard commands and answers.
 const KBD_SET_LEDS: u8 = 0xed;
+/// The LED bits of 0xed's argument: Scroll Lock, Num Lock, Caps Lock.
+const KBD_LED_MASK: u8 = 0b111;
 const KBD_ECHO: u8 = 0xee;
 const KBD_SCANCODE_SET: u8 = 0xf0;
 const KBD_GET_ID: u8 = 0xf2;
@@ -108,6 +110,8 @@ pub struct I8042 {
     keyboard_argument: Option<u8>,
     /// The keyboard sends keys (after 0xf4; not after 0xf5).
     scanning: bool,
+    /// The LEDs the guest set with 0xed: bit 0 Scroll Lock, 1 Num Lock, 2 Caps Lock.
+    leds: u8,
     /// A mouse is plugged in (with its interrupt line, IRQ 12).
     mouse: Option<(Ps2Mouse, Arc<dyn KeyboardIrq>)>,
     /// A 0xd4 command came: the next data byte is the mouse's.
@@ -137,6 +141,8 @@ pub struct I8042State {
     pub aux_write_pending: bool,
     #[serde(default)]
     pub mouse: Option<Ps2MouseState>,
+    #[serde(default)]
+    pub leds: u8,
 }
 
 impl I8042 {
@@ -153,6 +159,7 @@ impl I8042 {
             queued_from_mouse: self.queued.iter().map(|&(_, aux)| aux).collect(),
             aux_write_pending: self.aux_write_pending,
             mouse: self.mouse.as_ref().map(|(m, _)| m.state()),
+            leds: self.leds,
         }
     }
 
@@ -170,6 +177,7 @@ impl I8042 {
         self.keyboard_argument = state.keyboard_argument;
         self.scanning = state.scanning;
         self.aux_write_pending = state.aux_write_pending;
+        self.leds = state.leds & KBD_LED_MASK;
         if let (Some((mouse, _)), Some(saved)) = (self.mouse.as_mut(), state.mouse.as_ref()) {
             mouse.restore_state(saved);
         }
@@ -186,6 +194,7 @@ impl I8042 {
             keyboard: None,
             keyboard_argument: None,
             scanning: true,
+            leds: 0,
             mouse: None,
             aux_write_pending: false,
         }
@@ -324,6 +333,9 @@ impl I8042 {
             return;
         }
         if let Some(command) = self.keyboard_argument.take() {
+            if command == KBD_SET_LEDS {
+                self.leds = byte & KBD_LED_MASK;
+            }
             self.push(KBD_ACK);
             if command == KBD_SCANCODE_SET && byte == 0 {
                 // "Which set?": set 2, as the controller translates it.
@@ -431,6 +443,11 @@ impl KeyboardHandle {
     /// Sends set-1 scan codes (a make or break code with its 0xe0 prefix).
     pub fn key(&self, scancodes: &[u8]) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).key(scancodes);
+    }
+
+    /// The LEDs the guest last set (0xed): bit 0 Scroll Lock, 1 Num Lock, 2 Caps Lock.
+    pub fn leds(&self) -> u8 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).leds
     }
 }
 
@@ -631,8 +648,17 @@ mod tests {
         dev.write(0, &[KBD_ECHO]);
         assert_eq!(read(&mut dev, 0), KBD_ECHO);
         dev.write(0, &[KBD_SET_LEDS]);
-        dev.write(0, &[0x07]);
+        dev.write(0, &[0xff]);
         assert_eq!([read(&mut dev, 0), read(&mut dev, 0)], [KBD_ACK, KBD_ACK]);
+        assert_eq!(dev.leds, 0b111, "only the three LED bits are kept");
+        dev.write(0, &[KBD_SET_LEDS]);
+        dev.write(0, &[0b100]);
+        assert_eq!(dev.leds, 0b100, "Caps Lock alone");
+        assert_eq!(dev.state().leds, 0b100, "saved with the controller");
+        // A scan-code-set argument is not an LED byte.
+        dev.write(0, &[KBD_SCANCODE_SET]);
+        dev.write(0, &[0x02]);
+        assert_eq!(dev.leds, 0b100);
     }
 
     #[test]

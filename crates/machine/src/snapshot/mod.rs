@@ -57,6 +57,8 @@ pub enum SnapshotError {
     Hypervisor(#[from] HypervisorError),
     #[error("cannot encode the machine's state (a virtkit bug)")]
     Encode(#[source] serde_json::Error),
+    #[error("the machine's state takes {len} bytes besides guest memory, more than the {max} a state file holds; nothing was written")]
+    MetadataTooLarge { len: u64, max: u64 },
     #[error("cannot write the state file {path}; check that its directory exists and is writable")]
     Write {
         path: PathBuf,

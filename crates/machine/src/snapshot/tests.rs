@@ -45,6 +45,7 @@ fn metadata() -> Metadata {
                     output_from_mouse: false,
                     queued_from_mouse: vec![false, true],
                     aux_write_pending: false,
+                    leds: 0b100,
                     mouse: Some(crate::devices::Ps2MouseState {
                         reporting: true,
                         sample_rate: 100,

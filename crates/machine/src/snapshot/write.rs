@@ -24,6 +24,13 @@ pub(crate) fn write_state_file(
     guest_memory: &GuestMemoryMmap,
 ) -> Result<SaveSummary, SnapshotError> {
     let bytes = encode_metadata(metadata).map_err(SnapshotError::Encode)?;
+    // A restore refuses more (as damage): refuse to write a file that could not be read back.
+    if bytes.len() as u64 > super::format::MAX_METADATA_LEN {
+        return Err(SnapshotError::MetadataTooLarge {
+            len: bytes.len() as u64,
+            max: super::format::MAX_METADATA_LEN,
+        });
+    }
     let memory_len: u64 = metadata.memory.iter().map(|r| r.size).sum();
     let header = Header::for_metadata(&bytes, memory_len);
     let temporary = temporary_path(path);

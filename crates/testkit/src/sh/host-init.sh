@@ -45,9 +45,23 @@ set -a
 set +a
 cd /
 # A heartbeat the harness watches when asked (`EmulatedHost::heartbeat`): an emulated host that
-# wedges prints nothing, which the harness then tells from a script that is merely quiet.
+# wedges prints nothing, which the harness then tells from a script that is merely quiet. Each
+# beat names the threads stuck in the kernel (state D), so a log shows whether a VMM was stuck
+# while the host still ran, or the whole host stopped.
 if [ -e /virtkit/heartbeat ]; then
-	( while sleep 60; do echo "VIRTKIT-HOST: alive"; done ) &
+	( while sleep 60; do
+		stuck=
+		for stat in /proc/[0-9]*/task/[0-9]*/stat; do
+			read -r line 2>/dev/null <"$stat" || continue
+			# The state follows the last ")": a command's name may hold spaces and parentheses.
+			state=${line##*) }
+			[ "${state%% *}" = D ] || continue
+			tid=${stat%/stat}
+			comm=${line#*(}
+			stuck="$stuck${tid##*/}(${comm%)*}) "
+		done
+		echo "VIRTKIT-HOST: alive uptime=$(cut -d' ' -f1 /proc/uptime)${stuck:+ stuck: $stuck}"
+	done ) &
 fi
 sh -c '. /virtkit/lib.sh && . /virtkit/script.sh' </dev/null
 echo "VIRTKIT-HOST: script-exit=$?"

@@ -115,12 +115,25 @@ pub(super) fn saved_configuration(
             "directory_sharing_devices",
             to_value(&config.directory_sharing_devices),
         ),
-        ("graphics_devices", to_value(&config.graphics_devices)),
-        ("keyboards", to_value(&config.keyboards)),
-        ("pointing_devices", to_value(&config.pointing_devices)),
     ];
     for (field, value) in devices {
         object.insert(field.into(), value.map_err(describe)?);
+    }
+    // Only when there are some: files saved before displays could be have no such members, and
+    // a machine without them must still restore those.
+    let input_devices = [
+        (
+            "graphics_devices",
+            Ok(graphics_devices_as_the_guest_sees_them(config)),
+        ),
+        ("keyboards", to_value(&config.keyboards)),
+        ("pointing_devices", to_value(&config.pointing_devices)),
+    ];
+    for (field, value) in input_devices {
+        let value = value.map_err(describe)?;
+        if value.as_array().is_some_and(|list| !list.is_empty()) {
+            object.insert(field.into(), value);
+        }
     }
     Ok(serde_json::Value::Object(object))
 }
@@ -157,6 +170,16 @@ fn storage_devices_as_the_guest_sees_them(config: &VirtualMachineConfiguration) 
             }
             value
         })
+        .collect()
+}
+
+/// The displays without where their VGA BIOS file is on the host: the guest's copy is in its
+/// memory.
+fn graphics_devices_as_the_guest_sees_them(config: &VirtualMachineConfiguration) -> serde_json::Value {
+    config
+        .graphics_devices
+        .iter()
+        .map(|d| serde_json::json!({"width": d.width, "height": d.height}))
         .collect()
 }
 
@@ -277,6 +300,28 @@ mod tests {
             ) && e.contains("remove them"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_machine_without_a_display_describes_itself_as_before_displays_were_saved() {
+        let mut config = VirtualMachineConfiguration::linux(1, 64 << 20, "k".into(), None, "");
+        let saved = saved_configuration(&config).unwrap();
+        for field in ["graphics_devices", "keyboards", "pointing_devices"] {
+            assert!(saved.get(field).is_none(), "{field}: {saved}");
+        }
+        config.add_display(crate::GraphicsDeviceConfiguration {
+            width: 640,
+            height: 480,
+            option_rom: Some("/somewhere/vgabios.bin".into()),
+        });
+        let saved = saved_configuration(&config).unwrap();
+        assert_eq!(
+            saved["graphics_devices"],
+            serde_json::json!([{"width": 640, "height": 480}]),
+            "the VGA BIOS's host path is left out"
+        );
+        assert_eq!(saved["keyboards"].as_array().map(Vec::len), Some(1));
+        assert_eq!(saved["pointing_devices"].as_array().map(Vec::len), Some(1));
     }
 
     #[test]

@@ -21,9 +21,15 @@ pub enum Event {
 pub struct RecordingSink {
     events: Mutex<Vec<Event>>,
     changed: Condvar,
+    leds: Mutex<Option<u8>>,
 }
 
 impl RecordingSink {
+    /// The LEDs [`InputSink::leds`] gives from now on.
+    pub fn set_leds(&self, leds: Option<u8>) {
+        *self.leds.lock().unwrap() = leds;
+    }
+
     pub fn events(&self) -> Vec<Event> {
         self.events.lock().unwrap().clone()
     }
@@ -51,6 +57,9 @@ impl InputSink for RecordingSink {
     fn pointer(&self, event: PointerEvent) {
         self.events.lock().unwrap().push(Event::Pointer(event));
         self.changed.notify_all();
+    }
+    fn leds(&self) -> Option<u8> {
+        *self.leds.lock().unwrap()
     }
 }
 
