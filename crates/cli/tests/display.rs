@@ -235,6 +235,20 @@ fn decode_any(path: &std::path::Path) -> (u32, u32, Vec<u8>) {
     (info.width, info.height, rgba)
 }
 
+/// Runs vncdotool's `vncdo` with `args` on the Unix socket `socket`; it must succeed.
+fn vncdo_ok(vncdo: &str, socket: &str, args: &[&str]) {
+    let out = std::process::Command::new(vncdo)
+        .args(["-t", "30", "-s", socket])
+        .args(args)
+        .output()
+        .expect("vncdo runs");
+    assert!(
+        out.status.success(),
+        "vncdo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A VM `v` booting the MBR program `guest` from its disk, with a 640x480 display, once its
 /// console says `ready`; with vncdotool and the VM's `vnc.sock`. `None` after SKIPPED when KVM,
 /// SeaBIOS or vncdotool is missing.
@@ -269,24 +283,7 @@ fn keys_typed_over_vnc_reach_an_int_16h_reader() {
     let Some((home, vncdo, socket)) = mbr_program_on_a_display("keys", Guest::MbrKeys, "keys: ready") else {
         return;
     };
-    let typed = std::process::Command::new(&vncdo)
-        .args([
-            "-t",
-            "30",
-            "-s",
-            &socket,
-            "type",
-            "Hello, World! 42?",
-            "key",
-            "enter",
-        ])
-        .output()
-        .expect("vncdo runs");
-    assert!(
-        typed.status.success(),
-        "vncdo type: {}",
-        String::from_utf8_lossy(&typed.stderr)
-    );
+    vncdo_ok(&vncdo, &socket, &["type", "Hello, World! 42?", "key", "enter"]);
     let log = home.wait_log("v", "keys: enter", 1);
     home.ok(&["stop", "v", "--timeout", "0"]);
     assert!(
@@ -305,18 +302,7 @@ fn a_pointer_moved_over_vnc_reaches_the_ps2_aux_port() {
     else {
         return;
     };
-    let vnc = |args: &[&str]| {
-        let out = std::process::Command::new(&vncdo)
-            .args(["-t", "30", "-s", &socket])
-            .args(args)
-            .output()
-            .expect("vncdo runs");
-        assert!(
-            out.status.success(),
-            "vncdo {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let vnc = |args: &[&str]| vncdo_ok(&vncdo, &socket, args);
     // The first position is where moves count from; then 50 right and 20 down (PS/2's Y grows
     // upwards: -20 is 0xec with the Y sign bit, 0x20, in the status); then a left click there:
     // a press and a release, no movement. One connection: a new one starts at (0, 0).
@@ -369,15 +355,7 @@ fn a_suspended_vm_with_a_display_resumes_with_its_screen() {
     );
     assert!(lit(640, &after, 0..16) > 500, "the banner is there");
     let captured = home.dir.join("vnc.png");
-    let vnc = std::process::Command::new(&vncdo)
-        .args(["-t", "30", "-s", &socket, "capture", captured.to_str().unwrap()])
-        .output()
-        .expect("vncdo runs");
-    assert!(
-        vnc.status.success(),
-        "vncdo capture: {}",
-        String::from_utf8_lossy(&vnc.stderr)
-    );
+    vncdo_ok(&vncdo, &socket, &["capture", captured.to_str().unwrap()]);
     let (_, _, vnc_rgba) = decode_any(&captured);
     let differing = rgb_differences(&vnc_rgba[..text_rows], &after[..text_rows]);
     assert_eq!(
