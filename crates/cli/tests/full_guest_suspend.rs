@@ -32,7 +32,7 @@ i=0
 while [ $i -lt 300 ]; do
     i=$((i + 1))
     printf 'vt-rec %08d\n' $i | dd of=/dev/vda bs=512 seek=$i count=1 conv=sync,fsync 2>/dev/null
-    say rec=$i
+    say rec=$i t=$(cut -d' ' -f1 /proc/uptime)
     sleep 0.05
 done
 say rng-after=$(head -c 4096 /dev/hwrng | wc -c)
@@ -99,10 +99,13 @@ $VIRTKIT suspend s1 >/dev/null; echo "CASE susp: suspend=$?"
 echo "CASE susp: state-suspended=$($VIRTKIT get s1 --format json | tr -d ' \n' | grep -o '"state":"[a-z]*"' | cut -d'"' -f4)"
 echo "CASE susp: last-before=$(recs | tail -n1)"
 echo "CASE susp: boot-before=$($VIRTKIT logs s1 | tr -d '\r' | grep -o 'VT boot-id=[^ ]*' | cut -d= -f2)"
-$VIRTKIT run s1 --detach >/dev/null; echo "CASE susp: resume=$?"
+$VIRTKIT run s1 --detach >/dev/null; echo "CASE susp: resume=$? host-uptime=$(cut -d' ' -f1 /proc/uptime)"
 end=$(($(date +%s) + 170))
 until $VIRTKIT logs s1 | grep -q "VT recs-done" || [ $(date +%s) -ge $end ]; do sleep 0.5; done
 echo "CASE susp: first-after=$(recs | head -n1)"
+# The guest's own clock at the first and last record after the resume, and the host's now: a
+# slow resumed guest shows here whether its time ran slow (timers) or it got little CPU.
+echo "CASE susp: after-resume: $($VIRTKIT logs s1 | tr -d '\r' | grep -o 'VT rec=[0-9]* t=[0-9.]*' | sed -n '1p;$p' | tr '\n' ' ')host-uptime=$(cut -d' ' -f1 /proc/uptime)"
 echo "CASE susp: state-file-left=$(test -e $VIRTKIT_HOME/vms/s1/state.vksave && echo yes || echo no)"
 $VIRTKIT logs s1 | tr -d '\r' | grep '^VT ' | grep -v 'rec=' | sed "s/^/CASE susp: /"
 $VIRTKIT stop s1 --timeout 30 >/dev/null; echo "CASE susp: stop=$?"
