@@ -270,6 +270,11 @@ echo "CASE dev: rss-filled=$(rss)"
 typed 'rm /tmp/big; echo REMOVED=$?' | grep -o 'REMOVED=[0-9]' | sed "s/^/CASE dev: /"
 sleep 12
 echo "CASE dev: rss-freed=$(rss)"
+# A VM process gone by now (one CI run: during the guest's 200 MB write) says why, if it can.
+if [ -z "$(rss)" ]; then
+    $VIRTKIT logs d1 --vmm 2>&1 | tail -15 | sed "s/^/CASE dev: vmm: /"
+    dmesg | tail -15 | sed "s/^/CASE dev: dmesg: /"
+fi
 $VIRTKIT stop d1 --timeout 30 >/dev/null; echo "CASE dev: stop=$?"
 "#;
 
