@@ -68,17 +68,23 @@ impl SavedDevices {
 
     /// Every device by name and slot, the displays last (`display0`, ...).
     fn names(&self) -> Vec<(String, u8)> {
-        let displays = self
-            .displays
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (format!("display{i}"), d.slot));
-        self.devices
-            .iter()
-            .map(|d| (d.name.clone(), d.slot))
-            .chain(displays)
-            .collect()
+        named_with_displays(
+            self.devices.iter().map(|d| (d.name.clone(), d.slot)),
+            self.displays.iter().map(|d| d.slot),
+        )
     }
+}
+
+/// Devices by name and slot, then the displays as `display0`, `display1`, ... by slot: the one
+/// list a state file and a machine are compared by.
+fn named_with_displays(
+    devices: impl Iterator<Item = (String, u8)>,
+    display_slots: impl Iterator<Item = u8>,
+) -> Vec<(String, u8)> {
+    let displays = display_slots
+        .enumerate()
+        .map(|(i, slot)| (format!("display{i}"), slot));
+    devices.chain(displays).collect()
 }
 
 fn describe(devices: &[(String, u8)]) -> String {
@@ -136,17 +142,11 @@ impl DeviceManager {
 
     /// Every device by name and slot as [`SavedDevices::names`] lists them.
     fn names_and_slots(&self) -> Vec<(String, u8)> {
-        let displays: Vec<(String, u8)> = self
-            .lock_displays()
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (format!("display{i}"), d.slot))
-            .collect();
-        self.lock()
-            .iter()
-            .map(|e| (e.name.clone(), e.slot))
-            .chain(displays)
-            .collect()
+        let display_slots: Vec<u8> = self.lock_displays().iter().map(|d| d.slot).collect();
+        named_with_displays(
+            self.lock().iter().map(|e| (e.name.clone(), e.slot)),
+            display_slots.into_iter(),
+        )
     }
 
     /// First step of a restore, on new devices that have not run: the saved devices must be
