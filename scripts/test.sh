@@ -10,19 +10,23 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== packages"
+t0=$(date +%s)
+# Each phase's heading says when it started, so a slow run shows where its time went.
+phase() { echo "== $1 (at $(($(date +%s) - t0)) s)"; }
+
+phase "packages"
 scripts/install-deps.sh || exit 1
-echo "== test assets"
+phase "test assets"
 scripts/assets.sh --quiet >/dev/null || exit 1
-echo "== virtiofsd (built once into .cache/virtiofsd/)"
+phase "virtiofsd (built once into .cache/virtiofsd/)"
 scripts/build-virtiofsd.sh >/dev/null || exit 1
-echo "== Debian system image (mmdebstrap; built once into .cache/debian-image/)"
+phase "Debian system image (mmdebstrap; built once into .cache/debian-image/)"
 scripts/debian-image.sh >/dev/null || exit 1
-echo "== build (binaries and examples the tests start)"
+phase "build (binaries and examples the tests start)"
 cargo build --workspace --bins --examples --quiet || exit 1
-echo "== KVM on this host"
+phase "KVM on this host"
 ./target/debug/virtkit doctor || echo "KVM: not available on this host"
-echo "== tests"
+phase "tests"
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
@@ -39,5 +43,6 @@ if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
     failed=1
 fi
 echo
+echo "== tests done (at $(($(date +%s) - t0)) s)"
 echo "tests: $((passed - skipped)) passed, $failed failed, $skipped skipped"
 exit "$status"

@@ -152,17 +152,26 @@ boot() {
 # tests with one vCPU each never saw either. Linux on 2 vCPUs stays covered by full_guest_tap's bridged guest.
 mkdir -p /root/.ssh && cp $G/key $W/key && chmod 600 $W/key && cp $G/key.pub $W/key.pub
 export VIRTKIT_AGENT=$G/virtkit-agent
+# at CASE STEP: the emulated host's uptime when STEP ended, so a slow run shows where its time went.
+at() { echo "CASE $1: at-$2=$(cut -d' ' -f1 /proc/uptime)"; }
+at first start
 $VIRTKIT create deb --from $D/root.img --kernel $D/vmlinuz --initrd $D/initrd.img \
     --cmdline "root=/dev/vda ro console=ttyS0 systemd.show_status=1" --memory 1G --cpus 1 --network none \
     --ssh-key $W/key.pub --user dev 2>&1 | grep -v "create deb:" | sed 's/^/CASE first: create: /'
 echo "CASE first: get $($VIRTKIT get deb --format json | tr -d ' \n')"
+at first created
 boot deb first
+at first checked
 $VIRTKIT stop deb --timeout 120 >/dev/null; echo "CASE first: stop=$?"
+at first stopped
 
 # A clone: a new machine id, so a new cloud-init instance with its own hostname.
 $VIRTKIT clone deb deb-2 >/dev/null; echo "CASE clone: clone=$?"
+at clone cloned
 boot deb-2 clone
+at clone checked
 $VIRTKIT stop deb-2 --timeout 120 >/dev/null; echo "CASE clone: stop=$?"
+at clone stopped
 "#;
 
 /// `scripts/debian-image.sh`'s directory (building the image the first time), or `None` after
@@ -302,6 +311,21 @@ fn a_debian_cloud_system_takes_the_seed_and_a_clone_is_a_new_instance() {
         case_value(&out, "first", "agent-seconds").unwrap_or("?"),
         case_value(&out, "clone", "boot-seconds").unwrap_or("?"),
         case_value(&out, "clone", "agent-seconds").unwrap_or("?")
+    );
+    let at = |case: &str, step: &str| {
+        case_value(&out, case, &format!("at-{step}"))
+            .unwrap_or("?")
+            .to_string()
+    };
+    eprintln!(
+        "debian: the emulated host's uptime, s: start {}, created {}, first checked {}, stopped {}, cloned {}, clone checked {}, stopped {}",
+        at("first", "start"),
+        at("first", "created"),
+        at("first", "checked"),
+        at("first", "stopped"),
+        at("clone", "cloned"),
+        at("clone", "checked"),
+        at("clone", "stopped")
     );
     for case in ["first", "clone"] {
         if let Some(why) = case_value(&out, case, "retried-after") {

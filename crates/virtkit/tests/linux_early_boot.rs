@@ -80,6 +80,10 @@ fn early_boot(kernel: &Path, cpus: u32, memory: u64) {
     assert!(console.contains("Hypervisor detected: KVM"), "{console}");
 }
 
+// Each boot here takes 20-60 s of PVM's emulator, so the CPU counts are spread over the cases
+// rather than repeated: the bzImage with 1 and 4 vCPUs, the ELF with 2 and 1 (the MADT and the
+// kernel's count are the same code for both entry paths).
+
 /// Debian's bzImage decompresses itself at 16 MiB into ~51 MiB, so it cannot run in 64 MiB
 /// (QEMU fails the same way); 128 MiB is its smallest test size. The ELF runs in 64 MiB.
 #[test]
@@ -111,13 +115,6 @@ fn bzimage_reads_cmdline_e820_and_acpi_with_4_gib_and_4_cpus() {
 }
 
 #[test]
-fn bzimage_sees_2_cpus() {
-    if let Some(a) = assets() {
-        early_boot(a.vmlinuz(), 2, 256 << 20);
-    }
-}
-
-#[test]
 fn pvh_elf_reads_cmdline_e820_and_acpi_with_64_mib_and_2_cpus() {
     if let Some(a) = assets() {
         early_boot(a.vmlinux(), 2, 64 << 20);
@@ -128,13 +125,6 @@ fn pvh_elf_reads_cmdline_e820_and_acpi_with_64_mib_and_2_cpus() {
 fn pvh_elf_reads_cmdline_e820_and_acpi_with_4_gib_and_1_cpu() {
     if let Some(a) = assets() {
         early_boot(a.vmlinux(), 1, 4 << 30);
-    }
-}
-
-#[test]
-fn pvh_elf_sees_4_cpus() {
-    if let Some(a) = assets() {
-        early_boot(a.vmlinux(), 4, 256 << 20);
     }
 }
 
