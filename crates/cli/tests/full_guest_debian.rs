@@ -162,7 +162,8 @@ echo "CASE first: get $($VIRTKIT get deb --format json | tr -d ' \n')"
 at first created
 boot deb first
 at first checked
-$VIRTKIT stop deb --timeout 120 >/dev/null; echo "CASE first: stop=$?"
+said=$($VIRTKIT stop deb --timeout 120 2>&1); echo "CASE first: stop=$?"
+echo "$said" | sed 's/^/CASE first: stop-said: /'
 at first stopped
 
 # A clone: a new machine id, so a new cloud-init instance with its own hostname.
@@ -170,7 +171,8 @@ $VIRTKIT clone deb deb-2 >/dev/null; echo "CASE clone: clone=$?"
 at clone cloned
 boot deb-2 clone
 at clone checked
-$VIRTKIT stop deb-2 --timeout 120 >/dev/null; echo "CASE clone: stop=$?"
+said=$($VIRTKIT stop deb-2 --timeout 120 2>&1); echo "CASE clone: stop=$?"
+echo "$said" | sed 's/^/CASE clone: stop-said: /'
 at clone stopped
 "#;
 
