@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Where each VMM's exits to init come from, by guest function: boots the stock kernel to its init
 # once per VMM inside one emulated KVM host with KVM's tracepoints on (kvm_exit, kvm_pio,
-# kvm_mmio, kvm_msr, in the emulated host's kernel, which sees every exit of its nested guest),
-# and prints the exits grouped by reason and guest function, and the port I/O by port.
+# kvm_msr, in the emulated host's kernel, which sees every exit of its nested guest),
+# and prints the exits grouped by reason and guest function, the port I/O by port and the MSR
+# accesses by MSR.
 #   bench/exit_sources.sh [virtkit] [qemu] [cloud-hypervisor]      (no argument: all three)
 # Needs the release build (bench/run.sh builds it) and, for cloud-hypervisor, scripts/build-peers.sh.
 # The guest boots with `nokaslr`, so its addresses are System.map's: the map comes from Debian's
@@ -17,12 +18,14 @@ assets=$root/.cache/assets/current
 vmms=("$@")
 [ ${#vmms[@]} -gt 0 ] || vmms=(virtkit qemu cloud-hypervisor)
 
-kernel=$(python3 -c "import json; print(json.load(open('$assets/manifest.json'))['kernel_release'])")
+manifest=$assets/manifest.json
+kernel=$(python3 -c "import json; print(json.load(open('$manifest'))['kernel_release'])")
+kernel_version=$(python3 -c "import json; print(json.load(open('$manifest'))['kernel_package_version'])")
 map=$out/System.map-$kernel
 if [ ! -s "$map" ]; then
-    echo "exit_sources.sh: fetching linux-image-$kernel-dbg for its System.map (about 280 MB)" >&2
+    echo "exit_sources.sh: fetching linux-image-$kernel-dbg $kernel_version for its System.map (about 280 MB)" >&2
     tmp=$(mktemp -d)
-    (cd "$tmp" && apt-get download "linux-image-$kernel-dbg" >/dev/null)
+    (cd "$tmp" && apt-get download "linux-image-$kernel-dbg=$kernel_version" >/dev/null)
     dpkg-deb --fsys-tarfile "$tmp"/linux-image-"$kernel"-dbg_*.deb |
         tar -x -O --wildcards "./usr/lib/debug/boot/System.map-$kernel" >"$map.tmp"
     mv "$map.tmp" "$map"
@@ -41,7 +44,7 @@ for v in "${vmms[@]}"; do
             [ -f /usr/share/qemu/$f ] && args+=(--file /usr/share/qemu/$f:/usr/share/qemu/$f)
         done ;;
     cloud-hypervisor)
-        ch=$(ls "$root"/.cache/peers/cloud-hypervisor-*/cloud-hypervisor 2>/dev/null | head -n1)
+        ch=$(ls "$root"/.cache/peers/cloud-hypervisor-*/cloud-hypervisor 2>/dev/null | head -n1 || true)
         [ -n "$ch" ] || { echo "exit_sources.sh: no cloud-hypervisor binary: run scripts/build-peers.sh cloud-hypervisor" >&2; exit 2; }
         args+=(--binary "$ch:/usr/bin/cloud-hypervisor") ;;
     *) echo "exit_sources.sh: unknown VMM '$v' (virtkit, qemu, cloud-hypervisor)" >&2; exit 2 ;;
@@ -60,7 +63,7 @@ CMDLINE="console=ttyS0 quiet nokaslr virtkit.action=wait"
 trace_one() {
     label=$1; shift
     echo 0 >$T/tracing_on; echo >$T/trace
-    for e in kvm_exit kvm_pio kvm_mmio kvm_msr; do echo 1 >$T/events/kvm/$e/enable; done
+    for e in kvm_exit kvm_pio kvm_msr; do echo 1 >$T/events/kvm/$e/enable; done
     echo 1 >$T/tracing_on
     "$@" >/tmp/out.$label 2>&1 </dev/null &
     pid=$!

@@ -23,7 +23,8 @@ def main():
         if last.startswith("0xffffffff"):
             address = int(last, 16)
             i = bisect.bisect_right(addresses, address) - 1
-            if i >= 0:
+            # Past the last text symbol (module space, say) no name is right: leave it bare.
+            if i >= 0 and address - addresses[i] < 0x100000:
                 line = f"{line.rstrip()}  {names[i]}+{address - addresses[i]:#x}\n"
         sys.stdout.write(line)
 

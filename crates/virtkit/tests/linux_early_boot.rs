@@ -80,9 +80,9 @@ fn early_boot(kernel: &Path, cpus: u32, memory: u64) {
     assert!(console.contains("Hypervisor detected: KVM"), "{console}");
 }
 
-// Each boot here takes 20-60 s of PVM's emulator, so the CPU counts are spread over the cases
-// rather than repeated: the bzImage with 1 and 4 vCPUs, the ELF with 2 and 1 (the MADT and the
-// kernel's count are the same code for both entry paths).
+// Each boot here takes 20-60 s of PVM's emulator, so no case boots only to count CPUs: the
+// bzImage boots with 1 and 4 vCPUs, the ELF with 2 and 1 (the MADT and the kernel's count are
+// the same code for both entry paths).
 
 /// Debian's bzImage decompresses itself at 16 MiB into ~51 MiB, so it cannot run in 64 MiB
 /// (QEMU fails the same way); 128 MiB is its smallest test size. The ELF runs in 64 MiB.
