@@ -649,7 +649,13 @@ impl EmulatedHost {
             self.qemu,
             self.qemu_command_args(&initrd).join(" ")
         ));
+        // A retried attempt's own lines (its `CASE` lines among them) must not reach a run that
+        // then passes: the scripts' parsers take the first `CASE name: key=` they find, and a
+        // wedged first attempt's half-done case once stood in for the second's (CI, session
+        // 25). The output of a run that passes carries one notice line per retry; the retried
+        // attempts' last lines go to stderr, and into the error when every attempt failed.
         let mut notices = String::new();
+        let mut history = String::new();
         let mut attempt = 1;
         loop {
             match self.boot_once(&initrd)? {
@@ -668,20 +674,21 @@ impl EmulatedHost {
                 }
                 Attempt::Retry { output, why, kind } => {
                     if attempt >= MAX_ATTEMPTS {
-                        let output = notices + &output;
+                        let output = history + &output;
                         return Err(kind.error(output, attempt));
                     }
                     let notice = kind.notice();
                     let msg = format!("[testkit] attempt {attempt}: {why}; {notice}");
-                    // Always visible, whatever the capture settings.
-                    let _ = writeln!(io::stderr(), "{msg}");
-                    let _ = writeln!(
-                        notices,
+                    let last_lines = format!(
                         "{msg}\n[testkit] --- last lines of attempt {attempt} ---\n{}\
-                         [testkit] --- attempt {} ---",
+                         [testkit] --- attempt {} ---\n",
                         tail(&output, 30),
                         attempt + 1
                     );
+                    // Always visible, whatever the capture settings.
+                    let _ = io::stderr().write_all(last_lines.as_bytes());
+                    let _ = writeln!(notices, "{msg}");
+                    history.push_str(&last_lines);
                     attempt += 1;
                 }
             }

@@ -96,7 +96,8 @@ impl StockKernelScript {
             .unwrap_or_else(|e| panic!("emulated host run failed: {e}"));
         if run.attempts > 1 {
             eprintln!(
-                "note: the emulated host was started {} times (emulator hang before kvm-ready)",
+                "note: the emulated host was started {} times (an emulator fault each time before: \
+                 the `[testkit] attempt` lines say which)",
                 run.attempts
             );
         }

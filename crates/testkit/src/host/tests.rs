@@ -159,7 +159,35 @@ fn hang_before_ready_is_retried_once() {
     assert_eq!(run.attempts, 2);
     assert_eq!(run.script_exit, Some(0));
     assert!(run.contains(RETRY_NOTICE), "{}", run.output);
-    assert!(run.contains("booting 1") && run.contains("booting 2"));
+    assert!(run.contains("booting 2"), "{}", run.output);
+    assert!(
+        !run.contains("booting 1"),
+        "a retried attempt's lines stay out of a run that passes:\n{}",
+        run.output
+    );
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// A script's parser takes the first `CASE name: key=` it finds: the lines of an attempt that
+/// was retried must not be there for it to find (CI, session 25: a wedged first attempt's
+/// `get` line stood in for the second attempt's).
+#[test]
+fn a_retried_attempts_case_lines_do_not_reach_the_run_that_passes() {
+    let (dir, host) = fake_qemu(
+        "case-lines",
+        "echo 'VIRTKIT-HOST: kvm-ready'\necho \"CASE two: get=from-attempt-$N\"\n\
+         [ $N = 1 ] && { echo '[ 1.0] Kernel panic - not syncing: stack'; exit 0; }\n\
+         echo 'VIRTKIT-HOST: script-exit=0'",
+    );
+    let run = host.run().unwrap();
+    assert_eq!((run.attempts, run.script_exit), (2, Some(0)));
+    assert!(run.contains("CASE two: get=from-attempt-2"), "{}", run.output);
+    assert!(!run.contains("from-attempt-1"), "{}", run.output);
+    assert!(
+        run.contains(CRASH_RETRY_NOTICE),
+        "the retry is still said:\n{}",
+        run.output
+    );
     fs::remove_dir_all(dir).unwrap();
 }
 
