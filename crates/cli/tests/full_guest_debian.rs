@@ -347,7 +347,7 @@ fn a_debian_cloud_system_takes_the_seed_and_a_clone_is_a_new_instance() {
             ));
         }
     }
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), timeline.as_bytes());
+    virtkit_testkit::tell(&timeline);
     assert_value(&out, "first", "run", "0");
     assert!(
         first.contains("Cloud-init v."),

@@ -16,7 +16,9 @@
 //!   and TSO both ways), 64 MiB from the host to the guest and back again over TCP (busybox `nc`),
 //!   the SHA-256 of the data compared, and the TAP's packet counters showing frames far larger
 //!   than the MTU both ways (TSO from the guest, and the kernel handing the guest large frames
-//!   after `TUNSETOFFLOAD`).
+//!   after `TUNSETOFFLOAD`). A double or triple fault of the guest's CPU (the emulator's, not
+//!   ours) runs the guest once more and says so; every wait of the host's side is bounded, so a
+//!   guest that died mid-transfer fails the test in minutes.
 
 mod support;
 
@@ -79,11 +81,11 @@ mkfifo /tmp/hold
 sleep 900 >/tmp/hold &
 hold=$!
 s=$(cut -d' ' -f1 /proc/uptime)
-timeout 600 nc 10.0.4.1 5002 </tmp/hold >/tmp/got; say recv-exit=$?
+timeout 120 nc 10.0.4.1 5002 </tmp/hold >/tmp/got; say recv-exit=$?
 e=$(cut -d' ' -f1 /proc/uptime)
 say recv-bytes=$(wc -c </tmp/got) recv-sum=$(sum /tmp/got) recv-time=$s..$e
 sleep 1
-timeout 600 nc 10.0.4.1 5001 </tmp/got; say send-exit=$?
+timeout 120 nc 10.0.4.1 5001 </tmp/got; say send-exit=$?
 say send-time=$e..$(cut -d' ' -f1 /proc/uptime)
 kill $hold
 say tap-done
@@ -91,7 +93,7 @@ say tap-done
 
 const TAP_SCRIPT: &str = r#"
 export VIRTKIT_HOME=$W/home
-GUEST_TIMEOUT=900
+GUEST_TIMEOUT=420
 bb() { busybox "$@"; }
 links() { ls /sys/class/net | tr '\n' ' '; }
 wait_log() { # NAME TEXT SECS
@@ -165,26 +167,53 @@ ip addr add 10.0.4.1/24 dev tap3
 ip link set tap3 up
 dd if=/dev/urandom of=$W/data bs=1M count=64 2>/dev/null
 echo "CASE tap: data-sum=$(sha256sum $W/data | cut -d' ' -f1)"
-bb nc -l -p 5002 <$W/data >/dev/null &
-mkfifo $W/hold
-sleep 1200 >$W/hold &
-hold=$!
-bb nc -l -p 5001 <$W/hold >$W/back &
-back=$!
-VM_ARGS="--network tap:tap3" run_guest tap &
-vm=$!
-end=$(($(date +%s) + 300))
-until grep -q "VT ready" $W/tap.raw 2>/dev/null || [ $(date +%s) -ge $end ] || ! kill -0 $vm 2>/dev/null; do
-    sleep 0.5
-done
-ping -c 3 -W 5 10.0.4.2 >$W/ping.log 2>&1; echo "CASE tap: ping-guest=$?"
-wait $vm
-wait $back
-kill $hold
-echo "CASE tap: back-bytes=$(wc -c <$W/back) back-sum=$(sha256sum $W/back | cut -d' ' -f1)"
-for s in rx_bytes rx_packets tx_bytes tx_packets; do
-    echo "CASE tap: tap3-$s=$(cat /sys/class/net/tap3/statistics/$s)"
-done
+counter() { cat /sys/class/net/tap3/statistics/$1; }
+# tap_attempt: the host's two listeners, the guest, the host's ping; its CASE lines go to
+# $W/tap.case, and nothing it started outlives it, however the guest ends (a listener the guest
+# never reached would otherwise wait for ever: CI once waited 20 minutes on one).
+tap_attempt() {
+    rm -f $W/hold $W/back $W/tap.raw
+    : >$W/tap.case
+    for s in rx_bytes rx_packets tx_bytes tx_packets; do eval "before_$s=$(counter $s)"; done
+    bb nc -l -p 5002 <$W/data >/dev/null &
+    send=$!
+    mkfifo $W/hold
+    sleep 1200 >$W/hold &
+    hold=$!
+    bb nc -l -p 5001 <$W/hold >$W/back &
+    back=$!
+    VM_ARGS="--network tap:tap3" run_guest tap >>$W/tap.case &
+    vm=$!
+    end=$(($(date +%s) + 300))
+    until grep -q "VT ready" $W/tap.raw 2>/dev/null || [ $(date +%s) -ge $end ] || ! kill -0 $vm 2>/dev/null; do
+        sleep 0.5
+    done
+    ping -c 3 -W 5 10.0.4.2 >$W/ping.log 2>&1; echo "CASE tap: ping-guest=$?" >>$W/tap.case
+    wait $vm
+    # The guest has powered off: a guest that sent everything back has closed its end, so the
+    # listener is done or about to be.
+    end=$(($(date +%s) + 30))
+    while kill -0 $back 2>/dev/null && [ $(date +%s) -lt $end ]; do sleep 0.5; done
+    kill $back $send $hold 2>/dev/null
+    wait $back $send $hold 2>/dev/null
+    echo "CASE tap: back-bytes=$(wc -c <$W/back) back-sum=$(sha256sum $W/back | cut -d' ' -f1)" >>$W/tap.case
+    for s in rx_bytes rx_packets tx_bytes tx_packets; do
+        eval "b=\$before_$s"
+        echo "CASE tap: tap3-$s=$(($(counter $s) - b))" >>$W/tap.case
+    done
+}
+# A double or triple fault of the inner guest's CPU is this emulator's (QEMU TCG's nested SVM):
+# CI saw the guest's kernel double-fault on its first instruction of a system call, which no
+# device can cause. Such a crash is said (the attempt's lines under `tap-attempt-1`) and the
+# guest run once more; any other failure, or a second crash, fails the test.
+tap_attempt
+why=$(grep -oE '^CASE tap: .*(PANIC: double fault|vCPU [0-9]+ triple-faulted)' $W/tap.case | head -n1 | grep -oE 'double fault|vCPU [0-9]+ triple-faulted' | tr ' ' '_')
+if grep -q '^CASE tap: exit=4$' $W/tap.case && [ -n "$why" ]; then
+    sed 's/^CASE tap: /CASE tap-attempt-1: /' $W/tap.case
+    echo "CASE tap: retried-after=$why"
+    tap_attempt
+fi
+cat $W/tap.case
 echo "CASE tap: links-after=$(links)"
 dmesg | grep -E 'type=1326|seccomp' | sed "s/^/CASE tap: dmesg: /"
 "#;
@@ -221,10 +250,19 @@ fn guests_on_a_bridge_and_a_tap_get_addresses_ping_and_move_64_mib_with_offloads
         &[("bridged", &guest_bridged), ("tap", &guest_tap)],
         &[],
         TAP_SCRIPT,
-        |run| run.timeout(Duration::from_secs(1500)),
+        |run| run.timeout(Duration::from_secs(1200)),
     ) else {
         return;
     };
+    if let Some(why) = case_value(&out, "tap", "retried-after") {
+        // A retry is a finding, not a pass to forget.
+        let first = case_lines(&out, "tap-attempt-1");
+        virtkit_testkit::tell(&format!(
+            "tap: NOTICE: the tap guest was run once more after an emulator fault: {why}; \
+             its first attempt's last lines:\n{}",
+            first[first.len().saturating_sub(12)..].join("\n")
+        ));
+    }
     let modules = rest(&out, "setup", "modules");
     assert!(modules.contains("tun") && modules.contains("bridge"), "{modules}");
 

@@ -686,7 +686,7 @@ impl EmulatedHost {
                         attempt + 1
                     );
                     // Always visible, whatever the capture settings.
-                    let _ = io::stderr().write_all(last_lines.as_bytes());
+                    crate::tell(&last_lines);
                     let _ = writeln!(notices, "{msg}");
                     history.push_str(&last_lines);
                     attempt += 1;
@@ -1092,7 +1092,7 @@ impl Drop for WorkDir {
 
 fn log_line(line: &str) {
     if std::env::var(STREAM_ENV).is_ok_and(|v| v == "1") {
-        let _ = writeln!(io::stderr(), "{line}");
+        crate::tell(line);
     } else {
         eprintln!("{line}");
     }

@@ -56,6 +56,7 @@ pub mod cpio;
 pub mod host;
 pub mod skip;
 pub mod stock_kernel;
+pub mod tell;
 pub mod virtiofsd;
 
 pub use assets::{repo_root, Assets};
@@ -68,3 +69,4 @@ pub use skip::{
     require_kvm_and_seabios, require_qemu, skip, KvmKind, SEABIOS,
 };
 pub use stock_kernel::StockKernelScript;
+pub use tell::tell;

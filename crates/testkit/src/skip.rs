@@ -2,7 +2,6 @@
 //! `VIRTKIT_REQUIRE_ALL=1` (set in CI), where a missing prerequisite fails the test.
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -33,8 +32,7 @@ pub fn skip(reason: &str) {
         Some(name) if name != "main" => format!("SKIPPED: {name}: {reason}\n"),
         _ => format!("SKIPPED: {reason}\n"),
     };
-    // Written to the real stderr, bypassing libtest's output capture.
-    let _ = std::io::stderr().write_all(line.as_bytes());
+    crate::tell(&line);
 }
 
 /// Whether `/dev/kvm` can be opened read-write.
