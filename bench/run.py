@@ -3919,6 +3919,8 @@ def main():
 
     t0 = time.monotonic()
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    env = None
+    p1 = p2 = p3 = p4 = p5 = p6 = p7 = p8 = p9 = p10 = p11 = None
     try:
         check_prerequisites(args)
         build(args)
@@ -3939,7 +3941,6 @@ def main():
         def load_now(part):
             args.part_load[part] = os.getloadavg()[0]
 
-        p1 = p2 = p3 = p4 = p5 = p6 = p7 = p8 = p9 = p10 = p11 = None
         if 1 in args.parts:
             load_now(1)
             p1 = part1(args, smoke)
@@ -3979,6 +3980,19 @@ def main():
             p11 = part11(args)
     except BenchError as e:
         print(f"\nbench: FAILED: {e}", file=sys.stderr)
+        # The parts that finished before the failure keep their results: a part that wedges the
+        # emulator (part 2 did, twice) no longer loses part 1's half hour with it.
+        done = [n for n, p in zip(ALL_PARTS, (p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11))
+                if p is not None]
+        if done and env is not None:
+            elapsed = time.monotonic() - t0
+            text = report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8, p9, p10,
+                          p11)
+            text = text.replace("## Results\n", "## Results\n\n- **Incomplete:** the run failed "
+                                f"after part(s) {', '.join(map(str, done))}: {e}. The other "
+                                "parts' results are an earlier run's.", 1)
+            write_results(text, done)
+            log(f"wrote the results of part(s) {', '.join(map(str, done))} to {rel(RESULTS)}")
         return 1
     elapsed = time.monotonic() - t0
     text = report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8, p9, p10, p11)

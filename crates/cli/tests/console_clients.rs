@@ -233,9 +233,11 @@ fn console_connections_that_come_and_go_leave_no_trace_in_the_vm_process() {
     let home = home("churn");
     home.create_guest("quiet", Guest::PowerButton);
     home.ok(&["run", "quiet", "--detach"]);
+    // `run --detach` returns when the control socket answers; the console's is bound before it.
+    let socket = home.bundle("quiet").join("console.sock");
+    assert!(socket.exists(), "no console.sock when `run --detach` returned");
     home.wait_console_log("quiet", output::POWER_BUTTON_WAITING);
     let pid = home.pid("quiet");
-    let socket = home.bundle("quiet").join("console.sock");
     let fds = PathBuf::from(format!("/proc/{pid}/fd"));
     let tasks = PathBuf::from(format!("/proc/{pid}/task"));
     // One client first, so that whatever a first client costs once is in the baseline.

@@ -8,6 +8,7 @@ mod error;
 mod host;
 mod routing;
 mod state;
+mod teardown;
 mod vcpu;
 mod vcpu_state;
 mod vm;

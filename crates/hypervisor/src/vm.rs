@@ -1,4 +1,5 @@
 use std::collections::BTreeSet;
+use std::os::fd::AsRawFd;
 use std::sync::{Mutex, MutexGuard};
 
 use kvm_bindings::{
@@ -10,6 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{ioctl, HypervisorError};
 use crate::routing::GsiRoute;
+use crate::teardown::TeardownKeeper;
 use crate::vcpu::Vcpu;
 use crate::Result;
 
@@ -40,6 +42,11 @@ impl SlotNumbers {
 #[derive(Debug)]
 pub struct Vm {
     pub(crate) fd: VmFd,
+    /// Holds a second reference to the VM so that KVM's teardown runs in that process, not in
+    /// ours. Declared after `fd`: fields drop in order, so our reference goes first. Never
+    /// read: it does its work by being dropped.
+    #[allow(dead_code)]
+    teardown_keeper: Option<TeardownKeeper>,
     max_memslots: usize,
     read_only_memory: bool,
     slots: Mutex<SlotNumbers>,
@@ -50,13 +57,21 @@ impl Vm {
     /// `msr_list`: the MSRs `KVM_GET_MSR_INDEX_LIST` names, which vCPU state saves.
     pub(crate) fn new(fd: VmFd, max_memslots: usize, msr_list: Vec<u32>) -> Vm {
         let read_only_memory = fd.check_extension(Cap::ReadonlyMem);
+        let teardown_keeper = TeardownKeeper::start(fd.as_raw_fd());
         Vm {
             fd,
+            teardown_keeper,
             max_memslots,
             read_only_memory,
             slots: Mutex::new(SlotNumbers::default()),
             msrs: std::sync::Arc::new(crate::vcpu_state::SaveableMsrs::new(msr_list)),
         }
+    }
+
+    /// The process that will run KVM's teardown of this VM, if there is one (see `teardown`).
+    #[cfg(test)]
+    pub(crate) fn teardown_keeper_pid(&self) -> Option<libc::pid_t> {
+        self.teardown_keeper.as_ref().map(TeardownKeeper::pid)
     }
 
     // A poisoned lock is still consistent: nothing that can panic runs between two changes.

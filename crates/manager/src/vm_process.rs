@@ -353,17 +353,21 @@ impl PreparedVm {
                 None
             }
         };
-        let served = crate::control::serve(
-            &bundle.file(CONTROL_SOCKET),
-            vm.clone(),
-            agent.clone(),
-            state_file.clone(),
-            crate::running_snapshot::SnapshotTarget {
-                vm_name: name.clone(),
-                bundle_dir: bundle.path().to_owned(),
-            },
-        )
-        .and_then(|answer| console.listen(&bundle.file(CONSOLE_SOCKET)).map(|()| answer));
+        // The console's socket first: `run --detach` returns once the control socket answers,
+        // and a console client that comes right then must find its socket (CI once saw
+        // `console.sock` missing just after a detached run had returned).
+        let served = console.listen(&bundle.file(CONSOLE_SOCKET)).and_then(|()| {
+            crate::control::serve(
+                &bundle.file(CONTROL_SOCKET),
+                vm.clone(),
+                agent.clone(),
+                state_file.clone(),
+                crate::running_snapshot::SnapshotTarget {
+                    vm_name: name.clone(),
+                    bundle_dir: bundle.path().to_owned(),
+                },
+            )
+        });
         let (final_answer, served) = match served {
             Ok(answer) => (Some(answer), Ok(())),
             Err(e) => (None, Err(e)),
