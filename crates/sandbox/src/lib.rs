@@ -225,11 +225,32 @@ pub enum SandboxError {
     /// The kernel refused the filter.
     #[error("cannot install the seccomp filter")]
     Install(#[source] seccompiler::Error),
+    /// The kernel has no seccomp filters, or not the policy's action.
+    #[error(
+        "this kernel cannot filter system calls with seccomp's {action} action (CONFIG_SECCOMP_FILTER, \
+         Linux 4.14 or later); run with --seccomp off to start without the filters"
+    )]
+    Unsupported {
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl From<SandboxError> for std::io::Error {
     fn from(e: SandboxError) -> std::io::Error {
         std::io::Error::other(e)
+    }
+}
+
+/// Starts, from the calling thread (which must be unfiltered: the main thread, early), what the
+/// first filtered thread would otherwise wait for: the spawner thread, which also makes glibc's
+/// allocator do its one file read (see `spawn`), in parallel with whatever the caller does
+/// next. Nothing under [`SeccompAction::Off`]. Calling it is optional; calling it twice is
+/// harmless.
+pub fn start_early() {
+    if policy() != SeccompAction::Off {
+        spawn::ensure_spawner();
     }
 }
 

@@ -265,6 +265,7 @@ impl VirtualMachine {
         // A previous run's handle holds its PCI devices (and their disks' locks).
         self.handle = None;
         virtkit_sandbox::set_policy(self.config.platform.seccomp);
+        virtkit_sandbox::start_early();
         let kvm = Kvm::open()?;
         let pvm_host = kvm.info().flavor == KvmFlavor::Pvm;
         let (machine_config, serial) = self.machine_config()?;

@@ -312,6 +312,8 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     let mut config = build_config(&args)?;
 
     virtkit_sandbox::set_policy(config.platform.seccomp);
+    // The sandbox's spawner and the allocator's settling start now, beside what follows.
+    virtkit_sandbox::start_early();
     let events = Events::new();
 
     // On a terminal the guest gets raw keystrokes (Ctrl-C included); Ctrl-A x leaves.
