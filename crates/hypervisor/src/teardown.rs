@@ -285,22 +285,7 @@ extern "C" fn keeper_main(arg: *mut libc::c_void) -> libc::c_int {
             libc::SYS_prctl,
             [libc::PR_SET_NAME as u64, KEEPER_NAME.as_ptr() as u64, 0, 0, 0],
         );
-        let program = libc::sock_fprog {
-            len: KEEPER_FILTER.len() as u16,
-            filter: KEEPER_FILTER.as_ptr().cast_mut(),
-        };
-        if raw_syscall(libc::SYS_prctl, [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0]) != 0
-            || raw_syscall(
-                libc::SYS_seccomp,
-                [
-                    libc::SECCOMP_SET_MODE_FILTER as u64,
-                    0,
-                    &program as *const _ as u64,
-                    0,
-                    0,
-                ],
-            ) != 0
-        {
+        if !install_keeper_filter() {
             return 0;
         }
         let mut byte = 0u8;
@@ -318,6 +303,34 @@ extern "C" fn keeper_main(arg: *mut libc::c_void) -> libc::c_int {
     }
     // glibc's clone then makes the `exit` system call, which the filter allows.
     0
+}
+
+/// Sets `no_new_privs` and installs [`KEEPER_FILTER`] on the calling thread with raw system
+/// calls only; whether both took.
+///
+/// # Safety
+/// None beyond the caller's: it changes only the calling thread's seccomp state, reading the
+/// static filter through a program header on its own stack.
+unsafe fn install_keeper_filter() -> bool {
+    let program = libc::sock_fprog {
+        len: KEEPER_FILTER.len() as u16,
+        filter: KEEPER_FILTER.as_ptr().cast_mut(),
+    };
+    // SAFETY: prctl and seccomp on plain integers and a pointer to `program`, valid for the
+    // call.
+    unsafe {
+        raw_syscall(libc::SYS_prctl, [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0]) == 0
+            && raw_syscall(
+                libc::SYS_seccomp,
+                [
+                    libc::SECCOMP_SET_MODE_FILTER as u64,
+                    0,
+                    &program as *const _ as u64,
+                    0,
+                    0,
+                ],
+            ) == 0
+    }
 }
 
 /// A system call with up to five arguments, its result as the kernel returns it (a negative

@@ -7,6 +7,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output};
 use std::sync::mpsc::channel;
 
+mod common;
+use common::seccomp_mode;
 use virtkit_sandbox::{set_policy, spawn, DeviceKind, SeccompAction, ThreadRole};
 
 const CHILD_ENV: &str = "VIRTKIT_SANDBOX_TEST_CHILD";
@@ -41,17 +43,6 @@ fn forbidden_call(what: Forbidden) -> i64 {
             unsafe { libc::madvise(aligned as *mut libc::c_void, 4096, libc::MADV_WILLNEED) as i64 }
         }
     }
-}
-
-/// The `Seccomp:` mode of thread `tid` (0 none, 2 filter), read by an unfiltered thread.
-fn seccomp_mode(tid: i32) -> String {
-    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Seccomp:"))
-        .unwrap()
-        .trim()
-        .to_owned()
 }
 
 /// Runs in the child: starts a filtered thread by `how`, reports its seccomp mode, makes the

@@ -7,20 +7,11 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::sync::mpsc::{channel, Sender};
 
+mod common;
+use common::seccomp_mode;
 use virtkit_sandbox::{set_policy, spawn, DeviceKind, SeccompAction, ThreadRole};
 
 const CHILD_ENV: &str = "VIRTKIT_SANDBOX_SPAWN_CHILD";
-
-/// The `Seccomp:` mode of thread `tid` (0 none, 2 filter), read by the unfiltered main thread.
-fn seccomp_mode(tid: i32) -> String {
-    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Seccomp:"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
 
 fn tid() -> i32 {
     // SAFETY: gettid has no preconditions.

@@ -150,22 +150,7 @@ fn under_the_keeper_filter(body: fn()) -> libc::c_int {
         let pid = libc::fork();
         assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
         if pid == 0 {
-            let program = libc::sock_fprog {
-                len: KEEPER_FILTER.len() as u16,
-                filter: KEEPER_FILTER.as_ptr().cast_mut(),
-            };
-            if raw_syscall(libc::SYS_prctl, [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0]) != 0
-                || raw_syscall(
-                    libc::SYS_seccomp,
-                    [
-                        libc::SECCOMP_SET_MODE_FILTER as u64,
-                        0,
-                        &program as *const _ as u64,
-                        0,
-                        0,
-                    ],
-                ) != 0
-            {
+            if !install_keeper_filter() {
                 raw_syscall(libc::SYS_exit, [3, 0, 0, 0, 0]);
             }
             body();
