@@ -10,8 +10,9 @@
 //! Seccomp filters are inherited by the threads a thread creates and stack up (the strictest
 //! answer wins). So that a thread ends up with its own filter and not also with its creator's
 //! (a device worker is started by a vCPU thread when the guest's driver activates the device),
-//! [`spawn`] has the thread created by a spawner thread that carries no filter, and no filtered
-//! thread may create threads itself.
+//! [`spawn`] called from a filtered thread has the thread created by a spawner thread that
+//! carries no filter, and no filtered thread may create threads itself; called from an
+//! unfiltered thread (the main thread starting the VM's threads) it creates the thread there.
 
 mod filters;
 pub mod helper_process;
@@ -225,6 +226,9 @@ pub enum SandboxError {
     /// The kernel refused the filter.
     #[error("cannot install the seccomp filter")]
     Install(#[source] seccompiler::Error),
+    /// The unfiltered spawner thread could not be started (a thread limit).
+    #[error("cannot start the sandbox's spawner thread")]
+    Spawner(#[source] std::io::Error),
     /// The kernel has no seccomp filters, or not the policy's action.
     #[error(
         "this kernel cannot filter system calls with seccomp's {action} action (CONFIG_SECCOMP_FILTER, \
@@ -250,7 +254,8 @@ impl From<SandboxError> for std::io::Error {
 /// harmless.
 pub fn start_early() {
     if policy() != SeccompAction::Off {
-        spawn::ensure_spawner();
+        // A failure here comes back from the first `spawn`, which tries again.
+        let _ = spawn::ensure_spawner();
     }
 }
 
@@ -264,7 +269,9 @@ pub fn apply(role: ThreadRole) -> Result<(), SandboxError> {
         return Ok(());
     }
     let program = filters::compile(role, action)?;
-    spawn::ensure_spawner();
+    spawn::ensure_spawner().map_err(SandboxError::Spawner)?;
+    // The spawner settles the allocator before its first job: this round trip waits for that.
+    spawn::run_on_spawner(|| ()).map_err(SandboxError::Spawner)?;
     spawn::install_panic_hook();
     spawn::prepare_thread();
     seccompiler::apply_filter(&program).map_err(SandboxError::Install)?;

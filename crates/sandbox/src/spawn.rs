@@ -1,7 +1,7 @@
 //! Starting filtered threads from a clean spawner, their signal mask, and their panic message.
 
 use std::cell::Cell;
-use std::io;
+use std::io::{self, Write};
 use std::sync::mpsc::{channel, sync_channel, Sender};
 use std::sync::{Mutex, Once, OnceLock};
 use std::thread::JoinHandle;
@@ -25,9 +25,15 @@ fn on_spawner(job: Job) -> io::Result<()> {
         .map_err(|_| io::Error::other("the sandbox's spawner thread is gone"))
 }
 
-/// The spawner's queue, starting the spawner thread if `spawner` has none.
+/// The spawner's queue, starting the spawner thread if `spawner` has none. A filtered thread
+/// cannot start it (no filter allows `clone`): it gets an error instead of SIGSYS.
 fn start_spawner(spawner: &mut Option<Sender<Job>>) -> io::Result<&Sender<Job>> {
     if spawner.is_none() {
+        if FILTERED.with(|f| f.get()).is_some() {
+            return Err(io::Error::other(
+                "the sandbox's spawner thread is not running, and a filtered thread cannot start it",
+            ));
+        }
         let (tx, rx) = channel::<Job>();
         std::thread::Builder::new()
             .name("sandbox-spawn".into())
@@ -69,10 +75,23 @@ fn action_available(action: SeccompAction) -> Result<(), SandboxError> {
                 &value as *const u32,
             )
         };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL))
+        if r != 0 {
+            return Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL));
+        }
+        // GET_ACTION_AVAIL answers even without CONFIG_SECCOMP_FILTER; a filter mode that
+        // exists reads the (null) program and says EFAULT, one that does not says EINVAL.
+        // SAFETY: a null program pointer is never read past the kernel's check of it.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                std::ptr::null::<libc::sock_fprog>(),
+            )
+        };
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EFAULT) if r != 0 => Ok(()),
+            errno => Err(errno.unwrap_or(libc::EINVAL)),
         }
     });
     answer.map_err(|errno| SandboxError::Unsupported {
@@ -112,12 +131,10 @@ where
         .map_err(|_| io::Error::other("the sandbox's spawner thread did not answer"))
 }
 
-/// Makes sure the spawner exists; called before the calling thread gets a filter.
-pub(crate) fn ensure_spawner() {
+/// Makes sure the spawner exists; called from unfiltered threads only.
+pub(crate) fn ensure_spawner() -> io::Result<()> {
     let mut spawner = SPAWNER.lock().unwrap_or_else(|p| p.into_inner());
-    if let Err(e) = start_spawner(&mut spawner) {
-        tracing::error!("cannot start the sandbox's spawner thread: {e}");
-    }
+    start_spawner(&mut spawner).map(|_| ())
 }
 
 /// Starts `body` on a new thread `name` that runs under `role`'s filter (per the process's
@@ -151,8 +168,8 @@ where
     if FILTERED.with(|f| f.get()).is_none() {
         action_available(action)?;
         // The spawner too, now, from this unfiltered thread: the thread made here may need it
-        // to start threads of its own.
-        ensure_spawner();
+        // to start threads of its own; without it, that would fail, so this fails now.
+        ensure_spawner()?;
         return spawn_here(name, role, program, body);
     }
     let (reply_tx, reply_rx) = sync_channel::<io::Result<JoinHandle<T>>>(1);
@@ -201,10 +218,12 @@ where
         let installed = seccompiler::apply_filter(&program);
         drop(program);
         if let Err(e) = installed {
-            // Nobody waits to hear it: fail closed, and loudly.
-            eprintln!(
+            // Nobody waits to hear it: fail closed, and loudly (`eprintln!` could panic on a
+            // closed stderr and leave the process without this thread instead).
+            let _ = writeln!(
+                io::stderr(),
                 "virtkit: thread `{thread_name}` cannot install its seccomp filter ({e}); stopping \
-                 the process rather than running it unfiltered"
+                 the process rather than running it unfiltered (--seccomp off runs without filters)"
             );
             std::process::abort();
         }

@@ -1,5 +1,5 @@
-//! How `spawn` creates filtered threads: from the unfiltered main thread directly (the first
-//! waited for, the rest not, each filtered before its body), and from a filtered thread through
+//! How `spawn` creates filtered threads: from the unfiltered main thread directly (none waited
+//! for, each filtered before its body), and from a filtered thread through
 //! the spawner, which the main thread's first `spawn` started. Each case runs in a child
 //! process (this test binary again with `CHILD_ENV`): a mistake here kills it with SIGSYS.
 
@@ -32,8 +32,8 @@ fn child() {
         return;
     }
     set_policy(SeccompAction::Kill);
-    // Three threads from the main thread: the first spawn waits for its filter, the others do
-    // not; each body runs only once its filter is in place.
+    // Three threads from the main thread, none waited for: each body runs only once its
+    // filter is in place.
     let mut ends = Vec::new();
     for (i, role) in [
         ThreadRole::ConsoleInput,

@@ -56,6 +56,8 @@ struct Buffer {
     /// The thread wrote everything and ended.
     done: bool,
     drainer: Drainer,
+    /// Callers of `flush_for` waiting: the thread writes at once, without lingering.
+    flushing: usize,
 }
 
 struct Shared {
@@ -69,6 +71,11 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Buffer> {
         self.buffer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the thread writes without waiting for a newline (less than a full buffer).
+    fn linger_bytes(&self) -> usize {
+        LINGER_BYTES.min(self.capacity)
     }
 }
 
@@ -135,9 +142,17 @@ impl BufferedOutput {
     pub fn flush_for(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut b = self.shared.lock();
+        // A lingering thread writes what it has now.
+        b.flushing += 1;
+        if b.drainer == Drainer::Lingering {
+            b.drainer = Drainer::Busy;
+            self.shared.changed.notify_all();
+        }
+        let mut flushed = true;
         while (!b.bytes.is_empty() || b.in_flight) && !b.done {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return false;
+                flushed = false;
+                break;
             };
             b = self
                 .shared
@@ -146,7 +161,8 @@ impl BufferedOutput {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        true
+        b.flushing -= 1;
+        flushed
     }
 }
 
@@ -162,7 +178,11 @@ impl Write for BufferedOutput {
         let wake = kept > 0
             && match b.drainer {
                 Drainer::Idle => true,
-                Drainer::Lingering => bytes[..kept].contains(&b'\n') || b.bytes.len() >= LINGER_BYTES,
+                Drainer::Lingering => {
+                    bytes[..kept].contains(&b'\n')
+                        || b.bytes.len() >= self.shared.linger_bytes()
+                        || kept < bytes.len()
+                }
                 Drainer::Busy => false,
             };
         if wake {
@@ -202,7 +222,11 @@ fn drain(shared: &Shared, mut sink: impl Write) {
             }
             // Less than a line: wait a little for the rest of it (see LINGER).
             let deadline = Instant::now() + LINGER;
-            while !b.closed && b.bytes.len() < LINGER_BYTES && !b.bytes.contains(&b'\n') {
+            while !b.closed
+                && b.flushing == 0
+                && b.bytes.len() < shared.linger_bytes()
+                && !b.bytes.contains(&b'\n')
+            {
                 let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                     break;
                 };
