@@ -133,15 +133,14 @@ impl TeardownKeeper {
         // SAFETY: `pipe2` succeeded: both descriptors are open and owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
         let block = KeeperBlock::new(vm_fd, read.as_raw_fd(), write.as_raw_fd());
-        // SAFETY: `all` and `previous` are plain 64-bit masks that outlive the calls. The
-        // keeper runs `keeper_main` on `block`'s stack, with `block` as its argument; the block
-        // stays allocated until the keeper has been reaped (`reap_exited`), and `keeper_main`
-        // touches nothing else of this process's memory but the static filter and name.
         // `CLONE_VM` without `CLONE_THREAD` makes a process that shares our memory and gets a
         // copy of our descriptor table; exit signal 0 sends no SIGCHLD. Every signal is blocked
         // across the `clone` (the raw system call: glibc's masks leave out its own two), so the
         // keeper starts with all of them blocked; this thread's own mask is put back right
         // after.
+        // SAFETY: the masks are plain values that outlive the calls; the keeper runs
+        // `keeper_main` on `block`'s stack with `block` as its argument, and the block stays
+        // allocated until the keeper is reaped (`reap_exited`).
         let pid = unsafe {
             let all: u64 = !0;
             let mut previous: u64 = 0;
