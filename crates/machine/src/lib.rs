@@ -20,6 +20,7 @@ pub mod ratelimit;
 pub mod smbios;
 pub mod snapshot;
 mod vcpu;
+mod vcpu_threads;
 
 pub use boot::BootSource;
 pub use exit_stats::{AddressSpace, ExitStats, RangeExits, VcpuExits};

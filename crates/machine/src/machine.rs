@@ -44,6 +44,7 @@ use crate::smbios::{
 };
 use crate::snapshot::{PlatformDevices, SaveParts, SaveSummary, SnapshotError};
 use crate::vcpu::{run_vcpu, Control, PauseOutcome, VcpuContext};
+use crate::vcpu_threads::{start_waiting, WaitingVcpuThread};
 
 /// Why a machine stopped running.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +137,8 @@ pub struct Machine {
     // vCPU threads must end before the memory they run on goes away: `Drop` stops them first.
     threads: Vec<JoinHandle<()>>,
     vcpus: Vec<Vcpu>,
+    /// The vCPU threads made while the machine was built, waiting for `start` (`vcpu_threads`).
+    waiting_vcpu_threads: Vec<WaitingVcpuThread>,
     control: Arc<Control>,
     pm: Arc<Mutex<AcpiPm>>,
     serial: Arc<Mutex<SerialDevice>>,
@@ -296,6 +299,9 @@ impl Machine {
             ps2_input,
         } = config;
         let smbios_identity = smbios_identity.unwrap_or_default();
+        // First, so that their creation and filters are done on the other CPU meanwhile; on an
+        // error below they are dropped and end (see `vcpu_threads`).
+        let waiting_vcpu_threads = start_waiting(vcpus);
         let vm = kvm.create_vm()?;
         vm.set_system_pages(KVM_TSS_ADDRESS, KVM_IDENTITY_MAP_ADDRESS)?;
 
@@ -372,6 +378,7 @@ impl Machine {
         Ok(Machine {
             threads: Vec::new(),
             vcpus: created,
+            waiting_vcpu_threads,
             control,
             pm,
             serial,
@@ -481,7 +488,8 @@ impl Machine {
         }
     }
 
-    /// Starts the vCPU threads (`vcpu-N`) and the serial input thread.
+    /// Starts the vCPU threads (`vcpu-N`; those made at build time are handed their vCPUs) and
+    /// the serial input thread.
     pub fn start(&mut self) -> Result<(), MachineError> {
         if self.vcpus.is_empty() {
             return Err(MachineError::AlreadyStarted);
@@ -490,24 +498,24 @@ impl Machine {
             lock_pci(&self.pci).assign_bars(&mut BarAllocator::new())?;
             self.assign_pci_bars = false;
         }
-        if let Some(input) = self.serial_input.take() {
-            let stop = EventFd::new(0).map_err(MachineError::EventFd)?;
-            let stop_clone = stop.try_clone().map_err(MachineError::EventFd)?;
-            let thread = spawn_serial_input(self.serial.clone(), input, stop_clone)?;
-            self.serial_input_thread = Some((thread, stop));
-        }
         let ctx = Arc::new(VcpuContext {
             control: self.control.clone(),
             pio: self.pio.clone(),
             mmio: self.mmio.clone(),
             exits: self.exits.vcpus.clone(),
         });
+        let mut waiting = std::mem::take(&mut self.waiting_vcpu_threads)
+            .into_iter()
+            .peekable();
         for (index, vcpu) in self.vcpus.drain(..).enumerate() {
             let ctx = ctx.clone();
             self.control.thread_starting();
-            let spawned = virtkit_sandbox::Builder::new(ThreadRole::Vcpu)
-                .name(format!("vcpu-{index}"))
-                .spawn(move || run_vcpu(vcpu, index as u32, &ctx));
+            let handed = match waiting.next_if(|t| t.index() == index as u32) {
+                Some(thread) => thread.run(vcpu, ctx),
+                None => Err((vcpu, ctx)),
+            };
+            // No thread waits for this vCPU (it could not be made, or died): one now.
+            let spawned = handed.or_else(|(vcpu, ctx)| spawn_vcpu_thread(index, vcpu, ctx));
             match spawned {
                 Ok(t) => self.threads.push(t),
                 Err(e) => {
@@ -520,6 +528,14 @@ impl Machine {
                 }
             }
         }
+        // After the vCPUs, which wait for nothing it does: input typed before the guest reads
+        // it is kept. On an error the caller drops the machine, which stops the vCPUs.
+        if let Some(input) = self.serial_input.take() {
+            let stop = EventFd::new(0).map_err(MachineError::EventFd)?;
+            let stop_clone = stop.try_clone().map_err(MachineError::EventFd)?;
+            let thread = spawn_serial_input(self.serial.clone(), input, stop_clone)?;
+            self.serial_input_thread = Some((thread, stop));
+        }
         Ok(())
     }
 
@@ -531,6 +547,9 @@ impl Machine {
     }
 
     fn join_threads(&mut self) {
+        for t in self.waiting_vcpu_threads.drain(..) {
+            t.dismiss();
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -552,6 +571,13 @@ impl Drop for Machine {
         self.pio.clear();
         self.mmio.clear();
     }
+}
+
+/// Creates vCPU `index`'s thread and runs the vCPU on it.
+fn spawn_vcpu_thread(index: usize, vcpu: Vcpu, ctx: Arc<VcpuContext>) -> std::io::Result<JoinHandle<()>> {
+    virtkit_sandbox::Builder::new(ThreadRole::Vcpu)
+        .name(format!("vcpu-{index}"))
+        .spawn(move || run_vcpu(vcpu, index as u32, &ctx))
 }
 
 /// Step 3: guest memory, registered as KVM slots (the firmware's read-only). With firmware and

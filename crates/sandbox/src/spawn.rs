@@ -176,13 +176,8 @@ where
     let (ready_tx, ready_rx) = sync_channel::<Result<(), SandboxError>>(1);
     on_spawner(Box::new(move || {
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
-            prepare_thread();
-            let installed = seccompiler::apply_filter(&program).map_err(SandboxError::Install);
-            drop(program);
+            let installed = install(program, role);
             let ok = installed.is_ok();
-            if ok {
-                mark_filtered(role);
-            }
             let _ = ready_tx.send(installed);
             if !ok {
                 // Fail closed: the body never runs unfiltered. `spawn` has returned the error.
@@ -214,10 +209,9 @@ where
     std::thread::Builder::new().name(name).spawn(move || {
         // Unfiltered still: the allocator's one file read happens now if nobody did it yet.
         SETTLED.call_once(settle_allocator);
-        prepare_thread();
-        let installed = seccompiler::apply_filter(&program);
-        drop(program);
-        if let Err(e) = installed {
+        if let Err(e) = install(program, role) {
+            // The kernel's reason, not `SandboxError`'s summary of it.
+            let e = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
             // Nobody waits to hear it: fail closed, and loudly (`eprintln!` could panic on a
             // closed stderr and leave the process without this thread instead).
             let _ = writeln!(
@@ -227,9 +221,21 @@ where
             );
             std::process::abort();
         }
-        mark_filtered(role);
         body()
     })
+}
+
+/// The start of every filtered thread, on the thread itself: its signals blocked, `program`
+/// installed, then freed, the thread marked as filtered by `role`. What a refusal does is the
+/// caller's to decide: report it to a caller that waits, or end the process.
+fn install(program: BpfProgram, role: ThreadRole) -> Result<(), SandboxError> {
+    prepare_thread();
+    let installed = seccompiler::apply_filter(&program).map_err(SandboxError::Install);
+    drop(program);
+    if installed.is_ok() {
+        mark_filtered(role);
+    }
+    installed
 }
 
 /// Blocks the asynchronous signals on the calling thread (all but the synchronous fault signals

@@ -1,5 +1,8 @@
 //! What this host can run: its KVM flavour and limits, and its memory.
 
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use virtkit_hypervisor::{HostKvmInfo, Kvm, KvmFlavor};
 
 /// The kind of KVM this host has, as far as guests are concerned.
@@ -42,9 +45,30 @@ fn host_memory() -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// How long an answer of [`HostCapabilities::detect`] is reused. Every `validate()` asks, and a
+/// start validates again what its caller validated a moment before: `virtkit run` looked at
+/// `/dev/kvm` (opening it, ten `KVM_CHECK_EXTENSION`s), the cgroup's CPU quota and
+/// `/proc/meminfo` twice before the guest's first instruction, ~0.05 ms each time here.
+const DETECTION_FRESH_FOR: Duration = Duration::from_secs(1);
+
+static LAST_DETECTION: Mutex<Option<(Instant, HostCapabilities)>> = Mutex::new(None);
+
 impl HostCapabilities {
-    /// Looks at `/dev/kvm`, the KVM modules and `/proc/meminfo`.
+    /// Looks at `/dev/kvm`, the KVM modules and `/proc/meminfo` (an answer of the last second
+    /// is reused).
     pub fn detect() -> HostCapabilities {
+        let mut last = LAST_DETECTION.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, host)) = last.as_ref() {
+            if at.elapsed() < DETECTION_FRESH_FOR {
+                return host.clone();
+            }
+        }
+        let host = HostCapabilities::detect_now();
+        *last = Some((Instant::now(), host.clone()));
+        host
+    }
+
+    fn detect_now() -> HostCapabilities {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let (kvm, kvm_error) = match Kvm::open() {
             Ok(kvm) => (Some(kvm.info()), None),

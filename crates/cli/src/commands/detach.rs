@@ -13,7 +13,7 @@ use crate::commands::vms::{already_running, home, open, socket_alive, state_of};
 use crate::exit::CliError;
 use crate::vm_process::{ConsoleChoice, Mode, RunChoices, DETACH_START_TIMEOUT};
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 pub struct VmProcessArgs {
     pub name: String,
     #[arg(long, value_enum, default_value_t)]

@@ -19,7 +19,7 @@ use crate::terminal::{forward_stdin_with_escape, stdin_is_terminal, RawMode};
 use crate::vm_events::Events;
 pub use crate::vm_process::ConsoleChoice;
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 pub struct RunArgs {
     /// A VM made with `virtkit create` (its bundle has the whole configuration).
     #[arg(conflicts_with_all = ["config", "kernel", "firmware", "efi_vars", "disks", "entropy", "balloon", "ports", "networks", "published", "cpus", "memory", "serial", "vsock"])]
