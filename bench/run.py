@@ -86,7 +86,9 @@ ASSETS = ROOT / ".cache" / "assets" / "current"
 # itself takes it.
 TARGET = ROOT / os.environ.get("CARGO_TARGET_DIR", "target")
 RELEASE = TARGET / "release"
-VIRTKIT = RELEASE / "virtkit"
+# virtkit's release binary as it is shipped: a static PIE, built by scripts/build-release.sh
+# (the test guests and the examples stay in RELEASE).
+VIRTKIT = TARGET / "x86_64-unknown-linux-gnu" / "release" / "virtkit"
 EMULATED_HOST = RELEASE / "examples" / "emulated_host"
 # The static guest agent scripts/build-agent.sh builds (part 8), and part 8's payload size.
 AGENT = TARGET / "agent-static" / "x86_64-unknown-linux-gnu" / "release" / "virtkit-agent"
@@ -159,9 +161,9 @@ QEMU_Q35_FILES = ["/usr/share/seabios/bios-256k.bin", "/usr/share/qemu/linuxboot
 # $VIRTKIT_CLOUD_HYPERVISOR name other binaries (as for the script).
 PEERS = ROOT / ".cache" / "peers"
 PEER_BINARIES = {
-    "Firecracker": ("VIRTKIT_FIRECRACKER", PEERS / "firecracker-v1.16.1" / "firecracker"),
+    "Firecracker": ("VIRTKIT_FIRECRACKER", PEERS / "firecracker-v1.16.1-static" / "firecracker"),
     "cloud-hypervisor": ("VIRTKIT_CLOUD_HYPERVISOR",
-                         PEERS / "cloud-hypervisor-v53.0" / "cloud-hypervisor"),
+                         PEERS / "cloud-hypervisor-v53.0-static" / "cloud-hypervisor"),
 }
 # Firecracker takes its VM from a file with --no-api (written into bench/out/ by part 1); its log
 # goes to a file, or its lines would land in the middle of the guest's on the same stdout.
@@ -223,8 +225,10 @@ VMM are discarded, then the VMMs take turns (round-robin, rotating the order eac
 and p10–p90.
 The peers are built once from their release tags by `scripts/build-peers.sh` (Firecracker
 v1.16.1 and cloud-hypervisor v53.0, their `cargo build --release`, default features, for
-x86_64-unknown-linux-gnu: their released binaries are musl builds, and Firecracker's gnu build
-has no seccomp filter, its allow-all `unimplemented.json`) and cached in `.cache/peers/`. Each
+x86_64-unknown-linux-gnu, linked statically as their released binaries (musl builds) are and as
+virtkit's release binary is (`scripts/build-release.sh`: static PIEs against glibc, so that none
+of the three pays the dynamic loader; Firecracker's gnu build has no seccomp filter, its
+allow-all `unimplemented.json`) and cached in `.cache/peers/`. Each
 gets what virtkit gets (the same ELF as its kernel, 1 vCPU, 128 MiB, COM1 on stdout):
 Firecracker `--no-api --config-file` (the file is shown under the table; its log goes to a file,
 or its lines would split the guest's on the same stdout), cloud-hypervisor `--kernel`, `--cpus
@@ -668,7 +672,7 @@ def sbin_tool(name):
 
 
 def build(args):
-    steps = [["cargo", "build", "--release", "-p", "virtkit-cli", "-p", "virtkit-test-guests"]]
+    steps = [["scripts/build-release.sh"], ["cargo", "build", "--release", "-p", "virtkit-test-guests"]]
     needed = [VIRTKIT]
     if any(p in args.parts for p in (2, 5, 7, 8, 9, 11)):
         steps.append(["cargo", "build", "--release", "-p", "virtkit-testkit", "--example",
@@ -1100,8 +1104,8 @@ exit 0
            "--file", f"{ASSETS / 'guest-initramfs.cpio.gz'}:{INNER_GUEST}/initrd"]
     peers = [n for n in PEER_BINARIES if n in cmds]
     if peers:
-        # The peers' kernel, and their binaries with the libraries ldd lists (they are linked
-        # dynamically against glibc).
+        # The peers' kernel, and their binaries (with the libraries ldd lists, if any: the
+        # static builds of scripts/build-peers.sh have none).
         cmd += ["--file", f"{ASSETS / 'vmlinux'}:{INNER_GUEST}/vmlinux"]
         for n in peers:
             cmd += ["--binary", f"{peer_binary(n)}:{cmds[n][0]}"]
@@ -3422,7 +3426,8 @@ def report(args, env, started, p1, p2, p3, p4, p5, p6, p7, elapsed, p8=None, p9=
     out.append(f"- **Other busy processes** (≥ 20% CPU): at start {args.busy_start}; "
                f"at end {busy_processes()}")
     out.append(f"- **KVM:** {env['kvm']}")
-    out.append(f"- **virtkit:** {env['virtkit']}, release build ({env['rustc']})")
+    out.append(f"- **virtkit:** {env['virtkit']}, release build as `scripts/build-release.sh` makes it "
+               f"(a static PIE; {env['rustc']})")
     out.append(f"- **QEMU:** {env['qemu']}")
     if p1 is not None:
         out.append("- **Peers (part 1):** " + "; ".join(

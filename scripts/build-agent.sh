@@ -12,5 +12,7 @@ target_dir=${CARGO_TARGET_DIR:-$PWD/target}
 CARGO_TARGET_DIR="$target_dir/agent-static" RUSTFLAGS='-C target-feature=+crt-static' CARGO_PROFILE_RELEASE_STRIP=symbols \
     cargo build --release -p virtkit-agent --target x86_64-unknown-linux-gnu >&2
 bin="$target_dir/agent-static/x86_64-unknown-linux-gnu/release/virtkit-agent"
-file "$bin" | grep -Eq 'statically linked|static-pie linked' || { echo "build-agent.sh: $bin is not static" >&2; exit 1; }
+# Static: no shared library needed (readelf from binutils: scripts/install-deps.sh; `file` may
+# be missing on a fresh machine).
+! readelf -d "$bin" | grep -q NEEDED || { echo "build-agent.sh: $bin is not static" >&2; exit 1; }
 echo "$bin"

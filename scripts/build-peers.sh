@@ -4,9 +4,11 @@
 # Each is built once from its source at a release tag into .cache/peers/<name>-<tag>/<binary>,
 # next to a VERSION file (tag, commit, the git dependencies' revisions, rustc), and reused from
 # there afterwards. The release build is theirs (`cargo build --release`, default features,
-# their Cargo.lock; x86_64-unknown-linux-gnu: Firecracker's releases use musl, not installed
-# here). Firecracker's build needs libclang (bindgen, for userfaultfd-sys: apt-get install
-# libclang-dev).
+# their Cargo.lock), linked statically as their released binaries are: those are musl builds (not
+# installed here), these x86_64-unknown-linux-gnu static PIEs (`-C target-feature=+crt-static`,
+# as scripts/build-release.sh links virtkit), so that no VMM of the benchmark pays the dynamic
+# loader when the others do not. Firecracker's build needs libclang (bindgen, for
+# userfaultfd-sys: apt-get install libclang-dev).
 #
 # Sources: a git repository per project, $VIRTKIT_PEERS_GIT with {owner} and {repo} in it
 # (default https://github.com/{owner}/{repo}; a local mirror such as
@@ -79,7 +81,7 @@ extract() { # owner/repo rev dest
 
 build() { # name
     local name=$1 tag=${TAG[$1]} repo=${REPO[$1]}
-    local out="$cache/$name-$tag" src="$src_dir/$name-$tag"
+    local out="$cache/$name-$tag-static" src="$src_dir/$name-$tag"
     local g; g=$(git_dir "$repo") || return 1
     local commit; commit=$(git --git-dir="$g" rev-parse "$tag^{commit}")
     extract "$repo" "$tag" "$src" || return 1
@@ -104,10 +106,15 @@ build() { # name
     say "building $name $tag ($commit) with $rustc_v (once; tens of minutes on 2 cores)"
     local t0=$SECONDS
     # shellcheck disable=SC2086 # ARGS is a word list
+    # `--target` keeps RUSTFLAGS off their build scripts and proc macros (see build-release.sh).
     (cd "$src" && RUSTUP_TOOLCHAIN=${tc:-${RUSTUP_TOOLCHAIN:-}} CARGO_TARGET_DIR="$target_dir/$name-$tag" \
-        nice -n 19 cargo build --release ${ARGS[$name]} >&2) || { say "cargo build of $name $tag failed (see above)"; return 1; }
+        RUSTFLAGS='-C target-feature=+crt-static' \
+        nice -n 19 cargo build --release --target x86_64-unknown-linux-gnu ${ARGS[$name]} >&2) ||
+        { say "cargo build of $name $tag failed (see above)"; return 1; }
     mkdir -p "$out"
-    cp "$target_dir/$name-$tag/release/${BIN[$name]}" "$out/${BIN[$name]}.tmp"
+    local built="$target_dir/$name-$tag/x86_64-unknown-linux-gnu/release/${BIN[$name]}"
+    ! readelf -d "$built" | grep -q NEEDED || { say "$built is not linked statically"; return 1; }
+    cp "$built" "$out/${BIN[$name]}.tmp"
     {
         echo "name=$name"
         echo "tag=$tag"
@@ -115,7 +122,8 @@ build() { # name
         for d in "${deps[@]}"; do echo "git-dependency=$d"; done
         echo "rustc=$rustc_v"
         echo "target=x86_64-unknown-linux-gnu"
-        echo "cargo=cargo build --release ${ARGS[$name]}"
+        echo "linkage=static PIE (RUSTFLAGS='-C target-feature=+crt-static')"
+        echo "cargo=cargo build --release --target x86_64-unknown-linux-gnu ${ARGS[$name]}"
         echo "build-seconds=$((SECONDS - t0))"
         echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     } > "$out/VERSION"
@@ -127,7 +135,7 @@ names=("$@")
 rc=0
 for name in "${names[@]}"; do
     [ -n "${TAG[$name]:-}" ] || { say "unknown peer $name (firecracker, cloud-hypervisor)"; exit 2; }
-    bin="$cache/$name-${TAG[$name]}/${BIN[$name]}"
+    bin="$cache/$name-${TAG[$name]}-static/${BIN[$name]}"
     if [ -n "${OVERRIDE[$name]}" ]; then
         bin=${OVERRIDE[$name]}
     elif [ ! -x "$bin" ]; then

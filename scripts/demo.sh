@@ -6,9 +6,9 @@ cd "$(dirname "$0")/.."
 
 echo "== installing packages and building (release)"
 scripts/install-deps.sh
-cargo build --release --quiet -p virtkit-cli -p virtkit-test-guests
+cargo build --release --quiet -p virtkit-test-guests
+VK=$(scripts/build-release.sh --quiet)   # the static PIE (see the script)
 scripts/assets.sh --quiet >/dev/null
-VK=target/release/virtkit
 guests=$(dirname "$(ls -t target/release/build/virtkit-test-guests-*/out/hello.elf | head -n 1)")
 assets=.cache/assets/current
 
