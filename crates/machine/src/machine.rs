@@ -536,6 +536,8 @@ impl Machine {
             let thread = spawn_serial_input(self.serial.clone(), input, stop_clone)?;
             self.serial_input_thread = Some((thread, stop));
         }
+        // With the guest running: its creation is off the path to the first instruction.
+        self.vm.start_teardown_keeper();
         Ok(())
     }
 

@@ -1,8 +1,9 @@
 //! The vCPU threads a machine makes while it is built: `start` hands them their vCPUs (the
 //! threads that run the guest are the ones made at build time), and a machine that never starts,
-//! or whose build fails, leaves none of them behind.
+//! or whose build fails, leaves none of them behind. The VM's teardown keeper comes with
+//! `start`, not before.
 //!
-//! One test in its own process: it counts this process's threads by name.
+//! One test in its own process: it counts this process's threads and child processes.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -40,6 +41,26 @@ fn wait_for_vcpu_threads(expected: &[&str]) -> Vec<(String, u32)> {
     }
 }
 
+/// This process's teardown keepers that have not exited (`vk-vm-teardown`, our children).
+fn live_teardown_keepers() -> usize {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("status")).ok())
+        .filter(|status| {
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .map(str::trim)
+            };
+            field("Name") == Some("vk-vm-teardown")
+                && field("PPid") == Some(me.as_str())
+                && !field("State").is_some_and(|s| s.starts_with('Z'))
+        })
+        .count()
+}
+
 fn config(vcpus: u8, kernel: PathBuf) -> MachineConfig {
     MachineConfig {
         vcpus,
@@ -58,7 +79,8 @@ fn config(vcpus: u8, kernel: PathBuf) -> MachineConfig {
 }
 
 #[test]
-fn vcpu_threads_made_at_build_run_the_guest_and_never_outlive_an_unstarted_machine() {
+fn vcpu_threads_made_at_build_run_the_guest_and_never_outlive_an_unstarted_machine_and_start_makes_the_keeper(
+) {
     if !virtkit_testkit::require_kvm() {
         return;
     }
@@ -89,7 +111,14 @@ fn vcpu_threads_made_at_build_run_the_guest_and_never_outlive_an_unstarted_machi
     // Started: the guest runs on the very threads made at build time.
     let mut machine = Machine::new(&kvm, config(2, Guest::Counter.path().to_owned())).unwrap();
     let before = wait_for_vcpu_threads(&["vcpu-0", "vcpu-1"]);
+    assert_eq!(live_teardown_keepers(), 0, "no teardown keeper before start");
     machine.start().unwrap();
+    // It names itself right after the clone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while live_teardown_keepers() != 1 {
+        assert!(Instant::now() < deadline, "start made no teardown keeper in 10 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let handle = machine.handle();
     let deadline = Instant::now() + Duration::from_secs(10);
     while handle.exit_stats().vcpus.iter().map(|v| v.total()).sum::<u64>() == 0 {

@@ -45,6 +45,7 @@ fn the_keeper_holds_only_the_vm_and_its_pipe_under_its_own_filter() {
     }
     let kvm = Kvm::open().unwrap();
     let vm = kvm.create_vm().unwrap();
+    vm.start_teardown_keeper();
     let pid = keeper_pid(&vm);
     // It confines itself right after the clone: wait for that (Seccomp 2: a filter), then look.
     eventually("the keeper installs its filter", || {
@@ -77,6 +78,7 @@ fn dropping_the_vm_lets_the_keeper_exit_and_it_is_reaped() {
     }
     let kvm = Kvm::open().unwrap();
     let vm = kvm.create_vm().unwrap();
+    vm.start_teardown_keeper();
     let pid = keeper_pid(&vm);
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
     drop(vm);
@@ -100,6 +102,7 @@ fn keeper_child_process() {
     }
     let kvm = Kvm::open().unwrap();
     let vm = kvm.create_vm().unwrap();
+    vm.start_teardown_keeper();
     use std::io::Write;
     let _ = writeln!(std::io::stdout().lock(), "keeper={}", keeper_pid(&vm));
     let _ = std::io::stdout().flush();
