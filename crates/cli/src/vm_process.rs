@@ -120,8 +120,7 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode, choices: RunChoices) -> R
     }
 
     let prepared = PreparedVm::open(home, name, options).map_err(|e| vm_process_error(name, e))?;
-    events.forward_signals()?;
-    events.forward_states(prepared.vm());
+    let forwarding = events.catch(prepared.vm())?;
 
     let mut raw_mode = None;
     if interactive {
@@ -134,6 +133,7 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode, choices: RunChoices) -> R
         drop(raw_mode.take());
         vm_process_error(name, e)
     })?;
+    forwarding.start()?;
 
     if interactive {
         crate::vm_events::resize_consoles(running.vm());

@@ -345,8 +345,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
                 .map_err(|e| CliError::new(e.to_string()))?;
         }
     }
-    events.forward_signals()?;
-    events.forward_states(&vm);
+    let forwarding = events.catch(&vm)?;
     if interactive {
         raw_mode = Some(
             RawMode::enter().map_err(|e| CliError::with_chain("cannot put the terminal in raw mode", &e))?,
@@ -357,6 +356,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
         drop(raw_mode.take());
         CliError::with_chain("cannot start the virtual machine", &e)
     })?;
+    forwarding.start()?;
 
     crate::vm_events::resize_consoles(&vm);
     events.drive(&vm, true, true);
