@@ -5,7 +5,8 @@
 # and prints the exits grouped by reason and guest function, the port I/O by port and the MSR
 # accesses by MSR.
 #   bench/exit_sources.sh [virtkit] [qemu] [cloud-hypervisor]      (no argument: all three)
-# Needs the release build (bench/run.sh builds it) and, for cloud-hypervisor, scripts/build-peers.sh.
+# Needs virtkit's release binary (scripts/build-release.sh, which bench/run.sh runs) and, for
+# cloud-hypervisor, scripts/build-peers.sh.
 # The guest boots with `nokaslr`, so its addresses are System.map's: the map comes from Debian's
 # linux-image-<version>-dbg package (about 280 MB, `apt-get download`, kept in bench/out/).
 # Output: bench/out/exit-sources.txt (and the emulated host's log beside it).
@@ -32,7 +33,9 @@ if [ ! -s "$map" ]; then
     rm -rf "$tmp"
 fi
 
-args=(--binary target/release/virtkit:/usr/bin/virtkit
+virtkit=${CARGO_TARGET_DIR:-$root/target}/x86_64-unknown-linux-gnu/release/virtkit
+[ -x "$virtkit" ] || { echo "exit_sources.sh: no $virtkit: run scripts/build-release.sh" >&2; exit 2; }
+args=(--binary "$virtkit:/usr/bin/virtkit"
     --file "$assets/vmlinuz:/guest/vmlinuz" --file "$assets/vmlinux:/guest/vmlinux"
     --file "$assets/guest-initramfs.cpio.gz:/guest/initrd")
 for v in "${vmms[@]}"; do
@@ -44,7 +47,7 @@ for v in "${vmms[@]}"; do
             [ -f /usr/share/qemu/$f ] && args+=(--file /usr/share/qemu/$f:/usr/share/qemu/$f)
         done ;;
     cloud-hypervisor)
-        ch=$(ls "$root"/.cache/peers/cloud-hypervisor-*/cloud-hypervisor 2>/dev/null | head -n1 || true)
+        ch=$(ls "$root"/.cache/peers/cloud-hypervisor-*-static/cloud-hypervisor 2>/dev/null | head -n1 || true)
         [ -n "$ch" ] || { echo "exit_sources.sh: no cloud-hypervisor binary: run scripts/build-peers.sh cloud-hypervisor" >&2; exit 2; }
         args+=(--binary "$ch:/usr/bin/cloud-hypervisor") ;;
     *) echo "exit_sources.sh: unknown VMM '$v' (virtkit, qemu, cloud-hypervisor)" >&2; exit 2 ;;

@@ -14,5 +14,6 @@ CARGO_TARGET_DIR="$target_dir/agent-static" RUSTFLAGS='-C target-feature=+crt-st
 bin="$target_dir/agent-static/x86_64-unknown-linux-gnu/release/virtkit-agent"
 # Static: no shared library needed (readelf from binutils: scripts/install-deps.sh; `file` may
 # be missing on a fresh machine).
-! readelf -d "$bin" | grep -q NEEDED || { echo "build-agent.sh: $bin is not static" >&2; exit 1; }
+dynamic=$(readelf -d "$bin" 2>&1) && [ -f "$bin" ] || { echo "build-agent.sh: cannot read $bin" >&2; exit 1; }
+! grep -q NEEDED <<<"$dynamic" || { echo "build-agent.sh: $bin is not static" >&2; exit 1; }
 echo "$bin"

@@ -106,14 +106,17 @@ build() { # name
     say "building $name $tag ($commit) with $rustc_v (once; tens of minutes on 2 cores)"
     local t0=$SECONDS
     # shellcheck disable=SC2086 # ARGS is a word list
-    # `--target` keeps RUSTFLAGS off their build scripts and proc macros (see build-release.sh).
+    # `--target` keeps the flag off their build scripts and proc macros (see build-release.sh);
+    # `--config` appends it to their own rustflags (Firecracker's `.cargo/config.toml` has
+    # `-Ccodegen-units=1`), which RUSTFLAGS would replace.
     (cd "$src" && RUSTUP_TOOLCHAIN=${tc:-${RUSTUP_TOOLCHAIN:-}} CARGO_TARGET_DIR="$target_dir/$name-$tag" \
-        RUSTFLAGS='-C target-feature=+crt-static' \
-        nice -n 19 cargo build --release --target x86_64-unknown-linux-gnu ${ARGS[$name]} >&2) ||
+        nice -n 19 cargo build --release --target x86_64-unknown-linux-gnu \
+        --config 'build.rustflags = ["-C", "target-feature=+crt-static"]' ${ARGS[$name]} >&2) ||
         { say "cargo build of $name $tag failed (see above)"; return 1; }
     mkdir -p "$out"
-    local built="$target_dir/$name-$tag/x86_64-unknown-linux-gnu/release/${BIN[$name]}"
-    ! readelf -d "$built" | grep -q NEEDED || { say "$built is not linked statically"; return 1; }
+    local built="$target_dir/$name-$tag/x86_64-unknown-linux-gnu/release/${BIN[$name]}" dynamic
+    dynamic=$(readelf -d "$built") || { say "cannot read $built"; return 1; }
+    ! grep -q NEEDED <<<"$dynamic" || { say "$built is not linked statically"; return 1; }
     cp "$built" "$out/${BIN[$name]}.tmp"
     {
         echo "name=$name"
@@ -122,8 +125,8 @@ build() { # name
         for d in "${deps[@]}"; do echo "git-dependency=$d"; done
         echo "rustc=$rustc_v"
         echo "target=x86_64-unknown-linux-gnu"
-        echo "linkage=static PIE (RUSTFLAGS='-C target-feature=+crt-static')"
-        echo "cargo=cargo build --release --target x86_64-unknown-linux-gnu ${ARGS[$name]}"
+        echo "linkage=static PIE (build.rustflags += -C target-feature=+crt-static)"
+        echo "cargo=cargo build --release --target x86_64-unknown-linux-gnu --config 'build.rustflags = [\"-C\", \"target-feature=+crt-static\"]' ${ARGS[$name]}"
         echo "build-seconds=$((SECONDS - t0))"
         echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     } > "$out/VERSION"

@@ -13,11 +13,21 @@
 # still builds the dynamically linked binary into <target>/release/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target_dir=${CARGO_TARGET_DIR:-$PWD/target}
-RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
-    cargo build --release -p virtkit-cli --target x86_64-unknown-linux-gnu "$@" >&2
+# The flag joins the rustflags of cargo's configuration (`--config` arrays are appended), or
+# RUSTFLAGS when that is set (which replaces the configuration's).
+if [ -n "${RUSTFLAGS:-}" ]; then
+    export RUSTFLAGS="$RUSTFLAGS -C target-feature=+crt-static"
+    static=()
+else
+    static=(--config 'build.rustflags = ["-C", "target-feature=+crt-static"]')
+fi
+cargo build --release -p virtkit-cli --target x86_64-unknown-linux-gnu "${static[@]}" "$@" >&2
+# Wherever cargo puts it ($CARGO_TARGET_DIR, build.target-dir, ./target).
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 bin="$target_dir/x86_64-unknown-linux-gnu/release/virtkit"
 # A static PIE: an ELF of type DYN that needs no shared library (binutils: scripts/install-deps.sh).
-readelf -h "$bin" | grep -q 'Type: *DYN' && ! readelf -d "$bin" | grep -q NEEDED \
-    || { echo "build-release.sh: $bin is not a static PIE" >&2; exit 1; }
+header=$(readelf -h "$bin") && dynamic=$(readelf -d "$bin") ||
+    { echo "build-release.sh: cannot read $bin" >&2; exit 1; }
+grep -q 'Type: *DYN' <<<"$header" && ! grep -q NEEDED <<<"$dynamic" ||
+    { echo "build-release.sh: $bin is not a static PIE (a [target] rustflags in a cargo configuration overrides -C target-feature=+crt-static)" >&2; exit 1; }
 echo "$bin"

@@ -133,7 +133,13 @@ pub fn run(home: &VirtkitHome, name: &str, mode: Mode, choices: RunChoices) -> R
         drop(raw_mode.take());
         vm_process_error(name, e)
     })?;
-    forwarding.start()?;
+    if let Err(e) = forwarding.start() {
+        // The guest runs: stop it, and let `wait` clean the bundle up (sockets, PID file, lock).
+        let _ = running.vm().stop();
+        running.wait();
+        drop(raw_mode);
+        return Err(e);
+    }
 
     if interactive {
         crate::vm_events::resize_consoles(running.vm());

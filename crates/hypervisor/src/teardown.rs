@@ -7,8 +7,8 @@
 //! of the VM's descriptor took 23 ms, the last system call before `exit_group`). So `virtkit
 //! run` returned 20 ms after its guest had stopped, and a library user's `stop` waited as long.
 //!
-//! A keeper process, cloned when the VM is created, holds a second reference to the VM until the
-//! VMM has let go of its own; then the keeper exits, and the teardown runs in the keeper's exit,
+//! A keeper process, cloned once the VM runs ([`crate::Vm::start_teardown_keeper`], which
+//! `Machine::start` calls), holds a second reference to the VM until the VMM has let go of its own; then the keeper exits, and the teardown runs in the keeper's exit,
 //! beside the VMM or after the VMM has exited.
 //!
 //! - The keeper shares the VMM's memory (`CLONE_VM`: no page tables copied) and gets a copy of
@@ -20,14 +20,14 @@
 //!   by exiting, however it exits. The keeper then closes the VM itself, with the VMM's memory
 //!   still its own (KVM unmaps from it the pages it mapped for the VM), and exits.
 //! - All its signals are blocked and its exit signals nobody (exit signal 0): a program that
-//!   waits for its own children never sees it. The VMM reaps it when it creates its next VM;
+//!   waits for its own children never sees it. The VMM reaps it when it starts its next keeper;
 //!   once the VMM has exited, init (or the nearest subreaper) does.
 //! - If it cannot be created (a process limit, say), or any of its steps fails, the VM is torn
 //!   down in the VMM as before.
 //!
 //! What shows: one more process per VM (against `RLIMIT_NPROC`), whose command line,
 //! environment and RSS in `/proc` are the VMM's (the memory is shared), and, in a process that
-//! goes on after its last VM, one exited keeper until the process creates another VM or exits.
+//! goes on after its last VM, one exited keeper until the process starts another VM or exits.
 
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -95,6 +95,25 @@ fn vcpu_threads_made_at_build_run_the_guest_and_never_outlive_an_unstarted_machi
         3,
         "a built machine has its vCPU threads waiting: {waiting:?}"
     );
+    // Each under its filter already (the process's policy is the default, kill): `Seccomp: 2`.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (name, tid) in &waiting {
+        let seccomp = || {
+            let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))
+                .map(|v| v.trim().to_owned())
+        };
+        while seccomp().as_deref() != Some("2") {
+            assert!(
+                Instant::now() < deadline,
+                "{name} has no seccomp filter: {:?}",
+                seccomp()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     drop(machine);
     assert_eq!(
         vcpu_threads(),
