@@ -8,7 +8,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use virtkit_hypervisor::{CpuidEntry, HypervisorError, Kvm, Vcpu, Vm};
-use virtkit_sandbox::ThreadRole;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -44,7 +43,7 @@ use crate::smbios::{
 };
 use crate::snapshot::{PlatformDevices, SaveParts, SaveSummary, SnapshotError};
 use crate::vcpu::{run_vcpu, Control, PauseOutcome, VcpuContext};
-use crate::vcpu_threads::{start_waiting, WaitingVcpuThread};
+use crate::vcpu_threads::{start_waiting, vcpu_thread, WaitingVcpuThread};
 
 /// Why a machine stopped running.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -577,9 +576,7 @@ impl Drop for Machine {
 
 /// Creates vCPU `index`'s thread and runs the vCPU on it.
 fn spawn_vcpu_thread(index: usize, vcpu: Vcpu, ctx: Arc<VcpuContext>) -> std::io::Result<JoinHandle<()>> {
-    virtkit_sandbox::Builder::new(ThreadRole::Vcpu)
-        .name(format!("vcpu-{index}"))
-        .spawn(move || run_vcpu(vcpu, index as u32, &ctx))
+    vcpu_thread(index as u32).spawn(move || run_vcpu(vcpu, index as u32, &ctx))
 }
 
 /// Step 3: guest memory, registered as KVM slots (the firmware's read-only). With firmware and

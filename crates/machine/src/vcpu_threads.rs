@@ -29,14 +29,18 @@ pub(crate) struct WaitingVcpuThread {
     work: SyncSender<Work>,
 }
 
+/// vCPU `index`'s thread: named `vcpu-N`, under the vCPU role's filter.
+pub(crate) fn vcpu_thread(index: u32) -> virtkit_sandbox::Builder {
+    virtkit_sandbox::Builder::new(ThreadRole::Vcpu).name(format!("vcpu-{index}"))
+}
+
 /// Starts one waiting thread per vCPU. A thread that cannot be created is left out: `start`
 /// creates that vCPU's thread itself, as before, and reports the error then.
 pub(crate) fn start_waiting(vcpus: u8) -> Vec<WaitingVcpuThread> {
     (0..u32::from(vcpus))
         .map_while(|index| {
             let (work, receive) = sync_channel::<Work>(1);
-            let handle = virtkit_sandbox::Builder::new(ThreadRole::Vcpu)
-                .name(format!("vcpu-{index}"))
+            let handle = vcpu_thread(index)
                 .spawn(move || {
                     if let Ok((vcpu, ctx)) = receive.recv() {
                         run_vcpu(vcpu, index, &ctx);
