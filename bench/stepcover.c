@@ -1,6 +1,6 @@
 // stepcover: run a command under ptrace, single-stepping every thread and child it makes, and
 // print the addresses of the instructions it executed inside its own executable's code, one
-// link-time address (hex) per line, sorted.
+// link-time address (hex) per line, sorted. Exits with the command's status (128 + signal).
 //
 // Used by scripts/order-start-symbols.sh to find the functions a `virtkit run` touches, so the
 // release build can lay them out together (lld's --symbol-ordering-file). Sampling misses short
@@ -132,5 +132,5 @@ int main(int argc, char **argv) {
     if (out != stdout) fclose(out);
     fprintf(stderr, "stepcover: %lu steps, %lu distinct instructions in the executable's code, exit %d\n",
             steps, distinct, exit_code);
-    return 0;
+    return exit_code;
 }
