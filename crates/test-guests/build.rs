@@ -26,6 +26,7 @@ const PVH_GUESTS: &[&str] = &[
     "smoke",
     "echo",
     "io_probe",
+    "cmos_probe",
     "smp",
     "counter",
     "flood",

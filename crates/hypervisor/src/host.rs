@@ -88,6 +88,12 @@ impl Kvm {
         self.kvm.check_extension(Cap::TscDeadlineTimer)
     }
 
+    /// Whether guest port writes can be coalesced (`KVM_CAP_COALESCED_PIO`,
+    /// [`crate::Vm::coalesce_port_writes`]).
+    pub fn coalesced_pio(&self) -> bool {
+        self.kvm.check_extension(Cap::CoalescedPio)
+    }
+
     /// The CPUID leaves this KVM can give a guest.
     pub fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
         let cpuid = self

@@ -4,6 +4,7 @@
 //! and [`Vcpu`] in terms of the plain types defined here, so `kvm_bindings` types never leave
 //! the crate.
 
+mod coalesced;
 mod error;
 mod host;
 mod routing;
@@ -15,6 +16,7 @@ mod vm;
 mod vm_state;
 mod x86;
 
+pub use coalesced::CoalescedSink;
 pub use error::HypervisorError;
 pub use host::{HostKvmInfo, Kvm, KvmFlavor};
 pub use routing::{GsiRoute, IrqChip};

@@ -1,6 +1,7 @@
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, CpuId, Msrs, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
 
+use crate::coalesced::{CoalescedRing, CoalescedSink};
 use crate::error::{ioctl, HypervisorError};
 use crate::x86::{CpuidEntry, FpuState, SpecialRegisters, StandardRegisters};
 use crate::Result;
@@ -40,14 +41,42 @@ pub struct Vcpu {
     pub(crate) fd: VcpuFd,
     /// The MSRs to save, shared by the VM's vCPUs (see `vcpu_state`).
     pub(crate) msrs: std::sync::Arc<crate::vcpu_state::SaveableMsrs>,
+    /// The VM's ring of coalesced port writes, when it has one, and where they are replayed.
+    coalesced: Option<CoalescedRing>,
+    coalesced_sink: Option<SinkBox>,
+}
+
+/// A [`CoalescedSink`] with a `Debug` that says nothing.
+struct SinkBox(CoalescedSink);
+
+impl std::fmt::Debug for SinkBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CoalescedSink")
+    }
 }
 
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
 
 impl Vcpu {
-    pub(crate) fn new(fd: VcpuFd, msrs: std::sync::Arc<crate::vcpu_state::SaveableMsrs>) -> Vcpu {
-        Vcpu { fd, msrs }
+    pub(crate) fn new(
+        fd: VcpuFd,
+        msrs: std::sync::Arc<crate::vcpu_state::SaveableMsrs>,
+        coalesced: Option<CoalescedRing>,
+    ) -> Vcpu {
+        Vcpu {
+            fd,
+            msrs,
+            coalesced,
+            coalesced_sink: None,
+        }
+    }
+
+    /// Where the port writes the VM coalesces ([`crate::Vm::coalesce_port_writes`]) are
+    /// replayed, in order, each time `KVM_RUN` returns and before the exit is reported. Until
+    /// it is set they wait in the ring.
+    pub fn set_coalesced_sink(&mut self, sink: CoalescedSink) {
+        self.coalesced_sink = Some(SinkBox(sink));
     }
 
     /// Runs the guest until the next exit that needs the VMM.
@@ -55,7 +84,13 @@ impl Vcpu {
         // The kvm_run page outlives this call; keep a pointer to read the internal-error
         // details, which kvm-ioctls does not decode.
         let run_page: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
-        let exit = match self.fd.run() {
+        let result = self.fd.run();
+        // Before the exit is handled: an `in` from the CMOS data port must find the index the
+        // guest wrote before it.
+        if let (Some(ring), Some(SinkBox(sink))) = (&self.coalesced, &mut self.coalesced_sink) {
+            ring.drain(sink);
+        }
+        let exit = match result {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 return Ok(VcpuExit::Interrupted)

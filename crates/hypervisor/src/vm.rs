@@ -50,6 +50,8 @@ pub struct Vm {
     read_only_memory: bool,
     slots: Mutex<SlotNumbers>,
     msrs: std::sync::Arc<crate::vcpu_state::SaveableMsrs>,
+    /// Set once a port range is coalesced: the lock its vCPUs replay the ring under.
+    coalescing: OnceLock<std::sync::Arc<Mutex<()>>>,
 }
 
 impl Vm {
@@ -63,6 +65,7 @@ impl Vm {
             read_only_memory,
             slots: Mutex::new(SlotNumbers::default()),
             msrs: std::sync::Arc::new(crate::vcpu_state::SaveableMsrs::new(msr_list)),
+            coalescing: OnceLock::new(),
         }
     }
 
@@ -279,10 +282,35 @@ impl Vm {
             .map_err(ioctl("KVM_SET_GSI_ROUTING"))
     }
 
+    /// Makes guest writes of `len` bytes within `port..port + len` go to a ring instead of
+    /// exiting (see `coalesced`); each vCPU created afterwards replays them into the sink given
+    /// to [`Vcpu::set_coalesced_sink`] before it reports its next exit. Only for writes whose
+    /// effect no one observes before the next exit. `Ok(false)`: this KVM cannot
+    /// (`KVM_CAP_COALESCED_PIO`), and the writes exit as before. Call before creating vCPUs.
+    pub fn coalesce_port_writes(&self, port: u16, len: u32) -> Result<bool> {
+        if !self.fd.check_extension(Cap::CoalescedPio) {
+            return Ok(false);
+        }
+        self.fd
+            .register_coalesced_mmio(KvmIoEventAddress::Pio(u64::from(port)), len)
+            .map_err(ioctl("KVM_REGISTER_COALESCED_MMIO"))?;
+        self.coalescing.get_or_init(Default::default);
+        Ok(true)
+    }
+
     /// Creates vCPU `id` (its initial APIC ID).
     pub fn create_vcpu(&self, id: u64) -> Result<Vcpu> {
         let fd = self.fd.create_vcpu(id).map_err(ioctl("KVM_CREATE_VCPU"))?;
-        Ok(Vcpu::new(fd, self.msrs.clone()))
+        let ring = match self.coalescing.get() {
+            Some(lock) => Some(crate::coalesced::CoalescedRing::map(&fd, lock.clone()).map_err(
+                |source| HypervisorError::Ioctl {
+                    op: "mmap of the vCPU's coalesced-write ring",
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        Ok(Vcpu::new(fd, self.msrs.clone(), ring))
     }
 }
 

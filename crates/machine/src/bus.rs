@@ -253,6 +253,18 @@ impl Bus {
         }
     }
 
+    /// Writes to the device at `address` without counting it: a write KVM coalesced, which
+    /// reached the VMM without an exit of its own (`Vm::coalesce_port_writes`).
+    pub fn write_coalesced(&self, address: u64, data: &[u8]) -> bool {
+        match self.find(address, data.len()) {
+            Some((offset, device, _)) => {
+                lock(&device).write(offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Writes to the device at `address`; returns false when no device is there.
     pub fn write(&self, address: u64, data: &[u8]) -> bool {
         match self.find(address, data.len()) {

@@ -357,7 +357,7 @@ impl Machine {
         } else {
             None
         };
-        let created = create_vcpus(kvm, &vm, vcpus, &memory, entry, supported_cpuid()?)?;
+        let created = create_vcpus(kvm, &vm, vcpus, &memory, entry, supported_cpuid()?, &pio)?;
         let exits = ExitCounters::new(created.len(), pio.clone(), mmio.clone(), pci.clone());
         let save_parts = SaveParts {
             vm: vm.clone(),
@@ -699,6 +699,10 @@ fn add_legacy_devices(
     rtc.attach_irq(rtc_irq);
     let cmos = Arc::new(Mutex::new(rtc));
     pio.insert(ports::CMOS_INDEX as u64, 2, cmos.clone())?;
+    // The index register's writes wait in KVM's ring until the next exit instead of exiting
+    // (`hypervisor::coalesced`): nothing sees the index before the data port is read. SeaBIOS
+    // writes it at each of its mode switches.
+    vm.coalesce_port_writes(ports::CMOS_INDEX, 1)?;
     pio.insert(
         PVPANIC_PORT as u64,
         1,
@@ -879,13 +883,18 @@ fn create_vcpus(
     memory: &GuestMemoryMmap,
     entry: Option<BootEntry>,
     mut supported: Vec<CpuidEntry>,
+    pio: &Bus,
 ) -> Result<Vec<Vcpu>, MachineError> {
     if kvm.tsc_deadline_timer() {
         crate::cpuid::offer_tsc_deadline_timer(&mut supported);
     }
     let mut created = Vec::with_capacity(usize::from(vcpus));
     for index in 0..u32::from(vcpus) {
-        let vcpu = vm.create_vcpu(u64::from(index))?;
+        let mut vcpu = vm.create_vcpu(u64::from(index))?;
+        let ports = pio.clone();
+        vcpu.set_coalesced_sink(Box::new(move |port, data| {
+            ports.write_coalesced(u64::from(port), data);
+        }));
         vcpu.set_cpuid(&vcpu_cpuid(&supported, index, u32::from(vcpus)))?;
         vcpu.set_boot_msrs()?;
         vcpu.configure_lapic_lints()?;

@@ -87,6 +87,11 @@ pub enum Guest {
     /// `outb 0x5a` to port 0x701; `outw 0xbeef` to port 0x702; prints `io-probe done`; ACPI
     /// power-off. See [`io_probe`] for the numbers.
     IoProbe,
+    /// PVH. 64 rounds through the CMOS index/data ports: `outb reg` to 0x70, `outb value` to
+    /// 0x71, `outb reg` to 0x70, `inb` from 0x71 compared with the value (reg 0x40 + round % 8,
+    /// value (round × 37 + 11) & 0xff). Prints `cmos-probe mismatches=<8 lowercase hex
+    /// digits>`, then ACPI power-off.
+    CmosProbe,
     /// PVH. The BSP prints `cpu apic=<id> bsp` (id: LAPIC ID register bits 31:24, decimal) and
     /// takes the CPU count N from CPUID.1:EBX\[23:16\] (0 counts as 1). If N > 1 it copies a
     /// real-mode trampoline to 0x8000, software-enables its LAPIC (SVR = 0x1ff), sends INIT to
@@ -249,12 +254,13 @@ macro_rules! artifact {
 
 impl Guest {
     /// Every guest.
-    pub const ALL: [Guest; 25] = [
+    pub const ALL: [Guest; 26] = [
         Guest::Hello,
         Guest::HelloElf32,
         Guest::Smoke,
         Guest::Echo,
         Guest::IoProbe,
+        Guest::CmosProbe,
         Guest::Smp,
         Guest::Counter,
         Guest::Flood,
@@ -285,6 +291,7 @@ impl Guest {
             Guest::Smoke => "smoke",
             Guest::Echo => "echo",
             Guest::IoProbe => "io_probe",
+            Guest::CmosProbe => "cmos_probe",
             Guest::Smp => "smp",
             Guest::Counter => "counter",
             Guest::Flood => "flood",
@@ -349,6 +356,7 @@ impl Guest {
             Guest::Smoke => artifact!("smoke.elf"),
             Guest::Echo => artifact!("echo.elf"),
             Guest::IoProbe => artifact!("io_probe.elf"),
+            Guest::CmosProbe => artifact!("cmos_probe.elf"),
             Guest::Smp => artifact!("smp.elf"),
             Guest::Counter => artifact!("counter.elf"),
             Guest::Flood => artifact!("flood.elf"),

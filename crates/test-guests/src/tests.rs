@@ -247,6 +247,7 @@ fn artifacts_carry_the_documented_lines() {
             Guest::IoProbe,
             &["pio-read=", "mmio-read=", output::IO_PROBE_DONE],
         ),
+        (Guest::CmosProbe, &["cmos-probe mismatches="]),
         (
             Guest::Smp,
             &["cpu apic=", " bsp", " ap", "cpus-up=", output::SMP_TIMEOUT],
