@@ -3,10 +3,11 @@
 //! A write to a registered port range is appended to a ring in a page shared by the kernel and
 //! the VMM, and the guest goes on without an exit; the VMM replays the ring, in order, before it
 //! handles the next exit of any vCPU. That is only right for writes whose effect nobody can see
-//! before that next exit: the CMOS index register (port 0x70) is the case, as in QEMU. SeaBIOS
-//! writes it on each of its 16/32-bit mode switches (it saves and restores the NMI mask there),
-//! twice per poll of a virtio-blk request: 4,273 of the 16,155 exits of the part-3 benchmark's
-//! 64 MiB read (`virtkit run --stats`).
+//! before that next exit: the CMOS index register (port 0x70) is the case, as in QEMU (which
+//! coalesces the same port). Every CMOS access of a guest is an index write and a data access,
+//! so this halves the CMOS exits of Linux's clock and RTC driver reads and SeaBIOS's; measured
+//! on the `cmos_probe` test guest (`crates/machine/tests/coalesced_cmos.rs`): 192 → 64 writes
+//! that exit for 128 index and 64 data writes.
 //!
 //! The ring is one page per VM, reached through each vCPU's file descriptor; the vCPUs of a VM
 //! share a lock so that one of them at a time replays it.

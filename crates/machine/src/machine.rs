@@ -700,8 +700,7 @@ fn add_legacy_devices(
     let cmos = Arc::new(Mutex::new(rtc));
     pio.insert(ports::CMOS_INDEX as u64, 2, cmos.clone())?;
     // The index register's writes wait in KVM's ring until the next exit instead of exiting
-    // (`hypervisor::coalesced`): nothing sees the index before the data port is read. SeaBIOS
-    // writes it at each of its mode switches.
+    // (`hypervisor::coalesced`): nothing sees the index before the data port is accessed.
     vm.coalesce_port_writes(ports::CMOS_INDEX, 1)?;
     pio.insert(
         PVPANIC_PORT as u64,
