@@ -6,7 +6,7 @@
 //! before that next exit: the CMOS index register (port 0x70) is the case, as in QEMU (which
 //! coalesces the same port). Every CMOS access of a guest is an index write and a data access,
 //! so this halves the CMOS exits of Linux's clock and RTC driver reads and SeaBIOS's; measured
-//! on the `cmos_probe` test guest (`crates/machine/tests/coalesced_cmos.rs`): 192 → 64 writes
+//! on the `cmos_probe` test guest (`crates/machine/tests/io_exits.rs`): 192 → 64 writes
 //! that exit for 128 index and 64 data writes.
 //!
 //! The ring is one page per VM, reached through each vCPU's file descriptor; the vCPUs of a VM

@@ -1,5 +1,6 @@
 //! Port I/O and MMIO exits from a real guest reach the device registered at that address, with
-//! the right offset, size and data, and the device's answers reach the guest.
+//! the right offset, size and data, and the device's answers reach the guest; coalesced port
+//! writes reach it too, in order, without exits of their own.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -40,20 +41,15 @@ impl Write for Output {
     }
 }
 
-#[test]
-fn port_and_mmio_accesses_reach_the_right_device() {
-    if !virtkit_testkit::require_kvm() {
-        return;
-    }
-    let kvm = Kvm::open().unwrap();
-    let output = Output::default();
-    let mut machine = Machine::new(
-        &kvm,
+/// A 1-vCPU, 64 MiB machine booting `guest` (PVH), its COM1 into `output`.
+fn machine_for(kvm: &Kvm, guest: Guest, output: &Output) -> Machine {
+    Machine::new(
+        kvm,
         MachineConfig {
             vcpus: 1,
             memory_size: 64 << 20,
             boot: BootSource::Linux {
-                kernel: Guest::IoProbe.path().to_owned(),
+                kernel: guest.path().to_owned(),
                 initrd: None,
                 command_line: String::new(),
             },
@@ -64,7 +60,17 @@ fn port_and_mmio_accesses_reach_the_right_device() {
             ps2_input: false,
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn port_and_mmio_accesses_reach_the_right_device() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let kvm = Kvm::open().unwrap();
+    let output = Output::default();
+    let mut machine = machine_for(&kvm, Guest::IoProbe, &output);
     let pio = Arc::new(Mutex::new(Recorder {
         answer: 0x1357_9bdf,
         ..Default::default()
@@ -141,4 +147,42 @@ fn port_and_mmio_accesses_reach_the_right_device() {
         "{stats:#?}"
     );
     assert_eq!(stats.vcpus.len(), 1);
+}
+
+/// The guest's 64 rounds: two index writes, one data write and one data read each.
+const ROUNDS: u64 = 64;
+
+/// The CMOS index port's writes are coalesced (they wait in KVM's ring instead of exiting) and
+/// replayed before the next exit, so every data-port access right after an index write still
+/// reaches the register it named.
+#[test]
+fn cmos_index_writes_wait_in_the_ring_and_reach_the_register_before_the_data_access() {
+    if !virtkit_testkit::require_kvm() {
+        return;
+    }
+    let kvm = Kvm::open().unwrap();
+    let output = Output::default();
+    let mut machine = machine_for(&kvm, Guest::CmosProbe, &output);
+    let handle = machine.handle();
+    machine.start().unwrap();
+    assert_eq!(machine.wait(), ExitReason::PowerOff);
+
+    let text = String::from_utf8_lossy(&output.0.lock().unwrap()).into_owned();
+    // Each read returned the value written through the register its index write named.
+    assert!(text.contains("cmos-probe mismatches=00000000"), "{text}");
+
+    let stats = handle.exit_stats();
+    let cmos = stats
+        .ranges
+        .iter()
+        .find(|r| r.space == AddressSpace::Port && r.base == 0x70)
+        .unwrap_or_else(|| panic!("no CMOS range: {stats:#?}"));
+    assert_eq!(cmos.reads, ROUNDS, "one exit per data read: {cmos:?}");
+    if kvm.coalesced_pio() {
+        // Only the data writes exit; the 128 index writes went through the ring.
+        assert_eq!(cmos.writes, ROUNDS, "{cmos:?}");
+    } else {
+        println!("SKIPPED: coalescing (this KVM has no KVM_CAP_COALESCED_PIO); the values were checked");
+        assert_eq!(cmos.writes, 3 * ROUNDS, "{cmos:?}");
+    }
 }
