@@ -10,7 +10,10 @@
 //! that exit for 128 index and 64 data writes.
 //!
 //! The ring is one page per VM, reached through each vCPU's file descriptor; the vCPUs of a VM
-//! share a lock so that one of them at a time replays it.
+//! share a lock so that one of them at a time replays it. The page is also the third page of the
+//! region kvm-ioctls maps for the vCPU, but the only way to it there is a pointer derived from
+//! `VcpuFd::get_kvm_run()`'s `&mut kvm_run`, which Rust's aliasing rules confine to that struct:
+//! it gets a mapping of its own, as kvm-ioctls' own `map_coalesced_mmio_ring` does.
 
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;

@@ -267,7 +267,8 @@ impl VirtualMachine {
         virtkit_sandbox::set_policy(self.config.platform.seccomp);
         virtkit_sandbox::start_early();
         let kvm = Kvm::open()?;
-        let pvm_host = kvm.info().flavor == KvmFlavor::Pvm;
+        // The flavour alone: `info()` would ask KVM's limits again, which validation just did.
+        let pvm_host = KvmFlavor::detect() == KvmFlavor::Pvm;
         let (machine_config, serial) = self.machine_config()?;
         // A restore replaces guest memory and the vCPUs' registers: the guest image is not
         // loaded first.

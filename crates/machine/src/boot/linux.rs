@@ -95,7 +95,10 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// Reads a whole ELF32 kernel (at most [`ELF32_MAX_FILE_SIZE`] bytes) and parses it.
 fn read_elf32(path: &Path, file: &mut File) -> Result<(Vec<u8>, Elf32Kernel), BootError> {
-    let mut data = Vec::new();
+    // Sized from the file's length: `read_to_end` through `take` has no size hint and would
+    // grow the buffer from a 32-byte read.
+    let length = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut data = Vec::with_capacity(length.min(ELF32_MAX_FILE_SIZE + 1) as usize + 1);
     file.seek(SeekFrom::Start(0))
         .and_then(|_| file.take(ELF32_MAX_FILE_SIZE + 1).read_to_end(&mut data))
         .map_err(|source| BootError::Read {
@@ -114,20 +117,49 @@ fn elf32_error(path: &Path, source: Elf32Error) -> BootError {
     }
 }
 
+/// What validation learns of a kernel file besides that it boots: the guest memory it needs
+/// before it runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelNeeds {
+    /// A bzImage: the end of the memory its decompressor uses (pref_address + init_size, from
+    /// the setup header).
+    pub bzimage_memory_end: Option<u64>,
+    /// An ELF32 kernel: the end of the guest RAM its segments occupy.
+    pub elf32_end: Option<u64>,
+}
+
 /// Tells whether `path` is a kernel we can boot (bzImage, or a 64- or 32-bit ELF with a PVH
-/// note), reading only its headers (all of an ELF32). Configuration validation uses this.
-pub fn check_kernel(path: &Path) -> Result<(), BootError> {
-    let mut file = File::open(path).map_err(|source| BootError::Read {
+/// note), and what memory it needs, reading only its headers (all of an ELF32) through one
+/// open file. Configuration validation uses this.
+pub fn check_kernel(path: &Path) -> Result<KernelNeeds, BootError> {
+    let read_err = |source| BootError::Read {
         what: "kernel",
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let mut file = File::open(path).map_err(read_err)?;
     match sniff(path, &mut file)? {
-        KernelFormat::BzImage => Ok(()),
-        KernelFormat::Elf32 => read_elf32(path, &mut file).map(|_| ()),
+        KernelFormat::BzImage => {
+            let mut hdr = [0u8; 0x264];
+            let bzimage_memory_end = if read_up_to(&mut file, &mut hdr).map_err(read_err)? < hdr.len() {
+                None
+            } else {
+                let pref_address = u64::from_le_bytes(hdr[0x258..0x260].try_into().unwrap_or([0; 8]));
+                let init_size = u32::from_le_bytes(hdr[0x260..0x264].try_into().unwrap_or([0; 4]));
+                Some(pref_address.max(HIGH_RAM_START) + u64::from(init_size))
+            };
+            Ok(KernelNeeds {
+                bzimage_memory_end,
+                elf32_end: None,
+            })
+        }
+        KernelFormat::Elf32 => Ok(KernelNeeds {
+            bzimage_memory_end: None,
+            elf32_end: Some(read_elf32(path, &mut file)?.1.end()),
+        }),
         KernelFormat::Elf => {
             if elf_has_pvh_note(&mut file).unwrap_or(false) {
-                Ok(())
+                Ok(KernelNeeds::default())
             } else {
                 Err(BootError::NoPvhNote {
                     path: path.to_owned(),
@@ -137,46 +169,12 @@ pub fn check_kernel(path: &Path) -> Result<(), BootError> {
     }
 }
 
-/// For a bzImage, the end of the memory its decompressor uses (pref_address + init_size), read
-/// from the setup header; `None` for other formats. Validation checks it against the RAM size.
-pub fn bzimage_memory_needed(path: &Path) -> Result<Option<u64>, BootError> {
-    let read_err = |source| BootError::Read {
-        what: "kernel",
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = File::open(path).map_err(read_err)?;
-    if !matches!(sniff(path, &mut file)?, KernelFormat::BzImage) {
-        return Ok(None);
-    }
-    let mut hdr = [0u8; 0x264];
-    if read_up_to(&mut file, &mut hdr).map_err(read_err)? < hdr.len() {
-        return Ok(None);
-    }
-    let pref_address = u64::from_le_bytes(hdr[0x258..0x260].try_into().unwrap_or([0; 8]));
-    let init_size = u32::from_le_bytes(hdr[0x260..0x264].try_into().unwrap_or([0; 4]));
-    Ok(Some(pref_address.max(HIGH_RAM_START) + u64::from(init_size)))
-}
-
-/// For an ELF32 kernel, the end of the guest RAM its segments occupy; `None` for other formats.
-/// Validation checks it against the RAM size.
-pub fn elf32_memory_needed(path: &Path) -> Result<Option<u64>, BootError> {
-    let mut file = File::open(path).map_err(|source| BootError::Read {
-        what: "kernel",
-        path: path.to_owned(),
-        source,
-    })?;
-    if !matches!(sniff(path, &mut file)?, KernelFormat::Elf32) {
-        return Ok(None);
-    }
-    Ok(Some(read_elf32(path, &mut file)?.1.end()))
-}
-
 /// Scans an ELF's PT_NOTE segments for the Xen PHYS32_ENTRY note without loading it.
 fn elf_has_pvh_note(file: &mut File) -> std::io::Result<bool> {
-    let mut data = Vec::new();
+    // Program headers and notes sit near the start; 64 KiB covers every kernel we know. The
+    // capacity up front makes it one read, not a series from 32 bytes up.
+    let mut data = Vec::with_capacity((64 << 10) + 1);
     file.seek(SeekFrom::Start(0))?;
-    // Program headers and notes sit near the start; 64 KiB covers every kernel we know.
     file.take(64 << 10).read_to_end(&mut data)?;
     let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |o: usize| {

@@ -13,9 +13,7 @@ use std::path::PathBuf;
 
 pub use e820::{e820_map, firmware_e820_map, E820Entry, E820_RAM, E820_RESERVED};
 pub use firmware::{load_firmware, mirror_isa_bios, FirmwareImage, FIRMWARE_MAX_SIZE};
-pub use linux::{
-    bzimage_memory_needed, check_kernel, elf32_memory_needed, load_linux, LinuxBoot, LinuxEntry,
-};
+pub use linux::{check_kernel, load_linux, KernelNeeds, LinuxBoot, LinuxEntry};
 pub use regs::{configure_boot_vcpu, BootEntry};
 pub use variable_store::{open_variable_store, VariableStore, VariableStoreError};
 

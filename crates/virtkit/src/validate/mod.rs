@@ -4,9 +4,7 @@
 use std::fmt;
 use std::path::Path;
 
-use virtkit_machine::boot::{
-    bzimage_memory_needed, check_kernel, elf32_memory_needed, open_variable_store, FirmwareImage,
-};
+use virtkit_machine::boot::{check_kernel, open_variable_store, FirmwareImage};
 use virtkit_machine::layout::CMDLINE_MAX_SIZE;
 use virtkit_machine::memory::low_ram_end;
 
@@ -290,15 +288,20 @@ impl VirtualMachineConfiguration {
                 command_line,
             } => {
                 if check_file(&mut issues, "boot_loader.kernel", "kernel", kernel) {
-                    if let Err(e) = check_kernel(kernel) {
-                        issues.add(
-                            "boot_loader.kernel",
-                            format!(
-                                "{}; give a bzImage, or a 64- or 32-bit ELF kernel with a Xen PVH entry note",
-                                error_chain(&e)
-                            ),
-                        );
-                    } else if let Ok(Some(needed)) = bzimage_memory_needed(kernel) {
+                    let needs = match check_kernel(kernel) {
+                        Ok(needs) => needs,
+                        Err(e) => {
+                            issues.add(
+                                "boot_loader.kernel",
+                                format!(
+                                    "{}; give a bzImage, or a 64- or 32-bit ELF kernel with a Xen PVH entry note",
+                                    error_chain(&e)
+                                ),
+                            );
+                            Default::default()
+                        }
+                    };
+                    if let Some(needed) = needs.bzimage_memory_end {
                         if self.memory_size >= MIN_MEMORY_SIZE && needed > low_ram_end(self.memory_size) {
                             issues.add(
                                 "memory_size",
@@ -310,7 +313,7 @@ impl VirtualMachineConfiguration {
                                 ),
                             );
                         }
-                    } else if let Ok(Some(end)) = elf32_memory_needed(kernel) {
+                    } else if let Some(end) = needs.elf32_end {
                         if self.memory_size >= MIN_MEMORY_SIZE && end > low_ram_end(self.memory_size) {
                             issues.add(
                                 "memory_size",

@@ -157,6 +157,33 @@ fn an_elf32_whose_segments_end_past_the_ram_asks_for_more_memory() {
 }
 
 #[test]
+fn a_bzimage_whose_decompression_ends_past_the_ram_asks_for_more_memory() {
+    // pref_address 16 MiB, init_size 80 MiB: the decompressor needs RAM up to 96 MiB.
+    let mut header = vec![0u8; 0x400];
+    header[0x202..0x206].copy_from_slice(b"HdrS");
+    header[0x258..0x260].copy_from_slice(&(16u64 << 20).to_le_bytes());
+    header[0x260..0x264].copy_from_slice(&(80u32 << 20).to_le_bytes());
+    let dir = TempDir::new("bzimagemem");
+    let path = dir.file("bzImage", &header);
+    let issue = only_issue(&VirtualMachineConfiguration::linux(
+        1,
+        64 << 20,
+        path.clone(),
+        None,
+        "",
+    ));
+    assert_eq!(issue.field, "memory_size");
+    assert!(
+        issue.message.contains("decompresses into memory up to 96 MiB"),
+        "{issue}"
+    );
+    assert_eq!(
+        issues(&VirtualMachineConfiguration::linux(1, 256 << 20, path, None, "")),
+        vec![]
+    );
+}
+
+#[test]
 fn a_truncated_elf32_is_refused_with_the_reason() {
     let dir = TempDir::new("elf32short");
     let path = dir.file("tiny.elf", &virtkit_test_guests::Guest::HelloElf32.bytes()[..100]);
