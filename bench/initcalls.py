@@ -9,6 +9,8 @@ import sys
 from collections import defaultdict
 
 LINE = re.compile(r"INITCALLS (\S+) (\d+) \[\s*([\d.]+)\] (.*)")
+# `calling  foo+0x0/0x20 @ 1`; not the PCI fixups' `calling  quirk_...+0x0/0x20 @ 1 for 0000:...`.
+CALLING = re.compile(r"^calling  \S+ @ \d+$")
 RETURNED = re.compile(r"initcall (\S+?)\+0x\S+ returned \S+ after (\d+) usecs")
 UPTIME = re.compile(r"INITCALLS (\S+) (\d+) VIRTKIT-GUEST: uptime-at-init=([\d.]+)")
 
@@ -37,7 +39,7 @@ def until_init(log):
 def phases(log):
     """The boot's phases (s): up to the first initcall, the initcalls, after the last."""
     log, init = until_init(log)
-    calls = [t for t, msg in log if msg.startswith("calling ") or RETURNED.search(msg)]
+    calls = [t for t, msg in log if CALLING.match(msg) or RETURNED.search(msg)]
     if not calls or init is None:
         return None
     return {"before the first initcall": calls[0], "initcalls": calls[-1] - calls[0],
@@ -58,7 +60,15 @@ def main():
     vmms = list(dict.fromkeys(v for v, _ in logs))
     if len(vmms) < 2:
         sys.exit(f"initcalls.py: logs of two VMMs wanted, found {vmms or 'none'}")
-    rounds = {v: sorted(r for w, r in logs if w == v) for v in vmms}
+    # A boot that never reached `/init` (a timeout, a crash) would count its missing initcalls
+    # as 0: only the complete ones are compared.
+    rounds = {v: sorted(r for w, r in logs if w == v and until_init(logs[(w, r)])[1] is not None)
+              for v in vmms}
+    incomplete = [f"{w} {r}" for w, r in logs if until_init(logs[(w, r)])[1] is None]
+    if incomplete:
+        print("Left out (no `Run /init` in the log):", ", ".join(incomplete))
+    if not all(rounds.values()):
+        sys.exit("initcalls.py: a VMM has no boot that reached /init")
     med = statistics.median
     print("Boots:", ", ".join(f"{v} {len(rounds[v])}" for v in vmms))
     print("\nPhases (median s):")
@@ -76,8 +86,8 @@ def main():
     median_us = {v: {n: med([c.get(n, 0) for c in calls[v]]) for n in names} for v in vmms}
     print("\nInitcall time (median ms):")
     print(f"{'':28s}" + "".join(f"{v:>14s}" for v in vmms))
-    print(f"{'all initcalls':28s}" + "".join(
-        f"{sum(median_us[v].values()) / 1000:14.1f}" for v in vmms))
+    print(f"{'all initcalls, per boot':28s}" + "".join(
+        f"{med([sum(c.values()) for c in calls[v]]) / 1000:14.1f}" for v in vmms))
     top = sorted(names, key=lambda n: -max(median_us[v][n] for v in vmms))[:15]
     print("\nThe 15 longest initcalls (median ms):")
     for n in top:

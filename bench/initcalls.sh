@@ -17,6 +17,8 @@ case $rounds in '' | *[!0-9]*) echo "initcalls.sh: ROUNDS must be a number, not 
 
 virtkit=${CARGO_TARGET_DIR:-$root/target}/x86_64-unknown-linux-gnu/release/virtkit
 [ -x "$virtkit" ] || { echo "initcalls.sh: no $virtkit: run scripts/build-release.sh" >&2; exit 2; }
+host=${CARGO_TARGET_DIR:-$root/target}/release/examples/emulated_host
+[ -x "$host" ] || { echo "initcalls.sh: no $host: run cargo build --release -p virtkit-testkit --example emulated_host" >&2; exit 2; }
 [ -f "$assets/vmlinuz" ] || { echo "initcalls.sh: no guest kernel in $assets: run scripts/assets.sh" >&2; exit 2; }
 args=(--binary "$virtkit:/usr/bin/virtkit"
     --binary /usr/bin/qemu-system-x86_64:/usr/bin/qemu-system-x86_64
@@ -49,7 +51,7 @@ exit 0
 SCRIPT
 } >"$script"
 
-target/release/examples/emulated_host "${args[@]}" --timeout 1500 "$script" >"$out/initcalls-host.log" 2>&1 || {
+"$host" "${args[@]}" --timeout 1500 "$script" >"$out/initcalls-host.log" 2>&1 || {
     echo "initcalls.sh: the emulated host failed; see $out/initcalls-host.log" >&2
     exit 1
 }

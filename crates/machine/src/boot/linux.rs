@@ -95,17 +95,26 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// Reads a whole ELF32 kernel (at most [`ELF32_MAX_FILE_SIZE`] bytes) and parses it.
 fn read_elf32(path: &Path, file: &mut File) -> Result<(Vec<u8>, Elf32Kernel), BootError> {
-    // Sized from the file's length: `read_to_end` through `take` has no size hint and would
-    // grow the buffer from a 32-byte read.
-    let length = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut data = Vec::with_capacity(length.min(ELF32_MAX_FILE_SIZE + 1) as usize + 1);
-    file.seek(SeekFrom::Start(0))
-        .and_then(|_| file.take(ELF32_MAX_FILE_SIZE + 1).read_to_end(&mut data))
-        .map_err(|source| BootError::Read {
-            what: "kernel",
-            path: path.to_owned(),
-            source,
-        })?;
+    let read_err = |source| BootError::Read {
+        what: "kernel",
+        path: path.to_owned(),
+        source,
+    };
+    // Too large is refused before anything is read; otherwise the whole file in one read of
+    // its length (`read_to_end` through `take` would read it in doubling pieces from 8 KiB).
+    let length = file.metadata().map_err(read_err)?.len();
+    if length > ELF32_MAX_FILE_SIZE {
+        return Err(elf32_error(
+            path,
+            Elf32Error::TooLarge {
+                max: ELF32_MAX_FILE_SIZE,
+            },
+        ));
+    }
+    let mut data = vec![0u8; length as usize];
+    file.seek(SeekFrom::Start(0)).map_err(read_err)?;
+    let n = read_up_to(file, &mut data).map_err(read_err)?;
+    data.truncate(n);
     let kernel = elf32::parse(&data).map_err(|e| elf32_error(path, e))?;
     Ok((data, kernel))
 }
@@ -146,7 +155,13 @@ pub fn check_kernel(path: &Path) -> Result<KernelNeeds, BootError> {
             } else {
                 let pref_address = u64::from_le_bytes(hdr[0x258..0x260].try_into().unwrap_or([0; 8]));
                 let init_size = u32::from_le_bytes(hdr[0x260..0x264].try_into().unwrap_or([0; 4]));
-                Some(pref_address.max(HIGH_RAM_START) + u64::from(init_size))
+                // Both from the file: a crafted header must not overflow (it asks for all of
+                // memory instead).
+                Some(
+                    pref_address
+                        .max(HIGH_RAM_START)
+                        .saturating_add(u64::from(init_size)),
+                )
             };
             Ok(KernelNeeds {
                 bzimage_memory_end,
@@ -171,11 +186,12 @@ pub fn check_kernel(path: &Path) -> Result<KernelNeeds, BootError> {
 
 /// Scans an ELF's PT_NOTE segments for the Xen PHYS32_ENTRY note without loading it.
 fn elf_has_pvh_note(file: &mut File) -> std::io::Result<bool> {
-    // Program headers and notes sit near the start; 64 KiB covers every kernel we know. The
-    // capacity up front makes it one read, not a series from 32 bytes up.
-    let mut data = Vec::with_capacity((64 << 10) + 1);
+    // Program headers and notes sit near the start; 64 KiB covers every kernel we know. One
+    // read of that size (`read_to_end` through `take` would take four, from 8 KiB up).
+    let mut data = vec![0u8; 64 << 10];
     file.seek(SeekFrom::Start(0))?;
-    file.take(64 << 10).read_to_end(&mut data)?;
+    let n = read_up_to(file, &mut data)?;
+    data.truncate(n);
     let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |o: usize| {
         data.get(o..o + 4)
@@ -279,7 +295,10 @@ pub fn load_linux(
     if let Some(hdr) = &result.setup_header {
         // The decompressor moves the kernel to pref_address (16 MiB for distribution kernels)
         // and needs init_size bytes there; with less RAM it faults before printing anything.
-        let needed = hdr.pref_address.max(result.kernel_load.raw_value()) + u64::from(hdr.init_size);
+        let needed = hdr
+            .pref_address
+            .max(result.kernel_load.raw_value())
+            .saturating_add(u64::from(hdr.init_size));
         if needed > low_ram_end(memory_size) {
             return Err(BootError::KernelNeedsMoreMemory {
                 path: kernel.to_owned(),

@@ -153,6 +153,24 @@ fn a_bzimage_whose_decompression_ends_past_the_ram_asks_for_more_memory() {
     asks_for_more_than_64_mib(path, "decompresses into memory up to 96 MiB");
 }
 
+#[test]
+fn a_bzimage_header_whose_sizes_overflow_is_refused_not_a_panic() {
+    // pref_address near 2^64: pref_address + init_size wrapped (a panic in a debug build, a
+    // small figure that passed the check in a release build) before the sum saturated.
+    let mut header = vec![0u8; 0x400];
+    header[0x202..0x206].copy_from_slice(b"HdrS");
+    header[0x258..0x260].copy_from_slice(&(u64::MAX - 0xfff).to_le_bytes());
+    header[0x260..0x264].copy_from_slice(&(1u32 << 20).to_le_bytes());
+    let dir = TempDir::new("bzimageoverflow");
+    let path = dir.file("bzImage", &header);
+    let issue = only_issue(&VirtualMachineConfiguration::linux(1, 256 << 20, path, None, ""));
+    assert_eq!(issue.field, "memory_size");
+    assert!(
+        issue.message.contains("decompresses into memory up to"),
+        "{issue}"
+    );
+}
+
 /// The kernel at `path` is refused with 64 MiB (one `memory_size` issue saying `message`) and
 /// accepted with 256 MiB.
 fn asks_for_more_than_64_mib(path: PathBuf, message: &str) {
