@@ -56,12 +56,25 @@ enum KernelFormat {
     Elf32,
 }
 
-fn sniff(path: &Path, file: &mut File) -> Result<KernelFormat, BootError> {
-    let read_err = |source| BootError::Read {
+/// The error of a failed read of the kernel file at `path`.
+fn kernel_read_error(path: &Path) -> impl Fn(std::io::Error) -> BootError + Copy + '_ {
+    move |source| BootError::Read {
         what: "kernel",
         path: path.to_owned(),
         source,
-    };
+    }
+}
+
+/// The end of the memory a bzImage's decompressor uses: it moves the kernel to `pref_address`
+/// (16 MiB for distribution kernels; never below where the kernel was loaded) and needs
+/// `init_size` bytes there. Both come from the file: a crafted header saturates (asks for all
+/// of memory) instead of overflowing.
+fn bzimage_decompression_end(pref_address: u64, loaded_at: u64, init_size: u32) -> u64 {
+    pref_address.max(loaded_at).saturating_add(u64::from(init_size))
+}
+
+fn sniff(path: &Path, file: &mut File) -> Result<KernelFormat, BootError> {
+    let read_err = kernel_read_error(path);
     let mut head = [0u8; 0x206];
     let n = read_up_to(file, &mut head).map_err(read_err)?;
     file.seek(SeekFrom::Start(0)).map_err(read_err)?;
@@ -95,11 +108,7 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// Reads a whole ELF32 kernel (at most [`ELF32_MAX_FILE_SIZE`] bytes) and parses it.
 fn read_elf32(path: &Path, file: &mut File) -> Result<(Vec<u8>, Elf32Kernel), BootError> {
-    let read_err = |source| BootError::Read {
-        what: "kernel",
-        path: path.to_owned(),
-        source,
-    };
+    let read_err = kernel_read_error(path);
     // Too large is refused before anything is read; otherwise the whole file in one read of
     // its length (`read_to_end` through `take` would read it in doubling pieces from 8 KiB).
     let length = file.metadata().map_err(read_err)?.len();
@@ -141,11 +150,7 @@ pub struct KernelNeeds {
 /// note), and what memory it needs, reading only its headers (all of an ELF32) through one
 /// open file. Configuration validation uses this.
 pub fn check_kernel(path: &Path) -> Result<KernelNeeds, BootError> {
-    let read_err = |source| BootError::Read {
-        what: "kernel",
-        path: path.to_owned(),
-        source,
-    };
+    let read_err = kernel_read_error(path);
     let mut file = File::open(path).map_err(read_err)?;
     match sniff(path, &mut file)? {
         KernelFormat::BzImage => {
@@ -155,13 +160,7 @@ pub fn check_kernel(path: &Path) -> Result<KernelNeeds, BootError> {
             } else {
                 let pref_address = u64::from_le_bytes(hdr[0x258..0x260].try_into().unwrap_or([0; 8]));
                 let init_size = u32::from_le_bytes(hdr[0x260..0x264].try_into().unwrap_or([0; 4]));
-                // Both from the file: a crafted header must not overflow (it asks for all of
-                // memory instead).
-                Some(
-                    pref_address
-                        .max(HIGH_RAM_START)
-                        .saturating_add(u64::from(init_size)),
-                )
+                Some(bzimage_decompression_end(pref_address, HIGH_RAM_START, init_size))
             };
             Ok(KernelNeeds {
                 bzimage_memory_end,
@@ -260,11 +259,7 @@ pub fn load_linux(
     command_line: &str,
     has_acpi: bool,
 ) -> Result<LinuxBoot, BootError> {
-    let mut file = File::open(kernel).map_err(|source| BootError::Read {
-        what: "kernel",
-        path: kernel.to_owned(),
-        source,
-    })?;
+    let mut file = File::open(kernel).map_err(kernel_read_error(kernel))?;
     let format = sniff(kernel, &mut file)?;
     let load_err = |source| BootError::LoadKernel {
         path: kernel.to_owned(),
@@ -293,12 +288,9 @@ pub fn load_linux(
     };
 
     if let Some(hdr) = &result.setup_header {
-        // The decompressor moves the kernel to pref_address (16 MiB for distribution kernels)
-        // and needs init_size bytes there; with less RAM it faults before printing anything.
-        let needed = hdr
-            .pref_address
-            .max(result.kernel_load.raw_value())
-            .saturating_add(u64::from(hdr.init_size));
+        // With less RAM than the decompressor needs it faults before printing anything.
+        let needed =
+            bzimage_decompression_end(hdr.pref_address, result.kernel_load.raw_value(), hdr.init_size);
         if needed > low_ram_end(memory_size) {
             return Err(BootError::KernelNeedsMoreMemory {
                 path: kernel.to_owned(),
